@@ -1,0 +1,229 @@
+//! Wires the agent together: the runtime (or the dry-run simulator), the pod
+//! sources, the relist loop and containerd's exit events, the pod manager
+//! and the local endpoint. Every task is owned here and stops with `run`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Settings;
+use crate::pods::events::LogRecorder;
+use crate::pods::manager::PodManager;
+use crate::pods::source::{SourceName, file::FileSource, http::HttpSource};
+use crate::pods::store::StatusStore;
+use crate::pods::worker::WorkerContext;
+use crate::pods::{NodeContext, dns, pleg};
+use crate::runtime::dry_run::DryRunRuntime;
+use crate::runtime::remote::{RemoteRuntime, socket_path};
+use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, containerd};
+use crate::server;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("container runtime at {endpoint} is not usable: {source}")]
+    Runtime { endpoint: String, source: RuntimeError },
+    #[error("container runtime at {endpoint} does not speak CRI v1: {detail}")]
+    NotCri { endpoint: String, detail: String },
+    #[error("cannot serve the local endpoint on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// How often the runtime's Status (runtime and network readiness) is read.
+const HEALTH_PERIOD: Duration = Duration::from_secs(5);
+
+/// Connects to the CRI runtime and checks that it answers Version and
+/// Status as a CRI v1 runtime.
+pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(RemoteRuntime, String), AgentError> {
+    let rt = RemoteRuntime::connect(endpoint, timeout)
+        .await
+        .map_err(|source| AgentError::Runtime { endpoint: endpoint.into(), source })?;
+    let version = rt.version().await.map_err(|e| match e {
+        RuntimeError::Call { code: tonic::Code::Unimplemented, .. } => AgentError::NotCri {
+            endpoint: endpoint.into(),
+            detail: "it does not serve runtime.v1.RuntimeService".into(),
+        },
+        RuntimeError::Call { code, message, .. } if code == tonic::Code::Unknown || code == tonic::Code::Internal => {
+            AgentError::NotCri { endpoint: endpoint.into(), detail: format!("Version answered {code:?}: {message}") }
+        }
+        source => AgentError::Runtime { endpoint: endpoint.into(), source },
+    })?;
+    if !version.runtime_api_version.starts_with("v1") || version.runtime_api_version.starts_with("v1alpha") {
+        return Err(AgentError::NotCri {
+            endpoint: endpoint.into(),
+            detail: format!("it reports runtime API version {:?}", version.runtime_api_version),
+        });
+    }
+    let status = rt.status().await.map_err(|source| AgentError::Runtime { endpoint: endpoint.into(), source })?;
+    let health = RuntimeHealth::from_status(&status);
+    tracing::info!(
+        runtime = %version.runtime_name,
+        version = %version.runtime_version,
+        api = %version.runtime_api_version,
+        runtime_ready = health.runtime_ready,
+        network_ready = health.network_ready,
+        "container runtime connected"
+    );
+    if !health.runtime_ready || !health.network_ready {
+        tracing::warn!(conditions = %health.message, "the container runtime is not fully ready yet");
+    }
+    Ok((rt, version.runtime_name))
+}
+
+/// Asks the kernel for `wanted` as this process's oom_score_adj. Without
+/// CAP_SYS_RESOURCE a lower score than the current one is refused: then the
+/// current score is the floor for every container too, logged once.
+pub fn set_own_oom_score_adj(wanted: i32) -> i64 {
+    let path = "/proc/self/oom_score_adj";
+    let current = || std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
+    match std::fs::OpenOptions::new().write(true).open(path).and_then(|mut f| f.write_all(wanted.to_string().as_bytes())) {
+        Ok(()) => -1000,
+        Err(e) => {
+            let floor = current();
+            tracing::warn!(
+                wanted,
+                current = floor,
+                error = %e,
+                "the kernel refused a lower oom_score_adj (no CAP_SYS_RESOURCE); container scores below {floor} are clamped to {floor}"
+            );
+            floor
+        }
+    }
+}
+
+fn node_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs the agent until `shutdown` resolves. Pods keep running after it
+/// returns, as with kubelet.
+pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let (runtime, runtime_name): (Arc<dyn Runtime>, String) = if s.dry_run {
+        let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
+        if real.is_none() {
+            tracing::warn!(endpoint = %s.runtime_endpoint, "dry run: no runtime answers; planning against an empty one");
+        }
+        let sim = DryRunRuntime::new(real.map(|r| Box::new(r) as Box<dyn Runtime>), Box::new(std::io::stdout())).await;
+        (Arc::new(sim), "containerd".into())
+    } else {
+        let (rt, name) = connect_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
+        (Arc::new(rt), name)
+    };
+
+    let oom_floor = if s.dry_run { -1000 } else { set_own_oom_score_adj(s.oom_score_adj) };
+    let host = std::fs::read_to_string(&s.resolv_conf).unwrap_or_else(|e| {
+        tracing::warn!(file = %s.resolv_conf.display(), error = %e, "cannot read resolvConf; pods with dnsPolicy Default get no nameservers");
+        String::new()
+    });
+    let node = Arc::new(NodeContext {
+        node_name: s.node_name.clone(),
+        root_dir: s.root_dir.clone(),
+        pod_logs_dir: s.pod_logs_dir.clone(),
+        cgroup_driver: s.cgroup_driver,
+        cgroup_root: s.cgroup_root.clone(),
+        cgroups_per_qos: s.cgroups_per_qos,
+        dns: dns::ClusterDns { servers: s.cluster_dns.clone(), domain: s.cluster_domain.clone(), host: dns::ResolvConf::parse(&host) },
+        memory_capacity_bytes: node_memory_bytes(),
+        cpu_capacity_millis: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000,
+        oom_score_adj_floor: oom_floor,
+        host_ips: s.node_ips.clone(),
+        backoff: s.backoff,
+        runtime_name,
+    });
+
+    let mut tasks = JoinSet::new();
+    let (health_tx, health_rx) = watch::channel(RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() });
+    if !s.dry_run {
+        let rt = runtime.clone();
+        tasks.spawn(async move {
+            loop {
+                match rt.status().await {
+                    Ok(st) => {
+                        let h = RuntimeHealth::from_status(&st);
+                        health_tx.send_if_modified(|old| {
+                            if *old != h {
+                                tracing::info!(runtime_ready = h.runtime_ready, network_ready = h.network_ready, conditions = %h.message, "runtime status changed");
+                                *old = h;
+                                return true;
+                            }
+                            false
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "runtime Status failed"),
+                }
+                tokio::time::sleep(HEALTH_PERIOD).await;
+            }
+        });
+    }
+
+    let statuses = StatusStore::default();
+    let poke = Arc::new(Notify::new());
+    let ctx = Arc::new(WorkerContext {
+        runtime: runtime.clone(),
+        node: node.clone(),
+        events: Arc::new(LogRecorder),
+        statuses: statuses.clone(),
+        health: health_rx,
+        relist: poke.clone(),
+        resync: s.sync_frequency,
+    });
+
+    let (src_tx, src_rx) = mpsc::channel(16);
+    let mut expected = BTreeSet::new();
+    if let Some(dir) = &s.static_pod_path {
+        expected.insert(SourceName::File);
+        tracing::info!(path = %dir.display(), "watching static pod manifests");
+        tasks.spawn(FileSource::new(dir.clone(), s.node_name.clone(), s.file_check_frequency).run(src_tx.clone()));
+    }
+    if let Some(url) = &s.static_pod_url {
+        expected.insert(SourceName::Http);
+        tracing::info!(%url, "polling the static pod manifest URL");
+        let src = HttpSource::new(url.clone(), s.static_pod_url_headers.clone(), s.node_name.clone(), s.http_check_frequency);
+        tasks.spawn(src.run(src_tx.clone()));
+    }
+    drop(src_tx);
+
+    let (relist_tx, relist_rx) = mpsc::channel(16);
+    let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
+    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, poke.clone(), relist_tx, relisted_tx));
+    if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
+        let (exit_tx, mut exit_rx) = mpsc::channel(64);
+        tasks.spawn(containerd::watch_task_exits(socket, exit_tx));
+        let poke = poke.clone();
+        tasks.spawn(async move {
+            while let Some(ev) = exit_rx.recv().await {
+                tracing::debug!(container = %ev.container_id, status = ev.exit_status, "container exited");
+                poke.notify_one();
+            }
+        });
+    }
+
+    let manager = PodManager::new(ctx, expected, s.dry_run);
+    tasks.spawn(manager.run(src_rx, relist_rx));
+
+    if let Some(addr) = s.healthz {
+        match server::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving /healthz and /pods");
+                tasks.spawn(server::serve(listener, server::LocalApi { statuses, relisted: relisted_rx }));
+            }
+            Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the local endpoint is not served"),
+            Err(source) => return Err(AgentError::Bind { addr, source }),
+        }
+    }
+
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+    tracing::info!(node = %s.node_name, dry_run = s.dry_run, "nodelet is running");
+    shutdown.await;
+    tracing::info!("shutting down; pods keep running");
+    tasks.shutdown().await;
+    Ok(())
+}

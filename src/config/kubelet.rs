@@ -1,0 +1,196 @@
+//! The KubeletConfiguration file (`--config`), as operators already have it
+//! (kubelet.config.k8s.io/v1beta1). Fields nodelet uses are read and
+//! checked; a wrong type or value is an error naming the file and the field.
+//! Every other field is accepted with one warning, never a start failure, as
+//! kubelet's lenient decoding does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ConfigError;
+use super::duration::parse_go_duration;
+
+pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KIND: &str = "KubeletConfiguration";
+
+/// The KubeletConfiguration fields nodelet uses; `None` means unset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KubeletConfig {
+    pub static_pod_path: Option<PathBuf>,
+    pub static_pod_url: Option<String>,
+    pub static_pod_url_header: BTreeMap<String, Vec<String>>,
+    pub file_check_frequency: Option<Duration>,
+    pub http_check_frequency: Option<Duration>,
+    pub sync_frequency: Option<Duration>,
+    pub cluster_dns: Option<Vec<String>>,
+    pub cluster_domain: Option<String>,
+    pub resolv_conf: Option<PathBuf>,
+    pub cgroup_driver: Option<String>,
+    pub cgroup_root: Option<String>,
+    pub cgroups_per_qos: Option<bool>,
+    pub container_runtime_endpoint: Option<String>,
+    pub runtime_request_timeout: Option<Duration>,
+    pub healthz_port: Option<u16>,
+    pub healthz_bind_address: Option<String>,
+    pub pod_logs_dir: Option<PathBuf>,
+    pub max_pods: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub max_container_restart_period: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CrashLoopBackOff {
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_container_restart_period: Option<Duration>,
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_go_duration(&s).map_err(serde::de::Error::custom)).transpose()
+}
+
+fn field<T: DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let sub = e.path().to_string();
+        let path = if sub == "." { name.to_string() } else { format!("{name}.{sub}") };
+        ConfigError::Field { file: file.into(), field: path, message: e.inner().to_string() }
+    })
+}
+
+fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
+    let s: String = field(file, name, v)?;
+    parse_go_duration(&s).map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.to_string() })
+}
+
+impl KubeletConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+        Self::parse(&bytes, &file)
+    }
+
+    pub fn parse(bytes: &[u8], file: &str) -> Result<Self, ConfigError> {
+        let doc: Value = serde_yaml::from_slice(bytes)
+            .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
+        let Value::Object(map) = doc else {
+            return Err(ConfigError::Read { file: file.into(), message: "expected a KubeletConfiguration object".into() });
+        };
+        let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
+        match map.get("kind").and_then(Value::as_str) {
+            Some(KIND) => {}
+            other => return Err(bad("kind", format!("must be {KIND:?}, got {other:?}"))),
+        }
+        match map.get("apiVersion").and_then(Value::as_str) {
+            Some(API_VERSION) => {}
+            other => return Err(bad("apiVersion", format!("must be {API_VERSION:?}, got {other:?}"))),
+        }
+        let mut c = KubeletConfig::default();
+        for (k, v) in &map {
+            if v.is_null() {
+                continue;
+            }
+            match k.as_str() {
+                "kind" | "apiVersion" => {}
+                "staticPodPath" => c.static_pod_path = Some(field(file, k, v)?),
+                "staticPodURL" => c.static_pod_url = Some(field(file, k, v)?),
+                "staticPodURLHeader" => c.static_pod_url_header = field(file, k, v)?,
+                "fileCheckFrequency" => c.file_check_frequency = Some(duration(file, k, v)?),
+                "httpCheckFrequency" => c.http_check_frequency = Some(duration(file, k, v)?),
+                "syncFrequency" => c.sync_frequency = Some(duration(file, k, v)?),
+                "clusterDNS" => c.cluster_dns = Some(field(file, k, v)?),
+                "clusterDomain" => c.cluster_domain = Some(field(file, k, v)?),
+                "resolvConf" => c.resolv_conf = Some(field(file, k, v)?),
+                "cgroupDriver" => {
+                    let d: String = field(file, k, v)?;
+                    if d != "cgroupfs" && d != "systemd" {
+                        return Err(bad(k, format!("Unsupported value: {d:?}: supported values: \"cgroupfs\", \"systemd\"")));
+                    }
+                    c.cgroup_driver = Some(d);
+                }
+                "cgroupRoot" => c.cgroup_root = Some(field(file, k, v)?),
+                "cgroupsPerQOS" => c.cgroups_per_qos = Some(field(file, k, v)?),
+                "containerRuntimeEndpoint" => c.container_runtime_endpoint = Some(field(file, k, v)?),
+                "runtimeRequestTimeout" => c.runtime_request_timeout = Some(duration(file, k, v)?),
+                "healthzPort" => c.healthz_port = Some(field(file, k, v)?),
+                "healthzBindAddress" => c.healthz_bind_address = Some(field(file, k, v)?),
+                "podLogsDir" => c.pod_logs_dir = Some(field(file, k, v)?),
+                "maxPods" => c.max_pods = Some(field(file, k, v)?),
+                "oomScoreAdj" => {
+                    let n: i32 = field(file, k, v)?;
+                    if !(-1000..=1000).contains(&n) {
+                        return Err(bad(k, format!("Invalid value: {n}: must be between -1000 and 1000")));
+                    }
+                    c.oom_score_adj = Some(n);
+                }
+                "crashLoopBackOff" => {
+                    let b: CrashLoopBackOff = field(file, k, v)?;
+                    c.max_container_restart_period = b.max_container_restart_period;
+                }
+                other => tracing::warn!(file, field = other, "KubeletConfiguration field is not used by nodelet; ignored"),
+            }
+        }
+        if c.pod_logs_dir.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(bad("podLogsDir", "must be an absolute path".into()));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fields_it_uses() {
+        let yaml = r#"
+kind: KubeletConfiguration
+apiVersion: kubelet.config.k8s.io/v1beta1
+address: 0.0.0.0
+port: 10250
+readOnlyPort: 10255
+cgroupDriver: cgroupfs
+clusterDNS: [10.0.0.2]
+clusterDomain: cluster.local
+failSwapOn: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {cacheTTL: 2m0s, enabled: true}
+  x509: {clientCAFile: /opt/kubernetes/ssl/ca.pem}
+authorization: {mode: Webhook}
+evictionHard: {imagefs.available: 15%, memory.available: 100Mi}
+maxOpenFiles: 1000000
+maxPods: 110
+staticPodPath: /etc/kubernetes/manifests
+fileCheckFrequency: 20s
+crashLoopBackOff: {maxContainerRestartPeriod: 1m}
+"#;
+        let c = KubeletConfig::parse(yaml.as_bytes(), "kubelet-config.yml").unwrap();
+        assert_eq!(c.cluster_dns, Some(vec!["10.0.0.2".to_string()]));
+        assert_eq!(c.max_pods, Some(110));
+        assert_eq!(c.static_pod_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
+        assert_eq!(c.file_check_frequency, Some(Duration::from_secs(20)));
+        assert_eq!(c.max_container_restart_period, Some(Duration::from_secs(60)));
+    }
+
+    fn err(body: &str) -> String {
+        let yaml = format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{body}");
+        KubeletConfig::parse(yaml.as_bytes(), "k.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_field() {
+        assert_eq!(err("maxPods: lots\n"), "k.yaml: maxPods: invalid type: string \"lots\", expected u32");
+        assert!(err("clusterDNS: 10.0.0.2\n").starts_with("k.yaml: clusterDNS: invalid type"));
+        assert!(err("cgroupDriver: docker\n").starts_with("k.yaml: cgroupDriver: Unsupported value"));
+        assert!(err("fileCheckFrequency: soon\n").starts_with("k.yaml: fileCheckFrequency: invalid duration"));
+        assert!(err("staticPodURLHeader: {X: 1}\n").starts_with("k.yaml: staticPodURLHeader.X: invalid type"));
+        let wrong = KubeletConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: x\n", "k.yaml").unwrap_err().to_string();
+        assert!(wrong.starts_with("k.yaml: kind: must be"), "{wrong}");
+    }
+}

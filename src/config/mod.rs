@@ -1,0 +1,177 @@
+//! Configuration: kubelet-style flags over a KubeletConfiguration file over
+//! kubelet's defaults, resolved once at start into [`Settings`].
+
+pub mod duration;
+pub mod kubelet;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::pods::CgroupDriver;
+use crate::pods::backoff::BackoffConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: {field}: {message}")]
+    Field { file: String, field: String, message: String },
+    #[error("{flag}: {message}")]
+    Flag { flag: String, message: String },
+}
+
+/// Everything the agent runs with, after flags, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub dry_run: bool,
+    pub runtime_endpoint: String,
+    pub runtime_request_timeout: Duration,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub static_pod_path: Option<PathBuf>,
+    pub static_pod_url: Option<String>,
+    pub static_pod_url_headers: Vec<(String, String)>,
+    pub file_check_frequency: Duration,
+    pub http_check_frequency: Duration,
+    pub sync_frequency: Duration,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    pub cgroup_root: String,
+    pub cgroups_per_qos: bool,
+    pub healthz: Option<SocketAddr>,
+    pub max_pods: u32,
+    pub oom_score_adj: i32,
+    pub node_ips: Vec<String>,
+    pub backoff: BackoffConfig,
+}
+
+/// Flag values that override the file; `None` when the flag was not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub hostname_override: Option<String>,
+    pub dry_run: bool,
+    pub container_runtime_endpoint: Option<String>,
+    pub runtime_request_timeout: Option<Duration>,
+    pub root_dir: Option<PathBuf>,
+    pub pod_manifest_path: Option<PathBuf>,
+    pub manifest_url: Option<String>,
+    pub manifest_url_header: Vec<String>,
+    pub file_check_frequency: Option<Duration>,
+    pub http_check_frequency: Option<Duration>,
+    pub sync_frequency: Option<Duration>,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: Option<String>,
+    pub resolv_conf: Option<PathBuf>,
+    pub cgroup_driver: Option<String>,
+    pub cgroup_root: Option<String>,
+    pub cgroups_per_qos: Option<bool>,
+    pub healthz_port: Option<u16>,
+    pub healthz_bind_address: Option<String>,
+    pub max_pods: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub node_ip: Option<String>,
+    pub crash_loop_backoff_initial: Option<Duration>,
+    pub crash_loop_backoff_max: Option<Duration>,
+}
+
+fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Flag { flag: flag.into(), message: message.into() }
+}
+
+/// The node's hostname, lowercased, as kubelet names the node by default.
+pub fn default_node_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()).to_lowercase()
+}
+
+/// The address of the interface holding the default route (kubelet's
+/// default InternalIP); found without sending anything.
+pub fn default_node_ip() -> Option<String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then(|| ip.to_string())
+}
+
+impl Settings {
+    /// Flags over `file` over kubelet's defaults.
+    pub fn resolve(o: Overrides, file: kubelet::KubeletConfig) -> Result<Self, ConfigError> {
+        let node_name = o.hostname_override.clone().unwrap_or_else(default_node_name).trim().to_lowercase();
+        if node_name.is_empty() {
+            return Err(flag_err("--hostname-override", "the node name is empty"));
+        }
+        let cgroup_driver = match o.cgroup_driver.clone().or(file.cgroup_driver.clone()).as_deref() {
+            None | Some("cgroupfs") => CgroupDriver::Cgroupfs,
+            Some("systemd") => CgroupDriver::Systemd,
+            Some(other) => return Err(flag_err("--cgroup-driver", format!("unsupported value {other:?}: use cgroupfs or systemd"))),
+        };
+        let port = o.healthz_port.or(file.healthz_port).unwrap_or(10248);
+        let bind = o.healthz_bind_address.clone().or(file.healthz_bind_address.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let healthz = if port == 0 {
+            None
+        } else {
+            let ip: IpAddr = bind.parse().map_err(|_| flag_err("--healthz-bind-address", format!("{bind:?} is not an IP address")))?;
+            Some(SocketAddr::new(ip, port))
+        };
+        let mut headers = Vec::new();
+        for (k, vs) in &file.static_pod_url_header {
+            for v in vs {
+                headers.push((k.clone(), v.clone()));
+            }
+        }
+        for h in &o.manifest_url_header {
+            let (k, v) = h.split_once(':').ok_or_else(|| flag_err("--manifest-url-header", format!("{h:?} is not 'key:value'")))?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let node_ips = match &o.node_ip {
+            Some(list) => {
+                let ips: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                for ip in &ips {
+                    ip.parse::<IpAddr>().map_err(|_| flag_err("--node-ip", format!("{ip:?} is not an IP address")))?;
+                }
+                ips
+            }
+            None => default_node_ip().into_iter().collect(),
+        };
+        let max = o.crash_loop_backoff_max.or(file.max_container_restart_period).unwrap_or(Duration::from_secs(300));
+        let initial = o.crash_loop_backoff_initial.unwrap_or(Duration::from_secs(10)).min(max);
+        if initial.is_zero() {
+            return Err(flag_err("--crash-loop-backoff-initial", "must be greater than zero"));
+        }
+        let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
+        for ip in &cluster_dns {
+            ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
+        }
+        Ok(Settings {
+            node_name,
+            dry_run: o.dry_run,
+            runtime_endpoint: o
+                .container_runtime_endpoint
+                .or(file.container_runtime_endpoint)
+                .unwrap_or_else(|| "unix:///run/containerd/containerd.sock".into()),
+            runtime_request_timeout: o.runtime_request_timeout.or(file.runtime_request_timeout).unwrap_or(Duration::from_secs(120)),
+            root_dir: o.root_dir.unwrap_or_else(|| "/var/lib/kubelet".into()),
+            pod_logs_dir: file.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
+            static_pod_path: o.pod_manifest_path.or(file.static_pod_path).filter(|p| !p.as_os_str().is_empty()),
+            static_pod_url: o.manifest_url.or(file.static_pod_url).filter(|u| !u.is_empty()),
+            static_pod_url_headers: headers,
+            file_check_frequency: o.file_check_frequency.or(file.file_check_frequency).unwrap_or(Duration::from_secs(20)),
+            http_check_frequency: o.http_check_frequency.or(file.http_check_frequency).unwrap_or(Duration::from_secs(20)),
+            sync_frequency: o.sync_frequency.or(file.sync_frequency).unwrap_or(Duration::from_secs(60)),
+            cluster_dns,
+            cluster_domain: o.cluster_domain.or(file.cluster_domain).unwrap_or_default(),
+            resolv_conf: o.resolv_conf.or(file.resolv_conf).unwrap_or_else(|| "/etc/resolv.conf".into()),
+            cgroup_driver,
+            cgroup_root: o.cgroup_root.or(file.cgroup_root).unwrap_or_else(|| "/".into()),
+            cgroups_per_qos: o.cgroups_per_qos.or(file.cgroups_per_qos).unwrap_or(true),
+            healthz,
+            max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
+            oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
+            node_ips,
+            backoff: BackoffConfig { initial, max },
+        })
+    }
+}

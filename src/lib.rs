@@ -1,0 +1,14 @@
+//! nodelet: one daemon per Kubernetes worker node in place of kubelet and
+//! kube-proxy. This library holds everything; `main.rs` only parses flags.
+//!
+//! Layout (see ../shared/DESIGN.md): `pods` is the kubelet core (sources,
+//! a pure planner and status function, per-pod workers); `runtime` is the
+//! CRI shell; `config` resolves flags and files; `server` serves the local
+//! endpoints; `agent` wires them together.
+
+pub mod agent;
+pub mod config;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+pub mod view;

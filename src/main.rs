@@ -1,0 +1,258 @@
+//! The nodelet command line. Parses flags and hands over to the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use nodelet::config::{Overrides, Settings, duration::parse_go_duration, kubelet::KubeletConfig};
+use nodelet::runtime::containerd::import::{ImportOptions, import};
+use nodelet::runtime::remote::socket_path;
+
+#[derive(Parser)]
+#[command(name = "nodelet", version, about = "The kubelet and kube-proxy roles for one Kubernetes node, over CRI v1")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the pods this node runs (reads the local endpoint).
+    Pods(PodsArgs),
+    /// Manage images in the container runtime.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Import OCI image layout archives (.tar or .tar.gz) into containerd's
+    /// CRI namespace and unpack them, for nodes that reach no registry.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct PodsArgs {
+    /// The local endpoint (healthzBindAddress:healthzPort).
+    #[arg(long, default_value = "127.0.0.1:10248")]
+    address: String,
+    /// Print the raw JSON instead of a table.
+    #[arg(short = 'o', long = "output", value_parser = ["table", "json"], default_value = "table")]
+    output: String,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Archive files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// containerd's socket.
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    address: String,
+    /// The snapshotter the CRI plugin uses.
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+/// kubelet's flags that nodelet implements, under kubelet's names.
+#[derive(Args, Default)]
+struct RunArgs {
+    /// KubeletConfiguration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the CRI calls the agent would make instead of making them.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    hostname_override: Option<String>,
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    #[arg(long, value_parser = duration)]
+    runtime_request_timeout: Option<Duration>,
+    #[arg(long)]
+    root_dir: Option<PathBuf>,
+    /// Directory of static pod manifests.
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
+    /// URL of static pod manifests (a Pod or a PodList).
+    #[arg(long)]
+    manifest_url: Option<String>,
+    /// 'key:value' header for --manifest-url; repeatable.
+    #[arg(long)]
+    manifest_url_header: Vec<String>,
+    #[arg(long, value_parser = duration)]
+    file_check_frequency: Option<Duration>,
+    #[arg(long, value_parser = duration)]
+    http_check_frequency: Option<Duration>,
+    #[arg(long, value_parser = duration)]
+    sync_frequency: Option<Duration>,
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    #[arg(long)]
+    cluster_domain: Option<String>,
+    #[arg(long)]
+    resolv_conf: Option<PathBuf>,
+    #[arg(long)]
+    cgroup_driver: Option<String>,
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    #[arg(long)]
+    cgroups_per_qos: Option<bool>,
+    #[arg(long)]
+    healthz_port: Option<u16>,
+    #[arg(long)]
+    healthz_bind_address: Option<String>,
+    #[arg(long)]
+    max_pods: Option<u32>,
+    #[arg(long, allow_negative_numbers = true)]
+    oom_score_adj: Option<i32>,
+    /// Comma-separated node IPs (status.hostIP); default: the default route's.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// First crash-loop back-off delay (kubelet: 10s; lower it for tests).
+    #[arg(long, value_parser = duration)]
+    crash_loop_backoff_initial: Option<Duration>,
+    /// Back-off cap (KubeletConfiguration crashLoopBackOff.maxContainerRestartPeriod).
+    #[arg(long, value_parser = duration)]
+    crash_loop_backoff_max: Option<Duration>,
+    /// Cluster mode is not implemented yet; given, nodelet says so.
+    #[arg(long, hide = true)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Log verbosity, kubelet style: 0-1 info, 2-3 debug, 4+ trace.
+    #[arg(long = "v", default_value_t = 0)]
+    verbosity: u8,
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    logging_format: String,
+}
+
+fn init_logging(verbosity: u8, format: &str) {
+    let level = match verbosity {
+        0 | 1 => "info",
+        2 | 3 => "info,nodelet=debug",
+        _ => "debug,nodelet=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
+    if a.kubeconfig.is_some() || a.bootstrap_kubeconfig.is_some() {
+        anyhow::bail!("--kubeconfig/--bootstrap-kubeconfig: cluster mode is not implemented yet; run without them for standalone static pods");
+    }
+    let file = match &a.config {
+        Some(path) => KubeletConfig::load(path)?,
+        None => KubeletConfig::default(),
+    };
+    let overrides = Overrides {
+        hostname_override: a.hostname_override,
+        dry_run: a.dry_run,
+        container_runtime_endpoint: a.container_runtime_endpoint,
+        runtime_request_timeout: a.runtime_request_timeout,
+        root_dir: a.root_dir,
+        pod_manifest_path: a.pod_manifest_path,
+        manifest_url: a.manifest_url,
+        manifest_url_header: a.manifest_url_header,
+        file_check_frequency: a.file_check_frequency,
+        http_check_frequency: a.http_check_frequency,
+        sync_frequency: a.sync_frequency,
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+        resolv_conf: a.resolv_conf,
+        cgroup_driver: a.cgroup_driver,
+        cgroup_root: a.cgroup_root,
+        cgroups_per_qos: a.cgroups_per_qos,
+        healthz_port: a.healthz_port,
+        healthz_bind_address: a.healthz_bind_address,
+        max_pods: a.max_pods,
+        oom_score_adj: a.oom_score_adj,
+        node_ip: a.node_ip,
+        crash_loop_backoff_initial: a.crash_loop_backoff_initial,
+        crash_loop_backoff_max: a.crash_loop_backoff_max,
+    };
+    let settings = Settings::resolve(overrides, file)?;
+    nodelet::agent::run(settings, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn pods(a: PodsArgs) -> anyhow::Result<()> {
+    let url = format!("http://{}/pods", a.address);
+    let body = reqwest::get(&url)
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot reach nodelet at {url} (is it running, and is healthzPort set?)"))?
+        .bytes()
+        .await?;
+    if a.output == "json" {
+        println!("{}", String::from_utf8_lossy(&body));
+    } else {
+        print!("{}", nodelet::view::pods_table(&body, k8s_openapi::jiff::Timestamp::now())?);
+    }
+    Ok(())
+}
+
+async fn images_import(a: ImportArgs) -> anyhow::Result<()> {
+    let mut opts = ImportOptions::for_socket(socket_path(&a.address)?);
+    opts.snapshotter = a.snapshotter;
+    for file in &a.files {
+        for img in import(file, &opts).await? {
+            println!("imported {} ({})", img.name, img.digest);
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let (verbosity, format) = (cli.run.verbosity, cli.run.logging_format.clone());
+    init_logging(verbosity, &format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodelet: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            None => run_agent(cli.run).await,
+            Some(Command::Pods(a)) => pods(a).await,
+            Some(Command::Images { command: ImagesCommand::Import(a) }) => images_import(a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("nodelet: {}", chain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}

@@ -1,0 +1,301 @@
+//! The CRI container config for one container of a pod (pure): command and
+//! args with `$(VAR)` expansion, the environment, CPU and memory limits as
+//! LinuxContainerResources, oom_score_adj by QoS class, the security context,
+//! and the labels and annotations that make the container adoptable.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use sha2::{Digest, Sha256};
+
+use super::env::{self, EnvError, PodFacts};
+use super::qos::{self, QosClass};
+use super::{ContainerKind, NodeContext, quantity, sandbox};
+use crate::runtime::cri;
+use crate::runtime::labels;
+
+/// CFS period kubelet uses (100 ms).
+pub const CPU_PERIOD_US: i64 = 100_000;
+const MIN_SHARES: i64 = 2;
+const MAX_SHARES: i64 = 262_144;
+const MIN_QUOTA_US: i64 = 1_000;
+const GUARANTEED_OOM: i64 = -997;
+const BEST_EFFORT_OOM: i64 = 1000;
+
+/// Paths kubelet masks and makes read-only in unprivileged containers.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const DEFAULT_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// A hash of the parts of a container spec whose change needs a new
+/// container. Resources are left out: they can change in place.
+pub fn container_hash(c: &Container) -> String {
+    let mut c = c.clone();
+    c.resources = None;
+    c.resize_policy = None;
+    let bytes = serde_json::to_vec(&c).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..8])
+}
+
+/// `<container>/<attempt>.log` below the pod's log directory.
+pub fn log_path(name: &str, attempt: u32) -> String {
+    format!("{name}/{attempt}.log")
+}
+
+fn milli(c: &Container, field: &str, res: &str) -> i64 {
+    let Some(r) = &c.resources else { return 0 };
+    let map = if field == "limits" { &r.limits } else { &r.requests };
+    map.as_ref().and_then(|m| m.get(res)).and_then(|q| quantity::milli(q).ok()).unwrap_or(0)
+}
+
+fn bytes(c: &Container, field: &str, res: &str) -> i64 {
+    let Some(r) = &c.resources else { return 0 };
+    let map = if field == "limits" { &r.limits } else { &r.requests };
+    map.as_ref().and_then(|m| m.get(res)).and_then(|q| quantity::value(q).ok()).unwrap_or(0)
+}
+
+fn is_node_critical(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let is_static = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::manifest::ANNOTATION_CONFIG_SOURCE))
+        .is_some_and(|s| s != "api");
+    let critical = is_static || spec.and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000);
+    critical && spec.and_then(|s| s.priority_class_name.as_deref()) == Some("system-node-critical")
+}
+
+/// kubelet's OOM score policy, clamped to what the node allows.
+pub fn oom_score_adj(pod: &Pod, c: &Container, node: &NodeContext) -> i64 {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let score = if is_node_critical(pod) {
+        GUARANTEED_OOM
+    } else {
+        match qos::qos_class(&spec) {
+            QosClass::Guaranteed => GUARANTEED_OOM,
+            QosClass::BestEffort => BEST_EFFORT_OOM,
+            QosClass::Burstable => {
+                let request = bytes(c, "requests", "memory");
+                let capacity = node.memory_capacity_bytes.max(1);
+                let s = 1000 - (1000 * request as i128 / capacity as i128) as i64;
+                if s < 1000 + GUARANTEED_OOM {
+                    1000 + GUARANTEED_OOM
+                } else if s == BEST_EFFORT_OOM {
+                    s - 1
+                } else {
+                    s
+                }
+            }
+        }
+    };
+    score.max(node.oom_score_adj_floor)
+}
+
+/// CPU shares, CFS quota and the memory limit for a container.
+pub fn linux_resources(pod: &Pod, c: &Container, node: &NodeContext) -> cri::LinuxContainerResources {
+    let cpu_request = milli(c, "requests", "cpu");
+    let cpu_limit = milli(c, "limits", "cpu");
+    let shares = if cpu_request == 0 { MIN_SHARES } else { (cpu_request * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES) };
+    let quota = if cpu_limit == 0 { 0 } else { (cpu_limit * CPU_PERIOD_US / 1000).max(MIN_QUOTA_US) };
+    cri::LinuxContainerResources {
+        cpu_period: if quota > 0 { CPU_PERIOD_US } else { 0 },
+        cpu_quota: quota,
+        cpu_shares: shares,
+        memory_limit_in_bytes: bytes(c, "limits", "memory"),
+        oom_score_adj: oom_score_adj(pod, c, node),
+        ..Default::default()
+    }
+}
+
+fn security_context(spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::LinuxContainerSecurityContext {
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    let privileged = sc.privileged == Some(true);
+    let unmasked = sc.proc_mount.as_deref() == Some("Unmasked");
+    let mut groups = psc.supplemental_groups.clone().unwrap_or_default();
+    if let Some(fs) = psc.fs_group
+        && !groups.contains(&fs)
+    {
+        groups.push(fs);
+    }
+    let paths = |list: &[&str]| {
+        if privileged || unmasked { Vec::new() } else { list.iter().map(|s| s.to_string()).collect() }
+    };
+    cri::LinuxContainerSecurityContext {
+        capabilities: sc.capabilities.as_ref().map(|caps| cri::Capability {
+            add_capabilities: caps.add.clone().unwrap_or_default(),
+            drop_capabilities: caps.drop.clone().unwrap_or_default(),
+        }),
+        privileged,
+        namespace_options: Some(sandbox::namespace_options(spec)),
+        run_as_user: sc.run_as_user.or(psc.run_as_user).map(|value| cri::Int64Value { value }),
+        run_as_group: sc.run_as_group.or(psc.run_as_group).map(|value| cri::Int64Value { value }),
+        run_as_username: String::new(),
+        readonly_rootfs: sc.read_only_root_filesystem == Some(true),
+        supplemental_groups: groups,
+        no_new_privs: sc.allow_privilege_escalation == Some(false),
+        masked_paths: paths(DEFAULT_MASKED_PATHS),
+        readonly_paths: paths(DEFAULT_READONLY_PATHS),
+        seccomp: Some(sandbox::seccomp(sc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref()), node)),
+    }
+}
+
+/// What a container config is built from.
+pub struct ContainerRequest<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub kind: ContainerKind,
+    pub attempt: u32,
+    /// The image ID to run (from ImageStatus or PullImage).
+    pub image_ref: &'a str,
+    pub pod_ips: &'a [String],
+    pub node: &'a NodeContext,
+}
+
+/// The CRI config for one container instance.
+pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig, EnvError> {
+    let pod = r.pod;
+    let c = r.container;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let id = super::identity(pod);
+    let facts = PodFacts { pod, pod_ips: r.pod_ips, node: r.node };
+    let envs = env::container_env(c, &facts)?;
+    let command = env::expand_all(c.command.as_deref().unwrap_or(&[]), &envs);
+    let args = env::expand_all(c.args.as_deref().unwrap_or(&[]), &envs);
+    let mut container_labels = id.labels();
+    container_labels.insert(labels::CONTAINER_NAME.into(), c.name.clone());
+    let annotations: HashMap<String, String> = [
+        (labels::CONTAINER_HASH, container_hash(c)),
+        (labels::CONTAINER_RESTART_COUNT, r.attempt.to_string()),
+        (labels::CONTAINER_TERMINATION_MESSAGE_PATH, c.termination_message_path.clone().unwrap_or_default()),
+        (labels::CONTAINER_TERMINATION_MESSAGE_POLICY, c.termination_message_policy.clone().unwrap_or_default()),
+        (labels::POD_TERMINATION_GRACE_PERIOD, spec.termination_grace_period_seconds.unwrap_or(30).to_string()),
+        (labels::CONTAINER_KIND, r.kind.as_str().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: r.attempt }),
+        image: Some(cri::ImageSpec {
+            image: r.image_ref.to_string(),
+            annotations: HashMap::new(),
+            user_specified_image: c.image.clone().unwrap_or_default(),
+        }),
+        command,
+        args,
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: envs.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
+        mounts: Vec::new(),
+        labels: container_labels,
+        annotations,
+        log_path: log_path(&c.name, r.attempt),
+        stdin: c.stdin == Some(true),
+        stdin_once: c.stdin_once == Some(true),
+        tty: c.tty == Some(true),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(linux_resources(pod, c, r.node)),
+            security_context: Some(security_context(&spec, c, r.node)),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::manifest;
+
+    fn pod(resources: &str, extra: &str) -> Pod {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: app\n    image: busybox:1\n    \
+             command: [sh, -c, 'echo $(GREETING)']\n    env: [{{name: GREETING, value: hi}}]\n{extra}    resources: {resources}\n"
+        );
+        manifest::load_static(yaml.as_bytes(), "n1", &manifest::StaticOrigin::File("/m.yaml".into())).unwrap().0
+    }
+
+    fn config(p: &Pod, node: &NodeContext) -> cri::ContainerConfig {
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        container_config(&ContainerRequest {
+            pod: p,
+            container: c,
+            kind: ContainerKind::App,
+            attempt: 3,
+            image_ref: "sha256:abc",
+            pod_ips: &[],
+            node,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn limits_become_cgroup_settings() {
+        let node = NodeContext::for_tests("n1");
+        let p = pod("{limits: {cpu: 500m, memory: 128Mi}}", "");
+        let cfg = config(&p, &node);
+        let res = cfg.linux.as_ref().unwrap().resources.clone().unwrap();
+        assert_eq!(res.cpu_shares, 512);
+        assert_eq!(res.cpu_quota, 50_000);
+        assert_eq!(res.cpu_period, 100_000);
+        assert_eq!(res.memory_limit_in_bytes, 128 << 20);
+        assert_eq!(res.oom_score_adj, -997, "guaranteed");
+        assert_eq!(cfg.command, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(cfg.log_path, "app/3.log");
+        assert_eq!(cfg.annotations[labels::CONTAINER_RESTART_COUNT], "3");
+        assert_eq!(cfg.labels[labels::CONTAINER_NAME], "app");
+        let sc = cfg.linux.unwrap().security_context.unwrap();
+        assert!(sc.masked_paths.contains(&"/proc/kcore".to_string()));
+    }
+
+    #[test]
+    fn oom_scores_by_qos_and_floor() {
+        let mut node = NodeContext::for_tests("n1");
+        let be = pod("{}", "");
+        assert_eq!(linux_resources(&be, &be.spec.as_ref().unwrap().containers[0], &node).oom_score_adj, 1000);
+        assert_eq!(linux_resources(&be, &be.spec.as_ref().unwrap().containers[0], &node).cpu_shares, 2);
+        let bu = pod("{requests: {memory: 4Gi}}", "");
+        // 8 GiB node, 4 GiB request: 1000 - 500
+        assert_eq!(oom_score_adj(&bu, &bu.spec.as_ref().unwrap().containers[0], &node), 500);
+        let g = pod("{limits: {cpu: 1, memory: 1Gi}}", "");
+        node.oom_score_adj_floor = 0;
+        assert_eq!(oom_score_adj(&g, &g.spec.as_ref().unwrap().containers[0], &node), 0, "clamped to the floor");
+    }
+
+    #[test]
+    fn hash_ignores_resources_but_not_command() {
+        let a = pod("{limits: {cpu: 1}}", "");
+        let b = pod("{limits: {cpu: 2}}", "");
+        let ca = &a.spec.as_ref().unwrap().containers[0];
+        let cb = &b.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container_hash(ca), container_hash(cb));
+        let mut cc = ca.clone();
+        cc.args = Some(vec!["x".into()]);
+        assert_ne!(container_hash(ca), container_hash(&cc));
+    }
+
+    #[test]
+    fn security_context_maps() {
+        let node = NodeContext::for_tests("n1");
+        let p = pod(
+            "{}",
+            "    securityContext: {runAsUser: 1000, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}\n",
+        );
+        let sc = config(&p, &node).linux.unwrap().security_context.unwrap();
+        assert_eq!(sc.run_as_user.unwrap().value, 1000);
+        assert!(sc.readonly_rootfs && sc.no_new_privs && !sc.privileged);
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop_capabilities, vec!["ALL"]);
+        assert_eq!(caps.add_capabilities, vec!["NET_BIND_SERVICE"]);
+    }
+}

@@ -1,0 +1,27 @@
+//! Events about pods (Pulling, Created, Started, Killing, BackOff, ...).
+//! Standalone, they go to the log; with an apiserver they become Event
+//! objects (the recorder is swapped, the callers stay).
+
+use crate::runtime::labels::PodIdentity;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+pub trait EventRecorder: Send + Sync + 'static {
+    fn record(&self, pod: &PodIdentity, kind: EventType, reason: &str, message: &str);
+}
+
+/// Writes events to the log, one line each.
+pub struct LogRecorder;
+
+impl EventRecorder for LogRecorder {
+    fn record(&self, pod: &PodIdentity, kind: EventType, reason: &str, message: &str) {
+        match kind {
+            EventType::Normal => tracing::info!(pod = %pod, uid = %pod.uid, reason, "{message}"),
+            EventType::Warning => tracing::warn!(pod = %pod, uid = %pod.uid, reason, "{message}"),
+        }
+    }
+}

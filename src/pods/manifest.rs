@@ -1,0 +1,507 @@
+//! Pod manifests: decoding (YAML or JSON), the defaults the apiserver would
+//! apply, kubelet's static-pod treatment (name suffix, content-hash UID,
+//! config annotations), and validation with apiserver-style field paths.
+//!
+//! Errors name the origin (a file or URL) and the field, in one line.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe, Toleration};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::validation::{self as v, FieldError};
+
+pub const ANNOTATION_CONFIG_HASH: &str = "kubernetes.io/config.hash";
+pub const ANNOTATION_CONFIG_SEEN: &str = "kubernetes.io/config.seen";
+pub const ANNOTATION_CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+pub const ANNOTATION_CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{origin}: {message}")]
+    Decode { origin: String, message: String },
+    #[error("{origin}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { origin: String, errors: Vec<FieldError> },
+}
+
+impl ManifestError {
+    fn decode(origin: &str, message: impl Into<String>) -> Self {
+        ManifestError::Decode { origin: origin.to_string(), message: message.into() }
+    }
+
+    fn field(origin: &str, field: &str, message: impl Into<String>) -> Self {
+        ManifestError::Invalid { origin: origin.to_string(), errors: vec![FieldError::new(field, message)] }
+    }
+}
+
+/// A decoded pod and what was odd about its manifest.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub pod: Pod,
+    /// Fields the manifest sets that a Pod does not have.
+    pub unknown_fields: Vec<String>,
+}
+
+fn to_value(bytes: &[u8], origin: &str) -> Result<Value, ManifestError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ManifestError::decode(origin, "the manifest is empty"));
+    }
+    // YAML 1.2 is a superset of JSON, so one parser reads both.
+    serde_yaml::from_slice::<Value>(bytes).map_err(|e| ManifestError::decode(origin, format!("not valid YAML or JSON: {e}")))
+}
+
+fn check_type_meta(obj: &Value, origin: &str, prefix: &str, kind: &str, required: bool) -> Result<(), ManifestError> {
+    let Some(map) = obj.as_object() else {
+        return Err(ManifestError::decode(origin, format!("{}expected an object", at(prefix))));
+    };
+    for (field, want) in [("apiVersion", "v1"), ("kind", kind)] {
+        match map.get(field) {
+            None | Some(Value::Null) if !required => {}
+            None | Some(Value::Null) => {
+                return Err(ManifestError::field(origin, &join(prefix, field), format!("Required value: must be {want:?}")));
+            }
+            Some(Value::String(s)) if s == want => {}
+            Some(other) => {
+                return Err(ManifestError::field(
+                    origin,
+                    &join(prefix, field),
+                    format!("Unsupported value: {other}: a static pod manifest must be apiVersion \"v1\", kind \"Pod\""),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn at(prefix: &str) -> String {
+    if prefix.is_empty() { String::new() } else { format!("{prefix}: ") }
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
+}
+
+/// Resource quantities may be written as bare numbers (`cpu: 1`); the API
+/// type wants strings, as the apiserver's own decoder accepts both.
+fn normalize_quantities(pod: &mut Value) {
+    fn fix_map(m: Option<&mut Value>) {
+        if let Some(Value::Object(map)) = m {
+            for v in map.values_mut() {
+                if let Value::Number(n) = v {
+                    *v = Value::String(n.to_string());
+                }
+            }
+        }
+    }
+    let Some(spec) = pod.get_mut("spec") else { return };
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        if let Some(Value::Array(cs)) = spec.get_mut(list) {
+            for c in cs {
+                if let Some(r) = c.get_mut("resources") {
+                    fix_map(r.get_mut("limits"));
+                    fix_map(r.get_mut("requests"));
+                }
+            }
+        }
+    }
+    fix_map(spec.get_mut("overhead"));
+    if let Some(r) = spec.get_mut("resources") {
+        fix_map(r.get_mut("limits"));
+        fix_map(r.get_mut("requests"));
+    }
+    if let Some(Value::Array(vols)) = spec.get_mut("volumes") {
+        for vol in vols {
+            if let Some(Value::Object(ed)) = vol.get_mut("emptyDir")
+                && let Some(Value::Number(n)) = ed.get("sizeLimit").cloned()
+            {
+                ed.insert("sizeLimit".into(), Value::String(n.to_string()));
+            }
+        }
+    }
+}
+
+fn decode_value(mut value: Value, origin: &str, prefix: &str) -> Result<Decoded, ManifestError> {
+    normalize_quantities(&mut value);
+    let pod: Pod = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { prefix.to_string() } else { join(prefix, &path) };
+        ManifestError::field(origin, &field, e.inner().to_string())
+    })?;
+    let reencoded = serde_json::to_value(&pod).unwrap_or(Value::Null);
+    let mut unknown_fields = Vec::new();
+    unknown(&value, &reencoded, prefix, &mut unknown_fields);
+    Ok(Decoded { pod, unknown_fields })
+}
+
+/// Decodes one Pod (YAML or JSON).
+pub fn decode_pod(bytes: &[u8], origin: &str) -> Result<Decoded, ManifestError> {
+    let value = to_value(bytes, origin)?;
+    check_type_meta(&value, origin, "", "Pod", true)?;
+    decode_value(value, origin, "")
+}
+
+/// Decodes a Pod or a PodList, as kubelet's URL source accepts either.
+pub fn decode_pods(bytes: &[u8], origin: &str) -> Result<Vec<Decoded>, ManifestError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Vec::new());
+    }
+    let value = to_value(bytes, origin)?;
+    if value.get("kind").and_then(Value::as_str) == Some("PodList") {
+        let Some(items) = value.get("items").and_then(Value::as_array) else {
+            return Ok(Vec::new());
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let prefix = format!("items[{i}]");
+                check_type_meta(item, origin, &prefix, "Pod", false)?;
+                decode_value(item.clone(), origin, &prefix)
+            })
+            .collect()
+    } else {
+        check_type_meta(&value, origin, "", "Pod", true)?;
+        Ok(vec![decode_value(value, origin, "")?])
+    }
+}
+
+/// Lists fields present in `orig` that did not survive decoding into a Pod.
+fn unknown(orig: &Value, parsed: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, parsed) {
+        (Value::Object(o), Value::Object(p)) => {
+            for (k, ov) in o {
+                let sub = join(path, k);
+                match p.get(k) {
+                    Some(pv) => unknown(ov, pv, &sub, out),
+                    None if is_empty(ov) => {}
+                    None => out.push(sub),
+                }
+            }
+        }
+        (Value::Object(o), _) => {
+            // A map the type reads as something else (e.g. a quantity); only
+            // report when the type dropped it entirely.
+            let _ = o;
+        }
+        (Value::Array(o), Value::Array(p)) => {
+            for (i, (ov, pv)) in o.iter().zip(p.iter()).enumerate() {
+                unknown(ov, pv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// The default image pull policy: Always for `:latest` or an untagged image
+/// without a digest, IfNotPresent otherwise.
+pub fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_probe(p: &mut Probe) {
+    p.timeout_seconds.get_or_insert(1);
+    p.period_seconds.get_or_insert(10);
+    p.success_threshold.get_or_insert(1);
+    p.failure_threshold.get_or_insert(3);
+    if let Some(h) = p.http_get.as_mut() {
+        h.scheme.get_or_insert_with(|| "HTTP".into());
+        h.path.get_or_insert_with(|| "/".into());
+    }
+    if let Some(g) = p.grpc.as_mut() {
+        g.service.get_or_insert_with(String::new);
+    }
+}
+
+fn default_container(c: &mut Container) {
+    if c.image_pull_policy.as_deref().is_none_or(str::is_empty) {
+        c.image_pull_policy = Some(default_pull_policy(c.image.as_deref().unwrap_or("")).into());
+    }
+    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+    for p in [&mut c.liveness_probe, &mut c.readiness_probe, &mut c.startup_probe].into_iter().flatten() {
+        default_probe(p);
+    }
+    // Requests default to limits for each resource given only a limit.
+    if let Some(r) = c.resources.as_mut()
+        && let Some(limits) = r.limits.clone()
+    {
+        let requests = r.requests.get_or_insert_with(BTreeMap::new);
+        for (k, q) in limits {
+            requests.entry(k).or_insert(q);
+        }
+    }
+    for e in c.env.iter_mut().flatten() {
+        if let Some(f) = e.value_from.as_mut().and_then(|vf| vf.field_ref.as_mut()) {
+            f.api_version.get_or_insert_with(|| "v1".into());
+        }
+    }
+}
+
+/// The defaults the apiserver applies to a new Pod. Pods from the apiserver
+/// arrive with them; static pods never pass through it, so kubelet (and
+/// nodelet) apply them.
+pub fn set_defaults(pod: &mut Pod) {
+    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        pod.metadata.namespace = Some("default".into());
+    }
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context.get_or_insert_with(Default::default);
+    spec.enable_service_links.get_or_insert(true);
+    let host_network = spec.host_network == Some(true);
+    for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+        default_container(c);
+        if host_network {
+            // With the host's network the host port is the container port.
+            for p in c.ports.iter_mut().flatten() {
+                if p.host_port.is_none_or(|h| h == 0) {
+                    p.host_port = Some(p.container_port);
+                }
+            }
+        }
+    }
+}
+
+/// Where a static pod came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticOrigin {
+    File(String),
+    Http(String),
+}
+
+impl StaticOrigin {
+    pub fn source_name(&self) -> &'static str {
+        match self {
+            StaticOrigin::File(_) => "file",
+            StaticOrigin::Http(_) => "http",
+        }
+    }
+
+    pub fn location(&self) -> &str {
+        match self {
+            StaticOrigin::File(p) | StaticOrigin::Http(p) => p,
+        }
+    }
+}
+
+/// kubelet's treatment of a static pod: apiserver defaults, a UID hashed
+/// from the content, the node and the origin (so an edit makes a new pod),
+/// the name suffixed with the node name, the node name set, the config
+/// annotations, and a toleration of every NoExecute taint.
+pub fn make_static(mut pod: Pod, node_name: &str, origin: &StaticOrigin) -> Pod {
+    set_defaults(&mut pod);
+    if pod.metadata.uid.as_deref().is_none_or(str::is_empty) {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&pod).unwrap_or_default());
+        match origin {
+            StaticOrigin::File(p) => h.update(format!("host:{node_name}file:{p}")),
+            StaticOrigin::Http(u) => h.update(format!("url:{u}")),
+        }
+        pod.metadata.uid = Some(hex::encode(&h.finalize()[..16]));
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if let Some(name) = pod.metadata.name.as_mut().filter(|n| !n.is_empty()) {
+        *name = format!("{name}-{}", node_name.to_lowercase());
+    }
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    spec.node_name = Some(node_name.to_string());
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .push(Toleration { operator: Some("Exists".into()), effect: Some("NoExecute".into()), ..Default::default() });
+    let ann = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.insert(ANNOTATION_CONFIG_HASH.into(), uid);
+    ann.insert(ANNOTATION_CONFIG_SOURCE.into(), origin.source_name().into());
+    pod
+}
+
+/// Validates a (defaulted) pod as the apiserver would on create. Static pods
+/// additionally may not reference API objects they could never get.
+pub fn validate(pod: &Pod, static_pod: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let md = &pod.metadata;
+    match md.name.as_deref() {
+        None | Some("") => errs.push(FieldError::new("metadata.name", "Required value: name is required")),
+        Some(n) => v::dns_subdomain(n, "metadata.name", &mut errs),
+    }
+    if let Some(ns) = md.namespace.as_deref() {
+        v::dns_label(ns, "metadata.namespace", &mut errs);
+    }
+    for (k, val) in md.labels.iter().flatten() {
+        v::label_key(k, &format!("metadata.labels[{k}]"), &mut errs);
+        v::label_value(val, &format!("metadata.labels[{k}]"), &mut errs);
+    }
+    match pod.spec.as_ref() {
+        None => errs.push(FieldError::new("spec", "Required value")),
+        Some(spec) => super::validation::validate_spec(spec, static_pod, &mut errs),
+    }
+    errs
+}
+
+/// Decodes, defaults and validates one static pod manifest.
+pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
+    let decoded = decode_pod(bytes, origin.location())?;
+    finish_static(decoded, node_name, origin)
+}
+
+/// Defaults and validates a decoded static pod.
+pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
+    let pod = make_static(decoded.pod, node_name, origin);
+    let errors = validate(&pod, true);
+    if !errors.is_empty() {
+        return Err(ManifestError::Invalid { origin: origin.location().to_string(), errors });
+    }
+    Ok((pod, decoded.unknown_fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "Node-1";
+
+    fn file() -> StaticOrigin {
+        StaticOrigin::File("/etc/kubernetes/manifests/web.yaml".into())
+    }
+
+    const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  containers:
+  - name: app
+    image: nodelet.local/busybox:1
+    command: ["sh", "-c", "sleep 3600"]
+    ports: [{containerPort: 80}]
+    resources:
+      limits: {cpu: 1, memory: 64Mi}
+"#;
+
+    #[test]
+    fn static_pods_get_kubelet_defaults() {
+        let (pod, unknown) = load_static(WEB.as_bytes(), NODE, &file()).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-node-1"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("default"));
+        let uid = pod.metadata.uid.clone().unwrap();
+        assert_eq!(uid.len(), 32);
+        let ann = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[ANNOTATION_CONFIG_HASH], uid);
+        assert_eq!(ann[ANNOTATION_CONFIG_SOURCE], "file");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(NODE));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
+        let c = &spec.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
+        let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(req["cpu"].0, "1", "numeric quantities are accepted and requests default to limits");
+    }
+
+    #[test]
+    fn uid_follows_content_node_and_file() {
+        let a = load_static(WEB.as_bytes(), NODE, &file()).unwrap().0.metadata.uid;
+        let b = load_static(WEB.as_bytes(), NODE, &file()).unwrap().0.metadata.uid;
+        assert_eq!(a, b, "same content, same UID");
+        let edited = WEB.replace("sleep 3600", "sleep 3601");
+        assert_ne!(a, load_static(edited.as_bytes(), NODE, &file()).unwrap().0.metadata.uid);
+        assert_ne!(a, load_static(WEB.as_bytes(), "other", &file()).unwrap().0.metadata.uid);
+        let reformatted = WEB.replace("labels: {app: web}", "labels:\n    app: web\n");
+        assert_eq!(a, load_static(reformatted.as_bytes(), NODE, &file()).unwrap().0.metadata.uid);
+    }
+
+    #[test]
+    fn pull_policy_follows_the_tag() {
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(default_pull_policy("reg:5000/busybox"), "Always");
+        assert_eq!(default_pull_policy("reg:5000/busybox:v1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+
+    fn err(yaml: &str) -> String {
+        load_static(yaml.as_bytes(), NODE, &file()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let e = err(&WEB.replace("containerPort: 80", "containerPort: eighty"));
+        assert!(e.starts_with("/etc/kubernetes/manifests/web.yaml: spec.containers[0].ports[0].containerPort: "), "{e}");
+        let e = err(&WEB.replace("kind: Pod", "kind: Deployment"));
+        assert!(e.contains(": kind: Unsupported value"), "{e}");
+        let e = err(&WEB.replace("image: nodelet.local/busybox:1", "image: \"\""));
+        assert!(e.contains("spec.containers[0].image: Required value"), "{e}");
+        let e = err(&WEB.replace("name: app", "name: App_1"));
+        assert!(e.contains("spec.containers[0].name: Invalid value: \"App_1\""), "{e}");
+        let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [\n");
+        assert!(e.contains("not valid YAML or JSON"), "{e}");
+        let e = err("");
+        assert!(e.contains("empty"), "{e}");
+        let e = err(&WEB.replace("limits: {cpu: 1, memory: 64Mi}", "limits: {cpu: lots}"));
+        assert!(e.contains("spec.containers[0].resources.limits[cpu]"), "{e}");
+        let e = err(&WEB.replace("  containers:", "  restartPolicy: Sometimes\n  containers:"));
+        assert!(e.contains("spec.restartPolicy: Unsupported value: \"Sometimes\""), "{e}");
+    }
+
+    #[test]
+    fn json_manifests_work_too() {
+        let json = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j"},"spec":{"containers":[{"name":"c","image":"busybox:1"}]}}"#;
+        let (pod, _) = load_static(json.as_bytes(), NODE, &file()).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("j-node-1"));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported() {
+        let yaml = WEB.replace("    command:", "    imagePullPolcy: Always\n    command:");
+        let (_, unknown) = load_static(yaml.as_bytes(), NODE, &file()).unwrap();
+        assert_eq!(unknown, vec!["spec.containers[0].imagePullPolcy".to_string()]);
+    }
+
+    #[test]
+    fn static_pods_may_not_reference_api_objects() {
+        let yaml = WEB.replace(
+            "    command:",
+            "    env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n    command:",
+        );
+        let e = err(&yaml);
+        assert!(e.contains("spec.containers[0].env[0].valueFrom.secretKeyRef: Forbidden"), "{e}");
+    }
+
+    #[test]
+    fn pod_lists_decode_for_the_url_source() {
+        let list = r#"{"kind":"PodList","apiVersion":"v1","items":[
+            {"metadata":{"name":"a"},"spec":{"containers":[{"name":"c","image":"i:1"}]}},
+            {"metadata":{"name":"b"},"spec":{"containers":[{"name":"c","image":"i:1"}]}}]}"#;
+        let pods = decode_pods(list.as_bytes(), "http://x").unwrap();
+        assert_eq!(pods.len(), 2);
+        assert!(decode_pods(b"  ", "http://x").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,188 @@
+//! Table-style tests of the planner: a spec, a runtime state, the actions.
+
+use std::time::Duration;
+
+use super::*;
+use crate::pods::backoff::{Backoff, BackoffConfig};
+use crate::pods::testing::{NOW, S, World, pod, spec_container};
+use crate::runtime::labels;
+
+fn start(name: &str, kind: ContainerKind, attempt: u32, restart_after: Option<i64>) -> Action {
+    Action::StartContainer { name: name.into(), kind, attempt, restart_after }
+}
+
+const EXITED_AT: Option<i64> = Some(NOW - 5 * S);
+
+#[test]
+fn a_new_pod_gets_a_sandbox_and_its_containers() {
+    let w = World::new(pod("Always", &[], &["a", "b"]));
+    assert_eq!(
+        w.plan().actions,
+        vec![Action::CreateSandbox { attempt: 0 }, start("a", ContainerKind::App, 0, None), start("b", ContainerKind::App, 0, None)]
+    );
+}
+
+#[test]
+fn init_containers_run_one_at_a_time_in_order() {
+    let p = pod("Always", &["i1", "i2"], &["app"]);
+    let w = World::new(p.clone());
+    assert_eq!(w.plan().actions, vec![Action::CreateSandbox { attempt: 0 }, start("i1", ContainerKind::Init, 0, None)]);
+
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "i1", 0, None);
+    let plan = w.plan();
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.waiting["app"].reason, "PodInitializing");
+
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "i1", 0, Some(0));
+    assert_eq!(w.plan().actions, vec![start("i2", ContainerKind::Init, 0, None)]);
+
+    let w = World::new(p).sandbox("s", 0, true).container("s", "i1", 0, Some(0)).container("s", "i2", 0, Some(0));
+    assert_eq!(w.plan().actions, vec![start("app", ContainerKind::App, 0, None)]);
+}
+
+#[test]
+fn a_failing_init_container_blocks_the_app_and_restarts() {
+    let w = World::new(pod("Always", &["i1"], &["app"])).sandbox("s", 0, true).container("s", "i1", 0, Some(1));
+    let plan = w.plan();
+    assert_eq!(plan.actions, vec![start("i1", ContainerKind::Init, 1, EXITED_AT)]);
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::StartContainer { name, .. } if name == "app")));
+}
+
+#[test]
+fn a_failing_init_container_under_never_fails_the_pod() {
+    let w = World::new(pod("Never", &["i1"], &["app"])).sandbox("s", 0, true).container("s", "i1", 0, Some(1));
+    assert_eq!(finished_phase(w.pod.spec.as_ref().unwrap(), &w.obs), Some("Failed"));
+    assert_eq!(w.plan().actions, vec![Action::KillPod], "only the sandbox is stopped");
+}
+
+#[test]
+fn restart_policies_against_exit_codes() {
+    let cases = [
+        ("Always", 0, true),
+        ("Always", 1, true),
+        ("OnFailure", 0, false),
+        ("OnFailure", 1, true),
+        ("Never", 0, false),
+        ("Never", 1, false),
+    ];
+    for (policy, code, restarts) in cases {
+        let w = World::new(pod(policy, &[], &["app"])).sandbox("s", 0, true).container("s", "app", 0, Some(code));
+        let plan = w.plan();
+        let started = plan.actions.contains(&start("app", ContainerKind::App, 1, EXITED_AT));
+        assert_eq!(started, restarts, "{policy} exit {code}: {:?}", plan.actions);
+        if !restarts {
+            assert_eq!(plan.actions, vec![Action::KillPod], "{policy} exit {code}: the finished pod's sandbox stops");
+            let phase = finished_phase(w.pod.spec.as_ref().unwrap(), &w.obs);
+            assert_eq!(phase, Some(if code == 0 { "Succeeded" } else { "Failed" }));
+        }
+    }
+}
+
+#[test]
+fn crash_loop_back_off_holds_the_restart() {
+    let w = World::new(pod("Always", &[], &["app"])).sandbox("s", 0, true).container("s", "app", 3, Some(1));
+    let mut b = Backoff::new(BackoffConfig { initial: Duration::from_secs(10), max: Duration::from_secs(300) });
+    let key = backoff_key(spec_container(&w.pod, "app"));
+    b.next(&key, NOW - 100 * S); // an earlier crash put the container on back-off
+    let plan = w.plan_with(&b);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.waiting["app"].reason, "CrashLoopBackOff");
+    assert!(plan.waiting["app"].message.starts_with("back-off 10s restarting failed container=app"), "{}", plan.waiting["app"].message);
+    assert_eq!(plan.wake_at, Some(NOW - 5 * S + 10 * S));
+}
+
+#[test]
+fn running_containers_are_left_alone() {
+    let w = World::new(pod("Always", &["i1"], &["a"])).sandbox("s", 0, true).container("s", "i1", 0, Some(0)).container("s", "a", 0, None);
+    let plan = w.plan();
+    assert!(plan.actions.is_empty(), "adoption: nothing to do for a running pod: {:?}", plan.actions);
+    assert!(plan.waiting.is_empty());
+}
+
+#[test]
+fn a_changed_spec_replaces_the_container() {
+    let mut w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, None);
+    w.obs.containers[0].annotations.insert(labels::CONTAINER_HASH.into(), "old".into());
+    assert_eq!(
+        w.plan().actions,
+        vec![
+            Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::SpecChanged },
+            start("a", ContainerKind::App, 1, None)
+        ]
+    );
+}
+
+#[test]
+fn a_dead_sandbox_is_replaced_and_init_reruns() {
+    let w = World::new(pod("Always", &["i1"], &["a"]))
+        .sandbox("s0", 0, false)
+        .container("s0", "i1", 0, Some(0))
+        .container("s0", "a", 0, None);
+    assert_eq!(
+        w.plan().actions,
+        vec![Action::KillPod, Action::CreateSandbox { attempt: 1 }, start("i1", ContainerKind::Init, 1, EXITED_AT)]
+    );
+}
+
+#[test]
+fn never_pods_do_not_get_a_second_sandbox() {
+    let w = World::new(pod("Never", &[], &["a", "b"])).sandbox("s0", 0, false).container("s0", "a", 0, Some(0));
+    let plan = w.plan();
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::CreateSandbox { .. })), "{:?}", plan.actions);
+}
+
+#[test]
+fn sidecars_only_need_to_run_and_always_restart() {
+    let mut p = pod("Never", &["side", "i2"], &["app"]);
+    p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].restart_policy = Some("Always".into());
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "side", 0, None);
+    assert_eq!(w.plan().actions, vec![start("i2", ContainerKind::Init, 0, None)], "a running sidecar lets the next init start");
+    let w = World::new(p.clone())
+        .sandbox("s", 0, true)
+        .container("s", "side", 0, Some(0))
+        .container("s", "i2", 0, Some(0));
+    assert_eq!(w.plan().actions, vec![start("side", ContainerKind::Sidecar, 1, EXITED_AT)], "even under Never");
+    let w = World::new(p)
+        .sandbox("s", 0, true)
+        .container("s", "side", 0, None)
+        .container("s", "i2", 0, Some(0))
+        .container("s", "app", 0, Some(0));
+    assert_eq!(w.plan().actions, vec![Action::KillPod], "the pod is done once the app is: the sidecar is stopped");
+}
+
+#[test]
+fn dead_containers_are_collected_keeping_the_newest() {
+    let w = World::new(pod("Always", &[], &["a"]))
+        .sandbox("s", 0, true)
+        .container("s", "a", 0, Some(1))
+        .container("s", "a", 1, Some(1))
+        .container("s", "a", 2, None);
+    let plan = w.plan();
+    assert_eq!(plan.actions, vec![Action::RemoveContainer { id: "a-0".into() }]);
+}
+
+#[test]
+fn old_sandboxes_go_once_empty() {
+    let w = World::new(pod("Always", &[], &["a"]))
+        .sandbox("s0", 0, false)
+        .sandbox("s1", 1, true)
+        .container("s1", "a", 1, None);
+    assert_eq!(w.plan().actions, vec![Action::RemoveSandbox { id: "s0".into() }]);
+}
+
+#[test]
+fn no_network_no_sandbox() {
+    let w = World::new(pod("Always", &[], &["a"]));
+    let plan = plan(&PlanInput { pod: &w.pod, observed: &w.obs, backoff: &Backoff::default(), now: NOW, network_ready: false });
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.waiting["a"].reason, "ContainerCreating");
+}
+
+#[test]
+fn teardown_stops_then_removes_everything() {
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, None);
+    assert_eq!(
+        teardown(&w.obs),
+        vec![Action::KillPod, Action::RemoveContainer { id: "a-0".into() }, Action::RemoveSandbox { id: "s".into() }]
+    );
+}

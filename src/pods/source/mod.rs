@@ -1,0 +1,77 @@
+//! Where desired pods come from. Each source sends its whole current set
+//! (kubelet's SET operation) whenever it changes; the pod manager merges
+//! them. Static sources (a manifest directory, a manifest URL) live here;
+//! the apiserver source joins them in cluster mode.
+
+pub mod file;
+pub mod http;
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::DesiredPod;
+use super::manifest::ANNOTATION_CONFIG_SEEN;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceName {
+    File,
+    Http,
+    Api,
+}
+
+impl SourceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceName::File => "file",
+            SourceName::Http => "http",
+            SourceName::Api => "api",
+        }
+    }
+}
+
+/// The complete set of pods one source currently wants.
+#[derive(Debug, Clone)]
+pub struct SourceUpdate {
+    pub source: SourceName,
+    pub pods: Vec<DesiredPod>,
+}
+
+/// Stamps `kubernetes.io/config.seen` with the time a pod (by UID) was first
+/// seen, and keeps it stable across re-reads so a re-read is not a change.
+#[derive(Default)]
+pub struct SeenTimes(HashMap<String, String>);
+
+impl SeenTimes {
+    pub fn stamp(&mut self, pods: &mut [Pod]) {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let mut live = HashMap::new();
+        for pod in pods.iter_mut() {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let seen = self.0.get(&uid).cloned().unwrap_or_else(|| now.clone());
+            pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(ANNOTATION_CONFIG_SEEN.into(), seen.clone());
+            live.insert(uid, seen);
+        }
+        self.0 = live;
+    }
+}
+
+/// Drops pods whose namespace/name an earlier pod already took, with one
+/// error each; kubelet does the same across and within sources.
+pub fn drop_duplicates(pods: Vec<(String, Pod)>, reported: &mut std::collections::HashSet<String>) -> Vec<Pod> {
+    let mut taken: HashMap<(String, String), String> = HashMap::new();
+    let mut out = Vec::new();
+    for (origin, pod) in pods {
+        let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+        if let Some(first) = taken.get(&key) {
+            let msg = format!("{origin}: metadata.name: Duplicate value: {:?}: pod {}/{} is already defined by {first}", key.1, key.0, key.1);
+            if reported.insert(msg.clone()) {
+                tracing::error!("{msg}");
+            }
+            continue;
+        }
+        taken.insert(key, origin);
+        out.push(pod);
+    }
+    out
+}

@@ -1,0 +1,285 @@
+//! Pod status from what the runtime has (pure): container states with
+//! lastState and restartCount, the phase by kubelet's rules, the conditions,
+//! IPs and QoS class.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodIP, PodStatus, HostIP,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::plan::{self, RestartPolicy, Waiting};
+use super::{ContainerKind, NodeContext, qos};
+use crate::runtime::{ContainerPhase, ObservedContainer, RuntimePod};
+
+pub struct StatusInput<'a> {
+    pub pod: &'a Pod,
+    pub observed: &'a RuntimePod,
+    /// Containers held back (back-off, image pulls, config errors), by name.
+    pub waiting: &'a BTreeMap<String, Waiting>,
+    /// Readiness by container ID; a running container missing here is ready
+    /// (no readiness probe).
+    pub readiness: &'a BTreeMap<String, bool>,
+    pub previous: Option<&'a PodStatus>,
+    pub start_time: Option<Timestamp>,
+    pub node: &'a NodeContext,
+    pub now: Timestamp,
+}
+
+/// Nanoseconds since the epoch as an API time (whole seconds, as the API
+/// serialises them).
+pub fn time(nanos: i64) -> Option<Time> {
+    (nanos > 0).then(|| Timestamp::from_second(nanos / 1_000_000_000).ok()).flatten().map(Time)
+}
+
+fn terminated(x: &ObservedContainer, runtime: &str) -> ContainerStateTerminated {
+    let reason = if !x.reason.is_empty() {
+        x.reason.clone()
+    } else if x.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    ContainerStateTerminated {
+        exit_code: x.exit_code,
+        reason: Some(reason),
+        message: (!x.message.is_empty()).then(|| x.message.clone()),
+        started_at: time(x.started_at),
+        finished_at: time(x.finished_at),
+        container_id: Some(format!("{runtime}://{}", x.id)),
+        signal: None,
+    }
+}
+
+fn waiting_state(w: &Waiting) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(w.reason.clone()),
+            message: (!w.message.is_empty()).then(|| w.message.clone()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(
+    input: &StatusInput<'_>,
+    name: &str,
+    image: &str,
+    kind: ContainerKind,
+    initializing: bool,
+) -> ContainerStatus {
+    let runtime = input.node.runtime_name.as_str();
+    let instances: Vec<&ObservedContainer> = input.observed.containers.iter().filter(|c| c.name == name).collect();
+    let latest = instances.first().copied();
+    let previous_exit = instances.iter().skip(1).find(|c| c.phase == ContainerPhase::Exited).copied();
+    let held = input.waiting.get(name);
+    let default_wait = if kind == ContainerKind::App && initializing { "PodInitializing" } else { "ContainerCreating" };
+    let mut status = ContainerStatus {
+        name: name.to_string(),
+        image: image.to_string(),
+        image_id: latest.map(|x| x.image_ref.clone()).unwrap_or_default(),
+        container_id: latest.map(|x| format!("{runtime}://{}", x.id)),
+        restart_count: latest.map_or(0, |x| x.attempt as i32),
+        ready: false,
+        started: Some(false),
+        ..Default::default()
+    };
+    let last = |x: Option<&ObservedContainer>| {
+        x.map(|x| ContainerState { terminated: Some(terminated(x, runtime)), ..Default::default() })
+    };
+    match latest {
+        None => {
+            status.state = Some(waiting_state(held.unwrap_or(&Waiting::new(default_wait, ""))));
+        }
+        Some(x) => match x.phase {
+            ContainerPhase::Running => {
+                status.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning { started_at: time(x.started_at) }),
+                    ..Default::default()
+                });
+                status.last_state = last(previous_exit);
+                status.started = Some(true);
+                status.ready = input.readiness.get(&x.id).copied().unwrap_or(true);
+            }
+            ContainerPhase::Exited => match held {
+                Some(w) => {
+                    status.state = Some(waiting_state(w));
+                    status.last_state = last(Some(x));
+                }
+                None => {
+                    status.state = Some(ContainerState { terminated: Some(terminated(x, runtime)), ..Default::default() });
+                    status.last_state = last(previous_exit);
+                    // A completed init container counts as ready.
+                    status.ready = kind == ContainerKind::Init && x.exit_code == 0;
+                }
+            },
+            ContainerPhase::Created => {
+                status.state = Some(waiting_state(held.unwrap_or(&Waiting::new("ContainerCreating", ""))));
+                status.last_state = last(previous_exit);
+            }
+            ContainerPhase::Unknown => {
+                status.state = Some(waiting_state(&Waiting::new("ContainerStatusUnknown", "The container state could not be determined")));
+                status.last_state = last(previous_exit);
+            }
+        },
+    }
+    status
+}
+
+fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String>, input: &StatusInput<'_>) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let since = input
+        .previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_ && c.status == status))
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(input.now));
+    PodCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.map(str::to_string),
+        message,
+        last_transition_time: Some(since),
+        ..Default::default()
+    }
+}
+
+/// kubelet's getPhase over the computed statuses.
+fn phase(input: &StatusInput<'_>, init: &[ContainerStatus], apps: &[ContainerStatus], finished: Option<&str>) -> &'static str {
+    let spec = input.pod.spec.clone().unwrap_or_default();
+    if let Some(done) = finished {
+        return if done == "Succeeded" { "Succeeded" } else { "Failed" };
+    }
+    let init_pending = spec.init_containers.iter().flatten().zip(init).any(|(c, s)| {
+        let done = match plan::init_kind(c) {
+            ContainerKind::Sidecar => s.started == Some(true),
+            _ => s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
+        };
+        !done
+    });
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in apps {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = &st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some() {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    let policy = RestartPolicy::of(&spec);
+    if init_pending || waiting > 0 {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 {
+        if policy == RestartPolicy::Always {
+            "Running"
+        } else if stopped == succeeded {
+            "Succeeded"
+        } else if policy == RestartPolicy::Never {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else {
+        "Pending"
+    }
+}
+
+/// The pod's status as kubelet would report it.
+pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
+    let spec = input.pod.spec.clone().unwrap_or_default();
+    let obs = input.observed;
+    let finished = plan::finished_phase(&spec, obs);
+
+    let init_specs: Vec<_> = spec.init_containers.iter().flatten().collect();
+    let mut initializing = false;
+    let mut init_statuses = Vec::new();
+    let mut incomplete = Vec::new();
+    for c in &init_specs {
+        let kind = plan::init_kind(c);
+        let s = container_status(input, &c.name, c.image.as_deref().unwrap_or(""), kind, false);
+        let done = match kind {
+            ContainerKind::Sidecar => s.started == Some(true),
+            _ => s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
+        };
+        if !done {
+            initializing = true;
+            incomplete.push(s.name.clone());
+        }
+        init_statuses.push(s);
+    }
+    let statuses: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, initializing))
+        .collect();
+    let phase = phase(input, &init_statuses, &statuses, finished);
+
+    let names = |pred: &dyn Fn(&ContainerStatus) -> bool, list: &[ContainerStatus]| {
+        list.iter().filter(|s| pred(s)).map(|s| s.name.clone()).collect::<Vec<_>>()
+    };
+    let unready: Vec<String> = names(&|s| !s.ready, &statuses)
+        .into_iter()
+        .chain(
+            init_statuses
+                .iter()
+                .zip(&init_specs)
+                .filter(|(s, c)| plan::init_kind(c) == ContainerKind::Sidecar && !s.ready)
+                .map(|(s, _)| s.name.clone()),
+        )
+        .collect();
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    let sandbox_ready = obs.latest_sandbox().is_some_and(|s| s.ready);
+
+    let mut conditions = vec![condition("PodReadyToStartContainers", sandbox_ready, None, None, input)];
+    conditions.push(if incomplete.is_empty() || terminal && phase == "Succeeded" {
+        condition("Initialized", true, None, None, input)
+    } else {
+        let msg = format!("containers with incomplete status: [{}]", incomplete.join(" "));
+        condition("Initialized", false, Some("ContainersNotInitialized"), Some(msg), input)
+    });
+    let (ready, reason, message) = if terminal {
+        (false, Some("PodCompleted"), None)
+    } else if unready.is_empty() {
+        (true, None, None)
+    } else {
+        (false, Some("ContainersNotReady"), Some(format!("containers with unready status: [{}]", unready.join(" "))))
+    };
+    conditions.push(condition("Ready", ready, reason, message.clone(), input));
+    conditions.push(condition("ContainersReady", ready, reason, message, input));
+    conditions.push(condition("PodScheduled", true, None, None, input));
+
+    let ips: Vec<String> = if spec.host_network == Some(true) {
+        input.node.host_ips.clone()
+    } else {
+        obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()
+    };
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        pod_ip: ips.first().cloned(),
+        pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+        host_ip: input.node.host_ips.first().cloned(),
+        host_ips: (!input.node.host_ips.is_empty())
+            .then(|| input.node.host_ips.iter().map(|ip| HostIP { ip: ip.clone() }).collect()),
+        start_time: input.start_time.map(Time),
+        qos_class: Some(qos::qos_class(&spec).as_str().into()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! Status from runtime state: phases, container states, conditions.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::pods::plan::Waiting;
+use crate::pods::testing::{World, pod};
+
+fn status_with(w: &World, waiting: &BTreeMap<String, Waiting>) -> PodStatus {
+    let node = NodeContext::for_tests("n");
+    pod_status(&StatusInput {
+        pod: &w.pod,
+        observed: &w.obs,
+        waiting,
+        readiness: &BTreeMap::new(),
+        previous: None,
+        start_time: None,
+        node: &node,
+        now: Timestamp::from_second(1_000).unwrap(),
+    })
+}
+
+fn status(w: &World) -> PodStatus {
+    status_with(w, &BTreeMap::new())
+}
+
+fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
+    s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap()
+}
+
+fn app<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+    s.container_statuses.as_ref().unwrap().iter().find(|c| c.name == name).unwrap()
+}
+
+#[test]
+fn a_new_pod_is_pending_and_creating() {
+    let s = status(&World::new(pod("Always", &[], &["a"])));
+    assert_eq!(s.phase.as_deref(), Some("Pending"));
+    let a = app(&s, "a");
+    assert_eq!(a.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
+    assert_eq!(cond(&s, "Ready").status, "False");
+    assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+}
+
+#[test]
+fn running_pods_are_ready() {
+    let w = World::new(pod("Always", &["i"], &["a"])).sandbox("s", 0, true).container("s", "i", 0, Some(0)).container("s", "a", 2, None);
+    let s = status(&w);
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    assert_eq!(cond(&s, "Ready").status, "True");
+    assert_eq!(cond(&s, "Initialized").status, "True");
+    let a = app(&s, "a");
+    assert!(a.ready && a.state.as_ref().unwrap().running.is_some());
+    assert_eq!(a.restart_count, 2);
+    assert_eq!(a.container_id.as_deref(), Some("containerd://a-2"));
+    let i = &s.init_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(i.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Completed"));
+}
+
+#[test]
+fn pods_waiting_on_init_are_pending() {
+    let w = World::new(pod("Always", &["i"], &["a"])).sandbox("s", 0, true).container("s", "i", 0, None);
+    let s = status(&w);
+    assert_eq!(s.phase.as_deref(), Some("Pending"));
+    assert_eq!(cond(&s, "Initialized").status, "False");
+    assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [i]"));
+    assert_eq!(app(&s, "a").state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+}
+
+#[test]
+fn crash_looping_containers_show_back_off_and_last_state() {
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, Some(1)).container("s", "a", 1, Some(2));
+    let waiting = BTreeMap::from([("a".to_string(), Waiting::new("CrashLoopBackOff", "back-off 10s"))]);
+    let s = status_with(&w, &waiting);
+    assert_eq!(s.phase.as_deref(), Some("Running"), "Always: restarting counts as running");
+    let a = app(&s, "a");
+    assert_eq!(a.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+    let last = a.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (2, Some("Error")));
+    assert_eq!(a.restart_count, 1);
+}
+
+#[test]
+fn finished_pods() {
+    let ok = World::new(pod("OnFailure", &[], &["a"])).sandbox("s", 0, false).container("s", "a", 0, Some(0));
+    let s = status(&ok);
+    assert_eq!(s.phase.as_deref(), Some("Succeeded"));
+    assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("PodCompleted"));
+    let failed = World::new(pod("Never", &[], &["a", "b"])).sandbox("s", 0, true).container("s", "a", 0, Some(0)).container("s", "b", 0, Some(3));
+    assert_eq!(status(&failed).phase.as_deref(), Some("Failed"));
+    let partly = World::new(pod("Never", &[], &["a", "b"])).sandbox("s", 0, true).container("s", "a", 0, Some(3)).container("s", "b", 0, None);
+    assert_eq!(status(&partly).phase.as_deref(), Some("Running"), "Never: not failed until all are done");
+    let init_failed = World::new(pod("Never", &["i"], &["a"])).sandbox("s", 0, true).container("s", "i", 0, Some(1));
+    assert_eq!(status(&init_failed).phase.as_deref(), Some("Failed"));
+}
+
+#[test]
+fn transition_times_hold_while_a_condition_holds() {
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, None);
+    let node = NodeContext::for_tests("n");
+    let empty = BTreeMap::new();
+    let no_waits = BTreeMap::new();
+    let input = |previous, now| StatusInput {
+        pod: &w.pod,
+        observed: &w.obs,
+        waiting: &no_waits,
+        readiness: &empty,
+        previous,
+        start_time: None,
+        node: &node,
+        now: Timestamp::from_second(now).unwrap(),
+    };
+    let first = pod_status(&input(None, 100));
+    let second = pod_status(&input(Some(&first), 200));
+    assert_eq!(cond(&second, "Ready").last_transition_time, cond(&first, "Ready").last_transition_time);
+}

@@ -1,0 +1,114 @@
+//! The container runtime shell: the CRI v1 calls nodelet makes, behind one
+//! trait so that the pod core can run against containerd (`remote`) or
+//! against the printing simulator of `--dry-run` (`dry_run`).
+//!
+//! Nothing here knows about Pod specs; the runtime only sees CRI configs and
+//! the labels kubelet puts on them.
+
+pub mod containerd;
+pub mod dry_run;
+pub mod labels;
+pub mod observe;
+pub mod remote;
+
+use async_trait::async_trait;
+
+/// Code generated from proto/cri/v1/api.proto.
+#[allow(clippy::all, missing_docs)]
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
+
+pub use observe::{ContainerPhase, ObservedContainer, ObservedSandbox, RuntimePod};
+
+/// The errors a runtime call can give.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot connect to the container runtime at {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{method}: {message}")]
+    Call { method: &'static str, code: tonic::Code, message: String },
+    #[error("{method}: {what} not found")]
+    NotFound { method: &'static str, what: String },
+}
+
+impl RuntimeError {
+    pub fn from_status(method: &'static str, what: &str, status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::NotFound {
+            RuntimeError::NotFound { method, what: what.to_string() }
+        } else {
+            RuntimeError::Call { method, code: status.code(), message: status.message().to_string() }
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// The CRI calls nodelet makes. Implementations are thin: no retries, no
+/// policy, one call in, one call out.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    async fn version(&self) -> Result<cri::VersionResponse>;
+    async fn status(&self) -> Result<cri::StatusResponse>;
+
+    async fn run_pod_sandbox(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String>;
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<()>;
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<()>;
+    async fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus>;
+    async fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>>;
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &cri::ContainerConfig,
+        sandbox_config: &cri::PodSandboxConfig,
+    ) -> Result<String>;
+    async fn start_container(&self, id: &str) -> Result<()>;
+    async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()>;
+    async fn remove_container(&self, id: &str) -> Result<()>;
+    async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>>;
+    async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus>;
+    async fn exec_sync(&self, id: &str, cmd: &[String], timeout_secs: i64) -> Result<cri::ExecSyncResponse>;
+
+    /// `None` when the image is not present on the node.
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;
+    /// Returns the image reference (ID) to create containers from.
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+        sandbox_config: &cri::PodSandboxConfig,
+    ) -> Result<String>;
+}
+
+/// The runtime's own view of its health, from the CRI Status call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeHealth {
+    pub runtime_ready: bool,
+    pub network_ready: bool,
+    /// Why a required condition is false, for logs and status messages.
+    pub message: String,
+}
+
+impl RuntimeHealth {
+    pub fn from_status(status: &cri::StatusResponse) -> Self {
+        let mut health = RuntimeHealth::default();
+        let mut problems = Vec::new();
+        for c in status.status.iter().flat_map(|s| s.conditions.iter()) {
+            match c.r#type.as_str() {
+                "RuntimeReady" => health.runtime_ready = c.status,
+                "NetworkReady" => health.network_ready = c.status,
+                _ => continue,
+            }
+            if !c.status {
+                problems.push(format!("{}=false reason:{} message:{}", c.r#type, c.reason, c.message));
+            }
+        }
+        health.message = problems.join("; ");
+        health
+    }
+}

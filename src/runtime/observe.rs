@@ -1,0 +1,240 @@
+//! What the runtime has, grouped by pod: the "observed" half of the pod
+//! core's input. Two ways in:
+//! - [`PodInspector::inspect`] reads one pod in full (sandbox IPs, container
+//!   exit codes) before a pod worker plans;
+//! - [`relist`] reads everything cheaply (two list calls) and gives each pod a
+//!   fingerprint, so the relist loop can wake only the pods that changed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::cri;
+use super::labels::{self, PodIdentity};
+use super::{Result, Runtime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ContainerPhase {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+impl ContainerPhase {
+    pub fn from_cri(state: i32) -> Self {
+        match cri::ContainerState::try_from(state) {
+            Ok(cri::ContainerState::ContainerCreated) => ContainerPhase::Created,
+            Ok(cri::ContainerState::ContainerRunning) => ContainerPhase::Running,
+            Ok(cri::ContainerState::ContainerExited) => ContainerPhase::Exited,
+            _ => ContainerPhase::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedSandbox {
+    pub id: String,
+    pub attempt: u32,
+    pub ready: bool,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub phase: ContainerPhase,
+    /// Nanoseconds since the epoch; 0 when not applicable.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The image as the pod spec named it.
+    pub image: String,
+    /// The image ID the container runs.
+    pub image_ref: String,
+    pub annotations: HashMap<String, String>,
+}
+
+impl ObservedContainer {
+    pub fn hash(&self) -> Option<&str> {
+        self.annotations.get(labels::CONTAINER_HASH).map(String::as_str)
+    }
+
+    /// The pod's grace period recorded when the container was made.
+    pub fn grace_period(&self) -> Option<i64> {
+        self.annotations.get(labels::POD_TERMINATION_GRACE_PERIOD).and_then(|v| v.parse().ok())
+    }
+
+    pub fn is_init(&self) -> bool {
+        self.annotations.get(labels::CONTAINER_KIND).is_some_and(|k| k == "init")
+    }
+}
+
+/// Everything the runtime holds for one pod UID. Sandboxes and containers are
+/// sorted newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimePod {
+    pub identity: PodIdentity,
+    pub sandboxes: Vec<ObservedSandbox>,
+    pub containers: Vec<ObservedContainer>,
+}
+
+impl RuntimePod {
+    pub fn empty(identity: PodIdentity) -> Self {
+        Self { identity, sandboxes: Vec::new(), containers: Vec::new() }
+    }
+
+    pub fn latest_sandbox(&self) -> Option<&ObservedSandbox> {
+        self.sandboxes.first()
+    }
+
+    /// The newest instance of the named container, in any sandbox.
+    pub fn latest(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &ObservedContainer> {
+        self.containers.iter().filter(|c| matches!(c.phase, ContainerPhase::Running | ContainerPhase::Unknown))
+    }
+
+    fn sort(&mut self) {
+        self.sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.attempt.cmp(&a.attempt)));
+        self.containers.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.attempt.cmp(&a.attempt)));
+    }
+}
+
+fn uid_filter(uid: &str) -> HashMap<String, String> {
+    HashMap::from([(labels::POD_UID.to_string(), uid.to_string())])
+}
+
+/// Reads pods in full, remembering what cannot change any more (an exited
+/// container's status, a sandbox's IPs) so that repeat reads are cheap.
+#[derive(Default)]
+pub struct PodInspector {
+    exited: HashMap<String, ObservedContainer>,
+    sandbox_ips: HashMap<String, Vec<String>>,
+}
+
+impl PodInspector {
+    /// Reads everything the runtime has for `identity.uid`.
+    pub async fn inspect(&mut self, rt: &dyn Runtime, identity: &PodIdentity) -> Result<RuntimePod> {
+        let sandboxes = rt
+            .list_pod_sandbox(Some(cri::PodSandboxFilter { label_selector: uid_filter(&identity.uid), ..Default::default() }))
+            .await?;
+        let containers = rt
+            .list_containers(Some(cri::ContainerFilter { label_selector: uid_filter(&identity.uid), ..Default::default() }))
+            .await?;
+
+        let mut pod = RuntimePod::empty(identity.clone());
+        for s in sandboxes {
+            let ready = s.state == cri::PodSandboxState::SandboxReady as i32;
+            let ips = match self.sandbox_ips.get(&s.id) {
+                Some(ips) => ips.clone(),
+                None if ready => match rt.pod_sandbox_status(&s.id).await {
+                    Ok(status) => {
+                        let ips = sandbox_ips(&status);
+                        self.sandbox_ips.insert(s.id.clone(), ips.clone());
+                        ips
+                    }
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                },
+                None => Vec::new(),
+            };
+            pod.sandboxes.push(ObservedSandbox {
+                attempt: s.metadata.as_ref().map_or(0, |m| m.attempt),
+                id: s.id,
+                ready,
+                created_at: s.created_at,
+                ips,
+            });
+        }
+        for c in containers {
+            if let Some(done) = self.exited.get(&c.id) {
+                pod.containers.push(done.clone());
+                continue;
+            }
+            let status = match rt.container_status(&c.id).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let observed = from_status(&c, status);
+            if observed.phase == ContainerPhase::Exited {
+                self.exited.insert(observed.id.clone(), observed.clone());
+            }
+            pod.containers.push(observed);
+        }
+        // Forget what the runtime no longer has.
+        self.exited.retain(|id, _| pod.containers.iter().any(|c| &c.id == id));
+        self.sandbox_ips.retain(|id, _| pod.sandboxes.iter().any(|s| &s.id == id));
+        pod.sort();
+        Ok(pod)
+    }
+}
+
+fn sandbox_ips(status: &cri::PodSandboxStatus) -> Vec<String> {
+    let Some(net) = &status.network else { return Vec::new() };
+    std::iter::once(net.ip.clone())
+        .chain(net.additional_ips.iter().map(|p| p.ip.clone()))
+        .filter(|ip| !ip.is_empty())
+        .collect()
+}
+
+fn from_status(c: &cri::Container, s: cri::ContainerStatus) -> ObservedContainer {
+    ObservedContainer {
+        id: s.id,
+        sandbox_id: c.pod_sandbox_id.clone(),
+        name: s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        attempt: s.metadata.as_ref().map_or(0, |m| m.attempt),
+        phase: ContainerPhase::from_cri(s.state),
+        created_at: s.created_at,
+        started_at: s.started_at,
+        finished_at: s.finished_at,
+        exit_code: s.exit_code,
+        reason: s.reason,
+        message: s.message,
+        image: c.image.as_ref().map(|i| i.user_specified_image.clone()).filter(|i| !i.is_empty())
+            .or_else(|| s.image.as_ref().map(|i| i.image.clone()))
+            .unwrap_or_default(),
+        image_ref: s.image_ref,
+        annotations: s.annotations,
+    }
+}
+
+/// A cheap summary of one pod's runtime objects: ids and states only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub identity: PodIdentity,
+    entries: Vec<(String, i32)>,
+}
+
+/// Lists every kubelet-labelled sandbox and container and fingerprints them
+/// per pod UID. Objects without the pod UID label are not ours and are left
+/// out.
+pub async fn relist(rt: &dyn Runtime) -> Result<BTreeMap<String, Fingerprint>> {
+    let sandboxes = rt.list_pod_sandbox(None).await?;
+    let containers = rt.list_containers(None).await?;
+    let mut pods: BTreeMap<String, Fingerprint> = BTreeMap::new();
+    let objects = sandboxes
+        .iter()
+        .map(|s| (&s.labels, &s.id, s.state))
+        .chain(containers.iter().map(|c| (&c.labels, &c.id, 100 + c.state)));
+    for (labels, id, state) in objects {
+        let Some(identity) = PodIdentity::from_labels(labels) else { continue };
+        pods.entry(identity.uid.clone())
+            .or_insert_with(|| Fingerprint { identity, entries: Vec::new() })
+            .entries
+            .push((id.clone(), state));
+    }
+    for fp in pods.values_mut() {
+        fp.entries.sort();
+    }
+    Ok(pods)
+}

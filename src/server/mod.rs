@@ -1,0 +1,78 @@
+//! The local status endpoint (`healthzBindAddress:healthzPort`, by default
+//! 127.0.0.1:10248): `/healthz` as kubelet serves it, and `/pods` with each
+//! pod's metadata and status for `nodelet pods`. Specs are not served: they
+//! may carry values a local user should not read.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::pods::store::StatusStore;
+
+/// kubelet reports unhealthy when the relist has not run for this long.
+pub const RELIST_STALE: Duration = Duration::from_secs(180);
+
+#[derive(Clone)]
+pub struct LocalApi {
+    pub statuses: StatusStore,
+    /// When the runtime was last relisted successfully.
+    pub relisted: watch::Receiver<Option<Instant>>,
+}
+
+async fn healthz(State(api): State<LocalApi>) -> impl IntoResponse {
+    match *api.relisted.borrow() {
+        Some(t) if t.elapsed() < RELIST_STALE => (StatusCode::OK, "ok".to_string()),
+        Some(t) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("pleg is not healthy: the runtime was last relisted {}s ago", t.elapsed().as_secs()),
+        ),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "pleg has yet to be successful".to_string()),
+    }
+}
+
+async fn pods(State(api): State<LocalApi>) -> impl IntoResponse {
+    let items: Vec<_> = api
+        .statuses
+        .snapshot()
+        .values()
+        .map(|r| {
+            let spec = r.pod.spec.as_ref();
+            json!({
+                "metadata": {
+                    "name": r.pod.metadata.name,
+                    "namespace": r.pod.metadata.namespace,
+                    "uid": r.pod.metadata.uid,
+                    "annotations": r.pod.metadata.annotations,
+                },
+                "spec": {
+                    "nodeName": spec.and_then(|s| s.node_name.clone()),
+                    "restartPolicy": spec.and_then(|s| s.restart_policy.clone()),
+                },
+                "status": r.status,
+            })
+        })
+        .collect();
+    Json(json!({"kind": "PodList", "apiVersion": "v1", "items": items}))
+}
+
+pub fn router(api: LocalApi) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/pods", get(pods)).with_state(api)
+}
+
+/// Binds first, so a taken port is an error at start rather than later.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, api: LocalApi) {
+    if let Err(e) = axum::serve(listener, router(api)).await {
+        tracing::error!(error = %e, "the local status endpoint stopped");
+    }
+}
