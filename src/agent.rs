@@ -191,15 +191,17 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
 
     let (relist_tx, relist_rx) = mpsc::channel(16);
     let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
-    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, poke.clone(), relist_tx, relisted_tx));
+    let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
+    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, poke.clone(), exit_ids_rx, relist_tx, relisted_tx));
     if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
         let (exit_tx, mut exit_rx) = mpsc::channel(64);
         tasks.spawn(containerd::watch_task_exits(socket, exit_tx));
-        let poke = poke.clone();
         tasks.spawn(async move {
             while let Some(ev) = exit_rx.recv().await {
                 tracing::debug!(container = %ev.container_id, status = ev.exit_status, "container exited");
-                poke.notify_one();
+                if exit_ids_tx.send(ev.container_id).await.is_err() {
+                    return;
+                }
             }
         });
     }

@@ -52,7 +52,8 @@ fn last_exit(c: &ContainerStatus, now: Timestamp) -> String {
 
 /// Renders the `/pods` answer.
 pub fn pods_table(body: &[u8], now: Timestamp) -> Result<String, serde_json::Error> {
-    let list: List = serde_json::from_slice(body)?;
+    let mut list: List = serde_json::from_slice(body)?;
+    list.items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
     let mut rows = vec![[
         "NAMESPACE".to_string(),
         "NAME".into(),

@@ -11,17 +11,18 @@ pub enum EventType {
 }
 
 pub trait EventRecorder: Send + Sync + 'static {
-    fn record(&self, pod: &PodIdentity, kind: EventType, reason: &str, message: &str);
+    fn record(&self, _pod: &PodIdentity, kind: EventType, reason: &str, message: &str);
 }
 
-/// Writes events to the log, one line each.
+/// Writes events to the log, one line each; the pod worker's span carries
+/// the pod's name and UID.
 pub struct LogRecorder;
 
 impl EventRecorder for LogRecorder {
-    fn record(&self, pod: &PodIdentity, kind: EventType, reason: &str, message: &str) {
+    fn record(&self, _pod: &PodIdentity, kind: EventType, reason: &str, message: &str) {
         match kind {
-            EventType::Normal => tracing::info!(pod = %pod, uid = %pod.uid, reason, "{message}"),
-            EventType::Warning => tracing::warn!(pod = %pod, uid = %pod.uid, reason, "{message}"),
+            EventType::Normal => tracing::info!(reason, "{message}"),
+            EventType::Warning => tracing::warn!(reason, "{message}"),
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The relist loop (kubelet's PLEG): every second, and at once when poked
-//! (a containerd task-exit event, or a worker that just acted), list the
-//! runtime's sandboxes and containers and report which pods changed.
+//! (a worker that just acted) or told of a container exit by containerd's
+//! event stream, list the runtime's sandboxes and containers and report
+//! which pods changed.
+//!
+//! containerd publishes a task exit before its CRI plugin has recorded it,
+//! so after an exit the loop relists every few milliseconds until the CRI
+//! view shows the container stopped (or a short limit passes).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +19,10 @@ use crate::runtime::observe::{self, Fingerprint};
 
 /// kubelet's relist period.
 pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
+/// How soon to look again while an exited container still shows running.
+const EXIT_RECHECK: Duration = Duration::from_millis(20);
+/// How long to keep looking before leaving it to the regular relist.
+const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct RelistEvent {
@@ -30,11 +39,15 @@ pub async fn run(
     rt: Arc<dyn Runtime>,
     period: Duration,
     poke: Arc<Notify>,
+    mut exits: mpsc::Receiver<String>,
     tx: mpsc::Sender<RelistEvent>,
     healthy: watch::Sender<Option<Instant>>,
 ) {
     let mut previous: Option<BTreeMap<String, Fingerprint>> = None;
     let mut failing = false;
+    // Exited containers the CRI view has not caught up with, and since when.
+    let mut pending: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut exits_open = true;
     loop {
         match observe::relist(rt.as_ref()).await {
             Ok(now) => {
@@ -55,6 +68,7 @@ pub async fn run(
                     }
                 }
                 let first = previous.is_none();
+                pending.retain(|id, since| since.elapsed() < EXIT_PATIENCE && now.values().any(|fp| fp.lists_running(id)));
                 let present = now.iter().map(|(uid, fp)| (uid.clone(), fp.identity.clone())).collect();
                 previous = Some(now);
                 healthy.send_replace(Some(Instant::now()));
@@ -69,9 +83,16 @@ pub async fn run(
                 }
             }
         }
+        let wait = if pending.is_empty() { period } else { EXIT_RECHECK };
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = poke.notified() => {}
+            exit = exits.recv(), if exits_open => match exit {
+                Some(id) => {
+                    pending.insert(id, Instant::now());
+                }
+                None => exits_open = false,
+            },
             _ = tx.closed() => return,
         }
     }

@@ -236,6 +236,13 @@ impl Worker {
     }
 
     fn publish(&mut self, pod: &DesiredPod, obs: &RuntimePod, waiting: &BTreeMap<String, Waiting>) {
+        // An adopted pod started when its first sandbox did.
+        if let Some(first) = obs.sandboxes.iter().map(|s| s.created_at).filter(|t| *t > 0).min()
+            && let Ok(t) = Timestamp::from_nanosecond(first as i128)
+            && t < self.start_time
+        {
+            self.start_time = t;
+        }
         let status = pod_status(&StatusInput {
             pod,
             observed: obs,

@@ -54,9 +54,10 @@ pub async fn watch_task_exits(socket: PathBuf, tx: mpsc::Sender<TaskExitEvent>) 
 async fn subscribe_once(socket: &Path, tx: &mpsc::Sender<TaskExitEvent>) -> Result<(), String> {
     let channel = containerd_client::connect(socket).await.map_err(|e| e.to_string())?;
     let mut client = EventsClient::new(channel);
-    let req = SubscribeRequest { filters: vec![format!("topic==\"/tasks/exit\",namespace=={CRI_NAMESPACE}")] };
+    let req = SubscribeRequest { filters: vec![format!("topic==\"/tasks/exit\",namespace==\"{CRI_NAMESPACE}\"")] };
+    // containerd sends the response headers with the first event, so this
+    // returns only once something has exited.
     let mut stream = client.subscribe(req).await.map_err(|s| s.message().to_string())?.into_inner();
-    tracing::debug!("subscribed to containerd task exit events");
     loop {
         let envelope = match stream.message().await {
             Ok(Some(e)) => e,

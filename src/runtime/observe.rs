@@ -215,6 +215,17 @@ pub struct Fingerprint {
     entries: Vec<(String, i32)>,
 }
 
+/// Container states in fingerprints are offset so they never equal a
+/// sandbox state.
+const CONTAINER_STATE: i32 = 100;
+
+impl Fingerprint {
+    /// Whether the runtime still lists container `id` as running.
+    pub fn lists_running(&self, id: &str) -> bool {
+        self.entries.iter().any(|(e, st)| e == id && *st == CONTAINER_STATE + cri::ContainerState::ContainerRunning as i32)
+    }
+}
+
 /// Lists every kubelet-labelled sandbox and container and fingerprints them
 /// per pod UID. Objects without the pod UID label are not ours and are left
 /// out.
@@ -225,7 +236,7 @@ pub async fn relist(rt: &dyn Runtime) -> Result<BTreeMap<String, Fingerprint>> {
     let objects = sandboxes
         .iter()
         .map(|s| (&s.labels, &s.id, s.state))
-        .chain(containers.iter().map(|c| (&c.labels, &c.id, 100 + c.state)));
+        .chain(containers.iter().map(|c| (&c.labels, &c.id, CONTAINER_STATE + c.state)));
     for (labels, id, state) in objects {
         let Some(identity) = PodIdentity::from_labels(labels) else { continue };
         pods.entry(identity.uid.clone())
