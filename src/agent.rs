@@ -24,12 +24,12 @@ use crate::server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("container runtime at {endpoint} is not usable: {source}")]
-    Runtime { endpoint: String, source: RuntimeError },
+    #[error("container runtime at {endpoint}: {reason}")]
+    Runtime { endpoint: String, reason: RuntimeError },
     #[error("container runtime at {endpoint} does not speak CRI v1: {detail}")]
     NotCri { endpoint: String, detail: String },
-    #[error("cannot serve the local endpoint on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot serve the local endpoint on {addr}: {reason}")]
+    Bind { addr: std::net::SocketAddr, reason: std::io::Error },
 }
 
 /// How often the runtime's Status (runtime and network readiness) is read.
@@ -40,7 +40,7 @@ const HEALTH_PERIOD: Duration = Duration::from_secs(5);
 pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(RemoteRuntime, String), AgentError> {
     let rt = RemoteRuntime::connect(endpoint, timeout)
         .await
-        .map_err(|source| AgentError::Runtime { endpoint: endpoint.into(), source })?;
+        .map_err(|reason| AgentError::Runtime { endpoint: endpoint.into(), reason })?;
     let version = rt.version().await.map_err(|e| match e {
         RuntimeError::Call { code: tonic::Code::Unimplemented, .. } => AgentError::NotCri {
             endpoint: endpoint.into(),
@@ -49,7 +49,7 @@ pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(Remot
         RuntimeError::Call { code, message, .. } if code == tonic::Code::Unknown || code == tonic::Code::Internal => {
             AgentError::NotCri { endpoint: endpoint.into(), detail: format!("Version answered {code:?}: {message}") }
         }
-        source => AgentError::Runtime { endpoint: endpoint.into(), source },
+        reason => AgentError::Runtime { endpoint: endpoint.into(), reason },
     })?;
     if !version.runtime_api_version.starts_with("v1") || version.runtime_api_version.starts_with("v1alpha") {
         return Err(AgentError::NotCri {
@@ -57,7 +57,7 @@ pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(Remot
             detail: format!("it reports runtime API version {:?}", version.runtime_api_version),
         });
     }
-    let status = rt.status().await.map_err(|source| AgentError::Runtime { endpoint: endpoint.into(), source })?;
+    let status = rt.status().await.map_err(|reason| AgentError::Runtime { endpoint: endpoint.into(), reason })?;
     let health = RuntimeHealth::from_status(&status);
     tracing::info!(
         runtime = %version.runtime_name,
@@ -216,7 +216,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
                 tasks.spawn(server::serve(listener, server::LocalApi { statuses, relisted: relisted_rx }));
             }
             Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the local endpoint is not served"),
-            Err(source) => return Err(AgentError::Bind { addr, source }),
+            Err(reason) => return Err(AgentError::Bind { addr, reason }),
         }
     }
 

@@ -24,7 +24,7 @@ pub use observe::{ContainerPhase, ObservedContainer, ObservedSandbox, RuntimePod
 /// The errors a runtime call can give.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot connect to the container runtime at {endpoint}: {reason}")]
+    #[error("cannot connect: {reason}")]
     Connect { endpoint: String, reason: String },
     #[error("{method}: {message}")]
     Call { method: &'static str, code: tonic::Code, message: String },

@@ -1,0 +1,459 @@
+//! The kubelet core against a real containerd: static pods run, restart,
+//! back off, stop, are adopted after `kill -9`, and bad input is contained.
+//! Every test has its own containerd in its own network namespace.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Node, eventually, is_exited, is_running, pod_yaml};
+
+const S: Duration = Duration::from_secs(1);
+
+fn secs(ns: i64) -> f64 {
+    ns as f64 / 1e9
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pod_runs_and_its_output_lands_in_its_log() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n    \
+             command: [sh, -c, 'echo hello from $(POD_NAME); sleep 3600']\n    \
+             env:\n    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n    \
+             resources: {limits: {cpu: 100m, memory: 32Mi}}\n",
+        ),
+    );
+    let app = eventually(30 * S, "the app container running", || async {
+        node.instances("web", "app").await.into_iter().find(is_running)
+    })
+    .await;
+    let want = format!("hello from {}", node.pod_name("web"));
+    let log = eventually(10 * S, "the container's output in its log", || async {
+        std::fs::read_to_string(&app.log_path).ok().filter(|l| l.contains(&want))
+    })
+    .await;
+    assert!(log.contains(" stdout F "), "CRI log format: {log}");
+    let dir = std::path::Path::new(&app.log_path).parent().unwrap().parent().unwrap();
+    assert_eq!(dir.parent().unwrap(), node.logs, "logs live under podLogsDir");
+    let uid = &app.labels["io.kubernetes.pod.uid"];
+    assert_eq!(dir.file_name().unwrap().to_str().unwrap(), format!("default_{}_{uid}", node.pod_name("web")));
+    assert!(app.log_path.ends_with("/app/0.log"), "{}", app.log_path);
+
+    let status = eventually(10 * S, "Running in /pods", || async {
+        node.status("web").filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let cs = &status["status"]["containerStatuses"][0];
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["restartCount"], 0);
+    assert!(status["status"]["podIP"].as_str().unwrap().starts_with("10.99.0."), "{status}");
+    assert_eq!(status["status"]["qosClass"], "Guaranteed");
+    let sandbox = &node.sandboxes("web").await[0];
+    assert_eq!(sandbox.labels["io.kubernetes.pod.namespace"], "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_and_a_failing_one_blocks_the_app() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    let app = "  containers:\n  - {name: app, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n";
+    node.write_manifest(
+        "ordered.yaml",
+        &pod_yaml(
+            "ordered",
+            &format!(
+                "  initContainers:\n  - {{name: first, image: nodelet.local/busybox:1, command: [sh, -c, 'sleep 1; echo first']}}\n  \
+                 - {{name: second, image: nodelet.local/busybox:1, command: [sh, -c, 'echo second']}}\n{app}"
+            ),
+        ),
+    );
+    let failing_init = "  initContainers:\n  - {name: fail, image: nodelet.local/busybox:1, command: [sh, -c, 'exit 1']}\n";
+    node.write_manifest("blocked.yaml", &pod_yaml("blocked", &format!("{failing_init}{app}")));
+    node.write_manifest("never.yaml", &pod_yaml("never", &format!("  restartPolicy: Never\n{failing_init}{app}")));
+
+    let app_c = eventually(30 * S, "ordered's app running", || async {
+        node.instances("ordered", "app").await.into_iter().find(is_running)
+    })
+    .await;
+    let first = &node.instances("ordered", "first").await[0];
+    let second = &node.instances("ordered", "second").await[0];
+    assert_eq!((first.exit_code, second.exit_code), (0, 0));
+    assert!(first.finished_at <= second.started_at, "second started before first finished");
+    assert!(second.finished_at <= app_c.started_at, "app started before the init containers finished");
+
+    // Under Always the failed init container is retried and the app never starts.
+    eventually(30 * S, "the failing init container retried", || async {
+        let fails = node.instances("blocked", "fail").await;
+        fails.iter().any(|c| c.metadata.as_ref().unwrap().attempt >= 1 && is_exited(c)).then_some(())
+    })
+    .await;
+    assert!(node.instances("blocked", "app").await.is_empty(), "the app must not start after a failed init");
+    let st = node.status("blocked").unwrap();
+    assert_eq!(st["status"]["phase"], "Pending");
+    assert_eq!(st["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+
+    // Under Never the pod fails and nothing is retried.
+    eventually(20 * S, "never fails", || async { node.status("never").filter(|p| p["status"]["phase"] == "Failed") }).await;
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(node.instances("never", "fail").await.len(), 1);
+    assert!(node.instances("never", "app").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_restart_policy_against_exit_0_and_exit_1() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    let cases = [("Always", 0), ("Always", 1), ("OnFailure", 0), ("OnFailure", 1), ("Never", 0), ("Never", 1)];
+    for (policy, code) in cases {
+        let name = format!("{}-{code}", policy.to_lowercase());
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                &name,
+                &format!(
+                    "  restartPolicy: {policy}\n  containers:\n  - {{name: c, image: nodelet.local/busybox:1, command: [sh, -c, 'sleep 1; exit {code}']}}\n"
+                ),
+            ),
+        );
+    }
+    let attempt = |name: String| {
+        let node = &node;
+        async move {
+            node.instances(&name, "c").await.first().map_or(-1, |c| c.metadata.as_ref().unwrap().attempt as i64)
+        }
+    };
+    // Restarting pods reach a third instance (exit, immediate restart, exit, 1 s back-off, restart).
+    for name in ["always-0", "always-1", "onfailure-1"] {
+        eventually(40 * S, &format!("{name} restarted twice"), || async { (attempt(name.to_string()).await >= 2).then_some(()) }).await;
+    }
+    for (name, phase) in [("onfailure-0", "Succeeded"), ("never-0", "Succeeded"), ("never-1", "Failed")] {
+        let st = eventually(20 * S, &format!("{name} {phase}"), || async {
+            node.status(name).filter(|p| p["status"]["phase"] == phase)
+        })
+        .await;
+        assert_eq!(st["status"]["containerStatuses"][0]["restartCount"], 0, "{name}");
+        assert_eq!(attempt(name.to_string()).await, 0, "{name} must not restart");
+        let exit = &st["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(exit["exitCode"], if name.ends_with('1') { 1 } else { 0 }, "{name}");
+        // A finished pod's sandbox is stopped.
+        eventually(10 * S, &format!("{name}'s sandbox stopped"), || async {
+            let s = node.sandboxes(name).await;
+            (s.len() == 1 && s[0].state != 0).then_some(())
+        })
+        .await;
+    }
+    eventually(10 * S, "always-0 Running with restarts", || async {
+        node.status("always-0").filter(|st| {
+            st["status"]["phase"] == "Running" && st["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(2)
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_back_off_grows_and_dead_containers_are_collected() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    node.write_manifest(
+        "crash.yaml",
+        &pod_yaml("crash", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sh, -c, 'exit 1']}\n"),
+    );
+    // attempt -> (started_at, finished_at), collected as they appear; the
+    // runtime keeps only the newest dead instance, so poll often.
+    let mut seen: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
+    let mut saw_backoff = false;
+    let deadline = Instant::now() + 60 * S;
+    while !(seen.get(&4).is_some_and(|s| s.0 > 0) && seen.get(&3).is_some_and(|s| s.1 > 0)) {
+        assert!(Instant::now() < deadline, "never reached the fifth start: {seen:?}");
+        let instances = node.instances("crash", "c").await;
+        assert!(instances.len() <= 3, "dead containers pile up: {}", instances.len());
+        for c in instances {
+            let e = seen.entry(c.metadata.as_ref().unwrap().attempt).or_default();
+            e.0 = c.started_at.max(e.0);
+            e.1 = c.finished_at.max(e.1);
+        }
+        if let Some(st) = node.status("crash") {
+            saw_backoff |= st["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gap = |n: u32| secs(seen[&n].0 - seen[&(n - 1)].1);
+    let gaps: Vec<f64> = (1..=4).map(gap).collect();
+    eprintln!("restart gaps after each exit: {gaps:?}");
+    assert!(gaps[0] < 0.9, "the first restart is immediate: {gaps:?}");
+    assert!(gaps[1] >= 0.9 && gaps[2] >= 1.8 && gaps[3] >= 3.6, "back-off 1s, 2s, 4s: {gaps:?}");
+    assert!(gaps[1] < gaps[2] && gaps[2] < gaps[3], "back-off grows: {gaps:?}");
+    assert!(saw_backoff, "status never showed CrashLoopBackOff");
+    let instances = node.instances("crash", "c").await;
+    assert!(instances.len() <= 2, "only the newest dead container is kept: {}", instances.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_manifest_stops_the_pod_within_its_grace_period() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    node.write_manifest(
+        "polite.yaml",
+        &pod_yaml(
+            "polite",
+            "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sh, -c, \"trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done\"]}\n",
+        ),
+    );
+    node.write_manifest(
+        "stubborn.yaml",
+        &pod_yaml(
+            "stubborn",
+            "  terminationGracePeriodSeconds: 3\n  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n",
+        ),
+    );
+    for p in ["polite", "stubborn"] {
+        eventually(30 * S, &format!("{p} running"), || async { node.instances(p, "c").await.into_iter().find(is_running) }).await;
+    }
+    let polite_log = node.instances("polite", "c").await[0].log_path.clone();
+    let log_dir = std::path::Path::new(&polite_log).parent().unwrap().parent().unwrap().to_path_buf();
+    let t0 = Instant::now();
+    node.remove_manifest("polite.yaml");
+    node.remove_manifest("stubborn.yaml");
+
+    eventually(10 * S, "polite removed", || async {
+        (node.instances("polite", "c").await.is_empty() && node.sandboxes("polite").await.is_empty()).then_some(())
+    })
+    .await;
+    let polite_took = t0.elapsed();
+    assert!(polite_took < 5 * S, "a pod that stops on SIGTERM goes at once: {polite_took:?}");
+    assert!(!log_dir.exists(), "the pod's log directory is removed");
+
+    // PID 1 without a handler ignores SIGTERM: the kill comes at the grace period.
+    eventually(15 * S, "stubborn removed", || async {
+        (node.instances("stubborn", "c").await.is_empty() && node.sandboxes("stubborn").await.is_empty()).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(2800), "killed before its grace period: {took:?}");
+    assert!(took < 8 * S, "not killed at its 3 s grace period: {took:?}");
+    assert!(node.status("stubborn").is_none(), "a removed pod leaves /pods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_adopts_the_pods_without_restarting_anything() {
+    let node = Node::start().await;
+    let mut agent = node.nodelet(&[]);
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "  initContainers:\n  - {name: init, image: nodelet.local/busybox:1, command: ['true']}\n  \
+             containers:\n  - {name: a, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n  \
+             - {name: b, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n",
+        ),
+    );
+    node.write_manifest(
+        "done.yaml",
+        &pod_yaml("done", "  restartPolicy: Never\n  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: ['true']}\n"),
+    );
+    eventually(30 * S, "web running", || async {
+        (node.containers("web").await.iter().filter(|c| is_running(c)).count() == 2).then_some(())
+    })
+    .await;
+    eventually(20 * S, "done succeeded", || async { node.status("done").filter(|p| p["status"]["phase"] == "Succeeded") }).await;
+    let before: Vec<String> = node.containers("web").await.into_iter().chain(node.containers("done").await).map(|c| c.id).collect();
+
+    agent.kill9();
+    tokio::time::sleep(2 * S).await;
+    let agent2 = node.nodelet(&[]);
+    let st = eventually(20 * S, "the new nodelet reporting web", || async {
+        node.status("web").filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    tokio::time::sleep(4 * S).await;
+    let after: Vec<String> = node.containers("web").await.into_iter().chain(node.containers("done").await).map(|c| c.id).collect();
+    assert_eq!(before, after, "no container was created, restarted or removed");
+    for c in node.containers("web").await {
+        assert_eq!(c.metadata.as_ref().unwrap().attempt, 0);
+    }
+    for cs in st["status"]["containerStatuses"].as_array().unwrap() {
+        assert_eq!(cs["restartCount"], 0);
+        assert_eq!(cs["ready"], true);
+    }
+    assert_eq!(node.status("done").unwrap()["status"]["phase"], "Succeeded");
+    assert_eq!(node.sandboxes("web").await.len(), 1);
+    assert!(!agent2.log().contains("Created container"), "the restarted agent created a container:\n{}", agent2.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_manifest_is_reported_and_changes_nothing() {
+    let node = Node::start().await;
+    let agent = node.nodelet(&[]);
+    let good = pod_yaml("good", "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n");
+    node.write_manifest("good.yaml", &good);
+    let running = eventually(30 * S, "good running", || async { node.instances("good", "c").await.into_iter().find(is_running) }).await;
+
+    node.write_manifest(
+        "bad.yaml",
+        &pod_yaml("bad", "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    ports: [{containerPort: eighty}]\n"),
+    );
+    let needle = "bad.yaml: spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\"";
+    eventually(10 * S, "the error line", || async { agent.log().contains(needle).then_some(()) }).await;
+    node.write_manifest("empty-image.yaml", &pod_yaml("x", "  containers:\n  - {name: c, image: ''}\n"));
+    eventually(10 * S, "the second error line", || async {
+        agent.log().contains("empty-image.yaml: spec.containers[0].image: Required value").then_some(())
+    })
+    .await;
+    // A broken edit of a running pod's manifest keeps the pod as it was.
+    node.write_manifest("good.yaml", &good.replace("[sleep, '3600']", "[sleep, '3600']\n    resources: {limits: {cpu: plenty}}"));
+    eventually(10 * S, "the third error line", || async {
+        agent.log().contains("good.yaml: spec.containers[0].resources.limits[cpu]: Invalid value").then_some(())
+    })
+    .await;
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(agent.log().matches(needle).count(), 1, "one error line per problem, not one per re-read");
+    let now: Vec<_> = node.instances("good", "c").await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].id, running.id, "the good pod was disturbed");
+    assert!(is_running(&now[0]));
+    assert!(node.sandboxes("bad").await.is_empty() && node.sandboxes("x").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_the_calls_and_creates_nothing() {
+    let node = Node::start().await;
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "  initContainers:\n  - {name: init, image: nodelet.local/busybox:1, command: ['true']}\n  \
+             containers:\n  - {name: app, image: nodelet.local/busybox:1, command: [sleep, '3600'], ports: [{containerPort: 80, hostPort: 8080}]}\n",
+        ),
+    );
+    let run = |endpoint: String| {
+        let node = &node;
+        async move {
+            let mut args = node.base_args();
+            let at = args.iter().position(|a| a == "--container-runtime-endpoint").unwrap();
+            args[at + 1] = endpoint;
+            args.extend(["--dry-run".to_string(), "--healthz-port".into(), "0".into()]);
+            let agent = node.nodelet_with(args);
+            eventually(20 * S, "the app's StartContainer line", || async {
+                agent.stdout().lines().any(|l| l.starts_with("CRI StartContainer") && l.contains("container=app")).then_some(())
+            })
+            .await;
+            tokio::time::sleep(S).await;
+            agent.stdout()
+        }
+    };
+    let out = run(node.endpoint.clone()).await;
+    let lines: Vec<&str> = out.lines().collect();
+    let pod = node.pod_name("web");
+    let kinds: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap_or("")).collect();
+    assert_eq!(
+        kinds,
+        vec!["RunPodSandbox", "CreateContainer", "StartContainer", "CreateContainer", "StartContainer"],
+        "{out}"
+    );
+    assert!(lines[0].contains(&format!("pod=default/{pod} ")) && lines[0].contains("attempt=0"), "{}", lines[0]);
+    assert!(lines[0].contains("ports=[\"8080:80/TCP\"]"), "{}", lines[0]);
+    assert!(lines[1].contains("container=init"), "{}", lines[1]);
+    assert!(lines[3].contains("container=app") && lines[3].contains("command=[\"sleep\",\"3600\"]"), "{}", lines[3]);
+
+    let rt = node.cri().await;
+    use nodelet::runtime::Runtime;
+    assert!(rt.list_pod_sandbox(None).await.unwrap().is_empty(), "a dry run created a sandbox");
+    assert!(rt.list_containers(None).await.unwrap().is_empty(), "a dry run created a container");
+
+    let again = run(node.endpoint.clone()).await;
+    assert_eq!(out, again, "dry-run output is deterministic");
+
+    // With no containerd at all, the image is unknown and would be pulled.
+    let offline = run("unix:///nonexistent/containerd.sock".into()).await;
+    assert!(offline.lines().any(|l| l == "CRI PullImage image=nodelet.local/busybox:1 auth=none"), "{offline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
+    let node = Node::start().await;
+    let body = std::sync::Arc::new(std::sync::Mutex::new(pod_yaml(
+        "fromurl",
+        "  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n",
+    )));
+    let served = body.clone();
+    let port = support::in_netns(&node.netns, move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let b = served.lock().unwrap().clone();
+                let auth_ok = req.to_lowercase().contains("x-node-token: secret");
+                let resp = if auth_ok {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len())
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = conn.write_all(resp.as_bytes());
+            }
+        });
+        port
+    });
+    let url = format!("http://127.0.0.1:{port}/pods.yaml");
+    let _agent = node.nodelet(&["--manifest-url", &url, "--manifest-url-header", "X-Node-Token:secret", "--http-check-frequency", "1s"]);
+    let first = eventually(30 * S, "the URL's pod running", || async {
+        node.instances("fromurl", "c").await.into_iter().find(is_running)
+    })
+    .await;
+    assert_eq!(node.status("fromurl").unwrap()["metadata"]["annotations"]["kubernetes.io/config.source"], "http");
+    *body.lock().unwrap() = pod_yaml("fromurl", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '7200']}\n");
+    let second = eventually(30 * S, "the changed pod running", || async {
+        node.instances("fromurl", "c").await.into_iter().find(|c| is_running(c) && c.id != first.id)
+    })
+    .await;
+    assert_ne!(first.labels["io.kubernetes.pod.uid"], second.labels["io.kubernetes.pod.uid"], "a changed manifest is a new pod");
+    eventually(15 * S, "the old pod gone", || async {
+        node.containers("fromurl").await.iter().all(|c| c.id != first.id).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_runtime_nodelet_exits_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |endpoint: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"))
+            .args(["--container-runtime-endpoint", endpoint, "--healthz-port", "0", "--root-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run("unix:///nonexistent/containerd.sock");
+    assert_eq!(code, Some(1));
+    let last = err.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "nodelet: container runtime at unix:///nonexistent/containerd.sock: cannot connect: socket \
+         /nonexistent/containerd.sock does not exist"
+    );
+
+    // A socket that answers something other than gRPC.
+    let sock = dir.path().join("not-cri.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for c in listener.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let (code, err) = run(&format!("unix://{}", sock.display()));
+    assert_eq!(code, Some(1));
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with(&format!("nodelet: container runtime at unix://{}", sock.display())), "{err}");
+}

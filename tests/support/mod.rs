@@ -1,0 +1,467 @@
+//! Test harness: a private containerd per test, in a network namespace of
+//! its own (so its CNI bridge and pod networks never touch the host's), with
+//! the locally built images imported through `nodelet images import`; and the
+//! real `nodelet` binary started in that namespace.
+//!
+//! Everything a test makes is removed when its `Node` drops: pods (through
+//! CRI), containerd, the namespace, the pod cgroups and the directories.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nodelet::runtime::cri;
+use nodelet::runtime::remote::RemoteRuntime;
+use nodelet::runtime::Runtime;
+
+pub const BUSYBOX: &str = "nodelet.local/busybox:1";
+const CONTAINERD_CONFIG: &str = include_str!("containerd-config.toml");
+const CNI_CONFIG: &str = include_str!("cni.conflist");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The image archives, built once per test process (the build is
+/// reproducible, so concurrent test binaries write identical files).
+pub fn images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("NODELET_TEST_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target/test-images"));
+        if !dir.join("busybox.tar").exists() || !dir.join("pause.tar").exists() {
+            let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+            let st = Command::new(repo().join("tests/images/build.sh")).arg(&tmp).status().expect("run build.sh");
+            assert!(st.success(), "tests/images/build.sh failed");
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["busybox.tar", "pause.tar"] {
+                std::fs::rename(tmp.join(f), dir.join(f)).unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        dir
+    })
+    .as_path()
+}
+
+fn enter_netns(name: &str) -> std::io::Result<()> {
+    let f = File::open(format!("/run/netns/{name}"))?;
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns).expect("enter the test network namespace");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One simulated node: a containerd of its own and the directories nodelet
+/// uses.
+pub struct Node {
+    pub id: String,
+    pub netns: String,
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub manifests: PathBuf,
+    pub logs: PathBuf,
+    pub cgroup_root: String,
+    containerd: Option<Child>,
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let netns = format!("nlt-{id}");
+        let dir = tempfile::Builder::new().prefix("nodelet-test-").tempdir().unwrap();
+        let root = dir.path();
+        for d in ["cni", "manifests", "logs", "kubelet"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let r = root.display().to_string();
+        std::fs::write(root.join("config.toml"), CONTAINERD_CONFIG.replace("@ROOT@", &r).replace("@CNI_BIN@", "/usr/lib/cni")).unwrap();
+        std::fs::write(
+            root.join("cni/10-pods.conflist"),
+            CNI_CONFIG.replace("@ROOT@", &r).replace("@BRIDGE@", "nlt0").replace("@SUBNET@", "10.99.0.0/24"),
+        )
+        .unwrap();
+        run(Command::new("ip").args(["netns", "add", &netns]));
+        run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
+        let log = File::create(root.join("containerd.log")).unwrap();
+        let ns = netns.clone();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(root.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log);
+        unsafe {
+            cmd.pre_exec(move || enter_netns(&ns));
+        }
+        let child = cmd.spawn().expect("start containerd (apt-get install containerd)");
+        let sock = root.join("containerd.sock");
+        let endpoint = format!("unix://{}", sock.display());
+        let mut node = Node {
+            cgroup_root: format!("/nodelet-test-{id}"),
+            id,
+            netns,
+            endpoint,
+            manifests: root.join("manifests"),
+            logs: root.join("logs"),
+            containerd: Some(child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while RemoteRuntime::connect(&node.endpoint, Duration::from_secs(5)).await.is_err() {
+            assert!(Instant::now() < deadline, "containerd did not come up: {}", node.containerd_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let imgs = images();
+        let out = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+            .args(["images", "import", "--address", &node.endpoint])
+            .arg(imgs.join("busybox.tar"))
+            .arg(imgs.join("pause.tar"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nodelet images import: {}", String::from_utf8_lossy(&out.stderr));
+        node.wait_network_ready().await;
+        node
+    }
+
+    async fn wait_network_ready(&mut self) {
+        let rt = self.cri().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt.status().await.unwrap();
+            if nodelet::runtime::RuntimeHealth::from_status(&st).network_ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "CNI never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn containerd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub async fn cri(&self) -> RemoteRuntime {
+        RemoteRuntime::connect(&self.endpoint, Duration::from_secs(30)).await.expect("CRI connect")
+    }
+
+    pub fn node_name(&self) -> String {
+        format!("node-{}", self.id)
+    }
+
+    /// A KubeletConfiguration for this node, plus extra lines.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join("kubelet-config.yaml");
+        let body = format!(
+            "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\npodLogsDir: {}\ncgroupRoot: {}\n\
+             fileCheckFrequency: 20s\n{extra}",
+            self.logs.display(),
+            self.cgroup_root
+        );
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
+    /// The arguments every nodelet of this node runs with.
+    pub fn base_args(&self) -> Vec<String> {
+        vec![
+            "--config".into(),
+            self.write_config("").display().to_string(),
+            "--pod-manifest-path".into(),
+            self.manifests.display().to_string(),
+            "--container-runtime-endpoint".into(),
+            self.endpoint.clone(),
+            "--root-dir".into(),
+            self.dir.path().join("kubelet").display().to_string(),
+            "--hostname-override".into(),
+            self.node_name(),
+            "--crash-loop-backoff-initial".into(),
+            "1s".into(),
+            "--v".into(),
+            "2".into(),
+        ]
+    }
+
+    /// Starts nodelet in this node's network namespace.
+    pub fn nodelet(&self, extra: &[&str]) -> Agent {
+        let mut args = self.base_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.nodelet_with(args)
+    }
+
+    pub fn nodelet_with(&self, args: Vec<String>) -> Agent {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.path().join(format!("nodelet-{n}.log"));
+        let out = self.dir.path().join(format!("nodelet-{n}.out"));
+        let ns = self.netns.clone();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodelet"));
+        cmd.args(&args)
+            .stdout(File::create(&out).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .env("RUST_LOG", "info,nodelet=debug");
+        unsafe {
+            cmd.pre_exec(move || enter_netns(&ns));
+        }
+        Agent { child: Some(cmd.spawn().expect("start nodelet")), log, out, netns: self.netns.clone() }
+    }
+
+    /// Writes a manifest atomically (as editors and config managers do).
+    pub fn write_manifest(&self, file: &str, body: &str) {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(file)).unwrap();
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests.join(file)).unwrap();
+    }
+
+    /// The full pod name nodelet gives a static pod here.
+    pub fn pod_name(&self, name: &str) -> String {
+        format!("{name}-{}", self.node_name())
+    }
+
+    /// Every container of a pod, newest first, with its status.
+    pub async fn containers(&self, pod: &str) -> Vec<cri::ContainerStatus> {
+        let rt = self.cri().await;
+        let filter = cri::ContainerFilter {
+            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), self.pod_name(pod))]),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for c in rt.list_containers(Some(filter)).await.unwrap() {
+            if let Ok(s) = rt.container_status(&c.id).await {
+                out.push(s);
+            }
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out
+    }
+
+    pub async fn sandboxes(&self, pod: &str) -> Vec<cri::PodSandbox> {
+        let rt = self.cri().await;
+        let filter = cri::PodSandboxFilter {
+            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), self.pod_name(pod))]),
+            ..Default::default()
+        };
+        rt.list_pod_sandbox(Some(filter)).await.unwrap()
+    }
+
+    /// Instances of one container of a pod, newest first.
+    pub async fn instances(&self, pod: &str, container: &str) -> Vec<cri::ContainerStatus> {
+        self.containers(pod).await.into_iter().filter(|c| c.metadata.as_ref().unwrap().name == container).collect()
+    }
+
+    /// GET from nodelet's local endpoint (inside the namespace).
+    pub fn get(&self, path: &str) -> Option<String> {
+        let path = path.to_string();
+        in_netns(&self.netns, move || {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:10248").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).ok()?;
+            resp.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+        })
+    }
+
+    /// The pod as nodelet's /pods reports it.
+    pub fn status(&self, pod: &str) -> Option<serde_json::Value> {
+        let body = self.get("/pods")?;
+        let list: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let want = self.pod_name(pod);
+        list["items"].as_array()?.iter().find(|p| p["metadata"]["name"] == want.as_str()).cloned()
+    }
+
+}
+
+/// Removes every pod through CRI (what a kubelet would leave behind).
+async fn remove_all_pods(endpoint: &str) {
+    let Ok(rt) = RemoteRuntime::connect(endpoint, Duration::from_secs(10)).await else { return };
+    if let Ok(list) = rt.list_pod_sandbox(None).await {
+        for s in list {
+            let _ = rt.stop_pod_sandbox(&s.id).await;
+            let _ = rt.remove_pod_sandbox(&s.id).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let endpoint = self.endpoint.clone();
+        // Drop may run inside a tokio runtime: clean up from a thread of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(remove_all_pods(&endpoint));
+        })
+        .join()
+        .ok();
+        if let Some(mut c) = self.containerd.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        remove_cgroup_tree(&self.cgroup_root);
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        // Mounts left by a crashed run would make the directory undeletable.
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let mut targets: Vec<&str> =
+                mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|t| t.starts_with(&root)).collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory tree (deepest first) in every hierarchy.
+fn remove_cgroup_tree(rel: &str) {
+    let rel = rel.trim_start_matches('/');
+    let roots: Vec<PathBuf> = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        vec![PathBuf::from("/sys/fs/cgroup")]
+    } else {
+        std::fs::read_dir("/sys/fs/cgroup").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    for root in roots {
+        let top = root.join(rel);
+        if !top.exists() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        let mut stack = vec![top];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A running nodelet; killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub out: PathBuf,
+    pub netns: String,
+}
+
+impl Agent {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit; its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- nodelet log ({}) ---\n{}\n--- nodelet stdout ---\n{}", self.log.display(), self.log(), self.stdout());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn is_running(c: &cri::ContainerStatus) -> bool {
+    c.state == cri::ContainerState::ContainerRunning as i32
+}
+
+pub fn is_exited(c: &cri::ContainerStatus) -> bool {
+    c.state == cri::ContainerState::ContainerExited as i32
+}
+
+/// A pod manifest with the given containers section (already indented).
+pub fn pod_yaml(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
