@@ -171,9 +171,11 @@ pub fn finished_phase(spec: &PodSpec, obs: &RuntimePod) -> Option<&'static str> 
     Some(if all_ok { "Succeeded" } else { "Failed" })
 }
 
+/// A delay as Go prints durations ("10s", "1m20s", "5m0s"), as in
+/// kubelet's back-off messages.
 fn human(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 { format!("{}m0s", s / 60) } else if s >= 60 { format!("{}m{}s", s / 60, s % 60) } else { format!("{s}s") }
+    if s >= 60 { format!("{}m{}s", s / 60, s % 60) } else { format!("{s}s") }
 }
 
 struct Planner<'a> {

@@ -256,7 +256,7 @@ impl Node {
                 out.push(s);
             }
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         out
     }
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The demo node: runs the static pods in manifests/static on a real
+# containerd, with nodelet in front, and shows `nodelet pods` every few
+# seconds until Ctrl-C. Everything lives in a network namespace and a
+# directory of its own (/tmp/nodelet-demo), and is removed on exit.
+# Run as root on Debian: sudo manifests/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+tests/setup.sh
+cargo build --locked --bin nodelet
+nodelet=$repo/target/debug/nodelet
+tests/images/build.sh target/test-images >/dev/null
+
+demo=/tmp/nodelet-demo
+ns=nodelet-demo
+rm -rf "$demo"; mkdir -p "$demo"/{cni,logs,kubelet,empty}
+sed -e "s#@ROOT@#$demo#g" -e "s#@CNI_BIN@#/usr/lib/cni#g" tests/support/containerd-config.toml > "$demo/containerd.toml"
+sed -e "s#@ROOT@#$demo#g" -e "s#@BRIDGE@#nodelet0#g" -e "s#@SUBNET@#10.88.0.0/24#g" tests/support/cni.conflist > "$demo/cni/10-pods.conflist"
+cat > "$demo/kubelet.yaml" <<CFG
+kind: KubeletConfiguration
+apiVersion: kubelet.config.k8s.io/v1beta1
+podLogsDir: $demo/logs
+cgroupRoot: /nodelet-demo
+CFG
+ip netns del "$ns" 2>/dev/null || true
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+innet() { nsenter --net="/run/netns/$ns" "$@"; }
+endpoint=unix://$demo/containerd.sock
+
+cleanup() {
+  set +e
+  echo; echo "demo: removing the pods"
+  [ -n "${agent:-}" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
+  # A nodelet with no manifests removes every pod it finds, as kubelet does.
+  nsenter --net="/run/netns/$ns" "$nodelet" --pod-manifest-path "$demo/empty" --config "$demo/kubelet.yaml" --root-dir "$demo/kubelet" \
+    --container-runtime-endpoint "$endpoint" --healthz-port 0 >>"$demo/cleanup.log" 2>&1 &
+  local sweeper=$!
+  for _ in $(seq 1 60); do
+    [ -z "$(ctr -a "$demo/containerd.sock" -n k8s.io containers ls -q 2>/dev/null)" ] && break
+    sleep 1
+  done
+  kill "$sweeper" 2>/dev/null; wait "$sweeper" 2>/dev/null
+  kill "$containerd" 2>/dev/null; wait "$containerd" 2>/dev/null
+  ip netns del "$ns" 2>/dev/null
+  find /sys/fs/cgroup -depth -type d -path '*nodelet-demo*' -exec rmdir {} \; 2>/dev/null
+  echo "demo: done (logs kept in $demo)"
+}
+trap cleanup EXIT
+
+# Own sessions: a Ctrl-C in this terminal must reach the script, not the
+# runtime, so the pods can be removed properly.
+setsid nsenter --net="/run/netns/$ns" containerd --config "$demo/containerd.toml" >"$demo/containerd.log" 2>&1 &
+containerd=$!
+for _ in $(seq 1 100); do [ -S "$demo/containerd.sock" ] && break; sleep 0.1; done
+"$nodelet" images import --address "$endpoint" target/test-images/busybox.tar target/test-images/pause.tar
+
+setsid nsenter --net="/run/netns/$ns" "$nodelet" --config "$demo/kubelet.yaml" --pod-manifest-path "$repo/manifests/static" \
+  --container-runtime-endpoint "$endpoint" --root-dir "$demo/kubelet" --hostname-override demo-node \
+  --crash-loop-backoff-initial 2s >"$demo/nodelet.log" 2>&1 &
+agent=$!
+echo "demo: nodelet runs the pods in manifests/static (its log: $demo/nodelet.log; pod logs: $demo/logs)"
+echo "demo: edit or remove files in manifests/static to see pods change; Ctrl-C to stop"
+while kill -0 "$agent" 2>/dev/null; do
+  sleep 5
+  echo "---- $(date +%T)"
+  innet "$nodelet" pods || true
+done
+echo "demo: nodelet exited; see $demo/nodelet.log"

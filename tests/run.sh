@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite: installs the Debian packages it needs, then runs every unit
+# and integration test. Integration tests start private containerds in
+# network namespaces of their own; run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/setup.sh
+cargo test --locked --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
