@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Settings;
@@ -163,15 +163,14 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     }
 
     let statuses = StatusStore::default();
-    let poke = Arc::new(Notify::new());
     let ctx = Arc::new(WorkerContext {
         runtime: runtime.clone(),
         node: node.clone(),
         events: Arc::new(LogRecorder),
         statuses: statuses.clone(),
         health: health_rx,
-        relist: poke.clone(),
         resync: s.sync_frequency,
+        eager: s.dry_run,
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);
@@ -192,7 +191,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let (relist_tx, relist_rx) = mpsc::channel(16);
     let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
     let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
-    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, poke.clone(), exit_ids_rx, relist_tx, relisted_tx));
+    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx));
     if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
         let (exit_tx, mut exit_rx) = mpsc::channel(64);
         tasks.spawn(containerd::watch_task_exits(socket, exit_tx));

@@ -40,7 +40,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
         total += value * scale;
         rest = &rest[unit_end..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| err())
 }
 
 /// Serde adapter for `Duration` fields written as Go durations.
@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(parse_go_duration("300ms").unwrap(), Duration::from_millis(300));
         assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "5", "-1s", "1x", "s", "1.2.3s"] {
+        for bad in ["", "5", "-1s", "1x", "s", "1.2.3s", "99999999999999999999999h"] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
         }
     }

@@ -44,7 +44,7 @@ impl Backoff {
     }
 
     fn expired(&self, e: &Entry, event: i64) -> bool {
-        event - e.last > 2 * nanos(self.config.max)
+        event.saturating_sub(e.last) > nanos(self.config.max).saturating_mul(2)
     }
 
     /// When `key` may next be retried if its last failure happened at
@@ -54,7 +54,7 @@ impl Backoff {
         if self.expired(e, event) {
             return None;
         }
-        let until = event + nanos(e.delay);
+        let until = event.saturating_add(nanos(e.delay));
         (now < until).then_some(until)
     }
 
@@ -70,7 +70,7 @@ impl Backoff {
         match self.entries.get(key).copied() {
             Some(e) if e.last == event => {}
             Some(e) if !self.expired(&e, event) => {
-                let delay = (e.delay * 2).min(self.config.max);
+                let delay = e.delay.saturating_mul(2).min(self.config.max);
                 self.entries.insert(key.to_string(), Entry { delay, last: event });
             }
             _ => {

@@ -1,7 +1,6 @@
-//! The relist loop (kubelet's PLEG): every second, and at once when poked
-//! (a worker that just acted) or told of a container exit by containerd's
-//! event stream, list the runtime's sandboxes and containers and report
-//! which pods changed.
+//! The relist loop (kubelet's PLEG): every second, and at once when told of
+//! a container exit by containerd's event stream, list the runtime's
+//! sandboxes and containers and report which pods changed.
 //!
 //! containerd publishes a task exit before its CRI plugin has recorded it,
 //! so after an exit the loop relists every few milliseconds until the CRI
@@ -11,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::runtime::Runtime;
 use crate::runtime::labels::PodIdentity;
@@ -38,7 +37,6 @@ pub struct RelistEvent {
 pub async fn run(
     rt: Arc<dyn Runtime>,
     period: Duration,
-    poke: Arc<Notify>,
     mut exits: mpsc::Receiver<String>,
     tx: mpsc::Sender<RelistEvent>,
     healthy: watch::Sender<Option<Instant>>,
@@ -86,7 +84,6 @@ pub async fn run(
         let wait = if pending.is_empty() { period } else { EXIT_RECHECK };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = poke.notified() => {}
             exit = exits.recv(), if exits_open => match exit {
                 Some(id) => {
                     pending.insert(id, Instant::now());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodIP, PodStatus, HostIP,
+    HostIP, PodCondition, PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -148,18 +148,10 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String
 }
 
 /// kubelet's getPhase over the computed statuses.
-fn phase(input: &StatusInput<'_>, init: &[ContainerStatus], apps: &[ContainerStatus], finished: Option<&str>) -> &'static str {
-    let spec = input.pod.spec.clone().unwrap_or_default();
+fn phase(spec: &PodSpec, initializing: bool, apps: &[ContainerStatus], finished: Option<&str>) -> &'static str {
     if let Some(done) = finished {
         return if done == "Succeeded" { "Succeeded" } else { "Failed" };
     }
-    let init_pending = spec.init_containers.iter().flatten().zip(init).any(|(c, s)| {
-        let done = match plan::init_kind(c) {
-            ContainerKind::Sidecar => s.started == Some(true),
-            _ => s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
-        };
-        !done
-    });
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for s in apps {
         let st = s.state.clone().unwrap_or_default();
@@ -176,8 +168,8 @@ fn phase(input: &StatusInput<'_>, init: &[ContainerStatus], apps: &[ContainerSta
             waiting += 1;
         }
     }
-    let policy = RestartPolicy::of(&spec);
-    if init_pending || waiting > 0 {
+    let policy = RestartPolicy::of(spec);
+    if initializing || waiting > 0 {
         "Pending"
     } else if running > 0 {
         "Running"
@@ -224,7 +216,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         .iter()
         .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, initializing))
         .collect();
-    let phase = phase(input, &init_statuses, &statuses, finished);
+    let phase = phase(&spec, initializing, &statuses, finished);
 
     let names = |pred: &dyn Fn(&ContainerStatus) -> bool, list: &[ContainerStatus]| {
         list.iter().filter(|s| pred(s)).map(|s| s.name.clone()).collect::<Vec<_>>()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::backoff::Backoff;
@@ -28,8 +28,10 @@ use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri};
 
 /// How often a quiet pod is re-checked anyway (kubelet's syncFrequency).
 pub const RESYNC: Duration = Duration::from_secs(60);
-/// Rounds of back-to-back actions before a worker pauses for a second.
+/// Rounds of back-to-back actions before an eager worker pauses.
 const MAX_BUSY_ROUNDS: u32 = 20;
+/// After acting, a worker looks again this soon even without news.
+const AFTER_ACTING: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -38,9 +40,10 @@ pub struct WorkerContext {
     pub events: Arc<dyn EventRecorder>,
     pub statuses: StatusStore,
     pub health: watch::Receiver<RuntimeHealth>,
-    /// Asks the relist loop for a relist now.
-    pub relist: Arc<Notify>,
     pub resync: Duration,
+    /// Re-plan right after acting instead of waiting for the relist (dry
+    /// runs, where the simulated runtime changes at once).
+    pub eager: bool,
 }
 
 #[derive(Debug)]
@@ -138,18 +141,22 @@ impl Worker {
                     return;
                 }
                 let (progressed, wake_at) = self.sync().await;
-                let mut deadline = [wake_at, self.retry_at].into_iter().flatten().min();
-                if progressed && busy < MAX_BUSY_ROUNDS {
+                // Dry runs re-plan at once so a pod's whole start prints in
+                // one go; otherwise the relist reports what the actions did.
+                if progressed && self.ctx.eager && busy < MAX_BUSY_ROUNDS {
                     busy += 1;
                     while let Ok(m) = rx.try_recv() {
                         self.handle(m, &mut terminating);
                     }
                     continue;
                 }
-                if progressed {
-                    deadline = Some(now_nanos() + 1_000_000_000);
-                }
                 busy = 0;
+                let mut deadline = [wake_at, self.retry_at].into_iter().flatten().min();
+                if progressed {
+                    // Look again soon even if the relist reports nothing.
+                    let soon = now_nanos() + AFTER_ACTING.as_nanos() as i64;
+                    deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                }
                 idle.send_modify(|n| *n += 1);
                 let sleep_for = deadline
                     .map(|d| Duration::from_nanos((d - now_nanos()).max(0) as u64))
@@ -218,11 +225,9 @@ impl Worker {
         for action in p.actions {
             if let Err(f) = self.execute(&pod, &obs, &mut sandbox, action).await {
                 self.retry_at = Some(f.retry_at);
-                self.ctx.relist.notify_one();
                 return (true, p.wake_at.map(|w| w.min(f.retry_at)).or(Some(f.retry_at)));
             }
         }
-        self.ctx.relist.notify_one();
         (true, p.wake_at)
     }
 

@@ -22,7 +22,7 @@ use super::{SeenTimes, SourceName, SourceUpdate, drop_duplicates};
 use crate::pods::manifest::{self, StaticOrigin};
 
 /// How long to let a burst of file events settle before re-reading.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(20);
 
 struct FileState {
     digest: [u8; 32],
@@ -180,7 +180,9 @@ impl FileSource {
             (_, Some(new)) => {
                 let tx = ev_tx.clone();
                 let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                    if res.is_ok() {
+                    // Reading the manifests makes access events of its own;
+                    // only changes count, or every scan would trigger the next.
+                    if res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
                         let _ = tx.try_send(());
                     }
                 })
