@@ -35,7 +35,7 @@ cleanup() {
   [ -n "${agent:-}" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
   # A nodelet with no manifests removes every pod it finds, as kubelet does.
   nsenter --net="/run/netns/$ns" "$nodelet" --pod-manifest-path "$demo/empty" --config "$demo/kubelet.yaml" --root-dir "$demo/kubelet" \
-    --container-runtime-endpoint "$endpoint" --healthz-port 0 >>"$demo/cleanup.log" 2>&1 &
+    --container-logs-dir "$demo/containers" --container-runtime-endpoint "$endpoint" --healthz-port 0 >>"$demo/cleanup.log" 2>&1 &
   local sweeper=$!
   for _ in $(seq 1 60); do
     [ -z "$(ctr -a "$demo/containerd.sock" -n k8s.io containers ls -q 2>/dev/null)" ] && break
@@ -58,6 +58,7 @@ for _ in $(seq 1 100); do [ -S "$demo/containerd.sock" ] && break; sleep 0.1; do
 
 setsid nsenter --net="/run/netns/$ns" "$nodelet" --config "$demo/kubelet.yaml" --pod-manifest-path "$repo/manifests/static" \
   --container-runtime-endpoint "$endpoint" --root-dir "$demo/kubelet" --hostname-override demo-node \
+  --container-logs-dir "$demo/containers" \
   --crash-loop-backoff-initial 2s >"$demo/nodelet.log" 2>&1 &
 agent=$!
 echo "demo: nodelet runs the pods in manifests/static (its log: $demo/nodelet.log; pod logs: $demo/logs)"

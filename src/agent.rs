@@ -125,6 +125,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         node_name: s.node_name.clone(),
         root_dir: s.root_dir.clone(),
         pod_logs_dir: s.pod_logs_dir.clone(),
+        container_logs_dir: s.container_logs_dir.clone(),
         cgroup_driver: s.cgroup_driver,
         cgroup_root: s.cgroup_root.clone(),
         cgroups_per_qos: s.cgroups_per_qos,

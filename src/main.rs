@@ -82,6 +82,9 @@ struct RunArgs {
     runtime_request_timeout: Option<Duration>,
     #[arg(long)]
     root_dir: Option<PathBuf>,
+    /// Where kubelet's legacy log symlinks go (nodelet's; kubelet fixes it).
+    #[arg(long)]
+    container_logs_dir: Option<PathBuf>,
     /// Directory of static pod manifests.
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
@@ -178,6 +181,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         container_runtime_endpoint: a.container_runtime_endpoint,
         runtime_request_timeout: a.runtime_request_timeout,
         root_dir: a.root_dir,
+        container_logs_dir: a.container_logs_dir,
         pod_manifest_path: a.pod_manifest_path,
         manifest_url: a.manifest_url,
         manifest_url_header: a.manifest_url_header,

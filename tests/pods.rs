@@ -43,6 +43,8 @@ async fn a_static_pod_runs_and_its_output_lands_in_its_log() {
     let uid = &app.labels["io.kubernetes.pod.uid"];
     assert_eq!(dir.file_name().unwrap().to_str().unwrap(), format!("default_{}_{uid}", node.pod_name("web")));
     assert!(app.log_path.ends_with("/app/0.log"), "{}", app.log_path);
+    let link = node.dir.path().join("containers").join(format!("{}_default_app-{}.log", node.pod_name("web"), app.id));
+    assert_eq!(std::fs::read_link(&link).unwrap().display().to_string(), app.log_path, "the /var/log/containers link");
 
     let status = eventually(10 * S, "Running in /pods", || async {
         node.status("web").filter(|p| p["status"]["phase"] == "Running")
@@ -227,6 +229,9 @@ async fn removing_a_manifest_stops_the_pod_within_its_grace_period() {
     let polite_took = t0.elapsed();
     assert!(polite_took < 5 * S, "a pod that stops on SIGTERM goes at once: {polite_took:?}");
     assert!(!log_dir.exists(), "the pod's log directory is removed");
+    let links = node.dir.path().join("containers");
+    let polite_links = std::fs::read_dir(&links).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("polite-")).count();
+    assert_eq!(polite_links, 0, "the pod's log links are removed");
 
     // PID 1 without a handler ignores SIGTERM: the kill comes at the grace period.
     eventually(15 * S, "stubborn removed", || async {

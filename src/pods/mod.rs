@@ -9,6 +9,7 @@ pub mod container;
 pub mod dns;
 pub mod env;
 pub mod events;
+pub mod logs;
 pub mod manager;
 pub mod manifest;
 pub mod plan;
@@ -45,6 +46,8 @@ pub struct NodeContext {
     pub root_dir: PathBuf,
     /// `podLogsDir`: `<ns>_<name>_<uid>/<container>/<n>.log` below it.
     pub pod_logs_dir: PathBuf,
+    /// kubelet's legacy log symlinks (`/var/log/containers`).
+    pub container_logs_dir: PathBuf,
     pub cgroup_driver: CgroupDriver,
     pub cgroup_root: String,
     pub cgroups_per_qos: bool,
@@ -70,6 +73,7 @@ impl NodeContext {
             node_name: node_name.into(),
             root_dir: "/var/lib/kubelet".into(),
             pod_logs_dir: "/var/log/pods".into(),
+            container_logs_dir: "/var/log/containers".into(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             cgroup_root: "/".into(),
             cgroups_per_qos: true,

@@ -21,7 +21,7 @@ use super::events::{EventRecorder, EventType};
 use super::plan::{self, Action, PlanInput, Waiting};
 use super::status::{StatusInput, pod_status};
 use super::store::{PodRecord, StatusStore};
-use super::{ContainerKind, DesiredPod, NodeContext, cgroups, container, sandbox};
+use super::{ContainerKind, DesiredPod, NodeContext, cgroups, container, logs, sandbox};
 use crate::runtime::labels::PodIdentity;
 use crate::runtime::observe::PodInspector;
 use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri};
@@ -308,8 +308,18 @@ impl Worker {
                 Ok(())
             }
             Action::StopSandbox { id } => self.quietly(rt.stop_pod_sandbox(&id).await, "StopPodSandbox"),
-            Action::RemoveContainer { id } => self.quietly(rt.remove_container(&id).await, "RemoveContainer"),
+            Action::RemoveContainer { id } => {
+                self.quietly(rt.remove_container(&id).await, "RemoveContainer")?;
+                self.unlink_log(obs, &id);
+                Ok(())
+            }
             Action::RemoveSandbox { id } => self.quietly(rt.remove_pod_sandbox(&id).await, "RemovePodSandbox"),
+        }
+    }
+
+    fn unlink_log(&self, obs: &RuntimePod, id: &str) {
+        if let Some(c) = obs.containers.iter().find(|c| c.id == id) {
+            logs::unlink(&self.ctx.node, &self.identity, &c.name, id);
         }
     }
 
@@ -455,6 +465,7 @@ impl Worker {
             return Err(self.fail_container(&c.name, "RunContainerError", e.to_string()));
         }
         self.event(EventType::Normal, "Started", &format!("Started container {}", c.name));
+        logs::link(&self.ctx.node, &self.identity, &c.name, &id, &std::path::Path::new(&sb.config.log_directory).join(&config.log_path));
         self.errors.remove(&c.name);
         Ok(())
     }
@@ -520,7 +531,13 @@ impl Worker {
                         self.kill_pod(pod.as_deref(), &obs).await;
                         Ok(())
                     }
-                    Action::RemoveContainer { id } => self.ctx.runtime.remove_container(&id).await,
+                    Action::RemoveContainer { id } => {
+                        let r = self.ctx.runtime.remove_container(&id).await;
+                        if r.is_ok() {
+                            self.unlink_log(&obs, &id);
+                        }
+                        r
+                    }
                     Action::RemoveSandbox { id } => self.ctx.runtime.remove_pod_sandbox(&id).await,
                     _ => Ok(()),
                 };

@@ -195,6 +195,8 @@ impl Node {
             self.endpoint.clone(),
             "--root-dir".into(),
             self.dir.path().join("kubelet").display().to_string(),
+            "--container-logs-dir".into(),
+            self.dir.path().join("containers").display().to_string(),
             "--hostname-override".into(),
             self.node_name(),
             "--crash-loop-backoff-initial".into(),
