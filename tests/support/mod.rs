@@ -320,14 +320,8 @@ impl Drop for Node {
         })
         .join()
         .ok();
-        if let Some(mut c) = self.containerd.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.containerd.take() {
+            stop_child(c, Duration::from_secs(10));
         }
         remove_cgroup_tree(&self.cgroup_root);
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
@@ -342,6 +336,17 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+fn stop_child(mut c: Child, grace: Duration) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// Removes a cgroup directory tree (deepest first) in every hierarchy.
@@ -427,14 +432,8 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("--- nodelet log ({}) ---\n{}\n--- nodelet stdout ---\n{}", self.log.display(), self.log(), self.stdout());
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, Duration::from_secs(5));
         }
     }
 }

@@ -540,19 +540,19 @@ async fn unpack(
                 sync_fs: false,
             }))
             .await;
-        let applied = match applied {
-            Ok(r) => r.into_inner().applied,
-            Err(e) => {
-                let rm = RemoveSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: key.clone() };
-                let _ = snapshots.remove(s.req(rm)).await;
-                return Err(s.err("Diff.Apply", e));
+        let failure = match applied {
+            Err(e) => Some(s.err("Diff.Apply", e)),
+            Ok(r) => {
+                let got = r.into_inner().applied.map(|d| d.digest).unwrap_or_default();
+                (got != diff_ids[i]).then(|| {
+                    archive.err(format!("layer {} unpacked to {got}, but the config says {}", layer.digest, diff_ids[i]))
+                })
             }
         };
-        let got = applied.map(|d| d.digest).unwrap_or_default();
-        if got != diff_ids[i] {
+        if let Some(err) = failure {
             let rm = RemoveSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: key.clone() };
             let _ = snapshots.remove(s.req(rm)).await;
-            return Err(archive.err(format!("layer {} unpacked to {got}, but the config says {}", layer.digest, diff_ids[i])));
+            return Err(err);
         }
         snapshots
             .commit(s.req(CommitSnapshotRequest {
