@@ -462,3 +462,62 @@ async fn without_a_runtime_nodelet_exits_with_one_clear_line() {
     let last = err.lines().last().unwrap();
     assert!(last.starts_with(&format!("nodelet: container runtime at unix://{}", sock.display())), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_cannot_start_does_not_hold_the_others() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    node.write_manifest(
+        "mixed.yaml",
+        &pod_yaml(
+            "mixed",
+            "  containers:\n  - {name: never, image: nodelet.local/missing:1, imagePullPolicy: Never}\n  \
+             - {name: unpullable, image: registry.invalid/missing:1}\n  \
+             - {name: fine, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n",
+        ),
+    );
+    eventually(30 * S, "the fine container running", || async { node.instances("mixed", "fine").await.into_iter().find(is_running) }).await;
+    let st = eventually(30 * S, "both failures in the status", || async {
+        node.status("mixed").filter(|p| {
+            let reasons: Vec<String> = p["status"]["containerStatuses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["state"]["waiting"]["reason"].as_str().unwrap_or("").to_string())
+                .collect();
+            reasons.contains(&"ErrImageNeverPull".to_string())
+                && (reasons.contains(&"ErrImagePull".to_string()) || reasons.contains(&"ImagePullBackOff".to_string()))
+        })
+    })
+    .await;
+    assert_eq!(st["status"]["phase"], "Pending", "containers still waiting keep the pod Pending");
+    let never = st["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "never").unwrap().clone();
+    assert_eq!(
+        never["state"]["waiting"]["message"],
+        "Container image \"nodelet.local/missing:1\" is not present with pull policy of Never"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_manifest_replaces_the_pod_only_after_the_old_one_stopped() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    let spec = |arg: &str| {
+        pod_yaml(
+            "edited",
+            &format!("  terminationGracePeriodSeconds: 3\n  containers:\n  - {{name: c, image: nodelet.local/busybox:1, command: [sleep, '{arg}']}}\n"),
+        )
+    };
+    node.write_manifest("edited.yaml", &spec("3600"));
+    let old = eventually(30 * S, "the first version running", || async { node.instances("edited", "c").await.into_iter().find(is_running) }).await;
+    node.write_manifest("edited.yaml", &spec("7200"));
+    let new = eventually(30 * S, "the second version running", || async {
+        node.instances("edited", "c").await.into_iter().find(|c| is_running(c) && c.id != old.id)
+    })
+    .await;
+    // The old container is gone by now; its sandbox's removal shows when it ended.
+    assert!(node.containers("edited").await.iter().all(|c| c.id != old.id), "the old pod was not removed");
+    let took = secs(new.started_at - old.started_at);
+    assert!(took >= 2.8, "the new version started {took:.1}s after the old one, before its 3 s grace period ran out");
+    assert_ne!(new.labels["io.kubernetes.pod.uid"], old.labels["io.kubernetes.pod.uid"]);
+}

@@ -143,6 +143,18 @@ impl Settings {
         if initial.is_zero() {
             return Err(flag_err("--crash-loop-backoff-initial", "must be greater than zero"));
         }
+        let positive = |name: &str, d: Option<Duration>, default: u64| -> Result<Duration, ConfigError> {
+            let d = d.unwrap_or(Duration::from_secs(default));
+            if d.is_zero() {
+                return Err(flag_err(name, "must be greater than zero"));
+            }
+            Ok(d)
+        };
+        let file_check_frequency = positive("fileCheckFrequency", o.file_check_frequency.or(file.file_check_frequency), 20)?;
+        let http_check_frequency = positive("httpCheckFrequency", o.http_check_frequency.or(file.http_check_frequency), 20)?;
+        let sync_frequency = positive("syncFrequency", o.sync_frequency.or(file.sync_frequency), 60)?;
+        let runtime_request_timeout =
+            positive("runtimeRequestTimeout", o.runtime_request_timeout.or(file.runtime_request_timeout), 120)?;
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -154,16 +166,16 @@ impl Settings {
                 .container_runtime_endpoint
                 .or(file.container_runtime_endpoint)
                 .unwrap_or_else(|| "unix:///run/containerd/containerd.sock".into()),
-            runtime_request_timeout: o.runtime_request_timeout.or(file.runtime_request_timeout).unwrap_or(Duration::from_secs(120)),
+            runtime_request_timeout,
             root_dir: o.root_dir.unwrap_or_else(|| "/var/lib/kubelet".into()),
             pod_logs_dir: file.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
             container_logs_dir: o.container_logs_dir.unwrap_or_else(|| "/var/log/containers".into()),
             static_pod_path: o.pod_manifest_path.or(file.static_pod_path).filter(|p| !p.as_os_str().is_empty()),
             static_pod_url: o.manifest_url.or(file.static_pod_url).filter(|u| !u.is_empty()),
             static_pod_url_headers: headers,
-            file_check_frequency: o.file_check_frequency.or(file.file_check_frequency).unwrap_or(Duration::from_secs(20)),
-            http_check_frequency: o.http_check_frequency.or(file.http_check_frequency).unwrap_or(Duration::from_secs(20)),
-            sync_frequency: o.sync_frequency.or(file.sync_frequency).unwrap_or(Duration::from_secs(60)),
+            file_check_frequency,
+            http_check_frequency,
+            sync_frequency,
             cluster_dns,
             cluster_domain: o.cluster_domain.or(file.cluster_domain).unwrap_or_default(),
             resolv_conf: o.resolv_conf.or(file.resolv_conf).unwrap_or_else(|| "/etc/resolv.conf".into()),
@@ -174,7 +186,29 @@ impl Settings {
             max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             node_ips,
-            backoff: BackoffConfig { initial, max },
+            backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_zero_periods_are_refused() {
+        let file = kubelet::KubeletConfig {
+            cluster_domain: Some("file.local".into()),
+            max_pods: Some(50),
+            ..Default::default()
+        };
+        let o = Overrides { hostname_override: Some("Node-A".into()), max_pods: Some(20), ..Default::default() };
+        let s = Settings::resolve(o, file.clone()).unwrap();
+        assert_eq!(s.node_name, "node-a");
+        assert_eq!(s.max_pods, 20, "the flag wins");
+        assert_eq!(s.cluster_domain, "file.local", "the file fills what flags leave");
+        assert_eq!(s.healthz, Some("127.0.0.1:10248".parse().unwrap()));
+        let zero = Overrides { hostname_override: Some("n".into()), sync_frequency: Some(Duration::ZERO), ..Default::default() };
+        assert_eq!(Settings::resolve(zero, file).unwrap_err().to_string(), "syncFrequency: must be greater than zero");
     }
 }

@@ -1,9 +1,9 @@
 //! Crash-loop back-off, with kubelet's semantics: the first restart after an
 //! exit is immediate; each later one waits the current delay (counted from
-//! the exit), which starts at `initial` and doubles up to `max`. An entry
-//! whose last exit is more than `2 × max` old is forgotten, so a container
-//! that ran for ten minutes (with the default 300 s cap) starts over at the
-//! initial delay.
+//! the exit), which starts at `initial` and doubles up to `max`. A container
+//! that ran for `reset_after` (ten minutes) before failing starts over at the
+//! initial delay, and so does one whose previous failure is more than
+//! `2 × max` old.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,11 +12,28 @@ use std::time::Duration;
 pub struct BackoffConfig {
     pub initial: Duration,
     pub max: Duration,
+    /// A run at least this long forgives earlier crashes.
+    pub reset_after: Duration,
 }
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300) }
+        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300), reset_after: Duration::from_secs(600) }
+    }
+}
+
+/// One failure: when the failed attempt started and when it failed (ns since
+/// the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub started: i64,
+    pub at: i64,
+}
+
+impl Failure {
+    /// A failure with no run time (a failed image pull).
+    pub fn instant(at: i64) -> Self {
+        Self { started: at, at }
     }
 }
 
@@ -43,18 +60,19 @@ impl Backoff {
         Self { config, entries: HashMap::new() }
     }
 
-    fn expired(&self, e: &Entry, event: i64) -> bool {
-        event.saturating_sub(e.last) > nanos(self.config.max).saturating_mul(2)
+    fn expired(&self, e: &Entry, f: Failure) -> bool {
+        f.at.saturating_sub(e.last) > nanos(self.config.max).saturating_mul(2)
+            || f.at.saturating_sub(f.started) >= nanos(self.config.reset_after)
     }
 
-    /// When `key` may next be retried if its last failure happened at
-    /// `event`: `None` if it may be retried now.
-    pub fn blocked_until(&self, key: &str, event: i64, now: i64) -> Option<i64> {
+    /// When `key` may next be retried after failure `f`: `None` if it may
+    /// be retried now.
+    pub fn blocked_until(&self, key: &str, f: Failure, now: i64) -> Option<i64> {
         let e = self.entries.get(key)?;
-        if self.expired(e, event) {
+        if self.expired(e, f) {
             return None;
         }
-        let until = event.saturating_add(nanos(e.delay));
+        let until = f.at.saturating_add(nanos(e.delay));
         (now < until).then_some(until)
     }
 
@@ -63,15 +81,15 @@ impl Backoff {
         self.entries.get(key).map(|e| e.delay)
     }
 
-    /// Records a retry of `key` after a failure at `event`, growing its delay.
+    /// Records a retry of `key` after failure `f`, growing its delay.
     /// Recording the same failure again changes nothing.
-    pub fn next(&mut self, key: &str, event: i64) {
-        let fresh = Entry { delay: self.config.initial, last: event };
+    pub fn next(&mut self, key: &str, f: Failure) {
+        let fresh = Entry { delay: self.config.initial, last: f.at };
         match self.entries.get(key).copied() {
-            Some(e) if e.last == event => {}
-            Some(e) if !self.expired(&e, event) => {
+            Some(e) if e.last == f.at => {}
+            Some(e) if !self.expired(&e, f) => {
                 let delay = e.delay.saturating_mul(2).min(self.config.max);
-                self.entries.insert(key.to_string(), Entry { delay, last: event });
+                self.entries.insert(key.to_string(), Entry { delay, last: f.at });
             }
             _ => {
                 self.entries.insert(key.to_string(), fresh);
@@ -92,25 +110,30 @@ mod tests {
     const S: i64 = 1_000_000_000;
 
     fn cfg() -> BackoffConfig {
-        BackoffConfig { initial: Duration::from_secs(10), max: Duration::from_secs(300) }
+        BackoffConfig::default()
+    }
+
+    /// A container that ran for one second and failed at `at`.
+    fn crash(at: i64) -> Failure {
+        Failure { started: at - S, at }
     }
 
     #[test]
     fn first_restart_is_immediate_then_doubles_to_the_cap() {
         let mut b = Backoff::new(cfg());
-        // exit 1 at t=0: nothing recorded yet, restart now
-        assert_eq!(b.blocked_until("c", 0, 0), None);
-        b.next("c", 0);
-        // exit 2 at t=1: blocked 10 s from that exit
-        assert_eq!(b.blocked_until("c", S, S), Some(11 * S));
-        assert_eq!(b.blocked_until("c", S, 11 * S), None);
-        b.next("c", S);
+        // exit 1 at t=10: nothing recorded yet, restart now
+        assert_eq!(b.blocked_until("c", crash(10 * S), 10 * S), None);
+        b.next("c", crash(10 * S));
+        // exit 2 at t=12: blocked 10 s from that exit
+        assert_eq!(b.blocked_until("c", crash(12 * S), 12 * S), Some(22 * S));
+        assert_eq!(b.blocked_until("c", crash(12 * S), 22 * S), None);
+        b.next("c", crash(12 * S));
         assert_eq!(b.delay("c"), Some(Duration::from_secs(20)));
-        let mut t = S;
+        let mut t = 12 * S;
         let mut delays = vec![];
         for _ in 0..8 {
-            t += 1;
-            b.next("c", t);
+            t += 2 * S;
+            b.next("c", crash(t));
             delays.push(b.delay("c").unwrap().as_secs());
         }
         assert_eq!(delays, vec![40, 80, 160, 300, 300, 300, 300, 300]);
@@ -119,21 +142,35 @@ mod tests {
     #[test]
     fn recording_the_same_exit_twice_does_not_double() {
         let mut b = Backoff::new(cfg());
-        b.next("c", 5);
-        b.next("c", 5);
+        b.next("c", crash(5 * S));
+        b.next("c", crash(5 * S));
         assert_eq!(b.delay("c"), Some(Duration::from_secs(10)));
     }
 
     #[test]
-    fn resets_after_twice_the_cap() {
+    fn ten_minutes_of_running_resets_it() {
         let mut b = Backoff::new(cfg());
-        b.next("c", 0);
-        b.next("c", S);
-        b.next("c", 2 * S);
+        for t in [10, 12, 14] {
+            b.next("c", crash(t * S));
+        }
         assert_eq!(b.delay("c"), Some(Duration::from_secs(40)));
-        let later = 2 * S + 601 * S;
-        assert_eq!(b.blocked_until("c", later, later), None, "ten minutes of running resets it");
-        b.next("c", later);
+        let long_run = Failure { started: 20 * S, at: 20 * S + 600 * S };
+        assert_eq!(b.blocked_until("c", long_run, long_run.at), None);
+        b.next("c", long_run);
         assert_eq!(b.delay("c"), Some(Duration::from_secs(10)));
+        let short_run = Failure { started: 20 * S, at: 20 * S + 599 * S };
+        let mut b2 = Backoff::new(cfg());
+        b2.next("c", crash(19 * S));
+        b2.next("c", short_run);
+        assert_eq!(b2.delay("c"), Some(Duration::from_secs(20)), "nine minutes are not enough");
+    }
+
+    #[test]
+    fn an_old_entry_is_forgotten() {
+        let mut b = Backoff::new(cfg());
+        b.next("c", crash(10 * S));
+        b.next("c", crash(12 * S));
+        let much_later = crash(12 * S + 601 * S);
+        assert_eq!(b.blocked_until("c", much_later, much_later.at), None);
     }
 }

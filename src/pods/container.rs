@@ -107,8 +107,8 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, node: &NodeContext) -> i64 {
 pub fn linux_resources(pod: &Pod, c: &Container, node: &NodeContext) -> cri::LinuxContainerResources {
     let cpu_request = milli(c, "requests", "cpu");
     let cpu_limit = milli(c, "limits", "cpu");
-    let shares = if cpu_request == 0 { MIN_SHARES } else { (cpu_request * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES) };
-    let quota = if cpu_limit == 0 { 0 } else { (cpu_limit * CPU_PERIOD_US / 1000).max(MIN_QUOTA_US) };
+    let shares = if cpu_request == 0 { MIN_SHARES } else { (cpu_request.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES) };
+    let quota = if cpu_limit == 0 { 0 } else { (cpu_limit.saturating_mul(CPU_PERIOD_US) / 1000).max(MIN_QUOTA_US) };
     cri::LinuxContainerResources {
         cpu_period: if quota > 0 { CPU_PERIOD_US } else { 0 },
         cpu_quota: quota,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -17,6 +17,7 @@ use super::{DesiredPod, identity};
 use crate::runtime::labels::PodIdentity;
 
 struct Handle {
+    id: PodIdentity,
     tx: mpsc::UnboundedSender<WorkerMsg>,
     idle: watch::Receiver<u64>,
     /// The pod the worker was last given (`None` for an orphan).
@@ -35,8 +36,14 @@ pub struct PodManager {
     workers: HashMap<String, Handle>,
     tasks: JoinSet<String>,
     task_uids: HashMap<tokio::task::Id, String>,
+    /// Conflicts between sources already reported.
     conflicts: HashSet<String>,
+    /// Workers that failed are started again no sooner than this.
+    restart_after: HashMap<String, Instant>,
 }
+
+/// How long a failed worker's pod waits before a new worker takes it.
+const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
 
 impl PodManager {
     pub fn new(ctx: Arc<WorkerContext>, expected: BTreeSet<SourceName>, serial: bool) -> Self {
@@ -50,6 +57,7 @@ impl PodManager {
             tasks: JoinSet::new(),
             task_uids: HashMap::new(),
             conflicts: HashSet::new(),
+            restart_after: HashMap::new(),
         }
     }
 
@@ -61,20 +69,23 @@ impl PodManager {
     /// is not taken again.
     fn desired(&mut self) -> BTreeMap<String, DesiredPod> {
         let mut by_name: BTreeMap<(String, String), (SourceName, DesiredPod)> = BTreeMap::new();
+        let mut conflicts = HashSet::new();
         for (source, pods) in &self.per_source {
             for pod in pods {
                 let id = identity(pod);
                 let key = (id.namespace.clone(), id.name.clone());
                 if let Some((first, _)) = by_name.get(&key) {
                     let msg = format!("pod {id} from source {} conflicts with the one from source {}; ignored", source.as_str(), first.as_str());
-                    if self.conflicts.insert(msg.clone()) {
+                    if !self.conflicts.contains(&msg) {
                         tracing::error!("{msg}");
                     }
+                    conflicts.insert(msg);
                     continue;
                 }
                 by_name.insert(key, (*source, pod.clone()));
             }
         }
+        self.conflicts = conflicts;
         by_name.into_values().map(|(_, p)| (identity(&p).uid, p)).collect()
     }
 
@@ -91,6 +102,7 @@ impl PodManager {
         let (tx, rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = watch::channel(0u64);
         let uid = id.uid.clone();
+        let id_copy = id.clone();
         let worker = Worker::new(self.ctx.clone(), id, pod.clone());
         let ret = uid.clone();
         let task = self.tasks.spawn(async move {
@@ -98,7 +110,7 @@ impl PodManager {
             ret
         });
         self.task_uids.insert(task.id(), uid.clone());
-        self.workers.insert(uid.clone(), Handle { tx, idle: idle_rx, terminating: pod.is_none(), pod });
+        self.workers.insert(uid.clone(), Handle { id: id_copy, tx, idle: idle_rx, terminating: pod.is_none(), pod });
         self.settle(&uid, 0).await;
     }
 
@@ -115,12 +127,35 @@ impl PodManager {
 
     async fn reconcile(&mut self) {
         let desired = self.desired();
+        let now = Instant::now();
+        self.restart_after.retain(|_, t| *t > now);
+
+        let mut gone: Vec<String> =
+            self.workers.iter().filter(|(uid, h)| !h.terminating && !desired.contains_key(*uid)).map(|(uid, _)| uid.clone()).collect();
+        gone.sort();
+        for uid in gone {
+            if let Some(h) = self.workers.get(&uid) {
+                tracing::info!(pod = %h.id, %uid, "pod removed from its source; terminating");
+            }
+            self.send(&uid, WorkerMsg::Terminate).await;
+        }
+
         let mut ordered: Vec<&DesiredPod> = desired.values().collect();
         ordered.sort_by_key(|p| identity(p));
         for pod in ordered {
             let id = identity(pod);
             match self.workers.get(&id.uid) {
                 None => {
+                    if self.restart_after.contains_key(&id.uid) {
+                        continue;
+                    }
+                    // An edited static pod is a new UID under the same name:
+                    // like kubelet, start it only once the old one is gone,
+                    // so the two never hold the same ports or files.
+                    let previous = self.workers.values().any(|h| h.id.namespace == id.namespace && h.id.name == id.name);
+                    if previous {
+                        continue;
+                    }
                     tracing::info!(pod = %id, uid = %id.uid, "pod added");
                     self.spawn(id, Some(pod.clone())).await;
                 }
@@ -132,15 +167,6 @@ impl PodManager {
                 }
                 _ => {}
             }
-        }
-        let mut gone: Vec<String> =
-            self.workers.iter().filter(|(uid, h)| !h.terminating && !desired.contains_key(*uid)).map(|(uid, _)| uid.clone()).collect();
-        gone.sort();
-        for uid in gone {
-            if let Some(pod) = self.workers.get(&uid).and_then(|h| h.pod.clone()) {
-                tracing::info!(pod = %identity(&pod), %uid, "pod removed from its source; terminating");
-            }
-            self.send(&uid, WorkerMsg::Terminate).await;
         }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self
@@ -159,8 +185,11 @@ impl PodManager {
     /// Runs until every source and the relist loop have gone away.
     pub async fn run(mut self, mut sources: mpsc::Receiver<SourceUpdate>, mut relist: mpsc::Receiver<RelistEvent>) {
         let mut sources_open = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = tick.tick(), if !self.restart_after.is_empty() => self.reconcile().await,
                 update = sources.recv(), if sources_open => match update {
                     Some(u) => {
                         self.per_source.insert(u.source, u.pods);
@@ -187,7 +216,8 @@ impl PodManager {
                     };
                     if let Some(uid) = self.task_uids.remove(&task) {
                         if let Some(e) = outcome {
-                            tracing::error!(%uid, error = %e, "pod worker failed; it will be started again");
+                            tracing::error!(%uid, error = %e, "pod worker failed; a new one takes the pod in {}s", WORKER_RESTART_DELAY.as_secs());
+                            self.restart_after.insert(uid.clone(), Instant::now() + WORKER_RESTART_DELAY);
                         }
                         self.workers.remove(&uid);
                         self.runtime_pods.remove(&uid);

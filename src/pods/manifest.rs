@@ -360,7 +360,9 @@ pub fn validate(pod: &Pod, static_pod: bool) -> Vec<FieldError> {
     errs
 }
 
-/// Decodes, defaults and validates one static pod manifest.
+/// Decodes, defaults and validates one static pod manifest. The second value
+/// lists what nodelet ignores in it: unknown fields, and features it does
+/// not run yet.
 pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
     let decoded = decode_pod(bytes, origin.location())?;
     finish_static(decoded, node_name, origin)
@@ -369,11 +371,54 @@ pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Resu
 /// Defaults and validates a decoded static pod.
 pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
     let pod = make_static(decoded.pod, node_name, origin);
-    let errors = validate(&pod, true);
+    let mut errors = validate(&pod, true);
+    let (refused, ignored) = not_yet_supported(&pod);
+    errors.extend(refused);
     if !errors.is_empty() {
         return Err(ManifestError::Invalid { origin: origin.location().to_string(), errors });
     }
-    Ok((pod, decoded.unknown_fields))
+    let mut warnings: Vec<String> = decoded.unknown_fields.into_iter().map(|f| format!("{f}: unknown field")).collect();
+    warnings.extend(ignored);
+    Ok((pod, warnings))
+}
+
+/// What this version of nodelet cannot honour. Volumes are refused: a pod
+/// started without its mounts (etcd without its data directory) would be
+/// worse than no pod. Probes and lifecycle hooks are accepted but not run,
+/// with a warning.
+pub fn not_yet_supported(pod: &Pod) -> (Vec<FieldError>, Vec<String>) {
+    let mut refused = Vec::new();
+    let mut ignored = Vec::new();
+    let Some(spec) = &pod.spec else { return (refused, ignored) };
+    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        refused.push(FieldError::new("spec.volumes", "Unsupported value: volumes are not implemented by this nodelet yet"));
+    }
+    let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let f = format!("spec.{list}[{i}]");
+            if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+                refused.push(FieldError::new(&format!("{f}.volumeMounts"), "Unsupported value: volumes are not implemented by this nodelet yet"));
+            }
+            if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
+                refused.push(FieldError::new(&format!("{f}.volumeDevices"), "Unsupported value: block volumes are not implemented by this nodelet yet"));
+            }
+            let probes = [("livenessProbe", c.liveness_probe.is_some()), ("readinessProbe", c.readiness_probe.is_some()), ("startupProbe", c.startup_probe.is_some())];
+            for (name, set) in probes {
+                if set {
+                    ignored.push(format!("{f}.{name}: not run by this nodelet yet (the container counts as healthy)"));
+                }
+            }
+            if let Some(l) = &c.lifecycle {
+                for (name, set) in [("postStart", l.post_start.is_some()), ("preStop", l.pre_stop.is_some())] {
+                    if set {
+                        ignored.push(format!("{f}.lifecycle.{name}: not run by this nodelet yet"));
+                    }
+                }
+            }
+        }
+    }
+    (refused, ignored)
 }
 
 #[cfg(test)]
@@ -482,7 +527,17 @@ spec:
     fn unknown_fields_are_reported() {
         let yaml = WEB.replace("    command:", "    imagePullPolcy: Always\n    command:");
         let (_, unknown) = load_static(yaml.as_bytes(), NODE, &file()).unwrap();
-        assert_eq!(unknown, vec!["spec.containers[0].imagePullPolcy".to_string()]);
+        assert_eq!(unknown, vec!["spec.containers[0].imagePullPolcy: unknown field".to_string()]);
+    }
+
+    #[test]
+    fn what_is_not_implemented_is_refused_or_warned_about() {
+        let with_volume = WEB.replace("  containers:", "  volumes: [{name: data, emptyDir: {}}]\n  containers:");
+        let e = err(&with_volume);
+        assert!(e.contains("spec.volumes: Unsupported value: volumes are not implemented"), "{e}");
+        let with_probe = WEB.replace("    command:", "    livenessProbe: {exec: {command: ['true']}}\n    command:");
+        let (_, warnings) = load_static(with_probe.as_bytes(), NODE, &file()).unwrap();
+        assert_eq!(warnings, vec!["spec.containers[0].livenessProbe: not run by this nodelet yet (the container counts as healthy)".to_string()]);
     }
 
     #[test]

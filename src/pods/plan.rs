@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::ContainerKind;
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Failure};
 use super::container::container_hash;
 use crate::runtime::{ContainerPhase, ObservedContainer, RuntimePod};
 
@@ -55,9 +55,9 @@ pub enum Action {
     KillPod,
     CreateSandbox { attempt: u32 },
     /// Ensure the image, create and start a container in the current
-    /// sandbox. `restart_after` is the exit (ns) this instance restarts after,
+    /// sandbox. `restart_after` is the failure this instance restarts after,
     /// for back-off bookkeeping.
-    StartContainer { name: String, kind: ContainerKind, attempt: u32, restart_after: Option<i64> },
+    StartContainer { name: String, kind: ContainerKind, attempt: u32, restart_after: Option<Failure> },
     KillContainer { id: String, name: String, reason: KillReason },
     StopSandbox { id: String },
     RemoveContainer { id: String },
@@ -126,6 +126,11 @@ pub fn should_restart(kind: ContainerKind, policy: RestartPolicy, exit_code: i32
     }
 }
 
+/// An instance that exited and, by the restart policy, stays exited.
+fn done_for_good(x: &ObservedContainer, kind: ContainerKind, policy: RestartPolicy) -> bool {
+    x.phase == ContainerPhase::Exited && !should_restart(kind, policy, x.exit_code)
+}
+
 pub fn init_kind(c: &Container) -> ContainerKind {
     if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init }
 }
@@ -162,9 +167,7 @@ pub fn finished_phase(spec: &PodSpec, obs: &RuntimePod) -> Option<&'static str> 
     let mut all_ok = true;
     for c in &spec.containers {
         match obs.latest(&c.name) {
-            Some(x) if x.phase == ContainerPhase::Exited && !should_restart(ContainerKind::App, policy, x.exit_code) => {
-                all_ok &= x.exit_code == 0;
-            }
+            Some(x) if done_for_good(x, ContainerKind::App, policy) => all_ok &= x.exit_code == 0,
             _ => return None,
         }
     }
@@ -199,7 +202,11 @@ impl<'a> Planner<'a> {
     /// Starts a container, or holds it back while it is in crash back-off.
     fn start(&mut self, c: &Container, kind: ContainerKind) {
         let attempt = self.next_attempt(&c.name);
-        let last_exit = self.obs().latest(&c.name).filter(|x| x.phase == ContainerPhase::Exited).map(|x| x.finished_at);
+        let last_exit = self
+            .obs()
+            .latest(&c.name)
+            .filter(|x| x.phase == ContainerPhase::Exited)
+            .map(|x| Failure { started: x.started_at, at: x.finished_at });
         if let Some(exit) = last_exit {
             let key = backoff_key(c);
             if let Some(until) = self.input.backoff.blocked_until(&key, exit, self.input.now) {
@@ -224,7 +231,7 @@ impl<'a> Planner<'a> {
     }
 
     fn anything_running(&self) -> bool {
-        self.obs().running().next().is_some() || self.obs().sandboxes.iter().any(|s| s.ready)
+        anything_running(self.obs())
     }
 
     /// Dead containers beyond the newest per name, and old sandboxes left
@@ -235,6 +242,12 @@ impl<'a> Planner<'a> {
         let mut kept: BTreeMap<&str, bool> = BTreeMap::new();
         let mut removed = Vec::new();
         for c in &obs.containers {
+            // A container left Created (a failed start) in an old sandbox
+            // will never run.
+            if c.phase == ContainerPhase::Created && Some(c.sandbox_id.as_str()) != current {
+                removed.push(c.id.clone());
+                continue;
+            }
             if c.phase != ContainerPhase::Exited {
                 continue;
             }
@@ -244,6 +257,9 @@ impl<'a> Planner<'a> {
             } else {
                 *seen = true;
             }
+        }
+        for id in &removed {
+            self.plan.actions.push(Action::RemoveContainer { id: id.clone() });
         }
         for s in &obs.sandboxes {
             if Some(s.id.as_str()) == current {
@@ -257,9 +273,6 @@ impl<'a> Planner<'a> {
             if !left {
                 self.plan.actions.push(Action::RemoveSandbox { id: s.id.clone() });
             }
-        }
-        for id in removed {
-            self.plan.actions.push(Action::RemoveContainer { id });
         }
     }
 }
@@ -287,6 +300,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             if p.anything_running() {
                 p.plan.actions.push(Action::KillPod);
             }
+            p.gc();
             return p.plan;
         }
         if !input.network_ready && spec.host_network != Some(true) {
@@ -306,10 +320,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             Some(ic) => p.start(ic, init_kind(ic)),
             None => {
                 for c in &spec.containers {
-                    let done = obs.latest(&c.name).is_some_and(|x| {
-                        x.phase == ContainerPhase::Exited && !should_restart(ContainerKind::App, policy, x.exit_code)
-                    });
-                    if !done {
+                    if !obs.latest(&c.name).is_some_and(|x| done_for_good(x, ContainerKind::App, policy)) {
                         p.start(c, ContainerKind::App);
                     }
                 }
@@ -324,47 +335,50 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         p.kill(x, KillReason::StaleSandbox);
     }
 
-    // Init containers, one at a time.
+    // Init containers, one at a time. Once an app container exists in this
+    // sandbox the pod has initialized: sidecars are then restarted beside
+    // the apps instead of ahead of them.
+    let apps_started = spec.containers.iter().any(|c| current(&c.name).is_some());
     let mut initialized = true;
     for ic in spec.init_containers.iter().flatten() {
         let kind = init_kind(ic);
-        let Some(x) = current(&ic.name) else {
-            p.start(ic, kind);
+        let done = match current(&ic.name) {
+            None => {
+                p.start(ic, kind);
+                false
+            }
+            Some(x) => match x.phase {
+                ContainerPhase::Running if kind == ContainerKind::Sidecar => {
+                    let same = x.hash() == Some(container_hash(ic).as_str());
+                    if !same {
+                        p.kill(x, KillReason::SpecChanged);
+                        p.start(ic, kind);
+                    }
+                    same
+                }
+                ContainerPhase::Running => false,
+                ContainerPhase::Unknown => {
+                    p.kill(x, KillReason::Unknown);
+                    false
+                }
+                ContainerPhase::Created => {
+                    p.plan.actions.push(Action::RemoveContainer { id: x.id.clone() });
+                    p.start(ic, kind);
+                    false
+                }
+                ContainerPhase::Exited if kind == ContainerKind::Init && x.exit_code == 0 => true,
+                ContainerPhase::Exited => {
+                    if should_restart(kind, policy, x.exit_code) {
+                        p.start(ic, kind);
+                    }
+                    false
+                }
+            },
+        };
+        let blocks_the_rest = !(kind == ContainerKind::Sidecar && apps_started);
+        if !done && blocks_the_rest {
             initialized = false;
             break;
-        };
-        match x.phase {
-            ContainerPhase::Running if kind == ContainerKind::Sidecar => {
-                if x.hash() != Some(container_hash(ic).as_str()) {
-                    p.kill(x, KillReason::SpecChanged);
-                    p.start(ic, kind);
-                    initialized = false;
-                    break;
-                }
-            }
-            ContainerPhase::Running => {
-                initialized = false;
-                break;
-            }
-            ContainerPhase::Unknown => {
-                p.kill(x, KillReason::Unknown);
-                initialized = false;
-                break;
-            }
-            ContainerPhase::Created => {
-                p.plan.actions.push(Action::RemoveContainer { id: x.id.clone() });
-                p.start(ic, kind);
-                initialized = false;
-                break;
-            }
-            ContainerPhase::Exited if kind == ContainerKind::Init && x.exit_code == 0 => {}
-            ContainerPhase::Exited => {
-                if should_restart(kind, policy, x.exit_code) {
-                    p.start(ic, kind);
-                }
-                initialized = false;
-                break;
-            }
         }
     }
     if !initialized {
@@ -378,10 +392,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for c in &spec.containers {
         match current(&c.name) {
             None => {
-                let done_before = obs.latest(&c.name).is_some_and(|x| {
-                    x.phase == ContainerPhase::Exited && !should_restart(ContainerKind::App, policy, x.exit_code)
-                });
-                if !done_before {
+                if !obs.latest(&c.name).is_some_and(|x| done_for_good(x, ContainerKind::App, policy)) {
                     p.start(c, ContainerKind::App);
                 }
             }
@@ -414,11 +425,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     p.plan
 }
 
+fn anything_running(obs: &RuntimePod) -> bool {
+    obs.running().next().is_some() || obs.sandboxes.iter().any(|s| s.ready)
+}
+
 /// Everything needed to remove a pod from the node: stop what runs, then
 /// remove every container and sandbox.
 pub fn teardown(obs: &RuntimePod) -> Vec<Action> {
     let mut actions = Vec::new();
-    if obs.running().next().is_some() || obs.sandboxes.iter().any(|s| s.ready) {
+    if anything_running(obs) {
         actions.push(Action::KillPod);
     }
     actions.extend(obs.containers.iter().map(|c| Action::RemoveContainer { id: c.id.clone() }));

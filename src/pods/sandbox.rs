@@ -72,7 +72,11 @@ fn hostname(pod: &Pod) -> String {
     }
     let mut name = spec.hostname.filter(|h| !h.is_empty()).unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
     // A hostname is at most 63 characters; kubelet truncates and trims.
-    name.truncate(63);
+    let mut cut = name.len().min(63);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.truncate(cut);
     let trimmed = name.trim_end_matches(['-', '.']).to_string();
     if spec.set_hostname_as_fqdn == Some(true)
         && let Some(sub) = spec.subdomain.filter(|s| !s.is_empty())

@@ -195,6 +195,10 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let finished = plan::finished_phase(&spec, obs);
 
     let init_specs: Vec<_> = spec.init_containers.iter().flatten().collect();
+    // Once an app container exists in the current sandbox the pod has
+    // initialized; a sidecar restarting after that does not undo it.
+    let current = obs.latest_sandbox().map(|s| s.id.as_str());
+    let apps_started = spec.containers.iter().any(|c| obs.containers.iter().any(|x| x.name == c.name && Some(x.sandbox_id.as_str()) == current));
     let mut initializing = false;
     let mut init_statuses = Vec::new();
     let mut incomplete = Vec::new();
@@ -202,7 +206,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         let kind = plan::init_kind(c);
         let s = container_status(input, &c.name, c.image.as_deref().unwrap_or(""), kind, false);
         let done = match kind {
-            ContainerKind::Sidecar => s.started == Some(true),
+            ContainerKind::Sidecar => apps_started || s.started == Some(true),
             _ => s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
         };
         if !done {

@@ -63,7 +63,7 @@ impl World {
                 attempt,
                 phase,
                 created_at: self.clock,
-                started_at: self.clock,
+                started_at: if exit.is_some() { NOW - 6 * S } else { self.clock },
                 finished_at: if exit.is_some() { NOW - 5 * S } else { 0 },
                 exit_code: exit.unwrap_or(0),
                 reason: String::new(),

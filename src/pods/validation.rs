@@ -191,6 +191,11 @@ pub fn validate_spec(spec: &PodSpec, static_pod: bool, errs: &mut Vec<FieldError
         }
     }
     non_negative(spec.termination_grace_period_seconds, "spec.terminationGracePeriodSeconds", errs);
+    for (field, value) in [("spec.hostname", &spec.hostname), ("spec.subdomain", &spec.subdomain)] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            dns_label(v, field, errs);
+        }
+    }
     if let Some(d) = spec.active_deadline_seconds
         && d <= 0
     {

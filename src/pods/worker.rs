@@ -16,15 +16,15 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Failure};
 use super::events::{EventRecorder, EventType};
 use super::plan::{self, Action, PlanInput, Waiting};
 use super::status::{StatusInput, pod_status};
 use super::store::{PodRecord, StatusStore};
 use super::{ContainerKind, DesiredPod, NodeContext, cgroups, container, logs, sandbox};
 use crate::runtime::labels::PodIdentity;
-use crate::runtime::observe::PodInspector;
-use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri};
+use crate::runtime::observe::{self, PodInspector};
+use crate::runtime::{unix_nanos as now_nanos, ObservedContainer, Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri};
 
 /// How often a quiet pod is re-checked anyway (kubelet's syncFrequency).
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -56,15 +56,20 @@ pub enum WorkerMsg {
     Terminate,
 }
 
-fn now_nanos() -> i64 {
-    Timestamp::now().as_nanosecond() as i64
-}
+/// kubelet never gives StopContainer less than this.
+const MIN_GRACE: i64 = 2;
 
+/// The pod's grace period, from its spec or (for an orphan) as recorded on
+/// its containers.
 fn grace_of(pod: Option<&Pod>, obs: &RuntimePod) -> i64 {
     pod.and_then(|p| p.spec.as_ref()?.termination_grace_period_seconds)
         .or_else(|| obs.containers.iter().find_map(|c| c.grace_period()))
         .unwrap_or(30)
-        .max(0)
+        .max(MIN_GRACE)
+}
+
+fn soonest(at: i64, wake: &mut Option<i64>) {
+    *wake = Some(wake.map_or(at, |w| w.min(at)));
 }
 
 /// A failed step: the reason is already recorded; retry at `retry_at`.
@@ -93,7 +98,11 @@ pub struct Worker {
     /// Containers already reported as in back-off (one BackOff event each).
     backoff_reported: BTreeSet<String>,
     warned_dns: bool,
+    /// A pod-level hold after a failed sandbox or kill action.
     retry_at: Option<i64>,
+    /// Containers whose last start failed, held until the time given; the
+    /// rest of the pod carries on.
+    held: BTreeMap<String, i64>,
     start_time: Timestamp,
     last_status: Option<PodStatus>,
 }
@@ -113,6 +122,7 @@ impl Worker {
             backoff_reported: BTreeSet::new(),
             warned_dns: false,
             retry_at: None,
+            held: BTreeMap::new(),
             start_time: Timestamp::now(),
             last_status: None,
         }
@@ -202,33 +212,59 @@ impl Worker {
         if self.retry_at.is_some_and(|r| r <= now) {
             self.retry_at = None;
         }
+        self.held.retain(|_, until| *until > now);
         let network_ready = self.ctx.health.borrow().network_ready;
         let p = plan::plan(&PlanInput { pod: &pod, observed: &obs, backoff: &self.crash_backoff, now, network_ready });
+        self.forget_old_backoffs(&pod);
         self.report_backoff(&p.waiting);
         let mut waiting = p.waiting.clone();
         for (name, w) in &self.errors {
             waiting.insert(name.clone(), w.clone());
         }
         self.publish(&pod, &obs, &waiting);
-        if p.actions.is_empty() {
-            return (false, p.wake_at);
-        }
-        // Held back by an earlier failure: only act once it is due.
-        if self.retry_at.is_some() {
-            return (false, p.wake_at);
+        let mut wake = p.wake_at;
+        if let Some(r) = self.retry_at {
+            soonest(r, &mut wake);
+            return (false, wake);
         }
         let mut sandbox = obs.latest_sandbox().filter(|s| s.ready).map(|s| SandboxInUse {
             id: s.id.clone(),
             config: sandbox::sandbox_config(&pod, s.attempt, &self.ctx.node).0,
             ips: s.ips.clone(),
         });
+        let mut acted = false;
         for action in p.actions {
+            let container = match &action {
+                Action::StartContainer { name, .. } => Some(name.clone()),
+                _ => None,
+            };
+            if let Some(until) = container.as_ref().and_then(|n| self.held.get(n)) {
+                soonest(*until, &mut wake);
+                continue;
+            }
+            acted = true;
             if let Err(f) = self.execute(&pod, &obs, &mut sandbox, action).await {
-                self.retry_at = Some(f.retry_at);
-                return (true, p.wake_at.map(|w| w.min(f.retry_at)).or(Some(f.retry_at)));
+                soonest(f.retry_at, &mut wake);
+                match container {
+                    // One container failing to start does not hold the others.
+                    Some(name) => {
+                        self.held.insert(name, f.retry_at);
+                    }
+                    None => {
+                        self.retry_at = Some(f.retry_at);
+                        break;
+                    }
+                }
             }
         }
-        (true, p.wake_at)
+        (acted, wake)
+    }
+
+    /// Back-off entries of container specs the pod no longer has.
+    fn forget_old_backoffs(&mut self, pod: &Pod) {
+        let Some(spec) = pod.spec.as_ref() else { return };
+        let keys: BTreeSet<String> = plan::containers(spec).into_iter().map(|(c, _)| plan::backoff_key(c)).collect();
+        self.crash_backoff.retain(|k| keys.contains(k));
     }
 
     fn report_backoff(&mut self, waiting: &BTreeMap<String, Waiting>) {
@@ -297,15 +333,12 @@ impl Worker {
                 Ok(())
             }
             Action::KillContainer { id, name, reason } => {
-                self.event(EventType::Normal, "Killing", &format!("Stopping container {name}: {}", reason.message()));
                 let grace = grace_of(Some(pod), obs);
-                if let Err(e) = rt.stop_container(&id, grace).await
-                    && !e.is_not_found()
-                {
-                    tracing::warn!(container = %name, error = %e, "stopping the container failed");
-                    return Err(self.retry_later());
+                if self.stop_container(&id, &name, reason.message(), grace).await {
+                    Ok(())
+                } else {
+                    Err(self.retry_later())
                 }
-                Ok(())
             }
             Action::StopSandbox { id } => self.quietly(rt.stop_pod_sandbox(&id).await, "StopPodSandbox"),
             Action::RemoveContainer { id } => {
@@ -360,10 +393,7 @@ impl Worker {
                 return Err(self.retry_later());
             }
         };
-        let ips = match self.ctx.runtime.pod_sandbox_status(&id).await {
-            Ok(s) => s.network.map(|n| std::iter::once(n.ip).chain(n.additional_ips.into_iter().map(|i| i.ip)).filter(|i| !i.is_empty()).collect()).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let ips = self.ctx.runtime.pod_sandbox_status(&id).await.map(|s| observe::sandbox_ips(&s)).unwrap_or_default();
         Ok(SandboxInUse { id, config, ips })
     }
 
@@ -395,7 +425,7 @@ impl Worker {
         }
         let now = now_nanos();
         if let Some(last) = self.pull_failures.get(&image).copied()
-            && let Some(until) = self.pull_backoff.blocked_until(&image, last, now)
+            && let Some(until) = self.pull_backoff.blocked_until(&image, Failure::instant(last), now)
         {
             let msg = format!("Back-off pulling image {image:?}");
             self.event(EventType::Normal, "BackOff", &msg);
@@ -417,7 +447,7 @@ impl Worker {
             }
             Err(e) => {
                 let failed_at = now_nanos();
-                self.pull_backoff.next(&image, failed_at);
+                self.pull_backoff.next(&image, Failure::instant(failed_at));
                 self.pull_failures.insert(image.clone(), failed_at);
                 let msg = format!("Failed to pull image {image:?}: {e}");
                 self.event(EventType::Warning, "Failed", &msg);
@@ -470,32 +500,47 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops app containers (concurrently), then sidecars, then every ready
-    /// sandbox.
+    /// StopContainer with the Killing event; false when it failed.
+    async fn stop_container(&self, id: &str, name: &str, why: &str, grace: i64) -> bool {
+        let msg = if why.is_empty() { format!("Stopping container {name}") } else { format!("Stopping container {name}: {why}") };
+        self.event(EventType::Normal, "Killing", &msg);
+        match self.ctx.runtime.stop_container(id, grace).await {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "stopping the container failed");
+                false
+            }
+        }
+    }
+
+    /// Stops the app containers together, then the sidecars one by one in
+    /// reverse order, all within one grace period; then every ready sandbox.
     async fn kill_pod(&self, pod: Option<&Pod>, obs: &RuntimePod) {
         let grace = grace_of(pod, obs);
-        let running: Vec<_> = obs.running().collect();
-        let sidecar = |name: &str| {
-            pod.and_then(|p| p.spec.as_ref())
-                .map(|s| plan::containers(s).iter().any(|(c, k)| c.name == name && *k == ContainerKind::Sidecar))
-                .unwrap_or(false)
+        let deadline = Instant::now() + Duration::from_secs(grace as u64);
+        let order: Vec<String> = pod
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| {
+                plan::containers(s)
+                    .into_iter()
+                    .filter(|(_, k)| *k == ContainerKind::Sidecar)
+                    .map(|(c, _)| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let is_sidecar = |c: &ObservedContainer| match pod {
+            Some(_) => order.contains(&c.name),
+            None => c.kind() == Some(ContainerKind::Sidecar.as_str()),
         };
-        let (sidecars, apps): (Vec<_>, Vec<_>) = running.into_iter().partition(|c| sidecar(&c.name));
-        for group in [apps, sidecars] {
-            let stops = group.iter().map(|c| {
-                self.event(EventType::Normal, "Killing", &format!("Stopping container {}", c.name));
-                let rt = self.ctx.runtime.clone();
-                let id = c.id.clone();
-                let name = c.name.clone();
-                async move {
-                    if let Err(e) = rt.stop_container(&id, grace).await
-                        && !e.is_not_found()
-                    {
-                        tracing::warn!(container = %name, error = %e, "stopping the container failed");
-                    }
-                }
-            });
-            futures::future::join_all(stops).await;
+        let (mut sidecars, apps): (Vec<&ObservedContainer>, Vec<&ObservedContainer>) =
+            obs.running().partition(|c| is_sidecar(c));
+        futures::future::join_all(apps.iter().map(|c| self.stop_container(&c.id, &c.name, "", grace))).await;
+        // Reverse start order: by spec position, or newest first for orphans.
+        sidecars.sort_by_key(|c| std::cmp::Reverse(order.iter().position(|n| *n == c.name).unwrap_or(0)));
+        for c in sidecars {
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+            self.stop_container(&c.id, &c.name, "", left.max(MIN_GRACE)).await;
         }
         for s in obs.sandboxes.iter().filter(|s| s.ready) {
             if let Err(e) = self.ctx.runtime.stop_pod_sandbox(&s.id).await

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::cri;
 use super::labels;
-use super::{Result, Runtime, RuntimeError};
+use super::{Result, Runtime, RuntimeError, unix_nanos as now_nanos};
 
 #[derive(Clone)]
 struct SimSandbox {
@@ -65,13 +65,6 @@ fn short_id(parts: &[&str]) -> String {
         h.update([0]);
     }
     format!("dryrun-{}", &hex::encode(h.finalize())[..12])
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -399,7 +392,8 @@ impl Runtime for DryRunRuntime {
         let mut st = self.lock();
         let now = st.tick();
         if let Some(c) = st.containers.get_mut(id) {
-            stop_sim(c, now, 0, "Completed");
+            // As if the container died of its stop signal.
+            stop_sim(c, now, 143, "Error");
         }
         Ok(())
     }

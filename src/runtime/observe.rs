@@ -71,8 +71,10 @@ impl ObservedContainer {
         self.annotations.get(labels::POD_TERMINATION_GRACE_PERIOD).and_then(|v| v.parse().ok())
     }
 
-    pub fn is_init(&self) -> bool {
-        self.annotations.get(labels::CONTAINER_KIND).is_some_and(|k| k == "init")
+    /// How the pod used the container ("init", "sidecar", "app"), as
+    /// recorded when it was made.
+    pub fn kind(&self) -> Option<&str> {
+        self.annotations.get(labels::CONTAINER_KIND).map(String::as_str)
     }
 }
 
@@ -179,7 +181,8 @@ impl PodInspector {
     }
 }
 
-fn sandbox_ips(status: &cri::PodSandboxStatus) -> Vec<String> {
+/// The IPs a sandbox status reports, primary first.
+pub fn sandbox_ips(status: &cri::PodSandboxStatus) -> Vec<String> {
     let Some(net) = &status.network else { return Vec::new() };
     std::iter::once(net.ip.clone())
         .chain(net.additional_ips.iter().map(|p| p.ip.clone()))

@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use super::*;
-use crate::pods::backoff::{Backoff, BackoffConfig};
+use crate::pods::backoff::{Backoff, BackoffConfig, Failure};
 use crate::pods::testing::{NOW, S, World, pod, spec_container};
 use crate::runtime::labels;
 
-fn start(name: &str, kind: ContainerKind, attempt: u32, restart_after: Option<i64>) -> Action {
+fn start(name: &str, kind: ContainerKind, attempt: u32, restart_after: Option<Failure>) -> Action {
     Action::StartContainer { name: name.into(), kind, attempt, restart_after }
 }
 
-const EXITED_AT: Option<i64> = Some(NOW - 5 * S);
+const EXITED_AT: Option<Failure> = Some(Failure { started: NOW - 6 * S, at: NOW - 5 * S });
 
 #[test]
 fn a_new_pod_gets_a_sandbox_and_its_containers() {
@@ -81,9 +81,9 @@ fn restart_policies_against_exit_codes() {
 #[test]
 fn crash_loop_back_off_holds_the_restart() {
     let w = World::new(pod("Always", &[], &["app"])).sandbox("s", 0, true).container("s", "app", 3, Some(1));
-    let mut b = Backoff::new(BackoffConfig { initial: Duration::from_secs(10), max: Duration::from_secs(300) });
+    let mut b = Backoff::new(BackoffConfig { initial: Duration::from_secs(10), ..BackoffConfig::default() });
     let key = backoff_key(spec_container(&w.pod, "app"));
-    b.next(&key, NOW - 100 * S); // an earlier crash put the container on back-off
+    b.next(&key, Failure { started: NOW - 101 * S, at: NOW - 100 * S }); // an earlier crash put it on back-off
     let plan = w.plan_with(&b);
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
     assert_eq!(plan.waiting["app"].reason, "CrashLoopBackOff");
@@ -185,4 +185,25 @@ fn teardown_stops_then_removes_everything() {
         teardown(&w.obs),
         vec![Action::KillPod, Action::RemoveContainer { id: "a-0".into() }, Action::RemoveSandbox { id: "s".into() }]
     );
+}
+
+#[test]
+fn a_sidecar_restarting_after_start_up_does_not_hold_the_apps() {
+    let mut p = pod("Always", &["side"], &["app"]);
+    p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].restart_policy = Some("Always".into());
+    let w = World::new(p).sandbox("s", 0, true).container("s", "side", 0, Some(1)).container("s", "app", 0, Some(1));
+    let plan = w.plan();
+    assert_eq!(
+        plan.actions,
+        vec![start("side", ContainerKind::Sidecar, 1, EXITED_AT), start("app", ContainerKind::App, 1, EXITED_AT)],
+        "both restart; the app is not held behind the sidecar"
+    );
+    assert!(!plan.waiting.values().any(|w| w.reason == "PodInitializing"));
+}
+
+#[test]
+fn a_failed_start_left_in_an_old_sandbox_is_collected() {
+    let mut w = World::new(pod("Always", &[], &["a"])).sandbox("s0", 0, false).container("s0", "a", 0, None).sandbox("s1", 1, true).container("s1", "a", 1, None);
+    w.obs.containers[1].phase = ContainerPhase::Created;
+    assert_eq!(w.plan().actions, vec![Action::RemoveContainer { id: "a-0".into() }, Action::RemoveSandbox { id: "s0".into() }]);
 }

@@ -8,7 +8,7 @@
 //! edited into a bad one keeps its last good pod running until fixed or
 //! removed. Hidden files (a leading dot) and subdirectories are ignored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{SeenTimes, SourceName, SourceUpdate, drop_duplicates};
+use super::{Problems, SeenTimes, SourceName, SourceUpdate, drop_duplicates};
 use crate::pods::manifest::{self, StaticOrigin};
 
 /// How long to let a burst of file events settle before re-reading.
@@ -36,7 +36,7 @@ pub struct FileSource {
     check_every: Duration,
     files: BTreeMap<PathBuf, FileState>,
     seen: SeenTimes,
-    reported: HashSet<String>,
+    problems: Problems,
     last_sent: Option<Vec<Pod>>,
     missing_logged: bool,
 }
@@ -49,19 +49,9 @@ impl FileSource {
             check_every,
             files: BTreeMap::new(),
             seen: SeenTimes::default(),
-            reported: HashSet::new(),
+            problems: Problems::default(),
             last_sent: None,
             missing_logged: false,
-        }
-    }
-
-    fn report(&mut self, msg: String, warn: bool) {
-        if self.reported.insert(msg.clone()) {
-            if warn {
-                tracing::warn!("{msg}");
-            } else {
-                tracing::error!("{msg}");
-            }
         }
     }
 
@@ -71,6 +61,7 @@ impl FileSource {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => {
                 self.missing_logged = false;
+                self.problems.set("dir", None, false);
                 e
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -82,7 +73,7 @@ impl FileSource {
                 return Some(Vec::new());
             }
             Err(e) => {
-                self.report(format!("{}: cannot read the static pod path: {e}", self.dir.display()), false);
+                self.problems.set("dir", Some(format!("{}: cannot read the static pod path: {e}", self.dir.display())), false);
                 return None;
             }
         };
@@ -94,22 +85,29 @@ impl FileSource {
             .collect();
         paths.sort();
         self.files.retain(|p, _| paths.contains(p));
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        self.problems.retain(|k| k == "dir" || names.iter().any(|n| k.starts_with(n.as_str())));
         let mut found = Vec::new();
         for path in paths {
             if let Some(pod) = self.read(&path) {
                 found.push((path.display().to_string(), pod));
             }
         }
-        let mut pods = drop_duplicates(found, &mut self.reported);
+        let (mut pods, dropped) = drop_duplicates(found);
+        for origin in &names {
+            let msg = dropped.iter().find(|m| m.starts_with(&format!("{origin}: "))).cloned();
+            self.problems.set(&format!("{origin} duplicate"), msg, false);
+        }
         self.seen.stamp(&mut pods);
         Some(pods)
     }
 
     fn read(&mut self, path: &Path) -> Option<Pod> {
+        let key = path.display().to_string();
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
-                self.report(format!("{}: cannot read the manifest: {e}", path.display()), false);
+                self.problems.set(&key, Some(format!("{}: cannot read the manifest: {e}", path.display())), false);
                 return self.files.get(path).and_then(|f| f.good.clone());
             }
         };
@@ -123,14 +121,14 @@ impl FileSource {
         let previous = self.files.get(path).and_then(|f| f.good.clone());
         let good = match manifest::load_static(&bytes, &self.node_name, &origin) {
             Ok((pod, unknown)) => {
-                for field in unknown {
-                    self.report(format!("{}: {field}: unknown field, ignored", path.display()), true);
-                }
+                self.problems.set(&key, None, false);
+                let fields = (!unknown.is_empty()).then(|| format!("{}: ignored: {}", path.display(), unknown.join("; ")));
+                self.problems.set(&format!("{key} unknown"), fields, true);
                 Some(pod)
             }
             Err(e) => {
                 let keep = if previous.is_some() { " (the pod from its last good version keeps running)" } else { "" };
-                self.report(format!("{e}{keep}"), false);
+                self.problems.set(&key, Some(format!("{e}{keep}")), false);
                 previous
             }
         };

@@ -3,14 +3,13 @@
 //! the configured headers. A failed fetch or a bad document keeps the last
 //! good set, with one error line per distinct problem.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
-use super::{SeenTimes, SourceName, SourceUpdate, drop_duplicates};
+use super::{Problems, SeenTimes, SourceName, SourceUpdate, drop_duplicates};
 use crate::pods::manifest::{self, StaticOrigin};
 
 pub struct HttpSource {
@@ -20,7 +19,7 @@ pub struct HttpSource {
     check_every: Duration,
     client: reqwest::Client,
     seen: SeenTimes,
-    reported: HashSet<String>,
+    problems: Problems,
     last_body: Option<Vec<u8>>,
 }
 
@@ -34,14 +33,8 @@ impl HttpSource {
             check_every,
             client,
             seen: SeenTimes::default(),
-            reported: HashSet::new(),
+            problems: Problems::default(),
             last_body: None,
-        }
-    }
-
-    fn report(&mut self, msg: String) {
-        if self.reported.insert(msg.clone()) {
-            tracing::error!("{msg}");
         }
     }
 
@@ -63,17 +56,16 @@ impl HttpSource {
         let origin = StaticOrigin::Http(self.url.clone());
         let decoded = manifest::decode_pods(body, &self.url).map_err(|e| e.to_string())?;
         let mut pods = Vec::new();
+        let mut unknown_fields = Vec::new();
         for (i, d) in decoded.into_iter().enumerate() {
             let (pod, unknown) = manifest::finish_static(d, &self.node_name, &origin).map_err(|e| e.to_string())?;
-            for field in unknown {
-                let msg = format!("{}: {field}: unknown field, ignored", self.url);
-                if self.reported.insert(msg.clone()) {
-                    tracing::warn!("{msg}");
-                }
-            }
+            unknown_fields.extend(unknown);
             pods.push((format!("{} item {i}", self.url), pod));
         }
-        let mut pods = drop_duplicates(pods, &mut self.reported);
+        let fields = (!unknown_fields.is_empty()).then(|| format!("{}: ignored: {}", self.url, unknown_fields.join("; ")));
+        self.problems.set("unknown", fields, true);
+        let (mut pods, dropped) = drop_duplicates(pods);
+        self.problems.set("duplicates", (!dropped.is_empty()).then(|| dropped.join("; ")), false);
         self.seen.stamp(&mut pods);
         Ok(pods)
     }
@@ -90,23 +82,24 @@ impl HttpSource {
             let body = match self.fetch().await {
                 Ok(b) => b,
                 Err(e) => {
-                    self.report(e);
+                    self.problems.set("fetch", Some(e), false);
                     continue;
                 }
             };
+            self.problems.set("fetch", None, false);
             if self.last_body.as_ref() == Some(&body) {
                 continue;
             }
             match self.decode(&body) {
                 Ok(pods) => {
                     self.last_body = Some(body);
-                    self.reported.clear();
+                    self.problems.set("decode", None, false);
                     let update = SourceUpdate { source: SourceName::Http, pods: pods.into_iter().map(Arc::new).collect() };
                     if tx.send(update).await.is_err() {
                         return;
                     }
                 }
-                Err(e) => self.report(format!("{e} (the last good set of pods from this URL stays)")),
+                Err(e) => self.problems.set("decode", Some(format!("{e} (the last good set of pods from this URL stays)")), false),
             }
         }
     }

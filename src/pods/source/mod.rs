@@ -56,22 +56,55 @@ impl SeenTimes {
     }
 }
 
-/// Drops pods whose namespace/name an earlier pod already took, with one
-/// error each; kubelet does the same across and within sources.
-pub fn drop_duplicates(pods: Vec<(String, Pod)>, reported: &mut std::collections::HashSet<String>) -> Vec<Pod> {
+/// Drops pods whose namespace/name an earlier pod already took, as kubelet
+/// does; returns the kept pods and one message per dropped one.
+pub fn drop_duplicates(pods: Vec<(String, Pod)>) -> (Vec<Pod>, Vec<String>) {
     let mut taken: HashMap<(String, String), String> = HashMap::new();
     let mut out = Vec::new();
+    let mut dropped = Vec::new();
     for (origin, pod) in pods {
         let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
         if let Some(first) = taken.get(&key) {
-            let msg = format!("{origin}: metadata.name: Duplicate value: {:?}: pod {}/{} is already defined by {first}", key.1, key.0, key.1);
-            if reported.insert(msg.clone()) {
-                tracing::error!("{msg}");
-            }
+            dropped.push(format!(
+                "{origin}: metadata.name: Duplicate value: {:?}: pod {}/{} is already defined by {first}",
+                key.1, key.0, key.1
+            ));
             continue;
         }
         taken.insert(key, origin);
         out.push(pod);
     }
-    out
+    (out, dropped)
+}
+
+/// Logs each problem once while it lasts: a message is logged when it first
+/// appears for its key, and again only if it changed or went away and came
+/// back.
+#[derive(Default)]
+pub struct Problems(HashMap<String, String>);
+
+impl Problems {
+    /// Sets the current problem for `key` (`None`: it is fine now).
+    pub fn set(&mut self, key: &str, problem: Option<String>, warn: bool) {
+        match problem {
+            None => {
+                self.0.remove(key);
+            }
+            Some(msg) => {
+                if self.0.get(key) != Some(&msg) {
+                    if warn {
+                        tracing::warn!("{msg}");
+                    } else {
+                        tracing::error!("{msg}");
+                    }
+                    self.0.insert(key.to_string(), msg);
+                }
+            }
+        }
+    }
+
+    /// Forgets every key `keep` rejects.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.0.retain(|k, _| keep(k));
+    }
 }

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+use crate::runtime::unix_nanos as now_nanos;
+
 const INDEX_TYPES: [&str; 2] =
     ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 const CHUNK: usize = 1 << 20;
@@ -295,10 +297,6 @@ pub async fn import(file: &Path, opts: &ImportOptions) -> Result<Vec<ImportedIma
         tracing::warn!(error = %s.message(), "could not delete the import lease; it expires in an hour");
     }
     result
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn jiff_like_rfc3339(secs: i64) -> String {
