@@ -74,12 +74,16 @@ struct RunArgs {
     /// Print the CRI calls the agent would make instead of making them.
     #[arg(long)]
     dry_run: bool,
+    /// The node's name (default: the hostname, lowercased).
     #[arg(long)]
     hostname_override: Option<String>,
+    /// The CRI socket [default: unix:///run/containerd/containerd.sock].
     #[arg(long)]
     container_runtime_endpoint: Option<String>,
+    /// Deadline of each CRI call (Go duration) [default: 2m].
     #[arg(long, value_parser = duration)]
     runtime_request_timeout: Option<Duration>,
+    /// Per-pod directories go below it [default: /var/lib/kubelet].
     #[arg(long)]
     root_dir: Option<PathBuf>,
     /// Where kubelet's legacy log symlinks go (nodelet's; kubelet fixes it).
@@ -94,30 +98,43 @@ struct RunArgs {
     /// 'key:value' header for --manifest-url; repeatable.
     #[arg(long)]
     manifest_url_header: Vec<String>,
+    /// Re-read the manifest directory this often [default: 20s].
     #[arg(long, value_parser = duration)]
     file_check_frequency: Option<Duration>,
+    /// Poll the manifest URL this often [default: 20s].
     #[arg(long, value_parser = duration)]
     http_check_frequency: Option<Duration>,
+    /// Re-check a quiet pod this often [default: 1m].
     #[arg(long, value_parser = duration)]
     sync_frequency: Option<Duration>,
+    /// Comma-separated cluster DNS server IPs.
     #[arg(long, value_delimiter = ',')]
     cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (e.g. cluster.local).
     #[arg(long)]
     cluster_domain: Option<String>,
+    /// The resolver file for dnsPolicy Default [default: /etc/resolv.conf].
     #[arg(long)]
     resolv_conf: Option<PathBuf>,
+    /// cgroupfs or systemd; must match the runtime's [default: cgroupfs].
     #[arg(long)]
     cgroup_driver: Option<String>,
+    /// The cgroup the pod hierarchy lives under [default: /].
     #[arg(long)]
     cgroup_root: Option<String>,
+    /// Put pods in per-QoS-class cgroups [default: true].
     #[arg(long)]
     cgroups_per_qos: Option<bool>,
+    /// Port of /healthz and /pods; 0 turns them off [default: 10248].
     #[arg(long)]
     healthz_port: Option<u16>,
+    /// Address of /healthz and /pods [default: 127.0.0.1].
     #[arg(long)]
     healthz_bind_address: Option<String>,
+    /// Pods this node may run [default: 110].
     #[arg(long)]
     max_pods: Option<u32>,
+    /// nodelet's own oom_score_adj [default: -999].
     #[arg(long, allow_negative_numbers = true)]
     oom_score_adj: Option<i32>,
     /// Comma-separated node IPs (status.hostIP); default: the default route's.
