@@ -119,23 +119,6 @@ async fn floor_round(node: &Node, round: usize) -> Vec<f64> {
     starts.iter().map(|s| (s - t0) as f64 / 1e9).collect()
 }
 
-fn proc_cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn proc_peak_rss_mib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 struct NodeletRound {
     times: Vec<f64>,
     cpu: f64,
@@ -156,7 +139,7 @@ async fn nodelet_round(node: &Node, round: usize) -> NodeletRound {
     for i in 0..PODS {
         std::fs::write(staging.join(format!("p{i:02}.yaml")), manifest(round, i, "nodelet")).unwrap();
     }
-    let cpu0 = proc_cpu_seconds(agent.pid());
+    let cpu0 = support::proc_cpu_seconds(agent.pid());
     let t0 = now_ns();
     for i in 0..PODS {
         let f = format!("p{i:02}.yaml");
@@ -179,13 +162,13 @@ async fn nodelet_round(node: &Node, round: usize) -> NodeletRound {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let starts = started_at(&rt, &prefix).await;
-    let cpu = proc_cpu_seconds(agent.pid()) - cpu0;
+    let cpu = support::proc_cpu_seconds(agent.pid()) - cpu0;
     // Steady state: relisting every second, nothing to do.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle0 = proc_cpu_seconds(agent.pid());
+    let idle0 = support::proc_cpu_seconds(agent.pid());
     tokio::time::sleep(IDLE_WINDOW).await;
-    let idle = (proc_cpu_seconds(agent.pid()) - idle0) / IDLE_WINDOW.as_secs_f64();
-    let rss = proc_peak_rss_mib(agent.pid());
+    let idle = (support::proc_cpu_seconds(agent.pid()) - idle0) / IDLE_WINDOW.as_secs_f64();
+    let rss = support::proc_peak_rss_mib(agent.pid());
     // Let nodelet take its pods down again.
     for i in 0..PODS {
         std::fs::remove_file(node.manifests.join(format!("p{i:02}.yaml"))).unwrap();

@@ -171,7 +171,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         statuses: statuses.clone(),
         health: health_rx,
         resync: s.sync_frequency,
-        eager: s.dry_run,
+        dry_run: s.dry_run,
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod config;
 pub mod pods;
+pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod view;

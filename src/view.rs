@@ -82,9 +82,11 @@ pub fn pods_table(body: &[u8], now: Timestamp) -> Result<String, serde_json::Err
         let init = st.init_container_statuses.clone().unwrap_or_default();
         for (c, kind) in init.iter().map(|c| (c, "init ")).chain(cs.iter().map(|c| (c, ""))) {
             lines.push(format!(
-                "  {kind}{}: {}  restarts={}  last={}",
+                "  {kind}{}: {}  ready={} started={}  restarts={}  last={}",
                 c.name,
                 state(c, now),
+                c.ready,
+                c.started.unwrap_or(false),
                 c.restart_count,
                 last_exit(c, now)
             ));
@@ -123,6 +125,6 @@ mod tests {
         let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
         let out = pods_table(body.to_string().as_bytes(), now).unwrap();
         assert!(out.contains("default     web-n1   Running   1/1     2          5m    10.88.0.4"), "{out}");
-        assert!(out.contains("  app: Running for 4m  restarts=2  last=exit 1 (Error), 4m ago"), "{out}");
+        assert!(out.contains("  app: Running for 4m  ready=true started=false  restarts=2  last=exit 1 (Error), 4m ago"), "{out}");
     }
 }

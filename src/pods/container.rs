@@ -186,6 +186,13 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(
+        c.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| serde_json::to_string(h).ok())
+            .map(|h| (labels::CONTAINER_PRE_STOP_HANDLER.to_string(), h)),
+    )
     .collect();
     Ok(cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: r.attempt }),

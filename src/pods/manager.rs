@@ -284,7 +284,7 @@ mod tests {
             statuses: statuses.clone(),
             health,
             resync: Duration::from_secs(60),
-            eager: true,
+            dry_run: true,
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);

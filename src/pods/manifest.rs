@@ -361,8 +361,7 @@ pub fn validate(pod: &Pod, static_pod: bool) -> Vec<FieldError> {
 }
 
 /// Decodes, defaults and validates one static pod manifest. The second value
-/// lists what nodelet ignores in it: unknown fields, and features it does
-/// not run yet.
+/// lists what nodelet ignores in it (unknown fields).
 pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
     let decoded = decode_pod(bytes, origin.location())?;
     finish_static(decoded, node_name, origin)
@@ -372,24 +371,20 @@ pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Resu
 pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
     let pod = make_static(decoded.pod, node_name, origin);
     let mut errors = validate(&pod, true);
-    let (refused, ignored) = not_yet_supported(&pod);
-    errors.extend(refused);
+    errors.extend(not_yet_supported(&pod));
     if !errors.is_empty() {
         return Err(ManifestError::Invalid { origin: origin.location().to_string(), errors });
     }
-    let mut warnings: Vec<String> = decoded.unknown_fields.into_iter().map(|f| format!("{f}: unknown field")).collect();
-    warnings.extend(ignored);
+    let warnings = decoded.unknown_fields.into_iter().map(|f| format!("{f}: unknown field")).collect();
     Ok((pod, warnings))
 }
 
 /// What this version of nodelet cannot honour. Volumes are refused: a pod
 /// started without its mounts (etcd without its data directory) would be
-/// worse than no pod. Probes and lifecycle hooks are accepted but not run,
-/// with a warning.
-pub fn not_yet_supported(pod: &Pod) -> (Vec<FieldError>, Vec<String>) {
+/// worse than no pod.
+pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
     let mut refused = Vec::new();
-    let mut ignored = Vec::new();
-    let Some(spec) = &pod.spec else { return (refused, ignored) };
+    let Some(spec) = &pod.spec else { return refused };
     if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
         refused.push(FieldError::new("spec.volumes", "Unsupported value: volumes are not implemented by this nodelet yet"));
     }
@@ -403,22 +398,9 @@ pub fn not_yet_supported(pod: &Pod) -> (Vec<FieldError>, Vec<String>) {
             if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
                 refused.push(FieldError::new(&format!("{f}.volumeDevices"), "Unsupported value: block volumes are not implemented by this nodelet yet"));
             }
-            let probes = [("livenessProbe", c.liveness_probe.is_some()), ("readinessProbe", c.readiness_probe.is_some()), ("startupProbe", c.startup_probe.is_some())];
-            for (name, set) in probes {
-                if set {
-                    ignored.push(format!("{f}.{name}: not run by this nodelet yet (the container counts as healthy)"));
-                }
-            }
-            if let Some(l) = &c.lifecycle {
-                for (name, set) in [("postStart", l.post_start.is_some()), ("preStop", l.pre_stop.is_some())] {
-                    if set {
-                        ignored.push(format!("{f}.lifecycle.{name}: not run by this nodelet yet"));
-                    }
-                }
-            }
         }
     }
-    (refused, ignored)
+    refused
 }
 
 #[cfg(test)]
@@ -531,13 +513,10 @@ spec:
     }
 
     #[test]
-    fn what_is_not_implemented_is_refused_or_warned_about() {
+    fn volumes_are_refused_until_implemented() {
         let with_volume = WEB.replace("  containers:", "  volumes: [{name: data, emptyDir: {}}]\n  containers:");
         let e = err(&with_volume);
         assert!(e.contains("spec.volumes: Unsupported value: volumes are not implemented"), "{e}");
-        let with_probe = WEB.replace("    command:", "    livenessProbe: {exec: {command: ['true']}}\n    command:");
-        let (_, warnings) = load_static(with_probe.as_bytes(), NODE, &file()).unwrap();
-        assert_eq!(warnings, vec!["spec.containers[0].livenessProbe: not run by this nodelet yet (the container counts as healthy)".to_string()]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod manager;
 pub mod manifest;
 pub mod plan;
 pub mod pleg;
+pub mod probing;
 pub mod qos;
 pub mod quantity;
 pub mod sandbox;

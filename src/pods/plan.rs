@@ -36,14 +36,21 @@ pub enum KillReason {
     Unknown,
     /// The container runs in a sandbox that is no longer the pod's.
     StaleSandbox,
+    /// Its liveness probe failed.
+    LivenessFailed,
+    /// Its startup probe failed.
+    StartupFailed,
 }
 
 impl KillReason {
-    pub fn message(self) -> &'static str {
+    /// kubelet's Killing message for container `name`.
+    pub fn message(self, name: &str) -> String {
         match self {
-            KillReason::SpecChanged => "Container definition changed, will be restarted",
-            KillReason::Unknown => "Container is in unknown state, will be killed and recreated",
-            KillReason::StaleSandbox => "Container belongs to an old pod sandbox",
+            KillReason::SpecChanged => format!("Container {name} definition changed, will be restarted"),
+            KillReason::Unknown => format!("Container {name} is in unknown state, will be killed and recreated"),
+            KillReason::StaleSandbox => format!("Container {name} belongs to an old pod sandbox"),
+            KillReason::LivenessFailed => format!("Container {name} failed liveness probe, will be restarted"),
+            KillReason::StartupFailed => format!("Container {name} failed startup probe, will be restarted"),
         }
     }
 }
@@ -94,6 +101,8 @@ pub struct PlanInput<'a> {
     /// ns since the epoch.
     pub now: i64,
     pub network_ready: bool,
+    /// Running containers their liveness or startup probe condemned, by ID.
+    pub unhealthy: &'a BTreeMap<String, KillReason>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,11 +359,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             Some(x) => match x.phase {
                 ContainerPhase::Running if kind == ContainerKind::Sidecar => {
                     let same = x.hash() == Some(container_hash(ic).as_str());
-                    if !same {
+                    if let Some(reason) = input.unhealthy.get(&x.id) {
+                        p.kill(x, *reason);
+                        false
+                    } else if !same {
                         p.kill(x, KillReason::SpecChanged);
                         p.start(ic, kind);
+                        false
+                    } else {
+                        true
                     }
-                    same
                 }
                 ContainerPhase::Running => false,
                 ContainerPhase::Unknown => {
@@ -398,7 +412,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
             Some(x) => match x.phase {
                 ContainerPhase::Running => {
-                    if x.hash() != Some(container_hash(c).as_str()) {
+                    if let Some(reason) = input.unhealthy.get(&x.id) {
+                        // The restart policy decides what follows the kill.
+                        p.kill(x, *reason);
+                    } else if x.hash() != Some(container_hash(c).as_str()) {
                         p.kill(x, KillReason::SpecChanged);
                         p.plan.actions.push(Action::StartContainer {
                             name: c.name.clone(),

@@ -23,6 +23,9 @@ pub struct StatusInput<'a> {
     /// Readiness by container ID; a running container missing here is ready
     /// (no readiness probe).
     pub readiness: &'a BTreeMap<String, bool>,
+    /// Whether a running container's startup probe has passed, by ID;
+    /// missing means started (no startup probe).
+    pub started: &'a BTreeMap<String, bool>,
     pub previous: Option<&'a PodStatus>,
     pub start_time: Option<Timestamp>,
     pub node: &'a NodeContext,
@@ -101,8 +104,9 @@ fn container_status(
                     ..Default::default()
                 });
                 status.last_state = last(previous_exit);
-                status.started = Some(true);
-                status.ready = input.readiness.get(&x.id).copied().unwrap_or(true);
+                let started = input.started.get(&x.id).copied().unwrap_or(true);
+                status.started = Some(started);
+                status.ready = started && input.readiness.get(&x.id).copied().unwrap_or(true);
             }
             ContainerPhase::Exited => match held {
                 Some(w) => {

@@ -34,13 +34,14 @@ pub fn spec_container<'a>(p: &'a Pod, name: &str) -> &'a Container {
 pub struct World {
     pub pod: Pod,
     pub obs: RuntimePod,
+    pub unhealthy: std::collections::BTreeMap<String, crate::pods::plan::KillReason>,
     clock: i64,
 }
 
 impl World {
     pub fn new(pod: Pod) -> Self {
         let id = PodIdentity { namespace: "default".into(), name: "p-n".into(), uid: "u".into() };
-        Self { pod, obs: RuntimePod::empty(id), clock: S }
+        Self { pod, obs: RuntimePod::empty(id), unhealthy: Default::default(), clock: S }
     }
 
     pub fn sandbox(mut self, id: &str, attempt: u32, ready: bool) -> Self {
@@ -77,7 +78,7 @@ impl World {
     }
 
     pub fn plan_with(&self, backoff: &Backoff) -> Plan {
-        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: NOW, network_ready: true })
+        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: NOW, network_ready: true, unhealthy: &self.unhealthy })
     }
 
     pub fn plan(&self) -> Plan {

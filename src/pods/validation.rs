@@ -415,6 +415,9 @@ fn validate_probe(p: &Probe, f: &str, success_must_be_one: bool, errs: &mut Vec<
     if success_must_be_one && p.success_threshold.is_some_and(|s| s != 1) {
         errs.push(FieldError::new(&format!("{f}.successThreshold"), "Invalid value: must be 1"));
     }
+    if !success_must_be_one && p.termination_grace_period_seconds.is_some() {
+        errs.push(FieldError::new(&format!("{f}.terminationGracePeriodSeconds"), "Invalid value: must not be set for readinessProbes"));
+    }
     if let Some(g) = p.termination_grace_period_seconds
         && g < 1
     {

@@ -17,6 +17,9 @@ pub const CONTAINER_TERMINATION_MESSAGE_PATH: &str =
 pub const CONTAINER_TERMINATION_MESSAGE_POLICY: &str =
     "io.kubernetes.container.terminationMessagePolicy";
 pub const POD_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// The container's preStop hook (JSON), so that an orphan is stopped as its
+/// spec asked.
+pub const CONTAINER_PRE_STOP_HANDLER: &str = "io.kubernetes.container.preStopHandler";
 /// nodelet's own marker for init containers. kubelet tells init containers
 /// from the pod spec; nodelet does too, but an orphan (no spec any more) and
 /// the dry-run simulator need to know without one.

@@ -276,6 +276,32 @@ impl Node {
         self.containers(pod).await.into_iter().filter(|c| c.metadata.as_ref().unwrap().name == container).collect()
     }
 
+    /// Runs a command in a container through CRI.
+    pub async fn exec(&self, container_id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        self.cri().await.exec_sync(container_id, &cmd, 10).await.expect("ExecSync")
+    }
+
+    /// The network namespace (under /run/netns) that holds a pod IP.
+    pub fn pod_netns(&self, ip: &str) -> String {
+        let ns = self.netns.clone();
+        let ip = ip.to_string();
+        in_netns(&ns, move || {
+            let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+            for line in String::from_utf8_lossy(&list.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or("");
+                if !name.starts_with("cni-") {
+                    continue;
+                }
+                let addrs = Command::new("ip").args(["-n", name, "-4", "-o", "addr"]).output().unwrap();
+                if String::from_utf8_lossy(&addrs.stdout).contains(&format!(" {ip}/")) {
+                    return name.to_string();
+                }
+            }
+            panic!("no network namespace holds {ip}");
+        })
+    }
+
     /// GET from nodelet's local endpoint (inside the namespace).
     pub fn get(&self, path: &str) -> Option<String> {
         let path = path.to_string();
@@ -465,4 +491,31 @@ pub fn is_exited(c: &cri::ContainerStatus) -> bool {
 /// A pod manifest with the given containers section (already indented).
 pub fn pod_yaml(name: &str, spec: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// User plus system CPU seconds a process has used.
+pub fn proc_cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// User and system CPU seconds, apart.
+pub fn proc_cpu_split(pid: i32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let get = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (get(11), get(12))
+}
+
+/// A process's peak resident set size.
+pub fn proc_peak_rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }

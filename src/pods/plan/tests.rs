@@ -173,7 +173,14 @@ fn old_sandboxes_go_once_empty() {
 #[test]
 fn no_network_no_sandbox() {
     let w = World::new(pod("Always", &[], &["a"]));
-    let plan = plan(&PlanInput { pod: &w.pod, observed: &w.obs, backoff: &Backoff::default(), now: NOW, network_ready: false });
+    let plan = plan(&PlanInput {
+        pod: &w.pod,
+        observed: &w.obs,
+        backoff: &Backoff::default(),
+        now: NOW,
+        network_ready: false,
+        unhealthy: &Default::default(),
+    });
     assert!(plan.actions.is_empty());
     assert_eq!(plan.waiting["a"].reason, "ContainerCreating");
 }
@@ -206,4 +213,14 @@ fn a_failed_start_left_in_an_old_sandbox_is_collected() {
     let mut w = World::new(pod("Always", &[], &["a"])).sandbox("s0", 0, false).container("s0", "a", 0, None).sandbox("s1", 1, true).container("s1", "a", 1, None);
     w.obs.containers[1].phase = ContainerPhase::Created;
     assert_eq!(w.plan().actions, vec![Action::RemoveContainer { id: "a-0".into() }, Action::RemoveSandbox { id: "s0".into() }]);
+}
+
+#[test]
+fn a_failed_liveness_probe_kills_and_the_policy_restarts() {
+    let mut w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, None);
+    w.unhealthy.insert("a-0".into(), KillReason::LivenessFailed);
+    assert_eq!(w.plan().actions, vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::LivenessFailed }]);
+    // Once it has exited, the restart policy applies as to any exit.
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, Some(137));
+    assert_eq!(w.plan().actions, vec![start("a", ContainerKind::App, 1, EXITED_AT)]);
 }

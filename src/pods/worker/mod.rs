@@ -1,0 +1,417 @@
+//! One task per pod. A worker reads its pod's runtime state, asks the pure
+//! planner what to do, does it through the runtime, publishes the pod's
+//! status, and sleeps until something changes: the desired pod, the runtime
+//! (woken by the relist loop), a back-off expiring, or a periodic resync.
+//!
+//! Termination (the pod left its source, or an orphan was found) stops the
+//! containers with the grace period, then the sandbox, removes them all,
+//! and cleans up the pod's log directory, pod directory and cgroup.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::backoff::Backoff;
+use super::events::{EventRecorder, EventType};
+use super::plan::{self, Action, PlanInput, Waiting};
+use super::status::{StatusInput, pod_status};
+use super::store::{PodRecord, StatusStore};
+use super::{DesiredPod, logs, sandbox};
+
+mod start;
+mod stop;
+use crate::runtime::labels::PodIdentity;
+use crate::runtime::observe::PodInspector;
+use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri, unix_nanos as now_nanos};
+
+use super::NodeContext;
+use super::probing::{PodProbes, ProbeView};
+use crate::probes::{ProbeEvent, ProbeUpdate};
+
+/// How often a quiet pod is re-checked anyway (kubelet's syncFrequency).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// Rounds of back-to-back actions before a dry-run worker pauses.
+const MAX_BUSY_ROUNDS: u32 = 20;
+/// After acting, a worker looks again this soon even without news.
+const AFTER_ACTING: Duration = Duration::from_secs(1);
+
+/// What every worker shares.
+pub struct WorkerContext {
+    pub runtime: Arc<dyn Runtime>,
+    pub node: Arc<NodeContext>,
+    pub events: Arc<dyn EventRecorder>,
+    pub statuses: StatusStore,
+    pub health: watch::Receiver<RuntimeHealth>,
+    pub resync: Duration,
+    /// A dry run: re-plan right after acting instead of waiting for the
+    /// relist (the simulated runtime changes at once), and run no probes
+    /// (there is nothing to probe).
+    pub dry_run: bool,
+}
+
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// A new version of the desired pod.
+    Update(DesiredPod),
+    /// The runtime state of the pod changed.
+    Changed,
+    /// Stop and remove the pod.
+    Terminate,
+}
+
+/// kubelet never gives StopContainer less than this.
+const MIN_GRACE: i64 = 2;
+
+/// The pod's grace period, from its spec or (for an orphan) as recorded on
+/// its containers.
+fn grace_of(pod: Option<&Pod>, obs: &RuntimePod) -> i64 {
+    pod.and_then(|p| p.spec.as_ref()?.termination_grace_period_seconds)
+        .or_else(|| obs.containers.iter().find_map(|c| c.grace_period()))
+        .unwrap_or(30)
+        .max(MIN_GRACE)
+}
+
+fn soonest(at: i64, wake: &mut Option<i64>) {
+    *wake = Some(wake.map_or(at, |w| w.min(at)));
+}
+
+/// A failed step: the reason is already recorded; retry at `retry_at`.
+struct Failed {
+    retry_at: i64,
+}
+
+/// The sandbox the current round works in.
+struct SandboxInUse {
+    id: String,
+    config: cri::PodSandboxConfig,
+    ips: Vec<String>,
+}
+
+pub struct Worker {
+    ctx: Arc<WorkerContext>,
+    identity: PodIdentity,
+    pod: Option<DesiredPod>,
+    inspector: PodInspector,
+    crash_backoff: Backoff,
+    pull_backoff: Backoff,
+    /// Last pull failure time per image.
+    pull_failures: BTreeMap<String, i64>,
+    /// Why containers could not be started, by container name.
+    errors: BTreeMap<String, Waiting>,
+    /// Containers already reported as in back-off (one BackOff event each).
+    backoff_reported: BTreeSet<String>,
+    warned_dns: bool,
+    /// A pod-level hold after a failed sandbox or kill action.
+    retry_at: Option<i64>,
+    /// Containers whose last start failed, held until the time given; the
+    /// rest of the pod carries on.
+    held: BTreeMap<String, i64>,
+    start_time: Timestamp,
+    last_status: Option<PodStatus>,
+    probes: PodProbes,
+}
+
+impl Worker {
+    pub fn new(ctx: Arc<WorkerContext>, identity: PodIdentity, pod: Option<DesiredPod>) -> Self {
+        let backoff = ctx.node.backoff;
+        Self {
+            ctx,
+            identity,
+            pod,
+            inspector: PodInspector::default(),
+            crash_backoff: Backoff::new(backoff),
+            pull_backoff: Backoff::new(backoff),
+            pull_failures: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            backoff_reported: BTreeSet::new(),
+            warned_dns: false,
+            retry_at: None,
+            held: BTreeMap::new(),
+            start_time: Timestamp::now(),
+            last_status: None,
+            probes: PodProbes::default(),
+        }
+    }
+
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        self.ctx.events.record(&self.identity, kind, reason, message);
+    }
+
+    fn retry_later(&self) -> Failed {
+        Failed { retry_at: now_nanos() + self.ctx.node.backoff.initial.as_nanos() as i64 }
+    }
+
+    /// Runs the worker until its pod has been terminated. `idle` counts the
+    /// times the worker went quiet (used to serialise dry runs).
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WorkerMsg>, idle: watch::Sender<u64>) {
+        let span = tracing::info_span!("pod", pod = %self.identity, uid = %self.identity.uid);
+        async move {
+            let mut terminating = self.pod.is_none();
+            let mut busy = 0;
+            let mut health = self.ctx.health.clone();
+            loop {
+                if terminating {
+                    self.terminate().await;
+                    idle.send_modify(|n| *n += 1);
+                    return;
+                }
+                let (progressed, wake_at) = self.sync().await;
+                // Dry runs re-plan at once so a pod's whole start prints in
+                // one go; otherwise the relist reports what the actions did.
+                if progressed && self.ctx.dry_run && busy < MAX_BUSY_ROUNDS {
+                    busy += 1;
+                    while let Ok(m) = rx.try_recv() {
+                        self.handle(m, &mut terminating);
+                    }
+                    continue;
+                }
+                busy = 0;
+                let mut deadline = [wake_at, self.retry_at].into_iter().flatten().min();
+                if progressed {
+                    // Look again soon even if the relist reports nothing.
+                    let soon = now_nanos() + AFTER_ACTING.as_nanos() as i64;
+                    deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                }
+                idle.send_modify(|n| *n += 1);
+                let sleep_for = deadline
+                    .map(|d| Duration::from_nanos((d - now_nanos()).max(0) as u64))
+                    .unwrap_or(self.ctx.resync)
+                    .min(self.ctx.resync);
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => self.handle(m, &mut terminating),
+                        None => return,
+                    },
+                    Some(u) = self.probes.rx.recv() => self.on_probe(u),
+                    _ = tokio::time::sleep(sleep_for) => {}
+                    Ok(()) = health.changed() => {}
+                }
+                while let Ok(m) = rx.try_recv() {
+                    self.handle(m, &mut terminating);
+                }
+                while let Ok(u) = self.probes.rx.try_recv() {
+                    self.on_probe(u);
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A probe spoke: events for failed attempts; a changed result is
+    /// acted on by the next round.
+    fn on_probe(&mut self, u: ProbeUpdate) {
+        match &u.event {
+            ProbeEvent::Failed(why) => {
+                self.event(EventType::Warning, "Unhealthy", &format!("{} probe failed: {why}", u.kind.as_str()));
+            }
+            ProbeEvent::Warning(w) => {
+                self.event(EventType::Warning, "ProbeWarning", &format!("{} probe warning: {w}", u.kind.as_str()));
+            }
+            ProbeEvent::Result(ok) => {
+                tracing::debug!(container = %u.container_id, probe = u.kind.as_str(), ok, "probe result changed");
+            }
+        }
+        self.probes.record(&u);
+    }
+
+    fn handle(&mut self, msg: WorkerMsg, terminating: &mut bool) {
+        match msg {
+            WorkerMsg::Update(pod) => self.pod = Some(pod),
+            WorkerMsg::Changed => {}
+            WorkerMsg::Terminate => *terminating = true,
+        }
+    }
+
+    /// One round: observe, plan, act. Returns whether anything was done and
+    /// when to look again.
+    async fn sync(&mut self) -> (bool, Option<i64>) {
+        let Some(pod) = self.pod.clone() else { return (false, None) };
+        let obs = match self.inspector.inspect(self.ctx.runtime.as_ref(), &self.identity).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pod's runtime state");
+                return (false, Some(now_nanos() + 1_000_000_000));
+            }
+        };
+        let now = now_nanos();
+        if self.retry_at.is_some_and(|r| r <= now) {
+            self.retry_at = None;
+        }
+        self.held.retain(|_, until| *until > now);
+        if !self.ctx.dry_run {
+            for e in self.probes.reconcile(&pod, &obs, &self.ctx.runtime) {
+                self.event(EventType::Warning, "Unhealthy", &format!("probe cannot run: {e}"));
+            }
+        }
+        let view = self.probes.view(&pod, &obs);
+        let network_ready = self.ctx.health.borrow().network_ready;
+        let p = plan::plan(&PlanInput {
+            pod: &pod,
+            observed: &obs,
+            backoff: &self.crash_backoff,
+            now,
+            network_ready,
+            unhealthy: &view.unhealthy,
+        });
+        self.forget_old_backoffs(&pod);
+        self.report_backoff(&p.waiting);
+        let mut waiting = p.waiting.clone();
+        for (name, w) in &self.errors {
+            waiting.insert(name.clone(), w.clone());
+        }
+        self.publish(&pod, &obs, &waiting, &view);
+        let mut wake = p.wake_at;
+        if let Some(r) = self.retry_at {
+            soonest(r, &mut wake);
+            return (false, wake);
+        }
+        let mut sandbox = obs.latest_sandbox().filter(|s| s.ready).map(|s| SandboxInUse {
+            id: s.id.clone(),
+            config: sandbox::sandbox_config(&pod, s.attempt, &self.ctx.node).0,
+            ips: s.ips.clone(),
+        });
+        let mut acted = false;
+        for action in p.actions {
+            let container = match &action {
+                Action::StartContainer { name, .. } => Some(name.clone()),
+                _ => None,
+            };
+            if let Some(until) = container.as_ref().and_then(|n| self.held.get(n)) {
+                soonest(*until, &mut wake);
+                continue;
+            }
+            acted = true;
+            if let Err(f) = self.execute(&pod, &obs, &mut sandbox, action).await {
+                soonest(f.retry_at, &mut wake);
+                match container {
+                    // One container failing to start does not hold the others.
+                    Some(name) => {
+                        self.held.insert(name, f.retry_at);
+                    }
+                    None => {
+                        self.retry_at = Some(f.retry_at);
+                        break;
+                    }
+                }
+            }
+        }
+        (acted, wake)
+    }
+
+    /// Back-off entries of container specs the pod no longer has.
+    fn forget_old_backoffs(&mut self, pod: &Pod) {
+        let Some(spec) = pod.spec.as_ref() else { return };
+        let keys: BTreeSet<String> = plan::containers(spec).into_iter().map(|(c, _)| plan::backoff_key(c)).collect();
+        self.crash_backoff.retain(|k| keys.contains(k));
+    }
+
+    fn report_backoff(&mut self, waiting: &BTreeMap<String, Waiting>) {
+        let looping: BTreeSet<String> =
+            waiting.iter().filter(|(_, w)| w.reason == "CrashLoopBackOff").map(|(n, _)| n.clone()).collect();
+        for name in looping.difference(&self.backoff_reported) {
+            self.event(EventType::Warning, "BackOff", &format!("Back-off restarting failed container {name} in pod {}", self.identity));
+        }
+        self.backoff_reported = looping;
+    }
+
+    fn publish(&mut self, pod: &DesiredPod, obs: &RuntimePod, waiting: &BTreeMap<String, Waiting>, probes: &ProbeView) {
+        // An adopted pod started when its first sandbox did.
+        if let Some(first) = obs.sandboxes.iter().map(|s| s.created_at).filter(|t| *t > 0).min()
+            && let Ok(t) = Timestamp::from_nanosecond(first as i128)
+            && t < self.start_time
+        {
+            self.start_time = t;
+        }
+        let status = pod_status(&StatusInput {
+            pod,
+            observed: obs,
+            waiting,
+            readiness: &probes.ready,
+            started: &probes.started,
+            previous: self.last_status.as_ref(),
+            start_time: Some(self.start_time),
+            node: &self.ctx.node,
+            now: Timestamp::now(),
+        });
+        self.last_status = Some(status.clone());
+        self.ctx.statuses.set(&self.identity.uid, PodRecord { pod: pod.clone(), status });
+    }
+
+    async fn execute(
+        &mut self,
+        pod: &Pod,
+        obs: &RuntimePod,
+        sandbox: &mut Option<SandboxInUse>,
+        action: Action,
+    ) -> Result<(), Failed> {
+        let rt = self.ctx.runtime.clone();
+        match action {
+            Action::KillPod => {
+                self.kill_pod(Some(pod), obs).await;
+                *sandbox = None;
+                Ok(())
+            }
+            Action::CreateSandbox { attempt } => {
+                let s = self.create_sandbox(pod, attempt).await?;
+                *sandbox = Some(s);
+                Ok(())
+            }
+            Action::StartContainer { name, kind, attempt, restart_after } => {
+                let Some(sb) = sandbox.as_ref() else {
+                    return Err(self.retry_later());
+                };
+                let c = plan::containers(pod.spec.as_ref().expect("planned pods have a spec"))
+                    .into_iter()
+                    .find(|(c, _)| c.name == name)
+                    .map(|(c, _)| c.clone())
+                    .ok_or_else(|| self.retry_later())?;
+                self.start_container(pod, &c, kind, attempt, sb).await?;
+                if let Some(exit) = restart_after {
+                    self.crash_backoff.next(&plan::backoff_key(&c), exit);
+                }
+                Ok(())
+            }
+            Action::KillContainer { id, name, reason } => {
+                let grace = PodProbes::grace_override(pod, &name, reason).map_or_else(|| grace_of(Some(pod), obs), |g| g.max(MIN_GRACE));
+                let pod_ip = obs.latest_sandbox().and_then(|s| s.ips.first()).map(String::as_str).unwrap_or("");
+                let Some(c) = obs.containers.iter().find(|c| c.id == id) else { return Ok(()) };
+                if self.stop_container(&stop::StopTarget::of(c, Some(pod), pod_ip), &reason.message(&name), grace).await {
+                    Ok(())
+                } else {
+                    Err(self.retry_later())
+                }
+            }
+            Action::StopSandbox { id } => self.quietly(rt.stop_pod_sandbox(&id).await, "StopPodSandbox"),
+            Action::RemoveContainer { id } => {
+                self.quietly(rt.remove_container(&id).await, "RemoveContainer")?;
+                self.unlink_log(obs, &id);
+                Ok(())
+            }
+            Action::RemoveSandbox { id } => self.quietly(rt.remove_pod_sandbox(&id).await, "RemovePodSandbox"),
+        }
+    }
+
+    fn unlink_log(&self, obs: &RuntimePod, id: &str) {
+        if let Some(c) = obs.containers.iter().find(|c| c.id == id) {
+            logs::unlink(&self.ctx.node, &self.identity, &c.name, id);
+        }
+    }
+
+    fn quietly(&self, r: Result<(), RuntimeError>, what: &str) -> Result<(), Failed> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed");
+                Err(self.retry_later())
+            }
+        }
+    }
+
+}

@@ -1,0 +1,205 @@
+//! Starting things: the sandbox, images per pull policy, containers, and
+//! the postStart hook.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+
+use super::stop::StopTarget;
+use super::{Failed, SandboxInUse, Worker, grace_of, now_nanos};
+use crate::pods::backoff::Failure;
+use crate::pods::events::EventType;
+use crate::pods::plan::Waiting;
+use crate::pods::{ContainerKind, container, logs, sandbox};
+use crate::probes::handler::{self, Outcome};
+use crate::runtime::{RuntimePod, cri, observe};
+
+/// How long a postStart hook may run (kubelet sets no limit; an endless
+/// hook would hold the pod's worker).
+const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Worker {
+    pub(super) async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Result<SandboxInUse, Failed> {
+        let node = &self.ctx.node;
+        let (config, warnings) = sandbox::sandbox_config(pod, attempt, node);
+        if !self.warned_dns {
+            for w in &warnings {
+                self.event(EventType::Warning, "DNSConfigForming", w);
+            }
+            self.warned_dns = true;
+        }
+        if attempt > 0 {
+            self.event(EventType::Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.");
+        }
+        for dir in [std::path::PathBuf::from(&config.log_directory), sandbox::pod_dir(node, &self.identity.uid)] {
+            if let Err(e) = make_dir(&dir) {
+                self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create {}: {e}", dir.display()));
+                return Err(self.retry_later());
+            }
+        }
+        let handler = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()).unwrap_or_default();
+        let id = match self.ctx.runtime.run_pod_sandbox(&config, &handler).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+                return Err(self.retry_later());
+            }
+        };
+        let ips = self.ctx.runtime.pod_sandbox_status(&id).await.map(|s| observe::sandbox_ips(&s)).unwrap_or_default();
+        Ok(SandboxInUse { id, config, ips })
+    }
+
+    fn fail_container(&mut self, name: &str, reason: &str, message: String) -> Failed {
+        self.event(EventType::Warning, "Failed", &format!("Error: {message}"));
+        self.errors.insert(name.to_string(), Waiting::new(reason, message));
+        self.retry_later()
+    }
+
+    /// ImageStatus, then a pull when the policy says so; the image ID.
+    async fn ensure_image(&mut self, c: &Container, sb: &SandboxInUse) -> Result<cri::Image, Failed> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+        let present = match self.ctx.runtime.image_status(&image).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_container(&c.name, "ImageInspectError", format!("Failed to inspect image {image:?}: {e}"))),
+        };
+        if policy != "Always"
+            && let Some(img) = present
+        {
+            self.event(EventType::Normal, "Pulled", &format!("Container image {image:?} already present on machine"));
+            return Ok(img);
+        }
+        if policy == "Never" {
+            let msg = format!("Container image {image:?} is not present with pull policy of Never");
+            self.event(EventType::Warning, "ErrImageNeverPull", &msg);
+            self.errors.insert(c.name.clone(), Waiting::new("ErrImageNeverPull", msg));
+            return Err(self.retry_later());
+        }
+        let now = now_nanos();
+        if let Some(last) = self.pull_failures.get(&image).copied()
+            && let Some(until) = self.pull_backoff.blocked_until(&image, Failure::instant(last), now)
+        {
+            let msg = format!("Back-off pulling image {image:?}");
+            self.event(EventType::Normal, "BackOff", &msg);
+            self.errors.insert(c.name.clone(), Waiting::new("ImagePullBackOff", msg));
+            return Err(Failed { retry_at: until });
+        }
+        self.event(EventType::Normal, "Pulling", &format!("Pulling image {image:?}"));
+        let started = Instant::now();
+        match self.ctx.runtime.pull_image(&image, None, &sb.config).await {
+            Ok(image_ref) => {
+                self.pull_failures.remove(&image);
+                self.event(
+                    EventType::Normal,
+                    "Pulled",
+                    &format!("Successfully pulled image {image:?} in {:.3}s", started.elapsed().as_secs_f64()),
+                );
+                let status = self.ctx.runtime.image_status(&image_ref).await.ok().flatten();
+                Ok(status.unwrap_or(cri::Image { id: image_ref, ..Default::default() }))
+            }
+            Err(e) => {
+                let failed_at = now_nanos();
+                self.pull_backoff.next(&image, Failure::instant(failed_at));
+                self.pull_failures.insert(image.clone(), failed_at);
+                let msg = format!("Failed to pull image {image:?}: {e}");
+                self.event(EventType::Warning, "Failed", &msg);
+                self.errors.insert(c.name.clone(), Waiting::new("ErrImagePull", msg));
+                Err(self.retry_later())
+            }
+        }
+    }
+
+    pub(super) async fn start_container(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        kind: ContainerKind,
+        attempt: u32,
+        sb: &SandboxInUse,
+    ) -> Result<(), Failed> {
+        let image = self.ensure_image(c, sb).await?;
+        if let Err(msg) = check_non_root(pod, c, &image) {
+            return Err(self.fail_container(&c.name, "CreateContainerConfigError", msg));
+        }
+        let req = container::ContainerRequest {
+            pod,
+            container: c,
+            kind,
+            attempt,
+            image_ref: &image.id,
+            pod_ips: &sb.ips,
+            node: &self.ctx.node,
+        };
+        let config = match container::container_config(&req) {
+            Ok(cfg) => cfg,
+            Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", e.to_string())),
+        };
+        let log_dir = std::path::Path::new(&sb.config.log_directory).join(&c.name);
+        if let Err(e) = make_dir(&log_dir) {
+            return Err(self.fail_container(&c.name, "CreateContainerError", format!("{}: {e}", log_dir.display())));
+        }
+        let id = match self.ctx.runtime.create_container(&sb.id, &config, &sb.config).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail_container(&c.name, "CreateContainerError", e.to_string())),
+        };
+        self.event(EventType::Normal, "Created", &format!("Created container: {}", c.name));
+        if let Err(e) = self.ctx.runtime.start_container(&id).await {
+            return Err(self.fail_container(&c.name, "RunContainerError", e.to_string()));
+        }
+        self.event(EventType::Normal, "Started", &format!("Started container {}", c.name));
+        logs::link(&self.ctx.node, &self.identity, &c.name, &id, &std::path::Path::new(&sb.config.log_directory).join(&config.log_path));
+        self.errors.remove(&c.name);
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            self.post_start(pod, c, &id, hook, sb).await;
+        }
+        Ok(())
+    }
+
+    /// Runs postStart right after the start. If it fails, the container is
+    /// killed and its restart policy decides what follows, as kubelet does.
+    async fn post_start(&mut self, pod: &Pod, c: &Container, id: &str, hook: &LifecycleHandler, sb: &SandboxInUse) {
+        let pod_ip = sb.ips.first().map(String::as_str).unwrap_or("");
+        let outcome = match handler::hook_target(hook, c, pod_ip, &format!("{}.lifecycle.postStart", c.name)) {
+            Ok(Some(target)) => self.run_hook(&target, id, POST_START_TIMEOUT).await,
+            Ok(None) => Outcome::Success,
+            Err(e) => Outcome::Failure(e.to_string()),
+        };
+        let why = match outcome {
+            Outcome::Success | Outcome::Warning(_) => return,
+            Outcome::Failure(w) | Outcome::Unknown(w) => w,
+        };
+        self.event(EventType::Warning, "FailedPostStartHook", &format!("PostStartHook failed: {why}"));
+        self.errors.insert(c.name.clone(), Waiting::new("PostStartHookError", why));
+        let grace = grace_of(Some(pod), &RuntimePod::empty(self.identity.clone()));
+        let target = StopTarget { id, name: &c.name, spec: Some(c), pod_ip, recorded: None };
+        self.stop_container(&target, "FailedPostStartHook", grace).await;
+    }
+
+}
+
+fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)
+}
+
+/// runAsNonRoot: the effective user (from the spec, else the image) must be
+/// a non-zero numeric UID.
+fn check_non_root(pod: &Pod, c: &Container, image: &cri::Image) -> Result<(), String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    if sc.run_as_non_root.or(psc.run_as_non_root) != Some(true) {
+        return Ok(());
+    }
+    if let Some(uid) = sc.run_as_user.or(psc.run_as_user) {
+        return if uid == 0 { Err("container's runAsUser breaks non-root policy".into()) } else { Ok(()) };
+    }
+    match (&image.uid, image.username.as_str()) {
+        (Some(u), _) if u.value == 0 => Err("container has runAsNonRoot and image will run as root".into()),
+        (Some(_), _) => Ok(()),
+        (None, "") => Err("container has runAsNonRoot and image will run as root".into()),
+        (None, user) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root"
+        )),
+    }
+}
+

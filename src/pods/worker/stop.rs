@@ -1,0 +1,207 @@
+//! Stopping things: one container (its preStop hook first, within the
+//! grace period), a whole pod, and the final teardown of a removed pod.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+
+use super::{MIN_GRACE, Worker, grace_of};
+use crate::pods::events::EventType;
+use crate::pods::plan::{self, Action};
+use crate::pods::{ContainerKind, cgroups, sandbox};
+use crate::probes::handler::{self, Outcome, Target};
+use crate::runtime::labels;
+use crate::runtime::{ObservedContainer, RuntimePod};
+
+/// The extension a preStop hook still running at the deadline gets.
+const PRE_STOP_EXTENSION: i64 = 2;
+
+/// A container to stop, and what its preStop hook needs.
+pub(super) struct StopTarget<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// The container's spec, when the pod still has one.
+    pub spec: Option<&'a Container>,
+    pub pod_ip: &'a str,
+    /// The preStop hook recorded on the container (for orphans).
+    pub recorded: Option<&'a str>,
+}
+
+impl<'a> StopTarget<'a> {
+    pub fn of(c: &'a ObservedContainer, pod: Option<&'a Pod>, pod_ip: &'a str) -> Self {
+        let spec = pod.and_then(|p| p.spec.as_ref()).and_then(|s| plan::containers(s).into_iter().find(|(x, _)| x.name == c.name).map(|(x, _)| x));
+        Self {
+            id: &c.id,
+            name: &c.name,
+            spec,
+            pod_ip,
+            recorded: c.annotations.get(labels::CONTAINER_PRE_STOP_HANDLER).map(String::as_str),
+        }
+    }
+
+    fn pre_stop(&self) -> Option<LifecycleHandler> {
+        match self.spec {
+            Some(c) => c.lifecycle.as_ref()?.pre_stop.clone(),
+            None => serde_json::from_str(self.recorded?).ok(),
+        }
+    }
+}
+
+impl Worker {
+    /// Runs a lifecycle hook. A dry run only goes through the runtime (an
+    /// exec hook prints its ExecSync); it reaches out to no network.
+    pub(super) async fn run_hook(&self, target: &Target, container_id: &str, timeout: Duration) -> Outcome {
+        if self.ctx.dry_run && !matches!(target, Target::Exec { .. }) {
+            return Outcome::Success;
+        }
+        handler::run(target, container_id, self.ctx.runtime.as_ref(), timeout).await
+    }
+
+    /// Runs the container's preStop hook, then StopContainer with what is
+    /// left of the grace period. A hook still running at the deadline is
+    /// cut off and the container gets one 2 s extension, as with kubelet.
+    /// False when StopContainer failed.
+    pub(super) async fn stop_container(&self, t: &StopTarget<'_>, why: &str, grace: i64) -> bool {
+        let msg = if why.is_empty() { format!("Stopping container {}", t.name) } else { why.to_string() };
+        self.event(EventType::Normal, "Killing", &msg);
+        let mut timeout = grace;
+        if let Some(hook) = t.pre_stop() {
+            let spec = t.spec.cloned().unwrap_or_default();
+            let budget = Duration::from_secs(grace.max(0) as u64);
+            let started = Instant::now();
+            let run = async {
+                match handler::hook_target(&hook, &spec, t.pod_ip, &format!("{}.lifecycle.preStop", t.name)) {
+                    Ok(Some(target)) => self.run_hook(&target, t.id, budget).await,
+                    Ok(None) => Outcome::Success,
+                    Err(e) => Outcome::Failure(e.to_string()),
+                }
+            };
+            match tokio::time::timeout(budget, run).await {
+                Ok(Outcome::Failure(w)) | Ok(Outcome::Unknown(w)) => {
+                    self.event(EventType::Warning, "FailedPreStopHook", &format!("PreStopHook failed: {w}"));
+                    timeout = grace - started.elapsed().as_secs() as i64;
+                }
+                Ok(_) => timeout = grace - started.elapsed().as_secs() as i64,
+                Err(_) => {
+                    tracing::info!(container = %t.name, grace, "preStop hook did not complete within the grace period; 2 s more");
+                    timeout = PRE_STOP_EXTENSION;
+                }
+            }
+        }
+        match self.ctx.runtime.stop_container(t.id, timeout.max(MIN_GRACE)).await {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e) => {
+                tracing::warn!(container = %t.name, error = %e, "stopping the container failed");
+                false
+            }
+        }
+    }
+
+    /// Stops the app containers together, then the sidecars one by one in
+    /// reverse order, all within one grace period; then every ready sandbox.
+    pub(super) async fn kill_pod(&self, pod: Option<&Pod>, obs: &RuntimePod) {
+        let grace = grace_of(pod, obs);
+        let deadline = Instant::now() + Duration::from_secs(grace as u64);
+        let order: Vec<String> = pod
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| {
+                plan::containers(s)
+                    .into_iter()
+                    .filter(|(_, k)| *k == ContainerKind::Sidecar)
+                    .map(|(c, _)| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let is_sidecar = |c: &ObservedContainer| match pod {
+            Some(_) => order.contains(&c.name),
+            None => c.kind() == Some(ContainerKind::Sidecar.as_str()),
+        };
+        let (mut sidecars, apps): (Vec<&ObservedContainer>, Vec<&ObservedContainer>) =
+            obs.running().partition(|c| is_sidecar(c));
+        let pod_ip = obs.latest_sandbox().and_then(|s| s.ips.first()).map(String::as_str).unwrap_or("");
+        futures::future::join_all(apps.iter().map(|c| {
+            let t = StopTarget::of(c, pod, pod_ip);
+            async move { self.stop_container(&t, "", grace).await }
+        }))
+        .await;
+        // Reverse start order: by spec position, or newest first for orphans.
+        sidecars.sort_by_key(|c| std::cmp::Reverse(order.iter().position(|n| *n == c.name).unwrap_or(0)));
+        for c in sidecars {
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+            self.stop_container(&StopTarget::of(c, pod, pod_ip), "", left.max(MIN_GRACE)).await;
+        }
+        for s in obs.sandboxes.iter().filter(|s| s.ready) {
+            if let Err(e) = self.ctx.runtime.stop_pod_sandbox(&s.id).await
+                && !e.is_not_found()
+            {
+                tracing::warn!(sandbox = %s.id, error = %e, "stopping the sandbox failed");
+            }
+        }
+    }
+
+    /// Stops and removes everything the pod has, retrying until done.
+    pub(super) async fn terminate(&mut self) {
+        let pod = self.pod.clone();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let obs = match self.inspector.inspect(self.ctx.runtime.as_ref(), &self.identity).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the pod's runtime state; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let actions = plan::teardown(&obs);
+            if actions.is_empty() {
+                break;
+            }
+            let mut ok = true;
+            for a in actions {
+                let result = match a {
+                    Action::KillPod => {
+                        self.kill_pod(pod.as_deref(), &obs).await;
+                        Ok(())
+                    }
+                    Action::RemoveContainer { id } => {
+                        let r = self.ctx.runtime.remove_container(&id).await;
+                        if r.is_ok() {
+                            self.unlink_log(&obs, &id);
+                        }
+                        r
+                    }
+                    Action::RemoveSandbox { id } => self.ctx.runtime.remove_pod_sandbox(&id).await,
+                    _ => Ok(()),
+                };
+                if let Err(e) = result
+                    && !e.is_not_found()
+                {
+                    tracing::warn!(error = %e, "removing the pod failed; retrying");
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        let node = &self.ctx.node;
+        for dir in [sandbox::log_dir(node, &self.identity), sandbox::pod_dir(node, &self.identity.uid)] {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod's directory");
+            }
+        }
+        if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
+            && let Some(p) = &pod
+        {
+            cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node));
+        }
+        self.ctx.statuses.remove(&self.identity.uid);
+        tracing::info!("pod removed");
+    }
+}
