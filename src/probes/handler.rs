@@ -145,9 +145,9 @@ fn clip(bytes: &[u8]) -> String {
     s.trim().to_string()
 }
 
-/// The one HTTP client probes and hooks share: no connection reuse (as
-/// kubelet: probes must not keep connections open), certificates not
-/// verified, redirects followed only within the same host.
+/// The client HTTPS probes and hooks share: no connection reuse (as kubelet:
+/// probes must not keep connections open), certificates not verified,
+/// redirects followed only within the same host.
 fn http_client() -> Option<&'static reqwest::Client> {
     static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
     CLIENT
@@ -178,8 +178,87 @@ fn bracket(host: &str) -> String {
 }
 
 async fn run_http(scheme: &str, host: &str, port: u16, path: &str, headers: &[(String, String)], timeout: Duration) -> Outcome {
-    let Some(client) = http_client() else { return Outcome::Unknown("no HTTP client".into()) };
-    let url = format!("{}://{}:{port}{path}", scheme.to_lowercase(), bracket(host));
+    if scheme.eq_ignore_ascii_case("HTTPS") {
+        return run_https(host, port, path, headers, timeout).await;
+    }
+    let url = format!("http://{}:{port}{path}", bracket(host));
+    match tokio::time::timeout(timeout, http_get(host, port, path, headers)).await {
+        Err(_) => Outcome::Failure(format!("Get \"{url}\": context deadline exceeded")),
+        Ok(Err(e)) => Outcome::Failure(format!("Get \"{url}\": {e}")),
+        Ok(Ok(outcome)) => outcome,
+    }
+}
+
+/// Plain-HTTP probes with a bare HTTP/1.1 exchange on a fresh connection:
+/// they are the common case, run often, and need none of a general
+/// client's machinery. Redirects within the same host are followed (up to
+/// ten); one to elsewhere ends the probe as a success with a warning.
+async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<Outcome, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let mut path = path.to_string();
+    for _ in 0..10 {
+        let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("dial tcp: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let driver = tokio::spawn(conn);
+        let mut req = hyper::Request::get(path.as_str()).header("Connection", "close");
+        // The probe's own headers win over the defaults (a Host header too).
+        let given = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        let defaults = [
+            ("Host", format!("{}:{port}", bracket(host))),
+            ("User-Agent", concat!("kube-probe/nodelet-", env!("CARGO_PKG_VERSION")).to_string()),
+            ("Accept", "*/*".to_string()),
+        ];
+        for (k, v) in defaults.iter().filter(|(k, _)| !given(k)) {
+            req = req.header(*k, v.as_str());
+        }
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(Empty::<hyper::body::Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| error_chain(&e));
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                driver.abort();
+                return Err(e);
+            }
+        };
+        let status = resp.status().as_u16();
+        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = Limited::new(resp.into_body(), MAX_OUTPUT).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        driver.abort();
+        if (300..400).contains(&status) {
+            if let Some(next) = location.as_deref().and_then(|l| same_host_path(l, host, port)) {
+                path = next;
+                continue;
+            }
+            return Ok(Outcome::Warning(format!("Probe terminated redirects, Response body: {}", clip(&body))));
+        }
+        return Ok(if (200..400).contains(&status) {
+            Outcome::Success
+        } else {
+            Outcome::Failure(format!("HTTP probe failed with statuscode: {status}"))
+        });
+    }
+    Err("stopped after 10 redirects".into())
+}
+
+/// The path of a redirect that stays on `host:port`, if it does.
+fn same_host_path(location: &str, host: &str, port: u16) -> Option<String> {
+    if location.starts_with('/') {
+        return Some(location.to_string());
+    }
+    let rest = location.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let same = authority == format!("{}:{port}", bracket(host)) || (port == 80 && authority == bracket(host));
+    same.then_some(path)
+}
+
+async fn run_https(host: &str, port: u16, path: &str, headers: &[(String, String)], timeout: Duration) -> Outcome {
+    let Some(client) = http_client() else { return Outcome::Unknown("no HTTPS client".into()) };
+    let url = format!("https://{}:{port}{path}", bracket(host));
     let mut req = client.get(&url).timeout(timeout).header("Accept", "*/*");
     for (k, v) in headers {
         req = req.header(k, v);
@@ -190,8 +269,6 @@ async fn run_http(scheme: &str, host: &str, port: u16, path: &str, headers: &[(S
         Ok(resp) => {
             let status = resp.status();
             let body = resp.bytes().await.map(|b| clip(&b)).unwrap_or_default();
-            // Redirects within the host were followed; one left over points
-            // elsewhere: a success, with a warning, as kubelet.
             if status.is_redirection() {
                 Outcome::Warning(format!("Probe terminated redirects, Response body: {body}"))
             } else if (200..400).contains(&status.as_u16()) {
@@ -332,6 +409,8 @@ mod tests {
                     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
                 } else if req.starts_with("GET /away ") {
                     "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.invalid/\r\nContent-Length: 0\r\n\r\n".to_string()
+                } else if req.starts_with("GET /moved ") {
+                    "HTTP/1.1 301 Moved\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n".to_string()
                 } else {
                     "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom".to_string()
                 };
@@ -347,5 +426,8 @@ mod tests {
             Outcome::Failure("HTTP probe failed with statuscode: 500".into())
         );
         assert!(matches!(run_http("HTTP", "127.0.0.1", port, "/away", &[], t).await, Outcome::Warning(_)), "a redirect to another host is a success with a warning");
+        assert_eq!(run_http("HTTP", "127.0.0.1", port, "/moved", &[], t).await, Outcome::Success, "same-host redirects are followed");
+        assert_eq!(same_host_path("http://10.0.0.1:8080/x", "10.0.0.1", 8080), Some("/x".into()));
+        assert_eq!(same_host_path("http://other:8080/x", "10.0.0.1", 8080), None);
     }
 }
