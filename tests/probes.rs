@@ -116,15 +116,12 @@ async fn tcp_and_grpc_probes_pass_and_fail() {
     ready("tcp", false).await;
 
     // grpc: a health server in the pod's network namespace, run by the test.
-    let ip = eventually(30 * S, "grpc's pod IP", || async {
-        node.status("grpc").and_then(|st| st["status"]["podIP"].as_str().map(str::to_string))
-    })
-    .await;
-    let netns = node.pod_netns(&ip);
+    eventually(30 * S, "grpc running", || async { node.instances("grpc", "c").await.into_iter().find(is_running) }).await;
+    let netns = node.pod_netns("grpc").await;
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("nodelet", ServingStatus::NotServing).await;
     std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+        let f = std::fs::File::open(&netns).unwrap();
         nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {

@@ -282,24 +282,21 @@ impl Node {
         self.cri().await.exec_sync(container_id, &cmd, 10).await.expect("ExecSync")
     }
 
-    /// The network namespace (under /run/netns) that holds a pod IP.
-    pub fn pod_netns(&self, ip: &str) -> String {
-        let ns = self.netns.clone();
-        let ip = ip.to_string();
-        in_netns(&ns, move || {
-            let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
-            for line in String::from_utf8_lossy(&list.stdout).lines() {
-                let name = line.split_whitespace().next().unwrap_or("");
-                if !name.starts_with("cni-") {
-                    continue;
-                }
-                let addrs = Command::new("ip").args(["-n", name, "-4", "-o", "addr"]).output().unwrap();
-                if String::from_utf8_lossy(&addrs.stdout).contains(&format!(" {ip}/")) {
-                    return name.to_string();
-                }
-            }
-            panic!("no network namespace holds {ip}");
-        })
+    /// The path of a pod's network namespace, from the runtime's verbose
+    /// sandbox status (pod IPs repeat across test nodes, namespaces do not).
+    pub async fn pod_netns(&self, pod: &str) -> PathBuf {
+        let sandbox = self.sandboxes(pod).await.into_iter().find(|s| s.state == 0).expect("a ready sandbox");
+        let channel = nodelet::runtime::remote::unix_channel(&self.endpoint).await.unwrap();
+        let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
+        let status = client
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: sandbox.id, verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+        let namespaces = info["runtimeSpec"]["linux"]["namespaces"].as_array().unwrap();
+        let net = namespaces.iter().find(|n| n["type"] == "network").expect("a network namespace");
+        PathBuf::from(net["path"].as_str().unwrap())
     }
 
     /// GET from nodelet's local endpoint (inside the namespace).
