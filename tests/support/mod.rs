@@ -23,6 +23,8 @@ use nodelet::runtime::cri;
 use nodelet::runtime::remote::RemoteRuntime;
 use nodelet::runtime::Runtime;
 
+pub mod apiserver;
+
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
 const CONTAINERD_CONFIG: &str = include_str!("containerd-config.toml");
 const CNI_CONFIG: &str = include_str!("cni.conflist");

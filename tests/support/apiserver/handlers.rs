@@ -1,0 +1,719 @@
+//! Request handling with the apiserver's semantics: routing of the
+//! REST paths, authentication and a coarse authorization, list and watch
+//! (resourceVersion, bookmarks, 410 Gone, selectors), create with
+//! server-side defaulting, update with optimistic concurrency (409), the
+//! status and approval subresources, patch, and graceful pod deletion.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use super::patch;
+use super::pki::{self, Ca};
+use super::select::Selector;
+use super::store::{Change, Store};
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    fn in_group(&self, g: &str) -> bool {
+        self.groups.iter().any(|x| x == g)
+    }
+}
+
+pub struct State {
+    pub store: Mutex<Store>,
+    pub ca: Ca,
+    /// Bearer tokens (token.csv style and bootstrap tokens).
+    pub tokens: Mutex<HashMap<String, Identity>>,
+    /// Requests served, by user.
+    pub requests: Mutex<HashMap<String, u64>>,
+    /// How long certificates issued from CSRs last.
+    pub cert_lifetime: Mutex<Duration>,
+    /// Approve kubelet client CSRs as kube-controller-manager's approver
+    /// does (from bootstrappers, and renewals by the node itself).
+    pub auto_approve: Mutex<bool>,
+    /// How often watches get a bookmark.
+    pub bookmark_every: Duration,
+}
+
+struct Resource {
+    group: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+}
+
+const RESOURCES: &[Resource] = &[
+    Resource { group: "", plural: "pods", kind: "Pod", namespaced: true },
+    Resource { group: "", plural: "nodes", kind: "Node", namespaced: false },
+    Resource { group: "", plural: "events", kind: "Event", namespaced: true },
+    Resource { group: "", plural: "namespaces", kind: "Namespace", namespaced: false },
+    Resource { group: "", plural: "configmaps", kind: "ConfigMap", namespaced: true },
+    Resource { group: "", plural: "secrets", kind: "Secret", namespaced: true },
+    Resource { group: "", plural: "services", kind: "Service", namespaced: true },
+    Resource { group: "", plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true },
+    Resource { group: "coordination.k8s.io", plural: "leases", kind: "Lease", namespaced: true },
+    Resource { group: "certificates.k8s.io", plural: "certificatesigningrequests", kind: "CertificateSigningRequest", namespaced: false },
+    Resource { group: "events.k8s.io", plural: "events", kind: "Event", namespaced: true },
+    Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
+];
+
+impl Resource {
+    fn key(&self) -> String {
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+    }
+
+    fn api_version(&self, version: &str) -> String {
+        if self.group.is_empty() { version.to_string() } else { format!("{}/{version}", self.group) }
+    }
+}
+
+/// A parsed REST path.
+struct Target {
+    res: &'static Resource,
+    version: String,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, mut rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let mut ns = None;
+    if rest.len() >= 3 && rest[0] == "namespaces" {
+        ns = Some(rest[1].to_string());
+        rest = &rest[2..];
+    }
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    let res = RESOURCES.iter().find(|r| r.group == group && r.plural == plural)?;
+    if !res.namespaced && ns.is_some() {
+        return None;
+    }
+    Some(Target { res, version: version.to_string(), ns, name, sub })
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_suffix(n: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn uid() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::rng().random();
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "application/json")
+        .body(Body::from(serde_json::to_vec(v).unwrap_or_default()))
+        .expect("static response parts")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &v)
+}
+
+fn not_found(t: &Target) -> Response<Body> {
+    let name = t.name.clone().unwrap_or_default();
+    status(404, "NotFound", &format!("{} \"{name}\" not found", t.res.key()))
+}
+
+/// Coarse RBAC: masters do anything; bootstrappers only handle CSRs; nodes
+/// do what a kubelet does but may not approve CSRs.
+fn authorized(who: &Identity, t: &Target, method: &Method) -> bool {
+    if who.in_group("system:masters") {
+        return true;
+    }
+    if who.in_group("system:bootstrappers") {
+        return t.res.plural == "certificatesigningrequests" && t.sub.is_none() && (*method == Method::GET || *method == Method::POST);
+    }
+    if who.in_group("system:nodes") {
+        return t.sub.as_deref() != Some("approval");
+    }
+    false
+}
+
+fn query(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let bearer = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let who = who.or_else(|| bearer.and_then(|t| state.tokens.lock().unwrap().get(&t).cloned()));
+    let Some(who) = who else {
+        return status(401, "Unauthorized", "Unauthorized");
+    };
+    *state.requests.lock().unwrap().entry(who.user.clone()).or_default() += 1;
+    if parts.uri.path() == "/version" {
+        return json_response(StatusCode::OK, &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-nodelet-test"}));
+    }
+    let Some(t) = parse_path(parts.uri.path()) else {
+        return status(404, "NotFound", &format!("the server could not find the requested resource ({})", parts.uri.path()));
+    };
+    if !authorized(&who, &t, &parts.method) {
+        return status(403, "Forbidden", &format!("User \"{}\" cannot {} resource \"{}\"", who.user, parts.method, t.res.key()));
+    }
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let q = query(&parts.uri);
+    let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    match (parts.method.clone(), t.name.is_some()) {
+        (Method::GET, false) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => watch(state, &t, &q),
+        (Method::GET, false) => list(&state, &t, &q),
+        (Method::GET, true) => get(&state, &t),
+        (Method::POST, false) => create(&state, &t, &who, &body),
+        (Method::PUT, true) => update(&state, &t, &body),
+        (Method::PATCH, true) => patch_object(&state, &t, &content_type, &body),
+        (Method::DELETE, true) => delete(&state, &t, &q, &body),
+        _ => status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
+    }
+}
+
+fn selectors(q: &HashMap<String, String>) -> Result<(Selector, Selector), Response<Body>> {
+    let labels = Selector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(|e| status(400, "BadRequest", &e))?;
+    let fields = Selector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(|e| status(400, "BadRequest", &e))?;
+    Ok((labels, fields))
+}
+
+fn with_type(t: &Target, mut v: Value) -> Value {
+    v["kind"] = Value::String(t.res.kind.to_string());
+    v["apiVersion"] = Value::String(t.res.api_version(&t.version));
+    v
+}
+
+fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
+    let (labels, fields) = match selectors(q) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let store = state.store.lock().unwrap();
+    let items: Vec<Value> = store
+        .list(&t.res.key(), t.ns.as_deref())
+        .into_iter()
+        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
+        .map(|o| with_type(t, o))
+        .collect();
+    let v = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(&t.version),
+        "metadata": {"resourceVersion": store.rv().to_string()}, "items": items});
+    json_response(StatusCode::OK, &v)
+}
+
+fn get(state: &State, t: &Target) -> Response<Body> {
+    let store = state.store.lock().unwrap();
+    match store.get(&t.res.key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
+        Some(o) => json_response(StatusCode::OK, &with_type(t, o.clone())),
+        None => not_found(t),
+    }
+}
+
+fn watch_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn gone(rv: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("too old resource version: {rv}"), "reason": "Expired", "code": 410})
+}
+
+/// A watch stream: the current objects (from version "0" or none), or the
+/// changes after the given version (410 Gone when it is expired), then live
+/// changes, with bookmarks when asked for, until timeoutSeconds.
+fn watch(state: Arc<State>, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
+    let (labels, fields) = match selectors(q) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let matches = move |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
+    let key = t.res.key();
+    let ns = t.ns.clone();
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+    let timeout = q.get("timeoutSeconds").and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+    let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
+    let kind = t.res.kind;
+    let api_version = t.res.api_version(&t.version);
+    let typed = move |mut v: Value| {
+        v["kind"] = Value::String(kind.to_string());
+        v["apiVersion"] = Value::String(api_version.clone());
+        v
+    };
+    let in_scope = {
+        let key = key.clone();
+        let ns = ns.clone();
+        move |resource: &str, o: &Value| {
+            resource == key && ns.as_deref().is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let every = state.bookmark_every;
+    tokio::spawn(async move {
+        let (mut live, backlog, mut sent_rv) = {
+            let store = state.store.lock().unwrap();
+            let live = store.subscribe();
+            let current = store.rv();
+            if rv_param.is_empty() || rv_param == "0" {
+                let initial: Vec<(Change, Value)> =
+                    store.list(&key, ns.as_deref()).into_iter().filter(|o| matches(o)).map(|o| (Change::Added, o)).collect();
+                (live, Ok(initial), current)
+            } else {
+                match rv_param.parse::<u64>().ok().and_then(|rv| store.since(rv).map(|evs| (rv, evs))) {
+                    None => (live, Err(()), current),
+                    Some((rv, evs)) => {
+                        let mut out = Vec::new();
+                        for e in evs.iter().filter(|e| in_scope(&e.resource, &e.object)) {
+                            if let Some(line) = transition(e.change, e.old.as_ref(), &e.object, &matches) {
+                                out.push(line);
+                            }
+                        }
+                        (live, Ok(out), evs.last().map_or(rv, |e| e.rv).max(rv))
+                    }
+                }
+            }
+        };
+        match backlog {
+            Err(()) => {
+                let _ = tx.send(Ok(watch_line("ERROR", &gone(&rv_param)))).await;
+                return;
+            }
+            Ok(items) => {
+                for (change, obj) in items {
+                    if tx.send(Ok(watch_line(change.as_str(), &typed(obj)))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tick.tick(), if bookmarks => {
+                    let rv = state.store.lock().unwrap().rv();
+                    let mark = json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+                    if tx.send(Ok(watch_line("BOOKMARK", &mark))).await.is_err() {
+                        return;
+                    }
+                }
+                ev = live.recv() => match ev {
+                    Ok(e) => {
+                        if e.rv <= sent_rv || !in_scope(&e.resource, &e.object) {
+                            continue;
+                        }
+                        sent_rv = e.rv;
+                        if let Some((change, obj)) = transition(e.change, e.old.as_ref(), &e.object, &matches)
+                            && tx.send(Ok(watch_line(change.as_str(), &typed(obj)))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx.send(Ok(watch_line("ERROR", &gone(&sent_rv.to_string())))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(Body::from_stream(stream))
+        .expect("static response parts")
+}
+
+/// What a watcher with a selector sees of a change: objects moving into or
+/// out of the selection appear as added or deleted.
+fn transition(change: Change, old: Option<&Value>, new: &Value, matches: &dyn Fn(&Value) -> bool) -> Option<(Change, Value)> {
+    let now = matches(new);
+    let before = old.is_some_and(|o| matches(o));
+    match change {
+        Change::Deleted => now.then(|| (Change::Deleted, new.clone())),
+        Change::Added => now.then(|| (Change::Added, new.clone())),
+        Change::Modified => match (before, now) {
+            (true, true) => Some((Change::Modified, new.clone())),
+            (false, true) => Some((Change::Added, new.clone())),
+            (true, false) => Some((Change::Deleted, new.clone())),
+            (false, false) => None,
+        },
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    serde_yaml::from_slice::<Value>(body).map_err(|e| status(400, "BadRequest", &format!("the body is not JSON or YAML: {e}")))
+}
+
+/// The defaults and admission a real apiserver applies to a new pod.
+fn admit_pod(obj: &mut Value) -> Result<(), Response<Body>> {
+    let mut pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(obj.clone()).map_err(|e| status(400, "BadRequest", &format!("invalid Pod: {e}")))?;
+    nodelet::pods::manifest::set_defaults(&mut pod);
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    // ServiceAccount admission.
+    if spec.service_account_name.as_deref().is_none_or(str::is_empty) {
+        spec.service_account_name = Some("default".into());
+    }
+    spec.priority.get_or_insert(0);
+    // DefaultTolerationSeconds admission.
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(k8s_openapi::api::core::v1::Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(300),
+                ..Default::default()
+            });
+        }
+    }
+    let automount = spec.automount_service_account_token != Some(false);
+    if automount {
+        let name = format!("kube-api-access-{}", random_suffix(5));
+        let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(json!({
+            "name": name,
+            "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]}
+        }))
+        .expect("a valid volume");
+        spec.volumes.get_or_insert_with(Vec::new).push(vol);
+        for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+            c.volume_mounts.get_or_insert_with(Vec::new).push(k8s_openapi::api::core::v1::VolumeMount {
+                name: name.clone(),
+                mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    let qos = nodelet::pods::qos::qos_class(spec).as_str().to_string();
+    let mut v = serde_json::to_value(&pod).map_err(|e| status(500, "InternalError", &e.to_string()))?;
+    if v["status"].is_null() {
+        v["status"] = json!({"phase": "Pending", "qosClass": qos});
+    }
+    *obj = v;
+    Ok(())
+}
+
+fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Response<Body> {
+    let mut obj = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if obj["metadata"].is_null() {
+        obj["metadata"] = json!({});
+    }
+    let ns = if t.res.namespaced {
+        let url_ns = t.ns.clone().unwrap_or_default();
+        match obj["metadata"]["namespace"].as_str() {
+            Some(n) if !n.is_empty() && n != url_ns => {
+                return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request");
+            }
+            _ => obj["metadata"]["namespace"] = Value::String(url_ns.clone()),
+        }
+        url_ns
+    } else {
+        String::new()
+    };
+    let name = match obj["metadata"]["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => match obj["metadata"]["generateName"].as_str() {
+            Some(prefix) => format!("{prefix}{}", random_suffix(5)),
+            None => return status(422, "Invalid", "metadata.name: Required value: name or generateName is required"),
+        },
+    };
+    obj["metadata"]["name"] = Value::String(name.clone());
+    obj["metadata"]["uid"] = Value::String(uid());
+    obj["metadata"]["creationTimestamp"] = Value::String(now());
+    obj["metadata"]["generation"] = json!(1);
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+    }
+    match t.res.plural {
+        "pods" => {
+            if let Err(r) = admit_pod(&mut obj) {
+                return r;
+            }
+        }
+        "certificatesigningrequests" => {
+            obj["spec"]["username"] = Value::String(who.user.clone());
+            obj["spec"]["groups"] = json!(who.groups);
+            obj["status"] = json!({});
+        }
+        _ => {}
+    }
+    let mut store = state.store.lock().unwrap();
+    if store.get(&t.res.key(), &ns, &name).is_some() {
+        return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.key()));
+    }
+    let stored = store.put(&t.res.key(), &ns, &name, obj);
+    drop(store);
+    if t.res.plural == "certificatesigningrequests" {
+        maybe_auto_approve(state, &name);
+    }
+    json_response(StatusCode::CREATED, &with_type(t, stored))
+}
+
+/// Applies a new version of an object through the main resource or a
+/// subresource: the main resource keeps the stored status, `status` keeps
+/// everything but the status, `approval` only takes the conditions.
+fn apply_update(t: &Target, current: &Value, mut new: Value) -> Value {
+    match t.sub.as_deref() {
+        Some("status") => {
+            let mut merged = current.clone();
+            merged["status"] = new["status"].take();
+            merged
+        }
+        Some("approval") => {
+            let mut merged = current.clone();
+            merged["status"]["conditions"] = new["status"]["conditions"].take();
+            merged
+        }
+        _ => {
+            // Identity and bookkeeping stay the server's.
+            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+                match current["metadata"].get(f) {
+                    Some(v) => new["metadata"][f] = v.clone(),
+                    None => {
+                        if let Some(m) = new["metadata"].as_object_mut() {
+                            m.remove(f);
+                        }
+                    }
+                }
+            }
+            if t.res.plural != "certificatesigningrequests" && !current["status"].is_null() {
+                new["status"] = current["status"].clone();
+            }
+            new
+        }
+    }
+}
+
+fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<String>) -> Response<Body> {
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut store = state.store.lock().unwrap();
+    let Some(current) = store.get(&t.res.key(), &ns, &name).cloned() else { return not_found(t) };
+    if let Some(rv) = check_rv.filter(|rv| !rv.is_empty())
+        && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+    {
+        return status(
+            409,
+            "Conflict",
+            &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.res.key()),
+        );
+    }
+    let merged = apply_update(t, &current, new);
+    if merged == current {
+        return json_response(StatusCode::OK, &with_type(t, current));
+    }
+    let stored = store.put(&t.res.key(), &ns, &name, merged);
+    drop(store);
+    if t.sub.as_deref() == Some("approval") {
+        spawn_signer(state.clone(), name);
+    }
+    json_response(StatusCode::OK, &with_type(t, stored))
+}
+
+fn update(state: &Arc<State>, t: &Target, body: &Bytes) -> Response<Body> {
+    let new = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let rv = new["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    store_update(state, t, new, rv)
+}
+
+fn patch_object(state: &Arc<State>, t: &Target, content_type: &str, body: &Bytes) -> Response<Body> {
+    let p = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let current = {
+        let store = state.store.lock().unwrap();
+        match store.get(&t.res.key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
+            Some(c) => c.clone(),
+            None => return not_found(t),
+        }
+    };
+    let mut new = current.clone();
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    match ct {
+        "application/merge-patch+json" => patch::merge(&mut new, &p),
+        "application/strategic-merge-patch+json" => patch::strategic(&mut new, &p),
+        "application/json-patch+json" => {
+            if let Err(e) = patch::json_patch(&mut new, &p) {
+                return status(422, "Invalid", &e);
+            }
+        }
+        other => return status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format: {other}")),
+    }
+    // A patch may carry preconditions of its own: a resourceVersion, and a
+    // UID that must be the object's (kubelet sends one with status patches).
+    if let Some(uid) = p["metadata"]["uid"].as_str()
+        && current["metadata"]["uid"].as_str() != Some(uid)
+    {
+        return status(
+            409,
+            "Conflict",
+            &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current["metadata"]["uid"]),
+        );
+    }
+    let rv = p["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    store_update(state, t, new, rv)
+}
+
+fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &Bytes) -> Response<Body> {
+    let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut store = state.store.lock().unwrap();
+    let Some(current) = store.get(&t.res.key(), &ns, &name).cloned() else { return not_found(t) };
+    let pre = &opts["preconditions"];
+    let conflict = (pre["uid"].is_string() && pre["uid"] != current["metadata"]["uid"])
+        || (pre["resourceVersion"].is_string() && pre["resourceVersion"] != current["metadata"]["resourceVersion"]);
+    if conflict {
+        return status(409, "Conflict", &format!("Precondition failed for {} \"{name}\"", t.res.key()));
+    }
+    if t.res.plural == "pods" {
+        let bound = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+        let grace = grace.unwrap_or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
+        let already = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if bound && grace > 0 {
+            // Graceful deletion: the kubelet stops the pod, then deletes it
+            // with grace 0.
+            if already.is_some_and(|a| a <= grace) {
+                return json_response(StatusCode::OK, &with_type(t, current));
+            }
+            let mut marked = current.clone();
+            let at = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(grace);
+            marked["metadata"]["deletionTimestamp"] = Value::String(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            let stored = store.put(&t.res.key(), &ns, &name, marked);
+            return json_response(StatusCode::OK, &with_type(t, stored));
+        }
+    }
+    match store.remove(&t.res.key(), &ns, &name) {
+        Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
+        None => not_found(t),
+    }
+}
+
+fn is_kubelet_client_csr(csr: &Value) -> bool {
+    csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+}
+
+/// kube-controller-manager's CSR approver: a kubelet client CSR from a
+/// bootstrapper, or from the node itself for itself, is approved.
+fn maybe_auto_approve(state: &Arc<State>, name: &str) {
+    if !*state.auto_approve.lock().unwrap() {
+        return;
+    }
+    let mut store = state.store.lock().unwrap();
+    let key = "certificatesigningrequests.certificates.k8s.io";
+    let Some(mut csr) = store.get(key, "", name).cloned() else { return };
+    if !is_kubelet_client_csr(&csr) {
+        return;
+    }
+    let groups: Vec<String> = serde_json::from_value(csr["spec"]["groups"].clone()).unwrap_or_default();
+    let user = csr["spec"]["username"].as_str().unwrap_or("").to_string();
+    let request = csr["spec"]["request"].as_str().and_then(|r| base64_decode(r)).unwrap_or_default();
+    let subject = pki::csr_subject(&String::from_utf8_lossy(&request));
+    let self_renewal = subject.as_ref().is_some_and(|(cn, _)| *cn == user);
+    if !(groups.iter().any(|g| g == "system:bootstrappers") || self_renewal) {
+        return;
+    }
+    csr["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "AutoApproved",
+        "message": "Auto approving kubelet client certificate", "lastUpdateTime": now()}]);
+    store.put(key, "", name, csr);
+    drop(store);
+    spawn_signer(state.clone(), name.to_string());
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The signing controller: an approved kubelet client CSR gets its
+/// certificate shortly after approval.
+fn spawn_signer(state: Arc<State>, name: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let key = "certificatesigningrequests.certificates.k8s.io";
+        let mut store = state.store.lock().unwrap();
+        let Some(mut csr) = store.get(key, "", &name).cloned() else { return };
+        let approved = csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Approved");
+        if !approved || !csr["status"]["certificate"].is_null() || !is_kubelet_client_csr(&csr) {
+            return;
+        }
+        let request = csr["spec"]["request"].as_str().and_then(base64_decode).unwrap_or_default();
+        let lifetime = *state.cert_lifetime.lock().unwrap();
+        match state.ca.sign_csr(&String::from_utf8_lossy(&request), lifetime) {
+            Ok(pem) => csr["status"]["certificate"] = Value::String(base64_encode(pem.as_bytes())),
+            Err(e) => {
+                let cond = json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": e});
+                csr["status"]["conditions"].as_array_mut().map(|c| c.push(cond.clone()));
+            }
+        }
+        store.put(key, "", &name, csr);
+    });
+}

@@ -1,0 +1,273 @@
+//! A test apiserver: HTTPS with client-certificate and bearer-token
+//! authentication, serving the API semantics nodelet relies on (see
+//! handlers.rs). It listens on 127.0.0.1 inside a test node's network
+//! namespace, so nodelet reaches it as it would a real apiserver and the
+//! host's network is untouched; the tests reach it through sockets opened in
+//! that namespace. It can be stopped and restarted on the same port, and its
+//! history compacted to force 410 Gone.
+
+pub mod handlers;
+mod patch;
+pub mod pki;
+mod select;
+pub mod store;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::task::JoinHandle;
+
+pub use handlers::{Identity, State};
+pub use pki::Pair;
+
+/// The bootstrap token the tests use (kubeadm's format: id.secret).
+pub const BOOTSTRAP_TOKEN: &str = "abcdef.0123456789abcdef";
+
+pub struct ApiServer {
+    pub state: Arc<State>,
+    pub netns: String,
+    pub port: u16,
+    tls: Arc<rustls::ServerConfig>,
+    serving: Option<JoinHandle<()>>,
+    pub admin: Pair,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TCP listener on 127.0.0.1:`port`, created inside network namespace
+/// `netns`.
+fn listen_in(netns: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
+    let ns = netns.to_string();
+    std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
+        super::enter_netns(&ns)?;
+        let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("listener thread panicked"))?
+}
+
+impl ApiServer {
+    pub async fn start(netns: &str) -> ApiServer {
+        let ca = pki::Ca::new();
+        let server = ca.server();
+        let admin = ca.client("admin", &["system:masters"]);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+            roots.add(c.expect("CA PEM")).expect("CA root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .expect("client verifier");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(server.cert_pem.as_bytes()).map(|c| c.expect("server cert")).collect();
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("server key");
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .expect("server TLS config");
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut tokens = HashMap::new();
+        let (id, _) = BOOTSTRAP_TOKEN.split_once('.').expect("token format");
+        tokens.insert(
+            BOOTSTRAP_TOKEN.to_string(),
+            Identity { user: format!("system:bootstrap:{id}"), groups: vec!["system:bootstrappers".into(), "system:authenticated".into()] },
+        );
+        let state = Arc::new(State {
+            store: Mutex::new(store::Store::default()),
+            ca,
+            tokens: Mutex::new(tokens),
+            requests: Mutex::new(HashMap::new()),
+            cert_lifetime: Mutex::new(Duration::from_secs(86400)),
+            auto_approve: Mutex::new(false),
+            bookmark_every: Duration::from_secs(1),
+        });
+        let listener = listen_in(netns, 0).expect("apiserver listener");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut api = ApiServer { state, netns: netns.to_string(), port, tls: Arc::new(tls), serving: None, admin };
+        api.serve(listener);
+        api
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let state = self.state.clone();
+        self.serving = Some(tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                conns.spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| pki::subject(c)).map(
+                        |(user, mut groups)| {
+                            groups.push("system:authenticated".into());
+                            Identity { user, groups }
+                        },
+                    );
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        let who = who.clone();
+                        async move { Ok::<_, Infallible>(handlers::handle(state, who, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops serving and drops every connection (watches break, as when a
+    /// real apiserver goes away); the data stays.
+    pub fn stop(&mut self) {
+        if let Some(h) = self.serving.take() {
+            h.abort();
+        }
+    }
+
+    /// Serves again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let listener = listen_in(&self.netns, self.port).expect("re-listen on the same port");
+        self.serve(listener);
+    }
+
+    /// Compacts the history and drops every connection, so each watch
+    /// resumes from an expired resourceVersion and gets 410 Gone.
+    pub async fn force_410(&mut self) {
+        self.state.store.lock().unwrap().compact();
+        self.restart().await;
+    }
+
+    /// Requests served for a user so far.
+    pub fn requests_by(&self, user: &str) -> u64 {
+        self.state.requests.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    pub fn set_auto_approve(&self, on: bool) {
+        *self.state.auto_approve.lock().unwrap() = on;
+    }
+
+    pub fn set_cert_lifetime(&self, d: Duration) {
+        *self.state.cert_lifetime.lock().unwrap() = d;
+    }
+
+    fn ca_b64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(self.state.ca.cert_pem.as_bytes())
+    }
+
+    /// A kubeconfig for the bootstrap token, as kubeadm and the seed's
+    /// bootstrap.kubeconfig write it.
+    pub fn bootstrap_kubeconfig(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             contexts:\n- name: default\n  context: {{cluster: kubernetes, user: kubelet-bootstrap}}\ncurrent-context: default\n\
+             users:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\n",
+            self.url(),
+            self.ca_b64()
+        )
+    }
+
+    /// A kubeconfig with a client certificate.
+    pub fn cert_kubeconfig(&self, pair: &Pair) -> String {
+        use base64::Engine;
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             contexts:\n- name: default\n  context: {{cluster: kubernetes, user: u}}\ncurrent-context: default\n\
+             users:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            self.url(),
+            self.ca_b64(),
+            b(&pair.cert_pem),
+            b(&pair.key_pem)
+        )
+    }
+
+    /// A kube client for the tests, as cluster admin, connecting from inside
+    /// the node's network namespace.
+    pub async fn client(&self) -> kube::Client {
+        client_in_netns(&self.cert_kubeconfig(&self.admin), &self.netns).await
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Opens TCP connections from inside a network namespace.
+#[derive(Clone)]
+struct NetnsConnector {
+    netns: String,
+}
+
+impl tower::Service<http::Uri> for NetnsConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let ns = self.netns.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or("127.0.0.1").to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A thread of its own: setns changes the calling thread for good.
+            std::thread::spawn(move || {
+                let r = super::enter_netns(&ns).and_then(|_| std::net::TcpStream::connect((host.as_str(), port)));
+                let _ = tx.send(r);
+            });
+            let std = rx.await.map_err(|_| std::io::Error::other("connect thread died"))??;
+            std.set_nonblocking(true)?;
+            Ok(TokioIo::new(tokio::net::TcpStream::from_std(std)?))
+        })
+    }
+}
+
+/// A kube client from a kubeconfig, with its connections opened inside
+/// `netns`.
+pub async fn client_in_netns(kubeconfig: &str, netns: &str) -> kube::Client {
+    use kube::client::ConfigExt;
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kube config");
+    let tls = config.rustls_client_config().expect("TLS config");
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(NetnsConnector { netns: netns.to_string() });
+    let http: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().expect("auth layer"))
+        .map_err(tower::BoxError::from)
+        .service(http);
+    kube::Client::new(service, config.default_namespace)
+}
