@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Settings;
-use crate::pods::events::LogRecorder;
+use crate::cluster::{self, events::ApiRecorder, node::NodeFacts};
+use crate::pods::admission::NodeResources;
+use crate::pods::events::{EventRecorder, LogRecorder};
 use crate::pods::manager::PodManager;
 use crate::pods::source::{SourceName, file::FileSource, http::HttpSource};
 use crate::pods::store::StatusStore;
@@ -19,7 +21,7 @@ use crate::pods::worker::WorkerContext;
 use crate::pods::{NodeContext, dns, pleg};
 use crate::runtime::dry_run::DryRunRuntime;
 use crate::runtime::remote::{RemoteRuntime, socket_path};
-use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, containerd};
+use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, containerd, cri};
 use crate::server;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,14 @@ pub enum AgentError {
     NotCri { endpoint: String, detail: String },
     #[error("cannot serve the local endpoint on {addr}: {reason}")]
     Bind { addr: std::net::SocketAddr, reason: std::io::Error },
+    #[error("joining the cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
+}
+
+impl From<crate::cluster::ClusterError> for AgentError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        AgentError::Cluster(e)
+    }
 }
 
 /// How often the runtime's Status (runtime and network readiness) is read.
@@ -37,7 +47,7 @@ const HEALTH_PERIOD: Duration = Duration::from_secs(5);
 
 /// Connects to the CRI runtime and checks that it answers Version and
 /// Status as a CRI v1 runtime.
-pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(RemoteRuntime, String), AgentError> {
+pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(RemoteRuntime, cri::VersionResponse), AgentError> {
     let rt = RemoteRuntime::connect(endpoint, timeout)
         .await
         .map_err(|reason| AgentError::Runtime { endpoint: endpoint.into(), reason })?;
@@ -70,7 +80,7 @@ pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(Remot
     if !health.runtime_ready || !health.network_ready {
         tracing::warn!(conditions = %health.message, "the container runtime is not fully ready yet");
     }
-    Ok((rt, version.runtime_name))
+    Ok((rt, version))
 }
 
 /// Asks the kernel for `wanted` as this process's oom_score_adj. Without
@@ -104,16 +114,23 @@ fn node_memory_bytes() -> i64 {
 /// Runs the agent until `shutdown` resolves. Pods keep running after it
 /// returns, as with kubelet.
 pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    let (runtime, runtime_name): (Arc<dyn Runtime>, String) = if s.dry_run {
+    let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
         if real.is_none() {
             tracing::warn!(endpoint = %s.runtime_endpoint, "dry run: no runtime answers; planning against an empty one");
         }
         let sim = DryRunRuntime::new(real.map(|r| Box::new(r) as Box<dyn Runtime>), Box::new(std::io::stdout())).await;
-        (Arc::new(sim), "containerd".into())
+        let v = sim.version().await.unwrap_or_default();
+        (Arc::new(sim), cri::VersionResponse { runtime_name: "containerd".into(), ..v })
     } else {
-        let (rt, name) = connect_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
-        (Arc::new(rt), name)
+        let (rt, v) = connect_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
+        (Arc::new(rt), v)
+    };
+    let runtime_name = version.runtime_name.clone();
+    // Credentials first: TLS bootstrap blocks until a certificate is issued.
+    let joined = match &s.cluster {
+        Some(cs) => Some(cluster::join(cs, &s.node_name, s.dry_run).await?),
+        None => None,
     };
 
     let oom_floor = if s.dry_run { -1000 } else { set_own_oom_score_adj(s.oom_score_adj) };
@@ -164,14 +181,21 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     }
 
     let statuses = StatusStore::default();
+    let writes = joined.is_some() && !s.dry_run;
+    let events: Arc<dyn EventRecorder> = match &joined {
+        Some(j) if writes => Arc::new(ApiRecorder::start(j.client.clone(), &s.node_name)),
+        _ => Arc::new(LogRecorder),
+    };
+    let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(WorkerContext {
         runtime: runtime.clone(),
         node: node.clone(),
-        events: Arc::new(LogRecorder),
+        events,
         statuses: statuses.clone(),
-        health: health_rx,
+        health: health_rx.clone(),
         resync: s.sync_frequency,
         dry_run: s.dry_run,
+        terminated: writes.then_some(terminated_tx),
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);
@@ -186,6 +210,38 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tracing::info!(%url, "polling the static pod manifest URL");
         let src = HttpSource::new(url.clone(), s.static_pod_url_headers.clone(), s.node_name.clone(), s.http_check_frequency);
         tasks.spawn(src.run(src_tx.clone()));
+    }
+    let mut manager_admission = None;
+    if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
+        expected.insert(SourceName::Api);
+        let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+        let facts = NodeFacts::gather(
+            &s.node_name,
+            &cs.node_labels,
+            cs.register_with_taints.clone(),
+            &s.node_ips,
+            s.max_pods,
+            &runtime_version,
+            &s.root_dir,
+            node.cpu_capacity_millis,
+            node.memory_capacity_bytes,
+        );
+        manager_admission = Some(NodeResources {
+            name: s.node_name.clone(),
+            labels: facts.labels.clone(),
+            cpu_millis: node.cpu_capacity_millis,
+            memory_bytes: node.memory_capacity_bytes,
+            max_pods: s.max_pods,
+        });
+        let parts = cluster::ClusterParts {
+            settings: cs.clone(),
+            facts,
+            health: health_rx,
+            statuses: statuses.clone(),
+            sources: src_tx.clone(),
+            terminated: writes.then_some(terminated_rx),
+        };
+        cluster::start(&mut tasks, joined, parts, s.dry_run);
     }
     drop(src_tx);
 
@@ -206,7 +262,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         });
     }
 
-    let manager = PodManager::new(ctx, expected, s.dry_run);
+    let mut manager = PodManager::new(ctx, expected, s.dry_run);
+    if let Some(node) = manager_admission {
+        manager = manager.with_admission(node);
+    }
     tasks.spawn(manager.run(src_rx, relist_rx));
 
     if let Some(addr) = s.healthz {

@@ -7,6 +7,7 @@
 //! endpoints; `agent` wires them together.
 
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod pods;
 pub mod probes;

@@ -146,11 +146,28 @@ struct RunArgs {
     /// Back-off cap (KubeletConfiguration crashLoopBackOff.maxContainerRestartPeriod).
     #[arg(long, value_parser = duration)]
     crash_loop_backoff_max: Option<Duration>,
-    /// Cluster mode is not implemented yet; given, nodelet says so.
-    #[arg(long, hide = true)]
+    /// The node's kubeconfig: cluster mode. Written by TLS bootstrap when
+    /// missing or expired.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    #[arg(long, hide = true)]
+    /// A kubeconfig with a bootstrap token, for TLS bootstrap.
+    #[arg(long)]
     bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the client certificate goes [default: <root-dir>/pki].
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Labels to register the node with: k=v,k2=v2.
+    #[arg(long)]
+    node_labels: Option<String>,
+    /// Taints to register the node with: key=value:Effect (repeatable).
+    #[arg(long)]
+    register_with_taints: Vec<String>,
+    /// How often the node status is computed [default: 10s].
+    #[arg(long, value_parser = duration)]
+    node_status_update_frequency: Option<Duration>,
+    /// Renew the client certificate before it expires [default: true].
+    #[arg(long)]
+    rotate_certificates: Option<bool>,
     /// Log verbosity, kubelet style: 0-1 info, 2-3 debug, 4+ trace.
     #[arg(long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -185,9 +202,6 @@ async fn shutdown_signal() {
 }
 
 async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
-    if a.kubeconfig.is_some() || a.bootstrap_kubeconfig.is_some() {
-        anyhow::bail!("--kubeconfig/--bootstrap-kubeconfig: cluster mode is not implemented yet; run without them for standalone static pods");
-    }
     let file = match &a.config {
         Some(path) => KubeletConfig::load(path)?,
         None => KubeletConfig::default(),
@@ -218,6 +232,13 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,
         crash_loop_backoff_max: a.crash_loop_backoff_max,
+        kubeconfig: a.kubeconfig,
+        bootstrap_kubeconfig: a.bootstrap_kubeconfig,
+        cert_dir: a.cert_dir,
+        node_labels: a.node_labels,
+        register_with_taints: a.register_with_taints,
+        node_status_update_frequency: a.node_status_update_frequency,
+        rotate_certificates: a.rotate_certificates,
     };
     let settings = Settings::resolve(overrides, file)?;
     nodelet::agent::run(settings, shutdown_signal()).await?;
@@ -252,6 +273,7 @@ async fn images_import(a: ImportArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
+    nodelet::cluster::client::install_crypto();
     let cli = Cli::parse();
     let (verbosity, format) = (cli.run.verbosity, cli.run.logging_format.clone());
     init_logging(verbosity, &format);

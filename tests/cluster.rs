@@ -1,28 +1,281 @@
-//! Cluster mode against the test apiserver and a real containerd.
+//! Cluster mode against the test apiserver and a real containerd: TLS
+//! bootstrap, Node and Lease, bound pods, mirror pods, the deletion
+//! handshake, and apiserver outages.
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
-use support::Node;
-use support::apiserver::ApiServer;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use support::apiserver::{ApiServer, BOOTSTRAP_TOKEN};
+use support::{Agent, Node, eventually, is_running, pod_yaml};
+
+const S: Duration = Duration::from_secs(1);
+
+struct Cluster {
+    node: Node,
+    api: ApiServer,
+    client: kube::Client,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let node = Node::start().await;
+        let api = ApiServer::start(&node.netns).await;
+        let client = api.client().await;
+        Self { node, api, client }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.node.dir.path().to_path_buf()
+    }
+
+    /// nodelet joining with the bootstrap token.
+    fn nodelet(&self, extra: &[&str]) -> Agent {
+        let boot = self.dir().join("bootstrap.kubeconfig");
+        std::fs::write(&boot, self.api.bootstrap_kubeconfig(BOOTSTRAP_TOKEN)).unwrap();
+        let mut args = vec![
+            "--kubeconfig".to_string(),
+            self.dir().join("kubelet.kubeconfig").display().to_string(),
+            "--bootstrap-kubeconfig".into(),
+            boot.display().to_string(),
+            "--cert-dir".into(),
+            self.dir().join("pki").display().to_string(),
+            "--node-ip".into(),
+            "10.99.0.1".into(),
+            "--node-labels".into(),
+            "nodelet.io/test=yes".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.node.nodelet(&argv)
+    }
+
+    fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn csrs(&self) -> Vec<CertificateSigningRequest> {
+        Api::<CertificateSigningRequest>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
+    }
+
+    /// `kubectl certificate approve` (or deny).
+    async fn decide_csr(&self, name: &str, approve: bool) {
+        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let (t, reason) = if approve { ("Approved", "TestApproved") } else { ("Denied", "TestDenied") };
+        let patch = serde_json::json!({"status": {"conditions": [
+            {"type": t, "status": "True", "reason": reason, "message": format!("{t} by the test")}
+        ]}});
+        api.patch_approval(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+
+    /// Bootstraps by approving the first CSR as an operator would.
+    async fn join(&self) -> Agent {
+        let agent = self.nodelet(&[]);
+        let csr = eventually(20 * S, "the CSR", || async { self.csrs().await.into_iter().next() }).await;
+        self.decide_csr(&csr.metadata.name.unwrap(), true).await;
+        eventually(30 * S, "the node Ready", || async { self.node_ready().await.then_some(()) }).await;
+        agent
+    }
+
+    async fn node_ready(&self) -> bool {
+        let nodes: Api<KubeNode> = Api::all(self.client.clone());
+        let Ok(n) = nodes.get(&self.node.node_name()).await else { return false };
+        n.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
+fn bound_pod(name: &str, node: &str, command: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sh", "-c", command]}]
+        }
+    }))
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_test_apiserver_serves_lists_and_watches() {
-    let node = Node::start().await;
-    let api = ApiServer::start(&node.netns).await;
-    let client = api.client().await;
-    let pods: Api<Pod> = Api::namespaced(client, "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}], "automountServiceAccountToken": false}
-    }))
-    .unwrap();
-    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
-    assert!(created.metadata.uid.is_some());
-    assert_eq!(created.spec.unwrap().restart_policy.as_deref(), Some("Always"));
-    let list = pods.list(&ListParams::default()).await.unwrap();
-    assert_eq!(list.items.len(), 1);
-    let _ = Duration::from_secs(1);
+async fn tls_bootstrap_then_a_ready_node_and_a_renewing_lease() {
+    let c = Cluster::start().await;
+    let agent = c.nodelet(&[]);
+    let csr = eventually(20 * S, "a CSR from the bootstrap token", || async { c.csrs().await.into_iter().next() }).await;
+    let spec = csr.spec.clone();
+    assert_eq!(spec.signer_name, "kubernetes.io/kube-apiserver-client-kubelet");
+    assert_eq!(spec.username.as_deref(), Some("system:bootstrap:abcdef"));
+    let mut usages = spec.usages.clone().unwrap();
+    usages.sort();
+    assert_eq!(usages, vec!["client auth", "digital signature"]);
+    c.decide_csr(&csr.metadata.name.unwrap(), true).await;
+
+    // nodelet writes its certificate and kubeconfig, tightly, and carries on with them.
+    let current = c.dir().join("pki/kubelet-client-current.pem");
+    eventually(30 * S, "the client certificate", || async { current.exists().then_some(()) }).await;
+    use std::os::unix::fs::PermissionsExt;
+    let target = std::fs::canonicalize(&current).unwrap();
+    assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    let kc = c.dir().join("kubelet.kubeconfig");
+    assert_eq!(std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
+    let kubeconfig = std::fs::read_to_string(&kc).unwrap();
+    assert!(kubeconfig.contains(&current.display().to_string()), "{kubeconfig}");
+
+    eventually(30 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    let node: KubeNode = Api::<KubeNode>::all(c.client.clone()).get(&c.node.node_name()).await.unwrap();
+    let labels = node.metadata.labels.clone().unwrap();
+    assert_eq!(labels["kubernetes.io/hostname"], c.node.node_name());
+    assert_eq!(labels["nodelet.io/test"], "yes");
+    let status = node.status.unwrap();
+    assert_eq!(status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+    assert_eq!(status.capacity.unwrap()["pods"].0, "110");
+    assert!(status.node_info.unwrap().container_runtime_version.starts_with("containerd://"));
+    assert!(status.addresses.unwrap().iter().any(|a| a.type_ == "InternalIP" && a.address == "10.99.0.1"));
+    assert!(c.api.requests_by(&format!("system:node:{}", c.node.node_name())) > 0, "the node talks with its own identity");
+
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
+    let first = eventually(20 * S, "the lease", || async { leases.get(&c.node.node_name()).await.ok() }).await;
+    let spec = first.spec.clone().unwrap();
+    assert_eq!(spec.lease_duration_seconds, Some(40));
+    assert_eq!(spec.holder_identity.as_deref(), Some(c.node.node_name().as_str()));
+    assert_eq!(first.metadata.owner_references.unwrap()[0].kind, "Node");
+    let renewed = eventually(20 * S, "a renewal", || async {
+        let l = leases.get(&c.node.node_name()).await.ok()?;
+        (l.spec.as_ref()?.renew_time != spec.renew_time).then_some(l)
+    })
+    .await;
+    assert!(renewed.spec.unwrap().renew_time > spec.renew_time);
+
+    // A restart reuses the certificate: no new CSR.
+    drop(agent);
+    let _again = c.nodelet(&[]);
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(c.csrs().await.len(), 1, "a valid certificate is reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_csr_fails_clearly() {
+    let c = Cluster::start().await;
+    let mut agent = c.nodelet(&[]);
+    let csr = eventually(20 * S, "the CSR", || async { c.csrs().await.into_iter().next() }).await;
+    let name = csr.metadata.name.unwrap();
+    c.decide_csr(&name, false).await;
+    assert_eq!(agent.wait_exit(20 * S), Some(1));
+    let last = agent.log().lines().last().unwrap_or("").to_string();
+    assert_eq!(last, format!("nodelet: joining the cluster: certificate signing request {name} was denied: TestDenied: Denied by the test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_pod_runs_reports_status_and_goes_through_the_deletion_handshake() {
+    let c = Cluster::start().await;
+    let agent = c.join().await;
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &bound_pod("api-pod", &c.node.node_name(), "trap 'exit 0' TERM; while true; do sleep 0.2; done"))
+        .await
+        .unwrap();
+    let running = eventually(30 * S, "Running with a pod IP in the API", || async {
+        let p = pods.get("api-pod").await.ok()?;
+        let st = p.status.clone()?;
+        (st.phase.as_deref() == Some("Running") && st.pod_ip.is_some()).then_some(p)
+    })
+    .await;
+    let st = running.status.unwrap();
+    assert!(st.pod_ip.unwrap().starts_with("10.99.0."));
+    assert_eq!(st.host_ip.as_deref(), Some("10.99.0.1"));
+    assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert_eq!(st.container_statuses.unwrap()[0].ready, true);
+    let c_id = eventually(10 * S, "the container", || async {
+        c.node.instances_named("api-pod", "c").await.into_iter().find(is_running)
+    })
+    .await
+    .id;
+    assert!(!c_id.is_empty());
+
+    pods.delete("api-pod", &DeleteParams::default()).await.unwrap();
+    eventually(30 * S, "the object removed after the containers stopped", || async {
+        pods.get("api-pod").await.is_err().then_some(())
+    })
+    .await;
+    assert!(c.node.containers_named("api-pod").await.is_empty(), "the containers are gone");
+    assert!(c.node.sandboxes_named("api-pod").await.is_empty());
+    let log = agent.log();
+    assert!(log.contains("pod deleted in the API; stopping it"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pod_gets_a_mirror_that_comes_back_when_deleted() {
+    let c = Cluster::start().await;
+    c.node.write_manifest("static.yaml", &pod_yaml("static", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n"));
+    let _agent = c.join().await;
+    let pods = c.pods("default");
+    let name = c.node.pod_name("static");
+    let mirror = eventually(30 * S, "the mirror pod", || async { pods.get(&name).await.ok() }).await;
+    let ann = mirror.metadata.annotations.clone().unwrap();
+    assert!(ann.contains_key("kubernetes.io/config.mirror"), "{ann:?}");
+    assert_eq!(ann["kubernetes.io/config.source"], "file");
+    assert_eq!(mirror.metadata.owner_references.unwrap()[0].kind, "Node");
+    eventually(30 * S, "the static pod's status on its mirror", || async {
+        let p = pods.get(&name).await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let container = c.node.instances("static", "c").await.into_iter().find(is_running).unwrap();
+
+    pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    let again = eventually(30 * S, "a new mirror", || async {
+        let p = pods.get(&name).await.ok()?;
+        (p.metadata.uid != mirror.metadata.uid && p.metadata.deletion_timestamp.is_none()).then_some(p)
+    })
+    .await;
+    assert!(again.metadata.annotations.unwrap().contains_key("kubernetes.io/config.mirror"));
+    let now = c.node.instances("static", "c").await.into_iter().find(is_running).unwrap();
+    assert_eq!(now.id, container.id, "deleting the mirror does not touch the static pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_outages_and_410s_disturb_no_container() {
+    let mut c = Cluster::start().await;
+    let _agent = c.join().await;
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &bound_pod("steady", &c.node.node_name(), "sleep 3600")).await.unwrap();
+    pods.create(&PostParams::default(), &bound_pod("crashy", &c.node.node_name(), "sleep 4; exit 1")).await.unwrap();
+    eventually(30 * S, "both Running", || async {
+        let a = pods.get("steady").await.ok()?.status?.phase;
+        let b = pods.get("crashy").await.ok()?.status?.phase;
+        (a.as_deref() == Some("Running") && b.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let before = c.node.instances_named("steady", "c").await.into_iter().find(is_running).unwrap();
+
+    // The apiserver goes away; crashy restarts meanwhile.
+    c.api.stop();
+    eventually(30 * S, "crashy restarted during the outage", || async {
+        c.node.instances_named("crashy", "c").await.iter().any(|x| x.metadata.as_ref().unwrap().attempt >= 1).then_some(())
+    })
+    .await;
+    c.api.restart().await;
+    eventually(30 * S, "the restart count caught up in the API", || async {
+        let p = pods.get("crashy").await.ok()?;
+        (p.status?.container_statuses?[0].restart_count >= 1).then_some(())
+    })
+    .await;
+
+    // Expired resource versions: every watch gets 410 Gone and relists.
+    c.api.force_410().await;
+    let probe = bound_pod("after-410", &c.node.node_name(), "sleep 3600");
+    pods.create(&PostParams::default(), &probe).await.unwrap();
+    eventually(30 * S, "a pod created after the 410 runs", || async {
+        let p = pods.get("after-410").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let after = c.node.instances_named("steady", "c").await;
+    assert_eq!(after.len(), 1, "no new container");
+    assert_eq!(after[0].id, before.id, "the steady container was never restarted");
+    assert!(is_running(&after[0]));
 }

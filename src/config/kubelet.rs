@@ -41,6 +41,11 @@ pub struct KubeletConfig {
     pub max_pods: Option<u32>,
     pub oom_score_adj: Option<i32>,
     pub max_container_restart_period: Option<Duration>,
+    pub node_status_update_frequency: Option<Duration>,
+    pub node_status_report_frequency: Option<Duration>,
+    pub node_lease_duration_seconds: Option<i32>,
+    pub rotate_certificates: Option<bool>,
+    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +133,17 @@ impl KubeletConfig {
                     }
                     c.oom_score_adj = Some(n);
                 }
+                "nodeStatusUpdateFrequency" => c.node_status_update_frequency = Some(duration(file, k, v)?),
+                "nodeStatusReportFrequency" => c.node_status_report_frequency = Some(duration(file, k, v)?),
+                "nodeLeaseDurationSeconds" => {
+                    let n: i32 = field(file, k, v)?;
+                    if n <= 0 {
+                        return Err(bad(k, format!("Invalid value: {n}: must be greater than 0")));
+                    }
+                    c.node_lease_duration_seconds = Some(n);
+                }
+                "rotateCertificates" => c.rotate_certificates = Some(field(file, k, v)?),
+                "registerWithTaints" => c.register_with_taints = Some(field(file, k, v)?),
                 "crashLoopBackOff" => {
                     let b: CrashLoopBackOff = field(file, k, v)?;
                     c.max_container_restart_period = b.max_container_restart_period;

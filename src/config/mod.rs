@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod kubelet;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +49,55 @@ pub struct Settings {
     pub oom_score_adj: i32,
     pub node_ips: Vec<String>,
     pub backoff: BackoffConfig,
+    /// Cluster mode; `None` runs standalone on static pods.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How the node joins and talks to its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub kubeconfig: PathBuf,
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    pub cert_dir: PathBuf,
+    pub node_labels: BTreeMap<String, String>,
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub status_update: Duration,
+    pub status_report: Duration,
+    pub lease_duration_seconds: i32,
+    pub rotate_certificates: bool,
+}
+
+/// `key=value:Effect` or `key:Effect`, as kubelet's --register-with-taints.
+pub fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, ConfigError> {
+    let err = |m: &str| flag_err("--register-with-taints", format!("{s:?}: {m}"));
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| err("expected key=value:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(err("the effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(err("the key is empty"));
+    }
+    Ok(k8s_openapi::api::core::v1::Taint { key: key.into(), value, effect: effect.into(), time_added: None })
+}
+
+/// `k=v,k2=v2`, as kubelet's --node-labels.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| flag_err("--node-labels", format!("{pair:?} is not key=value")))?;
+        let mut errs = Vec::new();
+        crate::pods::validation::label_key(k, "--node-labels", &mut errs);
+        crate::pods::validation::label_value(v, "--node-labels", &mut errs);
+        if let Some(e) = errs.first() {
+            return Err(flag_err("--node-labels", e.message.clone()));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 /// Flag values that override the file; `None` when the flag was not given.
@@ -78,6 +128,13 @@ pub struct Overrides {
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
     pub crash_loop_backoff_max: Option<Duration>,
+    pub kubeconfig: Option<PathBuf>,
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    pub cert_dir: Option<PathBuf>,
+    pub node_labels: Option<String>,
+    pub register_with_taints: Vec<String>,
+    pub node_status_update_frequency: Option<Duration>,
+    pub rotate_certificates: Option<bool>,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -155,6 +212,28 @@ impl Settings {
         let sync_frequency = positive("syncFrequency", o.sync_frequency.or(file.sync_frequency), 60)?;
         let runtime_request_timeout =
             positive("runtimeRequestTimeout", o.runtime_request_timeout.or(file.runtime_request_timeout), 120)?;
+        let root_dir: PathBuf = o.root_dir.clone().unwrap_or_else(|| "/var/lib/kubelet".into());
+        let cluster = match (&o.kubeconfig, &o.bootstrap_kubeconfig) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(flag_err("--bootstrap-kubeconfig", "needs --kubeconfig: the path to write the node's kubeconfig to")),
+            (Some(kc), boot) => {
+                let mut taints = file.register_with_taints.clone().unwrap_or_default();
+                for t in &o.register_with_taints {
+                    taints.push(parse_taint(t)?);
+                }
+                Some(ClusterSettings {
+                    kubeconfig: kc.clone(),
+                    bootstrap_kubeconfig: boot.clone(),
+                    cert_dir: o.cert_dir.clone().unwrap_or_else(|| root_dir.join("pki")),
+                    node_labels: parse_labels(o.node_labels.as_deref().unwrap_or(""))?,
+                    register_with_taints: taints,
+                    status_update: positive("nodeStatusUpdateFrequency", o.node_status_update_frequency.or(file.node_status_update_frequency), 10)?,
+                    status_report: positive("nodeStatusReportFrequency", file.node_status_report_frequency, 300)?,
+                    lease_duration_seconds: file.node_lease_duration_seconds.unwrap_or(40),
+                    rotate_certificates: o.rotate_certificates.or(file.rotate_certificates).unwrap_or(true),
+                })
+            }
+        };
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -167,7 +246,7 @@ impl Settings {
                 .or(file.container_runtime_endpoint)
                 .unwrap_or_else(|| "unix:///run/containerd/containerd.sock".into()),
             runtime_request_timeout,
-            root_dir: o.root_dir.unwrap_or_else(|| "/var/lib/kubelet".into()),
+            root_dir,
             pod_logs_dir: file.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
             container_logs_dir: o.container_logs_dir.unwrap_or_else(|| "/var/log/containers".into()),
             static_pod_path: o.pod_manifest_path.or(file.static_pod_path).filter(|p| !p.as_os_str().is_empty()),
@@ -187,6 +266,7 @@ impl Settings {
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
+            cluster,
         })
     }
 }

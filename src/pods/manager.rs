@@ -12,8 +12,12 @@ use tokio::task::JoinSet;
 
 use super::pleg::RelistEvent;
 use super::source::{SourceName, SourceUpdate};
-use super::worker::{Worker, WorkerContext, WorkerMsg};
-use super::{DesiredPod, identity};
+use super::admission::{self, NodeResources, Rejection};
+use super::events::EventType;
+use super::store::PodRecord;
+use super::worker::{Terminated, Worker, WorkerContext, WorkerMsg};
+use super::{DesiredPod, from_api, identity};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use crate::runtime::labels::PodIdentity;
 
 struct Handle {
@@ -40,6 +44,13 @@ pub struct PodManager {
     conflicts: HashSet<String>,
     /// Workers that failed are started again no sooner than this.
     restart_after: HashMap<String, Instant>,
+    /// What this node offers, for admitting apiserver pods (cluster mode).
+    admission: Option<NodeResources>,
+    /// Apiserver pods admission turned away, with the reason.
+    rejected: HashMap<String, Rejection>,
+    /// Apiserver pods being deleted that have been stopped and reported;
+    /// they are not started again while their object lingers.
+    finished: HashSet<String>,
 }
 
 /// How long a failed worker's pod waits before a new worker takes it.
@@ -58,7 +69,38 @@ impl PodManager {
             task_uids: HashMap::new(),
             conflicts: HashSet::new(),
             restart_after: HashMap::new(),
+            admission: None,
+            rejected: HashMap::new(),
+            finished: HashSet::new(),
         }
+    }
+
+    /// Admits apiserver pods against `node` before running them.
+    pub fn with_admission(mut self, node: NodeResources) -> Self {
+        self.admission = Some(node);
+        self
+    }
+
+    /// Admission for a new apiserver pod; static pods are always admitted.
+    fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
+        let Some(node) = &self.admission else { return Ok(()) };
+        if !from_api(pod) {
+            return Ok(());
+        }
+        let admitted: Vec<&Pod> =
+            self.workers.values().filter(|h| !h.terminating).filter_map(|h| h.pod.as_deref()).collect();
+        admission::admit(pod, &admitted, node)
+    }
+
+    /// Publishes a Failed status for a rejected pod.
+    fn publish_rejection(&self, pod: &DesiredPod, r: &Rejection) {
+        let status = PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(r.reason.clone()),
+            message: Some(r.message.clone()),
+            ..Default::default()
+        };
+        self.ctx.statuses.set(&identity(pod).uid, PodRecord { pod: pod.clone(), status });
     }
 
     fn sources_ready(&self) -> bool {
@@ -117,7 +159,7 @@ impl PodManager {
     async fn send(&mut self, uid: &str, msg: WorkerMsg) {
         let Some(h) = self.workers.get_mut(uid) else { return };
         let before = *h.idle.borrow();
-        if matches!(msg, WorkerMsg::Terminate) {
+        if matches!(msg, WorkerMsg::Terminate { .. }) {
             h.terminating = true;
         }
         if h.tx.send(msg).is_ok() {
@@ -129,6 +171,12 @@ impl PodManager {
         let desired = self.desired();
         let now = Instant::now();
         self.restart_after.retain(|_, t| *t > now);
+        self.finished.retain(|uid| desired.contains_key(uid));
+        let gone_rejected: Vec<String> = self.rejected.keys().filter(|uid| !desired.contains_key(*uid)).cloned().collect();
+        for uid in gone_rejected {
+            self.rejected.remove(&uid);
+            self.ctx.statuses.remove(&uid);
+        }
 
         let mut gone: Vec<String> =
             self.workers.iter().filter(|(uid, h)| !h.terminating && !desired.contains_key(*uid)).map(|(uid, _)| uid.clone()).collect();
@@ -137,13 +185,20 @@ impl PodManager {
             if let Some(h) = self.workers.get(&uid) {
                 tracing::info!(pod = %h.id, %uid, "pod removed from its source; terminating");
             }
-            self.send(&uid, WorkerMsg::Terminate).await;
+            self.send(&uid, WorkerMsg::Terminate { grace: None }).await;
         }
 
         let mut ordered: Vec<&DesiredPod> = desired.values().collect();
         ordered.sort_by_key(|p| identity(p));
         for pod in ordered {
             let id = identity(pod);
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.delete(pod, &id).await;
+                continue;
+            }
+            if self.rejected.contains_key(&id.uid) || self.finished.contains(&id.uid) {
+                continue;
+            }
             match self.workers.get(&id.uid) {
                 None => {
                     if self.restart_after.contains_key(&id.uid) {
@@ -154,6 +209,13 @@ impl PodManager {
                     // so the two never hold the same ports or files.
                     let previous = self.workers.values().any(|h| h.id.namespace == id.namespace && h.id.name == id.name);
                     if previous {
+                        continue;
+                    }
+                    if let Err(r) = self.admit(pod) {
+                        tracing::warn!(pod = %id, reason = %r.reason, "{}", r.message);
+                        self.ctx.events.record(&id, EventType::Warning, &r.reason, &r.message);
+                        self.publish_rejection(pod, &r);
+                        self.rejected.insert(id.uid.clone(), r);
                         continue;
                     }
                     tracing::info!(pod = %id, uid = %id.uid, "pod added");
@@ -178,6 +240,31 @@ impl PodManager {
             for id in orphans {
                 tracing::info!(pod = %id, uid = %id.uid, "found a pod no source wants; removing it");
                 self.spawn(id, None).await;
+            }
+        }
+    }
+
+    /// An apiserver pod marked for deletion: stop it within the deletion's
+    /// grace period; once stopped (or if it never ran here), report it so
+    /// the object can be removed.
+    async fn delete(&mut self, pod: &DesiredPod, id: &PodIdentity) {
+        let grace = pod.metadata.deletion_grace_period_seconds;
+        match self.workers.get(&id.uid) {
+            Some(h) if !h.terminating => {
+                tracing::info!(pod = %id, uid = %id.uid, grace = ?grace, "pod deleted in the API; stopping it");
+                self.send(&id.uid, WorkerMsg::Terminate { grace }).await;
+            }
+            Some(_) => {}
+            None if self.finished.contains(&id.uid) => {}
+            None => {
+                self.finished.insert(id.uid.clone());
+                let status = self.rejected.get(&id.uid).map_or_else(
+                    || PodStatus { phase: Some("Failed".into()), ..pod.status.clone().unwrap_or_default() },
+                    |r| PodStatus { phase: Some("Failed".into()), reason: Some(r.reason.clone()), message: Some(r.message.clone()), ..Default::default() },
+                );
+                if let Some(tx) = &self.ctx.terminated {
+                    let _ = tx.send(Terminated { pod: pod.clone(), status });
+                }
             }
         }
     }
@@ -215,6 +302,10 @@ impl PodManager {
                         Err(e) => (e.id(), Some(e.to_string())),
                     };
                     if let Some(uid) = self.task_uids.remove(&task) {
+                        let was_deleted = self.workers.get(&uid).and_then(|h| h.pod.as_ref()).is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+                        if was_deleted && outcome.is_none() {
+                            self.finished.insert(uid.clone());
+                        }
                         if let Some(e) = outcome {
                             tracing::error!(%uid, error = %e, "pod worker failed; a new one takes the pod in {}s", WORKER_RESTART_DELAY.as_secs());
                             self.restart_after.insert(uid.clone(), Instant::now() + WORKER_RESTART_DELAY);
@@ -285,6 +376,7 @@ mod tests {
             health,
             resync: Duration::from_secs(60),
             dry_run: true,
+            terminated: None,
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);

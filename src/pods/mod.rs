@@ -3,6 +3,7 @@
 //!
 //! [`Runtime`]: crate::runtime::Runtime
 
+pub mod admission;
 pub mod backoff;
 pub mod cgroups;
 pub mod container;
@@ -96,6 +97,15 @@ pub fn identity(pod: &Pod) -> PodIdentity {
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
     }
+}
+
+/// Whether a pod came from the apiserver (not a static pod).
+pub fn from_api(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(manifest::ANNOTATION_CONFIG_SOURCE))
+        .is_none_or(|s| s == "api")
 }
 
 /// A desired pod as the sources give it; shared, never mutated.

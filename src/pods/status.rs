@@ -26,6 +26,9 @@ pub struct StatusInput<'a> {
     /// Whether a running container's startup probe has passed, by ID;
     /// missing means started (no startup probe).
     pub started: &'a BTreeMap<String, bool>,
+    /// The pod is being removed and everything in it has stopped: its phase
+    /// is terminal whatever the restart policy.
+    pub terminating: bool,
     pub previous: Option<&'a PodStatus>,
     pub start_time: Option<Timestamp>,
     pub node: &'a NodeContext,
@@ -196,7 +199,12 @@ fn phase(spec: &PodSpec, initializing: bool, apps: &[ContainerStatus], finished:
 pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let spec = input.pod.spec.clone().unwrap_or_default();
     let obs = input.observed;
-    let finished = plan::finished_phase(&spec, obs);
+    let finished = if input.terminating {
+        let all_ok = spec.containers.iter().all(|c| obs.latest(&c.name).is_some_and(|x| x.phase == ContainerPhase::Exited && x.exit_code == 0));
+        Some(if all_ok { "Succeeded" } else { "Failed" })
+    } else {
+        plan::finished_phase(&spec, obs)
+    };
 
     let init_specs: Vec<_> = spec.init_containers.iter().flatten().collect();
     // Once an app container exists in the current sandbox the pod has

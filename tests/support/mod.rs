@@ -247,11 +247,16 @@ impl Node {
         format!("{name}-{}", self.node_name())
     }
 
-    /// Every container of a pod, newest first, with its status.
+    /// Every container of a static pod, newest first, with its status.
     pub async fn containers(&self, pod: &str) -> Vec<cri::ContainerStatus> {
+        self.containers_named(&self.pod_name(pod)).await
+    }
+
+    /// Every container of the pod with this exact name (an apiserver pod).
+    pub async fn containers_named(&self, full_name: &str) -> Vec<cri::ContainerStatus> {
         let rt = self.cri().await;
         let filter = cri::ContainerFilter {
-            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), self.pod_name(pod))]),
+            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), full_name.to_string())]),
             ..Default::default()
         };
         let mut out = Vec::new();
@@ -265,17 +270,26 @@ impl Node {
     }
 
     pub async fn sandboxes(&self, pod: &str) -> Vec<cri::PodSandbox> {
+        self.sandboxes_named(&self.pod_name(pod)).await
+    }
+
+    pub async fn sandboxes_named(&self, full_name: &str) -> Vec<cri::PodSandbox> {
         let rt = self.cri().await;
         let filter = cri::PodSandboxFilter {
-            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), self.pod_name(pod))]),
+            label_selector: HashMap::from([("io.kubernetes.pod.name".to_string(), full_name.to_string())]),
             ..Default::default()
         };
         rt.list_pod_sandbox(Some(filter)).await.unwrap()
     }
 
-    /// Instances of one container of a pod, newest first.
+    /// Instances of one container of a static pod, newest first.
     pub async fn instances(&self, pod: &str, container: &str) -> Vec<cri::ContainerStatus> {
-        self.containers(pod).await.into_iter().filter(|c| c.metadata.as_ref().unwrap().name == container).collect()
+        self.instances_named(&self.pod_name(pod), container).await
+    }
+
+    /// Instances of one container of the pod with this exact name.
+    pub async fn instances_named(&self, full_name: &str, container: &str) -> Vec<cri::ContainerStatus> {
+        self.containers_named(full_name).await.into_iter().filter(|c| c.metadata.as_ref().unwrap().name == container).collect()
     }
 
     /// Runs a command in a container through CRI.

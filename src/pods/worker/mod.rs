@@ -52,6 +52,8 @@ pub struct WorkerContext {
     /// relist (the simulated runtime changes at once), and run no probes
     /// (there is nothing to probe).
     pub dry_run: bool,
+    /// Where stopped apiserver pods are reported (cluster mode).
+    pub terminated: Option<mpsc::UnboundedSender<Terminated>>,
 }
 
 #[derive(Debug)]
@@ -60,8 +62,17 @@ pub enum WorkerMsg {
     Update(DesiredPod),
     /// The runtime state of the pod changed.
     Changed,
-    /// Stop and remove the pod.
-    Terminate,
+    /// Stop and remove the pod; `grace` overrides the pod's grace period
+    /// (an apiserver deletion's deletionGracePeriodSeconds).
+    Terminate { grace: Option<i64> },
+}
+
+/// A pod from the apiserver that has been stopped and removed, with its
+/// final status, for the deletion handshake.
+#[derive(Debug, Clone)]
+pub struct Terminated {
+    pub pod: DesiredPod,
+    pub status: PodStatus,
 }
 
 /// kubelet never gives StopContainer less than this.
@@ -114,6 +125,8 @@ pub struct Worker {
     start_time: Timestamp,
     last_status: Option<PodStatus>,
     probes: PodProbes,
+    /// The grace period an apiserver deletion asked for.
+    grace_override: Option<i64>,
 }
 
 impl Worker {
@@ -135,6 +148,7 @@ impl Worker {
             start_time: Timestamp::now(),
             last_status: None,
             probes: PodProbes::default(),
+            grace_override: None,
         }
     }
 
@@ -224,7 +238,12 @@ impl Worker {
         match msg {
             WorkerMsg::Update(pod) => self.pod = Some(pod),
             WorkerMsg::Changed => {}
-            WorkerMsg::Terminate => *terminating = true,
+            WorkerMsg::Terminate { grace } => {
+                *terminating = true;
+                if grace.is_some() {
+                    self.grace_override = grace;
+                }
+            }
         }
     }
 
@@ -334,6 +353,7 @@ impl Worker {
             waiting,
             readiness: &probes.ready,
             started: &probes.started,
+            terminating: false,
             previous: self.last_status.as_ref(),
             start_time: Some(self.start_time),
             node: &self.ctx.node,

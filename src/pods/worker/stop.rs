@@ -101,7 +101,7 @@ impl Worker {
     /// Stops the app containers together, then the sidecars one by one in
     /// reverse order, all within one grace period; then every ready sandbox.
     pub(super) async fn kill_pod(&self, pod: Option<&Pod>, obs: &RuntimePod) {
-        let grace = grace_of(pod, obs);
+        let grace = self.grace_override.map_or_else(|| grace_of(pod, obs), |g| g.max(MIN_GRACE));
         let deadline = Instant::now() + Duration::from_secs(grace as u64);
         let order: Vec<String> = pod
             .and_then(|p| p.spec.as_ref())
@@ -144,6 +144,7 @@ impl Worker {
     pub(super) async fn terminate(&mut self) {
         let pod = self.pod.clone();
         let mut delay = Duration::from_millis(200);
+        let mut final_status = None;
         loop {
             let obs = match self.inspector.inspect(self.ctx.runtime.as_ref(), &self.identity).await {
                 Ok(o) => o,
@@ -158,13 +159,18 @@ impl Worker {
             if actions.is_empty() {
                 break;
             }
+            if actions.contains(&Action::KillPod) {
+                // Stop first, then look again: the final status is what the
+                // stopped containers say, taken before they are removed.
+                self.kill_pod(pod.as_deref(), &obs).await;
+                continue;
+            }
+            if final_status.is_none() {
+                final_status = Some(self.final_status(&obs));
+            }
             let mut ok = true;
             for a in actions {
                 let result = match a {
-                    Action::KillPod => {
-                        self.kill_pod(pod.as_deref(), &obs).await;
-                        Ok(())
-                    }
                     Action::RemoveContainer { id } => {
                         let r = self.ctx.runtime.remove_container(&id).await;
                         if r.is_ok() {
@@ -202,6 +208,29 @@ impl Worker {
             cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node));
         }
         self.ctx.statuses.remove(&self.identity.uid);
+        if let (Some(tx), Some(pod)) = (&self.ctx.terminated, pod) {
+            let status = final_status.unwrap_or_else(|| self.final_status(&RuntimePod::empty(self.identity.clone())));
+            let _ = tx.send(super::Terminated { pod, status });
+        }
         tracing::info!("pod removed");
+    }
+
+    /// The status of a pod whose containers have all stopped: a terminal
+    /// phase (Succeeded only if every container exited 0), as kubelet
+    /// reports a deleted pod before removing it.
+    fn final_status(&self, obs: &RuntimePod) -> k8s_openapi::api::core::v1::PodStatus {
+        let Some(pod) = &self.pod else { return Default::default() };
+        crate::pods::status::pod_status(&crate::pods::status::StatusInput {
+            pod,
+            observed: obs,
+            waiting: &Default::default(),
+            readiness: &Default::default(),
+            started: &Default::default(),
+            terminating: true,
+            previous: self.last_status.as_ref(),
+            start_time: Some(self.start_time),
+            node: &self.ctx.node,
+            now: k8s_openapi::jiff::Timestamp::now(),
+        })
     }
 }

@@ -1,0 +1,279 @@
+//! TLS bootstrap and client certificate rotation, as kubelet does them.
+//!
+//! With a usable `--kubeconfig` (a client certificate not yet expired, or a
+//! token) nodelet uses it. Otherwise it takes `--bootstrap-kubeconfig` (a
+//! bootstrap token), makes an ECDSA P-256 key, sends a CertificateSigningRequest
+//! for `system:node:<node>` in `system:nodes` to the
+//! `kubernetes.io/kube-apiserver-client-kubelet` signer, waits for it to be
+//! approved and signed, writes the certificate and key to
+//! `<cert-dir>/kubelet-client-<time>.pem` (0600) with the symlink
+//! `kubelet-client-current.pem`, and writes a kubeconfig pointing at it.
+//! Later it renews the certificate when 70–90 % (jittered) of its lifetime
+//! has passed, through its own identity, without dropping connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
+use kube::api::{Api, PostParams};
+use kube::config::Kubeconfig;
+use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+
+use super::client::{self, RotatingCert};
+use super::files;
+use super::ClusterError;
+
+pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const CURRENT: &str = "kubelet-client-current.pem";
+
+/// Where the credentials live.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub kubeconfig: PathBuf,
+    pub bootstrap: Option<PathBuf>,
+    pub cert_dir: PathBuf,
+}
+
+/// A certificate's validity, in seconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// The first PEM certificate in `pem`.
+    pub fn of_pem(pem: &[u8]) -> Option<Self> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+        let cert = p.parse_x509().ok()?;
+        Some(Self { not_before: cert.validity().not_before.timestamp(), not_after: cert.validity().not_after.timestamp() })
+    }
+
+    /// When to renew: at a random point between 70 % and 90 % of the
+    /// lifetime, as kubelet's certificate manager does.
+    pub fn rotation_deadline(&self, jitter: f64) -> i64 {
+        let lifetime = (self.not_after - self.not_before).max(0) as f64;
+        self.not_before + (lifetime * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+    }
+}
+
+/// The node's credentials: its kubeconfig, and the rotating client
+/// certificate when it uses one.
+pub struct Credentials {
+    pub kubeconfig: Kubeconfig,
+    pub cert: Option<(Arc<RotatingCert>, Validity)>,
+}
+
+fn now_secs() -> i64 {
+    crate::runtime::unix_nanos() / 1_000_000_000
+}
+
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
+    Kubeconfig::read_from(path).map_err(|e| ClusterError::file(path, e))
+}
+
+/// The client certificate and key a kubeconfig's current user presents.
+fn client_pem(kc: &Kubeconfig, file: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>, ClusterError> {
+    use base64::Engine;
+    let current = kc.current_context.clone().unwrap_or_default();
+    let user = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.user.clone().unwrap_or_default())
+        .or_else(|| kc.auth_infos.first().map(|a| a.name.clone()))
+        .unwrap_or_default();
+    let Some(auth) = kc.auth_infos.iter().find(|a| a.name == user).and_then(|a| a.auth_info.clone()) else {
+        return Ok(None);
+    };
+    let load = |path: &Option<String>, data: &Option<String>| -> Result<Option<Vec<u8>>, ClusterError> {
+        if let Some(d) = data {
+            return base64::engine::general_purpose::STANDARD
+                .decode(d.trim())
+                .map(Some)
+                .map_err(|e| ClusterError::file(file, format!("bad base64 credential data: {e}")));
+        }
+        match path {
+            Some(p) => std::fs::read(p).map(Some).map_err(|e| ClusterError::file(Path::new(p), e)),
+            None => Ok(None),
+        }
+    };
+    let cert = load(&auth.client_certificate, &auth.client_certificate_data)?;
+    let key_data = auth.client_key_data.as_ref().map(|s| secrecy::ExposeSecret::expose_secret(s).to_string());
+    let key = load(&auth.client_key, &key_data)?;
+    Ok(cert.zip(key))
+}
+
+/// Loads the node's kubeconfig, or bootstraps one.
+pub async fn load_or_bootstrap(paths: &CertPaths, node: &str) -> Result<Credentials, ClusterError> {
+    if paths.kubeconfig.exists() {
+        let kc = read_kubeconfig(&paths.kubeconfig)?;
+        match client_pem(&kc, &paths.kubeconfig)? {
+            None => return Ok(Credentials { kubeconfig: kc, cert: None }),
+            Some((cert, key)) => {
+                let validity = Validity::of_pem(&cert)
+                    .ok_or_else(|| ClusterError::file(&paths.kubeconfig, "the client certificate does not parse"))?;
+                if validity.not_after > now_secs() {
+                    let rotating = Arc::new(RotatingCert::default());
+                    rotating.set_pem(&cert, &key)?;
+                    tracing::info!(kubeconfig = %paths.kubeconfig.display(), "using the existing client certificate");
+                    return Ok(Credentials { kubeconfig: kc, cert: Some((rotating, validity)) });
+                }
+                tracing::warn!(kubeconfig = %paths.kubeconfig.display(), "the client certificate has expired");
+            }
+        }
+    }
+    let Some(bootstrap) = &paths.bootstrap else {
+        return Err(ClusterError::Bootstrap(format!(
+            "{}: no usable credentials, and no --bootstrap-kubeconfig to get some",
+            paths.kubeconfig.display()
+        )));
+    };
+    bootstrap_from(bootstrap, paths, node).await
+}
+
+async fn bootstrap_from(bootstrap: &Path, paths: &CertPaths, node: &str) -> Result<Credentials, ClusterError> {
+    let boot = read_kubeconfig(bootstrap)?;
+    tracing::info!(bootstrap = %bootstrap.display(), "TLS bootstrap: requesting a client certificate");
+    let client = client::build(boot.clone(), None).await?;
+    let (cert, key) = request_certificate(&client, node).await?;
+    let current = write_pem(&paths.cert_dir, &cert, &key)?;
+    write_kubeconfig(&boot, &paths.kubeconfig, &current)?;
+    tracing::info!(kubeconfig = %paths.kubeconfig.display(), cert = %current.display(), "TLS bootstrap done");
+    let kubeconfig = read_kubeconfig(&paths.kubeconfig)?;
+    let rotating = Arc::new(RotatingCert::default());
+    rotating.set_pem(cert.as_bytes(), key.as_bytes())?;
+    let validity = Validity::of_pem(cert.as_bytes()).ok_or_else(|| ClusterError::Bootstrap("the issued certificate does not parse".into()))?;
+    Ok(Credentials { kubeconfig, cert: Some((rotating, validity)) })
+}
+
+/// Sends a CSR for the node's client certificate and waits until it is
+/// issued; a denial or a failure is an error with the signer's reason.
+pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(String, String), ClusterError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ClusterError::Bootstrap(format!("key: {e}")))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
+    params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| ClusterError::Bootstrap(format!("CSR: {e}")))?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let mut obj = CertificateSigningRequest::default();
+    obj.metadata.generate_name = Some("csr-".into());
+    obj.spec = CertificateSigningRequestSpec {
+        request: ByteString(csr_pem.into_bytes()),
+        signer_name: SIGNER.into(),
+        usages: Some(vec!["digital signature".into(), "client auth".into()]),
+        ..Default::default()
+    };
+    let created = csrs.create(&PostParams::default(), &obj).await.map_err(|e| ClusterError::api("creating the CSR", e))?;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    tracing::info!(csr = %name, "waiting for the certificate signing request to be approved and signed");
+    let decided = |c: Option<&CertificateSigningRequest>| {
+        let Some(status) = c.and_then(|c| c.status.as_ref()) else { return false };
+        status.certificate.as_ref().is_some_and(|b| !b.0.is_empty())
+            || status.conditions.iter().flatten().any(|c| c.type_ == "Denied" || c.type_ == "Failed")
+    };
+    let done = kube::runtime::wait::await_condition(csrs, &name, decided)
+        .await
+        .map_err(|e| ClusterError::Bootstrap(format!("watching CSR {name}: {e}")))?
+        .ok_or_else(|| ClusterError::Bootstrap(format!("certificate signing request {name} was deleted")))?;
+    let status = done.status.unwrap_or_default();
+    if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "Denied" || c.type_ == "Failed") {
+        let verb = if c.type_ == "Denied" { "denied" } else { "failed" };
+        return Err(ClusterError::Bootstrap(format!(
+            "certificate signing request {name} was {verb}: {}: {}",
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default()
+        )));
+    }
+    let cert = String::from_utf8(status.certificate.map(|b| b.0).unwrap_or_default())
+        .map_err(|_| ClusterError::Bootstrap(format!("CSR {name}: the certificate is not PEM")))?;
+    Ok((cert, key.serialize_pem()))
+}
+
+/// Writes certificate and key to a new timestamped file (0600) and points
+/// `kubelet-client-current.pem` at it.
+pub fn write_pem(cert_dir: &Path, cert: &str, key: &str) -> Result<PathBuf, ClusterError> {
+    let stamp = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d-%H-%M-%S").to_string();
+    let file = cert_dir.join(format!("kubelet-client-{stamp}.pem"));
+    let mut pem = cert.trim_end().to_string();
+    pem.push('\n');
+    pem.push_str(key);
+    files::write_atomic(&file, pem.as_bytes(), 0o600).map_err(|e| ClusterError::file(&file, e))?;
+    let current = cert_dir.join(CURRENT);
+    files::symlink_atomic(&file, &current).map_err(|e| ClusterError::file(&current, e))?;
+    Ok(current)
+}
+
+/// The node's kubeconfig: the bootstrap kubeconfig's cluster, with the
+/// client certificate and key in `pem`.
+fn write_kubeconfig(boot: &Kubeconfig, path: &Path, pem: &Path) -> Result<(), ClusterError> {
+    let cluster = boot
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| ClusterError::Bootstrap("the bootstrap kubeconfig names no cluster".into()))?;
+    let server = cluster.server.unwrap_or_default();
+    let ca = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        (Some(data), _) => format!("    certificate-authority-data: {data}\n"),
+        (None, Some(file)) => format!("    certificate-authority: {file}\n"),
+        (None, None) => String::new(),
+    };
+    let pem = pem.display();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    server: {server}\n{ca}\
+         contexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    user: default-auth\n    namespace: default\n\
+         current-context: default-context\nusers:\n- name: default-auth\n  user:\n    client-certificate: {pem}\n    client-key: {pem}\n"
+    );
+    files::write_atomic(path, yaml.as_bytes(), 0o600).map_err(|e| ClusterError::file(path, e))
+}
+
+/// Renews the client certificate at a jittered 70–90 % of its lifetime,
+/// forever. New connections use the new certificate at once.
+pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, mut validity: Validity, cert_dir: PathBuf, node: String) {
+    loop {
+        let deadline = validity.rotation_deadline(rand::random::<f64>());
+        let wait = (deadline - now_secs()).max(0) as u64;
+        tracing::info!(in_seconds = wait, "client certificate rotation scheduled");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let mut delay = Duration::from_secs(2);
+        loop {
+            let renewed = async {
+                let (pem, key) = request_certificate(&client, &node).await?;
+                write_pem(&cert_dir, &pem, &key)?;
+                cert.set_pem(pem.as_bytes(), key.as_bytes())?;
+                Validity::of_pem(pem.as_bytes()).ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))
+            };
+            match renewed.await {
+                Ok(v) => {
+                    tracing::info!(not_after = v.not_after, "client certificate rotated");
+                    validity = v;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = delay.as_secs(), "client certificate rotation failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(300));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_happens_between_70_and_90_percent() {
+        let v = Validity { not_before: 1000, not_after: 2000 };
+        assert_eq!(v.rotation_deadline(0.0), 1700);
+        assert_eq!(v.rotation_deadline(1.0), 1900);
+        assert_eq!(v.rotation_deadline(0.5), 1800);
+    }
+}

@@ -1,0 +1,86 @@
+//! The node heartbeat: the Lease kube-node-lease/<node>, owned by the Node,
+//! nodeLeaseDurationSeconds long (40 s), renewed every quarter of that
+//! (10 s), as kubelet does. Failures are retried
+//! with a growing delay (200 ms up to 7 s), as kubelet's lease controller
+//! does.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+
+use super::{is_conflict, is_not_found};
+
+pub const NAMESPACE: &str = "kube-node-lease";
+
+pub struct LeaseLoop {
+    pub client: kube::Client,
+    pub node: String,
+    pub node_uid: String,
+    pub renew_every: Duration,
+    pub duration_seconds: i32,
+}
+
+impl LeaseLoop {
+    fn fresh(&self) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(self.node.clone());
+        lease.metadata.namespace = Some(NAMESPACE.into());
+        lease.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.node.clone(),
+            uid: self.node_uid.clone(),
+            ..Default::default()
+        }]);
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(self.node.clone()),
+            lease_duration_seconds: Some(self.duration_seconds),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..Default::default()
+        });
+        lease
+    }
+
+    /// One renewal: update the Lease (creating it if missing).
+    async fn renew(&self, leases: &Api<Lease>) -> Result<(), kube::Error> {
+        let mut lease = match leases.get(&self.node).await {
+            Ok(l) => l,
+            Err(e) if is_not_found(&e) => {
+                return match leases.create(&PostParams::default(), &self.fresh()).await {
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    other => other.map(|_| ()),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some(self.node.clone());
+        spec.lease_duration_seconds = Some(self.duration_seconds);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        if lease.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()) {
+            lease.metadata.owner_references = self.fresh().metadata.owner_references;
+        }
+        leases.replace(&self.node, &PostParams::default(), &lease).await.map(|_| ())
+    }
+
+    pub async fn run(self) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.renew(&leases).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(200);
+                    tokio::time::sleep(self.renew_every).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "renewing the node lease failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(7));
+                }
+            }
+        }
+    }
+}

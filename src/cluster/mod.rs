@@ -1,0 +1,139 @@
+//! The apiserver side of the node: the client (with a rotating client
+//! certificate and kubelet's QPS), TLS bootstrap and certificate rotation,
+//! Node registration and status, the Lease heartbeat, the bound-pod watch,
+//! the pod status writer, mirror pods for static pods, Events, and the
+//! deletion handshake.
+
+pub mod certs;
+pub mod client;
+pub mod events;
+pub mod files;
+pub mod finalize;
+pub mod lease;
+pub mod mirror;
+pub mod node;
+pub mod podsource;
+pub mod status_writer;
+
+/// Errors on the way into a cluster; each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{what}: {source}")]
+    Api { what: String, source: kube::Error },
+    #[error("{0}")]
+    Bootstrap(String),
+    #[error("{what}: {message}")]
+    Tls { what: String, message: String },
+}
+
+impl ClusterError {
+    pub fn api(what: impl Into<String>, source: kube::Error) -> Self {
+        ClusterError::Api { what: what.into(), source }
+    }
+
+    pub fn file(file: &std::path::Path, message: impl std::fmt::Display) -> Self {
+        ClusterError::File { file: file.display().to_string(), message: message.to_string() }
+    }
+}
+
+/// Whether an API error is a 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Whether an API error is a 409 (conflict, or already exists).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::ClusterSettings;
+use crate::pods::source::SourceUpdate;
+use crate::pods::store::StatusStore;
+use crate::pods::worker::Terminated;
+use crate::runtime::RuntimeHealth;
+
+/// A node's connection to its cluster.
+pub struct Joined {
+    pub client: kube::Client,
+    cert: Option<(Arc<client::RotatingCert>, certs::Validity)>,
+}
+
+/// Gets credentials (TLS bootstrap if needed) and a client. A dry run only
+/// reads: it needs a usable kubeconfig and never bootstraps.
+pub async fn join(cs: &ClusterSettings, node: &str, dry_run: bool) -> Result<Joined, ClusterError> {
+    let paths = certs::CertPaths {
+        kubeconfig: cs.kubeconfig.clone(),
+        bootstrap: if dry_run { None } else { cs.bootstrap_kubeconfig.clone() },
+        cert_dir: cs.cert_dir.clone(),
+    };
+    let creds = certs::load_or_bootstrap(&paths, node).await?;
+    let client = client::build(creds.kubeconfig, creds.cert.as_ref().map(|c| c.0.clone())).await?;
+    Ok(Joined { client, cert: creds.cert })
+}
+
+/// What cluster mode runs beside the pod manager.
+pub struct ClusterParts {
+    pub settings: ClusterSettings,
+    pub facts: node::NodeFacts,
+    pub health: watch::Receiver<RuntimeHealth>,
+    pub statuses: StatusStore,
+    pub sources: mpsc::Sender<SourceUpdate>,
+    pub terminated: Option<mpsc::UnboundedReceiver<Terminated>>,
+}
+
+/// Starts the bound-pod watch, and unless `dry_run` everything that writes:
+/// registration (retried until the apiserver answers), node status, the
+/// Lease, mirror pods, the status writer, the deletion handshake and
+/// certificate rotation.
+pub fn start(tasks: &mut JoinSet<()>, joined: Joined, p: ClusterParts, dry_run: bool) {
+    let client = joined.client.clone();
+    let node = p.facts.name.clone();
+    let (mirrors_tx, mirrors_rx) = watch::channel(podsource::Mirrors::new());
+    tasks.spawn(podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx));
+    if dry_run {
+        return;
+    }
+    tasks.spawn(status_writer::run(client.clone(), p.statuses.subscribe(), mirrors_rx.clone()));
+    if let Some(rx) = p.terminated {
+        tasks.spawn(finalize::run(client.clone(), rx));
+    }
+    if let Some((cert, validity)) = joined.cert.filter(|_| p.settings.rotate_certificates) {
+        tasks.spawn(certs::rotate(client.clone(), cert, validity, p.settings.cert_dir.clone(), node.clone()));
+    }
+    let settings = p.settings;
+    let facts = p.facts;
+    let health = p.health;
+    let statuses = p.statuses;
+    tasks.spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        let uid = loop {
+            match node::register(&client, &facts).await {
+                Ok(uid) => break uid,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "node registration failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(7));
+                }
+            }
+        };
+        let renew = Duration::from_secs((settings.lease_duration_seconds as u64 / 4).max(1));
+        let lease = lease::LeaseLoop { client: client.clone(), node: node.clone(), node_uid: uid.clone(), renew_every: renew, duration_seconds: settings.lease_duration_seconds };
+        let status = node::StatusLoop {
+            client: client.clone(),
+            facts,
+            health,
+            update_every: settings.status_update,
+            report_every: settings.status_report,
+        };
+        let mirrors = mirror::run(client.clone(), node.clone(), uid, statuses.subscribe(), mirrors_rx);
+        tokio::join!(lease.run(), status.run(), mirrors);
+    });
+}

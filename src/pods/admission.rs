@@ -1,0 +1,173 @@
+//! Admission (pure): kubelet re-checks the scheduler's predicates before it
+//! runs an apiserver pod, since a pod can be bound to a node directly
+//! (spec.nodeName) or the node can have changed. A rejected pod is not run;
+//! its status becomes Failed with the reason.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, PodSpec};
+
+use super::quantity;
+
+/// What the node offers.
+#[derive(Debug, Clone, Default)]
+pub struct NodeResources {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub max_pods: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: String,
+    pub message: String,
+}
+
+fn reject(reason: &str, message: String) -> Result<(), Rejection> {
+    Err(Rejection { reason: reason.into(), message: format!("Pod was rejected: {message}") })
+}
+
+/// A pod's effective requests: the larger of its biggest init container and
+/// the sum of its app containers (and sidecars), as the scheduler counts.
+pub fn requests(spec: &PodSpec) -> (i64, i64) {
+    let req = |c: &k8s_openapi::api::core::v1::Container, r: &str, milli: bool| {
+        c.resources
+            .as_ref()
+            .and_then(|x| x.requests.as_ref())
+            .and_then(|m| m.get(r))
+            .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
+            .unwrap_or(0)
+    };
+    let sidecars: Vec<_> = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).collect();
+    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| req(c, r, milli)).sum::<i64>();
+    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r, milli)).max().unwrap_or(0);
+    (sum(true, "cpu").max(init(true, "cpu")), sum(false, "memory").max(init(false, "memory")))
+}
+
+fn host_ports(spec: &PodSpec) -> Vec<(i32, String, String)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.is_some_and(|h| h > 0))
+        .map(|p| (p.host_port.unwrap_or(0), p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.host_ip.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let v = labels.get(&r.key);
+    let values = r.values.clone().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => v.is_some_and(|v| values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (v.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else {
+                return false;
+            };
+            if r.operator == "Gt" { v > bound } else { v < bound }
+        }
+        _ => false,
+    }
+}
+
+fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
+    if !spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v)) {
+        return false;
+    }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    match required {
+        None => true,
+        // Terms are ORed; the expressions of a term are ANDed.
+        Some(sel) => sel
+            .node_selector_terms
+            .iter()
+            .any(|t| t.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels))),
+    }
+}
+
+/// Admits `pod` next to the pods already admitted, or says why not.
+pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), Rejection> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    if spec.node_name.as_deref().is_some_and(|n| n != node.name) {
+        return reject("NodeName", format!("the pod is bound to {}, not to this node", spec.node_name.unwrap_or_default()));
+    }
+    if !node_affinity_ok(&spec, &node.labels) {
+        return reject("NodeAffinity", "Predicate NodeAffinity failed: the node's labels do not match the pod's node selector or required node affinity".into());
+    }
+    let used = admitted.len() as u32;
+    if used + 1 > node.max_pods {
+        return reject("OutOfpods", format!("Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {}", node.max_pods));
+    }
+    let (cpu, mem) = requests(&spec);
+    let (used_cpu, used_mem) = admitted
+        .iter()
+        .filter_map(|p| p.spec.as_ref())
+        .map(requests)
+        .fold((0i64, 0i64), |(a, b), (c, d)| (a + c, b + d));
+    if cpu > 0 && used_cpu + cpu > node.cpu_millis {
+        return reject("OutOfcpu", format!("Node didn't have enough resource: cpu, requested: {cpu}m, used: {used_cpu}m, capacity: {}m", node.cpu_millis));
+    }
+    if mem > 0 && used_mem + mem > node.memory_bytes {
+        return reject(
+            "OutOfmemory",
+            format!("Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
+        );
+    }
+    let taken: Vec<(i32, String, String)> = admitted.iter().filter_map(|p| p.spec.as_ref()).flat_map(host_ports).collect();
+    for (port, proto, ip) in host_ports(&spec) {
+        let clash = taken.iter().any(|(p, pr, i)| *p == port && *pr == proto && (i.is_empty() || ip.is_empty() || *i == ip));
+        if clash {
+            return reject("HostPortConflict", format!("Predicate HostPort failed: host port {port}/{proto} is already in use"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::manifest::{self, StaticOrigin};
+
+    fn pod(extra: &str) -> Pod {
+        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{extra}  containers:\n  - name: c\n    image: i:1\n    resources: {{requests: {{cpu: 500m, memory: 1Gi}}}}\n    ports: [{{containerPort: 80, hostPort: 8080}}]\n");
+        let mut p = manifest::load_static(yaml.as_bytes(), "n1", &StaticOrigin::File("/p".into())).unwrap().0;
+        p.spec.as_mut().unwrap().node_name = Some("n1".into());
+        p
+    }
+
+    fn node() -> NodeResources {
+        NodeResources {
+            name: "n1".into(),
+            labels: BTreeMap::from([("disk".into(), "ssd".into())]),
+            cpu_millis: 1000,
+            memory_bytes: 4 << 30,
+            max_pods: 2,
+        }
+    }
+
+    #[test]
+    fn admits_what_fits_and_rejects_what_does_not() {
+        let a = pod("");
+        assert_eq!(admit(&a, &[], &node()), Ok(()));
+        assert_eq!(admit(&a, &[&a], &node()).unwrap_err().reason, "HostPortConflict");
+        let b = pod("").clone();
+        let mut b2 = b.clone();
+        b2.spec.as_mut().unwrap().containers[0].ports = None;
+        b2.spec.as_mut().unwrap().containers[0].resources.as_mut().unwrap().requests.as_mut().unwrap().insert("cpu".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("600m".into()));
+        assert_eq!(admit(&b2, &[&a], &node()).unwrap_err().reason, "OutOfcpu");
+        let mut small = b2.clone();
+        small.spec.as_mut().unwrap().containers[0].resources = None;
+        assert_eq!(admit(&small, &[&a, &a], &node()).unwrap_err().reason, "OutOfpods");
+        assert_eq!(admit(&pod("  nodeSelector: {disk: hdd}\n"), &[], &node()).unwrap_err().reason, "NodeAffinity");
+        assert_eq!(admit(&pod("  nodeSelector: {disk: ssd}\n"), &[], &node()), Ok(()));
+        let affinity = "  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: disk, operator: In, values: [nvme]}]\n        - matchExpressions: [{key: disk, operator: Exists}]\n";
+        assert_eq!(admit(&pod(affinity), &[], &node()), Ok(()), "terms are ORed");
+    }
+}
