@@ -215,17 +215,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         expected.insert(SourceName::Api);
         let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
-        let facts = NodeFacts::gather(
-            &s.node_name,
-            &cs.node_labels,
-            cs.register_with_taints.clone(),
-            &s.node_ips,
-            s.max_pods,
-            &runtime_version,
-            &s.root_dir,
-            node.cpu_capacity_millis,
-            node.memory_capacity_bytes,
-        );
+        let facts = NodeFacts::gather(&node, cs, s.max_pods, &runtime_version);
         manager_admission = Some(NodeResources {
             name: s.node_name.clone(),
             labels: facts.labels.clone(),

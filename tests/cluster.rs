@@ -188,7 +188,7 @@ async fn a_bound_pod_runs_reports_status_and_goes_through_the_deletion_handshake
     assert!(st.pod_ip.unwrap().starts_with("10.99.0."));
     assert_eq!(st.host_ip.as_deref(), Some("10.99.0.1"));
     assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    assert_eq!(st.container_statuses.unwrap()[0].ready, true);
+    assert!(st.container_statuses.unwrap()[0].ready);
     let c_id = eventually(10 * S, "the container", || async {
         c.node.instances_named("api-pod", "c").await.into_iter().find(is_running)
     })
@@ -278,4 +278,78 @@ async fn apiserver_outages_and_410s_disturb_no_container() {
     assert_eq!(after.len(), 1, "no new container");
     assert_eq!(after[0].id, before.id, "the steady container was never restarted");
     assert!(is_running(&after[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let pods = c.pods("default");
+    let mut picky = bound_pod("picky", &c.node.node_name(), "sleep 3600");
+    picky.spec.as_mut().unwrap().node_selector = Some([("disk".to_string(), "nvme".to_string())].into());
+    pods.create(&PostParams::default(), &picky).await.unwrap();
+    let mut fine = bound_pod("fine", &c.node.node_name(), "sleep 3600");
+    fine.spec.as_mut().unwrap().node_selector = Some([("nodelet.io/test".to_string(), "yes".to_string())].into());
+    pods.create(&PostParams::default(), &fine).await.unwrap();
+    let rejected = eventually(30 * S, "picky rejected", || async {
+        let st = pods.get("picky").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(rejected.reason.as_deref(), Some("NodeAffinity"));
+    assert!(rejected.message.unwrap().starts_with("Pod was rejected: "));
+    assert!(c.node.containers_named("picky").await.is_empty(), "a rejected pod does not run");
+    eventually(30 * S, "fine Running", || async {
+        (pods.get("fine").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+
+    // A pod with the service account token volume a real apiserver adds is
+    // refused with a reason until volumes exist.
+    let mut with_token = bound_pod("token", &c.node.node_name(), "sleep 3600");
+    with_token.spec.as_mut().unwrap().automount_service_account_token = None;
+    pods.create(&PostParams::default(), &with_token).await.unwrap();
+    let st = eventually(30 * S, "token rejected", || async {
+        let st = pods.get("token").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let reasons = eventually(30 * S, "Started and rejection events", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        (reasons.iter().any(|r| r == "Started") && reasons.iter().any(|r| r == "NodeAffinity")).then_some(reasons)
+    })
+    .await;
+    for r in ["Pulled", "Created", "Started"] {
+        assert!(reasons.iter().any(|x| x == r), "missing a {r} event: {reasons:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificate_rotates_without_dropping_the_watch() {
+    let c = Cluster::start().await;
+    c.api.set_auto_approve(true);
+    c.api.set_cert_lifetime(Duration::from_secs(20));
+    let _agent = c.nodelet(&[]);
+    eventually(30 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    let current = c.dir().join("pki/kubelet-client-current.pem");
+    let first = std::fs::canonicalize(&current).unwrap();
+    // Renewal comes at 70-90 % of 20 s.
+    let second = eventually(40 * S, "a renewed certificate", || async {
+        let now = std::fs::canonicalize(&current).ok()?;
+        (now != first).then_some(now)
+    })
+    .await;
+    assert_eq!(c.csrs().await.len(), 2, "one CSR to bootstrap, one to renew");
+    assert!(second.exists() && first.exists());
+    // The same watch still delivers: a pod created now runs.
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &bound_pod("after-rotation", &c.node.node_name(), "sleep 3600")).await.unwrap();
+    eventually(30 * S, "the pod Running", || async {
+        (pods.get("after-rotation").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
 }

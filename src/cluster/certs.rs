@@ -55,7 +55,7 @@ impl Validity {
     /// lifetime, as kubelet's certificate manager does.
     pub fn rotation_deadline(&self, jitter: f64) -> i64 {
         let lifetime = (self.not_after - self.not_before).max(0) as f64;
-        self.not_before + (lifetime * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+        self.not_before + (lifetime * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))).round() as i64
     }
 }
 
@@ -74,8 +74,11 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
     Kubeconfig::read_from(path).map_err(|e| ClusterError::file(path, e))
 }
 
+/// A certificate and its key, PEM.
+type PemPair = (Vec<u8>, Vec<u8>);
+
 /// The client certificate and key a kubeconfig's current user presents.
-fn client_pem(kc: &Kubeconfig, file: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>, ClusterError> {
+fn client_pem(kc: &Kubeconfig, file: &Path) -> Result<Option<PemPair>, ClusterError> {
     use base64::Engine;
     let current = kc.current_context.clone().unwrap_or_default();
     let user = kc
@@ -238,7 +241,8 @@ fn write_kubeconfig(boot: &Kubeconfig, path: &Path, pem: &Path) -> Result<(), Cl
 pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, mut validity: Validity, cert_dir: PathBuf, node: String) {
     loop {
         let deadline = validity.rotation_deadline(rand::random::<f64>());
-        let wait = (deadline - now_secs()).max(0) as u64;
+        // A floor, so an odd certificate cannot start a storm of CSRs.
+        let wait = (deadline - now_secs()).max(5) as u64;
         tracing::info!(in_seconds = wait, "client certificate rotation scheduled");
         tokio::time::sleep(Duration::from_secs(wait)).await;
         let mut delay = Duration::from_secs(2);

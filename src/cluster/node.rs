@@ -16,6 +16,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
 use super::{ClusterError, is_conflict};
+use crate::config::ClusterSettings;
+use crate::pods::NodeContext;
 use crate::runtime::RuntimeHealth;
 
 /// The version nodelet reports as its kubelet version.
@@ -61,17 +63,11 @@ pub fn go_arch() -> &'static str {
 
 impl NodeFacts {
     /// Facts from this machine.
-    pub fn gather(
-        name: &str,
-        extra_labels: &BTreeMap<String, String>,
-        taints: Vec<Taint>,
-        node_ips: &[String],
-        max_pods: u32,
-        runtime_version: &str,
-        root_dir: &std::path::Path,
-        cpu_millis: i64,
-        memory_bytes: i64,
-    ) -> Self {
+    pub fn gather(node: &NodeContext, cs: &ClusterSettings, max_pods: u32, runtime_version: &str) -> Self {
+        let name = node.node_name.as_str();
+        let (extra_labels, taints) = (&cs.node_labels, cs.register_with_taints.clone());
+        let (node_ips, root_dir) = (&node.host_ips, node.root_dir.as_path());
+        let (cpu_millis, memory_bytes) = (node.cpu_capacity_millis, node.memory_capacity_bytes);
         let mut labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), name.to_string()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
@@ -239,7 +235,23 @@ mod tests {
     use super::*;
 
     fn facts() -> NodeFacts {
-        NodeFacts::gather("n1", &BTreeMap::from([("role".into(), "edge".into())]), vec![], &["10.0.0.9".into()], 110, "containerd://1.6.20", std::path::Path::new("/"), 2000, 8 << 30)
+        let mut node = NodeContext::for_tests("n1");
+        node.host_ips = vec!["10.0.0.9".into()];
+        node.root_dir = "/".into();
+        node.cpu_capacity_millis = 2000;
+        node.memory_capacity_bytes = 8 << 30;
+        let cs = ClusterSettings {
+            kubeconfig: "/k".into(),
+            bootstrap_kubeconfig: None,
+            cert_dir: "/pki".into(),
+            node_labels: BTreeMap::from([("role".into(), "edge".into())]),
+            register_with_taints: vec![],
+            status_update: Duration::from_secs(10),
+            status_report: Duration::from_secs(300),
+            lease_duration_seconds: 40,
+            rotate_certificates: true,
+        };
+        NodeFacts::gather(&node, &cs, 110, "containerd://1.6.20")
     }
 
     #[test]

@@ -95,6 +95,11 @@ fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
 /// Admits `pod` next to the pods already admitted, or says why not.
 pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), Rejection> {
     let spec = pod.spec.clone().unwrap_or_default();
+    let unsupported = super::manifest::not_yet_supported(pod);
+    if !unsupported.is_empty() {
+        let list = unsupported.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return reject("UnsupportedPodSpec", format!("this node cannot run it yet: {list}"));
+    }
     if spec.node_name.as_deref().is_some_and(|n| n != node.name) {
         return reject("NodeName", format!("the pod is bound to {}, not to this node", spec.node_name.unwrap_or_default()));
     }
@@ -169,5 +174,10 @@ mod tests {
         assert_eq!(admit(&pod("  nodeSelector: {disk: ssd}\n"), &[], &node()), Ok(()));
         let affinity = "  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: disk, operator: In, values: [nvme]}]\n        - matchExpressions: [{key: disk, operator: Exists}]\n";
         assert_eq!(admit(&pod(affinity), &[], &node()), Ok(()), "terms are ORed");
+        let mut with_volume = pod("");
+        with_volume.spec.as_mut().unwrap().volumes = Some(vec![k8s_openapi::api::core::v1::Volume { name: "v".into(), ..Default::default() }]);
+        let r = admit(&with_volume, &[], &node()).unwrap_err();
+        assert_eq!(r.reason, "UnsupportedPodSpec");
+        assert!(r.message.contains("spec.volumes"), "{}", r.message);
     }
 }

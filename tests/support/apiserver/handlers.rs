@@ -4,6 +4,8 @@
 //! server-side defaulting, update with optimistic concurrency (409), the
 //! status and approval subresources, patch, and graceful pod deletion.
 
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -371,7 +373,7 @@ fn watch(state: Arc<State>, t: &Target, q: &HashMap<String, String>) -> Response
 /// out of the selection appear as added or deleted.
 fn transition(change: Change, old: Option<&Value>, new: &Value, matches: &dyn Fn(&Value) -> bool) -> Option<(Change, Value)> {
     let now = matches(new);
-    let before = old.is_some_and(|o| matches(o));
+    let before = old.is_some_and(matches);
     match change {
         Change::Deleted => now.then(|| (Change::Deleted, new.clone())),
         Change::Added => now.then(|| (Change::Added, new.clone())),
@@ -670,7 +672,7 @@ fn maybe_auto_approve(state: &Arc<State>, name: &str) {
     }
     let groups: Vec<String> = serde_json::from_value(csr["spec"]["groups"].clone()).unwrap_or_default();
     let user = csr["spec"]["username"].as_str().unwrap_or("").to_string();
-    let request = csr["spec"]["request"].as_str().and_then(|r| base64_decode(r)).unwrap_or_default();
+    let request = csr["spec"]["request"].as_str().and_then(base64_decode).unwrap_or_default();
     let subject = pki::csr_subject(&String::from_utf8_lossy(&request));
     let self_renewal = subject.as_ref().is_some_and(|(cn, _)| *cn == user);
     if !(groups.iter().any(|g| g == "system:bootstrappers") || self_renewal) {
@@ -711,7 +713,11 @@ fn spawn_signer(state: Arc<State>, name: String) {
             Ok(pem) => csr["status"]["certificate"] = Value::String(base64_encode(pem.as_bytes())),
             Err(e) => {
                 let cond = json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": e});
-                csr["status"]["conditions"].as_array_mut().map(|c| c.push(cond.clone()));
+                if let Some(c) = csr["status"]["conditions"].as_array_mut() {
+                    c.push(cond);
+                } else {
+                    csr["status"]["conditions"] = json!([cond]);
+                }
             }
         }
         store.put(key, "", &name, csr);

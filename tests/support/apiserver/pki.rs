@@ -23,9 +23,12 @@ pub struct Pair {
     pub key_pem: String,
 }
 
+/// Certificates are backdated for clock skew, as kube-controller-manager's
+/// signer does (5 minutes, less for short test lifetimes).
 fn validity(p: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::minutes(5);
+    let backdate = (lifetime.as_secs() as i64 / 10).min(300);
+    p.not_before = now - time::Duration::seconds(backdate);
     p.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 
