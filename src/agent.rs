@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use crate::tasks::Tasks;
 
 use crate::config::Settings;
 use crate::cluster::{self, events::ApiRecorder, node::NodeFacts};
@@ -34,6 +34,8 @@ pub enum AgentError {
     Bind { addr: std::net::SocketAddr, reason: std::io::Error },
     #[error("joining the cluster: {0}")]
     Cluster(crate::cluster::ClusterError),
+    #[error("{0}")]
+    Fault(String),
 }
 
 impl From<crate::cluster::ClusterError> for AgentError {
@@ -155,11 +157,11 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         runtime_name,
     });
 
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
     let (health_tx, health_rx) = watch::channel(RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() });
     if !s.dry_run {
         let rt = runtime.clone();
-        tasks.spawn(async move {
+        tasks.spawn("runtime status", async move {
             loop {
                 match rt.status().await {
                     Ok(st) => {
@@ -203,15 +205,16 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     if let Some(dir) = &s.static_pod_path {
         expected.insert(SourceName::File);
         tracing::info!(path = %dir.display(), "watching static pod manifests");
-        tasks.spawn(FileSource::new(dir.clone(), s.node_name.clone(), s.file_check_frequency).run(src_tx.clone()));
+        tasks.spawn("file source", FileSource::new(dir.clone(), s.node_name.clone(), s.file_check_frequency).run(src_tx.clone()));
     }
     if let Some(url) = &s.static_pod_url {
         expected.insert(SourceName::Http);
         tracing::info!(%url, "polling the static pod manifest URL");
         let src = HttpSource::new(url.clone(), s.static_pod_url_headers.clone(), s.node_name.clone(), s.http_check_frequency);
-        tasks.spawn(src.run(src_tx.clone()));
+        tasks.spawn("URL source", src.run(src_tx.clone()));
     }
     let mut manager_admission = None;
+    let mut node_labels = None;
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         expected.insert(SourceName::Api);
         let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
@@ -223,6 +226,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             memory_bytes: node.memory_capacity_bytes,
             max_pods: s.max_pods,
         });
+        let (labels_tx, labels_rx) = watch::channel(facts.labels.clone());
+        node_labels = Some(labels_rx);
         let parts = cluster::ClusterParts {
             settings: cs.clone(),
             facts,
@@ -230,6 +235,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             statuses: statuses.clone(),
             sources: src_tx.clone(),
             terminated: writes.then_some(terminated_rx),
+            node_labels: labels_tx,
         };
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }
@@ -238,11 +244,11 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let (relist_tx, relist_rx) = mpsc::channel(16);
     let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
     let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
-    tasks.spawn(pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx));
+    tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx));
     if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
         let (exit_tx, mut exit_rx) = mpsc::channel(64);
-        tasks.spawn(containerd::watch_task_exits(socket, exit_tx));
-        tasks.spawn(async move {
+        tasks.spawn("containerd events", containerd::watch_task_exits(socket, exit_tx));
+        tasks.spawn("exit events", async move {
             while let Some(ev) = exit_rx.recv().await {
                 tracing::debug!(container = %ev.container_id, status = ev.exit_status, "container exited");
                 if exit_ids_tx.send(ev.container_id).await.is_err() {
@@ -253,16 +259,16 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     }
 
     let mut manager = PodManager::new(ctx, expected, s.dry_run);
-    if let Some(node) = manager_admission {
-        manager = manager.with_admission(node);
+    if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
+        manager = manager.with_admission(node, labels);
     }
-    tasks.spawn(manager.run(src_rx, relist_rx));
+    tasks.spawn("pod manager", manager.run(src_rx, relist_rx));
 
     if let Some(addr) = s.healthz {
         match server::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(%addr, "serving /healthz and /pods");
-                tasks.spawn(server::serve(listener, server::LocalApi { statuses, relisted: relisted_rx }));
+                tasks.spawn("local endpoint", server::serve(listener, server::LocalApi { statuses, relisted: relisted_rx }));
             }
             Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the local endpoint is not served"),
             Err(reason) => return Err(AgentError::Bind { addr, reason }),
@@ -273,8 +279,18 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tracing::debug!(error = %e, "sd_notify failed");
     }
     tracing::info!(node = %s.node_name, dry_run = s.dry_run, "nodelet is running");
-    shutdown.await;
-    tracing::info!("shutting down; pods keep running");
+    let fault = tokio::select! {
+        _ = shutdown => None,
+        why = tasks.first_exit() => Some(why),
+    };
+    if let Some(why) = &fault {
+        tracing::error!("{why}; exiting so the service manager starts nodelet again (pods keep running)");
+    } else {
+        tracing::info!("shutting down; pods keep running");
+    }
     tasks.shutdown().await;
-    Ok(())
+    match fault {
+        Some(why) => Err(AgentError::Fault(why)),
+        None => Ok(()),
+    }
 }

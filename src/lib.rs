@@ -13,4 +13,5 @@ pub mod pods;
 pub mod probes;
 pub mod runtime;
 pub mod server;
+pub mod tasks;
 pub mod view;

@@ -188,7 +188,10 @@ async fn a_bound_pod_runs_reports_status_and_goes_through_the_deletion_handshake
     assert!(st.pod_ip.unwrap().starts_with("10.99.0."));
     assert_eq!(st.host_ip.as_deref(), Some("10.99.0.1"));
     assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    assert!(st.container_statuses.unwrap()[0].ready);
+    let cs = st.container_statuses.unwrap();
+    assert!(cs[0].ready);
+    let state = cs[0].state.clone().unwrap();
+    assert!(state.running.is_some() && state.waiting.is_none(), "no stale waiting state beside running: {state:?}");
     let c_id = eventually(10 * S, "the container", || async {
         c.node.instances_named("api-pod", "c").await.into_iter().find(is_running)
     })
@@ -205,6 +208,45 @@ async fn a_bound_pod_runs_reports_status_and_goes_through_the_deletion_handshake
     assert!(c.node.sandboxes_named("api-pod").await.is_empty());
     let log = agent.log();
     assert!(log.contains("pod deleted in the API; stopping it"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_loses_a_deletion_nor_runs_a_finished_pod_again() {
+    use nodelet::runtime::Runtime;
+    let c = Cluster::start().await;
+    let mut agent = c.join().await;
+    let pods = c.pods("default");
+    let node = c.node.node_name();
+    let mut once = bound_pod("once", &node, "exit 0");
+    once.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    pods.create(&PostParams::default(), &once).await.unwrap();
+    let doomed = bound_pod("doomed", &node, "trap 'exit 0' TERM; while true; do sleep 0.2; done");
+    pods.create(&PostParams::default(), &doomed).await.unwrap();
+    eventually(30 * S, "once Succeeded and doomed Running", || async {
+        let a = pods.get("once").await.ok()?.status?.phase;
+        let b = pods.get("doomed").await.ok()?.status?.phase;
+        (a.as_deref() == Some("Succeeded") && b.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+
+    // While nodelet is down, doomed is deleted in the API, and once's
+    // containers are collected (as after a reboot).
+    agent.kill9();
+    pods.delete("doomed", &DeleteParams::default()).await.unwrap();
+    let rt = c.node.cri().await;
+    for sb in c.node.sandboxes_named("once").await {
+        rt.stop_pod_sandbox(&sb.id).await.unwrap();
+        rt.remove_pod_sandbox(&sb.id).await.unwrap();
+    }
+    assert!(c.node.containers_named("once").await.is_empty());
+
+    let agent = c.nodelet(&[]);
+    eventually(30 * S, "doomed's object removed", || async { pods.get("doomed").await.is_err().then_some(()) }).await;
+    assert!(c.node.containers_named("doomed").await.is_empty(), "the object went only after the containers");
+    tokio::time::sleep(3 * S).await;
+    assert!(c.node.sandboxes_named("once").await.is_empty(), "a Succeeded pod never runs again:\n{}", agent.log());
+    let phase = pods.get("once").await.unwrap().status.unwrap().phase;
+    assert_eq!(phase.as_deref(), Some("Succeeded"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,10 @@ use super::ClusterError;
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const CURRENT: &str = "kubelet-client-current.pem";
 
+/// How long a CSR may wait for approval before the attempt is given up, as
+/// kubelet's certificate manager does.
+const CSR_WAIT: Duration = Duration::from_secs(15 * 60);
+
 /// Where the credentials live.
 #[derive(Debug, Clone)]
 pub struct CertPaths {
@@ -110,23 +114,52 @@ fn client_pem(kc: &Kubeconfig, file: &Path) -> Result<Option<PemPair>, ClusterEr
     Ok(cert.zip(key))
 }
 
-/// Loads the node's kubeconfig, or bootstraps one.
+/// The certificate and key in `<cert-dir>/kubelet-client-current.pem`, if
+/// it holds a usable pair.
+fn current_pem(cert_dir: &Path) -> Option<(PemPair, Validity)> {
+    let pem = std::fs::read(cert_dir.join(CURRENT)).ok()?;
+    let validity = Validity::of_pem(&pem)?;
+    RotatingCert::default().set_pem(&pem, &pem).ok()?;
+    Some(((pem.clone(), pem), validity))
+}
+
+/// Loads the node's kubeconfig, or bootstraps one. A client certificate
+/// that is missing, unreadable or expired is no credential: with a
+/// bootstrap kubeconfig, nodelet bootstraps again. A newer certificate in
+/// the cert dir (rotated after the kubeconfig was written) wins over the
+/// kubeconfig's own.
 pub async fn load_or_bootstrap(paths: &CertPaths, node: &str) -> Result<Credentials, ClusterError> {
     if paths.kubeconfig.exists() {
         let kc = read_kubeconfig(&paths.kubeconfig)?;
-        match client_pem(&kc, &paths.kubeconfig)? {
-            None => return Ok(Credentials { kubeconfig: kc, cert: None }),
-            Some((cert, key)) => {
-                let validity = Validity::of_pem(&cert)
-                    .ok_or_else(|| ClusterError::file(&paths.kubeconfig, "the client certificate does not parse"))?;
-                if validity.not_after > now_secs() {
-                    let rotating = Arc::new(RotatingCert::default());
-                    rotating.set_pem(&cert, &key)?;
-                    tracing::info!(kubeconfig = %paths.kubeconfig.display(), "using the existing client certificate");
-                    return Ok(Credentials { kubeconfig: kc, cert: Some((rotating, validity)) });
+        let from_kubeconfig = match client_pem(&kc, &paths.kubeconfig) {
+            Ok(None) => return Ok(Credentials { kubeconfig: kc, cert: None }),
+            Ok(Some((cert, key))) => match Validity::of_pem(&cert) {
+                Some(v) => Some(((cert, key), v)),
+                None => {
+                    tracing::warn!(kubeconfig = %paths.kubeconfig.display(), "the client certificate does not parse");
+                    None
                 }
-                tracing::warn!(kubeconfig = %paths.kubeconfig.display(), "the client certificate has expired");
+            },
+            Err(e) if paths.bootstrap.is_some() => {
+                tracing::warn!(error = %e, "the kubeconfig's client certificate cannot be read");
+                None
             }
+            Err(e) => return Err(e),
+        };
+        let rotated = current_pem(&paths.cert_dir);
+        let best = match (from_kubeconfig, rotated) {
+            (Some(a), Some(b)) => Some(if b.1.not_after > a.1.not_after { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        match best {
+            Some(((cert, key), validity)) if validity.not_after > now_secs() => {
+                let rotating = Arc::new(RotatingCert::default());
+                rotating.set_pem(&cert, &key)?;
+                tracing::info!(kubeconfig = %paths.kubeconfig.display(), "using the existing client certificate");
+                return Ok(Credentials { kubeconfig: kc, cert: Some((rotating, validity)) });
+            }
+            Some(_) => tracing::warn!(kubeconfig = %paths.kubeconfig.display(), "the client certificate has expired"),
+            None => {}
         }
     }
     let Some(bootstrap) = &paths.bootstrap else {
@@ -181,8 +214,10 @@ pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(S
         status.certificate.as_ref().is_some_and(|b| !b.0.is_empty())
             || status.conditions.iter().flatten().any(|c| c.type_ == "Denied" || c.type_ == "Failed")
     };
-    let done = kube::runtime::wait::await_condition(csrs, &name, decided)
+    let waited = tokio::time::timeout(CSR_WAIT, kube::runtime::wait::await_condition(csrs, &name, decided))
         .await
+        .map_err(|_| ClusterError::Bootstrap(format!("certificate signing request {name} was not approved within {} minutes", CSR_WAIT.as_secs() / 60)))?;
+    let done = waited
         .map_err(|e| ClusterError::Bootstrap(format!("watching CSR {name}: {e}")))?
         .ok_or_else(|| ClusterError::Bootstrap(format!("certificate signing request {name} was deleted")))?;
     let status = done.status.unwrap_or_default();
@@ -213,31 +248,49 @@ pub fn write_pem(cert_dir: &Path, cert: &str, key: &str) -> Result<PathBuf, Clus
     Ok(current)
 }
 
-/// The node's kubeconfig: the bootstrap kubeconfig's cluster, with the
-/// client certificate and key in `pem`.
+/// The node's kubeconfig: the bootstrap kubeconfig's cluster entry as it
+/// is (server, CA, TLS server name, proxy), with the client certificate and
+/// key in `pem`.
 fn write_kubeconfig(boot: &Kubeconfig, path: &Path, pem: &Path) -> Result<(), ClusterError> {
-    let cluster = boot
-        .clusters
-        .first()
+    use kube::config::{AuthInfo, Context, NamedAuthInfo, NamedCluster, NamedContext};
+    let context = boot.current_context.as_ref().and_then(|c| boot.contexts.iter().find(|x| &x.name == c));
+    let cluster_name = context.and_then(|c| c.context.as_ref()).map(|c| c.cluster.clone());
+    let cluster = cluster_name
+        .and_then(|n| boot.clusters.iter().find(|c| c.name == n))
+        .or_else(|| boot.clusters.first())
         .and_then(|c| c.cluster.clone())
         .ok_or_else(|| ClusterError::Bootstrap("the bootstrap kubeconfig names no cluster".into()))?;
-    let server = cluster.server.unwrap_or_default();
-    let ca = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
-        (Some(data), _) => format!("    certificate-authority-data: {data}\n"),
-        (None, Some(file)) => format!("    certificate-authority: {file}\n"),
-        (None, None) => String::new(),
+    let pem = pem.display().to_string();
+    let kc = Kubeconfig {
+        clusters: vec![NamedCluster { name: "default-cluster".into(), cluster: Some(cluster), other: Default::default() }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "default-auth".into(),
+            auth_info: Some(AuthInfo { client_certificate: Some(pem.clone()), client_key: Some(pem), ..Default::default() }),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: "default-context".into(),
+            context: Some(Context {
+                cluster: "default-cluster".into(),
+                user: Some("default-auth".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }),
+            other: Default::default(),
+        }],
+        current_context: Some("default-context".into()),
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        ..Default::default()
     };
-    let pem = pem.display();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    server: {server}\n{ca}\
-         contexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    user: default-auth\n    namespace: default\n\
-         current-context: default-context\nusers:\n- name: default-auth\n  user:\n    client-certificate: {pem}\n    client-key: {pem}\n"
-    );
+    let yaml = serde_yaml::to_string(&kc).map_err(|e| ClusterError::file(path, e))?;
     files::write_atomic(path, yaml.as_bytes(), 0o600).map_err(|e| ClusterError::file(path, e))
 }
 
 /// Renews the client certificate at a jittered 70–90 % of its lifetime,
-/// forever. New connections use the new certificate at once.
+/// forever. New connections use the new certificate at once. If renewal
+/// keeps failing until the certificate expires, it returns: the agent then
+/// exits, and on its next start bootstraps again (as kubelet does).
 pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, mut validity: Validity, cert_dir: PathBuf, node: String) {
     loop {
         let deadline = validity.rotation_deadline(rand::random::<f64>());
@@ -249,15 +302,23 @@ pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, mut validity:
         loop {
             let renewed = async {
                 let (pem, key) = request_certificate(&client, &node).await?;
+                // Check the pair before anything points at it.
+                let v = Validity::of_pem(pem.as_bytes())
+                    .ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))?;
+                RotatingCert::default().set_pem(pem.as_bytes(), key.as_bytes())?;
                 write_pem(&cert_dir, &pem, &key)?;
                 cert.set_pem(pem.as_bytes(), key.as_bytes())?;
-                Validity::of_pem(pem.as_bytes()).ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))
+                Ok::<_, ClusterError>(v)
             };
             match renewed.await {
                 Ok(v) => {
                     tracing::info!(not_after = v.not_after, "client certificate rotated");
                     validity = v;
                     break;
+                }
+                Err(e) if now_secs() >= validity.not_after => {
+                    tracing::error!(error = %e, "client certificate rotation failed and the certificate has expired");
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = delay.as_secs(), "client certificate rotation failed");

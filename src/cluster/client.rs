@@ -1,10 +1,17 @@
 //! The apiserver client: kube-rs over rustls (ring), with kubelet's request
 //! rate (QPS 50, burst 100), and a client certificate that can be swapped
-//! while the client is in use: new connections present the new certificate,
-//! open ones (watches among them) carry on.
+//! while the client is in use. When it is, the connection pool is replaced:
+//! new requests open connections that present the new certificate, and the
+//! old connections close once their last request (a watch, say) ends, as
+//! kubelet closes its connections on rotation.
+//!
+//! The heartbeat (Lease and node status) gets a client of its own with no
+//! rate limit, as kubelet's does, so a burst of events or status writes
+//! never delays it.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -30,6 +37,8 @@ pub fn install_crypto() {
 #[derive(Debug, Default)]
 pub struct RotatingCert {
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// Bumped on every change, so clients know to drop old connections.
+    generation: AtomicU64,
 }
 
 impl RotatingCert {
@@ -45,7 +54,12 @@ impl RotatingCert {
         let provider = rustls::crypto::ring::default_provider();
         let signing = provider.key_provider.load_private_key(key).map_err(|e| tls(e.to_string()))?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(CertifiedKey::new(chain, signing)));
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 
@@ -91,11 +105,78 @@ where
     }
 }
 
-/// Builds a client from a kubeconfig. With `cert`, the client certificate
-/// comes from it (and can be rotated); without, from the kubeconfig.
-pub async fn build(
+type Connector = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+type HyperClient = hyper_util::client::legacy::Client<Connector, kube::client::Body>;
+
+/// Requests go to the pool of the current certificate generation; a new
+/// generation gets a new pool and the old one is dropped with its idle
+/// connections (busy ones finish their request first).
+#[derive(Clone)]
+struct PerCertPool {
+    connector: Connector,
+    cert: Option<Arc<RotatingCert>>,
+    current: Arc<Mutex<(u64, HyperClient)>>,
+}
+
+impl PerCertPool {
+    fn new(connector: Connector, cert: Option<Arc<RotatingCert>>) -> Self {
+        let generation = cert.as_ref().map_or(0, |c| c.generation());
+        let client = Self::pool(&connector);
+        Self { connector, cert, current: Arc::new(Mutex::new((generation, client))) }
+    }
+
+    fn pool(connector: &Connector) -> HyperClient {
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector.clone())
+    }
+
+    fn client(&self) -> HyperClient {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cert) = &self.cert {
+            let generation = cert.generation();
+            if generation != cur.0 {
+                tracing::info!("client certificate changed; new connections will present it");
+                *cur = (generation, Self::pool(&self.connector));
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+impl tower::Service<hyper::Request<kube::client::Body>> for PerCertPool {
+    type Response = <HyperClient as tower::Service<hyper::Request<kube::client::Body>>>::Response;
+    type Error = <HyperClient as tower::Service<hyper::Request<kube::client::Body>>>::Error;
+    type Future = <HyperClient as tower::Service<hyper::Request<kube::client::Body>>>::Future;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<kube::client::Body>) -> Self::Future {
+        tower::Service::call(&mut self.client(), req)
+    }
+}
+
+/// How long a response may stay silent before the connection is given up:
+/// a little over the apiserver's watch timeout, so a half-open connection
+/// cannot hang a watch or a write for the minutes TCP takes to notice.
+const READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// Builds a client from a kubeconfig, rate-limited as kubelet's is. With
+/// `cert`, the client certificate comes from it (and can be rotated);
+/// without, from the kubeconfig.
+pub async fn build(kubeconfig: kube::config::Kubeconfig, cert: Option<Arc<RotatingCert>>) -> Result<kube::Client, ClusterError> {
+    build_with(kubeconfig, cert, true).await
+}
+
+/// The heartbeat's client: the same credentials, no rate limit.
+pub async fn build_heartbeat(kubeconfig: kube::config::Kubeconfig, cert: Option<Arc<RotatingCert>>) -> Result<kube::Client, ClusterError> {
+    build_with(kubeconfig, cert, false).await
+}
+
+async fn build_with(
     kubeconfig: kube::config::Kubeconfig,
     cert: Option<Arc<RotatingCert>>,
+    limited: bool,
 ) -> Result<kube::Client, ClusterError> {
     install_crypto();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -104,8 +185,8 @@ pub async fn build(
     let mut tls = config
         .rustls_client_config()
         .map_err(|e| ClusterError::Tls { what: "TLS client configuration".into(), message: e.to_string() })?;
-    if let Some(c) = cert {
-        tls.client_auth_cert_resolver = c;
+    if let Some(c) = &cert {
+        tls.client_auth_cert_resolver = c.clone();
     }
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -117,19 +198,20 @@ pub async fn build(
         .wrap_connector(http);
     let mut timeouts = hyper_timeout::TimeoutConnector::new(https);
     timeouts.set_connect_timeout(config.connect_timeout);
-    timeouts.set_read_timeout(config.read_timeout);
+    timeouts.set_read_timeout(config.read_timeout.or(Some(READ_TIMEOUT)));
     timeouts.set_write_timeout(config.write_timeout);
-    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(timeouts);
-    let quota = Quota::per_second(NonZeroU32::new(QPS).expect("non-zero"))
-        .allow_burst(NonZeroU32::new(BURST).expect("non-zero"));
-    let limiter = Arc::new(RateLimiter::direct(quota));
+    let pool = PerCertPool::new(timeouts, cert);
+    let limiter = limited.then(|| {
+        let quota = Quota::per_second(NonZeroU32::new(QPS).expect("non-zero"))
+            .allow_burst(NonZeroU32::new(BURST).expect("non-zero"));
+        Arc::new(RateLimiter::direct(quota))
+    });
     let auth = config.auth_layer().map_err(|e| ClusterError::Bootstrap(format!("kubeconfig credentials: {e}")))?;
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(auth)
-        .layer(tower::layer::layer_fn(move |inner| RateLimit { inner, limiter: limiter.clone() }))
+        .option_layer(limiter.map(|limiter| tower::layer::layer_fn(move |inner| RateLimit { inner, limiter: limiter.clone() })))
         .map_err(tower::BoxError::from)
-        .service(http_client);
+        .service(pool);
     Ok(kube::Client::new(service, config.default_namespace))
 }

@@ -44,17 +44,26 @@ impl LeaseLoop {
         lease
     }
 
-    /// One renewal: update the Lease (creating it if missing).
-    async fn renew(&self, leases: &Api<Lease>) -> Result<(), kube::Error> {
-        let mut lease = match leases.get(&self.node).await {
-            Ok(l) => l,
-            Err(e) if is_not_found(&e) => {
-                return match leases.create(&PostParams::default(), &self.fresh()).await {
-                    Err(e) if is_conflict(&e) => Ok(()),
-                    other => other.map(|_| ()),
-                };
-            }
-            Err(e) => return Err(e),
+    /// One renewal: update the Lease last written (reading it first when
+    /// there is none, creating it if missing), as kubelet's lease
+    /// controller does: one request per renewal when all is well.
+    async fn renew(&self, leases: &Api<Lease>, last: &mut Option<Lease>) -> Result<(), kube::Error> {
+        let mut lease = match last.take() {
+            Some(l) => l,
+            None => match leases.get(&self.node).await {
+                Ok(l) => l,
+                Err(e) if is_not_found(&e) => {
+                    return match leases.create(&PostParams::default(), &self.fresh()).await {
+                        Ok(l) => {
+                            *last = Some(l);
+                            Ok(())
+                        }
+                        Err(e) if is_conflict(&e) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
+            },
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         spec.holder_identity = Some(self.node.clone());
@@ -63,20 +72,29 @@ impl LeaseLoop {
         if lease.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()) {
             lease.metadata.owner_references = self.fresh().metadata.owner_references;
         }
-        leases.replace(&self.node, &PostParams::default(), &lease).await.map(|_| ())
+        *last = Some(leases.replace(&self.node, &PostParams::default(), &lease).await?);
+        Ok(())
     }
 
     pub async fn run(self) {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), NAMESPACE);
         let mut backoff = Duration::from_millis(200);
+        let mut last = None;
         loop {
-            match self.renew(&leases).await {
-                Ok(()) => {
+            // A renewal may not hang on a dead connection past the next one.
+            let attempt = tokio::time::timeout(self.renew_every, self.renew(&leases, &mut last)).await;
+            match attempt {
+                Ok(Ok(())) => {
                     backoff = Duration::from_millis(200);
                     tokio::time::sleep(self.renew_every).await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "renewing the node lease failed");
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {}s", self.renew_every.as_secs()),
+                    };
+                    last = None;
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "renewing the node lease failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(7));
                 }

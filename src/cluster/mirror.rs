@@ -19,6 +19,11 @@ use crate::pods::store::Statuses;
 
 const RECHECK: Duration = Duration::from_secs(10);
 
+/// A mirror whose static pod is not known is deleted only once it has been
+/// missing this long: at start-up the static pod sources may not have
+/// reported yet, and a mirror deleted then would only be made again.
+const ORPHAN_AFTER: Duration = Duration::from_secs(30);
+
 /// The mirror pod for a static pod (pure).
 pub fn mirror_of(static_pod: &Pod, node: &str, node_uid: &str) -> Pod {
     let mut m = Pod { metadata: static_pod.metadata.clone(), spec: static_pod.spec.clone(), status: None };
@@ -39,6 +44,11 @@ pub fn mirror_of(static_pod: &Pod, node: &str, node_uid: &str) -> Pod {
 }
 
 pub async fn run(client: kube::Client, node: String, node_uid: String, mut statuses: watch::Receiver<Statuses>, mut mirrors: watch::Receiver<Mirrors>) {
+    let mut missing_since: BTreeMap<(String, String), std::time::Instant> = BTreeMap::new();
+    // Static pods this process has run: when one goes, its mirror goes at once.
+    let mut seen: std::collections::BTreeSet<(String, String)> = Default::default();
+    // The last failure per pod, so a persistent one is logged once.
+    let mut failing: BTreeMap<(String, String), String> = BTreeMap::new();
     loop {
         let statics: BTreeMap<(String, String), Pod> = statuses
             .borrow_and_update()
@@ -47,6 +57,7 @@ pub async fn run(client: kube::Client, node: String, node_uid: String, mut statu
             .map(|r| ((r.pod.metadata.namespace.clone().unwrap_or_default(), r.pod.metadata.name.clone().unwrap_or_default()), (*r.pod).clone()))
             .collect();
         let existing = mirrors.borrow_and_update().clone();
+        seen.extend(statics.keys().cloned());
         for ((ns, name), pod) in &statics {
             let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
             let hash = pod.metadata.uid.clone().unwrap_or_default();
@@ -58,16 +69,34 @@ pub async fn run(client: kube::Client, node: String, node_uid: String, mut statu
                 tracing::info!(pod = %format!("{ns}/{name}"), "replacing the mirror pod");
                 delete(&pods, m).await;
             }
+            let key = (ns.clone(), name.clone());
             match pods.create(&PostParams::default(), &mirror_of(pod, &node, &node_uid)).await {
-                Ok(_) => tracing::info!(pod = %format!("{ns}/{name}"), "mirror pod created"),
+                Ok(_) => {
+                    failing.remove(&key);
+                    tracing::info!(pod = %format!("{ns}/{name}"), "mirror pod created");
+                }
                 Err(e) if is_conflict(&e) => {}
-                Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "creating the mirror pod failed"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if failing.get(&key) != Some(&msg) {
+                        tracing::warn!(pod = %format!("{ns}/{name}"), error = %msg, "creating the mirror pod failed; retrying");
+                        failing.insert(key, msg);
+                    }
+                }
             }
         }
+        failing.retain(|k, _| statics.contains_key(k));
+        let now = std::time::Instant::now();
+        missing_since.retain(|k, _| existing.contains_key(k) && !statics.contains_key(k));
         for (key, m) in &existing {
-            if !statics.contains_key(key) {
+            if statics.contains_key(key) {
+                continue;
+            }
+            let since = *missing_since.entry(key.clone()).or_insert(now);
+            if seen.contains(key) || now.duration_since(since) >= ORPHAN_AFTER {
                 tracing::info!(pod = %format!("{}/{}", key.0, key.1), "deleting a mirror pod without its static pod");
                 delete(&Api::namespaced(client.clone(), &key.0), m).await;
+                seen.remove(key);
             }
         }
         tokio::select! {

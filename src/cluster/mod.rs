@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use crate::tasks::Tasks;
 
 use crate::config::ClusterSettings;
 use crate::pods::source::SourceUpdate;
@@ -63,6 +63,8 @@ use crate::runtime::RuntimeHealth;
 /// A node's connection to its cluster.
 pub struct Joined {
     pub client: kube::Client,
+    /// The Lease and node status go through this one: no rate limit.
+    pub heartbeat: kube::Client,
     cert: Option<(Arc<client::RotatingCert>, certs::Validity)>,
 }
 
@@ -75,8 +77,10 @@ pub async fn join(cs: &ClusterSettings, node: &str, dry_run: bool) -> Result<Joi
         cert_dir: cs.cert_dir.clone(),
     };
     let creds = certs::load_or_bootstrap(&paths, node).await?;
-    let client = client::build(creds.kubeconfig, creds.cert.as_ref().map(|c| c.0.clone())).await?;
-    Ok(Joined { client, cert: creds.cert })
+    let cert = creds.cert.as_ref().map(|c| c.0.clone());
+    let client = client::build(creds.kubeconfig.clone(), cert.clone()).await?;
+    let heartbeat = client::build_heartbeat(creds.kubeconfig, cert).await?;
+    Ok(Joined { client, heartbeat, cert: creds.cert })
 }
 
 /// What cluster mode runs beside the pod manager.
@@ -87,32 +91,36 @@ pub struct ClusterParts {
     pub statuses: StatusStore,
     pub sources: mpsc::Sender<SourceUpdate>,
     pub terminated: Option<mpsc::UnboundedReceiver<Terminated>>,
+    /// The Node's labels as the apiserver has them, for admission.
+    pub node_labels: watch::Sender<std::collections::BTreeMap<String, String>>,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
 /// registration (retried until the apiserver answers), node status, the
 /// Lease, mirror pods, the status writer, the deletion handshake and
 /// certificate rotation.
-pub fn start(tasks: &mut JoinSet<()>, joined: Joined, p: ClusterParts, dry_run: bool) {
+pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) {
     let client = joined.client.clone();
     let node = p.facts.name.clone();
     let (mirrors_tx, mirrors_rx) = watch::channel(podsource::Mirrors::new());
-    tasks.spawn(podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx));
+    tasks.spawn("pod watch", podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx));
+    tasks.spawn("node watch", node::watch_labels(client.clone(), node.clone(), p.node_labels));
     if dry_run {
         return;
     }
-    tasks.spawn(status_writer::run(client.clone(), p.statuses.subscribe(), mirrors_rx.clone()));
+    tasks.spawn("pod status writer", status_writer::run(client.clone(), p.statuses.subscribe(), mirrors_rx.clone()));
     if let Some(rx) = p.terminated {
-        tasks.spawn(finalize::run(client.clone(), rx));
+        tasks.spawn("deletion handshake", finalize::run(client.clone(), rx));
     }
     if let Some((cert, validity)) = joined.cert.filter(|_| p.settings.rotate_certificates) {
-        tasks.spawn(certs::rotate(client.clone(), cert, validity, p.settings.cert_dir.clone(), node.clone()));
+        tasks.spawn("certificate rotation", certs::rotate(client.clone(), cert, validity, p.settings.cert_dir.clone(), node.clone()));
     }
+    let heartbeat = joined.heartbeat.clone();
     let settings = p.settings;
     let facts = p.facts;
     let health = p.health;
     let statuses = p.statuses;
-    tasks.spawn(async move {
+    tasks.spawn("node heartbeat", async move {
         let mut delay = Duration::from_millis(500);
         let uid = loop {
             match node::register(&client, &facts).await {
@@ -125,9 +133,9 @@ pub fn start(tasks: &mut JoinSet<()>, joined: Joined, p: ClusterParts, dry_run: 
             }
         };
         let renew = Duration::from_secs((settings.lease_duration_seconds as u64 / 4).max(1));
-        let lease = lease::LeaseLoop { client: client.clone(), node: node.clone(), node_uid: uid.clone(), renew_every: renew, duration_seconds: settings.lease_duration_seconds };
+        let lease = lease::LeaseLoop { client: heartbeat.clone(), node: node.clone(), node_uid: uid.clone(), renew_every: renew, duration_seconds: settings.lease_duration_seconds };
         let status = node::StatusLoop {
-            client: client.clone(),
+            client: heartbeat.clone(),
             facts,
             health,
             update_every: settings.status_update,

@@ -195,6 +195,35 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
     Ok(n.metadata.uid.unwrap_or_default())
 }
 
+/// Follows the Node object's labels (an operator's `kubectl label node`
+/// among them) for admission, as kubelet's node lister does.
+pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sender<BTreeMap<String, String>>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let nodes: Api<Node> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = watcher(nodes, config).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        let n = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "the node watch failed; retrying");
+                continue;
+            }
+        };
+        let new = n.metadata.labels.unwrap_or_default();
+        labels.send_if_modified(|old| {
+            if *old == new {
+                return false;
+            }
+            tracing::info!(labels = ?new, "node labels changed");
+            *old = new;
+            true
+        });
+    }
+}
+
 pub struct StatusLoop {
     pub client: kube::Client,
     pub facts: NodeFacts,
@@ -216,10 +245,18 @@ impl StatusLoop {
                 Some((last, at)) => without_heartbeats(last) != without_heartbeats(&status) || at.elapsed() >= self.report_every,
             };
             if due {
-                let patch = serde_json::json!({"status": status});
-                match nodes.patch_status(&self.facts.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
-                    Ok(_) => posted = Some((status, Instant::now())),
-                    Err(e) => tracing::warn!(error = %e, "posting the node status failed"),
+                let mut patch = serde_json::json!({"status": status});
+                // Addresses merge by type: on a dual-stack node the second
+                // InternalIP would overwrite the first. Replace the list.
+                if let Some(list) = patch["status"]["addresses"].as_array_mut() {
+                    list.push(serde_json::json!({"$patch": "replace"}));
+                }
+                let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
+                let post = nodes.patch_status(&self.facts.name, &params, &patch);
+                match tokio::time::timeout(self.update_every.max(Duration::from_secs(1)), post).await {
+                    Ok(Ok(_)) => posted = Some((status, Instant::now())),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "posting the node status failed"),
+                    Err(_) => tracing::warn!("posting the node status failed: no answer in time"),
                 }
             }
             tokio::select! {

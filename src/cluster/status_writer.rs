@@ -40,6 +40,26 @@ fn target(pod: &Pod, mirrors: &Mirrors) -> Option<(String, String, String)> {
     (hash == &uid).then(|| (ns, name, mirror.metadata.uid.clone().unwrap_or_default()))
 }
 
+/// Top-level status fields nodelet owns: one it leaves unset is sent as
+/// `null`, so a value from an earlier write (a pod IP, a message) is
+/// cleared rather than kept by the merge. Container status lists have no
+/// merge key in the API and are replaced whole.
+const OWNED: &[&str] = &[
+    "phase", "conditions", "message", "reason", "hostIP", "hostIPs", "podIP", "podIPs", "startTime", "qosClass",
+    "initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses",
+];
+
+/// A status as a patch body with explicit nulls for what it leaves unset.
+pub fn explicit(status: &PodStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        for k in OWNED {
+            m.entry(*k).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}
+
 pub async fn run(client: kube::Client, mut statuses: watch::Receiver<Statuses>, mut mirrors: watch::Receiver<Mirrors>) {
     let mut written: HashMap<String, PodStatus> = HashMap::new();
     loop {
@@ -63,7 +83,7 @@ pub async fn run(client: kube::Client, mut statuses: watch::Receiver<Statuses>, 
         let results: Vec<(String, PodStatus, bool)> = futures::stream::iter(todo)
             .map(|(ns, name, uid, status)| async move {
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let patch = serde_json::json!({"metadata": {"uid": uid}, "status": status});
+                let patch = serde_json::json!({"metadata": {"uid": uid}, "status": explicit(&status)});
                 let ok = match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
                     Ok(_) => true,
                     Err(e) => {

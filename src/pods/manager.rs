@@ -44,13 +44,23 @@ pub struct PodManager {
     conflicts: HashSet<String>,
     /// Workers that failed are started again no sooner than this.
     restart_after: HashMap<String, Instant>,
-    /// What this node offers, for admitting apiserver pods (cluster mode).
-    admission: Option<NodeResources>,
+    /// What this node offers, for admitting apiserver pods (cluster mode),
+    /// and the Node's labels as the apiserver has them.
+    admission: Option<(NodeResources, watch::Receiver<BTreeMap<String, String>>)>,
     /// Apiserver pods admission turned away, with the reason.
     rejected: HashMap<String, Rejection>,
     /// Apiserver pods being deleted that have been stopped and reported;
     /// they are not started again while their object lingers.
     finished: HashSet<String>,
+    /// Whether the runtime has been listed once: until then nothing is
+    /// known about what already runs, so no deletion is reported, no
+    /// finished pod is judged and nothing is admitted.
+    relisted: bool,
+}
+
+/// Whether a status is final: Succeeded or Failed.
+fn is_terminal(s: &PodStatus) -> bool {
+    matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
 /// How long a failed worker's pod waits before a new worker takes it.
@@ -72,23 +82,33 @@ impl PodManager {
             admission: None,
             rejected: HashMap::new(),
             finished: HashSet::new(),
+            relisted: false,
         }
     }
 
-    /// Admits apiserver pods against `node` before running them.
-    pub fn with_admission(mut self, node: NodeResources) -> Self {
-        self.admission = Some(node);
+    /// Admits apiserver pods against `node`, with `labels` following the
+    /// Node object, before running them.
+    pub fn with_admission(mut self, node: NodeResources, labels: watch::Receiver<BTreeMap<String, String>>) -> Self {
+        self.admission = Some((node, labels));
         self
     }
 
     /// Admission for a new apiserver pod; static pods are always admitted.
     fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
-        let Some(node) = &self.admission else { return Ok(()) };
+        let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
             return Ok(());
         }
-        let admitted: Vec<&Pod> =
-            self.workers.values().filter(|h| !h.terminating).filter_map(|h| h.pod.as_deref()).collect();
+        let node = NodeResources { labels: labels.borrow().clone(), ..node.clone() };
+        let node = &node;
+        let statuses = self.ctx.statuses.snapshot();
+        let done = |uid: &str| statuses.get(uid).is_some_and(|r| is_terminal(&r.status));
+        let admitted: Vec<&Pod> = self
+            .workers
+            .iter()
+            .filter(|(uid, h)| !h.terminating && !done(uid))
+            .filter_map(|(_, h)| h.pod.as_deref())
+            .collect();
         admission::admit(pod, &admitted, node)
     }
 
@@ -141,7 +161,16 @@ impl PodManager {
     }
 
     async fn spawn(&mut self, id: PodIdentity, pod: Option<DesiredPod>) {
+        self.spawn_with(id, pod, None).await
+    }
+
+    /// Starts a worker; `first` is handled before it does anything else.
+    async fn spawn_with(&mut self, id: PodIdentity, pod: Option<DesiredPod>, first: Option<WorkerMsg>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let terminating = pod.is_none() || matches!(first, Some(WorkerMsg::Terminate { .. }));
+        if let Some(m) = first {
+            let _ = tx.send(m);
+        }
         let (idle_tx, idle_rx) = watch::channel(0u64);
         let uid = id.uid.clone();
         let id_copy = id.clone();
@@ -152,7 +181,7 @@ impl PodManager {
             ret
         });
         self.task_uids.insert(task.id(), uid.clone());
-        self.workers.insert(uid.clone(), Handle { id: id_copy, tx, idle: idle_rx, terminating: pod.is_none(), pod });
+        self.workers.insert(uid.clone(), Handle { id: id_copy, tx, idle: idle_rx, terminating, pod });
         self.settle(&uid, 0).await;
     }
 
@@ -188,8 +217,14 @@ impl PodManager {
             self.send(&uid, WorkerMsg::Terminate { grace: None }).await;
         }
 
+        // Pods that already run here first, then by creation time, as
+        // kubelet admits them, so a restart never turns away a running pod
+        // in favour of a newer one.
         let mut ordered: Vec<&DesiredPod> = desired.values().collect();
-        ordered.sort_by_key(|p| identity(p));
+        ordered.sort_by_cached_key(|p| {
+            let id = identity(p);
+            (!self.runtime_pods.contains_key(&id.uid), p.metadata.creation_timestamp.clone().map(|t| t.0), id)
+        });
         for pod in ordered {
             let id = identity(pod);
             if pod.metadata.deletion_timestamp.is_some() {
@@ -202,6 +237,21 @@ impl PodManager {
             match self.workers.get(&id.uid) {
                 None => {
                     if self.restart_after.contains_key(&id.uid) {
+                        continue;
+                    }
+                    if from_api(pod) && self.admission.is_some() && !self.relisted {
+                        continue;
+                    }
+                    // A pod the apiserver already has as Succeeded or Failed
+                    // never runs again (after a reboot, or once its
+                    // containers were collected): a Job must not run twice.
+                    if from_api(pod)
+                        && pod.status.as_ref().is_some_and(is_terminal)
+                        && !self.runtime_pods.contains_key(&id.uid)
+                    {
+                        if self.relisted {
+                            self.finished.insert(id.uid.clone());
+                        }
                         continue;
                     }
                     // An edited static pod is a new UID under the same name:
@@ -234,7 +284,7 @@ impl PodManager {
             let orphans: Vec<PodIdentity> = self
                 .runtime_pods
                 .iter()
-                .filter(|(uid, _)| !desired.contains_key(*uid) && !self.workers.contains_key(*uid))
+                .filter(|(uid, _)| (!desired.contains_key(*uid) || self.rejected.contains_key(*uid)) && !self.workers.contains_key(*uid))
                 .map(|(_, id)| id.clone())
                 .collect();
             for id in orphans {
@@ -249,13 +299,26 @@ impl PodManager {
     /// the object can be removed.
     async fn delete(&mut self, pod: &DesiredPod, id: &PodIdentity) {
         let grace = pod.metadata.deletion_grace_period_seconds;
-        match self.workers.get(&id.uid) {
+        match self.workers.get_mut(&id.uid) {
             Some(h) if !h.terminating => {
                 tracing::info!(pod = %id, uid = %id.uid, grace = ?grace, "pod deleted in the API; stopping it");
+                h.pod = Some(pod.clone());
                 self.send(&id.uid, WorkerMsg::Terminate { grace }).await;
             }
-            Some(_) => {}
+            Some(h) => {
+                if h.pod.is_some() {
+                    h.pod = Some(pod.clone());
+                }
+            }
             None if self.finished.contains(&id.uid) => {}
+            // Nothing is known yet about what runs: wait for the relist
+            // rather than report a pod stopped that may still run.
+            None if !self.relisted => {}
+            None if self.runtime_pods.contains_key(&id.uid) && !self.restart_after.contains_key(&id.uid) => {
+                tracing::info!(pod = %id, uid = %id.uid, grace = ?grace, "pod deleted in the API still has containers here; stopping it");
+                self.spawn_with(id.clone(), Some(pod.clone()), Some(WorkerMsg::Terminate { grace })).await;
+            }
+            None if self.runtime_pods.contains_key(&id.uid) => {}
             None => {
                 self.finished.insert(id.uid.clone());
                 let status = self.rejected.get(&id.uid).map_or_else(
@@ -287,6 +350,7 @@ impl PodManager {
                 event = relist.recv() => match event {
                     Some(ev) => {
                         self.runtime_pods = ev.present;
+                        self.relisted = true;
                         for id in ev.changed {
                             if self.workers.contains_key(&id.uid) {
                                 self.send(&id.uid, WorkerMsg::Changed).await;

@@ -166,6 +166,11 @@ impl Worker {
         let span = tracing::info_span!("pod", pod = %self.identity, uid = %self.identity.uid);
         async move {
             let mut terminating = self.pod.is_none();
+            // A worker may be born to stop its pod (a deleted pod found
+            // running after a restart): read what it was sent first.
+            while let Ok(m) = rx.try_recv() {
+                self.handle(m, &mut terminating);
+            }
             let mut busy = 0;
             let mut health = self.ctx.health.clone();
             loop {

@@ -208,7 +208,9 @@ impl Worker {
             cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node));
         }
         self.ctx.statuses.remove(&self.identity.uid);
-        if let (Some(tx), Some(pod)) = (&self.ctx.terminated, pod) {
+        // Only apiserver pods take part in the deletion handshake; a static
+        // pod's mirror is the mirror writer's business.
+        if let (Some(tx), Some(pod)) = (&self.ctx.terminated, pod.filter(|p| crate::pods::from_api(p))) {
             let status = final_status.unwrap_or_else(|| self.final_status(&RuntimePod::empty(self.identity.clone())));
             let _ = tx.send(super::Terminated { pod, status });
         }

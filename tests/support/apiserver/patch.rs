@@ -23,13 +23,13 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// The merge keys of the lists the built-in types declare with
-/// `patchStrategy: merge` (the ones nodelet's objects carry).
+/// `patchStrategy: merge` (the ones nodelet's objects carry). Lists without
+/// one (container statuses among them) are replaced whole.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "conditions" => "type",
         "addresses" => "type",
         "containers" | "initContainers" | "ephemeralContainers" => "name",
-        "containerStatuses" | "initContainerStatuses" | "ephemeralContainerStatuses" => "name",
         "env" | "volumes" | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
         "ports" => "containerPort",
@@ -42,7 +42,8 @@ fn merge_key(field: &str) -> Option<&'static str> {
 
 /// Kubernetes strategic merge patch: like a merge patch, but lists with a
 /// merge key are merged element by element, and `$patch: delete` removes an
-/// element. `$setElementOrder/...` directives are accepted and ignored.
+/// element, and a `{"$patch": "replace"}` element replaces the whole list.
+/// `$setElementOrder/...` directives are accepted and ignored.
 pub fn strategic(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
         *target = patch.clone();
@@ -67,6 +68,13 @@ pub fn strategic(target: &mut Value, patch: &Value) {
             continue;
         }
         match (merge_key(k), v) {
+            (Some(_), Value::Array(items))
+                if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) =>
+            {
+                let kept: Vec<Value> =
+                    items.iter().filter(|i| i.get("$patch").and_then(Value::as_str) != Some("replace")).cloned().collect();
+                t.insert(k.clone(), Value::Array(kept));
+            }
             (Some(key), Value::Array(items)) => {
                 let existing = t.entry(k.clone()).or_insert(Value::Array(vec![]));
                 if !existing.is_array() {
