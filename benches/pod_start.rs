@@ -98,8 +98,13 @@ async fn floor_round(node: &Node, round: usize) -> Vec<f64> {
             image_ref: &image,
             pod_ips: &[],
             node: &ctx,
+            env_sources: &Default::default(),
+            volumes: &Default::default(),
+            etc_hosts: None,
+            dry_run: false,
         })
-        .unwrap();
+        .unwrap()
+        .0;
         std::fs::create_dir_all(std::path::Path::new(&sb.log_directory).join("c")).unwrap();
         prepared.push((sb, cfg));
     }

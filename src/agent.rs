@@ -189,6 +189,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         _ => Arc::new(LogRecorder),
     };
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
+    let objects: Option<Arc<dyn crate::volumes::objects::ApiObjects>> = match &joined {
+        Some(j) => Some(crate::volumes::objects::KubeObjects::start(j.client.clone())),
+        None => None,
+    };
     let ctx = Arc::new(WorkerContext {
         runtime: runtime.clone(),
         node: node.clone(),
@@ -198,6 +202,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         resync: s.sync_frequency,
         dry_run: s.dry_run,
         terminated: writes.then_some(terminated_tx),
+        objects,
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);

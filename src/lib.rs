@@ -15,3 +15,4 @@ pub mod runtime;
 pub mod server;
 pub mod tasks;
 pub mod view;
+pub mod volumes;

@@ -346,17 +346,19 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     })
     .await;
 
-    // A pod with the service account token volume a real apiserver adds is
-    // refused with a reason until volumes exist.
-    let mut with_token = bound_pod("token", &c.node.node_name(), "sleep 3600");
-    with_token.spec.as_mut().unwrap().automount_service_account_token = None;
-    pods.create(&PostParams::default(), &with_token).await.unwrap();
-    let st = eventually(30 * S, "token rejected", || async {
-        let st = pods.get("token").await.ok()?.status?;
+    // A pod with a volume kind this node has no plugin for is refused with
+    // a reason rather than started without its data.
+    let mut claim = bound_pod("claim", &c.node.node_name(), "sleep 3600");
+    claim.spec.as_mut().unwrap().volumes =
+        Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": "data"}})).unwrap()]);
+    pods.create(&PostParams::default(), &claim).await.unwrap();
+    let st = eventually(30 * S, "claim rejected", || async {
+        let st = pods.get("claim").await.ok()?.status?;
         (st.phase.as_deref() == Some("Failed")).then_some(st)
     })
     .await;
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
+    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: persistent"));
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let reasons = eventually(30 * S, "Started and rejection events", || async {
@@ -394,4 +396,121 @@ async fn the_client_certificate_rotates_without_dropping_the_watch() {
         (pods.get("after-rotation").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_secrets_services_and_tokens_reach_the_pod() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    let c = Cluster::start().await;
+    c.api.set_token_max_lifetime(20 * S);
+    let _agent = c.join().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let cm = serde_json::json!({"metadata": {"name": "app-config"}, "data": {"a": "one", "b": "two"}});
+    cms.create(&PostParams::default(), &serde_json::from_value(cm).unwrap()).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    let secret = serde_json::json!({"metadata": {"name": "app-secret"}, "data": {"password": "czNjcmV0"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let svc = serde_json::json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.5.5",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}});
+    services.create(&PostParams::default(), &serde_json::from_value(svc).unwrap()).await.unwrap();
+
+    let pod = |name: &str, env_key: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": c.node.node_name(),
+                "terminationGracePeriodSeconds": 2,
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "app-config", "items": [{"key": "a", "path": "first"}], "defaultMode": 256}},
+                    {"name": "sec", "secret": {"secretName": "app-secret"}},
+                    {"name": "opt", "configMap": {"name": "absent", "optional": true}}
+                ],
+                "containers": [{
+                    "name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
+                    "env": [
+                        {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": env_key}}},
+                        {"name": "P", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}},
+                        {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x", "optional": true}}}
+                    ],
+                    "envFrom": [{"configMapRef": {"name": "app-config"}, "prefix": "CFG_"}],
+                    "volumeMounts": [
+                        {"name": "cfg", "mountPath": "/cfg"},
+                        {"name": "sec", "mountPath": "/sec"},
+                        {"name": "opt", "mountPath": "/opt-cfg"}
+                    ]
+                }]
+            }
+        }))
+        .unwrap()
+    };
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod("reader", "a")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("broken", "nope")).await.unwrap();
+    let id = eventually(60 * S, "reader running", || async {
+        c.node.containers_named("reader").await.into_iter().find(is_running).map(|s| s.id)
+    })
+    .await;
+    let sh = |script: &'static str| {
+        let (node, id) = (&c.node, id.clone());
+        async move {
+            let r = node.exec(&id, &["sh", "-c", script]).await;
+            assert_eq!(r.exit_code, 0, "`{script}`: {}", String::from_utf8_lossy(&r.stderr));
+            String::from_utf8_lossy(&r.stdout).into_owned()
+        }
+    };
+
+    // configMap with items and defaultMode; secret on tmpfs; optional and absent is empty.
+    assert_eq!(sh("cat /cfg/first").await, "one");
+    assert_eq!(sh("ls /cfg").await, "first\n");
+    assert_eq!(sh("stat -c %a /cfg/..data/first").await, "400\n");
+    assert_eq!(sh("cat /sec/password").await, "s3cret");
+    assert!(sh("grep ' /sec ' /proc/mounts").await.starts_with("tmpfs /sec tmpfs"), "secrets live on tmpfs");
+    assert_eq!(sh("ls -A /opt-cfg | grep -v '^[.][.]' | wc -l").await.trim(), "0");
+
+    // Environment from the objects, and the service links.
+    let env = sh("echo $A,$P,$CFG_a,$CFG_b,${MAYBE-unset},$WEB_SERVICE_HOST,$WEB_SERVICE_PORT,$WEB_PORT_8080_TCP_ADDR,$KUBERNETES_SERVICE_HOST,$KUBERNETES_SERVICE_PORT").await;
+    assert_eq!(env, "one,s3cret,one,two,unset,10.96.5.5,8080,10.96.5.5,10.96.0.1,443\n");
+
+    // The projected service-account volume: a token the apiserver accepts,
+    // the CA bundle and the namespace.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(sh("cat /var/run/secrets/kubernetes.io/serviceaccount/namespace").await, "default");
+    assert!(sh("cat /var/run/secrets/kubernetes.io/serviceaccount/ca.crt").await.contains("BEGIN CERTIFICATE"));
+    let read_token = || async { c.node.exec(&id, &["cat", &format!("{sa}/token")]).await.stdout };
+    let token = String::from_utf8(read_token().await).unwrap();
+    let as_pod = support::apiserver::client_in_netns(&c.api.bootstrap_kubeconfig(&token), &c.node.netns).await;
+    let root_ca = Api::<ConfigMap>::namespaced(as_pod, "default").get("kube-root-ca.crt").await;
+    assert!(root_ca.is_ok(), "the pod's token authenticates: {root_ca:?}");
+    let requests = c.api.token_requests();
+    assert!(requests.iter().any(|(sa, _, pod)| sa == "default/default" && pod == "reader"), "{requests:?}");
+    // Tokens last 20 s here: nodelet fetches a new one at 80 % of that.
+    let renewed = eventually(40 * S, "a renewed token in the file", || async {
+        let now = String::from_utf8(read_token().await).unwrap();
+        (!now.is_empty() && now != token).then_some(now)
+    })
+    .await;
+    let as_pod = support::apiserver::client_in_netns(&c.api.bootstrap_kubeconfig(&renewed), &c.node.netns).await;
+    assert!(Api::<ConfigMap>::namespaced(as_pod, "default").get("kube-root-ca.crt").await.is_ok());
+
+    // A configMap update reaches the running container through the ..data swap.
+    let before = sh("readlink /cfg/..data").await;
+    cms.patch("app-config", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"a": "uno"}}))).await.unwrap();
+    eventually(30 * S, "the updated configMap in the container", || async {
+        let r = c.node.exec(&id, &["cat", "/cfg/first"]).await;
+        (r.stdout == b"uno").then_some(())
+    })
+    .await;
+    assert_ne!(sh("readlink /cfg/..data").await, before, "a new version directory");
+    assert_eq!(sh("ls -A /cfg | grep '^[.][.]20' | wc -l").await.trim(), "1", "old versions are removed");
+
+    // A missing key fails that container's start with a clear reason.
+    let waiting = eventually(60 * S, "broken waiting with CreateContainerConfigError", || async {
+        let st = pods.get("broken").await.ok()?.status?;
+        let w = st.container_statuses?.into_iter().next()?.state?.waiting?;
+        (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
+    })
+    .await;
+    assert_eq!(waiting.message.as_deref(), Some("couldn't find key nope in ConfigMap default/app-config"));
+    assert!(c.node.containers_named("broken").await.is_empty());
 }

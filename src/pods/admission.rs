@@ -178,6 +178,8 @@ mod tests {
         with_volume.spec.as_mut().unwrap().volumes = Some(vec![k8s_openapi::api::core::v1::Volume { name: "v".into(), ..Default::default() }]);
         let r = admit(&with_volume, &[], &node()).unwrap_err();
         assert_eq!(r.reason, "UnsupportedPodSpec");
-        assert!(r.message.contains("spec.volumes"), "{}", r.message);
+        assert!(r.message.contains("spec.volumes[0]: Unsupported value"), "{}", r.message);
+        with_volume.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].empty_dir = Some(Default::default());
+        assert_eq!(admit(&with_volume, &[], &node()), Ok(()));
     }
 }

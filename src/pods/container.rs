@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use sha2::{Digest, Sha256};
 
-use super::env::{self, EnvError, PodFacts};
+use super::env::{self, EnvError, EnvSources, PodFacts};
 use super::qos::{self, QosClass};
 use super::{ContainerKind, NodeContext, quantity, sandbox};
 use crate::runtime::cri;
@@ -162,16 +162,36 @@ pub struct ContainerRequest<'a> {
     pub image_ref: &'a str,
     pub pod_ips: &'a [String],
     pub node: &'a NodeContext,
+    /// The ConfigMaps, Secrets and service variables the env reads.
+    pub env_sources: &'a EnvSources,
+    pub volumes: &'a crate::volumes::PodVolumes,
+    /// The pod's managed /etc/hosts, when it has one.
+    pub etc_hosts: Option<&'a std::path::Path>,
+    /// Plan only: subPaths are not created.
+    pub dry_run: bool,
 }
 
-/// The CRI config for one container instance.
-pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig, EnvError> {
+/// Why a container config cannot be made (kubelet's
+/// CreateContainerConfigError).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("{0}")]
+    Mount(String),
+}
+
+/// The CRI config for one container instance, and the envFrom keys that
+/// were skipped as invalid names.
+pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfig, Vec<String>), ConfigError> {
     let pod = r.pod;
     let c = r.container;
     let spec = pod.spec.clone().unwrap_or_default();
     let id = super::identity(pod);
     let facts = PodFacts { pod, pod_ips: r.pod_ips, node: r.node };
-    let envs = env::container_env(c, &facts)?;
+    let (envs, skipped) = env::container_env(c, &facts, r.env_sources)?;
+    let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
+    let mounts = crate::volumes::container_mounts(c, r.volumes, &envs, r.etc_hosts, privileged, r.dry_run).map_err(ConfigError::Mount)?;
     let command = env::expand_all(c.command.as_deref().unwrap_or(&[]), &envs);
     let args = env::expand_all(c.args.as_deref().unwrap_or(&[]), &envs);
     let mut container_labels = id.labels();
@@ -194,7 +214,7 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig
             .map(|h| (labels::CONTAINER_PRE_STOP_HANDLER.to_string(), h)),
     )
     .collect();
-    Ok(cri::ContainerConfig {
+    let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: r.attempt }),
         image: Some(cri::ImageSpec {
             image: r.image_ref.to_string(),
@@ -205,7 +225,7 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig
         args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs: envs.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
-        mounts: Vec::new(),
+        mounts,
         labels: container_labels,
         annotations,
         log_path: log_path(&c.name, r.attempt),
@@ -216,7 +236,8 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<cri::ContainerConfig
             resources: Some(linux_resources(pod, c, r.node)),
             security_context: Some(security_context(&spec, c, r.node)),
         }),
-    })
+    };
+    Ok((config, skipped))
 }
 
 #[cfg(test)]
@@ -242,8 +263,13 @@ mod tests {
             image_ref: "sha256:abc",
             pod_ips: &[],
             node,
+            env_sources: &EnvSources::default(),
+            volumes: &Default::default(),
+            etc_hosts: None,
+            dry_run: true,
         })
         .unwrap()
+        .0
     }
 
     #[test]

@@ -441,6 +441,7 @@ mod tests {
             resync: Duration::from_secs(60),
             dry_run: true,
             terminated: None,
+            objects: None,
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);

@@ -379,24 +379,24 @@ pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -
     Ok((pod, warnings))
 }
 
-/// What this version of nodelet cannot honour. Volumes are refused: a pod
-/// started without its mounts (etcd without its data directory) would be
-/// worse than no pod.
+/// What this version of nodelet cannot honour: volume kinds it has no
+/// plugin for and block devices. A pod started without its mounts (etcd
+/// without its data directory) would be worse than no pod, so such pods are
+/// refused rather than run half-way.
 pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
     let mut refused = Vec::new();
     let Some(spec) = &pod.spec else { return refused };
-    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        refused.push(FieldError::new("spec.volumes", "Unsupported value: volumes are not implemented by this nodelet yet"));
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(what) = crate::volumes::unsupported(v) {
+            refused.push(FieldError::new(&format!("spec.volumes[{i}]"), format!("Unsupported value: {what} are not implemented by this nodelet")));
+        }
     }
     let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
-            let f = format!("spec.{list}[{i}]");
-            if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
-                refused.push(FieldError::new(&format!("{f}.volumeMounts"), "Unsupported value: volumes are not implemented by this nodelet yet"));
-            }
             if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
-                refused.push(FieldError::new(&format!("{f}.volumeDevices"), "Unsupported value: block volumes are not implemented by this nodelet yet"));
+                let f = format!("spec.{list}[{i}].volumeDevices");
+                refused.push(FieldError::new(&f, "Unsupported value: block volumes are not implemented by this nodelet"));
             }
         }
     }
@@ -513,10 +513,28 @@ spec:
     }
 
     #[test]
-    fn volumes_are_refused_until_implemented() {
-        let with_volume = WEB.replace("  containers:", "  volumes: [{name: data, emptyDir: {}}]\n  containers:");
-        let e = err(&with_volume);
-        assert!(e.contains("spec.volumes: Unsupported value: volumes are not implemented"), "{e}");
+    fn volumes_are_checked_and_unknown_kinds_refused() {
+        let ok = WEB.replace(
+            "  containers:",
+            "  volumes: [{name: data, emptyDir: {}}, {name: etc, hostPath: {path: /etc, type: Directory}}]\n  containers:",
+        )
+        .replace("    command:", "    volumeMounts: [{name: data, mountPath: /data, subPath: a/b}]\n    command:");
+        load_static(ok.as_bytes(), NODE, &file()).unwrap();
+
+        let pvc = WEB.replace("  containers:", "  volumes: [{name: data, persistentVolumeClaim: {claimName: c}}]\n  containers:");
+        let e = err(&pvc);
+        assert!(e.contains("spec.volumes[0]: Forbidden"), "static pods may not use claims: {e}");
+
+        let bad = WEB
+            .replace("  containers:", "  volumes: [{name: data, hostPath: {path: /x, type: Dir}}]\n  containers:")
+            .replace(
+                "    command:",
+                "    volumeMounts: [{name: data, mountPath: /d, subPath: ../up, mountPropagation: Bidirectional}]\n    command:",
+            );
+        let e = err(&bad);
+        assert!(e.contains("spec.volumes[0].hostPath.type: Unsupported value: \"Dir\""), "{e}");
+        assert!(e.contains("spec.containers[0].volumeMounts[0].subPath: Invalid value: \"../up\": must not contain '..'"), "{e}");
+        assert!(e.contains("spec.containers[0].volumeMounts[0].mountPropagation: Forbidden"), "{e}");
     }
 
     #[test]

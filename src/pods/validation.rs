@@ -145,6 +145,89 @@ fn api_volume(v: &Volume) -> Option<&'static str> {
     None
 }
 
+fn check_mode(mode: Option<i32>, field: &str, errs: &mut Vec<FieldError>) {
+    if let Some(m) = mode
+        && !(0..=0o777).contains(&m)
+    {
+        errs.push(FieldError::new(field, format!("Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive")));
+    }
+}
+
+fn check_items(items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>, field: &str, errs: &mut Vec<FieldError>) {
+    for (k, item) in items.into_iter().flatten().enumerate() {
+        let f = format!("{field}.items[{k}]");
+        if item.key.is_empty() {
+            errs.push(FieldError::new(&format!("{f}.key"), "Required value"));
+        }
+        check_file_path(&item.path, &format!("{f}.path"), errs);
+        check_mode(item.mode, &format!("{f}.mode"), errs);
+    }
+}
+
+fn check_file_path(path: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if path.is_empty() {
+        errs.push(FieldError::new(field, "Required value"));
+    } else if path.starts_with('/') {
+        errs.push(FieldError::new(field, format!("Invalid value: {path:?}: must be a relative path")));
+    } else if path.split('/').any(|p| p == "..") {
+        errs.push(FieldError::new(field, format!("Invalid value: {path:?}: must not contain '..'")));
+    } else if path.starts_with("..") {
+        errs.push(FieldError::new(field, format!("Invalid value: {path:?}: must not start with '..'")));
+    }
+}
+
+/// The per-kind checks of a volume source that the apiserver also makes.
+fn validate_volume_source(v: &Volume, f: &str, errs: &mut Vec<FieldError>) {
+    if let Some(h) = &v.host_path {
+        if h.path.is_empty() {
+            errs.push(FieldError::new(&format!("{f}.hostPath.path"), "Required value"));
+        }
+        let types = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+        if let Some(t) = h.type_.as_deref()
+            && !types.contains(&t)
+        {
+            errs.push(FieldError::new(&format!("{f}.hostPath.type"), format!("Unsupported value: {t:?}")));
+        }
+    }
+    if let Some(c) = &v.config_map {
+        check_mode(c.default_mode, &format!("{f}.configMap.defaultMode"), errs);
+        check_items(c.items.as_ref(), &format!("{f}.configMap"), errs);
+    }
+    if let Some(s) = &v.secret {
+        check_mode(s.default_mode, &format!("{f}.secret.defaultMode"), errs);
+        check_items(s.items.as_ref(), &format!("{f}.secret"), errs);
+    }
+    if let Some(d) = &v.downward_api {
+        check_mode(d.default_mode, &format!("{f}.downwardAPI.defaultMode"), errs);
+        for (k, item) in d.items.iter().flatten().enumerate() {
+            let itf = format!("{f}.downwardAPI.items[{k}]");
+            check_file_path(&item.path, &format!("{itf}.path"), errs);
+            check_mode(item.mode, &format!("{itf}.mode"), errs);
+            if item.field_ref.is_some() == item.resource_field_ref.is_some() {
+                errs.push(FieldError::new(&itf, "Invalid value: exactly one of fieldRef and resourceFieldRef must be set"));
+            }
+        }
+    }
+    if let Some(p) = &v.projected {
+        check_mode(p.default_mode, &format!("{f}.projected.defaultMode"), errs);
+        for (k, s) in p.sources.iter().flatten().enumerate() {
+            let sf = format!("{f}.projected.sources[{k}]");
+            if let Some(c) = &s.config_map {
+                check_items(c.items.as_ref(), &format!("{sf}.configMap"), errs);
+            }
+            if let Some(c) = &s.secret {
+                check_items(c.items.as_ref(), &format!("{sf}.secret"), errs);
+            }
+            if let Some(t) = &s.service_account_token {
+                check_file_path(&t.path, &format!("{sf}.serviceAccountToken.path"), errs);
+                if t.expiration_seconds.is_some_and(|e| e < 600) {
+                    errs.push(FieldError::new(&format!("{sf}.serviceAccountToken.expirationSeconds"), "Invalid value: may not be less than 10 minutes"));
+                }
+            }
+        }
+    }
+}
+
 pub fn validate_spec(spec: &PodSpec, static_pod: bool, errs: &mut Vec<FieldError>) {
     if spec.containers.is_empty() {
         errs.push(FieldError::new("spec.containers", "Required value"));
@@ -159,6 +242,7 @@ pub fn validate_spec(spec: &PodSpec, static_pod: bool, errs: &mut Vec<FieldError
         if static_pod && let Some(what) = api_volume(vol) {
             forbidden_static(&f, what, errs);
         }
+        validate_volume_source(vol, &f, errs);
     }
     let mut names = BTreeSet::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
@@ -357,6 +441,26 @@ fn validate_container(
             errs.push(FieldError::new(&format!("{mf}.mountPath"), "Required value"));
         } else if !paths.insert(m.mount_path.clone()) {
             errs.push(FieldError::new(&format!("{mf}.mountPath"), format!("Invalid value: {:?}: must be unique", m.mount_path)));
+        }
+        let sub_path = m.sub_path.as_deref().unwrap_or("");
+        let sub_path_expr = m.sub_path_expr.as_deref().unwrap_or("");
+        if !sub_path.is_empty() && !sub_path_expr.is_empty() {
+            errs.push(FieldError::new(&format!("{mf}.subPathExpr"), "Invalid value: subPathExpr and subPath are mutually exclusive"));
+        }
+        for (field, value) in [("subPath", sub_path), ("subPathExpr", sub_path_expr)] {
+            if value.starts_with('/') {
+                errs.push(FieldError::new(&format!("{mf}.{field}"), format!("Invalid value: {value:?}: must be a relative path")));
+            } else if value.split('/').any(|part| part == "..") {
+                errs.push(FieldError::new(&format!("{mf}.{field}"), format!("Invalid value: {value:?}: must not contain '..'")));
+            }
+        }
+        if let Some(p) = m.mount_propagation.as_deref()
+            && !["None", "HostToContainer", "Bidirectional"].contains(&p)
+        {
+            errs.push(FieldError::new(&format!("{mf}.mountPropagation"), format!("Unsupported value: {p:?}: supported values: \"Bidirectional\", \"HostToContainer\", \"None\"")));
+        }
+        if m.mount_propagation.as_deref() == Some("Bidirectional") && !c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false) {
+            errs.push(FieldError::new(&format!("{mf}.mountPropagation"), "Forbidden: Bidirectional mount propagation is available only to privileged containers"));
         }
     }
 

@@ -32,6 +32,8 @@ use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri, unix
 use super::NodeContext;
 use super::probing::{PodProbes, ProbeView};
 use crate::probes::{ProbeEvent, ProbeUpdate};
+use crate::volumes::objects::{ApiObjects, ObjectKey};
+use crate::volumes::{self, PodVolumes, VolumeContext};
 
 /// How often a quiet pod is re-checked anyway (kubelet's syncFrequency).
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -54,6 +56,8 @@ pub struct WorkerContext {
     pub dry_run: bool,
     /// Where stopped apiserver pods are reported (cluster mode).
     pub terminated: Option<mpsc::UnboundedSender<Terminated>>,
+    /// ConfigMaps, Secrets, Services and tokens (cluster mode).
+    pub objects: Option<Arc<dyn ApiObjects>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +77,20 @@ pub enum WorkerMsg {
 pub struct Terminated {
     pub pod: DesiredPod,
     pub status: PodStatus,
+}
+
+/// The next changed API object; `None` when some were missed (look at
+/// everything). Never resolves without a source of changes.
+async fn next_change(rx: &mut Option<tokio::sync::broadcast::Receiver<ObjectKey>>) -> Option<ObjectKey> {
+    let Some(r) = rx else { return std::future::pending().await };
+    match r.recv().await {
+        Ok(k) => Some(k),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            std::future::pending().await
+        }
+    }
 }
 
 /// kubelet never gives StopContainer less than this.
@@ -127,6 +145,14 @@ pub struct Worker {
     probes: PodProbes,
     /// The grace period an apiserver deletion asked for.
     grace_override: Option<i64>,
+    /// The pod's volumes as last set up.
+    volumes: Option<PodVolumes>,
+    /// Volume failures already reported (one FailedMount event each).
+    mount_errors: BTreeSet<String>,
+    /// Objects a pod whose volumes never set up waits for.
+    pending_uses: BTreeSet<ObjectKey>,
+    /// API objects that changed (to refresh volumes that use them).
+    changes: Option<tokio::sync::broadcast::Receiver<ObjectKey>>,
 }
 
 impl Worker {
@@ -149,6 +175,10 @@ impl Worker {
             last_status: None,
             probes: PodProbes::default(),
             grace_override: None,
+            volumes: None,
+            mount_errors: BTreeSet::new(),
+            pending_uses: BTreeSet::new(),
+            changes: None,
         }
     }
 
@@ -164,6 +194,7 @@ impl Worker {
     /// times the worker went quiet (used to serialise dry runs).
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WorkerMsg>, idle: watch::Sender<u64>) {
         let span = tracing::info_span!("pod", pod = %self.identity, uid = %self.identity.uid);
+        self.changes = self.ctx.objects.as_ref().map(|o| o.changes());
         async move {
             let mut terminating = self.pod.is_none();
             // A worker may be born to stop its pod (a deleted pod found
@@ -201,14 +232,28 @@ impl Worker {
                     .map(|d| Duration::from_nanos((d - now_nanos()).max(0) as u64))
                     .unwrap_or(self.ctx.resync)
                     .min(self.ctx.resync);
-                tokio::select! {
-                    m = rx.recv() => match m {
-                        Some(m) => self.handle(m, &mut terminating),
-                        None => return,
-                    },
-                    Some(u) = self.probes.rx.recv() => self.on_probe(u),
-                    _ = tokio::time::sleep(sleep_for) => {}
-                    Ok(()) = health.changed() => {}
+                let sleep = tokio::time::sleep(sleep_for);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => self.handle(m, &mut terminating),
+                            None => return,
+                        },
+                        Some(u) = self.probes.rx.recv() => self.on_probe(u),
+                        _ = &mut sleep => {}
+                        Ok(()) = health.changed() => {}
+                        changed = next_change(&mut self.changes) => {
+                            // Only objects this pod's volumes read matter.
+                            let ours = changed.is_none_or(|k| {
+                                self.pending_uses.contains(&k) || self.volumes.as_ref().is_some_and(|v| v.uses.contains(&k))
+                            });
+                            if !ours {
+                                continue;
+                            }
+                        }
+                    }
+                    break;
                 }
                 while let Ok(m) = rx.try_recv() {
                     self.handle(m, &mut terminating);
@@ -295,13 +340,31 @@ impl Worker {
             soonest(r, &mut wake);
             return (false, wake);
         }
+        // Volumes come before the sandbox, and are refreshed on every
+        // round once set up (new ConfigMap or Secret data, labels, tokens).
+        let mut actions = p.actions;
+        let starts = |a: &Action| matches!(a, Action::CreateSandbox { .. } | Action::StartContainer { .. });
+        if actions.iter().any(starts) || self.volumes.is_some() {
+            let ips = obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
+            match self.set_up_volumes(&pod, &ips).await {
+                Ok(refresh) => {
+                    if let Some(at) = refresh {
+                        soonest(at, &mut wake);
+                    }
+                }
+                Err(retry_at) => {
+                    actions.retain(|a| !starts(a));
+                    soonest(retry_at, &mut wake);
+                }
+            }
+        }
         let mut sandbox = obs.latest_sandbox().filter(|s| s.ready).map(|s| SandboxInUse {
             id: s.id.clone(),
             config: sandbox::sandbox_config(&pod, s.attempt, &self.ctx.node).0,
             ips: s.ips.clone(),
         });
         let mut acted = false;
-        for action in p.actions {
+        for action in actions {
             let container = match &action {
                 Action::StartContainer { name, .. } => Some(name.clone()),
                 _ => None,
@@ -326,6 +389,45 @@ impl Worker {
             }
         }
         (acted, wake)
+    }
+
+    /// Sets up or refreshes the pod's volumes. Ok: when a token must be
+    /// renewed (nanoseconds); Err: when to try again, the failures reported.
+    async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<i64>, i64> {
+        let ctx = VolumeContext { node: &self.ctx.node, objects: self.ctx.objects.as_deref(), dry_run: self.ctx.dry_run };
+        let (vols, errors) = volumes::set_up(&ctx, pod, ips).await;
+        let refresh = vols.refresh_at.map(|s| s * 1_000_000_000);
+        let first = self.volumes.is_none();
+        if errors.is_empty() {
+            if first && self.ctx.dry_run {
+                for (name, v) in &vols.volumes {
+                    tracing::info!(volume = %name, path = %v.host_path.display(), "dry run: volume planned, nothing written");
+                }
+            }
+            self.mount_errors.clear();
+            self.volumes = Some(vols);
+            return Ok(refresh);
+        }
+        let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        for e in now.difference(&self.mount_errors) {
+            tracing::warn!("{e}");
+            self.event(EventType::Warning, "FailedMount", e);
+        }
+        self.mount_errors = now;
+        if self.volumes.is_some() {
+            // A running pod keeps its volumes; the ones that set up are
+            // refreshed, the failed ones keep their last contents.
+            let mut merged = self.volumes.take().unwrap_or_default();
+            merged.uses.extend(vols.uses);
+            merged.volumes.extend(vols.volumes);
+            merged.refresh_at = vols.refresh_at;
+            self.volumes = Some(merged);
+        } else {
+            // Not even set up once: watch what was asked for all the same.
+            self.volumes = None;
+            self.pending_uses = vols.uses;
+        }
+        Err(self.retry_later().retry_at)
     }
 
     /// Back-off entries of container specs the pod no longer has.

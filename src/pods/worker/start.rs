@@ -10,7 +10,9 @@ use super::{Failed, SandboxInUse, Worker, grace_of, now_nanos};
 use crate::pods::backoff::Failure;
 use crate::pods::events::EventType;
 use crate::pods::plan::Waiting;
+use crate::pods::env::{self, EnvSources};
 use crate::pods::{ContainerKind, container, logs, sandbox};
+use crate::volumes::objects::{ObjectKey, ObjectKind};
 use crate::probes::handler::{self, Outcome};
 use crate::runtime::{RuntimePod, cri, observe};
 
@@ -34,6 +36,13 @@ impl Worker {
         for dir in [std::path::PathBuf::from(&config.log_directory), sandbox::pod_dir(node, &self.identity.uid)] {
             if let Err(e) = make_dir(&dir) {
                 self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create {}: {e}", dir.display()));
+                return Err(self.retry_later());
+            }
+        }
+        if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs && !self.ctx.dry_run && node.cgroups_per_qos {
+            let parent = config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
+            if let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(&parent, &crate::pods::cgroups::pod_limits(pod)) {
+                self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to set up the pod cgroup {parent}: {e}"));
                 return Err(self.retry_later());
             }
         }
@@ -121,6 +130,14 @@ impl Worker {
         if let Err(msg) = check_non_root(pod, c, &image) {
             return Err(self.fail_container(&c.name, "CreateContainerConfigError", msg));
         }
+        let sources = self.env_sources(pod, c).await;
+        let etc_hosts = match crate::volumes::write_etc_hosts(pod, &self.ctx.node, &sb.ips, self.ctx.dry_run) {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("writing /etc/hosts: {e}"))),
+        };
+        let Some(volumes) = self.volumes.clone() else {
+            return Err(self.retry_later());
+        };
         let req = container::ContainerRequest {
             pod,
             container: c,
@@ -129,9 +146,22 @@ impl Worker {
             image_ref: &image.id,
             pod_ips: &sb.ips,
             node: &self.ctx.node,
+            env_sources: &sources,
+            volumes: &volumes,
+            etc_hosts: etc_hosts.as_deref(),
+            dry_run: self.ctx.dry_run,
         };
         let config = match container::container_config(&req) {
-            Ok(cfg) => cfg,
+            Ok((cfg, skipped)) => {
+                if !skipped.is_empty() {
+                    self.event(
+                        EventType::Warning,
+                        "InvalidEnvironmentVariableNames",
+                        &format!("Keys [{}] from the EnvFrom of container {} were skipped since they are considered invalid environment variable names.", skipped.join(", "), c.name),
+                    );
+                }
+                cfg
+            }
             Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", e.to_string())),
         };
         let log_dir = std::path::Path::new(&sb.config.log_directory).join(&c.name);
@@ -153,6 +183,45 @@ impl Worker {
             self.post_start(pod, c, &id, hook, sb).await;
         }
         Ok(())
+    }
+
+    /// Reads what the container's environment needs from the apiserver:
+    /// the ConfigMaps and Secrets it names, and the Services.
+    async fn env_sources(&self, pod: &Pod, c: &Container) -> EnvSources {
+        let mut s = EnvSources::default();
+        let (cms, secrets) = env::references(c);
+        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let links = pod.spec.as_ref().and_then(|sp| sp.enable_service_links) != Some(false);
+        let Some(objects) = &self.ctx.objects else {
+            for (kind, names) in [("configmap", &cms), ("secret", &secrets)] {
+                for n in names {
+                    s.errors.insert(format!("{kind}/{n}"), format!("{kind} {n:?}: no apiserver to read it from"));
+                }
+            }
+            return s;
+        };
+        match objects.services() {
+            Ok(list) => s.services = env::service_env(&list, &namespace, links),
+            Err(e) if crate::pods::from_api(pod) => {
+                s.errors.insert("services".into(), e.to_string());
+            }
+            Err(_) => {}
+        }
+        for (kind, names) in [(ObjectKind::ConfigMap, &cms), (ObjectKind::Secret, &secrets)] {
+            for n in names {
+                let key = ObjectKey { kind, namespace: namespace.clone(), name: n.clone() };
+                let slot = if kind == ObjectKind::ConfigMap { &mut s.config_maps } else { &mut s.secrets };
+                match objects.get(&key, &self.identity.uid).await {
+                    Ok(d) => {
+                        slot.insert(n.clone(), d);
+                    }
+                    Err(e) => {
+                        s.errors.insert(format!("{}/{n}", kind.as_str()), e.to_string());
+                    }
+                }
+            }
+        }
+        s
     }
 
     /// Runs postStart right after the start. If it fails, the container is

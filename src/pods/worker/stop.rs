@@ -195,7 +195,22 @@ impl Worker {
             }
         }
         let node = &self.ctx.node;
-        for dir in [sandbox::log_dir(node, &self.identity), sandbox::pod_dir(node, &self.identity.uid)] {
+        if let Some(objects) = &self.ctx.objects {
+            objects.release(&self.identity.uid);
+        }
+        let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
+        let mut dirs = vec![sandbox::log_dir(node, &self.identity)];
+        if self.ctx.dry_run {
+            dirs.clear();
+        } else {
+            // Volumes on tmpfs are unmounted first; a pod directory that
+            // still holds a mount is left alone rather than reached into.
+            match crate::volumes::tear_down(&pod_dir) {
+                Ok(()) => dirs.push(pod_dir),
+                Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
+            }
+        }
+        for dir in dirs {
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -203,6 +218,7 @@ impl Worker {
             }
         }
         if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
+            && !self.ctx.dry_run
             && let Some(p) = &pod
         {
             cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node));

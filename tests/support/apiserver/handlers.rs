@@ -48,6 +48,12 @@ pub struct State {
     pub auto_approve: Mutex<bool>,
     /// How often watches get a bookmark.
     pub bookmark_every: Duration,
+    /// When service-account tokens issued by TokenRequest expire.
+    pub token_expiry: Mutex<HashMap<String, std::time::SystemTime>>,
+    /// Caps the lifetime of issued service-account tokens (tests of refresh).
+    pub token_max_lifetime: Mutex<Option<Duration>>,
+    /// TokenRequests served: (namespace/serviceaccount, audiences, pod name).
+    pub token_requests: Mutex<Vec<(String, Vec<String>, String)>>,
 }
 
 struct Resource {
@@ -165,6 +171,10 @@ fn authorized(who: &Identity, t: &Target, method: &Method) -> bool {
     if who.in_group("system:nodes") {
         return t.sub.as_deref() != Some("approval");
     }
+    // Service accounts read objects of their own namespace.
+    if who.in_group("system:serviceaccounts") && *method == Method::GET {
+        return t.ns.as_ref().is_some_and(|ns| who.in_group(&format!("system:serviceaccounts:{ns}")));
+    }
     false
 }
 
@@ -182,7 +192,11 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let who = who.or_else(|| bearer.and_then(|t| state.tokens.lock().unwrap().get(&t).cloned()));
+    let expired = bearer
+        .as_ref()
+        .and_then(|t| state.token_expiry.lock().unwrap().get(t).copied())
+        .is_some_and(|exp| exp <= std::time::SystemTime::now());
+    let who = who.or_else(|| bearer.filter(|_| !expired).and_then(|t| state.tokens.lock().unwrap().get(&t).cloned()));
     let Some(who) = who else {
         return status(401, "Unauthorized", "Unauthorized");
     };
@@ -204,6 +218,9 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         (Method::GET, false) => list(&state, &t, &q),
         (Method::GET, true) => get(&state, &t),
         (Method::POST, false) => create(&state, &t, &who, &body),
+        (Method::POST, true) if t.res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") => {
+            token_request(&state, &t, &body)
+        }
         (Method::PUT, true) => update(&state, &t, &body),
         (Method::PATCH, true) => patch_object(&state, &t, &content_type, &body),
         (Method::DELETE, true) => delete(&state, &t, &q, &body),
@@ -384,6 +401,65 @@ fn transition(change: Change, old: Option<&Value>, new: &Value, matches: &dyn Fn
             (false, false) => None,
         },
     }
+}
+
+/// TokenRequest: issues a bearer token for the service account, bound to
+/// the pod named in `boundObjectRef`, that this apiserver then accepts
+/// until it expires. The token is JWT-shaped: its claims can be read.
+fn token_request(state: &State, t: &Target, body: &Bytes) -> Response<Body> {
+    use base64::Engine;
+    let req = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let ns = t.ns.clone().unwrap_or_default();
+    let sa = t.name.clone().unwrap_or_default();
+    if sa != "default" && state.store.lock().unwrap().get("serviceaccounts", &ns, &sa).is_none() {
+        return status(404, "NotFound", &format!("serviceaccounts \"{sa}\" not found"));
+    }
+    let bound = &req["spec"]["boundObjectRef"];
+    if bound["kind"] != "Pod" {
+        return status(422, "Invalid", "spec.boundObjectRef.kind: Unsupported value: kubelet tokens are bound to pods");
+    }
+    let pod_name = bound["name"].as_str().unwrap_or_default().to_string();
+    let audiences: Vec<String> = req["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .filter(|a: &Vec<String>| !a.is_empty())
+        .unwrap_or_else(|| vec!["https://kubernetes.default.svc".into()]);
+    let mut lifetime = Duration::from_secs(req["spec"]["expirationSeconds"].as_u64().unwrap_or(3600));
+    if let Some(max) = *state.token_max_lifetime.lock().unwrap() {
+        lifetime = lifetime.min(max);
+    }
+    let issued = std::time::SystemTime::now();
+    let exp = issued + lifetime;
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = json!({
+        "aud": audiences, "iat": secs(issued), "exp": secs(exp), "iss": "https://kubernetes.default.svc",
+        "sub": format!("system:serviceaccount:{ns}:{sa}"), "jti": uid(),
+        "kubernetes.io": {"namespace": ns, "pod": {"name": pod_name, "uid": bound["uid"]}, "serviceaccount": {"name": sa}},
+    });
+    let token = format!("{}.{}.{}", b64(&json!({"alg": "RS256", "kid": "test"})), b64(&claims), random_suffix(32));
+    state.tokens.lock().unwrap().insert(
+        token.clone(),
+        Identity {
+            user: format!("system:serviceaccount:{ns}:{sa}"),
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+        },
+    );
+    state.token_expiry.lock().unwrap().insert(token.clone(), exp);
+    state.token_requests.lock().unwrap().push((format!("{ns}/{sa}"), audiences, pod_name));
+    let expiration = k8s_openapi::jiff::Timestamp::from_second(secs(exp) as i64)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    let mut out = req.clone();
+    out["apiVersion"] = json!("authentication.k8s.io/v1");
+    out["kind"] = json!("TokenRequest");
+    out["metadata"] = json!({"name": sa, "namespace": ns, "creationTimestamp": now()});
+    out["spec"]["expirationSeconds"] = json!(lifetime.as_secs());
+    out["status"] = json!({"token": token, "expirationTimestamp": expiration});
+    json_response(StatusCode::CREATED, &out)
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {

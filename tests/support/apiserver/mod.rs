@@ -92,7 +92,33 @@ impl ApiServer {
             cert_lifetime: Mutex::new(Duration::from_secs(86400)),
             auto_approve: Mutex::new(false),
             bookmark_every: Duration::from_secs(1),
+            token_expiry: Mutex::new(HashMap::new()),
+            token_max_lifetime: Mutex::new(None),
+            token_requests: Mutex::new(Vec::new()),
         });
+        {
+            // What kube-controller-manager and the apiserver itself publish:
+            // the CA bundle every namespace gets, and the `kubernetes`
+            // Service.
+            let mut store = state.store.lock().unwrap();
+            store.put(
+                "configmaps",
+                "default",
+                "kube-root-ca.crt",
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "kube-root-ca.crt", "namespace": "default", "uid": "00000000-0000-0000-0000-00000000c0a0"},
+                    "data": {"ca.crt": state.ca.cert_pem.clone()}}),
+            );
+            store.put(
+                "services",
+                "default",
+                "kubernetes",
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "uid": "00000000-0000-0000-0000-00000000c0a1"},
+                    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
+                        "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
+            );
+        }
         let listener = listen_in(netns, 0).expect("apiserver listener");
         let port = listener.local_addr().expect("local addr").port();
         let mut api = ApiServer { state, netns: netns.to_string(), port, tls: Arc::new(tls), serving: None, admin };
@@ -166,6 +192,16 @@ impl ApiServer {
 
     pub fn set_auto_approve(&self, on: bool) {
         *self.state.auto_approve.lock().unwrap() = on;
+    }
+
+    /// Caps how long service-account tokens last.
+    pub fn set_token_max_lifetime(&self, d: Duration) {
+        *self.state.token_max_lifetime.lock().unwrap() = Some(d);
+    }
+
+    /// TokenRequests served: (namespace/serviceaccount, audiences, pod name).
+    pub fn token_requests(&self) -> Vec<(String, Vec<String>, String)> {
+        self.state.token_requests.lock().unwrap().clone()
     }
 
     pub fn set_cert_lifetime(&self, d: Duration) {

@@ -1,0 +1,657 @@
+//! Pod volumes, set up before the sandbox as kubelet's volume manager does,
+//! under `<root-dir>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`:
+//!
+//! - emptyDir: a directory (0777), or with `medium: Memory` a tmpfs of
+//!   `sizeLimit` (else the pod's memory limit); removed with the pod.
+//! - hostPath: the node's path, after its `type` check (creating it for
+//!   DirectoryOrCreate and FileOrCreate); never removed.
+//! - configMap, secret, downwardAPI, projected (configMap, secret,
+//!   downwardAPI and serviceAccountToken sources): files written by the
+//!   atomic writer, with `items`, `defaultMode`/`mode` and `optional`;
+//!   secret and projected volumes sit on tmpfs so their data never reaches
+//!   a disk. They are rewritten whenever their sources change, and the
+//!   token before it is 80 % through its life.
+//!
+//! fsGroup gives volumes to the group as kubelet's SetVolumeOwnership does.
+//! Container mounts come from `volumeMounts` with readOnly, subPath or
+//! subPathExpr (kept inside the volume) and mountPropagation; the pod's
+//! managed /etc/hosts is mounted into each container too.
+
+pub mod atomic;
+pub mod hosts;
+pub mod objects;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, PodSpec, Volume};
+
+use self::atomic::{FileProjection, Payload};
+use self::objects::{ApiObjects, ObjectKey, ObjectKind, TokenSpec};
+use crate::pods::env::{self, PodFacts};
+use crate::pods::{NodeContext, quantity, sandbox};
+use crate::runtime::cri;
+
+/// The default file mode of configMap, secret, downwardAPI and projected
+/// volumes (the API's default, 0644).
+pub const DEFAULT_MODE: i32 = 0o644;
+
+/// A volume that failed to set up, with kubelet's wording.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MountVolume.SetUp failed for volume {volume:?} : {message}")]
+pub struct VolumeError {
+    pub volume: String,
+    pub message: String,
+}
+
+/// A volume ready to be mounted into containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mountable {
+    pub host_path: PathBuf,
+    /// configMap, secret, downwardAPI and projected volumes are always
+    /// mounted read-only.
+    pub read_only: bool,
+}
+
+/// A pod's volumes after a set-up round.
+#[derive(Debug, Clone, Default)]
+pub struct PodVolumes {
+    pub volumes: BTreeMap<String, Mountable>,
+    /// The API objects the volumes read, whose changes call for a refresh.
+    pub uses: BTreeSet<ObjectKey>,
+    /// When a token must be renewed (Unix seconds).
+    pub refresh_at: Option<i64>,
+}
+
+/// What setting up volumes needs.
+pub struct VolumeContext<'a> {
+    pub node: &'a NodeContext,
+    pub objects: Option<&'a dyn ApiObjects>,
+    /// Plan only: compute the paths, write nothing, request no token.
+    pub dry_run: bool,
+}
+
+fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> PathBuf {
+    sandbox::pod_dir(node, uid).join("volumes").join(format!("kubernetes.io~{plugin}")).join(name)
+}
+
+fn err(volume: &str, message: impl Into<String>) -> VolumeError {
+    VolumeError { volume: volume.to_string(), message: message.into() }
+}
+
+/// Whether `path` is a mount point (a different device from its parent).
+pub fn is_mount_point(path: &Path) -> bool {
+    let (Ok(me), Some(parent)) = (std::fs::metadata(path), path.parent()) else { return false };
+    std::fs::metadata(parent).is_ok_and(|p| p.dev() != me.dev())
+}
+
+fn mount_tmpfs(path: &Path, size: Option<i64>) -> Result<(), String> {
+    if is_mount_point(path) {
+        return Ok(());
+    }
+    let mut opts = String::from("mode=0755");
+    if let Some(s) = size.filter(|s| *s > 0) {
+        opts.push_str(&format!(",size={s}"));
+    }
+    nix::mount::mount(Some("tmpfs"), path, Some("tmpfs"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some(opts.as_str()))
+        .map_err(|e| format!("mount tmpfs on {}: {e}", path.display()))
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The sum of the containers' memory limits, if every container has one.
+fn pod_memory_limit(spec: &PodSpec) -> Option<i64> {
+    let mut total = 0i64;
+    for c in &spec.containers {
+        let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+        total += quantity::value(q).ok()?;
+    }
+    Some(total)
+}
+
+/// The user all of a pod's containers run as, if it is one and the same.
+fn common_run_as_user(spec: &PodSpec) -> Option<u32> {
+    let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let mut users = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_user));
+    let first = users.next()??;
+    users.all(|u| u == Some(first)).then_some(first as u32)
+}
+
+fn mode_of(m: Option<i32>, default: Option<i32>) -> u32 {
+    (m.or(default).unwrap_or(DEFAULT_MODE) & 0o7777) as u32
+}
+
+/// Files from a ConfigMap's or Secret's data, per `items`.
+fn from_data(
+    data: Option<&objects::Data>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: bool,
+    key: &ObjectKey,
+    out: &mut Payload,
+) -> Result<(), String> {
+    let Some(data) = data else {
+        if optional {
+            return Ok(());
+        }
+        return Err(format!("{} {:?} not found", key.kind.as_str(), key.name));
+    };
+    match items.filter(|i| !i.is_empty()) {
+        None => {
+            for (k, v) in data {
+                out.insert(k.clone(), FileProjection { data: v.clone(), mode: mode_of(None, default_mode), uid: None });
+            }
+        }
+        Some(items) => {
+            for it in items {
+                match data.get(&it.key) {
+                    Some(v) => {
+                        out.insert(it.path.clone(), FileProjection { data: v.clone(), mode: mode_of(it.mode, default_mode), uid: None });
+                    }
+                    None if optional => {}
+                    None => {
+                        let what = if key.kind == ObjectKind::Secret { "secret" } else { "config" };
+                        return Err(format!("{} references non-existent {what} key: {}", key.kind.as_str(), it.key));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Quotes a label or annotation value as the downward API files do.
+fn quote(v: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in v.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn map_lines(m: Option<&BTreeMap<String, String>>) -> String {
+    m.into_iter().flatten().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join("\n")
+}
+
+/// Files of a downwardAPI volume or source.
+fn downward_files(items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, facts: &PodFacts<'_>, out: &mut Payload) -> Result<(), String> {
+    let md = &facts.pod.metadata;
+    for it in items {
+        let value = if let Some(f) = &it.field_ref {
+            match f.field_path.as_str() {
+                "metadata.labels" => map_lines(md.labels.as_ref()),
+                "metadata.annotations" => map_lines(md.annotations.as_ref()),
+                _ => env::field_value(f, facts, &it.path).map_err(|e| e.to_string())?,
+            }
+        } else if let Some(r) = &it.resource_field_ref {
+            let cname = r.container_name.clone().unwrap_or_default();
+            let spec = facts.pod.spec.as_ref();
+            let c = spec
+                .into_iter()
+                .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                .find(|c| c.name == cname)
+                .ok_or_else(|| format!("{}: container {cname:?} not found", it.path))?;
+            env::resource_value(r, c, facts, &it.path).map_err(|e| e.to_string())?
+        } else {
+            String::new()
+        };
+        out.insert(it.path.clone(), FileProjection { data: value.into_bytes(), mode: mode_of(it.mode, default_mode), uid: None });
+    }
+    Ok(())
+}
+
+/// The kinds of volume this node can set up, or what it cannot.
+pub fn unsupported(v: &Volume) -> Option<&'static str> {
+    let supported = v.empty_dir.is_some()
+        || v.host_path.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some();
+    if supported {
+        if let Some(p) = &v.projected
+            && p.sources.iter().flatten().any(|s| s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some())
+        {
+            return Some("projected clusterTrustBundle and podCertificate sources");
+        }
+        if v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).is_some_and(|m| !m.is_empty() && m != "Memory") {
+            return Some("emptyDir media other than Memory");
+        }
+        return None;
+    }
+    Some(if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some() {
+        "persistent, ephemeral and CSI volumes"
+    } else if v.image.is_some() {
+        "image volumes"
+    } else {
+        "volumes without a known source"
+    })
+}
+
+struct Round<'a, 'b> {
+    ctx: &'a VolumeContext<'b>,
+    pod: &'a Pod,
+    uid: String,
+    namespace: String,
+    fs_group: Option<u32>,
+    out: PodVolumes,
+}
+
+impl Round<'_, '_> {
+    async fn object(&mut self, kind: ObjectKind, name: &str) -> Result<Option<std::sync::Arc<objects::Data>>, String> {
+        let key = ObjectKey { kind, namespace: self.namespace.clone(), name: name.to_string() };
+        let Some(objects) = self.ctx.objects else {
+            return Err(format!("{key}: no apiserver to read it from (static pods cannot use API objects)"));
+        };
+        self.out.uses.insert(key.clone());
+        objects.get(&key, &self.uid).await.map_err(|e| e.to_string())
+    }
+
+    fn write(&self, dir: &Path, payload: &Payload, tmpfs: bool) -> Result<(), String> {
+        if self.ctx.dry_run {
+            return Ok(());
+        }
+        make_dir(dir, 0o755)?;
+        if tmpfs {
+            mount_tmpfs(dir, None)?;
+        }
+        atomic::write(dir, payload, self.fs_group).map_err(|e| e.to_string())?;
+        if let Some(g) = self.fs_group {
+            std::os::unix::fs::chown(dir, None, Some(g)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mode = atomic::with_fs_group(0o755, true, Some(g));
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    async fn one(&mut self, v: &Volume, facts: &PodFacts<'_>) -> Result<Mountable, String> {
+        let node = self.ctx.node;
+        if let Some(what) = unsupported(v) {
+            return Err(format!("{what} are not supported by this node"));
+        }
+        if let Some(ed) = &v.empty_dir {
+            let dir = plugin_dir(node, &self.uid, "empty-dir", &v.name);
+            if !self.ctx.dry_run {
+                make_dir(&dir, 0o777)?;
+                if ed.medium.as_deref() == Some("Memory") {
+                    let size = match &ed.size_limit {
+                        Some(q) => Some(quantity::value(q).map_err(|e| format!("sizeLimit: {e}"))?),
+                        None => self.pod.spec.as_ref().and_then(pod_memory_limit),
+                    };
+                    mount_tmpfs(&dir, size)?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+                }
+                if let Some(g) = self.fs_group {
+                    std::os::unix::fs::chown(&dir, None, Some(g)).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2777)).map_err(|e| e.to_string())?;
+                }
+            }
+            return Ok(Mountable { host_path: dir, read_only: false });
+        }
+        if let Some(hp) = &v.host_path {
+            let path = PathBuf::from(&hp.path);
+            if !self.ctx.dry_run {
+                check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
+            }
+            return Ok(Mountable { host_path: path, read_only: false });
+        }
+        if let Some(cm) = &v.config_map {
+            let data = self.object(ObjectKind::ConfigMap, &cm.name).await?;
+            let key = ObjectKey { kind: ObjectKind::ConfigMap, namespace: self.namespace.clone(), name: cm.name.clone() };
+            let mut payload = Payload::new();
+            from_data(data.as_deref(), cm.items.as_ref(), cm.default_mode, cm.optional == Some(true), &key, &mut payload)?;
+            let dir = plugin_dir(node, &self.uid, "configmap", &v.name);
+            self.write(&dir, &payload, false)?;
+            return Ok(Mountable { host_path: dir, read_only: true });
+        }
+        if let Some(s) = &v.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            let data = self.object(ObjectKind::Secret, &name).await?;
+            let key = ObjectKey { kind: ObjectKind::Secret, namespace: self.namespace.clone(), name };
+            let mut payload = Payload::new();
+            from_data(data.as_deref(), s.items.as_ref(), s.default_mode, s.optional == Some(true), &key, &mut payload)?;
+            let dir = plugin_dir(node, &self.uid, "secret", &v.name);
+            self.write(&dir, &payload, true)?;
+            return Ok(Mountable { host_path: dir, read_only: true });
+        }
+        if let Some(d) = &v.downward_api {
+            let mut payload = Payload::new();
+            downward_files(d.items.as_deref().unwrap_or(&[]), d.default_mode, facts, &mut payload)?;
+            let dir = plugin_dir(node, &self.uid, "downward-api", &v.name);
+            self.write(&dir, &payload, false)?;
+            return Ok(Mountable { host_path: dir, read_only: true });
+        }
+        let p = v.projected.as_ref().expect("unsupported() let only supported kinds through");
+        let mut payload = Payload::new();
+        for src in p.sources.iter().flatten() {
+            if let Some(cm) = &src.config_map {
+                let data = self.object(ObjectKind::ConfigMap, &cm.name).await?;
+                let key = ObjectKey { kind: ObjectKind::ConfigMap, namespace: self.namespace.clone(), name: cm.name.clone() };
+                from_data(data.as_deref(), cm.items.as_ref(), p.default_mode, cm.optional == Some(true), &key, &mut payload)?;
+            }
+            if let Some(s) = &src.secret {
+                let data = self.object(ObjectKind::Secret, &s.name).await?;
+                let key = ObjectKey { kind: ObjectKind::Secret, namespace: self.namespace.clone(), name: s.name.clone() };
+                from_data(data.as_deref(), s.items.as_ref(), p.default_mode, s.optional == Some(true), &key, &mut payload)?;
+            }
+            if let Some(d) = &src.downward_api {
+                downward_files(d.items.as_deref().unwrap_or(&[]), p.default_mode, facts, &mut payload)?;
+            }
+            if let Some(t) = &src.service_account_token {
+                let data = self.token(t).await?;
+                let spec = self.pod.spec.clone().unwrap_or_default();
+                // A token readable by exactly the user the pod runs as, when
+                // there is one, as kubelet does.
+                let uid = common_run_as_user(&spec);
+                let mode = if uid.is_some() || self.fs_group.is_some() { 0o600 } else { mode_of(None, p.default_mode) };
+                payload.insert(t.path.clone(), FileProjection { data, mode, uid });
+            }
+        }
+        let dir = plugin_dir(node, &self.uid, "projected", &v.name);
+        self.write(&dir, &payload, true)?;
+        Ok(Mountable { host_path: dir, read_only: true })
+    }
+
+    async fn token(&mut self, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection) -> Result<Vec<u8>, String> {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let sa = spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+        let Some(objects) = self.ctx.objects else {
+            return Err("a service account token needs an apiserver (static pods cannot use one)".into());
+        };
+        if self.ctx.dry_run {
+            return Ok(Vec::new());
+        }
+        let req = TokenSpec {
+            namespace: self.namespace.clone(),
+            service_account: sa,
+            audience: t.audience.clone().filter(|a| !a.is_empty()),
+            expiration_seconds: t.expiration_seconds.unwrap_or(3600),
+            pod_name: self.pod.metadata.name.clone().unwrap_or_default(),
+            pod_uid: self.uid.clone(),
+        };
+        let token = objects.token(&req).await.map_err(|e| e.to_string())?;
+        let at = token.refresh_at();
+        self.out.refresh_at = Some(self.out.refresh_at.map_or(at, |r| r.min(at)));
+        Ok(token.token.into_bytes())
+    }
+}
+
+/// The `type` check of a hostPath volume.
+fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let md = std::fs::metadata(path);
+    let p = path.display();
+    let want = |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("hostPath type check failed: {p} is not a {what}")) };
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => match md {
+            Ok(m) => want(m.is_dir(), "directory"),
+            Err(_) => make_dir(path, 0o755),
+        },
+        "FileOrCreate" => match md {
+            Ok(m) => want(m.is_file(), "file"),
+            Err(_) => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map(|_| ())
+                .map_err(|e| format!("hostPath type check failed: cannot create {p}: {e}")),
+        },
+        _ => {
+            let m = md.map_err(|_| format!("hostPath type check failed: {p} does not exist"))?;
+            let t = m.file_type();
+            match kind {
+                "Directory" => want(t.is_dir(), "directory"),
+                "File" => want(t.is_file(), "file"),
+                "Socket" => want(t.is_socket(), "socket"),
+                "CharDevice" => want(t.is_char_device(), "character device"),
+                "BlockDevice" => want(t.is_block_device(), "block device"),
+                other => Err(format!("hostPath type {other:?} is not supported")),
+            }
+        }
+    }
+}
+
+/// Sets up (or refreshes) every volume of a pod. Volumes that fail are
+/// reported; the others are kept.
+pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (PodVolumes, Vec<VolumeError>) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group).map(|g| g as u32);
+    let mut round = Round {
+        ctx,
+        pod,
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        fs_group,
+        out: PodVolumes::default(),
+    };
+    let facts = PodFacts { pod, pod_ips, node: ctx.node };
+    let mut errors = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        match round.one(v, &facts).await {
+            Ok(m) => {
+                round.out.volumes.insert(v.name.clone(), m);
+            }
+            Err(message) => errors.push(err(&v.name, message)),
+        }
+    }
+    (round.out, errors)
+}
+
+/// The CRI mounts of one container: its volumeMounts, then the pod's
+/// /etc/hosts unless the container mounts its own.
+pub fn container_mounts(
+    c: &Container,
+    vols: &PodVolumes,
+    env: &[(String, String)],
+    etc_hosts: Option<&Path>,
+    privileged: bool,
+    dry_run: bool,
+) -> Result<Vec<cri::Mount>, String> {
+    let mut out = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let v = vols.volumes.get(&m.name).ok_or_else(|| format!("volume {:?} is not set up", m.name))?;
+        let sub = match (&m.sub_path, &m.sub_path_expr) {
+            (Some(s), _) if !s.is_empty() => Some(s.clone()),
+            (_, Some(expr)) if !expr.is_empty() => {
+                let map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Some(env::expand(expr, &|k| map.get(k).map(|v| v.to_string())))
+            }
+            _ => None,
+        };
+        let host_path = match sub {
+            Some(sub) => sub_path(&v.host_path, &sub, dry_run)?,
+            None => v.host_path.clone(),
+        };
+        use cri::MountPropagation as P;
+        let propagation = match m.mount_propagation.as_deref() {
+            Some("HostToContainer") => P::PropagationHostToContainer,
+            Some("Bidirectional") if privileged => P::PropagationBidirectional,
+            Some("Bidirectional") => return Err(format!("volumeMount {:?}: Bidirectional mount propagation needs a privileged container", m.name)),
+            _ => P::PropagationPrivate,
+        };
+        out.push(cri::Mount {
+            container_path: m.mount_path.clone(),
+            host_path: host_path.display().to_string(),
+            readonly: m.read_only == Some(true) || v.read_only,
+            selinux_relabel: false,
+            propagation: propagation as i32,
+        });
+    }
+    if let Some(hosts) = etc_hosts
+        && !out.iter().any(|m| m.container_path == "/etc/hosts")
+    {
+        out.push(cri::Mount {
+            container_path: "/etc/hosts".into(),
+            host_path: hosts.display().to_string(),
+            readonly: false,
+            selinux_relabel: false,
+            propagation: cri::MountPropagation::PropagationPrivate as i32,
+        });
+    }
+    Ok(out)
+}
+
+/// A subPath inside a volume: created as a directory when missing, and
+/// refused if it (through symlinks) leads out of the volume.
+fn sub_path(root: &Path, sub: &str, dry_run: bool) -> Result<PathBuf, String> {
+    if sub.starts_with('/') || Path::new(sub).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("subPath {sub:?} must be a relative path without '..'"));
+    }
+    let path = root.join(sub);
+    if dry_run {
+        return Ok(path);
+    }
+    if std::fs::symlink_metadata(&path).is_err() {
+        make_dir(&path, 0o755).map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
+    }
+    let real = std::fs::canonicalize(&path).map_err(|e| format!("subPath {sub:?}: {e}"))?;
+    let real_root = std::fs::canonicalize(root).map_err(|e| format!("volume {}: {e}", root.display()))?;
+    if !real.starts_with(&real_root) {
+        return Err(format!("subpath {:?} not within volume path {:?}", real.display(), real_root.display()));
+    }
+    Ok(real)
+}
+
+/// Writes the pod's /etc/hosts if it changed; returns its path. None when
+/// kubelet would not manage it (no pod IP yet on a pod network).
+pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: bool) -> Result<Option<PathBuf>, String> {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if !host_network && ips.is_empty() {
+        return Ok(None);
+    }
+    let text = if host_network {
+        hosts::host_network(pod, &std::fs::read_to_string("/etc/hosts").unwrap_or_default())
+    } else {
+        hosts::managed(pod, ips, &node.dns.domain)
+    };
+    let path = sandbox::pod_dir(node, pod.metadata.uid.as_deref().unwrap_or_default()).join("etc-hosts");
+    if dry_run {
+        return Ok(Some(path));
+    }
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        crate::cluster::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(Some(path))
+}
+
+/// Mount points below `dir`, deepest first, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_octal)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Unmounts everything below a pod's directory (tmpfs volumes), so the
+/// directory can be removed without reaching into a mount.
+pub fn tear_down(pod_dir: &Path) -> Result<(), String> {
+    for m in mounts_under(pod_dir) {
+        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {}: {e}", m.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downward_labels_are_sorted_and_quoted() {
+        let m = BTreeMap::from([("b".to_string(), "x\"y".to_string()), ("a".to_string(), "1".to_string())]);
+        assert_eq!(map_lines(Some(&m)), "a=\"1\"\nb=\"x\\\"y\"");
+    }
+
+    #[test]
+    fn items_modes_and_missing_keys() {
+        let key = ObjectKey { kind: ObjectKind::ConfigMap, namespace: "ns".into(), name: "cfg".into() };
+        let data = objects::Data::from([("k".to_string(), b"v".to_vec())]);
+        let items = vec![KeyToPath { key: "k".into(), path: "dir/f".into(), mode: Some(0o600) }];
+        let mut p = Payload::new();
+        from_data(Some(&data), Some(&items), None, false, &key, &mut p).unwrap();
+        assert_eq!(p["dir/f"].mode, 0o600);
+        let bad = vec![KeyToPath { key: "nope".into(), path: "x".into(), mode: None }];
+        let e = from_data(Some(&data), Some(&bad), None, false, &key, &mut p).unwrap_err();
+        assert_eq!(e, "configmap references non-existent config key: nope");
+        assert_eq!(from_data(None, None, None, false, &key, &mut p).unwrap_err(), "configmap \"cfg\" not found");
+        assert!(from_data(None, None, None, true, &key, &mut p).is_ok(), "optional");
+        let mut q = Payload::new();
+        from_data(Some(&data), None, Some(0o400), false, &key, &mut q).unwrap();
+        assert_eq!(q["k"].mode, 0o400);
+    }
+
+    #[test]
+    fn sub_paths_stay_inside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("vol");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
+        assert!(sub_path(&root, "a/b", false).unwrap().ends_with("vol/a/b"));
+        assert!(root.join("a/b").is_dir());
+        assert!(sub_path(&root, "../x", false).is_err());
+        assert!(sub_path(&root, "/abs", false).is_err());
+        assert!(sub_path(&root, "escape", false).unwrap_err().contains("not within volume path"));
+    }
+
+    #[test]
+    fn host_path_types() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        check_host_path(&d, "DirectoryOrCreate").unwrap();
+        assert!(d.is_dir());
+        check_host_path(&d, "Directory").unwrap();
+        assert!(check_host_path(&d, "File").unwrap_err().contains("is not a file"));
+        let f = tmp.path().join("f");
+        check_host_path(&f, "FileOrCreate").unwrap();
+        assert!(f.is_file());
+        assert!(check_host_path(&tmp.path().join("none"), "Socket").unwrap_err().contains("does not exist"));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+}
