@@ -242,6 +242,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             terminated: writes.then_some(terminated_rx),
             node_labels: labels_tx,
         };
+        if let Some(p) = s.proxy.clone().filter(|p| p.mode != crate::proxy::run::Mode::None) {
+            tasks.spawn("service proxy", crate::proxy::run::run(joined.client.clone(), p));
+        }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }
     drop(src_tx);

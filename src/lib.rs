@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod pods;
 pub mod probes;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod tasks;

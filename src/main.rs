@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use nodelet::config::{Overrides, Settings, duration::parse_go_duration, kubelet::KubeletConfig};
+use nodelet::config::{Overrides, Settings, duration::parse_go_duration, kubelet::KubeletConfig, proxy::ProxyConfig};
 use nodelet::runtime::containerd::import::{ImportOptions, import};
 use nodelet::runtime::remote::socket_path;
 
@@ -29,6 +29,18 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// The Service proxy's maintenance.
+    Proxy {
+        #[command(subcommand)]
+        command: ProxyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProxyCommand {
+    /// Remove every rule nodelet's proxy made (iptables and nftables), as
+    /// `kube-proxy --cleanup` does; run it with nodelet stopped.
+    Cleanup,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +180,14 @@ struct RunArgs {
     /// Renew the client certificate before it expires [default: true].
     #[arg(long)]
     rotate_certificates: Option<bool>,
+    /// The Service proxy mode: iptables, nftables, ipvs (falls back to
+    /// iptables here) or none (leave Services to another proxy)
+    /// [default: the proxy config's mode, else iptables].
+    #[arg(long, value_parser = ["iptables", "nftables", "ipvs", "none"])]
+    proxy_mode: Option<String>,
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1).
+    #[arg(long)]
+    proxy_config: Option<PathBuf>,
     /// Log verbosity, kubelet style: 0-1 info, 2-3 debug, 4+ trace.
     #[arg(long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -240,7 +260,19 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         node_status_update_frequency: a.node_status_update_frequency,
         rotate_certificates: a.rotate_certificates,
     };
-    let settings = Settings::resolve(overrides, file)?;
+    let mut settings = Settings::resolve(overrides, file)?;
+    if settings.cluster.is_some() {
+        let proxy_file = a.proxy_config.as_deref().map(ProxyConfig::load).transpose()?;
+        settings.proxy = Some(nodelet::proxy::resolve(
+            a.proxy_mode.as_deref(),
+            proxy_file.as_ref(),
+            &settings.node_name,
+            &settings.node_ips,
+            settings.dry_run,
+        )?);
+    } else if a.proxy_mode.as_deref().is_some_and(|m| m != "none") || a.proxy_config.is_some() {
+        tracing::warn!("the Service proxy needs an apiserver (--kubeconfig); it does not run standalone");
+    }
     nodelet::agent::run(settings, shutdown_signal()).await?;
     Ok(())
 }
@@ -289,6 +321,10 @@ fn main() {
             None => run_agent(cli.run).await,
             Some(Command::Pods(a)) => pods(a).await,
             Some(Command::Images { command: ImagesCommand::Import(a) }) => images_import(a).await,
+            Some(Command::Proxy { command: ProxyCommand::Cleanup }) => {
+                let errors = nodelet::proxy::cleanup();
+                if errors.is_empty() { Ok(()) } else { Err(anyhow::anyhow!(errors.join("; "))) }
+            }
         }
     });
     if let Err(e) = result {

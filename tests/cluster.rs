@@ -4,90 +4,15 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use support::apiserver::{ApiServer, BOOTSTRAP_TOKEN};
-use support::{Agent, Node, eventually, is_running, pod_yaml};
+use support::cluster::Cluster;
+use support::{eventually, is_running, pod_yaml};
 
 const S: Duration = Duration::from_secs(1);
-
-struct Cluster {
-    node: Node,
-    api: ApiServer,
-    client: kube::Client,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let node = Node::start().await;
-        let api = ApiServer::start(&node.netns).await;
-        let client = api.client().await;
-        Self { node, api, client }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.node.dir.path().to_path_buf()
-    }
-
-    /// nodelet joining with the bootstrap token.
-    fn nodelet(&self, extra: &[&str]) -> Agent {
-        let boot = self.dir().join("bootstrap.kubeconfig");
-        std::fs::write(&boot, self.api.bootstrap_kubeconfig(BOOTSTRAP_TOKEN)).unwrap();
-        let mut args = vec![
-            "--kubeconfig".to_string(),
-            self.dir().join("kubelet.kubeconfig").display().to_string(),
-            "--bootstrap-kubeconfig".into(),
-            boot.display().to_string(),
-            "--cert-dir".into(),
-            self.dir().join("pki").display().to_string(),
-            "--node-ip".into(),
-            "10.99.0.1".into(),
-            "--node-labels".into(),
-            "nodelet.io/test=yes".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.node.nodelet(&argv)
-    }
-
-    fn pods(&self, ns: &str) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), ns)
-    }
-
-    async fn csrs(&self) -> Vec<CertificateSigningRequest> {
-        Api::<CertificateSigningRequest>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
-    }
-
-    /// `kubectl certificate approve` (or deny).
-    async fn decide_csr(&self, name: &str, approve: bool) {
-        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-        let (t, reason) = if approve { ("Approved", "TestApproved") } else { ("Denied", "TestDenied") };
-        let patch = serde_json::json!({"status": {"conditions": [
-            {"type": t, "status": "True", "reason": reason, "message": format!("{t} by the test")}
-        ]}});
-        api.patch_approval(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-    }
-
-    /// Bootstraps by approving the first CSR as an operator would.
-    async fn join(&self) -> Agent {
-        let agent = self.nodelet(&[]);
-        let csr = eventually(20 * S, "the CSR", || async { self.csrs().await.into_iter().next() }).await;
-        self.decide_csr(&csr.metadata.name.unwrap(), true).await;
-        eventually(30 * S, "the node Ready", || async { self.node_ready().await.then_some(()) }).await;
-        agent
-    }
-
-    async fn node_ready(&self) -> bool {
-        let nodes: Api<KubeNode> = Api::all(self.client.clone());
-        let Ok(n) = nodes.get(&self.node.node_name()).await else { return false };
-        n.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
-    }
-}
 
 fn bound_pod(name: &str, node: &str, command: &str) -> Pod {
     serde_json::from_value(serde_json::json!({

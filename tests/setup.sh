@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what nodelet's tests, benchmarks and demo need, from Debian:
-# containerd and runc (the runtime), the CNI plugins, iptables and nftables,
+# containerd and runc (the runtime), the CNI plugins, iptables, nftables and
+# conntrack (the Service proxy),
 # busybox-static (the test images), protoc (CRI code generation) and iproute2.
 # Idempotent; run as root.
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables nftables busybox-static protobuf-compiler iproute2 util-linux)
+packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

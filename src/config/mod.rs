@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod kubelet;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,8 @@ pub struct Settings {
     pub backoff: BackoffConfig,
     /// Cluster mode; `None` runs standalone on static pods.
     pub cluster: Option<ClusterSettings>,
+    /// The Service proxy (cluster mode only); set by the caller.
+    pub proxy: Option<crate::proxy::run::ProxySettings>,
 }
 
 /// How the node joins and talks to its cluster.
@@ -267,6 +270,7 @@ impl Settings {
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
             cluster,
+            proxy: None,
         })
     }
 }

@@ -24,6 +24,7 @@ use nodelet::runtime::remote::RemoteRuntime;
 use nodelet::runtime::Runtime;
 
 pub mod apiserver;
+pub mod cluster;
 
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
 const CONTAINERD_CONFIG: &str = include_str!("containerd-config.toml");

@@ -1,0 +1,167 @@
+//! The KubeProxyConfiguration file (`--proxy-config`,
+//! kubeproxy.config.k8s.io/v1alpha1). The fields nodelet's proxy uses are
+//! read and checked (a wrong type or value names the file and the field);
+//! any other field is accepted with a warning, as kube-proxy's lenient
+//! decoding does, so the files operators have parse as they are.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::ConfigError;
+use super::duration::parse_go_duration;
+
+pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+pub const KIND: &str = "KubeProxyConfiguration";
+
+/// The fields nodelet uses; `None` means unset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub mode: Option<String>,
+    pub cluster_cidr: Option<String>,
+    pub node_port_addresses: Vec<String>,
+    pub hostname_override: Option<String>,
+    pub healthz_bind_address: Option<String>,
+    pub metrics_bind_address: Option<String>,
+    pub masquerade_all: Option<bool>,
+    pub masquerade_bit: Option<u8>,
+    pub sync_period: Option<Duration>,
+    pub min_sync_period: Option<Duration>,
+    /// Fields accepted but not used, for one warning each.
+    pub ignored: Vec<String>,
+}
+
+fn field<T: serde::de::DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v.clone())
+        .map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.inner().to_string() })
+}
+
+fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
+    let s: String = field(file, name, v)?;
+    parse_go_duration(&s).map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.to_string() })
+}
+
+impl ProxyConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+        Self::parse(&bytes, &file)
+    }
+
+    pub fn parse(bytes: &[u8], file: &str) -> Result<Self, ConfigError> {
+        let doc: Value = serde_yaml::from_slice(bytes)
+            .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
+        let Value::Object(map) = doc else {
+            return Err(ConfigError::Read { file: file.into(), message: "expected a KubeProxyConfiguration object".into() });
+        };
+        let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
+        match map.get("kind").and_then(Value::as_str) {
+            Some(KIND) => {}
+            other => return Err(bad("kind", format!("must be {KIND:?}, got {other:?}"))),
+        }
+        match map.get("apiVersion").and_then(Value::as_str) {
+            Some(API_VERSION) => {}
+            other => return Err(bad("apiVersion", format!("must be {API_VERSION:?}, got {other:?}"))),
+        }
+        let mut c = ProxyConfig::default();
+        let mut per_mode: Vec<(&str, &serde_json::Map<String, Value>)> = Vec::new();
+        for (k, v) in &map {
+            if v.is_null() {
+                continue;
+            }
+            match k.as_str() {
+                "kind" | "apiVersion" => {}
+                "mode" => {
+                    let m: String = field(file, k, v)?;
+                    if !["", "iptables", "nftables", "ipvs", "kernelspace"].contains(&m.as_str()) {
+                        return Err(bad(k, format!("Unsupported value: {m:?}: supported values: \"iptables\", \"ipvs\", \"nftables\"")));
+                    }
+                    c.mode = (!m.is_empty()).then_some(m);
+                }
+                "clusterCIDR" => {
+                    let s: String = field(file, k, v)?;
+                    for part in s.split(',').filter(|p| !p.is_empty()) {
+                        part.parse::<ipnetwork::IpNetwork>().map_err(|e| bad(k, format!("Invalid value: {part:?}: {e}")))?;
+                    }
+                    c.cluster_cidr = (!s.is_empty()).then_some(s);
+                }
+                "nodePortAddresses" => {
+                    let list: Vec<String> = field(file, k, v)?;
+                    for a in &list {
+                        if a != "primary" && a.parse::<ipnetwork::IpNetwork>().is_err() {
+                            return Err(bad(k, format!("Invalid value: {a:?}: must be a CIDR or \"primary\"")));
+                        }
+                    }
+                    c.node_port_addresses = list;
+                }
+                "hostnameOverride" => c.hostname_override = Some(field(file, k, v)?).filter(|s: &String| !s.is_empty()),
+                "healthzBindAddress" => c.healthz_bind_address = Some(field(file, k, v)?),
+                "metricsBindAddress" => c.metrics_bind_address = Some(field(file, k, v)?),
+                "iptables" | "nftables" => match v {
+                    Value::Object(m) => per_mode.push((k.as_str(), m)),
+                    _ => return Err(bad(k, "expected an object".into())),
+                },
+                other => c.ignored.push(other.to_string()),
+            }
+        }
+        // iptables.* applies in iptables mode, nftables.* in nftables mode.
+        let mode = c.mode.clone().unwrap_or_else(|| "iptables".into());
+        for (section, m) in per_mode {
+            let applies = section == mode || (section == "iptables" && mode != "nftables");
+            for (k, v) in m {
+                let name = format!("{section}.{k}");
+                if v.is_null() {
+                    continue;
+                }
+                match k.as_str() {
+                    "masqueradeAll" if applies => c.masquerade_all = Some(field(file, &name, v)?),
+                    "masqueradeBit" if applies => {
+                        let b: i64 = field(file, &name, v)?;
+                        if !(0..=31).contains(&b) {
+                            return Err(bad(&name, format!("Invalid value: {b}: must be within the range [0, 31]")));
+                        }
+                        c.masquerade_bit = Some(b as u8);
+                    }
+                    "syncPeriod" if applies => c.sync_period = Some(duration(file, &name, v)?),
+                    "minSyncPeriod" if applies => c.min_sync_period = Some(duration(file, &name, v)?),
+                    "masqueradeAll" | "masqueradeBit" | "syncPeriod" | "minSyncPeriod" => {}
+                    _ => c.ignored.push(name),
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_file_parses_as_is() {
+        // 004's kube-proxy-config.yml, with its flattened clientConnection.
+        let seed = "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nbindAddress: 0.0.0.0\n\
+                    metricsBindAddress: 0.0.0.0:10249\nclientConnection:\nkubeconfig: /opt/kubernetes/cfg/kube-proxy.kubeconfig\n\
+                    hostnameOverride: k8s-master\nclusterCIDR: 10.0.0.0/24\n";
+        let c = ProxyConfig::parse(seed.as_bytes(), "kube-proxy-config.yml").unwrap();
+        assert_eq!(c.cluster_cidr.as_deref(), Some("10.0.0.0/24"));
+        assert_eq!(c.hostname_override.as_deref(), Some("k8s-master"));
+        assert_eq!(c.metrics_bind_address.as_deref(), Some("0.0.0.0:10249"));
+        assert_eq!(c.ignored, vec!["bindAddress".to_string(), "kubeconfig".to_string()]);
+    }
+
+    #[test]
+    fn mode_sections_and_errors() {
+        let f = "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: nftables\n\
+                 nftables: {syncPeriod: 45s, minSyncPeriod: 2s, masqueradeBit: 15}\niptables: {syncPeriod: 10s}\n";
+        let c = ProxyConfig::parse(f.as_bytes(), "p.yaml").unwrap();
+        assert_eq!(c.sync_period, Some(Duration::from_secs(45)));
+        assert_eq!(c.min_sync_period, Some(Duration::from_secs(2)));
+        assert_eq!(c.masquerade_bit, Some(15));
+        let e = ProxyConfig::parse(f.replace("nftables\n", "userspace\n").as_bytes(), "p.yaml").unwrap_err();
+        assert_eq!(e.to_string(), "p.yaml: mode: Unsupported value: \"userspace\": supported values: \"iptables\", \"ipvs\", \"nftables\"");
+        let e = ProxyConfig::parse(f.replace("45s", "soon").as_bytes(), "p.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: nftables.syncPeriod: "), "{e}");
+    }
+}

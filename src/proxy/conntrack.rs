@@ -1,0 +1,132 @@
+//! Stale UDP conntrack entries. UDP has no connection to end, so a flow
+//! NATed to an endpoint that has gone (or a flow that hit a Service while
+//! it had no endpoints) stays in conntrack and black-holes the client until
+//! it expires. kube-proxy deletes those entries; so does nodelet, with the
+//! `conntrack` tool.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use super::model::{ProxyState, Protocol, select};
+
+/// One `conntrack -D` filter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stale {
+    /// Flows to a service address and port (the Service had no endpoints).
+    ToService { ip: Ipv4Addr, port: u16 },
+    /// Flows to a node port (the Service had no endpoints).
+    ToNodePort { port: u16 },
+    /// Flows to a service address NATed to an endpoint that went away.
+    ServiceToEndpoint { ip: Ipv4Addr, port: u16, endpoint: Ipv4Addr },
+    /// Flows to a node port NATed to an endpoint that went away.
+    NodePortToEndpoint { port: u16, endpoint: Ipv4Addr },
+}
+
+impl Stale {
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
+        let s = |x: &dyn ToString| x.to_string();
+        match self {
+            Stale::ToService { ip, port } => a.extend([s(&"--orig-dst"), s(ip), s(&"--dport"), s(port)]),
+            Stale::ToNodePort { port } => a.extend([s(&"--dport"), s(port)]),
+            Stale::ServiceToEndpoint { ip, port, endpoint } => {
+                a.extend([s(&"--orig-dst"), s(ip), s(&"--dport"), s(port), s(&"--dst-nat"), s(endpoint)])
+            }
+            Stale::NodePortToEndpoint { port, endpoint } => a.extend([s(&"--dport"), s(port), s(&"--dst-nat"), s(endpoint)]),
+        }
+        a
+    }
+}
+
+/// What to delete after going from `prev` to `next` (both already applied).
+pub fn stale(prev: &ProxyState, next: &ProxyState) -> BTreeSet<Stale> {
+    let mut out = BTreeSet::new();
+    let empty = Vec::new();
+    for (key, svc) in &next.services {
+        if key.protocol != Protocol::Udp {
+            continue;
+        }
+        let now = select(svc, next.endpoints.get(key).unwrap_or(&empty));
+        let before = prev.services.get(key).map(|p| select(p, prev.endpoints.get(key).unwrap_or(&empty)));
+        let had_none = before.as_ref().is_none_or(|b| b.cluster.is_empty());
+        if had_none && !now.cluster.is_empty() {
+            out.insert(Stale::ToService { ip: svc.cluster_ip, port: svc.port });
+        }
+        let had_no_external = before.as_ref().is_none_or(|b| b.external.is_empty());
+        if let Some(np) = svc.node_port
+            && had_no_external
+            && !now.external.is_empty()
+        {
+            out.insert(Stale::ToNodePort { port: np });
+        }
+    }
+    for (key, svc) in &prev.services {
+        if key.protocol != Protocol::Udp {
+            continue;
+        }
+        let before = select(svc, prev.endpoints.get(key).unwrap_or(&empty));
+        let now = next.services.get(key).map(|n| select(n, next.endpoints.get(key).unwrap_or(&empty))).unwrap_or_default();
+        for ep in before.cluster.iter().chain(&before.external) {
+            let kept = now.cluster.iter().chain(&now.external).any(|e| e.ip == ep.ip && e.port == ep.port);
+            if kept {
+                continue;
+            }
+            out.insert(Stale::ServiceToEndpoint { ip: svc.cluster_ip, port: svc.port, endpoint: ep.ip });
+            if let Some(np) = svc.node_port {
+                out.insert(Stale::NodePortToEndpoint { port: np, endpoint: ep.ip });
+            }
+        }
+    }
+    out
+}
+
+/// Deletes the entries; failures are logged (an entry that is not there is
+/// not one).
+pub fn clear(entries: &BTreeSet<Stale>) {
+    for e in entries {
+        let args = e.args();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        match super::run_with_input("conntrack", &argv, "") {
+            Ok(_) => tracing::debug!(filter = ?e, "stale UDP conntrack entries deleted"),
+            Err(super::ProxyError::Failed { stderr, .. }) if stderr.contains("0 flow entries") => {}
+            Err(err) => tracing::warn!(filter = ?e, error = %err, "could not delete stale UDP conntrack entries"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::model::{Endpoint, PortKey, ServicePort};
+
+    #[test]
+    fn replaced_udp_endpoints_and_first_endpoints_are_cleared() {
+        let key = PortKey { namespace: "d".into(), name: "dns".into(), port: String::new(), protocol: Protocol::Udp };
+        let svc = ServicePort {
+            key: key.clone(),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 53),
+            port: 53,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            affinity: None,
+            external_local: false,
+            internal_local: false,
+            health_check_node_port: None,
+        };
+        let ep = |n| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port: 53, ready: true, serving: true, terminating: false, local: false };
+        let mut empty = ProxyState::default();
+        empty.services.insert(key.clone(), svc.clone());
+        let mut one = empty.clone();
+        one.endpoints.insert(key.clone(), vec![ep(1)]);
+        let mut other = empty.clone();
+        other.endpoints.insert(key.clone(), vec![ep(2)]);
+        assert_eq!(stale(&empty, &one), BTreeSet::from([Stale::ToService { ip: svc.cluster_ip, port: 53 }]));
+        assert_eq!(
+            stale(&one, &other),
+            BTreeSet::from([Stale::ServiceToEndpoint { ip: svc.cluster_ip, port: 53, endpoint: ep(1).ip }])
+        );
+        assert!(stale(&one, &one).is_empty());
+        assert_eq!(Stale::ToService { ip: svc.cluster_ip, port: 53 }.args().join(" "), "-D -p udp --orig-dst 10.96.0.53 --dport 53");
+    }
+}

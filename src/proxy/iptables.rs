@@ -1,0 +1,438 @@
+//! iptables mode: kube-proxy's chain layout, written with one
+//! `iptables-restore --noflush` per sync. The committed ruleset is kept in
+//! memory so that a sync rewrites only the top-level chains and the
+//! per-service chains that changed; a full sync (at start, periodically,
+//! after a failure) rewrites everything and deletes stale chains found with
+//! `iptables-save`. A restore is atomic per table, so the node is never
+//! without its Service rules in between.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use super::model::{Endpoint, PortKey, ProxyState, ServicePort, select};
+use super::{Context, ProxyError, SyncStats, chain_hash, run_with_input};
+
+pub const FILTER: &str = "filter";
+pub const NAT: &str = "nat";
+
+/// Chains rewritten at every sync (they list every Service).
+const TOP_LEVEL: &[&str] =
+    &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
+
+/// Prefixes of the per-service chains nodelet owns.
+const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"];
+
+/// The jumps from the built-in chains: (table, chain, rule).
+pub const JUMPS: &[(&str, &str, &str)] = &[
+    (FILTER, "INPUT", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
+    (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+    (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
+    (FILTER, "FORWARD", "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"),
+    (FILTER, "OUTPUT", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+    (NAT, "PREROUTING", "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+    (NAT, "OUTPUT", "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+    (NAT, "POSTROUTING", "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"),
+];
+
+/// A ruleset: table → chain → rules (the arguments after `-A CHAIN`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub tables: BTreeMap<&'static str, BTreeMap<String, Vec<String>>>,
+}
+
+impl Rendered {
+    fn chain(&mut self, table: &'static str, chain: &str) -> &mut Vec<String> {
+        self.tables.entry(table).or_default().entry(chain.to_string()).or_default()
+    }
+
+    fn rule(&mut self, table: &'static str, chain: &str, rule: String) {
+        self.chain(table, chain).push(rule);
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.tables.values().flat_map(|t| t.values()).map(Vec::len).sum()
+    }
+}
+
+fn svc_chain(prefix: &str, key: &PortKey) -> String {
+    format!("{prefix}{}", chain_hash(&[&key.to_string(), key.protocol.as_str()]))
+}
+
+fn sep_chain(key: &PortKey, ep: &Endpoint) -> String {
+    format!("KUBE-SEP-{}", chain_hash(&[&key.to_string(), key.protocol.as_str(), &ep.to_string()]))
+}
+
+fn comment(text: &str) -> String {
+    format!("-m comment --comment \"{text}\"")
+}
+
+fn proto_match(p: &ServicePort) -> String {
+    let proto = p.key.protocol.as_str();
+    format!("-m {proto} -p {proto}")
+}
+
+/// Jumps from `chain` to the endpoint chains: affinity first, then a
+/// random split with equal probability.
+fn endpoint_jumps(r: &mut Rendered, chain: &str, svc: &ServicePort, eps: &[Endpoint]) {
+    let n = eps.len();
+    if let Some(timeout) = svc.affinity {
+        for ep in eps {
+            let sep = sep_chain(&svc.key, ep);
+            let c = comment(&format!("{} -> {ep}", svc.key));
+            r.rule(NAT, chain, format!("{c} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"));
+        }
+    }
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = sep_chain(&svc.key, ep);
+        let c = comment(&format!("{} -> {ep}", svc.key));
+        if i + 1 < n {
+            let p = 1.0 / (n - i) as f64;
+            r.rule(NAT, chain, format!("{c} -m statistic --mode random --probability {p:.10} -j {sep}"));
+        } else {
+            r.rule(NAT, chain, format!("{c} -j {sep}"));
+        }
+    }
+}
+
+fn endpoint_chain(r: &mut Rendered, svc: &ServicePort, ep: &Endpoint) {
+    let sep = sep_chain(&svc.key, ep);
+    if r.tables.get(NAT).is_some_and(|t| t.contains_key(&sep)) {
+        return;
+    }
+    let c = comment(&svc.key.to_string());
+    r.rule(NAT, &sep, format!("{c} -s {}/32 -j KUBE-MARK-MASQ", ep.ip));
+    let recent = if svc.affinity.is_some() { format!(" -m recent --name {sep} --mask 255.255.255.255 --rsource --set") } else { String::new() };
+    r.rule(NAT, &sep, format!("{c}{recent} {} -j DNAT --to-destination {ep}", proto_match(svc)));
+}
+
+/// Renders the whole ruleset for `state`. Pure and deterministic.
+pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
+    let mut r = Rendered::default();
+    let mark = format!("{:#x}", ctx.masq_mark());
+    for c in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS"] {
+        r.chain(FILTER, c);
+    }
+    for c in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+        r.chain(NAT, c);
+    }
+    r.rule(NAT, "KUBE-POSTROUTING", format!("-m mark ! --mark {mark}/{mark} -j RETURN"));
+    r.rule(NAT, "KUBE-POSTROUTING", format!("-j MARK --xor-mark {mark}"));
+    r.rule(NAT, "KUBE-POSTROUTING", format!("{} -j MASQUERADE --random-fully", comment("kubernetes service traffic requiring SNAT")));
+    r.rule(NAT, "KUBE-MARK-MASQ", format!("-j MARK --or-mark {mark}"));
+    r.rule(FILTER, "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP".into());
+    r.rule(FILTER, "KUBE-FORWARD", format!("{} -m mark --mark {mark}/{mark} -j ACCEPT", comment("kubernetes forwarding rules")));
+    r.rule(FILTER, "KUBE-FORWARD", format!("{} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", comment("kubernetes forwarding conntrack rule")));
+
+    let empty = Vec::new();
+    for (key, svc) in &state.services {
+        let eps = state.endpoints.get(key).unwrap_or(&empty);
+        let sel = select(svc, eps);
+        let pm = proto_match(svc);
+        let port = svc.port;
+        let vip = svc.cluster_ip;
+        let svc_name = svc_chain("KUBE-SVC-", key);
+        let ext_name = svc_chain("KUBE-EXT-", key);
+        let svl_name = svc_chain("KUBE-SVL-", key);
+
+        // The cluster IP.
+        if sel.cluster.is_empty() {
+            let c = comment(&format!("{key} has no endpoints"));
+            r.rule(FILTER, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j REJECT"));
+        } else {
+            let c = comment(&format!("{key} cluster IP"));
+            r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {svc_name}"));
+            if ctx.masquerade_all {
+                r.rule(NAT, &svc_name, format!("{c} {pm} -d {vip}/32 --dport {port} -j KUBE-MARK-MASQ"));
+            } else if let Some(cidr) = ctx.cluster_cidr {
+                r.rule(NAT, &svc_name, format!("{c} {pm} -d {vip}/32 --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"));
+            }
+            endpoint_jumps(&mut r, &svc_name, svc, &sel.cluster);
+            for ep in &sel.cluster {
+                endpoint_chain(&mut r, svc, ep);
+            }
+        }
+
+        // External ways in: external IPs, load-balancer IPs, the node port.
+        if !svc.has_external() {
+            continue;
+        }
+        let (verdict, why) = if !sel.any {
+            ("REJECT", "has no endpoints")
+        } else {
+            ("DROP", "has no local endpoints")
+        };
+        let reachable = !sel.external.is_empty();
+        for (ips, what) in [(&svc.external_ips, "external IP"), (&svc.load_balancer_ips, "loadbalancer IP")] {
+            for ip in ips {
+                if reachable {
+                    let c = comment(&format!("{key} {what}"));
+                    r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {ext_name}"));
+                } else {
+                    let c = comment(&format!("{key} {why}"));
+                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {verdict}"));
+                }
+            }
+        }
+        if let Some(np) = svc.node_port {
+            if reachable {
+                r.rule(NAT, "KUBE-NODEPORTS", format!("{} {pm} --dport {np} -j {ext_name}", comment(&key.to_string())));
+            } else {
+                let c = comment(&format!("{key} {why}"));
+                r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} -m addrtype --dst-type LOCAL {pm} --dport {np} -j {verdict}"));
+            }
+        }
+        if !reachable {
+            continue;
+        }
+        if svc.external_local {
+            if let Some(cidr) = ctx.cluster_cidr {
+                let c = comment(&format!("pod traffic for {key} external destinations"));
+                r.rule(NAT, &ext_name, format!("{c} -s {cidr} -j {svc_name}"));
+            }
+            let c = comment(&format!("masquerade LOCAL traffic for {key} external destinations"));
+            r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"));
+            let c = comment(&format!("route LOCAL traffic for {key} external destinations"));
+            r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j {svc_name}"));
+            r.rule(NAT, &ext_name, format!("-j {svl_name}"));
+            endpoint_jumps(&mut r, &svl_name, svc, &sel.external);
+            for ep in &sel.external {
+                endpoint_chain(&mut r, svc, ep);
+            }
+            if sel.cluster.is_empty() {
+                // The LOCAL-source jump above needs its target.
+                r.chain(NAT, &svc_name);
+            }
+        } else {
+            let c = comment(&format!("masquerade traffic for {key} external destinations"));
+            r.rule(NAT, &ext_name, format!("{c} -j KUBE-MARK-MASQ"));
+            r.rule(NAT, &ext_name, format!("-j {svc_name}"));
+        }
+    }
+
+    // The node ports, last in KUBE-SERVICES.
+    let c = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
+    match &ctx.node_port_ips {
+        None => r.rule(NAT, "KUBE-SERVICES", format!("{c} -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS")),
+        Some(ips) => {
+            for ip in ips {
+                r.rule(NAT, "KUBE-SERVICES", format!("{c} -d {ip}/32 -j KUBE-NODEPORTS"));
+            }
+        }
+    }
+    r
+}
+
+/// The `iptables-restore --noflush` input taking the kernel from `prev`
+/// (None: unknown, write everything) to `next`; `stale` are owned chains
+/// found in the kernel that `next` does not have. Returns the text and how
+/// many chains it rewrites.
+pub fn restore_input(prev: Option<&Rendered>, next: &Rendered, stale: &BTreeMap<&'static str, BTreeSet<String>>) -> (String, usize) {
+    let mut out = String::new();
+    let mut written = 0;
+    let no_chains = BTreeMap::new();
+    for table in [FILTER, NAT] {
+        let want = next.tables.get(table).unwrap_or(&no_chains);
+        let had = prev.and_then(|p| p.tables.get(table));
+        let changed: Vec<(&String, &Vec<String>)> = want
+            .iter()
+            .filter(|(name, rules)| {
+                TOP_LEVEL.contains(&name.as_str()) || had.is_none_or(|h| h.get(*name) != Some(*rules))
+            })
+            .collect();
+        let mut gone: BTreeSet<&String> = had.map(|h| h.keys().filter(|c| !want.contains_key(*c)).collect()).unwrap_or_default();
+        gone.extend(stale.get(table).into_iter().flatten().filter(|c| !want.contains_key(*c)));
+        let _ = writeln!(out, "*{table}");
+        for (name, _) in &changed {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        for name in &gone {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        for (name, rules) in &changed {
+            for rule in *rules {
+                let _ = writeln!(out, "-A {name} {rule}");
+            }
+        }
+        for name in &gone {
+            let _ = writeln!(out, "-X {name}");
+        }
+        let _ = writeln!(out, "COMMIT");
+        written += changed.len() + gone.len();
+    }
+    (out, written)
+}
+
+/// The owned per-service chains in `iptables-save` output.
+pub fn owned_chains(save: &str) -> BTreeSet<String> {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| OWNED_PREFIXES.iter().any(|p| c.starts_with(p)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The iptables backend with its committed state.
+pub struct Iptables {
+    committed: Option<Rendered>,
+    dry_run: bool,
+}
+
+impl Iptables {
+    pub fn new(dry_run: bool) -> Self {
+        Iptables { committed: None, dry_run }
+    }
+
+    /// Brings the kernel to `state`. `full` forgets what was committed.
+    pub fn sync(&mut self, state: &ProxyState, ctx: &Context, full: bool) -> Result<SyncStats, ProxyError> {
+        let started = std::time::Instant::now();
+        let next = render(state, ctx);
+        if full {
+            self.committed = None;
+        }
+        let mut stale = BTreeMap::new();
+        let is_full = self.committed.is_none();
+        if is_full && !self.dry_run {
+            for table in [FILTER, NAT] {
+                let save = run_with_input("iptables-save", &["-t", table], "")?;
+                stale.insert(table, owned_chains(&save));
+            }
+        }
+        let (input, changed) = restore_input(self.committed.as_ref(), &next, &stale);
+        let plan = started.elapsed();
+        if self.dry_run {
+            self.committed = Some(next);
+            return Ok(SyncStats { changed_chains: changed, input_bytes: input.len(), full: is_full, plan, apply: Default::default() });
+        }
+        if let Err(e) = run_with_input("iptables-restore", &["-w", "5", "--noflush"], &input) {
+            self.committed = None;
+            return Err(e);
+        }
+        if is_full {
+            ensure_jumps()?;
+        }
+        self.committed = Some(next);
+        Ok(SyncStats { changed_chains: changed, input_bytes: input.len(), full: is_full, plan, apply: started.elapsed() - plan })
+    }
+}
+
+fn split_rule(rule: &str) -> Vec<String> {
+    // The rules hold only simple double-quoted comments.
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in rule.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
+/// Adds the jumps from the built-in chains that are missing.
+pub fn ensure_jumps() -> Result<(), ProxyError> {
+    for (table, chain, rule) in JUMPS {
+        let args = split_rule(rule);
+        let mut check = vec!["-w", "5", "-t", table, "-C", chain];
+        check.extend(args.iter().map(String::as_str));
+        if run_with_input("iptables", &check, "").is_ok() {
+            continue;
+        }
+        let mut insert = vec!["-w", "5", "-t", table, "-I", chain, "1"];
+        insert.extend(args.iter().map(String::as_str));
+        run_with_input("iptables", &insert, "")?;
+    }
+    Ok(())
+}
+
+/// The whole ruleset as one restore input, for `--dry-run`.
+pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
+    let mut text = restore_input(None, &render(state, ctx), &BTreeMap::new()).0;
+    text.push_str("# and, in the built-in chains:\n");
+    for (table, chain, rule) in JUMPS {
+        let _ = writeln!(text, "# -t {table} -A {chain} {rule}");
+    }
+    text
+}
+
+/// Removes every rule and chain this mode makes.
+pub fn cleanup() -> Result<(), ProxyError> {
+    for (table, chain, rule) in JUMPS {
+        let args = split_rule(rule);
+        let mut delete = vec!["-w", "5", "-t", table, "-D", chain];
+        delete.extend(args.iter().map(String::as_str));
+        while run_with_input("iptables", &delete, "").is_ok() {}
+    }
+    for table in [FILTER, NAT] {
+        let save = match run_with_input("iptables-save", &["-t", table], "") {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let mut chains = owned_chains(&save);
+        for top in TOP_LEVEL {
+            if save.lines().any(|l| l.starts_with(&format!(":{top} "))) {
+                chains.insert(top.to_string());
+            }
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        let mut input = format!("*{table}\n");
+        for c in &chains {
+            let _ = writeln!(input, ":{c} - [0:0]");
+        }
+        for c in &chains {
+            let _ = writeln!(input, "-X {c}");
+        }
+        input.push_str("COMMIT\n");
+        run_with_input("iptables-restore", &["-w", "5", "--noflush"], &input)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_full_ruleset() {
+        let (s, ctx) = crate::proxy::fixture::basic();
+        let text = render_full_text(&s, &ctx);
+        crate::proxy::golden::check("tests/golden/iptables/basic.rules", &text);
+        assert_eq!(text, render_full_text(&s, &ctx), "deterministic");
+    }
+
+    #[test]
+    fn a_partial_sync_rewrites_only_what_changed() {
+        let (mut s, ctx) = crate::proxy::fixture::basic();
+        let before = render(&s, &ctx);
+        let key = s.endpoints.keys().find(|k| k.name == "web").unwrap().clone();
+        let removed = s.endpoints.get_mut(&key).unwrap().remove(1);
+        let after = render(&s, &ctx);
+        let (text, n) = restore_input(Some(&before), &after, &BTreeMap::new());
+        let svc = svc_chain("KUBE-SVC-", &key);
+        let sep = sep_chain(&key, &removed);
+        assert!(text.contains(&format!(":{svc} - [0:0]")), "{text}");
+        assert!(text.contains(&format!("-X {sep}")), "{text}");
+        let top = after.tables.values().flat_map(|t| t.keys()).filter(|c| TOP_LEVEL.contains(&c.as_str())).count();
+        assert_eq!(n, top + 2, "top-level chains, the service chain, the removed endpoint chain: {text}");
+        let sticky = s.services.keys().find(|k| k.name == "sticky").unwrap();
+        assert!(!text.contains(&format!(":{} - [0:0]", svc_chain("KUBE-SVC-", sticky))), "untouched services are not rewritten: {text}");
+    }
+
+    #[test]
+    fn owned_chains_are_found_in_a_save() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-ABC - [0:0]\n:KUBE-SEP-DEF - [0:0]\n:CNI-X - [0:0]\nCOMMIT\n";
+        assert_eq!(owned_chains(save), BTreeSet::from(["KUBE-SEP-DEF".to_string(), "KUBE-SVC-ABC".to_string()]));
+        assert_eq!(split_rule("-m comment --comment \"a b\" -j X"), vec!["-m", "comment", "--comment", "a b", "-j", "X"]);
+    }
+}

@@ -1,0 +1,277 @@
+//! The Service proxy (kube-proxy's role): Services and EndpointSlices are
+//! watched, reduced to a [`model::ProxyState`], and programmed into the
+//! kernel by one backend: iptables (iptables-restore), nftables (`nft -f`).
+
+pub mod model;
+pub mod nftables;
+pub mod iptables;
+
+use std::net::Ipv4Addr;
+
+/// What every backend needs besides the Services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The pod CIDR (`clusterCIDR`): traffic to a cluster IP from outside
+    /// it is masqueraded. None: only `masquerade_all` masquerades.
+    pub cluster_cidr: Option<ipnetwork::Ipv4Network>,
+    /// `iptables.masqueradeAll`: masquerade all traffic to cluster IPs.
+    pub masquerade_all: bool,
+    /// `iptables.masqueradeBit` (default 14): the packet-mark bit for SNAT.
+    pub masquerade_bit: u8,
+    /// `nodePortAddresses` resolved: None = every local address.
+    pub node_port_ips: Option<Vec<Ipv4Addr>>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context { cluster_cidr: None, masquerade_all: false, masquerade_bit: 14, node_port_ips: None }
+    }
+}
+
+impl Context {
+    pub fn masq_mark(&self) -> u32 {
+        1u32 << self.masquerade_bit
+    }
+}
+
+/// What a sync did and where its time went.
+#[derive(Debug, Clone, Default)]
+pub struct SyncStats {
+    pub changed_chains: usize,
+    pub input_bytes: usize,
+    pub full: bool,
+    /// Rendering and diffing the rules.
+    pub plan: std::time::Duration,
+    /// The iptables-restore / nft run.
+    pub apply: std::time::Duration,
+}
+
+/// Why rules could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("running {tool}: {reason}")]
+    Spawn { tool: String, reason: std::io::Error },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed { tool: String, status: String, stderr: String },
+}
+
+/// Runs `tool args` with `input` on stdin; Ok(stdout) when it exits 0.
+pub fn run_with_input(tool: &str, args: &[&str], input: &str) -> Result<String, ProxyError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|reason| ProxyError::Spawn { tool: tool.into(), reason })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().map_err(|reason| ProxyError::Spawn { tool: tool.into(), reason })?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(ProxyError::Failed {
+            tool: format!("{tool} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// kube-proxy's chain-name hash: base32 of the SHA-256 of the parts,
+/// first 16 characters.
+pub fn chain_hash(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+    }
+    data_encoding::BASE32.encode(&h.finalize())[..16].to_string()
+}
+
+/// Golden files for rendered rules: `UPDATE_GOLDEN=1` rewrites them.
+#[cfg(test)]
+pub(crate) mod golden {
+    pub fn check(rel: &str, text: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            return;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+        if want != text {
+            let first = want.lines().zip(text.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(text.lines().count()));
+            panic!(
+                "{} differs from the rendered rules at line {}:\n  golden:   {:?}\n  rendered: {:?}\n(UPDATE_GOLDEN=1 rewrites it after review)",
+                path.display(),
+                first + 1,
+                want.lines().nth(first),
+                text.lines().nth(first)
+            );
+        }
+    }
+}
+
+pub mod conntrack;
+pub mod run;
+
+/// Resolves the proxy's settings from `--proxy-mode`, `--proxy-config` and
+/// the node. `ipvs` is accepted but not implemented here: it falls back to
+/// iptables with a warning, as kube-proxy once did without IPVS modules.
+pub fn resolve(
+    mode_flag: Option<&str>,
+    file: Option<&crate::config::proxy::ProxyConfig>,
+    node_name: &str,
+    node_ips: &[String],
+    dry_run: bool,
+) -> Result<run::ProxySettings, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let default = crate::config::proxy::ProxyConfig::default();
+    let f = file.unwrap_or(&default);
+    for field in &f.ignored {
+        tracing::warn!(field = %field, "KubeProxyConfiguration field not used by nodelet");
+    }
+    if let Some(h) = &f.hostname_override
+        && h != node_name
+    {
+        tracing::warn!(hostname_override = %h, node = %node_name, "the proxy's hostnameOverride differs from the node name; using the node name");
+    }
+    let mode_text = mode_flag.map(str::to_string).or_else(|| f.mode.clone()).unwrap_or_else(|| "iptables".into());
+    let mode = match mode_text.as_str() {
+        "iptables" => run::Mode::Iptables,
+        "nftables" => run::Mode::Nftables,
+        "none" => run::Mode::None,
+        "ipvs" => {
+            tracing::warn!("IPVS mode is not implemented by this nodelet (and is deprecated upstream); using iptables");
+            run::Mode::Iptables
+        }
+        other => {
+            return Err(ConfigError::Flag {
+                flag: "--proxy-mode".into(),
+                message: format!("Unsupported value: {other:?}: supported values: \"iptables\", \"ipvs\", \"nftables\", \"none\""),
+            });
+        }
+    };
+    let bad = |field: &str, message: String| ConfigError::Field { file: "--proxy-config".into(), field: field.into(), message };
+    let cluster_cidr = f
+        .cluster_cidr
+        .as_deref()
+        .and_then(|s| s.split(',').find_map(|p| p.parse::<ipnetwork::Ipv4Network>().ok()));
+    let node_port_ips = if f.node_port_addresses.is_empty() {
+        None
+    } else {
+        let mut ips = Vec::new();
+        let primary: Vec<Ipv4Addr> = node_ips.iter().filter_map(|s| s.parse().ok()).collect();
+        let local = local_ipv4s();
+        for a in &f.node_port_addresses {
+            if a == "primary" {
+                ips.extend(&primary);
+            } else if let Ok(net) = a.parse::<ipnetwork::Ipv4Network>() {
+                ips.extend(local.iter().filter(|ip| net.contains(**ip)));
+            }
+        }
+        ips.sort();
+        ips.dedup();
+        Some(ips)
+    };
+    let addr = |field: &str, v: Option<&String>, default: &str| -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let text = v.map(String::as_str).unwrap_or(default);
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let with_port = if text.contains(':') { text.to_string() } else { format!("{text}:{}", default.rsplit(':').next().unwrap_or("0")) };
+        with_port.parse().map(Some).map_err(|e| bad(field, format!("Invalid value: {text:?}: {e}")))
+    };
+    Ok(run::ProxySettings {
+        mode,
+        ctx: Context {
+            cluster_cidr,
+            masquerade_all: f.masquerade_all.unwrap_or(false),
+            masquerade_bit: f.masquerade_bit.unwrap_or(14),
+            node_port_ips,
+        },
+        node_name: node_name.to_string(),
+        min_sync_period: f.min_sync_period.unwrap_or(std::time::Duration::from_secs(1)),
+        sync_period: f.sync_period.unwrap_or(std::time::Duration::from_secs(30)),
+        healthz: addr("healthzBindAddress", f.healthz_bind_address.as_ref(), "0.0.0.0:10256")?,
+        metrics: addr("metricsBindAddress", f.metrics_bind_address.as_ref(), "127.0.0.1:10249")?,
+        dry_run,
+    })
+}
+
+/// The node's IPv4 addresses.
+pub fn local_ipv4s() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                out.push(sin.ip());
+            }
+        }
+    }
+    out
+}
+
+/// `nodelet proxy cleanup`: removes the rules of every mode.
+pub fn cleanup() -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = iptables::cleanup() {
+        errors.push(format!("iptables: {e}"));
+    }
+    if let Err(e) = nftables::cleanup() {
+        errors.push(format!("nftables: {e}"));
+    }
+    errors
+}
+
+/// A fixed set of Services for the golden files and the backends' tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::Context;
+    use super::model::{Endpoint, PortKey, Protocol, ProxyState, ServicePort};
+    use std::net::Ipv4Addr;
+
+    pub fn basic() -> (ProxyState, Context) {
+        let key = |name: &str, port: &str, protocol| PortKey { namespace: "default".into(), name: name.into(), port: port.into(), protocol };
+        let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort {
+            key: k.clone(),
+            cluster_ip: Ipv4Addr::from(ip),
+            port,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            affinity: None,
+            external_local: false,
+            internal_local: false,
+            health_check_node_port: None,
+        };
+        let ep = |n: u8, port, ready, local| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port, ready, serving: ready, terminating: false, local };
+        let mut s = ProxyState::default();
+        let web = key("web", "http", Protocol::Tcp);
+        s.services.insert(web.clone(), svc(&web, [10, 96, 0, 10], 80));
+        s.endpoints.insert(web.clone(), vec![ep(10, 8080, true, true), ep(11, 8080, true, false), ep(12, 8080, false, false)]);
+        let sticky = key("sticky", "", Protocol::Tcp);
+        let mut sp = svc(&sticky, [10, 96, 0, 11], 80);
+        sp.node_port = Some(30080);
+        sp.affinity = Some(10800);
+        s.services.insert(sticky.clone(), sp);
+        s.endpoints.insert(sticky.clone(), vec![ep(10, 80, true, true), ep(11, 80, true, false)]);
+        let local = key("local", "", Protocol::Tcp);
+        let mut lp = svc(&local, [10, 96, 0, 12], 80);
+        lp.node_port = Some(30081);
+        lp.load_balancer_ips = vec![Ipv4Addr::new(192, 0, 2, 80)];
+        lp.external_local = true;
+        lp.health_check_node_port = Some(32000);
+        s.services.insert(local.clone(), lp);
+        s.endpoints.insert(local.clone(), vec![ep(10, 80, true, true), ep(11, 80, true, false)]);
+        let dns = key("dns", "dns", Protocol::Udp);
+        s.services.insert(dns.clone(), svc(&dns, [10, 96, 0, 53], 53));
+        let ctx = Context { cluster_cidr: Some("10.244.0.0/16".parse().unwrap()), ..Default::default() };
+        (s, ctx)
+    }
+
+}

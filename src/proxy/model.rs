@@ -1,0 +1,417 @@
+//! The proxy model: Services and EndpointSlices reduced to what the rules
+//! need, per Service port. Pure: the watches feed it, the backends render
+//! from it. Objects that fail validation are skipped, each with one error
+//! naming the object and the field, and never disturb the other Services.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// kube-proxy's default ClientIP affinity timeout (3 h).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+/// The apiserver's default `--service-node-port-range`.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Lower case, as iptables and nft spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// `namespace/name:port` with the protocol: one Service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKey {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortKey {
+    /// kube-proxy's ServicePortName: `ns/name:port` (`ns/name` for an unnamed port).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port.is_empty() { write!(f, "{}/{}", self.namespace, self.name) } else { write!(f, "{}/{}:{}", self.namespace, self.name, self.port) }
+    }
+}
+
+/// One Service port as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub key: PortKey,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity: Option<u32>,
+    /// externalTrafficPolicy: Local.
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_local: bool,
+    pub health_check_node_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// Whether traffic from outside reaches this port (NodePort, external
+    /// or load-balancer IPs).
+    pub fn has_external(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
+    }
+}
+
+/// One endpoint of one Service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node.
+    pub local: bool,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// Everything the rules are made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyState {
+    pub services: BTreeMap<PortKey, ServicePort>,
+    /// Every endpoint of each port, sorted, without duplicates.
+    pub endpoints: BTreeMap<PortKey, Vec<Endpoint>>,
+}
+
+/// The endpoints traffic may use, as kube-proxy's CategorizeEndpoints
+/// picks them: ready ones, or, when none is ready, the serving and
+/// terminating ones; the traffic policies narrow them to local ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    /// For traffic to the cluster IP.
+    pub cluster: Vec<Endpoint>,
+    /// For NodePort / external / load-balancer traffic.
+    pub external: Vec<Endpoint>,
+    /// Local endpoints usable at all (the health-check count).
+    pub local_count: usize,
+    /// Whether any endpoint exists at all (else traffic is rejected).
+    pub any: bool,
+}
+
+fn usable(eps: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
+    let pool: Vec<&Endpoint> = eps.iter().filter(|e| !local_only || e.local).collect();
+    let ready: Vec<Endpoint> = pool.iter().filter(|e| e.ready).map(|e| (*e).clone()).collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    pool.iter().filter(|e| e.serving && e.terminating).map(|e| (*e).clone()).collect()
+}
+
+pub fn select(svc: &ServicePort, eps: &[Endpoint]) -> Selected {
+    let all = usable(eps, false);
+    let local = usable(eps, true);
+    Selected {
+        cluster: if svc.internal_local { local.clone() } else { all.clone() },
+        external: if svc.external_local { local.clone() } else { all.clone() },
+        local_count: local.len(),
+        any: !all.is_empty() || (svc.internal_local && !local.is_empty()),
+    }
+}
+
+/// A Service that cannot be programmed, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {field}: {message}")]
+pub struct Invalid {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(kind: &'static str, ns: &str, name: &str, field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { kind, namespace: ns.into(), name: name.into(), field: field.into(), message: message.into() }
+}
+
+/// The ports of one Service; `Ok(empty)` for Services kube-proxy ignores
+/// (headless, ExternalName, no cluster IP, IPv6 only).
+pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    let bad = |field: &str, message: String| invalid("Service", ns, name, field, message);
+    let Some(spec) = &svc.spec else { return Ok(Vec::new()) };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&kind) {
+        return Err(bad("spec.type", format!("Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"")));
+    }
+    if kind == "ExternalName" {
+        return Ok(Vec::new());
+    }
+    let ip_text = spec.cluster_ip.as_deref().unwrap_or("");
+    if ip_text.is_empty() || ip_text == "None" {
+        return Ok(Vec::new());
+    }
+    let Ok(ip) = ip_text.parse::<std::net::IpAddr>() else {
+        return Err(bad("spec.clusterIP", format!("Invalid value: {ip_text:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")));
+    };
+    let std::net::IpAddr::V4(cluster_ip) = ip else { return Ok(Vec::new()) };
+    let affinity = match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => {
+            let t = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            let t = t.unwrap_or(DEFAULT_AFFINITY_SECONDS as i32);
+            if !(1..=86400).contains(&t) {
+                return Err(bad("spec.sessionAffinityConfig.clientIP.timeoutSeconds", format!("Invalid value: {t}: must be greater than 0 and less than 86400")));
+            }
+            Some(t as u32)
+        }
+        other => return Err(bad("spec.sessionAffinity", format!("Unsupported value: {other:?}: supported values: \"ClientIP\", \"None\""))),
+    };
+    let policy = |field: &str, v: Option<&str>| -> Result<bool, Invalid> {
+        match v.unwrap_or("Cluster") {
+            "Cluster" => Ok(false),
+            "Local" => Ok(true),
+            other => Err(bad(field, format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Local\""))),
+        }
+    };
+    let has_external_kind = kind == "NodePort" || kind == "LoadBalancer";
+    let mut external_ips = Vec::new();
+    for (i, e) in spec.external_ips.iter().flatten().enumerate() {
+        match e.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => external_ips.push(a),
+            Ok(_) => {}
+            Err(_) => return Err(bad(&format!("spec.externalIPs[{i}]"), format!("Invalid value: {e:?}: must be a valid IP address"))),
+        }
+    }
+    let external_local = policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?
+        && (has_external_kind || !external_ips.is_empty());
+    let internal_local = policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?;
+    let load_balancer_ips: Vec<Ipv4Addr> = if kind == "LoadBalancer" {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ports = spec.ports.as_deref().unwrap_or(&[]);
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        let proto_text = p.protocol.as_deref().unwrap_or("TCP");
+        let Some(protocol) = Protocol::parse(proto_text) else {
+            return Err(bad(&format!("{f}.protocol"), format!("Unsupported value: {proto_text:?}: supported values: \"SCTP\", \"TCP\", \"UDP\"")));
+        };
+        if !(1..=65535).contains(&p.port) {
+            return Err(bad(&format!("{f}.port"), format!("Invalid value: {}: must be between 1 and 65535, inclusive", p.port)));
+        }
+        if ports.len() > 1 && p.name.as_deref().unwrap_or("").is_empty() {
+            return Err(bad(&format!("{f}.name"), "Required value".into()));
+        }
+        let node_port = match p.node_port {
+            Some(n) if has_external_kind && n != 0 => {
+                let n16 = u16::try_from(n).ok().filter(|n| NODE_PORT_RANGE.contains(n));
+                match n16 {
+                    Some(n) => Some(n),
+                    None => return Err(bad(&format!("{f}.nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))),
+                }
+            }
+            _ => None,
+        };
+        let key = PortKey { namespace: ns.into(), name: name.into(), port: p.name.clone().unwrap_or_default(), protocol };
+        if !seen.insert((p.port, protocol)) {
+            return Err(bad(&f, format!("Duplicate value: {{\"port\": {}, \"protocol\": {proto_text:?}}}", p.port)));
+        }
+        let hc = spec.health_check_node_port.filter(|_| external_local).and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0);
+        out.push(ServicePort {
+            key,
+            cluster_ip,
+            port: p.port as u16,
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            affinity,
+            external_local,
+            internal_local,
+            health_check_node_port: hc,
+        });
+    }
+    Ok(out)
+}
+
+/// The Service an EndpointSlice belongs to (`kubernetes.io/service-name`).
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let name = slice.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    Some((slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone()))
+}
+
+/// The endpoints one slice gives, by (port name, protocol).
+pub fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<BTreeMap<(String, Protocol), Vec<Endpoint>>, Invalid> {
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    let name = slice.metadata.name.as_deref().unwrap_or("");
+    let bad = |field: String, message: String| invalid("EndpointSlice", ns, name, field, message);
+    let mut out: BTreeMap<(String, Protocol), Vec<Endpoint>> = BTreeMap::new();
+    if slice.address_type != "IPv4" {
+        if slice.address_type == "IPv6" || slice.address_type == "FQDN" {
+            return Ok(out);
+        }
+        return Err(bad("addressType".into(), format!("Unsupported value: {:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"", slice.address_type)));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let proto_text = p.protocol.as_deref().unwrap_or("TCP");
+        let Some(protocol) = Protocol::parse(proto_text) else {
+            return Err(bad(format!("ports[{i}].protocol"), format!("Unsupported value: {proto_text:?}")));
+        };
+        let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) else {
+            return Err(bad(format!("ports[{i}].port"), format!("Invalid value: {:?}: must be between 1 and 65535, inclusive", p.port)));
+        };
+        ports.push((p.name.clone().unwrap_or_default(), protocol, port));
+    }
+    for (j, e) in slice.endpoints.iter().enumerate() {
+        let Some(addr) = e.addresses.first() else {
+            return Err(bad(format!("endpoints[{j}].addresses"), "Required value".into()));
+        };
+        let Ok(ip) = addr.parse::<Ipv4Addr>() else {
+            return Err(bad(format!("endpoints[{j}].addresses[0]"), format!("Invalid value: {addr:?}: must be a valid IPv4 address")));
+        };
+        let c = e.conditions.clone().unwrap_or_default();
+        let ready = c.ready.unwrap_or(true);
+        let local = e.node_name.as_deref() == Some(node_name);
+        for (pname, proto, port) in &ports {
+            out.entry((pname.clone(), *proto)).or_default().push(Endpoint {
+                ip,
+                port: *port,
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+                local,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the model from valid Services and slices. `errors` gets one line
+/// per object skipped.
+pub fn build<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+    errors: &mut Vec<Invalid>,
+) -> ProxyState {
+    let mut state = ProxyState::default();
+    for svc in services {
+        match service_ports(svc) {
+            Ok(ports) => {
+                for p in ports {
+                    state.services.insert(p.key.clone(), p);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for slice in slices {
+        let Some((ns, svc)) = slice_service(slice) else { continue };
+        match slice_endpoints(slice, node_name) {
+            Ok(by_port) => {
+                for ((port, protocol), eps) in by_port {
+                    let key = PortKey { namespace: ns.clone(), name: svc.clone(), port, protocol };
+                    if state.services.contains_key(&key) {
+                        state.endpoints.entry(key).or_default().extend(eps);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for eps in state.endpoints.values_mut() {
+        eps.sort();
+        eps.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_seed_services_are_refused_with_the_field() {
+        // 003's Service with `protocol: tcp` and `sessionAffinity: CientIP`.
+        let bad = svc("metadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: tcp}]}");
+        assert_eq!(service_ports(&bad).unwrap_err().to_string(), "Service default/web: spec.ports[0].protocol: Unsupported value: \"tcp\": supported values: \"SCTP\", \"TCP\", \"UDP\"");
+        let bad = svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.9, sessionAffinity: CientIP, ports: [{port: 80}]}");
+        assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.sessionAffinity: Unsupported value: \"CientIP\""));
+        // 000's `clusterIP: NodePort`, and a nodePort out of range.
+        let bad = svc("metadata: {name: web}\nspec: {clusterIP: NodePort, ports: [{port: 80}]}");
+        assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.clusterIP: Invalid value: \"NodePort\""));
+        let bad = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 8081}]}");
+        assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.ports[0].nodePort: Invalid value: 8081"));
+    }
+
+    #[test]
+    fn headless_and_external_name_get_nothing() {
+        assert!(service_ports(&svc("metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}")).unwrap().is_empty());
+        assert!(service_ports(&svc("metadata: {name: e}\nspec: {type: ExternalName, externalName: example.com}")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let s = service_ports(&svc("metadata: {name: w}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}")).unwrap().remove(0);
+        let ep = |n: u8, ready: bool, serving: bool, terminating: bool, local: bool| Endpoint {
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            port: 80,
+            ready,
+            serving,
+            terminating,
+            local,
+        };
+        let eps = vec![ep(1, true, true, false, false), ep(2, false, true, true, true), ep(3, false, false, false, true)];
+        let sel = select(&s, &eps);
+        assert_eq!(sel.cluster, vec![eps[0].clone()]);
+        let only_terminating = vec![eps[1].clone(), eps[2].clone()];
+        assert_eq!(select(&s, &only_terminating).cluster, vec![eps[1].clone()]);
+        let mut local = s.clone();
+        local.external_local = true;
+        let sel = select(&local, &eps);
+        assert_eq!(sel.external, vec![eps[1].clone()], "local: serving-terminating since no local one is ready");
+        assert_eq!(sel.local_count, 1);
+    }
+}

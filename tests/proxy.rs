@@ -1,0 +1,386 @@
+//! The Service proxy with real traffic. Each test builds a small network in
+//! namespaces it creates and removes: the node's namespace (where nodelet
+//! and its rules live, joined to the test apiserver), a client namespace
+//! on a veth, and pod namespaces on a bridge, each running a small TCP and
+//! UDP server that answers with its name. The host's rules are never
+//! touched. The same checks run in iptables and in nftables mode.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::cluster::Cluster;
+use support::{eventually, in_netns};
+
+const S: Duration = Duration::from_secs(1);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The client and pod namespaces around a node namespace.
+struct Lab {
+    client: String,
+    pods: Vec<String>,
+}
+
+impl Lab {
+    fn build(node_ns: &str, id: &str, pods: usize) -> Lab {
+        let client = format!("nlc-{id}");
+        let lab = Lab { client: client.clone(), pods: (0..pods).map(|i| format!("nlp-{id}-{i}")).collect() };
+        ip(&["-n", node_ns, "link", "add", "kbr0", "type", "bridge"]);
+        ip(&["-n", node_ns, "addr", "add", "10.244.0.1/24", "dev", "kbr0"]);
+        ip(&["-n", node_ns, "link", "set", "kbr0", "up"]);
+        for (i, ns) in lab.pods.iter().enumerate() {
+            let veth = format!("vp{i}");
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", node_ns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+            ip(&["-n", node_ns, "link", "set", &veth, "master", "kbr0", "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", ns, "route", "add", "default", "via", "10.244.0.1"]);
+        }
+        ip(&["netns", "add", &client]);
+        ip(&["-n", &client, "link", "set", "lo", "up"]);
+        ip(&["-n", node_ns, "link", "add", "vc0", "type", "veth", "peer", "name", "eth0", "netns", &client]);
+        ip(&["-n", node_ns, "addr", "add", "192.168.50.1/24", "dev", "vc0"]);
+        ip(&["-n", node_ns, "link", "set", "vc0", "up"]);
+        ip(&["-n", &client, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+        ip(&["-n", &client, "link", "set", "eth0", "up"]);
+        ip(&["-n", &client, "route", "add", "default", "via", "192.168.50.1"]);
+        // A node has a default route; cluster IPs are routed by it before
+        // the OUTPUT chain rewrites them.
+        ip(&["-n", node_ns, "route", "add", "default", "via", "192.168.50.2"]);
+        in_netns(node_ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("ip_forward in the node namespace");
+        lab
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().chain([&self.client]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn pod_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 10 + i as u8)
+}
+
+/// A TCP server answering every connection with `name`.
+fn serve_tcp(ns: &str, name: &str, port: u16) {
+    let listener = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port))).expect("bind a pod's TCP server");
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+}
+
+/// A UDP server answering every datagram with `name`.
+fn serve_udp(ns: &str, name: &str, port: u16) {
+    let sock = in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port))).expect("bind a pod's UDP server");
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), from);
+        }
+    });
+}
+
+/// One TCP request from namespace `ns`: the server's answer.
+fn tcp_get(ns: &str, to: SocketAddr) -> Result<String, String> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
+        Ok(out.trim().to_string())
+    })
+}
+
+/// An HTTP GET from namespace `ns`: (status, body).
+fn http_get(ns: &str, to: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let path = path.to_string();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(format!("no status line: {out}"))?;
+        Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    })
+}
+
+/// A UDP question from a fixed source port (so conntrack sees one flow).
+fn udp_ask(ns: &str, from_port: u16, to: SocketAddr) -> Result<String, String> {
+    in_netns(ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", from_port)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(700))).map_err(|e| e.to_string())?;
+        sock.send_to(b"?", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, _) = sock.recv_from(&mut buf).map_err(|e| format!("no answer from {to}: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+fn responders(ns: &str, to: SocketAddr, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| tcp_get(ns, to).unwrap_or_else(|e| panic!("{e}"))).collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn dynamic<K: kube::Resource<DynamicType = ()>>(client: &kube::Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<K>(&()))
+}
+
+async fn create<K: kube::Resource<DynamicType = ()>>(client: &kube::Client, obj: Value) {
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    dynamic::<K>(client).create(&PostParams::default(), &obj).await.unwrap();
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+/// An EndpointSlice for `svc`: (pod index, ready, on this node) per endpoint.
+fn slice(name: &str, svc: &str, node: &str, eps: &[(usize, bool, bool)], ports: Value) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(i, ready, local)| {
+            json!({"addresses": [pod_ip(*i).to_string()], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                   "nodeName": if *local { node.to_string() } else { "elsewhere".to_string() }})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "endpoints": endpoints, "ports": ports})
+}
+
+fn sa(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+async fn traffic(mode: &str) {
+    let c = Cluster::start().await;
+    let id = c.node.id.clone();
+    let lab = Lab::build(&c.node.netns, &id, 4);
+    for (i, ns) in lab.pods.iter().enumerate() {
+        serve_tcp(ns, &format!("pod-{i}"), 8080);
+        serve_udp(ns, &format!("pod-{i}"), 5353);
+    }
+    let node = c.node.node_name();
+    let http = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    let plain = json!([{"port": 8080, "protocol": "TCP"}]);
+    let client = &c.client;
+    create::<Service>(client, service("web", json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice("web-1", "web", &node, &[(0, true, true), (1, true, true), (2, true, false), (3, false, true)], http.clone())).await;
+    create::<Service>(client, service("sticky", json!({"type": "NodePort", "clusterIP": "10.96.0.11", "sessionAffinity": "ClientIP",
+        "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}))).await;
+    create::<EndpointSlice>(client, slice("sticky-1", "sticky", &node, &[(0, true, true), (1, true, true), (2, true, false)], plain.clone())).await;
+    create::<Service>(client, service("local", json!({"type": "NodePort", "clusterIP": "10.96.0.12", "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": 32100, "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30081}]}))).await;
+    create::<EndpointSlice>(client, slice("local-1", "local", &node, &[(0, true, true), (1, true, true), (2, true, false)], plain.clone())).await;
+    create::<Service>(client, service("dns", json!({"clusterIP": "10.96.0.53", "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}))).await;
+    let udp = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+    create::<EndpointSlice>(client, slice("dns-1", "dns", &node, &[(0, true, true)], udp.clone())).await;
+    // The seed's invalid Services, and slices that do not decode or validate.
+    create::<Service>(client, service("bad-proto", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 80, "protocol": "tcp"}]}))).await;
+    create::<Service>(client, service("bad-port", json!({"clusterIP": "10.96.0.21", "ports": [{"port": "eighty"}]}))).await;
+    create::<Service>(client, service("bad-affinity", json!({"clusterIP": "10.96.0.22", "sessionAffinity": "CientIP", "ports": [{"port": 80}]}))).await;
+    let mut bad_slice = slice("web-bad", "web", &node, &[(0, true, true)], http.clone());
+    bad_slice["endpoints"][0]["addresses"] = json!(["not-an-ip"]);
+    create::<EndpointSlice>(client, bad_slice).await;
+
+    let config = c.dir().join("kube-proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\nclusterCIDR: 10.244.0.0/16\n\
+             hostnameOverride: {node}\nmetricsBindAddress: 127.0.0.1:10249\n"
+        ),
+    )
+    .unwrap();
+    let mut agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
+
+    // ClusterIP: every ready backend answers, the not-ready one never.
+    let web = sa([10, 96, 0, 10], 80);
+    eventually(30 * S, "the web ClusterIP answering", || async { tcp_get(&lab.client, web).ok() }).await;
+    assert_eq!(responders(&lab.client, web, 60), set(&["pod-0", "pod-1", "pod-2"]), "from the client namespace");
+    let from_node = tcp_get(&c.node.netns, web).unwrap();
+    assert!(from_node.starts_with("pod-"), "from the node itself: {from_node}");
+    let from_pod = tcp_get(&lab.pods[3], web).unwrap();
+    assert!(from_pod.starts_with("pod-"), "from a pod: {from_pod}");
+
+    // NodePort with ClientIP affinity: one client, one backend.
+    let sticky = responders(&lab.client, SocketAddr::from((NODE_IP, 30080)), 25);
+    assert_eq!(sticky.len(), 1, "affinity keeps one backend: {sticky:?}");
+
+    // externalTrafficPolicy Local: only local endpoints, and the health check counts them.
+    let local = responders(&lab.client, SocketAddr::from((NODE_IP, 30081)), 40);
+    assert_eq!(local, set(&["pod-0", "pod-1"]), "only this node's endpoints");
+    let (code, body) = http_get(&lab.client, SocketAddr::from((NODE_IP, 32100)), "/").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let hc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hc["localEndpoints"], 2, "{body}");
+    assert_eq!(hc["service"]["name"], "local");
+
+    // Health and metrics.
+    let (code, body) = http_get(&lab.client, SocketAddr::from((NODE_IP, 10256)), "/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("lastUpdated"), "{body}");
+    let (code, metrics) = http_get(&c.node.netns, sa([127, 0, 0, 1], 10249), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in ["kubeproxy_sync_proxy_rules_duration_seconds_count", "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "kubeproxy_sync_proxy_rules_endpoint_changes_total"] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
+
+    // Bad objects are skipped with a line naming the object and the field.
+    let log = agent.log();
+    for want in [
+        "skipping Service default/bad-proto: spec.ports[0].protocol: Unsupported value: \"tcp\"",
+        "skipping Service default/bad-port: spec.ports[0].port",
+        "skipping Service default/bad-affinity: spec.sessionAffinity: Unsupported value: \"CientIP\"",
+        "skipping EndpointSlice default/web-bad: endpoints[0].addresses[0]: Invalid value: \"not-an-ip\"",
+    ] {
+        assert!(log.contains(want), "missing {want:?} in the log:\n{log}");
+    }
+
+    // UDP: the backend is replaced; the stale conntrack flow is removed so
+    // the same client flow reaches the new backend.
+    let dns = sa([10, 96, 0, 53], 53);
+    assert_eq!(udp_ask(&lab.client, 40053, dns).unwrap(), "pod-0");
+    let slices = dynamic::<EndpointSlice>(client);
+    let replaced = slice("dns-1", "dns", &node, &[(1, true, true)], udp.clone());
+    slices.patch("dns-1", &PatchParams::default(), &Patch::Merge(replaced)).await.unwrap();
+    eventually(10 * S, "the UDP flow reaching the new backend", || async {
+        (udp_ask(&lab.client, 40053, dns).ok().as_deref() == Some("pod-1")).then_some(())
+    })
+    .await;
+
+    // Changes while traffic flows: not one connection fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (stop, ok, failed, errors, ns) = (stop.clone(), ok.clone(), failed.clone(), errors.clone(), lab.client.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match tcp_get(&ns, web) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.lock().unwrap().push(e);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let web_slice = |eps: &[(usize, bool, bool)]| slice("web-1", "web", &node, eps, http.clone());
+    for eps in [&[(1, true, true), (2, true, false)][..], &[(0, true, true), (1, true, true)][..], &[(0, true, true), (1, true, true), (2, true, false)][..]] {
+        slices.patch("web-1", &PatchParams::default(), &Patch::Merge(web_slice(eps))).await.unwrap();
+        tokio::time::sleep(1500 * Duration::from_millis(1)).await;
+    }
+    create::<Service>(client, service("extra", json!({"clusterIP": "10.96.0.30", "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice("extra-1", "extra", &node, &[(3, true, true)], plain.clone())).await;
+    let extra = sa([10, 96, 0, 30], 80);
+    eventually(10 * S, "the new Service answering", || async { (tcp_get(&lab.client, extra).ok().as_deref() == Some("pod-3")).then_some(()) }).await;
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 100, "requests during the changes: {ok}");
+    assert_eq!(failed, 0, "requests failed during the changes: {:?}", errors.lock().unwrap());
+
+    // A service without endpoints is rejected at once, not left to time out.
+    slices.delete("extra-1", &Default::default()).await.unwrap();
+    let refused = eventually(10 * S, "a refusal for the Service without endpoints", || async {
+        tcp_get(&lab.client, extra).err().filter(|e| e.contains("refused"))
+    })
+    .await;
+    assert!(refused.contains("refused"), "{refused}");
+
+    // nodelet gone: its rules stay (traffic keeps flowing), and the cleanup
+    // removes every one of them.
+    agent.kill9();
+    assert!(tcp_get(&lab.client, web).unwrap().starts_with("pod-"), "rules survive the agent");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(["proxy", "cleanup"])
+        .pre_exec_netns(&c.node.netns)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tcp_get(&lab.client, web).is_err(), "no Service rule is left");
+    let leftovers = in_netns(&c.node.netns, || {
+        let ipt = Command::new("iptables-save").output().unwrap();
+        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
+    });
+    assert!(!leftovers.contains("KUBE-SVC-") && !leftovers.contains("KUBE-SERVICES") && !leftovers.contains("table ip nodelet"), "{leftovers}");
+
+    // A dry run prints the whole ruleset for the cluster's Services and applies nothing.
+    let kubeconfig = c.dir().join("kubelet.kubeconfig");
+    let dry = c.node.nodelet(&["--dry-run", "--kubeconfig", kubeconfig.to_str().unwrap(), "--proxy-config", config.to_str().unwrap()]);
+    let header = format!("# nodelet proxy ({mode}) ruleset: ");
+    let printed = eventually(30 * S, "the dry-run ruleset", || async {
+        let out = dry.stdout();
+        (out.contains(&header) && out.contains(if mode == "iptables" { "COMMIT" } else { "numgen random" })).then_some(out)
+    })
+    .await;
+    assert!(printed.contains("10.96.0.30") || printed.contains("10.96.0.10"), "{printed}");
+    let (status, out) = in_netns(&c.node.netns, || {
+        let ipt = Command::new("iptables-save").output().unwrap();
+        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        (ipt.status.success(), format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout)))
+    });
+    assert!(status);
+    assert!(!out.contains("KUBE-SERVICES") && !out.contains("table ip nodelet"), "a dry run applies nothing: {out}");
+    assert!(tcp_get(&lab.client, web).is_err());
+}
+
+/// Runs a command inside a network namespace.
+trait PreExecNetns {
+    fn pre_exec_netns(&mut self, ns: &str) -> &mut Self;
+}
+
+impl PreExecNetns for Command {
+    fn pre_exec_netns(&mut self, ns: &str) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        let path = format!("/run/netns/{ns}");
+        unsafe {
+            self.pre_exec(move || {
+                let f = std::fs::File::open(&path)?;
+                nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_carries_real_traffic() {
+    traffic("iptables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_carries_real_traffic() {
+    traffic("nftables").await;
+}

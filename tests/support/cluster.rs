@@ -1,0 +1,93 @@
+//! A node joined to the test apiserver: containerd, nodelet and the
+//! apiserver, for the tests that need a cluster.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+use super::apiserver::{ApiServer, BOOTSTRAP_TOKEN};
+use super::{Agent, Node, eventually};
+
+const S: Duration = Duration::from_secs(1);
+
+pub struct Cluster {
+    pub node: Node,
+    pub api: ApiServer,
+    pub client: kube::Client,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let node = Node::start().await;
+        let api = ApiServer::start(&node.netns).await;
+        let client = api.client().await;
+        Self { node, api, client }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.node.dir.path().to_path_buf()
+    }
+
+    /// nodelet joining with the bootstrap token.
+    pub fn nodelet(&self, extra: &[&str]) -> Agent {
+        let boot = self.dir().join("bootstrap.kubeconfig");
+        std::fs::write(&boot, self.api.bootstrap_kubeconfig(BOOTSTRAP_TOKEN)).unwrap();
+        let mut args = vec![
+            "--kubeconfig".to_string(),
+            self.dir().join("kubelet.kubeconfig").display().to_string(),
+            "--bootstrap-kubeconfig".into(),
+            boot.display().to_string(),
+            "--cert-dir".into(),
+            self.dir().join("pki").display().to_string(),
+            "--node-ip".into(),
+            "10.99.0.1".into(),
+            "--node-labels".into(),
+            "nodelet.io/test=yes".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.node.nodelet(&argv)
+    }
+
+    pub fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub async fn csrs(&self) -> Vec<CertificateSigningRequest> {
+        Api::<CertificateSigningRequest>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
+    }
+
+    /// `kubectl certificate approve` (or deny).
+    pub async fn decide_csr(&self, name: &str, approve: bool) {
+        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let (t, reason) = if approve { ("Approved", "TestApproved") } else { ("Denied", "TestDenied") };
+        let patch = serde_json::json!({"status": {"conditions": [
+            {"type": t, "status": "True", "reason": reason, "message": format!("{t} by the test")}
+        ]}});
+        api.patch_approval(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+
+    /// Bootstraps by approving the first CSR as an operator would.
+    pub async fn join(&self) -> Agent {
+        self.join_with(&[]).await
+    }
+
+    /// Joins with extra nodelet arguments.
+    pub async fn join_with(&self, extra: &[&str]) -> Agent {
+        let agent = self.nodelet(extra);
+        let csr = eventually(20 * S, "the CSR", || async { self.csrs().await.into_iter().next() }).await;
+        self.decide_csr(&csr.metadata.name.unwrap(), true).await;
+        eventually(30 * S, "the node Ready", || async { self.node_ready().await.then_some(()) }).await;
+        agent
+    }
+
+    pub async fn node_ready(&self) -> bool {
+        let nodes: Api<KubeNode> = Api::all(self.client.clone());
+        let Ok(n) = nodes.get(&self.node.node_name()).await else { return false };
+        n.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
