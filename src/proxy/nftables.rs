@@ -64,6 +64,15 @@ impl Rendered {
     fn element(&mut self, map: &str, key: String, verdict: String) {
         self.maps.entry(map.to_string()).or_default().insert(key, verdict);
     }
+
+    fn merge(&mut self, other: Rendered) {
+        self.chains.extend(other.chains);
+        for (map, elements) in other.maps {
+            self.maps.entry(map).or_default().extend(elements);
+        }
+        self.sets.extend(other.sets);
+        self.hairpin.extend(other.hairpin);
+    }
 }
 
 fn base(key: &PortKey) -> String {
@@ -140,64 +149,83 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
 
     let empty = Vec::new();
     for (key, svc) in &state.services {
-        let sel = select(svc, state.endpoints.get(key).unwrap_or(&empty));
-        let proto = key.protocol.as_str();
-        let b = base(key);
-        let svc_chain = format!("service-{b}");
-        let ext_chain = format!("external-{b}");
-        let (vip, port) = (svc.cluster_ip, svc.port);
-
-        if sel.cluster.is_empty() {
-            r.element("no-endpoint-services", format!("{vip} . {proto} . {port}"), "goto reject-chain".into());
-        } else {
-            r.element("service-ips", format!("{vip} . {proto} . {port}"), format!("goto {svc_chain}"));
-            if ctx.masquerade_all {
-                r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
-            } else if let Some(cidr) = ctx.cluster_cidr {
-                r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"));
-            }
-            to_endpoints(&mut r, &svc_chain, svc, &sel.cluster);
-        }
-
-        if !svc.has_external() {
-            continue;
-        }
-        let reachable = !sel.external.is_empty();
-        let refusal = if sel.any { "drop" } else { "goto reject-chain" };
-        for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-            let k = format!("{ip} . {proto} . {port}");
-            if reachable {
-                r.element("service-ips", k, format!("goto {ext_chain}"));
-            } else {
-                r.element("no-endpoint-services", k, refusal.into());
-            }
-        }
-        if let Some(np) = svc.node_port {
-            let k = format!("{proto} . {np}");
-            if reachable {
-                r.element("service-nodeports", k, format!("goto {ext_chain}"));
-            } else {
-                r.element("no-endpoint-nodeports", k, refusal.into());
-            }
-        }
-        if !reachable {
-            continue;
-        }
-        if svc.external_local {
-            if let Some(cidr) = ctx.cluster_cidr {
-                // Pods reach the Service through any endpoint, like cluster traffic.
-                r.rule(&ext_chain, format!("ip saddr {cidr} goto {svc_chain}"));
-            }
-            r.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade".into());
-            r.rule(&ext_chain, format!("fib saddr type local goto {svc_chain}"));
-            // Everything else keeps its source address and stays on this node.
-            to_endpoints(&mut r, &ext_chain, svc, &sel.external);
-        } else {
-            r.rule(&ext_chain, "jump mark-for-masquerade".into());
-            r.rule(&ext_chain, format!("goto {svc_chain}"));
-        }
+        render_service(&mut r, key, svc, state.endpoints.get(key).unwrap_or(&empty), ctx);
     }
     r
+}
+
+/// One Service port's chains, map elements, affinity sets and hairpin pairs.
+fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[Endpoint], ctx: &Context) {
+    let sel = select(svc, eps);
+    let proto = key.protocol.as_str();
+    let b = base(key);
+    let svc_chain = format!("service-{b}");
+    let ext_chain = format!("external-{b}");
+    let (vip, port) = (svc.cluster_ip, svc.port);
+
+    if sel.cluster.is_empty() {
+        r.element("no-endpoint-services", format!("{vip} . {proto} . {port}"), "goto reject-chain".into());
+    } else {
+        r.element("service-ips", format!("{vip} . {proto} . {port}"), format!("goto {svc_chain}"));
+        if ctx.masquerade_all {
+            r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
+        } else if let Some(cidr) = ctx.cluster_cidr {
+            r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"));
+        }
+        to_endpoints(r, &svc_chain, svc, &sel.cluster);
+    }
+
+    if !svc.has_external() {
+        return;
+    }
+    let reachable = !sel.external.is_empty();
+    let refusal = if sel.any { "drop" } else { "goto reject-chain" };
+    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+        let k = format!("{ip} . {proto} . {port}");
+        if reachable {
+            r.element("service-ips", k, format!("goto {ext_chain}"));
+        } else {
+            r.element("no-endpoint-services", k, refusal.into());
+        }
+    }
+    if let Some(np) = svc.node_port {
+        let k = format!("{proto} . {np}");
+        if reachable {
+            r.element("service-nodeports", k, format!("goto {ext_chain}"));
+        } else {
+            r.element("no-endpoint-nodeports", k, refusal.into());
+        }
+    }
+    if !reachable {
+        return;
+    }
+    if svc.external_local {
+        if let Some(cidr) = ctx.cluster_cidr {
+            // Pods reach the Service through any endpoint, like cluster traffic.
+            r.rule(&ext_chain, format!("ip saddr {cidr} goto {svc_chain}"));
+        }
+        r.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade".into());
+        r.rule(&ext_chain, format!("fib saddr type local goto {svc_chain}"));
+        // Everything else keeps its source address and stays on this node.
+        to_endpoints(r, &ext_chain, svc, &sel.external);
+    } else {
+        r.rule(&ext_chain, "jump mark-for-masquerade".into());
+        r.rule(&ext_chain, format!("goto {svc_chain}"));
+    }
+}
+
+/// The hairpin pairs each Service port contributes, counted.
+fn hairpin_counts(state: &ProxyState, ctx: &Context) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    let empty = Vec::new();
+    for (key, svc) in &state.services {
+        let mut one = Rendered::default();
+        render_service(&mut one, key, svc, state.endpoints.get(key).unwrap_or(&empty), ctx);
+        for pair in one.hairpin {
+            *counts.entry(pair).or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 fn elements(map: &str, items: &[String], verb: &str, out: &mut String) {
@@ -310,32 +338,107 @@ fn list() -> Result<(BTreeSet<String>, BTreeSet<String>), ProxyError> {
     }
 }
 
+/// What the kernel holds, as the inputs it was rendered from: a partial
+/// sync re-renders only the Service ports whose inputs changed.
+struct Committed {
+    ctx: Context,
+    inputs: BTreeMap<PortKey, (ServicePort, Vec<Endpoint>)>,
+    /// How many Service ports use each hairpin pair.
+    hairpin: BTreeMap<String, usize>,
+}
+
 /// The nftables backend with its committed state.
 pub struct Nftables {
-    committed: Option<Rendered>,
+    committed: Option<Committed>,
     dry_run: bool,
     listed: bool,
+    #[cfg(test)]
+    last_script: String,
+}
+
+fn inputs_of(state: &ProxyState) -> BTreeMap<PortKey, (ServicePort, Vec<Endpoint>)> {
+    state.services.iter().map(|(k, svc)| (k.clone(), (svc.clone(), state.endpoints.get(k).cloned().unwrap_or_default()))).collect()
 }
 
 impl Nftables {
     pub fn new(dry_run: bool) -> Self {
-        Nftables { committed: None, dry_run, listed: false }
+        Nftables {
+            committed: None,
+            dry_run,
+            listed: false,
+            #[cfg(test)]
+            last_script: String::new(),
+        }
     }
 
     /// Brings the kernel to `state`. `full` forgets what was committed.
     pub fn sync(&mut self, state: &ProxyState, ctx: &Context, full: bool) -> Result<SyncStats, ProxyError> {
         let started = std::time::Instant::now();
-        let next = render(state, ctx);
-        if full {
+        if full || self.committed.as_ref().is_some_and(|c| c.ctx != *ctx) {
             self.committed = None;
         }
-        let (mut stale_chains, mut stale_sets) = (BTreeSet::new(), BTreeSet::new());
-        if !self.listed && !self.dry_run {
-            (stale_chains, stale_sets) = list()?;
-        }
         let is_full = self.committed.is_none();
-        let (script, changed) = transaction(self.committed.as_ref(), &next, &stale_chains, &stale_sets);
+        let (script, changed, update) = match &self.committed {
+            None => {
+                let next = render(state, ctx);
+                let (mut stale_chains, mut stale_sets) = (BTreeSet::new(), BTreeSet::new());
+                if !self.listed && !self.dry_run {
+                    (stale_chains, stale_sets) = list()?;
+                }
+                let (script, changed) = transaction(None, &next, &stale_chains, &stale_sets);
+                (script, changed, None)
+            }
+            Some(c) => {
+                // Only the Service ports whose inputs changed: the old and
+                // the new rendering of each, diffed.
+                let empty = Vec::new();
+                let mut keys: Vec<PortKey> = Vec::new();
+                for (k, svc) in &state.services {
+                    let eps = state.endpoints.get(k).unwrap_or(&empty);
+                    if c.inputs.get(k).is_none_or(|(s, e)| s != svc || e != eps) {
+                        keys.push(k.clone());
+                    }
+                }
+                keys.extend(c.inputs.keys().filter(|k| !state.services.contains_key(*k)).cloned());
+                let (mut old, mut new) = (Rendered::default(), Rendered::default());
+                let mut delta: BTreeMap<String, i64> = BTreeMap::new();
+                for k in &keys {
+                    if let Some((svc, eps)) = c.inputs.get(k) {
+                        let mut one = Rendered::default();
+                        render_service(&mut one, k, svc, eps, ctx);
+                        for pair in std::mem::take(&mut one.hairpin) {
+                            *delta.entry(pair).or_insert(0) -= 1;
+                        }
+                        old.merge(one);
+                    }
+                    if let Some(svc) = state.services.get(k) {
+                        let mut one = Rendered::default();
+                        render_service(&mut one, k, svc, state.endpoints.get(k).unwrap_or(&empty), ctx);
+                        for pair in std::mem::take(&mut one.hairpin) {
+                            *delta.entry(pair).or_insert(0) += 1;
+                        }
+                        new.merge(one);
+                    }
+                }
+                // A pair goes when no Service port uses it any more, and
+                // comes when the first one does.
+                for (pair, d) in &delta {
+                    let before = c.hairpin.get(pair).copied().unwrap_or(0) as i64;
+                    if before > 0 && before + d <= 0 {
+                        old.hairpin.insert(pair.clone());
+                    } else if before == 0 && before + d > 0 {
+                        new.hairpin.insert(pair.clone());
+                    }
+                }
+                let (script, changed) = transaction(Some(&old), &new, &BTreeSet::new(), &BTreeSet::new());
+                (script, changed, Some((keys, delta)))
+            }
+        };
         let plan = started.elapsed();
+        #[cfg(test)]
+        {
+            self.last_script = script.clone();
+        }
         if !self.dry_run
             && let Err(e) = run_with_input("nft", &["-f", "-"], &script)
         {
@@ -344,7 +447,29 @@ impl Nftables {
             return Err(e);
         }
         self.listed = true;
-        self.committed = Some(next);
+        match (update, self.committed.as_mut()) {
+            (Some((keys, delta)), Some(c)) => {
+                for k in keys {
+                    match state.services.get(&k) {
+                        Some(svc) => {
+                            let eps = state.endpoints.get(&k).cloned().unwrap_or_default();
+                            c.inputs.insert(k, (svc.clone(), eps));
+                        }
+                        None => {
+                            c.inputs.remove(&k);
+                        }
+                    }
+                }
+                for (pair, d) in delta {
+                    let n = c.hairpin.entry(pair.clone()).or_insert(0);
+                    *n = (*n as i64 + d).max(0) as usize;
+                    if *n == 0 {
+                        c.hairpin.remove(&pair);
+                    }
+                }
+            }
+            _ => self.committed = Some(Committed { ctx: ctx.clone(), inputs: inputs_of(state), hairpin: hairpin_counts(state, ctx) }),
+        }
         Ok(SyncStats { changed_chains: changed, input_bytes: script.len(), full: is_full, plan, apply: started.elapsed() - plan })
     }
 }
@@ -399,6 +524,49 @@ mod tests {
         assert!(script.contains("add element ip nodelet no-endpoint-services { 10.96.0.10 . tcp . 80 : goto reject-chain }"), "{script}");
         let gone = script.find(&format!("delete chain ip nodelet service-{}", base(&key))).expect(&script);
         assert!(del < gone, "{script}");
+    }
+
+    /// The commands of a script, ignoring order, header and how elements
+    /// are grouped into commands.
+    fn commands(script: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for line in script.lines() {
+            if let Some((verb, rest)) = line.split_once(" element ip nodelet ") {
+                let (set, items) = rest.split_once(' ').unwrap();
+                for item in items.trim_matches(|c| c == '{' || c == '}' || c == ' ').split(", ") {
+                    out.insert(format!("{verb} {set} {item}"));
+                }
+            } else if !line.starts_with("add table") && !line.starts_with("add map") && !line.contains(" hook ") && !line.starts_with("add set ip nodelet hairpin") {
+                out.insert(line.to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn partial_syncs_equal_the_diff_of_full_renders() {
+        let (a, ctx) = crate::proxy::fixture::basic();
+        let mut steps = vec![a.clone()];
+        let web = a.endpoints.keys().find(|k| k.name == "web").unwrap().clone();
+        let sticky = a.services.keys().find(|k| k.name == "sticky").unwrap().clone();
+        let mut b = a.clone();
+        b.endpoints.get_mut(&web).unwrap()[0].ip = std::net::Ipv4Addr::new(10, 244, 0, 77);
+        steps.push(b.clone());
+        let mut c = b.clone();
+        c.services.remove(&sticky);
+        c.endpoints.remove(&sticky);
+        steps.push(c.clone());
+        let mut d = c.clone();
+        d.endpoints.insert(web.clone(), vec![]);
+        steps.push(d);
+        steps.push(a.clone());
+        let mut nft = Nftables::new(true);
+        nft.sync(&steps[0], &ctx, true).unwrap();
+        for w in steps.windows(2) {
+            nft.sync(&w[1], &ctx, false).unwrap();
+            let want = transaction(Some(&render(&w[0], &ctx)), &render(&w[1], &ctx), &BTreeSet::new(), &BTreeSet::new()).0;
+            assert_eq!(commands(&nft.last_script), commands(&want), "partial:\n{}\nfull diff:\n{want}", nft.last_script);
+        }
     }
 
     #[test]
