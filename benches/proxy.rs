@@ -21,18 +21,7 @@ fn synth(services: usize, endpoints: usize) -> ProxyState {
         let node_port = (i % 10 == 0).then(|| 30000 + (i / 10) as u16 % 2768);
         s.services.insert(
             key.clone(),
-            ServicePort {
-                key: key.clone(),
-                cluster_ip: ip,
-                port: 80,
-                node_port,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                affinity: None,
-                external_local: false,
-                internal_local: false,
-                health_check_node_port: None,
-            },
+            ServicePort { node_port, ..ServicePort::cluster_ip(key.clone(), ip, 80) },
         );
         let eps = (0..endpoints)
             .map(|e| Endpoint {

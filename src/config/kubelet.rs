@@ -55,12 +55,31 @@ struct CrashLoopBackOff {
     max_container_restart_period: Option<Duration>,
 }
 
+/// A config file's object after its `kind` and `apiVersion` are checked.
+pub(super) fn config_object(bytes: &[u8], file: &str, kind: &str, api_version: &str) -> Result<serde_json::Map<String, Value>, ConfigError> {
+    let doc: Value = serde_yaml::from_slice(bytes)
+        .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
+    let Value::Object(map) = doc else {
+        return Err(ConfigError::Read { file: file.into(), message: format!("expected a {kind} object") });
+    };
+    let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if k == kind => {}
+        other => return Err(bad("kind", format!("must be {kind:?}, got {other:?}"))),
+    }
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v == api_version => {}
+        other => return Err(bad("apiVersion", format!("must be {api_version:?}, got {other:?}"))),
+    }
+    Ok(map)
+}
+
 fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = Option::<String>::deserialize(d)?;
     s.map(|s| parse_go_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
-fn field<T: DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, ConfigError> {
+pub(super) fn field<T: DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(v.clone()).map_err(|e| {
         let sub = e.path().to_string();
         let path = if sub == "." { name.to_string() } else { format!("{name}.{sub}") };
@@ -68,7 +87,7 @@ fn field<T: DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, Co
     })
 }
 
-fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
+pub(super) fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
     let s: String = field(file, name, v)?;
     parse_go_duration(&s).map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.to_string() })
 }
@@ -81,20 +100,8 @@ impl KubeletConfig {
     }
 
     pub fn parse(bytes: &[u8], file: &str) -> Result<Self, ConfigError> {
-        let doc: Value = serde_yaml::from_slice(bytes)
-            .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
-        let Value::Object(map) = doc else {
-            return Err(ConfigError::Read { file: file.into(), message: "expected a KubeletConfiguration object".into() });
-        };
+        let map = config_object(bytes, file, KIND, API_VERSION)?;
         let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
-        match map.get("kind").and_then(Value::as_str) {
-            Some(KIND) => {}
-            other => return Err(bad("kind", format!("must be {KIND:?}, got {other:?}"))),
-        }
-        match map.get("apiVersion").and_then(Value::as_str) {
-            Some(API_VERSION) => {}
-            other => return Err(bad("apiVersion", format!("must be {API_VERSION:?}, got {other:?}"))),
-        }
         let mut c = KubeletConfig::default();
         for (k, v) in &map {
             if v.is_null() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::ConfigError;
-use super::duration::parse_go_duration;
+use super::kubelet::{config_object, duration, field};
 
 pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 pub const KIND: &str = "KubeProxyConfiguration";
@@ -32,16 +32,6 @@ pub struct ProxyConfig {
     pub ignored: Vec<String>,
 }
 
-fn field<T: serde::de::DeserializeOwned>(file: &str, name: &str, v: &Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(v.clone())
-        .map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.inner().to_string() })
-}
-
-fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
-    let s: String = field(file, name, v)?;
-    parse_go_duration(&s).map_err(|e| ConfigError::Field { file: file.into(), field: name.into(), message: e.to_string() })
-}
-
 impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
@@ -50,20 +40,8 @@ impl ProxyConfig {
     }
 
     pub fn parse(bytes: &[u8], file: &str) -> Result<Self, ConfigError> {
-        let doc: Value = serde_yaml::from_slice(bytes)
-            .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
-        let Value::Object(map) = doc else {
-            return Err(ConfigError::Read { file: file.into(), message: "expected a KubeProxyConfiguration object".into() });
-        };
+        let map = config_object(bytes, file, KIND, API_VERSION)?;
         let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
-        match map.get("kind").and_then(Value::as_str) {
-            Some(KIND) => {}
-            other => return Err(bad("kind", format!("must be {KIND:?}, got {other:?}"))),
-        }
-        match map.get("apiVersion").and_then(Value::as_str) {
-            Some(API_VERSION) => {}
-            other => return Err(bad("apiVersion", format!("must be {API_VERSION:?}, got {other:?}"))),
-        }
         let mut c = ProxyConfig::default();
         let mut per_mode: Vec<(&str, &serde_json::Map<String, Value>)> = Vec::new();
         for (k, v) in &map {

@@ -102,18 +102,7 @@ mod tests {
     #[test]
     fn replaced_udp_endpoints_and_first_endpoints_are_cleared() {
         let key = PortKey { namespace: "d".into(), name: "dns".into(), port: String::new(), protocol: Protocol::Udp };
-        let svc = ServicePort {
-            key: key.clone(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 53),
-            port: 53,
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            affinity: None,
-            external_local: false,
-            internal_local: false,
-            health_check_node_port: None,
-        };
+        let svc = ServicePort::cluster_ip(key.clone(), Ipv4Addr::new(10, 96, 0, 53), 53);
         let ep = |n| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port: 53, ready: true, serving: true, terminating: false, local: false };
         let mut empty = ProxyState::default();
         empty.services.insert(key.clone(), svc.clone());

@@ -237,18 +237,7 @@ pub(crate) mod fixture {
 
     pub fn basic() -> (ProxyState, Context) {
         let key = |name: &str, port: &str, protocol| PortKey { namespace: "default".into(), name: name.into(), port: port.into(), protocol };
-        let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort {
-            key: k.clone(),
-            cluster_ip: Ipv4Addr::from(ip),
-            port,
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            affinity: None,
-            external_local: false,
-            internal_local: false,
-            health_check_node_port: None,
-        };
+        let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort::cluster_ip(k.clone(), Ipv4Addr::from(ip), port);
         let ep = |n: u8, port, ready, local| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port, ready, serving: ready, terminating: false, local };
         let mut s = ProxyState::default();
         let web = key("web", "http", Protocol::Tcp);

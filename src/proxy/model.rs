@@ -77,6 +77,23 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A plain ClusterIP port: no node port, external addresses, affinity or
+    /// Local policies.
+    pub fn cluster_ip(key: PortKey, cluster_ip: Ipv4Addr, port: u16) -> Self {
+        ServicePort {
+            key,
+            cluster_ip,
+            port,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            affinity: None,
+            external_local: false,
+            internal_local: false,
+            health_check_node_port: None,
+        }
+    }
+
     /// Whether traffic from outside reaches this port (NodePort, external
     /// or load-balancer IPs).
     pub fn has_external(&self) -> bool {
