@@ -49,6 +49,10 @@ impl Lab {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", node_ns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
             ip(&["-n", node_ns, "link", "set", &veth, "master", "kbr0", "up"]);
+            // As the CNI bridge plugin's hairpinMode: with br_netfilter, a
+            // pod's packet DNATed back to itself is bridged out of the port
+            // it came in on.
+            ip(&["-n", node_ns, "link", "set", &veth, "type", "bridge_slave", "hairpin", "on"]);
             ip(&["-n", ns, "addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
             ip(&["-n", ns, "route", "add", "default", "via", "10.244.0.1"]);
@@ -230,6 +234,16 @@ async fn traffic(mode: &str) {
     assert!(from_node.starts_with("pod-"), "from the node itself: {from_node}");
     let from_pod = tcp_get(&lab.pods[3], web).unwrap();
     assert!(from_pod.starts_with("pod-"), "from a pod: {from_pod}");
+
+    // Hairpin: an endpoint reaching itself through its Service (masqueraded,
+    // or its own address would answer itself and the connection hang).
+    create::<Service>(client, service("self", json!({"clusterIP": "10.96.0.40", "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice("self-1", "self", &node, &[(1, true, true)], plain.clone())).await;
+    let own = sa([10, 96, 0, 40], 80);
+    eventually(10 * S, "the endpoint reaching itself through its Service", || async {
+        (tcp_get(&lab.pods[1], own).ok().as_deref() == Some("pod-1")).then_some(())
+    })
+    .await;
 
     // NodePort with ClientIP affinity: one client, one backend.
     let sticky = responders(&lab.client, SocketAddr::from((NODE_IP, 30080)), 25);
