@@ -53,6 +53,11 @@ pub fn stale(prev: &ProxyState, next: &ProxyState) -> BTreeSet<Stale> {
             out.insert(Stale::ToService { ip: svc.cluster_ip, port: svc.port });
         }
         let had_no_external = before.as_ref().is_none_or(|b| b.external.is_empty());
+        if had_no_external && !now.external.is_empty() {
+            for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+                out.insert(Stale::ToService { ip: *ip, port: svc.port });
+            }
+        }
         if let Some(np) = svc.node_port
             && had_no_external
             && !now.external.is_empty()
@@ -65,13 +70,18 @@ pub fn stale(prev: &ProxyState, next: &ProxyState) -> BTreeSet<Stale> {
             continue;
         }
         let before = select(svc, prev.endpoints.get(key).unwrap_or(&empty));
-        let now = next.services.get(key).map(|n| select(n, next.endpoints.get(key).unwrap_or(&empty))).unwrap_or_default();
-        for ep in before.cluster.iter().chain(&before.external) {
-            let kept = now.cluster.iter().chain(&now.external).any(|e| e.ip == ep.ip && e.port == ep.port);
-            if kept {
+        // As kube-proxy: flows to an endpoint that still serves this
+        // Service stay, whatever the traffic policies now choose, so a
+        // terminating endpoint drains.
+        let serving: Vec<&super::model::Endpoint> =
+            next.endpoints.get(key).map(|eps| eps.iter().filter(|e| e.serving || e.ready).collect()).unwrap_or_default();
+        for ep in before.all.iter() {
+            if serving.iter().any(|e| e.ip == ep.ip && e.port == ep.port) {
                 continue;
             }
-            out.insert(Stale::ServiceToEndpoint { ip: svc.cluster_ip, port: svc.port, endpoint: ep.ip });
+            for ip in std::iter::once(&svc.cluster_ip).chain(&svc.external_ips).chain(&svc.load_balancer_ips) {
+                out.insert(Stale::ServiceToEndpoint { ip: *ip, port: svc.port, endpoint: ep.ip });
+            }
             if let Some(np) = svc.node_port {
                 out.insert(Stale::NodePortToEndpoint { port: np, endpoint: ep.ip });
             }

@@ -20,7 +20,7 @@ const TOP_LEVEL: &[&str] =
     &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
 
 /// Prefixes of the per-service chains nodelet owns.
-const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"];
+const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-"];
 
 /// The jumps from the built-in chains: (table, chain, rule).
 pub const JUMPS: &[(&str, &str, &str)] = &[
@@ -134,78 +134,88 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
         let ext_name = svc_chain("KUBE-EXT-", key);
         let svl_name = svc_chain("KUBE-SVL-", key);
 
+        // KUBE-SVC holds every usable endpoint, KUBE-SVL this node's; each
+        // traffic policy picks one of them.
+        let internal_chain = if svc.internal_local { &svl_name } else { &svc_name };
+        let mut wanted: BTreeMap<&String, &Vec<Endpoint>> = BTreeMap::new();
+
         // The cluster IP.
         if sel.cluster.is_empty() {
-            let c = comment(&format!("{key} has no endpoints"));
-            r.rule(FILTER, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j REJECT"));
+            let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };
+            let c = comment(&format!("{key} {why}"));
+            r.rule(FILTER, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {verdict}"));
         } else {
             let c = comment(&format!("{key} cluster IP"));
-            r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {svc_name}"));
+            r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {internal_chain}"));
             if ctx.masquerade_all {
-                r.rule(NAT, &svc_name, format!("{c} {pm} -d {vip}/32 --dport {port} -j KUBE-MARK-MASQ"));
+                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/32 --dport {port} -j KUBE-MARK-MASQ"));
             } else if let Some(cidr) = ctx.cluster_cidr {
-                r.rule(NAT, &svc_name, format!("{c} {pm} -d {vip}/32 --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"));
+                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/32 --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"));
             }
-            endpoint_jumps(&mut r, &svc_name, svc, &sel.cluster);
-            for ep in &sel.cluster {
-                endpoint_chain(&mut r, svc, ep);
-            }
+            wanted.insert(internal_chain, &sel.cluster);
         }
 
         // External ways in: external IPs, load-balancer IPs, the node port.
-        if !svc.has_external() {
-            continue;
-        }
-        let (verdict, why) = if !sel.any {
-            ("REJECT", "has no endpoints")
-        } else {
-            ("DROP", "has no local endpoints")
-        };
-        let reachable = !sel.external.is_empty();
-        for (ips, what) in [(&svc.external_ips, "external IP"), (&svc.load_balancer_ips, "loadbalancer IP")] {
-            for ip in ips {
-                if reachable {
-                    let c = comment(&format!("{key} {what}"));
-                    r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {ext_name}"));
-                } else {
+        // With no endpoint at all they are rejected; with endpoints but
+        // none for external traffic (Local, none here), outside traffic is
+        // dropped while pods and the node still reach the Service.
+        if svc.has_external() {
+            let reachable = !sel.external.is_empty();
+            for (ips, what) in [(&svc.external_ips, "external IP"), (&svc.load_balancer_ips, "loadbalancer IP")] {
+                for ip in ips {
+                    if sel.any {
+                        let c = comment(&format!("{key} {what}"));
+                        r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {ext_name}"));
+                    }
+                    if !reachable {
+                        let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };
+                        let c = comment(&format!("{key} {why}"));
+                        r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {verdict}"));
+                    }
+                }
+            }
+            if let Some(np) = svc.node_port {
+                if sel.any {
+                    r.rule(NAT, "KUBE-NODEPORTS", format!("{} {pm} --dport {np} -j {ext_name}", comment(&key.to_string())));
+                }
+                if !reachable {
+                    let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };
                     let c = comment(&format!("{key} {why}"));
-                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {verdict}"));
+                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} -m addrtype --dst-type LOCAL {pm} --dport {np} -j {verdict}"));
+                }
+            }
+            if sel.any {
+                if svc.external_local {
+                    if !sel.cluster.is_empty() {
+                        if let Some(cidr) = ctx.cluster_cidr {
+                            let c = comment(&format!("pod traffic for {key} external destinations"));
+                            r.rule(NAT, &ext_name, format!("{c} -s {cidr} -j {internal_chain}"));
+                        }
+                        let c = comment(&format!("masquerade LOCAL traffic for {key} external destinations"));
+                        r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"));
+                        let c = comment(&format!("route LOCAL traffic for {key} external destinations"));
+                        r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j {internal_chain}"));
+                        wanted.insert(internal_chain, &sel.cluster);
+                    }
+                    if reachable {
+                        r.rule(NAT, &ext_name, format!("-j {svl_name}"));
+                        wanted.insert(&svl_name, &sel.local);
+                    } else {
+                        r.chain(NAT, &ext_name);
+                    }
+                } else {
+                    let c = comment(&format!("masquerade traffic for {key} external destinations"));
+                    r.rule(NAT, &ext_name, format!("{c} -j KUBE-MARK-MASQ"));
+                    r.rule(NAT, &ext_name, format!("-j {svc_name}"));
+                    wanted.insert(&svc_name, &sel.all);
                 }
             }
         }
-        if let Some(np) = svc.node_port {
-            if reachable {
-                r.rule(NAT, "KUBE-NODEPORTS", format!("{} {pm} --dport {np} -j {ext_name}", comment(&key.to_string())));
-            } else {
-                let c = comment(&format!("{key} {why}"));
-                r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} -m addrtype --dst-type LOCAL {pm} --dport {np} -j {verdict}"));
-            }
-        }
-        if !reachable {
-            continue;
-        }
-        if svc.external_local {
-            if let Some(cidr) = ctx.cluster_cidr {
-                let c = comment(&format!("pod traffic for {key} external destinations"));
-                r.rule(NAT, &ext_name, format!("{c} -s {cidr} -j {svc_name}"));
-            }
-            let c = comment(&format!("masquerade LOCAL traffic for {key} external destinations"));
-            r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"));
-            let c = comment(&format!("route LOCAL traffic for {key} external destinations"));
-            r.rule(NAT, &ext_name, format!("{c} -m addrtype --src-type LOCAL -j {svc_name}"));
-            r.rule(NAT, &ext_name, format!("-j {svl_name}"));
-            endpoint_jumps(&mut r, &svl_name, svc, &sel.external);
-            for ep in &sel.external {
+        for (chain, eps) in wanted {
+            endpoint_jumps(&mut r, chain, svc, eps);
+            for ep in eps {
                 endpoint_chain(&mut r, svc, ep);
             }
-            if sel.cluster.is_empty() {
-                // The LOCAL-source jump above needs its target.
-                r.chain(NAT, &svc_name);
-            }
-        } else {
-            let c = comment(&format!("masquerade traffic for {key} external destinations"));
-            r.rule(NAT, &ext_name, format!("{c} -j KUBE-MARK-MASQ"));
-            r.rule(NAT, &ext_name, format!("-j {svc_name}"));
         }
     }
 

@@ -257,6 +257,20 @@ pub(crate) mod fixture {
         lp.health_check_node_port = Some(32000);
         s.services.insert(local.clone(), lp);
         s.endpoints.insert(local.clone(), vec![ep(10, 80, true, true), ep(11, 80, true, false)]);
+        // internalTrafficPolicy Local with no endpoint here, externally Cluster.
+        let internal = key("internal", "", Protocol::Tcp);
+        let mut ip = svc(&internal, [10, 96, 0, 13], 80);
+        ip.node_port = Some(30082);
+        ip.internal_local = true;
+        s.services.insert(internal.clone(), ip);
+        s.endpoints.insert(internal.clone(), vec![ep(12, 80, true, false)]);
+        // externalTrafficPolicy Local with no endpoint here.
+        let edge = key("edge", "", Protocol::Tcp);
+        let mut ep_edge = svc(&edge, [10, 96, 0, 14], 80);
+        ep_edge.node_port = Some(30083);
+        ep_edge.external_local = true;
+        s.services.insert(edge.clone(), ep_edge);
+        s.endpoints.insert(edge.clone(), vec![ep(12, 80, true, false)]);
         let dns = key("dns", "dns", Protocol::Udp);
         s.services.insert(dns.clone(), svc(&dns, [10, 96, 0, 53], 53));
         let ctx = Context { cluster_cidr: Some("10.244.0.0/16".parse().unwrap()), ..Default::default() };

@@ -12,8 +12,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// kube-proxy's default ClientIP affinity timeout (3 h).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
-/// The apiserver's default `--service-node-port-range`.
-pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -129,16 +127,21 @@ pub struct ProxyState {
 
 /// The endpoints traffic may use, as kube-proxy's CategorizeEndpoints
 /// picks them: ready ones, or, when none is ready, the serving and
-/// terminating ones; the traffic policies narrow them to local ones.
+/// terminating ones; the traffic policies choose between all of them and
+/// this node's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selected {
-    /// For traffic to the cluster IP.
+    /// Usable endpoints anywhere.
+    pub all: Vec<Endpoint>,
+    /// Usable endpoints on this node.
+    pub local: Vec<Endpoint>,
+    /// For traffic to the cluster IP (internalTrafficPolicy).
     pub cluster: Vec<Endpoint>,
-    /// For NodePort / external / load-balancer traffic.
+    /// For NodePort / external / load-balancer traffic (externalTrafficPolicy).
     pub external: Vec<Endpoint>,
-    /// Local endpoints usable at all (the health-check count).
+    /// Ready endpoints on this node, by address (the health-check count).
     pub local_count: usize,
-    /// Whether any endpoint exists at all (else traffic is rejected).
+    /// Whether any endpoint is usable at all (else traffic is rejected).
     pub any: bool,
 }
 
@@ -154,11 +157,14 @@ fn usable(eps: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
 pub fn select(svc: &ServicePort, eps: &[Endpoint]) -> Selected {
     let all = usable(eps, false);
     let local = usable(eps, true);
+    let ready_local: std::collections::BTreeSet<Ipv4Addr> = eps.iter().filter(|e| e.local && e.ready).map(|e| e.ip).collect();
     Selected {
         cluster: if svc.internal_local { local.clone() } else { all.clone() },
         external: if svc.external_local { local.clone() } else { all.clone() },
-        local_count: local.len(),
-        any: !all.is_empty() || (svc.internal_local && !local.is_empty()),
+        local_count: ready_local.len(),
+        any: !all.is_empty(),
+        all,
+        local,
     }
 }
 
@@ -257,14 +263,13 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
         if ports.len() > 1 && p.name.as_deref().unwrap_or("").is_empty() {
             return Err(bad(&format!("{f}.name"), "Required value".into()));
         }
+        // The apiserver enforces its --service-node-port-range (30000-32767
+        // by default, possibly another); here any valid port is taken.
         let node_port = match p.node_port {
-            Some(n) if has_external_kind && n != 0 => {
-                let n16 = u16::try_from(n).ok().filter(|n| NODE_PORT_RANGE.contains(n));
-                match n16 {
-                    Some(n) => Some(n),
-                    None => return Err(bad(&format!("{f}.nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))),
-                }
-            }
+            Some(n) if has_external_kind && n != 0 => match u16::try_from(n).ok().filter(|n| *n != 0) {
+                Some(n) => Some(n),
+                None => return Err(bad(&format!("{f}.nodePort"), format!("Invalid value: {n}: must be between 1 and 65535, inclusive"))),
+            },
             _ => None,
         };
         let key = PortKey { namespace: ns.into(), name: name.into(), port: p.name.clone().unwrap_or_default(), protocol };
@@ -375,8 +380,10 @@ pub fn build<'a>(
         }
     }
     for eps in state.endpoints.values_mut() {
-        eps.sort();
-        eps.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        // One entry per address and port; where slices disagree (a new pod
+        // reusing a terminating one's IP), the ready, non-terminating one wins.
+        eps.sort_by_key(|e| (e.ip, e.port, !e.ready, e.terminating));
+        eps.dedup_by(|later, first| later.ip == first.ip && later.port == first.port);
     }
     state
 }
@@ -399,8 +406,12 @@ mod tests {
         // 000's `clusterIP: NodePort`, and a nodePort out of range.
         let bad = svc("metadata: {name: web}\nspec: {clusterIP: NodePort, ports: [{port: 80}]}");
         assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.clusterIP: Invalid value: \"NodePort\""));
-        let bad = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 8081}]}");
-        assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.ports[0].nodePort: Invalid value: 8081"));
+        let bad = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 70000}]}");
+        assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.ports[0].nodePort: Invalid value: 70000"));
+        // The seed's nodePort 8081 is outside the default range, which the
+        // apiserver enforces; a cluster may have configured another range.
+        let custom = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 8081}]}");
+        assert_eq!(service_ports(&custom).unwrap()[0].node_port, Some(8081));
     }
 
     #[test]
@@ -429,6 +440,34 @@ mod tests {
         local.external_local = true;
         let sel = select(&local, &eps);
         assert_eq!(sel.external, vec![eps[1].clone()], "local: serving-terminating since no local one is ready");
-        assert_eq!(sel.local_count, 1);
+        assert_eq!(sel.local_count, 0, "a draining node reports no ready local endpoint to load balancers");
+        let mut ready_local = eps.clone();
+        ready_local[2].ready = true;
+        assert_eq!(select(&local, &ready_local).local_count, 1);
+
+        // internalTrafficPolicy Local: the cluster IP uses only local endpoints,
+        // external traffic (Cluster) still all of them.
+        let mut itp = s.clone();
+        itp.internal_local = true;
+        let sel = select(&itp, &eps);
+        assert_eq!(sel.cluster, vec![eps[1].clone()]);
+        assert_eq!(sel.external, vec![eps[0].clone()]);
+    }
+
+    #[test]
+    fn duplicate_endpoints_keep_the_ready_one() {
+        let svc: Service = serde_yaml::from_str("metadata: {name: w, namespace: d}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}").unwrap();
+        let slice = |name: &str, ready: bool, terminating: bool| -> EndpointSlice {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: {name}, namespace: d, labels: {{kubernetes.io/service-name: w}}}}\naddressType: IPv4\n\
+                 ports: [{{port: 80}}]\nendpoints: [{{addresses: [10.0.0.1], conditions: {{ready: {ready}, terminating: {terminating}}}}}]"
+            ))
+            .unwrap()
+        };
+        let (old, new) = (slice("a", false, true), slice("b", true, false));
+        let state = build([&svc], [&old, &new], "n", &mut Vec::new());
+        let eps = state.endpoints.values().next().unwrap();
+        assert_eq!(eps.len(), 1);
+        assert!(eps[0].ready && !eps[0].terminating, "{eps:?}");
     }
 }

@@ -155,62 +155,76 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
 }
 
 /// One Service port's chains, map elements, affinity sets and hairpin pairs.
+/// `service-` picks among every usable endpoint, `local-` among this
+/// node's; each traffic policy uses one of them.
 fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[Endpoint], ctx: &Context) {
     let sel = select(svc, eps);
     let proto = key.protocol.as_str();
     let b = base(key);
     let svc_chain = format!("service-{b}");
+    let local_chain = format!("local-{b}");
     let ext_chain = format!("external-{b}");
+    let internal_chain = if svc.internal_local { &local_chain } else { &svc_chain };
     let (vip, port) = (svc.cluster_ip, svc.port);
+    let mut wanted: BTreeMap<&String, &Vec<Endpoint>> = BTreeMap::new();
+    let refusal = if sel.any { "drop" } else { "goto reject-chain" };
 
     if sel.cluster.is_empty() {
-        r.element("no-endpoint-services", format!("{vip} . {proto} . {port}"), "goto reject-chain".into());
+        r.element("no-endpoint-services", format!("{vip} . {proto} . {port}"), refusal.into());
     } else {
-        r.element("service-ips", format!("{vip} . {proto} . {port}"), format!("goto {svc_chain}"));
+        r.element("service-ips", format!("{vip} . {proto} . {port}"), format!("goto {internal_chain}"));
         if ctx.masquerade_all {
-            r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
+            r.rule(internal_chain, format!("ip daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
         } else if let Some(cidr) = ctx.cluster_cidr {
-            r.rule(&svc_chain, format!("ip daddr {vip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"));
+            r.rule(internal_chain, format!("ip daddr {vip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"));
         }
-        to_endpoints(r, &svc_chain, svc, &sel.cluster);
+        wanted.insert(internal_chain, &sel.cluster);
     }
 
-    if !svc.has_external() {
-        return;
-    }
-    let reachable = !sel.external.is_empty();
-    let refusal = if sel.any { "drop" } else { "goto reject-chain" };
-    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-        let k = format!("{ip} . {proto} . {port}");
-        if reachable {
-            r.element("service-ips", k, format!("goto {ext_chain}"));
-        } else {
-            r.element("no-endpoint-services", k, refusal.into());
+    if svc.has_external() {
+        for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+            let k = format!("{ip} . {proto} . {port}");
+            if sel.any {
+                r.element("service-ips", k, format!("goto {ext_chain}"));
+            } else {
+                r.element("no-endpoint-services", k, refusal.into());
+            }
+        }
+        if let Some(np) = svc.node_port {
+            let k = format!("{proto} . {np}");
+            if sel.any {
+                r.element("service-nodeports", k, format!("goto {ext_chain}"));
+            } else {
+                r.element("no-endpoint-nodeports", k, refusal.into());
+            }
+        }
+        if sel.any {
+            if svc.external_local {
+                if !sel.cluster.is_empty() {
+                    if let Some(cidr) = ctx.cluster_cidr {
+                        // Pods reach the Service as cluster traffic does.
+                        r.rule(&ext_chain, format!("ip saddr {cidr} goto {internal_chain}"));
+                    }
+                    r.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade".into());
+                    r.rule(&ext_chain, format!("fib saddr type local goto {internal_chain}"));
+                }
+                // Everything else keeps its source address and stays on
+                // this node, or is dropped when no endpoint is here.
+                if sel.external.is_empty() {
+                    r.rule(&ext_chain, "drop".into());
+                } else {
+                    r.rule(&ext_chain, format!("goto {local_chain}"));
+                    wanted.insert(&local_chain, &sel.local);
+                }
+            } else {
+                r.rule(&ext_chain, "jump mark-for-masquerade".into());
+                r.rule(&ext_chain, format!("goto {svc_chain}"));
+                wanted.insert(&svc_chain, &sel.all);
+            }
         }
     }
-    if let Some(np) = svc.node_port {
-        let k = format!("{proto} . {np}");
-        if reachable {
-            r.element("service-nodeports", k, format!("goto {ext_chain}"));
-        } else {
-            r.element("no-endpoint-nodeports", k, refusal.into());
-        }
-    }
-    if !reachable {
-        return;
-    }
-    if svc.external_local {
-        if let Some(cidr) = ctx.cluster_cidr {
-            // Pods reach the Service through any endpoint, like cluster traffic.
-            r.rule(&ext_chain, format!("ip saddr {cidr} goto {svc_chain}"));
-        }
-        r.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade".into());
-        r.rule(&ext_chain, format!("fib saddr type local goto {svc_chain}"));
-        // Everything else keeps its source address and stays on this node.
-        to_endpoints(r, &ext_chain, svc, &sel.external);
-    } else {
-        r.rule(&ext_chain, "jump mark-for-masquerade".into());
-        r.rule(&ext_chain, format!("goto {svc_chain}"));
+    for (chain, eps) in wanted {
+        to_endpoints(r, chain, svc, eps);
     }
 }
 

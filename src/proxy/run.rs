@@ -81,6 +81,9 @@ struct Objects {
     slices_listed: bool,
 }
 
+/// How often iptables rules are rewritten in full.
+const FULL_RESYNC: Duration = Duration::from_secs(3600);
+
 /// Prometheus figures under kube-proxy's names.
 #[derive(Default)]
 pub struct Metrics {
@@ -181,7 +184,10 @@ async fn follow<T>(
 {
     let ar = ApiResource::erase::<T>(&());
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    // As kube-proxy: Services that name another proxy, and headless ones,
+    // are not watched (nor their slices).
+    let config = watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless");
+    let mut stream = watcher::watcher(api, config).boxed();
     let mut fresh: Option<BTreeMap<(String, String), T>> = None;
     let mut logged: HashMap<(String, String), String> = HashMap::new();
     let mut decode_logged = |obj: &DynamicObject| -> Option<T> {
@@ -305,22 +311,22 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>, mode: Mode) {
 /// there are local endpoints, 503 otherwise (what cloud load balancers
 /// probe for externalTrafficPolicy Local).
 struct HealthCheckPort {
-    state: Arc<Mutex<(String, String, usize)>>,
+    state: Arc<Mutex<(String, String, usize, bool)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start_health_check_port(port: u16, state: Arc<Mutex<(String, String, usize)>>) -> tokio::task::JoinHandle<()> {
+fn start_health_check_port(port: u16, state: Arc<Mutex<(String, String, usize, bool)>>) -> tokio::task::JoinHandle<()> {
     use axum::{Router, http::StatusCode};
     let app = Router::new().fallback(move || {
         let state = state.clone();
         async move {
-            let (ns, name, count) = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let (ns, name, count, healthy) = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let body = serde_json::json!({
                 "service": {"namespace": ns, "name": name},
                 "localEndpoints": count,
-                "serviceProxyHealthy": true,
+                "serviceProxyHealthy": healthy,
             });
-            let code = if count > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if count > 0 && healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             (
                 code,
                 [
@@ -343,17 +349,18 @@ fn start_health_check_port(port: u16, state: Arc<Mutex<(String, String, usize)>>
     })
 }
 
-fn update_health_check_ports(ports: &mut BTreeMap<u16, HealthCheckPort>, state: &ProxyState) {
-    let mut want: BTreeMap<u16, (String, String, usize)> = BTreeMap::new();
+fn update_health_check_ports(ports: &mut BTreeMap<u16, HealthCheckPort>, state: &ProxyState, healthy: bool) {
+    let mut want: BTreeMap<u16, (String, String, usize, bool)> = BTreeMap::new();
     let empty = Vec::new();
     for (key, svc) in &state.services {
         let Some(port) = svc.health_check_node_port else { continue };
         let sel = model::select(svc, state.endpoints.get(key).unwrap_or(&empty));
-        let e = want.entry(port).or_insert_with(|| (key.namespace.clone(), key.name.clone(), 0));
+        let e = want.entry(port).or_insert_with(|| (key.namespace.clone(), key.name.clone(), 0, healthy));
         e.2 = e.2.max(sel.local_count);
     }
     ports.retain(|port, hc| {
-        let keep = want.contains_key(port);
+        // A port that could not be bound is tried again.
+        let keep = want.contains_key(port) && !hc.task.is_finished();
         if !keep {
             hc.task.abort();
         }
@@ -411,6 +418,7 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
     let mut applied = ProxyState::default();
     let mut last_sync: Option<Instant> = None;
     let mut last_full: Option<Instant> = None;
+    let mut last_periodic = Instant::now();
     let mut failed = false;
     let mut logged: BTreeSet<String> = BTreeSet::new();
     let mut hc_ports: BTreeMap<u16, HealthCheckPort> = BTreeMap::new();
@@ -418,7 +426,7 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
     let mut dirty = true;
     loop {
         // Wait for a change or the periodic sync, then respect minSyncPeriod.
-        let periodic = last_full.map_or(Duration::ZERO, |t| s.sync_period.saturating_sub(t.elapsed()));
+        let periodic = s.sync_period.saturating_sub(last_periodic.elapsed());
         let retry = if failed { Duration::from_secs(1) } else { periodic };
         if !dirty {
             tokio::select! {
@@ -459,11 +467,11 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
         metrics.invalid_objects.store(messages.len() as u64, Ordering::Relaxed);
         logged = messages;
 
-        // iptables rules live in shared tables that other programs edit, so
-        // they are rewritten in full every syncPeriod as kube-proxy does;
-        // nodelet's nftables table is its own, and a periodic sync there
-        // applies the difference (nothing, when nothing changed).
-        let periodic_full = s.mode == Mode::Iptables && last_full.is_some_and(|t| t.elapsed() >= s.sync_period);
+        // Every syncPeriod the rules are synced (the difference, nothing when
+        // nothing changed). iptables rules live in shared tables that other
+        // programs edit, so they are also rewritten in full every hour, as
+        // kube-proxy does; nodelet's nftables table is its own.
+        let periodic_full = s.mode == Mode::Iptables && last_full.is_some_and(|t| t.elapsed() >= FULL_RESYNC);
         let full = failed || last_full.is_none() || periodic_full;
         let started = Instant::now();
         let ctx = s.ctx.clone();
@@ -479,9 +487,10 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
             Ok(changed_chains) => {
                 metrics.observe(started.elapsed());
                 tracing::debug!(full, changed_chains, services = state.services.len(), took = ?started.elapsed(), "proxy rules synced");
-                if full || last_full.is_some_and(|t| t.elapsed() >= s.sync_period) {
+                if full {
                     last_full = Some(Instant::now());
                 }
+                last_periodic = Instant::now();
                 failed = false;
                 *health.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
                 *health.pending_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -500,13 +509,14 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
                     if !stale.is_empty() {
                         tokio::task::spawn_blocking(move || conntrack::clear(&stale));
                     }
-                    update_health_check_ports(&mut hc_ports, &state);
+                    update_health_check_ports(&mut hc_ports, &state, true);
                 }
                 applied = state;
             }
             Err(e) => {
                 metrics.restore_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "applying the proxy rules failed; the next sync rewrites everything");
+                update_health_check_ports(&mut hc_ports, &applied, false);
                 failed = true;
                 dirty = true;
             }
