@@ -243,7 +243,12 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             node_labels: labels_tx,
         };
         if let Some(p) = s.proxy.clone().filter(|p| p.mode != crate::proxy::run::Mode::None) {
-            tasks.spawn("service proxy", crate::proxy::run::run(joined.client.clone(), p));
+            let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
+            tasks.spawn("service proxy", async move {
+                let check = cluster::access::check(&client, "proxy", cluster::access::PROXY, grant);
+                let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
+                crate::proxy::run::run(client, p).await
+            });
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }

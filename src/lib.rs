@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod kubeapi;
 pub mod pods;
 pub mod probes;
 pub mod proxy;

@@ -4,7 +4,8 @@
 //! token) nodelet uses it. Otherwise it takes `--bootstrap-kubeconfig` (a
 //! bootstrap token), makes an ECDSA P-256 key, sends a CertificateSigningRequest
 //! for `system:node:<node>` in `system:nodes` to the
-//! `kubernetes.io/kube-apiserver-client-kubelet` signer, waits for it to be
+//! `kubernetes.io/kube-apiserver-client-kubelet` signer with kubelet's usages
+//! (digital signature, key encipherment, client auth), waits for it to be
 //! approved and signed, writes the certificate and key to
 //! `<cert-dir>/kubelet-client-<time>.pem` (0600) with the symlink
 //! `kubelet-client-current.pem`, and writes a kubeconfig pointing at it.
@@ -26,6 +27,17 @@ use super::files;
 use super::ClusterError;
 
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet serving certificates (the node API on :10250).
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// The usages of a kubelet client CSR. The `kube-apiserver-client-kubelet`
+/// signer and the CSR approver up to v1.24 accept exactly this set (v1.25
+/// and later also accept it without key encipherment); kubelet sends it for
+/// every key type until v1.27.
+pub const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+/// The usages of a kubelet serving CSR, the only set the `kubelet-serving`
+/// signer accepts.
+pub const SERVING_USAGES: [&str; 3] = ["digital signature", "key encipherment", "server auth"];
 pub const CURRENT: &str = "kubelet-client-current.pem";
 
 /// How long a CSR may wait for approval before the attempt is given up, as
@@ -203,10 +215,10 @@ pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(S
     obj.spec = CertificateSigningRequestSpec {
         request: ByteString(csr_pem.into_bytes()),
         signer_name: SIGNER.into(),
-        usages: Some(vec!["digital signature".into(), "client auth".into()]),
+        usages: Some(CLIENT_USAGES.iter().map(|u| u.to_string()).collect()),
         ..Default::default()
     };
-    let created = csrs.create(&PostParams::default(), &obj).await.map_err(|e| ClusterError::api("creating the CSR", e))?;
+    let created = create_retrying(&csrs, &obj).await?;
     let name = created.metadata.name.clone().unwrap_or_default();
     tracing::info!(csr = %name, "waiting for the certificate signing request to be approved and signed");
     let decided = |c: Option<&CertificateSigningRequest>| {
@@ -232,6 +244,30 @@ pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(S
     let cert = String::from_utf8(status.certificate.map(|b| b.0).unwrap_or_default())
         .map_err(|_| ClusterError::Bootstrap(format!("CSR {name}: the certificate is not PEM")))?;
     Ok((cert, key.serialize_pem()))
+}
+
+/// How long nodelet keeps sending its CSR while the apiserver does not
+/// answer or answers with a transient error, as kubelet waits for the
+/// apiserver before it bootstraps.
+const CSR_CREATE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Creates the CSR, sending it again while the apiserver is unreachable,
+/// overloaded, or still warming its authorizers (a 403 right after it
+/// starts); any other error, or a transient one that lasts a minute, fails.
+async fn create_retrying(csrs: &Api<CertificateSigningRequest>, obj: &CertificateSigningRequest) -> Result<CertificateSigningRequest, ClusterError> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match csrs.create(&PostParams::default(), obj).await {
+            Ok(c) => return Ok(c),
+            Err(e) if crate::kubeapi::is_transient(&e) && started.elapsed() < CSR_CREATE_PATIENCE => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sending the certificate signing request failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(ClusterError::api("creating the CSR", e)),
+        }
+    }
 }
 
 /// Writes certificate and key to a new timestamped file (0600) and points

@@ -4,6 +4,7 @@
 //! the pod status writer, mirror pods for static pods, Events, and the
 //! deletion handshake.
 
+pub mod access;
 pub mod certs;
 pub mod client;
 pub mod events;
@@ -60,6 +61,22 @@ use crate::pods::store::StatusStore;
 use crate::pods::worker::Terminated;
 use crate::runtime::RuntimeHealth;
 
+/// A client for the Service proxy: from its own kubeconfig
+/// (KubeProxyConfiguration `clientConnection.kubeconfig`, as kube-proxy's) when
+/// it has one, else the node's. Either way, its access is checked once at
+/// start and each missing permission logged with the binding that grants it.
+pub async fn proxy_client(kubeconfig: Option<&std::path::Path>, node: &kube::Client) -> Result<(kube::Client, &'static str), ClusterError> {
+    match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| ClusterError::file(path, e))?;
+            let client = client::build(kc, None).await.map_err(|e| ClusterError::file(path, e))?;
+            tracing::info!(kubeconfig = %path.display(), "the Service proxy uses its own credentials");
+            Ok((client, access::PROXY_OWN_GRANT))
+        }
+        None => Ok((node.clone(), access::PROXY_AS_NODE_GRANT)),
+    }
+}
+
 /// A node's connection to its cluster.
 pub struct Joined {
     pub client: kube::Client,
@@ -103,12 +120,13 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let client = joined.client.clone();
     let node = p.facts.name.clone();
     let (mirrors_tx, mirrors_rx) = watch::channel(podsource::Mirrors::new());
-    tasks.spawn("pod watch", podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx));
+    let (bound_pods, bound_pods_writer) = kube::runtime::reflector::store();
+    tasks.spawn("pod watch", podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx, bound_pods_writer));
     tasks.spawn("node watch", node::watch_labels(client.clone(), node.clone(), p.node_labels));
     if dry_run {
         return;
     }
-    tasks.spawn("pod status writer", status_writer::run(client.clone(), p.statuses.subscribe(), mirrors_rx.clone()));
+    tasks.spawn("pod status writer", status_writer::run(client.clone(), p.statuses.subscribe(), mirrors_rx.clone(), bound_pods));
     if let Some(rx) = p.terminated {
         tasks.spawn("deletion handshake", finalize::run(client.clone(), rx));
     }
@@ -121,6 +139,8 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let health = p.health;
     let statuses = p.statuses;
     tasks.spawn("node heartbeat", async move {
+        let check = access::check(&client, "node", access::NODE, access::NODE_GRANT);
+        let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
         let mut delay = Duration::from_millis(500);
         let uid = loop {
             match node::register(&client, &facts).await {

@@ -1,10 +1,12 @@
 //! The Node object: registration (create, or adopt the one that exists),
-//! and its status every nodeStatusUpdateFrequency (10 s), posted when it
-//! changed and at least every nodeStatusReportFrequency (5 min), as kubelet
-//! does now that the Lease carries the heartbeat.
+//! and its status every nodeStatusUpdateFrequency (10 s), posted when the
+//! server's copy differs from it and at least every nodeStatusReportFrequency
+//! (5 min), as kubelet does now that the Lease carries the heartbeat.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
@@ -165,15 +167,6 @@ pub fn status(facts: &NodeFacts, health: &RuntimeHealth, previous: Option<&NodeS
     }
 }
 
-/// The status without its heartbeat times: what "changed" means.
-fn without_heartbeats(s: &NodeStatus) -> NodeStatus {
-    let mut s = s.clone();
-    for c in s.conditions.iter_mut().flatten() {
-        c.last_heartbeat_time = None;
-    }
-    s
-}
-
 /// Creates the Node, or adopts the one that exists (its labels are
 /// reconciled with ours, the rest is kept). Returns the Node's UID.
 pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String, ClusterError> {
@@ -202,7 +195,7 @@ pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sen
     use kube::runtime::{WatchStreamExt, watcher};
     let nodes: Api<Node> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher(nodes, config).default_backoff().boxed();
+    let mut stream = watcher(nodes, config).backoff(crate::kubeapi::watch_backoff()).boxed();
     while let Some(ev) = stream.next().await {
         let n = match ev {
             Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
@@ -224,6 +217,56 @@ pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sen
     }
 }
 
+/// Whether the status on the server differs from what nodelet would report
+/// now, heartbeat and transition times aside: a condition another party
+/// changed (the node lifecycle controller sets them Unknown when the node
+/// is unreachable), an address, capacity or system info someone else wrote,
+/// or no status at all. Quantities compare by value, as the apiserver may
+/// write them in another form ("8388608Ki" comes back as "8Gi").
+pub fn server_differs(server: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
+    let Some(server) = server else { return true };
+    let conditions_differ = ours.conditions.iter().flatten().any(|c| {
+        let theirs = server.conditions.iter().flatten().find(|s| s.type_ == c.type_);
+        theirs.is_none_or(|s| s.status != c.status || s.reason != c.reason || s.message != c.message)
+    });
+    let quantities_differ = |a: &Option<BTreeMap<String, Quantity>>, b: &Option<BTreeMap<String, Quantity>>| {
+        let (a, b) = (a.clone().unwrap_or_default(), b.clone().unwrap_or_default());
+        a.len() != b.len()
+            || a.iter().any(|(k, v)| {
+                b.get(k).is_none_or(|w| match (crate::pods::quantity::parse(&v.0), crate::pods::quantity::parse(&w.0)) {
+                    (Ok(x), Ok(y)) => x != y,
+                    _ => v != w,
+                })
+            })
+    };
+    conditions_differ
+        || quantities_differ(&server.capacity, &ours.capacity)
+        || quantities_differ(&server.allocatable, &ours.allocatable)
+        || server.addresses.clone().unwrap_or_default() != ours.addresses.clone().unwrap_or_default()
+        || server.daemon_endpoints != ours.daemon_endpoints
+        || server.node_info != ours.node_info
+}
+
+/// The labels kubelet keeps on its Node whoever removes them: hostname,
+/// OS and architecture. Returns the ones to put back, if any.
+pub fn missing_required_labels(server: &BTreeMap<String, String>, facts: &NodeFacts) -> BTreeMap<String, String> {
+    ["kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch"]
+        .into_iter()
+        .filter_map(|k| {
+            let want = facts.labels.get(k)?;
+            (server.get(k) != Some(want)).then(|| (k.to_string(), want.clone()))
+        })
+        .collect()
+}
+
+/// The node status loop, as kubelet's `updateNodeStatus`: every
+/// nodeStatusUpdateFrequency (and when the runtime's health changes) it
+/// reads the Node as the server has it, computes the status from that, and
+/// patches when the server's copy differs from it or nodeStatusReportFrequency
+/// has passed since the last report. Comparing with the server, not with
+/// what was last posted, is what brings a node back to Ready within one
+/// period after an outage in which the node lifecycle controller set its
+/// conditions to Unknown.
 pub struct StatusLoop {
     pub client: kube::Client,
     pub facts: NodeFacts,
@@ -236,34 +279,57 @@ impl StatusLoop {
     /// Posts the node status forever.
     pub async fn run(mut self) {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let mut posted: Option<(NodeStatus, Instant)> = None;
+        let mut reported: Option<Instant> = None;
         loop {
-            let health = self.health.borrow().clone();
-            let status = status(&self.facts, &health, posted.as_ref().map(|(s, _)| s), Timestamp::now());
-            let due = match &posted {
-                None => true,
-                Some((last, at)) => without_heartbeats(last) != without_heartbeats(&status) || at.elapsed() >= self.report_every,
-            };
-            if due {
-                let mut patch = serde_json::json!({"status": status});
-                // Addresses merge by type: on a dual-stack node the second
-                // InternalIP would overwrite the first. Replace the list.
-                if let Some(list) = patch["status"]["addresses"].as_array_mut() {
-                    list.push(serde_json::json!({"$patch": "replace"}));
-                }
-                let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
-                let post = nodes.patch_status(&self.facts.name, &params, &patch);
-                match tokio::time::timeout(self.update_every.max(Duration::from_secs(1)), post).await {
-                    Ok(Ok(_)) => posted = Some((status, Instant::now())),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "posting the node status failed"),
-                    Err(_) => tracing::warn!("posting the node status failed: no answer in time"),
-                }
+            // Neither a read nor a write may hang past the next period.
+            let limit = self.update_every.max(Duration::from_secs(1));
+            match tokio::time::timeout(limit, self.update(&nodes, reported)).await {
+                Ok(Ok(Some(at))) => reported = Some(at),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "updating the node status failed"),
+                Err(_) => tracing::warn!("updating the node status failed: no answer in time"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.update_every) => {}
                 Ok(()) = self.health.changed() => {}
             }
         }
+    }
+
+    /// One round; returns when it reported, if it did.
+    async fn update(&self, nodes: &Api<Node>, reported: Option<Instant>) -> Result<Option<Instant>, ClusterError> {
+        let name = &self.facts.name;
+        let server = nodes.get(name).await.map_err(|e| ClusterError::api(format!("reading node {name}"), e))?;
+        let labels = missing_required_labels(server.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()), &self.facts);
+        if !labels.is_empty() {
+            tracing::info!(?labels, "putting back the node's required labels");
+            let patch = serde_json::json!({"metadata": {"labels": labels}});
+            nodes
+                .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .map_err(|e| ClusterError::api(format!("labelling node {name}"), e))?;
+        }
+        let health = self.health.borrow().clone();
+        let status = status(&self.facts, &health, server.status.as_ref(), Timestamp::now());
+        let differs = server_differs(server.status.as_ref(), &status);
+        let due = reported.is_none_or(|at| at.elapsed() >= self.report_every);
+        if !differs && !due {
+            return Ok(None);
+        }
+        if differs && reported.is_some() {
+            tracing::info!("the node status on the server differs from the node's own; posting it");
+        }
+        let mut patch = serde_json::json!({"status": status});
+        // Addresses merge by type: on a dual-stack node the second
+        // InternalIP would overwrite the first. Replace the list.
+        if let Some(list) = patch["status"]["addresses"].as_array_mut() {
+            list.push(serde_json::json!({"$patch": "replace"}));
+        }
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(|e| ClusterError::api(format!("posting the status of node {name}"), e))?;
+        Ok(Some(Instant::now()))
     }
 }
 
@@ -317,10 +383,62 @@ mod tests {
         let s2 = status(&f, &ready, Some(&s1), t2);
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(Time(t1)));
         assert_eq!(cond(&s2, "Ready").last_heartbeat_time, Some(Time(t2)));
-        assert_eq!(without_heartbeats(&s1), without_heartbeats(&s2), "only heartbeats changed");
+        assert!(!server_differs(Some(&s1), &s2), "only heartbeats changed");
         let down = RuntimeHealth { runtime_ready: true, network_ready: false, message: "NetworkReady=false reason:NoCNI".into() };
         let s3 = status(&f, &down, Some(&s2), t2);
         assert_eq!(cond(&s3, "Ready").status, "False");
         assert!(cond(&s3, "Ready").message.unwrap().contains("network not ready"));
+    }
+
+    #[test]
+    fn the_server_copy_decides_whether_to_post() {
+        let f = facts();
+        let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
+        let t = Timestamp::from_second(100).unwrap();
+        let ours = status(&f, &ready, None, t);
+        assert!(server_differs(None, &ours), "no status on the server yet");
+        assert!(!server_differs(Some(&ours), &ours));
+
+        // The node lifecycle controller marked the node unreachable.
+        let mut unknown = ours.clone();
+        for c in unknown.conditions.iter_mut().flatten() {
+            c.status = "Unknown".into();
+            c.reason = Some("NodeStatusUnknown".into());
+            c.message = Some("Kubelet stopped posting node status.".into());
+        }
+        assert!(server_differs(Some(&unknown), &ours));
+        // And the status computed from that copy is True again, with a new transition time.
+        let t2 = Timestamp::from_second(200).unwrap();
+        let again = status(&f, &ready, Some(&unknown), t2);
+        let ready_cond = again.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready_cond.status, "True");
+        assert_eq!(ready_cond.last_transition_time, Some(Time(t2)));
+
+        // The apiserver writes quantities in its canonical form: no difference.
+        let mut canonical = ours.clone();
+        canonical.capacity.as_mut().unwrap().insert("memory".into(), Quantity("8Gi".into()));
+        assert!(!server_differs(Some(&canonical), &ours));
+        let mut smaller = ours.clone();
+        smaller.allocatable.as_mut().unwrap().insert("memory".into(), Quantity("7Gi".into()));
+        assert!(server_differs(Some(&smaller), &ours));
+
+        // Someone else rewrote the addresses.
+        let mut moved = ours.clone();
+        moved.addresses = Some(vec![NodeAddress { type_: "InternalIP".into(), address: "10.0.0.10".into() }]);
+        assert!(server_differs(Some(&moved), &ours));
+    }
+
+    #[test]
+    fn required_labels_come_back() {
+        let f = facts();
+        let mut server = f.labels.clone();
+        assert!(missing_required_labels(&server, &f).is_empty());
+        server.remove("kubernetes.io/os");
+        server.insert("kubernetes.io/arch".into(), "s390x".into());
+        server.remove("role");
+        let back = missing_required_labels(&server, &f);
+        assert_eq!(back.len(), 2, "{back:?}");
+        assert_eq!(back["kubernetes.io/os"], "linux");
+        assert_eq!(back["kubernetes.io/arch"], go_arch());
     }
 }

@@ -30,11 +30,19 @@ pub type Mirrors = BTreeMap<(String, String), Arc<Pod>>;
 /// How long a burst of watch events may settle before the set is sent.
 const SETTLE: Duration = Duration::from_millis(10);
 
-pub async fn run(client: kube::Client, node: String, tx: mpsc::Sender<SourceUpdate>, mirrors: watch::Sender<Mirrors>) {
+/// Follows the node's pods into `writer` (whose reader the status writer
+/// shares) and sends each settled set.
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    tx: mpsc::Sender<SourceUpdate>,
+    mirrors: watch::Sender<Mirrors>,
+    writer: reflector::store::Writer<Pod>,
+) {
     let pods: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let (reader, writer) = reflector::store();
-    let mut stream = watcher(pods, config).default_backoff().reflect(writer).boxed();
+    let reader = writer.as_reader();
+    let mut stream = watcher(pods, config).backoff(crate::kubeapi::watch_backoff()).reflect(writer).boxed();
     let mut ready = false;
     let mut failing = false;
     loop {

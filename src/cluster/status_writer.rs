@@ -3,6 +3,12 @@
 //! pod's status goes to its mirror pod. Each patch carries the pod's UID as
 //! a precondition, as kubelet's does, so a new pod under the same name is
 //! never written with an old one's status.
+//!
+//! Every ten seconds it also compares what it wrote with the pod as the
+//! server has it (the bound-pod watch's cache), as kubelet's status manager
+//! reconciles: when another party changed what the node owns — the node
+//! lifecycle controller marks every pod of an unreachable node NotReady —
+//! the node's status is written again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
 use super::podsource::Mirrors;
@@ -22,6 +29,18 @@ const COALESCE: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_secs(5);
 /// Patches in flight at once.
 const PARALLEL: usize = 16;
+/// How often written statuses are compared with the server's copies
+/// (kubelet's status manager syncs in batches this often).
+const RECONCILE: Duration = Duration::from_secs(10);
+
+/// Whether the server's copy of a pod's status lost what the node wrote:
+/// another phase, or a condition the node reports with another status.
+pub fn server_differs(server: &PodStatus, ours: &PodStatus) -> bool {
+    server.phase != ours.phase
+        || ours.conditions.iter().flatten().any(|c| {
+            server.conditions.iter().flatten().find(|s| s.type_ == c.type_).is_none_or(|s| s.status != c.status)
+        })
+}
 
 fn is_static(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_CONFIG_SOURCE)).is_some_and(|s| s != "api")
@@ -60,13 +79,23 @@ pub fn explicit(status: &PodStatus) -> serde_json::Value {
     v
 }
 
-pub async fn run(client: kube::Client, mut statuses: watch::Receiver<Statuses>, mut mirrors: watch::Receiver<Mirrors>) {
+/// Writes statuses forever. `server` is the bound-pod watch's cache.
+pub async fn run(
+    client: kube::Client,
+    mut statuses: watch::Receiver<Statuses>,
+    mut mirrors: watch::Receiver<Mirrors>,
+    server: Store<Pod>,
+) {
     let mut written: HashMap<String, PodStatus> = HashMap::new();
+    let mut reconcile_tick = tokio::time::interval(RECONCILE);
+    reconcile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut reconcile = false;
         tokio::select! {
             r = statuses.changed() => if r.is_err() { return },
             _ = mirrors.changed() => {}
             _ = tokio::time::sleep(RETRY) => {}
+            _ = reconcile_tick.tick() => reconcile = true,
         }
         tokio::time::sleep(COALESCE).await;
         let snapshot = statuses.borrow_and_update().clone();
@@ -75,7 +104,13 @@ pub async fn run(client: kube::Client, mut statuses: watch::Receiver<Statuses>, 
         for rec in snapshot.values() {
             let Some((ns, name, uid)) = target(&rec.pod, &mirror_set) else { continue };
             if written.get(&uid) == Some(&rec.status) {
-                continue;
+                let on_server = server.get(&ObjectRef::new(&name).within(&ns)).filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+                let lost = reconcile
+                    && on_server.as_ref().and_then(|p| p.status.as_ref()).is_some_and(|s| server_differs(s, &rec.status));
+                if !lost {
+                    continue;
+                }
+                tracing::info!(pod = %format!("{ns}/{name}"), "the pod status on the server differs from the node's; writing it again");
             }
             todo.push((ns, name, uid, rec.status.clone()));
         }
@@ -103,5 +138,36 @@ pub async fn run(client: kube::Client, mut statuses: watch::Receiver<Statuses>, 
         }
         let live: Vec<String> = snapshot.values().filter_map(|r| target(&r.pod, &mirror_set).map(|t| t.2)).collect();
         written.retain(|uid, _| live.contains(uid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodCondition;
+
+    fn with_ready(phase: &str, ready: &str) -> PodStatus {
+        PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![
+                PodCondition { type_: "Ready".into(), status: ready.into(), ..Default::default() },
+                PodCondition { type_: "Initialized".into(), status: "True".into(), ..Default::default() },
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_status_another_party_changed_is_written_again() {
+        let ours = with_ready("Running", "True");
+        assert!(!server_differs(&ours, &ours));
+        // The node lifecycle controller's MarkPodsNotReady.
+        assert!(server_differs(&with_ready("Running", "False"), &ours));
+        assert!(server_differs(&with_ready("Pending", "True"), &ours));
+        assert!(server_differs(&PodStatus::default(), &ours));
+        // Conditions the node does not report (a scheduler's, a readiness gate's) are not its business.
+        let mut more = ours.clone();
+        more.conditions.as_mut().unwrap().push(PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() });
+        assert!(!server_differs(&more, &ours));
     }
 }

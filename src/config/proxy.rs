@@ -28,6 +28,10 @@ pub struct ProxyConfig {
     pub masquerade_bit: Option<u8>,
     pub sync_period: Option<Duration>,
     pub min_sync_period: Option<Duration>,
+    /// `clientConnection.kubeconfig`: the proxy's own credentials (kube-proxy's
+    /// kubeconfig, user `system:kube-proxy`), used for its watches instead of
+    /// the node's identity.
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Fields accepted but not used, for one warning each.
     pub ignored: Vec<String>,
 }
@@ -76,6 +80,21 @@ impl ProxyConfig {
                 "hostnameOverride" => c.hostname_override = Some(field(file, k, v)?).filter(|s: &String| !s.is_empty()),
                 "healthzBindAddress" => c.healthz_bind_address = Some(field(file, k, v)?),
                 "metricsBindAddress" => c.metrics_bind_address = Some(field(file, k, v)?),
+                "clientConnection" => match v {
+                    Value::Object(m) => {
+                        for (ck, cv) in m {
+                            match ck.as_str() {
+                                _ if cv.is_null() => {}
+                                "kubeconfig" => {
+                                    let path: String = field(file, "clientConnection.kubeconfig", cv)?;
+                                    c.kubeconfig = (!path.is_empty()).then(|| path.into());
+                                }
+                                other => c.ignored.push(format!("clientConnection.{other}")),
+                            }
+                        }
+                    }
+                    _ => return Err(bad(k, "expected an object".into())),
+                },
                 "iptables" | "nftables" => match v {
                     Value::Object(m) => per_mode.push((k.as_str(), m)),
                     _ => return Err(bad(k, "expected an object".into())),
@@ -127,6 +146,14 @@ mod tests {
         assert_eq!(c.hostname_override.as_deref(), Some("k8s-master"));
         assert_eq!(c.metrics_bind_address.as_deref(), Some("0.0.0.0:10249"));
         assert_eq!(c.ignored, vec!["bindAddress".to_string(), "kubeconfig".to_string()]);
+        // kube-proxy reads the kubeconfig only under clientConnection (the
+        // seed's flattened key is ignored there too, with a warning).
+        assert_eq!(c.kubeconfig, None);
+        let nested = seed.replace("\nkubeconfig:", "\n  kubeconfig:");
+        let c = ProxyConfig::parse(nested.as_bytes(), "kube-proxy-config.yml").unwrap();
+        assert_eq!(c.kubeconfig.as_deref(), Some(Path::new("/opt/kubernetes/cfg/kube-proxy.kubeconfig")));
+        let e = ProxyConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nclientConnection: {kubeconfig: 7}\n", "p.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: clientConnection.kubeconfig: "), "{e}");
     }
 
     #[test]

@@ -133,7 +133,11 @@ pub fn resolve(
     let default = crate::config::proxy::ProxyConfig::default();
     let f = file.unwrap_or(&default);
     for field in &f.ignored {
-        tracing::warn!(field = %field, "KubeProxyConfiguration field not used by nodelet");
+        if field == "kubeconfig" {
+            tracing::warn!(field = %field, "KubeProxyConfiguration field not used: a top-level kubeconfig is no field of kube-proxy's either; indent it under clientConnection for the proxy to use it");
+        } else {
+            tracing::warn!(field = %field, "KubeProxyConfiguration field not used by nodelet");
+        }
     }
     if let Some(h) = &f.hostname_override
         && h != node_name
@@ -197,6 +201,7 @@ pub fn resolve(
         node_name: node_name.to_string(),
         min_sync_period: f.min_sync_period.unwrap_or(std::time::Duration::from_secs(1)),
         sync_period: f.sync_period.unwrap_or(std::time::Duration::from_secs(30)),
+        kubeconfig: f.kubeconfig.clone(),
         healthz: addr("healthzBindAddress", f.healthz_bind_address.as_ref(), "0.0.0.0:10256")?,
         metrics: addr("metricsBindAddress", f.metrics_bind_address.as_ref(), "127.0.0.1:10249")?,
         dry_run,

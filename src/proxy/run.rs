@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
 use super::model::{self, ProxyState};
@@ -45,6 +45,9 @@ pub struct ProxySettings {
     pub node_name: String,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
+    /// The proxy's own kubeconfig (KubeProxyConfiguration
+    /// `clientConnection.kubeconfig`); without one it uses the node's identity.
+    pub kubeconfig: Option<std::path::PathBuf>,
     pub healthz: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub dry_run: bool,
@@ -187,7 +190,7 @@ async fn follow<T>(
     // As kube-proxy: Services that name another proxy, and headless ones,
     // are not watched (nor their slices).
     let config = watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless");
-    let mut stream = watcher::watcher(api, config).boxed();
+    let mut stream = watcher::watcher(api, config).backoff(crate::kubeapi::watch_backoff()).boxed();
     let mut fresh: Option<BTreeMap<(String, String), T>> = None;
     let mut logged: HashMap<(String, String), String> = HashMap::new();
     let mut decode_logged = |obj: &DynamicObject| -> Option<T> {
@@ -210,7 +213,6 @@ async fn follow<T>(
             Ok(ev) => ev,
             Err(e) => {
                 tracing::warn!(kind, error = %e, "watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
