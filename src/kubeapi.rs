@@ -6,21 +6,25 @@
 //! quiet minutes, so after a minute-long apiserver outage a watch came back
 //! some 80 s after the apiserver did. kubelet's reflectors retry within about a
 //! second of the apiserver answering; nodelet's watches retry first after
-//! 0.25–0.5 s, double from there, never wait more than 5 s, and start again
+//! 0.25–0.5 s, double from there, never wait more than 4 s, and start again
 //! from the bottom once they get an event.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kube::runtime::watcher;
+use futures::{Stream, StreamExt};
+use kube::runtime::utils::{Backoff, StreamBackoff};
+use kube::runtime::{WatchStreamExt, watcher};
 
 /// The first delay after a watch fails, before jitter.
 pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// The cap on the delay, before jitter. The jitter adds up to as much again,
-/// so a failing watch waits between 2.5 and 5 s once at the cap.
-pub const WATCH_BACKOFF_MAX: Duration = Duration::from_millis(2500);
+/// so a failing watch waits between 2 and 4 s once at the cap.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The back-off for every watch nodelet runs: exponential from 0.25 s,
-/// jittered (each delay gets up to itself again), at most 5 s, reset by any
+/// jittered (each delay gets up to itself again), at most 4 s, reset by any
 /// event (kube-rs' `StreamBackoff` resets on every `Ok`). Use with
 /// `WatchStreamExt::backoff`.
 pub fn watch_backoff() -> watcher::ExponentialBackoff {
@@ -31,6 +35,48 @@ pub fn watch_backoff() -> watcher::ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .into()
+}
+
+/// A watch stream with nodelet's back-off: `watch_backoff`, except that
+/// the first 410 Gone after a working stretch relists at once. A 410 after a
+/// restart only says the watch must start over from a list, as client-go's
+/// reflector does at once; waiting out a back-off there would keep the watch
+/// away for twice the delay. A second 410 in a row backs off as any error.
+pub fn backed_off<K, S>(stream: S) -> StreamBackoff<impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>, GoneAware>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let gone = Arc::new(AtomicBool::new(false));
+    let flag = gone.clone();
+    stream
+        .inspect(move |r| flag.store(matches!(r, Err(watcher::Error::WatchError(s)) if s.code == 410), Ordering::Relaxed))
+        .backoff(GoneAware { inner: watch_backoff(), gone, free_used: false })
+}
+
+/// `watch_backoff`, with one free retry after a 410 Gone (see `backed_off`).
+pub struct GoneAware {
+    inner: watcher::ExponentialBackoff,
+    gone: Arc<AtomicBool>,
+    free_used: bool,
+}
+
+impl Iterator for GoneAware {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.gone.load(Ordering::Relaxed) && !self.free_used {
+            self.free_used = true;
+            return Some(Duration::ZERO);
+        }
+        self.inner.next()
+    }
+}
+
+impl Backoff for GoneAware {
+    fn reset(&mut self) {
+        self.inner.reset();
+        self.free_used = false;
+    }
 }
 
 /// Whether a failed request may succeed if simply sent again: no answer
@@ -54,11 +100,33 @@ mod tests {
         let delays: Vec<Duration> = watch_backoff().take(12).collect();
         assert!(delays[0] >= WATCH_BACKOFF_MIN && delays[0] <= 2 * WATCH_BACKOFF_MIN, "{delays:?}");
         for d in &delays {
-            assert!(*d <= Duration::from_secs(5), "{delays:?}");
+            assert!(*d <= 2 * WATCH_BACKOFF_MAX, "{delays:?}");
         }
         assert!(delays[8..].iter().all(|d| *d >= WATCH_BACKOFF_MAX), "it grows to the cap: {delays:?}");
         let total: Duration = delays.iter().sum();
         assert!(total < Duration::from_secs(75), "a minute of failures never costs the 80 s kube-rs' default did: {total:?}");
+    }
+
+    #[tokio::test]
+    async fn a_410_relists_at_once_but_a_second_one_backs_off() {
+        use kube::core::Status;
+        let gone = || Err::<watcher::Event<()>, _>(watcher::Error::WatchError(Status::failure("too old", "Expired").with_code(410).boxed()));
+        let refused = || Err::<watcher::Event<()>, _>(watcher::Error::WatchError(Status::failure("no", "Forbidden").with_code(403).boxed()));
+        let timed = |items: Vec<Result<watcher::Event<()>, watcher::Error>>| async move {
+            let started = tokio::time::Instant::now();
+            let n = backed_off(futures::stream::iter(items)).count().await;
+            (n, started.elapsed())
+        };
+        tokio::time::pause();
+        let (n, took) = timed(vec![gone(), Ok(watcher::Event::InitDone)]).await;
+        assert_eq!(n, 2);
+        assert!(took < WATCH_BACKOFF_MIN / 10, "one 410 costs no wait (a timer tick at most): {took:?}");
+        let (_, took) = timed(vec![gone(), gone(), Ok(watcher::Event::InitDone)]).await;
+        assert!(took >= WATCH_BACKOFF_MIN, "a second 410 backs off: {took:?}");
+        let (_, took) = timed(vec![refused(), Ok(watcher::Event::InitDone)]).await;
+        assert!(took >= WATCH_BACKOFF_MIN, "other errors back off: {took:?}");
+        let (_, took) = timed(vec![gone(), Ok(watcher::Event::InitDone), gone(), Ok(watcher::Event::InitDone)]).await;
+        assert!(took < WATCH_BACKOFF_MIN / 10, "an event in between makes the next 410 free again: {took:?}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ async fn tls_bootstrap_then_a_ready_node_and_a_renewing_lease() {
     assert_eq!(spec.username.as_deref(), Some("system:bootstrap:abcdef"));
     let mut usages = spec.usages.clone().unwrap();
     usages.sort();
-    assert_eq!(usages, vec!["client auth", "digital signature"]);
+    assert_eq!(usages, vec!["client auth", "digital signature", "key encipherment"], "kubelet's usages, the only set a v1.24 signer takes");
     c.decide_csr(&csr.metadata.name.unwrap(), true).await;
 
     // nodelet writes its certificate and kubeconfig, tightly, and carries on with them.

@@ -215,16 +215,27 @@ async fn traffic(mode: &str) {
     bad_slice["endpoints"][0]["addresses"] = json!(["not-an-ip"]);
     create::<EndpointSlice>(client, bad_slice).await;
 
+    // kube-proxy's own identity, as the seed deploys it: a client
+    // certificate for system:kube-proxy, which a stock cluster binds to
+    // system:node-proxier (the node identity may not read EndpointSlices).
+    let proxy_kubeconfig = c.dir().join("kube-proxy.kubeconfig");
+    std::fs::write(&proxy_kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
     let config = c.dir().join("kube-proxy.yaml");
     std::fs::write(
         &config,
         format!(
             "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\nclusterCIDR: 10.244.0.0/16\n\
-             hostnameOverride: {node}\nmetricsBindAddress: 127.0.0.1:10249\n"
+             hostnameOverride: {node}\nmetricsBindAddress: 127.0.0.1:10249\nclientConnection:\n  kubeconfig: {}\n",
+            proxy_kubeconfig.display()
         ),
     )
     .unwrap();
     let mut agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
+    eventually(20 * S, "the proxy's access check", || async {
+        agent.log().contains("the proxy role has every permission it needs").then_some(())
+    })
+    .await;
+    assert!(c.api.requests_by("system:kube-proxy") > 0, "the proxy watches with its own identity");
 
     // ClusterIP: every ready backend answers, the not-ready one never.
     let web = sa([10, 96, 0, 10], 80);

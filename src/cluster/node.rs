@@ -192,10 +192,10 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
 /// among them) for admission, as kubelet's node lister does.
 pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sender<BTreeMap<String, String>>) {
     use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
+    use kube::runtime::watcher;
     let nodes: Api<Node> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher(nodes, config).backoff(crate::kubeapi::watch_backoff()).boxed();
+    let mut stream = crate::kubeapi::backed_off(watcher(nodes, config)).boxed();
     while let Some(ev) = stream.next().await {
         let n = match ev {
             Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,

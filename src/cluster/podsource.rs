@@ -42,7 +42,7 @@ pub async fn run(
     let pods: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let reader = writer.as_reader();
-    let mut stream = watcher(pods, config).backoff(crate::kubeapi::watch_backoff()).reflect(writer).boxed();
+    let mut stream = crate::kubeapi::backed_off(watcher(pods, config)).reflect(writer).boxed();
     let mut ready = false;
     let mut failing = false;
     loop {

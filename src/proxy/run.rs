@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::model::{self, ProxyState};
@@ -190,7 +190,7 @@ async fn follow<T>(
     // As kube-proxy: Services that name another proxy, and headless ones,
     // are not watched (nor their slices).
     let config = watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless");
-    let mut stream = watcher::watcher(api, config).backoff(crate::kubeapi::watch_backoff()).boxed();
+    let mut stream = crate::kubeapi::backed_off(watcher::watcher(api, config)).boxed();
     let mut fresh: Option<BTreeMap<(String, String), T>> = None;
     let mut logged: HashMap<(String, String), String> = HashMap::new();
     let mut decode_logged = |obj: &DynamicObject| -> Option<T> {

@@ -143,7 +143,7 @@ where
 {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
     let (reader, writer) = reflector::store();
-    let mut stream = watcher(api, config).backoff(crate::kubeapi::watch_backoff()).reflect(writer).boxed();
+    let mut stream = crate::kubeapi::backed_off(watcher(api, config)).reflect(writer).boxed();
     let mut listed = false;
     while let Some(ev) = stream.next().await {
         match ev {
@@ -184,7 +184,7 @@ impl KubeObjects {
         let (ready_tx, ready_rx) = watch::channel(false);
         let api: Api<Service> = Api::all(client.clone());
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default()).backoff(crate::kubeapi::watch_backoff()).reflect(writer).boxed();
+            let mut stream = crate::kubeapi::backed_off(watcher(api, watcher::Config::default())).reflect(writer).boxed();
             while let Some(ev) = stream.next().await {
                 if let Ok(watcher::Event::InitDone) = ev {
                     ready_tx.send_replace(true);

@@ -16,8 +16,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use super::authz;
+use super::controllers;
 use super::patch;
-use super::pki::{self, Ca};
+use super::pki::Ca;
 use super::select::Selector;
 use super::store::{Change, Store};
 
@@ -54,6 +56,16 @@ pub struct State {
     pub token_max_lifetime: Mutex<Option<Duration>>,
     /// TokenRequests served: (namespace/serviceaccount, audiences, pod name).
     pub token_requests: Mutex<Vec<(String, Vec<String>, String)>>,
+    /// Until when the apiserver is "warming up" after a restart: its
+    /// authorizers' caches are empty, so every caller but system:masters
+    /// gets 403, as a real apiserver answers for its first seconds.
+    pub warm_until: Mutex<Option<std::time::Instant>>,
+    /// Requests refused with 403: "user verb resource namespace/name: reason".
+    pub denied: Mutex<Vec<String>>,
+    /// Lists allowed: when, by whom, of what ("pods", "endpointslices.discovery.k8s.io").
+    pub lists: Mutex<Vec<(std::time::Instant, String, String)>>,
+    /// The node lifecycle controller and taint manager (controllers.rs).
+    pub lifecycle: Mutex<super::controllers::Lifecycle>,
 }
 
 struct Resource {
@@ -76,6 +88,8 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "certificates.k8s.io", plural: "certificatesigningrequests", kind: "CertificateSigningRequest", namespaced: false },
     Resource { group: "events.k8s.io", plural: "events", kind: "Event", namespaced: true },
     Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
+    Resource { group: "rbac.authorization.k8s.io", plural: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false },
+    Resource { group: "authorization.k8s.io", plural: "selfsubjectaccessreviews", kind: "SelfSubjectAccessReview", namespaced: false },
 ];
 
 impl Resource {
@@ -122,7 +136,7 @@ fn parse_path(path: &str) -> Option<Target> {
     Some(Target { res, version: version.to_string(), ns, name, sub })
 }
 
-fn now() -> String {
+pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -159,23 +173,49 @@ fn not_found(t: &Target) -> Response<Body> {
     status(404, "NotFound", &format!("{} \"{name}\" not found", t.res.key()))
 }
 
-/// Coarse RBAC: masters do anything; bootstrappers only handle CSRs; nodes
-/// do what a kubelet does but may not approve CSRs.
-fn authorized(who: &Identity, t: &Target, method: &Method) -> bool {
-    if who.in_group("system:masters") {
-        return true;
+/// The request's verb as the apiserver's RequestInfo names it.
+fn verb(method: &Method, t: &Target, q: &HashMap<String, String>) -> &'static str {
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", true) => "get",
+        ("GET", false) if watching => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
     }
-    if who.in_group("system:bootstrappers") {
-        return t.res.plural == "certificatesigningrequests" && t.sub.is_none() && (*method == Method::GET || *method == Method::POST);
+}
+
+/// The request's attributes; a list or watch with a `metadata.name=`
+/// field selector names its object, as the apiserver's RequestInfo does.
+fn attrs(method: &Method, t: &Target, q: &HashMap<String, String>) -> authz::Attrs {
+    let by_field = q.get("fieldSelector").and_then(|f| {
+        f.split(',').find_map(|term| term.strip_prefix("metadata.name=").or_else(|| term.strip_prefix("metadata.name==")).map(str::to_string))
+    });
+    authz::Attrs {
+        verb: verb(method, t, q).to_string(),
+        group: t.res.group.to_string(),
+        resource: t.res.plural.to_string(),
+        sub: t.sub.clone(),
+        ns: t.ns.clone(),
+        name: t.name.clone().or(by_field),
     }
-    if who.in_group("system:nodes") {
-        return t.sub.as_deref() != Some("approval");
-    }
-    // Service accounts read objects of their own namespace.
-    if who.in_group("system:serviceaccounts") && *method == Method::GET {
-        return t.ns.as_ref().is_some_and(|ns| who.in_group(&format!("system:serviceaccounts:{ns}")));
-    }
-    false
+}
+
+fn deny(state: &State, who: &Identity, t: &Target, a: &authz::Attrs, why: &str) -> Response<Body> {
+    let name = a.name.clone().unwrap_or_default();
+    state.denied.lock().unwrap().push(format!(
+        "{} {} {} {}/{name}: {why}",
+        who.user,
+        a.verb,
+        t.res.key(),
+        a.ns.clone().unwrap_or_default()
+    ));
+    let subject = if name.is_empty() { t.res.key() } else { format!("{} \"{name}\"", t.res.key()) };
+    status(403, "Forbidden", &format!("{subject} is forbidden: {why}"))
 }
 
 fn query(uri: &http::Uri) -> HashMap<String, String> {
@@ -207,16 +247,34 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
     let Some(t) = parse_path(parts.uri.path()) else {
         return status(404, "NotFound", &format!("the server could not find the requested resource ({})", parts.uri.path()));
     };
-    if !authorized(&who, &t, &parts.method) {
-        return status(403, "Forbidden", &format!("User \"{}\" cannot {} resource \"{}\"", who.user, parts.method, t.res.key()));
-    }
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let q = query(&parts.uri);
+    let a = attrs(&parts.method, &t, &q);
+    let master = who.groups.iter().any(|g| g == "system:masters");
+    let warming = state.warm_until.lock().unwrap().is_some_and(|until| std::time::Instant::now() < until);
+    if warming && !master {
+        return deny(&state, &who, &t, &a, &format!("User \"{}\" cannot {} resource \"{}\": the authorizer is not ready yet", who.user, a.verb, t.res.plural));
+    }
+    let sent = parse_body(&body).ok();
+    let decision = {
+        let store = state.store.lock().unwrap();
+        match authz::authorize(&store, &who, &a) {
+            authz::Decision::Allow => authz::node_restriction(&store, &who, &a, sent.as_ref()),
+            deny => deny,
+        }
+    };
+    if let authz::Decision::Deny(why) = decision {
+        return deny(&state, &who, &t, &a, &why);
+    }
+    if a.verb == "list" {
+        state.lists.lock().unwrap().push((std::time::Instant::now(), who.user.clone(), t.res.key()));
+    }
     let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     match (parts.method.clone(), t.name.is_some()) {
         (Method::GET, false) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => watch(state, &t, &q),
         (Method::GET, false) => list(&state, &t, &q),
         (Method::GET, true) => get(&state, &t),
+        (Method::POST, false) if t.res.plural == "selfsubjectaccessreviews" => self_subject_access_review(&state, &who, &body),
         (Method::POST, false) => create(&state, &t, &who, &body),
         (Method::POST, true) if t.res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") => {
             token_request(&state, &t, &body)
@@ -462,6 +520,33 @@ fn token_request(state: &State, t: &Target, body: &Bytes) -> Response<Body> {
     json_response(StatusCode::CREATED, &out)
 }
 
+/// SelfSubjectAccessReview: may the caller do this? Answered by the same
+/// authorizer the requests go through.
+fn self_subject_access_review(state: &State, who: &Identity, body: &Bytes) -> Response<Body> {
+    let mut review = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let ra = &review["spec"]["resourceAttributes"];
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let a = authz::Attrs {
+        verb: text(&ra["verb"]).unwrap_or_default(),
+        group: text(&ra["group"]).unwrap_or_default(),
+        resource: text(&ra["resource"]).unwrap_or_default(),
+        sub: text(&ra["subresource"]),
+        ns: text(&ra["namespace"]),
+        name: text(&ra["name"]),
+    };
+    let decision = authz::authorize(&state.store.lock().unwrap(), who, &a);
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    review["status"] = match decision {
+        authz::Decision::Allow => json!({"allowed": true}),
+        authz::Decision::Deny(why) => json!({"allowed": false, "reason": why}),
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return Ok(v);
@@ -579,7 +664,7 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     let stored = store.put(&t.res.key(), &ns, &name, obj);
     drop(store);
     if t.res.plural == "certificatesigningrequests" {
-        maybe_auto_approve(state, &name);
+        controllers::approve(state, &name);
     }
     json_response(StatusCode::CREATED, &with_type(t, stored))
 }
@@ -640,7 +725,7 @@ fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<Str
     let stored = store.put(&t.res.key(), &ns, &name, merged);
     drop(store);
     if t.sub.as_deref() == Some("approval") {
-        spawn_signer(state.clone(), name);
+        controllers::spawn_signer(state.clone(), name);
     }
     json_response(StatusCode::OK, &with_type(t, stored))
 }
@@ -693,6 +778,19 @@ fn patch_object(state: &Arc<State>, t: &Target, content_type: &str, body: &Bytes
     store_update(state, t, new, rv)
 }
 
+/// Graceful deletion of a bound pod: the deletion timestamp and grace
+/// period are set, and the kubelet removes the object once it has stopped
+/// the pod (with grace 0).
+pub fn mark_deleted(store: &mut Store, pod: &Value, grace: i64) -> Value {
+    let mut marked = pod.clone();
+    let at = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(grace);
+    marked["metadata"]["deletionTimestamp"] = Value::String(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+    let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+    store.put("pods", &ns, &name, marked)
+}
+
 fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &Bytes) -> Response<Body> {
     let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -716,11 +814,7 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
             if already.is_some_and(|a| a <= grace) {
                 return json_response(StatusCode::OK, &with_type(t, current));
             }
-            let mut marked = current.clone();
-            let at = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(grace);
-            marked["metadata"]["deletionTimestamp"] = Value::String(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            let stored = store.put(&t.res.key(), &ns, &name, marked);
+            let stored = mark_deleted(&mut store, &current, grace);
             return json_response(StatusCode::OK, &with_type(t, stored));
         }
     }
@@ -728,74 +822,4 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
         Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
         None => not_found(t),
     }
-}
-
-fn is_kubelet_client_csr(csr: &Value) -> bool {
-    csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
-}
-
-/// kube-controller-manager's CSR approver: a kubelet client CSR from a
-/// bootstrapper, or from the node itself for itself, is approved.
-fn maybe_auto_approve(state: &Arc<State>, name: &str) {
-    if !*state.auto_approve.lock().unwrap() {
-        return;
-    }
-    let mut store = state.store.lock().unwrap();
-    let key = "certificatesigningrequests.certificates.k8s.io";
-    let Some(mut csr) = store.get(key, "", name).cloned() else { return };
-    if !is_kubelet_client_csr(&csr) {
-        return;
-    }
-    let groups: Vec<String> = serde_json::from_value(csr["spec"]["groups"].clone()).unwrap_or_default();
-    let user = csr["spec"]["username"].as_str().unwrap_or("").to_string();
-    let request = csr["spec"]["request"].as_str().and_then(base64_decode).unwrap_or_default();
-    let subject = pki::csr_subject(&String::from_utf8_lossy(&request));
-    let self_renewal = subject.as_ref().is_some_and(|(cn, _)| *cn == user);
-    if !(groups.iter().any(|g| g == "system:bootstrappers") || self_renewal) {
-        return;
-    }
-    csr["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "AutoApproved",
-        "message": "Auto approving kubelet client certificate", "lastUpdateTime": now()}]);
-    store.put(key, "", name, csr);
-    drop(store);
-    spawn_signer(state.clone(), name.to_string());
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-/// The signing controller: an approved kubelet client CSR gets its
-/// certificate shortly after approval.
-fn spawn_signer(state: Arc<State>, name: String) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let key = "certificatesigningrequests.certificates.k8s.io";
-        let mut store = state.store.lock().unwrap();
-        let Some(mut csr) = store.get(key, "", &name).cloned() else { return };
-        let approved = csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Approved");
-        if !approved || !csr["status"]["certificate"].is_null() || !is_kubelet_client_csr(&csr) {
-            return;
-        }
-        let request = csr["spec"]["request"].as_str().and_then(base64_decode).unwrap_or_default();
-        let lifetime = *state.cert_lifetime.lock().unwrap();
-        match state.ca.sign_csr(&String::from_utf8_lossy(&request), lifetime) {
-            Ok(pem) => csr["status"]["certificate"] = Value::String(base64_encode(pem.as_bytes())),
-            Err(e) => {
-                let cond = json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": e});
-                if let Some(c) = csr["status"]["conditions"].as_array_mut() {
-                    c.push(cond);
-                } else {
-                    csr["status"]["conditions"] = json!([cond]);
-                }
-            }
-        }
-        store.put(key, "", &name, csr);
-    });
 }

@@ -6,6 +6,8 @@
 //! that namespace. It can be stopped and restarted on the same port, and its
 //! history compacted to force 410 Gone.
 
+pub mod authz;
+pub mod controllers;
 pub mod handlers;
 mod patch;
 pub mod pki;
@@ -34,6 +36,7 @@ pub struct ApiServer {
     pub port: u16,
     tls: Arc<rustls::ServerConfig>,
     serving: Option<JoinHandle<()>>,
+    controllers: JoinHandle<()>,
     pub admin: Pair,
 }
 
@@ -95,12 +98,20 @@ impl ApiServer {
             token_expiry: Mutex::new(HashMap::new()),
             token_max_lifetime: Mutex::new(None),
             token_requests: Mutex::new(Vec::new()),
+            warm_until: Mutex::new(None),
+            denied: Mutex::new(Vec::new()),
+            lists: Mutex::new(Vec::new()),
+            lifecycle: Mutex::new(controllers::Lifecycle::default()),
         });
         {
             // What kube-controller-manager and the apiserver itself publish:
-            // the CA bundle every namespace gets, and the `kubernetes`
-            // Service.
+            // the CA bundle every namespace gets, the `kubernetes` Service,
+            // and the ClusterRoleBindings of a new cluster.
             let mut store = state.store.lock().unwrap();
+            for b in authz::default_bindings() {
+                let name = b["metadata"]["name"].as_str().expect("binding name").to_string();
+                store.put("clusterrolebindings.rbac.authorization.k8s.io", "", &name, b);
+            }
             store.put(
                 "configmaps",
                 "default",
@@ -121,7 +132,8 @@ impl ApiServer {
         }
         let listener = listen_in(netns, 0).expect("apiserver listener");
         let port = listener.local_addr().expect("local addr").port();
-        let mut api = ApiServer { state, netns: netns.to_string(), port, tls: Arc::new(tls), serving: None, admin };
+        let controllers = controllers::spawn(state.clone());
+        let mut api = ApiServer { state, netns: netns.to_string(), port, tls: Arc::new(tls), serving: None, controllers, admin };
         api.serve(listener);
         api
     }
@@ -183,6 +195,63 @@ impl ApiServer {
     pub async fn force_410(&mut self) {
         self.state.store.lock().unwrap().compact();
         self.restart().await;
+    }
+
+    /// Restarts as a real apiserver process does: the watch cache is gone
+    /// (every watch resumes from an expired resourceVersion and gets 410
+    /// Gone) and for `warming` its authorizers have not filled their caches,
+    /// so every caller but system:masters gets 403.
+    pub async fn restart_cold(&mut self, warming: Duration) {
+        self.state.store.lock().unwrap().compact();
+        *self.state.warm_until.lock().unwrap() = Some(std::time::Instant::now() + warming);
+        self.restart().await;
+    }
+
+    /// kube-controller-manager's `--node-monitor-grace-period`.
+    pub fn set_node_monitor_grace_period(&self, d: Duration) {
+        self.state.lifecycle.lock().unwrap().grace = d;
+    }
+
+    /// An object as stored, read directly (also while the apiserver is
+    /// stopped): resource as "nodes", "leases.coordination.k8s.io".
+    pub fn stored(&self, resource: &str, ns: &str, name: &str) -> Option<serde_json::Value> {
+        self.state.store.lock().unwrap().get(resource, ns, name).cloned()
+    }
+
+    /// Pods the taint manager evicted ("namespace/name").
+    pub fn evicted(&self) -> Vec<String> {
+        self.state.lifecycle.lock().unwrap().evicted.clone()
+    }
+
+    /// Nodes whose conditions the node lifecycle controller set to Unknown,
+    /// once per time it did.
+    pub fn marked_unknown(&self) -> Vec<String> {
+        self.state.lifecycle.lock().unwrap().marked_unknown.clone()
+    }
+
+    /// Requests refused with 403, by users whose name starts with `user`.
+    pub fn denied(&self, user: &str) -> Vec<String> {
+        self.state.denied.lock().unwrap().iter().filter(|d| d.starts_with(user)).cloned().collect()
+    }
+
+    /// When `user` first listed `resource` after `since`, if it did.
+    pub fn first_list_since(&self, user: &str, resource: &str, since: std::time::Instant) -> Option<std::time::Instant> {
+        self.state.lists.lock().unwrap().iter().find(|(at, u, r)| *at >= since && u == user && r == resource).map(|(at, _, _)| *at)
+    }
+
+    /// A client certificate for `user` in `groups` from the cluster CA (as
+    /// the seed makes kube-proxy's: CN system:kube-proxy).
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> Pair {
+        self.state.ca.client(user, groups)
+    }
+
+    /// `kubectl create clusterrolebinding NAME --clusterrole=ROLE --group=GROUP`.
+    pub fn bind_group(&self, name: &str, role: &str, group: &str) {
+        let b = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "Group", "name": group}]});
+        self.state.store.lock().unwrap().put("clusterrolebindings.rbac.authorization.k8s.io", "", name, b);
     }
 
     /// Requests served for a user so far.
@@ -250,6 +319,7 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
+        self.controllers.abort();
     }
 }
 

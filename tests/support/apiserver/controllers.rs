@@ -1,0 +1,376 @@
+//! The control plane's controllers that a node lives with, each as
+//! kube-controller-manager runs it (the parts a node can observe):
+//!
+//! - the **CSR approver** (`csrapproving`): recognises a kubelet client CSR
+//!   (`nodeclient`, and `selfnodeclient` when the requester is the subject)
+//!   only when it passes the signer's validation, and approves it when a
+//!   SubjectAccessReview of the requester for `certificatesigningrequests/<that>`
+//!   allows it (kubeadm's bindings grant nodeclient to bootstrappers and
+//!   selfnodeclient to nodes); anything else stays Pending;
+//! - the **signer** (`csrsigning`): validates an approved CSR by its signer's
+//!   rules and signs it, or fails it with reason `SignerValidationFailure` and
+//!   the validation's message;
+//! - the **node lifecycle controller**: a node whose Lease and status
+//!   heartbeat have not moved for `node-monitor-grace-period` (40 s; 60 s for
+//!   a node that never posted Ready) gets its conditions set to Unknown
+//!   ("Kubelet stopped posting node status."), its pods marked NotReady, and the
+//!   `node.kubernetes.io/unreachable` taints (NoSchedule and NoExecute);
+//!   Ready False gives the `not-ready` taints; Ready True removes both;
+//! - the **taint manager**: a pod on a node with NoExecute taints it does not
+//!   tolerate is deleted at once; one that tolerates them for
+//!   `tolerationSeconds` is deleted that long after the taint was added, unless
+//!   the taint goes first.
+//!
+//! They run on the store itself, so they keep going while the apiserver is
+//! "stopped" for the node (as the control plane does while a node is cut off).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::authz;
+use super::handlers::{Identity, State, mark_deleted, now};
+use super::pki;
+use super::store::Store;
+
+const CSRS: &str = "certificatesigningrequests.certificates.k8s.io";
+const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn usages(csr: &Value) -> Vec<String> {
+    serde_json::from_value(csr["spec"]["usages"].clone()).unwrap_or_default()
+}
+
+fn request_info(csr: &Value) -> Option<pki::CsrInfo> {
+    let der_pem = csr["spec"]["request"].as_str().and_then(base64_decode)?;
+    pki::csr_info(&String::from_utf8_lossy(&der_pem))
+}
+
+fn has_condition(csr: &Value, t: &str) -> bool {
+    csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t)
+}
+
+/// The approver, on a new CSR: see the module doc.
+pub fn approve(state: &Arc<State>, name: &str) {
+    if !*state.auto_approve.lock().unwrap() {
+        return;
+    }
+    let mut store = state.store.lock().unwrap();
+    let Some(mut csr) = store.get(CSRS, "", name).cloned() else { return };
+    if !csr["status"]["certificate"].is_null() || has_condition(&csr, "Approved") || has_condition(&csr, "Denied") {
+        return;
+    }
+    let Some(info) = request_info(&csr) else { return };
+    let user = csr["spec"]["username"].as_str().unwrap_or("").to_string();
+    let groups: Vec<String> = serde_json::from_value(csr["spec"]["groups"].clone()).unwrap_or_default();
+    let is_node_client =
+        csr["spec"]["signerName"] == CLIENT_SIGNER && pki::validate_kubelet_client(&info, &usages(&csr)).is_ok();
+    let recognisers = [
+        (is_node_client && info.cn == user, "selfnodeclient", "Auto approving self kubelet client certificate after SubjectAccessReview."),
+        (is_node_client, "nodeclient", "Auto approving kubelet client certificate after SubjectAccessReview."),
+    ];
+    let requester = Identity { user, groups };
+    for (recognised, sub, message) in recognisers {
+        if !recognised {
+            continue;
+        }
+        let a = authz::Attrs {
+            verb: "create".into(),
+            group: "certificates.k8s.io".into(),
+            resource: "certificatesigningrequests".into(),
+            sub: Some(sub.into()),
+            ns: None,
+            name: None,
+        };
+        if authz::authorize(&store, &requester, &a) == authz::Decision::Allow {
+            csr["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "AutoApproved",
+                "message": message, "lastUpdateTime": now()}]);
+            store.put(CSRS, "", name, csr);
+            drop(store);
+            spawn_signer(state.clone(), name.to_string());
+            return;
+        }
+    }
+}
+
+/// The signer, shortly after an approval: see the module doc.
+pub fn spawn_signer(state: Arc<State>, name: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut store = state.store.lock().unwrap();
+        let Some(mut csr) = store.get(CSRS, "", &name).cloned() else { return };
+        if !has_condition(&csr, "Approved") || has_condition(&csr, "Failed") || !csr["status"]["certificate"].is_null() {
+            return;
+        }
+        let signer = csr["spec"]["signerName"].as_str().unwrap_or("").to_string();
+        let validate: fn(&pki::CsrInfo, &[String]) -> Result<(), String> = match signer.as_str() {
+            CLIENT_SIGNER => pki::validate_kubelet_client,
+            SERVING_SIGNER => pki::validate_kubelet_serving,
+            // No controller signs for other signers here.
+            _ => return,
+        };
+        let usages = usages(&csr);
+        let request = csr["spec"]["request"].as_str().and_then(base64_decode).unwrap_or_default();
+        let request = String::from_utf8_lossy(&request).to_string();
+        let outcome = pki::csr_info(&request)
+            .ok_or_else(|| format!("unable to parse csr {name:?}"))
+            .and_then(|info| validate(&info, &usages))
+            .and_then(|()| state.ca.sign_csr(&request, &usages, *state.cert_lifetime.lock().unwrap()));
+        match outcome {
+            Ok(pem) => csr["status"]["certificate"] = Value::String(base64_encode(pem.as_bytes())),
+            Err(e) => {
+                let cond = json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": e, "lastUpdateTime": now()});
+                match csr["status"]["conditions"].as_array_mut() {
+                    Some(c) => c.push(cond),
+                    None => csr["status"]["conditions"] = json!([cond]),
+                }
+            }
+        }
+        store.put(CSRS, "", &name, csr);
+    });
+}
+
+/// What the node lifecycle controller remembers of a node.
+struct NodeHealth {
+    /// When the controller last saw the node's heartbeat move.
+    probe: Instant,
+    heartbeat: String,
+    renew: String,
+    ready: String,
+}
+
+/// Settings and memory of the node lifecycle controller and taint manager.
+pub struct Lifecycle {
+    pub enabled: bool,
+    /// `--node-monitor-grace-period`.
+    pub grace: Duration,
+    /// `--node-startup-grace-period`: for a node that never posted Ready.
+    pub startup_grace: Duration,
+    nodes: HashMap<String, NodeHealth>,
+    /// Pods the taint manager evicted: "namespace/name".
+    pub evicted: Vec<String>,
+    /// Times the controller set a node's conditions to Unknown.
+    pub marked_unknown: Vec<String>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grace: Duration::from_secs(40),
+            startup_grace: Duration::from_secs(60),
+            nodes: HashMap::new(),
+            evicted: Vec::new(),
+            marked_unknown: Vec::new(),
+        }
+    }
+}
+
+/// How often the controllers look (kube-controller-manager's node monitor
+/// period is 5 s; shorter here, for tests with short grace periods).
+const PERIOD: Duration = Duration::from_millis(500);
+
+/// Runs the node lifecycle controller and taint manager until aborted.
+pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PERIOD).await;
+            let mut lifecycle = state.lifecycle.lock().unwrap();
+            if !lifecycle.enabled {
+                continue;
+            }
+            let mut store = state.store.lock().unwrap();
+            monitor_nodes(&mut store, &mut lifecycle);
+            evict_by_taints(&mut store, &mut lifecycle);
+        }
+    })
+}
+
+fn condition<'a>(node: &'a Value, t: &str) -> Option<&'a Value> {
+    node["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)
+}
+
+const CONDITIONS: [&str; 4] = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+fn monitor_nodes(store: &mut Store, lc: &mut Lifecycle) {
+    let at = Instant::now();
+    for node in store.list("nodes", None) {
+        let name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let ready = condition(&node, "Ready").cloned();
+        let heartbeat = ready.as_ref().and_then(|c| c["lastHeartbeatTime"].as_str()).unwrap_or("").to_string();
+        let renew = store
+            .get("leases.coordination.k8s.io", "kube-node-lease", &name)
+            .and_then(|l| l["spec"]["renewTime"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let ready_status = ready.as_ref().and_then(|c| c["status"].as_str()).unwrap_or("").to_string();
+        let h = lc.nodes.entry(name.clone()).or_insert(NodeHealth { probe: at, heartbeat: heartbeat.clone(), renew: renew.clone(), ready: ready_status.clone() });
+        if h.heartbeat != heartbeat || h.renew != renew {
+            h.probe = at;
+            h.heartbeat = heartbeat;
+            h.renew = renew;
+        }
+        let grace = if ready.is_none() { lc.startup_grace } else { lc.grace };
+        let mut node = node;
+        let mut changed = false;
+        if at.duration_since(h.probe) > grace {
+            let never = ready.is_none();
+            let (reason, message) = if never {
+                ("NodeStatusNeverUpdated", "Kubelet never posted node status.")
+            } else {
+                ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+            };
+            let mut conditions: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            for t in CONDITIONS {
+                match conditions.iter_mut().find(|c| c["type"] == t) {
+                    Some(c) if c["status"] == "Unknown" => {}
+                    Some(c) => {
+                        c["status"] = json!("Unknown");
+                        c["reason"] = json!(reason);
+                        c["message"] = json!(message);
+                        c["lastTransitionTime"] = json!(now());
+                        changed = true;
+                    }
+                    None => {
+                        conditions.push(json!({"type": t, "status": "Unknown", "reason": reason, "message": message,
+                            "lastHeartbeatTime": now(), "lastTransitionTime": now()}));
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                node["status"]["conditions"] = json!(conditions);
+                lc.marked_unknown.push(name.clone());
+            }
+        }
+        let ready_now = condition(&node, "Ready").and_then(|c| c["status"].as_str()).unwrap_or("").to_string();
+        // MarkPodsNotReady, when the node leaves Ready.
+        if h.ready == "True" && ready_now != "True" {
+            mark_pods_not_ready(store, &name);
+        }
+        h.ready = ready_now.clone();
+        // The taints that follow the Ready condition.
+        let wanted: &[(&str, &str)] = match ready_now.as_str() {
+            "False" => &[(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
+            "Unknown" => &[(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")],
+            _ => &[],
+        };
+        let taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        let ours = |t: &Value| t["key"] == UNREACHABLE || t["key"] == NOT_READY;
+        let mut next: Vec<Value> = taints.iter().filter(|t| !ours(t)).cloned().collect();
+        for (key, effect) in wanted {
+            match taints.iter().find(|t| t["key"] == *key && t["effect"] == *effect) {
+                Some(t) => next.push(t.clone()),
+                None => {
+                    let mut t = json!({"key": key, "effect": effect});
+                    if *effect == "NoExecute" {
+                        t["timeAdded"] = json!(now());
+                    }
+                    next.push(t);
+                }
+            }
+        }
+        if next != taints {
+            node["spec"]["taints"] = if next.is_empty() { Value::Null } else { json!(next) };
+            changed = true;
+        }
+        if changed {
+            store.put("nodes", "", &name, node);
+        }
+    }
+}
+
+fn mark_pods_not_ready(store: &mut Store, node: &str) {
+    for mut pod in store.list("pods", None) {
+        if pod["spec"]["nodeName"].as_str() != Some(node) {
+            continue;
+        }
+        let mut changed = false;
+        for c in pod["status"]["conditions"].as_array_mut().into_iter().flatten() {
+            if c["type"] == "Ready" && c["status"] != "False" {
+                c["status"] = json!("False");
+                c["lastTransitionTime"] = json!(now());
+                changed = true;
+            }
+        }
+        if changed {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            store.put("pods", &ns, &name, pod);
+        }
+    }
+}
+
+/// Whether a toleration tolerates a taint (the API's matching rules).
+fn tolerates(tol: &Value, taint: &Value) -> bool {
+    let effect_ok = tol["effect"].as_str().is_none_or(|e| e.is_empty() || taint["effect"] == e);
+    let key_ok = match tol["key"].as_str().filter(|k| !k.is_empty()) {
+        None => tol["operator"] == "Exists",
+        Some(k) => taint["key"] == k,
+    };
+    let value_ok = tol["operator"] == "Exists" || tol["value"].as_str().unwrap_or("") == taint["value"].as_str().unwrap_or("");
+    effect_ok && key_ok && value_ok
+}
+
+fn parse_time(v: &Value) -> Option<k8s_openapi::jiff::Timestamp> {
+    v.as_str()?.parse().ok()
+}
+
+fn evict_by_taints(store: &mut Store, lc: &mut Lifecycle) {
+    let now_ts = k8s_openapi::jiff::Timestamp::now();
+    for node in store.list("nodes", None) {
+        let name = node["metadata"]["name"].as_str().unwrap_or("");
+        let taints: Vec<Value> =
+            node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| t["effect"] == "NoExecute").cloned().collect();
+        if taints.is_empty() {
+            continue;
+        }
+        for pod in store.list("pods", None) {
+            if pod["spec"]["nodeName"].as_str() != Some(name) || !pod["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let tolerations: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+            // The latest time the pod may stay; None = forever.
+            let mut until: Option<Option<k8s_openapi::jiff::Timestamp>> = Some(None);
+            for taint in &taints {
+                let matching: Vec<&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+                if matching.is_empty() {
+                    until = None;
+                    break;
+                }
+                let seconds = matching.iter().filter_map(|t| t["tolerationSeconds"].as_i64()).min();
+                if let (Some(secs), Some(added)) = (seconds, parse_time(&taint["timeAdded"])) {
+                    let deadline = added + k8s_openapi::jiff::SignedDuration::from_secs(secs.max(0));
+                    let current = until.flatten();
+                    until = Some(Some(current.map_or(deadline, |c| c.min(deadline))));
+                }
+            }
+            let evict = match until {
+                None => true,
+                Some(None) => false,
+                Some(Some(deadline)) => now_ts >= deadline,
+            };
+            if evict {
+                let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30).max(0);
+                let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+                let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+                mark_deleted(store, &pod, grace);
+                lc.evicted.push(format!("{ns}/{pod_name}"));
+            }
+        }
+    }
+}
