@@ -80,6 +80,46 @@ async fn the_bootstrap_csr_is_auto_approved_and_signed_by_the_signers_rules() {
     .await;
     assert_eq!(failed.reason.as_deref(), Some("SignerValidationFailure"));
     assert_eq!(failed.message.as_deref(), Some("usages did not match [client auth digital signature key encipherment]"));
+
+    // The kubelet-serving signer (the node API's certificate): the approver
+    // leaves it to a person, the signer wants SANs and kubelet's usages.
+    let node_api = Api::<CertificateSigningRequest>::all(as_node(&c).await);
+    let node = c.node.node_name();
+    let serving = |name: &str, sans: Vec<String>| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+        let request = params.serialize_request(&key).unwrap().pem().unwrap();
+        serde_json::from_value::<CertificateSigningRequest>(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"request": base64(&request), "signerName": "kubernetes.io/kubelet-serving",
+                     "usages": nodelet::cluster::certs::SERVING_USAGES}
+        }))
+        .unwrap()
+    };
+    for (name, sans) in [("serving-ok", vec![node.clone(), "10.99.0.1".to_string()]), ("serving-no-san", vec![])] {
+        node_api.create(&PostParams::default(), &serving(name, sans)).await.unwrap();
+        c.decide_csr(name, true).await;
+    }
+    let signed = eventually(10 * S, "the serving certificate", || async {
+        let csr = Api::<CertificateSigningRequest>::all(c.client.clone()).get("serving-ok").await.ok()?;
+        csr.status?.certificate
+    })
+    .await;
+    let pem = String::from_utf8(signed.0).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = p.parse_x509().unwrap();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
+    let sans = cert.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+    assert_eq!(sans, 2, "the node's name and address");
+    let failed = eventually(10 * S, "the serving CSR without SANs failed", || async {
+        let csr = Api::<CertificateSigningRequest>::all(c.client.clone()).get("serving-no-san").await.ok()?;
+        condition(&csr, "Failed").cloned()
+    })
+    .await;
+    assert_eq!(failed.message.as_deref(), Some("DNS or IP subjectAltName is required"));
 }
 
 fn base64(s: &str) -> String {
