@@ -107,6 +107,7 @@ pub async fn check(client: &kube::Client, role: &str, needs: &[Permission], gran
         }
     });
     let mut missing = Vec::new();
+    let mut unanswered = 0;
     for (perm, answer) in futures::future::join_all(asks).await {
         match answer {
             Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
@@ -115,10 +116,15 @@ pub async fn check(client: &kube::Client, role: &str, needs: &[Permission], gran
                 tracing::warn!(role, permission = %perm, %reason, "missing permission: the {role} role cannot {perm}; {grant}");
                 missing.push(*perm);
             }
-            Err(e) => tracing::debug!(role, permission = %perm, error = %e, "cannot check a permission"),
+            Err(e) => {
+                unanswered += 1;
+                tracing::debug!(role, permission = %perm, error = %e, "cannot check a permission");
+            }
         }
     }
-    if missing.is_empty() {
+    if unanswered > 0 {
+        tracing::info!(role, unanswered, "some permissions could not be checked (SelfSubjectAccessReview failed)");
+    } else if missing.is_empty() {
         tracing::info!(role, checked = needs.len(), "the {role} role has every permission it needs");
     }
     missing
