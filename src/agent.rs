@@ -113,6 +113,40 @@ fn node_memory_bytes() -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The node API's listener, handler and TLS configuration: the serving
+/// certificate from the configured files or kubelet's self-signed pair in
+/// the cert dir; TokenReview and SubjectAccessReview through the node's
+/// client.
+async fn node_api(
+    s: &Settings,
+    cs: &crate::config::ClusterSettings,
+    client: &kube::Client,
+    runtime: Arc<dyn Runtime>,
+    statuses: StatusStore,
+) -> Result<(tokio::net::TcpListener, Arc<server::node_api::NodeApi>, Arc<rustls::ServerConfig>), AgentError> {
+    let na = &s.node_api;
+    if na.server_tls_bootstrap {
+        tracing::warn!("serverTLSBootstrap is not implemented yet: the node API serves a self-signed certificate");
+    }
+    let cert = match (&na.tls_cert_file, &na.tls_private_key_file) {
+        (Some(c), Some(k)) => server::tls::from_files(c, k),
+        _ => {
+            let mut names = vec![s.node_name.clone()];
+            names.extend(s.node_ips.iter().cloned());
+            server::tls::self_signed(&cs.cert_dir, &names)
+        }
+    }
+    .map_err(|e| AgentError::Fault(format!("the node API's serving certificate: {e}")))?;
+    let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref())
+        .map_err(|e| AgentError::Fault(format!("the node API's TLS: {e}")))?;
+    let addr = std::net::SocketAddr::new(na.address, na.port);
+    let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
+    tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
+    let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, na);
+    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate });
+    Ok((listener, api, Arc::new(tls)))
+}
+
 /// Runs the agent until `shutdown` resolves. Pods keep running after it
 /// returns, as with kubelet.
 pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
@@ -223,7 +257,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         expected.insert(SourceName::Api);
         let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
-        let facts = NodeFacts::gather(&node, cs, s.max_pods, &runtime_version);
+        let mut facts = NodeFacts::gather(&node, cs, s.max_pods, &runtime_version);
+        facts.port = i32::from(s.node_api.port);
         manager_admission = Some(NodeResources {
             name: s.node_name.clone(),
             labels: facts.labels.clone(),
@@ -249,6 +284,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
                 let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
                 crate::proxy::run::run(client, p).await
             });
+        }
+        if s.node_api.port != 0 && !s.dry_run {
+            let (listener, api, tls) = node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone()).await?;
+            tasks.spawn("node API", server::node_api::serve(listener, tls, api));
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }

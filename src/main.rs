@@ -180,6 +180,33 @@ struct RunArgs {
     /// Renew the client certificate before it expires [default: true].
     #[arg(long)]
     rotate_certificates: Option<bool>,
+    /// The node API's address [default: 0.0.0.0].
+    #[arg(long)]
+    address: Option<String>,
+    /// The node API's port (HTTPS); 0 turns it off [default: 10250].
+    #[arg(long)]
+    port: Option<u16>,
+    /// A read-only HTTP port without authentication; 0 is off [default: 0].
+    #[arg(long)]
+    read_only_port: Option<u16>,
+    /// The node API's serving certificate [default: self-signed in --cert-dir].
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file.
+    #[arg(long)]
+    tls_private_key_file: Option<PathBuf>,
+    /// Client certificates signed by these CAs may call the node API.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Let callers without credentials in as system:anonymous [default: false].
+    #[arg(long)]
+    anonymous_auth: Option<bool>,
+    /// Check bearer tokens with TokenReview [default: true].
+    #[arg(long)]
+    authentication_token_webhook: Option<bool>,
+    /// Webhook (SubjectAccessReview) or AlwaysAllow [default: Webhook].
+    #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
+    authorization_mode: Option<String>,
     /// The Service proxy mode: iptables, nftables, ipvs (falls back to
     /// iptables here) or none (leave Services to another proxy)
     /// [default: the proxy config's mode, else iptables].
@@ -259,6 +286,17 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         register_with_taints: a.register_with_taints,
         node_status_update_frequency: a.node_status_update_frequency,
         rotate_certificates: a.rotate_certificates,
+        node_api: nodelet::config::node_api::NodeApiFlags {
+            address: a.address,
+            port: a.port,
+            read_only_port: a.read_only_port,
+            tls_cert_file: a.tls_cert_file,
+            tls_private_key_file: a.tls_private_key_file,
+            client_ca_file: a.client_ca_file,
+            anonymous_auth: a.anonymous_auth,
+            authentication_token_webhook: a.authentication_token_webhook,
+            authorization_mode: a.authorization_mode,
+        },
     };
     let mut settings = Settings::resolve(overrides, file)?;
     if settings.cluster.is_some() {

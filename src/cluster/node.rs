@@ -24,7 +24,7 @@ use crate::runtime::RuntimeHealth;
 
 /// The version nodelet reports as its kubelet version.
 pub const KUBELET_VERSION: &str = concat!("v1.34.0-nodelet.", env!("CARGO_PKG_VERSION"));
-/// The kubelet API port in daemonEndpoints.
+/// The node API's port in daemonEndpoints, unless configured otherwise.
 pub const KUBELET_PORT: i32 = 10250;
 
 /// What the node reports about itself; gathered once at start.
@@ -37,6 +37,8 @@ pub struct NodeFacts {
     pub allocatable: BTreeMap<String, Quantity>,
     pub addresses: Vec<NodeAddress>,
     pub info: NodeSystemInfo,
+    /// The node API's port (daemonEndpoints.kubeletEndpoint).
+    pub port: i32,
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -105,7 +107,7 @@ impl NodeFacts {
             system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
             ..Default::default()
         };
-        Self { name: name.into(), labels, taints, allocatable: capacity.clone(), capacity, addresses, info }
+        Self { name: name.into(), labels, taints, allocatable: capacity.clone(), capacity, addresses, info, port: KUBELET_PORT }
     }
 
     /// The Node to create.
@@ -161,7 +163,7 @@ pub fn status(facts: &NodeFacts, health: &RuntimeHealth, previous: Option<&NodeS
         allocatable: Some(facts.allocatable.clone()),
         conditions: Some(conditions),
         addresses: Some(facts.addresses.clone()),
-        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }) }),
+        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: facts.port }) }),
         node_info: Some(facts.info.clone()),
         ..Default::default()
     }

@@ -46,6 +46,63 @@ pub struct KubeletConfig {
     pub node_lease_duration_seconds: Option<i32>,
     pub rotate_certificates: Option<bool>,
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub read_only_port: Option<u16>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub server_tls_bootstrap: Option<bool>,
+    pub authentication: Authentication,
+    pub authorization: Authorization,
+}
+
+/// `authentication`: how the node API tells who is calling.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authentication {
+    #[serde(default)]
+    pub x509: X509Authentication,
+    #[serde(default)]
+    pub webhook: WebhookAuthentication,
+    #[serde(default)]
+    pub anonymous: AnonymousAuthentication,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Authentication {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAuthentication {
+    pub enabled: Option<bool>,
+    #[serde(rename = "cacheTTL", default, deserialize_with = "opt_duration")]
+    pub cache_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AnonymousAuthentication {
+    pub enabled: Option<bool>,
+}
+
+/// `authorization`: what the node API lets a caller do.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub webhook: WebhookAuthorization,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct WebhookAuthorization {
+    #[serde(rename = "cacheAuthorizedTTL", default, deserialize_with = "opt_duration")]
+    pub cache_authorized_ttl: Option<Duration>,
+    #[serde(rename = "cacheUnauthorizedTTL", default, deserialize_with = "opt_duration")]
+    pub cache_unauthorized_ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +208,22 @@ impl KubeletConfig {
                 }
                 "rotateCertificates" => c.rotate_certificates = Some(field(file, k, v)?),
                 "registerWithTaints" => c.register_with_taints = Some(field(file, k, v)?),
+                "address" => c.address = Some(field(file, k, v)?),
+                "port" => c.port = Some(field(file, k, v)?),
+                "readOnlyPort" => c.read_only_port = Some(field(file, k, v)?),
+                "tlsCertFile" => c.tls_cert_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
+                "tlsPrivateKeyFile" => c.tls_private_key_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
+                "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
+                "authentication" => c.authentication = field(file, k, v)?,
+                "authorization" => {
+                    c.authorization = field(file, k, v)?;
+                    if let Some(m) = &c.authorization.mode
+                        && m != "Webhook"
+                        && m != "AlwaysAllow"
+                    {
+                        return Err(bad("authorization.mode", format!("Unsupported value: {m:?}: supported values: \"AlwaysAllow\", \"Webhook\"")));
+                    }
+                }
                 "crashLoopBackOff" => {
                     let b: CrashLoopBackOff = field(file, k, v)?;
                     c.max_container_restart_period = b.max_container_restart_period;
@@ -199,6 +272,12 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert_eq!(c.static_pod_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
         assert_eq!(c.file_check_frequency, Some(Duration::from_secs(20)));
         assert_eq!(c.max_container_restart_period, Some(Duration::from_secs(60)));
+        assert_eq!(c.port, Some(10250));
+        assert_eq!(c.read_only_port, Some(10255));
+        assert_eq!(c.authentication.anonymous.enabled, Some(false));
+        assert_eq!(c.authentication.webhook.cache_ttl, Some(Duration::from_secs(120)));
+        assert_eq!(c.authentication.x509.client_ca_file, Some(PathBuf::from("/opt/kubernetes/ssl/ca.pem")));
+        assert_eq!(c.authorization.mode.as_deref(), Some("Webhook"));
     }
 
     fn err(body: &str) -> String {
@@ -213,6 +292,9 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert!(err("cgroupDriver: docker\n").starts_with("k.yaml: cgroupDriver: Unsupported value"));
         assert!(err("fileCheckFrequency: soon\n").starts_with("k.yaml: fileCheckFrequency: invalid duration"));
         assert!(err("staticPodURLHeader: {X: 1}\n").starts_with("k.yaml: staticPodURLHeader.X: invalid type"));
+        assert!(err("authorization: {mode: ABAC}\n").starts_with("k.yaml: authorization.mode: Unsupported value"));
+        assert!(err("authentication: {webhook: {cacheTTL: soon}}\n").starts_with("k.yaml: authentication.webhook.cacheTTL: "), "{}", err("authentication: {webhook: {cacheTTL: soon}}\n"));
+        assert!(err("port: https\n").starts_with("k.yaml: port: invalid type"));
         let wrong = KubeletConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: x\n", "k.yaml").unwrap_err().to_string();
         assert!(wrong.starts_with("k.yaml: kind: must be"), "{wrong}");
     }

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod kubelet;
+pub mod node_api;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub backoff: BackoffConfig,
     /// Cluster mode; `None` runs standalone on static pods.
     pub cluster: Option<ClusterSettings>,
+    /// The node API on :10250 (cluster mode only).
+    pub node_api: node_api::NodeApiSettings,
     /// The Service proxy (cluster mode only); set by the caller.
     pub proxy: Option<crate::proxy::run::ProxySettings>,
 }
@@ -138,6 +141,7 @@ pub struct Overrides {
     pub register_with_taints: Vec<String>,
     pub node_status_update_frequency: Option<Duration>,
     pub rotate_certificates: Option<bool>,
+    pub node_api: node_api::NodeApiFlags,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -237,6 +241,7 @@ impl Settings {
                 })
             }
         };
+        let node_api = node_api::NodeApiSettings::resolve(&o.node_api, &file)?;
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -270,6 +275,7 @@ impl Settings {
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
             cluster,
+            node_api,
             proxy: None,
         })
     }

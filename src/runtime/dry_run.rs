@@ -429,6 +429,21 @@ impl Runtime for DryRunRuntime {
         Ok(cri::ExecSyncResponse::default())
     }
 
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String> {
+        self.print("Exec", &format!("{} cmd={}", self.container_line(&req.container_id), json(&req.cmd)));
+        Err(RuntimeError::Call { method: "streaming", code: tonic::Code::Unimplemented, message: "a dry run opens no streams".into() })
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String> {
+        self.print("Attach", &self.container_line(&req.container_id));
+        Err(RuntimeError::Call { method: "streaming", code: tonic::Code::Unimplemented, message: "a dry run opens no streams".into() })
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String> {
+        self.print("PortForward", &format!("sandbox={} ports={:?}", req.pod_sandbox_id, req.port));
+        Err(RuntimeError::Call { method: "streaming", code: tonic::Code::Unimplemented, message: "a dry run opens no streams".into() })
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         {
             let st = self.lock();

@@ -82,6 +82,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>>;
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus>;
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout_secs: i64) -> Result<cri::ExecSyncResponse>;
+    /// The streaming calls: each returns the runtime's streaming URL for the
+    /// session, which the node API proxies the client's connection to.
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String>;
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String>;
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String>;
 
     /// `None` when the image is not present on the node.
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;

@@ -212,6 +212,24 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("ExecSync", id, s))?.into_inner())
     }
 
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String> {
+        let id = req.container_id.clone();
+        let resp = self.runtime.clone().exec(self.req(req)).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("Exec", &id, s))?.into_inner().url)
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String> {
+        let id = req.container_id.clone();
+        let resp = self.runtime.clone().attach(self.req(req)).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("Attach", &id, s))?.into_inner().url)
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String> {
+        let id = req.pod_sandbox_id.clone();
+        let resp = self.runtime.clone().port_forward(self.req(req)).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("PortForward", &id, s))?.into_inner().url)
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         let req = self.req(cri::ImageStatusRequest {
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),

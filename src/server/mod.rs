@@ -3,6 +3,12 @@
 //! pod's metadata and status for `nodelet pods`. Specs are not served: they
 //! may carry values a local user should not read.
 
+pub mod auth;
+pub mod logs;
+pub mod node_api;
+pub mod stream;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

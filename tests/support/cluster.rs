@@ -35,6 +35,9 @@ impl Cluster {
     pub fn nodelet(&self, extra: &[&str]) -> Agent {
         let boot = self.dir().join("bootstrap.kubeconfig");
         std::fs::write(&boot, self.api.bootstrap_kubeconfig(BOOTSTRAP_TOKEN)).unwrap();
+        // The seed's kubelet config names the cluster CA as clientCAFile.
+        let ca = self.dir().join("ca.pem");
+        std::fs::write(&ca, self.api.ca_pem()).unwrap();
         let mut args = vec![
             "--kubeconfig".to_string(),
             self.dir().join("kubelet.kubeconfig").display().to_string(),
@@ -46,6 +49,8 @@ impl Cluster {
             "10.99.0.1".into(),
             "--node-labels".into(),
             "nodelet.io/test=yes".into(),
+            "--client-ca-file".into(),
+            ca.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();

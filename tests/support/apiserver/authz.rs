@@ -58,6 +58,11 @@ fn cluster_role(name: &str) -> &'static [Rule] {
     const NODECLIENT: &[Rule] = &[r(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"])];
     const SELFNODECLIENT: &[Rule] = &[r(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"])];
     const BASIC_USER: &[Rule] = &[r(&["create"], &["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"])];
+    const KUBELET_API_ADMIN: &[Rule] = &[
+        r(READ, &[""], &["nodes"]),
+        r(&["proxy"], &[""], &["nodes"]),
+        r(&["*"], &[""], &["nodes/proxy", "nodes/log", "nodes/stats", "nodes/metrics", "nodes/spec"]),
+    ];
     const VIEW: &[Rule] = &[r(READ, &["", "discovery.k8s.io", "coordination.k8s.io"], &["pods", "configmaps", "services", "endpointslices", "serviceaccounts", "leases", "events"])];
     match name {
         "cluster-admin" => ADMIN,
@@ -67,9 +72,13 @@ fn cluster_role(name: &str) -> &'static [Rule] {
         "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient" => SELFNODECLIENT,
         "system:basic-user" => BASIC_USER,
         "view" => VIEW,
+        "system:kubelet-api-admin" => KUBELET_API_ADMIN,
         _ => &[],
     }
 }
+
+/// The user of the client certificate the apiserver calls kubelets with.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 /// The ClusterRoleBindings of a new kubeadm cluster (and one the tests use
 /// so a pod's token can read its namespace).
@@ -87,6 +96,9 @@ pub fn default_bindings() -> Vec<Value> {
         b("kubeadm:node-autoapprove-bootstrap", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", "Group", "system:bootstrappers"),
         b("kubeadm:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "Group", "system:nodes"),
         b("test:serviceaccounts-view", "view", "Group", "system:serviceaccounts"),
+        // What the seed's binary install runs for the apiserver's own client
+        // certificate, so it may call the kubelets.
+        b("kube-apiserver:kubelet-apis", "system:kubelet-api-admin", "User", KUBELET_CLIENT),
     ]
 }
 

@@ -62,8 +62,14 @@ pub struct State {
     pub warm_until: Mutex<Option<std::time::Instant>>,
     /// Requests refused with 403: "user verb resource namespace/name: reason".
     pub denied: Mutex<Vec<String>>,
+    /// SubjectAccessReviews asked: "user verb resource/subresource".
+    pub access_reviews: Mutex<Vec<String>>,
     /// Lists allowed: when, by whom, of what ("pods", "endpointslices.discovery.k8s.io").
     pub lists: Mutex<Vec<(std::time::Instant, String, String)>>,
+    /// The test node's network namespace, where kubelets are called.
+    pub netns: String,
+    /// The client certificate the apiserver calls kubelets with.
+    pub kubelet_client: super::pki::Pair,
     /// The node lifecycle controller and taint manager (controllers.rs).
     pub lifecycle: Mutex<super::controllers::Lifecycle>,
 }
@@ -90,6 +96,8 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
     Resource { group: "rbac.authorization.k8s.io", plural: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false },
     Resource { group: "authorization.k8s.io", plural: "selfsubjectaccessreviews", kind: "SelfSubjectAccessReview", namespaced: false },
+    Resource { group: "authorization.k8s.io", plural: "subjectaccessreviews", kind: "SubjectAccessReview", namespaced: false },
+    Resource { group: "authentication.k8s.io", plural: "tokenreviews", kind: "TokenReview", namespaced: false },
 ];
 
 impl Resource {
@@ -109,6 +117,8 @@ struct Target {
     ns: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+    /// The path after `nodes/{name}/proxy/`.
+    rest: String,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -123,17 +133,22 @@ fn parse_path(path: &str) -> Option<Target> {
         ns = Some(rest[1].to_string());
         rest = &rest[2..];
     }
+    let mut tail = String::new();
     let (plural, name, sub) = match rest {
         [p] => (*p, None, None),
         [p, n] => (*p, Some(n.to_string()), None),
         [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        [p, n, "proxy", more @ ..] => {
+            tail = more.join("/");
+            (*p, Some(n.to_string()), Some("proxy".to_string()))
+        }
         _ => return None,
     };
     let res = RESOURCES.iter().find(|r| r.group == group && r.plural == plural)?;
     if !res.namespaced && ns.is_some() {
         return None;
     }
-    Some(Target { res, version: version.to_string(), ns, name, sub })
+    Some(Target { res, version: version.to_string(), ns, name, sub, rest: tail })
 }
 
 pub fn now() -> String {
@@ -224,7 +239,23 @@ fn query(uri: &http::Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The subresources a real apiserver serves by calling the node's kubelet.
+fn proxied(t: &Target) -> bool {
+    matches!((t.res.plural, t.sub.as_deref()), ("pods", Some("log" | "exec" | "attach" | "portforward")) | ("nodes", Some("proxy")))
+}
+
 pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    if let Some(t) = parse_path(req.uri().path()).filter(proxied) {
+        let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+        let who = who.or_else(|| bearer.and_then(|t| state.tokens.lock().unwrap().get(&t).cloned()));
+        let Some(who) = who else { return status(401, "Unauthorized", "Unauthorized") };
+        let a = attrs(req.method(), &t, &query(req.uri()));
+        if let authz::Decision::Deny(why) = authz::authorize(&state.store.lock().unwrap(), &who, &a) {
+            return deny(&state, &who, &t, &a, &why);
+        }
+        let (ns, name, sub) = (t.ns.clone().unwrap_or_default(), t.name.clone().unwrap_or_default(), t.sub.clone().unwrap_or_default());
+        return super::kubelet_proxy::proxy(state, t.res.plural, &ns, &name, &sub, &t.rest, req).await;
+    }
     let (parts, body) = req.into_parts();
     let bearer = parts
         .headers
@@ -275,6 +306,8 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         (Method::GET, false) => list(&state, &t, &q),
         (Method::GET, true) => get(&state, &t),
         (Method::POST, false) if t.res.plural == "selfsubjectaccessreviews" => self_subject_access_review(&state, &who, &body),
+        (Method::POST, false) if t.res.plural == "subjectaccessreviews" => subject_access_review(&state, &body),
+        (Method::POST, false) if t.res.plural == "tokenreviews" => token_review(&state, &body),
         (Method::POST, false) => create(&state, &t, &who, &body),
         (Method::POST, true) if t.res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") => {
             token_request(&state, &t, &body)
@@ -543,6 +576,63 @@ fn self_subject_access_review(state: &State, who: &Identity, body: &Bytes) -> Re
     review["status"] = match decision {
         authz::Decision::Allow => json!({"allowed": true}),
         authz::Decision::Deny(why) => json!({"allowed": false, "reason": why}),
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
+/// SubjectAccessReview (a kubelet's webhook authorizer asks): may that user
+/// do this? Answered by the same authorizer, for the user in the spec.
+fn subject_access_review(state: &State, body: &Bytes) -> Response<Body> {
+    let mut review = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let spec = &review["spec"];
+    let who = Identity {
+        user: spec["user"].as_str().unwrap_or("").to_string(),
+        groups: serde_json::from_value(spec["groups"].clone()).unwrap_or_default(),
+    };
+    let ra = &spec["resourceAttributes"];
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let a = authz::Attrs {
+        verb: text(&ra["verb"]).unwrap_or_default(),
+        group: text(&ra["group"]).unwrap_or_default(),
+        resource: text(&ra["resource"]).unwrap_or_default(),
+        sub: text(&ra["subresource"]),
+        ns: text(&ra["namespace"]),
+        name: text(&ra["name"]),
+    };
+    state.access_reviews.lock().unwrap().push(format!(
+        "{} {} {}/{}",
+        who.user,
+        a.verb,
+        a.resource,
+        a.sub.clone().unwrap_or_default()
+    ));
+    let decision = authz::authorize(&state.store.lock().unwrap(), &who, &a);
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SubjectAccessReview");
+    review["status"] = match decision {
+        authz::Decision::Allow => json!({"allowed": true}),
+        authz::Decision::Deny(why) => json!({"allowed": false, "reason": why}),
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
+/// TokenReview (a kubelet's webhook authenticator asks): whose token is it?
+fn token_review(state: &State, body: &Bytes) -> Response<Body> {
+    let mut review = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or("").to_string();
+    let expired = state.token_expiry.lock().unwrap().get(&token).is_some_and(|exp| *exp <= std::time::SystemTime::now());
+    let who = state.tokens.lock().unwrap().get(&token).cloned().filter(|_| !expired);
+    review["apiVersion"] = json!("authentication.k8s.io/v1");
+    review["kind"] = json!("TokenReview");
+    review["status"] = match who {
+        Some(w) => json!({"authenticated": true, "user": {"username": w.user, "groups": w.groups}}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     json_response(StatusCode::CREATED, &review)
 }

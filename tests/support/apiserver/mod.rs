@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod controllers;
 pub mod handlers;
+pub mod kubelet_proxy;
 mod patch;
 pub mod pki;
 mod select;
@@ -87,6 +88,7 @@ impl ApiServer {
             BOOTSTRAP_TOKEN.to_string(),
             Identity { user: format!("system:bootstrap:{id}"), groups: vec!["system:bootstrappers".into(), "system:authenticated".into()] },
         );
+        let kubelet_client = ca.client(authz::KUBELET_CLIENT, &[]);
         let state = Arc::new(State {
             store: Mutex::new(store::Store::default()),
             ca,
@@ -101,7 +103,10 @@ impl ApiServer {
             warm_until: Mutex::new(None),
             denied: Mutex::new(Vec::new()),
             lists: Mutex::new(Vec::new()),
+            access_reviews: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(controllers::Lifecycle::default()),
+            netns: netns.to_string(),
+            kubelet_client,
         });
         {
             // What kube-controller-manager and the apiserver itself publish:
@@ -162,7 +167,7 @@ impl ApiServer {
                         async move { Ok::<_, Infallible>(handlers::handle(state, who, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
                 while conns.try_join_next().is_some() {}
@@ -245,6 +250,15 @@ impl ApiServer {
         self.state.ca.client(user, groups)
     }
 
+    /// `kubectl create clusterrolebinding NAME --clusterrole=ROLE --user=USER`.
+    pub fn bind_user(&self, name: &str, role: &str, user: &str) {
+        let b = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "User", "name": user}]});
+        self.state.store.lock().unwrap().put("clusterrolebindings.rbac.authorization.k8s.io", "", name, b);
+    }
+
     /// `kubectl create clusterrolebinding NAME --clusterrole=ROLE --group=GROUP`.
     pub fn bind_group(&self, name: &str, role: &str, group: &str) {
         let b = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -280,6 +294,24 @@ impl ApiServer {
     fn ca_b64(&self) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(self.state.ca.cert_pem.as_bytes())
+    }
+
+    /// The cluster CA's certificate (PEM): what nodes trust client
+    /// certificates with (`authentication.x509.clientCAFile`).
+    pub fn ca_pem(&self) -> String {
+        self.state.ca.cert_pem.clone()
+    }
+
+    /// SubjectAccessReviews asked so far: "user verb resource/subresource".
+    pub fn access_reviews(&self) -> Vec<String> {
+        self.state.access_reviews.lock().unwrap().clone()
+    }
+
+    /// Registers a bearer token for a user (token.csv style).
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut g: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
+        g.push("system:authenticated".into());
+        self.state.tokens.lock().unwrap().insert(token.to_string(), Identity { user: user.to_string(), groups: g });
     }
 
     /// A kubeconfig for the bootstrap token, as kubeadm and the seed's

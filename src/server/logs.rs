@@ -1,0 +1,308 @@
+//! Container logs as `kubectl logs` gets them: the CRI log file read back
+//! with kubelet's options. Each line of the file is
+//! `<RFC3339Nano time> <stdout|stderr> <P|F> <text>`; partial lines (`P`) are
+//! joined with what follows until the full (`F`) one. `tailLines`,
+//! `sinceSeconds`/`sinceTime`, `timestamps` and `limitBytes` apply to the
+//! joined lines, both streams together in file order; `follow` keeps reading
+//! as the file grows and ends once the container has stopped and the file is
+//! read to its end.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use k8s_openapi::jiff::Timestamp;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+
+/// kubelet's log options (the pods/log query parameters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub tail_lines: Option<i64>,
+    /// Only lines at or after this time.
+    pub since: Option<Timestamp>,
+    pub timestamps: bool,
+    pub limit_bytes: Option<i64>,
+    pub previous: bool,
+}
+
+impl LogOptions {
+    /// From a query string; a bad value is an error naming the parameter.
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        let mut o = LogOptions::default();
+        let flag = |v: &str| v.is_empty() || v == "true" || v == "1";
+        for (k, v) in form_pairs(query) {
+            let number = |name: &str| v.parse::<i64>().map_err(|_| format!("{name}: invalid value {v:?}: must be an integer"));
+            match k.as_str() {
+                "follow" => o.follow = flag(&v),
+                "previous" => o.previous = flag(&v),
+                "timestamps" => o.timestamps = flag(&v),
+                "tailLines" => o.tail_lines = Some(number("tailLines")?.max(0)),
+                "limitBytes" => {
+                    let n = number("limitBytes")?;
+                    if n < 1 {
+                        return Err(format!("limitBytes: invalid value {n}: must be greater than 0"));
+                    }
+                    o.limit_bytes = Some(n);
+                }
+                "sinceSeconds" => {
+                    let n = number("sinceSeconds")?;
+                    if n < 1 {
+                        return Err(format!("sinceSeconds: invalid value {n}: must be greater than 0"));
+                    }
+                    let back = k8s_openapi::jiff::SignedDuration::from_secs(n);
+                    o.since = Some(Timestamp::now().checked_sub(back).unwrap_or(Timestamp::MIN));
+                }
+                "sinceTime" => o.since = Some(v.parse().map_err(|e| format!("sinceTime: invalid value {v:?}: {e}"))?),
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// `k=v&k2=v2`, percent-decoded.
+pub fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// One line of a CRI log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriLine<'a> {
+    pub time: &'a str,
+    pub stream: &'a str,
+    pub partial: bool,
+    pub text: &'a [u8],
+}
+
+/// Parses one line (without its newline); None when it is not CRI format.
+pub fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
+    let stream = std::str::from_utf8(parts.next()?).ok()?;
+    if stream != "stdout" && stream != "stderr" {
+        return None;
+    }
+    let tag = parts.next()?;
+    let text = parts.next().unwrap_or(b"");
+    Some(CriLine { time, stream, partial: tag.split(|b| *b == b':').next() == Some(b"P"), text })
+}
+
+/// Joins partial lines into whole ones and applies the per-line options.
+/// Feed it file bytes; it returns what to send.
+#[derive(Debug, Default)]
+pub struct Joiner {
+    pending: Vec<u8>,
+    partial: Vec<u8>,
+    partial_time: Option<String>,
+    since: Option<Timestamp>,
+    timestamps: bool,
+    /// Bytes still allowed out; None = no limit.
+    budget: Option<i64>,
+}
+
+impl Joiner {
+    pub fn new(o: &LogOptions) -> Self {
+        Joiner { since: o.since, timestamps: o.timestamps, budget: o.limit_bytes, ..Default::default() }
+    }
+
+    /// Whether the byte limit has been reached.
+    pub fn exhausted(&self) -> bool {
+        self.budget.is_some_and(|b| b <= 0)
+    }
+
+    /// Takes file bytes; returns the output for every complete line in them.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            let line = self.pending[start..start + nl].to_vec();
+            start += nl + 1;
+            self.line(&line, &mut out);
+            if self.exhausted() {
+                break;
+            }
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    fn line(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        let Some(l) = parse_line(raw) else { return };
+        if self.partial_time.is_none() {
+            self.partial_time = Some(l.time.to_string());
+        }
+        self.partial.extend_from_slice(l.text);
+        if l.partial {
+            return;
+        }
+        let time = self.partial_time.take().unwrap_or_default();
+        let text = std::mem::take(&mut self.partial);
+        if let Some(since) = self.since
+            && time.parse::<Timestamp>().is_ok_and(|t| t < since)
+        {
+            return;
+        }
+        let mut whole = Vec::with_capacity(text.len() + 40);
+        if self.timestamps {
+            whole.extend_from_slice(time.as_bytes());
+            whole.push(b' ');
+        }
+        whole.extend_from_slice(&text);
+        whole.push(b'\n');
+        if let Some(b) = &mut self.budget {
+            let take = (*b).min(whole.len() as i64).max(0) as usize;
+            whole.truncate(take);
+            *b -= take as i64;
+        }
+        out.extend_from_slice(&whole);
+    }
+}
+
+/// Where to start reading for the last `n` log lines: the offset after the
+/// `n+1`-th newline from the end (whole CRI lines; a partial line counts as a
+/// line here, as kubelet's tail counts file lines).
+pub async fn tail_offset(file: &mut tokio::fs::File, n: i64) -> std::io::Result<u64> {
+    let len = file.metadata().await?.len();
+    if n <= 0 {
+        return Ok(len);
+    }
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut seen = 0i64;
+    // The last byte is the final newline of the last line: skip it.
+    let mut skip_last = true;
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let mut buf = vec![0u8; (end - start) as usize];
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut buf).await?;
+        for i in (0..buf.len()).rev() {
+            if buf[i] != b'\n' {
+                continue;
+            }
+            if skip_last && start + i as u64 == len - 1 {
+                skip_last = false;
+                continue;
+            }
+            seen += 1;
+            if seen == n {
+                return Ok(start + i as u64 + 1);
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Streams a log file with the options into `tx`. `running` says whether the
+/// container still runs (for `follow`). Ends when the client goes away.
+pub async fn stream(path: PathBuf, o: LogOptions, tx: mpsc::Sender<Bytes>, running: impl Fn() -> futures::future::BoxFuture<'static, bool>) -> std::io::Result<()> {
+    let mut file = tokio::fs::File::open(&path).await?;
+    let start = match o.tail_lines {
+        Some(n) => tail_offset(&mut file, n).await?,
+        None => 0,
+    };
+    file.seek(SeekFrom::Start(start)).await?;
+    let mut joiner = Joiner::new(&o);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut idle_checks = 0u32;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n > 0 {
+            idle_checks = 0;
+            let out = joiner.feed(&buf[..n]);
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return Ok(());
+            }
+            if joiner.exhausted() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !o.follow {
+            return Ok(());
+        }
+        // At the end of the file: wait for more, and stop once the
+        // container has stopped (checked about every second).
+        if tx.is_closed() {
+            return Ok(());
+        }
+        idle_checks += 1;
+        if idle_checks.is_multiple_of(10) && !running().await {
+            // One last read for what the container wrote as it exited.
+            let n = file.read(&mut buf).await?;
+            if n > 0 {
+                let out = joiner.feed(&buf[..n]);
+                let _ = tx.send(Bytes::from(out)).await;
+                continue;
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "2026-01-01T00:00:01.000000001Z stdout F one\n\
+                       2026-01-01T00:00:02.5Z stderr F two\n\
+                       2026-01-01T00:00:03Z stdout P thr\n\
+                       2026-01-01T00:00:03.1Z stdout F ee\n\
+                       2026-01-01T00:00:04Z stdout F \n";
+
+    fn run(o: &LogOptions, data: &str) -> String {
+        let mut j = Joiner::new(o);
+        String::from_utf8(j.feed(data.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn partial_lines_join_and_both_streams_come_in_order() {
+        assert_eq!(run(&LogOptions::default(), LOG), "one\ntwo\nthree\n\n");
+        let ts = LogOptions { timestamps: true, ..Default::default() };
+        assert!(run(&ts, LOG).starts_with("2026-01-01T00:00:01.000000001Z one\n2026-01-01T00:00:02.5Z two\n2026-01-01T00:00:03Z three\n"));
+        // Fed in pieces, the same output.
+        let mut j = Joiner::new(&LogOptions::default());
+        let mut out = Vec::new();
+        for chunk in LOG.as_bytes().chunks(7) {
+            out.extend(j.feed(chunk));
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "one\ntwo\nthree\n\n");
+    }
+
+    #[test]
+    fn since_and_limit_bytes() {
+        let since = LogOptions { since: Some("2026-01-01T00:00:02Z".parse().unwrap()), ..Default::default() };
+        assert_eq!(run(&since, LOG), "two\nthree\n\n");
+        let limit = LogOptions { limit_bytes: Some(6), ..Default::default() };
+        assert_eq!(run(&limit, LOG), "one\ntw");
+    }
+
+    #[test]
+    fn options_come_from_the_query() {
+        let o = LogOptions::from_query("follow=true&tailLines=10&timestamps=true&limitBytes=100&previous=false").unwrap();
+        assert_eq!((o.follow, o.tail_lines, o.timestamps, o.limit_bytes, o.previous), (true, Some(10), true, Some(100), false));
+        let o = LogOptions::from_query("sinceTime=2026-01-01T00%3A00%3A02Z").unwrap();
+        assert_eq!(o.since, Some("2026-01-01T00:00:02Z".parse().unwrap()));
+        assert_eq!(LogOptions::from_query("tailLines=ten").unwrap_err(), "tailLines: invalid value \"ten\": must be an integer");
+        assert!(LogOptions::from_query("limitBytes=0").is_err());
+        assert!(LogOptions::from_query("sinceSeconds=99999999999999999").is_ok(), "a huge since never overflows");
+    }
+
+    #[tokio::test]
+    async fn tail_finds_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, LOG).unwrap();
+        let mut f = tokio::fs::File::open(&path).await.unwrap();
+        let at = tail_offset(&mut f, 2).await.unwrap();
+        assert_eq!(&LOG[at as usize..], "2026-01-01T00:00:03.1Z stdout F ee\n2026-01-01T00:00:04Z stdout F \n");
+        assert_eq!(tail_offset(&mut f, 100).await.unwrap(), 0);
+        assert_eq!(tail_offset(&mut f, 0).await.unwrap(), LOG.len() as u64);
+    }
+}

@@ -1,0 +1,341 @@
+//! The node API on `address:port` (10250), HTTPS, what the apiserver and
+//! metrics collectors call on a kubelet: every request is authenticated and
+//! authorized (auth.rs), then served:
+//!
+//! - `/healthz`; `/pods` (the pods the node runs, as a PodList);
+//! - `/containerLogs/{ns}/{pod}/{container}` (logs.rs);
+//! - `/exec/…`, `/attach/{ns}/{pod}[/{uid}]/{container}` and
+//!   `/portForward/{ns}/{pod}[/{uid}]` proxied to the runtime's streaming server
+//!   (stream.rs); `/run/{ns}/{pod}[/{uid}]/{container}?cmd=…` runs a command and
+//!   returns its output.
+//!
+//! Pods are found by namespace and name among those the node runs (a static
+//! pod by its mirror's name), containers through the runtime by the pod's UID
+//! and the container's name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures::FutureExt;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use super::auth::{Gate, Refusal, User, attributes};
+use super::logs::{LogOptions, form_pairs};
+use super::stream;
+use crate::pods::store::StatusStore;
+use crate::runtime::labels::{CONTAINER_NAME, POD_UID};
+use crate::runtime::{Runtime, cri};
+
+/// What the node API serves from.
+pub struct NodeApi {
+    pub runtime: Arc<dyn Runtime>,
+    pub statuses: StatusStore,
+    pub gate: Gate,
+}
+
+fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Body::from(message.into()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn refused(r: &Refusal) -> Response<Body> {
+    let code = match r {
+        Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    text(code, r.to_string())
+}
+
+/// The query flag kubelet reads: `1` or `true`; the apiserver sends
+/// `input`/`output`/`error`, clients that call the node directly may send
+/// `stdin`/`stdout`/`stderr`.
+fn flag(q: &[(String, String)], names: &[&str]) -> bool {
+    q.iter().any(|(k, v)| names.contains(&k.as_str()) && (v == "1" || v == "true"))
+}
+
+impl NodeApi {
+    /// Serves one request from `user` (the client certificate's, if the
+    /// handshake verified one).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, cert_user: Option<User>) -> Response<Body> {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let user = match self.gate.authenticate(cert_user.as_ref(), bearer.as_deref()).await {
+            Ok(u) => u,
+            Err(r) => return refused(&r),
+        };
+        let path = req.uri().path().to_string();
+        let (verb, sub) = attributes(req.method(), &path);
+        if let Err(r) = self.gate.authorize(&user, verb, sub).await {
+            tracing::debug!(user = %user.name, verb, subresource = sub, %path, "node API request refused");
+            return refused(&r);
+        }
+        let q = form_pairs(req.uri().query().unwrap_or(""));
+        let parts: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
+        let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+        match (req.method().clone(), p.as_slice()) {
+            (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+            (Method::GET, ["pods"]) => self.pods(),
+            (Method::GET, ["containerLogs", ns, pod, container]) => self.logs(ns, pod, container, req.uri().query().unwrap_or("")).await,
+            (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
+                let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+                self.exec(req, &ns, &pod, &container, &q).await
+            }
+            (Method::GET | Method::POST, ["attach", ns, pod, container] | ["attach", ns, pod, _, container]) => {
+                let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+                self.attach(req, &ns, &pod, &container, &q).await
+            }
+            (Method::GET | Method::POST, ["portForward", ns, pod] | ["portForward", ns, pod, _]) => {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                self.port_forward(req, &ns, &pod, &q).await
+            }
+            (Method::POST, ["run", ns, pod, container] | ["run", ns, pod, _, container]) => self.run(ns, pod, container, &q).await,
+            _ => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}")),
+        }
+    }
+
+    fn pods(&self) -> Response<Body> {
+        let items: Vec<serde_json::Value> = self
+            .statuses
+            .snapshot()
+            .values()
+            .map(|r| {
+                let mut pod = (*r.pod).clone();
+                pod.status = Some(r.status.clone());
+                serde_json::to_value(pod).unwrap_or_default()
+            })
+            .collect();
+        let body = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+        let mut r = Response::new(Body::from(body.to_string()));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r
+    }
+
+    /// The pod's UID, by namespace and name.
+    fn pod_uid(&self, ns: &str, name: &str) -> Option<String> {
+        self.statuses.snapshot().values().find_map(|r| {
+            (r.pod.metadata.namespace.as_deref() == Some(ns) && r.pod.metadata.name.as_deref() == Some(name))
+                .then(|| r.pod.metadata.uid.clone().unwrap_or_default())
+        })
+    }
+
+    /// The pod's instances of a container, newest first.
+    async fn instances(&self, uid: &str, container: &str) -> Result<Vec<cri::Container>, Response<Body>> {
+        let filter = cri::ContainerFilter {
+            label_selector: HashMap::from([(POD_UID.to_string(), uid.to_string()), (CONTAINER_NAME.to_string(), container.to_string())]),
+            ..Default::default()
+        };
+        let mut list = self
+            .runtime
+            .list_containers(Some(filter))
+            .await
+            .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        list.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        Ok(list)
+    }
+
+    /// The running instance of a container, for exec and attach.
+    async fn running(&self, ns: &str, pod: &str, container: &str) -> Result<String, Response<Body>> {
+        let uid = self.pod_uid(ns, pod).ok_or_else(|| text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node")))?;
+        let list = self.instances(&uid, container).await?;
+        list.into_iter()
+            .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id)
+            .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("container {container:?} in pod {ns}/{pod} is not running")))
+    }
+
+    async fn logs(&self, ns: &str, pod: &str, container: &str, query: &str) -> Response<Body> {
+        let o = match LogOptions::from_query(query) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let Some(uid) = self.pod_uid(ns, pod) else {
+            return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node"));
+        };
+        let list = match self.instances(&uid, container).await {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        let picked = if o.previous { list.get(1) } else { list.first() };
+        let Some(c) = picked else {
+            let what = if o.previous { "previous terminated container" } else { "container" };
+            return text(StatusCode::BAD_REQUEST, format!("{what} {container:?} in pod {pod:?} not found"));
+        };
+        let status = match self.runtime.container_status(&c.id).await {
+            Ok(s) => s,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let path = std::path::PathBuf::from(&status.log_path);
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let runtime = self.runtime.clone();
+        let id = c.id.clone();
+        let running = move || {
+            let (runtime, id) = (runtime.clone(), id.clone());
+            async move {
+                runtime
+                    .container_status(&id)
+                    .await
+                    .is_ok_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+            }
+            .boxed()
+        };
+        let shown = path.display().to_string();
+        tokio::spawn(async move {
+            if let Err(e) = super::logs::stream(path, o, tx, running).await {
+                tracing::debug!(file = %shown, error = %e, "reading a container log failed");
+            }
+        });
+        let body = Body::from_stream(futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok::<_, std::io::Error>));
+        let mut r = Response::new(body);
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        r
+    }
+
+    async fn exec(&self, req: Request<Incoming>, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> Response<Body> {
+        let cmd: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+        if cmd.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "you must specify at least one command for the container");
+        }
+        let id = match self.running(ns, pod, container).await {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        let exec = cri::ExecRequest {
+            container_id: id,
+            cmd,
+            tty: flag(q, &["tty"]),
+            stdin: flag(q, &["input", "stdin"]),
+            stdout: flag(q, &["output", "stdout"]),
+            stderr: flag(q, &["error", "stderr"]),
+        };
+        match self.runtime.exec(exec).await {
+            Ok(url) => stream::proxy(req, &url).await,
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn attach(&self, req: Request<Incoming>, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> Response<Body> {
+        let id = match self.running(ns, pod, container).await {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        let attach = cri::AttachRequest {
+            container_id: id,
+            tty: flag(q, &["tty"]),
+            stdin: flag(q, &["input", "stdin"]),
+            stdout: flag(q, &["output", "stdout"]),
+            stderr: flag(q, &["error", "stderr"]),
+        };
+        match self.runtime.attach(attach).await {
+            Ok(url) => stream::proxy(req, &url).await,
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn port_forward(&self, req: Request<Incoming>, ns: &str, pod: &str, q: &[(String, String)]) -> Response<Body> {
+        let Some(uid) = self.pod_uid(ns, pod) else {
+            return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node"));
+        };
+        let filter = cri::PodSandboxFilter {
+            label_selector: HashMap::from([(POD_UID.to_string(), uid)]),
+            ..Default::default()
+        };
+        let sandboxes = match self.runtime.list_pod_sandbox(Some(filter)).await {
+            Ok(s) => s,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let Some(sb) = sandboxes.into_iter().filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32).max_by_key(|s| s.created_at) else {
+            return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} has no ready sandbox"));
+        };
+        let mut ports = Vec::new();
+        for (k, v) in q.iter().filter(|(k, _)| k == "port" || k == "ports") {
+            for p in v.split(',').filter(|p| !p.is_empty()) {
+                match p.trim().parse::<u16>() {
+                    Ok(n) if n > 0 => ports.push(n as i32),
+                    _ => return text(StatusCode::BAD_REQUEST, format!("{k}: invalid port {p:?}")),
+                }
+            }
+        }
+        match self.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: sb.id, port: ports }).await {
+            Ok(url) => stream::proxy(req, &url).await,
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// `/run`: the command's output, as kubelet returns it.
+    async fn run(&self, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> Response<Body> {
+        let cmd: Vec<String> = q
+            .iter()
+            .filter(|(k, _)| k == "cmd")
+            .flat_map(|(_, v)| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        if cmd.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "missing cmd");
+        }
+        let id = match self.running(ns, pod, container).await {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        match self.runtime.exec_sync(&id, &cmd, 60).await {
+            Ok(out) => {
+                let mut body = out.stdout;
+                body.extend(out.stderr);
+                Response::new(Body::from(body))
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves the node API on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<NodeApi>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "node API: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        conns.spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "node API: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| User::from_certificate(c));
+            let svc = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                let user = user.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await {
+                tracing::debug!(%peer, error = %e, "node API connection ended");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}

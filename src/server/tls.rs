@@ -1,0 +1,156 @@
+//! The node API's TLS: its serving certificate and which client
+//! certificates it verifies.
+//!
+//! The certificate comes, as kubelet's does, from `tlsCertFile` and
+//! `tlsPrivateKeyFile` when set, else from `<cert-dir>/kubelet.crt` and
+//! `kubelet.key`, made self-signed (for the node's name, `localhost` and its
+//! addresses, one year) when missing or expired. With
+//! `authentication.x509.clientCAFile`, client certificates signed by those
+//! CAs are verified in the handshake; a client may also come without one (a
+//! bearer token, or anonymous) and is then judged by the node API.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+/// Errors setting up TLS; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate, key or CA file that cannot be read or used.
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+fn file_err(path: &Path, m: impl std::fmt::Display) -> TlsError {
+    TlsError::File { file: path.display().to_string(), message: m.to_string() }
+}
+
+/// The serving certificate new connections get; can be replaced (rotation).
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServingCert {
+    pub fn new(key: CertifiedKey) -> Self {
+        Self { current: RwLock::new(Arc::new(key)) }
+    }
+
+    pub fn set(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A certificate chain and key from PEM.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8], what: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| file_err(what, e))?;
+    if chain.is_empty() {
+        return Err(file_err(what, "no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| file_err(what, format!("the private key: {e}")))?;
+    let signing = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).map_err(|e| file_err(what, e))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| file_err(path, e))
+}
+
+/// The serving certificate from the configured files.
+pub fn from_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    certified_key(&read(cert)?, &read(key)?, cert)
+}
+
+/// `<cert-dir>/kubelet.crt` and `kubelet.key`: reused while valid, else
+/// made anew, self-signed for `names` (DNS names or IP addresses), one year.
+pub fn self_signed(cert_dir: &Path, names: &[String]) -> Result<CertifiedKey, TlsError> {
+    let (crt, key) = (cert_dir.join("kubelet.crt"), cert_dir.join("kubelet.key"));
+    if let (Ok(c), Ok(k)) = (std::fs::read(&crt), std::fs::read(&key)) {
+        let valid = crate::cluster::certs::Validity::of_pem(&c).is_some_and(|v| v.not_after > crate::runtime::unix_nanos() / 1_000_000_000 + 60);
+        if valid && let Ok(ck) = certified_key(&c, &k, &crt) {
+            return Ok(ck);
+        }
+    }
+    let host = names.first().cloned().unwrap_or_else(|| "localhost".into());
+    let mut sans = names.to_vec();
+    sans.push("localhost".into());
+    sans.sort();
+    sans.dedup();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| file_err(&key, e))?;
+    let mut params = rcgen::CertificateParams::new(sans).map_err(|e| file_err(&crt, e))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("{host}@{}", now.unix_timestamp()));
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(365);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&kp).map_err(|e| file_err(&crt, e))?;
+    std::fs::create_dir_all(cert_dir).map_err(|e| file_err(cert_dir, e))?;
+    crate::cluster::files::write_atomic(&key, kp.serialize_pem().as_bytes(), 0o600).map_err(|e| file_err(&key, e))?;
+    crate::cluster::files::write_atomic(&crt, cert.pem().as_bytes(), 0o644).map_err(|e| file_err(&crt, e))?;
+    tracing::info!(cert = %crt.display(), "made a self-signed serving certificate for the node API");
+    certified_key(cert.pem().as_bytes(), kp.serialize_pem().as_bytes(), &crt)
+}
+
+/// The rustls server configuration: the serving certificate, and client
+/// certificates verified against `client_ca` when given (optional: a client
+/// may authenticate otherwise).
+pub fn server_config(cert: Arc<ServingCert>, client_ca: Option<&PathBuf>) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::File { file: "TLS".into(), message: e.to_string() })?;
+    let builder = match client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&read(path)?) {
+                roots.add(c.map_err(|e| file_err(path, e))?).map_err(|e| file_err(path, e))?;
+            }
+            if roots.is_empty() {
+                return Err(file_err(path, "no CA certificate in the file"));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| file_err(path, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_signed_pair_is_made_once_and_reused() {
+        crate::cluster::client::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["node-1".to_string(), "10.0.0.9".to_string()];
+        self_signed(dir.path(), &names).unwrap();
+        let first = std::fs::read(dir.path().join("kubelet.crt")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.path().join("kubelet.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        self_signed(dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("kubelet.crt")).unwrap(), first, "reused while valid");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&first).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+        assert_eq!(sans, 3, "name, address and localhost");
+        let e = from_files(&dir.path().join("missing.crt"), &dir.path().join("kubelet.key")).unwrap_err();
+        assert!(e.to_string().contains("missing.crt"), "{e}");
+    }
+}

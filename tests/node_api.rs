@@ -1,0 +1,204 @@
+//! The node API on :10250, reached the way users reach it: `kubectl logs`,
+//! `exec`, `attach` and `port-forward` go through the test apiserver (which
+//! calls the node as a real apiserver does) with kube-rs; the
+//! authentication and authorization matrix is checked straight against the
+//! port.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, LogParams, PostParams};
+use support::apiserver::kubelet_proxy::call_node;
+use support::cluster::Cluster;
+use support::{eventually, is_running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const S: Duration = Duration::from_secs(1);
+
+fn pod(name: &str, node: &str, container: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1,
+                 "containers": [container]}
+    }))
+    .unwrap()
+}
+
+async fn running(c: &Cluster, name: &str) -> String {
+    eventually(30 * S, &format!("{name} running"), || async { c.node.containers_named(name).await.into_iter().find(is_running).map(|s| s.id) }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_through_the_apiserver_with_kubectls_options() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    // Each run prints its own first line, five lines, one on stderr, a
+    // long line written in pieces, then fails: the next run is a restart.
+    // (stdout and stderr are separate pipes: only time orders them.)
+    let script = "echo run-$(cat /proc/sys/kernel/random/uuid); for i in 1 2 3 4 5; do echo line $i; done; sleep 0.3; echo oops >&2; \
+                  sleep 0.3; printf 'long-'; sleep 0.1; printf 'line\\n'; sleep 2; exit 1";
+    pods.create(&PostParams::default(), &pod("talker", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1", "command": ["sh", "-c", script]})))
+        .await
+        .unwrap();
+    eventually(60 * S, "a restart", || async {
+        let p = pods.get("talker").await.ok()?;
+        (p.status?.container_statuses?.first()?.restart_count >= 1).then_some(())
+    })
+    .await;
+    let current = eventually(10 * S, "the current run's log", || async {
+        let l = pods.logs("talker", &LogParams::default()).await.ok()?;
+        l.contains("long-line").then_some(l)
+    })
+    .await;
+    let lines: Vec<&str> = current.lines().collect();
+    assert!(lines[0].starts_with("run-"), "{current}");
+    assert_eq!(&lines[1..8], ["line 1", "line 2", "line 3", "line 4", "line 5", "oops", "long-line"], "both streams, partial lines joined");
+    let previous = pods.logs("talker", &LogParams { previous: true, ..Default::default() }).await.unwrap();
+    assert!(previous.starts_with("run-") && previous.contains("long-line"), "{previous}");
+    assert_ne!(previous.lines().next(), current.lines().next(), "previous is the run before");
+    let tail = pods.logs("talker", &LogParams { tail_lines: Some(2), ..Default::default() }).await.unwrap();
+    assert_eq!(tail, "oops\nlong-line\n");
+    let stamped = pods.logs("talker", &LogParams { timestamps: true, tail_lines: Some(1), ..Default::default() }).await.unwrap();
+    let (ts, text) = stamped.trim_end().split_once(' ').unwrap();
+    assert_eq!(text, "long-line");
+    assert!(ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok(), "an RFC 3339 time: {ts}");
+    let limited = pods.logs("talker", &LogParams { limit_bytes: Some(10), ..Default::default() }).await.unwrap();
+    assert_eq!(limited.len(), 10);
+    let none = pods.logs("talker", &LogParams { since_seconds: Some(1), ..Default::default() }).await;
+    assert!(none.is_ok(), "{none:?}");
+
+    // follow: lines arrive as they are written.
+    pods.create(&PostParams::default(), &pod("ticker", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]})))
+        .await
+        .unwrap();
+    running(&c, "ticker").await;
+    let stream = pods.log_stream("ticker", &LogParams { follow: true, ..Default::default() }).await.unwrap();
+    let mut lines = stream.lines();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(10 * S, async {
+        while seen.len() < 10 {
+            seen.push(lines.try_next().await.unwrap().unwrap());
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "followed lines: {seen:?}");
+    let numbers: Vec<u32> = seen.iter().map(|l| l.strip_prefix("tick ").unwrap().parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order, none lost or doubled: {numbers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_attach_and_port_forward_through_the_apiserver() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod("web", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "stdin": true,
+        "command": ["sh", "-c", "mkdir -p /www; echo hello-from-the-pod > /www/index.html; httpd -p 8080 -h /www; while read l; do echo got:$l; done"]})))
+        .await
+        .unwrap();
+    running(&c, "web").await;
+
+    // exec: output, stderr and the exit code come back.
+    let mut p = pods
+        .exec("web", vec!["sh", "-c", "echo out; echo err >&2; exit 3"], &AttachParams::default().stderr(true))
+        .await
+        .expect("exec through the apiserver");
+    let mut out = String::new();
+    p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    let mut err = String::new();
+    p.stderr().unwrap().read_to_string(&mut err).await.unwrap();
+    let status = p.take_status().unwrap().await.unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"), "{status:?}");
+    let code = status.details.unwrap().causes.unwrap().into_iter().find(|c| c.reason.as_deref() == Some("ExitCode")).unwrap().message;
+    assert_eq!(code.as_deref(), Some("3"));
+
+    // exec with stdin.
+    // (containerd 1.6 speaks WebSocket v4, which cannot half-close stdin:
+    // the command reads one line rather than waiting for the end of input.)
+    let mut p = pods.exec("web", vec!["sh", "-c", "read l; echo got:$l"], &AttachParams::default().stdin(true).stderr(false)).await.unwrap();
+    let mut stdin = p.stdin().unwrap();
+    stdin.write_all(b"ping\n").await.unwrap();
+    let mut out = String::new();
+    p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "got:ping\n");
+    drop(stdin);
+
+    // exec with a tty: the shell sees a terminal.
+    let mut p = pods.exec("web", vec!["sh", "-c", "test -t 0 && echo tty"], &AttachParams::interactive_tty()).await.unwrap();
+    let mut out = String::new();
+    p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("tty"), "{out:?}");
+
+    // attach to the running container's stdin and stdout.
+    let mut p = pods.attach("web", &AttachParams::default().stdin(true).stderr(false)).await.unwrap();
+    p.stdin().unwrap().write_all(b"x\n").await.unwrap();
+    let mut reader = tokio::io::BufReader::new(p.stdout().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(10 * S, tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)).await.unwrap().unwrap();
+    assert_eq!(line, "got:x\n");
+    p.abort();
+
+    // port-forward to httpd in the pod: real bytes.
+    let mut pf = pods.portforward("web", &[8080]).await.unwrap();
+    let mut conn = pf.take_stream(8080).unwrap();
+    conn.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(10 * S, conn.read_to_end(&mut resp)).await.unwrap().unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.") && resp.contains("hello-from-the-pod"), "{resp}");
+    drop(conn);
+    pf.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_api_lets_in_only_who_it_should() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let ns = &c.node.netns;
+    eventually(20 * S, "the node API listening", || async { call_node(ns, 10250, "/healthz", None, None).await.ok() }).await;
+
+    // No credentials: 401.
+    let (code, _) = call_node(ns, 10250, "/pods", None, None).await.unwrap();
+    assert_eq!(code, 401);
+    // A certificate from another CA: the handshake refuses it.
+    let other = support::apiserver::pki::Ca::new().client("intruder", &["system:masters"]);
+    let refused = call_node(ns, 10250, "/pods", Some(&other), None).await;
+    assert!(matches!(&refused, Err(e) if e.starts_with("TLS")) || matches!(&refused, Ok((401, _))), "{refused:?}");
+    // A bad token: 401.
+    let (code, _) = call_node(ns, 10250, "/pods", None, Some("not-a-token")).await.unwrap();
+    assert_eq!(code, 401);
+
+    // Valid identities that the SubjectAccessReview denies: 403.
+    let nobody = c.api.client_cert("nobody", &[]);
+    let (code, body) = call_node(ns, 10250, "/pods", Some(&nobody), None).await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body, "Forbidden (user=nobody, verb=get, resource=nodes, subresource=proxy)");
+    c.api.add_token("t0ken-of-a-reader", "metrics-reader", &[]);
+    let (code, _) = call_node(ns, 10250, "/stats/summary", None, Some("t0ken-of-a-reader")).await.unwrap();
+    assert_eq!(code, 403);
+
+    // Allowed: the apiserver's own kubelet client, and a token bound to the role.
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    let (code, body) = call_node(ns, 10250, "/pods", Some(&apiserver), None).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"kind\":\"PodList\""));
+    c.api.bind_user("reader-can-read", "system:kubelet-api-admin", "metrics-reader");
+    // (A denial is cached for cacheUnauthorizedTTL, 30 s: a new path is a new question.)
+    let (code, _) = call_node(ns, 10250, "/metrics", None, Some("t0ken-of-a-reader")).await.unwrap();
+    assert_ne!(code, 403, "authorized once bound");
+    assert_ne!(code, 401);
+
+    // The right subresource was asked for each path.
+    let reviews = c.api.access_reviews();
+    for want in ["nobody get nodes/proxy", "metrics-reader get nodes/stats", "metrics-reader get nodes/metrics", "kube-apiserver-kubelet-client get nodes/proxy"] {
+        assert!(reviews.iter().any(|r| r == want), "{want} not among {reviews:?}");
+    }
+}
