@@ -143,7 +143,8 @@ async fn node_api(
     let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
     tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
     let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, na);
-    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate });
+    let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone());
+    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats });
     Ok((listener, api, Arc::new(tls)))
 }
 

@@ -202,3 +202,71 @@ async fn the_node_api_lets_in_only_who_it_should() {
         assert!(reviews.iter().any(|r| r == want), "{want} not among {reviews:?}");
     }
 }
+
+/// The working set the container's own cgroup reports (usage less inactive
+/// file pages), read inside the container: cgroup v2 or v1.
+async fn cgroup_working_set(c: &Cluster, id: &str) -> u64 {
+    let script = "if [ -f /sys/fs/cgroup/memory.current ]; then echo $(cat /sys/fs/cgroup/memory.current) $(awk '/^inactive_file /{print $2}' /sys/fs/cgroup/memory.stat); \
+                  else echo $(cat /sys/fs/cgroup/memory/memory.usage_in_bytes) $(awk '/^total_inactive_file /{print $2}' /sys/fs/cgroup/memory/memory.stat); fi";
+    let r = c.node.exec(id, &["sh", "-c", script]).await;
+    let text = String::from_utf8_lossy(&r.stdout).to_string();
+    let v: Vec<u64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(v.len(), 2, "cgroup figures: {text:?} {}", String::from_utf8_lossy(&r.stderr));
+    v[0].saturating_sub(v[1])
+}
+
+async fn node_proxy(c: &Cluster, path: &str) -> String {
+    let uri = format!("/api/v1/nodes/{}/proxy{path}", c.node.node_name());
+    c.client.request_text(http::Request::get(uri).body(Vec::new()).unwrap()).await.unwrap()
+}
+
+/// A Prometheus sample's value by its exact series name and labels.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    // About 40 MB held in a shell variable (the loop keeps the shell from
+    // exec-ing its last command, which would free it).
+    pods.create(&PostParams::default(), &pod("hog", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sh", "-c", "x=$(yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 40000000); touch /tmp/ready; while true; do sleep 1; done"]})))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("busy", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sh", "-c", "while true; do :; done"]})))
+        .await
+        .unwrap();
+    let hog = running(&c, "hog").await;
+    running(&c, "busy").await;
+    eventually(30 * S, "the hog's memory filled", || async { (c.node.exec(&hog, &["test", "-f", "/tmp/ready"]).await.exit_code == 0).then_some(()) }).await;
+
+    let summary: serde_json::Value = serde_json::from_str(&node_proxy(&c, "/stats/summary").await).unwrap();
+    assert_eq!(summary["node"]["nodeName"], node.as_str());
+    assert!(summary["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    assert!(summary["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
+    let pod_stats = |name: &str| summary["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == name).cloned().unwrap();
+    let reported = pod_stats("hog")["containers"][0]["memory"]["workingSetBytes"].as_u64().unwrap();
+    let actual = cgroup_working_set(&c, &hog).await;
+    assert!(reported > 35_000_000, "the hog's working set: {reported} (its cgroup: {actual})");
+    let off = (reported as f64 - actual as f64).abs() / actual as f64;
+    assert!(off < 0.10, "stats say {reported}, the cgroup {actual}");
+    assert_eq!(pod_stats("hog")["memory"]["workingSetBytes"].as_u64().unwrap(), reported, "a one-container pod is its container");
+
+    let first = node_proxy(&c, "/metrics/resource").await;
+    let series = |name: &str, pod: &str| format!("{name}{{container=\"c\",namespace=\"default\",pod=\"{pod}\"}}");
+    let ws = sample(&first, &series("container_memory_working_set_bytes", "hog")).unwrap();
+    assert!((ws - actual as f64).abs() / (actual as f64) < 0.10, "metrics say {ws}, the cgroup {actual}");
+    let cpu0 = sample(&first, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
+    assert_eq!(sample(&first, "scrape_error"), Some(0.0));
+    assert!(sample(&first, "node_cpu_usage_seconds_total").unwrap() > 0.0);
+    assert!(sample(&first, "pod_memory_working_set_bytes{namespace=\"default\",pod=\"hog\"}").unwrap() > 35e6);
+    tokio::time::sleep(2 * S).await;
+    let second = node_proxy(&c, "/metrics/resource").await;
+    let cpu1 = sample(&second, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
+    assert!(cpu1 - cpu0 > 0.5, "a busy loop uses CPU: {cpu0} -> {cpu1}");
+}

@@ -444,6 +444,13 @@ impl Runtime for DryRunRuntime {
         Err(RuntimeError::Call { method: "streaming", code: tonic::Code::Unimplemented, message: "a dry run opens no streams".into() })
     }
 
+    async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
+        match &self.real {
+            Some(rt) => rt.list_container_stats(filter).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         {
             let st = self.lock();

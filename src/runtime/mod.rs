@@ -87,6 +87,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec(&self, req: cri::ExecRequest) -> Result<String>;
     async fn attach(&self, req: cri::AttachRequest) -> Result<String>;
     async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String>;
+    /// CPU, memory and writable-layer figures of the containers.
+    async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>>;
 
     /// `None` when the image is not present on the node.
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;

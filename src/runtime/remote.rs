@@ -230,6 +230,11 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("PortForward", &id, s))?.into_inner().url)
     }
 
+    async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
+        let resp = self.runtime.clone().list_container_stats(self.req(cri::ListContainerStatsRequest { filter })).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("ListContainerStats", "", s))?.into_inner().stats)
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         let req = self.req(cri::ImageStatusRequest {
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),

@@ -3,6 +3,7 @@
 //! authorized (auth.rs), then served:
 //!
 //! - `/healthz`; `/pods` (the pods the node runs, as a PodList);
+//! - `/stats/summary` and `/metrics/resource` (stats.rs);
 //! - `/containerLogs/{ns}/{pod}/{container}` (logs.rs);
 //! - `/exec/…`, `/attach/{ns}/{pod}[/{uid}]/{container}` and
 //!   `/portForward/{ns}/{pod}[/{uid}]` proxied to the runtime's streaming server
@@ -37,12 +38,19 @@ pub struct NodeApi {
     pub runtime: Arc<dyn Runtime>,
     pub statuses: StatusStore,
     pub gate: Gate,
+    pub stats: super::stats::Collector,
 }
 
 fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Body::from(message.into()));
     *r.status_mut() = code;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -88,6 +96,15 @@ impl NodeApi {
         match (req.method().clone(), p.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
             (Method::GET, ["pods"]) => self.pods(),
+            (Method::GET, ["stats", "summary"]) => match self.stats.summary().await {
+                Ok(v) => json(&v),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot get the container stats: {e}")),
+            },
+            (Method::GET, ["metrics", "resource"]) => {
+                let mut r = Response::new(Body::from(self.stats.resource_metrics().await));
+                r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
             (Method::GET, ["containerLogs", ns, pod, container]) => self.logs(ns, pod, container, req.uri().query().unwrap_or("")).await,
             (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
                 let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
@@ -117,10 +134,7 @@ impl NodeApi {
                 serde_json::to_value(pod).unwrap_or_default()
             })
             .collect();
-        let body = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
-        let mut r = Response::new(Body::from(body.to_string()));
-        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        r
+        json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
     }
 
     /// The pod's UID, by namespace and name.
