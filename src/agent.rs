@@ -113,39 +113,57 @@ fn node_memory_bytes() -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The node API's listener, handler and TLS configuration: the serving
-/// certificate from the configured files or kubelet's self-signed pair in
-/// the cert dir; TokenReview and SubjectAccessReview through the node's
-/// client.
+/// The node API, ready to run: the serving certificate from the configured
+/// files, or from the cluster's `kubelet-serving` signer (serverTLSBootstrap:
+/// the port is served once one is issued, and it is renewed), or kubelet's
+/// self-signed pair in the cert dir; TokenReview and SubjectAccessReview
+/// through the node's client.
 async fn node_api(
     s: &Settings,
     cs: &crate::config::ClusterSettings,
     client: &kube::Client,
     runtime: Arc<dyn Runtime>,
     statuses: StatusStore,
-) -> Result<(tokio::net::TcpListener, Arc<server::node_api::NodeApi>, Arc<rustls::ServerConfig>), AgentError> {
-    let na = &s.node_api;
-    if na.server_tls_bootstrap {
-        tracing::warn!("serverTLSBootstrap is not implemented yet: the node API serves a self-signed certificate");
-    }
-    let cert = match (&na.tls_cert_file, &na.tls_private_key_file) {
-        (Some(c), Some(k)) => server::tls::from_files(c, k),
-        _ => {
-            let mut names = vec![s.node_name.clone()];
-            names.extend(s.node_ips.iter().cloned());
-            server::tls::self_signed(&cs.cert_dir, &names)
-        }
-    }
-    .map_err(|e| AgentError::Fault(format!("the node API's serving certificate: {e}")))?;
-    let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref())
-        .map_err(|e| AgentError::Fault(format!("the node API's TLS: {e}")))?;
-    let addr = std::net::SocketAddr::new(na.address, na.port);
-    let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
-    tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
-    let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, na);
+) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, AgentError> {
+    let na = s.node_api.clone();
+    let mut names = vec![s.node_name.clone()];
+    names.extend(s.node_ips.iter().cloned());
+    let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, &na);
     let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone());
     let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats });
-    Ok((listener, api, Arc::new(tls)))
+    let addr = std::net::SocketAddr::new(na.address, na.port);
+    let tls_err = |e: server::tls::TlsError| AgentError::Fault(format!("the node API's TLS: {e}"));
+    let static_cert = match (&na.tls_cert_file, &na.tls_private_key_file) {
+        (Some(c), Some(k)) => Some(server::tls::from_files(c, k).map_err(tls_err)?),
+        _ if na.server_tls_bootstrap => None,
+        _ => Some(server::tls::self_signed(&cs.cert_dir, &names).map_err(tls_err)?),
+    };
+    if let Some(cert) = static_cert {
+        let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref()).map_err(tls_err)?;
+        let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
+        tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
+        return Ok(Box::pin(server::node_api::serve(listener, Arc::new(tls), api)));
+    }
+    let (client, node, cert_dir) = (client.clone(), s.node_name.clone(), cs.cert_dir.clone());
+    Ok(Box::pin(async move {
+        let (cert, key, validity) = crate::cluster::serving::obtain(&client, &node, &names, &cert_dir).await;
+        let load = |c: &str, k: &str| server::tls::certified_key(c.as_bytes(), k.as_bytes(), &cert_dir.join(crate::cluster::serving::CURRENT));
+        let serving = match load(&cert, &key) {
+            Ok(ck) => Arc::new(server::tls::ServingCert::new(ck)),
+            Err(e) => return tracing::error!(error = %e, "the issued serving certificate cannot be used"),
+        };
+        let tls = match server::tls::server_config(serving.clone(), na.client_ca_file.as_ref()) {
+            Ok(t) => Arc::new(t),
+            Err(e) => return tracing::error!(error = %e, "the node API's TLS"),
+        };
+        let listener = match server::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return tracing::error!(%addr, error = %e, "cannot serve the node API"),
+        };
+        tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API with the cluster-signed certificate");
+        let apply = |c: &str, k: &str| load(c, k).map(|ck| serving.set(ck)).map_err(|e| e.to_string());
+        tokio::join!(server::node_api::serve(listener, tls, api), crate::cluster::serving::rotate(client.clone(), node.clone(), names.clone(), cert_dir.clone(), validity, apply));
+    }))
 }
 
 /// Runs the agent until `shutdown` resolves. Pods keep running after it
@@ -287,8 +305,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
-            let (listener, api, tls) = node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone()).await?;
-            tasks.spawn("node API", server::node_api::serve(listener, tls, api));
+            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone()).await?);
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }

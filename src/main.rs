@@ -204,6 +204,10 @@ struct RunArgs {
     /// Check bearer tokens with TokenReview [default: true].
     #[arg(long)]
     authentication_token_webhook: Option<bool>,
+    /// Get the node API's certificate from the cluster's kubelet-serving
+    /// signer and renew it (KubeletConfiguration serverTLSBootstrap).
+    #[arg(long)]
+    rotate_server_certificates: Option<bool>,
     /// Webhook (SubjectAccessReview) or AlwaysAllow [default: Webhook].
     #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
     authorization_mode: Option<String>,
@@ -296,6 +300,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             anonymous_auth: a.anonymous_auth,
             authentication_token_webhook: a.authentication_token_webhook,
             authorization_mode: a.authorization_mode,
+            rotate_server_certificates: a.rotate_server_certificates,
         },
     };
     let mut settings = Settings::resolve(overrides, file)?;

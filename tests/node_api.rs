@@ -270,3 +270,44 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     let cpu1 = sample(&second, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
     assert!(cpu1 - cpu0 > 0.5, "a busy loop uses CPU: {cpu0} -> {cpu1}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_certificate_from_the_cluster_serves_once_approved_and_is_renewed() {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let c = Cluster::start().await;
+    // Client renewals are approved by the controller; serving CSRs never are
+    // (as on a real cluster): the test approves those as an operator would.
+    c.api.set_auto_approve(true);
+    c.api.set_cert_lifetime(30 * S);
+    let _agent = c.nodelet(&["--rotate-server-certificates", "true"]);
+    eventually(30 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    let serving = || async {
+        c.csrs().await.into_iter().filter(|r| r.spec.signer_name == "kubernetes.io/kubelet-serving").collect::<Vec<CertificateSigningRequest>>()
+    };
+    let first = eventually(20 * S, "a serving CSR", || async { serving().await.into_iter().next() }).await;
+    let mut usages = first.spec.usages.clone().unwrap();
+    usages.sort();
+    assert_eq!(usages, ["digital signature", "key encipherment", "server auth"]);
+    let request = String::from_utf8(first.spec.request.0.clone()).unwrap();
+    let info = support::apiserver::pki::csr_info(&request).unwrap();
+    assert_eq!(info.cn, format!("system:node:{}", c.node.node_name()));
+    assert!(info.dns.contains(&c.node.node_name()) && info.ips.iter().any(|ip| ip.to_string() == "10.99.0.1"), "{info:?}");
+    let ns = &c.node.netns;
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    assert!(call_node(ns, 10250, "/healthz", Some(&apiserver), None).await.is_err(), "not served before a certificate is issued");
+
+    c.decide_csr(first.metadata.name.as_deref().unwrap(), true).await;
+    let (code, _) = eventually(20 * S, "the node API served", || async { call_node(ns, 10250, "/healthz", Some(&apiserver), None).await.ok() }).await;
+    assert_eq!(code, 200);
+    let current = c.dir().join("pki/kubelet-server-current.pem");
+    let issued = std::fs::canonicalize(&current).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&issued).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Renewed at 70-90 % of its 30 s.
+    let second = eventually(40 * S, "a second serving CSR", || async { serving().await.into_iter().find(|r| r.metadata.name != first.metadata.name) }).await;
+    c.decide_csr(second.metadata.name.as_deref().unwrap(), true).await;
+    eventually(20 * S, "the renewed certificate in use", || async { (std::fs::canonicalize(&current).ok()? != issued).then_some(()) }).await;
+    let (code, _) = call_node(ns, 10250, "/healthz", Some(&apiserver), None).await.unwrap();
+    assert_eq!(code, 200, "still served after the renewal");
+}

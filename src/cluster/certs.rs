@@ -198,13 +198,40 @@ async fn bootstrap_from(bootstrap: &Path, paths: &CertPaths, node: &str) -> Resu
     Ok(Credentials { kubeconfig, cert: Some((rotating, validity)) })
 }
 
+/// What a CSR asks for besides the node's identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub signer: &'a str,
+    pub usages: &'a [&'a str],
+    /// Subject alternative names: DNS names or IP addresses.
+    pub sans: &'a [String],
+}
+
+/// The node's client certificate.
+pub const CLIENT: Wanted<'static> = Wanted { signer: SIGNER, usages: &CLIENT_USAGES, sans: &[] };
+
 /// Sends a CSR for the node's client certificate and waits until it is
 /// issued; a denial or a failure is an error with the signer's reason.
 pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(String, String), ClusterError> {
+    request(client, node, CLIENT).await
+}
+
+/// Sends a CSR for `system:node:<node>` in `system:nodes` with `wanted`'s
+/// signer, usages and SANs, and waits until it is issued.
+pub async fn request(client: &kube::Client, node: &str, wanted: Wanted<'_>) -> Result<(String, String), ClusterError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ClusterError::Bootstrap(format!("key: {e}")))?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
     params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+    for name in wanted.sans {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                name.clone().try_into().map_err(|e| ClusterError::Bootstrap(format!("subject alternative name {name:?}: {e}")))?,
+            ),
+        };
+        params.subject_alt_names.push(san);
+    }
     let csr_pem = params
         .serialize_request(&key)
         .and_then(|r| r.pem())
@@ -214,8 +241,8 @@ pub async fn request_certificate(client: &kube::Client, node: &str) -> Result<(S
     obj.metadata.generate_name = Some("csr-".into());
     obj.spec = CertificateSigningRequestSpec {
         request: ByteString(csr_pem.into_bytes()),
-        signer_name: SIGNER.into(),
-        usages: Some(CLIENT_USAGES.iter().map(|u| u.to_string()).collect()),
+        signer_name: wanted.signer.into(),
+        usages: Some(wanted.usages.iter().map(|u| u.to_string()).collect()),
         ..Default::default()
     };
     let created = create_retrying(&csrs, &obj).await?;
@@ -273,13 +300,20 @@ async fn create_retrying(csrs: &Api<CertificateSigningRequest>, obj: &Certificat
 /// Writes certificate and key to a new timestamped file (0600) and points
 /// `kubelet-client-current.pem` at it.
 pub fn write_pem(cert_dir: &Path, cert: &str, key: &str) -> Result<PathBuf, ClusterError> {
+    write_pem_as(cert_dir, "client", cert, key)
+}
+
+/// Writes `kubelet-<kind>-<time>.pem` (0600) and points
+/// `kubelet-<kind>-current.pem` at it, as kubelet names its client and
+/// server certificates.
+pub fn write_pem_as(cert_dir: &Path, kind: &str, cert: &str, key: &str) -> Result<PathBuf, ClusterError> {
     let stamp = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d-%H-%M-%S").to_string();
-    let file = cert_dir.join(format!("kubelet-client-{stamp}.pem"));
+    let file = cert_dir.join(format!("kubelet-{kind}-{stamp}.pem"));
     let mut pem = cert.trim_end().to_string();
     pem.push('\n');
     pem.push_str(key);
     files::write_atomic(&file, pem.as_bytes(), 0o600).map_err(|e| ClusterError::file(&file, e))?;
-    let current = cert_dir.join(CURRENT);
+    let current = cert_dir.join(format!("kubelet-{kind}-current.pem"));
     files::symlink_atomic(&file, &current).map_err(|e| ClusterError::file(&current, e))?;
     Ok(current)
 }
@@ -327,37 +361,47 @@ fn write_kubeconfig(boot: &Kubeconfig, path: &Path, pem: &Path) -> Result<(), Cl
 /// forever. New connections use the new certificate at once. If renewal
 /// keeps failing until the certificate expires, it returns: the agent then
 /// exits, and on its next start bootstraps again (as kubelet does).
-pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, mut validity: Validity, cert_dir: PathBuf, node: String) {
+pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, validity: Validity, cert_dir: PathBuf, node: String) {
+    keep_renewed("client", validity, || async {
+        let (pem, key) = request_certificate(&client, &node).await?;
+        // Check the pair before anything points at it.
+        let v = Validity::of_pem(pem.as_bytes()).ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))?;
+        RotatingCert::default().set_pem(pem.as_bytes(), key.as_bytes())?;
+        write_pem(&cert_dir, &pem, &key)?;
+        cert.set_pem(pem.as_bytes(), key.as_bytes())?;
+        Ok(v)
+    })
+    .await
+}
+
+/// Calls `renew` at a jittered 70–90 % of the certificate's lifetime,
+/// forever, retrying a failed renewal with a growing delay; returns once a
+/// renewal has failed past the certificate's expiry.
+pub async fn keep_renewed<F, Fut>(which: &str, mut validity: Validity, mut renew: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Validity, ClusterError>>,
+{
     loop {
         let deadline = validity.rotation_deadline(rand::random::<f64>());
         // A floor, so an odd certificate cannot start a storm of CSRs.
         let wait = (deadline - now_secs()).max(5) as u64;
-        tracing::info!(in_seconds = wait, "client certificate rotation scheduled");
+        tracing::info!(certificate = which, in_seconds = wait, "certificate rotation scheduled");
         tokio::time::sleep(Duration::from_secs(wait)).await;
         let mut delay = Duration::from_secs(2);
         loop {
-            let renewed = async {
-                let (pem, key) = request_certificate(&client, &node).await?;
-                // Check the pair before anything points at it.
-                let v = Validity::of_pem(pem.as_bytes())
-                    .ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))?;
-                RotatingCert::default().set_pem(pem.as_bytes(), key.as_bytes())?;
-                write_pem(&cert_dir, &pem, &key)?;
-                cert.set_pem(pem.as_bytes(), key.as_bytes())?;
-                Ok::<_, ClusterError>(v)
-            };
-            match renewed.await {
+            match renew().await {
                 Ok(v) => {
-                    tracing::info!(not_after = v.not_after, "client certificate rotated");
+                    tracing::info!(certificate = which, not_after = v.not_after, "certificate rotated");
                     validity = v;
                     break;
                 }
                 Err(e) if now_secs() >= validity.not_after => {
-                    tracing::error!(error = %e, "client certificate rotation failed and the certificate has expired");
+                    tracing::error!(certificate = which, error = %e, "certificate rotation failed and the certificate has expired");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = delay.as_secs(), "client certificate rotation failed");
+                    tracing::warn!(certificate = which, error = %e, retry_in = delay.as_secs(), "certificate rotation failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(300));
                 }

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod mirror;
 pub mod node;
 pub mod podsource;
+pub mod serving;
 pub mod status_writer;
 
 /// Errors on the way into a cluster; each names what it was doing.

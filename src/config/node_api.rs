@@ -56,6 +56,7 @@ pub struct NodeApiFlags {
     pub anonymous_auth: Option<bool>,
     pub authentication_token_webhook: Option<bool>,
     pub authorization_mode: Option<String>,
+    pub rotate_server_certificates: Option<bool>,
 }
 
 impl NodeApiSettings {
@@ -86,7 +87,7 @@ impl NodeApiSettings {
             read_only_port: f.read_only_port.or(file.read_only_port).unwrap_or(0),
             tls_cert_file,
             tls_private_key_file,
-            server_tls_bootstrap: file.server_tls_bootstrap.unwrap_or(false),
+            server_tls_bootstrap: f.rotate_server_certificates.or(file.server_tls_bootstrap).unwrap_or(false),
             client_ca_file: f.client_ca_file.clone().or(auth.x509.client_ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
             anonymous: f.anonymous_auth.or(auth.anonymous.enabled).unwrap_or(false),
             webhook_authentication: f.authentication_token_webhook.or(auth.webhook.enabled).unwrap_or(true),
