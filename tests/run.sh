@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
-cargo test --locked --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
+# --no-fail-fast: every test binary runs and reports, even after a failure.
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
