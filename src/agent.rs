@@ -328,6 +328,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         });
     }
 
+    if !s.dry_run {
+        tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
+    }
+
     let mut manager = PodManager::new(ctx, expected, s.dry_run);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);

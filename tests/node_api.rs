@@ -311,3 +311,49 @@ async fn a_serving_certificate_from_the_cluster_serves_once_approved_and_is_rene
     let (code, _) = call_node(ns, 10250, "/healthz", Some(&apiserver), None).await.unwrap();
     assert_eq!(code, 200, "still served after the renewal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotations() {
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("containerLogMaxSize: 16Ki\ncontainerLogMaxFiles: 3\ncontainerLogMonitorInterval: 3s\n");
+    let _agent = c.join().await;
+    let pods = c.pods("default");
+    // About 5 KiB a second of numbered lines.
+    let line = "x".repeat(80);
+    pods.create(&PostParams::default(), &pod("chatty", &c.node.node_name(), serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sh", "-c", format!("i=0; while true; do i=$((i+1)); echo \"line $i {line}\"; usleep 20000; done")]})))
+        .await
+        .unwrap();
+    let id = running(&c, "chatty").await;
+    let stream = pods.log_stream("chatty", &LogParams { follow: true, ..Default::default() }).await.unwrap();
+    let mut lines = stream.lines();
+    let mut numbers = Vec::new();
+    let read = tokio::time::timeout(40 * S, async {
+        // 600 lines: about 12 s, several rotations.
+        while numbers.len() < 600 {
+            let l = lines.try_next().await.unwrap().unwrap();
+            numbers.push(l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap());
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "followed {} lines", numbers.len());
+    let first = numbers[0];
+    assert_eq!(numbers, (first..first + 600).collect::<Vec<_>>(), "every line once, in order, across the rotations");
+
+    let status = nodelet::runtime::Runtime::container_status(&c.node.cri().await, &id).await.unwrap();
+    let log = std::path::PathBuf::from(status.log_path);
+    let dir = log.parent().unwrap();
+    let files: Vec<(String, u64)> = std::fs::read_dir(dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).collect();
+    assert!(files.len() >= 2 && files.len() <= 3, "at most containerLogMaxFiles files: {files:?}");
+    let live = log.file_name().unwrap().to_string_lossy().into_owned();
+    let rotated: Vec<&(String, u64)> = files.iter().filter(|(n, _)| *n != live).collect();
+    assert!(!rotated.is_empty(), "rotated at least once: {files:?}");
+    for (name, size) in &files {
+        // 16 KiB plus what arrives in one 3 s check interval.
+        assert!(*size < 48 * 1024, "{name} is {size} bytes");
+    }
+    if rotated.len() == 2 {
+        let gz = rotated.iter().filter(|(n, _)| n.ends_with(".gz")).count();
+        assert_eq!(gz, 1, "the older rotated file is compressed: {files:?}");
+    }
+}

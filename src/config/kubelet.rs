@@ -54,6 +54,9 @@ pub struct KubeletConfig {
     pub server_tls_bootstrap: Option<bool>,
     pub authentication: Authentication,
     pub authorization: Authorization,
+    pub container_log_max_size: Option<u64>,
+    pub container_log_max_files: Option<usize>,
+    pub container_log_monitor_interval: Option<Duration>,
 }
 
 /// `authentication`: how the node API tells who is calling.
@@ -214,6 +217,28 @@ impl KubeletConfig {
                 "tlsCertFile" => c.tls_cert_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
                 "tlsPrivateKeyFile" => c.tls_private_key_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
                 "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
+                "containerLogMaxSize" => {
+                    let q: String = field(file, k, v)?;
+                    let n = crate::pods::quantity::parse(&q).map_err(|e| bad(k, e.to_string()))?;
+                    if n < 1.0 {
+                        return Err(bad(k, format!("Invalid value: {q:?}: must be greater than 0")));
+                    }
+                    c.container_log_max_size = Some(n as u64);
+                }
+                "containerLogMaxFiles" => {
+                    let n: i64 = field(file, k, v)?;
+                    if n < 2 {
+                        return Err(bad(k, format!("Invalid value: {n}: must be greater than or equal to 2")));
+                    }
+                    c.container_log_max_files = Some(n.min(1000) as usize);
+                }
+                "containerLogMonitorInterval" => {
+                    let d = duration(file, k, v)?;
+                    if d < Duration::from_secs(3) {
+                        return Err(bad(k, format!("Invalid value: {d:?}: must be at least 3s")));
+                    }
+                    c.container_log_monitor_interval = Some(d);
+                }
                 "authentication" => c.authentication = field(file, k, v)?,
                 "authorization" => {
                     c.authorization = field(file, k, v)?;
@@ -295,6 +320,9 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert!(err("authorization: {mode: ABAC}\n").starts_with("k.yaml: authorization.mode: Unsupported value"));
         assert!(err("authentication: {webhook: {cacheTTL: soon}}\n").starts_with("k.yaml: authentication.webhook.cacheTTL: "), "{}", err("authentication: {webhook: {cacheTTL: soon}}\n"));
         assert!(err("port: https\n").starts_with("k.yaml: port: invalid type"));
+        assert!(err("containerLogMaxFiles: 1\n").starts_with("k.yaml: containerLogMaxFiles: Invalid value: 1"));
+        assert!(err("containerLogMaxSize: lots\n").starts_with("k.yaml: containerLogMaxSize: quantities must match"));
+        assert!(err("containerLogMonitorInterval: 1s\n").starts_with("k.yaml: containerLogMonitorInterval: Invalid value"));
         let wrong = KubeletConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: x\n", "k.yaml").unwrap_err().to_string();
         assert!(wrong.starts_with("k.yaml: kind: must be"), "{wrong}");
     }

@@ -53,10 +53,22 @@ pub struct Settings {
     pub backoff: BackoffConfig,
     /// Cluster mode; `None` runs standalone on static pods.
     pub cluster: Option<ClusterSettings>,
+    /// Container log rotation.
+    pub log_rotation: LogRotation,
     /// The node API on :10250 (cluster mode only).
     pub node_api: node_api::NodeApiSettings,
     /// The Service proxy (cluster mode only); set by the caller.
     pub proxy: Option<crate::proxy::run::ProxySettings>,
+}
+
+/// kubelet's container log rotation: a running container's log file is
+/// rotated once it is over `max_size`, keeping at most `max_files` files,
+/// checked every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_size: u64,
+    pub max_files: usize,
+    pub interval: Duration,
 }
 
 /// How the node joins and talks to its cluster.
@@ -242,6 +254,11 @@ impl Settings {
             }
         };
         let node_api = node_api::NodeApiSettings::resolve(&o.node_api, &file)?;
+        let log_rotation = LogRotation {
+            max_size: file.container_log_max_size.unwrap_or(10 << 20),
+            max_files: file.container_log_max_files.unwrap_or(5),
+            interval: file.container_log_monitor_interval.unwrap_or(Duration::from_secs(10)),
+        };
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -275,6 +292,7 @@ impl Settings {
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
             cluster,
+            log_rotation,
             node_api,
             proxy: None,
         })

@@ -444,6 +444,11 @@ impl Runtime for DryRunRuntime {
         Err(RuntimeError::Call { method: "streaming", code: tonic::Code::Unimplemented, message: "a dry run opens no streams".into() })
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        self.print("ReopenContainerLog", &self.container_line(id));
+        Ok(())
+    }
+
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         match &self.real {
             Some(rt) => rt.list_container_stats(filter).await,

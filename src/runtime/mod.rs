@@ -87,6 +87,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec(&self, req: cri::ExecRequest) -> Result<String>;
     async fn attach(&self, req: cri::AttachRequest) -> Result<String>;
     async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String>;
+    /// Makes the runtime write the container's log to a new file at its log
+    /// path (after the old one was renamed away).
+    async fn reopen_container_log(&self, id: &str) -> Result<()>;
     /// CPU, memory and writable-layer figures of the containers.
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>>;
 

@@ -230,6 +230,12 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("PortForward", &id, s))?.into_inner().url)
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let resp = self.runtime.clone().reopen_container_log(self.req(cri::ReopenContainerLogRequest { container_id: id.into() })).await;
+        resp.map_err(|s| RuntimeError::from_status("ReopenContainerLog", id, s))?;
+        Ok(())
+    }
+
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         let resp = self.runtime.clone().list_container_stats(self.req(cri::ListContainerStatsRequest { filter })).await;
         Ok(resp.map_err(|s| RuntimeError::from_status("ListContainerStats", "", s))?.into_inner().stats)

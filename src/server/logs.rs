@@ -4,8 +4,8 @@
 //! joined with what follows until the full (`F`) one. `tailLines`,
 //! `sinceSeconds`/`sinceTime`, `timestamps` and `limitBytes` apply to the
 //! joined lines, both streams together in file order; `follow` keeps reading
-//! as the file grows and ends once the container has stopped and the file is
-//! read to its end.
+//! as the file grows, goes on in the new file when the log is rotated, and
+//! ends once the container has stopped and the file is read to its end.
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -230,6 +230,29 @@ pub async fn stream(path: PathBuf, o: LogOptions, tx: mpsc::Sender<Bytes>, runni
         // container has stopped (checked about every second).
         if tx.is_closed() {
             return Ok(());
+        }
+        // Rotated? While the path is missing the runtime still writes to the
+        // renamed file; once the path is a new file it has reopened, so the
+        // old one is complete (read to its end above): go on in the new one.
+        if let Ok(now) = tokio::fs::metadata(&path).await {
+            use std::os::unix::fs::MetadataExt;
+            let open = file.metadata().await?;
+            if now.ino() != open.ino() || now.dev() != open.dev() {
+                // What reached the old file before the reopen.
+                loop {
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    let out = joiner.feed(&buf[..n]);
+                    if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                file = tokio::fs::File::open(&path).await?;
+                idle_checks = 0;
+                continue;
+            }
         }
         idle_checks += 1;
         if idle_checks.is_multiple_of(10) && !running().await {

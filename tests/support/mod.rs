@@ -90,6 +90,8 @@ pub struct Node {
     pub manifests: PathBuf,
     pub logs: PathBuf,
     pub cgroup_root: String,
+    /// KubeletConfiguration lines every nodelet of this node gets.
+    pub config_extra: std::sync::Mutex<String>,
     containerd: Option<Child>,
 }
 
@@ -129,6 +131,7 @@ impl Node {
             endpoint,
             manifests: root.join("manifests"),
             logs: root.join("logs"),
+            config_extra: std::sync::Mutex::new(String::new()),
             containerd: Some(child),
             dir,
         };
@@ -191,7 +194,7 @@ impl Node {
     pub fn base_args(&self) -> Vec<String> {
         vec![
             "--config".into(),
-            self.write_config("").display().to_string(),
+            self.write_config(&self.config_extra.lock().unwrap().clone()).display().to_string(),
             "--pod-manifest-path".into(),
             self.manifests.display().to_string(),
             "--container-runtime-endpoint".into(),
