@@ -130,7 +130,41 @@ async fn node_api(
     names.extend(s.node_ips.iter().cloned());
     let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, &na);
     let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone());
-    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats });
+    let info = server::node_api::MachineInfo {
+        num_cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64,
+        memory_capacity: node_memory_bytes(),
+        config: s.kubelet_configuration(),
+    };
+    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info });
+    let read_only = if na.read_only_port != 0 {
+        let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);
+        let listener = server::bind(ro_addr).await.map_err(|reason| AgentError::Bind { addr: ro_addr, reason })?;
+        tracing::warn!(addr = %ro_addr, "serving the read-only port: pods, stats and metrics over plain HTTP, without authentication");
+        Some(server::node_api::serve_read_only(listener, api.clone()))
+    } else {
+        None
+    };
+    let main = node_api_main(s, cs, client, &names, na.clone(), api).await?;
+    Ok(Box::pin(async move {
+        match read_only {
+            Some(ro) => {
+                tokio::join!(main, ro);
+            }
+            None => main.await,
+        }
+    }))
+}
+
+/// The node API's HTTPS side (see `node_api`).
+async fn node_api_main(
+    s: &Settings,
+    cs: &crate::config::ClusterSettings,
+    client: &kube::Client,
+    names: &[String],
+    na: crate::config::node_api::NodeApiSettings,
+    api: Arc<server::node_api::NodeApi>,
+) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, AgentError> {
+    let names = names.to_vec();
     let addr = std::net::SocketAddr::new(na.address, na.port);
     let tls_err = |e: server::tls::TlsError| AgentError::Fault(format!("the node API's TLS: {e}"));
     let static_cert = match (&na.tls_cert_file, &na.tls_private_key_file) {

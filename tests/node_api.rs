@@ -161,6 +161,7 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_api_lets_in_only_who_it_should() {
     let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("readOnlyPort: 10255\n");
     let _agent = c.join().await;
     let ns = &c.node.netns;
     eventually(20 * S, "the node API listening", || async { call_node(ns, 10250, "/healthz", None, None).await.ok() }).await;
@@ -195,6 +196,24 @@ async fn the_node_api_lets_in_only_who_it_should() {
     let (code, _) = call_node(ns, 10250, "/metrics", None, Some("t0ken-of-a-reader")).await.unwrap();
     assert_ne!(code, 403, "authorized once bound");
     assert_ne!(code, 401);
+
+    // /spec and /configz, for an allowed caller.
+    let (_, spec) = call_node(ns, 10250, "/spec", Some(&apiserver), None).await.unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["num_cores"].as_i64().unwrap() >= 1 && spec["memory_capacity"].as_i64().unwrap() > 0, "{spec}");
+    let (_, configz) = call_node(ns, 10250, "/configz", Some(&apiserver), None).await.unwrap();
+    let configz: serde_json::Value = serde_json::from_str(&configz).unwrap();
+    assert_eq!(configz["kubeletconfig"]["readOnlyPort"], 10255);
+    assert_eq!(configz["kubeletconfig"]["authorization"]["mode"], "Webhook");
+
+    // The read-only port: plain HTTP, no credentials, reading paths only.
+    let (status, body) = c.node.get_port(10255, "/pods").unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("\"kind\":\"PodList\""));
+    let (status, _) = c.node.get_port(10255, "/configz").unwrap();
+    assert!(status.contains(" 404 "), "no configuration on the read-only port: {status}");
+    let (status, _) = c.node.get_port(10255, "/exec/default/x/c?command=sh").unwrap();
+    assert!(status.contains(" 404 "), "{status}");
 
     // The right subresource was asked for each path.
     let reviews = c.api.access_reviews();

@@ -61,6 +61,61 @@ pub struct Settings {
     pub proxy: Option<crate::proxy::run::ProxySettings>,
 }
 
+fn go_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+impl Settings {
+    /// The effective configuration as KubeletConfiguration fields, for
+    /// `/configz`. Nothing secret: the manifest URL's headers are left out.
+    pub fn kubelet_configuration(&self) -> serde_json::Value {
+        let na = &self.node_api;
+        let mode = match na.authorization {
+            node_api::AuthorizationMode::Webhook => "Webhook",
+            node_api::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
+        };
+        serde_json::json!({
+            "kind": "KubeletConfiguration",
+            "apiVersion": kubelet::API_VERSION,
+            "staticPodPath": self.static_pod_path,
+            "staticPodURL": self.static_pod_url,
+            "fileCheckFrequency": go_duration(self.file_check_frequency),
+            "httpCheckFrequency": go_duration(self.http_check_frequency),
+            "syncFrequency": go_duration(self.sync_frequency),
+            "clusterDNS": self.cluster_dns,
+            "clusterDomain": self.cluster_domain,
+            "resolvConf": self.resolv_conf,
+            "cgroupDriver": match self.cgroup_driver { CgroupDriver::Cgroupfs => "cgroupfs", CgroupDriver::Systemd => "systemd" },
+            "cgroupRoot": self.cgroup_root,
+            "cgroupsPerQOS": self.cgroups_per_qos,
+            "containerRuntimeEndpoint": self.runtime_endpoint,
+            "runtimeRequestTimeout": go_duration(self.runtime_request_timeout),
+            "podLogsDir": self.pod_logs_dir,
+            "maxPods": self.max_pods,
+            "oomScoreAdj": self.oom_score_adj,
+            "address": na.address.to_string(),
+            "port": na.port,
+            "readOnlyPort": na.read_only_port,
+            "serverTLSBootstrap": na.server_tls_bootstrap,
+            "tlsCertFile": na.tls_cert_file,
+            "tlsPrivateKeyFile": na.tls_private_key_file,
+            "authentication": {
+                "x509": {"clientCAFile": na.client_ca_file},
+                "webhook": {"enabled": na.webhook_authentication, "cacheTTL": go_duration(na.authentication_cache_ttl)},
+                "anonymous": {"enabled": na.anonymous},
+            },
+            "authorization": {"mode": mode, "webhook": {"cacheAuthorizedTTL": go_duration(na.authorized_ttl), "cacheUnauthorizedTTL": go_duration(na.unauthorized_ttl)}},
+            "containerLogMaxSize": self.log_rotation.max_size.to_string(),
+            "containerLogMaxFiles": self.log_rotation.max_files,
+            "containerLogMonitorInterval": go_duration(self.log_rotation.interval),
+            "nodeStatusUpdateFrequency": self.cluster.as_ref().map(|c| go_duration(c.status_update)),
+            "nodeStatusReportFrequency": self.cluster.as_ref().map(|c| go_duration(c.status_report)),
+            "nodeLeaseDurationSeconds": self.cluster.as_ref().map(|c| c.lease_duration_seconds),
+            "rotateCertificates": self.cluster.as_ref().map(|c| c.rotate_certificates),
+        })
+    }
+}
+
 /// kubelet's container log rotation: a running container's log file is
 /// rotated once it is over `max_size`, keeping at most `max_files` files,
 /// checked every `interval`.

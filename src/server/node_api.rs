@@ -3,12 +3,16 @@
 //! authorized (auth.rs), then served:
 //!
 //! - `/healthz`; `/pods` (the pods the node runs, as a PodList);
-//! - `/stats/summary` and `/metrics/resource` (stats.rs);
+//! - `/stats/summary` and `/metrics/resource` (stats.rs); `/spec`, `/configz`,
+//!   `/runningpods`;
 //! - `/containerLogs/{ns}/{pod}/{container}` (logs.rs);
 //! - `/exec/…`, `/attach/{ns}/{pod}[/{uid}]/{container}` and
 //!   `/portForward/{ns}/{pod}[/{uid}]` proxied to the runtime's streaming server
 //!   (stream.rs); `/run/{ns}/{pod}[/{uid}]/{container}?cmd=…` runs a command and
 //!   returns its output.
+//!
+//! With `readOnlyPort`, the reading paths are also served on plain HTTP
+//! without authentication, as kubelet's read-only port does.
 //!
 //! Pods are found by namespace and name among those the node runs (a static
 //! pod by its mirror's name), containers through the runtime by the pod's UID
@@ -39,6 +43,31 @@ pub struct NodeApi {
     pub statuses: StatusStore,
     pub gate: Gate,
     pub stats: super::stats::Collector,
+    pub info: MachineInfo,
+}
+
+/// What `/spec` and `/configz` report.
+#[derive(Debug, Clone, Default)]
+pub struct MachineInfo {
+    pub num_cores: i64,
+    pub memory_capacity: i64,
+    /// The effective configuration, as KubeletConfiguration fields (no
+    /// secrets: headers of the manifest URL are left out).
+    pub config: serde_json::Value,
+}
+
+impl MachineInfo {
+    /// cAdvisor's MachineInfo, the fields nodelet knows.
+    fn spec(&self) -> serde_json::Value {
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+        serde_json::json!({
+            "num_cores": self.num_cores,
+            "memory_capacity": self.memory_capacity,
+            "machine_id": read("/etc/machine-id"),
+            "system_uuid": read("/sys/class/dmi/id/product_uuid"),
+            "boot_id": read("/proc/sys/kernel/random/boot_id"),
+        })
+    }
 }
 
 fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
@@ -90,12 +119,31 @@ impl NodeApi {
             tracing::debug!(user = %user.name, verb, subresource = sub, %path, "node API request refused");
             return refused(&r);
         }
+        self.route(req).await
+    }
+
+    /// The read-only port (`readOnlyPort`): plain HTTP, no authentication,
+    /// only what reads: health, pods, spec, stats and resource metrics.
+    pub async fn handle_read_only(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics/resource"];
+        if req.method() != Method::GET || !readable.contains(&path.as_str()) {
+            return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
+        }
+        self.route(req).await
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
         let q = form_pairs(req.uri().query().unwrap_or(""));
         let parts: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
         let p: Vec<&str> = parts.iter().map(String::as_str).collect();
         match (req.method().clone(), p.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
             (Method::GET, ["pods"]) => self.pods(),
+            (Method::GET, ["runningpods"]) => self.running_pods().await,
+            (Method::GET, ["spec"]) => json(&self.info.spec()),
+            (Method::GET, ["configz"]) => json(&serde_json::json!({"kubeletconfig": self.info.config})),
             (Method::GET, ["stats", "summary"]) => match self.stats.summary().await {
                 Ok(v) => json(&v),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot get the container stats: {e}")),
@@ -132,6 +180,36 @@ impl NodeApi {
                 let mut pod = (*r.pod).clone();
                 pod.status = Some(r.status.clone());
                 serde_json::to_value(pod).unwrap_or_default()
+            })
+            .collect();
+        json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+    }
+
+    /// `/runningpods`: the pods as the runtime has them (ready sandboxes and
+    /// their running containers).
+    async fn running_pods(&self) -> Response<Body> {
+        let ready = cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+            ..Default::default()
+        };
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        };
+        let (sandboxes, containers) = match (self.runtime.list_pod_sandbox(Some(ready)).await, self.runtime.list_containers(Some(running)).await) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let items: Vec<serde_json::Value> = sandboxes
+            .iter()
+            .map(|sb| {
+                let meta = sb.metadata.clone().unwrap_or_default();
+                let names: Vec<serde_json::Value> = containers
+                    .iter()
+                    .filter(|c| c.pod_sandbox_id == sb.id)
+                    .map(|c| serde_json::json!({"name": c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(), "image": c.image_ref}))
+                    .collect();
+                serde_json::json!({"metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}, "spec": {"containers": names}})
             })
             .collect();
         json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
@@ -315,6 +393,26 @@ impl NodeApi {
 
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves the read-only port (plain HTTP) on `listener`.
+pub async fn serve_read_only(listener: tokio::net::TcpListener, api: Arc<NodeApi>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let api = api.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle_read_only(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
 
 /// Serves the node API on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<NodeApi>) {

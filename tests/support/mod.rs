@@ -321,14 +321,21 @@ impl Node {
 
     /// GET from nodelet's local endpoint (inside the namespace).
     pub fn get(&self, path: &str) -> Option<String> {
+        self.get_port(10248, path).map(|(_, body)| body)
+    }
+
+    /// A plain HTTP GET to 127.0.0.1:`port` in the node's namespace: the
+    /// status line and the body.
+    pub fn get_port(&self, port: u16, path: &str) -> Option<(String, String)> {
         let path = path.to_string();
         in_netns(&self.netns, move || {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:10248").ok()?;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
             write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
             let mut resp = String::new();
             s.read_to_string(&mut resp).ok()?;
-            resp.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+            let (head, body) = resp.split_once("\r\n\r\n")?;
+            Some((head.lines().next().unwrap_or("").to_string(), body.to_string()))
         })
     }
 
