@@ -224,18 +224,16 @@ async fn connect_in_netns(netns: &str, ip: &str, port: u16) -> std::io::Result<t
     tokio::net::TcpStream::from_std(std)
 }
 
-/// Calls the node API directly (as a metrics collector would), from inside
-/// the node's network namespace: with a client certificate, a bearer token,
-/// or neither. Returns the status and body, or the TLS or connection error.
-pub async fn call_node(netns: &str, port: u16, path: &str, cert: Option<&super::pki::Pair>, token: Option<&str>) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
+/// A TLS connection to the node API at 127.0.0.1:`port` in `netns`,
+/// presenting `cert` if given (the serving certificate is not checked).
+pub async fn node_tls(netns: &str, port: u16, cert: Option<&super::pki::Pair>) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let config = match cert {
+    let mut config = match cert {
         Some(p) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(p.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
             let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).map_err(|e| e.to_string())?;
@@ -243,9 +241,18 @@ pub async fn call_node(netns: &str, port: u16, path: &str, cert: Option<&super::
         }
         None => builder.with_no_client_auth(),
     };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = connect_in_netns(netns, "127.0.0.1", port).await.map_err(|e| format!("connect: {e}"))?;
     let name = ServerName::try_from("localhost").expect("static name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))
+}
+
+/// Calls the node API directly (as a metrics collector would), from inside
+/// the node's network namespace: with a client certificate, a bearer token,
+/// or neither. Returns the status and body, or the TLS or connection error.
+pub async fn call_node(netns: &str, port: u16, path: &str, cert: Option<&super::pki::Pair>, token: Option<&str>) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let tls = node_tls(netns, port, cert).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tls)).await.map_err(|e| format!("TLS: {e}"))?;
     tokio::spawn(conn);
     let mut req = Request::builder().uri(path).header(header::HOST, "localhost");
