@@ -305,8 +305,8 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         (Method::GET, false) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => watch(state, &t, &q),
         (Method::GET, false) => list(&state, &t, &q),
         (Method::GET, true) => get(&state, &t),
-        (Method::POST, false) if t.res.plural == "selfsubjectaccessreviews" => self_subject_access_review(&state, &who, &body),
-        (Method::POST, false) if t.res.plural == "subjectaccessreviews" => subject_access_review(&state, &body),
+        (Method::POST, false) if t.res.plural == "selfsubjectaccessreviews" => access_review(&state, Some(&who), &body),
+        (Method::POST, false) if t.res.plural == "subjectaccessreviews" => access_review(&state, None, &body),
         (Method::POST, false) if t.res.plural == "tokenreviews" => token_review(&state, &body),
         (Method::POST, false) => create(&state, &t, &who, &body),
         (Method::POST, true) if t.res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") => {
@@ -553,44 +553,24 @@ fn token_request(state: &State, t: &Target, body: &Bytes) -> Response<Body> {
     json_response(StatusCode::CREATED, &out)
 }
 
-/// SelfSubjectAccessReview: may the caller do this? Answered by the same
-/// authorizer the requests go through.
-fn self_subject_access_review(state: &State, who: &Identity, body: &Bytes) -> Response<Body> {
-    let mut review = match parse_body(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let ra = &review["spec"]["resourceAttributes"];
-    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-    let a = authz::Attrs {
-        verb: text(&ra["verb"]).unwrap_or_default(),
-        group: text(&ra["group"]).unwrap_or_default(),
-        resource: text(&ra["resource"]).unwrap_or_default(),
-        sub: text(&ra["subresource"]),
-        ns: text(&ra["namespace"]),
-        name: text(&ra["name"]),
-    };
-    let decision = authz::authorize(&state.store.lock().unwrap(), who, &a);
-    review["apiVersion"] = json!("authorization.k8s.io/v1");
-    review["kind"] = json!("SelfSubjectAccessReview");
-    review["status"] = match decision {
-        authz::Decision::Allow => json!({"allowed": true}),
-        authz::Decision::Deny(why) => json!({"allowed": false, "reason": why}),
-    };
-    json_response(StatusCode::CREATED, &review)
-}
-
-/// SubjectAccessReview (a kubelet's webhook authorizer asks): may that user
-/// do this? Answered by the same authorizer, for the user in the spec.
-fn subject_access_review(state: &State, body: &Bytes) -> Response<Body> {
+/// SelfSubjectAccessReview (`who` is the caller) and SubjectAccessReview
+/// (the user in the spec: what a kubelet's webhook authorizer asks): may
+/// that user do this? Answered by the same authorizer requests go through.
+fn access_review(state: &State, who: Option<&Identity>, body: &Bytes) -> Response<Body> {
     let mut review = match parse_body(body) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let spec = &review["spec"];
-    let who = Identity {
-        user: spec["user"].as_str().unwrap_or("").to_string(),
-        groups: serde_json::from_value(spec["groups"].clone()).unwrap_or_default(),
+    let (kind, who) = match who {
+        Some(w) => ("SelfSubjectAccessReview", w.clone()),
+        None => (
+            "SubjectAccessReview",
+            Identity {
+                user: spec["user"].as_str().unwrap_or("").to_string(),
+                groups: serde_json::from_value(spec["groups"].clone()).unwrap_or_default(),
+            },
+        ),
     };
     let ra = &spec["resourceAttributes"];
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
@@ -602,16 +582,13 @@ fn subject_access_review(state: &State, body: &Bytes) -> Response<Body> {
         ns: text(&ra["namespace"]),
         name: text(&ra["name"]),
     };
-    state.access_reviews.lock().unwrap().push(format!(
-        "{} {} {}/{}",
-        who.user,
-        a.verb,
-        a.resource,
-        a.sub.clone().unwrap_or_default()
-    ));
+    if kind == "SubjectAccessReview" {
+        let asked = format!("{} {} {}/{}", who.user, a.verb, a.resource, a.sub.clone().unwrap_or_default());
+        state.access_reviews.lock().unwrap().push(asked);
+    }
     let decision = authz::authorize(&state.store.lock().unwrap(), &who, &a);
     review["apiVersion"] = json!("authorization.k8s.io/v1");
-    review["kind"] = json!("SubjectAccessReview");
+    review["kind"] = json!(kind);
     review["status"] = match decision {
         authz::Decision::Allow => json!({"allowed": true}),
         authz::Decision::Deny(why) => json!({"allowed": false, "reason": why}),
