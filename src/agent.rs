@@ -124,6 +124,7 @@ async fn node_api(
     client: &kube::Client,
     runtime: Arc<dyn Runtime>,
     statuses: StatusStore,
+    probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, AgentError> {
     let na = s.node_api.clone();
     let mut names = vec![s.node_name.clone()];
@@ -135,7 +136,7 @@ async fn node_api(
         memory_capacity: node_memory_bytes(),
         config: s.kubelet_configuration(),
     };
-    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info });
+    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info, probe_counts });
     let read_only = if na.read_only_port != 0 {
         let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);
         let listener = server::bind(ro_addr).await.map_err(|reason| AgentError::Bind { addr: ro_addr, reason })?;
@@ -290,6 +291,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         dry_run: s.dry_run,
         terminated: writes.then_some(terminated_tx),
         objects,
+        probe_counts: Default::default(),
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);
@@ -339,7 +341,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
-            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone()).await?);
+            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone(), ctx.probe_counts.clone()).await?);
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }

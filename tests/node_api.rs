@@ -260,6 +260,10 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
         "command": ["sh", "-c", "while true; do :; done"]})))
         .await
         .unwrap();
+    pods.create(&PostParams::default(), &pod("probed", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sleep", "3600"], "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}})))
+        .await
+        .unwrap();
     let hog = running(&c, "hog").await;
     running(&c, "busy").await;
     eventually(30 * S, "the hog's memory filled", || async { (c.node.exec(&hog, &["test", "-f", "/tmp/ready"]).await.exit_code == 0).then_some(()) }).await;
@@ -288,6 +292,16 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     let second = node_proxy(&c, "/metrics/resource").await;
     let cpu1 = sample(&second, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
     assert!(cpu1 - cpu0 > 0.5, "a busy loop uses CPU: {cpu0} -> {cpu1}");
+
+    // Probe runs by result, and kubelet's own families.
+    let probes = node_proxy(&c, "/metrics/probes").await;
+    let uid = pods.get("probed").await.unwrap().metadata.uid.unwrap();
+    let series = format!("prober_probe_total{{container=\"c\",namespace=\"default\",pod=\"probed\",pod_uid=\"{uid}\",probe_type=\"Readiness\",result=\"successful\"}}");
+    assert!(sample(&probes, &series).is_some_and(|n| n >= 2.0), "{probes}");
+    let metrics = node_proxy(&c, "/metrics").await;
+    assert_eq!(sample(&metrics, &format!("kubelet_node_name{{node=\"{node}\"}}")), Some(1.0), "{metrics}");
+    assert!(sample(&metrics, "kubelet_running_pods").is_some_and(|n| n >= 3.0), "{metrics}");
+    assert!(sample(&metrics, "kubelet_running_containers{container_state=\"running\"}").is_some_and(|n| n >= 3.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -442,6 +442,7 @@ mod tests {
             dry_run: true,
             terminated: None,
             objects: None,
+            probe_counts: Default::default(),
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);

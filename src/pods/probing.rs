@@ -75,7 +75,7 @@ impl PodProbes {
 
     /// Starts and stops probe loops to match the running containers.
     /// Returns probe configuration errors, to be reported.
-    pub fn reconcile(&mut self, pod: &Pod, obs: &RuntimePod, rt: &Arc<dyn Runtime>) -> Vec<String> {
+    pub fn reconcile(&mut self, pod: &Pod, obs: &RuntimePod, rt: &Arc<dyn Runtime>, counts: &Arc<crate::probes::metrics::ProbeCounts>) -> Vec<String> {
         let mut errors = Vec::new();
         let spec = pod.spec.clone().unwrap_or_default();
         let current = obs.latest_sandbox().filter(|s| s.ready);
@@ -106,7 +106,7 @@ impl PodProbes {
                         continue;
                     }
                 };
-                let handle = self.tasks.spawn(worker::run(cfg, x.id.clone(), x.started_at, rt.clone(), self.tx.clone()));
+                let handle = self.tasks.spawn(worker::run(cfg, x.id.clone(), x.started_at, rt.clone(), self.tx.clone(), counts.clone()));
                 self.running.insert(key, handle);
             }
         }

@@ -4,6 +4,7 @@
 //! knows containers and handlers, not pods' lifecycles.
 
 pub mod handler;
+pub mod metrics;
 pub mod worker;
 
 pub use handler::{Outcome, Target};

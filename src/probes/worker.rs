@@ -110,7 +110,15 @@ impl Thresholds {
 
 /// Runs one probe until it has nothing more to say or `tx` closes.
 /// `started_at` is the container's start (ns since the epoch).
-pub async fn run(cfg: ProbeConfig, container_id: String, started_at: i64, rt: Arc<dyn Runtime>, tx: mpsc::Sender<ProbeUpdate>) {
+/// Each run is counted in `probe_counts` (`/metrics/probes`).
+pub async fn run(
+    cfg: ProbeConfig,
+    container_id: String,
+    started_at: i64,
+    rt: Arc<dyn Runtime>,
+    tx: mpsc::Sender<ProbeUpdate>,
+    probe_counts: Arc<super::metrics::ProbeCounts>,
+) {
     let since_start = Duration::from_nanos((unix_nanos() - started_at).max(0) as u64);
     if let Some(wait) = cfg.initial_delay.checked_sub(since_start) {
         tokio::time::sleep(wait).await;
@@ -122,6 +130,12 @@ pub async fn run(cfg: ProbeConfig, container_id: String, started_at: i64, rt: Ar
     loop {
         tick.tick().await;
         let outcome = handler::run(&cfg.target, &container_id, rt.as_ref(), cfg.timeout).await;
+        let counted = match &outcome {
+            Outcome::Success | Outcome::Warning(_) => super::metrics::Result::Successful,
+            Outcome::Failure(_) => super::metrics::Result::Failed,
+            Outcome::Unknown(_) => super::metrics::Result::Unknown,
+        };
+        probe_counts.record(&container_id, cfg.kind, counted);
         let ok = match &outcome {
             Outcome::Success => Some(true),
             Outcome::Warning(w) => {

@@ -44,6 +44,7 @@ pub struct NodeApi {
     pub gate: Gate,
     pub stats: super::stats::Collector,
     pub info: MachineInfo,
+    pub probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
 }
 
 /// What `/spec` and `/configz` report.
@@ -80,6 +81,12 @@ fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
 fn json(v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::from(v.to_string()));
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn prometheus(body: String) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }
 
@@ -126,7 +133,7 @@ impl NodeApi {
     /// only what reads: health, pods, spec, stats and resource metrics.
     pub async fn handle_read_only(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics/resource"];
+        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics", "/metrics/resource", "/metrics/probes"];
         if req.method() != Method::GET || !readable.contains(&path.as_str()) {
             return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
         }
@@ -148,6 +155,8 @@ impl NodeApi {
                 Ok(v) => json(&v),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot get the container stats: {e}")),
             },
+            (Method::GET, ["metrics", "probes"]) => prometheus(self.probe_metrics().await),
+            (Method::GET, ["metrics"]) => prometheus(self.kubelet_metrics().await),
             (Method::GET, ["metrics", "resource"]) => {
                 let mut r = Response::new(Body::from(self.stats.resource_metrics().await));
                 r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -183,6 +192,62 @@ impl NodeApi {
             })
             .collect();
         json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+    }
+
+    /// `/metrics/probes`: `prober_probe_total` by container and result.
+    async fn probe_metrics(&self) -> String {
+        let containers = self.runtime.list_containers(None).await.unwrap_or_default();
+        let labels: HashMap<&str, &HashMap<String, String>> = containers.iter().map(|c| (c.id.as_str(), &c.labels)).collect();
+        let mut out = String::from(
+            "# HELP prober_probe_total [ALPHA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n\
+             # TYPE prober_probe_total counter\n",
+        );
+        for (id, kind, result, n) in self.probe_counts.snapshot(&|id| labels.contains_key(id)) {
+            let Some(l) = labels.get(id.as_str()) else { continue };
+            let get = |k: &str| l.get(k).map_or("", String::as_str);
+            out.push_str(&format!(
+                "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{}\",result=\"{}\"}} {n}\n",
+                get(CONTAINER_NAME),
+                get(crate::runtime::labels::POD_NAMESPACE),
+                get(crate::runtime::labels::POD_NAME),
+                get(POD_UID),
+                kind.as_str(),
+                result.as_str()
+            ));
+        }
+        out
+    }
+
+    /// `/metrics`: kubelet's families for what nodelet has.
+    async fn kubelet_metrics(&self) -> String {
+        let containers = self.runtime.list_containers(None).await.unwrap_or_default();
+        let ready = cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+            ..Default::default()
+        };
+        let pods = self.runtime.list_pod_sandbox(Some(ready)).await.map(|s| s.len()).unwrap_or(0);
+        let mut by_state: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for c in &containers {
+            let state = match cri::ContainerState::try_from(c.state) {
+                Ok(cri::ContainerState::ContainerCreated) => "created",
+                Ok(cri::ContainerState::ContainerRunning) => "running",
+                Ok(cri::ContainerState::ContainerExited) => "exited",
+                _ => "unknown",
+            };
+            *by_state.entry(state).or_default() += 1;
+        }
+        let mut out = format!(
+            "# HELP kubelet_node_name [ALPHA] The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\n\
+             kubelet_node_name{{node=\"{}\"}} 1\n\
+             # HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\n\
+             kubelet_running_pods {pods}\n\
+             # HELP kubelet_running_containers [ALPHA] Number of containers currently running\n# TYPE kubelet_running_containers gauge\n",
+            self.stats.node_name
+        );
+        for (state, n) in by_state {
+            out.push_str(&format!("kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"));
+        }
+        out
     }
 
     /// `/runningpods`: the pods as the runtime has them (ready sandboxes and

@@ -58,6 +58,8 @@ pub struct WorkerContext {
     pub terminated: Option<mpsc::UnboundedSender<Terminated>>,
     /// ConfigMaps, Secrets, Services and tokens (cluster mode).
     pub objects: Option<Arc<dyn ApiObjects>>,
+    /// Probe runs by result, for `/metrics/probes`.
+    pub probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
 }
 
 #[derive(Debug)]
@@ -314,7 +316,7 @@ impl Worker {
         }
         self.held.retain(|_, until| *until > now);
         if !self.ctx.dry_run {
-            for e in self.probes.reconcile(&pod, &obs, &self.ctx.runtime) {
+            for e in self.probes.reconcile(&pod, &obs, &self.ctx.runtime, &self.ctx.probe_counts) {
                 self.event(EventType::Warning, "Unhealthy", &format!("probe cannot run: {e}"));
             }
         }
