@@ -91,12 +91,17 @@ pub fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
 }
 
 /// Joins partial lines into whole ones and applies the per-line options.
-/// Feed it file bytes; it returns what to send.
+/// Feed it file bytes; it returns what to send. Fragments of a long line
+/// are passed on as they come (the runtime splits lines at 16 KiB), never
+/// held: a container writing one endless line costs no memory here. The
+/// first fragment's time decides `since` and `timestamps` for its line.
 #[derive(Debug, Default)]
 pub struct Joiner {
     pending: Vec<u8>,
-    partial: Vec<u8>,
-    partial_time: Option<String>,
+    /// Inside a line whose first fragment was already seen.
+    in_line: bool,
+    /// That line is before `since`: its fragments are dropped.
+    skipping: bool,
     since: Option<Timestamp>,
     timestamps: bool,
     /// Bytes still allowed out; None = no limit.
@@ -113,7 +118,7 @@ impl Joiner {
         self.budget.is_some_and(|b| b <= 0)
     }
 
-    /// Takes file bytes; returns the output for every complete line in them.
+    /// Takes file bytes; returns the output for every complete file line in them.
     pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(data);
         let mut out = Vec::new();
@@ -132,33 +137,28 @@ impl Joiner {
 
     fn line(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         let Some(l) = parse_line(raw) else { return };
-        if self.partial_time.is_none() {
-            self.partial_time = Some(l.time.to_string());
+        let mut piece = Vec::with_capacity(l.text.len() + 40);
+        if !self.in_line {
+            self.skipping = self.since.is_some_and(|since| l.time.parse::<Timestamp>().is_ok_and(|t| t < since));
+            if self.timestamps {
+                piece.extend_from_slice(l.time.as_bytes());
+                piece.push(b' ');
+            }
         }
-        self.partial.extend_from_slice(l.text);
-        if l.partial {
+        self.in_line = l.partial;
+        if self.skipping {
             return;
         }
-        let time = self.partial_time.take().unwrap_or_default();
-        let text = std::mem::take(&mut self.partial);
-        if let Some(since) = self.since
-            && time.parse::<Timestamp>().is_ok_and(|t| t < since)
-        {
-            return;
+        piece.extend_from_slice(l.text);
+        if !l.partial {
+            piece.push(b'\n');
         }
-        let mut whole = Vec::with_capacity(text.len() + 40);
-        if self.timestamps {
-            whole.extend_from_slice(time.as_bytes());
-            whole.push(b' ');
-        }
-        whole.extend_from_slice(&text);
-        whole.push(b'\n');
         if let Some(b) = &mut self.budget {
-            let take = (*b).min(whole.len() as i64).max(0) as usize;
-            whole.truncate(take);
+            let take = (*b).min(piece.len() as i64).max(0) as usize;
+            piece.truncate(take);
             *b -= take as i64;
         }
-        out.extend_from_slice(&whole);
+        out.extend_from_slice(&piece);
     }
 }
 
@@ -296,6 +296,17 @@ mod tests {
             out.extend(j.feed(chunk));
         }
         assert_eq!(String::from_utf8(out).unwrap(), "one\ntwo\nthree\n\n");
+    }
+
+    #[test]
+    fn a_long_line_streams_without_being_held() {
+        let mut j = Joiner::new(&LogOptions::default());
+        let frag = format!("2026-01-01T00:00:03Z stdout P {}\n", "z".repeat(16 * 1024));
+        for _ in 0..100 {
+            assert_eq!(j.feed(frag.as_bytes()).len(), 16 * 1024, "each fragment goes out at once");
+        }
+        assert!(j.pending.capacity() < 64 * 1024 && j.pending.is_empty());
+        assert_eq!(j.feed(b"2026-01-01T00:00:04Z stdout F end\n"), b"end\n");
     }
 
     #[test]
