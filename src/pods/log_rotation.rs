@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::LogRotation;
-use crate::runtime::{Runtime, cri};
+use crate::runtime::Runtime;
 
 /// What to do to a log file's rotated siblings before rotating it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,10 +96,7 @@ async fn rotate(runtime: &dyn Runtime, id: &str, log: &Path, max_files: usize) -
 
 /// Checks every running container's log each interval, for ever.
 pub async fn run(runtime: Arc<dyn Runtime>, settings: LogRotation) {
-    let running = cri::ContainerFilter {
-        state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
-        ..Default::default()
-    };
+    let running = crate::runtime::running_containers();
     loop {
         tokio::time::sleep(settings.interval).await;
         let containers = match runtime.list_containers(Some(running.clone())).await {

@@ -50,6 +50,22 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
 /// Wall-clock time in nanoseconds since the epoch, the unit CRI timestamps
 /// use.
+/// The filter for running containers.
+pub fn running_containers() -> cri::ContainerFilter {
+    cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    }
+}
+
+/// The filter for ready pod sandboxes.
+pub fn ready_sandboxes() -> cri::PodSandboxFilter {
+    cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+        ..Default::default()
+    }
+}
+
 pub fn unix_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -221,10 +221,7 @@ impl NodeApi {
     /// `/metrics`: kubelet's families for what nodelet has.
     async fn kubelet_metrics(&self) -> String {
         let containers = self.runtime.list_containers(None).await.unwrap_or_default();
-        let ready = cri::PodSandboxFilter {
-            state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
-            ..Default::default()
-        };
+        let ready = crate::runtime::ready_sandboxes();
         let pods = self.runtime.list_pod_sandbox(Some(ready)).await.map(|s| s.len()).unwrap_or(0);
         let mut by_state: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
         for c in &containers {
@@ -253,14 +250,8 @@ impl NodeApi {
     /// `/runningpods`: the pods as the runtime has them (ready sandboxes and
     /// their running containers).
     async fn running_pods(&self) -> Response<Body> {
-        let ready = cri::PodSandboxFilter {
-            state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
-            ..Default::default()
-        };
-        let running = cri::ContainerFilter {
-            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
-            ..Default::default()
-        };
+        let ready = crate::runtime::ready_sandboxes();
+        let running = crate::runtime::running_containers();
         let (sandboxes, containers) = match (self.runtime.list_pod_sandbox(Some(ready)).await, self.runtime.list_containers(Some(running)).await) {
             (Ok(s), Ok(c)) => (s, c),
             (Err(e), _) | (_, Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

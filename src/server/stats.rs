@@ -143,10 +143,7 @@ impl Collector {
 
     /// The running containers' usage, from the runtime.
     async fn rows(&self) -> Result<Vec<Row>, String> {
-        let running = cri::ContainerFilter {
-            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
-            ..Default::default()
-        };
+        let running = crate::runtime::running_containers();
         let containers = self.runtime.list_container_stats(None).await.map_err(|e| e.to_string())?;
         let alive: HashMap<String, i64> = self
             .runtime
@@ -305,26 +302,24 @@ impl Collector {
             }
         };
         let rows_ref = rows.as_deref().unwrap_or(&[]);
-        family(&mut out, "container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the container in core-seconds");
-        for r in rows_ref {
-            out.push_str(&format!(
-                "container_cpu_usage_seconds_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {}\n",
-                r.container, r.namespace, r.pod, r.usage.cpu_nanos as f64 / 1e9, ms(r.usage.time)
-            ));
-        }
-        family(&mut out, "container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes");
-        for r in rows_ref {
-            out.push_str(&format!(
-                "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {}\n",
-                r.container, r.namespace, r.pod, r.usage.working_set, ms(r.usage.time)
-            ));
-        }
-        family(&mut out, "container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds");
-        for r in rows_ref {
-            out.push_str(&format!(
-                "container_start_time_seconds{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {}\n",
-                r.container, r.namespace, r.pod, r.usage.start_nanos as f64 / 1e9, ms(r.usage.time)
-            ));
+        type Value = fn(&Usage) -> f64;
+        let containers: [(&str, &str, &str, Value); 3] = [
+            ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the container in core-seconds", |u| u.cpu_nanos as f64 / 1e9),
+            ("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes", |u| u.working_set as f64),
+            ("container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds", |u| u.start_nanos as f64 / 1e9),
+        ];
+        for (name, kind, help, value) in containers {
+            family(&mut out, name, kind, help);
+            for r in rows_ref {
+                out.push_str(&format!(
+                    "{name}{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {}\n",
+                    r.container,
+                    r.namespace,
+                    r.pod,
+                    value(&r.usage),
+                    ms(r.usage.time)
+                ));
+            }
         }
         family(&mut out, "node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds");
         out.push_str(&format!("node_cpu_usage_seconds_total {} {}\n", node.cpu_nanos as f64 / 1e9, ms(node.time)));

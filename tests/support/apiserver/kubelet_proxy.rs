@@ -67,18 +67,24 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-fn tls_config(state: &State) -> Result<rustls::ClientConfig, String> {
+/// A TLS client configuration towards a kubelet: any serving certificate
+/// accepted, `cert` presented if given.
+fn client_config(cert: Option<&super::pki::Pair>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(state.kubelet_client.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(state.kubelet_client.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match cert {
+        Some(p) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(p.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -162,7 +168,7 @@ pub async fn proxy(state: Arc<State>, plural: &str, ns: &str, name: &str, sub: &
         Ok(t) => t,
         Err(e) => return fail(503, "ServiceUnavailable", &format!("dial tcp {ip}:{port}: {e}")),
     };
-    let config = match tls_config(&state) {
+    let config = match client_config(Some(&state.kubelet_client)) {
         Ok(c) => c,
         Err(e) => return fail(500, "InternalError", &e),
     };
@@ -227,21 +233,7 @@ async fn connect_in_netns(netns: &str, ip: &str, port: u16) -> std::io::Result<t
 /// A TLS connection to the node API at 127.0.0.1:`port` in `netns`,
 /// presenting `cert` if given (the serving certificate is not checked).
 pub async fn node_tls(netns: &str, port: u16, cert: Option<&super::pki::Pair>) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let mut config = match cert {
-        Some(p) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(p.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_config(cert)?;
     let tcp = connect_in_netns(netns, "127.0.0.1", port).await.map_err(|e| format!("connect: {e}"))?;
     let name = ServerName::try_from("localhost").expect("static name");
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))
