@@ -2,6 +2,8 @@
 //! sources, the relist loop and containerd's exit events, the pod manager
 //! and the local endpoint. Every task is owned here and stops with `run`.
 
+use crate::metrics::Metrics;
+use crate::runtime::instrumented::Instrumented;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
@@ -125,6 +127,7 @@ async fn node_api(
     runtime: Arc<dyn Runtime>,
     statuses: StatusStore,
     probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
+    metrics: Arc<Metrics>,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, AgentError> {
     let na = s.node_api.clone();
     let mut names = vec![s.node_name.clone()];
@@ -136,7 +139,7 @@ async fn node_api(
         memory_capacity: node_memory_bytes(),
         config: s.kubelet_configuration(),
     };
-    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info, probe_counts });
+    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info, probe_counts, metrics });
     let read_only = if na.read_only_port != 0 {
         let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);
         let listener = server::bind(ro_addr).await.map_err(|reason| AgentError::Bind { addr: ro_addr, reason })?;
@@ -197,13 +200,18 @@ async fn node_api_main(
         };
         tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API with the cluster-signed certificate");
         let apply = |c: &str, k: &str| load(c, k).map(|ck| serving.set(ck)).map_err(|e| e.to_string());
-        tokio::join!(server::node_api::serve(listener, tls, api), crate::cluster::serving::rotate(client.clone(), node.clone(), names.clone(), cert_dir.clone(), validity, apply));
+        let metrics = api.metrics.clone();
+        tokio::join!(
+            server::node_api::serve(listener, tls, api),
+            crate::cluster::serving::rotate(client.clone(), node.clone(), names.clone(), cert_dir.clone(), validity, &metrics, apply)
+        );
     }))
 }
 
 /// Runs the agent until `shutdown` resolves. Pods keep running after it
 /// returns, as with kubelet.
 pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::new());
     let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
         if real.is_none() {
@@ -214,7 +222,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         (Arc::new(sim), cri::VersionResponse { runtime_name: "containerd".into(), ..v })
     } else {
         let (rt, v) = connect_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
-        (Arc::new(rt), v)
+        (Arc::new(Instrumented::new(Arc::new(rt), metrics.clone())), v)
     };
     let runtime_name = version.runtime_name.clone();
     // Credentials first: TLS bootstrap blocks until a certificate is issued.
@@ -292,6 +300,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         terminated: writes.then_some(terminated_tx),
         objects,
         probe_counts: Default::default(),
+        metrics: metrics.clone(),
     });
 
     let (src_tx, src_rx) = mpsc::channel(16);
@@ -331,6 +340,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             sources: src_tx.clone(),
             terminated: writes.then_some(terminated_rx),
             node_labels: labels_tx,
+            metrics: metrics.clone(),
         };
         if let Some(p) = s.proxy.clone().filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
@@ -341,7 +351,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
-            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone(), ctx.probe_counts.clone()).await?);
+            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone(), ctx.probe_counts.clone(), metrics.clone()).await?);
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }
@@ -350,7 +360,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let (relist_tx, relist_rx) = mpsc::channel(16);
     let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
     let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
-    tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx));
+    tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx, metrics.clone()));
     if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
         let (exit_tx, mut exit_rx) = mpsc::channel(64);
         tasks.spawn("containerd events", containerd::watch_task_exits(socket, exit_tx));

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cluster;
 pub mod config;
 pub mod kubeapi;
+pub mod metrics;
 pub mod pods;
 pub mod probes;
 pub mod proxy;

@@ -158,6 +158,78 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
     pf.abort();
 }
 
+/// The status of ephemeral container `name` of pod `pod`, once it has one
+/// in state `state` ("running", "terminated").
+async fn ephemeral_state(pods: &kube::Api<Pod>, pod: &str, name: &str, state: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
+    eventually(60 * S, &format!("ephemeral container {name} {state}"), || async {
+        let p = pods.get(pod).await.ok()?;
+        let s = p.status?.ephemeral_container_statuses?.into_iter().find(|s| s.name == name)?;
+        let st = serde_json::to_value(s.state.as_ref()?).ok()?;
+        st.get(state).is_some().then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_debug_adds_an_ephemeral_container_that_shares_the_targets_processes() {
+    use kube::api::{Patch, PatchParams};
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod("debuggee", &node, serde_json::json!({"name": "app", "image": "nodelet.local/busybox:1",
+        "command": ["sleep", "3600"]})))
+        .await
+        .unwrap();
+    running(&c, "debuggee").await;
+
+    // As `kubectl debug -it debuggee --image=busybox --target=app`: a
+    // strategic merge patch of the ephemeralcontainers subresource, then an
+    // attach to the new container's stdin and stdout.
+    let debugger = serde_json::json!({"name": "debugger", "image": "nodelet.local/busybox:1", "command": ["sh"],
+        "stdin": true, "targetContainerName": "app"});
+    pods.patch_ephemeral_containers("debuggee", &PatchParams::default(), &Patch::Strategic(serde_json::json!({"spec": {"ephemeralContainers": [debugger]}})))
+        .await
+        .expect("the ephemeralcontainers subresource");
+    let st = ephemeral_state(&pods, "debuggee", "debugger", "running").await;
+    assert!(!st.ready);
+    let mut p = pods.attach("debuggee", &AttachParams::default().container("debugger").stdin(true).stderr(false)).await.unwrap();
+    p.stdin().unwrap().write_all(b"ps -o pid,args; exit 3\n").await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(20 * S, p.stdout().unwrap().read_to_string(&mut out)).await.expect("the shell's output, then its end").unwrap();
+    assert!(out.lines().any(|l| l.trim_end().ends_with("sleep 3600")), "the target's process is visible: {out}");
+
+    // It ends, is reported with its exit code, and is never restarted.
+    let st = ephemeral_state(&pods, "debuggee", "debugger", "terminated").await;
+    assert_eq!(st.state.unwrap().terminated.unwrap().exit_code, 3);
+    tokio::time::sleep(3 * S).await;
+    let p = pods.get("debuggee").await.unwrap();
+    let st = p.status.as_ref().unwrap().ephemeral_container_statuses.as_ref().unwrap()[0].clone();
+    assert_eq!(st.restart_count, 0);
+    assert!(st.state.unwrap().terminated.is_some());
+    let instances = c.node.containers_named("debuggee").await.into_iter().filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == "debugger")).count();
+    assert_eq!(instances, 1, "one instance, never restarted");
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"), "the pod is not disturbed");
+
+    // Without a target it has a process namespace of its own.
+    let loner = serde_json::json!({"name": "loner", "image": "nodelet.local/busybox:1", "command": ["ps", "-o", "pid,args"]});
+    pods.patch_ephemeral_containers("debuggee", &PatchParams::default(), &Patch::Strategic(serde_json::json!({"spec": {"ephemeralContainers": [loner]}})))
+        .await
+        .unwrap();
+    ephemeral_state(&pods, "debuggee", "loner", "terminated").await;
+    let log = pods.logs("debuggee", &LogParams { container: Some("loner".into()), ..Default::default() }).await.unwrap();
+    assert!(log.contains("ps -o pid,args") && !log.contains("sleep 3600"), "{log}");
+
+    // The apiserver's rules hold: names are unique, existing ones are
+    // immutable, and the main resource cannot add one.
+    let dup = serde_json::json!({"spec": {"ephemeralContainers": [{"name": "app", "image": "nodelet.local/busybox:1"}]}});
+    let err = pods.patch_ephemeral_containers("debuggee", &PatchParams::default(), &Patch::Strategic(dup)).await.unwrap_err();
+    assert!(err.to_string().contains("Duplicate value"), "{err}");
+    let sneak = serde_json::json!({"spec": {"ephemeralContainers": [{"name": "sneak", "image": "nodelet.local/busybox:1"}]}});
+    let err = pods.patch("debuggee", &PatchParams::default(), &Patch::Strategic(sneak)).await.unwrap_err();
+    assert!(err.to_string().contains("may not change fields"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_api_lets_in_only_who_it_should() {
     let c = Cluster::start().await;
@@ -302,6 +374,18 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     assert_eq!(sample(&metrics, &format!("kubelet_node_name{{node=\"{node}\"}}")), Some(1.0), "{metrics}");
     assert!(sample(&metrics, "kubelet_running_pods").is_some_and(|n| n >= 3.0), "{metrics}");
     assert!(sample(&metrics, "kubelet_running_containers{container_state=\"running\"}").is_some_and(|n| n >= 3.0), "{metrics}");
+    for (series, at_least) in [
+        ("kubelet_runtime_operations_total{operation_type=\"create_container\"}", 3.0),
+        ("kubelet_runtime_operations_duration_seconds_count{operation_type=\"run_podsandbox\"}", 3.0),
+        ("kubelet_started_pods_total", 3.0),
+        ("kubelet_started_containers_total{container_type=\"container\"}", 3.0),
+        ("kubelet_pod_start_duration_seconds_count", 3.0),
+        ("kubelet_pleg_relist_duration_seconds_count", 2.0),
+    ] {
+        assert!(sample(&metrics, series).is_some_and(|n| n >= at_least), "{series} >= {at_least}:\n{metrics}");
+    }
+    let ttl = sample(&metrics, "kubelet_certificate_manager_client_ttl_seconds").unwrap();
+    assert!(ttl.is_finite() && ttl > 0.0, "the client certificate's TTL: {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +427,9 @@ async fn a_serving_certificate_from_the_cluster_serves_once_approved_and_is_rene
     eventually(20 * S, "the renewed certificate in use", || async { (std::fs::canonicalize(&current).ok()? != issued).then_some(()) }).await;
     let (code, _) = call_node(ns, 10250, "/healthz", Some(&apiserver), None).await.unwrap();
     assert_eq!(code, 200, "still served after the renewal");
+    let (_, metrics) = call_node(ns, 10250, "/metrics", Some(&apiserver), None).await.unwrap();
+    let ttl = sample(&metrics, "kubelet_certificate_manager_server_ttl_seconds").unwrap();
+    assert!(ttl > 0.0 && ttl <= 30.0, "the serving certificate's TTL: {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

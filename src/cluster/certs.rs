@@ -12,6 +12,7 @@
 //! Later it renews the certificate when 70–90 % (jittered) of its lifetime
 //! has passed, through its own identity, without dropping connections.
 
+use crate::metrics::Metrics;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -361,8 +362,8 @@ fn write_kubeconfig(boot: &Kubeconfig, path: &Path, pem: &Path) -> Result<(), Cl
 /// forever. New connections use the new certificate at once. If renewal
 /// keeps failing until the certificate expires, it returns: the agent then
 /// exits, and on its next start bootstraps again (as kubelet does).
-pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, validity: Validity, cert_dir: PathBuf, node: String) {
-    keep_renewed("client", validity, || async {
+pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, validity: Validity, cert_dir: PathBuf, node: String, metrics: Arc<Metrics>) {
+    keep_renewed(Certificate::Client, validity, &metrics, || async {
         let (pem, key) = request_certificate(&client, &node).await?;
         // Check the pair before anything points at it.
         let v = Validity::of_pem(pem.as_bytes()).ok_or_else(|| ClusterError::Bootstrap("the renewed certificate does not parse".into()))?;
@@ -374,14 +375,26 @@ pub async fn rotate(client: kube::Client, cert: Arc<RotatingCert>, validity: Val
     .await
 }
 
+/// Which of the node's certificates a rotation keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certificate {
+    Client,
+    Serving,
+}
+
 /// Calls `renew` at a jittered 70–90 % of the certificate's lifetime,
 /// forever, retrying a failed renewal with a growing delay; returns once a
-/// renewal has failed past the certificate's expiry.
-pub async fn keep_renewed<F, Fut>(which: &str, mut validity: Validity, mut renew: F)
+/// renewal has failed past the certificate's expiry. The certificate in use
+/// and failed renewals go to kubelet's certificate-manager metrics.
+pub async fn keep_renewed<F, Fut>(cert: Certificate, mut validity: Validity, metrics: &Metrics, mut renew: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Validity, ClusterError>>,
 {
+    let serving = cert == Certificate::Serving;
+    let which = if serving { "serving" } else { "client" };
+    let errors = if serving { &metrics.server_renew_errors } else { &metrics.client_renew_errors };
+    metrics.certificate_in_use(serving, validity.not_after);
     loop {
         let deadline = validity.rotation_deadline(rand::random::<f64>());
         // A floor, so an odd certificate cannot start a storm of CSRs.
@@ -394,13 +407,16 @@ where
                 Ok(v) => {
                     tracing::info!(certificate = which, not_after = v.not_after, "certificate rotated");
                     validity = v;
+                    metrics.certificate_in_use(serving, validity.not_after);
                     break;
                 }
                 Err(e) if now_secs() >= validity.not_after => {
+                    errors.inc();
                     tracing::error!(certificate = which, error = %e, "certificate rotation failed and the certificate has expired");
                     return;
                 }
                 Err(e) => {
+                    errors.inc();
                     tracing::warn!(certificate = which, error = %e, retry_in = delay.as_secs(), "certificate rotation failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(300));

@@ -111,6 +111,7 @@ pub struct ClusterParts {
     pub terminated: Option<mpsc::UnboundedReceiver<Terminated>>,
     /// The Node's labels as the apiserver has them, for admission.
     pub node_labels: watch::Sender<std::collections::BTreeMap<String, String>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -131,8 +132,11 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     if let Some(rx) = p.terminated {
         tasks.spawn("deletion handshake", finalize::run(client.clone(), rx));
     }
+    if let Some((_, validity)) = &joined.cert {
+        p.metrics.certificate_in_use(false, validity.not_after);
+    }
     if let Some((cert, validity)) = joined.cert.filter(|_| p.settings.rotate_certificates) {
-        tasks.spawn("certificate rotation", certs::rotate(client.clone(), cert, validity, p.settings.cert_dir.clone(), node.clone()));
+        tasks.spawn("certificate rotation", certs::rotate(client.clone(), cert, validity, p.settings.cert_dir.clone(), node.clone(), p.metrics.clone()));
     }
     let heartbeat = joined.heartbeat.clone();
     let settings = p.settings;

@@ -85,8 +85,16 @@ async fn issue(client: &kube::Client, node: &str, names: &[String], cert_dir: &P
 }
 
 /// Renews the serving certificate for ever; `apply` installs each new one.
-pub async fn rotate(client: kube::Client, node: String, names: Vec<String>, cert_dir: PathBuf, validity: Validity, apply: impl Fn(&str, &str) -> Result<(), String>) {
-    certs::keep_renewed("serving", validity, || async {
+pub async fn rotate(
+    client: kube::Client,
+    node: String,
+    names: Vec<String>,
+    cert_dir: PathBuf,
+    validity: Validity,
+    metrics: &crate::metrics::Metrics,
+    apply: impl Fn(&str, &str) -> Result<(), String>,
+) {
+    certs::keep_renewed(certs::Certificate::Serving, validity, metrics, || async {
         let (cert, key, v) = issue(&client, &node, &names, &cert_dir).await?;
         apply(&cert, &key).map_err(|e| ClusterError::Tls { what: "the renewed serving certificate".into(), message: e })?;
         Ok(v)

@@ -167,6 +167,9 @@ pub struct ContainerRequest<'a> {
     pub volumes: &'a crate::volumes::PodVolumes,
     /// The pod's managed /etc/hosts, when it has one.
     pub etc_hosts: Option<&'a std::path::Path>,
+    /// For an ephemeral container with a target: the running target's ID,
+    /// whose process namespace it joins.
+    pub target_id: Option<&'a str>,
     /// Plan only: subPaths are not created.
     pub dry_run: bool,
 }
@@ -234,7 +237,14 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfi
         tty: c.tty == Some(true),
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(linux_resources(pod, c, r.node)),
-            security_context: Some(security_context(&spec, c, r.node)),
+            security_context: Some({
+                let mut sc = security_context(&spec, c, r.node);
+                if let (Some(target), Some(ns)) = (r.target_id, sc.namespace_options.as_mut()) {
+                    ns.pid = cri::NamespaceMode::Target as i32;
+                    ns.target_id = target.to_string();
+                }
+                sc
+            }),
         }),
     };
     Ok((config, skipped))
@@ -266,6 +276,7 @@ mod tests {
             env_sources: &EnvSources::default(),
             volumes: &Default::default(),
             etc_hosts: None,
+            target_id: None,
             dry_run: true,
         })
         .unwrap()

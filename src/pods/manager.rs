@@ -443,6 +443,7 @@ mod tests {
             terminated: None,
             objects: None,
             probe_counts: Default::default(),
+            metrics: Default::default(),
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);
@@ -452,7 +453,7 @@ mod tests {
         let runtime: Arc<dyn Runtime> = rt;
         tasks.spawn(async move {
             let _keep = _exits_tx;
-            pleg::run(runtime, Duration::from_millis(20), exits_rx, relist_tx, healthy).await
+            pleg::run(runtime, Duration::from_millis(20), exits_rx, relist_tx, healthy, Default::default()).await
         });
         tasks.spawn(async move {
             let _keep = _health_tx;

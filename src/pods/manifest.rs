@@ -283,6 +283,13 @@ pub fn set_defaults(pod: &mut Pod) {
             }
         }
     }
+    for e in spec.ephemeral_containers.iter_mut().flatten() {
+        if e.image_pull_policy.as_deref().is_none_or(str::is_empty) {
+            e.image_pull_policy = Some(default_pull_policy(e.image.as_deref().unwrap_or("")).into());
+        }
+        e.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+        e.termination_message_policy.get_or_insert_with(|| "File".into());
+    }
 }
 
 /// Where a static pod came from.

@@ -121,6 +121,9 @@ pub enum ContainerKind {
     /// running beside the app containers, stopped after them.
     Sidecar,
     App,
+    /// A debugging container added to a running pod (`kubectl debug`):
+    /// started once, never restarted, no probes, not part of readiness.
+    Ephemeral,
 }
 
 impl ContainerKind {
@@ -129,6 +132,7 @@ impl ContainerKind {
             ContainerKind::Init => "init",
             ContainerKind::Sidecar => "sidecar",
             ContainerKind::App => "app",
+            ContainerKind::Ephemeral => "ephemeral",
         }
     }
 }

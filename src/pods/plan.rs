@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec};
 
 use super::ContainerKind;
 use super::backoff::{Backoff, Failure};
@@ -126,6 +126,7 @@ impl RestartPolicy {
 pub fn should_restart(kind: ContainerKind, policy: RestartPolicy, exit_code: i32) -> bool {
     match kind {
         ContainerKind::Sidecar => true,
+        ContainerKind::Ephemeral => false,
         ContainerKind::Init => exit_code != 0 && policy != RestartPolicy::Never,
         ContainerKind::App => match policy {
             RestartPolicy::Always => true,
@@ -152,6 +153,50 @@ pub fn containers(spec: &PodSpec) -> Vec<(&Container, ContainerKind)> {
         .map(|c| (c, init_kind(c)))
         .chain(spec.containers.iter().map(|c| (c, ContainerKind::App)))
         .collect()
+}
+
+/// An ephemeral container as the container it runs as. What the API forbids
+/// for it (ports, probes, lifecycle, resources) is left out, as kubelet
+/// ignores it.
+pub fn ephemeral_as_container(e: &EphemeralContainer) -> Container {
+    Container {
+        name: e.name.clone(),
+        image: e.image.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        command: e.command.clone(),
+        args: e.args.clone(),
+        working_dir: e.working_dir.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        volume_mounts: e.volume_mounts.clone(),
+        volume_devices: e.volume_devices.clone(),
+        security_context: e.security_context.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        tty: e.tty,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        ..Default::default()
+    }
+}
+
+/// The pod's ephemeral containers, as containers, with the container whose
+/// process namespace each one joins.
+pub fn ephemeral(spec: &PodSpec) -> Vec<(Container, Option<String>)> {
+    spec.ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|e| (ephemeral_as_container(e), e.target_container_name.clone().filter(|t| !t.is_empty())))
+        .collect()
+}
+
+/// The spec of the container `name`, of any kind, with its kind.
+pub fn container_spec(spec: &PodSpec, name: &str) -> Option<(Container, ContainerKind)> {
+    containers(spec)
+        .into_iter()
+        .find(|(c, _)| c.name == name)
+        .map(|(c, k)| (c.clone(), k))
+        .or_else(|| ephemeral(spec).into_iter().find(|(c, _)| c.name == name).map(|(c, _)| (c, ContainerKind::Ephemeral)))
 }
 
 /// The back-off key of a container: its name and spec hash.
@@ -342,6 +387,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     for x in obs.running().filter(|c| c.sandbox_id != sb.id) {
         p.kill(x, KillReason::StaleSandbox);
+    }
+
+    // Ephemeral containers start once in the running sandbox, even before
+    // the pod has initialized (so a stuck init container can be debugged),
+    // and are never restarted; an instance of any state means it ran.
+    for (c, _) in ephemeral(&spec) {
+        if obs.latest(&c.name).is_none() {
+            p.plan.actions.push(Action::StartContainer { name: c.name, kind: ContainerKind::Ephemeral, attempt: 0, restart_after: None });
+        }
     }
 
     // Init containers, one at a time. Once an app container exists in this

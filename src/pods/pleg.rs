@@ -40,14 +40,20 @@ pub async fn run(
     mut exits: mpsc::Receiver<String>,
     tx: mpsc::Sender<RelistEvent>,
     healthy: watch::Sender<Option<Instant>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut previous: Option<BTreeMap<String, Fingerprint>> = None;
     let mut failing = false;
     // Exited containers the CRI view has not caught up with, and since when.
     let mut pending: BTreeMap<String, Instant> = BTreeMap::new();
     let mut exits_open = true;
+    let mut last_start: Option<Instant> = None;
     loop {
-        match observe::relist(rt.as_ref()).await {
+        let started = Instant::now();
+        let listed = observe::relist(rt.as_ref()).await;
+        metrics.relisted(started.elapsed().as_secs_f64(), last_start.map(|l| started.duration_since(l).as_secs_f64()));
+        last_start = Some(started);
+        match listed {
             Ok(now) => {
                 if failing {
                     tracing::info!("runtime relist works again");

@@ -109,7 +109,7 @@ fn container_status(
                 status.last_state = last(previous_exit);
                 let started = input.started.get(&x.id).copied().unwrap_or(true);
                 status.started = Some(started);
-                status.ready = started && input.readiness.get(&x.id).copied().unwrap_or(true);
+                status.ready = kind != ContainerKind::Ephemeral && started && input.readiness.get(&x.id).copied().unwrap_or(true);
             }
             ContainerPhase::Exited => match held {
                 Some(w) => {
@@ -233,6 +233,11 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, initializing))
         .collect();
     let phase = phase(&spec, initializing, &statuses, finished);
+    // Ephemeral containers take no part in the phase or readiness.
+    let ephemeral: Vec<ContainerStatus> = plan::ephemeral(&spec)
+        .iter()
+        .map(|(c, _)| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::Ephemeral, false))
+        .collect();
 
     let names = |pred: &dyn Fn(&ContainerStatus) -> bool, list: &[ContainerStatus]| {
         list.iter().filter(|s| pred(s)).map(|s| s.name.clone()).collect::<Vec<_>>()
@@ -278,6 +283,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         conditions: Some(conditions),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        ephemeral_container_statuses: (!ephemeral.is_empty()).then_some(ephemeral),
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         host_ip: input.node.host_ips.first().cloned(),

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::pods::backoff::{Backoff, BackoffConfig};
 use crate::pods::container::container_hash;
 use crate::pods::manifest::{self, StaticOrigin};
-use crate::pods::plan::{Plan, PlanInput, containers, plan};
+use crate::pods::plan::{Plan, PlanInput, container_spec, plan};
 use crate::runtime::labels::{self, PodIdentity};
 use crate::runtime::{ContainerPhase, ObservedContainer, ObservedSandbox, RuntimePod};
 
@@ -27,8 +27,20 @@ pub fn pod(restart: &str, init: &[&str], apps: &[&str]) -> Pod {
     manifest::load_static(yaml.as_bytes(), "n", &StaticOrigin::File("/p.yaml".into())).unwrap().0
 }
 
-pub fn spec_container<'a>(p: &'a Pod, name: &str) -> &'a Container {
-    containers(p.spec.as_ref().unwrap()).into_iter().find(|(c, _)| c.name == name).unwrap().0
+pub fn spec_container(p: &Pod, name: &str) -> Container {
+    container_spec(p.spec.as_ref().unwrap(), name).unwrap().0
+}
+
+/// Adds an ephemeral container (as `kubectl debug` does) to a pod.
+pub fn with_ephemeral(mut p: Pod, name: &str, target: Option<&str>) -> Pod {
+    let e = k8s_openapi::api::core::v1::EphemeralContainer {
+        name: name.into(),
+        image: Some("busybox:1".into()),
+        target_container_name: target.map(Into::into),
+        ..Default::default()
+    };
+    p.spec.as_mut().unwrap().ephemeral_containers.get_or_insert_with(Vec::new).push(e);
+    p
 }
 
 pub struct World {
@@ -53,7 +65,7 @@ impl World {
     /// A container instance in sandbox `sb`; `exit` None means running.
     pub fn container(mut self, sb: &str, name: &str, attempt: u32, exit: Option<i32>) -> Self {
         self.clock += 1;
-        let hash = container_hash(spec_container(&self.pod, name));
+        let hash = container_hash(&spec_container(&self.pod, name));
         let phase = if exit.is_some() { ContainerPhase::Exited } else { ContainerPhase::Running };
         self.obs.containers.insert(
             0,

@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod dry_run;
+pub mod instrumented;
 pub mod labels;
 pub mod observe;
 pub mod remote;
@@ -38,6 +39,15 @@ impl RuntimeError {
             RuntimeError::NotFound { method, what: what.to_string() }
         } else {
             RuntimeError::Call { method, code: status.code(), message: status.message().to_string() }
+        }
+    }
+
+    /// The gRPC status code, as Go names it (kubelet's metric label).
+    pub fn code(&self) -> String {
+        match self {
+            RuntimeError::Connect { .. } => "Unavailable".into(),
+            RuntimeError::Call { code, .. } => format!("{code:?}"),
+            RuntimeError::NotFound { .. } => "NotFound".into(),
         }
     }
 

@@ -45,6 +45,9 @@ pub struct NodeApi {
     pub stats: super::stats::Collector,
     pub info: MachineInfo,
     pub probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
+    /// kubelet's own families: runtime operations, PLEG, pod and container
+    /// starts, certificates.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `/spec` and `/configz` report.
@@ -244,6 +247,7 @@ impl NodeApi {
         for (state, n) in by_state {
             out.push_str(&format!("kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"));
         }
+        out.push_str(&self.metrics.render());
         out
     }
 

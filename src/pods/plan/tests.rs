@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::pods::backoff::{Backoff, BackoffConfig, Failure};
-use crate::pods::testing::{NOW, S, World, pod, spec_container};
+use crate::pods::testing::{NOW, S, World, pod, spec_container, with_ephemeral};
 use crate::runtime::labels;
 
 fn start(name: &str, kind: ContainerKind, attempt: u32, restart_after: Option<Failure>) -> Action {
@@ -82,7 +82,7 @@ fn restart_policies_against_exit_codes() {
 fn crash_loop_back_off_holds_the_restart() {
     let w = World::new(pod("Always", &[], &["app"])).sandbox("s", 0, true).container("s", "app", 3, Some(1));
     let mut b = Backoff::new(BackoffConfig { initial: Duration::from_secs(10), ..BackoffConfig::default() });
-    let key = backoff_key(spec_container(&w.pod, "app"));
+    let key = backoff_key(&spec_container(&w.pod, "app"));
     b.next(&key, Failure { started: NOW - 101 * S, at: NOW - 100 * S }); // an earlier crash put it on back-off
     let plan = w.plan_with(&b);
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
@@ -223,4 +223,33 @@ fn a_failed_liveness_probe_kills_and_the_policy_restarts() {
     // Once it has exited, the restart policy applies as to any exit.
     let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, Some(137));
     assert_eq!(w.plan().actions, vec![start("a", ContainerKind::App, 1, EXITED_AT)]);
+}
+
+#[test]
+fn an_ephemeral_container_starts_once_and_is_never_restarted() {
+    let p = with_ephemeral(pod("Always", &["i1"], &["app"]), "debug", Some("app"));
+    // No sandbox yet: the sandbox and the first init container come first;
+    // the ephemeral container waits for a running sandbox.
+    assert_eq!(World::new(p.clone()).plan().actions, vec![Action::CreateSandbox { attempt: 0 }, start("i1", ContainerKind::Init, 0, None)]);
+    // A stuck init container can be debugged: it starts before init is done.
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "i1", 0, None);
+    assert_eq!(w.plan().actions, vec![start("debug", ContainerKind::Ephemeral, 0, None)]);
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "i1", 0, Some(0)).container("s", "app", 0, None);
+    assert_eq!(w.plan().actions, vec![start("debug", ContainerKind::Ephemeral, 0, None)]);
+    // Once it ran, whatever its exit, it stays as it is.
+    for exit in [Some(0), Some(1), None] {
+        let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "i1", 0, Some(0)).container("s", "app", 0, None).container("s", "debug", 0, exit);
+        assert!(w.plan().actions.is_empty(), "exit {exit:?}: {:?}", w.plan().actions);
+    }
+    // A new sandbox does not bring it back.
+    let w = World::new(p).sandbox("s", 0, false).container("s", "debug", 0, Some(137)).container("s", "i1", 0, Some(0));
+    assert!(!w.plan().actions.iter().any(|a| matches!(a, Action::StartContainer { name, .. } if name == "debug")));
+}
+
+#[test]
+fn an_ephemeral_container_does_not_keep_a_finished_pod_alive() {
+    let p = with_ephemeral(pod("Never", &[], &["app"]), "debug", None);
+    let w = World::new(p).sandbox("s", 0, true).container("s", "app", 0, Some(0)).container("s", "debug", 0, None);
+    assert_eq!(finished_phase(w.pod.spec.as_ref().unwrap(), &w.obs), Some("Succeeded"));
+    assert_eq!(w.plan().actions, vec![Action::KillPod]);
 }

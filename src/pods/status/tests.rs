@@ -118,3 +118,24 @@ fn transition_times_hold_while_a_condition_holds() {
     let second = pod_status(&input(Some(&first), 200));
     assert_eq!(cond(&second, "Ready").last_transition_time, cond(&first, "Ready").last_transition_time);
 }
+
+#[test]
+fn ephemeral_containers_are_reported_apart_and_never_ready() {
+    use crate::pods::testing::with_ephemeral;
+    let p = with_ephemeral(pod("Always", &[], &["a"]), "debug", Some("a"));
+    let w = World::new(p.clone()).sandbox("s", 0, true).container("s", "a", 0, None);
+    let s = status(&w);
+    let e = &s.ephemeral_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(e.name, "debug");
+    assert_eq!(e.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
+    assert_eq!(cond(&s, "Ready").status, "True", "a waiting ephemeral container does not make the pod unready");
+    assert!(s.container_statuses.as_ref().unwrap().iter().all(|c| c.name != "debug"));
+
+    let w = World::new(p).sandbox("s", 0, true).container("s", "a", 0, None).container("s", "debug", 0, None);
+    let s = status(&w);
+    let e = &s.ephemeral_container_statuses.as_ref().unwrap()[0];
+    assert!(e.state.as_ref().unwrap().running.is_some());
+    assert!(!e.ready);
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    assert!(status(&World::new(pod("Always", &[], &["a"]))).ephemeral_container_statuses.is_none());
+}

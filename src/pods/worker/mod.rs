@@ -60,6 +60,8 @@ pub struct WorkerContext {
     pub objects: Option<Arc<dyn ApiObjects>>,
     /// Probe runs by result, for `/metrics/probes`.
     pub probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
+    /// Pod start durations and container starts, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug)]
@@ -143,6 +145,8 @@ pub struct Worker {
     /// rest of the pod carries on.
     held: BTreeMap<String, i64>,
     start_time: Timestamp,
+    /// When this worker first had the pod (kubelet_pod_start_duration_seconds).
+    first_seen: std::time::Instant,
     last_status: Option<PodStatus>,
     probes: PodProbes,
     /// The grace period an apiserver deletion asked for.
@@ -174,6 +178,7 @@ impl Worker {
             retry_at: None,
             held: BTreeMap::new(),
             start_time: Timestamp::now(),
+            first_seen: std::time::Instant::now(),
             last_status: None,
             probes: PodProbes::default(),
             grace_override: None,
@@ -468,6 +473,10 @@ impl Worker {
             node: &self.ctx.node,
             now: Timestamp::now(),
         });
+        let was_pending = self.last_status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Pending"));
+        if was_pending && status.phase.as_deref() == Some("Running") {
+            self.ctx.metrics.pod_start_duration.observe(self.first_seen.elapsed().as_secs_f64());
+        }
         self.last_status = Some(status.clone());
         self.ctx.statuses.set(&self.identity.uid, PodRecord { pod: pod.clone(), status });
     }
@@ -495,12 +504,21 @@ impl Worker {
                 let Some(sb) = sandbox.as_ref() else {
                     return Err(self.retry_later());
                 };
-                let c = plan::containers(pod.spec.as_ref().expect("planned pods have a spec"))
-                    .into_iter()
-                    .find(|(c, _)| c.name == name)
-                    .map(|(c, _)| c.clone())
-                    .ok_or_else(|| self.retry_later())?;
-                self.start_container(pod, &c, kind, attempt, sb).await?;
+                let spec = pod.spec.as_ref().expect("planned pods have a spec");
+                let (c, _) = plan::container_spec(spec, &name).ok_or_else(|| self.retry_later())?;
+                // An ephemeral container with a target joins the target's
+                // process namespace: the target must be running here.
+                let target = match plan::ephemeral(spec).into_iter().find(|(e, _)| e.name == name).and_then(|(_, t)| t) {
+                    None => None,
+                    Some(t) => match obs.running().find(|x| x.name == t && x.sandbox_id == sb.id) {
+                        Some(x) => Some(x.id.clone()),
+                        None => {
+                            let msg = format!("target container {t:?} of ephemeral container {name:?} is not running");
+                            return Err(self.fail_container(&name, "CreateContainerConfigError", msg));
+                        }
+                    },
+                };
+                self.start_container(pod, &c, kind, attempt, sb, target.as_deref()).await?;
                 if let Some(exit) = restart_after {
                     self.crash_backoff.next(&plan::backoff_key(&c), exit);
                 }

@@ -47,9 +47,11 @@ impl Worker {
             }
         }
         let handler = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()).unwrap_or_default();
+        self.ctx.metrics.started_pods.inc();
         let id = match self.ctx.runtime.run_pod_sandbox(&config, &handler).await {
             Ok(id) => id,
             Err(e) => {
+                self.ctx.metrics.started_pods_errors.inc();
                 self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
                 return Err(self.retry_later());
             }
@@ -58,7 +60,7 @@ impl Worker {
         Ok(SandboxInUse { id, config, ips })
     }
 
-    fn fail_container(&mut self, name: &str, reason: &str, message: String) -> Failed {
+    pub(super) fn fail_container(&mut self, name: &str, reason: &str, message: String) -> Failed {
         self.event(EventType::Warning, "Failed", &format!("Error: {message}"));
         self.errors.insert(name.to_string(), Waiting::new(reason, message));
         self.retry_later()
@@ -125,6 +127,7 @@ impl Worker {
         kind: ContainerKind,
         attempt: u32,
         sb: &SandboxInUse,
+        target_id: Option<&str>,
     ) -> Result<(), Failed> {
         let image = self.ensure_image(c, sb).await?;
         if let Err(msg) = check_non_root(pod, c, &image) {
@@ -149,6 +152,7 @@ impl Worker {
             env_sources: &sources,
             volumes: &volumes,
             etc_hosts: etc_hosts.as_deref(),
+            target_id,
             dry_run: self.ctx.dry_run,
         };
         let config = match container::container_config(&req) {
@@ -168,14 +172,24 @@ impl Worker {
         if let Err(e) = make_dir(&log_dir) {
             return Err(self.fail_container(&c.name, "CreateContainerError", format!("{}: {e}", log_dir.display())));
         }
+        let metric_type = match kind {
+            ContainerKind::Init | ContainerKind::Sidecar => "init_container",
+            ContainerKind::App => "container",
+            ContainerKind::Ephemeral => "ephemeral_container",
+        };
         let id = match self.ctx.runtime.create_container(&sb.id, &config, &sb.config).await {
             Ok(id) => id,
-            Err(e) => return Err(self.fail_container(&c.name, "CreateContainerError", e.to_string())),
+            Err(e) => {
+                self.ctx.metrics.container_started(metric_type, Some(&e.code()));
+                return Err(self.fail_container(&c.name, "CreateContainerError", e.to_string()));
+            }
         };
         self.event(EventType::Normal, "Created", &format!("Created container: {}", c.name));
         if let Err(e) = self.ctx.runtime.start_container(&id).await {
+            self.ctx.metrics.container_started(metric_type, Some(&e.code()));
             return Err(self.fail_container(&c.name, "RunContainerError", e.to_string()));
         }
+        self.ctx.metrics.container_started(metric_type, None);
         self.event(EventType::Normal, "Started", &format!("Started container {}", c.name));
         logs::link(&self.ctx.node, &self.identity, &c.name, &id, &std::path::Path::new(&sb.config.log_directory).join(&config.log_path));
         self.errors.remove(&c.name);

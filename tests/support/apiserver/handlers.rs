@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::authz;
 use super::controllers;
 use super::patch;
+use super::pods;
 use super::pki::Ca;
 use super::select::Selector;
 use super::store::{Change, Store};
@@ -155,7 +156,7 @@ pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn random_suffix(n: usize) -> String {
+pub(super) fn random_suffix(n: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
@@ -177,7 +178,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
         .expect("static response parts")
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+pub(super) fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
     let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code});
     json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &v)
@@ -622,60 +623,6 @@ fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {
 }
 
 /// The defaults and admission a real apiserver applies to a new pod.
-fn admit_pod(obj: &mut Value) -> Result<(), Response<Body>> {
-    let mut pod: k8s_openapi::api::core::v1::Pod =
-        serde_json::from_value(obj.clone()).map_err(|e| status(400, "BadRequest", &format!("invalid Pod: {e}")))?;
-    nodelet::pods::manifest::set_defaults(&mut pod);
-    let spec = pod.spec.get_or_insert_with(Default::default);
-    // ServiceAccount admission.
-    if spec.service_account_name.as_deref().is_none_or(str::is_empty) {
-        spec.service_account_name = Some("default".into());
-    }
-    spec.priority.get_or_insert(0);
-    // DefaultTolerationSeconds admission.
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
-            tolerations.push(k8s_openapi::api::core::v1::Toleration {
-                key: Some(key.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoExecute".into()),
-                toleration_seconds: Some(300),
-                ..Default::default()
-            });
-        }
-    }
-    let automount = spec.automount_service_account_token != Some(false);
-    if automount {
-        let name = format!("kube-api-access-{}", random_suffix(5));
-        let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(json!({
-            "name": name,
-            "projected": {"defaultMode": 420, "sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
-            ]}
-        }))
-        .expect("a valid volume");
-        spec.volumes.get_or_insert_with(Vec::new).push(vol);
-        for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
-            c.volume_mounts.get_or_insert_with(Vec::new).push(k8s_openapi::api::core::v1::VolumeMount {
-                name: name.clone(),
-                mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-        }
-    }
-    let qos = nodelet::pods::qos::qos_class(spec).as_str().to_string();
-    let mut v = serde_json::to_value(&pod).map_err(|e| status(500, "InternalError", &e.to_string()))?;
-    if v["status"].is_null() {
-        v["status"] = json!({"phase": "Pending", "qosClass": qos});
-    }
-    *obj = v;
-    Ok(())
-}
-
 fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Response<Body> {
     let mut obj = match parse_body(body) {
         Ok(v) => v,
@@ -713,7 +660,7 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     }
     match t.res.plural {
         "pods" => {
-            if let Err(r) = admit_pod(&mut obj) {
+            if let Err(r) = pods::admit(&mut obj) {
                 return r;
             }
         }
@@ -785,7 +732,19 @@ fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<Str
             &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.res.key()),
         );
     }
-    let merged = apply_update(t, &current, new);
+    let merged = match (t.res.plural, t.sub.as_deref()) {
+        ("pods", Some("ephemeralcontainers")) => match pods::ephemeral_update(&current, &new) {
+            Ok(v) => v,
+            Err(r) => return r,
+        },
+        _ => apply_update(t, &current, new),
+    };
+    if t.res.plural == "pods"
+        && t.sub.is_none()
+        && let Err(r) = pods::validate_update(&current, &merged)
+    {
+        return r;
+    }
     if merged == current {
         return json_response(StatusCode::OK, &with_type(t, current));
     }

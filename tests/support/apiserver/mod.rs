@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod handlers;
 pub mod kubelet_proxy;
 mod patch;
+pub mod pods;
 pub mod pki;
 mod select;
 pub mod store;

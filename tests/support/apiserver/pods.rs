@@ -1,0 +1,192 @@
+//! What a real apiserver does to pods beyond storing them: admission on
+//! create (defaults, ServiceAccount, DefaultTolerationSeconds), the update
+//! validation that keeps a pod's spec immutable, and the
+//! `pods/ephemeralcontainers` subresource `kubectl debug` uses.
+
+#![allow(clippy::result_large_err)]
+
+use axum::body::Body;
+use http::Response;
+use serde_json::{Value, json};
+
+use super::handlers::{random_suffix, status};
+
+pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
+    let mut pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(obj.clone()).map_err(|e| status(400, "BadRequest", &format!("invalid Pod: {e}")))?;
+    nodelet::pods::manifest::set_defaults(&mut pod);
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    // ServiceAccount admission.
+    if spec.service_account_name.as_deref().is_none_or(str::is_empty) {
+        spec.service_account_name = Some("default".into());
+    }
+    spec.priority.get_or_insert(0);
+    // DefaultTolerationSeconds admission.
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(k8s_openapi::api::core::v1::Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(300),
+                ..Default::default()
+            });
+        }
+    }
+    let automount = spec.automount_service_account_token != Some(false);
+    if automount {
+        let name = format!("kube-api-access-{}", random_suffix(5));
+        let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(json!({
+            "name": name,
+            "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]}
+        }))
+        .expect("a valid volume");
+        spec.volumes.get_or_insert_with(Vec::new).push(vol);
+        for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+            c.volume_mounts.get_or_insert_with(Vec::new).push(k8s_openapi::api::core::v1::VolumeMount {
+                name: name.clone(),
+                mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    let qos = nodelet::pods::qos::qos_class(spec).as_str().to_string();
+    let mut v = serde_json::to_value(&pod).map_err(|e| status(500, "InternalError", &e.to_string()))?;
+    if v["status"].is_null() {
+        v["status"] = json!({"phase": "Pending", "qosClass": qos});
+    }
+    *obj = v;
+    Ok(())
+}
+
+
+fn invalid(pod: &Value, detail: &str) -> Response<Body> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    status(422, "Invalid", &format!("Pod \"{name}\" is invalid: {detail}"))
+}
+
+const MAY_CHANGE: &str = "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// ValidatePodUpdate: through the main resource a pod's spec keeps all but
+/// its container images, activeDeadlineSeconds, added tolerations and the
+/// grace period. Ephemeral containers in particular only come through
+/// their subresource.
+pub fn validate_update(current: &Value, new: &Value) -> Result<(), Response<Body>> {
+    let strip = |spec: &Value| {
+        let mut spec = spec.clone();
+        for list in ["containers", "initContainers"] {
+            for c in spec[list].as_array_mut().into_iter().flatten() {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("image");
+                }
+            }
+        }
+        if let Some(o) = spec.as_object_mut() {
+            for f in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"] {
+                o.remove(f);
+            }
+        }
+        spec
+    };
+    if strip(&current["spec"]) != strip(&new["spec"]) {
+        return Err(invalid(current, MAY_CHANGE));
+    }
+    let old = current["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    let now = new["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    if old.iter().any(|t| !now.contains(t)) {
+        return Err(invalid(current, MAY_CHANGE));
+    }
+    Ok(())
+}
+
+/// The `pods/ephemeralcontainers` subresource: the pod as stored with only
+/// its ephemeral containers taken from `new`. Existing ones may not change
+/// or go; new ones are validated as the apiserver does, defaulted, and get
+/// the ServiceAccount token mount the pod's other containers have.
+pub fn ephemeral_update(current: &Value, new: &Value) -> Result<Value, Response<Body>> {
+    let old_list = current["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    let mut new_list = new["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| current["spec"][*l].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let mut names: Vec<String> = regular.iter().map(|s| s.to_string()).collect();
+    let token_mount = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| current["spec"][*l].as_array().into_iter().flatten())
+        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
+        .find(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+        .cloned();
+    for (i, e) in new_list.iter_mut().enumerate() {
+        let f = format!("spec.ephemeralContainers[{i}]");
+        let name = e["name"].as_str().unwrap_or("").to_string();
+        if let Some(old) = old_list.iter().find(|o| o["name"] == name.as_str()) {
+            if old != e {
+                let mut defaulted = e.clone();
+                default_ephemeral(&mut defaulted, token_mount.as_ref());
+                if *old != defaulted {
+                    return Err(invalid(current, &format!("spec.ephemeralContainers: Forbidden: existing ephemeral containers \"{name}\" may not be changed")));
+                }
+                *e = old.clone();
+            }
+            names.push(name);
+            continue;
+        }
+        if name.is_empty() {
+            return Err(invalid(current, &format!("{f}.name: Required value")));
+        }
+        if names.contains(&name) {
+            return Err(invalid(current, &format!("{f}.name: Duplicate value: \"{name}\"")));
+        }
+        names.push(name.clone());
+        if e["image"].as_str().is_none_or(str::is_empty) {
+            return Err(invalid(current, &format!("{f}.image: Required value")));
+        }
+        for forbidden in ["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources"] {
+            if !e[forbidden].is_null() {
+                return Err(invalid(current, &format!("{f}.{forbidden}: Forbidden: cannot be set for an Ephemeral Container")));
+            }
+        }
+        if let Some(target) = e["targetContainerName"].as_str()
+            && !regular.contains(&target)
+        {
+            return Err(invalid(current, &format!("{f}.targetContainerName: Not found: \"{target}\"")));
+        }
+        default_ephemeral(e, token_mount.as_ref());
+    }
+    if let Some(gone) = old_list.iter().find(|o| !new_list.iter().any(|e| e["name"] == o["name"])) {
+        return Err(invalid(current, &format!("spec.ephemeralContainers: Forbidden: existing ephemeral containers \"{}\" may not be removed", gone["name"].as_str().unwrap_or(""))));
+    }
+    let mut merged = current.clone();
+    merged["spec"]["ephemeralContainers"] = Value::Array(new_list);
+    Ok(merged)
+}
+
+/// The API defaults of an ephemeral container, and (from ServiceAccount
+/// admission) the pod's token mount.
+fn default_ephemeral(e: &mut Value, token_mount: Option<&Value>) {
+    if e["imagePullPolicy"].as_str().is_none_or(str::is_empty) {
+        e["imagePullPolicy"] = json!(nodelet::pods::manifest::default_pull_policy(e["image"].as_str().unwrap_or("")));
+    }
+    if e["terminationMessagePath"].is_null() {
+        e["terminationMessagePath"] = json!("/dev/termination-log");
+    }
+    if e["terminationMessagePolicy"].is_null() {
+        e["terminationMessagePolicy"] = json!("File");
+    }
+    if let Some(m) = token_mount {
+        let mounts = e["volumeMounts"].as_array().cloned().unwrap_or_default();
+        if !mounts.iter().any(|x| x["mountPath"] == m["mountPath"]) {
+            let mut mounts = mounts;
+            mounts.push(m.clone());
+            e["volumeMounts"] = Value::Array(mounts);
+        }
+    }
+}
