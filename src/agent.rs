@@ -115,6 +115,9 @@ fn node_memory_bytes() -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Where `/logs/` reads the node's own logs, as kubelet (fixed there too).
+const NODE_LOG_DIR: &str = "/var/log";
+
 /// The node API, ready to run: the serving certificate from the configured
 /// files, or from the cluster's `kubelet-serving` signer (serverTLSBootstrap:
 /// the port is served once one is issued, and it is renewed), or kubelet's
@@ -139,7 +142,17 @@ async fn node_api(
         memory_capacity: node_memory_bytes(),
         config: s.kubelet_configuration(),
     };
-    let api = Arc::new(server::node_api::NodeApi { runtime, statuses, gate, stats, info, probe_counts, metrics });
+    let api = Arc::new(server::node_api::NodeApi {
+        runtime,
+        statuses,
+        gate,
+        stats,
+        info,
+        probe_counts,
+        metrics,
+        debugging: na.debugging_handlers,
+        system_logs: na.system_log_handler.then(|| std::path::PathBuf::from(NODE_LOG_DIR)),
+    });
     let read_only = if na.read_only_port != 0 {
         let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);
         let listener = server::bind(ro_addr).await.map_err(|reason| AgentError::Bind { addr: ro_addr, reason })?;

@@ -287,9 +287,22 @@ async fn the_node_api_lets_in_only_who_it_should() {
     let (status, _) = c.node.get_port(10255, "/exec/default/x/c?command=sh").unwrap();
     assert!(status.contains(" 404 "), "{status}");
 
+    // The node's own logs (`kubectl get --raw /api/v1/nodes/<node>/proxy/logs/…`):
+    // /var/log listed and served, as nodes/log, and nothing outside it.
+    let mut log = tempfile::Builder::new().prefix("nodelet-test-").suffix(".log").tempfile_in("/var/log").unwrap();
+    std::io::Write::write_all(&mut log, b"a line in the node's log\n").unwrap();
+    let name = log.path().file_name().unwrap().to_str().unwrap().to_string();
+    let listing = node_proxy(&c, "/logs/").await;
+    assert!(listing.contains(&format!("<a href=\"{name}\">")), "{listing}");
+    assert_eq!(node_proxy(&c, &format!("/logs/{name}")).await, "a line in the node's log\n");
+    let (code, _) = call_node(ns, 10250, "/logs/../etc/passwd", Some(&apiserver), None).await.unwrap();
+    assert_eq!(code, 400, "no way out of /var/log");
+    let (code, body) = call_node(ns, 10250, &format!("/logs/{name}"), Some(&nobody), None).await.unwrap();
+    assert_eq!((code, body.as_str()), (403, "Forbidden (user=nobody, verb=get, resource=nodes, subresource=log)"));
+
     // The right subresource was asked for each path.
     let reviews = c.api.access_reviews();
-    for want in ["nobody get nodes/proxy", "metrics-reader get nodes/stats", "metrics-reader get nodes/metrics", "kube-apiserver-kubelet-client get nodes/proxy"] {
+    for want in ["nobody get nodes/proxy", "metrics-reader get nodes/stats", "metrics-reader get nodes/metrics", "kube-apiserver-kubelet-client get nodes/proxy", "kube-apiserver-kubelet-client get nodes/log"] {
         assert!(reviews.iter().any(|r| r == want), "{want} not among {reviews:?}");
     }
 }

@@ -52,6 +52,8 @@ pub struct KubeletConfig {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
     pub server_tls_bootstrap: Option<bool>,
+    pub enable_debugging_handlers: Option<bool>,
+    pub enable_system_log_handler: Option<bool>,
     pub authentication: Authentication,
     pub authorization: Authorization,
     pub container_log_max_size: Option<u64>,
@@ -217,6 +219,8 @@ impl KubeletConfig {
                 "tlsCertFile" => c.tls_cert_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
                 "tlsPrivateKeyFile" => c.tls_private_key_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
                 "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
+                "enableDebuggingHandlers" => c.enable_debugging_handlers = Some(field(file, k, v)?),
+                "enableSystemLogHandler" => c.enable_system_log_handler = Some(field(file, k, v)?),
                 "containerLogMaxSize" => {
                     let q: String = field(file, k, v)?;
                     let n = crate::pods::quantity::parse(&q).map_err(|e| bad(k, e.to_string()))?;

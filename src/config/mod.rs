@@ -97,6 +97,8 @@ impl Settings {
             "port": na.port,
             "readOnlyPort": na.read_only_port,
             "serverTLSBootstrap": na.server_tls_bootstrap,
+            "enableDebuggingHandlers": na.debugging_handlers,
+            "enableSystemLogHandler": na.system_log_handler,
             "tlsCertFile": na.tls_cert_file,
             "tlsPrivateKeyFile": na.tls_private_key_file,
             "authentication": {

@@ -42,6 +42,11 @@ pub struct NodeApiSettings {
     pub authorization: AuthorizationMode,
     pub authorized_ttl: Duration,
     pub unauthorized_ttl: Duration,
+    /// `enableDebuggingHandlers` (true): logs, exec, attach, port-forward
+    /// and run; off, those paths are not served.
+    pub debugging_handlers: bool,
+    /// `enableSystemLogHandler` (true): `/logs/`, the node's /var/log.
+    pub system_log_handler: bool,
 }
 
 /// Flag values for the node API; `None` when not given.
@@ -95,6 +100,8 @@ impl NodeApiSettings {
             authorization,
             authorized_ttl: webhook.cache_authorized_ttl.unwrap_or(Duration::from_secs(300)),
             unauthorized_ttl: webhook.cache_unauthorized_ttl.unwrap_or(Duration::from_secs(30)),
+            debugging_handlers: file.enable_debugging_handlers.unwrap_or(true),
+            system_log_handler: file.enable_system_log_handler.unwrap_or(true),
         })
     }
 }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod logs;
 pub mod node_api;
+pub mod node_logs;
 pub mod stats;
 pub mod stream;
 pub mod tls;

@@ -48,6 +48,11 @@ pub struct NodeApi {
     /// kubelet's own families: runtime operations, PLEG, pod and container
     /// starts, certificates.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `enableDebuggingHandlers`: container logs, exec, attach,
+    /// port-forward and run are served.
+    pub debugging: bool,
+    /// `enableSystemLogHandler`: the directory `/logs/` serves (/var/log).
+    pub system_logs: Option<std::path::PathBuf>,
 }
 
 /// What `/spec` and `/configz` report.
@@ -164,6 +169,13 @@ impl NodeApi {
                 let mut r = Response::new(Body::from(self.stats.resource_metrics().await));
                 r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
+            }
+            (Method::GET, ["logs", ..]) if self.system_logs.is_some() => {
+                let root = self.system_logs.as_deref().expect("checked by the guard");
+                super::node_logs::serve(root, path.trim_start_matches('/').strip_prefix("logs").unwrap_or("")).await
+            }
+            (_, ["containerLogs" | "exec" | "attach" | "portForward" | "run", ..]) if !self.debugging => {
+                text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))
             }
             (Method::GET, ["containerLogs", ns, pod, container]) => self.logs(ns, pod, container, req.uri().query().unwrap_or("")).await,
             (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {

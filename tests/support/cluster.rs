@@ -13,6 +13,9 @@ use super::{Agent, Node, eventually};
 
 const S: Duration = Duration::from_secs(1);
 
+/// The node's InternalIP (also the pod bridge's gateway).
+pub const NODE_IP: &str = "10.99.0.1";
+
 pub struct Cluster {
     pub node: Node,
     pub api: ApiServer,
@@ -22,6 +25,10 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start() -> Self {
         let node = Node::start().await;
+        // The node's own address (its InternalIP) is there from the start,
+        // as on a real machine, not only once the pod bridge exists.
+        let added = std::process::Command::new("ip").args(["-n", &node.netns, "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).status();
+        assert!(added.is_ok_and(|s| s.success()), "giving the node its address");
         let api = ApiServer::start(&node.netns).await;
         let client = api.client().await;
         Self { node, api, client }
@@ -46,7 +53,7 @@ impl Cluster {
             "--cert-dir".into(),
             self.dir().join("pki").display().to_string(),
             "--node-ip".into(),
-            "10.99.0.1".into(),
+            NODE_IP.into(),
             "--node-labels".into(),
             "nodelet.io/test=yes".into(),
             "--client-ca-file".into(),
