@@ -136,7 +136,7 @@ async fn node_api(
     let mut names = vec![s.node_name.clone()];
     names.extend(s.node_ips.iter().cloned());
     let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, &na);
-    let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone());
+    let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone(), s.pod_logs_dir.clone());
     let info = server::node_api::MachineInfo {
         num_cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64,
         memory_capacity: node_memory_bytes(),

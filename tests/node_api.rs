@@ -349,9 +349,18 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
         "command": ["sleep", "3600"], "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}})))
         .await
         .unwrap();
+    // 5 MiB in an emptyDir, and a few packets out of the pod.
+    let mut disk = pod("disk", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
+        "command": ["sh", "-c", "dd if=/dev/zero of=/data/f bs=1M count=5; sync; touch /data/ready; sleep 3600"],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}));
+    disk.spec.as_mut().unwrap().volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "data", "emptyDir": {}})).unwrap()]);
+    pods.create(&PostParams::default(), &disk).await.unwrap();
     let hog = running(&c, "hog").await;
     running(&c, "busy").await;
+    let disk = running(&c, "disk").await;
     eventually(30 * S, "the hog's memory filled", || async { (c.node.exec(&hog, &["test", "-f", "/tmp/ready"]).await.exit_code == 0).then_some(()) }).await;
+    eventually(30 * S, "the disk pod's file written", || async { (c.node.exec(&disk, &["test", "-f", "/data/ready"]).await.exit_code == 0).then_some(()) }).await;
+    c.node.exec(&disk, &["ping", "-c", "3", "-W", "1", support::cluster::NODE_IP]).await;
 
     let summary: serde_json::Value = serde_json::from_str(&node_proxy(&c, "/stats/summary").await).unwrap();
     assert_eq!(summary["node"]["nodeName"], node.as_str());
@@ -364,6 +373,16 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     let off = (reported as f64 - actual as f64).abs() / actual as f64;
     assert!(off < 0.10, "stats say {reported}, the cgroup {actual}");
     assert_eq!(pod_stats("hog")["memory"]["workingSetBytes"].as_u64().unwrap(), reported, "a one-container pod is its container");
+    // The pod's own network (from its sandbox), volumes and ephemeral storage.
+    let d = pod_stats("disk");
+    let net = &d["network"];
+    assert!(net["txBytes"].as_u64().unwrap() > 0 && net["rxBytes"].as_u64().unwrap() > 0, "the pod's traffic: {net}");
+    assert_eq!(net["name"], "eth0");
+    let data = d["volume"].as_array().unwrap().iter().find(|v| v["name"] == "data").cloned().unwrap_or_else(|| panic!("{d}"));
+    assert!(data["usedBytes"].as_u64().unwrap() >= 5 << 20, "{data}");
+    assert!(data["capacityBytes"].as_u64().unwrap() >= data["availableBytes"].as_u64().unwrap());
+    assert!(d["ephemeral-storage"]["usedBytes"].as_u64().unwrap() >= 5 << 20, "the emptyDir is ephemeral storage: {d}");
+    assert!(d["process_stats"]["process_count"].as_u64().unwrap() >= 1, "{d}");
 
     let first = node_proxy(&c, "/metrics/resource").await;
     let series = |name: &str, pod: &str| format!("{name}{{container=\"c\",namespace=\"default\",pod=\"{pod}\"}}");

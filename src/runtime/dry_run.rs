@@ -456,6 +456,13 @@ impl Runtime for DryRunRuntime {
         }
     }
 
+    async fn list_pod_sandbox_stats(&self, filter: Option<cri::PodSandboxStatsFilter>) -> Result<Vec<cri::PodSandboxStats>> {
+        match &self.real {
+            Some(rt) => rt.list_pod_sandbox_stats(filter).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         {
             let st = self.lock();

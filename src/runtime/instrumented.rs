@@ -87,6 +87,9 @@ impl Runtime for Instrumented {
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         self.record("list_container_stats", self.inner.list_container_stats(filter)).await
     }
+    async fn list_pod_sandbox_stats(&self, filter: Option<cri::PodSandboxStatsFilter>) -> Result<Vec<cri::PodSandboxStats>> {
+        self.record("list_podsandbox_stats", self.inner.list_pod_sandbox_stats(filter)).await
+    }
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         self.record("image_status", self.inner.image_status(image)).await
     }

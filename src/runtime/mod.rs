@@ -118,6 +118,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn reopen_container_log(&self, id: &str) -> Result<()>;
     /// CPU, memory and writable-layer figures of the containers.
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>>;
+    /// The pods' own figures (network, processes) with their containers'.
+    async fn list_pod_sandbox_stats(&self, filter: Option<cri::PodSandboxStatsFilter>) -> Result<Vec<cri::PodSandboxStats>>;
 
     /// `None` when the image is not present on the node.
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;

@@ -241,6 +241,11 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("ListContainerStats", "", s))?.into_inner().stats)
     }
 
+    async fn list_pod_sandbox_stats(&self, filter: Option<cri::PodSandboxStatsFilter>) -> Result<Vec<cri::PodSandboxStats>> {
+        let resp = self.runtime.clone().list_pod_sandbox_stats(self.req(cri::ListPodSandboxStatsRequest { filter })).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("ListPodSandboxStats", "", s))?.into_inner().stats)
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         let req = self.req(cri::ImageStatusRequest {
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),

@@ -10,6 +10,7 @@ pub mod node_logs;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod volume_stats;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -125,12 +125,81 @@ pub struct Collector {
     pub statuses: StatusStore,
     pub node_name: String,
     pub root_dir: PathBuf,
+    /// `podLogsDir`: the pods' logs count as their ephemeral storage.
+    pub pod_logs_dir: PathBuf,
     last_cpu: Mutex<HashMap<String, (i64, u64)>>,
+    volumes: Arc<super::volume_stats::VolumeStats>,
+}
+
+/// What the pod's sandbox and disk add to its containers' figures.
+#[derive(Debug, Default)]
+struct PodExtras {
+    network: Option<Value>,
+    processes: Option<u64>,
+    volumes: Vec<super::volume_stats::VolumeUsage>,
+    logs_bytes: u64,
+}
+
+fn network_json(n: &cri::NetworkUsage) -> Option<Value> {
+    let v = |x: &Option<cri::UInt64Value>| x.as_ref().map_or(0, |x| x.value);
+    let iface = |i: &cri::NetworkInterfaceUsage| {
+        json!({"name": i.name, "rxBytes": v(&i.rx_bytes), "rxErrors": v(&i.rx_errors), "txBytes": v(&i.tx_bytes), "txErrors": v(&i.tx_errors)})
+    };
+    let default = n.default_interface.as_ref()?;
+    let mut out = iface(default);
+    out["time"] = json!(rfc3339(n.timestamp));
+    let all: Vec<Value> = std::iter::once(default).chain(n.interfaces.iter().filter(|i| i.name != default.name)).map(iface).collect();
+    out["interfaces"] = json!(all);
+    Some(out)
 }
 
 impl Collector {
-    pub fn new(runtime: Arc<dyn Runtime>, statuses: StatusStore, node_name: String, root_dir: PathBuf) -> Self {
-        Self { runtime, statuses, node_name, root_dir, last_cpu: Mutex::new(HashMap::new()) }
+    pub fn new(runtime: Arc<dyn Runtime>, statuses: StatusStore, node_name: String, root_dir: PathBuf, pod_logs_dir: PathBuf) -> Self {
+        let volumes = Arc::new(super::volume_stats::VolumeStats::new(root_dir.clone()));
+        Self { runtime, statuses, node_name, root_dir, pod_logs_dir, last_cpu: Mutex::new(HashMap::new()), volumes }
+    }
+
+    /// Network and process counts from the runtime's pod sandbox stats
+    /// (left out if the runtime has none), volumes and logs from the disk.
+    async fn pod_extras(&self, pods: &[(String, String, String)]) -> HashMap<String, PodExtras> {
+        let mut out: HashMap<String, PodExtras> = HashMap::new();
+        match self.runtime.list_pod_sandbox_stats(None).await {
+            Ok(stats) => {
+                for s in stats {
+                    let (Some(a), Some(linux)) = (s.attributes, s.linux) else { continue };
+                    let Some(uid) = a.labels.get(POD_UID) else { continue };
+                    let e = out.entry(uid.clone()).or_default();
+                    if let Some(n) = linux.network.as_ref().and_then(network_json) {
+                        e.network = Some(n);
+                    }
+                    if let Some(c) = linux.process.and_then(|p| p.process_count) {
+                        e.processes = Some(c.value);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no pod sandbox stats from the runtime"),
+        }
+        let volumes = self.volumes.clone();
+        let logs = self.pod_logs_dir.clone();
+        let pods = pods.to_vec();
+        let live: std::collections::HashSet<String> = pods.iter().map(|(_, _, uid)| uid.clone()).collect();
+        let disk = tokio::task::spawn_blocking(move || {
+            volumes.retain(&|uid| live.contains(uid));
+            pods.into_iter()
+                .map(|(ns, name, uid)| {
+                    let (logs_bytes, _) = super::volume_stats::du(&logs.join(format!("{ns}_{name}_{uid}")));
+                    (uid.clone(), volumes.of_pod(&uid), logs_bytes)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (uid, vols, logs_bytes) in disk {
+            let e = out.entry(uid).or_default();
+            e.volumes = vols;
+            e.logs_bytes = logs_bytes;
+        }
+        out
     }
 
     fn rate(&self, key: &str, time: i64, cpu: u64) -> Option<u64> {
@@ -241,6 +310,7 @@ impl Collector {
         for r in &rows {
             pods.entry((r.namespace.clone(), r.pod.clone(), r.uid.clone())).or_default().push(r);
         }
+        let extras = self.pod_extras(&pods.keys().cloned().collect::<Vec<_>>()).await;
         let pod_stats: Vec<Value> = pods
             .iter()
             .map(|((ns, name, uid), rows)| {
@@ -261,14 +331,37 @@ impl Collector {
                             "rootfs": {"time": rfc3339(r.usage.time), "usedBytes": r.usage.rootfs_used}})
                     })
                     .collect();
-                json!({
+                let x = extras.get(uid);
+                let volumes: Vec<&super::volume_stats::VolumeUsage> = x.map(|x| x.volumes.iter().collect()).unwrap_or_default();
+                // kubelet's pod ephemeral storage: the containers' writable
+                // layers, their logs and the volumes kept on the node's disk.
+                let ephemeral = total.rootfs_used
+                    + x.map_or(0, |x| x.logs_bytes)
+                    + volumes.iter().filter(|v| v.on_node_disk).map(|v| v.used_bytes).sum::<u64>();
+                let mut pod = json!({
                     "podRef": {"name": name, "namespace": ns, "uid": uid},
                     "startTime": start_times.get(uid).cloned().flatten(),
                     "containers": containers,
                     "cpu": cpu(&total),
                     "memory": memory(&total),
-                    "ephemeral-storage": {"time": rfc3339(total.time), "usedBytes": total.rootfs_used},
-                })
+                    "ephemeral-storage": {"time": rfc3339(total.time), "usedBytes": ephemeral},
+                });
+                if let Some(n) = x.and_then(|x| x.network.clone()) {
+                    pod["network"] = n;
+                }
+                if let Some(c) = x.and_then(|x| x.processes) {
+                    pod["process_stats"] = json!({"process_count": c});
+                }
+                if !volumes.is_empty() {
+                    pod["volume"] = volumes
+                        .iter()
+                        .map(|v| {
+                            json!({"time": rfc3339(v.time), "name": v.name, "usedBytes": v.used_bytes, "inodesUsed": v.inodes_used,
+                                "capacityBytes": v.capacity_bytes, "availableBytes": v.available_bytes, "inodes": v.inodes, "inodesFree": v.inodes_free})
+                        })
+                        .collect();
+                }
+                pod
             })
             .collect();
         Ok(json!({
