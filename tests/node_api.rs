@@ -146,6 +146,25 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
     assert_eq!(line, "got:x\n");
     p.abort();
 
+    // SPDY/3.1, as kubectl up to 1.29 speaks it: the upgrade, an error and
+    // a stdout stream, the command's output and its status back.
+    use support::spdy;
+    let uid = pods.get("web").await.unwrap().metadata.uid.unwrap();
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    let mut conn = support::apiserver::kubelet_proxy::node_tls(&c.node.netns, 10250, Some(&apiserver)).await.unwrap();
+    let path = format!("/exec/default/web/{uid}/c?command=sh&command=-c&command=echo%20spdy-hello%3B%20exit%205&output=1");
+    let head = spdy::upgrade(&mut conn, &path, "v4.channel.k8s.io").await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    let mut session = spdy::Session::default();
+    let error = session.open(&mut conn, "error").await.unwrap();
+    let stdout = session.open(&mut conn, "stdout").await.unwrap();
+    let got = tokio::time::timeout(20 * S, spdy::read_until_fin(&mut conn, error)).await.expect("the exec ends").unwrap();
+    assert_eq!(String::from_utf8_lossy(got.get(&stdout).map_or(&[][..], Vec::as_slice)), "spdy-hello\n");
+    let status = String::from_utf8_lossy(got.get(&error).map_or(&[][..], Vec::as_slice)).into_owned();
+    assert!(status.contains("NonZeroExitCode") && status.contains("\"message\":\"5\""), "{status}");
+    drop(conn);
+
     // port-forward to httpd in the pod: real bytes.
     let mut pf = pods.portforward("web", &[8080]).await.unwrap();
     let mut conn = pf.take_stream(8080).unwrap();

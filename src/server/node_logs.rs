@@ -20,24 +20,29 @@ fn plain(code: StatusCode, message: &str) -> Response<Body> {
     reply(code, "text/plain; charset=utf-8", Body::from(format!("{message}\n")))
 }
 
+/// Why a path is not served: the status it gets.
+fn refusal(code: StatusCode) -> Response<Body> {
+    if code == StatusCode::BAD_REQUEST { plain(code, "invalid URL path") } else { plain(code, "404 page not found") }
+}
+
 /// The file or directory `rel` (the request path after `/logs/`, still
-/// percent-encoded) names under `root`, or the response that refuses it.
-pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, Response<Body>> {
-    let decoded = percent_encoding::percent_decode_str(rel).decode_utf8().map_err(|_| plain(StatusCode::BAD_REQUEST, "invalid URL path"))?;
+/// percent-encoded) names under `root`, or the status that refuses it:
+/// 400 for `..`, 404 for what is missing or lies outside `root`.
+pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, StatusCode> {
+    let decoded = percent_encoding::percent_decode_str(rel).decode_utf8().map_err(|_| StatusCode::BAD_REQUEST)?;
     let mut path = root.to_path_buf();
     for part in decoded.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(plain(StatusCode::BAD_REQUEST, "invalid URL path")),
-            p if p.contains('\0') => return Err(plain(StatusCode::BAD_REQUEST, "invalid URL path")),
+            ".." => return Err(StatusCode::BAD_REQUEST),
+            p if p.contains('\0') => return Err(StatusCode::BAD_REQUEST),
             p => path.push(p),
         }
     }
-    let not_found = || plain(StatusCode::NOT_FOUND, "404 page not found");
-    let real = path.canonicalize().map_err(|_| not_found())?;
-    let real_root = root.canonicalize().map_err(|_| not_found())?;
+    let real = path.canonicalize().map_err(|_| StatusCode::NOT_FOUND)?;
+    let real_root = root.canonicalize().map_err(|_| StatusCode::NOT_FOUND)?;
     if !real.starts_with(&real_root) {
-        return Err(not_found());
+        return Err(StatusCode::NOT_FOUND);
     }
     Ok(real)
 }
@@ -73,7 +78,7 @@ fn listing(dir: &Path) -> std::io::Result<String> {
 pub async fn serve(root: &Path, rel: &str) -> Response<Body> {
     let path = match resolve(root, rel) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(code) => return refusal(code),
     };
     if path.is_dir() {
         return match listing(&path) {
@@ -103,10 +108,10 @@ mod tests {
         std::os::unix::fs::symlink(root.join("sub/a b.log"), root.join("inside")).unwrap();
         assert!(resolve(&root, "sub/a%20b.log").unwrap().ends_with("sub/a b.log"));
         assert!(resolve(&root, "inside").is_ok(), "a symlink within the directory is followed");
-        assert_eq!(resolve(&root, "escape").unwrap_err().status(), StatusCode::NOT_FOUND);
-        assert_eq!(resolve(&root, "../secret").unwrap_err().status(), StatusCode::BAD_REQUEST);
-        assert_eq!(resolve(&root, "sub/%2e%2e/%2e%2e/secret").unwrap_err().status(), StatusCode::BAD_REQUEST);
-        assert_eq!(resolve(&root, "nope").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(resolve(&root, "escape").unwrap_err(), StatusCode::NOT_FOUND);
+        assert_eq!(resolve(&root, "../secret").unwrap_err(), StatusCode::BAD_REQUEST);
+        assert_eq!(resolve(&root, "sub/%2e%2e/%2e%2e/secret").unwrap_err(), StatusCode::BAD_REQUEST);
+        assert_eq!(resolve(&root, "nope").unwrap_err(), StatusCode::NOT_FOUND);
         let html = listing(&root).unwrap();
         assert!(html.contains("<a href=\"sub/\">sub/</a>") && html.contains("<a href=\"escape\">escape</a>"), "{html}");
         let html = listing(&root.join("sub")).unwrap();

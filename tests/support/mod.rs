@@ -25,6 +25,7 @@ use nodelet::runtime::Runtime;
 
 pub mod apiserver;
 pub mod cluster;
+pub mod spdy;
 
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
 const CONTAINERD_CONFIG: &str = include_str!("containerd-config.toml");
