@@ -137,6 +137,31 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
     p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
     assert!(out.contains("tty"), "{out:?}");
 
+    // A resized terminal reaches the process.
+    let mut p = pods.exec("web", vec!["sh", "-c", "sleep 1; stty size"], &AttachParams::interactive_tty()).await.unwrap();
+    let mut resize = p.terminal_size().unwrap();
+    futures::SinkExt::send(&mut resize, kube::api::TerminalSize { width: 123, height: 45 }).await.unwrap();
+    let mut out = String::new();
+    p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("45 123"), "{out:?}");
+
+    // A client that goes away takes its interactive session with it.
+    let web = running(&c, "web").await;
+    let lingering = || async { String::from_utf8_lossy(&c.node.exec(&web, &["sh", "-c", "ps -o args | grep -c '^sleep 4321'"]).await.stdout).trim().to_string() };
+    let mut p = pods.exec("web", vec!["sleep", "4321"], &AttachParams::interactive_tty()).await.unwrap();
+    let mut out = p.stdout().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink).await;
+    });
+    eventually(10 * S, "the session's process running", || async { (lingering().await == "1").then_some(()) }).await;
+    tokio::time::sleep(S).await;
+    assert!(!reader.is_finished(), "the session is still open");
+    drop(p.stdin());
+    p.abort();
+    drop(p);
+    eventually(20 * S, "the session's process gone", || async { (lingering().await == "0").then_some(()) }).await;
+
     // attach to the running container's stdin and stdout.
     let mut p = pods.attach("web", &AttachParams::default().stdin(true).stderr(false)).await.unwrap();
     p.stdin().unwrap().write_all(b"x\n").await.unwrap();

@@ -419,6 +419,10 @@ impl Runtime for DryRunRuntime {
             .collect())
     }
 
+    async fn container_pid(&self, _id: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
+
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
         let st = self.lock();
         st.containers.get(id).map(|c| c.status.clone()).ok_or_else(|| not_found("ContainerStatus", id))

@@ -69,6 +69,9 @@ impl Runtime for Instrumented {
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
         self.record("container_status", self.inner.container_status(id)).await
     }
+    async fn container_pid(&self, id: &str) -> Result<Option<u32>> {
+        self.record("container_status", self.inner.container_pid(id)).await
+    }
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout_secs: i64) -> Result<cri::ExecSyncResponse> {
         self.record("exec_sync", self.inner.exec_sync(id, cmd, timeout_secs)).await
     }

@@ -107,6 +107,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_container(&self, id: &str) -> Result<()>;
     async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>>;
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus>;
+    /// The host PID of the container's first process, from the runtime's
+    /// verbose status (`None` if it does not say, or nothing runs).
+    async fn container_pid(&self, id: &str) -> Result<Option<u32>>;
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout_secs: i64) -> Result<cri::ExecSyncResponse>;
     /// The streaming calls: each returns the runtime's streaming URL for the
     /// session, which the node API proxies the client's connection to.

@@ -193,6 +193,19 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("ListContainers", "", s))?.into_inner().containers)
     }
 
+    async fn container_pid(&self, id: &str) -> Result<Option<u32>> {
+        let req = self.req(cri::ContainerStatusRequest { container_id: id.into(), verbose: true });
+        let resp = self.runtime.clone().container_status(req).await;
+        let info = resp.map_err(|s| RuntimeError::from_status("ContainerStatus", id, s))?.into_inner().info;
+        let pid = info
+            .get("info")
+            .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+            .and_then(|v| v["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        Ok(pid)
+    }
+
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
         let req = self.req(cri::ContainerStatusRequest { container_id: id.into(), verbose: false });
         let resp = self.runtime.clone().container_status(req).await;

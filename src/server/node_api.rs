@@ -384,10 +384,26 @@ impl NodeApi {
             stdout: flag(q, &["output", "stdout"]),
             stderr: flag(q, &["error", "stderr"]),
         };
-        match self.runtime.exec(exec).await {
-            Ok(url) => stream::proxy(req, &url).await,
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        // What the session starts is ended when its client goes (see
+        // exec_reaper.rs); without the container's PID it is left as is.
+        let session = match self.runtime.container_pid(&exec.container_id).await {
+            Ok(Some(init)) => tokio::task::spawn_blocking(move || super::exec_reaper::Session::begin(init)).await.ok(),
+            _ => None,
+        };
+        let url = match self.runtime.exec(exec).await {
+            Ok(url) => url,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        let resp = stream::proxy(req, &url, Some(closed_tx)).await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(s) = session
+        {
+            tokio::spawn(s.watch(async move {
+                let _ = closed_rx.await;
+            }));
         }
+        resp
     }
 
     async fn attach(&self, req: Request<Incoming>, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> Response<Body> {
@@ -403,7 +419,7 @@ impl NodeApi {
             stderr: flag(q, &["error", "stderr"]),
         };
         match self.runtime.attach(attach).await {
-            Ok(url) => stream::proxy(req, &url).await,
+            Ok(url) => stream::proxy(req, &url, None).await,
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -433,7 +449,7 @@ impl NodeApi {
             }
         }
         match self.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: sb.id, port: ports }).await {
-            Ok(url) => stream::proxy(req, &url).await,
+            Ok(url) => stream::proxy(req, &url, None).await,
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

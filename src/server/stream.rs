@@ -32,8 +32,9 @@ const DROPPED: [&str; 3] = ["authorization", "host", "content-length"];
 
 /// Proxies the upgrade request to the runtime's streaming `url`
 /// (`http://host:port/path`). The runtime's answer goes back to the client;
-/// on 101 the two connections are joined until either side closes.
-pub async fn proxy(mut req: Request<Incoming>, url: &str) -> Response<Body> {
+/// on 101 the two connections are joined until either side closes, and then
+/// `closed` is told (it is dropped untold if no stream was joined).
+pub async fn proxy(mut req: Request<Incoming>, url: &str, closed: Option<tokio::sync::oneshot::Sender<()>>) -> Response<Body> {
     if !is_upgrade(&req) {
         return error(StatusCode::BAD_REQUEST, "Upgrade request required");
     }
@@ -89,6 +90,9 @@ pub async fn proxy(mut req: Request<Incoming>, url: &str) -> Response<Body> {
         match tokio::io::copy_bidirectional(&mut client, &mut runtime).await {
             Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "stream closed"),
             Err(e) => tracing::debug!(error = %e, "stream closed"),
+        }
+        if let Some(tx) = closed {
+            let _ = tx.send(());
         }
     });
     let mut back = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
