@@ -7,6 +7,7 @@
 //! endpoints; `agent` wires them together.
 
 pub mod agent;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod kubeapi;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod pods;
 pub mod probes;
 pub mod proxy;
+pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod tasks;

@@ -235,7 +235,7 @@ pub fn server_differs(server: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
         let (a, b) = (a.clone().unwrap_or_default(), b.clone().unwrap_or_default());
         a.len() != b.len()
             || a.iter().any(|(k, v)| {
-                b.get(k).is_none_or(|w| match (crate::pods::quantity::parse(&v.0), crate::pods::quantity::parse(&w.0)) {
+                b.get(k).is_none_or(|w| match (crate::resources::parse(&v.0), crate::resources::parse(&w.0)) {
                     (Ok(x), Ok(y)) => x != y,
                     _ => v != w,
                 })

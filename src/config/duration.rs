@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a Go duration such as \"20s\", \"2m0s\" or \"1h30m\"")]
+#[error("invalid duration {0:?}: expected a Go duration such as \"20s\", \"2m0s\" or \"1h30m\", at most 2562047h47m16s")]
 pub struct DurationError(pub String);
 
-/// Parses a Go duration. Negative durations are rejected.
+/// Parses a Go duration. Negative durations are refused, and so are those
+/// longer than a Go duration holds (2562047h47m16.854775807s, 292 years):
+/// kubelet's parser refuses them too.
 pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     let err = || DurationError(s.to_string());
     let t = s.trim();
@@ -40,6 +42,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
         total += value * scale;
         rest = &rest[unit_end..];
     }
+    if !(0.0..=crate::clock::MAX_WAIT_SECS as f64).contains(&total) {
+        return Err(err());
+    }
     Duration::try_from_secs_f64(total).map_err(|_| err())
 }
 
@@ -66,7 +71,8 @@ mod tests {
         assert_eq!(parse_go_duration("300ms").unwrap(), Duration::from_millis(300));
         assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "5", "-1s", "1x", "s", "1.2.3s", "99999999999999999999999h"] {
+        assert_eq!(parse_go_duration("2562047h").unwrap(), Duration::from_secs(2_562_047 * 3600));
+        for bad in ["", "5", "-1s", "1x", "s", "1.2.3s", "99999999999999999999999h", "100000000h", "2562048h"] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
         }
     }

@@ -223,7 +223,7 @@ impl KubeletConfig {
                 "enableSystemLogHandler" => c.enable_system_log_handler = Some(field(file, k, v)?),
                 "containerLogMaxSize" => {
                     let q: String = field(file, k, v)?;
-                    let n = crate::pods::quantity::parse(&q).map_err(|e| bad(k, e.to_string()))?;
+                    let n = crate::resources::parse(&q).map_err(|e| bad(k, e.to_string()))?;
                     if n < 1.0 {
                         return Err(bad(k, format!("Invalid value: {q:?}: must be greater than 0")));
                     }

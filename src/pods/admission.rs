@@ -2,12 +2,13 @@
 //! runs an apiserver pod, since a pod can be bound to a node directly
 //! (spec.nodeName) or the node can have changed. A rejected pod is not run;
 //! its status becomes Failed with the reason.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, PodSpec};
 
-use super::quantity;
+use crate::resources::{self as quantity, Amount};
 
 /// What the node offers.
 #[derive(Debug, Clone, Default)]
@@ -31,18 +32,19 @@ fn reject(reason: &str, message: String) -> Result<(), Rejection> {
 
 /// A pod's effective requests: the larger of its biggest init container and
 /// the sum of its app containers (and sidecars), as the scheduler counts.
-pub fn requests(spec: &PodSpec) -> (i64, i64) {
+/// Sums saturate: requests beyond what any node has stay beyond it.
+pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
     let req = |c: &k8s_openapi::api::core::v1::Container, r: &str, milli: bool| {
         c.resources
             .as_ref()
             .and_then(|x| x.requests.as_ref())
             .and_then(|m| m.get(r))
             .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
-            .unwrap_or(0)
+            .map_or(Amount::ZERO, Amount::new)
     };
     let sidecars: Vec<_> = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).collect();
-    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| req(c, r, milli)).sum::<i64>();
-    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r, milli)).max().unwrap_or(0);
+    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| req(c, r, milli)).sum::<Amount>();
+    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r, milli)).max().unwrap_or(Amount::ZERO);
     (sum(true, "cpu").max(init(true, "cpu")), sum(false, "memory").max(init(false, "memory")))
 }
 
@@ -106,8 +108,8 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
     if !node_affinity_ok(&spec, &node.labels) {
         return reject("NodeAffinity", "Predicate NodeAffinity failed: the node's labels do not match the pod's node selector or required node affinity".into());
     }
-    let used = admitted.len() as u32;
-    if used + 1 > node.max_pods {
+    let used = u32::try_from(admitted.len()).unwrap_or(u32::MAX);
+    if used >= node.max_pods {
         return reject("OutOfpods", format!("Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {}", node.max_pods));
     }
     let (cpu, mem) = requests(&spec);
@@ -115,11 +117,11 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
         .iter()
         .filter_map(|p| p.spec.as_ref())
         .map(requests)
-        .fold((0i64, 0i64), |(a, b), (c, d)| (a + c, b + d));
-    if cpu > 0 && used_cpu + cpu > node.cpu_millis {
+        .fold((Amount::ZERO, Amount::ZERO), |(a, b), (c, d)| (a.saturating_add(c), b.saturating_add(d)));
+    if !cpu.is_zero() && used_cpu.saturating_add(cpu) > Amount::new(node.cpu_millis) {
         return reject("OutOfcpu", format!("Node didn't have enough resource: cpu, requested: {cpu}m, used: {used_cpu}m, capacity: {}m", node.cpu_millis));
     }
-    if mem > 0 && used_mem + mem > node.memory_bytes {
+    if !mem.is_zero() && used_mem.saturating_add(mem) > Amount::new(node.memory_bytes) {
         return reject(
             "OutOfmemory",
             format!("Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
@@ -181,5 +183,34 @@ mod tests {
         assert!(r.message.contains("spec.volumes[0]: Unsupported value"), "{}", r.message);
         with_volume.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].empty_dir = Some(Default::default());
         assert_eq!(admit(&with_volume, &[], &node()), Ok(()));
+    }
+
+    fn requesting(cpu: &str, memory: &str) -> Pod {
+        let mut p = pod("");
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        c.ports = None;
+        let r = c.resources.as_mut().unwrap().requests.as_mut().unwrap();
+        r.insert("cpu".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(cpu.into()));
+        r.insert("memory".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(memory.into()));
+        p
+    }
+
+    #[test]
+    fn huge_requests_are_refused_never_wrapped_into_fitting() {
+        let big = NodeResources { max_pods: 110, ..node() };
+        // One pod: 5P of CPU in two containers (5e18 millicores each) used to wrap.
+        let mut two = requesting("5P", "1");
+        let second = two.spec.as_ref().unwrap().containers[0].clone();
+        two.spec.as_mut().unwrap().containers.push(k8s_openapi::api::core::v1::Container { name: "d".into(), ..second });
+        assert_eq!(admit(&two, &[], &big).unwrap_err().reason, "OutOfcpu");
+        // Summed over admitted pods: 4P already there, 5P more.
+        let there = requesting("4P", "1");
+        assert_eq!(admit(&requesting("5P", "1"), &[&there], &big).unwrap_err().reason, "OutOfcpu");
+        // Memory near the int64 limit, twice.
+        let near = requesting("1m", "8Ei");
+        assert_eq!(admit(&near, &[&near], &big).unwrap_err().reason, "OutOfmemory");
+        assert_eq!(admit(&requesting("1m", "1"), &[&near], &big).unwrap_err().reason, "OutOfmemory", "the node is full");
+        let (cpu, mem) = requests(two.spec.as_ref().unwrap());
+        assert_eq!((cpu, mem.get()), (Amount::MAX, 2));
     }
 }

@@ -1,6 +1,7 @@
 //! Removing a pod's cgroup once its containers are gone. The runtime removes
 //! each container's cgroup but leaves the pod-level directory that runc made
 //! as the containers' parent.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::path::{Path, PathBuf};
 
@@ -56,19 +57,22 @@ pub struct PodLimits {
 /// What a pod asks for as a whole: the larger of its app containers' sum
 /// and its largest init container, as kubelet's ResourceConfigForPod does.
 pub fn pod_limits(pod: &k8s_openapi::api::core::v1::Pod) -> PodLimits {
-    use super::quantity;
+    use crate::resources::{self as quantity, Amount};
     let spec = pod.spec.clone().unwrap_or_default();
-    let get = |c: &k8s_openapi::api::core::v1::Container, field: &str, res: &str, milli: bool| -> Option<i64> {
+    let get = |c: &k8s_openapi::api::core::v1::Container, field: &str, res: &str, milli: bool| -> Option<Amount> {
         let r = c.resources.as_ref()?;
         let m = if field == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
         let q = m.get(res)?;
-        if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() }
+        let v = if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() };
+        v.map(Amount::new)
     };
-    let total = |field: &str, res: &str, milli: bool, all: bool| -> Option<i64> {
-        let mut sum = 0i64;
+    // Sums saturate: two containers of 5Ei are more than any node has, not
+    // a negative number that drops the limit.
+    let total = |field: &str, res: &str, milli: bool, all: bool| -> Option<Amount> {
+        let mut sum = Amount::ZERO;
         for c in &spec.containers {
             match get(c, field, res, milli).or_else(|| if field == "requests" { get(c, "limits", res, milli) } else { None }) {
-                Some(v) => sum += v,
+                Some(v) => sum = sum.saturating_add(v),
                 None if all => return None,
                 None => {}
             }
@@ -84,14 +88,11 @@ pub fn pod_limits(pod: &k8s_openapi::api::core::v1::Pod) -> PodLimits {
         Some(best)
     };
     let class = super::qos::qos_class(&spec);
-    let cpu_request = total("requests", "cpu", true, false).unwrap_or(0);
-    let shares = if class == super::qos::QosClass::BestEffort {
-        2
-    } else {
-        (cpu_request.saturating_mul(1024) / 1000).clamp(2, 262_144)
-    };
-    let quota = total("limits", "cpu", true, true).filter(|v| *v > 0).map(|m| (m * super::container::CPU_PERIOD_US / 1000).max(1000));
-    PodLimits { cpu_shares: shares, cpu_quota: quota, memory: total("limits", "memory", false, true).filter(|v| *v > 0) }
+    let cpu_request = total("requests", "cpu", true, false).unwrap_or(Amount::ZERO);
+    let shares = if class == super::qos::QosClass::BestEffort { 2 } else { quantity::cpu_shares(cpu_request) };
+    let quota = total("limits", "cpu", true, true).and_then(quantity::cpu_quota);
+    let memory = total("limits", "memory", false, true).filter(|v| !v.is_zero()).map(Amount::get);
+    PodLimits { cpu_shares: shares, cpu_quota: quota, memory }
 }
 
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
@@ -118,7 +119,7 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
             dir = dir.join(part);
             std::fs::create_dir_all(&dir)?;
         }
-        let weight = 1 + ((limits.cpu_shares - 2) * 9999) / 262_142;
+        let weight = crate::resources::cpu_weight(limits.cpu_shares);
         write(&dir.join("cpu.weight"), &weight.to_string())?;
         let max = limits.cpu_quota.map_or("max".to_string(), |q| q.to_string());
         write(&dir.join("cpu.max"), &format!("{max} {}", super::container::CPU_PERIOD_US))?;
@@ -167,6 +168,21 @@ mod tests {
         assert_eq!((l.cpu_quota, l.memory), (None, None), "one unlimited container leaves the pod unlimited");
         let be = pod(serde_json::json!([{"name": "a"}]), serde_json::json!([]));
         assert_eq!(pod_limits(&be).cpu_shares, 2);
+    }
+
+    #[test]
+    fn huge_limits_mean_unlimited_never_a_small_number() {
+        // limits: {cpu: 1e11}: the quota used to wrap and throttle the pod to 1 % of a CPU.
+        let p = pod(serde_json::json!([{"name": "a", "resources": {"limits": {"cpu": "1e11"}}}]), serde_json::json!([]));
+        let l = pod_limits(&p);
+        assert_eq!(l.cpu_quota, None, "beyond what the kernel can enforce: no quota");
+        assert_eq!(l.cpu_shares, 262_144);
+        // Two containers of 5Ei: the sum used to wrap negative and drop the memory limit.
+        let p = pod(
+            serde_json::json!([{"name": "a", "resources": {"limits": {"memory": "5Ei"}}}, {"name": "b", "resources": {"limits": {"memory": "5Ei"}}}]),
+            serde_json::json!([]),
+        );
+        assert_eq!(pod_limits(&p).memory, Some(i64::MAX), "saturated: more than any node has");
     }
 
     #[test]

@@ -10,15 +10,13 @@ use sha2::{Digest, Sha256};
 
 use super::env::{self, EnvError, EnvSources, PodFacts};
 use super::qos::{self, QosClass};
-use super::{ContainerKind, NodeContext, quantity, sandbox};
+use super::{ContainerKind, NodeContext, sandbox};
+use crate::resources::{self as quantity, Amount};
 use crate::runtime::cri;
 use crate::runtime::labels;
 
 /// CFS period kubelet uses (100 ms).
-pub const CPU_PERIOD_US: i64 = 100_000;
-const MIN_SHARES: i64 = 2;
-const MAX_SHARES: i64 = 262_144;
-const MIN_QUOTA_US: i64 = 1_000;
+pub use crate::resources::CPU_PERIOD_US;
 const GUARANTEED_OOM: i64 = -997;
 const BEST_EFFORT_OOM: i64 = 1000;
 
@@ -105,10 +103,8 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, node: &NodeContext) -> i64 {
 
 /// CPU shares, CFS quota and the memory limit for a container.
 pub fn linux_resources(pod: &Pod, c: &Container, node: &NodeContext) -> cri::LinuxContainerResources {
-    let cpu_request = milli(c, "requests", "cpu");
-    let cpu_limit = milli(c, "limits", "cpu");
-    let shares = if cpu_request == 0 { MIN_SHARES } else { (cpu_request.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES) };
-    let quota = if cpu_limit == 0 { 0 } else { (cpu_limit.saturating_mul(CPU_PERIOD_US) / 1000).max(MIN_QUOTA_US) };
+    let shares = quantity::cpu_shares(Amount::new(milli(c, "requests", "cpu")));
+    let quota = quantity::cpu_quota(Amount::new(milli(c, "limits", "cpu"))).unwrap_or(0);
     cri::LinuxContainerResources {
         cpu_period: if quota > 0 { CPU_PERIOD_US } else { 0 },
         cpu_quota: quota,

@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{Container, ObjectFieldSelector, Pod, ResourceFieldSelector};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{NodeContext, quantity};
+use super::NodeContext;
+use crate::resources as quantity;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {

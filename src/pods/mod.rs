@@ -18,7 +18,6 @@ pub mod plan;
 pub mod pleg;
 pub mod probing;
 pub mod qos;
-pub mod quantity;
 pub mod sandbox;
 pub mod source;
 pub mod status;

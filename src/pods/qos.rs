@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
-use super::quantity;
+use crate::resources as quantity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QosClass {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, PodSpec, Probe, Volume};
 
-use super::quantity;
+use crate::resources as quantity;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {

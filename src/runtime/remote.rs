@@ -88,14 +88,14 @@ impl RemoteRuntime {
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.request_timeout);
-        r
+        self.req_with(msg, Duration::ZERO)
     }
 
+    /// A request whose deadline is the request timeout plus `extra` (a
+    /// grace period, an exec's own timeout), capped at what gRPC carries.
     fn req_with<T>(&self, msg: T, extra: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.request_timeout + extra);
+        r.set_timeout(crate::clock::grpc_timeout(self.request_timeout, extra));
         r
     }
 }
@@ -171,8 +171,8 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()> {
-        let grace = Duration::from_secs(timeout_secs.max(0) as u64);
-        let req = self.req_with(cri::StopContainerRequest { container_id: id.into(), timeout: timeout_secs }, grace);
+        let grace = crate::clock::secs(timeout_secs);
+        let req = self.req_with(cri::StopContainerRequest { container_id: id.into(), timeout: crate::clock::clamp_secs(timeout_secs) }, grace);
         self.runtime.clone().stop_container(req).await.map_err(|s| RuntimeError::from_status("StopContainer", id, s))?;
         Ok(())
     }
@@ -216,9 +216,9 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout_secs: i64) -> Result<cri::ExecSyncResponse> {
-        let grace = Duration::from_secs(timeout_secs.max(0) as u64);
+        let grace = crate::clock::secs(timeout_secs);
         let req = self.req_with(
-            cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.to_vec(), timeout: timeout_secs },
+            cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.to_vec(), timeout: crate::clock::clamp_secs(timeout_secs) },
             grace,
         );
         let resp = self.runtime.clone().exec_sync(req).await;

@@ -30,7 +30,8 @@ use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Po
 use self::atomic::{FileProjection, Payload};
 use self::objects::{ApiObjects, ObjectKey, ObjectKind, TokenSpec};
 use crate::pods::env::{self, PodFacts};
-use crate::pods::{NodeContext, quantity, sandbox};
+use crate::pods::{NodeContext, sandbox};
+use crate::resources as quantity;
 use crate::runtime::cri;
 
 /// The default file mode of configMap, secret, downwardAPI and projected
@@ -105,12 +106,12 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), String> {
 
 /// The sum of the containers' memory limits, if every container has one.
 fn pod_memory_limit(spec: &PodSpec) -> Option<i64> {
-    let mut total = 0i64;
+    let mut total = quantity::Amount::ZERO;
     for c in &spec.containers {
         let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-        total += quantity::value(q).ok()?;
+        total = total.saturating_add(quantity::Amount::new(quantity::value(q).ok()?));
     }
-    Some(total)
+    Some(total.get())
 }
 
 /// The user all of a pod's containers run as, if it is one and the same.

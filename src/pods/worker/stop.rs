@@ -1,5 +1,6 @@
 //! Stopping things: one container (its preStop hook first, within the
 //! grace period), a whole pod, and the final teardown of a removed pod.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::{Duration, Instant};
 
@@ -62,12 +63,14 @@ impl Worker {
     /// cut off and the container gets one 2 s extension, as with kubelet.
     /// False when StopContainer failed.
     pub(super) async fn stop_container(&self, t: &StopTarget<'_>, why: &str, grace: i64) -> bool {
+        // Any int64 the API allows: waits beyond 292 years are that long.
+        let grace = crate::clock::clamp_secs(grace);
         let msg = if why.is_empty() { format!("Stopping container {}", t.name) } else { why.to_string() };
         self.event(EventType::Normal, "Killing", &msg);
         let mut timeout = grace;
         if let Some(hook) = t.pre_stop() {
             let spec = t.spec.cloned().unwrap_or_default();
-            let budget = Duration::from_secs(grace.max(0) as u64);
+            let budget = crate::clock::secs(grace);
             let started = Instant::now();
             let run = async {
                 match handler::hook_target(&hook, &spec, t.pod_ip, &format!("{}.lifecycle.preStop", t.name)) {
@@ -79,9 +82,9 @@ impl Worker {
             match tokio::time::timeout(budget, run).await {
                 Ok(Outcome::Failure(w)) | Ok(Outcome::Unknown(w)) => {
                     self.event(EventType::Warning, "FailedPreStopHook", &format!("PreStopHook failed: {w}"));
-                    timeout = grace - started.elapsed().as_secs() as i64;
+                    timeout = grace.saturating_sub_unsigned(started.elapsed().as_secs());
                 }
-                Ok(_) => timeout = grace - started.elapsed().as_secs() as i64,
+                Ok(_) => timeout = grace.saturating_sub_unsigned(started.elapsed().as_secs()),
                 Err(_) => {
                     tracing::info!(container = %t.name, grace, "preStop hook did not complete within the grace period; 2 s more");
                     timeout = PRE_STOP_EXTENSION;
@@ -102,7 +105,7 @@ impl Worker {
     /// reverse order, all within one grace period; then every ready sandbox.
     pub(super) async fn kill_pod(&self, pod: Option<&Pod>, obs: &RuntimePod) {
         let grace = self.grace_override.map_or_else(|| grace_of(pod, obs), |g| g.max(MIN_GRACE));
-        let deadline = Instant::now() + Duration::from_secs(grace as u64);
+        let deadline = crate::clock::deadline(Instant::now(), crate::clock::secs(grace));
         let order: Vec<String> = pod
             .and_then(|p| p.spec.as_ref())
             .map(|s| {
@@ -151,7 +154,7 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the pod's runtime state; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = delay.saturating_mul(2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -191,7 +194,7 @@ impl Worker {
             }
             if !ok {
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = delay.saturating_mul(2).min(Duration::from_secs(5));
             }
         }
         let node = &self.ctx.node;
