@@ -246,6 +246,45 @@ async fn removing_a_manifest_stops_the_pod_within_its_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_grace_periods_the_api_allows_stop_at_once_when_the_container_does() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    let polite = "    command: [sh, -c, \"trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done\"]\n";
+    // int64's maximum (valid for the apiserver) used to panic computing the
+    // deadline; 359999999880 s and more, passed into a gRPC deadline (the
+    // preStop exec's and StopContainer's), panicked in tonic.
+    node.write_manifest(
+        "eternal.yaml",
+        &pod_yaml("eternal", &format!("  terminationGracePeriodSeconds: 9223372036854775807\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n{polite}")),
+    );
+    node.write_manifest(
+        "hooked.yaml",
+        &pod_yaml(
+            "hooked",
+            &format!(
+                "  terminationGracePeriodSeconds: 359999999880\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n{polite}    lifecycle: {{preStop: {{exec: {{command: [sh, -c, 'echo pre > /proc/1/fd/1']}}}}}}\n"
+            ),
+        ),
+    );
+    for p in ["eternal", "hooked"] {
+        eventually(30 * S, &format!("{p} running"), || async { node.instances(p, "c").await.into_iter().find(is_running) }).await;
+    }
+    let t0 = Instant::now();
+    node.remove_manifest("eternal.yaml");
+    node.remove_manifest("hooked.yaml");
+    for p in ["eternal", "hooked"] {
+        eventually(15 * S, &format!("{p} stopped and removed"), || async {
+            (node.instances(p, "c").await.is_empty() && node.sandboxes(p).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+    assert!(t0.elapsed() < 10 * S, "a container that stops on SIGTERM goes at once: {:?}", t0.elapsed());
+    // nodelet carries on with other pods.
+    node.write_manifest("after.yaml", &pod_yaml("after", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n"));
+    eventually(30 * S, "a new pod runs", || async { node.instances("after", "c").await.into_iter().find(is_running) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_adopts_the_pods_without_restarting_anything() {
     let node = Node::start().await;
     let mut agent = node.nodelet(&[]);

@@ -327,6 +327,10 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert!(err("containerLogMaxFiles: 1\n").starts_with("k.yaml: containerLogMaxFiles: Invalid value: 1"));
         assert!(err("containerLogMaxSize: lots\n").starts_with("k.yaml: containerLogMaxSize: quantities must match"));
         assert!(err("containerLogMonitorInterval: 1s\n").starts_with("k.yaml: containerLogMonitorInterval: Invalid value"));
+        // Beyond Go's duration (292 years) is refused, as kubelet's parser
+        // does; it used to reach tonic and panic on every CRI call.
+        let e = err("runtimeRequestTimeout: 100000000h\n");
+        assert!(e.starts_with("k.yaml: runtimeRequestTimeout: invalid duration \"100000000h\""), "{e}");
         let wrong = KubeletConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: x\n", "k.yaml").unwrap_err().to_string();
         assert!(wrong.starts_with("k.yaml: kind: must be"), "{wrong}");
     }
