@@ -10,6 +10,7 @@ pub mod agent;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod decode;
 pub mod kubeapi;
 pub mod metrics;
 pub mod pods;

@@ -355,6 +355,15 @@ async fn a_malformed_manifest_is_reported_and_changes_nothing() {
         agent.log().contains("good.yaml: spec.containers[0].resources.limits[cpu]: Invalid value").then_some(())
     })
     .await;
+    // Hostile files are refused cheaply, naming the file and the bound.
+    node.write_manifest("deep.yaml", &"[".repeat(1_000_000));
+    node.write_manifest("huge.yaml", &format!("# {}\n", "x".repeat(2 << 20)));
+    eventually(10 * S, "the bound errors", || async {
+        let log = agent.log();
+        (log.contains("deep.yaml: nested deeper than 100 levels at line 1") && log.contains("huge.yaml: cannot read the manifest: larger than 1572864 bytes"))
+            .then_some(())
+    })
+    .await;
     tokio::time::sleep(3 * S).await;
     assert_eq!(agent.log().matches(needle).count(), 1, "one error line per problem, not one per re-read");
     let now: Vec<_> = node.instances("good", "c").await;
@@ -449,7 +458,7 @@ async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
         port
     });
     let url = format!("http://127.0.0.1:{port}/pods.yaml");
-    let _agent = node.nodelet(&["--manifest-url", &url, "--manifest-url-header", "X-Node-Token:secret", "--http-check-frequency", "1s"]);
+    let agent = node.nodelet(&["--manifest-url", &url, "--manifest-url-header", "X-Node-Token:secret", "--http-check-frequency", "1s"]);
     let first = eventually(30 * S, "the URL's pod running", || async {
         node.instances("fromurl", "c").await.into_iter().find(is_running)
     })
@@ -465,6 +474,13 @@ async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
         node.containers("fromurl").await.iter().all(|c| c.id != first.id).then_some(())
     })
     .await;
+    // A body past the bound is refused, naming the URL, and what runs stays.
+    *body.lock().unwrap() = format!("# {}\n", "x".repeat(2 << 20));
+    eventually(15 * S, "the size error", || async {
+        agent.log().contains(&format!("{url}: the body is larger than 1572864 bytes")).then_some(())
+    })
+    .await;
+    assert!(node.instances("fromurl", "c").await.iter().any(|c| c.id == second.id && is_running(c)), "the running pod is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,8 +87,14 @@ fn now_secs() -> i64 {
     crate::runtime::unix_nanos() / 1_000_000_000
 }
 
-fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
-    Kubeconfig::read_from(path).map_err(|e| ClusterError::file(path, e))
+/// A kubeconfig file, within decode.rs' size and nesting bounds.
+pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
+    let bytes = crate::decode::read_file(path).map_err(|e| ClusterError::file(path, e))?;
+    if let Some(line) = crate::decode::flow_depth_exceeds(&bytes, crate::decode::MAX_DEPTH) {
+        return Err(ClusterError::file(path, crate::decode::DecodeError::TooDeep { max: crate::decode::MAX_DEPTH, line }));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| ClusterError::file(path, e))?;
+    Kubeconfig::from_yaml(&text).map_err(|e| ClusterError::file(path, e))
 }
 
 /// A certificate and its key, PEM.

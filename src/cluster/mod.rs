@@ -69,7 +69,7 @@ use crate::runtime::RuntimeHealth;
 pub async fn proxy_client(kubeconfig: Option<&std::path::Path>, node: &kube::Client) -> Result<(kube::Client, &'static str), ClusterError> {
     match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| ClusterError::file(path, e))?;
+            let kc = certs::read_kubeconfig(path)?;
             let client = client::build(kc, None).await.map_err(|e| ClusterError::file(path, e))?;
             tracing::info!(kubeconfig = %path.display(), "the Service proxy uses its own credentials");
             Ok((client, access::PROXY_OWN_GRANT))

@@ -119,8 +119,13 @@ struct CrashLoopBackOff {
 
 /// A config file's object after its `kind` and `apiVersion` are checked.
 pub(super) fn config_object(bytes: &[u8], file: &str, kind: &str, api_version: &str) -> Result<serde_json::Map<String, Value>, ConfigError> {
-    let doc: Value = serde_yaml::from_slice(bytes)
-        .map_err(|e| ConfigError::Read { file: file.into(), message: format!("not valid YAML: {e}") })?;
+    let doc: Value = crate::decode::document(bytes).map_err(|e| ConfigError::Read {
+        file: file.into(),
+        message: match e {
+            crate::decode::DecodeError::Syntax(m) => format!("not valid YAML: {m}"),
+            other => other.to_string(),
+        },
+    })?;
     let Value::Object(map) = doc else {
         return Err(ConfigError::Read { file: file.into(), message: format!("expected a {kind} object") });
     };
@@ -157,7 +162,7 @@ pub(super) fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, Co
 impl KubeletConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+        let bytes = crate::decode::read_file(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
         Self::parse(&bytes, &file)
     }
 

@@ -39,7 +39,7 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+        let bytes = crate::decode::read_file(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
         Self::parse(&bytes, &file)
     }
 

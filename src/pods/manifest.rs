@@ -47,8 +47,11 @@ fn to_value(bytes: &[u8], origin: &str) -> Result<Value, ManifestError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ManifestError::decode(origin, "the manifest is empty"));
     }
-    // YAML 1.2 is a superset of JSON, so one parser reads both.
-    serde_yaml::from_slice::<Value>(bytes).map_err(|e| ManifestError::decode(origin, format!("not valid YAML or JSON: {e}")))
+    // Bounded in size and nesting (decode.rs).
+    crate::decode::document(bytes).map_err(|e| match e {
+        crate::decode::DecodeError::Syntax(m) => ManifestError::decode(origin, format!("not valid YAML or JSON: {m}")),
+        other => ManifestError::decode(origin, other.to_string()),
+    })
 }
 
 fn check_type_meta(obj: &Value, origin: &str, prefix: &str, kind: &str, required: bool) -> Result<(), ManifestError> {

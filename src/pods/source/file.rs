@@ -104,7 +104,7 @@ impl FileSource {
 
     fn read(&mut self, path: &Path) -> Option<Pod> {
         let key = path.display().to_string();
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::decode::read_file(path) {
             Ok(b) => b,
             Err(e) => {
                 self.problems.set(&key, Some(format!("{}: cannot read the manifest: {e}", path.display())), false);

@@ -48,7 +48,20 @@ impl HttpSource {
         if !status.is_success() {
             return Err(format!("{}: fetch failed: HTTP {status}", self.url));
         }
-        resp.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("{}: reading the body: {e}", self.url))
+        // Read no further than the largest document nodelet decodes.
+        let max = crate::decode::MAX_DOCUMENT_BYTES;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(format!("{}: the body is larger than {max} bytes (the most nodelet reads)", self.url));
+        }
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{}: reading the body: {e}", self.url))? {
+            if body.len().saturating_add(chunk.len()) > max {
+                return Err(format!("{}: the body is larger than {max} bytes (the most nodelet reads)", self.url));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Decodes a body into the pods it defines.
