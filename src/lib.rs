@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod decode;
+pub mod fuzz;
 pub mod kubeapi;
 pub mod metrics;
 pub mod pods;

@@ -194,6 +194,26 @@ impl Archive {
     }
 }
 
+/// Reads an image archive's layout without a containerd: each image's
+/// name and, for a manifest, the chain IDs of its layers. What `import`
+/// decodes before it uploads anything (a fuzz target, and a check).
+pub fn read_layout(file: &Path) -> Result<Vec<(String, Vec<String>)>, ImportError> {
+    let archive = Archive::open(file)?;
+    let index: OciIndex = archive.read_json("index.json")?;
+    let mut out = Vec::new();
+    for entry in &index.manifests {
+        let name = entry.annotations.get("io.containerd.image.name").map(|n| normalize_reference(n)).unwrap_or_default();
+        let mut chains = Vec::new();
+        if let Ok(m) = archive.read_json::<OciManifest>(&Archive::blob_member(&entry.digest))
+            && let Ok(c) = archive.read_json::<OciConfig>(&Archive::blob_member(&m.config.digest))
+        {
+            chains = chain_ids(&c.rootfs.diff_ids);
+        }
+        out.push((name, chains));
+    }
+    Ok(out)
+}
+
 /// Normalises an image name the way containerd's CRI plugin does, so that a
 /// pod naming `busybox:1` finds the imported `docker.io/library/busybox:1`.
 pub fn normalize_reference(name: &str) -> String {
