@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("static_pod", static_pod),
     ("kubelet_config", kubelet_config),
     ("proxy_config", proxy_config),
