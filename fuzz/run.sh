@@ -15,11 +15,17 @@ max_len="${MAX_LEN:-32768}"
 malloc_mb=$(( max_len * 64 / 1048576 + 1 ))
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+failed=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t" "work/$t"
     echo "== $t: ${secs}s"
     # New inputs go to work/ (not committed); corpus/ is the seed set.
     cargo +nightly fuzz run "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=1 -max_len="$max_len" -malloc_limit_mb="$malloc_mb" -rss_limit_mb=2048 \
-        -artifact_prefix="artifacts/$t/" -print_final_stats=1 2>&1 | tail -n 12
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 > "artifacts/$t.log" 2>&1 || failed+=("$t")
+    grep -E '^(Done|stat::)|ERROR|SUMMARY' "artifacts/$t.log" || true
 done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "failed: ${failed[*]} (reproducers and logs in fuzz/artifacts/)"
+    exit 1
+fi

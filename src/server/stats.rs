@@ -91,6 +91,11 @@ pub fn parse_net_dev(text: &str) -> Vec<Interface> {
         .collect()
 }
 
+/// Figures the runtime reports, added without wrapping.
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
+}
+
 fn rfc3339(nanos: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_nanosecond(nanos as i128).map(|t| t.to_string()).unwrap_or_default()
 }
@@ -316,12 +321,12 @@ impl Collector {
             .map(|((ns, name, uid), rows)| {
                 let total = Usage {
                     time: rows.iter().map(|r| r.usage.time).max().unwrap_or(node.time),
-                    cpu_nanos: rows.iter().map(|r| r.usage.cpu_nanos).sum(),
-                    nano_cores: rows.iter().map(|r| r.usage.nano_cores).sum(),
-                    working_set: rows.iter().map(|r| r.usage.working_set).sum(),
-                    usage: rows.iter().map(|r| r.usage.usage).sum(),
-                    rss: rows.iter().map(|r| r.usage.rss).sum(),
-                    rootfs_used: rows.iter().map(|r| r.usage.rootfs_used).sum(),
+                    cpu_nanos: saturating_sum(rows.iter().map(|r| r.usage.cpu_nanos)),
+                    nano_cores: rows.iter().map(|r| r.usage.nano_cores).try_fold(0u64, |a, n| n.map(|n| a.saturating_add(n))),
+                    working_set: saturating_sum(rows.iter().map(|r| r.usage.working_set)),
+                    usage: saturating_sum(rows.iter().map(|r| r.usage.usage)),
+                    rss: saturating_sum(rows.iter().map(|r| r.usage.rss)),
+                    rootfs_used: saturating_sum(rows.iter().map(|r| r.usage.rootfs_used)),
                     start_nanos: 0,
                 };
                 let containers: Vec<Value> = rows
@@ -335,9 +340,9 @@ impl Collector {
                 let volumes: Vec<&super::volume_stats::VolumeUsage> = x.map(|x| x.volumes.iter().collect()).unwrap_or_default();
                 // kubelet's pod ephemeral storage: the containers' writable
                 // layers, their logs and the volumes kept on the node's disk.
-                let ephemeral = total.rootfs_used
-                    + x.map_or(0, |x| x.logs_bytes)
-                    + volumes.iter().filter(|v| v.on_node_disk).map(|v| v.used_bytes).sum::<u64>();
+                let ephemeral = saturating_sum(
+                    [total.rootfs_used, x.map_or(0, |x| x.logs_bytes)].into_iter().chain(volumes.iter().filter(|v| v.on_node_disk).map(|v| v.used_bytes)),
+                );
                 let mut pod = json!({
                     "podRef": {"name": name, "namespace": ns, "uid": uid},
                     "startTime": start_times.get(uid).cloned().flatten(),

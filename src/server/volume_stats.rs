@@ -35,7 +35,7 @@ pub struct VolumeUsage {
 pub fn du(dir: &Path) -> (u64, u64) {
     let Ok(top) = std::fs::symlink_metadata(dir) else { return (0, 0) };
     let dev = top.dev();
-    let (mut bytes, mut inodes) = (top.blocks() * 512, 1u64);
+    let (mut bytes, mut inodes) = (top.blocks().saturating_mul(512), 1u64);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
@@ -44,8 +44,8 @@ pub fn du(dir: &Path) -> (u64, u64) {
             if m.dev() != dev {
                 continue;
             }
-            bytes += m.blocks() * 512;
-            inodes += 1;
+            bytes = bytes.saturating_add(m.blocks().saturating_mul(512));
+            inodes = inodes.saturating_add(1);
             if m.is_dir() {
                 stack.push(e.path());
             }
