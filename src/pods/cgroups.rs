@@ -122,7 +122,7 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
         let weight = crate::resources::cpu_weight(limits.cpu_shares);
         write(&dir.join("cpu.weight"), &weight.to_string())?;
         let max = limits.cpu_quota.map_or("max".to_string(), |q| q.to_string());
-        write(&dir.join("cpu.max"), &format!("{max} {}", super::container::CPU_PERIOD_US))?;
+        write(&dir.join("cpu.max"), &format!("{max} {}", crate::resources::CPU_PERIOD_US))?;
         write(&dir.join("memory.max"), &limits.memory.map_or("max".to_string(), |m| m.to_string()))?;
         return Ok(());
     }
@@ -132,7 +132,7 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
         write(&besteffort.join("cpu.shares"), "2")?;
     }
     write(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string())?;
-    write(&cpu.join("cpu.cfs_period_us"), &super::container::CPU_PERIOD_US.to_string())?;
+    write(&cpu.join("cpu.cfs_period_us"), &crate::resources::CPU_PERIOD_US.to_string())?;
     write(&cpu.join("cpu.cfs_quota_us"), &limits.cpu_quota.unwrap_or(-1).to_string())?;
     let mem = root.join("memory").join(rel);
     std::fs::create_dir_all(&mem)?;

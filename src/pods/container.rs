@@ -16,7 +16,7 @@ use crate::runtime::cri;
 use crate::runtime::labels;
 
 /// CFS period kubelet uses (100 ms).
-pub use crate::resources::CPU_PERIOD_US;
+use crate::resources::CPU_PERIOD_US;
 const GUARANTEED_OOM: i64 = -997;
 const BEST_EFFORT_OOM: i64 = 1000;
 

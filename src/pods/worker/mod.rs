@@ -505,10 +505,14 @@ impl Worker {
                     return Err(self.retry_later());
                 };
                 let spec = pod.spec.as_ref().expect("planned pods have a spec");
-                let (c, _) = plan::container_spec(spec, &name).ok_or_else(|| self.retry_later())?;
+                let found = match kind {
+                    super::ContainerKind::Ephemeral => plan::ephemeral(spec).into_iter().find(|(e, _)| e.name == name),
+                    _ => plan::container_spec(spec, &name).map(|(c, _)| (c, None)),
+                };
+                let (c, target) = found.ok_or_else(|| self.retry_later())?;
                 // An ephemeral container with a target joins the target's
                 // process namespace: the target must be running here.
-                let target = match plan::ephemeral(spec).into_iter().find(|(e, _)| e.name == name).and_then(|(_, t)| t) {
+                let target = match target {
                     None => None,
                     Some(t) => match obs.running().find(|x| x.name == t && x.sandbox_id == sb.id) {
                         Some(x) => Some(x.id.clone()),
