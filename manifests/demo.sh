@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The demo node: runs the static pods in manifests/static on a real
 # containerd, with nodelet in front, and shows `nodelet pods` every few
-# seconds until Ctrl-C. Everything lives in a network namespace and a
-# directory of its own (/tmp/nodelet-demo), and is removed on exit.
+# seconds until Ctrl-C, with nodelet's warnings and errors as they come.
+# Everything lives in a network namespace, a cgroup and a directory of its
+# own (/tmp/nodelet-demo), and all of it is removed on exit (KEEP=1 keeps
+# the directory and its logs).
 # Run as root on Debian: sudo manifests/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,10 @@ demo=/tmp/nodelet-demo
 ns=nodelet-demo
 rm -rf "$demo"; mkdir -p "$demo"/{cni,logs,kubelet,empty}
 sed -e "s#@ROOT@#$demo#g" -e "s#@CNI_BIN@#/usr/lib/cni#g" tests/support/containerd-config.toml > "$demo/containerd.toml"
-sed -e "s#@ROOT@#$demo#g" -e "s#@BRIDGE@#nodelet0#g" -e "s#@SUBNET@#10.88.0.0/24#g" tests/support/cni.conflist > "$demo/cni/10-pods.conflist"
+# A network name of its own: the CNI plugins' result cache
+# (/var/lib/cni/results/<network>-*) is removed by name at the end.
+sed -e "s#@ROOT@#$demo#g" -e "s#@BRIDGE@#nodelet0#g" -e "s#@SUBNET@#10.88.0.0/24#g" -e 's#"nodelet-pods"#"nodelet-demo"#' \
+  tests/support/cni.conflist > "$demo/cni/10-pods.conflist"
 cat > "$demo/kubelet.yaml" <<CFG
 kind: KubeletConfiguration
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -45,7 +50,16 @@ cleanup() {
   kill "$containerd" 2>/dev/null; wait "$containerd" 2>/dev/null
   ip netns del "$ns" 2>/dev/null
   find /sys/fs/cgroup -depth -type d -path '*nodelet-demo*' -exec rmdir {} \; 2>/dev/null
-  echo "demo: done (logs kept in $demo)"
+  rm -f /var/lib/cni/results/nodelet-demo-*
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then
+    echo "demo: done (logs kept in $demo)"
+  else
+    umount -R "$demo" 2>/dev/null
+    find "$demo" -depth -type d -exec mountpoint -q {} \; -exec umount -l {} \; 2>/dev/null
+    rm -rf "$demo"
+    echo "demo: done, nothing left (KEEP=1 keeps $demo and its logs)"
+  fi
 }
 trap cleanup EXIT
 
@@ -63,9 +77,17 @@ setsid nsenter --net="/run/netns/$ns" "$nodelet" --config "$demo/kubelet.yaml" -
 agent=$!
 echo "demo: nodelet runs the pods in manifests/static (its log: $demo/nodelet.log; pod logs: $demo/logs)"
 echo "demo: edit or remove files in manifests/static to see pods change; Ctrl-C to stop"
+seen=0
 while kill -0 "$agent" 2>/dev/null; do
   sleep 5
   echo "---- $(date +%T)"
+  # nodelet's warnings and errors since the last round (a bad manifest
+  # shows here, naming the file and the field).
+  total=$(wc -l <"$demo/nodelet.log")
+  tail -n +"$((seen + 1))" "$demo/nodelet.log" | head -n "$((total - seen))" | grep -E ' (WARN|ERROR) ' | sed 's/^/  nodelet: /' || true
+  seen=$total
   innet "$nodelet" pods || true
 done
-echo "demo: nodelet exited; see $demo/nodelet.log"
+echo "demo: nodelet exited:"
+tail -n 5 "$demo/nodelet.log"
+KEEP=1

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use crate::tasks::Tasks;
 
 use crate::config::Settings;
@@ -38,6 +38,8 @@ pub enum AgentError {
     Cluster(crate::cluster::ClusterError),
     #[error("{0}")]
     Fault(String),
+    #[error("dry run: the inputs have problems:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
 }
 
 impl From<crate::cluster::ClusterError> for AgentError {
@@ -244,6 +246,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         None => None,
     };
 
+    if s.cluster_dns.is_empty() {
+        tracing::warn!("{} (no clusterDNS in the config, no --cluster-dns)", dns::MISSING_CLUSTER_DNS_MESSAGE);
+    }
     let oom_floor = if s.dry_run { -1000 } else { set_own_oom_score_adj(s.oom_score_adj) };
     let host = std::fs::read_to_string(&s.resolv_conf).unwrap_or_else(|e| {
         tracing::warn!(file = %s.resolv_conf.display(), error = %e, "cannot read resolvConf; pods with dnsPolicy Default get no nameservers");
@@ -330,6 +335,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tasks.spawn("URL source", src.run(src_tx.clone()));
     }
     let mut manager_admission = None;
+    let mut proxy_synced = None;
     let mut node_labels = None;
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         expected.insert(SourceName::Api);
@@ -357,10 +363,12 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         };
         if let Some(p) = s.proxy.clone().filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
+            let (synced_tx, synced_rx) = oneshot::channel();
+            proxy_synced = Some(synced_rx);
             tasks.spawn("service proxy", async move {
                 let check = cluster::access::check(&client, "proxy", cluster::access::PROXY, grant);
                 let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
-                crate::proxy::run::run(client, p).await
+                crate::proxy::run::run(client, p, Some(synced_tx)).await
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
@@ -395,6 +403,13 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }
+    let one_shot = s.dry_run && !s.dry_run_watch;
+    let mut planned = None;
+    if one_shot {
+        let (tx, rx) = oneshot::channel();
+        manager = manager.with_plan_report(tx);
+        planned = Some(rx);
+    }
     tasks.spawn("pod manager", manager.run(src_rx, relist_rx));
 
     if let Some(addr) = s.healthz {
@@ -412,6 +427,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tracing::debug!(error = %e, "sd_notify failed");
     }
     tracing::info!(node = %s.node_name, dry_run = s.dry_run, "nodelet is running");
+    if let Some(planned) = planned {
+        return one_shot_dry_run(tasks, planned, proxy_synced, shutdown).await;
+    }
     let fault = tokio::select! {
         _ = shutdown => None,
         why = tasks.first_exit() => Some(why),
@@ -426,4 +444,30 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         Some(why) => Err(AgentError::Fault(why)),
         None => Ok(()),
     }
+}
+
+/// A dry run without --watch: waits until every source has reported and
+/// every pod has been planned (and the proxy's rules printed), then stops.
+/// The sources' errors make it fail, so it can check manifests in CI.
+async fn one_shot_dry_run(
+    tasks: Tasks,
+    planned: oneshot::Receiver<Vec<String>>,
+    proxy_synced: Option<oneshot::Receiver<()>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut tasks = tasks;
+    let outcome = async {
+        let problems = planned.await.unwrap_or_default();
+        if let Some(rx) = proxy_synced {
+            let _ = rx.await;
+        }
+        problems
+    };
+    let result = tokio::select! {
+        problems = outcome => if problems.is_empty() { Ok(()) } else { Err(AgentError::Invalid(problems)) },
+        _ = shutdown => Ok(()),
+        why = tasks.first_exit() => Err(AgentError::Fault(why)),
+    };
+    tasks.shutdown().await;
+    result
 }

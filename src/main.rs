@@ -83,9 +83,14 @@ struct RunArgs {
     /// KubeletConfiguration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Print the CRI calls the agent would make instead of making them.
+    /// Plan against the real inputs and print the CRI calls and proxy rules
+    /// instead of applying them; exits once every source has been read
+    /// (non-zero if a manifest is invalid).
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: keep following the inputs instead of exiting.
+    #[arg(long, requires = "dry_run")]
+    watch: bool,
     /// The node's name (default: the hostname, lowercased).
     #[arg(long)]
     hostname_override: Option<String>,
@@ -98,7 +103,8 @@ struct RunArgs {
     /// Per-pod directories go below it [default: /var/lib/kubelet].
     #[arg(long)]
     root_dir: Option<PathBuf>,
-    /// Where kubelet's legacy log symlinks go (nodelet's; kubelet fixes it).
+    /// Where the /var/log/containers-style log symlinks go (kubelet fixes it
+    /// there; nodelet lets tests and demos move it) [default: /var/log/containers].
     #[arg(long)]
     container_logs_dir: Option<PathBuf>,
     /// Directory of static pod manifests.
@@ -152,10 +158,11 @@ struct RunArgs {
     /// Comma-separated node IPs (status.hostIP); default: the default route's.
     #[arg(long)]
     node_ip: Option<String>,
-    /// First crash-loop back-off delay (kubelet: 10s; lower it for tests).
+    /// First crash-loop back-off delay; lower it for tests [default: 10s].
     #[arg(long, value_parser = duration)]
     crash_loop_backoff_initial: Option<Duration>,
-    /// Back-off cap (KubeletConfiguration crashLoopBackOff.maxContainerRestartPeriod).
+    /// Crash-loop back-off cap (KubeletConfiguration
+    /// crashLoopBackOff.maxContainerRestartPeriod) [default: 5m].
     #[arg(long, value_parser = duration)]
     crash_loop_backoff_max: Option<Duration>,
     /// The node's kubeconfig: cluster mode. Written by TLS bootstrap when
@@ -222,6 +229,7 @@ struct RunArgs {
     /// Log verbosity, kubelet style: 0-1 info, 2-3 debug, 4+ trace.
     #[arg(long = "v", default_value_t = 0)]
     verbosity: u8,
+    /// Log format on stderr: text, or json (one object per line).
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     logging_format: String,
 }
@@ -260,6 +268,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         hostname_override: a.hostname_override,
         dry_run: a.dry_run,
+        dry_run_watch: a.watch,
         container_runtime_endpoint: a.container_runtime_endpoint,
         runtime_request_timeout: a.runtime_request_timeout,
         root_dir: a.root_dir,

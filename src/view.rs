@@ -80,9 +80,16 @@ pub fn pods_table(body: &[u8], now: Timestamp) -> Result<String, serde_json::Err
         ]);
         let mut lines = Vec::new();
         let init = st.init_container_statuses.clone().unwrap_or_default();
-        for (c, kind) in init.iter().map(|c| (c, "init ")).chain(cs.iter().map(|c| (c, ""))) {
+        for c in &init {
+            // An init container's ready and started flags say nothing a
+            // person needs: it has either completed or not.
+            let done = c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
+            let state = if done { "Completed".to_string() } else { state(c, now) };
+            lines.push(format!("  init {}: {state}  restarts={}  last={}", c.name, c.restart_count, last_exit(c, now)));
+        }
+        for c in &cs {
             lines.push(format!(
-                "  {kind}{}: {}  ready={} started={}  restarts={}  last={}",
+                "  {}: {}  ready={} started={}  restarts={}  last={}",
                 c.name,
                 state(c, now),
                 c.ready,
@@ -126,5 +133,20 @@ mod tests {
         let out = pods_table(body.to_string().as_bytes(), now).unwrap();
         assert!(out.contains("default     web-n1   Running   1/1     2          5m    10.88.0.4"), "{out}");
         assert!(out.contains("  app: Running for 4m  ready=true started=false  restarts=2  last=exit 1 (Error), 4m ago"), "{out}");
+    }
+
+    #[test]
+    fn a_completed_init_container_says_so() {
+        let body = serde_json::json!({"items": [{
+            "metadata": {"name": "web-n1", "namespace": "default"},
+            "status": {"phase": "Running",
+              "initContainerStatuses": [{"name": "prep", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+              "containerStatuses": []}
+        }]});
+        let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let out = pods_table(body.to_string().as_bytes(), now).unwrap();
+        assert!(out.contains("  init prep: Completed  restarts=0  last=-"), "{out}");
+        assert!(!out.contains("ready=true started=false"), "{out}");
     }
 }

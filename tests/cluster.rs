@@ -137,7 +137,6 @@ async fn a_bound_pod_runs_reports_status_and_goes_through_the_deletion_handshake
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_neither_loses_a_deletion_nor_runs_a_finished_pod_again() {
-    use nodelet::runtime::Runtime;
     let c = Cluster::start().await;
     let mut agent = c.join().await;
     let pods = c.pods("default");
@@ -158,11 +157,7 @@ async fn a_restart_neither_loses_a_deletion_nor_runs_a_finished_pod_again() {
     // containers are collected (as after a reboot).
     agent.kill9();
     pods.delete("doomed", &DeleteParams::default()).await.unwrap();
-    let rt = c.node.cri().await;
-    for sb in c.node.sandboxes_named("once").await {
-        rt.stop_pod_sandbox(&sb.id).await.unwrap();
-        rt.remove_pod_sandbox(&sb.id).await.unwrap();
-    }
+    c.node.collect_pod("once").await;
     assert!(c.node.containers_named("once").await.is_empty());
 
     let agent = c.nodelet(&[]);

@@ -391,12 +391,10 @@ async fn dry_run_prints_the_calls_and_creates_nothing() {
             let at = args.iter().position(|a| a == "--container-runtime-endpoint").unwrap();
             args[at + 1] = endpoint;
             args.extend(["--dry-run".to_string(), "--healthz-port".into(), "0".into()]);
-            let agent = node.nodelet_with(args);
-            eventually(20 * S, "the app's StartContainer line", || async {
-                agent.stdout().lines().any(|l| l.starts_with("CRI StartContainer") && l.contains("container=app")).then_some(())
-            })
-            .await;
-            tokio::time::sleep(S).await;
+            let mut agent = node.nodelet_with(args);
+            // Without --watch, a dry run exits once it has planned every pod.
+            let code = tokio::task::block_in_place(|| agent.wait_exit(30 * S));
+            assert_eq!(code, Some(0), "a dry run of good manifests succeeds:\n{}", agent.log());
             agent.stdout()
         }
     };
@@ -425,6 +423,20 @@ async fn dry_run_prints_the_calls_and_creates_nothing() {
     // With no containerd at all, the image is unknown and would be pulled.
     let offline = run("unix:///nonexistent/containerd.sock".into()).await;
     assert!(offline.lines().any(|l| l == "CRI PullImage image=nodelet.local/busybox:1 auth=none"), "{offline}");
+
+    // One bad manifest: the good pod is still planned, and the run fails
+    // naming the file and the field (a check for manifests in CI).
+    node.write_manifest("bad.yaml", &pod_yaml("bad", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, imagePullPolicy: Sometimes}\n"));
+    let mut args = node.base_args();
+    args.extend(["--dry-run".to_string(), "--healthz-port".into(), "0".into()]);
+    let mut agent = node.nodelet_with(args);
+    let code = tokio::task::block_in_place(|| agent.wait_exit(30 * S));
+    assert_eq!(code, Some(1), "{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("nodelet: dry run: the inputs have problems:"), "{log}");
+    assert!(log.contains("bad.yaml") && log.contains("spec.containers[0].imagePullPolicy"), "{log}");
+    assert!(agent.stdout().lines().any(|l| l.starts_with("CRI StartContainer") && l.contains("container=app")), "the good pod is still planned");
+    assert!(!agent.stdout().contains(&node.pod_name("bad")), "{}", agent.stdout());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

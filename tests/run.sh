@@ -11,4 +11,21 @@ tests/setup.sh
 rustup component add clippy >/dev/null 2>&1 || true
 cargo clippy --locked --all-targets -- -A clippy::all
 # --no-fail-fast: every test binary runs and reports, even after a failure.
-cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
+log=$(mktemp /tmp/nodelet-tests.XXXXXX.log)
+status=0
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# One line per suite: passed / failed (a suite that crashed has no result line).
+awk '
+  /^ *Running / { if (suite != "") print_suite(); suite = ($2 == "unittests") ? $3 : $2; res = "" }
+  /^test result:/ { res = $0 }
+  function print_suite() {
+    if (res == "") { printf "  %-28s no result (crashed)\n", suite; return }
+    split(res, w, /[ ;.]+/)
+    for (i in w) { if (w[i] == "passed") p = w[i-1]; if (w[i] == "failed") f = w[i-1] }
+    printf "  %-28s %4d passed %3d failed\n", suite, p, f
+    tp += p; tf += f
+  }
+  END { if (suite != "") print_suite(); printf "  %-28s %4d passed %3d failed\n", "total", tp, tf }
+' "$log" | sed '1i tests/run.sh: per suite'
+rm -f "$log"
+exit "$status"

@@ -2,10 +2,12 @@
 # Installs what nodelet's tests, benchmarks and demo need, from Debian:
 # containerd and runc (the runtime), the CNI plugins, iptables, nftables and
 # conntrack (the Service proxy),
-# busybox-static (the test images), protoc (CRI code generation) and iproute2.
-# Idempotent; run as root.
+# busybox-static (the test images), protoc (CRI code generation), iproute2,
+# and a C toolchain (the linker, and ring's C and assembly) with pkg-config
+# and curl (rustup). Idempotent; run as root.
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux)
+packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux
+          gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,8 +23,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian containerd package starts a system containerd; nodelet's tests
 # start their own and never touch it.
-for bin in containerd containerd-shim-runc-v2 runc protoc busybox ip nsenter; do
+for bin in containerd containerd-shim-runc-v2 runc protoc busybox ip nsenter cc; do
   command -v "$bin" >/dev/null || { echo "setup.sh: $bin is still missing" >&2; exit 1; }
 done
 [ -x /usr/lib/cni/bridge ] || { echo "setup.sh: CNI plugins missing in /usr/lib/cni" >&2; exit 1; }
+# Rust comes from rustup, not Debian (bookworm's rustc is too old). Under
+# sudo, secure_path leaves out ~/.cargo/bin: look there too.
+if ! command -v cargo >/dev/null; then
+  for d in "${CARGO_HOME:-}" "$HOME/.cargo" "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo"; do
+    [ -n "$d" ] && [ -x "$d/bin/cargo" ] && { echo "setup.sh: cargo is in $d/bin but not on PATH: run  export PATH=$d/bin:\$PATH  (or sudo env PATH=\"\$PATH\" ...)" >&2; exit 1; }
+  done
+  echo "setup.sh: cargo not found: install Rust with  curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y  then  . ~/.cargo/env" >&2
+  exit 1
+fi
 echo "setup.sh: ready"

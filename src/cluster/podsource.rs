@@ -79,7 +79,7 @@ pub async fn run(
                 .map(|p| ((p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default()), p))
                 .collect(),
         );
-        if tx.send(SourceUpdate { source: SourceName::Api, pods: run }).await.is_err() {
+        if tx.send(SourceUpdate { source: SourceName::Api, pods: Some(run), errors: Vec::new() }).await.is_err() {
             return;
         }
     }

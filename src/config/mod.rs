@@ -29,6 +29,9 @@ pub enum ConfigError {
 pub struct Settings {
     pub node_name: String,
     pub dry_run: bool,
+    /// A dry run that keeps following its inputs instead of exiting once
+    /// it has planned them.
+    pub dry_run_watch: bool,
     pub runtime_endpoint: String,
     pub runtime_request_timeout: Duration,
     pub root_dir: PathBuf,
@@ -180,6 +183,7 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
 pub struct Overrides {
     pub hostname_override: Option<String>,
     pub dry_run: bool,
+    pub dry_run_watch: bool,
     pub container_runtime_endpoint: Option<String>,
     pub runtime_request_timeout: Option<Duration>,
     pub root_dir: Option<PathBuf>,
@@ -323,6 +327,7 @@ impl Settings {
         Ok(Settings {
             node_name,
             dry_run: o.dry_run,
+            dry_run_watch: o.dry_run && o.dry_run_watch,
             runtime_endpoint: o
                 .container_runtime_endpoint
                 .or(file.container_runtime_endpoint)

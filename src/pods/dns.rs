@@ -62,9 +62,27 @@ fn dedup(v: &mut Vec<String>) {
     v.retain(|x| seen.insert(x.clone()));
 }
 
+/// kubelet's event reason when a ClusterFirst pod meets a node without
+/// clusterDNS.
+pub const MISSING_CLUSTER_DNS: &str = "MissingClusterDNS";
+
+/// kubelet's event reason for nameserver and search limits exceeded.
+pub const DNS_CONFIG_FORMING: &str = "DNSConfigForming";
+
+/// kubelet's words for it, logged once for the node at start.
+pub const MISSING_CLUSTER_DNS_MESSAGE: &str =
+    "kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy.";
+
+/// A warning about a pod's DNS config, with the event reason kubelet gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsWarning {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// The sandbox DNS config for a pod, plus warnings worth an event (limits
 /// exceeded, no cluster DNS configured).
-pub fn dns_config(pod: &Pod, dns: &ClusterDns) -> (cri::DnsConfig, Vec<String>) {
+pub fn dns_config(pod: &Pod, dns: &ClusterDns) -> (cri::DnsConfig, Vec<DnsWarning>) {
     let spec = pod.spec.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let host_network = spec.host_network == Some(true);
@@ -77,11 +95,12 @@ pub fn dns_config(pod: &Pod, dns: &ClusterDns) -> (cri::DnsConfig, Vec<String>) 
     };
     let mut cfg = cri::DnsConfig::default();
     if cluster && dns.servers.is_empty() {
-        warnings.push(
-            "kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. \
-             Falling back to \"Default\" policy."
-                .to_string(),
-        );
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        warnings.push(DnsWarning {
+            reason: MISSING_CLUSTER_DNS,
+            message: format!("pod: \"{name}_{namespace}({uid})\". {MISSING_CLUSTER_DNS_MESSAGE}"),
+        });
     }
     match policy {
         "None" => {}
@@ -114,10 +133,13 @@ pub fn dns_config(pod: &Pod, dns: &ClusterDns) -> (cri::DnsConfig, Vec<String>) 
     dedup(&mut cfg.servers);
     dedup(&mut cfg.searches);
     if cfg.servers.len() > MAX_NAMESERVERS {
-        warnings.push(format!(
-            "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: {}",
-            cfg.servers[..MAX_NAMESERVERS].join(" ")
-        ));
+        warnings.push(DnsWarning {
+            reason: DNS_CONFIG_FORMING,
+            message: format!(
+                "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: {}",
+                cfg.servers[..MAX_NAMESERVERS].join(" ")
+            ),
+        });
         cfg.servers.truncate(MAX_NAMESERVERS);
     }
     let mut total = 0;
@@ -132,10 +154,13 @@ pub fn dns_config(pod: &Pod, dns: &ClusterDns) -> (cri::DnsConfig, Vec<String>) 
         })
         .collect();
     if cfg.searches.len() < before {
-        warnings.push(format!(
-            "Search Line limits were exceeded, some search paths have been omitted, the applied search line is: {}",
-            cfg.searches.join(" ")
-        ));
+        warnings.push(DnsWarning {
+            reason: DNS_CONFIG_FORMING,
+            message: format!(
+                "Search Line limits were exceeded, some search paths have been omitted, the applied search line is: {}",
+                cfg.searches.join(" ")
+            ),
+        });
     }
     (cfg, warnings)
 }
@@ -198,6 +223,8 @@ mod tests {
         let (c, w) = dns_config(&pod("ClusterFirst", false), &d);
         assert_eq!(c.servers, vec!["1.1.1.1", "8.8.8.8"]);
         assert_eq!(w.len(), 1);
+        assert_eq!(w[0].reason, "MissingClusterDNS");
+        assert!(w[0].message.ends_with(MISSING_CLUSTER_DNS_MESSAGE), "{}", w[0].message);
     }
 
     #[test]
@@ -212,5 +239,6 @@ mod tests {
         assert_eq!(c.servers.len(), 3);
         assert_eq!(c.searches.len(), 32);
         assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|w| w.reason == "DNSConfigForming"));
     }
 }

@@ -21,6 +21,9 @@ pub struct LogRecorder;
 impl EventRecorder for LogRecorder {
     fn record(&self, _pod: &PodIdentity, kind: EventType, reason: &str, message: &str) {
         match kind {
+            // A node-wide condition, logged once at start; per pod it would
+            // repeat the same line for every pod.
+            _ if reason == crate::pods::dns::MISSING_CLUSTER_DNS => tracing::debug!(reason, "{message}"),
             EventType::Normal => tracing::info!(reason, "{message}"),
             EventType::Warning => tracing::warn!(reason, "{message}"),
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::pleg::RelistEvent;
@@ -36,6 +36,9 @@ pub struct PodManager {
     /// deterministic.
     serial: bool,
     per_source: BTreeMap<SourceName, Vec<DesiredPod>>,
+    /// Every source that has reported, with its current errors.
+    reported: BTreeMap<SourceName, Vec<String>>,
+    plan_report: Option<oneshot::Sender<Vec<String>>>,
     runtime_pods: BTreeMap<String, PodIdentity>,
     workers: HashMap<String, Handle>,
     tasks: JoinSet<String>,
@@ -73,6 +76,8 @@ impl PodManager {
             expected,
             serial,
             per_source: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            plan_report: None,
             runtime_pods: BTreeMap::new(),
             workers: HashMap::new(),
             tasks: JoinSet::new(),
@@ -121,6 +126,27 @@ impl PodManager {
             ..Default::default()
         };
         self.ctx.statuses.set(&identity(pod).uid, PodRecord { pod: pod.clone(), status });
+    }
+
+    /// A one-shot dry run: once every source has reported and the runtime
+    /// has been listed, every pod has been planned (a serial manager waits
+    /// for each worker's first sync); the sources' errors and conflicts go
+    /// back to the caller.
+    pub fn with_plan_report(mut self, tx: oneshot::Sender<Vec<String>>) -> Self {
+        self.plan_report = Some(tx);
+        self
+    }
+
+    fn report_plan(&mut self) {
+        if !self.relisted || !self.expected.iter().all(|s| self.reported.contains_key(s)) {
+            return;
+        }
+        let Some(tx) = self.plan_report.take() else { return };
+        let mut problems: Vec<String> = self.reported.values().flatten().cloned().collect();
+        let mut conflicts: Vec<String> = self.conflicts.iter().cloned().collect();
+        conflicts.sort();
+        problems.extend(conflicts);
+        let _ = tx.send(problems);
     }
 
     fn sources_ready(&self) -> bool {
@@ -338,12 +364,16 @@ impl PodManager {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.report_plan();
             tokio::select! {
                 _ = tick.tick(), if !self.restart_after.is_empty() => self.reconcile().await,
                 update = sources.recv(), if sources_open => match update {
                     Some(u) => {
-                        self.per_source.insert(u.source, u.pods);
-                        self.reconcile().await;
+                        self.reported.insert(u.source, u.errors);
+                        if let Some(pods) = u.pods {
+                            self.per_source.insert(u.source, pods);
+                            self.reconcile().await;
+                        }
                     }
                     None => sources_open = false,
                 },
@@ -484,7 +514,7 @@ mod tests {
         let out = Lines::default();
         let rt = Arc::new(DryRunRuntime::new(None, Box::new(out.clone())).await);
         let h = start(rt);
-        h.sources.send(SourceUpdate { source: SourceName::File, pods: vec![pod("a"), pod("b")] }).await.unwrap();
+        h.sources.send(SourceUpdate { source: SourceName::File, pods: Some(vec![pod("a"), pod("b")]), errors: vec![] }).await.unwrap();
         until("both pods started", || out.count("CRI StartContainer") == 2).await;
         let text = out.text();
         let a = text.find("pod=default/a-n container=c").unwrap();
@@ -492,7 +522,7 @@ mod tests {
         assert!(a < b, "serial dry runs go in name order:\n{text}");
         until("statuses published", || h.statuses.snapshot().len() == 2).await;
 
-        h.sources.send(SourceUpdate { source: SourceName::File, pods: vec![pod("b")] }).await.unwrap();
+        h.sources.send(SourceUpdate { source: SourceName::File, pods: Some(vec![pod("b")]), errors: vec![] }).await.unwrap();
         until("a removed", || out.count("CRI RemovePodSandbox") == 1).await;
         assert!(out.text().lines().any(|l| l.starts_with("CRI StopContainer") && l.contains("pod=default/a-n")));
         until("a's status gone", || h.statuses.snapshot().len() == 1).await;
@@ -505,14 +535,14 @@ mod tests {
         let out = Lines::default();
         let rt = Arc::new(DryRunRuntime::new(None, Box::new(out.clone())).await);
         let first = start(rt.clone());
-        first.sources.send(SourceUpdate { source: SourceName::File, pods: vec![pod("old")] }).await.unwrap();
+        first.sources.send(SourceUpdate { source: SourceName::File, pods: Some(vec![pod("old")]), errors: vec![] }).await.unwrap();
         until("old started", || out.count("CRI StartContainer") == 1).await;
         drop(first.tasks); // an agent that went away, leaving its pod
 
         let second = start(rt);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(out.count("CRI StopPodSandbox"), 0, "no source has reported: nothing may be removed");
-        second.sources.send(SourceUpdate { source: SourceName::File, pods: vec![] }).await.unwrap();
+        second.sources.send(SourceUpdate { source: SourceName::File, pods: Some(vec![]), errors: vec![] }).await.unwrap();
         until("the orphan removed", || out.count("CRI RemovePodSandbox") == 1).await;
         assert_eq!(out.count("CRI RemoveContainer"), 1);
     }

@@ -289,13 +289,19 @@ impl<'a> Planner<'a> {
     }
 
     /// Dead containers beyond the newest per name, and old sandboxes left
-    /// empty. Never touches the current sandbox.
+    /// empty. Never touches the current sandbox. While the newest instance
+    /// of a container is itself dead (between a crash and its restart), the
+    /// dead one before it stays too: it is the status's `lastState`.
     fn gc(&mut self) {
         let obs = self.obs();
         let current = obs.latest_sandbox().map(|s| s.id.as_str());
-        let mut kept: BTreeMap<&str, bool> = BTreeMap::new();
+        // Per name: dead instances kept so far, and how many may stay.
+        let mut kept: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         let mut removed = Vec::new();
+        // Newest first, as observed.
         for c in &obs.containers {
+            let (_, allowed) = kept.entry(c.name.as_str()).or_insert((0, if c.phase == ContainerPhase::Exited { 2 } else { 1 }));
+            let allowed = *allowed;
             // A container left Created (a failed start) in an old sandbox
             // will never run.
             if c.phase == ContainerPhase::Created && Some(c.sandbox_id.as_str()) != current {
@@ -305,11 +311,12 @@ impl<'a> Planner<'a> {
             if c.phase != ContainerPhase::Exited {
                 continue;
             }
-            let seen = kept.entry(c.name.as_str()).or_insert(false);
-            if *seen {
-                removed.push(c.id.clone());
-            } else {
-                *seen = true;
+            if let Some((seen, _)) = kept.get_mut(c.name.as_str()) {
+                if *seen >= allowed {
+                    removed.push(c.id.clone());
+                } else {
+                    *seen += 1;
+                }
             }
         }
         for id in &removed {

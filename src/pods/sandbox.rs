@@ -102,7 +102,7 @@ pub fn seccomp(profile: Option<&k8s_openapi::api::core::v1::SeccompProfile>, nod
 
 /// The sandbox config for attempt `attempt` of a pod, plus warnings (DNS
 /// limits) worth an event.
-pub fn sandbox_config(pod: &Pod, attempt: u32, node: &NodeContext) -> (cri::PodSandboxConfig, Vec<String>) {
+pub fn sandbox_config(pod: &Pod, attempt: u32, node: &NodeContext) -> (cri::PodSandboxConfig, Vec<dns::DnsWarning>) {
     let id = super::identity(pod);
     let spec = pod.spec.clone().unwrap_or_default();
     let (dns_config, warnings) = dns::dns_config(pod, &node.dns);

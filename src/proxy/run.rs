@@ -381,7 +381,9 @@ fn update_health_check_ports(ports: &mut BTreeMap<u16, HealthCheckPort>, state: 
 }
 
 /// Runs the proxy until the process ends.
-pub async fn run(client: kube::Client, s: ProxySettings) {
+/// Runs the proxy; `first_sync` hears once the first complete set of rules
+/// has been applied (printed, in a dry run).
+pub async fn run(client: kube::Client, s: ProxySettings, mut first_sync: Option<tokio::sync::oneshot::Sender<()>>) {
     let mut backend = match s.mode {
         Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
         Mode::Nftables => Backend::Nftables(nftables::Nftables::new(s.dry_run)),
@@ -512,6 +514,9 @@ pub async fn run(client: kube::Client, s: ProxySettings) {
                         tokio::task::spawn_blocking(move || conntrack::clear(&stale));
                     }
                     update_health_check_ports(&mut hc_ports, &state, true);
+                }
+                if let Some(tx) = first_sync.take() {
+                    let _ = tx.send(());
                 }
                 applied = state;
             }

@@ -287,6 +287,22 @@ impl Node {
         rt.list_pod_sandbox(Some(filter)).await.unwrap()
     }
 
+    /// Stops and removes a pod's sandboxes through CRI, as a reboot or a
+    /// container GC would. StopPodSandbox is retried: right after nodelet
+    /// killed the pod, containerd can answer "ttrpc: closed" while the shim
+    /// goes away; the call is idempotent and succeeds once it has.
+    pub async fn collect_pod(&self, full_name: &str) {
+        let rt = self.cri().await;
+        eventually(Duration::from_secs(20), "the pod's sandboxes stopped and removed", || async {
+            for sb in self.sandboxes_named(full_name).await {
+                rt.stop_pod_sandbox(&sb.id).await.ok()?;
+                rt.remove_pod_sandbox(&sb.id).await.ok()?;
+            }
+            self.sandboxes_named(full_name).await.is_empty().then_some(())
+        })
+        .await;
+    }
+
     /// Instances of one container of a static pod, newest first.
     pub async fn instances(&self, pod: &str, container: &str) -> Vec<cri::ContainerStatus> {
         self.instances_named(&self.pod_name(pod), container).await

@@ -162,6 +162,17 @@ fn dead_containers_are_collected_keeping_the_newest() {
 }
 
 #[test]
+fn between_a_crash_and_its_restart_the_previous_exit_stays_for_last_state() {
+    let w = World::new(pod("Always", &[], &["a"]))
+        .sandbox("s", 0, true)
+        .container("s", "a", 0, Some(1))
+        .container("s", "a", 1, Some(1))
+        .container("s", "a", 2, Some(1));
+    let removed: Vec<Action> = w.plan().actions.into_iter().filter(|a| matches!(a, Action::RemoveContainer { .. })).collect();
+    assert_eq!(removed, vec![Action::RemoveContainer { id: "a-0".into() }], "a-1 is the lastState of the dead a-2");
+}
+
+#[test]
 fn old_sandboxes_go_once_empty() {
     let w = World::new(pod("Always", &[], &["a"]))
         .sandbox("s0", 0, false)

@@ -38,6 +38,7 @@ pub struct FileSource {
     seen: SeenTimes,
     problems: Problems,
     last_sent: Option<Vec<Pod>>,
+    last_errors: Option<Vec<String>>,
     missing_logged: bool,
 }
 
@@ -51,6 +52,7 @@ impl FileSource {
             seen: SeenTimes::default(),
             problems: Problems::default(),
             last_sent: None,
+            last_errors: None,
             missing_logged: false,
         }
     }
@@ -144,12 +146,16 @@ impl FileSource {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             watched = self.ensure_watch(watched, &ev_tx);
-            if let Some(pods) = self.scan()
-                && self.last_sent.as_ref() != Some(&pods)
-            {
-                self.last_sent = Some(pods.clone());
-                let update = SourceUpdate { source: SourceName::File, pods: pods.into_iter().map(Arc::new).collect() };
-                if tx.send(update).await.is_err() {
+            let pods = self.scan();
+            let errors = self.problems.errors();
+            let changed = pods.as_ref().is_some_and(|p| self.last_sent.as_ref() != Some(p));
+            if changed || self.last_errors.as_ref() != Some(&errors) {
+                if changed {
+                    self.last_sent.clone_from(&pods);
+                }
+                self.last_errors = Some(errors.clone());
+                let pods = pods.filter(|_| changed).map(|p| p.into_iter().map(Arc::new).collect());
+                if tx.send(SourceUpdate { source: SourceName::File, pods, errors }).await.is_err() {
                     return;
                 }
             }

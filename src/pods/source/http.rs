@@ -21,6 +21,7 @@ pub struct HttpSource {
     seen: SeenTimes,
     problems: Problems,
     last_body: Option<Vec<u8>>,
+    last_errors: Option<Vec<String>>,
 }
 
 impl HttpSource {
@@ -35,6 +36,7 @@ impl HttpSource {
             seen: SeenTimes::default(),
             problems: Problems::default(),
             last_body: None,
+            last_errors: None,
         }
     }
 
@@ -92,27 +94,36 @@ impl HttpSource {
                 _ = tick.tick() => {}
                 _ = tx.closed() => return,
             }
-            let body = match self.fetch().await {
-                Ok(b) => b,
+            let pods = match self.fetch().await {
                 Err(e) => {
                     self.problems.set("fetch", Some(e), false);
-                    continue;
+                    None
                 }
-            };
-            self.problems.set("fetch", None, false);
-            if self.last_body.as_ref() == Some(&body) {
-                continue;
-            }
-            match self.decode(&body) {
-                Ok(pods) => {
-                    self.last_body = Some(body);
-                    self.problems.set("decode", None, false);
-                    let update = SourceUpdate { source: SourceName::Http, pods: pods.into_iter().map(Arc::new).collect() };
-                    if tx.send(update).await.is_err() {
-                        return;
+                Ok(body) if self.last_body.as_ref() == Some(&body) => {
+                    self.problems.set("fetch", None, false);
+                    None
+                }
+                Ok(body) => {
+                    self.problems.set("fetch", None, false);
+                    match self.decode(&body) {
+                        Ok(pods) => {
+                            self.last_body = Some(body);
+                            self.problems.set("decode", None, false);
+                            Some(pods.into_iter().map(Arc::new).collect())
+                        }
+                        Err(e) => {
+                            self.problems.set("decode", Some(format!("{e} (the last good set of pods from this URL stays)")), false);
+                            None
+                        }
                     }
                 }
-                Err(e) => self.problems.set("decode", Some(format!("{e} (the last good set of pods from this URL stays)")), false),
+            };
+            let errors = self.problems.errors();
+            if pods.is_some() || self.last_errors.as_ref() != Some(&errors) {
+                self.last_errors = Some(errors.clone());
+                if tx.send(SourceUpdate { source: SourceName::Http, pods, errors }).await.is_err() {
+                    return;
+                }
             }
         }
     }

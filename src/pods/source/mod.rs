@@ -30,11 +30,16 @@ impl SourceName {
     }
 }
 
-/// The complete set of pods one source currently wants.
+/// What one source reports: the complete set of pods it currently wants,
+/// and its current errors (a manifest that does not parse, a URL that does
+/// not answer).
 #[derive(Debug, Clone)]
 pub struct SourceUpdate {
     pub source: SourceName,
-    pub pods: Vec<DesiredPod>,
+    /// `None`: the source has no set to give (it could not read its input);
+    /// the set it gave last, if any, stands.
+    pub pods: Option<Vec<DesiredPod>>,
+    pub errors: Vec<String>,
 }
 
 /// Stamps `kubernetes.io/config.seen` with the time a pod (by UID) was first
@@ -81,7 +86,7 @@ pub fn drop_duplicates(pods: Vec<(String, Pod)>) -> (Vec<Pod>, Vec<String>) {
 /// appears for its key, and again only if it changed or went away and came
 /// back.
 #[derive(Default)]
-pub struct Problems(HashMap<String, String>);
+pub struct Problems(HashMap<String, (String, bool)>);
 
 impl Problems {
     /// Sets the current problem for `key` (`None`: it is fine now).
@@ -91,16 +96,23 @@ impl Problems {
                 self.0.remove(key);
             }
             Some(msg) => {
-                if self.0.get(key) != Some(&msg) {
+                if self.0.get(key).map(|(m, _)| m) != Some(&msg) {
                     if warn {
                         tracing::warn!("{msg}");
                     } else {
                         tracing::error!("{msg}");
                     }
-                    self.0.insert(key.to_string(), msg);
+                    self.0.insert(key.to_string(), (msg, warn));
                 }
             }
         }
+    }
+
+    /// The current errors (not the warnings), sorted.
+    pub fn errors(&self) -> Vec<String> {
+        let mut e: Vec<String> = self.0.values().filter(|(_, warn)| !warn).map(|(m, _)| m.clone()).collect();
+        e.sort();
+        e
     }
 
     /// Forgets every key `keep` rejects.

@@ -26,7 +26,7 @@ impl Worker {
         let (config, warnings) = sandbox::sandbox_config(pod, attempt, node);
         if !self.warned_dns {
             for w in &warnings {
-                self.event(EventType::Warning, "DNSConfigForming", w);
+                self.event(EventType::Warning, w.reason, &w.message);
             }
             self.warned_dns = true;
         }
