@@ -225,7 +225,13 @@ async fn node_api_main(
 
 /// Runs the agent until `shutdown` resolves. Pods keep running after it
 /// returns, as with kubelet.
-pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+/// Runs the node agent until `shutdown`; `proxy`, in cluster mode, runs the
+/// Service proxy beside it.
+pub async fn run(
+    s: Settings,
+    proxy: Option<crate::proxy::run::ProxySettings>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
@@ -361,7 +367,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             node_labels: labels_tx,
             metrics: metrics.clone(),
         };
-        if let Some(p) = s.proxy.clone().filter(|p| p.mode != crate::proxy::run::Mode::None) {
+        if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
             let (synced_tx, synced_rx) = oneshot::channel();
             proxy_synced = Some(synced_rx);

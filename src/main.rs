@@ -312,10 +312,11 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             rotate_server_certificates: a.rotate_server_certificates,
         },
     };
-    let mut settings = Settings::resolve(overrides, file)?;
+    let settings = Settings::resolve(overrides, file)?;
+    let mut proxy = None;
     if settings.cluster.is_some() {
         let proxy_file = a.proxy_config.as_deref().map(ProxyConfig::load).transpose()?;
-        settings.proxy = Some(nodelet::proxy::resolve(
+        proxy = Some(nodelet::proxy::resolve(
             a.proxy_mode.as_deref(),
             proxy_file.as_ref(),
             &settings.node_name,
@@ -325,7 +326,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     } else if a.proxy_mode.as_deref().is_some_and(|m| m != "none") || a.proxy_config.is_some() {
         tracing::warn!("the Service proxy needs an apiserver (--kubeconfig); it does not run standalone");
     }
-    nodelet::agent::run(settings, shutdown_signal()).await?;
+    nodelet::agent::run(settings, proxy, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use kube::config::Kubeconfig;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 
 use super::client::{self, RotatingCert};
-use super::files;
+use crate::files;
 use super::ClusterError;
 
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";

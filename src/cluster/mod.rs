@@ -8,7 +8,6 @@ pub mod access;
 pub mod certs;
 pub mod client;
 pub mod events;
-pub mod files;
 pub mod finalize;
 pub mod lease;
 pub mod mirror;

@@ -11,8 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pods::CgroupDriver;
-use crate::pods::backoff::BackoffConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +20,28 @@ pub enum ConfigError {
     Field { file: String, field: String, message: String },
     #[error("{flag}: {message}")]
     Flag { flag: String, message: String },
+}
+
+/// How pod cgroups are made: by nodelet in cgroupfs, or by systemd as slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// Crash-loop back-off settings (see `pods::backoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    /// A run at least this long forgives earlier crashes.
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300), reset_after: Duration::from_secs(600) }
+    }
 }
 
 /// Everything the agent runs with, after flags, file and defaults.
@@ -60,8 +80,6 @@ pub struct Settings {
     pub log_rotation: LogRotation,
     /// The node API on :10250 (cluster mode only).
     pub node_api: node_api::NodeApiSettings,
-    /// The Service proxy (cluster mode only); set by the caller.
-    pub proxy: Option<crate::proxy::run::ProxySettings>,
 }
 
 fn go_duration(d: Duration) -> String {
@@ -168,8 +186,8 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| flag_err("--node-labels", format!("{pair:?} is not key=value")))?;
         let mut errs = Vec::new();
-        crate::pods::validation::label_key(k, "--node-labels", &mut errs);
-        crate::pods::validation::label_value(v, "--node-labels", &mut errs);
+        crate::names::label_key(k, "--node-labels", &mut errs);
+        crate::names::label_value(v, "--node-labels", &mut errs);
         if let Some(e) = errs.first() {
             return Err(flag_err("--node-labels", e.message.clone()));
         }
@@ -356,7 +374,6 @@ impl Settings {
             cluster,
             log_rotation,
             node_api,
-            proxy: None,
         })
     }
 }

@@ -8,19 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffConfig {
-    pub initial: Duration,
-    pub max: Duration,
-    /// A run at least this long forgives earlier crashes.
-    pub reset_after: Duration,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300), reset_after: Duration::from_secs(600) }
-    }
-}
+pub use crate::config::BackoffConfig;
 
 /// One failure: when the failed attempt started and when it failed (ns since
 /// the epoch).

@@ -13,41 +13,7 @@ pub const MAX_NAMESERVERS: usize = 3;
 pub const MAX_SEARCHES: usize = 32;
 pub const MAX_SEARCH_CHARS: usize = 2048;
 
-/// The parts of a resolv.conf that matter to pods.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolvConf {
-    pub nameservers: Vec<String>,
-    pub searches: Vec<String>,
-    pub options: Vec<String>,
-}
-
-impl ResolvConf {
-    pub fn parse(text: &str) -> Self {
-        let mut r = ResolvConf::default();
-        for line in text.lines() {
-            let line = line.split(['#', ';']).next().unwrap_or("");
-            let mut fields = line.split_whitespace();
-            match fields.next() {
-                Some("nameserver") => r.nameservers.extend(fields.next().map(str::to_string)),
-                // The last search (or domain) line wins, as in the resolver.
-                Some("search") | Some("domain") => r.searches = fields.map(str::to_string).collect(),
-                Some("options") => r.options.extend(fields.map(str::to_string)),
-                _ => {}
-            }
-        }
-        r
-    }
-}
-
-/// What the node offers for pod DNS.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterDns {
-    pub servers: Vec<String>,
-    pub domain: String,
-    /// The node's resolv.conf (`resolvConf`), for dnsPolicy Default and the
-    /// host part of the ClusterFirst search list.
-    pub host: ResolvConf,
-}
+pub use crate::node::{ClusterDns, ResolvConf};
 
 fn merge_options(base: &mut Vec<String>, extra: impl IntoIterator<Item = String>) {
     for opt in extra {

@@ -27,68 +27,15 @@ mod testing;
 pub mod validation;
 pub mod worker;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::runtime::labels::PodIdentity;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupDriver {
-    Cgroupfs,
-    Systemd,
-}
+pub use crate::config::CgroupDriver;
 
-/// Facts about this node that shape how pods are run. Built once at start.
-#[derive(Debug, Clone)]
-pub struct NodeContext {
-    pub node_name: String,
-    /// `--root-dir`: per-pod directories live under `pods/<uid>`.
-    pub root_dir: PathBuf,
-    /// `podLogsDir`: `<ns>_<name>_<uid>/<container>/<n>.log` below it.
-    pub pod_logs_dir: PathBuf,
-    /// kubelet's legacy log symlinks (`/var/log/containers`).
-    pub container_logs_dir: PathBuf,
-    pub cgroup_driver: CgroupDriver,
-    pub cgroup_root: String,
-    pub cgroups_per_qos: bool,
-    pub dns: dns::ClusterDns,
-    /// Node capacity, for the Burstable oom_score_adj and downward API
-    /// defaults.
-    pub memory_capacity_bytes: i64,
-    pub cpu_capacity_millis: i64,
-    /// The lowest oom_score_adj this node lets processes have (-1000 unless
-    /// the kernel refused nodelet a lower score).
-    pub oom_score_adj_floor: i64,
-    /// The node's own addresses (status.hostIP).
-    pub host_ips: Vec<String>,
-    pub backoff: backoff::BackoffConfig,
-    /// Prefix of containerIDs in status (`containerd://...`).
-    pub runtime_name: String,
-}
-
-impl NodeContext {
-    /// A context with kubelet's defaults, for tests and dry runs.
-    pub fn for_tests(node_name: &str) -> Self {
-        Self {
-            node_name: node_name.into(),
-            root_dir: "/var/lib/kubelet".into(),
-            pod_logs_dir: "/var/log/pods".into(),
-            container_logs_dir: "/var/log/containers".into(),
-            cgroup_driver: CgroupDriver::Cgroupfs,
-            cgroup_root: "/".into(),
-            cgroups_per_qos: true,
-            dns: dns::ClusterDns::default(),
-            memory_capacity_bytes: 8 << 30,
-            cpu_capacity_millis: 4000,
-            oom_score_adj_floor: -1000,
-            host_ips: vec![],
-            backoff: backoff::BackoffConfig::default(),
-            runtime_name: "containerd".into(),
-        }
-    }
-}
+pub use crate::node::NodeContext;
 
 /// The identity of a desired pod.
 pub fn identity(pod: &Pod) -> PodIdentity {

@@ -17,7 +17,7 @@ pub fn log_dir(node: &NodeContext, id: &PodIdentity) -> PathBuf {
 
 /// `<root-dir>/pods/<uid>`.
 pub fn pod_dir(node: &NodeContext, uid: &str) -> PathBuf {
-    node.root_dir.join("pods").join(uid)
+    node.pod_dir(uid)
 }
 
 /// The pod's cgroup parent: `<cgroupRoot>/kubepods/<qos>/pod<uid>` with the

@@ -95,8 +95,8 @@ pub fn self_signed(cert_dir: &Path, names: &[String]) -> Result<CertifiedKey, Tl
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&kp).map_err(|e| file_err(&crt, e))?;
     std::fs::create_dir_all(cert_dir).map_err(|e| file_err(cert_dir, e))?;
-    crate::cluster::files::write_atomic(&key, kp.serialize_pem().as_bytes(), 0o600).map_err(|e| file_err(&key, e))?;
-    crate::cluster::files::write_atomic(&crt, cert.pem().as_bytes(), 0o644).map_err(|e| file_err(&crt, e))?;
+    crate::files::write_atomic(&key, kp.serialize_pem().as_bytes(), 0o600).map_err(|e| file_err(&key, e))?;
+    crate::files::write_atomic(&crt, cert.pem().as_bytes(), 0o644).map_err(|e| file_err(&crt, e))?;
     tracing::info!(cert = %crt.display(), "made a self-signed serving certificate for the node API");
     certified_key(cert.pem().as_bytes(), kp.serialize_pem().as_bytes(), &crt)
 }

@@ -29,8 +29,8 @@ use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Po
 
 use self::atomic::{FileProjection, Payload};
 use self::objects::{ApiObjects, ObjectKey, ObjectKind, TokenSpec};
-use crate::pods::env::{self, PodFacts};
-use crate::pods::{NodeContext, sandbox};
+use crate::downward::{self, PodFacts};
+use crate::node::NodeContext;
 use crate::resources as quantity;
 use crate::runtime::cri;
 
@@ -74,7 +74,7 @@ pub struct VolumeContext<'a> {
 }
 
 fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> PathBuf {
-    sandbox::pod_dir(node, uid).join("volumes").join(format!("kubernetes.io~{plugin}")).join(name)
+    node.pod_dir(uid).join("volumes").join(format!("kubernetes.io~{plugin}")).join(name)
 }
 
 fn err(volume: &str, message: impl Into<String>) -> VolumeError {
@@ -200,7 +200,7 @@ fn downward_files(items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, fa
             match f.field_path.as_str() {
                 "metadata.labels" => map_lines(md.labels.as_ref()),
                 "metadata.annotations" => map_lines(md.annotations.as_ref()),
-                _ => env::field_value(f, facts, &it.path).map_err(|e| e.to_string())?,
+                _ => downward::field_value(f, facts, &it.path).map_err(|e| e.to_string())?,
             }
         } else if let Some(r) = &it.resource_field_ref {
             let cname = r.container_name.clone().unwrap_or_default();
@@ -210,7 +210,7 @@ fn downward_files(items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, fa
                 .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
                 .find(|c| c.name == cname)
                 .ok_or_else(|| format!("{}: container {cname:?} not found", it.path))?;
-            env::resource_value(r, c, facts, &it.path).map_err(|e| e.to_string())?
+            downward::resource_value(r, c, facts, &it.path).map_err(|e| e.to_string())?
         } else {
             String::new()
         };
@@ -475,7 +475,7 @@ pub fn container_mounts(
             (Some(s), _) if !s.is_empty() => Some(s.clone()),
             (_, Some(expr)) if !expr.is_empty() => {
                 let map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                Some(env::expand(expr, &|k| map.get(k).map(|v| v.to_string())))
+                Some(downward::expand(expr, &|k| map.get(k).map(|v| v.to_string())))
             }
             _ => None,
         };
@@ -545,12 +545,12 @@ pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: b
     } else {
         hosts::managed(pod, ips, &node.dns.domain)
     };
-    let path = sandbox::pod_dir(node, pod.metadata.uid.as_deref().unwrap_or_default()).join("etc-hosts");
+    let path = node.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default()).join("etc-hosts");
     if dry_run {
         return Ok(Some(path));
     }
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        crate::cluster::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(Some(path))
 }
