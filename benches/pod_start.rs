@@ -101,6 +101,7 @@ async fn floor_round(node: &Node, round: usize) -> Vec<f64> {
             env_sources: &Default::default(),
             volumes: &Default::default(),
             etc_hosts: None,
+            termination_log: None,
             target_id: None,
             dry_run: false,
         })

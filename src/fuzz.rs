@@ -51,6 +51,7 @@ pub fn static_pod(data: &[u8]) {
             env_sources: &Default::default(),
             volumes: &Default::default(),
             etc_hosts: None,
+            termination_log: None,
             target_id: None,
             dry_run: true,
         });
@@ -142,7 +143,7 @@ pub fn cri_log(data: &[u8]) {
         let _ = j.feed(&data[half..]);
     }
     for line in data.split(|b| *b == b'\n') {
-        let _ = crate::server::logs::parse_line(line);
+        let _ = crate::runtime::cri_log::parse_line(line);
     }
 }
 

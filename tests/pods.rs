@@ -589,3 +589,74 @@ async fn an_edited_manifest_replaces_the_pod_only_after_the_old_one_stopped() {
     assert!(took >= 2.8, "the new version started {took:.1}s after the old one, before its 3 s grace period ran out");
     assert_ne!(new.labels["io.kubernetes.pod.uid"], old.labels["io.kubernetes.pod.uid"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadlines_end_pods_and_termination_messages_come_from_the_file_or_the_log() {
+    let node = Node::start().await;
+    let agent = node.nodelet(&[]);
+    node.write_manifest(
+        "deadline.yaml",
+        &pod_yaml(
+            "deadline",
+            "  activeDeadlineSeconds: 3\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    \
+             command: [sh, -c, \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n",
+        ),
+    );
+    node.write_manifest(
+        "msg.yaml",
+        &pod_yaml(
+            "msg",
+            "  restartPolicy: Never\n  containers:\n  - name: file\n    image: nodelet.local/busybox:1\n    \
+             command: [sh, -c, 'printf \"all done\" > /dev/termination-log']\n  - name: logs\n    \
+             image: nodelet.local/busybox:1\n    terminationMessagePolicy: FallbackToLogsOnError\n    \
+             command: [sh, -c, 'echo starting; echo \"fatal: disk full\" >&2; exit 3']\n  - name: quiet\n    \
+             image: nodelet.local/busybox:1\n    terminationMessagePolicy: FallbackToLogsOnError\n    \
+             command: [sh, -c, 'echo fine; exit 0']\n",
+        ),
+    );
+
+    // The deadline: the pod is stopped (SIGTERM, honoured at once) and
+    // Failed with kubelet's reason, and restartPolicy Always restarts nothing.
+    let running = eventually(30 * S, "the deadline pod running", || async {
+        node.instances("deadline", "c").await.into_iter().find(is_running)
+    })
+    .await;
+    let st = eventually(20 * S, "Failed with DeadlineExceeded", || async {
+        node.status("deadline").filter(|p| p["status"]["phase"] == "Failed")
+    })
+    .await;
+    assert_eq!(st["status"]["reason"], "DeadlineExceeded", "{st}");
+    assert_eq!(st["status"]["message"], "Pod was active on the node longer than the specified deadline");
+    let started = chrono_secs(st["status"]["startTime"].as_str().unwrap());
+    let gone = eventually(10 * S, "the container stopped", || async {
+        node.instances("deadline", "c").await.into_iter().find(|c| c.id == running.id && is_exited(c))
+    })
+    .await;
+    let ran = secs(gone.finished_at) - started;
+    assert!((2.5..10.0).contains(&ran), "stopped {ran:.1}s after the start, deadline 3s");
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(node.instances("deadline", "c").await.len(), 1, "never restarted");
+    assert!(agent.log().contains("Pod was active on the node longer than the specified deadline"));
+
+    // Termination messages: the file the container wrote; the log's end
+    // after a failure under FallbackToLogsOnError; nothing after success.
+    let st = eventually(30 * S, "msg Failed", || async {
+        node.status("msg").filter(|p| p["status"]["phase"] == "Failed")
+    })
+    .await;
+    let message = |name: &str| {
+        st["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["state"]["terminated"]
+            ["message"]
+            .clone()
+    };
+    assert_eq!(message("file"), "all done", "{st}");
+    assert_eq!(message("logs"), "starting\nfatal: disk full\n", "{st}");
+    assert!(message("quiet").is_null(), "{st}");
+    let file = node.instances("msg", "file").await.remove(0);
+    assert!(file.mounts.iter().any(|m| m.container_path == "/dev/termination-log" && m.host_path.contains("/containers/file/")), "{:?}", file.mounts);
+}
+
+/// Seconds since the epoch of an RFC 3339 time.
+fn chrono_secs(t: &str) -> f64 {
+    t.parse::<k8s_openapi::jiff::Timestamp>().unwrap().as_second() as f64
+}

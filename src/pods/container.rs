@@ -163,6 +163,9 @@ pub struct ContainerRequest<'a> {
     pub volumes: &'a crate::volumes::PodVolumes,
     /// The pod's managed /etc/hosts, when it has one.
     pub etc_hosts: Option<&'a std::path::Path>,
+    /// The file on the node mounted at the container's
+    /// terminationMessagePath (none in a dry run).
+    pub termination_log: Option<&'a std::path::Path>,
     /// For an ephemeral container with a target: the running target's ID,
     /// whose process namespace it joins.
     pub target_id: Option<&'a str>,
@@ -190,7 +193,10 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfi
     let facts = PodFacts { pod, pod_ips: r.pod_ips, node: r.node };
     let (envs, skipped) = env::container_env(c, &facts, r.env_sources)?;
     let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
-    let mounts = crate::volumes::container_mounts(c, r.volumes, &envs, r.etc_hosts, privileged, r.dry_run).map_err(ConfigError::Mount)?;
+    let mut mounts = crate::volumes::container_mounts(c, r.volumes, &envs, r.etc_hosts, privileged, r.dry_run).map_err(ConfigError::Mount)?;
+    if let (Some(host), Some(path)) = (r.termination_log, c.termination_message_path.as_deref().filter(|p| !p.is_empty())) {
+        mounts.push(cri::Mount { container_path: path.into(), host_path: host.display().to_string(), ..Default::default() });
+    }
     let command = env::expand_all(c.command.as_deref().unwrap_or(&[]), &envs);
     let args = env::expand_all(c.args.as_deref().unwrap_or(&[]), &envs);
     let mut container_labels = id.labels();
@@ -272,6 +278,7 @@ mod tests {
             env_sources: &EnvSources::default(),
             volumes: &Default::default(),
             etc_hosts: None,
+            termination_log: None,
             target_id: None,
             dry_run: true,
         })

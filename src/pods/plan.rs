@@ -507,6 +507,14 @@ fn anything_running(obs: &RuntimePod) -> bool {
     obs.running().next().is_some() || obs.sandboxes.iter().any(|s| s.ready)
 }
 
+/// A pod the node has ended (its activeDeadlineSeconds passed): what still
+/// runs is stopped and nothing starts again, whatever the restart policy.
+/// Its dead containers stay, for their logs and the status.
+pub fn end(obs: &RuntimePod) -> Plan {
+    let actions = if anything_running(obs) { vec![Action::KillPod] } else { Vec::new() };
+    Plan { actions, ..Plan::default() }
+}
+
 /// Everything needed to remove a pod from the node: stop what runs, then
 /// remove every container and sandbox.
 pub fn teardown(obs: &RuntimePod) -> Vec<Action> {

@@ -29,10 +29,42 @@ pub struct StatusInput<'a> {
     /// The pod is being removed and everything in it has stopped: its phase
     /// is terminal whatever the restart policy.
     pub terminating: bool,
+    /// The node ended the pod (its activeDeadlineSeconds passed): phase
+    /// Failed with this reason and message, whatever its containers did.
+    pub failed: Option<&'a PodFailure>,
     pub previous: Option<&'a PodStatus>,
     pub start_time: Option<Timestamp>,
     pub node: &'a NodeContext,
     pub now: Timestamp,
+}
+
+/// kubelet's MaxPodTerminationMessageLogLength: all of a pod's termination
+/// messages together.
+pub const MAX_POD_TERMINATION_MESSAGES: usize = 12 * 1024;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at = at.saturating_sub(1);
+        }
+        s.truncate(at);
+    }
+}
+
+/// Why the node ended a pod, in kubelet's words (status.reason, .message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    pub reason: String,
+    pub message: String,
+}
+
+impl PodFailure {
+    /// activeDeadlineSeconds passed (kubelet's active deadline handler).
+    pub fn deadline_exceeded() -> Self {
+        Self { reason: "DeadlineExceeded".into(), message: "Pod was active on the node longer than the specified deadline".into() }
+    }
 }
 
 /// Nanoseconds since the epoch as an API time (whole seconds, as the API
@@ -199,7 +231,9 @@ fn phase(spec: &PodSpec, initializing: bool, apps: &[ContainerStatus], finished:
 pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let spec = input.pod.spec.clone().unwrap_or_default();
     let obs = input.observed;
-    let finished = if input.terminating {
+    let finished = if input.failed.is_some() {
+        Some("Failed")
+    } else if input.terminating {
         let all_ok = spec.containers.iter().all(|c| obs.latest(&c.name).is_some_and(|x| x.phase == ContainerPhase::Exited && x.exit_code == 0));
         Some(if all_ok { "Succeeded" } else { "Failed" })
     } else {
@@ -273,6 +307,20 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     conditions.push(condition("ContainersReady", ready, reason, message, input));
     conditions.push(condition("PodScheduled", true, None, None, input));
 
+    // kubelet's status manager: termination messages share 12 KiB evenly.
+    let count = spec.containers.len().saturating_add(init_specs.len()).max(1);
+    let per = MAX_POD_TERMINATION_MESSAGES / count;
+    let (mut statuses, mut init_statuses, mut ephemeral) = (statuses, init_statuses, ephemeral);
+    for s in statuses.iter_mut().chain(init_statuses.iter_mut()).chain(ephemeral.iter_mut()) {
+        for state in [s.state.as_mut(), s.last_state.as_mut()].into_iter().flatten() {
+            if let Some(t) = state.terminated.as_mut()
+                && let Some(m) = t.message.as_mut()
+            {
+                truncate_at_char(m, per);
+            }
+        }
+    }
+
     let ips: Vec<String> = if spec.host_network == Some(true) {
         input.node.host_ips.clone()
     } else {
@@ -291,6 +339,8 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
             .then(|| input.node.host_ips.iter().map(|ip| HostIP { ip: ip.clone() }).collect()),
         start_time: input.start_time.map(Time),
         qos_class: Some(qos::qos_class(&spec).as_str().into()),
+        reason: input.failed.map(|f| f.reason.clone()),
+        message: input.failed.map(|f| f.message.clone()),
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@
 //! the labels kubelet puts on them.
 
 pub mod containerd;
+pub mod cri_log;
 pub mod dry_run;
 pub mod instrumented;
 pub mod labels;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::cri;
+use super::cri_log;
 use super::labels::{self, PodIdentity};
 use super::{Result, Runtime};
 
@@ -190,7 +191,32 @@ pub fn sandbox_ips(status: &cri::PodSandboxStatus) -> Vec<String> {
         .collect()
 }
 
+/// An exited container's message as kubelet reports it: the runtime's,
+/// then what the container left in its terminationMessagePath (or, under
+/// FallbackToLogsOnError after a failure, the end of its log).
+fn exit_message(s: &cri::ContainerStatus) -> String {
+    let annotation = |k: &str| s.annotations.get(k).map(String::as_str).unwrap_or("");
+    let fallback = annotation(labels::CONTAINER_TERMINATION_MESSAGE_POLICY) == "FallbackToLogsOnError"
+        && s.exit_code != 0
+        && s.reason != "ContainerCannotRun";
+    let path = annotation(labels::CONTAINER_TERMINATION_MESSAGE_PATH);
+    let file = (!path.is_empty())
+        .then(|| s.mounts.iter().find(|m| m.container_path == path))
+        .flatten()
+        .map(|m| std::path::Path::new(&m.host_path));
+    let (mut text, from_log) = cri_log::message_from_file(file, fallback);
+    if from_log && !s.log_path.is_empty() {
+        text = cri_log::message_from_log(std::path::Path::new(&s.log_path));
+    }
+    match (s.message.is_empty(), text.is_empty()) {
+        (_, true) => s.message.clone(),
+        (true, false) => text,
+        (false, false) => format!("{}: {text}", s.message),
+    }
+}
+
 fn from_status(c: &cri::Container, s: cri::ContainerStatus) -> ObservedContainer {
+    let message = if s.state == cri::ContainerState::ContainerExited as i32 { exit_message(&s) } else { s.message.clone() };
     ObservedContainer {
         id: s.id,
         sandbox_id: c.pod_sandbox_id.clone(),
@@ -202,7 +228,7 @@ fn from_status(c: &cri::Container, s: cri::ContainerStatus) -> ObservedContainer
         finished_at: s.finished_at,
         exit_code: s.exit_code,
         reason: s.reason,
-        message: s.message,
+        message,
         image: c.image.as_ref().map(|i| i.user_specified_image.clone()).filter(|i| !i.is_empty())
             .or_else(|| s.image.as_ref().map(|i| i.image.clone()))
             .unwrap_or_default(),

@@ -68,27 +68,7 @@ pub fn form_pairs(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
-/// One line of a CRI log file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CriLine<'a> {
-    pub time: &'a str,
-    pub stream: &'a str,
-    pub partial: bool,
-    pub text: &'a [u8],
-}
-
-/// Parses one line (without its newline); None when it is not CRI format.
-pub fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
-    let mut parts = line.splitn(4, |b| *b == b' ');
-    let time = std::str::from_utf8(parts.next()?).ok()?;
-    let stream = std::str::from_utf8(parts.next()?).ok()?;
-    if stream != "stdout" && stream != "stderr" {
-        return None;
-    }
-    let tag = parts.next()?;
-    let text = parts.next().unwrap_or(b"");
-    Some(CriLine { time, stream, partial: tag.split(|b| *b == b':').next() == Some(b"P"), text })
-}
+pub use crate::runtime::cri_log::{CriLine, parse_line};
 
 /// Joins partial lines into whole ones and applies the per-line options.
 /// Feed it file bytes; it returns what to send. Fragments of a long line

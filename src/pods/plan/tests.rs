@@ -173,6 +173,16 @@ fn between_a_crash_and_its_restart_the_previous_exit_stays_for_last_state() {
 }
 
 #[test]
+fn an_ended_pod_is_stopped_and_never_restarted() {
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, None);
+    assert_eq!(end(&w.obs).actions, vec![Action::KillPod]);
+    let mut stopped = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, false).container("s", "a", 0, Some(137));
+    assert!(end(&stopped.obs).actions.is_empty(), "nothing restarts and the dead container stays");
+    stopped.obs.sandboxes[0].ready = false;
+    assert!(end(&stopped.obs).actions.is_empty());
+}
+
+#[test]
 fn old_sandboxes_go_once_empty() {
     let w = World::new(pod("Always", &[], &["a"]))
         .sandbox("s0", 0, false)

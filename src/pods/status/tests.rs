@@ -15,6 +15,7 @@ fn status_with(w: &World, waiting: &BTreeMap<String, Waiting>) -> PodStatus {
         readiness: &BTreeMap::new(),
         started: &BTreeMap::new(),
         terminating: false,
+        failed: None,
         previous: None,
         start_time: None,
         node: &node,
@@ -109,6 +110,7 @@ fn transition_times_hold_while_a_condition_holds() {
         readiness: &empty,
         started: &empty,
         terminating: false,
+        failed: None,
         previous,
         start_time: None,
         node: &node,
@@ -138,4 +140,40 @@ fn ephemeral_containers_are_reported_apart_and_never_ready() {
     assert!(!e.ready);
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert!(status(&World::new(pod("Always", &[], &["a"]))).ephemeral_container_statuses.is_none());
+}
+
+#[test]
+fn termination_messages_share_12_kib_across_the_pod() {
+    let mut w = World::new(pod("Never", &[], &["a", "b"])).sandbox("s", 0, true).container("s", "a", 0, Some(1)).container("s", "b", 0, Some(0));
+    for c in &mut w.obs.containers {
+        c.message = "é".repeat(5000);
+    }
+    let st = status(&w);
+    for cs in st.container_statuses.unwrap() {
+        let m = cs.state.unwrap().terminated.unwrap().message.unwrap();
+        assert_eq!(m.len(), 6144, "{}", cs.name);
+    }
+}
+
+#[test]
+fn a_pod_the_node_ended_is_failed_with_the_reason() {
+    let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, false).container("s", "a", 0, Some(137));
+    let node = NodeContext::for_tests("n");
+    let failure = PodFailure::deadline_exceeded();
+    let st = pod_status(&StatusInput {
+        pod: &w.pod,
+        observed: &w.obs,
+        waiting: &BTreeMap::new(),
+        readiness: &BTreeMap::new(),
+        started: &BTreeMap::new(),
+        terminating: false,
+        failed: Some(&failure),
+        previous: None,
+        start_time: None,
+        node: &node,
+        now: Timestamp::from_second(1_000).unwrap(),
+    });
+    assert_eq!(st.phase.as_deref(), Some("Failed"), "restartPolicy Always or not");
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(st.message.as_deref(), Some("Pod was active on the node longer than the specified deadline"));
 }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::backoff::Backoff;
 use super::events::{EventRecorder, EventType};
 use super::plan::{self, Action, PlanInput, Waiting};
-use super::status::{StatusInput, pod_status};
+use super::status::{PodFailure, StatusInput, pod_status};
 use super::store::{PodRecord, StatusStore};
 use super::{DesiredPod, logs, sandbox};
 
@@ -151,6 +151,8 @@ pub struct Worker {
     probes: PodProbes,
     /// The grace period an apiserver deletion asked for.
     grace_override: Option<i64>,
+    /// The node ended the pod (activeDeadlineSeconds): it stays Failed.
+    failure: Option<PodFailure>,
     /// The pod's volumes as last set up.
     volumes: Option<PodVolumes>,
     /// Volume failures already reported (one FailedMount event each).
@@ -182,6 +184,7 @@ impl Worker {
             last_status: None,
             probes: PodProbes::default(),
             grace_override: None,
+            failure: None,
             volumes: None,
             mount_errors: BTreeSet::new(),
             pending_uses: BTreeSet::new(),
@@ -327,14 +330,21 @@ impl Worker {
         }
         let view = self.probes.view(&pod, &obs);
         let network_ready = self.ctx.health.borrow().network_ready;
-        let p = plan::plan(&PlanInput {
-            pod: &pod,
-            observed: &obs,
-            backoff: &self.crash_backoff,
-            now,
-            network_ready,
-            unhealthy: &view.unhealthy,
-        });
+        let deadline = self.check_deadline(&pod, now);
+        let mut p = match &self.failure {
+            Some(_) => plan::end(&obs),
+            None => plan::plan(&PlanInput {
+                pod: &pod,
+                observed: &obs,
+                backoff: &self.crash_backoff,
+                now,
+                network_ready,
+                unhealthy: &view.unhealthy,
+            }),
+        };
+        if let Some(at) = deadline {
+            soonest(at, &mut p.wake_at);
+        }
         self.forget_old_backoffs(&pod);
         self.report_backoff(&p.waiting);
         let mut waiting = p.waiting.clone();
@@ -437,6 +447,26 @@ impl Worker {
         Err(self.retry_later().retry_at)
     }
 
+    /// kubelet's active deadline: once `activeDeadlineSeconds` have passed
+    /// since the pod started on this node, the pod is ended (phase Failed,
+    /// reason DeadlineExceeded). Otherwise, when to look again (ns).
+    fn check_deadline(&mut self, pod: &Pod, now: i64) -> Option<i64> {
+        if self.failure.is_some() {
+            return None;
+        }
+        let secs = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = i64::try_from(self.start_time.as_nanosecond()).unwrap_or(i64::MAX);
+        let at = start.saturating_add(secs.max(0).saturating_mul(1_000_000_000));
+        if now < at {
+            return Some(at);
+        }
+        let failure = PodFailure::deadline_exceeded();
+        tracing::info!(deadline = secs, "{}; stopping the pod", failure.message);
+        self.event(EventType::Normal, &failure.reason, &failure.message);
+        self.failure = Some(failure);
+        None
+    }
+
     /// Back-off entries of container specs the pod no longer has.
     fn forget_old_backoffs(&mut self, pod: &Pod) {
         let Some(spec) = pod.spec.as_ref() else { return };
@@ -468,6 +498,7 @@ impl Worker {
             readiness: &probes.ready,
             started: &probes.started,
             terminating: false,
+            failed: self.failure.as_ref(),
             previous: self.last_status.as_ref(),
             start_time: Some(self.start_time),
             node: &self.ctx.node,

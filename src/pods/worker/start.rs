@@ -141,6 +141,10 @@ impl Worker {
         let Some(volumes) = self.volumes.clone() else {
             return Err(self.retry_later());
         };
+        let termination_log = match self.termination_log(pod, c) {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("creating the termination log: {e}"))),
+        };
         let req = container::ContainerRequest {
             pod,
             container: c,
@@ -152,6 +156,7 @@ impl Worker {
             env_sources: &sources,
             volumes: &volumes,
             etc_hosts: etc_hosts.as_deref(),
+            termination_log: termination_log.as_deref(),
             target_id,
             dry_run: self.ctx.dry_run,
         };
@@ -258,6 +263,26 @@ impl Worker {
         self.stop_container(&target, "FailedPostStartHook", grace).await;
     }
 
+}
+
+impl Worker {
+    /// kubelet's termination-message file for a new container instance:
+    /// `<pod-dir>/containers/<name>/<random>`, empty, mode 0666 (the
+    /// container may run as any user), bind-mounted at its
+    /// terminationMessagePath.
+    fn termination_log(&self, pod: &Pod, c: &Container) -> std::io::Result<Option<std::path::PathBuf>> {
+        if self.ctx.dry_run || c.termination_message_path.as_deref().is_none_or(str::is_empty) {
+            return Ok(None);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dir = self.ctx.node.pod_dir(uid).join("containers").join(&c.name);
+        make_dir(&dir)?;
+        let file = dir.join(format!("{:08x}", rand::random::<u32>()));
+        std::fs::File::create(&file)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))?;
+        Ok(Some(file))
+    }
 }
 
 fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {

@@ -248,6 +248,7 @@ impl Worker {
             readiness: &Default::default(),
             started: &Default::default(),
             terminating: true,
+            failed: self.failure.as_ref(),
             previous: self.last_status.as_ref(),
             start_time: Some(self.start_time),
             node: &self.ctx.node,
