@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::watchdog::{self, Beat, Watched};
 use crate::tasks::Tasks;
 
 use crate::config::Settings;
@@ -303,6 +305,7 @@ pub async fn run(
     }
 
     let statuses = StatusStore::default();
+    let statuses_for_status = statuses.clone();
     let writes = joined.is_some() && !s.dry_run;
     let events: Arc<dyn EventRecorder> = match &joined {
         Some(j) if writes => Arc::new(ApiRecorder::start(j.client.clone(), &s.node_name)),
@@ -342,6 +345,7 @@ pub async fn run(
     }
     let mut manager_admission = None;
     let mut proxy_synced = None;
+    let mut watched: Vec<Watched> = Vec::new();
     let mut node_labels = None;
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         expected.insert(SourceName::Api);
@@ -371,10 +375,13 @@ pub async fn run(
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
             let (synced_tx, synced_rx) = oneshot::channel();
             proxy_synced = Some(synced_rx);
+            let beat = Beat::default();
+            // The proxy's loop turns at least once per sync period.
+            watched.push(Watched { name: "Service proxy loop", beat: beat.clone(), allowance: 2 * p.sync_period + Duration::from_secs(30) });
             tasks.spawn("service proxy", async move {
                 let check = cluster::access::check(&client, "proxy", cluster::access::PROXY, grant);
                 let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
-                crate::proxy::run::run(client, p, Some(synced_tx)).await
+                crate::proxy::run::run(client, p, Some(synced_tx), beat).await
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
@@ -386,6 +393,7 @@ pub async fn run(
 
     let (relist_tx, relist_rx) = mpsc::channel(16);
     let (relisted_tx, relisted_rx) = watch::channel::<Option<Instant>>(None);
+    let relisted_watch = relisted_rx.clone();
     let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
     tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx, metrics.clone()));
     if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
@@ -405,7 +413,12 @@ pub async fn run(
         tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
     }
 
-    let mut manager = PodManager::new(ctx, expected, s.dry_run);
+    // The manager turns at least once a second; quiet for twice the
+    // watchdog interval (at least 10 s), it is wedged.
+    let sync_beat = Beat::default();
+    let sync_allowance = watchdog::interval().map_or(Duration::from_secs(30), |i| (2 * i).max(Duration::from_secs(10)));
+    watched.push(Watched { name: "pod sync loop", beat: sync_beat.clone(), allowance: sync_allowance });
+    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }
@@ -431,6 +444,26 @@ pub async fn run(
 
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify failed");
+    }
+    if !s.dry_run && watchdog::supervised() {
+        // PLEG's health as kubelet judges it: a relist within 3 minutes.
+        let relist_beat = Beat::default();
+        watched.push(Watched { name: "runtime relist", beat: relist_beat.clone(), allowance: Duration::from_secs(180) });
+        let mut relisted = relisted_watch.clone();
+        tasks.spawn("relist heartbeat", async move {
+            while relisted.changed().await.is_ok() {
+                relist_beat.beat();
+            }
+        });
+        let interval = watchdog::interval();
+        if let Some(i) = interval {
+            tracing::info!(interval = ?i, loops = watched.len(), "systemd watchdog on: pinging while every watched loop makes progress");
+        }
+        let pods = statuses_for_status.clone();
+        tasks.spawn("watchdog", watchdog::run(interval, watched, move || {
+            let n = pods.snapshot().len();
+            format!("running {n} pod{}", if n == 1 { "" } else { "s" })
+        }));
     }
     tracing::info!(node = %s.node_name, dry_run = s.dry_run, "nodelet is running");
     if let Some(planned) = planned {

@@ -27,3 +27,4 @@ pub mod server;
 pub mod tasks;
 pub mod view;
 pub mod volumes;
+pub mod watchdog;

@@ -660,3 +660,74 @@ async fn active_deadlines_end_pods_and_termination_messages_come_from_the_file_o
 fn chrono_secs(t: &str) -> f64 {
     t.parse::<k8s_openapi::jiff::Timestamp>().unwrap().as_second() as f64
 }
+
+/// What nodelet tells its service manager on a NOTIFY_SOCKET, read as it
+/// comes (as systemd does), with the time each line arrived.
+struct Notifications(std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>);
+
+impl Notifications {
+    fn listen(path: &std::path::Path) -> Self {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let now = Instant::now();
+                out.lock().unwrap().extend(String::from_utf8_lossy(&buf[..n]).lines().map(|l| (now, l.to_string())));
+            }
+        });
+        Notifications(lines)
+    }
+
+    fn since(&self, t: Instant) -> Vec<String> {
+        self.0.lock().unwrap().iter().filter(|(at, _)| *at >= t).map(|(_, l)| l.clone()).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_pinged_while_the_sync_loop_turns_and_not_once_it_wedges() {
+    let node = Node::start().await;
+    let sock_path = node.dir.path().join("notify.sock");
+    let notes = Notifications::listen(&sock_path);
+    let wedge = node.dir.path().join("wedge");
+    node.write_manifest("app.yaml", &pod_yaml("app", "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n"));
+    let start = Instant::now();
+    let _agent = node.nodelet_env(
+        node.base_args(),
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("1000000")),
+            ("NODELET_TEST_WEDGE_POD_SYNC", wedge.as_os_str()),
+        ],
+    );
+    eventually(30 * S, "the pod running", || async { node.containers("app").await.into_iter().find(is_running) }).await;
+
+    // Healthy: READY, a STATUS line, and WATCHDOG=1 every half second.
+    let t = Instant::now();
+    tokio::time::sleep(4 * S).await;
+    let healthy = notes.since(t);
+    let pings = healthy.iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!((6..=10).contains(&pings), "about 8 pings in 4 s: {healthy:?}");
+    let all = notes.since(start);
+    assert!(all.iter().any(|l| l == "READY=1"), "{all:?}");
+    assert!(all.iter().any(|l| l == "STATUS=running 1 pod"), "{all:?}");
+
+    // Wedged: the pings stop once the loop has been quiet for 10 s (twice
+    // the interval, at least 10 s), and STATUS says which loop.
+    let t = Instant::now();
+    std::fs::write(&wedge, "").unwrap();
+    let after = eventually(20 * S, "STATUS=stalled", || async {
+        let after = notes.since(t);
+        after.iter().any(|l| l == "STATUS=stalled: pod sync loop").then_some(after)
+    })
+    .await;
+    let stalled_at = after.iter().position(|l| l == "STATUS=stalled: pod sync loop").unwrap();
+    let before = after[..stalled_at].iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(before >= 16, "pings went on until the loop had been quiet for 10 s: {after:?}");
+    let t = Instant::now();
+    tokio::time::sleep(3 * S).await;
+    let quiet = notes.since(t);
+    assert!(!quiet.iter().any(|l| l == "WATCHDOG=1"), "no ping once stalled: {quiet:?}");
+    assert!(after[stalled_at..].iter().all(|l| l != "WATCHDOG=1"), "{after:?}");
+}

@@ -39,6 +39,11 @@ pub struct PodManager {
     /// Every source that has reported, with its current errors.
     reported: BTreeMap<SourceName, Vec<String>>,
     plan_report: Option<oneshot::Sender<Vec<String>>>,
+    /// Beaten on every turn of the loop (at least once a second).
+    heartbeat: Option<crate::watchdog::Beat>,
+    /// `NODELET_TEST_WEDGE_POD_SYNC`: when this file exists the loop stops
+    /// (tests of the watchdog only).
+    wedge_file: Option<std::path::PathBuf>,
     runtime_pods: BTreeMap<String, PodIdentity>,
     workers: HashMap<String, Handle>,
     tasks: JoinSet<String>,
@@ -78,6 +83,8 @@ impl PodManager {
             per_source: BTreeMap::new(),
             reported: BTreeMap::new(),
             plan_report: None,
+            heartbeat: None,
+            wedge_file: std::env::var_os("NODELET_TEST_WEDGE_POD_SYNC").map(Into::into),
             runtime_pods: BTreeMap::new(),
             workers: HashMap::new(),
             tasks: JoinSet::new(),
@@ -134,6 +141,12 @@ impl PodManager {
     /// back to the caller.
     pub fn with_plan_report(mut self, tx: oneshot::Sender<Vec<String>>) -> Self {
         self.plan_report = Some(tx);
+        self
+    }
+
+    /// Beats `beat` on every turn of the loop, for the watchdog.
+    pub fn with_heartbeat(mut self, beat: crate::watchdog::Beat) -> Self {
+        self.heartbeat = Some(beat);
         self
     }
 
@@ -364,9 +377,23 @@ impl PodManager {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(b) = &self.heartbeat {
+                b.beat();
+            }
             self.report_plan();
             tokio::select! {
-                _ = tick.tick(), if !self.restart_after.is_empty() => self.reconcile().await,
+                _ = tick.tick() => {
+                    // A test hook: a wedged pod sync loop, for the watchdog's test.
+                    if let Some(f) = &self.wedge_file
+                        && f.exists()
+                    {
+                        tracing::warn!("test hook: the pod sync loop wedges now");
+                        std::future::pending::<()>().await;
+                    }
+                    if !self.restart_after.is_empty() {
+                        self.reconcile().await;
+                    }
+                }
                 update = sources.recv(), if sources_open => match update {
                     Some(u) => {
                         self.reported.insert(u.source, u.errors);

@@ -383,7 +383,12 @@ fn update_health_check_ports(ports: &mut BTreeMap<u16, HealthCheckPort>, state: 
 /// Runs the proxy until the process ends.
 /// Runs the proxy; `first_sync` hears once the first complete set of rules
 /// has been applied (printed, in a dry run).
-pub async fn run(client: kube::Client, s: ProxySettings, mut first_sync: Option<tokio::sync::oneshot::Sender<()>>) {
+pub async fn run(
+    client: kube::Client,
+    s: ProxySettings,
+    mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
+    beat: crate::watchdog::Beat,
+) {
     let mut backend = match s.mode {
         Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
         Mode::Nftables => Backend::Nftables(nftables::Nftables::new(s.dry_run)),
@@ -429,6 +434,7 @@ pub async fn run(client: kube::Client, s: ProxySettings, mut first_sync: Option<
     let mut printed: Option<String> = None;
     let mut dirty = true;
     loop {
+        beat.beat();
         // Wait for a change or the periodic sync, then respect minSyncPeriod.
         let periodic = s.sync_period.saturating_sub(last_periodic.elapsed());
         let retry = if failed { Duration::from_secs(1) } else { periodic };
@@ -460,7 +466,12 @@ pub async fn run(client: kube::Client, s: ProxySettings, mut first_sync: Option<
             })
         };
         let Some((state, errors)) = built else {
-            changed.notified().await;
+            // Still waiting for the lists; the loop turns now and then all
+            // the same, so the watchdog sees it is not wedged.
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(s.sync_period) => {}
+            }
             continue;
         };
         dirty = false;

@@ -221,6 +221,11 @@ impl Node {
     }
 
     pub fn nodelet_with(&self, args: Vec<String>) -> Agent {
+        self.nodelet_env(args, &[])
+    }
+
+    /// nodelet with extra environment variables (NOTIFY_SOCKET, ...).
+    pub fn nodelet_env(&self, args: Vec<String>, envs: &[(&str, &std::ffi::OsStr)]) -> Agent {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.path().join(format!("nodelet-{n}.log"));
         let out = self.dir.path().join(format!("nodelet-{n}.out"));
@@ -229,7 +234,8 @@ impl Node {
         cmd.args(&args)
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&log).unwrap())
-            .env("RUST_LOG", "info,nodelet=debug");
+            .env("RUST_LOG", "info,nodelet=debug")
+            .envs(envs.iter().copied());
         unsafe {
             cmd.pre_exec(move || enter_netns(&ns));
         }
