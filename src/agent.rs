@@ -343,6 +343,10 @@ pub async fn run(
         let src = HttpSource::new(url.clone(), s.static_pod_url_headers.clone(), s.node_name.clone(), s.http_check_frequency);
         tasks.spawn("URL source", src.run(src_tx.clone()));
     }
+    let (images_tx, images_rx) = watch::channel(Vec::new());
+    if !s.dry_run {
+        tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).run());
+    }
     let mut manager_admission = None;
     let mut proxy_synced = None;
     let mut watched: Vec<Watched> = Vec::new();
@@ -370,6 +374,7 @@ pub async fn run(
             terminated: writes.then_some(terminated_rx),
             node_labels: labels_tx,
             metrics: metrics.clone(),
+            images: images_rx,
         };
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod downward;
 pub mod files;
 pub mod fuzz;
+pub mod images;
 pub mod kubeapi;
 pub mod metrics;
 pub mod names;

@@ -165,6 +165,19 @@ struct RunArgs {
     /// crashLoopBackOff.maxContainerRestartPeriod) [default: 5m].
     #[arg(long, value_parser = duration)]
     crash_loop_backoff_max: Option<Duration>,
+    /// Image GC starts at this disk usage of the image filesystem, in percent
+    /// (KubeletConfiguration imageGCHighThresholdPercent) [default: 85].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: Option<u8>,
+    /// Image GC frees down to this usage (imageGCLowThresholdPercent) [default: 80].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: Option<u8>,
+    /// An unused image younger than this is never collected (imageMinimumGCAge) [default: 2m].
+    #[arg(long, value_parser = duration)]
+    minimum_image_ttl_duration: Option<Duration>,
+    /// How often image GC runs (nodelet's; kubelet: every 5m) [default: 5m].
+    #[arg(long, value_parser = duration)]
+    image_gc_period: Option<Duration>,
     /// The node's kubeconfig: cluster mode. Written by TLS bootstrap when
     /// missing or expired.
     #[arg(long)]
@@ -291,6 +304,10 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         oom_score_adj: a.oom_score_adj,
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,
+        image_gc_high_threshold: a.image_gc_high_threshold,
+        image_gc_low_threshold: a.image_gc_low_threshold,
+        minimum_image_ttl_duration: a.minimum_image_ttl_duration,
+        image_gc_period: a.image_gc_period,
         crash_loop_backoff_max: a.crash_loop_backoff_max,
         kubeconfig: a.kubeconfig,
         bootstrap_kubeconfig: a.bootstrap_kubeconfig,

@@ -731,3 +731,64 @@ async fn the_watchdog_is_pinged_while_the_sync_loop_turns_and_not_once_it_wedges
     assert!(!quiet.iter().any(|l| l == "WATCHDOG=1"), "no ping once stalled: {quiet:?}");
     assert!(after[stalled_at..].iter().all(|l| l != "WATCHDOG=1"), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_image_filesystem_loses_its_unused_images_down_to_the_low_threshold() {
+    use nodelet::runtime::Runtime;
+    // A 96 MiB image filesystem and three images of 8 MiB of random data
+    // (each takes about twice that: the compressed blob and the unpacked
+    // snapshot).
+    let node = Node::start_with_image_fs(Some(96)).await;
+    let dir = node.dir.path().join("fillers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tars = Vec::new();
+    for name in ["filler-a", "filler-b", "filler-c"] {
+        let tar = dir.join(format!("{name}.tar"));
+        let st = std::process::Command::new(support::repo().join("tests/images/filler.sh"))
+            .arg(&tar)
+            .arg(format!("nodelet.local/{name}:1"))
+            .arg("8")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        tars.push(tar);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(["images", "import", "--address", &node.endpoint])
+        .args(&tars)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fs_usage = || {
+        let st = nix::sys::statvfs::statvfs(&node.dir.path().join("root")).unwrap();
+        100 - st.blocks_available() * 100 / st.blocks()
+    };
+    let before = fs_usage();
+    assert!(before >= 40, "the fillers fill the image filesystem: {before} %");
+
+    // A pod runs from filler-a; GC starts at 40 % and frees down to 20 %.
+    // Images younger than imageMinimumGCAge (first seen at start) stay,
+    // which keeps filler-a until the pod uses it.
+    *node.config_extra.lock().unwrap() = "imageGCHighThresholdPercent: 40\nimageGCLowThresholdPercent: 20\nimageMinimumGCAge: 5s\n".into();
+    node.write_manifest("uses-a.yaml", &pod_yaml("uses-a", "  containers:\n  - {name: c, image: nodelet.local/filler-a:1, command: [sleep, '3600']}\n"));
+    let mut args = node.base_args();
+    args.extend(["--image-gc-period".to_string(), "2s".into()]);
+    let agent = node.nodelet_with(args);
+    eventually(30 * S, "the pod running from filler-a", || async { node.containers("uses-a").await.into_iter().find(is_running) }).await;
+
+    let rt = node.cri().await;
+    eventually(30 * S, "filler-b and filler-c removed", || async {
+        let b = rt.image_status("nodelet.local/filler-b:1").await.unwrap();
+        let c = rt.image_status("nodelet.local/filler-c:1").await.unwrap();
+        (b.is_none() && c.is_none()).then_some(())
+    })
+    .await;
+    assert!(rt.image_status("nodelet.local/filler-a:1").await.unwrap().is_some(), "the image in use stays");
+    assert!(rt.image_status("nodelet.local/pause:1").await.unwrap().is_some(), "the sandbox image stays");
+    let after = fs_usage();
+    assert!(after < before, "{before} % → {after} %");
+    let log = agent.log();
+    assert!(log.contains("the image filesystem is past the high threshold"), "{log}");
+    // filler-a (in use) alone holds more than 20 %: GC says it cannot do more.
+    assert!(after <= 20 || log.contains("cannot free enough of the image filesystem"), "{after} %\n{log}");
+}

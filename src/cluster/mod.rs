@@ -111,6 +111,8 @@ pub struct ClusterParts {
     /// The Node's labels as the apiserver has them, for admission.
     pub node_labels: watch::Sender<std::collections::BTreeMap<String, String>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The node's images for its status (from image GC's listing).
+    pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -142,6 +144,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let facts = p.facts;
     let health = p.health;
     let statuses = p.statuses;
+    let images = p.images;
     tasks.spawn("node heartbeat", async move {
         let check = access::check(&client, "node", access::NODE, access::NODE_GRANT);
         let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
@@ -162,6 +165,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             client: heartbeat.clone(),
             facts,
             health,
+            images,
             update_every: settings.status_update,
             report_every: settings.status_report,
         };

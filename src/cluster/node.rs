@@ -247,6 +247,7 @@ pub fn server_differs(server: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
         || server.addresses.clone().unwrap_or_default() != ours.addresses.clone().unwrap_or_default()
         || server.daemon_endpoints != ours.daemon_endpoints
         || server.node_info != ours.node_info
+        || ours.images.is_some() && server.images != ours.images
 }
 
 /// The labels kubelet keeps on its Node whoever removes them: hostname,
@@ -273,6 +274,8 @@ pub struct StatusLoop {
     pub client: kube::Client,
     pub facts: NodeFacts,
     pub health: watch::Receiver<RuntimeHealth>,
+    /// `status.images`, as image GC last listed them.
+    pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
     pub update_every: Duration,
     pub report_every: Duration,
 }
@@ -312,7 +315,9 @@ impl StatusLoop {
                 .map_err(|e| ClusterError::api(format!("labelling node {name}"), e))?;
         }
         let health = self.health.borrow().clone();
-        let status = status(&self.facts, &health, server.status.as_ref(), Timestamp::now());
+        let mut status = status(&self.facts, &health, server.status.as_ref(), Timestamp::now());
+        let images = self.images.borrow().clone();
+        status.images = (!images.is_empty()).then_some(images);
         let differs = server_differs(server.status.as_ref(), &status);
         let due = reported.is_none_or(|at| at.elapsed() >= self.report_every);
         if !differs && !due {

@@ -59,6 +59,11 @@ pub struct KubeletConfig {
     pub container_log_max_size: Option<u64>,
     pub container_log_max_files: Option<usize>,
     pub container_log_monitor_interval: Option<Duration>,
+    pub image_gc_high_threshold_percent: Option<u8>,
+    pub image_gc_low_threshold_percent: Option<u8>,
+    pub image_minimum_gc_age: Option<Duration>,
+    pub image_maximum_gc_age: Option<Duration>,
+    pub node_status_max_images: Option<i32>,
 }
 
 /// `authentication`: how the node API tells who is calling.
@@ -248,6 +253,22 @@ impl KubeletConfig {
                     }
                     c.container_log_monitor_interval = Some(d);
                 }
+                "imageGCHighThresholdPercent" | "imageGCLowThresholdPercent" => {
+                    let n: i64 = field(file, k, v)?;
+                    let pct = u8::try_from(n).ok().filter(|p| *p <= 100).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be between 0 and 100")))?;
+                    if k == "imageGCHighThresholdPercent" {
+                        c.image_gc_high_threshold_percent = Some(pct);
+                    } else {
+                        c.image_gc_low_threshold_percent = Some(pct);
+                    }
+                }
+                "imageMinimumGCAge" => c.image_minimum_gc_age = Some(duration(file, k, v)?),
+                "imageMaximumGCAge" => c.image_maximum_gc_age = Some(duration(file, k, v)?),
+                "nodeStatusMaxImages" => {
+                    let n: i64 = field(file, k, v)?;
+                    c.node_status_max_images =
+                        Some(i32::try_from(n).ok().filter(|n| *n >= -1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be -1 (no limit) or more")))?);
+                }
                 "authentication" => c.authentication = field(file, k, v)?,
                 "authorization" => {
                     c.authorization = field(file, k, v)?;
@@ -264,6 +285,19 @@ impl KubeletConfig {
                 }
                 other => tracing::warn!(file, field = other, "KubeletConfiguration field is not used by nodelet; ignored"),
             }
+        }
+        let (high, low) = (c.image_gc_high_threshold_percent.unwrap_or(85), c.image_gc_low_threshold_percent.unwrap_or(80));
+        if low > high {
+            return Err(bad(
+                "imageGCLowThresholdPercent",
+                format!("Invalid value: {low}: must be less than or equal to imageGCHighThresholdPercent ({high})"),
+            ));
+        }
+        if let (Some(min), Some(max)) = (c.image_minimum_gc_age, c.image_maximum_gc_age)
+            && !max.is_zero()
+            && max < min
+        {
+            return Err(bad("imageMaximumGCAge", format!("Invalid value: {max:?}: must be greater than imageMinimumGCAge ({min:?})")));
         }
         if c.pod_logs_dir.as_ref().is_some_and(|p| !p.is_absolute()) {
             return Err(bad("podLogsDir", "must be an absolute path".into()));

@@ -78,6 +78,7 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// Container log rotation.
     pub log_rotation: LogRotation,
+    pub image_gc: ImageGcPolicy,
     /// The node API on :10250 (cluster mode only).
     pub node_api: node_api::NodeApiSettings,
 }
@@ -131,6 +132,11 @@ impl Settings {
             "containerLogMaxSize": self.log_rotation.max_size.to_string(),
             "containerLogMaxFiles": self.log_rotation.max_files,
             "containerLogMonitorInterval": go_duration(self.log_rotation.interval),
+            "imageGCHighThresholdPercent": self.image_gc.high_percent,
+            "imageGCLowThresholdPercent": self.image_gc.low_percent,
+            "imageMinimumGCAge": go_duration(self.image_gc.min_age),
+            "imageMaximumGCAge": go_duration(self.image_gc.max_age.unwrap_or_default()),
+            "nodeStatusMaxImages": self.image_gc.status_max_images.map_or(-1, |n| n as i64),
             "nodeStatusUpdateFrequency": self.cluster.as_ref().map(|c| go_duration(c.status_update)),
             "nodeStatusReportFrequency": self.cluster.as_ref().map(|c| go_duration(c.status_report)),
             "nodeLeaseDurationSeconds": self.cluster.as_ref().map(|c| c.lease_duration_seconds),
@@ -147,6 +153,22 @@ pub struct LogRotation {
     pub max_size: u64,
     pub max_files: usize,
     pub interval: Duration,
+}
+
+/// Image garbage collection (kubelet's image GC policy): when the image
+/// filesystem is `high_percent` full, unused images go, least recently used
+/// first, until it is `low_percent` full; none younger than `min_age`;
+/// with `max_age`, an image unused that long goes whatever the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGcPolicy {
+    pub high_percent: u8,
+    pub low_percent: u8,
+    pub min_age: Duration,
+    pub max_age: Option<Duration>,
+    /// How often it runs (kubelet: every 5 minutes).
+    pub period: Duration,
+    /// `nodeStatusMaxImages`: images listed in the node status (None: all).
+    pub status_max_images: Option<usize>,
 }
 
 /// How the node joins and talks to its cluster.
@@ -224,6 +246,10 @@ pub struct Overrides {
     pub oom_score_adj: Option<i32>,
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
+    pub image_gc_high_threshold: Option<u8>,
+    pub image_gc_low_threshold: Option<u8>,
+    pub minimum_image_ttl_duration: Option<Duration>,
+    pub image_gc_period: Option<Duration>,
     pub crash_loop_backoff_max: Option<Duration>,
     pub kubeconfig: Option<PathBuf>,
     pub bootstrap_kubeconfig: Option<PathBuf>,
@@ -338,6 +364,23 @@ impl Settings {
             max_files: file.container_log_max_files.unwrap_or(5),
             interval: file.container_log_monitor_interval.unwrap_or(Duration::from_secs(10)),
         };
+        let image_gc = ImageGcPolicy {
+            high_percent: o.image_gc_high_threshold.or(file.image_gc_high_threshold_percent).unwrap_or(85),
+            low_percent: o.image_gc_low_threshold.or(file.image_gc_low_threshold_percent).unwrap_or(80),
+            min_age: o.minimum_image_ttl_duration.or(file.image_minimum_gc_age).unwrap_or(Duration::from_secs(120)),
+            max_age: file.image_maximum_gc_age.filter(|d| !d.is_zero()),
+            period: o.image_gc_period.unwrap_or(Duration::from_secs(300)),
+            status_max_images: match file.node_status_max_images.unwrap_or(50) {
+                -1 => None,
+                n => Some(usize::try_from(n).unwrap_or(0)),
+            },
+        };
+        if image_gc.low_percent > image_gc.high_percent || image_gc.high_percent > 100 {
+            return Err(flag_err(
+                "imageGCLowThresholdPercent",
+                format!("{} must be at most imageGCHighThresholdPercent ({}), both at most 100", image_gc.low_percent, image_gc.high_percent),
+            ));
+        }
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -373,6 +416,7 @@ impl Settings {
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
             cluster,
             log_rotation,
+            image_gc,
             node_api,
         })
     }

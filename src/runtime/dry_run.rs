@@ -467,6 +467,25 @@ impl Runtime for DryRunRuntime {
         }
     }
 
+    async fn list_images(&self) -> Result<Vec<cri::Image>> {
+        match &self.real {
+            Some(rt) => rt.list_images().await,
+            None => Ok(self.lock().images.values().cloned().collect()),
+        }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        self.print("RemoveImage", &format!("image={image}"));
+        Ok(())
+    }
+
+    async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>> {
+        match &self.real {
+            Some(rt) => rt.image_fs_info().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         {
             let st = self.lock();

@@ -96,6 +96,18 @@ impl Runtime for Instrumented {
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         self.record("image_status", self.inner.image_status(image)).await
     }
+    async fn sandbox_image(&self) -> Result<Option<String>> {
+        self.inner.sandbox_image().await
+    }
+    async fn list_images(&self) -> Result<Vec<cri::Image>> {
+        self.record("list_images", self.inner.list_images()).await
+    }
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        self.record("remove_image", self.inner.remove_image(image)).await
+    }
+    async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>> {
+        self.record("image_fs_info", self.inner.image_fs_info()).await
+    }
     async fn pull_image(&self, image: &str, auth: Option<cri::AuthConfig>, sandbox_config: &cri::PodSandboxConfig) -> Result<String> {
         self.record("pull_image", self.inner.pull_image(image, auth, sandbox_config)).await
     }

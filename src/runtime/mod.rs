@@ -127,6 +127,17 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// `None` when the image is not present on the node.
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;
+    /// Every image the runtime holds.
+    async fn list_images(&self) -> Result<Vec<cri::Image>>;
+    /// Removes an image (by ID); one that is already gone is no error.
+    async fn remove_image(&self, image: &str) -> Result<()>;
+    /// The filesystems holding images (their mountpoints and usage).
+    async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>>;
+    /// The image the runtime makes sandboxes from (containerd's
+    /// `sandbox_image`, from its verbose Status), when it says.
+    async fn sandbox_image(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Returns the image reference (ID) to create containers from.
     async fn pull_image(
         &self,

@@ -268,6 +268,32 @@ impl Runtime for RemoteRuntime {
         Ok(resp.map_err(|s| RuntimeError::from_status("ImageStatus", image, s))?.into_inner().image)
     }
 
+    async fn sandbox_image(&self) -> Result<Option<String>> {
+        let req = self.req(cri::StatusRequest { verbose: true });
+        let resp = self.runtime.clone().status(req).await.map_err(|s| RuntimeError::from_status("Status", "", s))?.into_inner();
+        let config = resp.info.get("config").and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok());
+        Ok(config.and_then(|c| c["sandboxImage"].as_str().map(str::to_string)).filter(|s| !s.is_empty()))
+    }
+
+    async fn list_images(&self) -> Result<Vec<cri::Image>> {
+        let resp = self.images.clone().list_images(self.req(cri::ListImagesRequest { filter: None })).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("ListImages", "", s))?.into_inner().images)
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        let req = self.req(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }) });
+        match self.images.clone().remove_image(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(RuntimeError::from_status("RemoveImage", image, s)),
+        }
+    }
+
+    async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>> {
+        let resp = self.images.clone().image_fs_info(self.req(cri::ImageFsInfoRequest {})).await;
+        Ok(resp.map_err(|s| RuntimeError::from_status("ImageFsInfo", "", s))?.into_inner().image_filesystems)
+    }
+
     async fn pull_image(
         &self,
         image: &str,

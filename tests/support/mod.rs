@@ -33,7 +33,7 @@ const CNI_CONFIG: &str = include_str!("cni.conflist");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -98,6 +98,12 @@ pub struct Node {
 
 impl Node {
     pub async fn start() -> Node {
+        Self::start_with_image_fs(None).await
+    }
+
+    /// A node whose containerd root (images and snapshots) is a tmpfs of
+    /// `mib` MiB: a small image filesystem tests can fill.
+    pub async fn start_with_image_fs(mib: Option<u64>) -> Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
         let netns = format!("nlt-{id}");
@@ -113,6 +119,10 @@ impl Node {
             CNI_CONFIG.replace("@ROOT@", &r).replace("@BRIDGE@", "nlt0").replace("@SUBNET@", "10.99.0.0/24"),
         )
         .unwrap();
+        if let Some(mib) = mib {
+            std::fs::create_dir_all(root.join("root")).unwrap();
+            run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m")]).arg("nodelet-imagefs").arg(root.join("root")));
+        }
         run(Command::new("ip").args(["netns", "add", &netns]));
         run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
         let log = File::create(root.join("containerd.log")).unwrap();
