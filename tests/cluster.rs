@@ -62,6 +62,16 @@ async fn tls_bootstrap_then_a_ready_node_and_a_renewing_lease() {
     assert!(status.node_info.unwrap().container_runtime_version.starts_with("containerd://"));
     assert!(status.addresses.unwrap().iter().any(|a| a.type_ == "InternalIP" && a.address == "10.99.0.1"));
     assert!(c.api.requests_by(&format!("system:node:{}", c.node.node_name())) > 0, "the node talks with its own identity");
+    // The images the runtime holds, largest first, by digest and tag.
+    let images = eventually(30 * S, "status.images", || async {
+        let n = Api::<KubeNode>::all(c.client.clone()).get(&c.node.node_name()).await.ok()?;
+        n.status?.images.filter(|i| i.len() >= 2)
+    })
+    .await;
+    let names: Vec<String> = images.iter().flat_map(|i| i.names.clone().unwrap_or_default()).collect();
+    assert!(names.iter().any(|n| n == "nodelet.local/busybox:1") && names.iter().any(|n| n == "nodelet.local/pause:1"), "{names:?}");
+    let sizes: Vec<i64> = images.iter().map(|i| i.size_bytes.unwrap_or(0)).collect();
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]) && sizes[0] > 0, "largest first: {sizes:?}");
 
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
     let first = eventually(20 * S, "the lease", || async { leases.get(&c.node.node_name()).await.ok() }).await;
