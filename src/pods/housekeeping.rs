@@ -1,0 +1,161 @@
+//! Node-level housekeeping, as kubelet's pod cleanups and container GC do
+//! every minute: what pods left on disk after they are gone. A pod normally
+//! takes its directories with it when its worker stops it; this sweep
+//! catches what a crash, a reboot or an outage left behind:
+//! - pod directories (`<root-dir>/pods/<uid>`: volumes with Secret data,
+//!   etc-hosts, termination-message files), tmpfs volumes unmounted first;
+//! - pod log directories (`<podLogsDir>/<ns>_<name>_<uid>`);
+//! - dangling `/var/log/containers` links.
+//!
+//! A pod's files are removed only when no source wants it (it has no
+//! status), the runtime holds nothing of it, and they have not changed for
+//! a minute, so a pod that is just starting is never touched.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::NodeContext;
+use super::store::StatusStore;
+use crate::runtime::Runtime;
+use crate::runtime::labels;
+
+/// kubelet's ContainerGCPeriod and housekeeping cadence.
+pub const PERIOD: Duration = Duration::from_secs(60);
+/// Files younger than this are never swept.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// The pod UID of a log directory (`<ns>_<name>_<uid>`).
+pub fn log_dir_uid(name: &str) -> Option<&str> {
+    let uid = name.rsplit('_').next()?;
+    (!uid.is_empty() && name.matches('_').count() >= 2).then_some(uid)
+}
+
+fn quiet_since(path: &Path, now: SystemTime) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d >= QUIET))
+}
+
+/// What one sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub pod_dirs: Vec<PathBuf>,
+    pub log_dirs: Vec<PathBuf>,
+    pub links: Vec<PathBuf>,
+}
+
+/// One sweep. `known` are the UIDs that must stay (pods with a status or
+/// with anything in the runtime).
+pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Swept {
+    let mut out = Swept::default();
+    // Listed first, then judged against `known`, which was read before.
+    let pods_root = node.root_dir.join("pods");
+    for e in std::fs::read_dir(&pods_root).into_iter().flatten().flatten() {
+        let uid = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        if known.contains(&uid) || !dir.is_dir() || !quiet_since(&dir, now) {
+            continue;
+        }
+        match crate::volumes::tear_down(&dir) {
+            Ok(()) => match std::fs::remove_dir_all(&dir) {
+                Ok(()) => out.pod_dirs.push(dir),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphaned pod directory"),
+            },
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount an orphaned pod directory's volumes"),
+        }
+    }
+    for e in std::fs::read_dir(&node.pod_logs_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(uid) = log_dir_uid(&name) else { continue };
+        let dir = e.path();
+        if known.contains(uid) || !dir.is_dir() || !quiet_since(&dir, now) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => out.log_dirs.push(dir),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphaned pod log directory"),
+        }
+    }
+    // Links whose log file is gone (kubelet removes dead container log
+    // symlinks the same way).
+    for e in std::fs::read_dir(&node.container_logs_dir).into_iter().flatten().flatten() {
+        let link = e.path();
+        let is_link = std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && !link.exists() && link.extension().is_some_and(|x| x == "log") && std::fs::remove_file(&link).is_ok() {
+            out.links.push(link);
+        }
+    }
+    out
+}
+
+/// Sweeps every [`PERIOD`].
+pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: StatusStore) {
+    loop {
+        tokio::time::sleep(PERIOD).await;
+        let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
+        let listed = async {
+            let sandboxes = runtime.list_pod_sandbox(None).await?;
+            let containers = runtime.list_containers(None).await?;
+            Ok::<_, crate::runtime::RuntimeError>((sandboxes, containers))
+        };
+        match listed.await {
+            Ok((sandboxes, containers)) => {
+                known.extend(sandboxes.into_iter().filter_map(|s| s.labels.get(labels::POD_UID).cloned()));
+                known.extend(containers.into_iter().filter_map(|c| c.labels.get(labels::POD_UID).cloned()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "housekeeping skipped: the runtime did not answer");
+                continue;
+            }
+        }
+        let node = node.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep(&node, &known, SystemTime::now())).await.unwrap_or_default();
+        for d in swept.pod_dirs.iter().chain(&swept.log_dirs) {
+            tracing::info!(dir = %d.display(), "removed what a gone pod left behind");
+        }
+        if !swept.links.is_empty() {
+            tracing::info!(count = swept.links.len(), "removed dangling container log links");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_directories_name_their_pod() {
+        assert_eq!(log_dir_uid("default_web-n1_8e47a"), Some("8e47a"));
+        assert_eq!(log_dir_uid("kube-system_a_b_c_uid9"), Some("uid9"));
+        assert_eq!(log_dir_uid("stray"), None);
+    }
+
+    #[test]
+    fn only_old_files_of_unknown_pods_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = NodeContext::for_tests("n");
+        node.root_dir = dir.path().join("kubelet");
+        node.pod_logs_dir = dir.path().join("pods-logs");
+        node.container_logs_dir = dir.path().join("containers");
+        for d in ["kubelet/pods/gone/volumes", "kubelet/pods/alive", "pods-logs/default_a_gone/c", "pods-logs/default_b_alive", "containers"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("kubelet/pods/gone/etc-hosts"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere.log"), dir.path().join("containers/a_default_c-1.log")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("kubelet/pods/alive"), dir.path().join("containers/b_default_c-2.log")).unwrap();
+        let known: HashSet<String> = ["alive".to_string()].into();
+        let now = SystemTime::now();
+
+        let young = sweep(&node, &known, now);
+        assert!(young.pod_dirs.is_empty() && young.log_dirs.is_empty(), "nothing younger than a minute");
+        assert_eq!(young.links, vec![dir.path().join("containers/a_default_c-1.log")], "a dangling link goes at once");
+
+        let later = sweep(&node, &known, now + Duration::from_secs(120));
+        assert_eq!(later.pod_dirs, vec![dir.path().join("kubelet/pods/gone")]);
+        assert_eq!(later.log_dirs, vec![dir.path().join("pods-logs/default_a_gone")]);
+        assert!(dir.path().join("kubelet/pods/alive").exists() && dir.path().join("pods-logs/default_b_alive").exists());
+        assert!(dir.path().join("containers/b_default_c-2.log").exists());
+    }
+}
