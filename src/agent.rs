@@ -343,9 +343,24 @@ pub async fn run(
         let src = HttpSource::new(url.clone(), s.static_pod_url_headers.clone(), s.node_name.clone(), s.http_check_frequency);
         tasks.spawn("URL source", src.run(src_tx.clone()));
     }
+    let (pressure_tx, pressure_rx) = watch::channel(crate::pods::eviction::Pressure::default());
+    let (evictions_tx, evictions_rx) = mpsc::channel(4);
+    let (reclaim_tx, reclaim_rx) = mpsc::channel(1);
+    if !s.dry_run {
+        let m = crate::pods::eviction::Manager {
+            config: s.eviction.clone(),
+            sources: crate::pods::eviction::Sources { cgroup_root: s.cgroup_root.clone().into(), nodefs: s.root_dir.clone() },
+            runtime: runtime.clone(),
+            statuses: statuses.clone(),
+            pressure: pressure_tx,
+            evictions: evictions_tx,
+            reclaim: Some(reclaim_tx),
+        };
+        tasks.spawn("eviction manager", m.run());
+    }
     let (images_tx, images_rx) = watch::channel(Vec::new());
     if !s.dry_run {
-        tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).run());
+        tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).with_reclaim(reclaim_rx).run());
     }
     let mut manager_admission = None;
     let mut proxy_synced = None;
@@ -375,6 +390,7 @@ pub async fn run(
             node_labels: labels_tx,
             metrics: metrics.clone(),
             images: images_rx,
+            pressure: pressure_rx.clone(),
         };
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
@@ -424,7 +440,7 @@ pub async fn run(
     let sync_beat = Beat::default();
     let sync_allowance = watchdog::interval().map_or(Duration::from_secs(30), |i| (2 * i).max(Duration::from_secs(10)));
     watched.push(Watched { name: "pod sync loop", beat: sync_beat.clone(), allowance: sync_allowance });
-    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat);
+    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat).with_eviction(evictions_rx, pressure_rx);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }

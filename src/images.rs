@@ -9,12 +9,14 @@
 //! sandbox image. The same listing gives the node status its `images`
 //! (largest first, at most `nodeStatusMaxImages`).
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ContainerImage;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ImageGcPolicy;
 use crate::runtime::{Runtime, cri, unix_nanos};
@@ -46,13 +48,13 @@ impl FsStats {
         if self.capacity == 0 {
             return 0;
         }
-        let free = u128::from(self.available) * 100 / u128::from(self.capacity);
+        let free = u128::from(self.available).saturating_mul(100).checked_div(u128::from(self.capacity)).unwrap_or(0);
         100u64.saturating_sub(u64::try_from(free).unwrap_or(100))
     }
 
     /// What must go to get down to `low` percent.
     pub fn to_free(&self, low: u8) -> u64 {
-        let target_free = u128::from(self.capacity) * u128::from(100u8.saturating_sub(low)) / 100;
+        let target_free = u128::from(self.capacity).saturating_mul(u128::from(100u8.saturating_sub(low))).checked_div(100).unwrap_or(0);
         u64::try_from(target_free).unwrap_or(u64::MAX).saturating_sub(self.available)
     }
 }
@@ -148,24 +150,59 @@ pub struct ImageGc {
     policy: ImageGcPolicy,
     seen: HashMap<String, Seen>,
     images: watch::Sender<Vec<ContainerImage>>,
+    /// The eviction manager's requests to reclaim disk now: every unused
+    /// image old enough goes; the reply is the bytes freed.
+    reclaim: Option<mpsc::Receiver<oneshot::Sender<u64>>>,
 }
+
+/// Asks the image collector to free what it can now; the bytes freed.
+pub type ReclaimRequests = mpsc::Sender<oneshot::Sender<u64>>;
 
 impl ImageGc {
     pub fn new(runtime: Arc<dyn Runtime>, policy: ImageGcPolicy, images: watch::Sender<Vec<ContainerImage>>) -> Self {
-        Self { runtime, policy, seen: HashMap::new(), images }
+        Self { runtime, policy, seen: HashMap::new(), images, reclaim: None }
+    }
+
+    /// Answers reclaim requests (node-level reclaim under disk pressure).
+    pub fn with_reclaim(mut self, rx: mpsc::Receiver<oneshot::Sender<u64>>) -> Self {
+        self.reclaim = Some(rx);
+        self
     }
 
     pub async fn run(mut self) {
         loop {
-            if let Err(e) = self.collect().await {
+            if let Err(e) = self.collect(false).await {
                 tracing::warn!(error = %e, "image garbage collection failed");
             }
-            tokio::time::sleep(self.policy.period).await;
+            let sleep = tokio::time::sleep(self.policy.period);
+            tokio::pin!(sleep);
+            loop {
+                let request = async {
+                    match self.reclaim.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    Some(reply) = request => {
+                        let freed = match self.collect(true).await {
+                            Ok(p) => p.freed,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reclaiming images failed");
+                                0
+                            }
+                        };
+                        let _ = reply.send(freed);
+                    }
+                }
+            }
         }
     }
 
-    /// One round: detect, plan, remove, publish.
-    pub async fn collect(&mut self) -> Result<GcPlan, crate::runtime::RuntimeError> {
+    /// One round: detect, plan, remove, publish. `all_unused`: every unused
+    /// image old enough goes, whatever the thresholds (a reclaim).
+    pub async fn collect(&mut self, all_unused: bool) -> Result<GcPlan, crate::runtime::RuntimeError> {
         let now = unix_nanos();
         let images = self.runtime.list_images().await?;
         let mut in_use: HashSet<String> =
@@ -194,8 +231,19 @@ impl ImageGc {
                 None
             }
         };
-        let plan = plan(&records, fs, &self.policy, now);
-        if plan.wanted > 0 {
+        let plan = if all_unused {
+            // As if the disk were full: down to 0 % usage, i.e. everything
+            // that may go.
+            let mut p = self.policy;
+            p.high_percent = 0;
+            p.low_percent = 0;
+            plan(&records, Some(FsStats { capacity: u64::MAX / 2, available: 0 }), &p, now)
+        } else {
+            plan(&records, fs, &self.policy, now)
+        };
+        if all_unused {
+            tracing::info!(images = plan.remove.len(), "disk pressure: removing every unused image old enough");
+        } else if plan.wanted > 0 {
             tracing::info!(
                 usage = fs.map_or(0, |f| f.usage_percent()),
                 high = self.policy.high_percent,
@@ -215,7 +263,7 @@ impl ImageGc {
                 Err(e) => tracing::warn!(image = %name, error = %e, "removing an unused image failed"),
             }
         }
-        if plan.freed < plan.wanted {
+        if !all_unused && plan.freed < plan.wanted {
             tracing::warn!(
                 wanted = plan.wanted,
                 freed = plan.freed,

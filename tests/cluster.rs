@@ -444,3 +444,78 @@ async fn config_maps_secrets_services_and_tokens_reach_the_pod() {
     assert_eq!(waiting.message.as_deref(), Some("couldn't find key nope in ConfigMap default/app-config"));
     assert!(c.node.containers_named("broken").await.is_empty());
 }
+
+/// The memory cgroup the node's pods live under, with a limit of `mib`: the
+/// memory.available signal is judged against it (cgroup v2 or v1).
+fn limit_pod_memory(cgroup_root: &str, mib: u64) {
+    let rel = cgroup_root.trim_start_matches('/');
+    let (dir, file) = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        (std::path::Path::new("/sys/fs/cgroup").join(rel), "memory.max")
+    } else {
+        (std::path::Path::new("/sys/fs/cgroup/memory").join(rel), "memory.limit_in_bytes")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), (mib << 20).to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_evicted_while_a_guaranteed_pod_stays_and_memory_pressure_comes_and_goes() {
+    let c = Cluster::start().await;
+    // The pods' cgroup may use 200 MiB; evict below 100 MiB available.
+    limit_pod_memory(&c.node.cgroup_root, 200);
+    c.node.config_extra.lock().unwrap().push_str("evictionHard: {memory.available: 100Mi}\nevictionPressureTransitionPeriod: 15s\n");
+    let agent = c.join().await;
+    let pods = c.pods("default");
+    let node = c.node.node_name();
+    let mut steady = bound_pod("steady", &node, "trap 'exit 0' TERM; while true; do sleep 1; done");
+    steady.spec.as_mut().unwrap().containers[0].resources = Some(serde_json::from_value(serde_json::json!({
+        "requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}
+    })).unwrap());
+    pods.create(&PostParams::default(), &steady).await.unwrap();
+    eventually(30 * S, "steady Running", || async {
+        (pods.get("steady").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    // 140 MiB held by busybox awk, in 10 MiB strings (no peak that would
+    // hit the cgroup's limit): 60 of the 200 MiB stay available.
+    let hog = bound_pod("hog", &node, "awk 'BEGIN { for (i = 0; i < 14; i++) a[i] = sprintf(\"%10485760s\", i); system(\"sleep 3600\") }'");
+    pods.create(&PostParams::default(), &hog).await.unwrap();
+
+    let evicted = eventually(60 * S, "the hog Failed: Evicted", || async {
+        let st = pods.get("hog").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(evicted.reason.as_deref(), Some("Evicted"), "{evicted:?}");
+    let msg = evicted.message.unwrap_or_default();
+    assert!(msg.starts_with("The node was low on resource: memory. Threshold quantity: 100Mi, available: "), "{msg}");
+    assert!(msg.contains("Container c was using"), "{msg}");
+    // Under memory pressure a BestEffort pod is turned away, as kubelet's
+    // eviction admission does.
+    pods.create(&PostParams::default(), &bound_pod("late", &node, "sleep 3600")).await.unwrap();
+    let refused = eventually(20 * S, "late refused", || async {
+        let st = pods.get("late").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(refused.reason.as_deref(), Some("Evicted"));
+    assert_eq!(refused.message.as_deref(), Some("The node had condition: [MemoryPressure]. "));
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let pressure = |n: &KubeNode| {
+        n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "MemoryPressure").map(|c| c.status.clone())
+    };
+    // The hog's memory is back; the condition goes once the transition
+    // period has passed without a breach.
+    eventually(45 * S, "MemoryPressure False again", || async {
+        let n = nodes.get(&node).await.ok()?;
+        (pressure(&n).as_deref() == Some("False")).then_some(())
+    })
+    .await;
+    let log = agent.log();
+    assert!(log.contains("node pressure changed memory=true"), "MemoryPressure was True: {log}");
+    let st = pods.get("steady").await.unwrap().status.unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Running"), "the Guaranteed pod stays");
+    assert!(c.node.containers_named("hog").await.iter().all(|x| x.state != 1), "the hog is not running any more");
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(pods.get("hog").await.unwrap().status.unwrap().phase.as_deref(), Some("Failed"), "an evicted pod is not restarted");
+}

@@ -769,7 +769,11 @@ async fn a_full_image_filesystem_loses_its_unused_images_down_to_the_low_thresho
     // A pod runs from filler-a; GC starts at 40 % and frees down to 20 %.
     // Images younger than imageMinimumGCAge (first seen at start) stay,
     // which keeps filler-a until the pod uses it.
-    *node.config_extra.lock().unwrap() = "imageGCHighThresholdPercent: 40\nimageGCLowThresholdPercent: 20\nimageMinimumGCAge: 5s\n".into();
+    // Below half the image filesystem free is also DiskPressure (logged
+    // here: a standalone node has no Node object).
+    *node.config_extra.lock().unwrap() = "imageGCHighThresholdPercent: 40\nimageGCLowThresholdPercent: 20\nimageMinimumGCAge: 5s\n\
+        evictionHard: {imagefs.available: 50%}\nevictionPressureTransitionPeriod: 2s\n"
+        .into();
     node.write_manifest("uses-a.yaml", &pod_yaml("uses-a", "  containers:\n  - {name: c, image: nodelet.local/filler-a:1, command: [sleep, '3600']}\n"));
     let mut args = node.base_args();
     args.extend(["--image-gc-period".to_string(), "2s".into()]);
@@ -791,4 +795,8 @@ async fn a_full_image_filesystem_loses_its_unused_images_down_to_the_low_thresho
     assert!(log.contains("the image filesystem is past the high threshold"), "{log}");
     // filler-a (in use) alone holds more than 20 %: GC says it cannot do more.
     assert!(after <= 20 || log.contains("cannot free enough of the image filesystem"), "{after} %\n{log}");
+    assert!(log.contains("node pressure changed memory=false disk=true"), "DiskPressure while above the threshold:\n{log}");
+    if after < 50 {
+        eventually(30 * S, "DiskPressure gone", || async { agent.log().contains("node pressure changed memory=false disk=false").then_some(()) }).await;
+    }
 }

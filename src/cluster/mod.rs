@@ -113,6 +113,8 @@ pub struct ClusterParts {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The node's images for its status (from image GC's listing).
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
+    /// The eviction manager's pressure, for the node conditions.
+    pub pressure: watch::Receiver<crate::pods::eviction::Pressure>,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -145,6 +147,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let health = p.health;
     let statuses = p.statuses;
     let images = p.images;
+    let pressure = p.pressure;
     tasks.spawn("node heartbeat", async move {
         let check = access::check(&client, "node", access::NODE, access::NODE_GRANT);
         let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
@@ -166,6 +169,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             facts,
             health,
             images,
+            pressure,
             update_every: settings.status_update,
             report_every: settings.status_report,
         };

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::{ClusterError, is_conflict};
 use crate::config::ClusterSettings;
 use crate::pods::NodeContext;
+use crate::pods::eviction::Pressure;
 use crate::runtime::RuntimeHealth;
 
 /// The version nodelet reports as its kubelet version.
@@ -141,7 +142,7 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, previous: Optio
 
 /// The node's status (pure): conditions with heartbeat and transition
 /// times, capacity, allocatable, addresses, daemon endpoints, system info.
-pub fn status(facts: &NodeFacts, health: &RuntimeHealth, previous: Option<&NodeStatus>, now: Timestamp) -> NodeStatus {
+pub fn status(facts: &NodeFacts, health: &RuntimeHealth, pressure: &Pressure, previous: Option<&NodeStatus>, now: Timestamp) -> NodeStatus {
     let ready = health.runtime_ready && health.network_ready;
     let not_ready = if !health.runtime_ready {
         format!("container runtime is down: {}", health.message)
@@ -149,9 +150,21 @@ pub fn status(facts: &NodeFacts, health: &RuntimeHealth, previous: Option<&NodeS
         format!("container runtime network not ready: {}", health.message)
     };
     let conditions = vec![
-        condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", previous, now),
-        condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", previous, now),
-        condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", previous, now),
+        if pressure.memory {
+            condition("MemoryPressure", true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available", previous, now)
+        } else {
+            condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", previous, now)
+        },
+        if pressure.disk {
+            condition("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure", previous, now)
+        } else {
+            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", previous, now)
+        },
+        if pressure.pid {
+            condition("PIDPressure", true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available", previous, now)
+        } else {
+            condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", previous, now)
+        },
         if ready {
             condition("Ready", true, "KubeletReady", "kubelet is posting ready status", previous, now)
         } else {
@@ -276,6 +289,8 @@ pub struct StatusLoop {
     pub health: watch::Receiver<RuntimeHealth>,
     /// `status.images`, as image GC last listed them.
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
+    /// The eviction manager's pressure conditions.
+    pub pressure: watch::Receiver<Pressure>,
     pub update_every: Duration,
     pub report_every: Duration,
 }
@@ -297,6 +312,7 @@ impl StatusLoop {
             tokio::select! {
                 _ = tokio::time::sleep(self.update_every) => {}
                 Ok(()) = self.health.changed() => {}
+                Ok(()) = self.pressure.changed() => {}
             }
         }
     }
@@ -315,7 +331,8 @@ impl StatusLoop {
                 .map_err(|e| ClusterError::api(format!("labelling node {name}"), e))?;
         }
         let health = self.health.borrow().clone();
-        let mut status = status(&self.facts, &health, server.status.as_ref(), Timestamp::now());
+        let pressure = *self.pressure.borrow();
+        let mut status = status(&self.facts, &health, &pressure, server.status.as_ref(), Timestamp::now());
         let images = self.images.borrow().clone();
         status.images = (!images.is_empty()).then_some(images);
         let differs = server_differs(server.status.as_ref(), &status);
@@ -383,16 +400,16 @@ mod tests {
         let f = facts();
         let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
         let t1 = Timestamp::from_second(100).unwrap();
-        let s1 = status(&f, &ready, None, t1);
+        let s1 = status(&f, &ready, &Pressure::default(), None, t1);
         let cond = |s: &NodeStatus, t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().clone();
         assert_eq!(cond(&s1, "Ready").status, "True");
         let t2 = Timestamp::from_second(200).unwrap();
-        let s2 = status(&f, &ready, Some(&s1), t2);
+        let s2 = status(&f, &ready, &Pressure::default(), Some(&s1), t2);
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(Time(t1)));
         assert_eq!(cond(&s2, "Ready").last_heartbeat_time, Some(Time(t2)));
         assert!(!server_differs(Some(&s1), &s2), "only heartbeats changed");
         let down = RuntimeHealth { runtime_ready: true, network_ready: false, message: "NetworkReady=false reason:NoCNI".into() };
-        let s3 = status(&f, &down, Some(&s2), t2);
+        let s3 = status(&f, &down, &Pressure::default(), Some(&s2), t2);
         assert_eq!(cond(&s3, "Ready").status, "False");
         assert!(cond(&s3, "Ready").message.unwrap().contains("network not ready"));
     }
@@ -402,7 +419,7 @@ mod tests {
         let f = facts();
         let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
         let t = Timestamp::from_second(100).unwrap();
-        let ours = status(&f, &ready, None, t);
+        let ours = status(&f, &ready, &Pressure::default(), None, t);
         assert!(server_differs(None, &ours), "no status on the server yet");
         assert!(!server_differs(Some(&ours), &ours));
 
@@ -416,7 +433,7 @@ mod tests {
         assert!(server_differs(Some(&unknown), &ours));
         // And the status computed from that copy is True again, with a new transition time.
         let t2 = Timestamp::from_second(200).unwrap();
-        let again = status(&f, &ready, Some(&unknown), t2);
+        let again = status(&f, &ready, &Pressure::default(), Some(&unknown), t2);
         let ready_cond = again.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready_cond.status, "True");
         assert_eq!(ready_cond.last_transition_time, Some(Time(t2)));

@@ -64,6 +64,7 @@ pub struct KubeletConfig {
     pub image_minimum_gc_age: Option<Duration>,
     pub image_maximum_gc_age: Option<Duration>,
     pub node_status_max_images: Option<i32>,
+    pub eviction: super::eviction::EvictionConfig,
 }
 
 /// `authentication`: how the node API tells who is calling.
@@ -175,6 +176,7 @@ impl KubeletConfig {
         let map = config_object(bytes, file, KIND, API_VERSION)?;
         let bad = |f: &str, m: String| ConfigError::Field { file: file.into(), field: f.into(), message: m };
         let mut c = KubeletConfig::default();
+        let mut eviction = super::eviction::EvictionFields::default();
         for (k, v) in &map {
             if v.is_null() {
                 continue;
@@ -269,6 +271,12 @@ impl KubeletConfig {
                     c.node_status_max_images =
                         Some(i32::try_from(n).ok().filter(|n| *n >= -1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be -1 (no limit) or more")))?);
                 }
+                "evictionHard" => eviction.hard = Some(field(file, k, v)?),
+                "evictionSoft" => eviction.soft = Some(field(file, k, v)?),
+                "evictionSoftGracePeriod" => eviction.soft_grace = Some(field(file, k, v)?),
+                "evictionMinimumReclaim" => eviction.minimum_reclaim = Some(field(file, k, v)?),
+                "evictionMaxPodGracePeriod" => eviction.max_pod_grace_period = Some(field(file, k, v)?),
+                "evictionPressureTransitionPeriod" => eviction.pressure_transition_period = Some(duration(file, k, v)?),
                 "authentication" => c.authentication = field(file, k, v)?,
                 "authorization" => {
                     c.authorization = field(file, k, v)?;
@@ -286,6 +294,7 @@ impl KubeletConfig {
                 other => tracing::warn!(file, field = other, "KubeletConfiguration field is not used by nodelet; ignored"),
             }
         }
+        c.eviction = super::eviction::EvictionConfig::resolve(&eviction, file)?;
         let (high, low) = (c.image_gc_high_threshold_percent.unwrap_or(85), c.image_gc_low_threshold_percent.unwrap_or(80));
         if low > high {
             return Err(bad(

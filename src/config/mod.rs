@@ -2,6 +2,7 @@
 //! kubelet's defaults, resolved once at start into [`Settings`].
 
 pub mod duration;
+pub mod eviction;
 pub mod kubelet;
 pub mod node_api;
 pub mod proxy;
@@ -79,6 +80,7 @@ pub struct Settings {
     /// Container log rotation.
     pub log_rotation: LogRotation,
     pub image_gc: ImageGcPolicy,
+    pub eviction: eviction::EvictionConfig,
     /// The node API on :10250 (cluster mode only).
     pub node_api: node_api::NodeApiSettings,
 }
@@ -417,6 +419,7 @@ impl Settings {
             cluster,
             log_rotation,
             image_gc,
+            eviction: file.eviction.clone(),
             node_api,
         })
     }

@@ -41,6 +41,10 @@ pub struct PodManager {
     plan_report: Option<oneshot::Sender<Vec<String>>>,
     /// Beaten on every turn of the loop (at least once a second).
     heartbeat: Option<crate::watchdog::Beat>,
+    /// Pods the eviction manager ends, and the node's pressure (admission
+    /// turns pods away under it).
+    evictions: Option<mpsc::Receiver<super::eviction::Eviction>>,
+    pressure: Option<watch::Receiver<super::eviction::Pressure>>,
     /// `NODELET_TEST_WEDGE_POD_SYNC`: when this file exists the loop stops
     /// (tests of the watchdog only).
     wedge_file: Option<std::path::PathBuf>,
@@ -66,6 +70,13 @@ pub struct PodManager {
     relisted: bool,
 }
 
+async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>>) -> Option<super::eviction::Eviction> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether a status is final: Succeeded or Failed.
 fn is_terminal(s: &PodStatus) -> bool {
     matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
@@ -84,6 +95,8 @@ impl PodManager {
             reported: BTreeMap::new(),
             plan_report: None,
             heartbeat: None,
+            evictions: None,
+            pressure: None,
             wedge_file: std::env::var_os("NODELET_TEST_WEDGE_POD_SYNC").map(Into::into),
             runtime_pods: BTreeMap::new(),
             workers: HashMap::new(),
@@ -110,6 +123,25 @@ impl PodManager {
         let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
             return Ok(());
+        }
+        // kubelet's eviction admission: under memory pressure no BestEffort
+        // pod; under disk or PID pressure no pod (critical ones aside).
+        if let Some(p) = self.pressure.as_ref().map(|p| *p.borrow()) {
+            let critical = pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000);
+            let best_effort = pod.spec.as_ref().is_some_and(|s| super::qos::qos_class(s) == super::qos::QosClass::BestEffort);
+            let mut conditions = Vec::new();
+            if p.memory && (best_effort || p.disk || p.pid) {
+                conditions.push("MemoryPressure");
+            }
+            if p.disk {
+                conditions.push("DiskPressure");
+            }
+            if p.pid {
+                conditions.push("PIDPressure");
+            }
+            if !critical && !conditions.is_empty() {
+                return Err(Rejection { reason: "Evicted".into(), message: format!("The node had condition: [{}]. ", conditions.join(", ")) });
+            }
         }
         let node = NodeResources { labels: labels.borrow().clone(), ..node.clone() };
         let node = &node;
@@ -141,6 +173,14 @@ impl PodManager {
     /// back to the caller.
     pub fn with_plan_report(mut self, tx: oneshot::Sender<Vec<String>>) -> Self {
         self.plan_report = Some(tx);
+        self
+    }
+
+    /// Takes pods to end from the eviction manager, and admits against the
+    /// node's pressure.
+    pub fn with_eviction(mut self, evictions: mpsc::Receiver<super::eviction::Eviction>, pressure: watch::Receiver<super::eviction::Pressure>) -> Self {
+        self.evictions = Some(evictions);
+        self.pressure = Some(pressure);
         self
     }
 
@@ -404,6 +444,11 @@ impl PodManager {
                     }
                     None => sources_open = false,
                 },
+                Some(e) = next_eviction(&mut self.evictions) => {
+                    if self.workers.contains_key(&e.uid) {
+                        self.send(&e.uid, WorkerMsg::End { failure: e.failure, grace: e.grace }).await;
+                    }
+                }
                 event = relist.recv() => match event {
                     Some(ev) => {
                         self.runtime_pods = ev.present;

@@ -10,6 +10,7 @@ pub mod container;
 pub mod dns;
 pub mod env;
 pub mod events;
+pub mod eviction;
 pub mod housekeeping;
 pub mod log_rotation;
 pub mod logs;

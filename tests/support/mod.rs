@@ -191,9 +191,12 @@ impl Node {
     /// A KubeletConfiguration for this node, plus extra lines.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("kubelet-config.yaml");
+        // The disk thresholds are left out unless a test sets its own: a
+        // machine whose disk is 90 % full must not turn the tests' pods away.
+        let eviction = if extra.contains("evictionHard") { "" } else { "evictionHard: {memory.available: 100Mi}\n" };
         let body = format!(
             "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\npodLogsDir: {}\ncgroupRoot: {}\n\
-             fileCheckFrequency: 20s\n{extra}",
+             fileCheckFrequency: 20s\n{eviction}{extra}",
             self.logs.display(),
             self.cgroup_root
         );

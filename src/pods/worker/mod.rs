@@ -73,6 +73,9 @@ pub enum WorkerMsg {
     /// Stop and remove the pod; `grace` overrides the pod's grace period
     /// (an apiserver deletion's deletionGracePeriodSeconds).
     Terminate { grace: Option<i64> },
+    /// The node ends the pod (an eviction): it is stopped within `grace`
+    /// and stays Failed with `failure`'s reason and message.
+    End { failure: PodFailure, grace: i64 },
 }
 
 /// A pod from the apiserver that has been stopped and removed, with its
@@ -302,6 +305,13 @@ impl Worker {
                 *terminating = true;
                 if grace.is_some() {
                     self.grace_override = grace;
+                }
+            }
+            WorkerMsg::End { failure, grace } => {
+                if self.failure.is_none() {
+                    self.event(EventType::Warning, &failure.reason, &failure.message);
+                    self.grace_override = Some(grace);
+                    self.failure = Some(failure);
                 }
             }
         }
