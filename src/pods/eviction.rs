@@ -158,6 +158,9 @@ pub struct State {
     soft_since: HashMap<Signal, Instant>,
     /// The last time each condition's thresholds were met.
     last_met: HashMap<&'static str, Instant>,
+    /// Thresholds met last round (by signal and softness): they stay met
+    /// until `evictionMinimumReclaim` beyond them is free again.
+    active: BTreeSet<(Signal, bool)>,
 }
 
 /// Pure (given `now`): which thresholds are met now (soft ones only after
@@ -169,7 +172,15 @@ pub fn evaluate(cfg: &EvictionConfig, readings: &BTreeMap<Signal, Reading>, stat
     for t in &cfg.thresholds {
         let Some(r) = readings.get(&t.signal) else { continue };
         let value = t.value.of(r.capacity);
-        let met = r.available < value;
+        let key = (t.signal, t.grace.is_some());
+        // Once met, a threshold holds until its minimum reclaim is free too.
+        let reclaim = t.min_reclaim.filter(|_| state.active.contains(&key)).map_or(0, |m| m.of(r.capacity));
+        let met = r.available < value.saturating_add(reclaim);
+        if met {
+            state.active.insert(key);
+        } else {
+            state.active.remove(&key);
+        }
         if !met {
             if t.grace.is_some() {
                 state.soft_since.remove(&t.signal);
@@ -442,6 +453,22 @@ mod tests {
         assert!(p.memory, "held for evictionPressureTransitionPeriod");
         let (_, p) = evaluate(&cfg, &readings(500 * MI), &mut st, t0 + Duration::from_secs(301));
         assert!(!p.memory);
+    }
+
+    #[test]
+    fn a_met_threshold_holds_until_its_minimum_reclaim_is_free() {
+        let mut hard = BTreeMap::new();
+        hard.insert("memory.available".to_string(), "100Mi".to_string());
+        let mut reclaim = BTreeMap::new();
+        reclaim.insert("memory.available".to_string(), "50Mi".to_string());
+        let f = EvictionFields { hard: Some(hard), minimum_reclaim: Some(reclaim), ..Default::default() };
+        let cfg = EvictionConfig::resolve(&f, "k").unwrap();
+        let mut st = State::default();
+        let t0 = Instant::now();
+        assert!(evaluate(&cfg, &readings(120 * MI), &mut st, t0).0.is_empty(), "not met: reclaim counts only once met");
+        assert_eq!(evaluate(&cfg, &readings(90 * MI), &mut st, t0).0.len(), 1);
+        assert_eq!(evaluate(&cfg, &readings(120 * MI), &mut st, t0).0.len(), 1, "still met: 100Mi + 50Mi not free yet");
+        assert!(evaluate(&cfg, &readings(160 * MI), &mut st, t0).0.is_empty());
     }
 
     #[test]
