@@ -282,6 +282,7 @@ impl ImageGc {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::time::Duration;
