@@ -4,10 +4,11 @@
 # conntrack (the Service proxy),
 # busybox-static (the test images), protoc (CRI code generation), iproute2,
 # and a C toolchain (the linker, and ring's C and assembly) with pkg-config
-# and curl (rustup). Idempotent; run as root.
+# and curl (rustup); binutils, dpkg-dev and init-system-helpers for the
+# Debian package and its test. Idempotent; run as root.
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux
-          gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev)
+          gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev init-system-helpers)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
