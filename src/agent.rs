@@ -346,6 +346,7 @@ pub async fn run(
     let (pressure_tx, pressure_rx) = watch::channel(crate::pods::eviction::Pressure::default());
     let (evictions_tx, evictions_rx) = mpsc::channel(4);
     let (reclaim_tx, reclaim_rx) = mpsc::channel(1);
+    let (shutting_down_tx, shutting_down_rx) = watch::channel(false);
     if !s.dry_run {
         let m = crate::pods::eviction::Manager {
             config: s.eviction.clone(),
@@ -353,10 +354,14 @@ pub async fn run(
             runtime: runtime.clone(),
             statuses: statuses.clone(),
             pressure: pressure_tx,
-            evictions: evictions_tx,
+            evictions: evictions_tx.clone(),
             reclaim: Some(reclaim_tx),
         };
         tasks.spawn("eviction manager", m.run());
+        if let Some(periods) = s.shutdown {
+            let m = crate::pods::shutdown::Manager { periods, statuses: statuses.clone(), pods: evictions_tx, shutting_down: shutting_down_tx };
+            tasks.spawn("graceful node shutdown", m.run());
+        }
     }
     let (images_tx, images_rx) = watch::channel(Vec::new());
     if !s.dry_run {
@@ -391,6 +396,7 @@ pub async fn run(
             metrics: metrics.clone(),
             images: images_rx,
             pressure: pressure_rx.clone(),
+            shutting_down: shutting_down_rx.clone(),
         };
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;
@@ -440,7 +446,7 @@ pub async fn run(
     let sync_beat = Beat::default();
     let sync_allowance = watchdog::interval().map_or(Duration::from_secs(30), |i| (2 * i).max(Duration::from_secs(10)));
     watched.push(Watched { name: "pod sync loop", beat: sync_beat.clone(), allowance: sync_allowance });
-    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat).with_eviction(evictions_rx, pressure_rx);
+    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat).with_eviction(evictions_rx, pressure_rx).with_shutdown(shutting_down_rx);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }

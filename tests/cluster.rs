@@ -519,3 +519,59 @@ async fn a_memory_hog_is_evicted_while_a_guaranteed_pod_stays_and_memory_pressur
     tokio::time::sleep(3 * S).await;
     assert_eq!(pods.get("hog").await.unwrap().status.unwrap().phase.as_deref(), Some("Failed"), "an evicted pod is not restarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go() {
+    let c = Cluster::start().await;
+    let logind = support::logind::FakeLogind::start(&c.dir()).await;
+    c.node.env.lock().unwrap().push(("DBUS_SYSTEM_BUS_ADDRESS".into(), logind.address.clone().into()));
+    c.node.config_extra.lock().unwrap().push_str("shutdownGracePeriod: 20s\nshutdownGracePeriodCriticalPods: 8s\n");
+    let agent = c.join().await;
+    eventually(20 * S, "a delay inhibitor lock", || async {
+        logind.held().contains(&("shutdown/nodelet".to_string(), "delay".to_string())).then_some(())
+    })
+    .await;
+    let pods = c.pods("default");
+    let node = c.node.node_name();
+    let sleeper = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    pods.create(&PostParams::default(), &bound_pod("regular", &node, sleeper)).await.unwrap();
+    let mut critical = bound_pod("critical", &node, sleeper);
+    critical.spec.as_mut().unwrap().priority = Some(2_000_001_000);
+    pods.create(&PostParams::default(), &critical).await.unwrap();
+    for name in ["regular", "critical"] {
+        eventually(30 * S, "Running", || async { (pods.get(name).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(()) }).await;
+    }
+
+    logind.prepare_for_shutdown(true).await;
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    eventually(20 * S, "the node NotReady: shutting down", || async {
+        let n = nodes.get(&node).await.ok()?;
+        let ready = n.status?.conditions?.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.message.as_deref() == Some("node is shutting down")).then_some(())
+    })
+    .await;
+    let mut finished = Vec::new();
+    for name in ["regular", "critical"] {
+        let st = eventually(30 * S, "Failed: Terminated", || async {
+            let st = pods.get(name).await.ok()?.status?;
+            let stopped = st.container_statuses.iter().flatten().all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+            (st.phase.as_deref() == Some("Failed") && stopped).then_some(st)
+        })
+        .await;
+        assert_eq!(st.reason.as_deref(), Some("Terminated"), "{name}: {st:?}");
+        assert_eq!(st.message.as_deref(), Some("Pod was terminated in response to imminent node shutdown."));
+        let t = st.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+        finished.push(t.finished_at.unwrap().0);
+    }
+    assert!(finished[0] <= finished[1], "regular pods stop before critical ones: {finished:?}");
+    eventually(20 * S, "the inhibitor lock released", || async { logind.held().is_empty().then_some(()) }).await;
+    // A pod bound while the node shuts down is turned away.
+    pods.create(&PostParams::default(), &bound_pod("late", &node, sleeper)).await.unwrap();
+    let late = eventually(20 * S, "late refused", || async {
+        let st = pods.get("late").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(late.reason.as_deref(), Some("NodeShutdown"), "{late:?}");
+    assert!(agent.log().contains("pods stopped; the inhibitor lock is released"), "{}", agent.log());
+}

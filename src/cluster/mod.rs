@@ -115,6 +115,7 @@ pub struct ClusterParts {
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
     /// The eviction manager's pressure, for the node conditions.
     pub pressure: watch::Receiver<crate::pods::eviction::Pressure>,
+    pub shutting_down: watch::Receiver<bool>,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -148,6 +149,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let statuses = p.statuses;
     let images = p.images;
     let pressure = p.pressure;
+    let shutting_down = p.shutting_down;
     tasks.spawn("node heartbeat", async move {
         let check = access::check(&client, "node", access::NODE, access::NODE_GRANT);
         let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
@@ -170,6 +172,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             health,
             images,
             pressure,
+            shutting_down,
             update_every: settings.status_update,
             report_every: settings.status_report,
         };

@@ -142,9 +142,18 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, previous: Optio
 
 /// The node's status (pure): conditions with heartbeat and transition
 /// times, capacity, allocatable, addresses, daemon endpoints, system info.
-pub fn status(facts: &NodeFacts, health: &RuntimeHealth, pressure: &Pressure, previous: Option<&NodeStatus>, now: Timestamp) -> NodeStatus {
-    let ready = health.runtime_ready && health.network_ready;
-    let not_ready = if !health.runtime_ready {
+pub fn status(
+    facts: &NodeFacts,
+    health: &RuntimeHealth,
+    pressure: &Pressure,
+    shutting_down: bool,
+    previous: Option<&NodeStatus>,
+    now: Timestamp,
+) -> NodeStatus {
+    let ready = health.runtime_ready && health.network_ready && !shutting_down;
+    let not_ready = if shutting_down {
+        "node is shutting down".to_string()
+    } else if !health.runtime_ready {
         format!("container runtime is down: {}", health.message)
     } else {
         format!("container runtime network not ready: {}", health.message)
@@ -291,6 +300,8 @@ pub struct StatusLoop {
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
     /// The eviction manager's pressure conditions.
     pub pressure: watch::Receiver<Pressure>,
+    /// Graceful node shutdown under way: NotReady.
+    pub shutting_down: watch::Receiver<bool>,
     pub update_every: Duration,
     pub report_every: Duration,
 }
@@ -313,6 +324,7 @@ impl StatusLoop {
                 _ = tokio::time::sleep(self.update_every) => {}
                 Ok(()) = self.health.changed() => {}
                 Ok(()) = self.pressure.changed() => {}
+                Ok(()) = self.shutting_down.changed() => {}
             }
         }
     }
@@ -332,7 +344,8 @@ impl StatusLoop {
         }
         let health = self.health.borrow().clone();
         let pressure = *self.pressure.borrow();
-        let mut status = status(&self.facts, &health, &pressure, server.status.as_ref(), Timestamp::now());
+        let shutting_down = *self.shutting_down.borrow();
+        let mut status = status(&self.facts, &health, &pressure, shutting_down, server.status.as_ref(), Timestamp::now());
         let images = self.images.borrow().clone();
         status.images = (!images.is_empty()).then_some(images);
         let differs = server_differs(server.status.as_ref(), &status);
@@ -400,16 +413,16 @@ mod tests {
         let f = facts();
         let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
         let t1 = Timestamp::from_second(100).unwrap();
-        let s1 = status(&f, &ready, &Pressure::default(), None, t1);
+        let s1 = status(&f, &ready, &Pressure::default(), false, None, t1);
         let cond = |s: &NodeStatus, t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().clone();
         assert_eq!(cond(&s1, "Ready").status, "True");
         let t2 = Timestamp::from_second(200).unwrap();
-        let s2 = status(&f, &ready, &Pressure::default(), Some(&s1), t2);
+        let s2 = status(&f, &ready, &Pressure::default(), false, Some(&s1), t2);
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(Time(t1)));
         assert_eq!(cond(&s2, "Ready").last_heartbeat_time, Some(Time(t2)));
         assert!(!server_differs(Some(&s1), &s2), "only heartbeats changed");
         let down = RuntimeHealth { runtime_ready: true, network_ready: false, message: "NetworkReady=false reason:NoCNI".into() };
-        let s3 = status(&f, &down, &Pressure::default(), Some(&s2), t2);
+        let s3 = status(&f, &down, &Pressure::default(), false, Some(&s2), t2);
         assert_eq!(cond(&s3, "Ready").status, "False");
         assert!(cond(&s3, "Ready").message.unwrap().contains("network not ready"));
     }
@@ -419,7 +432,7 @@ mod tests {
         let f = facts();
         let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
         let t = Timestamp::from_second(100).unwrap();
-        let ours = status(&f, &ready, &Pressure::default(), None, t);
+        let ours = status(&f, &ready, &Pressure::default(), false, None, t);
         assert!(server_differs(None, &ours), "no status on the server yet");
         assert!(!server_differs(Some(&ours), &ours));
 
@@ -433,7 +446,7 @@ mod tests {
         assert!(server_differs(Some(&unknown), &ours));
         // And the status computed from that copy is True again, with a new transition time.
         let t2 = Timestamp::from_second(200).unwrap();
-        let again = status(&f, &ready, &Pressure::default(), Some(&unknown), t2);
+        let again = status(&f, &ready, &Pressure::default(), false, Some(&unknown), t2);
         let ready_cond = again.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready_cond.status, "True");
         assert_eq!(ready_cond.last_transition_time, Some(Time(t2)));

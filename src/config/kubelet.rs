@@ -65,6 +65,8 @@ pub struct KubeletConfig {
     pub image_maximum_gc_age: Option<Duration>,
     pub node_status_max_images: Option<i32>,
     pub eviction: super::eviction::EvictionConfig,
+    pub shutdown_grace_period: Option<Duration>,
+    pub shutdown_grace_period_critical_pods: Option<Duration>,
 }
 
 /// `authentication`: how the node API tells who is calling.
@@ -271,6 +273,8 @@ impl KubeletConfig {
                     c.node_status_max_images =
                         Some(i32::try_from(n).ok().filter(|n| *n >= -1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be -1 (no limit) or more")))?);
                 }
+                "shutdownGracePeriod" => c.shutdown_grace_period = Some(duration(file, k, v)?),
+                "shutdownGracePeriodCriticalPods" => c.shutdown_grace_period_critical_pods = Some(duration(file, k, v)?),
                 "evictionHard" => eviction.hard = Some(field(file, k, v)?),
                 "evictionSoft" => eviction.soft = Some(field(file, k, v)?),
                 "evictionSoftGracePeriod" => eviction.soft_grace = Some(field(file, k, v)?),
@@ -295,6 +299,14 @@ impl KubeletConfig {
             }
         }
         c.eviction = super::eviction::EvictionConfig::resolve(&eviction, file)?;
+        if let (Some(total), Some(critical)) = (c.shutdown_grace_period, c.shutdown_grace_period_critical_pods)
+            && critical > total
+        {
+            return Err(bad(
+                "shutdownGracePeriodCriticalPods",
+                format!("Invalid value: {critical:?}: must not be more than shutdownGracePeriod ({total:?})"),
+            ));
+        }
         let (high, low) = (c.image_gc_high_threshold_percent.unwrap_or(85), c.image_gc_low_threshold_percent.unwrap_or(80));
         if low > high {
             return Err(bad(

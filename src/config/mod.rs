@@ -81,6 +81,10 @@ pub struct Settings {
     pub log_rotation: LogRotation,
     pub image_gc: ImageGcPolicy,
     pub eviction: eviction::EvictionConfig,
+    /// Graceful node shutdown: the whole period and the part kept for
+    /// critical pods (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`);
+    /// `None` when off (a zero period).
+    pub shutdown: Option<ShutdownPeriods>,
     /// The node API on :10250 (cluster mode only).
     pub node_api: node_api::NodeApiSettings,
 }
@@ -171,6 +175,13 @@ pub struct ImageGcPolicy {
     pub period: Duration,
     /// `nodeStatusMaxImages`: images listed in the node status (None: all).
     pub status_max_images: Option<usize>,
+}
+
+/// Graceful node shutdown's periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownPeriods {
+    pub total: Duration,
+    pub critical: Duration,
 }
 
 /// How the node joins and talks to its cluster.
@@ -420,6 +431,10 @@ impl Settings {
             log_rotation,
             image_gc,
             eviction: file.eviction.clone(),
+            shutdown: file.shutdown_grace_period.filter(|d| !d.is_zero()).map(|total| ShutdownPeriods {
+                total,
+                critical: file.shutdown_grace_period_critical_pods.unwrap_or_default().min(total),
+            }),
             node_api,
         })
     }

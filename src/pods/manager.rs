@@ -45,6 +45,8 @@ pub struct PodManager {
     /// turns pods away under it).
     evictions: Option<mpsc::Receiver<super::eviction::Eviction>>,
     pressure: Option<watch::Receiver<super::eviction::Pressure>>,
+    /// A graceful node shutdown is under way: no pod is admitted.
+    shutting_down: Option<watch::Receiver<bool>>,
     /// `NODELET_TEST_WEDGE_POD_SYNC`: when this file exists the loop stops
     /// (tests of the watchdog only).
     wedge_file: Option<std::path::PathBuf>,
@@ -97,6 +99,7 @@ impl PodManager {
             heartbeat: None,
             evictions: None,
             pressure: None,
+            shutting_down: None,
             wedge_file: std::env::var_os("NODELET_TEST_WEDGE_POD_SYNC").map(Into::into),
             runtime_pods: BTreeMap::new(),
             workers: HashMap::new(),
@@ -123,6 +126,9 @@ impl PodManager {
         let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
             return Ok(());
+        }
+        if self.shutting_down.as_ref().is_some_and(|s| *s.borrow()) {
+            return Err(Rejection { reason: "NodeShutdown".into(), message: "Pod was rejected as the node is shutting down.".into() });
         }
         // kubelet's eviction admission: under memory pressure no BestEffort
         // pod; under disk or PID pressure no pod (critical ones aside).
@@ -181,6 +187,12 @@ impl PodManager {
     pub fn with_eviction(mut self, evictions: mpsc::Receiver<super::eviction::Eviction>, pressure: watch::Receiver<super::eviction::Pressure>) -> Self {
         self.evictions = Some(evictions);
         self.pressure = Some(pressure);
+        self
+    }
+
+    /// Admits nothing while a graceful node shutdown is under way.
+    pub fn with_shutdown(mut self, shutting_down: watch::Receiver<bool>) -> Self {
+        self.shutting_down = Some(shutting_down);
         self
     }
 

@@ -21,6 +21,7 @@ pub mod pleg;
 pub mod probing;
 pub mod qos;
 pub mod sandbox;
+pub mod shutdown;
 pub mod source;
 pub mod status;
 pub mod store;

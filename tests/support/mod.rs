@@ -25,6 +25,7 @@ use nodelet::runtime::Runtime;
 
 pub mod apiserver;
 pub mod cluster;
+pub mod logind;
 pub mod spdy;
 
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
@@ -93,6 +94,8 @@ pub struct Node {
     pub cgroup_root: String,
     /// KubeletConfiguration lines every nodelet of this node gets.
     pub config_extra: std::sync::Mutex<String>,
+    /// Environment for every nodelet this node runs (a D-Bus address, ...).
+    pub env: std::sync::Mutex<Vec<(String, std::ffi::OsString)>>,
     containerd: Option<Child>,
 }
 
@@ -143,6 +146,7 @@ impl Node {
             manifests: root.join("manifests"),
             logs: root.join("logs"),
             config_extra: std::sync::Mutex::new(String::new()),
+            env: std::sync::Mutex::new(Vec::new()),
             containerd: Some(child),
             dir,
         };
@@ -248,6 +252,7 @@ impl Node {
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&log).unwrap())
             .env("RUST_LOG", "info,nodelet=debug")
+            .envs(self.env.lock().unwrap().iter().map(|(k, v)| (k.as_str(), v.as_os_str())))
             .envs(envs.iter().copied());
         unsafe {
             cmd.pre_exec(move || enter_netns(&ns));
