@@ -438,7 +438,7 @@ pub async fn run(
 
     if !s.dry_run {
         tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
-        tasks.spawn("housekeeping", crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone()));
+        tasks.spawn("housekeeping", crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc));
     }
 
     // The manager turns at least once a second; quiet for twice the

@@ -178,6 +178,15 @@ struct RunArgs {
     /// How often image GC runs (nodelet's; kubelet: every 5m) [default: 5m].
     #[arg(long, value_parser = duration)]
     image_gc_period: Option<Duration>,
+    /// A dead container younger than this is never collected [default: 0s].
+    #[arg(long, value_parser = duration)]
+    minimum_container_ttl_duration: Option<Duration>,
+    /// Dead instances kept per container; negative: no limit [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    maximum_dead_containers_per_container: Option<i64>,
+    /// Dead containers kept on the node; negative: no limit [default: -1].
+    #[arg(long, allow_negative_numbers = true)]
+    maximum_dead_containers: Option<i64>,
     /// The node's kubeconfig: cluster mode. Written by TLS bootstrap when
     /// missing or expired.
     #[arg(long)]
@@ -308,6 +317,9 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         image_gc_low_threshold: a.image_gc_low_threshold,
         minimum_image_ttl_duration: a.minimum_image_ttl_duration,
         image_gc_period: a.image_gc_period,
+        minimum_container_ttl_duration: a.minimum_container_ttl_duration,
+        maximum_dead_containers_per_container: a.maximum_dead_containers_per_container,
+        maximum_dead_containers: a.maximum_dead_containers,
         crash_loop_backoff_max: a.crash_loop_backoff_max,
         kubeconfig: a.kubeconfig,
         bootstrap_kubeconfig: a.bootstrap_kubeconfig,

@@ -80,6 +80,7 @@ pub struct Settings {
     /// Container log rotation.
     pub log_rotation: LogRotation,
     pub image_gc: ImageGcPolicy,
+    pub container_gc: ContainerGcPolicy,
     pub eviction: eviction::EvictionConfig,
     /// Graceful node shutdown: the whole period and the part kept for
     /// critical pods (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`);
@@ -177,6 +178,23 @@ pub struct ImageGcPolicy {
     pub status_max_images: Option<usize>,
 }
 
+/// kubelet's container GC policy (`--minimum-container-ttl-duration`,
+/// `--maximum-dead-containers-per-container`, `--maximum-dead-containers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerGcPolicy {
+    pub min_age: Duration,
+    /// Dead instances kept per (pod, container); negative: no limit.
+    pub max_per_pod_container: i64,
+    /// Dead containers kept on the node; negative: no limit.
+    pub max_containers: i64,
+}
+
+impl Default for ContainerGcPolicy {
+    fn default() -> Self {
+        Self { min_age: Duration::ZERO, max_per_pod_container: 1, max_containers: -1 }
+    }
+}
+
 /// Graceful node shutdown's periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownPeriods {
@@ -263,6 +281,9 @@ pub struct Overrides {
     pub image_gc_low_threshold: Option<u8>,
     pub minimum_image_ttl_duration: Option<Duration>,
     pub image_gc_period: Option<Duration>,
+    pub minimum_container_ttl_duration: Option<Duration>,
+    pub maximum_dead_containers_per_container: Option<i64>,
+    pub maximum_dead_containers: Option<i64>,
     pub crash_loop_backoff_max: Option<Duration>,
     pub kubeconfig: Option<PathBuf>,
     pub bootstrap_kubeconfig: Option<PathBuf>,
@@ -431,6 +452,11 @@ impl Settings {
             log_rotation,
             image_gc,
             eviction: file.eviction.clone(),
+            container_gc: ContainerGcPolicy {
+                min_age: o.minimum_container_ttl_duration.unwrap_or(Duration::ZERO),
+                max_per_pod_container: o.maximum_dead_containers_per_container.unwrap_or(1),
+                max_containers: o.maximum_dead_containers.unwrap_or(-1),
+            },
             shutdown: file.shutdown_grace_period.filter(|d| !d.is_zero()).map(|total| ShutdownPeriods {
                 total,
                 critical: file.shutdown_grace_period_critical_pods.unwrap_or_default().min(total),

@@ -21,6 +21,59 @@ use super::store::StatusStore;
 use crate::runtime::Runtime;
 use crate::runtime::labels;
 
+pub use crate::config::ContainerGcPolicy;
+
+/// A dead container as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadContainer {
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    /// ns since the epoch.
+    pub created_at: i64,
+}
+
+/// Pure: which dead containers go, as kubelet's container GC picks them:
+/// those older than `min_age`, grouped by pod and container name; each
+/// group keeps its newest `max_per_pod_container`; then, past
+/// `max_containers` on the node, each group is cut to an even share (at
+/// least one), and then the oldest go until the node is under the cap.
+pub fn containers_to_remove(dead: &[DeadContainer], policy: &ContainerGcPolicy, now: i64) -> Vec<String> {
+    let min_age = i64::try_from(policy.min_age.as_nanos()).unwrap_or(i64::MAX);
+    let mut units: std::collections::BTreeMap<(&str, &str), Vec<&DeadContainer>> = std::collections::BTreeMap::new();
+    for c in dead.iter().filter(|c| now.saturating_sub(c.created_at) >= min_age) {
+        units.entry((c.pod_uid.as_str(), c.name.as_str())).or_default().push(c);
+    }
+    for list in units.values_mut() {
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    }
+    let mut out = Vec::new();
+    let cut = |units: &mut std::collections::BTreeMap<(&str, &str), Vec<&DeadContainer>>, keep: usize, out: &mut Vec<String>| {
+        for list in units.values_mut() {
+            if list.len() > keep {
+                out.extend(list.drain(keep..).map(|c| c.id.clone()));
+            }
+        }
+    };
+    if let Ok(keep) = usize::try_from(policy.max_per_pod_container) {
+        cut(&mut units, keep, &mut out);
+    }
+    if let Ok(max) = usize::try_from(policy.max_containers) {
+        let total: usize = units.values().map(Vec::len).sum();
+        if total > max {
+            let share = max.checked_div(units.len()).unwrap_or(0).max(1);
+            cut(&mut units, share, &mut out);
+            let mut rest: Vec<&DeadContainer> = units.values().flatten().copied().collect();
+            if rest.len() > max {
+                rest.sort_by_key(|c| c.created_at);
+                let extra = rest.len().saturating_sub(max);
+                out.extend(rest.into_iter().take(extra).map(|c| c.id.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// kubelet's ContainerGCPeriod and housekeeping cadence.
 pub const PERIOD: Duration = Duration::from_secs(60);
 /// Files younger than this are never swept.
@@ -90,8 +143,8 @@ pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Sw
     out
 }
 
-/// Sweeps every [`PERIOD`].
-pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: StatusStore) {
+/// Sweeps every [`PERIOD`], and collects dead containers by `gc`.
+pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: StatusStore, gc: ContainerGcPolicy) {
     loop {
         tokio::time::sleep(PERIOD).await;
         let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
@@ -102,6 +155,25 @@ pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: St
         };
         match listed.await {
             Ok((sandboxes, containers)) => {
+                let dead: Vec<DeadContainer> = containers
+                    .iter()
+                    .filter(|c| c.state == crate::runtime::cri::ContainerState::ContainerExited as i32)
+                    .filter_map(|c| {
+                        Some(DeadContainer {
+                            id: c.id.clone(),
+                            pod_uid: c.labels.get(labels::POD_UID)?.clone(),
+                            name: c.labels.get(labels::CONTAINER_NAME)?.clone(),
+                            created_at: c.created_at,
+                        })
+                    })
+                    .collect();
+                for id in containers_to_remove(&dead, &gc, crate::runtime::unix_nanos()) {
+                    match runtime.remove_container(&id).await {
+                        Ok(()) => tracing::info!(container = %id, "removed a dead container (container GC)"),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => tracing::warn!(container = %id, error = %e, "container GC could not remove a dead container"),
+                    }
+                }
                 known.extend(sandboxes.into_iter().filter_map(|s| s.labels.get(labels::POD_UID).cloned()));
                 known.extend(containers.into_iter().filter_map(|c| c.labels.get(labels::POD_UID).cloned()));
             }
@@ -124,6 +196,27 @@ pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_gc_keeps_the_newest_per_container_and_honours_the_node_cap() {
+        const S: i64 = 1_000_000_000;
+        let d = |id: &str, pod: &str, name: &str, age: i64| DeadContainer { id: id.into(), pod_uid: pod.into(), name: name.into(), created_at: 1000 * S - age * S };
+        let dead = [d("a3", "p", "a", 10), d("a2", "p", "a", 20), d("a1", "p", "a", 30), d("b1", "p", "b", 40), d("q1", "q", "a", 5)];
+        let now = 1000 * S;
+        let mut removed = containers_to_remove(&dead, &ContainerGcPolicy::default(), now);
+        removed.sort();
+        assert_eq!(removed, ["a1", "a2"], "one dead instance per container stays");
+        let young = ContainerGcPolicy { min_age: Duration::from_secs(25), ..Default::default() };
+        // a2 and a3 are younger than MinAge, so a1 is the newest evictable
+        // instance of its container and stays (kubelet counts only those).
+        assert!(containers_to_remove(&dead, &young, now).is_empty(), "younger than MinAge: never");
+        let capped = ContainerGcPolicy { max_containers: 2, ..Default::default() };
+        let mut removed = containers_to_remove(&dead, &capped, now);
+        removed.sort();
+        assert_eq!(removed, ["a1", "a2", "b1"], "three units over a cap of two: the oldest goes");
+        let unlimited = ContainerGcPolicy { max_per_pod_container: -1, ..Default::default() };
+        assert!(containers_to_remove(&dead, &unlimited, now).is_empty());
+    }
 
     #[test]
     fn log_directories_name_their_pod() {
