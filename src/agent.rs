@@ -346,6 +346,7 @@ pub async fn run(
     let (pressure_tx, pressure_rx) = watch::channel(crate::pods::eviction::Pressure::default());
     let (evictions_tx, evictions_rx) = mpsc::channel(4);
     let (reclaim_tx, reclaim_rx) = mpsc::channel(1);
+    let (reclaim_containers_tx, reclaim_containers_rx) = mpsc::channel(1);
     let (shutting_down_tx, shutting_down_rx) = watch::channel(false);
     if !s.dry_run {
         let m = crate::pods::eviction::Manager {
@@ -356,6 +357,7 @@ pub async fn run(
             pressure: pressure_tx,
             evictions: evictions_tx.clone(),
             reclaim: Some(reclaim_tx),
+            reclaim_containers: Some(reclaim_containers_tx),
         };
         tasks.spawn("eviction manager", m.run());
         if let Some(periods) = s.shutdown {
@@ -438,7 +440,7 @@ pub async fn run(
 
     if !s.dry_run {
         tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
-        tasks.spawn("housekeeping", crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc));
+        tasks.spawn("housekeeping", crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc, Some(reclaim_containers_rx)));
     }
 
     // The manager turns at least once a second; quiet for twice the

@@ -314,6 +314,8 @@ pub struct Manager {
     /// Node-level reclaim before any pod goes for a disk signal: the image
     /// collector removes every unused image old enough.
     pub reclaim: Option<crate::images::ReclaimRequests>,
+    /// And the container collector removes what its policy allows now.
+    pub reclaim_containers: Option<crate::images::ReclaimRequests>,
 }
 
 impl Manager {
@@ -338,9 +340,18 @@ impl Manager {
             });
             if let Some(b) = breaches.first() {
                 let disk = !matches!(b.threshold.signal, Signal::MemoryAvailable | Signal::PidAvailable);
-                let freed = if disk { self.reclaim_images().await } else { 0 };
-                if freed > 0 {
-                    tracing::info!(signal = b.threshold.signal.as_str(), freed, "reclaimed disk from unused images before evicting any pod");
+                let (containers, freed) = if disk {
+                    (Self::ask(self.reclaim_containers.as_ref()).await, Self::ask(self.reclaim.as_ref()).await)
+                } else {
+                    (0, 0)
+                };
+                if freed > 0 || containers > 0 {
+                    tracing::info!(
+                        signal = b.threshold.signal.as_str(),
+                        images_freed = freed,
+                        dead_containers = containers,
+                        "reclaimed node-level resources before evicting any pod"
+                    );
                 } else {
                     self.evict_one(b, &mut evicted).await;
                 }
@@ -349,9 +360,9 @@ impl Manager {
         }
     }
 
-    /// Asks the image collector to free what it can; the bytes freed.
-    async fn reclaim_images(&self) -> u64 {
-        let Some(tx) = &self.reclaim else { return 0 };
+    /// Asks a collector to reclaim what it can now; what it reports.
+    async fn ask(to: Option<&crate::images::ReclaimRequests>) -> u64 {
+        let Some(tx) = to else { return 0 };
         let (reply, rx) = tokio::sync::oneshot::channel();
         if tx.send(reply).await.is_err() {
             return 0;

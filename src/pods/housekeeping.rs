@@ -143,54 +143,84 @@ pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Sw
     out
 }
 
-/// Sweeps every [`PERIOD`], and collects dead containers by `gc`.
-pub async fn run(node: Arc<NodeContext>, runtime: Arc<dyn Runtime>, statuses: StatusStore, gc: ContainerGcPolicy) {
+/// Sweeps every [`PERIOD`], and collects dead containers by `gc`; a
+/// request on `reclaim` (the eviction manager's, under disk pressure) runs
+/// a round at once and is answered with the number of containers removed.
+pub async fn run(
+    node: Arc<NodeContext>,
+    runtime: Arc<dyn Runtime>,
+    statuses: StatusStore,
+    gc: ContainerGcPolicy,
+    mut reclaim: Option<tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>>,
+) {
     loop {
-        tokio::time::sleep(PERIOD).await;
-        let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
-        let listed = async {
-            let sandboxes = runtime.list_pod_sandbox(None).await?;
-            let containers = runtime.list_containers(None).await?;
-            Ok::<_, crate::runtime::RuntimeError>((sandboxes, containers))
+        let request = async {
+            match reclaim.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
         };
-        match listed.await {
-            Ok((sandboxes, containers)) => {
-                let dead: Vec<DeadContainer> = containers
-                    .iter()
-                    .filter(|c| c.state == crate::runtime::cri::ContainerState::ContainerExited as i32)
-                    .filter_map(|c| {
-                        Some(DeadContainer {
-                            id: c.id.clone(),
-                            pod_uid: c.labels.get(labels::POD_UID)?.clone(),
-                            name: c.labels.get(labels::CONTAINER_NAME)?.clone(),
-                            created_at: c.created_at,
-                        })
-                    })
-                    .collect();
-                for id in containers_to_remove(&dead, &gc, crate::runtime::unix_nanos()) {
-                    match runtime.remove_container(&id).await {
-                        Ok(()) => tracing::info!(container = %id, "removed a dead container (container GC)"),
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => tracing::warn!(container = %id, error = %e, "container GC could not remove a dead container"),
-                    }
-                }
-                known.extend(sandboxes.into_iter().filter_map(|s| s.labels.get(labels::POD_UID).cloned()));
-                known.extend(containers.into_iter().filter_map(|c| c.labels.get(labels::POD_UID).cloned()));
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "housekeeping skipped: the runtime did not answer");
-                continue;
-            }
-        }
-        let node = node.clone();
-        let swept = tokio::task::spawn_blocking(move || sweep(&node, &known, SystemTime::now())).await.unwrap_or_default();
-        for d in swept.pod_dirs.iter().chain(&swept.log_dirs) {
-            tracing::info!(dir = %d.display(), "removed what a gone pod left behind");
-        }
-        if !swept.links.is_empty() {
-            tracing::info!(count = swept.links.len(), "removed dangling container log links");
+        let reply = tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => None,
+            Some(reply) = request => Some(reply),
+        };
+        let removed = round(&node, runtime.as_ref(), &statuses, &gc).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(removed);
         }
     }
+}
+
+/// One housekeeping round; the number of dead containers removed.
+async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &StatusStore, gc: &ContainerGcPolicy) -> u64 {
+    let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
+    let listed = async {
+        let sandboxes = runtime.list_pod_sandbox(None).await?;
+        let containers = runtime.list_containers(None).await?;
+        Ok::<_, crate::runtime::RuntimeError>((sandboxes, containers))
+    };
+    let mut removed = 0u64;
+    match listed.await {
+        Ok((sandboxes, containers)) => {
+            let dead: Vec<DeadContainer> = containers
+                .iter()
+                .filter(|c| c.state == crate::runtime::cri::ContainerState::ContainerExited as i32)
+                .filter_map(|c| {
+                    Some(DeadContainer {
+                        id: c.id.clone(),
+                        pod_uid: c.labels.get(labels::POD_UID)?.clone(),
+                        name: c.labels.get(labels::CONTAINER_NAME)?.clone(),
+                        created_at: c.created_at,
+                    })
+                })
+                .collect();
+            for id in containers_to_remove(&dead, gc, crate::runtime::unix_nanos()) {
+                match runtime.remove_container(&id).await {
+                    Ok(()) => {
+                        tracing::info!(container = %id, "removed a dead container (container GC)");
+                        removed = removed.saturating_add(1);
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(container = %id, error = %e, "container GC could not remove a dead container"),
+                }
+            }
+            known.extend(sandboxes.into_iter().filter_map(|s| s.labels.get(labels::POD_UID).cloned()));
+            known.extend(containers.into_iter().filter_map(|c| c.labels.get(labels::POD_UID).cloned()));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "housekeeping skipped: the runtime did not answer");
+            return removed;
+        }
+    }
+    let node = node.clone();
+    let swept = tokio::task::spawn_blocking(move || sweep(&node, &known, SystemTime::now())).await.unwrap_or_default();
+    for d in swept.pod_dirs.iter().chain(&swept.log_dirs) {
+        tracing::info!(dir = %d.display(), "removed what a gone pod left behind");
+    }
+    if !swept.links.is_empty() {
+        tracing::info!(count = swept.links.len(), "removed dangling container log links");
+    }
+    removed
 }
 
 #[cfg(test)]
