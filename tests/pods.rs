@@ -609,7 +609,7 @@ async fn active_deadlines_end_pods_and_termination_messages_come_from_the_file_o
             "  restartPolicy: Never\n  containers:\n  - name: file\n    image: nodelet.local/busybox:1\n    \
              command: [sh, -c, 'printf \"all done\" > /dev/termination-log']\n  - name: logs\n    \
              image: nodelet.local/busybox:1\n    terminationMessagePolicy: FallbackToLogsOnError\n    \
-             command: [sh, -c, 'echo starting; echo \"fatal: disk full\" >&2; exit 3']\n  - name: quiet\n    \
+             command: [sh, -c, 'echo starting >&2; echo \"fatal: disk full\" >&2; exit 3']\n  - name: quiet\n    \
              image: nodelet.local/busybox:1\n    terminationMessagePolicy: FallbackToLogsOnError\n    \
              command: [sh, -c, 'echo fine; exit 0']\n",
         ),
