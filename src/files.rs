@@ -34,6 +34,28 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, link)
 }
 
+/// A filesystem's size and what is free of it: bytes (for unprivileged
+/// users) and inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    pub capacity: u64,
+    pub available: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+/// statfs of the filesystem holding `path`.
+pub fn usage(path: &Path) -> Option<FsUsage> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = u64::from(st.fragment_size());
+    Some(FsUsage {
+        capacity: u64::from(st.blocks()).saturating_mul(frag),
+        available: u64::from(st.blocks_available()).saturating_mul(frag),
+        inodes: u64::from(st.files()),
+        inodes_free: u64::from(st.files_free()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

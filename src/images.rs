@@ -128,12 +128,7 @@ pub fn node_images(images: &[cri::Image], max: Option<usize>) -> Vec<ContainerIm
 }
 
 fn statfs(path: &Path) -> Option<FsStats> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    let frag = u64::from(st.fragment_size());
-    Some(FsStats {
-        capacity: u64::from(st.blocks()).saturating_mul(frag),
-        available: u64::from(st.blocks_available()).saturating_mul(frag),
-    })
+    crate::files::usage(path).map(|u| FsStats { capacity: u.capacity, available: u.available })
 }
 
 /// First seen and last used, per image ID.

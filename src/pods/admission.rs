@@ -34,18 +34,20 @@ fn reject(reason: &str, message: String) -> Result<(), Rejection> {
 /// the sum of its app containers (and sidecars), as the scheduler counts.
 /// Sums saturate: requests beyond what any node has stay beyond it.
 pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
-    let req = |c: &k8s_openapi::api::core::v1::Container, r: &str, milli: bool| {
-        c.resources
-            .as_ref()
-            .and_then(|x| x.requests.as_ref())
-            .and_then(|m| m.get(r))
-            .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
-            .map_or(Amount::ZERO, Amount::new)
-    };
     let sidecars: Vec<_> = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).collect();
-    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| req(c, r, milli)).sum::<Amount>();
-    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r, milli)).max().unwrap_or(Amount::ZERO);
+    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| container_request(c, r, milli)).sum::<Amount>();
+    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| container_request(c, r, milli)).max().unwrap_or(Amount::ZERO);
     (sum(true, "cpu").max(init(true, "cpu")), sum(false, "memory").max(init(false, "memory")))
+}
+
+/// One container's request of resource `r` (in millis for `milli`).
+pub fn container_request(c: &k8s_openapi::api::core::v1::Container, r: &str, milli: bool) -> Amount {
+    c.resources
+        .as_ref()
+        .and_then(|x| x.requests.as_ref())
+        .and_then(|m| m.get(r))
+        .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
+        .map_or(Amount::ZERO, Amount::new)
 }
 
 fn host_ports(spec: &PodSpec) -> Vec<(i32, String, String)> {

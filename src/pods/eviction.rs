@@ -19,16 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 
 use super::status::PodFailure;
 use super::store::StatusStore;
 use crate::config::eviction::{EvictionConfig, Signal, Threshold};
 use crate::runtime::{Runtime, labels};
-
-/// Kubelet's critical priority (system-cluster-critical and above).
-const CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
 /// One signal's reading: what is available of what capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +83,9 @@ pub fn memory(cgroup_root: &Path) -> Option<Reading> {
 
 /// Bytes and inodes of the filesystem holding `path`.
 pub fn filesystem(path: &Path) -> Option<(Reading, Reading)> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let u = crate::files::usage(path)?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let frag = u64::from(st.fragment_size());
-    let bytes = Reading {
-        available: n(u64::from(st.blocks_available()).saturating_mul(frag)),
-        capacity: n(u64::from(st.blocks()).saturating_mul(frag)),
-    };
-    let inodes = Reading { available: n(u64::from(st.files_free())), capacity: n(u64::from(st.files())) };
-    Some((bytes, inodes))
+    Some((Reading { available: n(u.available), capacity: n(u.capacity) }, Reading { available: n(u.inodes_free), capacity: n(u.inodes) }))
 }
 
 /// pid.available = pid_max − processes (threads) running.
@@ -281,28 +271,6 @@ pub struct Eviction {
     pub grace: i64,
 }
 
-/// A container's memory request (its limit when only that is set, as the
-/// API defaults it).
-fn container_memory_request(c: &k8s_openapi::api::core::v1::Container) -> i64 {
-    let r = c.resources.as_ref();
-    r.and_then(|r| r.requests.as_ref()?.get("memory"))
-        .or_else(|| r.and_then(|r| r.limits.as_ref()?.get("memory")))
-        .and_then(|q| crate::resources::parse(&q.0).ok())
-        .map_or(0, |v| if v >= i64::MAX as f64 { i64::MAX } else { v as i64 })
-}
-
-/// Memory requests of a pod (containers summed; init containers by max).
-fn memory_requests(pod: &Pod) -> i64 {
-    let Some(spec) = pod.spec.as_ref() else { return 0 };
-    let apps = spec.containers.iter().map(container_memory_request).fold(0i64, i64::saturating_add);
-    let init = spec.init_containers.iter().flatten().map(container_memory_request).max().unwrap_or(0);
-    apps.max(init)
-}
-
-fn is_critical(pod: &Pod) -> bool {
-    !super::from_api(pod) || pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= CRITICAL_PRIORITY)
-}
-
 /// The eviction manager's loop.
 pub struct Manager {
     pub config: EvictionConfig,
@@ -377,7 +345,7 @@ impl Manager {
         let usage = self.usage(b.threshold.signal).await;
         let candidates: Vec<Candidate> = pods
             .iter()
-            .filter(|(uid, r)| !evicted.contains(*uid) && !matches!(r.status.phase.as_deref(), Some("Succeeded" | "Failed")))
+            .filter(|(uid, r)| !evicted.contains(*uid) && !super::is_terminal(&r.status))
             .map(|(uid, r)| {
                 let memory = b.threshold.signal == Signal::MemoryAvailable;
                 let per = usage.get(uid).cloned().unwrap_or_default();
@@ -386,12 +354,12 @@ impl Manager {
                     name: r.pod.metadata.name.clone().unwrap_or_default(),
                     priority: r.pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
                     usage: per.iter().map(|(_, u)| *u).fold(0i64, i64::saturating_add),
-                    requests: if memory { memory_requests(&r.pod) } else { 0 },
-                    critical: is_critical(&r.pod),
+                    requests: if memory { r.pod.spec.as_ref().map_or(0, |s| super::admission::requests(s).1.get()) } else { 0 },
+                    critical: super::is_critical(&r.pod),
                     containers: per
                         .into_iter()
                         .map(|(name, u)| {
-                            let req = r.pod.spec.iter().flat_map(|s| &s.containers).find(|c| c.name == name).map_or(0, container_memory_request);
+                            let req = r.pod.spec.iter().flat_map(|s| &s.containers).find(|c| c.name == name).map_or(0, |c| super::admission::container_request(c, "memory", false).get());
                             (name, u, if memory { req } else { 0 })
                         })
                         .collect(),

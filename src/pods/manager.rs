@@ -16,7 +16,7 @@ use super::admission::{self, NodeResources, Rejection};
 use super::events::EventType;
 use super::store::PodRecord;
 use super::worker::{Terminated, Worker, WorkerContext, WorkerMsg};
-use super::{DesiredPod, from_api, identity};
+use super::{DesiredPod, from_api, identity, is_critical, is_terminal};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use crate::runtime::labels::PodIdentity;
 
@@ -79,11 +79,6 @@ async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>
     }
 }
 
-/// Whether a status is final: Succeeded or Failed.
-fn is_terminal(s: &PodStatus) -> bool {
-    matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
-}
-
 /// How long a failed worker's pod waits before a new worker takes it.
 const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
 
@@ -133,7 +128,7 @@ impl PodManager {
         // kubelet's eviction admission: under memory pressure no BestEffort
         // pod; under disk or PID pressure no pod (critical ones aside).
         if let Some(p) = self.pressure.as_ref().map(|p| *p.borrow()) {
-            let critical = pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000);
+            let critical = is_critical(pod);
             let best_effort = pod.spec.as_ref().is_some_and(|s| super::qos::qos_class(s) == super::qos::QosClass::BestEffort);
             let mut conditions = Vec::new();
             if p.memory && (best_effort || p.disk || p.pid) {

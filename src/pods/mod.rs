@@ -40,6 +40,18 @@ pub use crate::config::CgroupDriver;
 
 pub use crate::node::NodeContext;
 
+/// Whether a status is final: Succeeded or Failed.
+pub fn is_terminal(s: &k8s_openapi::api::core::v1::PodStatus) -> bool {
+    matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
+}
+
+/// kubelet's critical pods: static pods and pods of priority 2000000000
+/// (system-cluster-critical) and up. Eviction spares them; a node shutdown
+/// stops them last; pressure does not keep them out.
+pub fn is_critical(pod: &Pod) -> bool {
+    !from_api(pod) || pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000)
+}
+
 /// The identity of a desired pod.
 pub fn identity(pod: &Pod) -> PodIdentity {
     PodIdentity {

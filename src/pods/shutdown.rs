@@ -38,10 +38,6 @@ trait Login1 {
     fn prepare_for_shutdown(&self, start: bool) -> zbus::Result<()>;
 }
 
-fn is_critical(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    !super::from_api(pod) || pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000)
-}
-
 pub struct Manager {
     pub periods: ShutdownPeriods,
     pub statuses: StatusStore,
@@ -105,7 +101,7 @@ impl Manager {
             let pods = self.statuses.snapshot();
             let group: Vec<String> = pods
                 .iter()
-                .filter(|(_, r)| is_critical(&r.pod) == critical && !matches!(r.status.phase.as_deref(), Some("Succeeded" | "Failed")))
+                .filter(|(_, r)| super::is_critical(&r.pod) == critical && !super::is_terminal(&r.status))
                 .map(|(uid, _)| uid.clone())
                 .collect();
             for uid in &group {
@@ -122,7 +118,7 @@ impl Manager {
                 // when nothing of it runs any more.
                 let done = group.iter().all(|uid| {
                     now.get(uid).is_none_or(|r| {
-                        matches!(r.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+                        super::is_terminal(&r.status)
                             && r.status.container_statuses.iter().flatten().all(|c| c.state.as_ref().is_none_or(|s| s.running.is_none()))
                     })
                 });
