@@ -311,12 +311,30 @@ pub async fn run(
         Some(j) if writes => Arc::new(ApiRecorder::start(j.client.clone(), &s.node_name)),
         _ => Arc::new(LogRecorder),
     };
+    let trails = Arc::new(crate::explain::Trails::default());
+    let events: Arc<dyn EventRecorder> = Arc::new(crate::explain::TrailRecorder { trails: trails.clone(), inner: events });
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
     let objects: Option<Arc<dyn crate::volumes::objects::ApiObjects>> = match &joined {
         Some(j) => Some(crate::volumes::objects::KubeObjects::start(j.client.clone())),
         None => None,
     };
+    let providers = match &s.credential_providers {
+        Some((config, bin_dir)) => {
+            let ps = crate::credentials::provider::load(config, bin_dir).map_err(|e| AgentError::Fault(e.to_string()))?;
+            tracing::info!(config = %config.display(), providers = ps.len(), "image credential provider plugins");
+            ps
+        }
+        None => Vec::new(),
+    };
+    let mut puller = crate::pulls::Puller::new(runtime.clone(), &s.root_dir, s.pulls.clone(), crate::credentials::provider::Providers::new(providers));
+    if s.dry_run {
+        puller = puller.read_only();
+    } else if let Ok(socket) = socket_path(&s.runtime_endpoint) {
+        puller = puller.with_containerd(socket);
+    }
+    let pulls = Arc::new(puller);
     let ctx = Arc::new(WorkerContext {
+        pulls: pulls.clone(),
         runtime: runtime.clone(),
         node: node.clone(),
         events,
@@ -465,7 +483,8 @@ pub async fn run(
         match server::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(%addr, "serving /healthz and /pods");
-                tasks.spawn("local endpoint", server::serve(listener, server::LocalApi { statuses, relisted: relisted_rx }));
+                let api = server::LocalApi { statuses, relisted: relisted_rx, trails, pulls, pod_logs_dir: s.pod_logs_dir.clone() };
+                tasks.spawn("local endpoint", server::serve(listener, api));
             }
             Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the local endpoint is not served"),
             Err(reason) => return Err(AgentError::Bind { addr, reason }),

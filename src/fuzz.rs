@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image_archive", image_archive),
     ("cri_log", cri_log),
     ("node_api_paths", node_api_paths),
+    ("registry_credentials", registry_credentials),
 ];
 
 /// A static pod file: decode, default, validate, admit, and compute its
@@ -159,4 +160,36 @@ pub fn node_api_paths(data: &[u8]) {
     }
     let _ = crate::server::node_logs::resolve(std::path::Path::new("/nonexistent-fuzz-root"), &text);
     let _ = crate::server::exec_reaper::parse_stat(&text);
+}
+
+/// What a namespace user or a plugin hands nodelet about registries: pull
+/// secrets' Docker configs (both formats) looked up for an image, image
+/// names, a CredentialProviderConfig, and a pull record file.
+pub fn registry_credentials(data: &[u8]) {
+    use crate::credentials::{self, Format, Origin, Keyring, reference};
+    let origin = Origin::Secret { namespace: "ns".into(), name: "s".into() };
+    let text = String::from_utf8_lossy(data);
+    for format in [Format::ConfigJson, Format::DockerCfg] {
+        if let Ok(pairs) = credentials::parse_docker_config(data, format, "fuzz", &origin) {
+            let mut ring = Keyring::default();
+            for (k, c) in pairs.into_iter().take(64) {
+                let _ = c.hash();
+                ring.add(&k, c);
+            }
+            for line in text.lines().take(8) {
+                if let Ok(r) = reference::parse(line) {
+                    let _ = ring.lookup(&r.repository());
+                    let _ = r.normalized();
+                }
+            }
+        }
+    }
+    for line in text.lines().take(32) {
+        if let Ok(r) = reference::parse(line) {
+            let _ = credentials::key_matches(line, &r.repository());
+        }
+        let _ = credentials::normalize_key(line);
+    }
+    let _ = credentials::provider::parse(&text, "fuzz.yaml", std::path::Path::new("/nonexistent-fuzz-bin"));
+    let _ = serde_json::from_slice::<credentials::records::PulledRecord>(data);
 }

@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Show the pods this node runs (reads the local endpoint).
     Pods(PodsArgs),
+    /// Say why a pod is (not) running: `nodelet explain pod NAMESPACE/NAME`
+    /// (a static pod also by its name alone). Reads the local endpoint.
+    Explain(ExplainArgs),
     /// Manage images in the container runtime.
     Images {
         #[command(subcommand)]
@@ -57,6 +60,23 @@ struct PodsArgs {
     address: String,
     /// Print the raw JSON instead of a table.
     #[arg(short = 'o', long = "output", value_parser = ["table", "json"], default_value = "table")]
+    output: String,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// What to explain: only `pod` for now.
+    #[arg(value_parser = ["pod", "pods", "po"])]
+    kind: String,
+    /// NAMESPACE/NAME, or NAME of a static pod (its node suffix optional).
+    target: String,
+    /// The local endpoint (healthzBindAddress:healthzPort).
+    #[arg(long, default_value = "127.0.0.1:10248")]
+    address: String,
+    /// Lines of each container's newest log to show.
+    #[arg(long, default_value_t = 5)]
+    tail: usize,
+    #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
     output: String,
 }
 
@@ -209,6 +229,12 @@ struct RunArgs {
     /// Renew the client certificate before it expires [default: true].
     #[arg(long)]
     rotate_certificates: Option<bool>,
+    /// A CredentialProviderConfig: image credential provider plugins.
+    #[arg(long)]
+    image_credential_provider_config: Option<PathBuf>,
+    /// Where the credential provider plugins' binaries are.
+    #[arg(long)]
+    image_credential_provider_bin_dir: Option<PathBuf>,
     /// The node API's address [default: 0.0.0.0].
     #[arg(long)]
     address: Option<String>,
@@ -328,6 +354,8 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         register_with_taints: a.register_with_taints,
         node_status_update_frequency: a.node_status_update_frequency,
         rotate_certificates: a.rotate_certificates,
+        image_credential_provider_config: a.image_credential_provider_config,
+        image_credential_provider_bin_dir: a.image_credential_provider_bin_dir,
         node_api: nodelet::config::node_api::NodeApiFlags {
             address: a.address,
             port: a.port,
@@ -371,8 +399,42 @@ async fn pods(a: PodsArgs) -> anyhow::Result<()> {
         println!("{}", String::from_utf8_lossy(&body));
     } else {
         print!("{}", nodelet::view::pods_table(&body, k8s_openapi::jiff::Timestamp::now())?);
+        let pulls = reqwest::get(format!("http://{}/pulls", a.address)).await.ok();
+        if let Some(r) = pulls
+            && let Ok(bytes) = r.bytes().await
+            && let Ok(list) = serde_json::from_slice::<Vec<nodelet::pulls::Progress>>(&bytes)
+        {
+            print!("{}", nodelet::view::pulls_table(&list));
+        }
     }
     Ok(())
+}
+
+async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
+    let (ns, name) = a.target.split_once('/').unwrap_or(("-", &a.target));
+    let url = format!("http://{}/explain/{}/{}", a.address, enc(ns), enc(name));
+    let resp = reqwest::get(&url).await.with_context(|| format!("cannot reach nodelet at {url} (is it running, and is healthzPort set?)"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        anyhow::bail!("{}", resp.text().await.unwrap_or_default().trim());
+    }
+    let body = resp.error_for_status()?.bytes().await?;
+    if a.output == "json" {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let e: nodelet::explain::Explanation = serde_json::from_slice(&body).context("the endpoint's answer is not an explanation")?;
+    // Logs are read here, by the operator's own rights, not served.
+    let logs: Vec<(String, Vec<String>)> = if a.tail == 0 {
+        Vec::new()
+    } else {
+        e.containers.iter().map(|c| (c.name.clone(), nodelet::explain::last_log_lines(&e.log_directory, &c.name, a.tail))).collect()
+    };
+    print!("{}", nodelet::explain::render(&e, &logs));
+    Ok(())
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 async fn images_import(a: ImportArgs) -> anyhow::Result<()> {
@@ -402,6 +464,7 @@ fn main() {
         match cli.command {
             None => run_agent(cli.run).await,
             Some(Command::Pods(a)) => pods(a).await,
+            Some(Command::Explain(a)) => explain(a).await,
             Some(Command::Images { command: ImagesCommand::Import(a) }) => images_import(a).await,
             Some(Command::Proxy { command: ProxyCommand::Cleanup }) => {
                 let errors = nodelet::proxy::cleanup();

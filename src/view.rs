@@ -150,3 +150,25 @@ mod tests {
         assert!(!out.contains("ready=true started=false"), "{out}");
     }
 }
+
+/// The pulls in flight under the pods table (nothing when there are none).
+pub fn pulls_table(pulls: &[crate::pulls::Progress]) -> String {
+    use std::fmt::Write;
+    if pulls.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nPULLING IMAGE                                    PODS                     PROGRESS\n");
+    for p in pulls {
+        let pct = if p.total_bytes > 0 { format!(" ({}%)", p.done_bytes.saturating_mul(100) / p.total_bytes) } else { String::new() };
+        let _ = writeln!(
+            s,
+            "{:<48} {:<24} {} of {}{pct}, {:.0}s",
+            p.image,
+            p.pods.join(","),
+            crate::pulls::mib(p.done_bytes),
+            crate::pulls::mib(p.total_bytes),
+            p.seconds
+        );
+    }
+    s
+}

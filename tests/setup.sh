@@ -6,10 +6,12 @@
 # and a C toolchain (the linker, and ring's C and assembly) with pkg-config
 # and curl (rustup); binutils, dpkg-dev and init-system-helpers for the
 # Debian package and its test; dbus-daemon for the graceful-shutdown test
-# (a private bus with a stand-in logind). Idempotent; run as root.
+# (a private bus with a stand-in logind); docker-registry, skopeo and
+# apache2-utils (htpasswd) for the registry tests. Idempotent; run as root.
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux
-          gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev init-system-helpers dbus-daemon)
+          gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev init-system-helpers dbus-daemon
+          docker-registry skopeo apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian containerd package starts a system containerd; nodelet's tests
 # start their own and never touch it.
-for bin in containerd containerd-shim-runc-v2 runc protoc busybox ip nsenter cc dbus-daemon; do
+for bin in containerd containerd-shim-runc-v2 runc protoc busybox ip nsenter cc dbus-daemon docker-registry skopeo htpasswd; do
   command -v "$bin" >/dev/null || { echo "setup.sh: $bin is still missing" >&2; exit 1; }
 done
 [ -x /usr/lib/cni/bridge ] || { echo "setup.sh: CNI plugins missing in /usr/lib/cni" >&2; exit 1; }

@@ -64,6 +64,12 @@ pub struct KubeletConfig {
     pub image_minimum_gc_age: Option<Duration>,
     pub image_maximum_gc_age: Option<Duration>,
     pub node_status_max_images: Option<i32>,
+    pub serialize_image_pulls: Option<bool>,
+    pub max_parallel_image_pulls: Option<u32>,
+    pub registry_pull_qps: Option<f64>,
+    pub registry_burst: Option<u32>,
+    pub image_pull_credentials_verify_policy: Option<crate::credentials::records::VerifyPolicy>,
+    pub preloaded_images_verification_allowlist: Option<Vec<String>>,
     pub eviction: super::eviction::EvictionConfig,
     pub shutdown_grace_period: Option<Duration>,
     pub shutdown_grace_period_critical_pods: Option<Duration>,
@@ -273,6 +279,31 @@ impl KubeletConfig {
                     c.node_status_max_images =
                         Some(i32::try_from(n).ok().filter(|n| *n >= -1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be -1 (no limit) or more")))?);
                 }
+                "serializeImagePulls" => c.serialize_image_pulls = Some(field(file, k, v)?),
+                "maxParallelImagePulls" => {
+                    let n: i64 = field(file, k, v)?;
+                    c.max_parallel_image_pulls =
+                        Some(u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be 1 or more")))?);
+                }
+                "registryPullQPS" => {
+                    let n: f64 = field(file, k, v)?;
+                    if !(n >= 0.0) {
+                        return Err(bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")));
+                    }
+                    c.registry_pull_qps = Some(n);
+                }
+                "registryBurst" => {
+                    let n: i64 = field(file, k, v)?;
+                    c.registry_burst =
+                        Some(u32::try_from(n).map_err(|_| bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")))?);
+                }
+                "imagePullCredentialsVerifyPolicy" => {
+                    let p: String = field(file, k, v)?;
+                    c.image_pull_credentials_verify_policy = Some(crate::credentials::records::VerifyPolicy::parse(&p).ok_or_else(|| {
+                        bad(k, format!("Unsupported value: {p:?}: supported values: \"NeverVerify\", \"NeverVerifyPreloadedImages\", \"NeverVerifyAllowlistedImages\", \"AlwaysVerify\""))
+                    })?);
+                }
+                "preloadedImagesVerificationAllowlist" => c.preloaded_images_verification_allowlist = Some(field(file, k, v)?),
                 "shutdownGracePeriod" => c.shutdown_grace_period = Some(duration(file, k, v)?),
                 "shutdownGracePeriodCriticalPods" => c.shutdown_grace_period_critical_pods = Some(duration(file, k, v)?),
                 "evictionHard" => eviction.hard = Some(field(file, k, v)?),

@@ -80,6 +80,10 @@ pub struct Settings {
     /// Container log rotation.
     pub log_rotation: LogRotation,
     pub image_gc: ImageGcPolicy,
+    /// How images are pulled.
+    pub pulls: PullPolicy,
+    /// `--image-credential-provider-config` and `--image-credential-provider-bin-dir`.
+    pub credential_providers: Option<(PathBuf, PathBuf)>,
     pub container_gc: ContainerGcPolicy,
     pub eviction: eviction::EvictionConfig,
     /// Graceful node shutdown: the whole period and the part kept for
@@ -103,7 +107,7 @@ impl Settings {
             node_api::AuthorizationMode::Webhook => "Webhook",
             node_api::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "kind": "KubeletConfiguration",
             "apiVersion": kubelet::API_VERSION,
             "staticPodPath": self.static_pod_path,
@@ -148,7 +152,15 @@ impl Settings {
             "nodeStatusReportFrequency": self.cluster.as_ref().map(|c| go_duration(c.status_report)),
             "nodeLeaseDurationSeconds": self.cluster.as_ref().map(|c| c.lease_duration_seconds),
             "rotateCertificates": self.cluster.as_ref().map(|c| c.rotate_certificates),
-        })
+        });
+        if let Some(m) = v.as_object_mut() {
+            m.insert("serializeImagePulls".into(), self.pulls.serialize.into());
+            m.insert("maxParallelImagePulls".into(), serde_json::json!(self.pulls.max_parallel));
+            m.insert("registryPullQPS".into(), serde_json::json!(self.pulls.qps));
+            m.insert("registryBurst".into(), self.pulls.burst.into());
+            m.insert("imagePullCredentialsVerifyPolicy".into(), format!("{:?}", self.pulls.verify).into());
+        }
+        v
     }
 }
 
@@ -176,6 +188,26 @@ pub struct ImageGcPolicy {
     pub period: Duration,
     /// `nodeStatusMaxImages`: images listed in the node status (None: all).
     pub status_max_images: Option<usize>,
+}
+
+/// How images are pulled (KubeletConfiguration's `serializeImagePulls`,
+/// `maxParallelImagePulls`, `registryPullQPS`, `registryBurst`,
+/// `imagePullCredentialsVerifyPolicy`, `preloadedImagesVerificationAllowlist`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullPolicy {
+    pub serialize: bool,
+    pub max_parallel: Option<u32>,
+    /// 0: no limit.
+    pub qps: f64,
+    pub burst: u32,
+    pub verify: crate::credentials::records::VerifyPolicy,
+    pub allowlist: Vec<String>,
+}
+
+impl Default for PullPolicy {
+    fn default() -> Self {
+        Self { serialize: true, max_parallel: None, qps: 5.0, burst: 10, verify: Default::default(), allowlist: Vec::new() }
+    }
 }
 
 /// kubelet's container GC policy (`--minimum-container-ttl-duration`,
@@ -293,6 +325,8 @@ pub struct Overrides {
     pub node_status_update_frequency: Option<Duration>,
     pub rotate_certificates: Option<bool>,
     pub node_api: node_api::NodeApiFlags,
+    pub image_credential_provider_config: Option<PathBuf>,
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -415,6 +449,26 @@ impl Settings {
                 format!("{} must be at most imageGCHighThresholdPercent ({}), both at most 100", image_gc.low_percent, image_gc.high_percent),
             ));
         }
+        let pulls = PullPolicy {
+            serialize: file.serialize_image_pulls.unwrap_or(true),
+            max_parallel: file.max_parallel_image_pulls,
+            qps: file.registry_pull_qps.unwrap_or(5.0),
+            burst: file.registry_burst.unwrap_or(10),
+            verify: file.image_pull_credentials_verify_policy.unwrap_or_default(),
+            allowlist: file.preloaded_images_verification_allowlist.clone().unwrap_or_default(),
+        };
+        if pulls.serialize && pulls.max_parallel.is_some_and(|n| n > 1) {
+            return Err(flag_err(
+                "maxParallelImagePulls",
+                format!("{} cannot be larger than 1 unless serializeImagePulls is false", pulls.max_parallel.unwrap_or(0)),
+            ));
+        }
+        let credential_providers = match (o.image_credential_provider_config.clone(), o.image_credential_provider_bin_dir.clone()) {
+            (Some(c), Some(b)) => Some((c, b)),
+            (None, None) => None,
+            (Some(_), None) => return Err(flag_err("--image-credential-provider-bin-dir", "required with --image-credential-provider-config")),
+            (None, Some(_)) => return Err(flag_err("--image-credential-provider-config", "required with --image-credential-provider-bin-dir")),
+        };
         let cluster_dns = if o.cluster_dns.is_empty() { file.cluster_dns.clone().unwrap_or_default() } else { o.cluster_dns.clone() };
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
@@ -451,6 +505,8 @@ impl Settings {
             cluster,
             log_rotation,
             image_gc,
+            pulls,
+            credential_providers,
             eviction: file.eviction.clone(),
             container_gc: ContainerGcPolicy {
                 min_age: o.minimum_container_ttl_duration.unwrap_or(Duration::ZERO),

@@ -553,6 +553,10 @@ mod tests {
             objects: None,
             probe_counts: Default::default(),
             metrics: Default::default(),
+            pulls: Arc::new(
+                crate::pulls::Puller::new(rt.clone(), std::path::Path::new("/nonexistent"), Default::default(), crate::credentials::provider::Providers::new(vec![]))
+                    .read_only(),
+            ),
         });
         let (src_tx, src_rx) = mpsc::channel(4);
         let (relist_tx, relist_rx) = mpsc::channel(4);

@@ -34,6 +34,12 @@ pub struct LocalApi {
     pub statuses: StatusStore,
     /// When the runtime was last relisted successfully.
     pub relisted: watch::Receiver<Option<Instant>>,
+    /// Each pod's decision trail, for `/explain`.
+    pub trails: std::sync::Arc<crate::explain::Trails>,
+    /// Pulls in flight, for `/pulls` and `/explain`.
+    pub pulls: std::sync::Arc<crate::pulls::Puller>,
+    /// Where pods' logs are (`podLogsDir`).
+    pub pod_logs_dir: std::path::PathBuf,
 }
 
 async fn healthz(State(api): State<LocalApi>) -> impl IntoResponse {
@@ -72,8 +78,41 @@ async fn pods(State(api): State<LocalApi>) -> impl IntoResponse {
     Json(json!({"kind": "PodList", "apiVersion": "v1", "items": items}))
 }
 
+async fn pulls(State(api): State<LocalApi>) -> impl IntoResponse {
+    Json(api.pulls.in_flight())
+}
+
+/// `/explain/{namespace}/{name}`; a static pod may be named without its
+/// node suffix, and `-` as namespace means any.
+async fn explain(State(api): State<LocalApi>, axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>) -> axum::response::Response {
+    let all = api.statuses.snapshot();
+    let matches = |r: &&std::sync::Arc<crate::pods::store::PodRecord>, exact: bool| {
+        let m = &r.pod.metadata;
+        let ns_ok = namespace == "-" || m.namespace.as_deref() == Some(namespace.as_str());
+        let n = m.name.as_deref().unwrap_or_default();
+        ns_ok && if exact { n == name } else { n.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('-')) }
+    };
+    let found = all.values().find(|r| matches(r, true)).or_else(|| {
+        let mut it = all.values().filter(|r| matches(r, false));
+        let first = it.next();
+        if it.next().is_some() { None } else { first }
+    });
+    let Some(record) = found else {
+        return (StatusCode::NOT_FOUND, format!("no pod {namespace}/{name} on this node\n")).into_response();
+    };
+    let m = &record.pod.metadata;
+    let (ns, n, uid) = (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default(), m.uid.clone().unwrap_or_default());
+    let log_directory = api.pod_logs_dir.join(format!("{ns}_{n}_{uid}")).display().to_string();
+    Json(crate::explain::explain(record, api.trails.get(&uid), api.pulls.in_flight(), log_directory)).into_response()
+}
+
 pub fn router(api: LocalApi) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/pods", get(pods)).with_state(api)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/pods", get(pods))
+        .route("/pulls", get(pulls))
+        .route("/explain/{namespace}/{name}", get(explain))
+        .with_state(api)
 }
 
 /// Binds first, so a taken port is an error at start rather than later.

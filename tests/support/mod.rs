@@ -26,6 +26,7 @@ use nodelet::runtime::Runtime;
 pub mod apiserver;
 pub mod cluster;
 pub mod logind;
+pub mod registry;
 pub mod spdy;
 
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
@@ -61,7 +62,7 @@ pub fn images() -> &'static Path {
     .as_path()
 }
 
-fn enter_netns(name: &str) -> std::io::Result<()> {
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
     let f = File::open(format!("/run/netns/{name}"))?;
     nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
 }

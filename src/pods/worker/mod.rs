@@ -62,6 +62,8 @@ pub struct WorkerContext {
     pub probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
     /// Pod start durations and container starts, for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Image pulls: credentials, limits, progress.
+    pub pulls: Arc<crate::pulls::Puller>,
 }
 
 #[derive(Debug)]
@@ -135,8 +137,8 @@ pub struct Worker {
     inspector: PodInspector,
     crash_backoff: Backoff,
     pull_backoff: Backoff,
-    /// Last pull failure time per image.
-    pull_failures: BTreeMap<String, i64>,
+    /// Last pull failure per image: when, and the registry's words.
+    pull_failures: BTreeMap<String, (i64, String)>,
     /// Why containers could not be started, by container name.
     errors: BTreeMap<String, Waiting>,
     /// Containers already reported as in back-off (one BackOff event each).

@@ -1,7 +1,7 @@
 //! Starting things: the sandbox, images per pull policy, containers, and
 //! the postStart hook.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
@@ -66,19 +66,77 @@ impl Worker {
         self.retry_later()
     }
 
-    /// ImageStatus, then a pull when the policy says so; the image ID.
-    async fn ensure_image(&mut self, c: &Container, sb: &SandboxInUse) -> Result<cri::Image, Failed> {
+    /// The pod's pull secrets as a keyring. A secret that cannot be read
+    /// is reported once per round (kubelet's FailedToRetrieveImagePullSecret)
+    /// and the pull goes on without it.
+    async fn pull_secrets(&mut self, pod: &Pod) -> crate::credentials::Keyring {
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .map(|v| v.iter().filter(|r| !r.name.is_empty()).map(|r| r.name.clone()).collect())
+            .unwrap_or_default();
+        let Some(objects) = self.ctx.objects.clone() else { return Default::default() };
+        if names.is_empty() {
+            return Default::default();
+        }
+        let namespace = self.identity.namespace.clone();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            let key = ObjectKey { kind: ObjectKind::Secret, namespace: namespace.clone(), name: name.clone() };
+            match objects.get(&key, &self.identity.uid).await {
+                Ok(Some(data)) => found.push((namespace.clone(), name, (*data).clone())),
+                Ok(None) => missing.push(name),
+                Err(e) => {
+                    tracing::warn!(secret = %key, error = %e, "cannot read an image pull secret");
+                    missing.push(name);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.event(
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                &format!("Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.", missing.join(", ")),
+            );
+        }
+        let (ring, problems) = crate::credentials::secrets_keyring(&found);
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        ring
+    }
+
+    /// ImageStatus, then a pull when the policy (or the credential check)
+    /// says so; the image.
+    async fn ensure_image(&mut self, pod: &Pod, c: &Container, sb: &SandboxInUse) -> Result<cri::Image, Failed> {
         let image = c.image.clone().unwrap_or_default();
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+        let reference = match crate::credentials::reference::parse(&image) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("Failed to apply default image tag {image:?}: {e}");
+                self.event(EventType::Warning, "InspectFailed", &msg);
+                self.errors.insert(c.name.clone(), Waiting::new("InvalidImageName", msg));
+                return Err(self.retry_later());
+            }
+        };
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| if reference.tag.as_deref() == Some("latest") || (reference.tag.is_none() && reference.digest.is_none()) { "Always".into() } else { "IfNotPresent".into() });
         let present = match self.ctx.runtime.image_status(&image).await {
             Ok(p) => p,
             Err(e) => return Err(self.fail_container(&c.name, "ImageInspectError", format!("Failed to inspect image {image:?}: {e}"))),
         };
+        let secrets = self.pull_secrets(pod).await;
+        let repo = reference.repository();
         if policy != "Always"
-            && let Some(img) = present
+            && let Some(img) = present.clone()
         {
-            self.event(EventType::Normal, "Pulled", &format!("Container image {image:?} already present on machine"));
-            return Ok(img);
+            let held = crate::pulls::Puller::pod_secrets(&secrets, &repo);
+            if self.ctx.pulls.may_use_present(&image, &reference, &img.id, &held) {
+                self.event(EventType::Normal, "Pulled", &format!("Container image {image:?} already present on machine"));
+                return Ok(img);
+            }
+            tracing::info!(image, "the image on the node was pulled with credentials this pod does not hold; pulling it with the pod's own");
         }
         if policy == "Never" {
             let msg = format!("Container image {image:?} is not present with pull policy of Never");
@@ -87,33 +145,39 @@ impl Worker {
             return Err(self.retry_later());
         }
         let now = now_nanos();
-        if let Some(last) = self.pull_failures.get(&image).copied()
+        if let Some((last, why)) = self.pull_failures.get(&image).cloned()
             && let Some(until) = self.pull_backoff.blocked_until(&image, Failure::instant(last), now)
         {
-            let msg = format!("Back-off pulling image {image:?}");
+            let msg = format!("Back-off pulling image {image:?}: ErrImagePull: {why}");
             self.event(EventType::Normal, "BackOff", &msg);
             self.errors.insert(c.name.clone(), Waiting::new("ImagePullBackOff", msg));
             return Err(Failed { retry_at: until });
         }
         self.event(EventType::Normal, "Pulling", &format!("Pulling image {image:?}"));
-        let started = Instant::now();
-        match self.ctx.runtime.pull_image(&image, None, &sb.config).await {
-            Ok(image_ref) => {
+        let who = format!("{}/{}", self.identity.namespace, self.identity.name);
+        let pulls = self.ctx.pulls.clone();
+        match pulls.pull(&image, &reference, &who, &secrets, &sb.config).await {
+            Ok(p) => {
                 self.pull_failures.remove(&image);
                 self.event(
                     EventType::Normal,
                     "Pulled",
-                    &format!("Successfully pulled image {image:?} in {:.3}s", started.elapsed().as_secs_f64()),
+                    &format!(
+                        "Successfully pulled image {image:?} in {} ({} including waiting). Image size: {} bytes.",
+                        go_seconds(p.took),
+                        go_seconds(p.with_waiting),
+                        p.image.size
+                    ),
                 );
-                let status = self.ctx.runtime.image_status(&image_ref).await.ok().flatten();
-                Ok(status.unwrap_or(cri::Image { id: image_ref, ..Default::default() }))
+                Ok(p.image)
             }
             Err(e) => {
                 let failed_at = now_nanos();
                 self.pull_backoff.next(&image, Failure::instant(failed_at));
-                self.pull_failures.insert(image.clone(), failed_at);
+                self.pull_failures.insert(image.clone(), (failed_at, e.clone()));
                 let msg = format!("Failed to pull image {image:?}: {e}");
                 self.event(EventType::Warning, "Failed", &msg);
+                self.event(EventType::Warning, "Failed", "Error: ErrImagePull");
                 self.errors.insert(c.name.clone(), Waiting::new("ErrImagePull", msg));
                 Err(self.retry_later())
             }
@@ -129,7 +193,7 @@ impl Worker {
         sb: &SandboxInUse,
         target_id: Option<&str>,
     ) -> Result<(), Failed> {
-        let image = self.ensure_image(c, sb).await?;
+        let image = self.ensure_image(pod, c, sb).await?;
         if let Err(msg) = check_non_root(pod, c, &image) {
             return Err(self.fail_container(&c.name, "CreateContainerConfigError", msg));
         }
@@ -311,3 +375,8 @@ fn check_non_root(pod: &Pod, c: &Container, image: &cri::Image) -> Result<(), St
     }
 }
 
+
+/// A duration as Go prints it in kubelet's messages (`1.234s`, `850ms`).
+fn go_seconds(d: Duration) -> String {
+    if d >= Duration::from_secs(1) { format!("{:.3}s", d.as_secs_f64()) } else { format!("{}ms", d.as_millis()) }
+}
