@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::credentials::provider::Providers;
-use crate::credentials::records::{PodSecrets, Records, SecretRef, may_use};
+use crate::credentials::records::{Lookup, PodSecrets, Records, SecretRef, may_use};
 pub use crate::config::PullPolicy;
 use crate::credentials::{self, Credential, Format, Keyring, Origin, reference::Reference};
 use crate::runtime::{Runtime, cri};
@@ -66,8 +66,11 @@ pub struct Puller {
     limiter: Option<DefaultDirectRateLimiter>,
     progress: Mutex<BTreeMap<String, Progress>>,
     containerd: Option<PathBuf>,
-    /// A dry run: nothing is written.
+    /// A dry run: nothing is written and no plugin is run.
     read_only: bool,
+    /// Pulls in progress per image name, so the intent outlives the first
+    /// of two pulls of the same image.
+    intents: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Puller {
@@ -77,10 +80,9 @@ impl Puller {
             (false, Some(n)) if n > 0 => Some(Semaphore::new(n as usize)),
             _ => None,
         };
-        let limiter = (policy.qps > 0.0).then(|| {
-            let per = Duration::from_secs_f64(1.0 / policy.qps);
+        let limiter = std::num::NonZeroU32::new(policy.qps).map(|qps| {
             let burst = std::num::NonZeroU32::new(policy.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-            Quota::with_period(per).map(|q| RateLimiter::direct(q.allow_burst(burst)))
+            RateLimiter::direct(Quota::per_second(qps).allow_burst(burst))
         });
         Self {
             runtime,
@@ -89,10 +91,11 @@ impl Puller {
             records: Records::new(root_dir),
             policy,
             gate,
-            limiter: limiter.flatten(),
+            limiter,
             progress: Mutex::new(BTreeMap::new()),
             containerd: None,
             read_only: false,
+            intents: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -131,12 +134,19 @@ impl Puller {
     /// Whether a pod holding `secrets` may use the image already present
     /// (`image_id`) without pulling it again.
     pub fn may_use_present(&self, image: &str, r: &Reference, image_id: &str, secrets: &PodSecrets) -> bool {
-        let record = self.records.pulled(image_id);
-        let allowlisted = self.policy.allowlist.iter().any(|a| {
-            let a = a.trim_end_matches('*').trim_end_matches('/');
-            r.repository() == a || r.repository().starts_with(&format!("{a}/")) || image == a
+        let _ = image;
+        let record = match self.records.lookup(image_id) {
+            Lookup::Found(rec) => Some(rec),
+            Lookup::Missing => None,
+            Lookup::Unreadable => return false,
+        };
+        let repo = r.repository();
+        // kubelet's allowlist: an exact repository, or `prefix/*`.
+        let allowlisted = self.policy.allowlist.iter().any(|a| match a.strip_suffix("/*") {
+            Some(prefix) => repo.starts_with(&format!("{prefix}/")),
+            None => repo == *a,
         });
-        may_use(record.as_ref(), self.records.has_intent(&r.normalized()), self.policy.verify, allowlisted, &r.repository(), secrets)
+        may_use(record.as_ref(), self.records.has_intent(&r.normalized()), self.policy.verify, allowlisted, &repo, secrets)
     }
 
     /// Every credential for the image: the pod's secrets first, then the
@@ -144,12 +154,18 @@ impl Puller {
     async fn candidates(&self, image: &str, r: &Reference, secrets: &Keyring) -> Vec<Credential> {
         let repo = r.repository();
         let mut out = secrets.lookup(&repo);
-        match credentials::node_keyring(&self.node_files) {
-            Ok(ring) => out.extend(ring.lookup(&repo)),
-            Err(e) => tracing::warn!(error = %e, "the node's Docker config is unusable; pulling without it"),
+        let (ring, errors) = credentials::node_keyring(&self.node_files);
+        for e in errors {
+            tracing::warn!(error = %e, "a Docker config file of the node is unusable; skipped");
         }
+        out.extend(ring.lookup(&repo));
         if !self.providers.is_empty() {
-            out.extend(self.providers.lookup(image, &repo).await);
+            if self.read_only {
+                tracing::info!(image, "dry run: image credential provider plugins are not run");
+            } else {
+                // kubelet asks plugins about the repository, without tag.
+                out.extend(self.providers.lookup(&repo, &repo).await);
+            }
         }
         out
     }
@@ -170,10 +186,11 @@ impl Puller {
             return Err("pull QPS exceeded.".into());
         }
         let normalized = r.normalized();
-        if !self.read_only
-            && let Err(e) = self.records.write_intent(&normalized)
-        {
-            tracing::warn!(error = %e, "cannot write the image pull intent");
+        if !self.read_only {
+            // Without its intent a pull could leave an image that looks
+            // preloaded: no intent, no pull (as kubelet).
+            self.records.write_intent(&normalized).map_err(|e| format!("cannot record the pull intent: {e}"))?;
+            *self.intents.lock().unwrap_or_else(|e| e.into_inner()).entry(normalized.clone()).or_insert(0) += 1;
         }
         let started = Instant::now();
         let key = format!("{normalized}\u{0}{pod}");
@@ -216,24 +233,54 @@ impl Puller {
             }
         };
         self.progress.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        let (image_ref, cred) = result?;
+        let (image_ref, cred) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing new is on the node; an image that was there stays as it was.
+                self.end_intent(&normalized, true);
+                return Err(e);
+            }
+        };
         let secret = cred.and_then(|c| match &c.origin {
             Origin::Secret { namespace, name } => Some(SecretRef { namespace: namespace.clone(), name: name.clone(), credential_hash: c.hash() }),
             _ => None,
         });
         let status = self.runtime.image_status(&image_ref).await.ok().flatten().unwrap_or(cri::Image { id: image_ref.clone(), ..Default::default() });
         if !self.read_only {
-            if let Err(e) = self.records.record(&status.id, &r.repository(), secret) {
-                tracing::warn!(error = %e, "cannot write the image pull record");
+            match self.records.record(&status.id, &r.repository(), secret) {
+                Ok(()) => self.end_intent(&normalized, true),
+                Err(e) => {
+                    // The intent stays: the image is verified again later.
+                    tracing::warn!(error = %e, "cannot write the image pull record");
+                    self.end_intent(&normalized, false);
+                }
             }
-            self.records.clear_intent(&normalized);
         }
         Ok(Pulled { image: status, took: started.elapsed(), with_waiting: asked.elapsed(), origin: cred.map(|c| c.origin.clone()) })
     }
 
+    /// One pull of `image` ended; the intent goes with the last one (and
+    /// only if `clear`).
+    fn end_intent(&self, image: &str, clear: bool) {
+        if self.read_only {
+            return;
+        }
+        let mut m = self.intents.lock().unwrap_or_else(|e| e.into_inner());
+        let left = m.get(image).copied().unwrap_or(1).saturating_sub(1);
+        if left == 0 {
+            m.remove(image);
+            if clear {
+                self.records.clear_intent(image);
+            }
+        } else {
+            m.insert(image.to_string(), left);
+        }
+    }
+
     async fn report_progress(&self, key: &str, image: &str, seen: &mut Ingests, log: bool) {
         let Some(socket) = &self.containerd else { return };
-        let statuses = match ingest_statuses(socket).await {
+        // Never long: the pull's own future waits while this runs.
+        let statuses = match tokio::time::timeout(Duration::from_millis(500), ingest_statuses(socket)).await.unwrap_or_else(|_| Err("timed out".into())) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read containerd's ingests");
@@ -309,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_registry_qps_a_pull_fails_as_kubelets_does() {
-        let (p, _dir) = puller(PullPolicy { qps: 1.0, burst: 2, ..Default::default() }).await;
+        let (p, _dir) = puller(PullPolicy { qps: 1, burst: 2, ..Default::default() }).await;
         let r = crate::credentials::reference::parse("r.io/app:1").unwrap();
         let sb = cri::PodSandboxConfig::default();
         let none = Keyring::default();

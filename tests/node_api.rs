@@ -238,7 +238,9 @@ async fn kubectl_debug_adds_an_ephemeral_container_that_shares_the_targets_proce
     let st = ephemeral_state(&pods, "debuggee", "debugger", "running").await;
     assert!(!st.ready);
     let mut p = pods.attach("debuggee", &AttachParams::default().container("debugger").stdin(true).stderr(false)).await.unwrap();
-    p.stdin().unwrap().write_all(b"ps -o pid,args; exit 3\n").await.unwrap();
+    // containerd wires an attach's stdin before its stdout: output written in
+    // between is not seen (as with `kubectl attach`), so the shell waits a moment.
+    p.stdin().unwrap().write_all(b"sleep 1; ps -o pid,args; exit 3\n").await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(20 * S, p.stdout().unwrap().read_to_string(&mut out)).await.expect("the shell's output, then its end").unwrap();
     assert!(out.lines().any(|l| l.trim_end().ends_with("sleep 3600")), "the target's process is visible: {out}");

@@ -124,7 +124,8 @@ async fn a_credential_provider_plugin_is_asked_once_per_cache_period() {
     eventually(60 * S, "both pods running", || async { running(&node, "a").and(running(&node, "b")) }).await;
     assert_eq!(calls(), 1, "two pulls within the cache period ask the plugin once");
     let req = std::fs::read_to_string(&count).unwrap();
-    assert!(req.contains(&format!("\"image\":\"{image}\"")), "{req}");
+    // kubelet asks about the repository, without the tag.
+    assert!(req.contains(&format!("\"image\":\"{PRIVATE}/team/app\"")), "{req}");
     tokio::time::sleep(7 * S).await;
     node.write_manifest("c.yaml", &pod_yaml("c", &static_pod(&image, "Always")));
     eventually(60 * S, "the third pod running", || async { running(&node, "c") }).await;
@@ -209,14 +210,7 @@ async fn pull_secrets_pull_private_images_and_the_image_stays_private_to_them() 
 
 /// `nodelet explain pod NS/NAME`, run as an operator would on the node.
 fn explain(c: &Cluster, target: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let ns = c.node.netns.clone();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
-    cmd.args(["explain", "pod", target]);
-    unsafe {
-        cmd.pre_exec(move || support::enter_netns(&ns));
-    }
-    let out = cmd.output().unwrap();
+    let out = cli(&c.node.netns, &["explain", "pod", target]);
     assert!(out.status.success(), "nodelet explain {target}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -278,25 +272,10 @@ async fn explain_names_the_cause_of_four_broken_pods_in_its_first_line() {
     assert!(text.contains("Ready=False"), "{text}");
 
     // JSON for tools, and a clear answer for a pod that is not there.
-    let json = explain(&c, "default/crasher");
-    assert!(!json.is_empty());
-    let ns = c.node.netns.clone();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
-    cmd.args(["explain", "pod", "default/crasher", "-o", "json"]);
-    use std::os::unix::process::CommandExt;
-    unsafe {
-        cmd.pre_exec(move || support::enter_netns(&ns));
-    }
-    let out = cmd.output().unwrap();
+    let out = cli(&c.node.netns, &["explain", "pod", "default/crasher", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["summary"].as_str().unwrap().contains("keeps crashing"), "{v}");
-    let ns = c.node.netns.clone();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
-    cmd.args(["explain", "pod", "default/nobody"]);
-    unsafe {
-        cmd.pre_exec(move || support::enter_netns(&ns));
-    }
-    let out = cmd.output().unwrap();
+    let out = cli(&c.node.netns, &["explain", "pod", "default/nobody"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pod default/nobody on this node"));
 }
@@ -331,7 +310,7 @@ async fn a_large_pull_shows_its_progress_in_nodelet_pods() {
                 seen.push((p["doneBytes"].as_u64().unwrap(), p["totalBytes"].as_u64().unwrap()));
                 assert_eq!(p["pods"][0], format!("default/{}", node.pod_name("big")));
                 if shown.is_none() && p["doneBytes"].as_u64() > Some(0) {
-                    let out = nodelet_cli(&node.netns, &["pods"]);
+                    let out = String::from_utf8_lossy(&cli(&node.netns, &["pods"]).stdout).into_owned();
                     shown = out.contains("PULLING").then_some(out);
                 }
             }
@@ -342,9 +321,16 @@ async fn a_large_pull_shows_its_progress_in_nodelet_pods() {
     let shown = shown.unwrap_or_else(|| panic!("`nodelet pods` never showed the pull; /pulls said {seen:?}"));
     assert!(shown.contains("PULLING") && shown.contains(&image) && shown.contains("MiB of"), "{shown}");
     assert!(node.get("/pulls").unwrap().trim() == "[]", "nothing in flight once pulled");
+    // A static pod is explained by its bare name, standalone.
+    let out = cli(&node.netns, &["explain", "pod", "big"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    assert!(first.starts_with(&format!("default/{}: ", node.pod_name("big"))) && first.ends_with("running and Ready"), "{text}");
+    assert!(text.contains("Successfully pulled image"), "the trail has the pull: {text}");
 }
 
-fn nodelet_cli(netns: &str, args: &[&str]) -> String {
+/// A nodelet subcommand run inside the node's network namespace.
+fn cli(netns: &str, args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt;
     let ns = netns.to_string();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
@@ -352,5 +338,5 @@ fn nodelet_cli(netns: &str, args: &[&str]) -> String {
     unsafe {
         cmd.pre_exec(move || support::enter_netns(&ns));
     }
-    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    cmd.output().unwrap()
 }

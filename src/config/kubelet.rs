@@ -66,7 +66,7 @@ pub struct KubeletConfig {
     pub node_status_max_images: Option<i32>,
     pub serialize_image_pulls: Option<bool>,
     pub max_parallel_image_pulls: Option<u32>,
-    pub registry_pull_qps: Option<f64>,
+    pub registry_pull_qps: Option<u32>,
     pub registry_burst: Option<u32>,
     pub image_pull_credentials_verify_policy: Option<crate::credentials::records::VerifyPolicy>,
     pub preloaded_images_verification_allowlist: Option<Vec<String>>,
@@ -286,18 +286,16 @@ impl KubeletConfig {
                         Some(u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be 1 or more")))?);
                 }
                 "registryPullQPS" => {
-                    let n: f64 = field(file, k, v)?;
-                    if !(n >= 0.0) {
-                        return Err(bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")));
-                    }
-                    c.registry_pull_qps = Some(n);
+                    let n: i64 = field(file, k, v)?;
+                    c.registry_pull_qps =
+                        Some(u32::try_from(n).map_err(|_| bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")))?);
                 }
                 "registryBurst" => {
                     let n: i64 = field(file, k, v)?;
                     c.registry_burst =
                         Some(u32::try_from(n).map_err(|_| bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")))?);
                 }
-                "imagePullCredentialsVerifyPolicy" => {
+                "imagePullCredentialsVerificationPolicy" => {
                     let p: String = field(file, k, v)?;
                     c.image_pull_credentials_verify_policy = Some(crate::credentials::records::VerifyPolicy::parse(&p).ok_or_else(|| {
                         bad(k, format!("Unsupported value: {p:?}: supported values: \"NeverVerify\", \"NeverVerifyPreloadedImages\", \"NeverVerifyAllowlistedImages\", \"AlwaysVerify\""))

@@ -158,7 +158,7 @@ impl Settings {
             m.insert("maxParallelImagePulls".into(), serde_json::json!(self.pulls.max_parallel));
             m.insert("registryPullQPS".into(), serde_json::json!(self.pulls.qps));
             m.insert("registryBurst".into(), self.pulls.burst.into());
-            m.insert("imagePullCredentialsVerifyPolicy".into(), format!("{:?}", self.pulls.verify).into());
+            m.insert("imagePullCredentialsVerificationPolicy".into(), format!("{:?}", self.pulls.verify).into());
         }
         v
     }
@@ -192,13 +192,13 @@ pub struct ImageGcPolicy {
 
 /// How images are pulled (KubeletConfiguration's `serializeImagePulls`,
 /// `maxParallelImagePulls`, `registryPullQPS`, `registryBurst`,
-/// `imagePullCredentialsVerifyPolicy`, `preloadedImagesVerificationAllowlist`).
+/// `imagePullCredentialsVerificationPolicy`, `preloadedImagesVerificationAllowlist`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PullPolicy {
     pub serialize: bool,
     pub max_parallel: Option<u32>,
     /// 0: no limit.
-    pub qps: f64,
+    pub qps: u32,
     pub burst: u32,
     pub verify: crate::credentials::records::VerifyPolicy,
     pub allowlist: Vec<String>,
@@ -206,7 +206,7 @@ pub struct PullPolicy {
 
 impl Default for PullPolicy {
     fn default() -> Self {
-        Self { serialize: true, max_parallel: None, qps: 5.0, burst: 10, verify: Default::default(), allowlist: Vec::new() }
+        Self { serialize: true, max_parallel: None, qps: 5, burst: 10, verify: Default::default(), allowlist: Vec::new() }
     }
 }
 
@@ -449,15 +449,17 @@ impl Settings {
                 format!("{} must be at most imageGCHighThresholdPercent ({}), both at most 100", image_gc.low_percent, image_gc.high_percent),
             ));
         }
+        // kubelet's defaulting: serial unless maxParallelImagePulls is 2 or more.
+        let parallel_asked = file.max_parallel_image_pulls.is_some_and(|n| n >= 2);
         let pulls = PullPolicy {
-            serialize: file.serialize_image_pulls.unwrap_or(true),
+            serialize: file.serialize_image_pulls.unwrap_or(!parallel_asked),
             max_parallel: file.max_parallel_image_pulls,
-            qps: file.registry_pull_qps.unwrap_or(5.0),
+            qps: file.registry_pull_qps.unwrap_or(5),
             burst: file.registry_burst.unwrap_or(10),
             verify: file.image_pull_credentials_verify_policy.unwrap_or_default(),
             allowlist: file.preloaded_images_verification_allowlist.clone().unwrap_or_default(),
         };
-        if pulls.serialize && pulls.max_parallel.is_some_and(|n| n > 1) {
+        if pulls.serialize && parallel_asked {
             return Err(flag_err(
                 "maxParallelImagePulls",
                 format!("{} cannot be larger than 1 unless serializeImagePulls is false", pulls.max_parallel.unwrap_or(0)),
@@ -541,5 +543,24 @@ mod tests {
         assert_eq!(s.healthz, Some("127.0.0.1:10248".parse().unwrap()));
         let zero = Overrides { hostname_override: Some("n".into()), sync_frequency: Some(Duration::ZERO), ..Default::default() };
         assert_eq!(Settings::resolve(zero, file).unwrap_err().to_string(), "syncFrequency: must be greater than zero");
+    }
+
+    #[test]
+    fn pull_settings_default_as_kubelets() {
+        let o = || Overrides { hostname_override: Some("n".into()), ..Default::default() };
+        let parse = |y: &str| kubelet::KubeletConfig::parse(format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{y}").as_bytes(), "k.yaml");
+        let s = Settings::resolve(o(), parse("").unwrap()).unwrap();
+        assert_eq!(s.pulls, PullPolicy::default());
+        let s = Settings::resolve(o(), parse("maxParallelImagePulls: 3\n").unwrap()).unwrap();
+        assert!(!s.pulls.serialize, "asking for parallel pulls turns serial pulls off");
+        let e = Settings::resolve(o(), parse("maxParallelImagePulls: 3\nserializeImagePulls: true\n").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("maxParallelImagePulls: 3 cannot be larger than 1"), "{e}");
+        let s = Settings::resolve(o(), parse("imagePullCredentialsVerificationPolicy: AlwaysVerify\nregistryPullQPS: 0\n").unwrap()).unwrap();
+        assert_eq!(s.pulls.verify, crate::credentials::records::VerifyPolicy::AlwaysVerify);
+        assert_eq!(s.pulls.qps, 0);
+        assert!(parse("registryPullQPS: 1e-300\n").unwrap_err().to_string().starts_with("k.yaml: registryPullQPS: invalid type"));
+        assert!(parse("imagePullCredentialsVerificationPolicy: Sometimes\n").unwrap_err().to_string().contains("Unsupported value"));
+        let bad = Overrides { image_credential_provider_config: Some("/c".into()), ..o() };
+        assert!(Settings::resolve(bad, parse("").unwrap()).unwrap_err().to_string().contains("--image-credential-provider-bin-dir"));
     }
 }

@@ -100,7 +100,8 @@ pub enum ConfigFileError {
     Parse { origin: String, reason: String },
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// No Debug: it holds a password.
+#[derive(Deserialize, Default)]
 struct Entry {
     #[serde(default)]
     username: String,
@@ -114,7 +115,7 @@ struct Entry {
     registry_token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct ConfigJson {
     #[serde(default)]
     auths: BTreeMap<String, Entry>,
@@ -142,8 +143,11 @@ pub fn parse_docker_config(bytes: &[u8], format: Format, source: &str, origin: &
     for (key, e) in entries {
         let (mut username, mut password) = (e.username, e.password);
         if !e.auth.is_empty() {
+            // Padded or not, as Go's decoders used by kubelet accept.
+            let raw = e.auth.trim();
             let decoded = base64::engine::general_purpose::STANDARD
-                .decode(e.auth.trim())
+                .decode(raw)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw.trim_end_matches('=')))
                 .map_err(|_| bad(format!("auths[{key:?}].auth: not base64")))?;
             let text = String::from_utf8(decoded).map_err(|_| bad(format!("auths[{key:?}].auth: not UTF-8")))?;
             let (u, p) = text.split_once(':').ok_or_else(|| bad(format!("auths[{key:?}].auth: not user:password")))?;
@@ -233,14 +237,14 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn add(&mut self, key: &str, cred: Credential) {
-        self.entries.push((normalize_key(key), cred));
-        self.entries.sort_by(|a, b| b.0.cmp(&a.0));
+        self.extend([(key.to_string(), cred)]);
     }
 
+    /// Adds all, then sorts once (stable: a key's credentials keep their
+    /// order).
     pub fn extend(&mut self, pairs: impl IntoIterator<Item = (String, Credential)>) {
-        for (k, c) in pairs {
-            self.add(&k, c);
-        }
+        self.entries.extend(pairs.into_iter().map(|(k, c)| (normalize_key(&k), c)));
+        self.entries.sort_by(|a, b| b.0.cmp(&a.0));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,17 +305,24 @@ pub fn node_config_paths(root_dir: &Path) -> Vec<(PathBuf, Format)> {
     out
 }
 
-/// Reads the node's Docker config (the first that exists). A file that does
-/// not parse is an error naming it; no file is an empty keyring.
-pub fn node_keyring(paths: &[(PathBuf, Format)]) -> Result<Keyring, ConfigFileError> {
+/// Reads the node's Docker config: the first file on the path that exists
+/// and parses. A file that does not parse is reported (naming it) and the
+/// search goes on, as kubelet's; no file is an empty keyring.
+pub fn node_keyring(paths: &[(PathBuf, Format)]) -> (Keyring, Vec<ConfigFileError>) {
     let mut ring = Keyring::default();
+    let mut errors = Vec::new();
     for (path, format) in paths {
         let Ok(bytes) = std::fs::read(path) else { continue };
         let origin = Origin::NodeFile(path.clone());
-        ring.extend(parse_docker_config(&bytes, *format, &path.display().to_string(), &origin)?);
-        break;
+        match parse_docker_config(&bytes, *format, &path.display().to_string(), &origin) {
+            Ok(pairs) => {
+                ring.extend(pairs);
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(ring)
+    (ring, errors)
 }
 
 #[cfg(test)]
@@ -387,6 +398,9 @@ mod tests {
         assert_eq!(pairs.len(), 2);
         let r = &pairs.iter().find(|(k, _)| k == "r.io").unwrap().1;
         assert_eq!((r.username.as_str(), r.password.as_str()), ("user", "pass"));
+        let unpadded = br#"{"auths":{"r.io":{"auth":"dXNlcjpwYXNzMQ"}}}"#;
+        let pairs = parse_docker_config(unpadded, Format::ConfigJson, "f", &o).unwrap();
+        assert_eq!(pairs[0].1.password, "pass1");
         let cfg = br#"{"r.io":{"username":"a","password":"b","email":"e"}}"#;
         let pairs = parse_docker_config(cfg, Format::DockerCfg, "f", &o).unwrap();
         assert_eq!(pairs[0].1.username, "a");

@@ -33,7 +33,7 @@ pub enum ProviderConfigError {
     Field { file: String, index: usize, field: &'static str, reason: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Provider {
     pub name: String,
     pub match_images: Vec<String>,
@@ -42,6 +42,14 @@ pub struct Provider {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub binary: PathBuf,
+}
+
+/// The env values are left out: they may be secret.
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        write!(f, "Provider {{ name: {:?}, match_images: {:?}, binary: {:?}, env: {env:?} }}", self.name, self.match_images, self.binary)
+    }
 }
 
 #[derive(Deserialize)]
@@ -88,7 +96,11 @@ pub fn load(file: &Path, bin_dir: &Path) -> Result<Vec<Provider>, ProviderConfig
 pub fn parse(text: &str, file: &str, bin_dir: &Path) -> Result<Vec<Provider>, ProviderConfigError> {
     let file_err = |reason: String| ProviderConfigError::File { file: file.to_string(), reason };
     let value = crate::decode::document(text.as_bytes()).map_err(|e| file_err(e.to_string()))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| file_err(format!("{}: {}", e.path(), e.inner())))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        // serde's words may quote the value; env values may be secret.
+        let path = e.path().to_string();
+        if path.contains(".env") { file_err(format!("{path}: invalid value")) } else { file_err(format!("{path}: {}", e.inner())) }
+    })?;
     if raw.kind.as_deref() != Some("CredentialProviderConfig") {
         return Err(file_err(format!("kind: want CredentialProviderConfig, got {:?}", raw.kind.unwrap_or_default())));
     }
@@ -171,8 +183,9 @@ struct Cached {
 pub struct Providers {
     providers: Vec<Provider>,
     cache: std::sync::Mutex<HashMap<(String, String), Arc<Cached>>>,
-    /// One run per provider at a time (kubelet's singleflight, coarser).
-    running: HashMap<String, tokio::sync::Mutex<()>>,
+    /// One run per provider and image at a time (kubelet's singleflight):
+    /// pods asking together share the answer.
+    running: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn registry_of(image: &str) -> String {
@@ -181,8 +194,7 @@ fn registry_of(image: &str) -> String {
 
 impl Providers {
     pub fn new(providers: Vec<Provider>) -> Self {
-        let running = providers.iter().map(|p| (p.name.clone(), tokio::sync::Mutex::new(()))).collect();
-        Self { providers, cache: Default::default(), running }
+        Self { providers, cache: Default::default(), running: Default::default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,10 +221,12 @@ impl Providers {
             let ring = match self.cached(&p.name, image) {
                 Some(c) => c,
                 None => {
-                    let _one = match self.running.get(&p.name) {
-                        Some(m) => Some(m.lock().await),
-                        None => None,
+                    let flight = {
+                        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                        running.retain(|_, m| Arc::strong_count(m) > 1);
+                        running.entry((p.name.clone(), image.to_string())).or_default().clone()
                     };
+                    let _one = flight.lock().await;
                     match self.cached(&p.name, image) {
                         Some(c) => c,
                         None => match self.run(p, image).await {

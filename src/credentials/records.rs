@@ -9,7 +9,7 @@
 //!   of the credential, never the credential), or that it is open to every
 //!   pod on the node (pulled anonymously or with node-level credentials).
 //!
-//! With `imagePullCredentialsVerifyPolicy` a pod may use an image already on
+//! With `imagePullCredentialsVerificationPolicy` a pod may use an image already on
 //! the node only when its own pull secrets (the same one, or one holding
 //! the same credential) or node-wide access let it; otherwise the image is
 //! pulled again with the pod's credentials, and the registry decides.
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// kubelet's imagePullCredentialsVerifyPolicy.
+/// kubelet's imagePullCredentialsVerificationPolicy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyPolicy {
     /// Anything on the node may be used by any pod.
@@ -77,6 +77,15 @@ pub struct PulledRecord {
 /// credential hash).
 pub type PodSecrets = BTreeSet<(String, String, String)>;
 
+/// What the disk says about an image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    Missing,
+    Found(PulledRecord),
+    /// There, but not readable: the image is pulled again.
+    Unreadable,
+}
+
 /// Whether the records let a pod with `secrets` use image `image_ref` as
 /// `repository` without pulling.
 pub fn may_use(record: Option<&PulledRecord>, intent: bool, policy: VerifyPolicy, allowlisted: bool, repository: &str, secrets: &PodSecrets) -> bool {
@@ -108,11 +117,13 @@ fn hash_name(s: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Records {
     dir: PathBuf,
+    /// Read-modify-write of a record is one at a time.
+    lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Records {
     pub fn new(root_dir: &Path) -> Self {
-        Self { dir: root_dir.join("image_manager") }
+        Self { dir: root_dir.join("image_manager"), lock: Default::default() }
     }
 
     fn pulled_path(&self, image_ref: &str) -> PathBuf {
@@ -123,18 +134,33 @@ impl Records {
         self.dir.join("pulling").join(hash_name(image))
     }
 
-    /// The record for an image ID; a file that does not parse is logged
-    /// and treated as no record (the image is then checked again).
-    pub fn pulled(&self, image_ref: &str) -> Option<PulledRecord> {
+    /// The record for an image ID. A file that cannot be read or parsed
+    /// is `Unreadable` (logged): the image is pulled again, never assumed
+    /// preloaded.
+    pub fn lookup(&self, image_ref: &str) -> Lookup {
         let path = self.pulled_path(image_ref);
-        let bytes = std::fs::read(&path).ok()?;
-        match serde_json::from_slice::<PulledRecord>(&bytes) {
-            Ok(r) if r.image_ref == image_ref => Some(r),
-            Ok(_) => None,
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "image pull record unreadable; the image will be verified");
-                None
+                tracing::warn!(file = %path.display(), error = %e, "image pull record unreadable; the image will be pulled again");
+                return Lookup::Unreadable;
             }
+        };
+        match serde_json::from_slice::<PulledRecord>(&bytes) {
+            Ok(r) if r.image_ref == image_ref => Lookup::Found(r),
+            Ok(_) => Lookup::Unreadable,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "image pull record unreadable; the image will be pulled again");
+                Lookup::Unreadable
+            }
+        }
+    }
+
+    pub fn pulled(&self, image_ref: &str) -> Option<PulledRecord> {
+        match self.lookup(image_ref) {
+            Lookup::Found(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -153,6 +179,7 @@ impl Records {
 
     /// Adds who pulled (or may use) `image_ref` as `repository`.
     pub fn record(&self, image_ref: &str, repository: &str, secret: Option<SecretRef>) -> std::io::Result<()> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut rec = self.pulled(image_ref).unwrap_or_else(|| PulledRecord { image_ref: image_ref.to_string(), ..Default::default() });
         let access = rec.credential_mapping.entry(repository.to_string()).or_default();
         match secret {

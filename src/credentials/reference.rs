@@ -114,7 +114,7 @@ fn tag_ok(t: &str) -> bool {
 fn digest_ok(d: &str) -> bool {
     let Some((algo, hex)) = d.split_once(':') else { return false };
     let algo_ok = !algo.is_empty() && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'_' | b'-'));
-    let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let len_ok = algo != "sha256" || hex.len() == 64;
     algo_ok && hex_ok && len_ok
 }
@@ -127,6 +127,9 @@ pub fn parse(name: &str) -> Result<Reference, InvalidReference> {
     }
     if name.len() > 4096 || name.trim() != name {
         return Err(bad("invalid reference format"));
+    }
+    if name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad("invalid repository name (cannot specify 64-byte hexadecimal strings)"));
     }
     let (rest, digest) = match name.split_once('@') {
         Some((r, d)) => {
@@ -170,7 +173,7 @@ pub fn parse(name: &str) -> Result<Reference, InvalidReference> {
     let domain = if domain == DOCKER_HUB_INDEX { DOCKER_HUB.to_string() } else { domain };
     // `docker.io/busybox` is `docker.io/library/busybox`.
     let path = if domain == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path };
-    if domain.len().saturating_add(path.len()) > 255 {
+    if domain.len().saturating_add(path.len()).saturating_add(1) > 255 {
         return Err(bad("repository name must not be more than 255 characters"));
     }
     Ok(Reference { domain, path, tag, digest })
@@ -198,6 +201,9 @@ mod tests {
 
     #[test]
     fn bad_names_say_why() {
+        let upper = format!("r.io/app@sha256:{}", "A".repeat(64));
+        let hex = "a".repeat(64);
+        assert!(parse(&upper).is_err() && parse(&hex).is_err());
         for bad in ["", "Busybox", "busybox:", "busy box", "a//b", "-a", "a/b-", "r.io/app@sha256:abc", "r.io:/a", "a:b:c", " busybox", "a/b:t@x"] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }

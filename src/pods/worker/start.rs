@@ -148,8 +148,9 @@ impl Worker {
         if let Some((last, why)) = self.pull_failures.get(&image).cloned()
             && let Some(until) = self.pull_backoff.blocked_until(&image, Failure::instant(last), now)
         {
+            self.event(EventType::Normal, "BackOff", &format!("Back-off pulling image {image:?}"));
+            self.event(EventType::Warning, "Failed", "Error: ImagePullBackOff");
             let msg = format!("Back-off pulling image {image:?}: ErrImagePull: {why}");
-            self.event(EventType::Normal, "BackOff", &msg);
             self.errors.insert(c.name.clone(), Waiting::new("ImagePullBackOff", msg));
             return Err(Failed { retry_at: until });
         }
@@ -175,10 +176,9 @@ impl Worker {
                 let failed_at = now_nanos();
                 self.pull_backoff.next(&image, Failure::instant(failed_at));
                 self.pull_failures.insert(image.clone(), (failed_at, e.clone()));
-                let msg = format!("Failed to pull image {image:?}: {e}");
-                self.event(EventType::Warning, "Failed", &msg);
+                self.event(EventType::Warning, "Failed", &format!("Failed to pull image {image:?}: {e}"));
                 self.event(EventType::Warning, "Failed", "Error: ErrImagePull");
-                self.errors.insert(c.name.clone(), Waiting::new("ErrImagePull", msg));
+                self.errors.insert(c.name.clone(), Waiting::new("ErrImagePull", e));
                 Err(self.retry_later())
             }
         }
