@@ -27,7 +27,7 @@ use crate::credentials::{self, Credential, Format, Keyring, Origin, reference::R
 use crate::runtime::{Runtime, cri};
 
 /// How often a running pull's progress is read (for `/pulls`) ...
-pub const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
+pub const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 /// ... and logged.
 pub const PROGRESS_LOG_PERIOD: Duration = Duration::from_secs(5);
 
@@ -71,6 +71,8 @@ pub struct Puller {
     /// Pulls in progress per image name, so the intent outlives the first
     /// of two pulls of the same image.
     intents: Mutex<BTreeMap<String, u32>>,
+    /// The connection to containerd's own API, made at the first reading.
+    channel: tokio::sync::Mutex<Option<tonic::transport::Channel>>,
 }
 
 impl Puller {
@@ -96,6 +98,7 @@ impl Puller {
             containerd: None,
             read_only: false,
             intents: Mutex::new(BTreeMap::new()),
+            channel: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -280,7 +283,24 @@ impl Puller {
     async fn report_progress(&self, key: &str, image: &str, seen: &mut Ingests, log: bool) {
         let Some(socket) = &self.containerd else { return };
         // Never long: the pull's own future waits while this runs.
-        let statuses = match tokio::time::timeout(Duration::from_millis(500), ingest_statuses(socket)).await.unwrap_or_else(|_| Err("timed out".into())) {
+        let read = async {
+            let mut slot = self.channel.lock().await;
+            let channel = match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = containerd_client::connect(socket).await.map_err(|e| e.to_string())?;
+                    *slot = Some(c.clone());
+                    c
+                }
+            };
+            drop(slot);
+            let r = ingest_statuses(channel).await;
+            if r.is_err() {
+                *self.channel.lock().await = None;
+            }
+            r
+        };
+        let statuses = match tokio::time::timeout(Duration::from_secs(2), read).await.unwrap_or_else(|_| Err("timed out".into())) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read containerd's ingests");
@@ -326,10 +346,9 @@ impl Ingests {
     }
 }
 
-async fn ingest_statuses(socket: &std::path::Path) -> Result<Vec<(String, u64, u64)>, String> {
+async fn ingest_statuses(channel: tonic::transport::Channel) -> Result<Vec<(String, u64, u64)>, String> {
     use containerd_client::services::v1::ListStatusesRequest;
     use containerd_client::services::v1::content_client::ContentClient;
-    let channel = containerd_client::connect(socket).await.map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(ListStatusesRequest { filters: vec![] });
     if let Ok(v) = crate::runtime::containerd::CRI_NAMESPACE.parse() {
         req.metadata_mut().insert("containerd-namespace", v);
