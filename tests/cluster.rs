@@ -280,7 +280,7 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     // a reason rather than started without its data.
     let mut claim = bound_pod("claim", &c.node.node_name(), "sleep 3600");
     claim.spec.as_mut().unwrap().volumes =
-        Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": "data"}})).unwrap()]);
+        Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "csi": {"driver": "csi.example.com"}})).unwrap()]);
     pods.create(&PostParams::default(), &claim).await.unwrap();
     let st = eventually(30 * S, "claim rejected", || async {
         let st = pods.get("claim").await.ok()?.status?;
@@ -288,7 +288,7 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     })
     .await;
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
-    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: persistent"));
+    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: ephemeral and CSI volumes"));
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let reasons = eventually(30 * S, "Started and rejection events", || async {
@@ -574,4 +574,118 @@ async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go(
     .await;
     assert_eq!(late.reason.as_deref(), Some("NodeShutdown"), "{late:?}");
     assert!(agent.log().contains("pods stopped; the inhibitor lock is released"), "{}", agent.log());
+}
+
+/// A 32 MiB ext4 filesystem on a loop device, mounted at `dir`; undone on drop.
+struct LoopDisk {
+    dir: std::path::PathBuf,
+    device: String,
+}
+
+impl LoopDisk {
+    fn new(dir: std::path::PathBuf) -> Self {
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let image = dir.with_extension("img");
+        std::fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
+        let device = run(std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image));
+        run(std::process::Command::new("mkfs.ext4").args(["-q", &device]));
+        std::fs::create_dir_all(&dir).unwrap();
+        run(std::process::Command::new("mount").arg(&device).arg(&dir));
+        LoopDisk { dir, device }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::process::Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+fn mounted_under(needle: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_claim_waits() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let disk = LoopDisk::new(c.dir().join("disk1"));
+    let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "local-1"},
+        "spec": {"capacity": {"storage": "30Mi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                 "storageClassName": "local", "local": {"path": disk.dir.display().to_string()},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}
+    }))
+    .unwrap();
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "resources": {"requests": {"storage": "30Mi"}}}
+    }))
+    .unwrap();
+    let created = claims.create(&PostParams::default(), &claim).await.unwrap();
+
+    // Not bound yet: the pod waits with FailedMount.
+    let pods = c.pods("default");
+    let with_claim = |name: &str, command: &str, restart: &str| -> Pod {
+        let mut p = bound_pod(name, &node, command);
+        let spec = p.spec.as_mut().unwrap();
+        spec.restart_policy = Some(restart.into());
+        spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": "data"}})).unwrap()]);
+        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "mountPath": "/data"})).unwrap()]);
+        p
+    };
+    pods.create(&PostParams::default(), &with_claim("writer", "echo written-by-writer > /data/hello && sleep 3600", "Always")).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let note = eventually(30 * S, "a FailedMount event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedMount")).and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("PVC is not bound"), "{note}");
+    assert!(c.node.containers_named("writer").await.is_empty(), "nothing starts without its volume");
+
+    // The binder's work, as the PV controller does it: both sides point at each other.
+    let uid = created.metadata.uid.clone().unwrap();
+    pvs.patch("local-1", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"claimRef":
+        {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "data", "uid": uid}}}))).await.unwrap();
+    claims.patch("data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": "local-1"}}))).await.unwrap();
+    claims.patch_status("data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+    eventually(60 * S, "the writer running once the claim is bound", || async {
+        (pods.get("writer").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let written = eventually(10 * S, "the file on the disk", || async { std::fs::read_to_string(disk.dir.join("hello")).ok() }).await;
+    assert_eq!(written.trim(), "written-by-writer");
+    let writer_uid = pods.get("writer").await.unwrap().metadata.uid.unwrap();
+    assert!(mounted_under(&format!("{writer_uid}/volumes/kubernetes.io~local-volume/local-1")), "the local volume is bind-mounted into the pod's directory");
+
+    // Deleted: its mount goes; a new pod on the same claim reads the data.
+    pods.delete("writer", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "the writer gone", || async { pods.get_opt("writer").await.ok()?.is_none().then_some(()) }).await;
+    eventually(20 * S, "the writer's mount gone", || async { (!mounted_under(&writer_uid)).then_some(()) }).await;
+    pods.create(&PostParams::default(), &with_claim("reader", "cat /data/hello", "Never")).await.unwrap();
+    eventually(60 * S, "the reader done", || async {
+        (pods.get("reader").await.ok()?.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+    let log = pods.logs("reader", &Default::default()).await.unwrap();
+    assert_eq!(log.trim(), "written-by-writer");
+    let reader_uid = pods.get("reader").await.unwrap().metadata.uid.unwrap();
+    pods.delete("reader", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "the reader's mount gone", || async {
+        (pods.get_opt("reader").await.ok()?.is_none() && !mounted_under(&reader_uid)).then_some(())
+    })
+    .await;
+    drop(disk);
 }

@@ -12,6 +12,13 @@
 //!   a disk. They are rewritten whenever their sources change, and the
 //!   token before it is 80 % through its life.
 //!
+//! - persistentVolumeClaim: the claim must exist, be Bound and not be
+//!   being deleted, and its PersistentVolume must name it in `claimRef`;
+//!   a `hostPath` PV is used in place, a `local` PV (its node affinity
+//!   checked against this node) is bind-mounted at
+//!   `kubernetes.io~local-volume/<pv>` and unmounted with the pod. Until
+//!   then the pod waits with FailedMount and retries.
+//!
 //! fsGroup gives volumes to the group as kubelet's SetVolumeOwnership does.
 //! Container mounts come from `volumeMounts` with readOnly, subPath or
 //! subPathExpr (kept inside the volume) and mountPropagation; the pod's
@@ -223,6 +230,7 @@ fn downward_files(items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, fa
 pub fn unsupported(v: &Volume) -> Option<&'static str> {
     let supported = v.empty_dir.is_some()
         || v.host_path.is_some()
+        || v.persistent_volume_claim.is_some()
         || v.config_map.is_some()
         || v.secret.is_some()
         || v.downward_api.is_some()
@@ -238,8 +246,8 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
         }
         return None;
     }
-    Some(if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some() {
-        "persistent, ephemeral and CSI volumes"
+    Some(if v.ephemeral.is_some() || v.csi.is_some() {
+        "ephemeral and CSI volumes"
     } else if v.image.is_some() {
         "image volumes"
     } else {
@@ -307,6 +315,9 @@ impl Round<'_, '_> {
             }
             return Ok(Mountable { host_path: dir, read_only: false });
         }
+        if let Some(c) = &v.persistent_volume_claim {
+            return self.claim(c).await;
+        }
         if let Some(hp) = &v.host_path {
             let path = PathBuf::from(&hp.path);
             if !self.ctx.dry_run {
@@ -371,6 +382,68 @@ impl Round<'_, '_> {
         Ok(Mountable { host_path: dir, read_only: true })
     }
 
+    /// A claim's volume, as kubelet's volume manager resolves it.
+    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource) -> Result<Mountable, String> {
+        let Some(objects) = self.ctx.objects else {
+            return Err("a persistentVolumeClaim needs an apiserver (static pods cannot use one)".into());
+        };
+        let (ns, name) = (self.namespace.clone(), src.claim_name.clone());
+        let claim = objects.claim(&ns, &name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+        if claim.metadata.deletion_timestamp.is_some() {
+            return Err(format!("error processing PVC {ns}/{name}: PVC is being deleted"));
+        }
+        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|n| bound && !n.is_empty()) else {
+            return Err(format!("error processing PVC {ns}/{name}: PVC is not bound"));
+        };
+        let pv = objects
+            .persistent_volume(&pv_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} not found"))?;
+        let spec = pv.spec.unwrap_or_default();
+        let claim_uid = claim.metadata.uid.clone().unwrap_or_default();
+        let bound_to_claim = spec.claim_ref.as_ref().is_some_and(|r| {
+            r.namespace.as_deref() == Some(ns.as_str()) && r.name.as_deref() == Some(name.as_str()) && r.uid.as_deref().is_none_or(|u| u.is_empty() || u == claim_uid)
+        });
+        if !bound_to_claim {
+            return Err(format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} is not bound to it (claimRef)"));
+        }
+        if spec.volume_mode.as_deref() == Some("Block") {
+            return Err(format!("persistentvolume {pv_name:?} has volumeMode Block: block volumes are not implemented by this nodelet yet"));
+        }
+        let read_only = src.read_only == Some(true);
+        if let Some(hp) = &spec.host_path {
+            let path = PathBuf::from(&hp.path);
+            if !self.ctx.dry_run {
+                check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
+            }
+            return Ok(Mountable { host_path: path, read_only });
+        }
+        let Some(local) = &spec.local else {
+            return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
+        };
+        if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
+            return Err(format!("persistentvolume {pv_name:?} is for another node (nodeAffinity)"));
+        }
+        let source = PathBuf::from(&local.path);
+        let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name);
+        if self.ctx.dry_run {
+            return Ok(Mountable { host_path: target, read_only });
+        }
+        let md = std::fs::metadata(&source).map_err(|e| format!("local volume path {}: {e}", source.display()))?;
+        if !md.is_dir() {
+            return Err(format!("local volume path {} is not a directory (block devices are not implemented by this nodelet yet)", source.display()));
+        }
+        if !mounts_under(&target).contains(&target) {
+            make_dir(&target, 0o750)?;
+            nix::mount::mount(Some(&source), &target, None::<&str>, nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| format!("bind mount {} on {}: {e}", source.display(), target.display()))?;
+            tracing::info!(pv = %pv_name, path = %source.display(), target = %target.display(), "local volume mounted");
+        }
+        Ok(Mountable { host_path: target, read_only })
+    }
+
     async fn token(&mut self, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection) -> Result<Vec<u8>, String> {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let sa = spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
@@ -393,6 +466,30 @@ impl Round<'_, '_> {
         self.out.refresh_at = Some(self.out.refresh_at.map_or(at, |r| r.min(at)));
         Ok(token.token.into_bytes())
     }
+}
+
+/// Whether a PV's required node affinity admits this node. nodelet knows
+/// its own name (the `kubernetes.io/hostname` label); a term on other labels
+/// is taken as met (the scheduler placed the pod with all of them).
+fn pv_affinity_allows(affinity: Option<&k8s_openapi::api::core::v1::VolumeNodeAffinity>, node_name: &str) -> bool {
+    let Some(terms) = affinity.and_then(|a| a.required.as_ref()).map(|r| &r.node_selector_terms) else { return true };
+    if terms.is_empty() {
+        return true;
+    }
+    terms.iter().any(|t| {
+        t.match_expressions.iter().flatten().all(|e| {
+            if e.key != "kubernetes.io/hostname" {
+                return true;
+            }
+            let values = e.values.as_deref().unwrap_or(&[]);
+            match e.operator.as_str() {
+                "In" => values.iter().any(|v| v == node_name),
+                "NotIn" => !values.iter().any(|v| v == node_name),
+                "Exists" => true,
+                _ => false,
+            }
+        })
+    })
 }
 
 /// The `type` check of a hostPath volume.
@@ -634,6 +731,19 @@ mod tests {
         assert!(sub_path(&root, "../x", false).is_err());
         assert!(sub_path(&root, "/abs", false).is_err());
         assert!(sub_path(&root, "escape", false).unwrap_err().contains("not within volume path"));
+    }
+
+    #[test]
+    fn local_volumes_follow_their_node_affinity() {
+        let aff = |op: &str, v: &[&str]| -> k8s_openapi::api::core::v1::VolumeNodeAffinity {
+            serde_json::from_value(serde_json::json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": op, "values": v}]}]}}))
+            .unwrap()
+        };
+        assert!(pv_affinity_allows(None, "n1"));
+        assert!(pv_affinity_allows(Some(&aff("In", &["n1"])), "n1"));
+        assert!(!pv_affinity_allows(Some(&aff("In", &["n2"])), "n1"));
+        assert!(!pv_affinity_allows(Some(&aff("NotIn", &["n1"])), "n1"));
     }
 
     #[test]

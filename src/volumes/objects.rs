@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{broadcast, watch};
@@ -99,6 +99,14 @@ pub trait ApiObjects: Send + Sync {
     fn release(&self, pod_uid: &str);
     /// Objects whose data changed.
     fn changes(&self) -> broadcast::Receiver<ObjectKey>;
+    /// A PersistentVolumeClaim as it is now (`None`: it does not exist).
+    async fn claim(&self, _namespace: &str, _name: &str) -> Result<Option<PersistentVolumeClaim>, ObjectError> {
+        Err(ObjectError::Unavailable("persistent volume claims need an apiserver".into()))
+    }
+    /// A PersistentVolume as it is now.
+    async fn persistent_volume(&self, _name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
+        Err(ObjectError::Unavailable("persistent volumes need an apiserver".into()))
+    }
 }
 
 /// Not yet listed, or listed with this result.
@@ -294,6 +302,16 @@ impl ApiObjects for KubeObjects {
             true
         });
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|s, _| s.pod_uid != pod_uid);
+    }
+
+    async fn claim(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>, ObjectError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("persistentvolumeclaim {namespace}/{name}"), message: e.to_string() })
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("persistentvolume {name}"), message: e.to_string() })
     }
 
     fn changes(&self) -> broadcast::Receiver<ObjectKey> {

@@ -248,6 +248,17 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
             }
         }
+        // A PV is related when a claim that a pod on the node uses is bound to it.
+        ("", "persistentvolumes", None) if READ.contains(&a.verb.as_str()) => {
+            let Some(name) = &a.name else {
+                return Some(forbidden(who, a, &format!("can only {} individual resources of this type", a.verb)));
+            };
+            let bound = store.list("persistentvolumeclaims", None).into_iter().any(|c| {
+                c["spec"]["volumeName"].as_str() == Some(name.as_str())
+                    && related(store, node, "persistentvolumeclaims", c["metadata"]["namespace"].as_str().unwrap_or(""), c["metadata"]["name"].as_str().unwrap_or(""))
+            });
+            if bound { Some(Decision::Allow) } else { Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object"))) }
+        }
         ("", "serviceaccounts", Some("token")) => {
             let name = a.name.as_deref().unwrap_or("");
             if a.verb == "create" && related(store, node, "serviceaccounts", ns, name) {

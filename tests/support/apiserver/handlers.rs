@@ -89,6 +89,8 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "", plural: "namespaces", kind: "Namespace", namespaced: false },
     Resource { group: "", plural: "configmaps", kind: "ConfigMap", namespaced: true },
     Resource { group: "", plural: "secrets", kind: "Secret", namespaced: true },
+    Resource { group: "", plural: "persistentvolumeclaims", kind: "PersistentVolumeClaim", namespaced: true },
+    Resource { group: "", plural: "persistentvolumes", kind: "PersistentVolume", namespaced: false },
     Resource { group: "", plural: "services", kind: "Service", namespaced: true },
     Resource { group: "", plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true },
     Resource { group: "coordination.k8s.io", plural: "leases", kind: "Lease", namespaced: true },
