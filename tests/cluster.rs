@@ -630,7 +630,7 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     pvs.create(&PostParams::default(), &pv).await.unwrap();
     let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "resources": {"requests": {"storage": "30Mi"}}}
+        "spec": {"accessModes": ["ReadWriteOncePod"], "storageClassName": "local", "resources": {"requests": {"storage": "30Mi"}}}
     }))
     .unwrap();
     let created = claims.create(&PostParams::default(), &claim).await.unwrap();
@@ -670,6 +670,18 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     let writer_uid = pods.get("writer").await.unwrap().metadata.uid.unwrap();
     assert!(mounted_under(&format!("{writer_uid}/volumes/kubernetes.io~local-volume/local-1")), "the local volume is bind-mounted into the pod's directory");
 
+    // ReadWriteOncePod: a second pod on the claim is held while the writer has it.
+    pods.create(&PostParams::default(), &with_claim("intruder", "sleep 3600", "Always")).await.unwrap();
+    let note = eventually(30 * S, "the intruder held", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().filter_map(|e| e.note).find(|n| n.contains("ReadWriteOncePod"))
+    })
+    .await;
+    assert!(note.contains(&writer_uid), "{note}");
+    assert!(c.node.containers_named("intruder").await.is_empty(), "the intruder never runs");
+    pods.delete("intruder", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "the intruder gone", || async { pods.get_opt("intruder").await.ok()?.is_none().then_some(()) }).await;
+
     // Deleted: its mount goes; a new pod on the same claim reads the data.
     pods.delete("writer", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "the writer gone", || async { pods.get_opt("writer").await.ok()?.is_none().then_some(()) }).await;
@@ -688,4 +700,64 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     })
     .await;
     drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_claim_is_a_device_inside_the_container() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let image = c.dir().join("raw.img");
+    std::fs::File::create(&image).unwrap().set_len(8 << 20).unwrap();
+    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+
+    // A pre-bound pair, as an operator makes for a local disk.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "raw"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "volumeName": "block-1", "storageClassName": "",
+                 "resources": {"requests": {"storage": "8Mi"}}}
+    }))
+    .unwrap();
+    let created = claims.create(&PostParams::default(), &claim).await.unwrap();
+    claims.patch_status("raw", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "block-1"},
+        "spec": {"capacity": {"storage": "8Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "storageClassName": "",
+                 "local": {"path": device},
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "raw", "uid": created.metadata.uid},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+
+    let pods = c.pods("default");
+    let mut p = bound_pod("raw-user", &node, "[ -b /dev/xvda ] && printf block-data-ok | dd of=/dev/xvda conv=notrunc 2>/dev/null && sync && sleep 3600");
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "raw", "persistentVolumeClaim": {"claimName": "raw"}})).unwrap()]);
+    spec.containers[0].volume_devices = Some(vec![serde_json::from_value(serde_json::json!({"name": "raw", "devicePath": "/dev/xvda"})).unwrap()]);
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    eventually(60 * S, "the pod running with its device", || async {
+        (pods.get("raw-user").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let head = eventually(20 * S, "the container's write on the device", || async {
+        let mut buf = vec![0u8; 13];
+        use std::io::Read;
+        std::fs::File::open(&image).ok()?.read_exact(&mut buf).ok()?;
+        (buf == b"block-data-ok").then_some(buf)
+    })
+    .await;
+    assert_eq!(head, b"block-data-ok");
 }

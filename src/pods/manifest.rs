@@ -401,15 +401,6 @@ pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
             refused.push(FieldError::new(&format!("spec.volumes[{i}]"), format!("Unsupported value: {what} are not implemented by this nodelet")));
         }
     }
-    let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
-                let f = format!("spec.{list}[{i}].volumeDevices");
-                refused.push(FieldError::new(&f, "Unsupported value: block volumes are not implemented by this nodelet"));
-            }
-        }
-    }
     refused
 }
 

@@ -62,10 +62,19 @@ pub struct Mountable {
     pub read_only: bool,
 }
 
+/// A block volume (`volumeMode: Block`): the host's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDevice {
+    pub device: PathBuf,
+    pub read_only: bool,
+}
+
 /// A pod's volumes after a set-up round.
 #[derive(Debug, Clone, Default)]
 pub struct PodVolumes {
     pub volumes: BTreeMap<String, Mountable>,
+    /// Block volumes by volume name, for `volumeDevices`.
+    pub devices: BTreeMap<String, BlockDevice>,
     /// The API objects the volumes read, whose changes call for a refresh.
     pub uses: BTreeSet<ObjectKey>,
     /// When a token must be renewed (Unix seconds).
@@ -255,6 +264,12 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
     })
 }
 
+/// What a claim gives a pod: a directory to mount or a device.
+enum Claimed {
+    Mount(Mountable),
+    Block(BlockDevice),
+}
+
 struct Round<'a, 'b> {
     ctx: &'a VolumeContext<'b>,
     pod: &'a Pod,
@@ -314,9 +329,6 @@ impl Round<'_, '_> {
                 }
             }
             return Ok(Mountable { host_path: dir, read_only: false });
-        }
-        if let Some(c) = &v.persistent_volume_claim {
-            return self.claim(c).await;
         }
         if let Some(hp) = &v.host_path {
             let path = PathBuf::from(&hp.path);
@@ -383,7 +395,7 @@ impl Round<'_, '_> {
     }
 
     /// A claim's volume, as kubelet's volume manager resolves it.
-    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource) -> Result<Mountable, String> {
+    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource) -> Result<Claimed, String> {
         let Some(objects) = self.ctx.objects else {
             return Err("a persistentVolumeClaim needs an apiserver (static pods cannot use one)".into());
         };
@@ -409,16 +421,41 @@ impl Round<'_, '_> {
         if !bound_to_claim {
             return Err(format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} is not bound to it (claimRef)"));
         }
-        if spec.volume_mode.as_deref() == Some("Block") {
-            return Err(format!("persistentvolume {pv_name:?} has volumeMode Block: block volumes are not implemented by this nodelet yet"));
+        let once_pod = claim.spec.as_ref().and_then(|s| s.access_modes.as_ref()).is_some_and(|m| m.iter().any(|a| a == "ReadWriteOncePod"));
+        if once_pod && let Err(holder) = objects.take_claim(&ns, &name, &self.uid) {
+            return Err(format!("persistentvolumeclaim {ns}/{name} is ReadWriteOncePod and pod {holder} on this node uses it"));
         }
         let read_only = src.read_only == Some(true);
+        let block = spec.volume_mode.as_deref() == Some("Block");
+        let claim_block = claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
+        if block != claim_block {
+            return Err(format!("error processing PVC {ns}/{name}: its volumeMode does not match persistentvolume {pv_name:?}'s"));
+        }
+        if block {
+            use std::os::unix::fs::FileTypeExt;
+            let device = spec
+                .local
+                .as_ref()
+                .map(|l| PathBuf::from(&l.path))
+                .or_else(|| spec.host_path.as_ref().map(|h| PathBuf::from(&h.path)))
+                .ok_or_else(|| format!("persistentvolume {pv_name:?}: block volumes need a local or hostPath device with this nodelet"))?;
+            if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
+                return Err(format!("persistentvolume {pv_name:?} is for another node (nodeAffinity)"));
+            }
+            if !self.ctx.dry_run {
+                let md = std::fs::metadata(&device).map_err(|e| format!("block device {}: {e}", device.display()))?;
+                if !md.file_type().is_block_device() {
+                    return Err(format!("{} is not a block device (volumeMode Block)", device.display()));
+                }
+            }
+            return Ok(Claimed::Block(BlockDevice { device, read_only }));
+        }
         if let Some(hp) = &spec.host_path {
             let path = PathBuf::from(&hp.path);
             if !self.ctx.dry_run {
                 check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
             }
-            return Ok(Mountable { host_path: path, read_only });
+            return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
         let Some(local) = &spec.local else {
             return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
@@ -429,7 +466,7 @@ impl Round<'_, '_> {
         let source = PathBuf::from(&local.path);
         let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name);
         if self.ctx.dry_run {
-            return Ok(Mountable { host_path: target, read_only });
+            return Ok(Claimed::Mount(Mountable { host_path: target, read_only }));
         }
         let md = std::fs::metadata(&source).map_err(|e| format!("local volume path {}: {e}", source.display()))?;
         if !md.is_dir() {
@@ -441,7 +478,7 @@ impl Round<'_, '_> {
                 .map_err(|e| format!("bind mount {} on {}: {e}", source.display(), target.display()))?;
             tracing::info!(pv = %pv_name, path = %source.display(), target = %target.display(), "local volume mounted");
         }
-        Ok(Mountable { host_path: target, read_only })
+        Ok(Claimed::Mount(Mountable { host_path: target, read_only }))
     }
 
     async fn token(&mut self, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection) -> Result<Vec<u8>, String> {
@@ -490,6 +527,19 @@ fn pv_affinity_allows(affinity: Option<&k8s_openapi::api::core::v1::VolumeNodeAf
             }
         })
     })
+}
+
+/// A container's `volumeDevices` as CRI devices.
+pub fn container_devices(c: &Container, volumes: &PodVolumes) -> Result<Vec<cri::Device>, String> {
+    let mut out = Vec::new();
+    for d in c.volume_devices.iter().flatten() {
+        let Some(b) = volumes.devices.get(&d.name) else {
+            return Err(format!("volumeDevices {:?}: the volume is not a block volume (volumeMode Block) of this pod", d.name));
+        };
+        let permissions = if b.read_only { "r" } else { "mrw" };
+        out.push(cri::Device { container_path: d.device_path.clone(), host_path: b.device.display().to_string(), permissions: permissions.into() });
+    }
+    Ok(out)
 }
 
 /// The `type` check of a hostPath volume.
@@ -545,9 +595,16 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (
     let facts = PodFacts { pod, pod_ips, node: ctx.node };
     let mut errors = Vec::new();
     for v in spec.volumes.iter().flatten() {
-        match round.one(v, &facts).await {
-            Ok(m) => {
+        let set = match &v.persistent_volume_claim {
+            Some(c) => round.claim(c).await,
+            None => round.one(v, &facts).await.map(Claimed::Mount),
+        };
+        match set {
+            Ok(Claimed::Mount(m)) => {
                 round.out.volumes.insert(v.name.clone(), m);
+            }
+            Ok(Claimed::Block(b)) => {
+                round.out.devices.insert(v.name.clone(), b);
             }
             Err(message) => errors.push(err(&v.name, message)),
         }

@@ -107,6 +107,11 @@ pub trait ApiObjects: Send + Sync {
     async fn persistent_volume(&self, _name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
         Err(ObjectError::Unavailable("persistent volumes need an apiserver".into()))
     }
+    /// Takes a ReadWriteOncePod claim for `pod_uid`; the UID of the pod
+    /// that holds it already, if another does. Freed by `release`.
+    fn take_claim(&self, _namespace: &str, _name: &str, _pod_uid: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Not yet listed, or listed with this result.
@@ -126,6 +131,8 @@ pub struct KubeObjects {
     services: reflector::Store<Service>,
     services_ready: watch::Receiver<bool>,
     changes: broadcast::Sender<ObjectKey>,
+    /// ReadWriteOncePod claims and the pod using each.
+    once_pod: Mutex<HashMap<(String, String), String>>,
 }
 
 /// How long a first read may take before the pod is told to retry.
@@ -207,6 +214,7 @@ impl KubeObjects {
             services: reader,
             services_ready: ready_rx,
             changes,
+            once_pod: Mutex::new(HashMap::new()),
         })
     }
 
@@ -291,7 +299,14 @@ impl ApiObjects for KubeObjects {
         Ok(self.services.state())
     }
 
+    fn take_claim(&self, namespace: &str, name: &str, pod_uid: &str) -> Result<(), String> {
+        let mut held = self.once_pod.lock().unwrap_or_else(|e| e.into_inner());
+        let holder = held.entry((namespace.to_string(), name.to_string())).or_insert_with(|| pod_uid.to_string());
+        if holder == pod_uid { Ok(()) } else { Err(holder.clone()) }
+    }
+
     fn release(&self, pod_uid: &str) {
+        self.once_pod.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, uid| uid != pod_uid);
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         watched.retain(|_, w| {
             w.users.remove(pod_uid);
