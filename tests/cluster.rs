@@ -288,7 +288,7 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     })
     .await;
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
-    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: ephemeral and CSI volumes"));
+    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: CSI volumes"));
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let reasons = eventually(30 * S, "Started and rejection events", || async {
@@ -760,4 +760,37 @@ async fn a_block_claim_is_a_device_inside_the_container() {
     })
     .await;
     assert_eq!(head, b"block-data-ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let dir = c.dir().join("scratch-pv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pods = c.pods("default");
+    let mut p = bound_pod("scratch", &node, "echo from-the-ephemeral-claim > /scratch/out && sleep 3600");
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "work", "ephemeral": {"volumeClaimTemplate": {
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "resources": {"requests": {"storage": "1Mi"}}}}}})).unwrap()]);
+    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "work", "mountPath": "/scratch"})).unwrap()]);
+    pods.create(&PostParams::default(), &p).await.unwrap();
+
+    // The control plane made the claim `scratch-work`, owned by the pod; bind it.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let claim = eventually(20 * S, "the ephemeral claim", || async { claims.get_opt("scratch-work").await.ok().flatten() }).await;
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "scratch-pv"},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                 "local": {"path": dir.display().to_string()},
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "scratch-work", "uid": claim.metadata.uid}}
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+    claims.patch("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": "scratch-pv"}}))).await.unwrap();
+    claims.patch_status("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+    let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok() }).await;
+    assert_eq!(out.trim(), "from-the-ephemeral-claim");
 }

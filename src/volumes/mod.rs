@@ -240,6 +240,7 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
     let supported = v.empty_dir.is_some()
         || v.host_path.is_some()
         || v.persistent_volume_claim.is_some()
+        || v.ephemeral.is_some()
         || v.config_map.is_some()
         || v.secret.is_some()
         || v.downward_api.is_some()
@@ -255,8 +256,8 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
         }
         return None;
     }
-    Some(if v.ephemeral.is_some() || v.csi.is_some() {
-        "ephemeral and CSI volumes"
+    Some(if v.csi.is_some() {
+        "CSI volumes"
     } else if v.image.is_some() {
         "image volumes"
     } else {
@@ -395,7 +396,7 @@ impl Round<'_, '_> {
     }
 
     /// A claim's volume, as kubelet's volume manager resolves it.
-    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource) -> Result<Claimed, String> {
+    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource, owner: Option<&str>) -> Result<Claimed, String> {
         let Some(objects) = self.ctx.objects else {
             return Err("a persistentVolumeClaim needs an apiserver (static pods cannot use one)".into());
         };
@@ -403,6 +404,12 @@ impl Round<'_, '_> {
         let claim = objects.claim(&ns, &name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
         if claim.metadata.deletion_timestamp.is_some() {
             return Err(format!("error processing PVC {ns}/{name}: PVC is being deleted"));
+        }
+        if let Some(pod_uid) = owner {
+            let owned = claim.metadata.owner_references.iter().flatten().any(|o| o.kind == "Pod" && o.uid == pod_uid && o.controller == Some(true));
+            if !owned {
+                return Err(format!("error processing PVC {ns}/{name}: PVC was not created for pod (pod is not owner)"));
+            }
         }
         let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|n| bound && !n.is_empty()) else {
@@ -595,9 +602,18 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (
     let facts = PodFacts { pod, pod_ips, node: ctx.node };
     let mut errors = Vec::new();
     for v in spec.volumes.iter().flatten() {
-        let set = match &v.persistent_volume_claim {
-            Some(c) => round.claim(c).await,
-            None => round.one(v, &facts).await.map(Claimed::Mount),
+        let set = match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(c), _) => round.claim(c, None).await,
+            // A generic ephemeral volume: the claim the control plane made
+            // from the template, `<pod>-<volume>`, which the pod must own.
+            (None, Some(_)) => {
+                let src = k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("{}-{}", pod.metadata.name.clone().unwrap_or_default(), v.name),
+                    read_only: None,
+                };
+                round.claim(&src, Some(&round.uid.clone())).await
+            }
+            (None, None) => round.one(v, &facts).await.map(Claimed::Mount),
         };
         match set {
             Ok(Claimed::Mount(m)) => {

@@ -176,6 +176,10 @@ pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
         out.extend(names(&v["secret"]["secretName"]).into_iter().map(|n| ("secrets", n)));
         out.extend(names(&v["configMap"]["name"]).into_iter().map(|n| ("configmaps", n)));
         out.extend(names(&v["persistentVolumeClaim"]["claimName"]).into_iter().map(|n| ("persistentvolumeclaims", n)));
+        if !v["ephemeral"].is_null() {
+            let claim = format!("{}-{}", pod["metadata"]["name"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""));
+            out.push(("persistentvolumeclaims", claim));
+        }
         for src in v["projected"]["sources"].as_array().into_iter().flatten() {
             out.extend(names(&src["secret"]["name"]).into_iter().map(|n| ("secrets", n)));
             out.extend(names(&src["configMap"]["name"]).into_iter().map(|n| ("configmaps", n)));

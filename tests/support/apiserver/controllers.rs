@@ -187,6 +187,7 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(PERIOD).await;
+            ephemeral_claims(&mut state.store.lock().unwrap());
             let mut lifecycle = state.lifecycle.lock().unwrap();
             if !lifecycle.enabled {
                 continue;
@@ -196,6 +197,37 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
             evict_by_taints(&mut store, &mut lifecycle);
         }
     })
+}
+
+/// kube-controller-manager's ephemeral volume controller: for each pod's
+/// `ephemeral.volumeClaimTemplate`, the claim `<pod>-<volume>`, owned by
+/// the pod. (Binding it is the PV controller's job: tests bind it.)
+fn ephemeral_claims(store: &mut Store) {
+    for pod in store.list("pods", None) {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let t = &v["ephemeral"]["volumeClaimTemplate"];
+            if t.is_null() {
+                continue;
+            }
+            let name = format!("{pod_name}-{}", v["name"].as_str().unwrap_or(""));
+            if store.get("persistentvolumeclaims", &ns, &name).is_some() {
+                continue;
+            }
+            let claim = serde_json::json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": ns, "uid": format!("eph-{}", pod["metadata"]["uid"].as_str().unwrap_or("")),
+                    "labels": t["metadata"]["labels"].clone(),
+                    "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string(),
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod["metadata"]["uid"],
+                        "controller": true, "blockOwnerDeletion": true}]},
+                "spec": t["spec"].clone(),
+                "status": {"phase": "Pending"}
+            });
+            store.put("persistentvolumeclaims", &ns, &name, claim);
+        }
+    }
 }
 
 fn condition<'a>(node: &'a Value, t: &str) -> Option<&'a Value> {
