@@ -794,3 +794,65 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok() }).await;
     assert_eq!(out.trim(), "from-the-ephemeral-claim");
 }
+
+fn mount_count(needle: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_adopts_mounted_claims_and_unmounts_those_of_pods_deleted_meanwhile() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Cluster::start().await;
+    let mut agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    for name in ["keep", "gone"] {
+        let dir = c.dir().join(format!("pv-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": format!("pv-{name}"), "storageClassName": "",
+                     "resources": {"requests": {"storage": "1Mi"}}}
+        }))
+        .unwrap();
+        let created = claims.create(&PostParams::default(), &claim).await.unwrap();
+        claims.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("pv-{name}")},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "", "local": {"path": dir.display().to_string()},
+                     "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": name, "uid": created.metadata.uid}}
+        }))
+        .unwrap();
+        Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+        let mut p = bound_pod(name, &node, "echo $$ > /d/pid && sleep 3600");
+        let spec = p.spec.as_mut().unwrap();
+        spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": name}})).unwrap()]);
+        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "mountPath": "/d"})).unwrap()]);
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    for name in ["keep", "gone"] {
+        eventually(60 * S, &format!("{name} running"), || async {
+            (pods.get(name).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+    }
+    let keep_uid = pods.get("keep").await.unwrap().metadata.uid.unwrap();
+    let gone_uid = pods.get("gone").await.unwrap().metadata.uid.unwrap();
+    let keep_mount = format!("{keep_uid}/volumes/kubernetes.io~local-volume/pv-keep");
+    assert_eq!(mount_count(&keep_mount), 1);
+    let container = c.node.containers_named("keep").await.into_iter().find(support::is_running).unwrap().id;
+
+    // nodelet dies; meanwhile one pod is deleted for good.
+    agent.kill9();
+    pods.delete("gone", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    assert_eq!(mount_count(&gone_uid), 1, "nothing unmounts while nodelet is down");
+    let _agent = c.nodelet(&[]);
+    eventually(60 * S, "the deleted pod's volume unmounted at start", || async { (mount_count(&gone_uid) == 0).then_some(()) }).await;
+    eventually(30 * S, "the node Ready again", || async { c.node_ready().await.then_some(()) }).await;
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(mount_count(&keep_mount), 1, "the kept pod's volume is adopted, not mounted again");
+    let still = c.node.containers_named("keep").await.into_iter().find(support::is_running).unwrap().id;
+    assert_eq!(still, container, "the kept pod's container ran on undisturbed");
+    assert!(std::fs::read_to_string(c.dir().join("pv-keep/pid")).is_ok(), "its data is there");
+}
