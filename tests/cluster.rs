@@ -652,7 +652,7 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
         list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedMount")).and_then(|e| e.note)
     })
     .await;
-    assert!(note.contains("PVC is not bound"), "{note}");
+    assert!(note.contains("has non-bound phase") && note.contains("error processing PVC default/data"), "{note}");
     assert!(c.node.containers_named("writer").await.is_empty(), "nothing starts without its volume");
 
     // The binder's work, as the PV controller does it: both sides point at each other.

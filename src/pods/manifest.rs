@@ -401,6 +401,27 @@ pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
             refused.push(FieldError::new(&format!("spec.volumes[{i}]"), format!("Unsupported value: {what} are not implemented by this nodelet")));
         }
     }
+    // The apiserver's rule: a device comes from a claim (or an ephemeral one).
+    let claims: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            for (j, d) in c.volume_devices.iter().flatten().enumerate() {
+                if !claims.contains(&d.name.as_str()) {
+                    refused.push(FieldError::new(
+                        &format!("spec.{list}[{i}].volumeDevices[{j}].name"),
+                        format!("Invalid value: {:?}: can only use volume source type of PersistentVolumeClaim or Ephemeral for block mode", d.name),
+                    ));
+                }
+            }
+        }
+    }
     refused
 }
 
@@ -521,6 +542,10 @@ spec:
         )
         .replace("    command:", "    volumeMounts: [{name: data, mountPath: /data, subPath: a/b}]\n    command:");
         load_static(ok.as_bytes(), NODE, &file()).unwrap();
+
+        let dev = WEB.replace("  containers:", "  volumes: [{name: data, emptyDir: {}}]\n  containers:").replace("    command:", "    volumeDevices: [{name: data, devicePath: /dev/xvda}]\n    command:");
+        let e = err(&dev);
+        assert!(e.contains("volumeDevices[0].name: Invalid value: \"data\": can only use volume source type of PersistentVolumeClaim or Ephemeral for block mode"), "{e}");
 
         let pvc = WEB.replace("  containers:", "  volumes: [{name: data, persistentVolumeClaim: {claimName: c}}]\n  containers:");
         let e = err(&pvc);

@@ -401,7 +401,11 @@ impl Round<'_, '_> {
             return Err("a persistentVolumeClaim needs an apiserver (static pods cannot use one)".into());
         };
         let (ns, name) = (self.namespace.clone(), src.claim_name.clone());
-        let claim = objects.claim(&ns, &name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+        let claim = objects
+            .claim(&ns, &name)
+            .await
+            .map_err(|e| format!("error processing PVC {ns}/{name}: failed to fetch PVC from API server: {e}"))?
+            .ok_or_else(|| format!("error processing PVC {ns}/{name}: failed to fetch PVC from API server: persistentvolumeclaims {name:?} not found"))?;
         if claim.metadata.deletion_timestamp.is_some() {
             return Err(format!("error processing PVC {ns}/{name}: PVC is being deleted"));
         }
@@ -411,10 +415,12 @@ impl Round<'_, '_> {
                 return Err(format!("error processing PVC {ns}/{name}: PVC was not created for pod (pod is not owner)"));
             }
         }
-        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-        let Some(pv_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|n| bound && !n.is_empty()) else {
-            return Err(format!("error processing PVC {ns}/{name}: PVC is not bound"));
-        };
+        let phase = claim.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let volume_name = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+        if phase != "Bound" || volume_name.is_empty() {
+            return Err(format!("error processing PVC {ns}/{name}: PVC {ns}/{name} has non-bound phase ({phase:?}) or empty pvc.Spec.VolumeName ({volume_name:?})"));
+        }
+        let pv_name = volume_name;
         let pv = objects
             .persistent_volume(&pv_name)
             .await
@@ -422,16 +428,22 @@ impl Round<'_, '_> {
             .ok_or_else(|| format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} not found"))?;
         let spec = pv.spec.unwrap_or_default();
         let claim_uid = claim.metadata.uid.clone().unwrap_or_default();
-        let bound_to_claim = spec.claim_ref.as_ref().is_some_and(|r| {
-            r.namespace.as_deref() == Some(ns.as_str()) && r.name.as_deref() == Some(name.as_str()) && r.uid.as_deref().is_none_or(|u| u.is_empty() || u == claim_uid)
-        });
+        // kubelet's getPVSpec: the PV's claimRef carries this claim's UID.
+        let bound_to_claim = !claim_uid.is_empty() && spec.claim_ref.as_ref().is_some_and(|r| r.uid.as_deref() == Some(claim_uid.as_str()));
         if !bound_to_claim {
             return Err(format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} is not bound to it (claimRef)"));
         }
-        let once_pod = claim.spec.as_ref().and_then(|s| s.access_modes.as_ref()).is_some_and(|m| m.iter().any(|a| a == "ReadWriteOncePod"));
-        if once_pod && let Err(holder) = objects.take_claim(&ns, &name, &self.uid) {
-            return Err(format!("persistentvolumeclaim {ns}/{name} is ReadWriteOncePod and pod {holder} on this node uses it"));
+        if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
+            return Err(format!("MountVolume.NodeAffinity check failed for persistentvolume {pv_name:?}: it is for another node"));
         }
+        let once_pod = claim.spec.as_ref().and_then(|s| s.access_modes.as_ref()).is_some_and(|m| m.iter().any(|a| a == "ReadWriteOncePod"));
+        // Taken last of the checks, once the volume is known to be usable here.
+        let take = |objects: &dyn ApiObjects, uid: &str| -> Result<(), String> {
+            if once_pod && let Err(holder) = objects.take_claim(&ns, &name, uid) {
+                return Err(format!("volume uses the ReadWriteOncePod access mode and is already in use by another pod ({holder})"));
+            }
+            Ok(())
+        };
         let read_only = src.read_only == Some(true);
         let block = spec.volume_mode.as_deref() == Some("Block");
         let claim_block = claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
@@ -444,17 +456,14 @@ impl Round<'_, '_> {
                 .local
                 .as_ref()
                 .map(|l| PathBuf::from(&l.path))
-                .or_else(|| spec.host_path.as_ref().map(|h| PathBuf::from(&h.path)))
-                .ok_or_else(|| format!("persistentvolume {pv_name:?}: block volumes need a local or hostPath device with this nodelet"))?;
-            if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
-                return Err(format!("persistentvolume {pv_name:?} is for another node (nodeAffinity)"));
-            }
+                .ok_or_else(|| format!("persistentvolume {pv_name:?}: block volumes need a local PV on a block device with this nodelet"))?;
             if !self.ctx.dry_run {
                 let md = std::fs::metadata(&device).map_err(|e| format!("block device {}: {e}", device.display()))?;
                 if !md.file_type().is_block_device() {
                     return Err(format!("{} is not a block device (volumeMode Block)", device.display()));
                 }
             }
+            take(objects, &self.uid)?;
             return Ok(Claimed::Block(BlockDevice { device, read_only }));
         }
         if let Some(hp) = &spec.host_path {
@@ -462,27 +471,34 @@ impl Round<'_, '_> {
             if !self.ctx.dry_run {
                 check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
             }
+            take(objects, &self.uid)?;
             return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
         let Some(local) = &spec.local else {
             return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
         };
-        if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
-            return Err(format!("persistentvolume {pv_name:?} is for another node (nodeAffinity)"));
-        }
         let source = PathBuf::from(&local.path);
         let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name);
         if self.ctx.dry_run {
             return Ok(Claimed::Mount(Mountable { host_path: target, read_only }));
         }
+        take(objects, &self.uid)?;
         let md = std::fs::metadata(&source).map_err(|e| format!("local volume path {}: {e}", source.display()))?;
         if !md.is_dir() {
             return Err(format!("local volume path {} is not a directory (block devices are not implemented by this nodelet yet)", source.display()));
         }
-        if !mounts_under(&target).contains(&target) {
+        if !is_mounted(&target) {
             make_dir(&target, 0o750)?;
-            nix::mount::mount(Some(&source), &target, None::<&str>, nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC, None::<&str>)
+            use nix::mount::MsFlags;
+            nix::mount::mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .map_err(|e| format!("bind mount {} on {}: {e}", source.display(), target.display()))?;
+            if read_only {
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                if let Err(e) = nix::mount::mount(None::<&str>, &target, None::<&str>, ro, None::<&str>) {
+                    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+                    return Err(format!("remount {} read-only: {e}", target.display()));
+                }
+            }
             tracing::info!(pv = %pv_name, path = %source.display(), target = %target.display(), "local volume mounted");
         }
         Ok(Claimed::Mount(Mountable { host_path: target, read_only }))
@@ -588,7 +604,7 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
 
 /// Sets up (or refreshes) every volume of a pod. Volumes that fail are
 /// reported; the others are kept.
-pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (PodVolumes, Vec<VolumeError>) {
+pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], previous: Option<&PodVolumes>) -> (PodVolumes, Vec<VolumeError>) {
     let spec = pod.spec.clone().unwrap_or_default();
     let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group).map(|g| g as u32);
     let mut round = Round {
@@ -602,7 +618,14 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (
     let facts = PodFacts { pod, pod_ips, node: ctx.node };
     let mut errors = Vec::new();
     for v in spec.volumes.iter().flatten() {
+        // A claim is resolved once, as kubelet's volume manager does: later
+        // rounds keep what is mounted without asking the apiserver again.
+        let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some();
+        let kept = previous.filter(|_| claimed).and_then(|p| {
+            p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block))
+        });
         let set = match (&v.persistent_volume_claim, &v.ephemeral) {
+            _ if kept.is_some() => Ok(kept.expect("checked")),
             (Some(c), _) => round.claim(c, None).await,
             // A generic ephemeral volume: the claim the control plane made
             // from the template, `<pod>-<volume>`, which the pod must own.
@@ -623,6 +646,20 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String]) -> (
                 round.out.devices.insert(v.name.clone(), b);
             }
             Err(message) => errors.push(err(&v.name, message)),
+        }
+    }
+    // A block volume is used through volumeDevices, a filesystem one
+    // through volumeMounts (kubelet refuses the mix before the sandbox).
+    for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        for m in c.volume_mounts.iter().flatten() {
+            if round.out.devices.contains_key(&m.name) {
+                errors.push(err(&m.name, format!("volume {:?} has volumeMode Block, but is specified in volumeMounts", m.name)));
+            }
+        }
+        for d in c.volume_devices.iter().flatten() {
+            if round.out.volumes.contains_key(&d.name) {
+                errors.push(err(&d.name, format!("volume {:?} has volumeMode Filesystem, but is specified in volumeDevices", d.name)));
+            }
         }
     }
     (round.out, errors)
@@ -726,7 +763,19 @@ pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: b
 }
 
 /// Mount points below `dir`, deepest first, from /proc/self/mountinfo.
+/// Whether `path` itself is a mount point, by the kernel's mount table
+/// (a bind mount of a directory on the same filesystem has the same device).
+fn is_mounted(path: &Path) -> bool {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mounts_under(&canonical).contains(&canonical)
+}
+
+/// The mount points at or under `dir`, deepest first. The kernel lists
+/// resolved paths, so `dir` is resolved first (a symlinked root directory
+/// would otherwise hide every mount under it).
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let dir = dir.as_path();
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
     let mut found: Vec<PathBuf> = text
         .lines()
@@ -761,6 +810,12 @@ fn unescape_octal(s: &str) -> String {
 pub fn tear_down(pod_dir: &Path) -> Result<(), String> {
     for m in mounts_under(pod_dir) {
         nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {}: {e}", m.display()))?;
+    }
+    // The caller removes the directory recursively: never through a mount
+    // (a local PV's data would go with it).
+    let left = mounts_under(pod_dir);
+    if !left.is_empty() {
+        return Err(format!("still mounted: {}", left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
     }
     Ok(())
 }
@@ -804,6 +859,32 @@ mod tests {
         assert!(sub_path(&root, "../x", false).is_err());
         assert!(sub_path(&root, "/abs", false).is_err());
         assert!(sub_path(&root, "escape", false).unwrap_err().contains("not within volume path"));
+    }
+
+    #[test]
+    fn mounts_are_found_through_a_symlinked_root_and_tear_down_leaves_none() {
+        // A symlinked root directory (/var/lib/kubelet -> /data/kubelet) must
+        // not hide a bind mount: the pod directory is then removed
+        // recursively, and a local PV's data would go with it.
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        let data = tmp.path().join("pv");
+        std::fs::create_dir_all(real.join("pods/u/volumes/v")).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("keep"), "x").unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let target = real.join("pods/u/volumes/v");
+        if nix::mount::mount(Some(&data), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).is_err() {
+            eprintln!("skipped: no privilege to mount");
+            return;
+        }
+        let via_link = tmp.path().join("link/pods/u");
+        assert!(is_mounted(&tmp.path().join("link/pods/u/volumes/v")));
+        assert_eq!(mounts_under(&via_link).len(), 1);
+        tear_down(&via_link).unwrap();
+        assert!(mounts_under(&via_link).is_empty());
+        std::fs::remove_dir_all(&via_link).unwrap();
+        assert!(data.join("keep").exists(), "the volume's data survives the pod directory's removal");
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub trait ApiObjects: Send + Sync {
     fn take_claim(&self, _namespace: &str, _name: &str, _pod_uid: &str) -> Result<(), String> {
         Ok(())
     }
+    /// The pod finished: its ReadWriteOncePod claims are free.
+    fn release_claims(&self, _pod_uid: &str) {}
 }
 
 /// Not yet listed, or listed with this result.
@@ -305,8 +307,12 @@ impl ApiObjects for KubeObjects {
         if holder == pod_uid { Ok(()) } else { Err(holder.clone()) }
     }
 
-    fn release(&self, pod_uid: &str) {
+    fn release_claims(&self, pod_uid: &str) {
         self.once_pod.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, uid| uid != pod_uid);
+    }
+
+    fn release(&self, pod_uid: &str) {
+        self.release_claims(pod_uid);
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         watched.retain(|_, w| {
             w.users.remove(pod_uid);

@@ -424,7 +424,7 @@ impl Worker {
     /// renewed (nanoseconds); Err: when to try again, the failures reported.
     async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<i64>, i64> {
         let ctx = VolumeContext { node: &self.ctx.node, objects: self.ctx.objects.as_deref(), dry_run: self.ctx.dry_run };
-        let (vols, errors) = volumes::set_up(&ctx, pod, ips).await;
+        let (vols, errors) = volumes::set_up(&ctx, pod, ips, self.volumes.as_ref()).await;
         let refresh = vols.refresh_at.map(|s| s * 1_000_000_000);
         let first = self.volumes.is_none();
         if errors.is_empty() {
@@ -519,6 +519,13 @@ impl Worker {
         let was_pending = self.last_status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Pending"));
         if was_pending && status.phase.as_deref() == Some("Running") {
             self.ctx.metrics.pod_start_duration.observe(self.first_seen.elapsed().as_secs_f64());
+        }
+        // A finished pod holds no ReadWriteOncePod claim (the scheduler
+        // does not count it either).
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            && let Some(objects) = &self.ctx.objects
+        {
+            objects.release_claims(&self.identity.uid);
         }
         self.last_status = Some(status.clone());
         self.ctx.statuses.set(&self.identity.uid, PodRecord { pod: pod.clone(), status });

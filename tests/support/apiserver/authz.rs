@@ -243,6 +243,10 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
             if !READ.contains(&a.verb.as_str()) {
                 return None;
             }
+            // Claims: get only (the Node authorizer's rule).
+            if a.resource == "persistentvolumeclaims" && a.verb != "get" {
+                return Some(forbidden(who, a, &format!("can only get individual resources of this type")));
+            }
             let Some(name) = &a.name else {
                 return Some(forbidden(who, a, &format!("can only {} individual resources of this type", a.verb)));
             };
@@ -252,16 +256,21 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
             }
         }
-        // A PV is related when a claim that a pod on the node uses is bound to it.
-        ("", "persistentvolumes", None) if READ.contains(&a.verb.as_str()) => {
-            let Some(name) = &a.name else {
-                return Some(forbidden(who, a, &format!("can only {} individual resources of this type", a.verb)));
-            };
-            let bound = store.list("persistentvolumeclaims", None).into_iter().any(|c| {
-                c["spec"]["volumeName"].as_str() == Some(name.as_str())
-                    && related(store, node, "persistentvolumeclaims", c["metadata"]["namespace"].as_str().unwrap_or(""), c["metadata"]["name"].as_str().unwrap_or(""))
-            });
-            if bound { Some(Decision::Allow) } else { Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object"))) }
+        // The graph links a PV to the claim its claimRef names (AddPV);
+        // a node may only get it, when a pod of its uses that claim.
+        ("", "persistentvolumes", None) => {
+            if a.verb != "get" {
+                return Some(forbidden(who, a, &format!("can only get individual resources of this type")));
+            }
+            let name = a.name.clone().unwrap_or_default();
+            let pv = store.get("persistentvolumes", "", &name).cloned().unwrap_or_default();
+            let r = &pv["spec"]["claimRef"];
+            let (cns, cname) = (r["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
+            if !cname.is_empty() && related(store, node, "persistentvolumeclaims", cns, cname) {
+                Some(Decision::Allow)
+            } else {
+                Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
+            }
         }
         ("", "serviceaccounts", Some("token")) => {
             let name = a.name.as_deref().unwrap_or("");

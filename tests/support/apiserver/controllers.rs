@@ -203,7 +203,20 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
 /// `ephemeral.volumeClaimTemplate`, the claim `<pod>-<volume>`, owned by
 /// the pod. (Binding it is the PV controller's job: tests bind it.)
 fn ephemeral_claims(store: &mut Store) {
-    for pod in store.list("pods", None) {
+    // The garbage collector: a claim whose owning pod is gone goes too.
+    let pods = store.list("pods", None);
+    for claim in store.list("persistentvolumeclaims", None) {
+        let Some(owner) = claim["metadata"]["ownerReferences"].as_array().and_then(|o| o.iter().find(|r| r["kind"] == "Pod")) else { continue };
+        if !pods.iter().any(|p| p["metadata"]["uid"] == owner["uid"]) {
+            let ns = claim["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let name = claim["metadata"]["name"].as_str().unwrap_or("").to_string();
+            store.remove("persistentvolumeclaims", &ns, &name);
+        }
+    }
+    for pod in pods {
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
         let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
@@ -219,6 +232,7 @@ fn ephemeral_claims(store: &mut Store) {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": name, "namespace": ns, "uid": format!("eph-{}", pod["metadata"]["uid"].as_str().unwrap_or("")),
                     "labels": t["metadata"]["labels"].clone(),
+                    "annotations": t["metadata"]["annotations"].clone(),
                     "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string(),
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod["metadata"]["uid"],
                         "controller": true, "blockOwnerDeletion": true}]},
