@@ -155,6 +155,19 @@ fn last_trail<'a>(trail: &'a [Entry], f: impl Fn(&Entry) -> bool) -> Option<&'a 
     trail.iter().rev().find(|e| f(e))
 }
 
+/// When a crash-looping container is started again: its last exit plus
+/// the back-off its waiting message names (`back-off 40s restarting ...`).
+fn next_start(c: &ContainerStatus, message: &str) -> Option<Timestamp> {
+    let word = message.split_whitespace().skip_while(|w| *w != "back-off").nth(1)?;
+    let backoff = crate::config::duration::parse_go_duration(word).ok()?;
+    let finished = c.last_state.as_ref()?.terminated.as_ref()?.finished_at.as_ref()?.0;
+    finished.checked_add(jiff_span(backoff)?).ok()
+}
+
+fn jiff_span(d: std::time::Duration) -> Option<k8s_openapi::jiff::SignedDuration> {
+    k8s_openapi::jiff::SignedDuration::try_from(d).ok()
+}
+
 const IMAGE_REASONS: [&str; 5] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "ImageInspectError"];
 
 /// One line: what the pod waits for now (pure).
@@ -196,7 +209,8 @@ pub fn summary(record: &PodRecord, trail: &[Entry], pulls: &[Progress]) -> Strin
         match reason.as_str() {
             "CrashLoopBackOff" => {
                 let last = last_of(c).unwrap_or_else(|| "an unknown exit".into());
-                Some(format!("{kind} {:?} keeps crashing: last {last}, {} restarts; {msg}", c.name, c.restart_count))
+                let due = next_start(c, &msg).map(|t| format!(", next start at {t}")).unwrap_or_default();
+                Some(format!("{kind} {:?} keeps crashing: last {last}, {} restarts{due}; {msg}", c.name, c.restart_count))
             }
             "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" | "PreStartHookError" | "PostStartHookError" => {
                 Some(format!("{kind} {:?} cannot start ({reason}): {msg}", c.name))
@@ -406,9 +420,10 @@ mod tests {
 
         let r = record(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "r.io/app:1", "imageID": "", "ready": false, "restartCount": 3,
             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=app"}},
-            "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}));
+            "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "finishedAt": "2026-11-26T10:00:00Z"}}}]}));
         let s = summary(&r, &[], &[]);
         assert!(s.contains("keeps crashing") && s.contains("exit code 3"), "{s}");
+        assert!(s.contains("next start at 2026-11-26T10:00:40Z"), "{s}");
 
         let r = record(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "app", "image": "r.io/app:1", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}));

@@ -645,7 +645,9 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
         spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "mountPath": "/data"})).unwrap()]);
         p
     };
-    pods.create(&PostParams::default(), &with_claim("writer", "echo written-by-writer > /data/hello && sleep 3600", "Always")).await.unwrap();
+    let mut writer = with_claim("writer", "echo written-by-writer > /data/hello && sleep 3600", "Always");
+    writer.spec.as_mut().unwrap().security_context = Some(serde_json::from_value(serde_json::json!({"fsGroup": 2345})).unwrap());
+    pods.create(&PostParams::default(), &writer).await.unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let note = eventually(30 * S, "a FailedMount event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
@@ -667,6 +669,11 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     .await;
     let written = eventually(10 * S, "the file on the disk", || async { std::fs::read_to_string(disk.dir.join("hello")).ok() }).await;
     assert_eq!(written.trim(), "written-by-writer");
+    // fsGroup: the volume is given to the group, setgid, so the pod's files are too.
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(&disk.dir).unwrap();
+    assert_eq!((root.gid(), root.mode() & 0o2070), (2345, 0o2070), "the volume root is the fsGroup's");
+    assert_eq!(std::fs::metadata(disk.dir.join("hello")).unwrap().gid(), 2345, "files made in it inherit the group");
     let writer_uid = pods.get("writer").await.unwrap().metadata.uid.unwrap();
     assert!(mounted_under(&format!("{writer_uid}/volumes/kubernetes.io~local-volume/local-1")), "the local volume is bind-mounted into the pod's directory");
 

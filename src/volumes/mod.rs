@@ -500,6 +500,10 @@ impl Round<'_, '_> {
                 }
             }
             tracing::info!(pv = %pv_name, path = %source.display(), target = %target.display(), "local volume mounted");
+            if let Some(g) = self.fs_group {
+                let policy = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.fs_group_change_policy.clone());
+                set_volume_ownership(&target, g, read_only, policy.as_deref() == Some("OnRootMismatch"))?;
+            }
         }
         Ok(Claimed::Mount(Mountable { host_path: target, read_only }))
     }
@@ -526,6 +530,43 @@ impl Round<'_, '_> {
         self.out.refresh_at = Some(self.out.refresh_at.map_or(at, |r| r.min(at)));
         Ok(token.token.into_bytes())
     }
+}
+
+/// kubelet's SetVolumeOwnership: every file and directory of the volume
+/// given to group `gid` with group read (and write, unless read-only)
+/// access, directories also searchable and setgid, symlinks only chowned.
+/// With `OnRootMismatch`, nothing is done when the root is already so.
+fn set_volume_ownership(root: &Path, gid: u32, read_only: bool, on_root_mismatch: bool) -> Result<(), String> {
+    let mask = |dir: bool| {
+        let base = if read_only { 0o440 } else { 0o660 };
+        if dir { base | 0o110 | 0o2000 } else { base }
+    };
+    if on_root_mismatch
+        && let Ok(md) = std::fs::metadata(root)
+        && md.gid() == gid
+        && md.mode() & 0o7777 & mask(true) == mask(true)
+    {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let md = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::os::unix::fs::lchown(&path, None, Some(gid)).map_err(|e| format!("setting the fsGroup on {}: {e}", path.display()))?;
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        let mode = md.mode() & 0o7777;
+        let want = mode | mask(md.is_dir());
+        if want != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want)).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?.flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a PV's required node affinity admits this node. nodelet knows
