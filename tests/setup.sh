@@ -7,11 +7,12 @@
 # and curl (rustup); binutils, dpkg-dev and init-system-helpers for the
 # Debian package and its test; dbus-daemon for the graceful-shutdown test
 # (a private bus with a stand-in logind); docker-registry, skopeo and
-# apache2-utils (htpasswd) for the registry tests. Idempotent; run as root.
+# apache2-utils (htpasswd) for the registry tests; e2fsprogs and mount (mkfs.ext4,
+# losetup) for the persistent volume tests. Idempotent; run as root.
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux
           gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev init-system-helpers dbus-daemon
-          docker-registry skopeo apache2-utils)
+          docker-registry skopeo apache2-utils e2fsprogs mount)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
