@@ -166,7 +166,8 @@ pub fn node_api_paths(data: &[u8]) {
 /// secrets' Docker configs (both formats) looked up for an image, image
 /// names, a CredentialProviderConfig, and a pull record file.
 pub fn registry_credentials(data: &[u8]) {
-    use crate::credentials::{self, Format, Origin, Keyring, reference};
+    use crate::credentials::{self, Format, Keyring, Origin};
+    use crate::reference;
     let origin = Origin::Secret { namespace: "ns".into(), name: "s".into() };
     let text = String::from_utf8_lossy(data);
     for format in [Format::ConfigJson, Format::DockerCfg] {

@@ -24,6 +24,7 @@ pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod proxy;
+pub mod reference;
 pub mod pulls;
 pub mod resources;
 pub mod runtime;

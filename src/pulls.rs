@@ -23,7 +23,8 @@ use tokio::sync::Semaphore;
 use crate::credentials::provider::Providers;
 use crate::credentials::records::{Lookup, PodSecrets, Records, SecretRef, may_use};
 pub use crate::config::PullPolicy;
-use crate::credentials::{self, Credential, Format, Keyring, Origin, reference::Reference};
+use crate::reference::Reference;
+use crate::credentials::{self, Credential, Format, Keyring, Origin};
 use crate::runtime::{Runtime, cri};
 
 /// How often a running pull's progress is read (for `/pulls`) ...
@@ -136,8 +137,7 @@ impl Puller {
 
     /// Whether a pod holding `secrets` may use the image already present
     /// (`image_id`) without pulling it again.
-    pub fn may_use_present(&self, image: &str, r: &Reference, image_id: &str, secrets: &PodSecrets) -> bool {
-        let _ = image;
+    pub fn may_use_present(&self, r: &Reference, image_id: &str, secrets: &PodSecrets) -> bool {
         let record = match self.records.lookup(image_id) {
             Lookup::Found(rec) => Some(rec),
             Lookup::Missing => None,
@@ -207,7 +207,7 @@ impl Puller {
                 return self.runtime.pull_image(image, None, sandbox).await.map(|id| (id, None)).map_err(|e| e.to_string());
             }
             for c in &candidates {
-                match self.runtime.pull_image(image, Some(c.auth_config()), sandbox).await {
+                match self.runtime.pull_image(image, Some(auth_config(c)), sandbox).await {
                     Ok(id) => return Ok((id, Some(c))),
                     Err(e) => {
                         tracing::debug!(image, credential = ?c, error = %e, "pull with this credential failed; trying the next");
@@ -318,6 +318,20 @@ impl Puller {
     }
 }
 
+/// The CRI AuthConfig for a credential. No server address: containerd then
+/// gives it to whichever host (mirror included) serves the image, as with
+/// kubelet.
+fn auth_config(c: &Credential) -> cri::AuthConfig {
+    cri::AuthConfig {
+        username: c.username.clone(),
+        password: c.password.clone(),
+        auth: c.auth.clone(),
+        server_address: String::new(),
+        identity_token: c.identity_token.clone(),
+        registry_token: c.registry_token.clone(),
+    }
+}
+
 pub fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -376,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn over_the_registry_qps_a_pull_fails_as_kubelets_does() {
         let (p, _dir) = puller(PullPolicy { qps: 1, burst: 2, ..Default::default() }).await;
-        let r = crate::credentials::reference::parse("r.io/app:1").unwrap();
+        let r = crate::reference::parse("r.io/app:1").unwrap();
         let sb = cri::PodSandboxConfig::default();
         let none = Keyring::default();
         assert!(p.pull("r.io/app:1", &r, "ns/a", &none, &sb).await.is_ok());
@@ -387,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_pull_leaves_a_record_open_to_node_pods_when_anonymous_and_no_intent() {
         let (p, dir) = puller(PullPolicy::default()).await;
-        let r = crate::credentials::reference::parse("r.io/app:1").unwrap();
+        let r = crate::reference::parse("r.io/app:1").unwrap();
         let pulled = p.pull("r.io/app:1", &r, "ns/a", &Keyring::default(), &cri::PodSandboxConfig::default()).await.unwrap();
         assert!(pulled.origin.is_none());
         let rec = Records::new(dir.path()).pulled(&pulled.image.id).expect("a record");

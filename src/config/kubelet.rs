@@ -68,7 +68,7 @@ pub struct KubeletConfig {
     pub max_parallel_image_pulls: Option<u32>,
     pub registry_pull_qps: Option<u32>,
     pub registry_burst: Option<u32>,
-    pub image_pull_credentials_verify_policy: Option<crate::credentials::records::VerifyPolicy>,
+    pub image_pull_credentials_verify_policy: Option<super::VerifyPolicy>,
     pub preloaded_images_verification_allowlist: Option<Vec<String>>,
     pub eviction: super::eviction::EvictionConfig,
     pub shutdown_grace_period: Option<Duration>,
@@ -165,6 +165,17 @@ pub(super) fn field<T: DeserializeOwned>(file: &str, name: &str, v: &Value) -> R
         let sub = e.path().to_string();
         let path = if sub == "." { name.to_string() } else { format!("{name}.{sub}") };
         ConfigError::Field { file: file.into(), field: path, message: e.inner().to_string() }
+    })
+}
+
+/// A whole number of at least `min` that fits a u32.
+fn count(file: &str, name: &str, v: &Value, min: u32) -> Result<u32, ConfigError> {
+    let n: i64 = field(file, name, v)?;
+    let want = if min == 0 { "greater than or equal to 0".to_string() } else { format!("{min} or more") };
+    u32::try_from(n).ok().filter(|n| *n >= min).ok_or_else(|| ConfigError::Field {
+        file: file.into(),
+        field: name.into(),
+        message: format!("Invalid value: {n}: must be {want}"),
     })
 }
 
@@ -280,24 +291,12 @@ impl KubeletConfig {
                         Some(i32::try_from(n).ok().filter(|n| *n >= -1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be -1 (no limit) or more")))?);
                 }
                 "serializeImagePulls" => c.serialize_image_pulls = Some(field(file, k, v)?),
-                "maxParallelImagePulls" => {
-                    let n: i64 = field(file, k, v)?;
-                    c.max_parallel_image_pulls =
-                        Some(u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| bad(k, format!("Invalid value: {n}: must be 1 or more")))?);
-                }
-                "registryPullQPS" => {
-                    let n: i64 = field(file, k, v)?;
-                    c.registry_pull_qps =
-                        Some(u32::try_from(n).map_err(|_| bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")))?);
-                }
-                "registryBurst" => {
-                    let n: i64 = field(file, k, v)?;
-                    c.registry_burst =
-                        Some(u32::try_from(n).map_err(|_| bad(k, format!("Invalid value: {n}: must be greater than or equal to 0")))?);
-                }
+                "maxParallelImagePulls" => c.max_parallel_image_pulls = Some(count(file, k, v, 1)?),
+                "registryPullQPS" => c.registry_pull_qps = Some(count(file, k, v, 0)?),
+                "registryBurst" => c.registry_burst = Some(count(file, k, v, 0)?),
                 "imagePullCredentialsVerificationPolicy" => {
                     let p: String = field(file, k, v)?;
-                    c.image_pull_credentials_verify_policy = Some(crate::credentials::records::VerifyPolicy::parse(&p).ok_or_else(|| {
+                    c.image_pull_credentials_verify_policy = Some(super::VerifyPolicy::parse(&p).ok_or_else(|| {
                         bad(k, format!("Unsupported value: {p:?}: supported values: \"NeverVerify\", \"NeverVerifyPreloadedImages\", \"NeverVerifyAllowlistedImages\", \"AlwaysVerify\""))
                     })?);
                 }

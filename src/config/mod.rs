@@ -190,6 +190,33 @@ pub struct ImageGcPolicy {
     pub status_max_images: Option<usize>,
 }
 
+/// kubelet's imagePullCredentialsVerificationPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyPolicy {
+    /// Anything on the node may be used by any pod.
+    NeverVerify,
+    /// Images that nodelet never pulled (there before it) are free to use;
+    /// the rest are checked.
+    #[default]
+    NeverVerifyPreloadedImages,
+    /// Only the images in the allowlist are free; the rest are checked.
+    NeverVerifyAllowlistedImages,
+    /// Everything is checked.
+    AlwaysVerify,
+}
+
+impl VerifyPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "NeverVerify" => Self::NeverVerify,
+            "NeverVerifyPreloadedImages" => Self::NeverVerifyPreloadedImages,
+            "NeverVerifyAllowlistedImages" => Self::NeverVerifyAllowlistedImages,
+            "AlwaysVerify" => Self::AlwaysVerify,
+            _ => return None,
+        })
+    }
+}
+
 /// How images are pulled (KubeletConfiguration's `serializeImagePulls`,
 /// `maxParallelImagePulls`, `registryPullQPS`, `registryBurst`,
 /// `imagePullCredentialsVerificationPolicy`, `preloadedImagesVerificationAllowlist`).
@@ -200,7 +227,7 @@ pub struct PullPolicy {
     /// 0: no limit.
     pub qps: u32,
     pub burst: u32,
-    pub verify: crate::credentials::records::VerifyPolicy,
+    pub verify: VerifyPolicy,
     pub allowlist: Vec<String>,
 }
 
@@ -556,7 +583,7 @@ mod tests {
         let e = Settings::resolve(o(), parse("maxParallelImagePulls: 3\nserializeImagePulls: true\n").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("maxParallelImagePulls: 3 cannot be larger than 1"), "{e}");
         let s = Settings::resolve(o(), parse("imagePullCredentialsVerificationPolicy: AlwaysVerify\nregistryPullQPS: 0\n").unwrap()).unwrap();
-        assert_eq!(s.pulls.verify, crate::credentials::records::VerifyPolicy::AlwaysVerify);
+        assert_eq!(s.pulls.verify, VerifyPolicy::AlwaysVerify);
         assert_eq!(s.pulls.qps, 0);
         assert!(parse("registryPullQPS: 1e-300\n").unwrap_err().to_string().starts_with("k.yaml: registryPullQPS: invalid type"));
         assert!(parse("imagePullCredentialsVerificationPolicy: Sometimes\n").unwrap_err().to_string().contains("Unsupported value"));

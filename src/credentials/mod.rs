@@ -12,7 +12,6 @@
 
 pub mod provider;
 pub mod records;
-pub mod reference;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +20,6 @@ use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::cri;
 
 /// Where a credential came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,19 +66,6 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// The CRI AuthConfig. No server address: containerd then gives it to
-    /// whichever host (mirror included) serves the image, as with kubelet.
-    pub fn auth_config(&self) -> cri::AuthConfig {
-        cri::AuthConfig {
-            username: self.username.clone(),
-            password: self.password.clone(),
-            auth: self.auth.clone(),
-            server_address: String::new(),
-            identity_token: self.identity_token.clone(),
-            registry_token: self.registry_token.clone(),
-        }
-    }
-
     /// A one-way hash of the secret parts, to recognise the same
     /// credential later without keeping it.
     pub fn hash(&self) -> String {
@@ -261,7 +246,7 @@ impl Keyring {
         }
         let hub = repository.starts_with("docker.io/") || repository.starts_with("index.docker.io/");
         if hub {
-            return self.entries.iter().filter(|(k, _)| k == reference::DOCKER_HUB_INDEX).map(|(_, c)| c.clone()).collect();
+            return self.entries.iter().filter(|(k, _)| k == crate::reference::DOCKER_HUB_INDEX).map(|(_, c)| c.clone()).collect();
         }
         Vec::new()
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{Credential, Keyring, Origin, key_matches, reference};
+use super::{Credential, Keyring, Origin, key_matches};
+use crate::reference;
 use crate::config::duration::parse_go_duration;
 
 const API_VERSIONS: [&str; 3] =

@@ -20,32 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// kubelet's imagePullCredentialsVerificationPolicy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VerifyPolicy {
-    /// Anything on the node may be used by any pod.
-    NeverVerify,
-    /// Images that nodelet never pulled (there before it) are free to use;
-    /// the rest are checked.
-    #[default]
-    NeverVerifyPreloadedImages,
-    /// Only the images in the allowlist are free; the rest are checked.
-    NeverVerifyAllowlistedImages,
-    /// Everything is checked.
-    AlwaysVerify,
-}
-
-impl VerifyPolicy {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "NeverVerify" => Self::NeverVerify,
-            "NeverVerifyPreloadedImages" => Self::NeverVerifyPreloadedImages,
-            "NeverVerifyAllowlistedImages" => Self::NeverVerifyAllowlistedImages,
-            "AlwaysVerify" => Self::AlwaysVerify,
-            _ => return None,
-        })
-    }
-}
+pub use crate::config::VerifyPolicy;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -665,19 +665,19 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
         let kept = previous.filter(|_| claimed).and_then(|p| {
             p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block))
         });
-        let set = match (&v.persistent_volume_claim, &v.ephemeral) {
-            _ if kept.is_some() => Ok(kept.expect("checked")),
-            (Some(c), _) => round.claim(c, None).await,
+        let set = match (kept, &v.persistent_volume_claim, &v.ephemeral) {
+            (Some(k), _, _) => Ok(k),
+            (None, Some(c), _) => round.claim(c, None).await,
             // A generic ephemeral volume: the claim the control plane made
             // from the template, `<pod>-<volume>`, which the pod must own.
-            (None, Some(_)) => {
+            (None, None, Some(_)) => {
                 let src = k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
                     claim_name: format!("{}-{}", pod.metadata.name.clone().unwrap_or_default(), v.name),
                     read_only: None,
                 };
                 round.claim(&src, Some(&round.uid.clone())).await
             }
-            (None, None) => round.one(v, &facts).await.map(Claimed::Mount),
+            (None, None, None) => round.one(v, &facts).await.map(Claimed::Mount),
         };
         match set {
             Ok(Claimed::Mount(m)) => {

@@ -112,7 +112,7 @@ impl Worker {
     /// says so; the image.
     async fn ensure_image(&mut self, pod: &Pod, c: &Container, sb: &SandboxInUse) -> Result<cri::Image, Failed> {
         let image = c.image.clone().unwrap_or_default();
-        let reference = match crate::credentials::reference::parse(&image) {
+        let reference = match crate::reference::parse(&image) {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("Failed to apply default image tag {image:?}: {e}");
@@ -121,7 +121,7 @@ impl Worker {
                 return Err(self.retry_later());
             }
         };
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| if reference.tag.as_deref() == Some("latest") || (reference.tag.is_none() && reference.digest.is_none()) { "Always".into() } else { "IfNotPresent".into() });
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| crate::pods::manifest::default_pull_policy(&image).into());
         let present = match self.ctx.runtime.image_status(&image).await {
             Ok(p) => p,
             Err(e) => return Err(self.fail_container(&c.name, "ImageInspectError", format!("Failed to inspect image {image:?}: {e}"))),
@@ -132,7 +132,7 @@ impl Worker {
             && let Some(img) = present.clone()
         {
             let held = crate::pulls::Puller::pod_secrets(&secrets, &repo);
-            if self.ctx.pulls.may_use_present(&image, &reference, &img.id, &held) {
+            if self.ctx.pulls.may_use_present(&reference, &img.id, &held) {
                 self.event(EventType::Normal, "Pulled", &format!("Container image {image:?} already present on machine"));
                 return Ok(img);
             }

@@ -223,6 +223,11 @@ pub fn read_layout(file: &Path) -> Result<Vec<(String, Vec<String>)>, ImportErro
 /// Normalises an image name the way containerd's CRI plugin does, so that a
 /// pod naming `busybox:1` finds the imported `docker.io/library/busybox:1`.
 pub fn normalize_reference(name: &str) -> String {
+    if let Ok(r) = crate::reference::parse(name) {
+        return r.normalized();
+    }
+    // Names the strict parser refuses (a short test digest, ...) are
+    // completed by the same rules, leniently.
     let (repo_part, _) = name.split_once('@').unwrap_or((name, ""));
     let first = repo_part.split('/').next().unwrap_or("");
     let has_domain = repo_part.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
