@@ -10,33 +10,12 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use nodelet::proxy::model::{Endpoint, PortKey, ProxyState, Protocol, ServicePort};
+use nodelet::proxy::model::ProxyState;
 use nodelet::proxy::{Context, SyncStats, iptables, nftables};
 
-fn synth(services: usize, endpoints: usize) -> ProxyState {
-    let mut s = ProxyState::default();
-    for i in 0..services {
-        let key = PortKey { namespace: format!("ns{}", i % 50), name: format!("svc-{i}"), port: "http".into(), protocol: Protocol::Tcp };
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1);
-        let node_port = (i % 10 == 0).then(|| 30000 + (i / 10) as u16 % 2768);
-        s.services.insert(
-            key.clone(),
-            ServicePort { node_port, ..ServicePort::cluster_ip(key.clone(), ip, 80) },
-        );
-        let eps = (0..endpoints)
-            .map(|e| Endpoint {
-                ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i * endpoints + e) as u32 % 65000 + 2),
-                port: 8080,
-                ready: true,
-                serving: true,
-                terminating: false,
-                local: e == 0,
-            })
-            .collect();
-        s.endpoints.insert(key, eps);
-    }
-    s
-}
+#[path = "support/synth.rs"]
+mod synth;
+use synth::synth;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -266,8 +266,8 @@ struct RunArgs {
     /// Webhook (SubjectAccessReview) or AlwaysAllow [default: Webhook].
     #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
     authorization_mode: Option<String>,
-    /// The Service proxy mode: iptables, nftables, ipvs (falls back to
-    /// iptables here) or none (leave Services to another proxy)
+    /// The Service proxy mode: iptables, nftables, ipvs (needs the kernel's
+    /// ip_vs module) or none (leave Services to another proxy)
     /// [default: the proxy config's mode, else iptables].
     #[arg(long, value_parser = ["iptables", "nftables", "ipvs", "none"])]
     proxy_mode: Option<String>,
@@ -467,7 +467,7 @@ fn main() {
             Some(Command::Explain(a)) => explain(a).await,
             Some(Command::Images { command: ImagesCommand::Import(a) }) => images_import(a).await,
             Some(Command::Proxy { command: ProxyCommand::Cleanup }) => {
-                let errors = nodelet::proxy::cleanup();
+                let errors = tokio::task::spawn_blocking(nodelet::proxy::cleanup).await?;
                 if errors.is_empty() { Ok(()) } else { Err(anyhow::anyhow!(errors.join("; "))) }
             }
         }

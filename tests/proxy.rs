@@ -409,3 +409,70 @@ async fn iptables_mode_carries_real_traffic() {
 async fn nftables_mode_carries_real_traffic() {
     traffic("nftables").await;
 }
+
+/// IPVS mode on this machine's kernel, which has no IP_VS: one clear error
+/// naming the module, no silent fallback to another mode (no rules of any
+/// mode appear, /healthz says the proxy is down), while the kubelet side
+/// runs on. A dry run plans the IPVS changes from the cluster's objects
+/// without the kernel. The traffic tests of IPVS mode run under qemu with
+/// Debian's kernel (tests/ipvs.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it() {
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("this kernel has IPVS; tests/ipvs.rs covers it");
+        return;
+    }
+    let c = Cluster::start().await;
+    let node = c.node.node_name();
+    let client = &c.client;
+    let plain = json!([{"port": 8080, "protocol": "TCP"}]);
+    create::<Service>(client, service("web", json!({"type": "NodePort", "clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
+        "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}))).await;
+    create::<EndpointSlice>(client, slice("web-1", "web", &node, &[(0, true, true), (1, false, true)], plain)).await;
+    let proxy_kubeconfig = c.dir().join("kube-proxy.kubeconfig");
+    std::fs::write(&proxy_kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
+    let config = c.dir().join("kube-proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: ipvs\nclusterCIDR: 10.244.0.0/16\n\
+             hostnameOverride: {node}\nhealthzBindAddress: 127.0.0.1:10256\nipvs:\n  scheduler: wlc\n\
+             clientConnection:\n  kubeconfig: {}\n",
+            proxy_kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
+    let line = eventually(20 * S, "the IPVS error", || async {
+        agent.log().lines().find(|l| l.contains("cannot run in IPVS mode")).map(str::to_string)
+    })
+    .await;
+    assert!(line.contains("kernel module ip_vs") && line.contains("modprobe ip_vs"), "{line}");
+    let healthz = in_netns(&c.node.netns, || Command::new("busybox").args(["timeout", "3", "wget", "-qO-", "http://127.0.0.1:10256/healthz"]).output().unwrap());
+    assert!(!healthz.status.success(), "the proxy's /healthz must fail: {}", String::from_utf8_lossy(&healthz.stdout));
+    let rules = in_netns(&c.node.netns, || {
+        let ipt = Command::new("iptables-save").output().unwrap();
+        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
+    });
+    assert!(!rules.contains("KUBE-SERVICES") && !rules.contains("table ip nodelet"), "no silent fallback: {rules}");
+
+    let kubeconfig = c.dir().join("kubelet.kubeconfig");
+    let dry = c.node.nodelet(&["--dry-run", "--kubeconfig", kubeconfig.to_str().unwrap(), "--proxy-config", config.to_str().unwrap()]);
+    let printed = eventually(30 * S, "the dry-run IPVS plan", || async {
+        let out = dry.stdout();
+        (out.contains("# nodelet proxy (ipvs) ruleset: ") && out.contains("add element ip nodelet-ipvs vips")).then_some(out)
+    })
+    .await;
+    for want in [
+        "link add kube-ipvs0 type dummy",
+        "ipvs add service tcp 10.96.0.10:80 scheduler wlc persistent 10800",
+        "ipvs add server tcp 10.96.0.10:80 -> 10.244.0.10:8080 masq weight 1",
+        "address add 10.96.0.10/32 dev kube-ipvs0",
+        "add rule ip nodelet-ipvs services ip daddr . meta l4proto . th dport @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+    ] {
+        assert!(printed.contains(want), "{want:?} missing from:\n{printed}");
+    }
+    assert!(!printed.contains("10.244.0.11"), "the not-ready endpoint is no server:\n{printed}");
+    assert!(printed.lines().any(|l| l.starts_with("ipvs add service tcp ") && l.contains(":30080 ")), "a NodePort service:\n{printed}");
+}

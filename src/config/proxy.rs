@@ -32,8 +32,21 @@ pub struct ProxyConfig {
     /// kubeconfig, user `system:kube-proxy`), used for its watches instead of
     /// the node's identity.
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// `ipvs.*`, read in IPVS mode.
+    pub ipvs: IpvsConfig,
     /// Fields accepted but not used, for one warning each.
     pub ignored: Vec<String>,
+}
+
+/// KubeProxyConfiguration `ipvs.*`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IpvsConfig {
+    pub scheduler: Option<String>,
+    pub strict_arp: bool,
+    pub tcp_timeout: Option<Duration>,
+    pub tcp_fin_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
+    pub exclude_cidrs: Vec<ipnetwork::Ipv4Network>,
 }
 
 impl ProxyConfig {
@@ -95,23 +108,61 @@ impl ProxyConfig {
                     }
                     _ => return Err(bad(k, "expected an object".into())),
                 },
-                "iptables" | "nftables" => match v {
+                "iptables" | "nftables" | "ipvs" => match v {
                     Value::Object(m) => per_mode.push((k.as_str(), m)),
                     _ => return Err(bad(k, "expected an object".into())),
                 },
                 other => c.ignored.push(other.to_string()),
             }
         }
-        // iptables.* applies in iptables mode, nftables.* in nftables mode.
+        // iptables.* applies in iptables mode, nftables.* in nftables mode;
+        // IPVS mode takes its sync periods from ipvs.* and the masquerade
+        // settings from iptables.*, as kube-proxy.
         let mode = c.mode.clone().unwrap_or_else(|| "iptables".into());
         for (section, m) in per_mode {
             let applies = section == mode || (section == "iptables" && mode != "nftables");
+            let periods = section == mode || (section == "iptables" && mode != "nftables" && mode != "ipvs");
             for (k, v) in m {
                 let name = format!("{section}.{k}");
                 if v.is_null() {
                     continue;
                 }
+                if section == "ipvs" {
+                    match k.as_str() {
+                        "syncPeriod" if periods => c.sync_period = Some(duration(file, &name, v)?),
+                        "minSyncPeriod" if periods => c.min_sync_period = Some(duration(file, &name, v)?),
+                        "syncPeriod" | "minSyncPeriod" => {}
+                        "scheduler" => {
+                            let sched: String = field(file, &name, v)?;
+                            if !sched.is_empty() && !crate::proxy::ipvs::SCHEDULERS.contains(&sched.as_str()) {
+                                return Err(bad(
+                                    &name,
+                                    format!("Invalid value: {sched:?}: supported values: {}", crate::proxy::ipvs::SCHEDULERS.join(", ")),
+                                ));
+                            }
+                            c.ipvs.scheduler = (!sched.is_empty()).then_some(sched);
+                        }
+                        "strictARP" => c.ipvs.strict_arp = field(file, &name, v)?,
+                        "tcpTimeout" => c.ipvs.tcp_timeout = Some(duration(file, &name, v)?),
+                        "tcpFinTimeout" => c.ipvs.tcp_fin_timeout = Some(duration(file, &name, v)?),
+                        "udpTimeout" => c.ipvs.udp_timeout = Some(duration(file, &name, v)?),
+                        "excludeCIDRs" => {
+                            let list: Vec<String> = field(file, &name, v)?;
+                            for (i, cidr) in list.iter().enumerate() {
+                                match cidr.parse::<ipnetwork::IpNetwork>() {
+                                    Ok(ipnetwork::IpNetwork::V4(n)) => c.ipvs.exclude_cidrs.push(n),
+                                    Ok(ipnetwork::IpNetwork::V6(_)) => {}
+                                    Err(e) => return Err(bad(&format!("{name}[{i}]"), format!("Invalid value: {cidr:?}: {e}"))),
+                                }
+                            }
+                        }
+                        _ => c.ignored.push(name),
+                    }
+                    continue;
+                }
                 match k.as_str() {
+                    "syncPeriod" if periods => c.sync_period = Some(duration(file, &name, v)?),
+                    "minSyncPeriod" if periods => c.min_sync_period = Some(duration(file, &name, v)?),
                     "masqueradeAll" if applies => c.masquerade_all = Some(field(file, &name, v)?),
                     "masqueradeBit" if applies => {
                         let b: i64 = field(file, &name, v)?;
@@ -120,8 +171,6 @@ impl ProxyConfig {
                         }
                         c.masquerade_bit = Some(b as u8);
                     }
-                    "syncPeriod" if applies => c.sync_period = Some(duration(file, &name, v)?),
-                    "minSyncPeriod" if applies => c.min_sync_period = Some(duration(file, &name, v)?),
                     "masqueradeAll" | "masqueradeBit" | "syncPeriod" | "minSyncPeriod" => {}
                     _ => c.ignored.push(name),
                 }
@@ -168,5 +217,25 @@ mod tests {
         assert_eq!(e.to_string(), "p.yaml: mode: Unsupported value: \"userspace\": supported values: \"iptables\", \"ipvs\", \"nftables\"");
         let e = ProxyConfig::parse(f.replace("45s", "soon").as_bytes(), "p.yaml").unwrap_err();
         assert!(e.to_string().starts_with("p.yaml: nftables.syncPeriod: "), "{e}");
+    }
+
+    #[test]
+    fn the_ipvs_section() {
+        let f = "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: ipvs\n\
+                 iptables: {syncPeriod: 10s, masqueradeAll: true}\n\
+                 ipvs: {scheduler: wlc, syncPeriod: 20s, minSyncPeriod: 0s, strictARP: true, tcpTimeout: 900s, \
+                 tcpFinTimeout: 2m, udpTimeout: 300s, excludeCIDRs: [10.0.9.0/24, 'fd00::/8']}\n";
+        let c = ProxyConfig::parse(f.as_bytes(), "p.yaml").unwrap();
+        assert_eq!(c.sync_period, Some(Duration::from_secs(20)), "ipvs.syncPeriod, not iptables'");
+        assert_eq!(c.min_sync_period, Some(Duration::ZERO));
+        assert_eq!(c.masquerade_all, Some(true), "iptables.masqueradeAll applies in IPVS mode");
+        assert_eq!(c.ipvs.scheduler.as_deref(), Some("wlc"));
+        assert!(c.ipvs.strict_arp);
+        assert_eq!((c.ipvs.tcp_timeout, c.ipvs.tcp_fin_timeout), (Some(Duration::from_secs(900)), Some(Duration::from_secs(120))));
+        assert_eq!(c.ipvs.exclude_cidrs, vec!["10.0.9.0/24".parse().unwrap()]);
+        let e = ProxyConfig::parse(f.replace("wlc", "fastest").as_bytes(), "p.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: ipvs.scheduler: Invalid value: \"fastest\""), "{e}");
+        let e = ProxyConfig::parse(f.replace("10.0.9.0/24", "10.0.9.0/99").as_bytes(), "p.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: ipvs.excludeCIDRs[0]: "), "{e}");
     }
 }

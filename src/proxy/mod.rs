@@ -1,10 +1,12 @@
 //! The Service proxy (kube-proxy's role): Services and EndpointSlices are
 //! watched, reduced to a [`model::ProxyState`], and programmed into the
-//! kernel by one backend: iptables (iptables-restore), nftables (`nft -f`).
+//! kernel by one backend: iptables (iptables-restore), nftables (`nft -f`),
+//! IPVS (generic netlink, with kube-ipvs0 over rtnetlink).
 
 pub mod model;
 pub mod nftables;
 pub mod iptables;
+pub mod ipvs;
 
 use std::net::Ipv4Addr;
 
@@ -81,6 +83,15 @@ pub fn run_with_input(tool: &str, args: &[&str], input: &str) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Deletes the `ip` nftables table `name`; one that is not there is no error.
+pub fn delete_nft_table(name: &str) -> Result<(), ProxyError> {
+    match run_with_input("nft", &["delete", "table", "ip", name], "") {
+        Ok(_) => Ok(()),
+        Err(ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// kube-proxy's chain-name hash: base32 of the SHA-256 of the parts,
 /// first 16 characters.
 pub fn chain_hash(parts: &[&str]) -> String {
@@ -120,8 +131,7 @@ pub mod conntrack;
 pub mod run;
 
 /// Resolves the proxy's settings from `--proxy-mode`, `--proxy-config` and
-/// the node. `ipvs` is accepted but not implemented here: it falls back to
-/// iptables with a warning, as kube-proxy once did without IPVS modules.
+/// the node.
 pub fn resolve(
     mode_flag: Option<&str>,
     file: Option<&crate::config::proxy::ProxyConfig>,
@@ -149,10 +159,7 @@ pub fn resolve(
         "iptables" => run::Mode::Iptables,
         "nftables" => run::Mode::Nftables,
         "none" => run::Mode::None,
-        "ipvs" => {
-            tracing::warn!("IPVS mode is not implemented by this nodelet (and is deprecated upstream); using iptables");
-            run::Mode::Iptables
-        }
+        "ipvs" => run::Mode::Ipvs,
         other => {
             return Err(ConfigError::Flag {
                 flag: "--proxy-mode".into(),
@@ -202,6 +209,18 @@ pub fn resolve(
         min_sync_period: f.min_sync_period.unwrap_or(std::time::Duration::from_secs(1)),
         sync_period: f.sync_period.unwrap_or(std::time::Duration::from_secs(30)),
         kubeconfig: f.kubeconfig.clone(),
+        ipvs: {
+            let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+            ipvs::IpvsSettings {
+                scheduler: f.ipvs.scheduler.clone().unwrap_or_else(|| "rr".into()),
+                strict_arp: f.ipvs.strict_arp,
+                tcp_timeout: secs(f.ipvs.tcp_timeout),
+                tcp_fin_timeout: secs(f.ipvs.tcp_fin_timeout),
+                udp_timeout: secs(f.ipvs.udp_timeout),
+                exclude_cidrs: f.ipvs.exclude_cidrs.clone(),
+                ..Default::default()
+            }
+        },
         healthz: addr("healthzBindAddress", f.healthz_bind_address.as_ref(), "0.0.0.0:10256")?,
         metrics: addr("metricsBindAddress", f.metrics_bind_address.as_ref(), "127.0.0.1:10249")?,
         dry_run,
@@ -229,6 +248,9 @@ pub fn cleanup() -> Vec<String> {
     }
     if let Err(e) = nftables::cleanup() {
         errors.push(format!("nftables: {e}"));
+    }
+    if let Err(e) = ipvs::cleanup() {
+        errors.push(format!("ipvs: {e}"));
     }
     errors
 }

@@ -495,11 +495,7 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
 
 /// Removes the table and everything in it.
 pub fn cleanup() -> Result<(), ProxyError> {
-    match run_with_input("nft", &["delete", "table", "ip", TABLE], "") {
-        Ok(_) => Ok(()),
-        Err(ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
-        Err(e) => Err(e),
-    }
+    super::delete_nft_table(TABLE)
 }
 
 #[cfg(test)]

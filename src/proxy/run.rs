@@ -18,12 +18,13 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::model::{self, ProxyState};
-use super::{Context, ProxyError, conntrack, iptables, nftables};
+use super::{Context, ProxyError, conntrack, iptables, ipvs, nftables};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Iptables,
     Nftables,
+    Ipvs,
     None,
 }
 
@@ -32,6 +33,7 @@ impl Mode {
         match self {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
             Mode::None => "none",
         }
     }
@@ -48,6 +50,8 @@ pub struct ProxySettings {
     /// The proxy's own kubeconfig (KubeProxyConfiguration
     /// `clientConnection.kubeconfig`); without one it uses the node's identity.
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// `ipvs.*` (IPVS mode only).
+    pub ipvs: ipvs::IpvsSettings,
     pub healthz: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub dry_run: bool,
@@ -56,6 +60,7 @@ pub struct ProxySettings {
 enum Backend {
     Iptables(iptables::Iptables),
     Nftables(nftables::Nftables),
+    Ipvs(Box<ipvs::Ipvs>),
 }
 
 impl Backend {
@@ -63,13 +68,32 @@ impl Backend {
         match self {
             Backend::Iptables(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
             Backend::Nftables(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
+            Backend::Ipvs(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
         }
     }
 
-    fn render(&self, state: &ProxyState, ctx: &Context) -> String {
+    /// How soon the backend wants to look at the kernel again regardless of
+    /// changes (IPVS: servers draining).
+    fn recheck(&self) -> Option<Duration> {
+        match self {
+            Backend::Ipvs(b) => b.recheck(),
+            _ => None,
+        }
+    }
+
+    /// That look: no replanning.
+    fn drain(&mut self) -> Result<usize, ProxyError> {
+        match self {
+            Backend::Ipvs(b) => b.drain(),
+            _ => Ok(0),
+        }
+    }
+
+    fn render(&self, state: &ProxyState, ctx: &Context, s: &ProxySettings) -> String {
         match self {
             Backend::Iptables(_) => iptables::render_full_text(state, ctx),
             Backend::Nftables(_) => nftables::render_full_text(state, ctx),
+            Backend::Ipvs(_) => ipvs::render_full_text(state, ctx, &s.ipvs),
         }
     }
 }
@@ -392,6 +416,24 @@ pub async fn run(
     let mut backend = match s.mode {
         Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
         Mode::Nftables => Backend::Nftables(nftables::Nftables::new(s.dry_run)),
+        Mode::Ipvs => match tokio::task::spawn_blocking({
+            let (settings, dry_run) = (s.ipvs.clone(), s.dry_run);
+            move || ipvs::Ipvs::new(settings, dry_run)
+        })
+        .await
+        .expect("opening IPVS does not panic")
+        {
+            Ok(b) => Backend::Ipvs(Box::new(b)),
+            Err(e) => {
+                // No silent fallback to another mode: the proxy stays down,
+                // /healthz says so, and the log says why.
+                tracing::error!(error = %e, "the Service proxy cannot run in IPVS mode");
+                if let Some(addr) = s.healthz.filter(|_| !s.dry_run) {
+                    serve_health(addr, Arc::new(Health::default()), s.sync_period, s.node_name.clone()).await;
+                }
+                return std::future::pending().await;
+            }
+        },
         Mode::None => return std::future::pending().await,
     };
     tracing::info!(mode = s.mode.as_str(), cluster_cidr = ?s.ctx.cluster_cidr, dry_run = s.dry_run, "starting the Service proxy");
@@ -438,6 +480,7 @@ pub async fn run(
         // Wait for a change or the periodic sync, then respect minSyncPeriod.
         let periodic = s.sync_period.saturating_sub(last_periodic.elapsed());
         let retry = if failed { Duration::from_secs(1) } else { periodic };
+        let retry = backend.recheck().map_or(retry, |r| r.min(retry));
         if !dirty {
             tokio::select! {
                 _ = changed.notified() => {
@@ -448,6 +491,25 @@ pub async fn run(
                 }
                 _ = tokio::time::sleep(retry) => {}
             }
+        }
+        // Woken only to look at draining servers: that, and nothing else.
+        if !dirty && !failed && last_sync.is_some() && last_periodic.elapsed() < s.sync_period && backend.recheck().is_some() {
+            let (b, r) = tokio::task::spawn_blocking(move || {
+                let r = backend.drain();
+                (backend, r)
+            })
+            .await
+            .expect("the proxy drain does not panic");
+            backend = b;
+            match r {
+                Ok(n) if n > 0 => tracing::debug!(deleted = n, "drained IPVS servers deleted"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "deleting drained IPVS servers failed; the next sync reads the kernel again");
+                    failed = true;
+                }
+            }
+            continue;
         }
         if let Some(t) = last_sync {
             let wait = s.min_sync_period.saturating_sub(t.elapsed());
@@ -510,7 +572,7 @@ pub async fn run(
                 *health.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
                 *health.pending_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 if s.dry_run {
-                    let text = backend.render(&state, &s.ctx);
+                    let text = backend.render(&state, &s.ctx, &s);
                     if printed.as_ref() != Some(&text) {
                         use std::io::Write;
                         let mut out = std::io::stdout().lock();
