@@ -14,6 +14,8 @@
 //!
 //! A test binary of its own (`harness = false`), printing libtest's lines.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -35,6 +37,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--in-vm") {
         in_vm();
+        the_sync_loop_end_to_end();
         println!("IPVS-VM: all passed");
         return;
     }
@@ -641,4 +644,78 @@ fn in_vm() {
     assert!(!Command::new("ip").args(["link", "show", "kube-ipvs0"]).output().unwrap().status.success());
     assert!(!Command::new("nft").args(["list", "table", "ip", "nodelet-ipvs"]).output().unwrap().status.success());
     println!("  in the VM: {:?}", started.elapsed());
+}
+
+/// The proxy's own loop, as `--proxy-mode ipvs` runs it inside nodelet: the
+/// test apiserver (in a namespace of its own in the VM), Service and
+/// EndpointSlice watches, the IPVS backend opened and synced on the
+/// runtime's blocking threads, changes through the API reaching the kernel.
+fn the_sync_loop_end_to_end() {
+    use k8s_openapi::api::core::v1::Service as Svc;
+    use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+    step("the sync loop end to end: watches, IPVS on the runtime's blocking threads");
+    ip(&["netns", "add", "apins"]);
+    ip(&["-n", "apins", "link", "set", "lo", "up"]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let api = support::apiserver::ApiServer::start("apins").await;
+        let client = api.client().await;
+        let services: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<Svc>(&()));
+        let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<EndpointSlice>(&()));
+        let obj = |v: Value| -> DynamicObject { serde_json::from_value(v).unwrap() };
+        let slice = |pods: &[usize]| {
+            let eps: Vec<Value> = pods
+                .iter()
+                .map(|i| json!({"addresses": [pod_ip(*i).to_string()], "nodeName": NODE, "conditions": {"ready": true}}))
+                .collect();
+            obj(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "e2e-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "e2e"}},
+                "addressType": "IPv4", "endpoints": eps, "ports": [{"port": 8080, "protocol": "TCP"}]}))
+        };
+        services
+            .create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "e2e", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.40", "ports": [{"port": 80, "targetPort": 8080}]}})))
+            .await
+            .unwrap();
+        slices.create(&PostParams::default(), &slice(&[1])).await.unwrap();
+        let config = nodelet::config::proxy::ProxyConfig {
+            cluster_cidr: Some("10.244.0.0/16".into()),
+            healthz_bind_address: Some(String::new()),
+            metrics_bind_address: Some(String::new()),
+            ..Default::default()
+        };
+        let settings = nodelet::proxy::resolve(Some("ipvs"), Some(&config), NODE, &[], false).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(nodelet::proxy::run::run(client.clone(), settings, Some(tx), Default::default()));
+        tokio::time::timeout(Duration::from_secs(60), rx).await.expect("the first sync within a minute").unwrap();
+        let vip = sa([10, 96, 0, 40], 80);
+        let answer = tokio::task::spawn_blocking(move || name(None, vip)).await.unwrap();
+        assert_eq!(answer, "pod-1");
+        // An endpoint added through the API reaches the kernel.
+        let mut new = slice(&[1, 2]);
+        let old = slices.get("e2e-1").await.unwrap();
+        new.metadata.resource_version = old.metadata.resource_version;
+        slices.replace("e2e-1", &PostParams::default(), &new).await.unwrap();
+        let t = Instant::now();
+        loop {
+            let c = tokio::task::spawn_blocking(move || counts(None, vip, 6)).await.unwrap();
+            if c.len() == 2 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "the new endpoint never answered: {c:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The Service deleted through the API: its address and virtual service go.
+        services.delete("e2e", &DeleteParams::default()).await.unwrap();
+        let t = Instant::now();
+        while kube_ipvs0().contains("10.96.0.40/32") || ipvsadm().contains_key("TCP 10.96.0.40:80") {
+            assert!(t.elapsed() < Duration::from_secs(20), "the deleted Service stayed: {:?}", ipvsadm());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        task.abort();
+        let _ = task.await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    nodelet::proxy::ipvs::cleanup().unwrap();
+    let _ = Command::new("ip").args(["netns", "del", "apins"]).status();
 }
