@@ -333,7 +333,14 @@ pub async fn run(
         puller = puller.with_containerd(socket);
     }
     let pulls = Arc::new(puller);
+    // CSI node plugins register through <root-dir>/plugins_registry.
+    let csi = crate::csi::Drivers::default();
+    if !s.dry_run {
+        let publisher = joined.as_ref().filter(|_| writes).map(|j| crate::csi::registry::Publisher { client: j.client.clone(), node_name: s.node_name.clone() });
+        tasks.spawn("csi plugin registration", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), publisher));
+    }
     let ctx = Arc::new(WorkerContext {
+        csi: csi.clone(),
         pulls: pulls.clone(),
         runtime: runtime.clone(),
         node: node.clone(),
@@ -458,7 +465,10 @@ pub async fn run(
 
     if !s.dry_run {
         tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
-        tasks.spawn("housekeeping", crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc, Some(reclaim_containers_rx)));
+        tasks.spawn(
+            "housekeeping",
+            crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc, Some(reclaim_containers_rx), csi.clone()),
+        );
     }
 
     // The manager turns at least once a second; quiet for twice the

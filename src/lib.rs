@@ -10,6 +10,7 @@ pub mod agent;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod csi;
 pub mod credentials;
 pub mod decode;
 pub mod downward;

@@ -280,7 +280,7 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     // a reason rather than started without its data.
     let mut claim = bound_pod("claim", &c.node.node_name(), "sleep 3600");
     claim.spec.as_mut().unwrap().volumes =
-        Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "csi": {"driver": "csi.example.com"}})).unwrap()]);
+        Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "image": {"reference": "registry.example/data:1"}})).unwrap()]);
     pods.create(&PostParams::default(), &claim).await.unwrap();
     let st = eventually(30 * S, "claim rejected", || async {
         let st = pods.get("claim").await.ok()?.status?;
@@ -288,7 +288,7 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     })
     .await;
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
-    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: CSI volumes"));
+    assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: image volumes"));
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let reasons = eventually(30 * S, "Started and rejection events", || async {
@@ -862,4 +862,151 @@ async fn a_restart_adopts_mounted_claims_and_unmounts_those_of_pods_deleted_mean
     let still = c.node.containers_named("keep").await.into_iter().find(support::is_running).unwrap().id;
     assert_eq!(still, container, "the kept pod's container ran on undisturbed");
     assert!(std::fs::read_to_string(c.dir().join("pv-keep/pid")).is_ok(), "its data is there");
+}
+
+/// CSI through a real driver: the test driver registers through the
+/// registration socket directory (a pod waiting for it meanwhile with
+/// kubelet's FailedMount), the CSINode object and the Node's annotation and
+/// topology label carry it, the attach-detach controller's VolumeAttachment
+/// is waited for, the volume (a raw loop device) is staged once (formatted
+/// and mounted by the driver, with its stage secret), published for the
+/// pod, and unpublished then unstaged when the pod goes; a second pod reads
+/// what the first wrote. An ephemeral inline volume is published with its
+/// attributes and pod information, and unpublished with its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
+    use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, VolumeAttachment};
+    const DRIVER: &str = "csi.nodelet.test";
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let ns = "default";
+    let image = c.dir().join("csi-disk.img");
+    std::fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
+    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+
+    let drivers: Api<CSIDriver> = Api::all(c.client.clone());
+    drivers
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": DRIVER},
+            "spec": {"attachRequired": true, "podInfoOnMount": true, "fsGroupPolicy": "File",
+                     "volumeLifecycleModes": ["Persistent", "Ephemeral"]}})).unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-stage"}, "stringData": {"password": "s3cret"}})).unwrap())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), ns);
+    let claim = claims
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "30Mi"}}, "volumeName": "csi-pv-1"}})).unwrap())
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
+    pvs.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-pv-1"},
+        "spec": {"capacity": {"storage": "30Mi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": "csi-data", "uid": claim.metadata.uid.clone().unwrap()},
+                 "csi": {"driver": DRIVER, "volumeHandle": "vol-1", "fsType": "ext4",
+                         "volumeAttributes": {"device": device.clone(), "stageSecretKey": "password"},
+                         "nodeStageSecretRef": {"name": "csi-stage", "namespace": ns}}}})).unwrap())
+        .await
+        .unwrap();
+    claims.patch_status("csi-data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+
+    let pods = c.pods(ns);
+    let with_claim = |name: &str, command: &str| -> Pod {
+        let mut p = bound_pod(name, &node, command);
+        let spec = p.spec.as_mut().unwrap();
+        spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": "csi-data"}})).unwrap()]);
+        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "mountPath": "/data"})).unwrap()]);
+        p
+    };
+    // The driver is not there yet: the pod waits, with kubelet's message.
+    pods.create(&PostParams::default(), &with_claim("csi-writer", "echo written-through-csi > /data/hello && sleep 3600")).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), ns);
+    let note = eventually(30 * S, "a FailedMount event for the missing driver", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().filter(|e| e.reason.as_deref() == Some("FailedMount")).find_map(|e| e.note.filter(|n| n.contains(DRIVER)))
+    })
+    .await;
+    assert!(note.contains("not found in the list of registered CSI drivers"), "{note}");
+
+    // The driver registers through <root-dir>/plugins_registry.
+    let root = c.dir().join("kubelet");
+    let driver = support::csi::CsiDriver::start(DRIVER, &root.join("plugins_registry"), &c.dir().join("csi-driver")).await;
+    eventually(20 * S, "the registration answered", || async { driver.registration() }).await;
+    assert_eq!(driver.registration(), Some((true, String::new())));
+    let csinodes: Api<CSINode> = Api::all(c.client.clone());
+    let entry = eventually(20 * S, "the driver in the CSINode object", || async {
+        csinodes.get(&node).await.ok()?.spec.drivers.into_iter().find(|d| d.name == DRIVER)
+    })
+    .await;
+    assert_eq!(entry.node_id, format!("{DRIVER}-node"));
+    assert_eq!(entry.topology_keys, Some(vec![support::csi::TOPOLOGY_KEY.to_string()]));
+    assert_eq!(entry.allocatable.and_then(|a| a.count), Some(16));
+    let kn = Api::<KubeNode>::all(c.client.clone()).get(&node).await.unwrap();
+    let ann = kn.metadata.annotations.unwrap_or_default();
+    assert!(ann.get("csi.volume.kubernetes.io/nodeid").is_some_and(|v| v.contains(&format!("{DRIVER}-node"))), "{ann:?}");
+    assert_eq!(kn.metadata.labels.unwrap_or_default().get(support::csi::TOPOLOGY_KEY).map(String::as_str), Some("zone-1"));
+
+    eventually(60 * S, "the writer running once the driver is there", || async {
+        (pods.get("csi-writer").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let vas: Api<VolumeAttachment> = Api::all(c.client.clone());
+    let va = vas.list(&ListParams::default()).await.unwrap().items;
+    assert!(va.iter().any(|v| v.spec.node_name == node && v.spec.attacher == DRIVER), "the volume was attached first: {va:?}");
+    let staging = std::fs::read_dir(root.join("plugins/kubernetes.io/csi").join(DRIVER)).unwrap().flatten().next().unwrap().path().join("globalmount");
+    let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok() }).await;
+    assert_eq!(written.trim(), "written-through-csi");
+    assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume vol-1"]);
+
+    // The pod goes: unpublished, then (no other pod uses it) unstaged.
+    pods.delete("csi-writer", &DeleteParams::default().grace_period(0)).await.unwrap();
+    eventually(60 * S, "unpublished and unstaged", || async { (driver.calls().len() == 4).then_some(()) }).await;
+    assert_eq!(driver.calls()[2..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]);
+    assert!(!mounted_under(&device) && !mounted_under("kubernetes.io~csi"), "nothing of the volume stays mounted");
+
+    // A second pod reads what the first wrote.
+    pods.create(&PostParams::default(), &with_claim("csi-reader", "test \"$(cat /data/hello)\" = written-through-csi && sleep 3600")).await.unwrap();
+    eventually(60 * S, "the reader running (it read the file)", || async {
+        (pods.get("csi-reader").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+
+    // An ephemeral inline volume: published (no staging) with its
+    // attributes, unpublished with its pod.
+    let mut eph = bound_pod("csi-inline", &node, "test \"$(cat /e/greeting)\" = hello-inline && sleep 3600");
+    let spec = eph.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "e", "csi": {"driver": DRIVER, "volumeAttributes": {"greeting": "hello-inline"}}})).unwrap()]);
+    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "e", "mountPath": "/e"})).unwrap()]);
+    pods.create(&PostParams::default(), &eph).await.unwrap();
+    eventually(60 * S, "the inline volume's pod running (it read its greeting)", || async {
+        (pods.get("csi-inline").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let inline_publish = driver.calls().into_iter().find(|c| c.starts_with("NodePublishVolume csi-")).expect("the inline volume published");
+    assert!(!driver.calls().iter().any(|c| c.starts_with("NodeStageVolume csi-")), "an inline volume is not staged");
+    pods.delete("csi-inline", &DeleteParams::default().grace_period(0)).await.unwrap();
+    let handle = inline_publish.trim_start_matches("NodePublishVolume ").to_string();
+    eventually(60 * S, "the inline volume unpublished", || async {
+        driver.calls().contains(&format!("NodeUnpublishVolume {handle}")).then_some(())
+    })
+    .await;
+    pods.delete("csi-reader", &DeleteParams::default().grace_period(0)).await.unwrap();
+    eventually(60 * S, "the reader's volume unstaged", || async {
+        (driver.calls().iter().filter(|c| *c == "NodeUnstageVolume vol-1").count() == 2).then_some(())
+    })
+    .await;
 }

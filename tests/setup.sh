@@ -10,7 +10,7 @@
 # apache2-utils (htpasswd) for the registry tests; e2fsprogs and mount (mkfs.ext4,
 # losetup) for the persistent volume tests. Idempotent; run as root.
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler iproute2 util-linux
+packages=(containerd runc containernetworking-plugins iptables nftables conntrack busybox-static protobuf-compiler libprotobuf-dev iproute2 util-linux
           gcc libc6-dev pkg-config curl ca-certificates binutils dpkg-dev init-system-helpers dbus-daemon
           docker-registry skopeo apache2-utils e2fsprogs mount)
 missing=()

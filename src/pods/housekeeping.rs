@@ -152,6 +152,7 @@ pub async fn run(
     statuses: StatusStore,
     gc: ContainerGcPolicy,
     mut reclaim: Option<tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>>,
+    csi: crate::csi::Drivers,
 ) {
     loop {
         let request = async {
@@ -164,7 +165,7 @@ pub async fn run(
             _ = tokio::time::sleep(PERIOD) => None,
             Some(reply) = request => Some(reply),
         };
-        let removed = round(&node, runtime.as_ref(), &statuses, &gc).await;
+        let removed = round(&node, runtime.as_ref(), &statuses, &gc, &csi).await;
         if let Some(reply) = reply {
             let _ = reply.send(removed);
         }
@@ -172,7 +173,7 @@ pub async fn run(
 }
 
 /// One housekeeping round; the number of dead containers removed.
-async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &StatusStore, gc: &ContainerGcPolicy) -> u64 {
+async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &StatusStore, gc: &ContainerGcPolicy, csi: &crate::csi::Drivers) -> u64 {
     let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
     let listed = async {
         let sandboxes = runtime.list_pod_sandbox(None).await?;
@@ -210,6 +211,19 @@ async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &Status
         Err(e) => {
             tracing::debug!(error = %e, "housekeeping skipped: the runtime did not answer");
             return removed;
+        }
+    }
+    // CSI volumes of gone pods (a pod removed while nodelet was down) are
+    // unpublished through their drivers before the sweep unmounts the rest.
+    let now = SystemTime::now();
+    for e in std::fs::read_dir(node.root_dir.join("pods")).into_iter().flatten().flatten() {
+        let uid = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        if known.contains(&uid) || !quiet_since(&dir, now) || !dir.join("volumes/kubernetes.io~csi").exists() {
+            continue;
+        }
+        if let Err(err) = crate::volumes::csi::unpublish_pod(node, csi, &dir).await {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot unpublish an orphaned pod's CSI volumes yet");
         }
     }
     let node = node.clone();

@@ -551,6 +551,7 @@ mod tests {
             dry_run: true,
             terminated: None,
             objects: None,
+            csi: Default::default(),
             probe_counts: Default::default(),
             metrics: Default::default(),
             pulls: Arc::new(

@@ -25,6 +25,7 @@
 //! managed /etc/hosts is mounted into each container too.
 
 pub mod atomic;
+pub mod csi;
 pub mod hosts;
 pub mod objects;
 
@@ -87,6 +88,8 @@ pub struct VolumeContext<'a> {
     pub objects: Option<&'a dyn ApiObjects>,
     /// Plan only: compute the paths, write nothing, request no token.
     pub dry_run: bool,
+    /// The registered CSI drivers (none: CSI volumes cannot be set up).
+    pub csi: Option<&'a crate::csi::Drivers>,
 }
 
 fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> PathBuf {
@@ -244,7 +247,8 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
         || v.config_map.is_some()
         || v.secret.is_some()
         || v.downward_api.is_some()
-        || v.projected.is_some();
+        || v.projected.is_some()
+        || v.csi.is_some();
     if supported {
         if let Some(p) = &v.projected
             && p.sources.iter().flatten().any(|s| s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some())
@@ -256,9 +260,7 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
         }
         return None;
     }
-    Some(if v.csi.is_some() {
-        "CSI volumes"
-    } else if v.image.is_some() {
+    Some(if v.image.is_some() {
         "image volumes"
     } else {
         "volumes without a known source"
@@ -311,6 +313,9 @@ impl Round<'_, '_> {
         let node = self.ctx.node;
         if let Some(what) = unsupported(v) {
             return Err(format!("{what} are not supported by this node"));
+        }
+        if let Some(c) = &v.csi {
+            return self.csi_inline(&v.name, c).await;
         }
         if let Some(ed) = &v.empty_dir {
             let dir = plugin_dir(node, &self.uid, "empty-dir", &v.name);
@@ -474,6 +479,14 @@ impl Round<'_, '_> {
             take(objects, &self.uid)?;
             return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
+        if let Some(c) = &spec.csi {
+            let modes = spec.access_modes.clone().unwrap_or_default();
+            let mode = if modes.len() == 1 { modes[0].clone() } else { modes.first().cloned().unwrap_or_default() };
+            take(objects, &self.uid)?;
+            let flags = spec.mount_options.clone().unwrap_or_default();
+            let path = self.csi_persistent(&pv_name, c, read_only || c.read_only == Some(true), &mode, &modes, flags).await?;
+            return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
+        }
         let Some(local) = &spec.local else {
             return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
         };
@@ -506,6 +519,148 @@ impl Round<'_, '_> {
             }
         }
         Ok(Claimed::Mount(Mountable { host_path: target, read_only }))
+    }
+
+    /// The registered driver and its CSIDriver object's settings.
+    async fn csi_driver(&mut self, name: &str) -> Result<(crate::csi::Driver, k8s_openapi::api::storage::v1::CSIDriverSpec), String> {
+        let driver = self
+            .ctx
+            .csi
+            .and_then(|d| d.get(name))
+            .ok_or_else(|| format!("kubernetes.io/csi: mounter.SetUpAt failed to get CSI client: driver name {name} not found in the list of registered CSI drivers"))?;
+        let spec = match self.ctx.objects {
+            Some(o) => o.csi_driver(name).await.map_err(|e| e.to_string())?.map(|d| d.spec).unwrap_or_default(),
+            None => Default::default(),
+        };
+        Ok((driver, spec))
+    }
+
+    /// A secret a CSI volume names, as strings.
+    async fn csi_secret(&mut self, r: Option<(&str, &str)>) -> Result<std::collections::HashMap<String, String>, String> {
+        let Some((namespace, name)) = r else { return Ok(Default::default()) };
+        let Some(objects) = self.ctx.objects else { return Err("CSI secrets need an apiserver".into()) };
+        let key = ObjectKey { kind: ObjectKind::Secret, namespace: namespace.to_string(), name: name.to_string() };
+        self.out.uses.insert(key.clone());
+        let data = objects.get(&key, &self.uid).await.map_err(|e| e.to_string())?;
+        let data = data.ok_or_else(|| format!("secret {namespace}/{name} not found"))?;
+        Ok(csi::secret_strings(Some(&data)))
+    }
+
+    /// fsGroup on a published CSI volume, by the driver's fsGroupPolicy
+    /// (kubelet's default ReadWriteOnceWithFSType: only a ReadWriteOnce
+    /// volume with an fsType).
+    fn csi_fs_group(&self, target: &Path, policy: Option<&str>, fs_type: &str, access_modes: &[String], read_only: bool) -> Result<(), String> {
+        let Some(g) = self.fs_group else { return Ok(()) };
+        let applies = match policy.unwrap_or("ReadWriteOnceWithFSType") {
+            "File" => true,
+            "None" => false,
+            _ => !fs_type.is_empty() && access_modes.iter().all(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod"),
+        };
+        if applies {
+            let change = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.fs_group_change_policy.clone());
+            set_volume_ownership(target, g, read_only, change.as_deref() == Some("OnRootMismatch"))?;
+        }
+        Ok(())
+    }
+
+    /// A CSI persistent volume: attached (when the driver needs it), staged
+    /// and published.
+    async fn csi_persistent(
+        &mut self,
+        pv_name: &str,
+        c: &k8s_openapi::api::core::v1::CSIPersistentVolumeSource,
+        read_only: bool,
+        mode: &str,
+        modes: &[String],
+        mount_flags: Vec<String>,
+    ) -> Result<PathBuf, String> {
+        let target = plugin_dir(self.ctx.node, &self.uid, "csi", pv_name).join("mount");
+        if self.ctx.dry_run {
+            return Ok(target);
+        }
+        let (driver, dspec) = self.csi_driver(&c.driver).await?;
+        let mut publish_context = std::collections::HashMap::new();
+        if dspec.attach_required != Some(false) {
+            // The attach-detach controller and the driver's attacher make the
+            // VolumeAttachment; the node waits for it to say attached.
+            let name = csi::attachment_name(&c.volume_handle, &c.driver, &self.ctx.node.node_name);
+            let objects = self.ctx.objects.ok_or("an attachable CSI volume needs an apiserver")?;
+            let va = objects
+                .volume_attachment(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("MountVolume.WaitForAttach failed for volume {pv_name:?} : volume attachment {name} is not there yet"))?;
+            let status = va.status.unwrap_or_default();
+            if !status.attached {
+                let why = status.attach_error.and_then(|e| e.message).map(|m| format!(": {m}")).unwrap_or_default();
+                return Err(format!("MountVolume.WaitForAttach failed for volume {pv_name:?} : volume attachment {name} is not attached yet{why}"));
+            }
+            publish_context = status.attachment_metadata.unwrap_or_default().into_iter().collect();
+        }
+        let mut volume_context: std::collections::HashMap<String, String> = c.volume_attributes.clone().unwrap_or_default().into_iter().collect();
+        if dspec.pod_info_on_mount == Some(true) {
+            volume_context.extend(csi::pod_info(self.pod, false));
+        }
+        let stage_secrets = self.csi_secret(c.node_stage_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?;
+        let publish_secrets =
+            self.csi_secret(c.node_publish_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?;
+        let fs_type = c.fs_type.clone().unwrap_or_default();
+        let req = csi::Publish {
+            driver: &driver,
+            handle: c.volume_handle.clone(),
+            spec_name: pv_name.to_string(),
+            ephemeral: false,
+            fs_type: fs_type.clone(),
+            mount_flags,
+            read_only,
+            access_mode: mode.to_string(),
+            volume_context,
+            publish_context,
+            stage_secrets,
+            publish_secrets,
+        };
+        let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
+        self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, modes, read_only)?;
+        Ok(target)
+    }
+
+    /// A CSI ephemeral inline volume: published only, its handle made from
+    /// the pod and the volume.
+    async fn csi_inline(&mut self, volume: &str, c: &k8s_openapi::api::core::v1::CSIVolumeSource) -> Result<Mountable, String> {
+        let read_only = c.read_only == Some(true);
+        let target = plugin_dir(self.ctx.node, &self.uid, "csi", volume).join("mount");
+        if self.ctx.dry_run {
+            return Ok(Mountable { host_path: target, read_only });
+        }
+        let (driver, dspec) = self.csi_driver(&c.driver).await?;
+        let modes = dspec.volume_lifecycle_modes.clone().unwrap_or_else(|| vec!["Persistent".into()]);
+        if !modes.iter().any(|m| m == "Ephemeral") {
+            return Err(format!("volume mode \"Ephemeral\" not supported by driver {} (only supports {modes:?})", c.driver));
+        }
+        let mut volume_context: std::collections::HashMap<String, String> = c.volume_attributes.clone().unwrap_or_default().into_iter().collect();
+        if dspec.pod_info_on_mount == Some(true) {
+            volume_context.extend(csi::pod_info(self.pod, true));
+        }
+        let ns = self.namespace.clone();
+        let publish_secrets = self.csi_secret(c.node_publish_secret_ref.as_ref().map(|r| r.name.as_str()).filter(|n| !n.is_empty()).map(|n| (ns.as_str(), n))).await?;
+        let fs_type = c.fs_type.clone().unwrap_or_default();
+        let req = csi::Publish {
+            driver: &driver,
+            handle: csi::ephemeral_handle(&self.uid, volume),
+            spec_name: volume.to_string(),
+            ephemeral: true,
+            fs_type: fs_type.clone(),
+            mount_flags: Vec::new(),
+            read_only,
+            access_mode: "ReadWriteOnce".into(),
+            volume_context,
+            publish_context: Default::default(),
+            stage_secrets: Default::default(),
+            publish_secrets,
+        };
+        let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
+        self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, &["ReadWriteOnce".to_string()], read_only)?;
+        Ok(Mountable { host_path: target, read_only })
     }
 
     async fn token(&mut self, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection) -> Result<Vec<u8>, String> {
@@ -661,7 +816,7 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
     for v in spec.volumes.iter().flatten() {
         // A claim is resolved once, as kubelet's volume manager does: later
         // rounds keep what is mounted without asking the apiserver again.
-        let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some();
+        let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some();
         let kept = previous.filter(|_| claimed).and_then(|p| {
             p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block))
         });

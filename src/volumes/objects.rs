@@ -107,6 +107,15 @@ pub trait ApiObjects: Send + Sync {
     async fn persistent_volume(&self, _name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
         Err(ObjectError::Unavailable("persistent volumes need an apiserver".into()))
     }
+    /// A CSIDriver object (`None`: the driver has none, and kubelet's
+    /// defaults apply).
+    async fn csi_driver(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
+        Err(ObjectError::Unavailable("CSI drivers need an apiserver".into()))
+    }
+    /// A VolumeAttachment as it is now.
+    async fn volume_attachment(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {
+        Err(ObjectError::Unavailable("volume attachments need an apiserver".into()))
+    }
     /// Takes a ReadWriteOncePod claim for `pod_uid`; the UID of the pod
     /// that holds it already, if another does. Freed by `release`.
     fn take_claim(&self, _namespace: &str, _name: &str, _pod_uid: &str) -> Result<(), String> {
@@ -333,6 +342,16 @@ impl ApiObjects for KubeObjects {
     async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
         api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("persistentvolume {name}"), message: e.to_string() })
+    }
+
+    async fn csi_driver(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
+        let api: Api<k8s_openapi::api::storage::v1::CSIDriver> = Api::all(self.client.clone());
+        api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("csidriver {name}"), message: e.to_string() })
+    }
+
+    async fn volume_attachment(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {
+        let api: Api<k8s_openapi::api::storage::v1::VolumeAttachment> = Api::all(self.client.clone());
+        api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("volumeattachment {name}"), message: e.to_string() })
     }
 
     fn changes(&self) -> broadcast::Receiver<ObjectKey> {

@@ -25,6 +25,7 @@ use nodelet::runtime::Runtime;
 
 pub mod apiserver;
 pub mod cluster;
+pub mod csi;
 pub mod logind;
 pub mod registry;
 pub mod spdy;

@@ -64,6 +64,8 @@ pub struct WorkerContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Image pulls: credentials, limits, progress.
     pub pulls: Arc<crate::pulls::Puller>,
+    /// The registered CSI drivers.
+    pub csi: crate::csi::Drivers,
 }
 
 #[derive(Debug)]
@@ -423,7 +425,7 @@ impl Worker {
     /// Sets up or refreshes the pod's volumes. Ok: when a token must be
     /// renewed (nanoseconds); Err: when to try again, the failures reported.
     async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<i64>, i64> {
-        let ctx = VolumeContext { node: &self.ctx.node, objects: self.ctx.objects.as_deref(), dry_run: self.ctx.dry_run };
+        let ctx = VolumeContext { node: &self.ctx.node, objects: self.ctx.objects.as_deref(), dry_run: self.ctx.dry_run, csi: Some(&self.ctx.csi) };
         let (vols, errors) = volumes::set_up(&ctx, pod, ips, self.volumes.as_ref()).await;
         let refresh = vols.refresh_at.map(|s| s * 1_000_000_000);
         let first = self.volumes.is_none();

@@ -206,8 +206,13 @@ impl Worker {
         if self.ctx.dry_run {
             dirs.clear();
         } else {
-            // Volumes on tmpfs are unmounted first; a pod directory that
-            // still holds a mount is left alone rather than reached into.
+            // CSI volumes are unpublished (and unstaged when no other pod
+            // uses them) through their drivers; volumes on tmpfs are
+            // unmounted; a pod directory that still holds a mount is left
+            // alone rather than reached into (housekeeping tries again).
+            if let Err(e) = crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await {
+                tracing::warn!(error = %e, "cannot unpublish the pod's CSI volumes yet");
+            }
             match crate::volumes::tear_down(&pod_dir) {
                 Ok(()) => dirs.push(pod_dir),
                 Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),

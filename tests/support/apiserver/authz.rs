@@ -117,6 +117,10 @@ const NODE_RULES: &[Rule] = &[
     r(READ, &[""], &["services"]),
     r(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
     r(&["get", "create", "update", "patch", "delete"], &["coordination.k8s.io"], &["leases"]),
+    // The system:node ClusterRole's storage rules (the Node authorizer
+    // decides volumeattachments).
+    r(READ, &["storage.k8s.io"], &["csidrivers"]),
+    r(&["get", "create", "update", "patch", "delete"], &["storage.k8s.io"], &["csinodes"]),
 ];
 
 fn matches(rules: &[Rule], a: &Attrs) -> bool {
@@ -216,6 +220,20 @@ fn related(store: &Store, node: &str, resource: &str, ns: &str, name: &str) -> b
     })
 }
 
+/// The graph's PV → secret edges: a secret a CSI PV names (its node stage,
+/// publish, expand or controller secrets), when a pod on the node uses a
+/// claim bound to that PV.
+fn pv_secret(store: &Store, node: &str, ns: &str, name: &str) -> bool {
+    store.list("persistentvolumes", None).iter().any(|pv| {
+        let c = &pv["spec"]["csi"];
+        let names_it = ["nodeStageSecretRef", "nodePublishSecretRef", "nodeExpandSecretRef", "controllerPublishSecretRef"]
+            .iter()
+            .any(|k| c[k]["namespace"].as_str() == Some(ns) && c[k]["name"].as_str() == Some(name));
+        let r = &pv["spec"]["claimRef"];
+        names_it && related(store, node, "persistentvolumeclaims", r["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))
+    })
+}
+
 fn forbidden(who: &Identity, a: &Attrs, why: &str) -> Decision {
     let scope = match &a.ns {
         Some(ns) => format!("in the namespace \"{ns}\""),
@@ -250,7 +268,20 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
             let Some(name) = &a.name else {
                 return Some(forbidden(who, a, &format!("can only {} individual resources of this type", a.verb)));
             };
-            if related(store, node, &a.resource, ns, name) {
+            if related(store, node, &a.resource, ns, name) || (a.resource == "secrets" && pv_secret(store, node, ns, name)) {
+                Some(Decision::Allow)
+            } else {
+                Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
+            }
+        }
+        // The graph's VolumeAttachment → node edge: get only, its own.
+        ("storage.k8s.io", "volumeattachments", None) => {
+            if a.verb != "get" {
+                return Some(forbidden(who, a, &format!("can only get individual resources of this type")));
+            }
+            let name = a.name.clone().unwrap_or_default();
+            let va = store.get("volumeattachments.storage.k8s.io", "", &name).cloned().unwrap_or_default();
+            if va["spec"]["nodeName"].as_str() == Some(node) {
                 Some(Decision::Allow)
             } else {
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
@@ -308,6 +339,7 @@ pub fn node_restriction(store: &Store, who: &Identity, a: &Attrs, body: Option<&
     let name = a.name.clone().or_else(|| body.and_then(|b| b["metadata"]["name"].as_str().map(str::to_string))).unwrap_or_default();
     match (a.group.as_str(), a.resource.as_str(), a.sub.as_deref()) {
         ("", "nodes", _) if name != node => deny(format!("node \"{node}\" is not allowed to modify node \"{name}\"")),
+        ("storage.k8s.io", "csinodes", _) if name != node => deny(format!("node \"{node}\" is not allowed to modify CSINode \"{name}\"")),
         ("coordination.k8s.io", "leases", _) if a.ns.as_deref() != Some("kube-node-lease") || name != node => {
             deny("can only access node lease with the same name as the requesting node".to_string())
         }

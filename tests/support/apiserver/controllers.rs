@@ -188,6 +188,7 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::time::sleep(PERIOD).await;
             ephemeral_claims(&mut state.store.lock().unwrap());
+            attach_detach(&mut state.store.lock().unwrap());
             let mut lifecycle = state.lifecycle.lock().unwrap();
             if !lifecycle.enabled {
                 continue;
@@ -241,6 +242,56 @@ fn ephemeral_claims(store: &mut Store) {
             });
             store.put("persistentvolumeclaims", &ns, &name, claim);
         }
+    }
+}
+
+/// kube-controller-manager's attach-detach controller together with the
+/// driver's external-attacher: for each CSI persistent volume a pod on a
+/// node uses through a bound claim, whose CSIDriver requires attaching
+/// (the default, also without a CSIDriver object), the VolumeAttachment
+/// `csi-<sha256(handle + driver + node)>`, marked attached; deleted when no
+/// pod on that node uses the volume any more.
+fn attach_detach(store: &mut Store) {
+    use sha2::Digest;
+    let mut wanted = std::collections::BTreeMap::new();
+    for pod in store.list("pods", None) {
+        let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else { continue };
+        if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else { continue };
+            let Some(pvc) = store.get("persistentvolumeclaims", ns, claim) else { continue };
+            let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else { continue };
+            let Some(pv) = store.get("persistentvolumes", "", pv_name) else { continue };
+            let csi = &pv["spec"]["csi"];
+            let (Some(driver), Some(handle)) = (csi["driver"].as_str(), csi["volumeHandle"].as_str()) else { continue };
+            let attach = store.get("csidrivers.storage.k8s.io", "", driver).is_none_or(|d| d["spec"]["attachRequired"] != Value::Bool(false));
+            if !attach {
+                continue;
+            }
+            let name = format!("csi-{}", hex::encode(sha2::Sha256::digest(format!("{handle}{driver}{node}").as_bytes())));
+            wanted.insert(name, (driver.to_string(), node.to_string(), pv_name.to_string(), handle.to_string()));
+        }
+    }
+    for va in store.list("volumeattachments.storage.k8s.io", None) {
+        let name = va["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if !wanted.contains_key(&name) {
+            store.remove("volumeattachments.storage.k8s.io", "", &name);
+        }
+    }
+    for (name, (driver, node, pv, handle)) in wanted {
+        if store.get("volumeattachments.storage.k8s.io", "", &name).is_some() {
+            continue;
+        }
+        let va = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+            "metadata": {"name": name, "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
+            "spec": {"attacher": driver, "nodeName": node, "source": {"persistentVolumeName": pv}},
+            "status": {"attached": true, "attachmentMetadata": {"attached-by": "test-attacher", "handle": handle}}
+        });
+        store.put("volumeattachments.storage.k8s.io", "", &name, va);
     }
 }
 

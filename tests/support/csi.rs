@@ -1,0 +1,255 @@
+//! A small CSI node plugin that speaks the real CSI (Identity, Node) and
+//! kubelet plugin registration gRPC APIs over unix sockets, as a driver and
+//! its node-driver-registrar would: its registration socket goes into the
+//! node's `plugins_registry`, and it really stages (formats an ext4
+//! filesystem on the block device named by the volume context's `device`
+//! when it has none, and mounts it at the staging path) and publishes (bind
+//! mounts the staging path, or for an ephemeral inline volume a directory of
+//! its own holding a `greeting` file, at the target path). It checks what the
+//! CSI spec asks of the CO (absolute paths, the staging path existing, the
+//! target's parent existing, a capability given) and answers
+//! InvalidArgument / FailedPrecondition otherwise, and it is idempotent
+//! where the spec says so. Every call is recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nodelet::csi::proto::csi;
+use nodelet::csi::proto::registration as reg;
+use tonic::{Request, Response, Status};
+
+pub const TOPOLOGY_KEY: &str = "topology.csi.nodelet.test/zone";
+
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<Vec<String>>,
+    registered: Mutex<Option<reg::RegistrationStatus>>,
+}
+
+#[derive(Clone)]
+struct Driver {
+    name: String,
+    endpoint: PathBuf,
+    work: PathBuf,
+    shared: Arc<Shared>,
+}
+
+fn record(d: &Driver, call: &str, volume: &str) {
+    d.shared.calls.lock().unwrap().push(format!("{call} {volume}"));
+}
+
+fn is_mounted(path: &str) -> bool {
+    let canon = std::fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| path.to_string());
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(canon.as_str()))
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, Status> {
+    let out = std::process::Command::new(cmd).args(args).output().map_err(|e| Status::internal(format!("{cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(Status::internal(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn absolute(field: &str, p: &str) -> Result<(), Status> {
+    if p.is_empty() || !Path::new(p).is_absolute() {
+        return Err(Status::invalid_argument(format!("{field} must be an absolute path, got {p:?}")));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl csi::identity_server::Identity for Driver {
+    async fn get_plugin_info(&self, _: Request<csi::GetPluginInfoRequest>) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse { name: self.name.clone(), vendor_version: "0.1.0".into(), manifest: Default::default() }))
+    }
+    async fn get_plugin_capabilities(&self, _: Request<csi::GetPluginCapabilitiesRequest>) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities: vec![] }))
+    }
+    async fn probe(&self, _: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for Driver {
+    async fn node_stage_volume(&self, r: Request<csi::NodeStageVolumeRequest>) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let r = r.into_inner();
+        record(self, "NodeStageVolume", &r.volume_id);
+        if r.volume_id.is_empty() || r.volume_capability.is_none() {
+            return Err(Status::invalid_argument("volume_id and volume_capability are required"));
+        }
+        absolute("staging_target_path", &r.staging_target_path)?;
+        if !Path::new(&r.staging_target_path).is_dir() {
+            return Err(Status::failed_precondition(format!("staging path {} does not exist (the CO makes it)", r.staging_target_path)));
+        }
+        let device = r.volume_context.get("device").ok_or_else(|| Status::invalid_argument("volume_context has no device"))?;
+        // A volume that names a stage secret needs it (as a driver that
+        // unlocks or logs in with it would).
+        if let Some(key) = r.volume_context.get("stageSecretKey")
+            && r.secrets.get(key).is_none_or(|v| v.is_empty())
+        {
+            return Err(Status::permission_denied(format!("the stage secret has no {key:?}")));
+        }
+        if is_mounted(&r.staging_target_path) {
+            return Ok(Response::new(csi::NodeStageVolumeResponse {}));
+        }
+        let fs = std::process::Command::new("blkid").args(["-o", "value", "-s", "TYPE", device]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        if fs.is_empty() {
+            run("mkfs.ext4", &["-q", device])?;
+        }
+        run("mount", &["-t", "ext4", device, &r.staging_target_path])?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(&self, r: Request<csi::NodeUnstageVolumeRequest>) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let r = r.into_inner();
+        record(self, "NodeUnstageVolume", &r.volume_id);
+        absolute("staging_target_path", &r.staging_target_path)?;
+        if is_mounted(&r.staging_target_path) {
+            run("umount", &[&r.staging_target_path])?;
+        }
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(&self, r: Request<csi::NodePublishVolumeRequest>) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let r = r.into_inner();
+        record(self, "NodePublishVolume", &r.volume_id);
+        if r.volume_id.is_empty() || r.volume_capability.is_none() {
+            return Err(Status::invalid_argument("volume_id and volume_capability are required"));
+        }
+        absolute("target_path", &r.target_path)?;
+        let target = Path::new(&r.target_path);
+        if !target.parent().is_some_and(Path::is_dir) {
+            return Err(Status::failed_precondition(format!("the parent of target path {} does not exist (the CO makes it)", r.target_path)));
+        }
+        if is_mounted(&r.target_path) {
+            return Ok(Response::new(csi::NodePublishVolumeResponse {}));
+        }
+        let ephemeral = r.volume_context.get("csi.storage.k8s.io/ephemeral").map(String::as_str) == Some("true") || r.staging_target_path.is_empty();
+        let source = if ephemeral {
+            let dir = self.work.join("ephemeral").join(&r.volume_id);
+            std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+            let greeting = r.volume_context.get("greeting").cloned().unwrap_or_default();
+            std::fs::write(dir.join("greeting"), greeting).map_err(|e| Status::internal(e.to_string()))?;
+            dir.display().to_string()
+        } else {
+            absolute("staging_target_path", &r.staging_target_path)?;
+            if !is_mounted(&r.staging_target_path) {
+                return Err(Status::failed_precondition("the volume is not staged"));
+            }
+            r.staging_target_path.clone()
+        };
+        std::fs::create_dir_all(target).map_err(|e| Status::internal(e.to_string()))?;
+        run("mount", &["--bind", &source, &r.target_path])?;
+        if r.readonly {
+            run("mount", &["-o", "remount,bind,ro", &r.target_path])?;
+        }
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(&self, r: Request<csi::NodeUnpublishVolumeRequest>) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let r = r.into_inner();
+        record(self, "NodeUnpublishVolume", &r.volume_id);
+        absolute("target_path", &r.target_path)?;
+        if is_mounted(&r.target_path) {
+            run("umount", &[&r.target_path])?;
+        }
+        let _ = std::fs::remove_dir(&r.target_path);
+        let eph = self.work.join("ephemeral").join(&r.volume_id);
+        let _ = std::fs::remove_dir_all(eph);
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(&self, _: Request<csi::NodeGetVolumeStatsRequest>) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented("NodeGetVolumeStats"))
+    }
+
+    async fn node_expand_volume(&self, _: Request<csi::NodeExpandVolumeRequest>) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("NodeExpandVolume"))
+    }
+
+    async fn node_get_capabilities(&self, _: Request<csi::NodeGetCapabilitiesRequest>) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use csi::node_service_capability::{Rpc, Type, rpc};
+        let cap = |t: rpc::Type| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities: vec![cap(rpc::Type::StageUnstageVolume)] }))
+    }
+
+    async fn node_get_info(&self, _: Request<csi::NodeGetInfoRequest>) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: format!("{}-node", self.name),
+            max_volumes_per_node: 16,
+            accessible_topology: Some(csi::Topology { segments: [(TOPOLOGY_KEY.to_string(), "zone-1".to_string())].into_iter().collect() }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl reg::registration_server::Registration for Driver {
+    async fn get_info(&self, _: Request<reg::InfoRequest>) -> Result<Response<reg::PluginInfo>, Status> {
+        Ok(Response::new(reg::PluginInfo {
+            r#type: "CSIPlugin".into(),
+            name: self.name.clone(),
+            endpoint: self.endpoint.display().to_string(),
+            supported_versions: vec!["1.0.0".into()],
+        }))
+    }
+    async fn notify_registration_status(&self, r: Request<reg::RegistrationStatus>) -> Result<Response<reg::RegistrationStatusResponse>, Status> {
+        *self.shared.registered.lock().unwrap() = Some(r.into_inner());
+        Ok(Response::new(reg::RegistrationStatusResponse {}))
+    }
+}
+
+/// A running test driver.
+pub struct CsiDriver {
+    pub name: String,
+    pub registration_socket: PathBuf,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CsiDriver {
+    /// Serves the driver on `work/csi.sock` and its registration socket in
+    /// `registry` (the node's `<root-dir>/plugins_registry`).
+    pub async fn start(name: &str, registry: &Path, work: &Path) -> CsiDriver {
+        std::fs::create_dir_all(registry).unwrap();
+        std::fs::create_dir_all(work).unwrap();
+        let endpoint = work.join("csi.sock");
+        let registration_socket = registry.join(format!("{name}-reg.sock"));
+        let _ = std::fs::remove_file(&endpoint);
+        let _ = std::fs::remove_file(&registration_socket);
+        let shared = Arc::new(Shared::default());
+        let d = Driver { name: name.into(), endpoint: endpoint.clone(), work: work.to_path_buf(), shared: shared.clone() };
+        let serve = |path: &Path, router: tonic::transport::server::Router| {
+            let l = tokio::net::UnixListener::bind(path).unwrap();
+            tokio::spawn(async move {
+                let _ = router.serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)).await;
+            })
+        };
+        let csi_router = tonic::transport::Server::builder()
+            .add_service(csi::identity_server::IdentityServer::new(d.clone()))
+            .add_service(csi::node_server::NodeServer::new(d.clone()));
+        let reg_router = tonic::transport::Server::builder().add_service(reg::registration_server::RegistrationServer::new(d.clone()));
+        let tasks = vec![serve(&endpoint, csi_router), serve(&registration_socket, reg_router)];
+        CsiDriver { name: name.into(), registration_socket, shared, tasks }
+    }
+
+    /// The calls so far, "Method volume_id" each.
+    pub fn calls(&self) -> Vec<String> {
+        self.shared.calls.lock().unwrap().clone()
+    }
+
+    /// What nodelet said about the registration.
+    pub fn registration(&self) -> Option<(bool, String)> {
+        self.shared.registered.lock().unwrap().as_ref().map(|r| (r.plugin_registered, r.error.clone()))
+    }
+}
+
+impl Drop for CsiDriver {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.registration_socket);
+    }
+}
