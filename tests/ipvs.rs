@@ -95,7 +95,7 @@ fn set_element_transactions_on_this_kernel() {
     let result = std::panic::catch_unwind(move || {
         inside(Some(&ns2), || {
             let ctx = Context::default();
-            let initial = [("vips", "10.96.0.1".to_string()), ("hairpin", "10.244.0.7 . 10.244.0.7".to_string())];
+            let initial = [("vips", "10.96.0.1".to_string()), ("hairpin", "10.244.0.7 . 10.244.0.7 . tcp . 8080".to_string())];
             let text = render_ruleset(&ctx, initial.iter());
             let mut nft = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
             nft.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
@@ -107,7 +107,7 @@ fn set_element_transactions_on_this_kernel() {
                     ("vips", true, "10.96.0.2"),
                     ("vip-ports", true, "10.96.0.2 . tcp . 80"),
                     ("nodeports", true, "udp . 30053"),
-                    ("hairpin", false, "10.244.0.7 . 10.244.0.7"),
+                    ("hairpin", false, "10.244.0.7 . 10.244.0.7 . tcp . 8080"),
                 ],
             )
             .unwrap();
@@ -536,9 +536,13 @@ fn in_vm() {
     step("a VIP answers only on its Services' ports");
     let l = TcpListener::bind(("0.0.0.0", 9999)).unwrap();
     std::thread::spawn(move || for _ in l.incoming() {});
-    assert!(TcpStream::connect_timeout(&sa([10, 244, 0, 1], 9999), Duration::from_secs(2)).is_ok());
-    let e = TcpStream::connect_timeout(&sa([10, 96, 0, 10], 9999), Duration::from_secs(2)).unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let connect = |ns: Option<&str>, to: SocketAddr| inside(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(2)).map(|_| ()));
+    assert!(connect(Some(CLIENT), SocketAddr::from((NODE_IP, 9999))).is_ok(), "the node's own address serves the port");
+    let e = connect(Some(CLIENT), sa([10, 96, 0, 10], 9999)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "through a VIP from outside: refused: {e}");
+    // The node's own connections reach a local address through INPUT too.
+    let e = connect(None, sa([10, 96, 0, 10], 9999)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "through a VIP from the node: refused: {e}");
 
     step("endpoint changes under continuous traffic lose no connection");
     let stop = Arc::new(AtomicBool::new(false));

@@ -413,34 +413,47 @@ pub async fn run(
     mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
     beat: crate::watchdog::Beat,
 ) {
+    let health = Arc::new(Health::default());
+    if s.mode != Mode::None
+        && let Some(addr) = s.healthz.filter(|_| !s.dry_run)
+    {
+        tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone()));
+    }
     let mut backend = match s.mode {
         Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
         Mode::Nftables => Backend::Nftables(nftables::Nftables::new(s.dry_run)),
-        Mode::Ipvs => match tokio::task::spawn_blocking({
-            let (settings, dry_run) = (s.ipvs.clone(), s.dry_run);
-            move || ipvs::Ipvs::new(settings, dry_run)
-        })
-        .await
-        .expect("opening IPVS does not panic")
-        {
-            Ok(b) => Backend::Ipvs(Box::new(b)),
-            Err(e) => {
-                // No silent fallback to another mode: the proxy stays down,
-                // /healthz says so, and the log says why.
-                tracing::error!(error = %e, "the Service proxy cannot run in IPVS mode");
-                if let Some(addr) = s.healthz.filter(|_| !s.dry_run) {
-                    serve_health(addr, Arc::new(Health::default()), s.sync_period, s.node_name.clone()).await;
+        Mode::Ipvs => {
+            // No silent fallback to another mode: until IPVS opens, the
+            // proxy programs nothing, /healthz fails and the log says why;
+            // it tries again every syncPeriod (the module may be loaded
+            // later) and its loop keeps beating meanwhile, so the watchdog
+            // does not restart the whole node agent over it.
+            let mut logged = false;
+            loop {
+                beat.beat();
+                let opened = tokio::task::spawn_blocking({
+                    let (settings, dry_run) = (s.ipvs.clone(), s.dry_run);
+                    move || ipvs::Ipvs::new(settings, dry_run)
+                })
+                .await
+                .expect("opening IPVS does not panic");
+                match opened {
+                    Ok(b) => break Backend::Ipvs(Box::new(b)),
+                    Err(e) if !logged => {
+                        tracing::error!(error = %e, retry_in = ?s.sync_period, "the Service proxy cannot run in IPVS mode");
+                        logged = true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "IPVS still unavailable"),
                 }
-                return std::future::pending().await;
+                tokio::time::sleep(s.sync_period).await;
             }
-        },
+        }
         Mode::None => return std::future::pending().await,
     };
     tracing::info!(mode = s.mode.as_str(), cluster_cidr = ?s.ctx.cluster_cidr, dry_run = s.dry_run, "starting the Service proxy");
     let objects = Arc::new(Mutex::new(Objects::default()));
     let changed = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
     tokio::spawn(follow::<Service>(
         client.clone(),
         "Service",
@@ -459,9 +472,6 @@ pub async fn run(
         |o| (&mut o.slices, &mut o.slices_listed),
         |m| &m.endpoint_changes,
     ));
-    if let Some(addr) = s.healthz.filter(|_| !s.dry_run) {
-        tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone()));
-    }
     if let Some(addr) = s.metrics.filter(|_| !s.dry_run) {
         tokio::spawn(serve_metrics(addr, metrics.clone(), s.mode));
     }
@@ -548,7 +558,9 @@ pub async fn run(
         // nothing changed). iptables rules live in shared tables that other
         // programs edit, so they are also rewritten in full every hour, as
         // kube-proxy does; nodelet's nftables table is its own.
-        let periodic_full = s.mode == Mode::Iptables && last_full.is_some_and(|t| t.elapsed() >= FULL_RESYNC);
+        // IPVS's table and kube-ipvs0 are shared kernel state too: read and
+        // repaired hourly, as the iptables rules are rewritten.
+        let periodic_full = matches!(s.mode, Mode::Iptables | Mode::Ipvs) && last_full.is_some_and(|t| t.elapsed() >= FULL_RESYNC);
         let full = failed || last_full.is_none() || periodic_full;
         let started = Instant::now();
         let ctx = s.ctx.clone();

@@ -77,7 +77,7 @@ const SETS: &[(&str, &str)] = &[
     ("no-endpoint-nodeports", "inet_proto . inet_service"),
     ("vips", "ipv4_addr"),
     ("vip-ports", "ipv4_addr . inet_proto . inet_service"),
-    ("hairpin", "ipv4_addr . ipv4_addr"),
+    ("hairpin", "ipv4_addr . ipv4_addr . inet_proto . inet_service"),
 ];
 
 const BASE_CHAINS: &[(&str, &str)] = &[
@@ -106,28 +106,41 @@ fn protocol(p: model::Protocol) -> Protocol {
     }
 }
 
-fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_ips: &[Ipv4Addr]) -> Planned {
+/// What one Service port asks for. `node_ips` are the addresses node ports
+/// listen on; `node_addrs` every address of the node outside kube-ipvs0: an
+/// external or load-balancer IP that is one of them gets its virtual
+/// service but is neither bound to kube-ipvs0 nor filtered as a VIP (the
+/// node's own services stay reachable on it, as kube-proxy's `shouldBind`).
+fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_ips: &[Ipv4Addr], node_addrs: &BTreeSet<Ipv4Addr>) -> Planned {
     let mut p = Planned::default();
     let proto = protocol(svc.key.protocol);
     let pname = proto.as_str();
     let sel = model::select(svc, eps);
-    let spec = ServiceSpec { scheduler: settings.scheduler.clone(), persistence: svc.affinity };
+    let spec = ServiceSpec::new(&settings.scheduler, svc.affinity);
     let dests = |list: &[Endpoint]| list.iter().map(|e| DestKey { addr: e.ip, port: e.port }).collect::<BTreeSet<_>>();
     let cluster = dests(&sel.cluster);
     let external = dests(&sel.external);
+    // externalTrafficPolicy Local without a local endpoint: the external
+    // and load-balancer IPs still reach the Service's endpoints from this
+    // node's pods and processes (kube-proxy's IPVS mode does the same; a
+    // load balancer's health check keeps outside traffic away).
+    let external_vip = if svc.external_local && external.is_empty() { dests(&sel.all) } else { external.clone() };
     let vip = |p: &mut Planned, addr: Ipv4Addr, ds: &BTreeSet<DestKey>| {
         p.services.insert(ServiceKey { protocol: proto, addr, port: svc.port }, (spec.clone(), ds.clone()));
-        p.addresses.insert(addr);
-        p.elements.insert(("vips", addr.to_string()));
-        p.elements.insert(("vip-ports", format!("{addr} . {pname} . {}", svc.port)));
         if !sel.any {
             p.elements.insert(("no-endpoint-services", format!("{addr} . {pname} . {}", svc.port)));
         }
+        if node_addrs.contains(&addr) {
+            return;
+        }
+        p.addresses.insert(addr);
+        p.elements.insert(("vips", addr.to_string()));
+        p.elements.insert(("vip-ports", format!("{addr} . {pname} . {}", svc.port)));
     };
     vip(&mut p, svc.cluster_ip, &cluster);
     p.elements.insert(("cluster-ips", format!("{} . {pname} . {}", svc.cluster_ip, svc.port)));
     for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-        vip(&mut p, *ip, &external);
+        vip(&mut p, *ip, &external_vip);
         if !svc.external_local {
             p.elements.insert(("external-ips", format!("{ip} . {pname} . {}", svc.port)));
         }
@@ -143,8 +156,10 @@ fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_
             p.elements.insert(("no-endpoint-nodeports", format!("{pname} . {np}")));
         }
     }
-    for e in sel.all.iter().chain(&sel.local) {
-        p.elements.insert(("hairpin", format!("{} . {}", e.ip, e.ip)));
+    // Hairpin: this node's endpoints reaching themselves through the
+    // Service (kube-proxy's KUBE-LOOP-BACK: endpoint, endpoint, port).
+    for e in sel.all.iter().chain(&sel.local).filter(|e| e.local) {
+        p.elements.insert(("hairpin", format!("{} . {} . {pname} . {}", e.ip, e.ip, e.port)));
     }
     p
 }
@@ -170,9 +185,12 @@ pub struct Ipvs {
     /// syncs and at most every 10 s: with thousands of Service addresses on
     /// kube-ipvs0 the listing is not free).
     node_ips_read: Option<Instant>,
-    /// The planned virtual services, who planned them, and the references to
-    /// each address and set element.
-    wanted: HashMap<ServiceKey, (PortKey, ServiceSpec, BTreeSet<DestKey>)>,
+    /// Every address of the node outside kube-ipvs0.
+    node_addrs: BTreeSet<Ipv4Addr>,
+    /// The planned virtual services by the Service ports that plan them
+    /// (the first one wins; another takes over when it goes), and the
+    /// references to each address and set element.
+    claims: HashMap<ServiceKey, BTreeMap<PortKey, (ServiceSpec, BTreeSet<DestKey>)>>,
     addr_refs: HashMap<Ipv4Addr, u32>,
     element_refs: HashMap<Element, u32>,
     /// The kernel as nodelet last left it.
@@ -241,7 +259,8 @@ impl Ipvs {
             ports: BTreeMap::new(),
             node_ips: Vec::new(),
             node_ips_read: None,
-            wanted: HashMap::new(),
+            node_addrs: BTreeSet::new(),
+            claims: HashMap::new(),
             addr_refs: HashMap::new(),
             element_refs: HashMap::new(),
             table: BTreeMap::new(),
@@ -306,15 +325,27 @@ impl Ipvs {
         Ok(())
     }
 
-    fn node_ips(&self, ctx: &Context) -> Vec<Ipv4Addr> {
-        let mut ips = match &ctx.node_port_ips {
+    /// The node's addresses outside kube-ipvs0 (by interface, as kube-proxy's
+    /// GetAllLocalAddressesExcept), and those node ports listen on.
+    fn node_addresses(ctx: &Context) -> (BTreeSet<Ipv4Addr>, Vec<Ipv4Addr>) {
+        let mut all = BTreeSet::new();
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                if a.interface_name == link::NAME {
+                    continue;
+                }
+                if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                    all.insert(sin.ip());
+                }
+            }
+        }
+        let mut ips: Vec<Ipv4Addr> = match &ctx.node_port_ips {
             Some(ips) => ips.clone(),
-            None => super::local_ipv4s(),
+            None => all.iter().copied().filter(|ip| !ip.is_loopback()).collect(),
         };
-        ips.retain(|ip| !ip.is_loopback() && !self.addresses.contains(ip) && !self.addr_refs.contains_key(ip));
         ips.sort();
         ips.dedup();
-        ips
+        (all, ips)
     }
 
     /// Replans the Service ports whose inputs changed; the virtual
@@ -355,28 +386,31 @@ impl Ipvs {
             let new = match state.services.get(&key) {
                 Some(svc) => {
                     let eps = state.endpoints.get(&key).unwrap_or(&empty);
-                    let p = plan_port(svc, eps, &self.settings, &self.node_ips);
+                    let p = plan_port(svc, eps, &self.settings, &self.node_ips, &self.node_addrs);
                     self.ports.insert(key.clone(), (svc.clone(), eps.clone(), p.clone()));
                     p
                 }
                 None => Planned::default(),
             };
             for sk in old.services.keys() {
-                if self.wanted.get(sk).is_some_and(|(owner, _, _)| *owner == key) && !new.services.contains_key(sk) {
-                    self.wanted.remove(sk);
+                if !new.services.contains_key(sk)
+                    && let Some(c) = self.claims.get_mut(sk)
+                {
+                    c.remove(&key);
+                    if c.is_empty() {
+                        self.claims.remove(sk);
+                    }
                     touched.0.insert(*sk);
                 }
             }
             for (sk, (spec, dests)) in new.services {
-                match self.wanted.get(&sk) {
-                    Some((owner, _, _)) if *owner != key => {
-                        tracing::warn!(service = %key, address = %sk, owner = %owner, "two Services claim one IPVS virtual service; keeping the first");
-                    }
-                    _ => {
-                        self.wanted.insert(sk, (key.clone(), spec, dests));
-                        touched.0.insert(sk);
-                    }
+                let c = self.claims.entry(sk).or_default();
+                c.insert(key.clone(), (spec, dests));
+                if c.len() == 2 {
+                    let owners: Vec<String> = c.keys().map(ToString::to_string).collect();
+                    tracing::warn!(address = %sk, services = ?owners, "two Service ports claim one IPVS virtual service; the first is used");
                 }
+                touched.0.insert(sk);
             }
             for a in old.addresses.difference(&new.addresses) {
                 if let Some(n) = self.addr_refs.get_mut(a) {
@@ -408,23 +442,28 @@ impl Ipvs {
         touched
     }
 
+    /// The virtual service as planned: its first claimant's.
+    fn wanted(&self, sk: &ServiceKey) -> Option<&(ServiceSpec, BTreeSet<DestKey>)> {
+        self.claims.get(sk).and_then(|c| c.values().next())
+    }
+
     /// The changes that bring the kernel to the plan for the touched keys.
     fn diff(&mut self, services: &BTreeSet<ServiceKey>, addresses: &BTreeSet<Ipv4Addr>, elements: &BTreeSet<Element>, ctx: &Context) -> Changes {
         let mut c = Changes::default();
         let now = Instant::now();
         for sk in services {
-            let want = self.wanted.get(sk);
+            let want = self.wanted(sk).cloned();
             let have = self.table.get(sk);
-            match (want, have) {
+            match (want.as_ref(), have) {
                 (None, None) => {}
                 (None, Some(_)) => {
                     c.last.push(Op::DelService(*sk));
                 }
-                (Some((_, spec, dests)), None) => {
+                (Some((spec, dests)), None) => {
                     c.first.push(Op::AddService(*sk, spec.clone()));
                     c.first.extend(dests.iter().map(|d| Op::AddDest(*sk, *d, 1)));
                 }
-                (Some((_, spec, dests)), Some(known)) => {
+                (Some((spec, dests)), Some(known)) => {
                     if known.spec != *spec {
                         c.first.push(Op::UpdateService(*sk, spec.clone()));
                     }
@@ -479,18 +518,20 @@ impl Ipvs {
     }
 
     /// Deletes draining servers whose connections are gone or whose time
-    /// is up; servers wanted again were already set back to weight 1.
+    /// is up. Servers wanted again were set back to weight 1, and those of a
+    /// virtual service being deleted go with it; both leave the list, as do
+    /// servers that vanished from the kernel meanwhile.
     fn drained(&mut self) -> Result<Vec<Op>, ProxyError> {
         let now = Instant::now();
         let mut ops = Vec::new();
-        let wanted = &self.wanted;
-        self.draining.retain(|(sk, d), _| !wanted.get(sk).is_some_and(|(_, _, ds)| ds.contains(d)));
+        let claims = &self.claims;
+        let table = &self.table;
+        self.draining.retain(|(sk, d), _| {
+            let wanted = claims.get(sk).and_then(|c| c.values().next());
+            wanted.is_some_and(|(_, ds)| !ds.contains(d)) && table.get(sk).is_some_and(|k| k.dests.contains_key(d))
+        });
         let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(sk, _)| *sk).collect();
         for sk in services {
-            if !self.table.contains_key(&sk) {
-                self.draining.retain(|(k, _), _| *k != sk);
-                continue;
-            }
             let counts: HashMap<DestKey, u32> = match self.sock.as_mut() {
                 Some(sock) => sock.dests(&sk).map_err(|e| io("ipvs", e))?.into_iter().map(|d| (d.key, d.active + d.inactive)).collect(),
                 None => HashMap::new(),
@@ -506,9 +547,7 @@ impl Ipvs {
                 .collect();
             for d in due {
                 self.draining.remove(&(sk, d));
-                if self.table.get(&sk).is_some_and(|k| k.dests.contains_key(&d)) {
-                    ops.push(Op::DelDest(sk, d));
-                }
+                ops.push(Op::DelDest(sk, d));
             }
         }
         Ok(ops)
@@ -588,8 +627,12 @@ impl Ipvs {
         let s = &self.settings;
         if s.tcp_timeout > 0 || s.tcp_fin_timeout > 0 || s.udp_timeout > 0 {
             let op = Op::SetTimeouts { tcp: s.tcp_timeout, tcp_fin: s.tcp_fin_timeout, udp: s.udp_timeout };
-            tracing::info!("{op}");
-            self.apply_ops(&[op])?;
+            // A value the kernel refuses is reported, as kube-proxy does; the
+            // Services are programmed all the same.
+            match self.apply_ops(std::slice::from_ref(&op)) {
+                Ok(()) => tracing::info!("{op}"),
+                Err(e) => tracing::error!(error = %e, "the kernel refused the ipvs.*Timeout settings"),
+            }
         }
         self.prepared = true;
         Ok(())
@@ -603,11 +646,12 @@ impl Ipvs {
             self.read_kernel()?;
         }
         let stale = self.node_ips_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-        let node_ips_changed = if full || stale || ctx.node_port_ips.is_some() {
-            let node_ips = self.node_ips(ctx);
+        let node_ips_changed = if full || stale {
+            let (addrs, node_ips) = Self::node_addresses(ctx);
             self.node_ips_read = Some(Instant::now());
-            let changed = node_ips != self.node_ips;
+            let changed = node_ips != self.node_ips || addrs != self.node_addrs;
             self.node_ips = node_ips;
+            self.node_addrs = addrs;
             changed
         } else {
             false
@@ -615,7 +659,7 @@ impl Ipvs {
         let (mut services, mut addresses, elements) = self.replan(state, node_ips_changed);
         if full {
             services.extend(self.table.keys().copied());
-            services.extend(self.wanted.keys().copied());
+            services.extend(self.claims.keys().copied());
             addresses.extend(self.addresses.iter().copied());
             addresses.extend(self.addr_refs.keys().copied());
         }
@@ -722,18 +766,23 @@ pub fn render_ruleset<'a>(ctx: &Context, elements: impl Iterator<Item = &'a Elem
     let rules: Vec<(&str, String)> = {
         let mut r = vec![
             ("filter-input", "ct state new jump endpoints-check".to_string()),
+            // A VIP answers only on its Services' ports (kube-proxy's
+            // KUBE-IPVS-FILTER, on input): nothing else on the node is
+            // reachable through it from outside.
+            ("filter-input", "ct state new meta l4proto { tcp, udp, sctp } ip daddr @vips ip daddr . meta l4proto . th dport != @vip-ports reject".to_string()),
             ("filter-output", "ct state new jump endpoints-check".to_string()),
             ("endpoints-check", "ip daddr . meta l4proto . th dport @no-endpoint-services reject".to_string()),
             (
                 "endpoints-check",
                 "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @no-endpoint-nodeports reject".to_string(),
             ),
-            // A VIP answers only on its Services' ports (kube-proxy's
-            // KUBE-IPVS-FILTER): nothing else on the node is reachable
-            // through it.
-            ("endpoints-check", "meta l4proto { tcp, udp, sctp } ip daddr @vips ip daddr . meta l4proto . th dport != @vip-ports reject".to_string()),
             ("nat-prerouting", "jump services".to_string()),
             ("nat-output", "jump services".to_string()),
+            // The node itself connecting to a cluster IP leaves with the
+            // VIP as its source (the local route's): masqueraded, or remote
+            // endpoints could not answer (kube-proxy's KUBE-CLUSTER-IP
+            // src,dst rule).
+            ("services", "ip saddr . meta l4proto . th dport @cluster-ips jump mark-for-masquerade".to_string()),
         ];
         if ctx.masquerade_all {
             r.push(("services", "ip daddr . meta l4proto . th dport @cluster-ips jump mark-for-masquerade".to_string()));
@@ -743,7 +792,7 @@ pub fn render_ruleset<'a>(ctx: &Context, elements: impl Iterator<Item = &'a Elem
         r.push(("services", "ip daddr . meta l4proto . th dport @external-ips jump mark-for-masquerade".to_string()));
         r.push(("services", "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @nodeports jump mark-for-masquerade".to_string()));
         r.push(("mark-for-masquerade", format!("meta mark set meta mark | {mark:#x}")));
-        r.push(("nat-postrouting", "ip saddr . ip daddr @hairpin masquerade fully-random".to_string()));
+        r.push(("nat-postrouting", "ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade fully-random".to_string()));
         r.push(("nat-postrouting", format!("meta mark & {mark:#x} == 0 return")));
         r.push(("nat-postrouting", format!("meta mark set meta mark ^ {mark:#x}")));
         r.push(("nat-postrouting", "masquerade fully-random".to_string()));
@@ -888,6 +937,54 @@ mod tests {
             b.last_changes,
             vec!["address delete 10.96.0.10/32 dev kube-ipvs0".to_string(), "ipvs delete service tcp 10.96.0.10:80".to_string()]
         );
+    }
+
+    #[test]
+    fn a_shared_virtual_service_passes_to_the_other_service() {
+        let (mut s, ctx) = fixture();
+        let web = s.services.keys().find(|k| k.name == "web").unwrap().clone();
+        let sticky = s.services.keys().find(|k| k.name == "sticky").unwrap().clone();
+        let shared = Ipv4Addr::new(192, 0, 2, 50);
+        s.services.get_mut(&web).unwrap().external_ips = vec![shared];
+        s.services.get_mut(&sticky).unwrap().external_ips = vec![shared];
+        let mut b = Ipvs::new(settings(), true).unwrap();
+        b.sync(&s, &ctx, true).unwrap();
+        // default/sticky sorts before default/web: the first claimant wins.
+        assert!(b.last_changes.iter().any(|l| l == "ipvs add service tcp 192.0.2.50:80 scheduler rr persistent 10800"), "{:?}", b.last_changes);
+        s.services.get_mut(&sticky).unwrap().external_ips.clear();
+        b.sync(&s, &ctx, false).unwrap();
+        assert!(!b.last_changes.iter().any(|l| l.contains("delete service tcp 192.0.2.50:80") || l.contains("address delete 192.0.2.50")), "{:?}", b.last_changes);
+        assert!(b.last_changes.iter().any(|l| l == "ipvs update service tcp 192.0.2.50:80 scheduler rr"), "web's spec takes over: {:?}", b.last_changes);
+        assert!(b.last_changes.iter().any(|l| l == "ipvs add server tcp 192.0.2.50:80 -> 10.244.0.10:8080 masq weight 1"), "{:?}", b.last_changes);
+        assert!(b.last_changes.iter().any(|l| l == "ipvs update server tcp 192.0.2.50:80 -> 10.244.0.10:80 masq weight 0"), "{:?}", b.last_changes);
+    }
+
+    #[test]
+    fn a_deleted_service_takes_its_draining_servers_along() {
+        let (mut s, ctx) = fixture();
+        let web = s.services.keys().find(|k| k.name == "web").unwrap().clone();
+        let mut b = Ipvs::new(settings(), true).unwrap();
+        b.sync(&s, &ctx, true).unwrap();
+        s.endpoints.get_mut(&web).unwrap().remove(0);
+        b.sync(&s, &ctx, false).unwrap();
+        assert_eq!(b.last_changes, vec!["ipvs update server tcp 10.96.0.10:80 -> 10.244.0.10:8080 masq weight 0".to_string()]);
+        s.services.remove(&web);
+        s.endpoints.remove(&web);
+        b.sync(&s, &ctx, false).unwrap();
+        assert_eq!(b.last_changes, vec!["address delete 10.96.0.10/32 dev kube-ipvs0".to_string(), "ipvs delete service tcp 10.96.0.10:80".to_string()]);
+        assert_eq!(b.recheck(), None);
+    }
+
+    #[test]
+    fn an_external_ip_of_the_node_is_not_bound() {
+        let (mut s, ctx) = fixture();
+        let web = s.services.keys().find(|k| k.name == "web").unwrap().clone();
+        s.services.get_mut(&web).unwrap().external_ips = vec![Ipv4Addr::LOCALHOST];
+        let mut b = Ipvs::new(settings(), true).unwrap();
+        b.sync(&s, &ctx, true).unwrap();
+        assert!(b.last_changes.iter().any(|l| l == "ipvs add service tcp 127.0.0.1:80 scheduler rr"), "{:?}", b.last_changes);
+        assert!(!b.last_changes.iter().any(|l| l.contains("address add 127.0.0.1")), "{:?}", b.last_changes);
+        assert!(!b.element_refs.contains_key(&("vips", "127.0.0.1".to_string())));
     }
 
     #[test]

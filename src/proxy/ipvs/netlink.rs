@@ -75,6 +75,8 @@ mod dest {
 const AF_INET: u16 = libc::AF_INET as u16;
 /// `IP_VS_SVC_F_PERSISTENT`.
 const F_PERSISTENT: u32 = 0x0001;
+/// `IP_VS_SVC_F_SCHED2` (mh-port).
+const F_SCHED2: u32 = 0x0010;
 /// `IP_VS_CONN_F_MASQ`: NAT forwarding, the only method kube-proxy uses.
 const FWD_MASQ: u32 = 0;
 
@@ -234,6 +236,15 @@ pub struct ServiceSpec {
     pub scheduler: String,
     /// ClientIP affinity: persistence with this timeout in seconds.
     pub persistence: Option<u32>,
+    /// `IP_VS_SVC_F_SCHED2`: the mh scheduler hashes the source port too
+    /// (kube-proxy sets it for mh, or every client sticks to one server).
+    pub hash_port: bool,
+}
+
+impl ServiceSpec {
+    pub fn new(scheduler: &str, persistence: Option<u32>) -> ServiceSpec {
+        ServiceSpec { scheduler: scheduler.to_string(), persistence, hash_port: scheduler == "mh" }
+    }
 }
 
 /// A real server: address and port.
@@ -275,9 +286,15 @@ pub enum Op {
 impl fmt::Display for Op {
     /// One line per operation, as `--dry-run` prints them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let spec = |s: &ServiceSpec| match s.persistence {
-            Some(t) => format!("scheduler {} persistent {t}", s.scheduler),
-            None => format!("scheduler {}", s.scheduler),
+        let spec = |s: &ServiceSpec| {
+            let mut t = format!("scheduler {}", s.scheduler);
+            if s.hash_port {
+                t.push_str(" hash-port");
+            }
+            if let Some(p) = s.persistence {
+                t.push_str(&format!(" persistent {p}"));
+            }
+            t
         };
         match self {
             Op::AddService(k, s) => write!(f, "ipvs add service {k} {}", spec(s)),
@@ -306,7 +323,7 @@ fn service_attrs(k: &ServiceKey, s: &ServiceSpec) -> Vec<Attr> {
     name.push(0);
     a.push(Attr::bytes(svc::SCHED_NAME, name));
     // struct ip_vs_flags { flags, mask }: every flag set as given.
-    let flags = if s.persistence.is_some() { F_PERSISTENT } else { 0 };
+    let flags = if s.persistence.is_some() { F_PERSISTENT } else { 0 } | if s.hash_port { F_SCHED2 } else { 0 };
     let mut fl = flags.to_ne_bytes().to_vec();
     fl.extend(u32::MAX.to_ne_bytes());
     a.push(Attr::bytes(svc::FLAGS, fl));
@@ -391,7 +408,8 @@ pub fn parse_service(m: &IpvsMessage) -> Result<Option<(ServiceKey, ServiceSpec)
     let flags = field::<4>(&a, svc::FLAGS).map(u32::from_ne_bytes).unwrap_or(0);
     let timeout = field::<4>(&a, svc::TIMEOUT).map(u32::from_ne_bytes).unwrap_or(0);
     let persistence = (flags & F_PERSISTENT != 0).then_some(timeout);
-    Ok(Some((ServiceKey { protocol, addr, port }, ServiceSpec { scheduler, persistence })))
+    let hash_port = flags & F_SCHED2 != 0;
+    Ok(Some((ServiceKey { protocol, addr, port }, ServiceSpec { scheduler, persistence, hash_port })))
 }
 
 /// A dumped real server.
@@ -624,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_service_round_trips_through_its_attributes() {
-        let spec = ServiceSpec { scheduler: "wrr".into(), persistence: Some(10800) };
+        let spec = ServiceSpec::new("wrr", Some(10800));
         let m = message(&Op::AddService(key(), spec.clone()));
         let mut buf = vec![0u8; m.buffer_len()];
         m.emit(&mut buf);
@@ -649,8 +667,9 @@ mod tests {
     fn golden_wire_messages() {
         let d = DestKey { addr: Ipv4Addr::new(10, 244, 0, 7), port: 8080 };
         let ops = [
-            Op::AddService(key(), ServiceSpec { scheduler: "rr".into(), persistence: None }),
-            Op::AddService(key(), ServiceSpec { scheduler: "sh".into(), persistence: Some(10800) }),
+            Op::AddService(key(), ServiceSpec::new("rr", None)),
+            Op::AddService(key(), ServiceSpec::new("sh", Some(10800))),
+            Op::AddService(key(), ServiceSpec::new("mh", None)),
             Op::DelService(key()),
             Op::AddDest(key(), d, 1),
             Op::UpdateDest(key(), d, 0),

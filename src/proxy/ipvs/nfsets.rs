@@ -136,6 +136,16 @@ pub fn apply(table: &str, changes: &[Change]) -> std::io::Result<()> {
     }
     let first = 1;
     let (bytes, last) = batch(table, changes, first).map_err(std::io::Error::other)?;
+    // The whole transaction goes in one message buffer: make room for it, as
+    // nft does (SO_SNDBUFFORCE, we are root).
+    {
+        use std::os::fd::AsRawFd;
+        let size = libc::c_int::try_from(bytes.len().saturating_mul(2).max(1 << 20)).unwrap_or(libc::c_int::MAX);
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            // SAFETY: a valid socket and an int of the size given.
+            unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32) };
+        }
+    }
     sock.send(&bytes, 0)?;
     let mut buf = Vec::with_capacity(1 << 16);
     let mut failure: Option<std::io::Error> = None;
@@ -185,7 +195,7 @@ mod tests {
     /// per set and verb, NLM_F_CREATE on additions, batch end).
     #[test]
     fn golden_batch() {
-        let changes = [("hairpin", true, "10.244.0.7 . 10.244.0.7"), ("vips", false, "10.96.0.9")];
+        let changes = [("hairpin", true, "10.244.0.7 . 10.244.0.7 . tcp . 8080"), ("vips", false, "10.96.0.9")];
         let (bytes, last) = batch("nodelet-ipvs", &changes, 1).unwrap();
         assert_eq!(last, 3);
         let mut text = String::new();
