@@ -424,6 +424,7 @@ pub async fn run(
             images: images_rx,
             pressure: pressure_rx.clone(),
             shutting_down: shutting_down_rx.clone(),
+            root_dir: s.root_dir.clone(),
         };
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;

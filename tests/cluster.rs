@@ -967,6 +967,15 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     let vas: Api<VolumeAttachment> = Api::all(c.client.clone());
     let va = vas.list(&ListParams::default()).await.unwrap().items;
     assert!(va.iter().any(|v| v.spec.node_name == node && v.spec.attacher == DRIVER), "the volume was attached first: {va:?}");
+    let unique = format!("kubernetes.io/csi/{DRIVER}^vol-1");
+    let nodes = Api::<KubeNode>::all(c.client.clone());
+    eventually(30 * S, "the volume in the node's volumesInUse (and the controller's volumesAttached)", || async {
+        let st = nodes.get(&node).await.ok()?.status?;
+        let in_use = st.volumes_in_use.unwrap_or_default().contains(&unique);
+        let attached = st.volumes_attached.unwrap_or_default().iter().any(|v| v.name == unique);
+        (in_use && attached).then_some(())
+    })
+    .await;
     let staging = std::fs::read_dir(root.join("plugins/kubernetes.io/csi").join(DRIVER)).unwrap().flatten().next().unwrap().path().join("globalmount");
     let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok() }).await;
     assert_eq!(written.trim(), "written-through-csi");
@@ -977,6 +986,11 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     eventually(60 * S, "unpublished and unstaged", || async { (driver.calls().len() == 4).then_some(()) }).await;
     assert_eq!(driver.calls()[2..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]);
     assert!(!mounted_under(&device) && !mounted_under("kubernetes.io~csi"), "nothing of the volume stays mounted");
+    eventually(30 * S, "the volume out of volumesInUse", || async {
+        let st = nodes.get(&node).await.ok()?.status?;
+        (!st.volumes_in_use.unwrap_or_default().contains(&unique)).then_some(())
+    })
+    .await;
 
     // A second pod reads what the first wrote.
     pods.create(&PostParams::default(), &with_claim("csi-reader", "test \"$(cat /data/hello)\" = written-through-csi && sleep 3600")).await.unwrap();

@@ -116,6 +116,8 @@ pub struct ClusterParts {
     /// The eviction manager's pressure, for the node conditions.
     pub pressure: watch::Receiver<crate::pods::eviction::Pressure>,
     pub shutting_down: watch::Receiver<bool>,
+    /// kubelet's root directory (the volumes in use are read from it).
+    pub root_dir: std::path::PathBuf,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -175,6 +177,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             shutting_down,
             update_every: settings.status_update,
             report_every: settings.status_report,
+            root_dir: p.root_dir.clone(),
         };
         let mirrors = mirror::run(client.clone(), node.clone(), uid, statuses.subscribe(), mirrors_rx);
         tokio::join!(lease.run(), status.run(), mirrors);

@@ -270,6 +270,7 @@ pub fn server_differs(server: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
         || server.daemon_endpoints != ours.daemon_endpoints
         || server.node_info != ours.node_info
         || ours.images.is_some() && server.images != ours.images
+        || ours.volumes_in_use.as_ref().is_some_and(|v| *v != server.volumes_in_use.clone().unwrap_or_default())
 }
 
 /// The labels kubelet keeps on its Node whoever removes them: hostname,
@@ -304,6 +305,9 @@ pub struct StatusLoop {
     pub shutting_down: watch::Receiver<bool>,
     pub update_every: Duration,
     pub report_every: Duration,
+    /// kubelet's root directory: `volumesInUse` are the attachable volumes
+    /// mounted under it.
+    pub root_dir: std::path::PathBuf,
 }
 
 impl StatusLoop {
@@ -348,6 +352,10 @@ impl StatusLoop {
         let mut status = status(&self.facts, &health, &pressure, shutting_down, server.status.as_ref(), Timestamp::now());
         let images = self.images.borrow().clone();
         status.images = (!images.is_empty()).then_some(images);
+        // Always sent, empty too: the list is replaced, and the
+        // attach-detach controller detaches only what is not in it.
+        let root = self.root_dir.clone();
+        status.volumes_in_use = Some(tokio::task::spawn_blocking(move || crate::volumes::csi::in_use(&root)).await.unwrap_or_default());
         let differs = server_differs(server.status.as_ref(), &status);
         let due = reported.is_none_or(|at| at.elapsed() >= self.report_every);
         if !differs && !due {

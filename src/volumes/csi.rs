@@ -242,6 +242,21 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
+/// The node's attachable volumes in use, by kubelet's unique names
+/// (`kubernetes.io/csi/<driver>^<handle>`), sorted: every persistent CSI
+/// volume published for a pod.
+pub fn in_use(root_dir: &Path) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for pod in std::fs::read_dir(root_dir.join("pods")).into_iter().flatten().flatten() {
+        for v in std::fs::read_dir(pod.path().join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten() {
+            if let Some(d) = read_vol_data(&v.path()).filter(|d| d.volume_lifecycle_mode == "Persistent") {
+                out.insert(format!("kubernetes.io/csi/{}^{}", d.driver_name, d.volume_handle));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// The data of a secret a CSI volume names, as the strings CSI carries.
 pub fn secret_strings(data: Option<&crate::volumes::objects::Data>) -> HashMap<String, String> {
     data.map(|d| d.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect()).unwrap_or_default()

@@ -281,6 +281,21 @@ fn attach_detach(store: &mut Store) {
             store.remove("volumeattachments.storage.k8s.io", "", &name);
         }
     }
+    // The controller's record on each Node: status.volumesAttached.
+    let mut attached: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
+    for (driver, node, _, handle) in wanted.values() {
+        attached.entry(node.clone()).or_default().push(serde_json::json!({"name": format!("kubernetes.io/csi/{driver}^{handle}"), "devicePath": ""}));
+    }
+    for n in store.list("nodes", None) {
+        let name = n["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let list = Value::Array(attached.remove(&name).unwrap_or_default());
+        let current = n["status"]["volumesAttached"].clone();
+        if current != list && !(current.is_null() && list == Value::Array(vec![])) {
+            let mut n = n.clone();
+            n["status"]["volumesAttached"] = list;
+            store.put("nodes", "", &name, n);
+        }
+    }
     for (name, (driver, node, pv, handle)) in wanted {
         if store.get("volumeattachments.storage.k8s.io", "", &name).is_some() {
             continue;
