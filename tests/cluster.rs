@@ -1018,9 +1018,25 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
         driver.calls().contains(&format!("NodeUnpublishVolume {handle}")).then_some(())
     })
     .await;
-    pods.delete("csi-reader", &DeleteParams::default().grace_period(0)).await.unwrap();
-    eventually(60 * S, "the reader's volume unstaged", || async {
-        (driver.calls().iter().filter(|c| *c == "NodeUnstageVolume vol-1").count() == 2).then_some(())
+
+    // The driver goes away (a DaemonSet rollout) and the reader is deleted
+    // meanwhile: its volume's record stays until the driver is back, and is
+    // then unpublished and unstaged — never just unmounted behind its back.
+    let reader_uid = pods.get("csi-reader").await.unwrap().metadata.uid.unwrap();
+    drop(driver);
+    eventually(20 * S, "the driver out of the CSINode object", || async {
+        (!csinodes.get(&node).await.ok()?.spec.drivers.iter().any(|d| d.name == DRIVER)).then_some(())
     })
     .await;
+    pods.delete("csi-reader", &DeleteParams::default().grace_period(0)).await.unwrap();
+    tokio::time::sleep(6 * S).await;
+    let record = root.join("pods").join(&reader_uid).join("volumes/kubernetes.io~csi/csi-pv-1/vol_data.json");
+    assert!(record.exists(), "the record stays while the driver is away");
+    assert!(mounted_under("globalmount"), "still staged while the driver is away");
+    let driver = support::csi::CsiDriver::start(DRIVER, &root.join("plugins_registry"), &c.dir().join("csi-driver")).await;
+    eventually(60 * S, "the reader's volume unpublished and unstaged once the driver is back", || async {
+        (driver.calls() == ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]).then_some(())
+    })
+    .await;
+    eventually(10 * S, "nothing mounted, the record gone", || async { (!mounted_under("globalmount") && !record.exists()).then_some(()) }).await;
 }

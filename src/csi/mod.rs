@@ -46,6 +46,9 @@ pub struct Driver {
     pub topology: BTreeMap<String, String>,
     /// NodeGetCapabilities: STAGE_UNSTAGE_VOLUME.
     pub stage_unstage: bool,
+    /// NodeGetCapabilities: SINGLE_NODE_MULTI_WRITER (the access modes are
+    /// then mapped with the single-node multi/single writer pair).
+    pub single_node_multi_writer: bool,
 }
 
 /// The registered drivers, shared by the registry and the volume manager.

@@ -63,9 +63,11 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
             .await
             .map_err(|s| format!("NodeGetCapabilities: {}", status_text(&s)))?
             .into_inner();
-        let stage_unstage = caps.capabilities.iter().any(|c| {
-            matches!(&c.r#type, Some(csi::node_service_capability::Type::Rpc(r)) if r.r#type == csi::node_service_capability::rpc::Type::StageUnstageVolume as i32)
-        });
+        let has = |t: csi::node_service_capability::rpc::Type| {
+            caps.capabilities.iter().any(|c| matches!(&c.r#type, Some(csi::node_service_capability::Type::Rpc(r)) if r.r#type == t as i32))
+        };
+        let stage_unstage = has(csi::node_service_capability::rpc::Type::StageUnstageVolume);
+        let single_node_multi_writer = has(csi::node_service_capability::rpc::Type::SingleNodeMultiWriter);
         let driver = Driver {
             name: info.name.clone(),
             endpoint,
@@ -73,6 +75,7 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
             max_volumes: ni.max_volumes_per_node,
             topology: ni.accessible_topology.map(|t| t.segments.into_iter().collect()).unwrap_or_default(),
             stage_unstage,
+            single_node_multi_writer,
         };
         if let Some(p) = publisher {
             publish(p, Some(&driver), &driver.name).await?;
@@ -146,7 +149,7 @@ pub async fn publish(p: &Publisher, driver: Option<&Driver>, name: &str) -> Resu
                 name: d.name.clone(),
                 node_id: d.node_id.clone(),
                 topology_keys: (!keys.is_empty()).then_some(keys),
-                allocatable: (d.max_volumes > 0).then(|| VolumeNodeResources { count: Some(d.max_volumes as i32) }),
+                allocatable: (d.max_volumes > 0).then(|| VolumeNodeResources { count: Some(i32::try_from(d.max_volumes).unwrap_or(i32::MAX)) }),
             });
             obj.spec.drivers.sort_by(|a, b| a.name.cmp(&b.name));
         }

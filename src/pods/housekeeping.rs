@@ -111,6 +111,11 @@ pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Sw
         if known.contains(&uid) || !dir.is_dir() || !quiet_since(&dir, now) {
             continue;
         }
+        // CSI volumes still published: their records stay until the driver
+        // has unpublished them (the round before the sweep tries).
+        if crate::volumes::csi::has_volumes(&dir) {
+            continue;
+        }
         match crate::volumes::tear_down(&dir) {
             Ok(()) => match std::fs::remove_dir_all(&dir) {
                 Ok(()) => out.pod_dirs.push(dir),

@@ -18,18 +18,45 @@ use crate::csi::proto::csi;
 use crate::csi::{Driver, Drivers, node_client, request, status_text};
 use crate::node::NodeContext;
 
-/// What kubelet writes as vol_data.json (its field names).
+/// What kubelet writes as vol_data.json (its field names), so a node taken
+/// over from kubelet is read as kubelet left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolData {
     pub driver_name: String,
     pub volume_handle: String,
-    #[serde(rename = "specVolumeID")]
+    #[serde(rename = "specVolID", default)]
     pub spec_volume_id: String,
+    #[serde(default)]
     pub volume_lifecycle_mode: String,
-    /// Set when the volume was staged (nodelet's addition).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staging_path: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    #[serde(rename = "attachmentID", default, skip_serializing_if = "String::is_empty")]
+    pub attachment_id: String,
+}
+
+/// One lock per volume (driver and handle) on the node: stage and publish,
+/// and unpublish and unstage, never interleave for one volume (the CSI
+/// spec leaves that to the CO), so a pod leaving never unstages a volume
+/// another pod is publishing.
+async fn volume_lock(driver: &str, handle: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    static LOCKS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let lock = {
+        let mut map = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, l| std::sync::Arc::strong_count(l) > 1 || l.try_lock().is_err());
+        map.entry(format!("{driver}^{handle}")).or_default().clone()
+    };
+    lock.lock_owned().await
+}
+
+/// Removes a volume directory's record and the directory itself, never
+/// recursively (a mount the check missed keeps its data).
+fn remove_volume_dir(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("vol_data.json"));
+    let _ = std::fs::remove_dir(dir.join("mount"));
+    let _ = std::fs::remove_dir(dir.join("globalmount"));
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -68,21 +95,26 @@ pub struct Publish<'a> {
     pub publish_context: HashMap<String, String>,
     pub stage_secrets: HashMap<String, String>,
     pub publish_secrets: HashMap<String, String>,
+    /// The VolumeAttachment's name, for attachable drivers.
+    pub attachment_id: String,
 }
 
-fn access_mode(mode: &str) -> i32 {
+/// kubelet's asCSIAccessModeV1: the single-node multi/single writer pair
+/// only for drivers that announce SINGLE_NODE_MULTI_WRITER.
+fn access_mode(mode: &str, multi_writer: bool) -> i32 {
     use csi::volume_capability::access_mode::Mode;
     (match mode {
         "ReadOnlyMany" => Mode::MultiNodeReaderOnly,
         "ReadWriteMany" => Mode::MultiNodeMultiWriter,
-        "ReadWriteOncePod" => Mode::SingleNodeSingleWriter,
+        "ReadWriteOncePod" if multi_writer => Mode::SingleNodeSingleWriter,
+        "ReadWriteOnce" if multi_writer => Mode::SingleNodeMultiWriter,
         _ => Mode::SingleNodeWriter,
     }) as i32
 }
 
 fn capability(p: &Publish<'_>) -> csi::VolumeCapability {
     csi::VolumeCapability {
-        access_mode: Some(csi::volume_capability::AccessMode { mode: access_mode(&p.access_mode) }),
+        access_mode: Some(csi::volume_capability::AccessMode { mode: access_mode(&p.access_mode, p.driver.single_node_multi_writer) }),
         access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume {
             fs_type: p.fs_type.clone(),
             mount_flags: p.mount_flags.clone(),
@@ -103,6 +135,7 @@ fn read_vol_data(dir: &Path) -> Option<VolData> {
 /// Stages (once per node) and publishes a volume for pod `uid`; the path
 /// to mount into its containers.
 pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<PathBuf, String> {
+    let _lock = volume_lock(&p.driver.name, &p.handle).await;
     let dir = super::plugin_dir(node, uid, "csi", &p.spec_name);
     let target = dir.join("mount");
     let mut client = node_client(p.driver).await?;
@@ -119,10 +152,11 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
                 volume_handle: p.handle.clone(),
                 spec_volume_id: p.spec_name.clone(),
                 volume_lifecycle_mode: "Persistent".into(),
-                staging_path: None,
+                node_name: node.node_name.clone(),
+                attachment_id: p.attachment_id.clone(),
             },
         )?;
-        client
+        let staged = client
             .node_stage_volume(request(csi::NodeStageVolumeRequest {
                 volume_id: p.handle.clone(),
                 publish_context: p.publish_context.clone(),
@@ -131,8 +165,18 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
                 secrets: p.stage_secrets.clone(),
                 volume_context: p.volume_context.clone(),
             }))
-            .await
-            .map_err(|s| format!("MountVolume.MountDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)))?;
+            .await;
+        if let Err(s) = staged {
+            // A final error leaves nothing staged: its record goes, so no
+            // unstage is owed. A timeout may have staged: the record stays,
+            // and the volume is unstaged when no pod publishes it.
+            if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted)
+                && !super::is_mounted(staging)
+            {
+                remove_volume_dir(parent);
+            }
+            return Err(format!("MountVolume.MountDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)));
+        }
         tracing::info!(driver = %p.driver.name, volume = %p.handle, staging = %staging.display(), "CSI volume staged");
     }
     if super::is_mounted(&target) {
@@ -146,7 +190,8 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
             volume_handle: p.handle.clone(),
             spec_volume_id: p.spec_name.clone(),
             volume_lifecycle_mode: if p.ephemeral { "Ephemeral" } else { "Persistent" }.into(),
-            staging_path: staging.as_ref().map(|s| s.display().to_string()),
+            node_name: node.node_name.clone(),
+            attachment_id: p.attachment_id.clone(),
         },
     )?;
     client
@@ -166,13 +211,13 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
     Ok(target)
 }
 
-/// Whether any pod directory still publishes `handle` of `driver`.
-fn published_anywhere(node: &NodeContext, driver: &str, handle: &str) -> bool {
+/// Whether a pod directory other than `except` publishes `handle` of `driver`.
+fn published_elsewhere(node: &NodeContext, driver: &str, handle: &str, except: &Path) -> bool {
     let pods = node.root_dir.join("pods");
     for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
         let csi_dir = pod.path().join("volumes/kubernetes.io~csi");
         for v in std::fs::read_dir(csi_dir).into_iter().flatten().flatten() {
-            if read_vol_data(&v.path()).is_some_and(|d| d.driver_name == driver && d.volume_handle == handle) {
+            if v.path() != except && read_vol_data(&v.path()).is_some_and(|d| d.driver_name == driver && d.volume_handle == handle) {
                 return true;
             }
         }
@@ -180,18 +225,28 @@ fn published_anywhere(node: &NodeContext, driver: &str, handle: &str) -> bool {
     false
 }
 
+/// Whether a pod directory still holds CSI volumes to unpublish (then it
+/// must not be removed: the record is what unpublishing needs).
+pub fn has_volumes(pod_dir: &Path) -> bool {
+    std::fs::read_dir(pod_dir.join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten().any(|v| v.path().join("vol_data.json").exists())
+}
+
 /// Unpublishes every CSI volume of the pod whose directory is `pod_dir`,
-/// and unstages those no other pod publishes. An error (a driver that is
-/// not registered, a call that failed) leaves the volume for the next try.
+/// and unstages those no other pod publishes; a volume's record goes only
+/// once both are done. An error (a driver that is not registered, a call
+/// that failed) leaves the record for the next try.
 pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path) -> Result<(), String> {
     let csi_dir = pod_dir.join("volumes/kubernetes.io~csi");
     let mut errors = Vec::new();
     for v in std::fs::read_dir(&csi_dir).into_iter().flatten().flatten() {
         let dir = v.path();
+        let target = dir.join("mount");
         let Some(data) = read_vol_data(&dir) else {
             // Never published (the call failed before): nothing to undo.
-            if !super::is_mounted(&dir.join("mount")) {
-                let _ = std::fs::remove_dir_all(&dir);
+            if !super::is_mounted(&target) {
+                remove_volume_dir(&dir);
+            } else {
+                errors.push(format!("{} is mounted but has no vol_data.json", target.display()));
             }
             continue;
         };
@@ -199,7 +254,7 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
             errors.push(format!("volume {:?}: CSI driver {} is not registered; cannot unpublish", data.spec_volume_id, data.driver_name));
             continue;
         };
-        let target = dir.join("mount");
+        let _lock = volume_lock(&data.driver_name, &data.volume_handle).await;
         let result = async {
             let mut client = node_client(&driver).await?;
             client
@@ -213,11 +268,11 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
                 return Err(format!("volume {:?}: the driver unpublished it but {} is still mounted", data.spec_volume_id, target.display()));
             }
             tracing::info!(driver = %driver.name, volume = %data.volume_handle, target = %target.display(), "CSI volume unpublished");
-            let _ = std::fs::remove_dir_all(&dir);
-            if let Some(staging) = &data.staging_path
-                && !published_anywhere(node, &data.driver_name, &data.volume_handle)
-            {
-                let staging = PathBuf::from(staging);
+            // Staged when the node-wide directory has its record (kubelet's
+            // layout): unstaged when no other pod publishes the volume.
+            let staging = staging_path(node, &data.driver_name, &data.volume_handle);
+            let staged_record = staging.parent().map(|p| p.join("vol_data.json")).is_some_and(|f| f.exists());
+            if staged_record && !published_elsewhere(node, &data.driver_name, &data.volume_handle, &dir) {
                 client
                     .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
                         volume_id: data.volume_handle.clone(),
@@ -225,13 +280,15 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
                     }))
                     .await
                     .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
+                if super::is_mounted(&staging) {
+                    return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, staging.display()));
+                }
                 tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %staging.display(), "CSI volume unstaged");
-                if let Some(parent) = staging.parent()
-                    && !super::is_mounted(&staging)
-                {
-                    let _ = std::fs::remove_dir_all(parent);
+                if let Some(parent) = staging.parent() {
+                    remove_volume_dir(parent);
                 }
             }
+            remove_volume_dir(&dir);
             Ok::<(), String>(())
         }
         .await;
@@ -247,6 +304,14 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
 /// volume published for a pod.
 pub fn in_use(root_dir: &Path) -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
+    // Staged ones too, whether or not a pod publishes them now.
+    for driver in std::fs::read_dir(root_dir.join("plugins/kubernetes.io/csi")).into_iter().flatten().flatten() {
+        for v in std::fs::read_dir(driver.path()).into_iter().flatten().flatten() {
+            if let Some(d) = read_vol_data(&v.path()) {
+                out.insert(format!("kubernetes.io/csi/{}^{}", d.driver_name, d.volume_handle));
+            }
+        }
+    }
     for pod in std::fs::read_dir(root_dir.join("pods")).into_iter().flatten().flatten() {
         for v in std::fs::read_dir(pod.path().join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten() {
             if let Some(d) = read_vol_data(&v.path()).filter(|d| d.volume_lifecycle_mode == "Persistent") {
@@ -258,8 +323,13 @@ pub fn in_use(root_dir: &Path) -> Vec<String> {
 }
 
 /// The data of a secret a CSI volume names, as the strings CSI carries.
-pub fn secret_strings(data: Option<&crate::volumes::objects::Data>) -> HashMap<String, String> {
-    data.map(|d| d.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect()).unwrap_or_default()
+pub fn secret_strings(data: Option<&crate::volumes::objects::Data>) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (k, v) in data.into_iter().flatten() {
+        let text = String::from_utf8(v.clone()).map_err(|_| format!("secret key {k:?} is not UTF-8 text (CSI carries secrets as strings)"))?;
+        out.insert(k.clone(), text);
+    }
+    Ok(out)
 }
 
 /// The pod information kubelet adds to the volume context of drivers with
@@ -291,8 +361,13 @@ mod tests {
             volume_handle: "h".into(),
             spec_volume_id: "pv".into(),
             volume_lifecycle_mode: "Persistent".into(),
-            staging_path: None,
+            node_name: "n".into(),
+            attachment_id: String::new(),
         };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"driverName":"d","volumeHandle":"h","specVolumeID":"pv","volumeLifecycleMode":"Persistent"}"#);
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"driverName":"d","volumeHandle":"h","specVolID":"pv","volumeLifecycleMode":"Persistent","nodeName":"n"}"#);
+        // kubelet's own file reads (its extra fields ignored).
+        let kubelet = r#"{"attachmentID":"csi-abc","driverName":"hostpath.csi.k8s.io","nodeName":"n1","specVolID":"pvc-1","volumeHandle":"h1","volumeLifecycleMode":"Persistent"}"#;
+        let k: VolData = serde_json::from_str(kubelet).unwrap();
+        assert_eq!((k.driver_name.as_str(), k.volume_handle.as_str(), k.spec_volume_id.as_str(), k.attachment_id.as_str()), ("hostpath.csi.k8s.io", "h1", "pvc-1", "csi-abc"));
     }
 }

@@ -100,6 +100,45 @@ fn err(volume: &str, message: impl Into<String>) -> VolumeError {
     VolumeError { volume: volume.to_string(), message: message.into() }
 }
 
+/// Mounts an NFS export at `target` as kubelet's nfs plugin does: `mount -t
+/// nfs [-o options] server:path target` (the node needs `mount.nfs`, Debian's
+/// nfs-common), the PV's `mountOptions` and `ro` for a read-only volume. An
+/// IPv6 server is bracketed. Already mounted: nothing to do.
+async fn mount_nfs(server: &str, path: &str, target: &Path, read_only: bool, options: &[String]) -> Result<(), String> {
+    if is_mounted(target) {
+        return Ok(());
+    }
+    make_dir(target, 0o750)?;
+    let source = if server.contains(':') { format!("[{server}]:{path}") } else { format!("{server}:{path}") };
+    let mut opts: Vec<String> = options.to_vec();
+    if read_only {
+        opts.push("ro".into());
+    }
+    let mut args: Vec<String> = vec!["-t".into(), "nfs".into()];
+    if !opts.is_empty() {
+        args.push("-o".into());
+        args.push(opts.join(","));
+    }
+    args.push(source.clone());
+    args.push(target.display().to_string());
+    let out = tokio::process::Command::new("mount")
+        .args(&args)
+        .output()
+        .await
+        .map_err(|e| format!("mount failed: {e}\nMounting command: mount\nMounting arguments: {}", args.join(" ")))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir(target);
+        return Err(format!(
+            "mount failed: {}\nMounting command: mount\nMounting arguments: {}\nOutput: {}",
+            out.status,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    tracing::info!(source = %source, target = %target.display(), "NFS volume mounted");
+    Ok(())
+}
+
 /// Whether `path` is a mount point (a different device from its parent).
 pub fn is_mount_point(path: &Path) -> bool {
     let (Ok(me), Some(parent)) = (std::fs::metadata(path), path.parent()) else { return false };
@@ -248,7 +287,8 @@ pub fn unsupported(v: &Volume) -> Option<&'static str> {
         || v.secret.is_some()
         || v.downward_api.is_some()
         || v.projected.is_some()
-        || v.csi.is_some();
+        || v.csi.is_some()
+        || v.nfs.is_some();
     if supported {
         if let Some(p) = &v.projected
             && p.sources.iter().flatten().any(|s| s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some())
@@ -316,6 +356,14 @@ impl Round<'_, '_> {
         }
         if let Some(c) = &v.csi {
             return self.csi_inline(&v.name, c).await;
+        }
+        if let Some(n) = &v.nfs {
+            let target = plugin_dir(node, &self.uid, "nfs", &v.name);
+            let read_only = n.read_only == Some(true);
+            if !self.ctx.dry_run {
+                mount_nfs(&n.server, &n.path, &target, read_only, &[]).await?;
+            }
+            return Ok(Mountable { host_path: target, read_only });
         }
         if let Some(ed) = &v.empty_dir {
             let dir = plugin_dir(node, &self.uid, "empty-dir", &v.name);
@@ -479,12 +527,23 @@ impl Round<'_, '_> {
             take(objects, &self.uid)?;
             return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
+        if let Some(n) = &spec.nfs {
+            let target = plugin_dir(self.ctx.node, &self.uid, "nfs", &pv_name);
+            let read_only = read_only || n.read_only == Some(true);
+            if !self.ctx.dry_run {
+                take(objects, &self.uid)?;
+                mount_nfs(&n.server, &n.path, &target, read_only, spec.mount_options.as_deref().unwrap_or(&[])).await?;
+            }
+            return Ok(Claimed::Mount(Mountable { host_path: target, read_only }));
+        }
         if let Some(c) = &spec.csi {
             let modes = spec.access_modes.clone().unwrap_or_default();
             let mode = if modes.len() == 1 { modes[0].clone() } else { modes.first().cloned().unwrap_or_default() };
             take(objects, &self.uid)?;
             let flags = spec.mount_options.clone().unwrap_or_default();
-            let path = self.csi_persistent(&pv_name, c, read_only || c.read_only == Some(true), &mode, &modes, flags).await?;
+            // The claim's readOnly is what NodePublish gets; the PV's
+            // csi.readOnly is the controller's (ControllerPublish).
+            let path = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, flags).await?;
             return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
         let Some(local) = &spec.local else {
@@ -543,7 +602,7 @@ impl Round<'_, '_> {
         self.out.uses.insert(key.clone());
         let data = objects.get(&key, &self.uid).await.map_err(|e| e.to_string())?;
         let data = data.ok_or_else(|| format!("secret {namespace}/{name} not found"))?;
-        Ok(csi::secret_strings(Some(&data)))
+        csi::secret_strings(Some(&data)).map_err(|e| format!("secret {namespace}/{name}: {e}"))
     }
 
     /// fsGroup on a published CSI volume, by the driver's fsGroupPolicy
@@ -551,11 +610,14 @@ impl Round<'_, '_> {
     /// volume with an fsType).
     fn csi_fs_group(&self, target: &Path, policy: Option<&str>, fs_type: &str, access_modes: &[String], read_only: bool) -> Result<(), String> {
         let Some(g) = self.fs_group else { return Ok(()) };
-        let applies = match policy.unwrap_or("ReadWriteOnceWithFSType") {
-            "File" => true,
-            "None" => false,
-            _ => !fs_type.is_empty() && access_modes.iter().all(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod"),
-        };
+        // kubelet's supportsFSGroup: never on a read-only volume; by default
+        // only with an fsType and a ReadWriteOnce access mode among them.
+        let applies = !read_only
+            && match policy.unwrap_or("ReadWriteOnceWithFSType") {
+                "File" => true,
+                "None" => false,
+                _ => !fs_type.is_empty() && access_modes.iter().any(|m| m == "ReadWriteOnce"),
+            };
         if applies {
             let change = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.fs_group_change_policy.clone());
             set_volume_ownership(target, g, read_only, change.as_deref() == Some("OnRootMismatch"))?;
@@ -579,7 +641,11 @@ impl Round<'_, '_> {
             return Ok(target);
         }
         let (driver, dspec) = self.csi_driver(&c.driver).await?;
+        if dspec.volume_lifecycle_modes.as_ref().is_some_and(|m| !m.iter().any(|x| x == "Persistent")) {
+            return Err(format!("volume mode \"Persistent\" not supported by driver {}", c.driver));
+        }
         let mut publish_context = std::collections::HashMap::new();
+        let mut attachment_id = String::new();
         if dspec.attach_required != Some(false) {
             // The attach-detach controller and the driver's attacher make the
             // VolumeAttachment; the node waits for it to say attached.
@@ -590,6 +656,10 @@ impl Round<'_, '_> {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("MountVolume.WaitForAttach failed for volume {pv_name:?} : volume attachment {name} is not there yet"))?;
+            if va.metadata.deletion_timestamp.is_some() {
+                return Err(format!("MountVolume.WaitForAttach failed for volume {pv_name:?} : volume attachment {name} is being deleted"));
+            }
+            attachment_id = name.clone();
             let status = va.status.unwrap_or_default();
             if !status.attached {
                 let why = status.attach_error.and_then(|e| e.message).map(|m| format!(": {m}")).unwrap_or_default();
@@ -601,7 +671,13 @@ impl Round<'_, '_> {
         if dspec.pod_info_on_mount == Some(true) {
             volume_context.extend(csi::pod_info(self.pod, false));
         }
-        let stage_secrets = self.csi_secret(c.node_stage_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?;
+        // The stage secret only when there is staging to do.
+        let staging = csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle);
+        let stage_secrets = if driver.stage_unstage && !is_mounted(&staging) {
+            self.csi_secret(c.node_stage_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?
+        } else {
+            Default::default()
+        };
         let publish_secrets =
             self.csi_secret(c.node_publish_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?;
         let fs_type = c.fs_type.clone().unwrap_or_default();
@@ -618,6 +694,7 @@ impl Round<'_, '_> {
             publish_context,
             stage_secrets,
             publish_secrets,
+            attachment_id,
         };
         let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
         self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, modes, read_only)?;
@@ -657,6 +734,7 @@ impl Round<'_, '_> {
             publish_context: Default::default(),
             stage_secrets: Default::default(),
             publish_secrets,
+            attachment_id: String::new(),
         };
         let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
         self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, &["ReadWriteOnce".to_string()], read_only)?;
@@ -816,7 +894,7 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
     for v in spec.volumes.iter().flatten() {
         // A claim is resolved once, as kubelet's volume manager does: later
         // rounds keep what is mounted without asking the apiserver again.
-        let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some();
+        let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some() || v.nfs.is_some();
         let kept = previous.filter(|_| claimed).and_then(|p| {
             p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block))
         });

@@ -5,9 +5,11 @@
 #
 #   vm.sh prepare  install host tools, fetch + unpack the kernel into the cache,
 #                  print the kernel version (idempotent; seconds when cached)
-#   vm.sh run [--timeout SECS] [--mem MB] [--bin PATH]... [--file SRC:DEST]... -- CMD [ARGS...]
+#   vm.sh run [--timeout SECS] [--mem MB] [--bin PATH]... [--file SRC:DEST]... [--deb PKG]... -- CMD [ARGS...]
 #                  boot, run CMD, stream the console to stdout, exit with CMD's code
-#                  (124: timed out, 125: no NODELET_VM_RC line)
+#                  (124: timed out, 125: no NODELET_VM_RC line); --deb PKG puts a Debian package's
+#                  files into the guest (fetched with apt-get download, cached, never installed
+#                  on the host), with the libraries its programs need
 # Env: NODELET_VM_CACHE (default /var/tmp/nodelet-vm); NODELET_VM_REFRESH=1 re-resolves
 # the kernel package; NODELET_VM_EXTRA_MODULES="m1 m2" loads more; NODELET_VM_SMP (2).
 set -euo pipefail
@@ -146,6 +148,26 @@ build_initramfs() {  # $1 kernel tree, $2 version, $3 output file; uses BINS/FIL
     f=$(realpath -s "$f"); put_bin "$f"
     [[ $f == /usr/local/bin/* ]] || ln -sf "$f" "$ROOT/usr/local/bin/$(basename "$f")"
   done
+  # Debian packages for the guest only: their files overlaid on the root,
+  # their programs' libraries resolved against them first, then the host.
+  if ((${#DEBS[@]})); then
+    local debroot=$CACHE/debroot/$(printf '%s\n' "${DEBS[@]}" | sort | tr '\n' '+')
+    if [[ ! -f $debroot/.complete ]]; then
+      rm -rf "$debroot"; mkdir -p "$debroot/dl"
+      (cd "$debroot/dl" && apt-get download -q -o APT::Sandbox::User=root "${DEBS[@]}" >&2) \
+        || { apt-get update -q >&2; (cd "$debroot/dl" && apt-get download -q -o APT::Sandbox::User=root "${DEBS[@]}" >&2); } \
+        || die "apt-get download ${DEBS[*]} failed"
+      for f in "$debroot"/dl/*.deb; do dpkg-deb -x "$f" "$debroot/root" || die "dpkg-deb -x $f failed"; done
+      rm -rf "$debroot/dl"; touch "$debroot/.complete"
+    fi
+    tar -C "$debroot/root" -c . | tar -C "$ROOT" -x --keep-directory-symlink
+    local libpath="$debroot/root/usr/lib/x86_64-linux-gnu:$debroot/root/lib/x86_64-linux-gnu"
+    while IFS= read -r f; do
+      for lib in $(LD_LIBRARY_PATH=$libpath ldd "$f" 2>/dev/null | awk '{for (i=1;i<=NF;i++) if ($i ~ /^\//) print $i}'); do
+        [[ $lib == "$debroot"/* || -e $ROOT$lib ]] || put "$lib"
+      done
+    done < <(find "$debroot/root" -type f -perm -u+x 2>/dev/null)
+  fi
   for f in "${FILES[@]}"; do
     local src=${f%%:*} dest=${f#*:}
     [[ $f == *:* && -e $src && $dest == /* ]] || die "bad --file $f (want SRC:/ABS/DEST)"
@@ -229,13 +251,14 @@ cleanup() {
 }
 run() {
   local timeout=300 mem=1024
-  BINS=(); FILES=()
+  BINS=(); FILES=(); DEBS=()
   while (($#)); do
     case $1 in
       --timeout) timeout=${2:?--timeout needs SECS}; shift 2 ;;
       --mem)     mem=${2:?--mem needs MB}; shift 2 ;;
       --bin)     BINS+=("${2:?--bin needs PATH}"); shift 2 ;;
       --file)    FILES+=("${2:?--file needs SRC:DEST}"); shift 2 ;;
+      --deb)     DEBS+=("${2:?--deb needs PKG}"); shift 2 ;;
       --)        shift; break ;;
       *)         die "unknown option '$1' (usage: vm.sh run [opts] -- CMD [ARGS...])" ;;
     esac
@@ -273,5 +296,5 @@ run() {
 case ${1:-} in
   prepare) shift; prepare ;;
   run)     shift; run "$@" ;;
-  *)       echo "usage: $0 prepare | run [--timeout SECS] [--mem MB] [--bin PATH]... [--file SRC:DEST]... -- CMD [ARGS...]" >&2; exit 2 ;;
+  *)       echo "usage: $0 prepare | run [--timeout SECS] [--mem MB] [--bin PATH]... [--file SRC:DEST]... [--deb PKG]... -- CMD [ARGS...]" >&2; exit 2 ;;
 esac

@@ -210,12 +210,27 @@ impl Worker {
             // uses them) through their drivers; volumes on tmpfs are
             // unmounted; a pod directory that still holds a mount is left
             // alone rather than reached into (housekeeping tries again).
-            if let Err(e) = crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await {
-                tracing::warn!(error = %e, "cannot unpublish the pod's CSI volumes yet");
-            }
-            match crate::volumes::tear_down(&pod_dir) {
-                Ok(()) => dirs.push(pod_dir),
-                Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
+            // A driver that is being restarted comes back within seconds:
+            // tried for a while, then left to housekeeping, which keeps the
+            // directory (and the records unpublishing needs) until it works.
+            let mut tries = 0;
+            let csi_done = loop {
+                match crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await {
+                    Ok(()) => break true,
+                    Err(e) if tries >= 10 => {
+                        tracing::warn!(error = %e, "cannot unpublish the pod's CSI volumes yet; housekeeping keeps trying");
+                        break false;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "unpublishing the pod's CSI volumes failed; trying again"),
+                }
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            };
+            if csi_done {
+                match crate::volumes::tear_down(&pod_dir) {
+                    Ok(()) => dirs.push(pod_dir),
+                    Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
+                }
             }
         }
         for dir in dirs {

@@ -184,6 +184,7 @@ pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
             let claim = format!("{}-{}", pod["metadata"]["name"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""));
             out.push(("persistentvolumeclaims", claim));
         }
+        out.extend(names(&v["csi"]["nodePublishSecretRef"]["name"]).into_iter().map(|n| ("secrets", n)));
         for src in v["projected"]["sources"].as_array().into_iter().flatten() {
             out.extend(names(&src["secret"]["name"]).into_iter().map(|n| ("secrets", n)));
             out.extend(names(&src["configMap"]["name"]).into_iter().map(|n| ("configmaps", n)));
@@ -226,7 +227,7 @@ fn related(store: &Store, node: &str, resource: &str, ns: &str, name: &str) -> b
 fn pv_secret(store: &Store, node: &str, ns: &str, name: &str) -> bool {
     store.list("persistentvolumes", None).iter().any(|pv| {
         let c = &pv["spec"]["csi"];
-        let names_it = ["nodeStageSecretRef", "nodePublishSecretRef", "nodeExpandSecretRef", "controllerPublishSecretRef"]
+        let names_it = ["nodeStageSecretRef", "nodePublishSecretRef", "nodeExpandSecretRef"]
             .iter()
             .any(|k| c[k]["namespace"].as_str() == Some(ns) && c[k]["name"].as_str() == Some(name));
         let r = &pv["spec"]["claimRef"];
@@ -272,6 +273,16 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
                 Some(Decision::Allow)
             } else {
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
+            }
+        }
+        // authorizeCSINode: a node reaches only its own CSINode (create
+        // is checked by NodeRestriction).
+        ("storage.k8s.io", "csinodes", None) => {
+            let name = a.name.clone().unwrap_or_default();
+            if a.verb == "create" || name == node {
+                Some(Decision::Allow)
+            } else {
+                Some(forbidden(who, a, &format!("can only access CSINode with the same name as the requesting node")))
             }
         }
         // The graph's VolumeAttachment → node edge: get only, its own.

@@ -275,9 +275,23 @@ fn attach_detach(store: &mut Store) {
             wanted.insert(name, (driver.to_string(), node.to_string(), pv_name.to_string(), handle.to_string()));
         }
     }
+    // A volume no pod wants any more is detached only once its node no
+    // longer reports it in volumesInUse (the real controller also gives up
+    // waiting after maxWaitForUnmountDuration, 6 minutes; not modelled).
     for va in store.list("volumeattachments.storage.k8s.io", None) {
         let name = va["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if !wanted.contains_key(&name) {
+        if wanted.contains_key(&name) {
+            continue;
+        }
+        let node = va["spec"]["nodeName"].as_str().unwrap_or("");
+        let driver = va["spec"]["attacher"].as_str().unwrap_or("");
+        let handle = va["status"]["attachmentMetadata"]["handle"].as_str().unwrap_or("");
+        let unique = format!("kubernetes.io/csi/{driver}^{handle}");
+        let in_use = store.get("nodes", "", node).is_some_and(|n| n["status"]["volumesInUse"].as_array().is_some_and(|l| l.iter().any(|v| v.as_str() == Some(&unique))));
+        if in_use {
+            let pv = va["spec"]["source"]["persistentVolumeName"].as_str().unwrap_or("").to_string();
+            wanted.insert(name, (driver.to_string(), node.to_string(), pv, handle.to_string()));
+        } else {
             store.remove("volumeattachments.storage.k8s.io", "", &name);
         }
     }
