@@ -872,7 +872,10 @@ async fn a_restart_adopts_mounted_claims_and_unmounts_those_of_pods_deleted_mean
 /// and mounted by the driver, with its stage secret), published for the
 /// pod, and unpublished then unstaged when the pod goes; a second pod reads
 /// what the first wrote. An ephemeral inline volume is published with its
-/// attributes and pod information, and unpublished with its pod.
+/// attributes and pod information, and unpublished with its pod. A Block
+/// claim reaches its container as a raw device. With the driver away while
+/// its pod is deleted, the volume's record waits for it and is unpublished
+/// and unstaged when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod() {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
@@ -1018,6 +1021,45 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
         driver.calls().contains(&format!("NodeUnpublishVolume {handle}")).then_some(())
     })
     .await;
+
+    // A Block claim through the driver: a raw device inside the container,
+    // staged and published as kubelet lays block volumes out.
+    let raw = c.dir().join("csi-raw.img");
+    std::fs::File::create(&raw).unwrap().set_len(8 << 20).unwrap();
+    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&raw).output().unwrap();
+    assert!(out.status.success());
+    let raw_device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _detach_raw = Detach(raw_device.clone());
+    std::fs::write(&raw_device, b"MAGIC-BLOCK").unwrap();
+    let blk_claim = claims
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-blk"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "resources": {"requests": {"storage": "8Mi"}}, "volumeName": "csi-blk-1"}})).unwrap())
+        .await
+        .unwrap();
+    pvs.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-blk-1"},
+        "spec": {"capacity": {"storage": "8Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": "csi-blk", "uid": blk_claim.metadata.uid.clone().unwrap()},
+                 "csi": {"driver": DRIVER, "volumeHandle": "vol-blk", "volumeAttributes": {"device": raw_device.clone()}}}})).unwrap())
+        .await
+        .unwrap();
+    claims.patch_status("csi-blk", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+    let mut raw_pod = bound_pod("csi-raw", &node, "test -b /dev/xvdb && test \"$(head -c 11 /dev/xvdb)\" = MAGIC-BLOCK && sleep 3600");
+    let spec = raw_pod.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "b", "persistentVolumeClaim": {"claimName": "csi-blk"}})).unwrap()]);
+    spec.containers[0].volume_devices = Some(vec![serde_json::from_value(serde_json::json!({"name": "b", "devicePath": "/dev/xvdb"})).unwrap()]);
+    pods.create(&PostParams::default(), &raw_pod).await.unwrap();
+    eventually(60 * S, "the raw-device pod running (it read the device)", || async {
+        (pods.get("csi-raw").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    assert!(driver.calls().contains(&"NodeStageVolume vol-blk".to_string()) && driver.calls().contains(&"NodePublishVolume vol-blk".to_string()), "{:?}", driver.calls());
+    pods.delete("csi-raw", &DeleteParams::default().grace_period(0)).await.unwrap();
+    eventually(60 * S, "the block volume unpublished and unstaged", || async {
+        let calls = driver.calls();
+        (calls.contains(&"NodeUnpublishVolume vol-blk".to_string()) && calls.contains(&"NodeUnstageVolume vol-blk".to_string())).then_some(())
+    })
+    .await;
+    assert!(!mounted_under("volumeDevices"), "the block volume's publish file is unmounted");
 
     // The driver goes away (a DaemonSet rollout) and the reader is deleted
     // meanwhile: its volume's record stays until the driver is back, and is

@@ -224,7 +224,7 @@ async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &Status
     for e in std::fs::read_dir(node.root_dir.join("pods")).into_iter().flatten().flatten() {
         let uid = e.file_name().to_string_lossy().into_owned();
         let dir = e.path();
-        if known.contains(&uid) || !quiet_since(&dir, now) || !dir.join("volumes/kubernetes.io~csi").exists() {
+        if known.contains(&uid) || !quiet_since(&dir, now) || !crate::volumes::csi::has_volumes(&dir) {
             continue;
         }
         if let Err(err) = crate::volumes::csi::unpublish_pod(node, csi, &dir).await {

@@ -97,6 +97,8 @@ pub struct Publish<'a> {
     pub publish_secrets: HashMap<String, String>,
     /// The VolumeAttachment's name, for attachable drivers.
     pub attachment_id: String,
+    /// `volumeMode: Block`: a raw device, not a filesystem.
+    pub block: bool,
 }
 
 /// kubelet's asCSIAccessModeV1: the single-node multi/single writer pair
@@ -115,12 +117,102 @@ fn access_mode(mode: &str, multi_writer: bool) -> i32 {
 fn capability(p: &Publish<'_>) -> csi::VolumeCapability {
     csi::VolumeCapability {
         access_mode: Some(csi::volume_capability::AccessMode { mode: access_mode(&p.access_mode, p.driver.single_node_multi_writer) }),
-        access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume {
-            fs_type: p.fs_type.clone(),
-            mount_flags: p.mount_flags.clone(),
-            volume_mount_group: String::new(),
-        })),
+        access_type: Some(if p.block {
+            csi::volume_capability::AccessType::Block(csi::volume_capability::BlockVolume {})
+        } else {
+            csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume {
+                fs_type: p.fs_type.clone(),
+                mount_flags: p.mount_flags.clone(),
+                volume_mount_group: String::new(),
+            })
+        }),
     }
+}
+
+/// Block volumes, kubelet's layout: staged at
+/// `plugins/kubernetes.io/csi/volumeDevices/staging/<pv>`, published per pod
+/// as the file `plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod uid>`
+/// (the driver puts the device there), recorded in
+/// `plugins/kubernetes.io/csi/volumeDevices/<pv>/data/vol_data.json` while
+/// staged and in `pods/<uid>/volumeDevices/kubernetes.io~csi/<pv>/vol_data.json`
+/// while published.
+fn block_dir(node: &NodeContext) -> PathBuf {
+    node.root_dir.join("plugins/kubernetes.io/csi/volumeDevices")
+}
+
+fn block_staging(node: &NodeContext, pv: &str) -> PathBuf {
+    block_dir(node).join("staging").join(pv)
+}
+
+fn block_publish(node: &NodeContext, pv: &str, uid: &str) -> PathBuf {
+    block_dir(node).join("publish").join(pv).join(uid)
+}
+
+/// The pod-side record directory of a block volume.
+fn block_record(node: &NodeContext, uid: &str, pv: &str) -> PathBuf {
+    node.pod_dir(uid).join("volumeDevices/kubernetes.io~csi").join(pv)
+}
+
+/// Stages (once) and publishes a block volume for pod `uid`; the device
+/// path to give the container.
+pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<PathBuf, String> {
+    let _lock = volume_lock(&p.driver.name, &p.handle).await;
+    let target = block_publish(node, &p.spec_name, uid);
+    let record = block_record(node, uid, &p.spec_name);
+    let mut client = node_client(p.driver).await?;
+    let data = |mode: &str| VolData {
+        driver_name: p.driver.name.clone(),
+        volume_handle: p.handle.clone(),
+        spec_volume_id: p.spec_name.clone(),
+        volume_lifecycle_mode: mode.into(),
+        node_name: node.node_name.clone(),
+        attachment_id: p.attachment_id.clone(),
+    };
+    let staging = block_staging(node, &p.spec_name);
+    let staged_record = block_dir(node).join(&p.spec_name).join("data");
+    if p.driver.stage_unstage && !staged_record.join("vol_data.json").exists() {
+        super::make_dir(&staging, 0o750)?;
+        super::make_dir(&staged_record, 0o750)?;
+        write_vol_data(&staged_record, &data("Persistent"))?;
+        let staged = client
+            .node_stage_volume(request(csi::NodeStageVolumeRequest {
+                volume_id: p.handle.clone(),
+                publish_context: p.publish_context.clone(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(capability(p)),
+                secrets: p.stage_secrets.clone(),
+                volume_context: p.volume_context.clone(),
+            }))
+            .await;
+        if let Err(s) = staged {
+            if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted) {
+                remove_volume_dir(&staged_record);
+            }
+            return Err(format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)));
+        }
+        tracing::info!(driver = %p.driver.name, volume = %p.handle, staging = %staging.display(), "CSI block volume staged");
+    }
+    if record.join("vol_data.json").exists() && super::is_mounted(&target) {
+        return Ok(target);
+    }
+    super::make_dir(target.parent().unwrap_or(&target), 0o750)?;
+    super::make_dir(&record, 0o750)?;
+    write_vol_data(&record, &data("Persistent"))?;
+    client
+        .node_publish_volume(request(csi::NodePublishVolumeRequest {
+            volume_id: p.handle.clone(),
+            publish_context: p.publish_context.clone(),
+            staging_target_path: if p.driver.stage_unstage { staging.display().to_string() } else { String::new() },
+            target_path: target.display().to_string(),
+            volume_capability: Some(capability(p)),
+            readonly: p.read_only,
+            secrets: p.publish_secrets.clone(),
+            volume_context: p.volume_context.clone(),
+        }))
+        .await
+        .map_err(|s| format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)))?;
+    tracing::info!(driver = %p.driver.name, volume = %p.handle, target = %target.display(), "CSI block volume published");
+    Ok(target)
 }
 
 fn write_vol_data(dir: &Path, data: &VolData) -> Result<(), String> {
@@ -211,13 +303,55 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
     Ok(target)
 }
 
+/// A published volume's record directory: (record dir, target, staging
+/// path, staged record dir), for filesystem and block volumes.
+struct Published {
+    record: PathBuf,
+    target: PathBuf,
+    staging: PathBuf,
+    staged_record: PathBuf,
+}
+
+/// Every published volume of a pod, by its records.
+fn published(node: &NodeContext, pod_dir: &Path) -> Vec<(Published, Option<VolData>)> {
+    let uid = pod_dir.file_name().map(|u| u.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut out = Vec::new();
+    for v in std::fs::read_dir(pod_dir.join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten() {
+        let record = v.path();
+        let data = read_vol_data(&record);
+        let (staging, staged_record) = match &data {
+            Some(d) => {
+                let s = staging_path(node, &d.driver_name, &d.volume_handle);
+                let r = s.parent().map(Path::to_path_buf).unwrap_or_default();
+                (s, r)
+            }
+            None => (PathBuf::new(), PathBuf::new()),
+        };
+        out.push((Published { target: record.join("mount"), record, staging, staged_record }, data));
+    }
+    for v in std::fs::read_dir(pod_dir.join("volumeDevices/kubernetes.io~csi")).into_iter().flatten().flatten() {
+        let record = v.path();
+        let pv = v.file_name().to_string_lossy().into_owned();
+        let data = read_vol_data(&record);
+        out.push((
+            Published {
+                target: block_publish(node, &pv, &uid),
+                staging: block_staging(node, &pv),
+                staged_record: block_dir(node).join(&pv).join("data"),
+                record,
+            },
+            data,
+        ));
+    }
+    out
+}
+
 /// Whether a pod directory other than `except` publishes `handle` of `driver`.
 fn published_elsewhere(node: &NodeContext, driver: &str, handle: &str, except: &Path) -> bool {
     let pods = node.root_dir.join("pods");
     for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
-        let csi_dir = pod.path().join("volumes/kubernetes.io~csi");
-        for v in std::fs::read_dir(csi_dir).into_iter().flatten().flatten() {
-            if v.path() != except && read_vol_data(&v.path()).is_some_and(|d| d.driver_name == driver && d.volume_handle == handle) {
+        for (p, d) in published(node, &pod.path()) {
+            if p.record != except && d.is_some_and(|d| d.driver_name == driver && d.volume_handle == handle) {
                 return true;
             }
         }
@@ -228,7 +362,9 @@ fn published_elsewhere(node: &NodeContext, driver: &str, handle: &str, except: &
 /// Whether a pod directory still holds CSI volumes to unpublish (then it
 /// must not be removed: the record is what unpublishing needs).
 pub fn has_volumes(pod_dir: &Path) -> bool {
-    std::fs::read_dir(pod_dir.join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten().any(|v| v.path().join("vol_data.json").exists())
+    ["volumes/kubernetes.io~csi", "volumeDevices/kubernetes.io~csi"]
+        .iter()
+        .any(|d| std::fs::read_dir(pod_dir.join(d)).into_iter().flatten().flatten().any(|v| v.path().join("vol_data.json").exists()))
 }
 
 /// Unpublishes every CSI volume of the pod whose directory is `pod_dir`,
@@ -236,17 +372,14 @@ pub fn has_volumes(pod_dir: &Path) -> bool {
 /// once both are done. An error (a driver that is not registered, a call
 /// that failed) leaves the record for the next try.
 pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path) -> Result<(), String> {
-    let csi_dir = pod_dir.join("volumes/kubernetes.io~csi");
     let mut errors = Vec::new();
-    for v in std::fs::read_dir(&csi_dir).into_iter().flatten().flatten() {
-        let dir = v.path();
-        let target = dir.join("mount");
-        let Some(data) = read_vol_data(&dir) else {
+    for (p, data) in published(node, pod_dir) {
+        let Some(data) = data else {
             // Never published (the call failed before): nothing to undo.
-            if !super::is_mounted(&target) {
-                remove_volume_dir(&dir);
+            if !super::is_mounted(&p.target) {
+                remove_volume_dir(&p.record);
             } else {
-                errors.push(format!("{} is mounted but has no vol_data.json", target.display()));
+                errors.push(format!("{} is mounted but has no vol_data.json", p.target.display()));
             }
             continue;
         };
@@ -260,35 +393,42 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
             client
                 .node_unpublish_volume(request(csi::NodeUnpublishVolumeRequest {
                     volume_id: data.volume_handle.clone(),
-                    target_path: target.display().to_string(),
+                    target_path: p.target.display().to_string(),
                 }))
                 .await
                 .map_err(|s| format!("UnmountVolume.TearDown failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
-            if super::is_mounted(&target) {
-                return Err(format!("volume {:?}: the driver unpublished it but {} is still mounted", data.spec_volume_id, target.display()));
+            if super::is_mounted(&p.target) {
+                return Err(format!("volume {:?}: the driver unpublished it but {} is still mounted", data.spec_volume_id, p.target.display()));
             }
-            tracing::info!(driver = %driver.name, volume = %data.volume_handle, target = %target.display(), "CSI volume unpublished");
-            // Staged when the node-wide directory has its record (kubelet's
-            // layout): unstaged when no other pod publishes the volume.
-            let staging = staging_path(node, &data.driver_name, &data.volume_handle);
-            let staged_record = staging.parent().map(|p| p.join("vol_data.json")).is_some_and(|f| f.exists());
-            if staged_record && !published_elsewhere(node, &data.driver_name, &data.volume_handle, &dir) {
+            tracing::info!(driver = %driver.name, volume = %data.volume_handle, target = %p.target.display(), "CSI volume unpublished");
+            // Staged when the node-wide record is there (kubelet's layout):
+            // unstaged when no other pod publishes the volume.
+            if p.staged_record.join("vol_data.json").exists() && !published_elsewhere(node, &data.driver_name, &data.volume_handle, &p.record) {
                 client
                     .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
                         volume_id: data.volume_handle.clone(),
-                        staging_target_path: staging.display().to_string(),
+                        staging_target_path: p.staging.display().to_string(),
                     }))
                     .await
                     .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
-                if super::is_mounted(&staging) {
-                    return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, staging.display()));
+                if super::is_mounted(&p.staging) {
+                    return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, p.staging.display()));
                 }
-                tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %staging.display(), "CSI volume unstaged");
-                if let Some(parent) = staging.parent() {
-                    remove_volume_dir(parent);
+                tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %p.staging.display(), "CSI volume unstaged");
+                remove_volume_dir(&p.staged_record);
+                let _ = std::fs::remove_dir(&p.staging);
+                if let Some(parent) = p.staged_record.parent() {
+                    let _ = std::fs::remove_dir(parent);
                 }
             }
-            remove_volume_dir(&dir);
+            // A block volume's publish file: the driver unmounted it.
+            if p.target.is_file() {
+                let _ = std::fs::remove_file(&p.target);
+                if let Some(parent) = p.target.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+            remove_volume_dir(&p.record);
             Ok::<(), String>(())
         }
         .await;
@@ -312,10 +452,17 @@ pub fn in_use(root_dir: &Path) -> Vec<String> {
             }
         }
     }
+    for v in std::fs::read_dir(root_dir.join("plugins/kubernetes.io/csi/volumeDevices")).into_iter().flatten().flatten() {
+        if let Some(d) = read_vol_data(&v.path().join("data")) {
+            out.insert(format!("kubernetes.io/csi/{}^{}", d.driver_name, d.volume_handle));
+        }
+    }
     for pod in std::fs::read_dir(root_dir.join("pods")).into_iter().flatten().flatten() {
-        for v in std::fs::read_dir(pod.path().join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten() {
-            if let Some(d) = read_vol_data(&v.path()).filter(|d| d.volume_lifecycle_mode == "Persistent") {
-                out.insert(format!("kubernetes.io/csi/{}^{}", d.driver_name, d.volume_handle));
+        for kind in ["volumes/kubernetes.io~csi", "volumeDevices/kubernetes.io~csi"] {
+            for v in std::fs::read_dir(pod.path().join(kind)).into_iter().flatten().flatten() {
+                if let Some(d) = read_vol_data(&v.path()).filter(|d| d.volume_lifecycle_mode == "Persistent") {
+                    out.insert(format!("kubernetes.io/csi/{}^{}", d.driver_name, d.volume_handle));
+                }
             }
         }
     }

@@ -503,6 +503,13 @@ impl Round<'_, '_> {
         if block != claim_block {
             return Err(format!("error processing PVC {ns}/{name}: its volumeMode does not match persistentvolume {pv_name:?}'s"));
         }
+        if block && let Some(c) = &spec.csi {
+            let modes = spec.access_modes.clone().unwrap_or_default();
+            let mode = modes.first().cloned().unwrap_or_default();
+            take(objects, &self.uid)?;
+            let device = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, Vec::new(), true).await?;
+            return Ok(Claimed::Block(BlockDevice { device, read_only }));
+        }
         if block {
             use std::os::unix::fs::FileTypeExt;
             let device = spec
@@ -543,7 +550,7 @@ impl Round<'_, '_> {
             let flags = spec.mount_options.clone().unwrap_or_default();
             // The claim's readOnly is what NodePublish gets; the PV's
             // csi.readOnly is the controller's (ControllerPublish).
-            let path = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, flags).await?;
+            let path = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, flags, false).await?;
             return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
         }
         let Some(local) = &spec.local else {
@@ -635,8 +642,13 @@ impl Round<'_, '_> {
         mode: &str,
         modes: &[String],
         mount_flags: Vec<String>,
+        block: bool,
     ) -> Result<PathBuf, String> {
-        let target = plugin_dir(self.ctx.node, &self.uid, "csi", pv_name).join("mount");
+        let target = if block {
+            self.ctx.node.root_dir.join("plugins/kubernetes.io/csi/volumeDevices/publish").join(pv_name).join(&self.uid)
+        } else {
+            plugin_dir(self.ctx.node, &self.uid, "csi", pv_name).join("mount")
+        };
         if self.ctx.dry_run {
             return Ok(target);
         }
@@ -695,7 +707,11 @@ impl Round<'_, '_> {
             stage_secrets,
             publish_secrets,
             attachment_id,
+            block,
         };
+        if block {
+            return csi::publish_block(self.ctx.node, &self.uid, &req).await;
+        }
         let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
         self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, modes, read_only)?;
         Ok(target)
@@ -735,6 +751,7 @@ impl Round<'_, '_> {
             stage_secrets: Default::default(),
             publish_secrets,
             attachment_id: String::new(),
+            block: false,
         };
         let target = csi::publish(self.ctx.node, &self.uid, &req).await?;
         self.csi_fs_group(&target, dspec.fs_group_policy.as_deref(), &fs_type, &["ReadWriteOnce".to_string()], read_only)?;

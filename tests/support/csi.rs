@@ -51,6 +51,10 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, Status> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+fn is_block(c: Option<&csi::VolumeCapability>) -> bool {
+    matches!(c.and_then(|c| c.access_type.as_ref()), Some(csi::volume_capability::AccessType::Block(_)))
+}
+
 fn absolute(field: &str, p: &str) -> Result<(), Status> {
     if p.is_empty() || !Path::new(p).is_absolute() {
         return Err(Status::invalid_argument(format!("{field} must be an absolute path, got {p:?}")));
@@ -84,6 +88,14 @@ impl csi::node_server::Node for Driver {
             return Err(Status::failed_precondition(format!("staging path {} does not exist (the CO makes it)", r.staging_target_path)));
         }
         let device = r.volume_context.get("device").ok_or_else(|| Status::invalid_argument("volume_context has no device"))?;
+        if is_block(r.volume_capability.as_ref()) {
+            // A raw device: nothing to format or mount; the staging path
+            // is the driver's to use (it keeps nothing there).
+            if !Path::new(device).exists() {
+                return Err(Status::not_found(format!("device {device} is not there")));
+            }
+            return Ok(Response::new(csi::NodeStageVolumeResponse {}));
+        }
         // A volume that names a stage secret needs it (as a driver that
         // unlocks or logs in with it would).
         if let Some(key) = r.volume_context.get("stageSecretKey")
@@ -126,6 +138,14 @@ impl csi::node_server::Node for Driver {
         if is_mounted(&r.target_path) {
             return Ok(Response::new(csi::NodePublishVolumeResponse {}));
         }
+        if is_block(r.volume_capability.as_ref()) {
+            // The CO made the parent; the target is a file the driver
+            // creates and binds the device onto.
+            let device = r.volume_context.get("device").ok_or_else(|| Status::invalid_argument("volume_context has no device"))?;
+            std::fs::File::create(target).map_err(|e| Status::internal(e.to_string()))?;
+            run("mount", &["--bind", device, &r.target_path])?;
+            return Ok(Response::new(csi::NodePublishVolumeResponse {}));
+        }
         let ephemeral = r.volume_context.get("csi.storage.k8s.io/ephemeral").map(String::as_str) == Some("true") || r.staging_target_path.is_empty();
         let source = if ephemeral {
             let dir = self.work.join("ephemeral").join(&r.volume_id);
@@ -154,6 +174,9 @@ impl csi::node_server::Node for Driver {
         absolute("target_path", &r.target_path)?;
         if is_mounted(&r.target_path) {
             run("umount", &[&r.target_path])?;
+        }
+        if Path::new(&r.target_path).is_file() {
+            let _ = std::fs::remove_file(&r.target_path);
         }
         let _ = std::fs::remove_dir(&r.target_path);
         let eph = self.work.join("ephemeral").join(&r.volume_id);
