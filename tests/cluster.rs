@@ -606,6 +606,26 @@ impl Drop for LoopDisk {
     }
 }
 
+/// A loop device on a new sparse file of `size` bytes; detached on drop.
+struct RawDisk {
+    device: String,
+}
+
+impl RawDisk {
+    fn new(image: std::path::PathBuf, size: u64) -> Self {
+        std::fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        RawDisk { device: String::from_utf8(out.stdout).unwrap().trim().to_string() }
+    }
+}
+
+impl Drop for RawDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
 fn mounted_under(needle: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle)))
 }
@@ -716,17 +736,8 @@ async fn a_block_claim_is_a_device_inside_the_container() {
     let _agent = c.join().await;
     let node = c.node.node_name();
     let image = c.dir().join("raw.img");
-    std::fs::File::create(&image).unwrap().set_len(8 << 20).unwrap();
-    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(device.clone());
+    let disk = RawDisk::new(image.clone(), 8 << 20);
+    let device = disk.device.clone();
 
     // A pre-bound pair, as an operator makes for a local disk.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
@@ -885,18 +896,8 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     let _agent = c.join().await;
     let node = c.node.node_name();
     let ns = "default";
-    let image = c.dir().join("csi-disk.img");
-    std::fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
-    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(device.clone());
+    let disk = RawDisk::new(c.dir().join("csi-disk.img"), 32 << 20);
+    let device = disk.device.clone();
 
     let drivers: Api<CSIDriver> = Api::all(c.client.clone());
     drivers
@@ -1024,12 +1025,8 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
 
     // A Block claim through the driver: a raw device inside the container,
     // staged and published as kubelet lays block volumes out.
-    let raw = c.dir().join("csi-raw.img");
-    std::fs::File::create(&raw).unwrap().set_len(8 << 20).unwrap();
-    let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&raw).output().unwrap();
-    assert!(out.status.success());
-    let raw_device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let _detach_raw = Detach(raw_device.clone());
+    let raw_disk = RawDisk::new(c.dir().join("csi-raw.img"), 8 << 20);
+    let raw_device = raw_disk.device.clone();
     std::fs::write(&raw_device, b"MAGIC-BLOCK").unwrap();
     let blk_claim = claims
         .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "csi-blk"},

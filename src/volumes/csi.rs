@@ -174,18 +174,9 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
         super::make_dir(&staging, 0o750)?;
         super::make_dir(&staged_record, 0o750)?;
         write_vol_data(&staged_record, &data("Persistent"))?;
-        let staged = client
-            .node_stage_volume(request(csi::NodeStageVolumeRequest {
-                volume_id: p.handle.clone(),
-                publish_context: p.publish_context.clone(),
-                staging_target_path: staging.display().to_string(),
-                volume_capability: Some(capability(p)),
-                secrets: p.stage_secrets.clone(),
-                volume_context: p.volume_context.clone(),
-            }))
-            .await;
+        let staged = client.node_stage_volume(request(stage_request(p, &staging))).await;
         if let Err(s) = staged {
-            if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted) {
+            if !uncertain(&s) {
                 remove_volume_dir(&staged_record);
             }
             return Err(format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)));
@@ -199,20 +190,41 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
     super::make_dir(&record, 0o750)?;
     write_vol_data(&record, &data("Persistent"))?;
     client
-        .node_publish_volume(request(csi::NodePublishVolumeRequest {
-            volume_id: p.handle.clone(),
-            publish_context: p.publish_context.clone(),
-            staging_target_path: if p.driver.stage_unstage { staging.display().to_string() } else { String::new() },
-            target_path: target.display().to_string(),
-            volume_capability: Some(capability(p)),
-            readonly: p.read_only,
-            secrets: p.publish_secrets.clone(),
-            volume_context: p.volume_context.clone(),
-        }))
+        .node_publish_volume(request(publish_request(p, p.driver.stage_unstage.then_some(staging.as_path()), &target)))
         .await
         .map_err(|s| format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)))?;
     tracing::info!(driver = %p.driver.name, volume = %p.handle, target = %target.display(), "CSI block volume published");
     Ok(target)
+}
+
+fn stage_request(p: &Publish<'_>, staging: &Path) -> csi::NodeStageVolumeRequest {
+    csi::NodeStageVolumeRequest {
+        volume_id: p.handle.clone(),
+        publish_context: p.publish_context.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(capability(p)),
+        secrets: p.stage_secrets.clone(),
+        volume_context: p.volume_context.clone(),
+    }
+}
+
+fn publish_request(p: &Publish<'_>, staging: Option<&Path>, target: &Path) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: p.handle.clone(),
+        publish_context: p.publish_context.clone(),
+        staging_target_path: staging.map(|s| s.display().to_string()).unwrap_or_default(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability(p)),
+        readonly: p.read_only,
+        secrets: p.publish_secrets.clone(),
+        volume_context: p.volume_context.clone(),
+    }
+}
+
+/// A stage that may have happened (a timeout, the driver gone mid-call):
+/// its record stays, so the volume is unstaged later.
+fn uncertain(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted)
 }
 
 fn write_vol_data(dir: &Path, data: &VolData) -> Result<(), String> {
@@ -248,22 +260,12 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
                 attachment_id: p.attachment_id.clone(),
             },
         )?;
-        let staged = client
-            .node_stage_volume(request(csi::NodeStageVolumeRequest {
-                volume_id: p.handle.clone(),
-                publish_context: p.publish_context.clone(),
-                staging_target_path: staging.display().to_string(),
-                volume_capability: Some(capability(p)),
-                secrets: p.stage_secrets.clone(),
-                volume_context: p.volume_context.clone(),
-            }))
-            .await;
+        let staged = client.node_stage_volume(request(stage_request(p, &staging))).await;
         if let Err(s) = staged {
             // A final error leaves nothing staged: its record goes, so no
             // unstage is owed. A timeout may have staged: the record stays,
             // and the volume is unstaged when no pod publishes it.
-            if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted)
-                && !super::is_mounted(staging)
+            if !uncertain(&s) && !super::is_mounted(staging)
             {
                 remove_volume_dir(parent);
             }
@@ -287,16 +289,7 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
         },
     )?;
     client
-        .node_publish_volume(request(csi::NodePublishVolumeRequest {
-            volume_id: p.handle.clone(),
-            publish_context: p.publish_context.clone(),
-            staging_target_path: staging.as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(capability(p)),
-            readonly: p.read_only,
-            secrets: p.publish_secrets.clone(),
-            volume_context: p.volume_context.clone(),
-        }))
+        .node_publish_volume(request(publish_request(p, staging.as_deref(), &target)))
         .await
         .map_err(|s| format!("rpc error publishing {:?}: {}", p.spec_name, status_text(&s)))?;
     tracing::info!(driver = %p.driver.name, volume = %p.handle, target = %target.display(), "CSI volume published");

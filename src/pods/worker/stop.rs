@@ -213,7 +213,7 @@ impl Worker {
             // A driver that is being restarted comes back within seconds:
             // tried for a while, then left to housekeeping, which keeps the
             // directory (and the records unpublishing needs) until it works.
-            let mut tries = 0;
+            let mut tries: u32 = 0;
             let csi_done = loop {
                 match crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await {
                     Ok(()) => break true,
@@ -223,7 +223,7 @@ impl Worker {
                     }
                     Err(e) => tracing::debug!(error = %e, "unpublishing the pod's CSI volumes failed; trying again"),
                 }
-                tries += 1;
+                tries = tries.saturating_add(1);
                 tokio::time::sleep(std::time::Duration::from_secs(3)).await;
             };
             if csi_done {
