@@ -91,8 +91,11 @@ impl VolumeStats {
         let Ok(plugins) = std::fs::read_dir(&base) else { return out };
         for plugin in plugins.flatten() {
             let Ok(volumes) = std::fs::read_dir(plugin.path()) else { continue };
+            let csi = plugin.file_name() == "kubernetes.io~csi";
             for v in volumes.flatten() {
-                let path = v.path();
+                // A CSI volume is its driver's mount below the record
+                // directory (the directory itself is on the node's disk).
+                let path = if csi { v.path().join("mount") } else { v.path() };
                 let name = v.file_name().to_string_lossy().into_owned();
                 let fresh = {
                     let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,6 +127,19 @@ impl VolumeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csi_volume_is_measured_at_its_mount() {
+        let root = tempfile::tempdir().unwrap();
+        let rec = root.path().join("pods/u2/volumes/kubernetes.io~csi/pv-1");
+        std::fs::create_dir_all(rec.join("mount")).unwrap();
+        std::fs::write(rec.join("vol_data.json"), b"{}").unwrap();
+        std::fs::write(rec.join("mount/f"), vec![7u8; 50_000]).unwrap();
+        let v = VolumeStats::new(root.path().to_path_buf()).of_pod("u2");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].name, "pv-1");
+        assert_eq!(v[0].inodes_used, 2, "the mount and f, not the record beside it: {v:?}");
+    }
 
     #[test]
     fn a_volume_counts_what_it_holds() {

@@ -660,9 +660,15 @@ impl Round<'_, '_> {
         let mut attachment_id = String::new();
         if dspec.attach_required != Some(false) {
             // The attach-detach controller and the driver's attacher make the
-            // VolumeAttachment; the node waits for it to say attached.
+            // VolumeAttachment; the node waits for the controller's record in
+            // its Node status (kubelet's VerifyControllerAttachedVolume), then
+            // for the attachment to say attached (the CSI attacher's wait).
             let name = csi::attachment_name(&c.volume_handle, &c.driver, &self.ctx.node.node_name);
             let objects = self.ctx.objects.ok_or("an attachable CSI volume needs an apiserver")?;
+            let unique = format!("kubernetes.io/csi/{}^{}", c.driver, c.volume_handle);
+            if !objects.node_volumes_attached(&self.ctx.node.node_name).await.map_err(|e| e.to_string())?.contains(&unique) {
+                return Err(format!("Volume not attached according to node status for volume {unique:?}"));
+            }
             let va = objects
                 .volume_attachment(&name)
                 .await

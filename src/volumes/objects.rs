@@ -112,6 +112,11 @@ pub trait ApiObjects: Send + Sync {
     async fn csi_driver(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
         Err(ObjectError::Unavailable("CSI drivers need an apiserver".into()))
     }
+    /// The Node's `status.volumesAttached` names (the attach-detach
+    /// controller's record).
+    async fn node_volumes_attached(&self, _node: &str) -> Result<Vec<String>, ObjectError> {
+        Err(ObjectError::Unavailable("the node status needs an apiserver".into()))
+    }
     /// A VolumeAttachment as it is now.
     async fn volume_attachment(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {
         Err(ObjectError::Unavailable("volume attachments need an apiserver".into()))
@@ -347,6 +352,12 @@ impl ApiObjects for KubeObjects {
     async fn csi_driver(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
         let api: Api<k8s_openapi::api::storage::v1::CSIDriver> = Api::all(self.client.clone());
         api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("csidriver {name}"), message: e.to_string() })
+    }
+
+    async fn node_volumes_attached(&self, node: &str) -> Result<Vec<String>, ObjectError> {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let n = api.get(node).await.map_err(|e| ObjectError::Api { what: format!("node {node}"), message: e.to_string() })?;
+        Ok(n.status.and_then(|s| s.volumes_attached).unwrap_or_default().into_iter().map(|v| v.name).collect())
     }
 
     async fn volume_attachment(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {
