@@ -34,41 +34,17 @@ use serde_json::{Value, json};
 const NODE: &str = "vm-node";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--in-vm") {
+    if support::vm::in_vm() {
         in_vm();
         the_sync_loop_end_to_end();
-        println!("IPVS-VM: all passed");
+        println!("{}", support::vm::PASSED);
         return;
     }
-    if args.iter().any(|a| a == "--list") {
-        println!("a_kernel_without_ipvs_is_one_clear_error: test\nset_element_transactions_on_this_kernel: test\nipvs_mode_in_a_vm: test");
-        return;
-    }
-    println!("\nrunning 3 tests");
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    for (name, f) in [
-        ("a_kernel_without_ipvs_is_one_clear_error", a_kernel_without_ipvs_is_one_clear_error as fn()),
+    support::vm::harness(&[
+        ("a_kernel_without_ipvs_is_one_clear_error", a_kernel_without_ipvs_is_one_clear_error),
         ("set_element_transactions_on_this_kernel", set_element_transactions_on_this_kernel),
         ("ipvs_mode_in_a_vm", ipvs_mode_in_a_vm),
-    ] {
-        match std::panic::catch_unwind(f) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(name);
-            }
-        }
-    }
-    let verdict = if failed.is_empty() { "ok" } else { "FAILED" };
-    println!("\ntest result: {verdict}. {passed} passed; {} failed; 0 ignored; 0 measured; 0 filtered out\n", failed.len());
-    if !failed.is_empty() {
-        std::process::exit(101);
-    }
+    ]);
 }
 
 fn a_kernel_without_ipvs_is_one_clear_error() {
@@ -129,22 +105,7 @@ fn set_element_transactions_on_this_kernel() {
 }
 
 fn ipvs_mode_in_a_vm() {
-    let me = std::env::current_exe().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/vm.sh");
-    let me = me.to_str().unwrap();
-    let mut child = Command::new(script)
-        .args(["run", "--timeout", "900", "--bin", me, "--", me, "--in-vm"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tests/support/vm.sh");
-    // The console as it comes, so a hang shows where it is.
-    let mut passed = false;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
-        println!("  vm| {line}");
-        passed |= line.contains("IPVS-VM: all passed");
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success() && passed, "the VM run failed ({status})");
+    support::vm::run_self(900, &[]);
 }
 
 // ---- inside the VM ----

@@ -13,8 +13,9 @@
 //! directories through a bind mount, as every other volume kind, which the
 //! other suites test with containerd.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -27,43 +28,21 @@ use serde_json::json;
 const DEBS: &[&str] = &["nfs-kernel-server", "nfs-common", "libnfsidmap1", "libwrap0"];
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--in-vm") {
+    if support::vm::in_vm() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(in_vm());
-        println!("NFS-VM: all passed");
+        println!("{}", support::vm::PASSED);
         return;
     }
-    if args.iter().any(|a| a == "--list") {
-        println!("nfs_volumes_in_a_vm: test");
-        return;
-    }
-    println!("\nrunning 1 test");
-    let ok = std::panic::catch_unwind(host).is_ok();
-    println!("test nfs_volumes_in_a_vm ... {}", if ok { "ok" } else { "FAILED" });
-    println!("\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; 0 filtered out\n", if ok { "ok" } else { "FAILED" }, u8::from(ok), u8::from(!ok));
-    if !ok {
-        std::process::exit(101);
-    }
+    support::vm::harness(&[("nfs_volumes_in_a_vm", nfs_volumes_in_a_vm)]);
 }
 
-fn host() {
-    let me = std::env::current_exe().unwrap();
-    let me = me.to_str().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/vm.sh");
-    let mut args = vec!["run", "--timeout", "600", "--bin", me, "--bin", "/usr/bin/mount", "--bin", "/usr/bin/umount"];
+fn nfs_volumes_in_a_vm() {
+    let mut extra = vec!["--bin", "/usr/bin/mount", "--bin", "/usr/bin/umount"];
     for d in DEBS {
-        args.extend(["--deb", d]);
+        extra.extend(["--deb", d]);
     }
-    args.extend(["--", me, "--in-vm"]);
-    let mut child = Command::new(script).args(&args).stdout(std::process::Stdio::piped()).spawn().expect("run tests/support/vm.sh");
-    let mut passed = false;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
-        println!("  vm| {line}");
-        passed |= line.contains("NFS-VM: all passed");
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success() && passed, "the VM run failed ({status})");
+    support::vm::run_self(600, &extra);
 }
 
 fn sh(script: &str) {

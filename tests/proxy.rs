@@ -180,6 +180,26 @@ fn slice(name: &str, svc: &str, node: &str, eps: &[(usize, bool, bool)], ports: 
            "addressType": "IPv4", "endpoints": endpoints, "ports": ports})
 }
 
+/// A KubeProxyConfiguration in `mode` with `extra` lines, watching with
+/// kube-proxy's own identity as the seed deploys it: a client certificate
+/// for system:kube-proxy, which a stock cluster binds to system:node-proxier
+/// (the node identity may not read EndpointSlices).
+fn proxy_config(c: &Cluster, mode: &str, node: &str, extra: &str) -> std::path::PathBuf {
+    let kubeconfig = c.dir().join("kube-proxy.kubeconfig");
+    std::fs::write(&kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
+    let config = c.dir().join("kube-proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\nclusterCIDR: 10.244.0.0/16\n\
+             hostnameOverride: {node}\n{extra}clientConnection:\n  kubeconfig: {}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn sa(ip: [u8; 4], port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
@@ -215,21 +235,8 @@ async fn traffic(mode: &str) {
     bad_slice["endpoints"][0]["addresses"] = json!(["not-an-ip"]);
     create::<EndpointSlice>(client, bad_slice).await;
 
-    // kube-proxy's own identity, as the seed deploys it: a client
-    // certificate for system:kube-proxy, which a stock cluster binds to
-    // system:node-proxier (the node identity may not read EndpointSlices).
-    let proxy_kubeconfig = c.dir().join("kube-proxy.kubeconfig");
-    std::fs::write(&proxy_kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
-    let config = c.dir().join("kube-proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\nclusterCIDR: 10.244.0.0/16\n\
-             hostnameOverride: {node}\nmetricsBindAddress: 127.0.0.1:10249\nclientConnection:\n  kubeconfig: {}\n",
-            proxy_kubeconfig.display()
-        ),
-    )
-    .unwrap();
+    // kube-proxy's own identity, as the seed deploys it.
+    let config = proxy_config(&c, mode, &node, "metricsBindAddress: 127.0.0.1:10249\n");
     let mut agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
     eventually(20 * S, "the proxy's access check", || async {
         agent.log().contains("the proxy role has every permission it needs").then_some(())
@@ -429,19 +436,7 @@ async fn ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it() 
     create::<Service>(client, service("web", json!({"type": "NodePort", "clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
         "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}))).await;
     create::<EndpointSlice>(client, slice("web-1", "web", &node, &[(0, true, true), (1, false, true)], plain)).await;
-    let proxy_kubeconfig = c.dir().join("kube-proxy.kubeconfig");
-    std::fs::write(&proxy_kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
-    let config = c.dir().join("kube-proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: ipvs\nclusterCIDR: 10.244.0.0/16\n\
-             hostnameOverride: {node}\nhealthzBindAddress: 127.0.0.1:10256\nipvs:\n  scheduler: wlc\n\
-             clientConnection:\n  kubeconfig: {}\n",
-            proxy_kubeconfig.display()
-        ),
-    )
-    .unwrap();
+    let config = proxy_config(&c, "ipvs", &node, "healthzBindAddress: 127.0.0.1:10256\nipvs:\n  scheduler: wlc\n");
     let agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
     let line = eventually(20 * S, "the IPVS error", || async {
         agent.log().lines().find(|l| l.contains("cannot run in IPVS mode")).map(str::to_string)

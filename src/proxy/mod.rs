@@ -229,9 +229,18 @@ pub fn resolve(
 
 /// The node's IPv4 addresses.
 pub fn local_ipv4s() -> Vec<Ipv4Addr> {
+    local_ipv4s_except(None)
+}
+
+/// The node's IPv4 addresses on every interface but `except` (kube-proxy's
+/// GetAllLocalAddressesExcept).
+pub fn local_ipv4s_except(except: Option<&str>) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
+            if Some(a.interface_name.as_str()) == except {
+                continue;
+            }
             if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
                 out.push(sin.ip());
             }

@@ -29,6 +29,7 @@ pub mod csi;
 pub mod logind;
 pub mod registry;
 pub mod spdy;
+pub mod vm;
 
 pub const BUSYBOX: &str = "nodelet.local/busybox:1";
 const CONTAINERD_CONFIG: &str = include_str!("containerd-config.toml");

@@ -328,17 +328,7 @@ impl Ipvs {
     /// The node's addresses outside kube-ipvs0 (by interface, as kube-proxy's
     /// GetAllLocalAddressesExcept), and those node ports listen on.
     fn node_addresses(ctx: &Context) -> (BTreeSet<Ipv4Addr>, Vec<Ipv4Addr>) {
-        let mut all = BTreeSet::new();
-        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-            for a in addrs {
-                if a.interface_name == link::NAME {
-                    continue;
-                }
-                if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-                    all.insert(sin.ip());
-                }
-            }
-        }
+        let all: BTreeSet<Ipv4Addr> = super::local_ipv4s_except(Some(link::NAME)).into_iter().collect();
         let mut ips: Vec<Ipv4Addr> = match &ctx.node_port_ips {
             Some(ips) => ips.clone(),
             None => all.iter().copied().filter(|ip| !ip.is_loopback()).collect(),
