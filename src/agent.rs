@@ -131,16 +131,22 @@ async fn node_api(
     s: &Settings,
     cs: &crate::config::ClusterSettings,
     client: &kube::Client,
-    runtime: Arc<dyn Runtime>,
-    statuses: StatusStore,
-    probe_counts: Arc<crate::probes::metrics::ProbeCounts>,
-    metrics: Arc<Metrics>,
+    ctx: &WorkerContext,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, AgentError> {
     let na = s.node_api.clone();
     let mut names = vec![s.node_name.clone()];
     names.extend(s.node_ips.iter().cloned());
     let gate = server::auth::Gate::new(Some(client.clone()), &s.node_name, &na);
-    let stats = server::stats::Collector::new(runtime.clone(), statuses.clone(), s.node_name.clone(), s.root_dir.clone(), s.pod_logs_dir.clone());
+    let (runtime, statuses, probe_counts, metrics) = (ctx.runtime.clone(), ctx.statuses.clone(), ctx.probe_counts.clone(), ctx.metrics.clone());
+    let stats = server::stats::Collector::new(
+        runtime.clone(),
+        statuses.clone(),
+        s.node_name.clone(),
+        s.root_dir.clone(),
+        s.pod_logs_dir.clone(),
+        ctx.mounted.clone(),
+        ctx.csi.clone(),
+    );
     let info = server::node_api::MachineInfo {
         num_cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64,
         memory_capacity: node_memory_bytes(),
@@ -341,6 +347,7 @@ pub async fn run(
     }
     let ctx = Arc::new(WorkerContext {
         csi: csi.clone(),
+        mounted: Default::default(),
         pulls: pulls.clone(),
         runtime: runtime.clone(),
         node: node.clone(),
@@ -440,7 +447,7 @@ pub async fn run(
             });
         }
         if s.node_api.port != 0 && !s.dry_run {
-            tasks.spawn("node API", node_api(&s, cs, &joined.client, runtime.clone(), statuses.clone(), ctx.probe_counts.clone(), metrics.clone()).await?);
+            tasks.spawn("node API", node_api(&s, cs, &joined.client, &ctx).await?);
         }
         cluster::start(&mut tasks, joined, parts, s.dry_run);
     }

@@ -696,6 +696,12 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     assert_eq!(std::fs::metadata(disk.dir.join("hello")).unwrap().gid(), 2345, "files made in it inherit the group");
     let writer_uid = pods.get("writer").await.unwrap().metadata.uid.unwrap();
     assert!(mounted_under(&format!("{writer_uid}/volumes/kubernetes.io~local-volume/local-1")), "the local volume is bind-mounted into the pod's directory");
+    // Its figures are its filesystem's (kubelet's statfs for local volumes).
+    let vol = volume_stats(&c, "writer", "d").await;
+    assert_eq!(vol["pvcRef"], serde_json::json!({"name": "data", "namespace": "default"}), "{vol}");
+    let fs = nix::sys::statvfs::statvfs(&disk.dir).unwrap();
+    assert_eq!(vol["capacityBytes"].as_u64(), Some(fs.blocks() as u64 * fs.fragment_size() as u64), "the 32 MiB disk's: {vol}");
+    assert_eq!(vol["inodes"].as_u64(), Some(fs.files() as u64));
 
     // ReadWriteOncePod: a second pod on the claim is held while the writer has it.
     pods.create(&PostParams::default(), &with_claim("intruder", "sleep 3600", "Always")).await.unwrap();
@@ -811,6 +817,8 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     claims.patch_status("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
     let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok() }).await;
     assert_eq!(out.trim(), "from-the-ephemeral-claim");
+    let vol = volume_stats(&c, "scratch", "work").await;
+    assert_eq!(vol["pvcRef"], serde_json::json!({"name": "scratch-work", "namespace": "default"}), "the claim made for the pod: {vol}");
 }
 
 fn mount_count(needle: &str) -> usize {
@@ -887,6 +895,16 @@ async fn a_restart_adopts_mounted_claims_and_unmounts_those_of_pods_deleted_mean
 /// claim reaches its container as a raw device. With the driver away while
 /// its pod is deleted, the volume's record waits for it and is unpublished
 /// and unstaged when it is back.
+/// A pod's volume entry in the node's /stats/summary.
+async fn volume_stats(c: &Cluster, pod: &str, volume: &str) -> serde_json::Value {
+    eventually(30 * S, "the volume in /stats/summary", || async {
+        let summary: serde_json::Value = serde_json::from_str(&c.node_proxy("/stats/summary").await).ok()?;
+        let p = summary["pods"].as_array()?.iter().find(|p| p["podRef"]["name"] == pod)?.clone();
+        p["volume"].as_array()?.iter().find(|v| v["name"] == volume).cloned()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod() {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
@@ -985,6 +1003,20 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     assert_eq!(written.trim(), "written-through-csi");
     assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume vol-1"]);
 
+    // The volume's figures in /stats/summary come from the driver's
+    // NodeGetVolumeStats, under the pod's volume name with its claim, and
+    // /metrics has kubelet's per-claim gauges.
+    let vol = volume_stats(&c, "csi-writer", "d").await;
+    assert_eq!(vol["pvcRef"], serde_json::json!({"name": "csi-data", "namespace": ns}), "{vol}");
+    let capacity = vol["capacityBytes"].as_u64().unwrap();
+    assert!(capacity > 16 << 20 && capacity <= 32 << 20, "the 32 MiB ext4 volume, not the node's disk: {vol}");
+    assert!(vol["usedBytes"].as_u64().unwrap() > 0 && vol["inodesUsed"].as_u64().unwrap() > 0 && vol["inodes"].as_u64().unwrap() > 0, "{vol}");
+    assert!(driver.stats_calls().iter().any(|v| v == "vol-1"), "asked the driver: {:?}", driver.stats_calls());
+    let metrics = c.node_proxy("/metrics").await;
+    let gauge = |name: &str| support::sample(&metrics, &format!("kubelet_volume_stats_{name}{{namespace=\"{ns}\",persistentvolumeclaim=\"csi-data\"}}"));
+    assert_eq!(gauge("capacity_bytes"), Some(capacity as f64), "{metrics}");
+    assert!(gauge("available_bytes").is_some_and(|a| a > 0.0 && a < capacity as f64));
+
     // The pod goes: unpublished, then (no other pod uses it) unstaged.
     pods.delete("csi-writer", &DeleteParams::default().grace_period(0)).await.unwrap();
     eventually(60 * S, "unpublished and unstaged", || async { (driver.calls().len() == 4).then_some(()) }).await;
@@ -1050,6 +1082,9 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     })
     .await;
     assert!(driver.calls().contains(&"NodeStageVolume vol-blk".to_string()) && driver.calls().contains(&"NodePublishVolume vol-blk".to_string()), "{:?}", driver.calls());
+    let vol = volume_stats(&c, "csi-raw", "b").await;
+    assert_eq!(vol["capacityBytes"].as_u64(), Some(8 << 20), "the block volume's size from the driver: {vol}");
+    assert_eq!(vol["pvcRef"]["name"], "csi-blk");
     pods.delete("csi-raw", &DeleteParams::default().grace_period(0)).await.unwrap();
     eventually(60 * S, "the block volume unpublished and unstaged", || async {
         let calls = driver.calls();

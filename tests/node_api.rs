@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{AttachParams, LogParams, PostParams};
 use support::apiserver::kubelet_proxy::call_node;
 use support::cluster::Cluster;
-use support::{eventually, is_running};
+use support::{eventually, is_running, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const S: Duration = Duration::from_secs(1);
@@ -338,9 +338,9 @@ async fn the_node_api_lets_in_only_who_it_should() {
     let mut log = tempfile::Builder::new().prefix("nodelet-test-").suffix(".log").tempfile_in("/var/log").unwrap();
     std::io::Write::write_all(&mut log, b"a line in the node's log\n").unwrap();
     let name = log.path().file_name().unwrap().to_str().unwrap().to_string();
-    let listing = node_proxy(&c, "/logs/").await;
+    let listing = c.node_proxy("/logs/").await;
     assert!(listing.contains(&format!("<a href=\"{name}\">")), "{listing}");
-    assert_eq!(node_proxy(&c, &format!("/logs/{name}")).await, "a line in the node's log\n");
+    assert_eq!(c.node_proxy(&format!("/logs/{name}")).await, "a line in the node's log\n");
     let (code, _) = call_node(ns, 10250, "/logs/../etc/passwd", Some(&apiserver), None).await.unwrap();
     assert_eq!(code, 400, "no way out of /var/log");
     let (code, body) = call_node(ns, 10250, &format!("/logs/{name}"), Some(&nobody), None).await.unwrap();
@@ -365,15 +365,6 @@ async fn cgroup_working_set(c: &Cluster, id: &str) -> u64 {
     v[0].saturating_sub(v[1])
 }
 
-async fn node_proxy(c: &Cluster, path: &str) -> String {
-    let uri = format!("/api/v1/nodes/{}/proxy{path}", c.node.node_name());
-    c.client.request_text(http::Request::get(uri).body(Vec::new()).unwrap()).await.unwrap()
-}
-
-/// A Prometheus sample's value by its exact series name and labels.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
@@ -408,7 +399,7 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     eventually(30 * S, "the disk pod's file written", || async { (c.node.exec(&disk, &["test", "-f", "/data/ready"]).await.exit_code == 0).then_some(()) }).await;
     c.node.exec(&disk, &["ping", "-c", "3", "-W", "1", support::cluster::NODE_IP]).await;
 
-    let summary: serde_json::Value = serde_json::from_str(&node_proxy(&c, "/stats/summary").await).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&c.node_proxy("/stats/summary").await).unwrap();
     assert_eq!(summary["node"]["nodeName"], node.as_str());
     assert!(summary["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
     assert!(summary["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
@@ -430,7 +421,7 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     assert!(d["ephemeral-storage"]["usedBytes"].as_u64().unwrap() >= 5 << 20, "the emptyDir is ephemeral storage: {d}");
     assert!(d["process_stats"]["process_count"].as_u64().unwrap() >= 1, "{d}");
 
-    let first = node_proxy(&c, "/metrics/resource").await;
+    let first = c.node_proxy("/metrics/resource").await;
     let series = |name: &str, pod: &str| format!("{name}{{container=\"c\",namespace=\"default\",pod=\"{pod}\"}}");
     let ws = sample(&first, &series("container_memory_working_set_bytes", "hog")).unwrap();
     assert!((ws - actual as f64).abs() / (actual as f64) < 0.10, "metrics say {ws}, the cgroup {actual}");
@@ -439,16 +430,16 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     assert!(sample(&first, "node_cpu_usage_seconds_total").unwrap() > 0.0);
     assert!(sample(&first, "pod_memory_working_set_bytes{namespace=\"default\",pod=\"hog\"}").unwrap() > 35e6);
     tokio::time::sleep(2 * S).await;
-    let second = node_proxy(&c, "/metrics/resource").await;
+    let second = c.node_proxy("/metrics/resource").await;
     let cpu1 = sample(&second, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
     assert!(cpu1 - cpu0 > 0.5, "a busy loop uses CPU: {cpu0} -> {cpu1}");
 
     // Probe runs by result, and kubelet's own families.
-    let probes = node_proxy(&c, "/metrics/probes").await;
+    let probes = c.node_proxy("/metrics/probes").await;
     let uid = pods.get("probed").await.unwrap().metadata.uid.unwrap();
     let series = format!("prober_probe_total{{container=\"c\",namespace=\"default\",pod=\"probed\",pod_uid=\"{uid}\",probe_type=\"Readiness\",result=\"successful\"}}");
     assert!(sample(&probes, &series).is_some_and(|n| n >= 2.0), "{probes}");
-    let metrics = node_proxy(&c, "/metrics").await;
+    let metrics = c.node_proxy("/metrics").await;
     assert_eq!(sample(&metrics, &format!("kubelet_node_name{{node=\"{node}\"}}")), Some(1.0), "{metrics}");
     assert!(sample(&metrics, "kubelet_running_pods").is_some_and(|n| n >= 3.0), "{metrics}");
     assert!(sample(&metrics, "kubelet_running_containers{container_state=\"running\"}").is_some_and(|n| n >= 3.0), "{metrics}");

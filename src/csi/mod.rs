@@ -49,6 +49,8 @@ pub struct Driver {
     /// NodeGetCapabilities: SINGLE_NODE_MULTI_WRITER (the access modes are
     /// then mapped with the single-node multi/single writer pair).
     pub single_node_multi_writer: bool,
+    /// NodeGetCapabilities: GET_VOLUME_STATS (NodeGetVolumeStats answers).
+    pub volume_stats: bool,
 }
 
 /// The registered drivers, shared by the registry and the volume manager.

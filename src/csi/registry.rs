@@ -68,6 +68,7 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
         };
         let stage_unstage = has(csi::node_service_capability::rpc::Type::StageUnstageVolume);
         let single_node_multi_writer = has(csi::node_service_capability::rpc::Type::SingleNodeMultiWriter);
+        let volume_stats = has(csi::node_service_capability::rpc::Type::GetVolumeStats);
         let driver = Driver {
             name: info.name.clone(),
             endpoint,
@@ -76,6 +77,7 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
             topology: ni.accessible_topology.map(|t| t.segments.into_iter().collect()).unwrap_or_default(),
             stage_unstage,
             single_node_multi_writer,
+            volume_stats,
         };
         if let Some(p) = publisher {
             publish(p, Some(&driver), &driver.name).await?;

@@ -552,6 +552,7 @@ mod tests {
             terminated: None,
             objects: None,
             csi: Default::default(),
+            mounted: Default::default(),
             probe_counts: Default::default(),
             metrics: Default::default(),
             pulls: Arc::new(

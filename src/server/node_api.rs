@@ -260,6 +260,7 @@ impl NodeApi {
             out.push_str(&format!("kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"));
         }
         out.push_str(&self.metrics.render());
+        out.push_str(&self.stats.volume_metrics().await);
         out
     }
 

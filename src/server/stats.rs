@@ -134,6 +134,8 @@ pub struct Collector {
     pub pod_logs_dir: PathBuf,
     last_cpu: Mutex<HashMap<String, (i64, u64)>>,
     volumes: Arc<super::volume_stats::VolumeStats>,
+    /// The pods' volumes as their workers set them up.
+    mounted: crate::volumes::Mounted,
 }
 
 /// What the pod's sandbox and disk add to its containers' figures.
@@ -159,9 +161,17 @@ fn network_json(n: &cri::NetworkUsage) -> Option<Value> {
 }
 
 impl Collector {
-    pub fn new(runtime: Arc<dyn Runtime>, statuses: StatusStore, node_name: String, root_dir: PathBuf, pod_logs_dir: PathBuf) -> Self {
-        let volumes = Arc::new(super::volume_stats::VolumeStats::new(root_dir.clone()));
-        Self { runtime, statuses, node_name, root_dir, pod_logs_dir, last_cpu: Mutex::new(HashMap::new()), volumes }
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        statuses: StatusStore,
+        node_name: String,
+        root_dir: PathBuf,
+        pod_logs_dir: PathBuf,
+        mounted: crate::volumes::Mounted,
+        csi: crate::csi::Drivers,
+    ) -> Self {
+        let volumes = Arc::new(super::volume_stats::VolumeStats::new(root_dir.clone(), csi));
+        Self { runtime, statuses, node_name, root_dir, pod_logs_dir, last_cpu: Mutex::new(HashMap::new()), volumes, mounted }
     }
 
     /// Network and process counts from the runtime's pod sandbox stats
@@ -184,26 +194,21 @@ impl Collector {
             }
             Err(e) => tracing::debug!(error = %e, "no pod sandbox stats from the runtime"),
         }
-        let volumes = self.volumes.clone();
         let logs = self.pod_logs_dir.clone();
-        let pods = pods.to_vec();
-        let live: std::collections::HashSet<String> = pods.iter().map(|(_, _, uid)| uid.clone()).collect();
-        let disk = tokio::task::spawn_blocking(move || {
-            volumes.retain(&|uid| live.contains(uid));
-            pods.into_iter()
-                .map(|(ns, name, uid)| {
-                    let (logs_bytes, _) = super::volume_stats::du(&logs.join(format!("{ns}_{name}_{uid}")));
-                    (uid.clone(), volumes.of_pod(&uid), logs_bytes)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (uid, vols, logs_bytes) in disk {
-            let e = out.entry(uid).or_default();
-            e.volumes = vols;
-            e.logs_bytes = logs_bytes;
+        let dirs: Vec<(String, PathBuf)> = pods.iter().map(|(ns, name, uid)| (uid.clone(), logs.join(format!("{ns}_{name}_{uid}")))).collect();
+        let logs = tokio::task::spawn_blocking(move || dirs.into_iter().map(|(uid, d)| (uid, super::volume_stats::du(&d).0)).collect::<Vec<_>>())
+            .await
+            .unwrap_or_default();
+        for (uid, logs_bytes) in logs {
+            out.entry(uid).or_default().logs_bytes = logs_bytes;
         }
+        let mut live = std::collections::HashSet::new();
+        for (_, _, uid) in pods {
+            let Some(vols) = self.mounted.get(uid) else { continue };
+            live.extend(vols.measures.values().map(|m| m.path.clone()));
+            out.entry(uid.clone()).or_default().volumes = self.volumes.of_pod(&vols).await;
+        }
+        self.volumes.retain(&|p| live.contains(p));
         out
     }
 
@@ -280,6 +285,41 @@ impl Collector {
             }
             Err(_) => json!({"time": time}),
         }
+    }
+
+    /// kubelet's `kubelet_volume_stats_*` gauges for `/metrics`: one series
+    /// per claim in use (by namespace and claim), however many pods use it.
+    pub async fn volume_metrics(&self) -> String {
+        let mut claims: BTreeMap<(String, String), super::volume_stats::VolumeUsage> = BTreeMap::new();
+        for r in self.statuses.snapshot().values() {
+            let (Some(uid), Some(ns)) = (r.pod.metadata.uid.as_deref(), r.pod.metadata.namespace.as_deref()) else { continue };
+            let Some(vols) = self.mounted.get(uid) else { continue };
+            for u in self.volumes.of_pod(&vols).await {
+                if let Some(c) = u.claim.clone() {
+                    claims.entry((ns.to_string(), c)).or_insert(u);
+                }
+            }
+        }
+        type Figure = fn(&super::volume_stats::VolumeUsage) -> u64;
+        let families: [(&str, &str, Figure); 6] = [
+            ("capacity_bytes", "Capacity in bytes of the volume", |u| u.capacity_bytes),
+            ("available_bytes", "Number of available bytes in the volume", |u| u.available_bytes),
+            ("used_bytes", "Number of used bytes in the volume", |u| u.used_bytes),
+            ("inodes", "Maximum number of inodes in the volume", |u| u.inodes),
+            ("inodes_free", "Number of free inodes in the volume", |u| u.inodes_free),
+            ("inodes_used", "Number of used inodes in the volume", |u| u.inodes_used),
+        ];
+        let mut out = String::new();
+        if claims.is_empty() {
+            return out;
+        }
+        for (name, help, figure) in families {
+            out.push_str(&format!("# HELP kubelet_volume_stats_{name} [ALPHA] {help}\n# TYPE kubelet_volume_stats_{name} gauge\n"));
+            for ((ns, claim), u) in &claims {
+                out.push_str(&format!("kubelet_volume_stats_{name}{{namespace=\"{ns}\",persistentvolumeclaim=\"{claim}\"}} {}\n", figure(u)));
+            }
+        }
+        out
     }
 
     /// `/stats/summary`.
@@ -361,8 +401,12 @@ impl Collector {
                     pod["volume"] = volumes
                         .iter()
                         .map(|v| {
-                            json!({"time": rfc3339(v.time), "name": v.name, "usedBytes": v.used_bytes, "inodesUsed": v.inodes_used,
-                                "capacityBytes": v.capacity_bytes, "availableBytes": v.available_bytes, "inodes": v.inodes, "inodesFree": v.inodes_free})
+                            let mut j = json!({"time": rfc3339(v.time), "name": v.name, "usedBytes": v.used_bytes, "inodesUsed": v.inodes_used,
+                                "capacityBytes": v.capacity_bytes, "availableBytes": v.available_bytes, "inodes": v.inodes, "inodesFree": v.inodes_free});
+                            if let Some(c) = &v.claim {
+                                j["pvcRef"] = json!({"name": c, "namespace": ns});
+                            }
+                            j
                         })
                         .collect();
                 }

@@ -1,7 +1,12 @@
 //! Per-volume figures for `/stats/summary` (kubelet's `volume` entries of a
-//! pod): what the volume's directory holds (as `du` counts it: allocated
-//! blocks and inodes) and what its filesystem has left (statfs). Walking a
-//! volume costs I/O, so each one is measured at most once a minute
+//! pod, named by the pod's volume names, with `pvcRef` for claims), each
+//! measured the way kubelet's metrics provider for its kind does: the
+//! volumes the node writes by what their directory holds (as `du` counts
+//! it: allocated blocks and inodes) and what their filesystem has left
+//! (statfs); local and NFS volumes by their filesystem alone; a local block
+//! device by its size; CSI volumes by the driver's NodeGetVolumeStats when it
+//! has GET_VOLUME_STATS; hostPath volumes not at all. Measuring costs I/O
+//! (or a call to a driver), so each volume is measured at most once a minute
 //! (kubelet's `volumeStatsAggPeriod`).
 
 use std::collections::HashMap;
@@ -10,13 +15,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::csi::proto::csi as proto;
+use crate::volumes::{Measure, Measured, PodVolumes};
+
 /// kubelet's volumeStatsAggPeriod.
 pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// How long a driver may take to answer NodeGetVolumeStats.
+const CSI_STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One volume of one pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeUsage {
     pub name: String,
+    /// The claim behind the volume, in the pod's namespace (`pvcRef`).
+    pub claim: Option<String>,
     /// nanoseconds since the epoch of the measurement.
     pub time: i64,
     pub used_bytes: u64,
@@ -54,73 +67,132 @@ pub fn du(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// The filesystem's figures (kubelet's MetricsStatFS); used is what the
+/// filesystem has allocated.
 // statvfs' field types differ between platforms: the casts are not useless
 // everywhere.
 #[allow(clippy::unnecessary_cast)]
-fn measure(name: &str, dir: &Path, root_dev: Option<u64>) -> VolumeUsage {
-    let (used_bytes, inodes_used) = du(dir);
-    let mut u = VolumeUsage { name: name.to_string(), time: crate::runtime::unix_nanos(), used_bytes, inodes_used, ..Default::default() };
-    if let Ok(s) = nix::sys::statvfs::statvfs(dir) {
-        let f = s.fragment_size() as u64;
-        u.capacity_bytes = s.blocks() as u64 * f;
-        u.available_bytes = s.blocks_available() as u64 * f;
-        u.inodes = s.files() as u64;
-        u.inodes_free = s.files_free() as u64;
-    }
-    u.on_node_disk = root_dev.is_some_and(|d| std::fs::metadata(dir).is_ok_and(|m| m.dev() == d));
-    u
+fn statfs(dir: &Path, u: &mut VolumeUsage) -> Result<(), String> {
+    let s = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statfs {}: {e}", dir.display()))?;
+    let f = s.fragment_size() as u64;
+    u.capacity_bytes = (s.blocks() as u64).saturating_mul(f);
+    u.available_bytes = (s.blocks_available() as u64).saturating_mul(f);
+    u.used_bytes = (s.blocks() as u64).saturating_sub(s.blocks_free() as u64).saturating_mul(f);
+    u.inodes = s.files() as u64;
+    u.inodes_free = s.files_free() as u64;
+    u.inodes_used = u.inodes.saturating_sub(u.inodes_free);
+    Ok(())
 }
 
-/// The volumes of the pods under `<root-dir>/pods/<uid>/volumes/<plugin>/<name>`,
-/// each remeasured once it is older than [`REFRESH`].
+/// A block device's size (kubelet's MetricsBlock: capacity only).
+fn block_size(path: &Path) -> Result<u64, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(SeekFrom::End(0)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Measures one volume that needs no driver (blocking I/O).
+fn measure_local(m: &Measured, root_dev: Option<u64>) -> Result<VolumeUsage, String> {
+    let mut u = VolumeUsage { time: crate::runtime::unix_nanos(), ..Default::default() };
+    match &m.measure {
+        Measure::Du => {
+            let (used_bytes, inodes_used) = du(&m.path);
+            statfs(&m.path, &mut u)?;
+            (u.used_bytes, u.inodes_used) = (used_bytes, inodes_used);
+            u.on_node_disk = root_dev.is_some_and(|d| std::fs::metadata(&m.path).is_ok_and(|md| md.dev() == d));
+        }
+        Measure::StatFs => statfs(&m.path, &mut u)?,
+        Measure::BlockSize => u.capacity_bytes = block_size(&m.path)?,
+        Measure::Nothing | Measure::Csi { .. } => return Err("not measured here".into()),
+    }
+    Ok(u)
+}
+
+/// NodeGetVolumeStats of the volume's driver (kubelet's MetricsCsi).
+async fn measure_csi(drivers: &crate::csi::Drivers, m: &Measured) -> Result<VolumeUsage, String> {
+    let Measure::Csi { driver, handle, staging } = &m.measure else { return Err("not a CSI volume".into()) };
+    let d = drivers.get(driver).ok_or_else(|| format!("CSI driver {driver} is not registered"))?;
+    if !d.volume_stats {
+        return Err(format!("CSI driver {driver} does not report volume stats (no GET_VOLUME_STATS)"));
+    }
+    let mut client = crate::csi::node_client(&d).await?;
+    let mut req = tonic::Request::new(proto::NodeGetVolumeStatsRequest {
+        volume_id: handle.clone(),
+        volume_path: m.path.display().to_string(),
+        staging_target_path: staging.as_ref().filter(|_| d.stage_unstage).map(|p| p.display().to_string()).unwrap_or_default(),
+    });
+    req.set_timeout(CSI_STATS_TIMEOUT);
+    let answer = client.node_get_volume_stats(req).await.map_err(|s| format!("NodeGetVolumeStats: {}", crate::csi::status_text(&s)))?.into_inner();
+    let mut u = VolumeUsage { time: crate::runtime::unix_nanos(), ..Default::default() };
+    let n = |x: i64| u64::try_from(x).unwrap_or(0);
+    for usage in &answer.usage {
+        match proto::volume_usage::Unit::try_from(usage.unit) {
+            Ok(proto::volume_usage::Unit::Bytes) => {
+                (u.available_bytes, u.capacity_bytes, u.used_bytes) = (n(usage.available), n(usage.total), n(usage.used));
+            }
+            Ok(proto::volume_usage::Unit::Inodes) => (u.inodes_free, u.inodes, u.inodes_used) = (n(usage.available), n(usage.total), n(usage.used)),
+            _ => {}
+        }
+    }
+    Ok(u)
+}
+
+/// The pods' volumes, each remeasured once it is older than [`REFRESH`].
 pub struct VolumeStats {
     root_dir: PathBuf,
-    cache: Mutex<HashMap<PathBuf, (Instant, VolumeUsage)>>,
+    csi: crate::csi::Drivers,
+    cache: Mutex<HashMap<PathBuf, (Instant, Result<VolumeUsage, String>)>>,
 }
 
 impl VolumeStats {
-    pub fn new(root_dir: PathBuf) -> Self {
-        Self { root_dir, cache: Mutex::new(HashMap::new()) }
+    pub fn new(root_dir: PathBuf, csi: crate::csi::Drivers) -> Self {
+        Self { root_dir, csi, cache: Mutex::new(HashMap::new()) }
     }
 
-    /// The volumes of pod `uid`, by name.
-    pub fn of_pod(&self, uid: &str) -> Vec<VolumeUsage> {
-        let base = self.root_dir.join("pods").join(uid).join("volumes");
+    /// The volumes of one pod as its worker set them up, by name. A volume
+    /// that cannot be measured is left out (as kubelet does), and logged.
+    pub async fn of_pod(&self, vols: &PodVolumes) -> Vec<VolumeUsage> {
         let root_dev = std::fs::metadata(&self.root_dir).ok().map(|m| m.dev());
         let mut out = Vec::new();
-        let Ok(plugins) = std::fs::read_dir(&base) else { return out };
-        for plugin in plugins.flatten() {
-            let Ok(volumes) = std::fs::read_dir(plugin.path()) else { continue };
-            let csi = plugin.file_name() == "kubernetes.io~csi";
-            for v in volumes.flatten() {
-                // A CSI volume is its driver's mount below the record
-                // directory (the directory itself is on the node's disk).
-                let path = if csi { v.path().join("mount") } else { v.path() };
-                let name = v.file_name().to_string_lossy().into_owned();
-                let fresh = {
-                    let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    cache.get(&path).filter(|(at, _)| at.elapsed() < REFRESH).map(|(_, u)| u.clone())
-                };
-                let u = match fresh {
-                    Some(u) => u,
-                    None => {
-                        let u = measure(&name, &path, root_dev);
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(path, (Instant::now(), u.clone()));
-                        u
+        for (name, m) in &vols.measures {
+            if m.measure == Measure::Nothing {
+                continue;
+            }
+            let fresh = {
+                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.get(&m.path).filter(|(at, _)| at.elapsed() < REFRESH).map(|(_, u)| u.clone())
+            };
+            let measured = match fresh {
+                Some(u) => u,
+                None => {
+                    let u = match &m.measure {
+                        Measure::Csi { .. } => measure_csi(&self.csi, m).await,
+                        _ => {
+                            let m = m.clone();
+                            tokio::task::spawn_blocking(move || measure_local(&m, root_dev)).await.map_err(|e| e.to_string()).and_then(|r| r)
+                        }
+                    };
+                    if let Err(e) = &u {
+                        tracing::debug!(volume = %name, error = %e, "volume not measured");
                     }
-                };
+                    // A failure is remembered as long as a figure would be:
+                    // a driver without stats is not asked on every scrape.
+                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(m.path.clone(), (Instant::now(), u.clone()));
+                    u
+                }
+            };
+            if let Ok(mut u) = measured {
+                u.name = name.clone();
+                u.claim = m.claim.clone();
                 out.push(u);
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
-    /// Forgets volumes of pods that are gone.
-    pub fn retain(&self, live_uids: &dyn Fn(&str) -> bool) {
-        let base = self.root_dir.join("pods");
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|p, _| p.strip_prefix(&base).ok().and_then(|r| r.iter().next()).and_then(|u| u.to_str()).is_some_and(live_uids));
+    /// Forgets volumes no live pod has.
+    pub fn retain(&self, live: &dyn Fn(&Path) -> bool) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|p, _| live(p));
     }
 }
 
@@ -128,38 +200,64 @@ impl VolumeStats {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_csi_volume_is_measured_at_its_mount() {
-        let root = tempfile::tempdir().unwrap();
-        let rec = root.path().join("pods/u2/volumes/kubernetes.io~csi/pv-1");
-        std::fs::create_dir_all(rec.join("mount")).unwrap();
-        std::fs::write(rec.join("vol_data.json"), b"{}").unwrap();
-        std::fs::write(rec.join("mount/f"), vec![7u8; 50_000]).unwrap();
-        let v = VolumeStats::new(root.path().to_path_buf()).of_pod("u2");
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].name, "pv-1");
-        assert_eq!(v[0].inodes_used, 2, "the mount and f, not the record beside it: {v:?}");
+    fn pod_volumes(v: &[(&str, &Path, Measure, Option<&str>)]) -> PodVolumes {
+        let mut out = PodVolumes::default();
+        for (name, path, measure, claim) in v {
+            out.measures.insert(name.to_string(), Measured { path: path.to_path_buf(), measure: measure.clone(), claim: claim.map(str::to_string) });
+        }
+        out
     }
 
-    #[test]
-    fn a_volume_counts_what_it_holds() {
+    #[tokio::test]
+    async fn each_kind_is_measured_as_kubelet_does() {
         let root = tempfile::tempdir().unwrap();
-        let vol = root.path().join("pods/u1/volumes/kubernetes.io~empty-dir/data");
-        std::fs::create_dir_all(vol.join("sub")).unwrap();
-        std::fs::write(vol.join("sub/f"), vec![7u8; 100_000]).unwrap();
-        let stats = VolumeStats::new(root.path().to_path_buf());
-        let v = stats.of_pod("u1");
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].name, "data");
-        assert!(v[0].used_bytes >= 100_000, "{v:?}");
-        assert_eq!(v[0].inodes_used, 3, "the volume, sub and f");
-        assert!(v[0].capacity_bytes >= v[0].available_bytes && v[0].inodes > 0);
-        assert!(v[0].on_node_disk);
-        // Cached until it is a minute old.
-        std::fs::write(vol.join("g"), vec![1u8; 100_000]).unwrap();
-        assert_eq!(stats.of_pod("u1")[0].used_bytes, v[0].used_bytes);
+        let written = root.path().join("pods/u1/volumes/kubernetes.io~empty-dir/data");
+        std::fs::create_dir_all(written.join("sub")).unwrap();
+        std::fs::write(written.join("sub/f"), vec![7u8; 100_000]).unwrap();
+        let device = root.path().join("disk.img");
+        std::fs::write(&device, vec![0u8; 1 << 20]).unwrap();
+        let vols = pod_volumes(&[
+            ("data", &written, Measure::Du, None),
+            ("db", root.path(), Measure::StatFs, Some("db-claim")),
+            ("raw", &device, Measure::BlockSize, Some("raw-claim")),
+            ("host", root.path(), Measure::Nothing, None),
+        ]);
+        let stats = VolumeStats::new(root.path().to_path_buf(), Default::default());
+        let v = stats.of_pod(&vols).await;
+        let names: Vec<&str> = v.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["data", "db", "raw"], "hostPath volumes are not measured: {v:?}");
+
+        let data = &v[0];
+        assert!(data.used_bytes >= 100_000, "{data:?}");
+        assert_eq!(data.inodes_used, 3, "the volume, sub and f");
+        assert!(data.capacity_bytes >= data.available_bytes && data.inodes > 0);
+        assert!(data.on_node_disk && data.claim.is_none());
+
+        let db = &v[1];
+        let fs = nix::sys::statvfs::statvfs(root.path()).unwrap();
+        assert_eq!(db.claim.as_deref(), Some("db-claim"));
+        assert_eq!(db.inodes, fs.files() as u64);
+        // The filesystem's own figure, not a walk (others write to it too).
+        let used = db.capacity_bytes - (fs.blocks_free() as u64) * fs.fragment_size() as u64;
+        assert!(db.used_bytes.abs_diff(used) < 64 << 20, "{} vs {used}", db.used_bytes);
+        assert!(db.used_bytes + db.available_bytes <= db.capacity_bytes && db.inodes_used == db.inodes - db.inodes_free);
+        assert!(!db.on_node_disk, "a persistent volume is not the pod's ephemeral storage");
+
+        assert_eq!(v[2].capacity_bytes, 1 << 20);
+
+        // Cached until it is a minute old, forgotten once no pod has it.
+        std::fs::write(written.join("g"), vec![1u8; 100_000]).unwrap();
+        assert_eq!(stats.of_pod(&vols).await[0].used_bytes, data.used_bytes);
         stats.retain(&|_| false);
-        assert!(stats.of_pod("u1")[0].used_bytes >= 200_000);
-        assert!(stats.of_pod("u2").is_empty());
+        assert!(stats.of_pod(&vols).await[0].used_bytes >= data.used_bytes + 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_volume_that_cannot_be_measured_is_left_out() {
+        let root = tempfile::tempdir().unwrap();
+        let csi = Measure::Csi { driver: "gone.csi.test".into(), handle: "h".into(), staging: None };
+        let vols = pod_volumes(&[("gone", &root.path().join("nowhere"), Measure::StatFs, None), ("csi", root.path(), csi, Some("c"))]);
+        let stats = VolumeStats::new(root.path().to_path_buf(), Default::default());
+        assert!(stats.of_pod(&vols).await.is_empty());
     }
 }

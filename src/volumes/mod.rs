@@ -70,16 +70,67 @@ pub struct BlockDevice {
     pub read_only: bool,
 }
 
+/// How a volume is measured for `/stats/summary`: what kubelet's metrics
+/// provider for its kind does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Measure {
+    /// Not measured (hostPath: kubelet's MetricsNil).
+    #[default]
+    Nothing,
+    /// What the directory holds (`du`) and its filesystem's figures: the
+    /// volumes the node writes (emptyDir, configMap, secret, downwardAPI,
+    /// projected).
+    Du,
+    /// The filesystem's figures only (local and NFS volumes: a walk of a
+    /// shared or large filesystem costs too much).
+    StatFs,
+    /// The size of a block device (a local PV with volumeMode Block).
+    BlockSize,
+    /// The driver's NodeGetVolumeStats, when it has GET_VOLUME_STATS.
+    Csi { driver: String, handle: String, staging: Option<PathBuf> },
+}
+
+/// One volume of a pod as the stats collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measured {
+    /// The published path (a directory, or a block device's path).
+    pub path: PathBuf,
+    pub measure: Measure,
+    /// The claim behind it (`pvcRef`), in the pod's namespace.
+    pub claim: Option<String>,
+}
+
 /// A pod's volumes after a set-up round.
 #[derive(Debug, Clone, Default)]
 pub struct PodVolumes {
     pub volumes: BTreeMap<String, Mountable>,
     /// Block volumes by volume name, for `volumeDevices`.
     pub devices: BTreeMap<String, BlockDevice>,
+    /// How each volume is measured, by volume name.
+    pub measures: BTreeMap<String, Measured>,
     /// The API objects the volumes read, whose changes call for a refresh.
     pub uses: BTreeSet<ObjectKey>,
     /// When a token must be renewed (Unix seconds).
     pub refresh_at: Option<i64>,
+}
+
+/// The pods' volumes as last set up, by pod UID: written by the pod workers,
+/// read by the stats collector (kubelet's actual state of the world).
+#[derive(Debug, Clone, Default)]
+pub struct Mounted(std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<PodVolumes>>>>);
+
+impl Mounted {
+    pub fn set(&self, uid: &str, v: &PodVolumes) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(uid.to_string(), std::sync::Arc::new(v.clone()));
+    }
+
+    pub fn remove(&self, uid: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+
+    pub fn get(&self, uid: &str) -> Option<std::sync::Arc<PodVolumes>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(uid).cloned()
+    }
 }
 
 /// What setting up volumes needs.
@@ -449,7 +500,7 @@ impl Round<'_, '_> {
     }
 
     /// A claim's volume, as kubelet's volume manager resolves it.
-    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource, owner: Option<&str>) -> Result<Claimed, String> {
+    async fn claim(&mut self, src: &k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource, owner: Option<&str>) -> Result<(Claimed, Measure), String> {
         let Some(objects) = self.ctx.objects else {
             return Err("a persistentVolumeClaim needs an apiserver (static pods cannot use one)".into());
         };
@@ -508,7 +559,8 @@ impl Round<'_, '_> {
             let mode = modes.first().cloned().unwrap_or_default();
             take(objects, &self.uid)?;
             let device = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, Vec::new(), true).await?;
-            return Ok(Claimed::Block(BlockDevice { device, read_only }));
+            let measure = Measure::Csi { driver: c.driver.clone(), handle: c.volume_handle.clone(), staging: None };
+            return Ok((Claimed::Block(BlockDevice { device, read_only }), measure));
         }
         if block {
             use std::os::unix::fs::FileTypeExt;
@@ -524,7 +576,7 @@ impl Round<'_, '_> {
                 }
             }
             take(objects, &self.uid)?;
-            return Ok(Claimed::Block(BlockDevice { device, read_only }));
+            return Ok((Claimed::Block(BlockDevice { device, read_only }), Measure::BlockSize));
         }
         if let Some(hp) = &spec.host_path {
             let path = PathBuf::from(&hp.path);
@@ -532,7 +584,7 @@ impl Round<'_, '_> {
                 check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
             }
             take(objects, &self.uid)?;
-            return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
+            return Ok((Claimed::Mount(Mountable { host_path: path, read_only }), Measure::Nothing));
         }
         if let Some(n) = &spec.nfs {
             let target = plugin_dir(self.ctx.node, &self.uid, "nfs", &pv_name);
@@ -541,7 +593,7 @@ impl Round<'_, '_> {
                 take(objects, &self.uid)?;
                 mount_nfs(&n.server, &n.path, &target, read_only, spec.mount_options.as_deref().unwrap_or(&[])).await?;
             }
-            return Ok(Claimed::Mount(Mountable { host_path: target, read_only }));
+            return Ok((Claimed::Mount(Mountable { host_path: target, read_only }), Measure::StatFs));
         }
         if let Some(c) = &spec.csi {
             let modes = spec.access_modes.clone().unwrap_or_default();
@@ -551,7 +603,9 @@ impl Round<'_, '_> {
             // The claim's readOnly is what NodePublish gets; the PV's
             // csi.readOnly is the controller's (ControllerPublish).
             let path = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, flags, false).await?;
-            return Ok(Claimed::Mount(Mountable { host_path: path, read_only }));
+            let staging = Some(csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle));
+            let measure = Measure::Csi { driver: c.driver.clone(), handle: c.volume_handle.clone(), staging };
+            return Ok((Claimed::Mount(Mountable { host_path: path, read_only }), measure));
         }
         let Some(local) = &spec.local else {
             return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
@@ -559,7 +613,7 @@ impl Round<'_, '_> {
         let source = PathBuf::from(&local.path);
         let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name);
         if self.ctx.dry_run {
-            return Ok(Claimed::Mount(Mountable { host_path: target, read_only }));
+            return Ok((Claimed::Mount(Mountable { host_path: target, read_only }), Measure::StatFs));
         }
         take(objects, &self.uid)?;
         let md = std::fs::metadata(&source).map_err(|e| format!("local volume path {}: {e}", source.display()))?;
@@ -584,7 +638,7 @@ impl Round<'_, '_> {
                 set_volume_ownership(&target, g, read_only, policy.as_deref() == Some("OnRootMismatch"))?;
             }
         }
-        Ok(Claimed::Mount(Mountable { host_path: target, read_only }))
+        Ok((Claimed::Mount(Mountable { host_path: target, read_only }), Measure::StatFs))
     }
 
     /// The registered driver and its CSIDriver object's settings.
@@ -899,6 +953,20 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     }
 }
 
+/// How kubelet measures a volume that is not a claim.
+fn measure_of(v: &Volume, uid: &str) -> Measure {
+    if let Some(c) = &v.csi {
+        return Measure::Csi { driver: c.driver.clone(), handle: csi::ephemeral_handle(uid, &v.name), staging: None };
+    }
+    if v.nfs.is_some() {
+        return Measure::StatFs;
+    }
+    if v.host_path.is_some() {
+        return Measure::Nothing;
+    }
+    Measure::Du
+}
+
 /// Sets up (or refreshes) every volume of a pod. Volumes that fail are
 /// reported; the others are kept.
 pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], previous: Option<&PodVolumes>) -> (PodVolumes, Vec<VolumeError>) {
@@ -919,27 +987,32 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
         // rounds keep what is mounted without asking the apiserver again.
         let claimed = v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.csi.is_some() || v.nfs.is_some();
         let kept = previous.filter(|_| claimed).and_then(|p| {
-            p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block))
+            let measure = p.measures.get(&v.name).map(|m| m.measure.clone()).unwrap_or_default();
+            p.volumes.get(&v.name).cloned().map(Claimed::Mount).or_else(|| p.devices.get(&v.name).cloned().map(Claimed::Block)).map(|c| (c, measure))
         });
+        // A generic ephemeral volume: the claim the control plane made from
+        // the template, `<pod>-<volume>`, which the pod must own.
+        let claim_name = match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(c), _) => Some(c.claim_name.clone()),
+            (None, Some(_)) => Some(format!("{}-{}", pod.metadata.name.clone().unwrap_or_default(), v.name)),
+            (None, None) => None,
+        };
         let set = match (kept, &v.persistent_volume_claim, &v.ephemeral) {
             (Some(k), _, _) => Ok(k),
             (None, Some(c), _) => round.claim(c, None).await,
-            // A generic ephemeral volume: the claim the control plane made
-            // from the template, `<pod>-<volume>`, which the pod must own.
             (None, None, Some(_)) => {
-                let src = k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
-                    claim_name: format!("{}-{}", pod.metadata.name.clone().unwrap_or_default(), v.name),
-                    read_only: None,
-                };
+                let src = k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource { claim_name: claim_name.clone().unwrap_or_default(), read_only: None };
                 round.claim(&src, Some(&round.uid.clone())).await
             }
-            (None, None, None) => round.one(v, &facts).await.map(Claimed::Mount),
+            (None, None, None) => round.one(v, &facts).await.map(|m| (Claimed::Mount(m), measure_of(v, &round.uid))),
         };
         match set {
-            Ok(Claimed::Mount(m)) => {
+            Ok((Claimed::Mount(m), measure)) => {
+                round.out.measures.insert(v.name.clone(), Measured { path: m.host_path.clone(), measure, claim: claim_name });
                 round.out.volumes.insert(v.name.clone(), m);
             }
-            Ok(Claimed::Block(b)) => {
+            Ok((Claimed::Block(b), measure)) => {
+                round.out.measures.insert(v.name.clone(), Measured { path: b.device.clone(), measure, claim: claim_name });
                 round.out.devices.insert(v.name.clone(), b);
             }
             Err(message) => errors.push(err(&v.name, message)),

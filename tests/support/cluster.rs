@@ -64,6 +64,13 @@ impl Cluster {
         self.node.nodelet(&argv)
     }
 
+    /// A GET on the node API through the apiserver's node proxy, as
+    /// metrics-server and `kubectl get --raw` reach it.
+    pub async fn node_proxy(&self, path: &str) -> String {
+        let uri = format!("/api/v1/nodes/{}/proxy{path}", self.node.node_name());
+        self.client.request_text(http::Request::get(uri).body(Vec::new()).unwrap()).await.unwrap()
+    }
+
     pub fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }

@@ -23,6 +23,9 @@ pub const TOPOLOGY_KEY: &str = "topology.csi.nodelet.test/zone";
 #[derive(Default)]
 struct Shared {
     calls: Mutex<Vec<String>>,
+    /// NodeGetVolumeStats calls answered, by volume id (apart from `calls`:
+    /// the CO asks for them whenever it likes).
+    stats_calls: Mutex<Vec<String>>,
     registered: Mutex<Option<reg::RegistrationStatus>>,
 }
 
@@ -184,8 +187,36 @@ impl csi::node_server::Node for Driver {
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
-    async fn node_get_volume_stats(&self, _: Request<csi::NodeGetVolumeStatsRequest>) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        Err(Status::unimplemented("NodeGetVolumeStats"))
+    /// The published volume's figures: its filesystem's (statvfs) for a
+    /// mounted volume, the device's size for a block one; NotFound for a
+    /// path that is not published (as the spec asks).
+    async fn node_get_volume_stats(&self, r: Request<csi::NodeGetVolumeStatsRequest>) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        use std::io::{Seek, SeekFrom};
+        let r = r.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is empty"));
+        }
+        absolute("volume_path", &r.volume_path)?;
+        if !is_mounted(&r.volume_path) {
+            return Err(Status::not_found(format!("{} is not a published volume", r.volume_path)));
+        }
+        self.shared.stats_calls.lock().unwrap().push(r.volume_id.clone());
+        let bytes = csi::volume_usage::Unit::Bytes as i32;
+        let md = std::fs::metadata(&r.volume_path).map_err(|e| Status::not_found(e.to_string()))?;
+        let usage = if md.is_dir() {
+            let s = nix::sys::statvfs::statvfs(r.volume_path.as_str()).map_err(|e| Status::internal(e.to_string()))?;
+            let f = s.fragment_size() as i64;
+            let (blocks, free, avail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
+            let (files, ffree) = (s.files() as i64, s.files_free() as i64);
+            vec![
+                csi::VolumeUsage { available: avail * f, total: blocks * f, used: (blocks - free) * f, unit: bytes },
+                csi::VolumeUsage { available: ffree, total: files, used: files - ffree, unit: csi::volume_usage::Unit::Inodes as i32 },
+            ]
+        } else {
+            let size = std::fs::File::open(&r.volume_path).and_then(|mut f| f.seek(SeekFrom::End(0))).map_err(|e| Status::internal(e.to_string()))?;
+            vec![csi::VolumeUsage { available: 0, total: size as i64, used: 0, unit: bytes }]
+        };
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse { usage, volume_condition: None }))
     }
 
     async fn node_expand_volume(&self, _: Request<csi::NodeExpandVolumeRequest>) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
@@ -195,7 +226,7 @@ impl csi::node_server::Node for Driver {
     async fn node_get_capabilities(&self, _: Request<csi::NodeGetCapabilitiesRequest>) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
         use csi::node_service_capability::{Rpc, Type, rpc};
         let cap = |t: rpc::Type| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
-        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities: vec![cap(rpc::Type::StageUnstageVolume)] }))
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities: vec![cap(rpc::Type::StageUnstageVolume), cap(rpc::Type::GetVolumeStats)] }))
     }
 
     async fn node_get_info(&self, _: Request<csi::NodeGetInfoRequest>) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
@@ -255,6 +286,11 @@ impl CsiDriver {
         let reg_router = tonic::transport::Server::builder().add_service(reg::registration_server::RegistrationServer::new(d.clone()));
         let tasks = vec![serve(&endpoint, csi_router), serve(&registration_socket, reg_router)];
         CsiDriver { name: name.into(), registration_socket, shared, tasks }
+    }
+
+    /// The volumes NodeGetVolumeStats was answered for.
+    pub fn stats_calls(&self) -> Vec<String> {
+        self.shared.stats_calls.lock().unwrap().clone()
     }
 
     /// The calls so far, "Method volume_id" each.

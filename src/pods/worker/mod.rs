@@ -66,6 +66,8 @@ pub struct WorkerContext {
     pub pulls: Arc<crate::pulls::Puller>,
     /// The registered CSI drivers.
     pub csi: crate::csi::Drivers,
+    /// The pods' volumes, for the stats collector.
+    pub mounted: crate::volumes::Mounted,
 }
 
 #[derive(Debug)]
@@ -436,6 +438,7 @@ impl Worker {
                 }
             }
             self.mount_errors.clear();
+            self.ctx.mounted.set(&self.identity.uid, &vols);
             self.volumes = Some(vols);
             return Ok(refresh);
         }
@@ -451,7 +454,10 @@ impl Worker {
             let mut merged = self.volumes.take().unwrap_or_default();
             merged.uses.extend(vols.uses);
             merged.volumes.extend(vols.volumes);
+            merged.devices.extend(vols.devices);
+            merged.measures.extend(vols.measures);
             merged.refresh_at = vols.refresh_at;
+            self.ctx.mounted.set(&self.identity.uid, &merged);
             self.volumes = Some(merged);
         } else {
             // Not even set up once: watch what was asked for all the same.

@@ -228,7 +228,10 @@ impl Worker {
             };
             if csi_done {
                 match crate::volumes::tear_down(&pod_dir) {
-                    Ok(()) => dirs.push(pod_dir),
+                    Ok(()) => {
+                        self.ctx.mounted.remove(&self.identity.uid);
+                        dirs.push(pod_dir)
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
                 }
             }
