@@ -1,48 +1,67 @@
-//! NFS volumes on a real kernel NFS server and client. This machine's
-//! kernel has neither, so the test boots Debian's kernel under qemu
-//! (`tests/support/vm.sh`, with Debian's nfs-kernel-server and nfs-common
-//! unpacked into the guest, never installed on the host) and runs itself
-//! inside it (`--in-vm`): an NFSv4 server exports a directory, and nodelet's
-//! volume manager (`volumes::set_up` / `tear_down`, the code a pod's start
-//! and stop run) mounts an inline `nfs` volume and a claim on an NFS PV
-//! (with the PV's `mountOptions`) for one pod, which writes through them;
-//! they are unmounted with it, and a second pod reads what the first wrote.
-//! The claim and the PV come from a fixed stand-in for the apiserver (the
-//! claim logic is tested against the test apiserver in tests/cluster.rs);
-//! no container runtime runs in the VM: a pod's container sees these
-//! directories through a bind mount, as every other volume kind, which the
-//! other suites test with containerd.
+//! NFS volumes on a real kernel NFS server and client, used by real pods.
+//! This machine's kernel has neither, so the test boots Debian's kernel
+//! under qemu (`tests/support/vm.sh`, with Debian's nfs-kernel-server and
+//! nfs-common unpacked into the guest, never installed on the host) and runs
+//! itself inside it (`--in-vm`). There it starts what tests/cluster.rs
+//! starts on the host: a containerd of its own (with runc and the CNI
+//! plugins), the test apiserver, and the real `nodelet` binary joining by TLS
+//! bootstrap. An NFSv4 server in the node's network namespace exports a
+//! directory; one pod writes through an inline `nfs` volume and a claim on an
+//! NFS PV (with the PV's `mountOptions`), and after it is deleted (and its
+//! mounts are gone) a second pod reads what the first wrote, its read-only
+//! claim refusing writes. An export that is not there holds a pod with
+//! kubelet's FailedMount.
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Arc;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
-use nodelet::node::NodeContext;
-use nodelet::volumes::objects::{ApiObjects, Data, ObjectError, ObjectKey, Token, TokenSpec};
-use nodelet::volumes::{VolumeContext, set_up, tear_down};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::cluster::{Cluster, NODE_IP};
+use support::eventually;
+
+const S: Duration = Duration::from_secs(1);
 
 const DEBS: &[&str] = &["nfs-kernel-server", "nfs-common", "libnfsidmap1", "libwrap0"];
 
 fn main() {
     if support::vm::in_vm() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(in_vm());
         println!("{}", support::vm::PASSED);
-        return;
+        // The runtime's blocking threads may still wait on a child: do not
+        // wait for them.
+        std::process::exit(0);
     }
-    support::vm::harness(&[("nfs_volumes_in_a_vm", nfs_volumes_in_a_vm)]);
+    support::vm::harness(&[("nfs_volumes_written_and_read_by_pods_in_a_vm", nfs_volumes_written_and_read_by_pods_in_a_vm)]);
 }
 
-fn nfs_volumes_in_a_vm() {
-    let mut extra = vec!["--bin", "/usr/bin/mount", "--bin", "/usr/bin/umount"];
+fn nfs_volumes_written_and_read_by_pods_in_a_vm() {
+    // Built here, carried into the VM at the same path.
+    let images = support::images().display().to_string();
+    let images = format!("{images}:{images}");
+    let mut extra = vec!["--mem", "3072", "--file", images.as_str()];
+    for bin in [
+        env!("CARGO_BIN_EXE_nodelet"),
+        "/usr/bin/mount",
+        "/usr/bin/umount",
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/portmap",
+        "/usr/lib/cni/loopback",
+    ] {
+        extra.extend(["--bin", bin]);
+    }
     for d in DEBS {
         extra.extend(["--deb", d]);
     }
-    support::vm::run_self(600, &extra);
+    support::vm::run_self(900, &extra);
 }
 
 fn sh(script: &str) {
@@ -50,128 +69,138 @@ fn sh(script: &str) {
     assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// The claim `data` bound to the NFS PV `nfs-pv`, as an apiserver would
-/// answer the node for them.
-struct Objects {
-    claim: PersistentVolumeClaim,
-    pv: PersistentVolume,
-}
-
-#[async_trait::async_trait]
-impl ApiObjects for Objects {
-    async fn get(&self, key: &ObjectKey, _: &str) -> Result<Option<Arc<Data>>, ObjectError> {
-        Err(ObjectError::Unavailable(format!("{key}: not in this test")))
-    }
-    async fn token(&self, _: &TokenSpec) -> Result<Token, ObjectError> {
-        Err(ObjectError::Unavailable("no tokens in this test".into()))
-    }
-    fn services(&self) -> Result<Vec<Arc<Service>>, ObjectError> {
-        Ok(Vec::new())
-    }
-    fn release(&self, _: &str) {}
-    fn changes(&self) -> tokio::sync::broadcast::Receiver<ObjectKey> {
-        tokio::sync::broadcast::channel(1).1
-    }
-    async fn claim(&self, _: &str, name: &str) -> Result<Option<PersistentVolumeClaim>, ObjectError> {
-        Ok((name == "data").then(|| self.claim.clone()))
-    }
-    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ObjectError> {
-        Ok((name == "nfs-pv").then(|| self.pv.clone()))
-    }
-}
-
-fn pod(name: &str, uid: &str, read_only_claim: bool, inline_path: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default", "uid": uid},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": [
-            {"name": "inline", "nfs": {"server": "10.0.2.15", "path": inline_path}},
-            {"name": "claim", "persistentVolumeClaim": {"claimName": "data", "readOnly": read_only_claim}}
-        ]}
-    }))
-    .unwrap()
-}
-
-fn nfs_mounts() -> BTreeMap<String, String> {
+/// The NFS mounts (mount point, options) under `needle`.
+fn nfs_mounts(needle: &str) -> Vec<(String, String)> {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split(' ').collect();
-            (w.len() > 3 && w[2].starts_with("nfs") && w[2] != "nfsd").then(|| (w[1].to_string(), w[3].to_string()))
+            (w.len() > 3 && w[2].starts_with("nfs") && w[2] != "nfsd" && w[1].contains(needle)).then(|| (w[1].to_string(), w[3].to_string()))
         })
         .collect()
 }
 
-async fn in_vm() {
-    println!("step: an NFSv4 server exporting /export");
-    sh("mkdir -p /proc/fs/nfsd /export/inline /export/pv /var/lib/nfs/v4recovery /var/lib/nodelet \
-        && mount -t nfsd nfsd /proc/fs/nfsd \
-        && echo '/export *(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=0)' > /etc/exports \
-        && touch /var/lib/nfs/etab /var/lib/nfs/rmtab && exportfs -ra \
-        && rpc.mountd -N 2 -N 3 --no-udp && rpc.nfsd -N 3 -U 4");
-
-    let mut node = NodeContext::for_tests("vm-node");
-    node.root_dir = "/var/lib/nodelet".into();
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data", "namespace": "default", "uid": "claim-uid"},
-        "spec": {"accessModes": ["ReadWriteMany"], "volumeName": "nfs-pv", "resources": {"requests": {"storage": "1Gi"}}},
-        "status": {"phase": "Bound"}
+fn pod(name: &str, node: &str, command: &str, inline_path: &str, read_only_claim: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 2,
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": support::BUSYBOX, "command": ["sh", "-c", command],
+                "volumeMounts": [{"name": "inline", "mountPath": "/inline"}, {"name": "claim", "mountPath": "/claim"}]}],
+            "volumes": [
+                {"name": "inline", "nfs": {"server": NODE_IP, "path": inline_path}},
+                {"name": "claim", "persistentVolumeClaim": {"claimName": "data", "readOnly": read_only_claim}}
+            ]
+        }
     }))
-    .unwrap();
+    .unwrap()
+}
+
+async fn phase(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get(name).await.ok()?.status?.phase
+}
+
+async fn in_vm() {
+    let c = Cluster::start().await;
+    let ns = c.node.netns.clone();
+
+    println!("step: an NFSv4 server exporting /export in the node's network namespace ({NODE_IP})");
+    // nfsd and its export cache belong to a network namespace: the server
+    // runs in the node's, where nodelet (and so its mounts) lives. Outside
+    // the initial namespace nfsd cannot end its grace period early (no
+    // client tracking upcall), so it is made the shortest there is.
+    sh(&format!(
+        "mkdir -p /export/inline /export/pv /var/lib/nfs/v4recovery \
+         && echo '/export *(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=0)' > /etc/exports \
+         && touch /var/lib/nfs/etab /var/lib/nfs/rmtab \
+         && ip netns exec {ns} sh -c 'mount -t nfsd nfsd /proc/fs/nfsd && exportfs -ra && rpc.mountd -N 2 -N 3 --no-udp && rpc.nfsd -N 3 -U 4 --grace-time 10 --lease-time 10'"
+    ));
+
+    println!("step: nodelet joins");
+    let agent = c.join_with(&["--proxy-mode", "none"]).await;
+    let node = c.node.node_name();
+
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let claim = claims
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteMany"], "volumeName": "nfs-pv", "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}})).unwrap())
+        .await
+        .unwrap();
     let pv: PersistentVolume = serde_json::from_value(json!({
         "metadata": {"name": "nfs-pv"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "mountOptions": ["nfsvers=4.2", "hard"],
-                 "nfs": {"server": "10.0.2.15", "path": "/pv"},
-                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "data", "uid": "claim-uid"}}
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "", "mountOptions": ["nfsvers=4.2", "hard"],
+                 "nfs": {"server": NODE_IP, "path": "/pv"},
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "data", "uid": claim.metadata.uid}}
     }))
     .unwrap();
-    let objects = Objects { claim, pv };
-    let ctx = VolumeContext { node: &node, objects: Some(&objects), dry_run: false, csi: None };
+    Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+    claims.patch_status("data", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}}))).await.unwrap();
 
-    println!("step: one pod's volumes mounted and written through");
-    let a = pod("writer", "uid-a", false, "/inline");
-    let (vols, errors) = set_up(&ctx, &a, &[], None).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    let inline = vols.volumes["inline"].host_path.clone();
-    let claimed = vols.volumes["claim"].host_path.clone();
-    assert_eq!(inline, node.pod_dir("uid-a").join("volumes/kubernetes.io~nfs/inline"));
-    assert_eq!(claimed, node.pod_dir("uid-a").join("volumes/kubernetes.io~nfs/nfs-pv"), "kubelet's path: the PV's name");
-    let mounts = nfs_mounts();
-    let opts = mounts.get(&claimed.display().to_string()).unwrap_or_else(|| panic!("the claim is an NFS mount: {mounts:?}"));
+    println!("step: a pod writes through both volumes");
+    let pods = c.pods("default");
+    let writer = pod(
+        "writer",
+        &node,
+        "echo inline-from-the-writer > /inline/note && echo claimed-from-the-writer > /claim/note && touch /tmp/written && sleep 3600",
+        "/inline",
+        false,
+    );
+    pods.create(&PostParams::default(), &writer).await.unwrap();
+    eventually(240 * S, "the writer running", || async { (phase(&pods, "writer").await.as_deref() == Some("Running")).then_some(()) }).await;
+    let written = eventually(60 * S, "the files on the server", || async {
+        Some((std::fs::read_to_string("/export/inline/note").ok()?, std::fs::read_to_string("/export/pv/note").ok()?))
+    })
+    .await;
+    assert_eq!(written, ("inline-from-the-writer\n".to_string(), "claimed-from-the-writer\n".to_string()), "written through NFS, on the server's disk");
+    let uid = pods.get("writer").await.unwrap().metadata.uid.unwrap();
+    let mounts = nfs_mounts(&uid);
+    assert_eq!(mounts.len(), 2, "the two volumes, mounted once each: {mounts:?}");
+    let (_, opts) = mounts.iter().find(|(m, _)| m.ends_with("kubernetes.io~nfs/nfs-pv")).unwrap_or_else(|| panic!("the claim at kubelet's path (the PV's name): {mounts:?}"));
     assert!(opts.contains("vers=4.2") && opts.contains("hard"), "the PV's mountOptions: {opts}");
-    assert!(mounts.contains_key(&inline.display().to_string()), "{mounts:?}");
-    std::fs::write(inline.join("note"), "inline from the writer").unwrap();
-    std::fs::write(claimed.join("note"), "claimed from the writer").unwrap();
-    // Through the server, not a local directory.
-    assert_eq!(std::fs::read_to_string("/export/inline/note").unwrap(), "inline from the writer");
-    assert_eq!(std::fs::read_to_string("/export/pv/note").unwrap(), "claimed from the writer");
-    // A second round keeps the mounts (no second mount).
-    let (again, errors) = set_up(&ctx, &a, &[], Some(&vols)).await;
-    assert!(errors.is_empty() && again.volumes["claim"] == vols.volumes["claim"]);
-    assert_eq!(nfs_mounts().len(), 2, "{:?}", nfs_mounts());
+    assert!(mounts.iter().any(|(m, _)| m.ends_with("kubernetes.io~nfs/inline")), "{mounts:?}");
 
-    println!("step: unmounted with the pod");
-    tear_down(&node.pod_dir("uid-a")).unwrap();
-    assert!(nfs_mounts().is_empty(), "{:?}", nfs_mounts());
+    println!("step: the writer is deleted and its mounts go");
+    pods.delete("writer", &DeleteParams::default()).await.unwrap();
+    eventually(120 * S, "the writer gone, its mounts too", || async {
+        (pods.get_opt("writer").await.ok()?.is_none() && nfs_mounts(&uid).is_empty()).then_some(())
+    })
+    .await;
 
-    println!("step: a second pod reads what the first wrote; a read-only claim stays read-only");
-    let b = pod("reader", "uid-b", true, "/inline");
-    let (vols, errors) = set_up(&ctx, &b, &[], None).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(std::fs::read_to_string(vols.volumes["inline"].host_path.join("note")).unwrap(), "inline from the writer");
-    let claimed = vols.volumes["claim"].host_path.clone();
-    assert_eq!(std::fs::read_to_string(claimed.join("note")).unwrap(), "claimed from the writer");
-    assert!(vols.volumes["claim"].read_only);
-    let e = std::fs::write(claimed.join("other"), "x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-    tear_down(&node.pod_dir("uid-b")).unwrap();
-    assert!(nfs_mounts().is_empty());
+    println!("step: a second pod reads what the first wrote; its read-only claim refuses writes");
+    let reader = pod(
+        "reader",
+        &node,
+        "cat /inline/note /claim/note; if touch /claim/other 2>/dev/null; then echo claim-writable; else echo claim-read-only; fi",
+        "/inline",
+        true,
+    );
+    pods.create(&PostParams::default(), &reader).await.unwrap();
+    eventually(240 * S, "the reader done", || async { (phase(&pods, "reader").await.as_deref() == Some("Succeeded")).then_some(()) }).await;
+    let log = pods.logs("reader", &Default::default()).await.unwrap();
+    assert_eq!(log, "inline-from-the-writer\nclaimed-from-the-writer\nclaim-read-only\n");
+    assert!(!std::path::Path::new("/export/pv/other").exists());
 
-    println!("step: an export that is not there is kubelet's FailedMount message, and nothing is left");
-    let c = pod("broken", "uid-c", false, "/nowhere");
-    let (_, errors) = set_up(&ctx, &c, &[], None).await;
-    let e = errors.iter().find(|e| e.volume == "inline").expect("the missing export fails");
-    assert!(e.message.starts_with("mount failed: ") && e.message.contains("Mounting arguments: -t nfs 10.0.2.15:/nowhere"), "{}", e.message);
-    tear_down(&node.pod_dir("uid-c")).unwrap();
-    assert!(nfs_mounts().is_empty());
+    println!("step: an export that is not there holds its pod with kubelet's FailedMount");
+    pods.create(&PostParams::default(), &pod("broken", &node, "true", "/nowhere", false)).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let note = eventually(120 * S, "a FailedMount event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().filter(|e| e.reason.as_deref() == Some("FailedMount")).find_map(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("mount failed: ") && note.contains(&format!("Mounting arguments: -t nfs {NODE_IP}:/nowhere")), "{note}");
+    assert_eq!(phase(&pods, "broken").await.as_deref(), Some("Pending"));
+    assert!(c.node.containers_named("broken").await.is_empty(), "nothing starts without its volume");
+    for p in ["reader", "broken"] {
+        pods.delete(p, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(120 * S, "the pods gone, no NFS mount left", || async {
+        (pods.list(&ListParams::default()).await.ok()?.items.is_empty() && nfs_mounts("").is_empty()).then_some(())
+    })
+    .await;
+    drop(agent);
 }

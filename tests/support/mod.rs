@@ -119,7 +119,13 @@ impl Node {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let r = root.display().to_string();
-        std::fs::write(root.join("config.toml"), CONTAINERD_CONFIG.replace("@ROOT@", &r).replace("@CNI_BIN@", "/usr/lib/cni")).unwrap();
+        let mut config = CONTAINERD_CONFIG.replace("@ROOT@", &r).replace("@CNI_BIN@", "/usr/lib/cni");
+        if vm::in_vm() {
+            // The VM's root is its initramfs, which pivot_root cannot leave:
+            // runc moves and chroots into the container's root instead.
+            config = config.replace("SystemdCgroup = false", "SystemdCgroup = false\n        NoPivotRoot = true");
+        }
+        std::fs::write(root.join("config.toml"), config).unwrap();
         std::fs::write(
             root.join("cni/10-pods.conflist"),
             CNI_CONFIG.replace("@ROOT@", &r).replace("@BRIDGE@", "nlt0").replace("@SUBNET@", "10.99.0.0/24"),

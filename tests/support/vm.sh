@@ -27,7 +27,7 @@ MODULES=(crc32c_generic crc32c_intel libcrc32c
   nft_set_hash nft_set_rbtree nft_set_bitmap nft_set_pipapo
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh
   ip_vs_sh ip_vs_sed ip_vs_nq ip_vs_fo ip_vs_ovf ip_vs_mh ip_vs_twos
-  dummy veth bridge br_netfilter nfsd nfs nfsv4 virtio_pci virtio_net)
+  dummy veth bridge br_netfilter nfsd nfs nfsv4 overlay virtio_pci virtio_net)
 read -ra extra <<<"${NODELET_VM_EXTRA_MODULES:-}"; MODULES+=("${extra[@]}")
 
 die() { echo "vm.sh: error: $*" >&2; exit 1; }
@@ -146,6 +146,10 @@ build_initramfs() {  # $1 kernel tree, $2 version, $3 output file; uses BINS/FIL
   # Test binaries (same path inside, plus a /usr/local/bin symlink) and files.
   for f in "${BINS[@]}"; do
     f=$(realpath -s "$f"); put_bin "$f"
+    # Test binaries carry their debug info: not needed in the guest's RAM.
+    if [[ $(stat -c %s "$f") -gt 20000000 ]] && command -v objcopy >/dev/null; then
+      objcopy --strip-debug "$ROOT$f" 2>/dev/null || true
+    fi
     [[ $f == /usr/local/bin/* ]] || ln -sf "$f" "$ROOT/usr/local/bin/$(basename "$f")"
   done
   # Debian packages for the guest only: their files overlaid on the root,
