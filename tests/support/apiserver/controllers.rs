@@ -250,7 +250,10 @@ fn ephemeral_claims(store: &mut Store) {
 /// node uses through a bound claim, whose CSIDriver requires attaching
 /// (the default, also without a CSIDriver object), the VolumeAttachment
 /// `csi-<sha256(handle + driver + node)>`, marked attached; deleted when no
-/// pod on that node uses the volume any more.
+/// pod on that node uses the volume any more. As the real controller, it
+/// manages only nodes whose kubelet asked it to (the Node's
+/// `volumes.kubernetes.io/controller-managed-attach-detach` annotation), and
+/// follows generic ephemeral volumes to the claim made for the pod.
 fn attach_detach(store: &mut Store) {
     use sha2::Digest;
     let mut wanted = std::collections::BTreeMap::new();
@@ -259,10 +262,19 @@ fn attach_detach(store: &mut Store) {
         if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
             continue;
         }
+        let managed = store.get("nodes", "", node).is_some_and(|n| n["metadata"]["annotations"]["volumes.kubernetes.io/controller-managed-attach-detach"] == "true");
+        if !managed {
+            continue;
+        }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("");
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-            let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else { continue };
-            let Some(pvc) = store.get("persistentvolumeclaims", ns, claim) else { continue };
+            let claim = match (v["persistentVolumeClaim"]["claimName"].as_str(), v["ephemeral"].is_object()) {
+                (Some(c), _) => c.to_string(),
+                (None, true) => format!("{pod_name}-{}", v["name"].as_str().unwrap_or("")),
+                (None, false) => continue,
+            };
+            let Some(pvc) = store.get("persistentvolumeclaims", ns, &claim) else { continue };
             let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else { continue };
             let Some(pv) = store.get("persistentvolumes", "", pv_name) else { continue };
             let csi = &pv["spec"]["csi"];
