@@ -22,6 +22,7 @@ pub mod kubeapi;
 pub mod metrics;
 pub mod names;
 pub mod node;
+pub mod node_selector;
 pub mod pods;
 pub mod probes;
 pub mod proxy;

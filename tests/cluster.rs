@@ -821,6 +821,54 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     assert_eq!(vol["pvcRef"], serde_json::json!({"name": "scratch-work", "namespace": "default"}), "the claim made for the pod: {vol}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pv_is_mounted_only_where_its_node_affinity_matches_the_node_labels() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
+    // Two local PVs: one for nodes labelled nodelet.io/test=no, one for this
+    // node by a label it was given (--node-labels) and by its name.
+    for (name, terms) in [
+        ("elsewhere", serde_json::json!([{"matchExpressions": [{"key": "nodelet.io/test", "operator": "In", "values": ["no"]}]}])),
+        ("here", serde_json::json!([{"matchExpressions": [{"key": "nodelet.io/test", "operator": "In", "values": ["yes"]}],
+                                     "matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}])),
+    ] {
+        let dir = c.dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let claim = claims
+            .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": name, "resources": {"requests": {"storage": "1Mi"}}}})).unwrap())
+            .await
+            .unwrap();
+        pvs.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "", "local": {"path": dir.display().to_string()},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": terms}},
+                     "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": name, "uid": claim.metadata.uid}}})).unwrap())
+            .await
+            .unwrap();
+        claims.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+        let mut p = bound_pod(name, &node, "echo mounted > /v/out && sleep 3600");
+        let spec = p.spec.as_mut().unwrap();
+        spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "v", "persistentVolumeClaim": {"claimName": name}})).unwrap()]);
+        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "v", "mountPath": "/v"})).unwrap()]);
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let out = eventually(60 * S, "the pod on the matching PV writing", || async { std::fs::read_to_string(c.dir().join("here/out")).ok() }).await;
+    assert_eq!(out.trim(), "mounted");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let note = eventually(30 * S, "FailedMount for the PV of other nodes", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().filter(|e| e.reason.as_deref() == Some("FailedMount")).find_map(|e| e.note.filter(|n| n.contains("elsewhere")))
+    })
+    .await;
+    assert!(note.contains("MountVolume.NodeAffinity check failed for volume \"elsewhere\" : no matching NodeSelectorTerms"), "{note}");
+    assert!(c.node.containers_named("elsewhere").await.is_empty() && !c.dir().join("elsewhere/out").exists());
+}
+
 fn mount_count(needle: &str) -> usize {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle))).count()
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use crate::resources::{self as quantity, Amount};
 
@@ -59,25 +59,7 @@ fn host_ports(spec: &PodSpec) -> Vec<(i32, String, String)> {
         .collect()
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let v = labels.get(&r.key);
-    let values = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => v.is_some_and(|v| values.contains(v)),
-        "NotIn" => v.is_none_or(|v| !values.contains(v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (v.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else {
-                return false;
-            };
-            if r.operator == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
-fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
+fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>, node_name: &str) -> bool {
     if !spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v)) {
         return false;
     }
@@ -86,14 +68,7 @@ fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
-    match required {
-        None => true,
-        // Terms are ORed; the expressions of a term are ANDed.
-        Some(sel) => sel
-            .node_selector_terms
-            .iter()
-            .any(|t| t.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels))),
-    }
+    required.is_none_or(|sel| crate::node_selector::matches(&sel.node_selector_terms, labels, node_name))
 }
 
 /// Admits `pod` next to the pods already admitted, or says why not.
@@ -107,7 +82,7 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
     if spec.node_name.as_deref().is_some_and(|n| n != node.name) {
         return reject("NodeName", format!("the pod is bound to {}, not to this node", spec.node_name.unwrap_or_default()));
     }
-    if !node_affinity_ok(&spec, &node.labels) {
+    if !node_affinity_ok(&spec, &node.labels, &node.name) {
         return reject("NodeAffinity", "Predicate NodeAffinity failed: the node's labels do not match the pod's node selector or required node affinity".into());
     }
     let used = u32::try_from(admitted.len()).unwrap_or(u32::MAX);

@@ -537,8 +537,13 @@ impl Round<'_, '_> {
         if !bound_to_claim {
             return Err(format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} is not bound to it (claimRef)"));
         }
-        if !pv_affinity_allows(spec.node_affinity.as_ref(), &self.ctx.node.node_name) {
-            return Err(format!("MountVolume.NodeAffinity check failed for persistentvolume {pv_name:?}: it is for another node"));
+        // kubelet's checkNodeAffinity: the PV's required terms against the
+        // Node's labels as the apiserver has them.
+        if let Some(terms) = spec.node_affinity.as_ref().and_then(|a| a.required.as_ref()).map(|r| &r.node_selector_terms) {
+            let labels = objects.node_labels(&self.ctx.node.node_name).await.map_err(|e| e.to_string())?;
+            if !crate::node_selector::matches(terms, &labels, &self.ctx.node.node_name) {
+                return Err(format!("MountVolume.NodeAffinity check failed for volume {pv_name:?} : no matching NodeSelectorTerms"));
+            }
         }
         let once_pod = claim.spec.as_ref().and_then(|s| s.access_modes.as_ref()).is_some_and(|m| m.iter().any(|a| a == "ReadWriteOncePod"));
         // Taken last of the checks, once the volume is known to be usable here.
@@ -882,27 +887,6 @@ fn set_volume_ownership(root: &Path, gid: u32, read_only: bool, on_root_mismatch
 /// Whether a PV's required node affinity admits this node. nodelet knows
 /// its own name (the `kubernetes.io/hostname` label); a term on other labels
 /// is taken as met (the scheduler placed the pod with all of them).
-fn pv_affinity_allows(affinity: Option<&k8s_openapi::api::core::v1::VolumeNodeAffinity>, node_name: &str) -> bool {
-    let Some(terms) = affinity.and_then(|a| a.required.as_ref()).map(|r| &r.node_selector_terms) else { return true };
-    if terms.is_empty() {
-        return true;
-    }
-    terms.iter().any(|t| {
-        t.match_expressions.iter().flatten().all(|e| {
-            if e.key != "kubernetes.io/hostname" {
-                return true;
-            }
-            let values = e.values.as_deref().unwrap_or(&[]);
-            match e.operator.as_str() {
-                "In" => values.iter().any(|v| v == node_name),
-                "NotIn" => !values.iter().any(|v| v == node_name),
-                "Exists" => true,
-                _ => false,
-            }
-        })
-    })
-}
-
 /// A container's `volumeDevices` as CRI devices.
 pub fn container_devices(c: &Container, volumes: &PodVolumes) -> Result<Vec<cri::Device>, String> {
     let mut out = Vec::new();
@@ -1255,19 +1239,6 @@ mod tests {
         assert!(mounts_under(&via_link).is_empty());
         std::fs::remove_dir_all(&via_link).unwrap();
         assert!(data.join("keep").exists(), "the volume's data survives the pod directory's removal");
-    }
-
-    #[test]
-    fn local_volumes_follow_their_node_affinity() {
-        let aff = |op: &str, v: &[&str]| -> k8s_openapi::api::core::v1::VolumeNodeAffinity {
-            serde_json::from_value(serde_json::json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": op, "values": v}]}]}}))
-            .unwrap()
-        };
-        assert!(pv_affinity_allows(None, "n1"));
-        assert!(pv_affinity_allows(Some(&aff("In", &["n1"])), "n1"));
-        assert!(!pv_affinity_allows(Some(&aff("In", &["n2"])), "n1"));
-        assert!(!pv_affinity_allows(Some(&aff("NotIn", &["n1"])), "n1"));
     }
 
     #[test]
