@@ -34,11 +34,15 @@ fn term_matches(t: &NodeSelectorTerm, labels: &BTreeMap<String, String>, node_na
         return false;
     }
     let name = node_name.to_string();
+    // Fields are looked at only for a node with a name: a PV's affinity is
+    // checked against labels alone (CheckNodeAffinity makes a node of them).
     exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields.iter().all(|r| r.key == "metadata.name" && matches!(r.operator.as_str(), "In" | "NotIn") && requirement_matches(r, Some(&name)))
+        && (node_name.is_empty()
+            || fields.iter().all(|r| r.key == "metadata.name" && matches!(r.operator.as_str(), "In" | "NotIn") && requirement_matches(r, Some(&name))))
 }
 
-/// Whether a node with these labels and this name matches any of `terms`.
+/// Whether a node with these labels and this name matches any of `terms`;
+/// `node_name` empty: fields are not looked at.
 pub fn matches(terms: &[NodeSelectorTerm], labels: &BTreeMap<String, String>, node_name: &str) -> bool {
     terms.iter().any(|t| term_matches(t, labels, node_name))
 }
@@ -64,6 +68,9 @@ mod tests {
         assert!(m(serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}])));
         assert!(!m(serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}])));
         assert!(!m(serde_json::json!([{"matchFields": [{"key": "spec.unschedulable", "operator": "In", "values": ["n1"]}]}])));
+        let by_labels = |v| matches(&terms(v), &labels, "");
+        assert!(by_labels(serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}])), "no name: fields are not looked at");
+        assert!(!by_labels(serde_json::json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}])));
         assert!(!m(serde_json::json!([{}])), "an empty term matches nothing");
         assert!(!m(serde_json::json!([])), "nor do no terms");
         assert!(!m(serde_json::json!([{"matchExpressions": [{"key": "zone", "operator": "Sometimes", "values": ["a"]}]}])));

@@ -162,6 +162,14 @@ async fn in_vm() {
     let (_, opts) = mounts.iter().find(|(m, _)| m.ends_with("kubernetes.io~nfs/nfs-pv")).unwrap_or_else(|| panic!("the claim at kubelet's path (the PV's name): {mounts:?}"));
     assert!(opts.contains("vers=4.2") && opts.contains("hard"), "the PV's mountOptions: {opts}");
     assert!(mounts.iter().any(|(m, _)| m.ends_with("kubernetes.io~nfs/inline")), "{mounts:?}");
+    // Their figures in /stats/summary are the NFS filesystem's (statfs
+    // through the client: the server's disk), the claim's with its pvcRef.
+    let claim_stats = c.volume_stats("writer", "claim").await;
+    assert_eq!(claim_stats["pvcRef"], json!({"name": "data", "namespace": "default"}), "{claim_stats}");
+    let (claim_mount, _) = mounts.iter().find(|(m, _)| m.ends_with("nfs-pv")).unwrap();
+    let fs = nix::sys::statvfs::statvfs(claim_mount.as_str()).unwrap();
+    assert_eq!(claim_stats["capacityBytes"].as_u64(), Some(fs.blocks() as u64 * fs.fragment_size() as u64), "{claim_stats}");
+    assert!(c.volume_stats("writer", "inline").await.get("pvcRef").is_none());
 
     println!("step: the writer is deleted and its mounts go");
     pods.delete("writer", &DeleteParams::default()).await.unwrap();
@@ -187,9 +195,12 @@ async fn in_vm() {
     println!("step: an export that is not there holds its pod with kubelet's FailedMount");
     pods.create(&PostParams::default(), &pod("broken", &node, "true", "/nowhere", false)).await.unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
-    let note = eventually(120 * S, "a FailedMount event", || async {
+    let note = eventually(120 * S, "a FailedMount event for the broken pod", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().filter(|e| e.reason.as_deref() == Some("FailedMount")).find_map(|e| e.note)
+        list.items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedMount") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken"))
+            .find_map(|e| e.note)
     })
     .await;
     assert!(note.contains("mount failed: ") && note.contains(&format!("Mounting arguments: -t nfs {NODE_IP}:/nowhere")), "{note}");

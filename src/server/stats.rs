@@ -202,13 +202,11 @@ impl Collector {
         for (uid, logs_bytes) in logs {
             out.entry(uid).or_default().logs_bytes = logs_bytes;
         }
-        let mut live = std::collections::HashSet::new();
+        self.forget_gone_volumes();
         for (_, _, uid) in pods {
             let Some(vols) = self.mounted.get(uid) else { continue };
-            live.extend(vols.measures.values().map(|m| m.path.clone()));
             out.entry(uid.clone()).or_default().volumes = self.volumes.of_pod(&vols).await;
         }
-        self.volumes.retain(&|p| live.contains(p));
         out
     }
 
@@ -287,9 +285,16 @@ impl Collector {
         }
     }
 
+    /// Drops the figures of volumes no pod has any more.
+    fn forget_gone_volumes(&self) {
+        let live = self.mounted.paths();
+        self.volumes.retain(&|p| live.contains(p));
+    }
+
     /// kubelet's `kubelet_volume_stats_*` gauges for `/metrics`: one series
     /// per claim in use (by namespace and claim), however many pods use it.
     pub async fn volume_metrics(&self) -> String {
+        self.forget_gone_volumes();
         let mut claims: BTreeMap<(String, String), super::volume_stats::VolumeUsage> = BTreeMap::new();
         for r in self.statuses.snapshot().values() {
             let (Some(uid), Some(ns)) = (r.pod.metadata.uid.as_deref(), r.pod.metadata.namespace.as_deref()) else { continue };

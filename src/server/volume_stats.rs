@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::csi::proto::csi as proto;
@@ -137,62 +137,97 @@ async fn measure_csi(drivers: &crate::csi::Drivers, m: &Measured) -> Result<Volu
     Ok(u)
 }
 
-/// The pods' volumes, each remeasured once it is older than [`REFRESH`].
+/// How long a scrape waits for measurements in flight; a volume that takes
+/// longer (a hung NFS server, a slow driver) is reported with its last
+/// figures, or left out, while its measurement goes on in the background.
+const SCRAPE_WAIT: Duration = Duration::from_secs(5);
+
+/// One volume's last measurement, and whether one is in flight.
+#[derive(Default)]
+struct Entry {
+    at: Option<Instant>,
+    last: Option<Result<VolumeUsage, String>>,
+    busy: bool,
+}
+
+type Cache = Arc<Mutex<HashMap<PathBuf, Entry>>>;
+
+/// The pods' volumes, each remeasured once it is older than [`REFRESH`]; at
+/// most one measurement of a volume at a time, however many scrapes ask.
 pub struct VolumeStats {
     root_dir: PathBuf,
     csi: crate::csi::Drivers,
-    cache: Mutex<HashMap<PathBuf, (Instant, Result<VolumeUsage, String>)>>,
+    cache: Cache,
+}
+
+fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl VolumeStats {
     pub fn new(root_dir: PathBuf, csi: crate::csi::Drivers) -> Self {
-        Self { root_dir, csi, cache: Mutex::new(HashMap::new()) }
+        Self { root_dir, csi, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Starts measuring `m` in the background, unless that is under way;
+    /// the result lands in the cache.
+    fn start(&self, name: &str, m: &Measured, root_dev: Option<u64>) -> Option<tokio::task::JoinHandle<()>> {
+        {
+            let mut cache = lock(&self.cache);
+            let e = cache.entry(m.path.clone()).or_default();
+            if e.busy {
+                return None;
+            }
+            e.busy = true;
+        }
+        let (cache, csi, m, name) = (self.cache.clone(), self.csi.clone(), m.clone(), name.to_string());
+        Some(tokio::spawn(async move {
+            let u = match &m.measure {
+                Measure::Csi { .. } => measure_csi(&csi, &m).await,
+                _ => {
+                    let m = m.clone();
+                    tokio::task::spawn_blocking(move || measure_local(&m, root_dev)).await.map_err(|e| e.to_string()).and_then(|r| r)
+                }
+            };
+            if let Err(e) = &u {
+                tracing::debug!(volume = %name, error = %e, "volume not measured");
+            }
+            // A failure is remembered as long as a figure would be: a driver
+            // without stats is not asked on every scrape.
+            let mut cache = lock(&cache);
+            let e = cache.entry(m.path.clone()).or_default();
+            (e.at, e.last, e.busy) = (Some(Instant::now()), Some(u), false);
+        }))
     }
 
     /// The volumes of one pod as its worker set them up, by name. A volume
-    /// that cannot be measured is left out (as kubelet does), and logged.
+    /// that cannot be measured is left out (as kubelet does).
     pub async fn of_pod(&self, vols: &PodVolumes) -> Vec<VolumeUsage> {
         let root_dev = std::fs::metadata(&self.root_dir).ok().map(|m| m.dev());
-        let mut out = Vec::new();
-        for (name, m) in &vols.measures {
-            if m.measure == Measure::Nothing {
-                continue;
-            }
-            let fresh = {
-                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.get(&m.path).filter(|(at, _)| at.elapsed() < REFRESH).map(|(_, u)| u.clone())
-            };
-            let measured = match fresh {
-                Some(u) => u,
-                None => {
-                    let u = match &m.measure {
-                        Measure::Csi { .. } => measure_csi(&self.csi, m).await,
-                        _ => {
-                            let m = m.clone();
-                            tokio::task::spawn_blocking(move || measure_local(&m, root_dev)).await.map_err(|e| e.to_string()).and_then(|r| r)
-                        }
-                    };
-                    if let Err(e) = &u {
-                        tracing::debug!(volume = %name, error = %e, "volume not measured");
-                    }
-                    // A failure is remembered as long as a figure would be:
-                    // a driver without stats is not asked on every scrape.
-                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(m.path.clone(), (Instant::now(), u.clone()));
-                    u
-                }
-            };
-            if let Ok(mut u) = measured {
+        let measured: Vec<(&String, &Measured)> = vols.measures.iter().filter(|(_, m)| m.measure != Measure::Nothing).collect();
+        let stale: Vec<(&String, &Measured)> = {
+            let cache = lock(&self.cache);
+            measured.iter().copied().filter(|(_, m)| cache.get(&m.path).and_then(|e| e.at).is_none_or(|at| at.elapsed() >= REFRESH)).collect()
+        };
+        let started: Vec<_> = stale.iter().filter_map(|(name, m)| self.start(name, m, root_dev)).collect();
+        if !started.is_empty() {
+            let _ = tokio::time::timeout(SCRAPE_WAIT, futures::future::join_all(started)).await;
+        }
+        let cache = lock(&self.cache);
+        measured
+            .into_iter()
+            .filter_map(|(name, m)| {
+                let mut u = cache.get(&m.path)?.last.clone()?.ok()?;
                 u.name = name.clone();
                 u.claim = m.claim.clone();
-                out.push(u);
-            }
-        }
-        out
+                Some(u)
+            })
+            .collect()
     }
 
     /// Forgets volumes no live pod has.
     pub fn retain(&self, live: &dyn Fn(&Path) -> bool) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|p, _| live(p));
+        lock(&self.cache).retain(|p, e| e.busy || live(p));
     }
 }
 

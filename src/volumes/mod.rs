@@ -131,6 +131,11 @@ impl Mounted {
     pub fn get(&self, uid: &str) -> Option<std::sync::Arc<PodVolumes>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).get(uid).cloned()
     }
+
+    /// Every path a pod's volume is measured at.
+    pub fn paths(&self) -> BTreeSet<PathBuf> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).values().flat_map(|v| v.measures.values().map(|m| m.path.clone())).collect()
+    }
 }
 
 /// What setting up volumes needs.
@@ -538,10 +543,10 @@ impl Round<'_, '_> {
             return Err(format!("error processing PVC {ns}/{name}: persistentvolume {pv_name:?} is not bound to it (claimRef)"));
         }
         // kubelet's checkNodeAffinity: the PV's required terms against the
-        // Node's labels as the apiserver has them.
+        // Node's labels as the apiserver has them (labels only, as there).
         if let Some(terms) = spec.node_affinity.as_ref().and_then(|a| a.required.as_ref()).map(|r| &r.node_selector_terms) {
             let labels = objects.node_labels(&self.ctx.node.node_name).await.map_err(|e| e.to_string())?;
-            if !crate::node_selector::matches(terms, &labels, &self.ctx.node.node_name) {
+            if !crate::node_selector::matches(terms, &labels, "") {
                 return Err(format!("MountVolume.NodeAffinity check failed for volume {pv_name:?} : no matching NodeSelectorTerms"));
             }
         }

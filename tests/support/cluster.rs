@@ -71,6 +71,16 @@ impl Cluster {
         self.client.request_text(http::Request::get(uri).body(Vec::new()).unwrap()).await.unwrap()
     }
 
+    /// A pod's volume entry in the node's /stats/summary, once there.
+    pub async fn volume_stats(&self, pod: &str, volume: &str) -> serde_json::Value {
+        eventually(30 * S, &format!("volume {volume} of pod {pod} in /stats/summary"), || async {
+            let summary: serde_json::Value = serde_json::from_str(&self.node_proxy("/stats/summary").await).ok()?;
+            let p = summary["pods"].as_array()?.iter().find(|p| p["podRef"]["name"] == pod)?.clone();
+            p["volume"].as_array()?.iter().find(|v| v["name"] == volume).cloned()
+        })
+        .await
+    }
+
     pub fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }

@@ -375,9 +375,11 @@ impl Worker {
         }
         // Volumes come before the sandbox, and are refreshed on every
         // round once set up (new ConfigMap or Secret data, labels, tokens).
+        // A pod found running (nodelet restarted) has its volumes adopted
+        // the same way: what is mounted stays, and is refreshed from then on.
         let mut actions = p.actions;
         let starts = |a: &Action| matches!(a, Action::CreateSandbox { .. } | Action::StartContainer { .. });
-        if actions.iter().any(starts) || self.volumes.is_some() {
+        if actions.iter().any(starts) || self.volumes.is_some() || obs.running().next().is_some() {
             let ips = obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
             match self.set_up_volumes(&pod, &ips).await {
                 Ok(refresh) => {

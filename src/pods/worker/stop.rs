@@ -201,6 +201,8 @@ impl Worker {
         if let Some(objects) = &self.ctx.objects {
             objects.release(&self.identity.uid);
         }
+        // Not measured any more from here on (nor measured while unmounted).
+        self.ctx.mounted.remove(&self.identity.uid);
         let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
         let mut dirs = vec![sandbox::log_dir(node, &self.identity)];
         if self.ctx.dry_run {
@@ -228,10 +230,7 @@ impl Worker {
             };
             if csi_done {
                 match crate::volumes::tear_down(&pod_dir) {
-                    Ok(()) => {
-                        self.ctx.mounted.remove(&self.identity.uid);
-                        dirs.push(pod_dir)
-                    }
+                    Ok(()) => dirs.push(pod_dir),
                     Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
                 }
             }

@@ -262,8 +262,7 @@ fn attach_detach(store: &mut Store) {
         if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
             continue;
         }
-        let managed = store.get("nodes", "", node).is_some_and(|n| n["metadata"]["annotations"]["volumes.kubernetes.io/controller-managed-attach-detach"] == "true");
-        if !managed {
+        if !managed(store, node) {
             continue;
         }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
@@ -314,6 +313,9 @@ fn attach_detach(store: &mut Store) {
     }
     for n in store.list("nodes", None) {
         let name = n["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if !managed(store, &name) {
+            continue;
+        }
         let list = Value::Array(attached.remove(&name).unwrap_or_default());
         let current = n["status"]["volumesAttached"].clone();
         if current != list && !(current.is_null() && list == Value::Array(vec![])) {
@@ -334,6 +336,12 @@ fn attach_detach(store: &mut Store) {
         });
         store.put("volumeattachments.storage.k8s.io", "", &name, va);
     }
+}
+
+/// Whether the attach-detach controller manages the node's volumes: its
+/// kubelet set the annotation (any value, as upstream checks).
+fn managed(store: &Store, node: &str) -> bool {
+    store.get("nodes", "", node).is_some_and(|n| n["metadata"]["annotations"].get("volumes.kubernetes.io/controller-managed-attach-detach").is_some())
 }
 
 fn condition<'a>(node: &'a Value, t: &str) -> Option<&'a Value> {
