@@ -630,6 +630,16 @@ fn mounted_under(needle: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle)))
 }
 
+/// The StorageClass local PVs are made for, as operators define it: no
+/// provisioner, bound once a pod is scheduled.
+async fn local_storage_class(c: &Cluster) {
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(c.client.clone());
+    let class = serde_json::from_value(serde_json::json!({"metadata": {"name": "local"},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}))
+    .unwrap();
+    classes.create(&PostParams::default(), &class).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_claim_waits() {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -637,6 +647,7 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     let _agent = c.join().await;
     let node = c.node.node_name();
     let disk = LoopDisk::new(c.dir().join("disk1"));
+    local_storage_class(&c).await;
     let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
     let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
@@ -800,6 +811,7 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     let node = c.node.node_name();
     let dir = c.dir().join("scratch-pv");
     std::fs::create_dir_all(&dir).unwrap();
+    local_storage_class(&c).await;
     let pods = c.pods("default");
     let mut p = bound_pod("scratch", &node, "echo from-the-ephemeral-claim > /scratch/out && sleep 3600");
     let spec = p.spec.as_mut().unwrap();

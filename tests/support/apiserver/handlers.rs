@@ -94,6 +94,7 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "", plural: "services", kind: "Service", namespaced: true },
     Resource { group: "", plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true },
     Resource { group: "coordination.k8s.io", plural: "leases", kind: "Lease", namespaced: true },
+    Resource { group: "storage.k8s.io", plural: "storageclasses", kind: "StorageClass", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "csinodes", kind: "CSINode", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "csidrivers", kind: "CSIDriver", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "volumeattachments", kind: "VolumeAttachment", namespaced: false },
