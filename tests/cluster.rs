@@ -743,12 +743,15 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     .await;
     let log = pods.logs("reader", &Default::default()).await.unwrap();
     assert_eq!(log.trim(), "written-by-writer");
+    // Ended, not deleted: it lets go of the volume all the same (kubelet
+    // unmounts a terminated pod's volumes), and its logs stay.
     let reader_uid = pods.get("reader").await.unwrap().metadata.uid.unwrap();
+    eventually(30 * S, "the ended reader's mount gone", || async { (!mounted_under(&reader_uid)).then_some(()) }).await;
+    assert!(pods.get_opt("reader").await.unwrap().is_some());
+    assert_eq!(pods.logs("reader", &Default::default()).await.unwrap().trim(), "written-by-writer");
+    assert_eq!(std::fs::read_to_string(disk.dir.join("hello")).unwrap().trim(), "written-by-writer", "the data stays on the volume");
     pods.delete("reader", &DeleteParams::default()).await.unwrap();
-    eventually(60 * S, "the reader's mount gone", || async {
-        (pods.get_opt("reader").await.ok()?.is_none() && !mounted_under(&reader_uid)).then_some(())
-    })
-    .await;
+    eventually(60 * S, "the reader gone", || async { pods.get_opt("reader").await.ok()?.is_none().then_some(()) }).await;
     drop(disk);
 }
 
@@ -1152,6 +1155,27 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     })
     .await;
     assert!(!mounted_under("volumeDevices"), "the block volume's publish file is unmounted");
+
+    // A pod that ends (a Job's) lets go of its volume before it is deleted:
+    // unpublished, while the reader keeps it staged.
+    let count = |call: &str| driver.calls().iter().filter(|c| *c == call).count();
+    let unpublished = count("NodeUnpublishVolume vol-1");
+    let mut job = with_claim("csi-job", "test \"$(cat /data/hello)\" = written-through-csi");
+    job.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    pods.create(&PostParams::default(), &job).await.unwrap();
+    eventually(60 * S, "the job's pod Succeeded", || async {
+        (pods.get("csi-job").await.ok()?.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+    let job_uid = pods.get("csi-job").await.unwrap().metadata.uid.unwrap();
+    eventually(30 * S, "the ended pod's volume unpublished", || async {
+        (count("NodeUnpublishVolume vol-1") == unpublished + 1 && !mounted_under(&job_uid)).then_some(())
+    })
+    .await;
+    assert_eq!(count("NodeUnstageVolume vol-1"), 1, "still staged for the reader: {:?}", driver.calls());
+    assert!(pods.get_opt("csi-job").await.unwrap().is_some(), "the pod is still there");
+    pods.delete("csi-job", &DeleteParams::default().grace_period(0)).await.unwrap();
+    eventually(60 * S, "the job's pod gone", || async { pods.get_opt("csi-job").await.ok()?.is_none().then_some(()) }).await;
 
     // The driver goes away (a DaemonSet rollout) and the reader is deleted
     // meanwhile: its volume's record stays until the driver is back, and is

@@ -164,6 +164,8 @@ pub struct Worker {
     failure: Option<PodFailure>,
     /// The pod's volumes as last set up.
     volumes: Option<PodVolumes>,
+    /// The pod ended and its volumes were let go of.
+    volumes_released: bool,
     /// Volume failures already reported (one FailedMount event each).
     mount_errors: BTreeSet<String>,
     /// Objects a pod whose volumes never set up waits for.
@@ -195,6 +197,7 @@ impl Worker {
             grace_override: None,
             failure: None,
             volumes: None,
+            volumes_released: false,
             mount_errors: BTreeSet::new(),
             pending_uses: BTreeSet::new(),
             changes: None,
@@ -369,6 +372,20 @@ impl Worker {
         }
         self.publish(&pod, &obs, &waiting, &view);
         let mut wake = p.wake_at;
+        // A pod that has ended (Succeeded or Failed, nothing running) lets
+        // go of its volumes, as kubelet's volume manager does for terminated
+        // pods: a claim's volume is free for a pod elsewhere (CSI volumes are
+        // unpublished, and leave volumesInUse) long before the pod is deleted.
+        let ended = self.last_status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if ended && !self.volumes_released && !self.ctx.dry_run && obs.running().next().is_none() {
+            match self.release_volumes().await {
+                Ok(()) => self.volumes_released = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the ended pod's volumes cannot be let go of yet; trying again");
+                    soonest(now.saturating_add(5_000_000_000), &mut wake);
+                }
+            }
+        }
         if let Some(r) = self.retry_at {
             soonest(r, &mut wake);
             return (false, wake);
@@ -424,6 +441,24 @@ impl Worker {
             }
         }
         (acted, wake)
+    }
+
+    /// Unpublishes the pod's CSI volumes, undoes its mounts and removes its
+    /// volume directories (an emptyDir's data goes, as kubelet's TearDown
+    /// does); the pod's directory stays until the pod is deleted.
+    async fn release_volumes(&mut self) -> Result<(), String> {
+        self.ctx.mounted.remove(&self.identity.uid);
+        self.volumes = None;
+        let node = &self.ctx.node;
+        let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
+        crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await?;
+        crate::volumes::tear_down(&pod_dir)?;
+        // tear_down returns only once nothing under the directory is mounted.
+        let dir = pod_dir.join("volumes");
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
+            _ => Ok(()),
+        }
     }
 
     /// Sets up or refreshes the pod's volumes. Ok: when a token must be
