@@ -503,7 +503,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     p.plan
 }
 
-fn anything_running(obs: &RuntimePod) -> bool {
+/// A container running, or a sandbox still up.
+pub fn anything_running(obs: &RuntimePod) -> bool {
     obs.running().next().is_some() || obs.sandboxes.iter().any(|s| s.ready)
 }
 

@@ -956,6 +956,31 @@ fn measure_of(v: &Volume, uid: &str) -> Measure {
     Measure::Du
 }
 
+/// Removes a pod's volume directories once [`tear_down`] has unmounted them,
+/// as kubelet's TearDown does: the contents of the kinds the node writes
+/// (emptyDir, configMap, secret, downwardAPI, projected) go; a mount point of
+/// the other kinds is removed only when empty, never recursively (a mount
+/// that appeared since is left alone). What cannot be removed stays for the
+/// pod's deletion.
+pub fn remove_volume_dirs(pod_dir: &Path) {
+    const WRITTEN: [&str; 5] = ["empty-dir", "configmap", "secret", "downward-api", "projected"];
+    let base = pod_dir.join("volumes");
+    let Ok(plugins) = std::fs::read_dir(&base) else { return };
+    for plugin in plugins.flatten() {
+        let written = plugin.file_name().to_str().and_then(|n| n.strip_prefix("kubernetes.io~")).is_some_and(|k| WRITTEN.contains(&k));
+        let Ok(volumes) = std::fs::read_dir(plugin.path()) else { continue };
+        for v in volumes.flatten() {
+            let p = v.path();
+            let removed = if written && !is_mount_point(&p) { std::fs::remove_dir_all(&p) } else { std::fs::remove_dir(&p) };
+            if let Err(e) = removed {
+                tracing::debug!(dir = %p.display(), error = %e, "volume directory left for the pod's deletion");
+            }
+        }
+        let _ = std::fs::remove_dir(plugin.path());
+    }
+    let _ = std::fs::remove_dir(&base);
+}
+
 /// Sets up (or refreshes) every volume of a pod. Volumes that fail are
 /// reported; the others are kept.
 pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], previous: Option<&PodVolumes>) -> (PodVolumes, Vec<VolumeError>) {
@@ -1244,6 +1269,22 @@ mod tests {
         assert!(mounts_under(&via_link).is_empty());
         std::fs::remove_dir_all(&via_link).unwrap();
         assert!(data.join("keep").exists(), "the volume's data survives the pod directory's removal");
+    }
+
+    #[test]
+    fn volume_dirs_go_but_never_recursively_into_a_mount_kind() {
+        let pod = tempfile::tempdir().unwrap();
+        let v = pod.path().join("volumes");
+        for d in ["kubernetes.io~empty-dir/scratch/sub", "kubernetes.io~secret/s", "kubernetes.io~local-volume/pv-a", "kubernetes.io~nfs/pv-b"] {
+            std::fs::create_dir_all(v.join(d)).unwrap();
+        }
+        std::fs::write(v.join("kubernetes.io~empty-dir/scratch/sub/f"), "x").unwrap();
+        // A local volume's mount point that is not empty: its data, as if
+        // mounted again behind nodelet's back.
+        std::fs::write(v.join("kubernetes.io~local-volume/pv-a/data"), "keep").unwrap();
+        remove_volume_dirs(pod.path());
+        assert!(!v.join("kubernetes.io~empty-dir").exists() && !v.join("kubernetes.io~secret").exists() && !v.join("kubernetes.io~nfs").exists());
+        assert_eq!(std::fs::read_to_string(v.join("kubernetes.io~local-volume/pv-a/data")).unwrap(), "keep");
     }
 
     #[test]

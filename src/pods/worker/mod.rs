@@ -164,8 +164,11 @@ pub struct Worker {
     failure: Option<PodFailure>,
     /// The pod's volumes as last set up.
     volumes: Option<PodVolumes>,
-    /// The pod ended and its volumes were let go of.
+    /// The pod ended and its volumes were let go of: it starts nothing again.
     volumes_released: bool,
+    /// When to try letting go of an ended pod's volumes again, and the
+    /// back-off after the last failure.
+    release_retry: Option<(i64, Duration)>,
     /// Volume failures already reported (one FailedMount event each).
     mount_errors: BTreeSet<String>,
     /// Objects a pod whose volumes never set up waits for.
@@ -198,6 +201,7 @@ impl Worker {
             failure: None,
             volumes: None,
             volumes_released: false,
+            release_retry: None,
             mount_errors: BTreeSet::new(),
             pending_uses: BTreeSet::new(),
             changes: None,
@@ -376,14 +380,25 @@ impl Worker {
         // go of its volumes, as kubelet's volume manager does for terminated
         // pods: a claim's volume is free for a pod elsewhere (CSI volumes are
         // unpublished, and leave volumesInUse) long before the pod is deleted.
+        // Only once its sandbox is down too (a VM runtime shares volumes at
+        // the sandbox); failures are retried with kubelet's back-off (to 2 min).
         let ended = self.last_status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
-        if ended && !self.volumes_released && !self.ctx.dry_run && obs.running().next().is_none() {
-            match self.release_volumes().await {
-                Ok(()) => self.volumes_released = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the ended pod's volumes cannot be let go of yet; trying again");
-                    soonest(now.saturating_add(5_000_000_000), &mut wake);
-                }
+        if ended && !self.volumes_released && !self.ctx.dry_run && !plan::anything_running(&obs) {
+            match self.release_retry {
+                Some((at, _)) if at > now => soonest(at, &mut wake),
+                _ => match self.release_volumes().await {
+                    Ok(()) => {
+                        self.volumes_released = true;
+                        self.release_retry = None;
+                    }
+                    Err(e) => {
+                        let delay = self.release_retry.map_or(Duration::from_millis(500), |(_, d)| d.saturating_mul(2).min(Duration::from_secs(122)));
+                        tracing::warn!(error = %e, retry_in = ?delay, "the ended pod's volumes cannot be let go of yet");
+                        let at = now.saturating_add(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
+                        self.release_retry = Some((at, delay));
+                        soonest(at, &mut wake);
+                    }
+                },
             }
         }
         if let Some(r) = self.retry_at {
@@ -396,6 +411,11 @@ impl Worker {
         // the same way: what is mounted stays, and is refreshed from then on.
         let mut actions = p.actions;
         let starts = |a: &Action| matches!(a, Action::CreateSandbox { .. } | Action::StartContainer { .. });
+        if self.volumes_released {
+            // Ended for good (even if its dead containers are collected and
+            // the plan would start it again): nothing starts, nothing mounts.
+            actions.retain(|a| !starts(a));
+        }
         if actions.iter().any(starts) || self.volumes.is_some() || obs.running().next().is_some() {
             let ips = obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
             match self.set_up_volumes(&pod, &ips).await {
@@ -453,12 +473,8 @@ impl Worker {
         let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
         crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await?;
         crate::volumes::tear_down(&pod_dir)?;
-        // tear_down returns only once nothing under the directory is mounted.
-        let dir = pod_dir.join("volumes");
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
-            _ => Ok(()),
-        }
+        crate::volumes::remove_volume_dirs(&pod_dir);
+        Ok(())
     }
 
     /// Sets up or refreshes the pod's volumes. Ok: when a token must be
