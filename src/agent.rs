@@ -345,9 +345,14 @@ pub async fn run(
         let publisher = joined.as_ref().filter(|_| writes).map(|j| crate::csi::registry::Publisher { client: j.client.clone(), node_name: s.node_name.clone() });
         tasks.spawn("csi plugin registration", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), publisher));
     }
+    // The Node's labels as the apiserver has them (cluster mode: the
+    // registered ones, then the Node watch's): for admission and PVs' node
+    // affinity.
+    let (node_labels_tx, node_labels_rx) = watch::channel(std::collections::BTreeMap::new());
     let ctx = Arc::new(WorkerContext {
         csi: csi.clone(),
         mounted: Default::default(),
+        node_labels: node_labels_rx.clone(),
         pulls: pulls.clone(),
         runtime: runtime.clone(),
         node: node.clone(),
@@ -417,8 +422,8 @@ pub async fn run(
             memory_bytes: node.memory_capacity_bytes,
             max_pods: s.max_pods,
         });
-        let (labels_tx, labels_rx) = watch::channel(facts.labels.clone());
-        node_labels = Some(labels_rx);
+        node_labels_tx.send_replace(facts.labels.clone());
+        node_labels = Some(node_labels_rx);
         let parts = cluster::ClusterParts {
             settings: cs.clone(),
             facts,
@@ -426,7 +431,7 @@ pub async fn run(
             statuses: statuses.clone(),
             sources: src_tx.clone(),
             terminated: writes.then_some(terminated_rx),
-            node_labels: labels_tx,
+            node_labels: node_labels_tx,
             metrics: metrics.clone(),
             images: images_rx,
             pressure: pressure_rx.clone(),

@@ -553,6 +553,7 @@ mod tests {
             objects: None,
             csi: Default::default(),
             mounted: Default::default(),
+            node_labels: tokio::sync::watch::channel(Default::default()).1,
             probe_counts: Default::default(),
             metrics: Default::default(),
             pulls: Arc::new(

@@ -204,10 +204,10 @@ impl VolumeStats {
     /// that cannot be measured is left out (as kubelet does).
     pub async fn of_pod(&self, vols: &PodVolumes) -> Vec<VolumeUsage> {
         let root_dev = std::fs::metadata(&self.root_dir).ok().map(|m| m.dev());
-        let measured: Vec<(&String, &Measured)> = vols.measures.iter().filter(|(_, m)| m.measure != Measure::Nothing).collect();
-        let stale: Vec<(&String, &Measured)> = {
+        let measured = vols.measured();
+        let stale: Vec<&(&String, Measured)> = {
             let cache = lock(&self.cache);
-            measured.iter().copied().filter(|(_, m)| cache.get(&m.path).and_then(|e| e.at).is_none_or(|at| at.elapsed() >= REFRESH)).collect()
+            measured.iter().filter(|(_, m)| cache.get(&m.path).and_then(|e| e.at).is_none_or(|at| at.elapsed() >= REFRESH)).collect()
         };
         let started: Vec<_> = stale.iter().filter_map(|(name, m)| self.start(name, m, root_dev)).collect();
         if !started.is_empty() {
@@ -219,7 +219,7 @@ impl VolumeStats {
             .filter_map(|(name, m)| {
                 let mut u = cache.get(&m.path)?.last.clone()?.ok()?;
                 u.name = name.clone();
-                u.claim = m.claim.clone();
+                u.claim = m.claim;
                 Some(u)
             })
             .collect()
@@ -238,7 +238,8 @@ mod tests {
     fn pod_volumes(v: &[(&str, &Path, Measure, Option<&str>)]) -> PodVolumes {
         let mut out = PodVolumes::default();
         for (name, path, measure, claim) in v {
-            out.measures.insert(name.to_string(), Measured { path: path.to_path_buf(), measure: measure.clone(), claim: claim.map(str::to_string) });
+            out.volumes.insert(name.to_string(), crate::volumes::Mountable { host_path: path.to_path_buf(), read_only: false });
+            out.measures.insert(name.to_string(), crate::volumes::Measurement { measure: measure.clone(), claim: claim.map(str::to_string) });
         }
         out
     }

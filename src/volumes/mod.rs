@@ -90,13 +90,20 @@ pub enum Measure {
     Csi { driver: String, handle: String, staging: Option<PathBuf> },
 }
 
+/// How one volume of a pod is measured, and the claim behind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measurement {
+    pub measure: Measure,
+    /// The claim behind it (`pvcRef`), in the pod's namespace.
+    pub claim: Option<String>,
+}
+
 /// One volume of a pod as the stats collector sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Measured {
     /// The published path (a directory, or a block device's path).
     pub path: PathBuf,
     pub measure: Measure,
-    /// The claim behind it (`pvcRef`), in the pod's namespace.
     pub claim: Option<String>,
 }
 
@@ -107,11 +114,25 @@ pub struct PodVolumes {
     /// Block volumes by volume name, for `volumeDevices`.
     pub devices: BTreeMap<String, BlockDevice>,
     /// How each volume is measured, by volume name.
-    pub measures: BTreeMap<String, Measured>,
+    pub measures: BTreeMap<String, Measurement>,
     /// The API objects the volumes read, whose changes call for a refresh.
     pub uses: BTreeSet<ObjectKey>,
     /// When a token must be renewed (Unix seconds).
     pub refresh_at: Option<i64>,
+}
+
+impl PodVolumes {
+    /// The volumes to measure, by name, at the paths they are published at.
+    pub fn measured(&self) -> Vec<(&String, Measured)> {
+        self.measures
+            .iter()
+            .filter(|(_, m)| m.measure != Measure::Nothing)
+            .filter_map(|(name, m)| {
+                let path = self.volumes.get(name).map(|v| &v.host_path).or_else(|| self.devices.get(name).map(|d| &d.device))?;
+                Some((name, Measured { path: path.clone(), measure: m.measure.clone(), claim: m.claim.clone() }))
+            })
+            .collect()
+    }
 }
 
 /// The pods' volumes as last set up, by pod UID: written by the pod workers,
@@ -134,7 +155,7 @@ impl Mounted {
 
     /// Every path a pod's volume is measured at.
     pub fn paths(&self) -> BTreeSet<PathBuf> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).values().flat_map(|v| v.measures.values().map(|m| m.path.clone())).collect()
+        self.0.read().unwrap_or_else(|e| e.into_inner()).values().flat_map(|v| v.measured().into_iter().map(|(_, m)| m.path)).collect()
     }
 }
 
@@ -146,6 +167,9 @@ pub struct VolumeContext<'a> {
     pub dry_run: bool,
     /// The registered CSI drivers (none: CSI volumes cannot be set up).
     pub csi: Option<&'a crate::csi::Drivers>,
+    /// The Node's labels as the apiserver has them (a PV's node affinity is
+    /// checked against them).
+    pub node_labels: Option<&'a tokio::sync::watch::Receiver<BTreeMap<String, String>>>,
 }
 
 fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> PathBuf {
@@ -545,7 +569,7 @@ impl Round<'_, '_> {
         // kubelet's checkNodeAffinity: the PV's required terms against the
         // Node's labels as the apiserver has them (labels only, as there).
         if let Some(terms) = spec.node_affinity.as_ref().and_then(|a| a.required.as_ref()).map(|r| &r.node_selector_terms) {
-            let labels = objects.node_labels(&self.ctx.node.node_name).await.map_err(|e| e.to_string())?;
+            let labels = self.ctx.node_labels.map(|l| l.borrow().clone()).unwrap_or_default();
             if !crate::node_selector::matches(terms, &labels, "") {
                 return Err(format!("MountVolume.NodeAffinity check failed for volume {pv_name:?} : no matching NodeSelectorTerms"));
             }
@@ -1021,13 +1045,16 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
             (None, None, None) => round.one(v, &facts).await.map(|m| (Claimed::Mount(m), measure_of(v, &round.uid))),
         };
         match set {
-            Ok((Claimed::Mount(m), measure)) => {
-                round.out.measures.insert(v.name.clone(), Measured { path: m.host_path.clone(), measure, claim: claim_name });
-                round.out.volumes.insert(v.name.clone(), m);
-            }
-            Ok((Claimed::Block(b), measure)) => {
-                round.out.measures.insert(v.name.clone(), Measured { path: b.device.clone(), measure, claim: claim_name });
-                round.out.devices.insert(v.name.clone(), b);
+            Ok((claimed, measure)) => {
+                round.out.measures.insert(v.name.clone(), Measurement { measure, claim: claim_name });
+                match claimed {
+                    Claimed::Mount(m) => {
+                        round.out.volumes.insert(v.name.clone(), m);
+                    }
+                    Claimed::Block(b) => {
+                        round.out.devices.insert(v.name.clone(), b);
+                    }
+                }
             }
             Err(message) => errors.push(err(&v.name, message)),
         }

@@ -117,11 +117,6 @@ pub trait ApiObjects: Send + Sync {
     async fn node_volumes_attached(&self, _node: &str) -> Result<Vec<String>, ObjectError> {
         Err(ObjectError::Unavailable("the node status needs an apiserver".into()))
     }
-    /// The Node's labels as they are now (a PV's node affinity is checked
-    /// against them).
-    async fn node_labels(&self, _node: &str) -> Result<std::collections::BTreeMap<String, String>, ObjectError> {
-        Err(ObjectError::Unavailable("the node's labels need an apiserver".into()))
-    }
     /// A VolumeAttachment as it is now.
     async fn volume_attachment(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {
         Err(ObjectError::Unavailable("volume attachments need an apiserver".into()))
@@ -363,12 +358,6 @@ impl ApiObjects for KubeObjects {
         let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
         let n = api.get(node).await.map_err(|e| ObjectError::Api { what: format!("node {node}"), message: e.to_string() })?;
         Ok(n.status.and_then(|s| s.volumes_attached).unwrap_or_default().into_iter().map(|v| v.name).collect())
-    }
-
-    async fn node_labels(&self, node: &str) -> Result<std::collections::BTreeMap<String, String>, ObjectError> {
-        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let n = api.get(node).await.map_err(|e| ObjectError::Api { what: format!("node {node}"), message: e.to_string() })?;
-        Ok(n.metadata.labels.unwrap_or_default())
     }
 
     async fn volume_attachment(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::VolumeAttachment>, ObjectError> {

@@ -68,6 +68,8 @@ pub struct WorkerContext {
     pub csi: crate::csi::Drivers,
     /// The pods' volumes, for the stats collector.
     pub mounted: crate::volumes::Mounted,
+    /// The Node's labels as the apiserver has them (cluster mode).
+    pub node_labels: watch::Receiver<BTreeMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -480,7 +482,13 @@ impl Worker {
     /// Sets up or refreshes the pod's volumes. Ok: when a token must be
     /// renewed (nanoseconds); Err: when to try again, the failures reported.
     async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<i64>, i64> {
-        let ctx = VolumeContext { node: &self.ctx.node, objects: self.ctx.objects.as_deref(), dry_run: self.ctx.dry_run, csi: Some(&self.ctx.csi) };
+        let ctx = VolumeContext {
+            node: &self.ctx.node,
+            objects: self.ctx.objects.as_deref(),
+            dry_run: self.ctx.dry_run,
+            csi: Some(&self.ctx.csi),
+            node_labels: Some(&self.ctx.node_labels),
+        };
         let (vols, errors) = volumes::set_up(&ctx, pod, ips, self.volumes.as_ref()).await;
         let refresh = vols.refresh_at.map(|s| s * 1_000_000_000);
         let first = self.volumes.is_none();
