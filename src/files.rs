@@ -7,6 +7,30 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A value taken from an object (a pod's UID, a volume, container, driver
+/// or plugin name) that cannot serve as one path component. Refused before
+/// any path is built from it: a UID of `..` would otherwise make the pod's
+/// directory the root directory itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: Invalid value: {value:?}: must be one plain path component (not empty, not '.' or '..', no '/' or NUL)")]
+pub struct NotAComponent {
+    /// The field the value came from (`metadata.uid`, `spec.volumes[0].name`).
+    pub field: String,
+    pub value: String,
+}
+
+/// `value` if it is one plain path component: not empty, not `.` or `..`,
+/// without `/` or NUL, at most 255 bytes (NAME_MAX).
+pub fn component<'a>(value: &'a str, field: &str) -> Result<&'a str, NotAComponent> {
+    let plain = !value.is_empty() && value != "." && value != ".." && value.len() <= 255 && !value.contains(['/', '\0']);
+    if plain { Ok(value) } else { Err(NotAComponent { field: field.to_string(), value: value.to_string() }) }
+}
+
+/// `base/value`, the one checked way to build a path from an object's field.
+pub fn child(base: &Path, value: &str, field: &str) -> Result<std::path::PathBuf, NotAComponent> {
+    component(value, field).map(|v| base.join(v))
+}
+
 /// Temporary names are unique per process and call: two writers of the
 /// same file never share one.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -65,6 +89,19 @@ pub fn usage(path: &Path) -> Option<FsUsage> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_plain_components_become_paths() {
+        let base = Path::new("/var/lib/kubelet/pods");
+        assert_eq!(child(base, "8e47a-1", "metadata.uid").unwrap(), base.join("8e47a-1"));
+        assert_eq!(child(base, "..data", "metadata.uid").unwrap(), base.join("..data"), "dots inside a name are fine");
+        for bad in ["", ".", "..", "a/b", "/", "../x", "a\0b"] {
+            let e = child(base, bad, "metadata.uid").unwrap_err();
+            assert_eq!(e.field, "metadata.uid");
+            assert!(e.to_string().starts_with("metadata.uid: Invalid value:"), "{e}");
+        }
+        assert!(component(&"x".repeat(256), "f").is_err());
+    }
 
     #[test]
     fn writes_replace_whole_files_with_the_mode() {

@@ -20,6 +20,7 @@ pub mod fuzz;
 pub mod images;
 pub mod kubeapi;
 pub mod metrics;
+pub mod mounts;
 pub mod names;
 pub mod node;
 pub mod node_selector;

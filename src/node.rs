@@ -72,8 +72,9 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// `<root-dir>/pods/<uid>`: the pod's volumes, etc-hosts and plugin data.
-    pub fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.root_dir.join("pods").join(uid)
+    /// A UID that is not one plain path component has no directory.
+    pub fn pod_dir(&self, uid: &str) -> Result<PathBuf, crate::files::NotAComponent> {
+        crate::files::child(&self.root_dir.join("pods"), uid, "metadata.uid")
     }
 
     /// A context with kubelet's defaults, for tests and dry runs.

@@ -1177,24 +1177,44 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     pods.delete("csi-job", &DeleteParams::default().grace_period(0)).await.unwrap();
     eventually(60 * S, "the job's pod gone", || async { pods.get_opt("csi-job").await.ok()?.is_none().then_some(()) }).await;
 
-    // The driver goes away (a DaemonSet rollout) and the reader is deleted
-    // meanwhile: its volume's record stays until the driver is back, and is
-    // then unpublished and unstaged — never just unmounted behind its back.
+    // The reader is deleted while the driver's NodeUnpublishVolume keeps
+    // failing for longer than any fixed number of tries would wait (35 s):
+    // the pod object stays (the final delete waits until its resources are
+    // reclaimed), the volume stays mounted, staged and in volumesInUse (so
+    // it is not detached and attached elsewhere), and an event says what is
+    // stuck. Once the driver unpublishes, the pod goes and so does the volume.
     let reader_uid = pods.get("csi-reader").await.unwrap().metadata.uid.unwrap();
-    drop(driver);
-    eventually(20 * S, "the driver out of the CSINode object", || async {
-        (!csinodes.get(&node).await.ok()?.spec.drivers.iter().any(|d| d.name == DRIVER)).then_some(())
-    })
-    .await;
-    pods.delete("csi-reader", &DeleteParams::default().grace_period(0)).await.unwrap();
-    tokio::time::sleep(6 * S).await;
+    let refused_for = 35 * S;
+    driver.refuse_unpublish_for(refused_for);
+    let t0 = std::time::Instant::now();
+    // A graceful delete (grace 0 would remove the object at once, as a
+    // real apiserver does): the node makes the final delete.
+    pods.delete("csi-reader", &DeleteParams::default().grace_period(1)).await.unwrap();
     let record = root.join("pods").join(&reader_uid).join("volumes/kubernetes.io~csi/csi-pv-1/vol_data.json");
-    assert!(record.exists(), "the record stays while the driver is away");
-    assert!(mounted_under("globalmount"), "still staged while the driver is away");
-    let driver = support::csi::CsiDriver::start(DRIVER, &root.join("plugins_registry"), &c.dir().join("csi-driver")).await;
-    eventually(60 * S, "the reader's volume unpublished and unstaged once the driver is back", || async {
-        (driver.calls() == ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]).then_some(())
+    while t0.elapsed() < refused_for - 3 * S {
+        assert!(pods.get_opt("csi-reader").await.unwrap().is_some(), "the pod was deleted after {:?} while its volume is still published", t0.elapsed());
+        tokio::time::sleep(S).await;
+    }
+    assert!(driver.calls().iter().filter(|c| *c == "NodeUnpublishVolume refused vol-1").count() >= 4, "{:?}", driver.calls());
+    assert!(record.exists(), "the record stays while the volume is published");
+    assert!(mounted_under(&reader_uid) && mounted_under("globalmount"), "still published and staged");
+    let st = nodes.get(&node).await.unwrap().status.unwrap();
+    assert!(st.volumes_in_use.unwrap_or_default().contains(&unique), "the volume stays in volumesInUse while it is published");
+    let stuck = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedUnMount") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("csi-reader"))
+        .find_map(|e| e.note)
+        .expect("a FailedUnMount event on the pod");
+    assert!(stuck.contains("UnmountVolume.TearDown failed for volume \"csi-pv-1\"") && stuck.contains("target is busy"), "{stuck}");
+    eventually(120 * S, "the reader gone from the API once its volume is unpublished and unstaged", || async {
+        pods.get_opt("csi-reader").await.ok()?.is_none().then_some(())
     })
     .await;
+    let calls = driver.calls();
+    assert_eq!(calls[calls.len() - 2..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"], "{calls:?}");
     eventually(10 * S, "nothing mounted, the record gone", || async { (!mounted_under("globalmount") && !record.exists()).then_some(()) }).await;
 }

@@ -151,8 +151,11 @@ async fn in_vm() {
     );
     pods.create(&PostParams::default(), &writer).await.unwrap();
     eventually(240 * S, "the writer running", || async { (phase(&pods, "writer").await.as_deref() == Some("Running")).then_some(()) }).await;
-    let written = eventually(60 * S, "the files on the server", || async {
-        Some((std::fs::read_to_string("/export/inline/note").ok()?, std::fs::read_to_string("/export/pv/note").ok()?))
+    // Waited for by content: a file that exists may not be written yet.
+    let written = eventually(60 * S, "the files' contents on the server", || async {
+        let inline = std::fs::read_to_string("/export/inline/note").ok().filter(|t| t.ends_with('\n'))?;
+        let claimed = std::fs::read_to_string("/export/pv/note").ok().filter(|t| t.ends_with('\n'))?;
+        Some((inline, claimed))
     })
     .await;
     assert_eq!(written, ("inline-from-the-writer\n".to_string(), "claimed-from-the-writer\n".to_string()), "written through NFS, on the server's disk");

@@ -373,6 +373,36 @@ async fn a_malformed_manifest_is_reported_and_changes_nothing() {
     assert!(node.sandboxes("bad").await.is_empty() && node.sandboxes("x").await.is_empty());
 }
 
+/// A manifest's metadata.uid names the pod's directory under the root dir:
+/// `uid: ..` once made the pod's removal delete the whole root dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pod_whose_uid_names_no_directory_is_refused_and_the_root_dir_stays() {
+    let node = Node::start().await;
+    let agent = node.nodelet(&[]);
+    let root = node.dir.path().join("kubelet");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("canary"), "still here").unwrap();
+    let good = pod_yaml("good", "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n");
+    node.write_manifest("good.yaml", &good);
+    for (file, uid) in [("dotdot.yaml", ".."), ("slash.yaml", "../../etc"), ("dot.yaml", ".")] {
+        let body = pod_yaml(file.trim_end_matches(".yaml"), "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n")
+            .replace("metadata:\n", &format!("metadata:\n  uid: '{uid}'\n"));
+        node.write_manifest(file, &body);
+        let needle = format!("{file}: metadata.uid: Invalid value: {uid:?}: must be one plain path component");
+        eventually(15 * S, &format!("the error naming {file} and metadata.uid"), || async { agent.log().contains(&needle).then_some(()) }).await;
+    }
+    eventually(30 * S, "good running", || async { node.instances("good", "c").await.into_iter().find(is_running) }).await;
+    for p in ["dotdot", "slash", "dot"] {
+        assert!(node.sandboxes(p).await.is_empty(), "{p} must never run");
+    }
+    for f in ["good.yaml", "dotdot.yaml", "slash.yaml", "dot.yaml"] {
+        node.remove_manifest(f);
+    }
+    eventually(15 * S, "good removed", || async { node.sandboxes("good").await.is_empty().then_some(()) }).await;
+    tokio::time::sleep(2 * S).await;
+    assert_eq!(std::fs::read_to_string(root.join("canary")).unwrap(), "still here", "the root dir was touched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_the_calls_and_creates_nothing() {
     let node = Node::start().await;

@@ -156,6 +156,63 @@ spec:
     assert!(!mountinfo.contains(&uid), "no mount of the pod is left: {mountinfo}");
 }
 
+/// CVE-2017-1002101's race: a sidecar swaps a directory of a shared
+/// emptyDir (renamed away, so it lives on) for a symlink to a host
+/// directory in a loop while eight init
+/// containers, one after the other, mount that directory by subPath. None
+/// may ever see the host directory (a name checked and then mounted by the
+/// runtime lets about half of them in); each either gets the volume's own
+/// directory or is refused and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subpath_swapped_for_a_symlink_never_shows_the_host() {
+    let node = Node::start().await;
+    let agent = node.nodelet(&[]);
+    let host = node.dir.path().join("host-secrets");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("secret"), "host only").unwrap();
+    let mut spec = format!(
+        "  initContainers:\n  - name: swapper\n    image: nodelet.local/busybox:1\n    restartPolicy: Always\n    \
+         command: [sh, -c, 'mkdir /work/d; while true; do mv /work/d /work/keep; ln -s {} /work/d; rm /work/d; mv /work/keep /work/d; done']\n    \
+         volumeMounts: [{{name: work, mountPath: /work}}]\n",
+        host.display()
+    );
+    for i in 0..8 {
+        spec.push_str(&format!(
+            "  - name: victim{i}\n    image: nodelet.local/busybox:1\n    \
+             command: [sh, -c, 'if [ -e /sub/secret ]; then echo victim{i} >> /report/leaks; fi; echo victim{i} >> /report/runs']\n    \
+             volumeMounts: [{{name: work, mountPath: /sub, subPath: d}}, {{name: report, mountPath: /report}}]\n"
+        ));
+    }
+    spec.push_str(
+        "  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    \
+         volumeMounts: [{name: report, mountPath: /report}]\n  volumes:\n  - {name: work, emptyDir: {}}\n  - {name: report, emptyDir: {}}\n",
+    );
+    node.write_manifest("race.yaml", &pod_yaml("race", &spec));
+    let app = eventually(120 * S, "every victim run and the app running", || async {
+        node.instances("race", "app").await.into_iter().find(is_running).map(|c| c.id)
+    })
+    .await;
+    let runs = out(&node, &app, "cat /report/runs").await;
+    assert_eq!(runs.lines().count(), 8, "{runs}");
+    let (code, leaks, _) = sh(&node, &app, "cat /report/leaks").await;
+    assert!(code != 0 && leaks.is_empty(), "a victim saw the host directory: {leaks}");
+    assert_eq!(std::fs::read_to_string(host.join("secret")).unwrap(), "host only");
+    // The binds live under the pod directory, named by volume, container
+    // and mount index; refusals were reported as the mount's.
+    let uid = node.instances("race", "app").await[0].labels["io.kubernetes.pod.uid"].clone();
+    let pod_dir = node.dir.path().join("kubelet/pods").join(&uid);
+    assert!(pod_dir.join("volume-subpaths/work/victim0/0").is_dir());
+    let log = agent.log();
+    if log.contains("leads out of the volume") {
+        assert!(log.contains("failed to prepare subPath for volumeMount \"work\" of container \"victim"), "refusals name the mount");
+    }
+    node.remove_manifest("race.yaml");
+    eventually(60 * S, "the pod directory removed", || async { (!pod_dir.exists()).then_some(()) }).await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&uid), "no subPath bind of the pod is left: {mountinfo}");
+    assert!(host.join("secret").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolv_conf_for_each_dns_policy_and_bad_volumes_refused() {
     let node = Node::start().await;

@@ -46,6 +46,8 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
         if info.name.is_empty() {
             return Err("the plugin gave no name".to_string());
         }
+        // The name becomes a directory under plugins/kubernetes.io/csi.
+        crate::files::component(&info.name, "name").map_err(|e| format!("the plugin's {e}"))?;
         if !info.supported_versions.iter().any(|v| v.trim_start_matches('v').starts_with("1.")) {
             return Err(format!("none of the plugin's versions {:?} is supported (1.x)", info.supported_versions));
         }

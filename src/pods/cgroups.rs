@@ -25,23 +25,26 @@ fn directories(root: &Path, parent: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the pod cgroup `parent` (cgroupfs driver) where it is empty.
-/// Best effort: a directory still in use stays, and is retried next time.
-pub fn remove_pod_cgroup(parent: &str) {
+/// Removes the pod cgroup `parent` (cgroupfs driver), child cgroups the
+/// runtime left first. An error names the directory that stays (still in
+/// use); the caller retries.
+pub fn remove_pod_cgroup(parent: &str) -> Result<(), String> {
     for dir in directories(Path::new(CGROUP_MOUNT), parent) {
         if !dir.exists() {
             continue;
         }
-        // Child cgroups left behind by the runtime go first.
         if let Ok(children) = std::fs::read_dir(&dir) {
             for child in children.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
                 let _ = std::fs::remove_dir(child.path());
             }
         }
-        if let Err(e) = std::fs::remove_dir(&dir) {
-            tracing::debug!(cgroup = %dir.display(), error = %e, "pod cgroup not removed");
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("removing the pod cgroup {}: {e}", dir.display())),
         }
     }
+    Ok(())
 }
 
 /// The pod-level limits kubelet puts on a pod's cgroup.

@@ -193,7 +193,8 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfi
     let facts = PodFacts { pod, pod_ips: r.pod_ips, node: r.node };
     let (envs, skipped) = env::container_env(c, &facts, r.env_sources)?;
     let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
-    let mut mounts = crate::volumes::container_mounts(c, r.volumes, &envs, r.etc_hosts, privileged, r.dry_run).map_err(ConfigError::Mount)?;
+    let pod_dir = r.node.pod_dir(&id.uid).map_err(|e| ConfigError::Mount(e.to_string()))?;
+    let mut mounts = crate::volumes::container_mounts(c, r.volumes, &envs, r.etc_hosts, privileged, &pod_dir, r.dry_run).map_err(ConfigError::Mount)?;
     let devices = crate::volumes::container_devices(c, r.volumes).map_err(ConfigError::Mount)?;
     if let (Some(host), Some(path)) = (r.termination_log, c.termination_message_path.as_deref().filter(|p| !p.is_empty())) {
         mounts.push(cri::Mount { container_path: path.into(), host_path: host.display().to_string(), ..Default::default() });

@@ -116,8 +116,13 @@ impl PodManager {
         self
     }
 
-    /// Admission for a new apiserver pod; static pods are always admitted.
+    /// Admission for a new apiserver pod; static pods are always admitted
+    /// (their manifests were validated). A UID that cannot name the pod's
+    /// directory is refused whatever the source.
     fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
+        if let Err(e) = crate::files::component(pod.metadata.uid.as_deref().unwrap_or_default(), "metadata.uid") {
+            return Err(Rejection { reason: "InvalidUID".into(), message: e.to_string() });
+        }
         let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
             return Ok(());
@@ -252,6 +257,13 @@ impl PodManager {
 
     /// Starts a worker; `first` is handled before it does anything else.
     async fn spawn_with(&mut self, id: PodIdentity, pod: Option<DesiredPod>, first: Option<WorkerMsg>) {
+        // The UID names the pod's directories: a worker is only ever given
+        // one that is a plain path component (sources refuse others; a
+        // runtime pod labelled otherwise was not made by a kubelet).
+        if let Err(e) = crate::files::component(&id.uid, "metadata.uid") {
+            tracing::error!(pod = %id, error = %e, "refusing the pod: its UID cannot name a directory");
+            return;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let terminating = pod.is_none() || matches!(first, Some(WorkerMsg::Terminate { .. }));
         if let Some(m) = first {
@@ -405,6 +417,14 @@ impl PodManager {
                 self.spawn_with(id.clone(), Some(pod.clone()), Some(WorkerMsg::Terminate { grace })).await;
             }
             None if self.runtime_pods.contains_key(&id.uid) => {}
+            // Nothing runs, but the pod left volumes or files on this node
+            // (it was deleted while nodelet was down): it is reported gone
+            // only once they are reclaimed, so a volume is never attached
+            // elsewhere while still mounted here.
+            None if !self.rejected.contains_key(&id.uid) && self.ctx.node.pod_dir(&id.uid).is_ok_and(|d| d.exists()) => {
+                tracing::info!(pod = %id, uid = %id.uid, "pod deleted in the API left files here; reclaiming them first");
+                self.spawn_with(id.clone(), Some(pod.clone()), Some(WorkerMsg::Terminate { grace })).await;
+            }
             None => {
                 self.finished.insert(id.uid.clone());
                 let status = self.rejected.get(&id.uid).map_or_else(

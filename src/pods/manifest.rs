@@ -359,6 +359,13 @@ pub fn validate(pod: &Pod, static_pod: bool) -> Vec<FieldError> {
     if let Some(ns) = md.namespace.as_deref() {
         v::dns_label(ns, "metadata.namespace", &mut errs);
     }
+    // The UID names the pod's directory under the root dir: one plain path
+    // component only (a manifest's `uid: ..` would make it the root dir).
+    if let Some(uid) = md.uid.as_deref()
+        && crate::files::component(uid, "metadata.uid").is_err()
+    {
+        errs.push(FieldError::new("metadata.uid", format!("Invalid value: {uid:?}: must be one plain path component (not empty, not '.' or '..', no '/')")));
+    }
     for (k, val) in md.labels.iter().flatten() {
         v::label_key(k, &format!("metadata.labels[{k}]"), &mut errs);
         v::label_value(val, &format!("metadata.labels[{k}]"), &mut errs);

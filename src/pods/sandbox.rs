@@ -15,8 +15,8 @@ pub fn log_dir(node: &NodeContext, id: &PodIdentity) -> PathBuf {
     node.pod_logs_dir.join(format!("{}_{}_{}", id.namespace, id.name, id.uid))
 }
 
-/// `<root-dir>/pods/<uid>`.
-pub fn pod_dir(node: &NodeContext, uid: &str) -> PathBuf {
+/// `<root-dir>/pods/<uid>`, for a UID that is one plain path component.
+pub fn pod_dir(node: &NodeContext, uid: &str) -> Result<PathBuf, crate::files::NotAComponent> {
     node.pod_dir(uid)
 }
 

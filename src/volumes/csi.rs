@@ -65,8 +65,9 @@ fn sha256_hex(s: &str) -> String {
 }
 
 /// The node-wide staging directory of a volume.
-pub fn staging_path(node: &NodeContext, driver: &str, handle: &str) -> PathBuf {
-    node.root_dir.join("plugins/kubernetes.io/csi").join(driver).join(sha256_hex(handle)).join("globalmount")
+pub fn staging_path(node: &NodeContext, driver: &str, handle: &str) -> Result<PathBuf, String> {
+    let dir = crate::files::child(&node.root_dir.join("plugins/kubernetes.io/csi"), driver, "driver").map_err(|e| e.to_string())?;
+    Ok(dir.join(sha256_hex(handle)).join("globalmount"))
 }
 
 /// kubelet's VolumeAttachment name: `csi-<sha256(handle + driver + node)>`.
@@ -140,25 +141,29 @@ fn block_dir(node: &NodeContext) -> PathBuf {
     node.root_dir.join("plugins/kubernetes.io/csi/volumeDevices")
 }
 
-fn block_staging(node: &NodeContext, pv: &str) -> PathBuf {
-    block_dir(node).join("staging").join(pv)
+fn checked(base: &Path, name: &str, field: &str) -> Result<PathBuf, String> {
+    crate::files::child(base, name, field).map_err(|e| e.to_string())
 }
 
-fn block_publish(node: &NodeContext, pv: &str, uid: &str) -> PathBuf {
-    block_dir(node).join("publish").join(pv).join(uid)
+fn block_staging(node: &NodeContext, pv: &str) -> Result<PathBuf, String> {
+    checked(&block_dir(node).join("staging"), pv, "persistentVolume name")
+}
+
+fn block_publish(node: &NodeContext, pv: &str, uid: &str) -> Result<PathBuf, String> {
+    checked(&checked(&block_dir(node).join("publish"), pv, "persistentVolume name")?, uid, "metadata.uid")
 }
 
 /// The pod-side record directory of a block volume.
-fn block_record(node: &NodeContext, uid: &str, pv: &str) -> PathBuf {
-    node.pod_dir(uid).join("volumeDevices/kubernetes.io~csi").join(pv)
+fn block_record(node: &NodeContext, uid: &str, pv: &str) -> Result<PathBuf, String> {
+    checked(&node.pod_dir(uid).map_err(|e| e.to_string())?.join("volumeDevices/kubernetes.io~csi"), pv, "persistentVolume name")
 }
 
 /// Stages (once) and publishes a block volume for pod `uid`; the device
 /// path to give the container.
 pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<PathBuf, String> {
     let _lock = volume_lock(&p.driver.name, &p.handle).await;
-    let target = block_publish(node, &p.spec_name, uid);
-    let record = block_record(node, uid, &p.spec_name);
+    let target = block_publish(node, &p.spec_name, uid)?;
+    let record = block_record(node, uid, &p.spec_name)?;
     let mut client = node_client(p.driver).await?;
     let data = |mode: &str| VolData {
         driver_name: p.driver.name.clone(),
@@ -168,7 +173,7 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
         node_name: node.node_name.clone(),
         attachment_id: p.attachment_id.clone(),
     };
-    let staging = block_staging(node, &p.spec_name);
+    let staging = block_staging(node, &p.spec_name)?;
     let staged_record = block_dir(node).join(&p.spec_name).join("data");
     if p.driver.stage_unstage && !staged_record.join("vol_data.json").exists() {
         super::make_dir(&staging, 0o750)?;
@@ -240,10 +245,10 @@ fn read_vol_data(dir: &Path) -> Option<VolData> {
 /// to mount into its containers.
 pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<PathBuf, String> {
     let _lock = volume_lock(&p.driver.name, &p.handle).await;
-    let dir = super::plugin_dir(node, uid, "csi", &p.spec_name);
+    let dir = super::plugin_dir(node, uid, "csi", &p.spec_name)?;
     let target = dir.join("mount");
     let mut client = node_client(p.driver).await?;
-    let staging = (p.driver.stage_unstage && !p.ephemeral).then(|| staging_path(node, &p.driver.name, &p.handle));
+    let staging = (p.driver.stage_unstage && !p.ephemeral).then(|| staging_path(node, &p.driver.name, &p.handle)).transpose()?;
     if let Some(staging) = &staging
         && !super::is_mounted(staging)
     {
@@ -312,12 +317,14 @@ fn published(node: &NodeContext, pod_dir: &Path) -> Vec<(Published, Option<VolDa
     for v in std::fs::read_dir(pod_dir.join("volumes/kubernetes.io~csi")).into_iter().flatten().flatten() {
         let record = v.path();
         let data = read_vol_data(&record);
-        let (staging, staged_record) = match &data {
-            Some(d) => {
-                let s = staging_path(node, &d.driver_name, &d.volume_handle);
+        // A record whose driver name cannot name a directory was not
+        // written by nodelet: left alone (and reported by the caller).
+        let (staging, staged_record) = match data.as_ref().map(|d| staging_path(node, &d.driver_name, &d.volume_handle)) {
+            Some(Ok(s)) => {
                 let r = s.parent().map(Path::to_path_buf).unwrap_or_default();
                 (s, r)
             }
+            Some(Err(_)) => continue,
             None => (PathBuf::new(), PathBuf::new()),
         };
         out.push((Published { target: record.join("mount"), record, staging, staged_record }, data));
@@ -326,10 +333,11 @@ fn published(node: &NodeContext, pod_dir: &Path) -> Vec<(Published, Option<VolDa
         let record = v.path();
         let pv = v.file_name().to_string_lossy().into_owned();
         let data = read_vol_data(&record);
+        let (Ok(target), Ok(staging)) = (block_publish(node, &pv, &uid), block_staging(node, &pv)) else { continue };
         out.push((
             Published {
-                target: block_publish(node, &pv, &uid),
-                staging: block_staging(node, &pv),
+                target,
+                staging,
                 staged_record: block_dir(node).join(&pv).join("data"),
                 record,
             },

@@ -28,6 +28,7 @@ pub mod atomic;
 pub mod csi;
 pub mod hosts;
 pub mod objects;
+pub mod subpath;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -172,8 +173,11 @@ pub struct VolumeContext<'a> {
     pub node_labels: Option<&'a tokio::sync::watch::Receiver<BTreeMap<String, String>>>,
 }
 
-fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> PathBuf {
-    node.pod_dir(uid).join("volumes").join(format!("kubernetes.io~{plugin}")).join(name)
+/// `<pod dir>/volumes/kubernetes.io~<plugin>/<name>`; the UID and the name
+/// (a volume's or a PV's) must each be one plain path component.
+fn plugin_dir(node: &NodeContext, uid: &str, plugin: &str, name: &str) -> Result<PathBuf, String> {
+    let plugin_root = node.pod_dir(uid).map_err(|e| e.to_string())?.join("volumes").join(format!("kubernetes.io~{plugin}"));
+    crate::files::child(&plugin_root, name, "name").map_err(|e| e.to_string())
 }
 
 fn err(volume: &str, message: impl Into<String>) -> VolumeError {
@@ -438,7 +442,7 @@ impl Round<'_, '_> {
             return self.csi_inline(&v.name, c).await;
         }
         if let Some(n) = &v.nfs {
-            let target = plugin_dir(node, &self.uid, "nfs", &v.name);
+            let target = plugin_dir(node, &self.uid, "nfs", &v.name)?;
             let read_only = n.read_only == Some(true);
             if !self.ctx.dry_run {
                 mount_nfs(&n.server, &n.path, &target, read_only, &[]).await?;
@@ -446,7 +450,7 @@ impl Round<'_, '_> {
             return Ok(Mountable { host_path: target, read_only });
         }
         if let Some(ed) = &v.empty_dir {
-            let dir = plugin_dir(node, &self.uid, "empty-dir", &v.name);
+            let dir = plugin_dir(node, &self.uid, "empty-dir", &v.name)?;
             if !self.ctx.dry_run {
                 make_dir(&dir, 0o777)?;
                 if ed.medium.as_deref() == Some("Memory") {
@@ -476,7 +480,7 @@ impl Round<'_, '_> {
             let key = ObjectKey { kind: ObjectKind::ConfigMap, namespace: self.namespace.clone(), name: cm.name.clone() };
             let mut payload = Payload::new();
             from_data(data.as_deref(), cm.items.as_ref(), cm.default_mode, cm.optional == Some(true), &key, &mut payload)?;
-            let dir = plugin_dir(node, &self.uid, "configmap", &v.name);
+            let dir = plugin_dir(node, &self.uid, "configmap", &v.name)?;
             self.write(&dir, &payload, false)?;
             return Ok(Mountable { host_path: dir, read_only: true });
         }
@@ -486,14 +490,14 @@ impl Round<'_, '_> {
             let key = ObjectKey { kind: ObjectKind::Secret, namespace: self.namespace.clone(), name };
             let mut payload = Payload::new();
             from_data(data.as_deref(), s.items.as_ref(), s.default_mode, s.optional == Some(true), &key, &mut payload)?;
-            let dir = plugin_dir(node, &self.uid, "secret", &v.name);
+            let dir = plugin_dir(node, &self.uid, "secret", &v.name)?;
             self.write(&dir, &payload, true)?;
             return Ok(Mountable { host_path: dir, read_only: true });
         }
         if let Some(d) = &v.downward_api {
             let mut payload = Payload::new();
             downward_files(d.items.as_deref().unwrap_or(&[]), d.default_mode, facts, &mut payload)?;
-            let dir = plugin_dir(node, &self.uid, "downward-api", &v.name);
+            let dir = plugin_dir(node, &self.uid, "downward-api", &v.name)?;
             self.write(&dir, &payload, false)?;
             return Ok(Mountable { host_path: dir, read_only: true });
         }
@@ -523,7 +527,7 @@ impl Round<'_, '_> {
                 payload.insert(t.path.clone(), FileProjection { data, mode, uid });
             }
         }
-        let dir = plugin_dir(node, &self.uid, "projected", &v.name);
+        let dir = plugin_dir(node, &self.uid, "projected", &v.name)?;
         self.write(&dir, &payload, true)?;
         Ok(Mountable { host_path: dir, read_only: true })
     }
@@ -621,7 +625,7 @@ impl Round<'_, '_> {
             return Ok((Claimed::Mount(Mountable { host_path: path, read_only }), Measure::Nothing));
         }
         if let Some(n) = &spec.nfs {
-            let target = plugin_dir(self.ctx.node, &self.uid, "nfs", &pv_name);
+            let target = plugin_dir(self.ctx.node, &self.uid, "nfs", &pv_name)?;
             let read_only = read_only || n.read_only == Some(true);
             if !self.ctx.dry_run {
                 take(objects, &self.uid)?;
@@ -637,7 +641,7 @@ impl Round<'_, '_> {
             // The claim's readOnly is what NodePublish gets; the PV's
             // csi.readOnly is the controller's (ControllerPublish).
             let path = self.csi_persistent(&pv_name, c, read_only, &mode, &modes, flags, false).await?;
-            let staging = Some(csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle));
+            let staging = Some(csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle)?);
             let measure = Measure::Csi { driver: c.driver.clone(), handle: c.volume_handle.clone(), staging };
             return Ok((Claimed::Mount(Mountable { host_path: path, read_only }), measure));
         }
@@ -645,7 +649,7 @@ impl Round<'_, '_> {
             return Err(format!("persistentvolume {pv_name:?}: only hostPath and local persistent volumes are implemented by this nodelet yet"));
         };
         let source = PathBuf::from(&local.path);
-        let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name);
+        let target = plugin_dir(self.ctx.node, &self.uid, "local-volume", &pv_name)?;
         if self.ctx.dry_run {
             return Ok((Claimed::Mount(Mountable { host_path: target, read_only }), Measure::StatFs));
         }
@@ -735,7 +739,7 @@ impl Round<'_, '_> {
         let target = if block {
             self.ctx.node.root_dir.join("plugins/kubernetes.io/csi/volumeDevices/publish").join(pv_name).join(&self.uid)
         } else {
-            plugin_dir(self.ctx.node, &self.uid, "csi", pv_name).join("mount")
+            plugin_dir(self.ctx.node, &self.uid, "csi", pv_name)?.join("mount")
         };
         if self.ctx.dry_run {
             return Ok(target);
@@ -778,7 +782,7 @@ impl Round<'_, '_> {
             volume_context.extend(csi::pod_info(self.pod, false));
         }
         // The stage secret only when there is staging to do.
-        let staging = csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle);
+        let staging = csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle)?;
         let stage_secrets = if driver.stage_unstage && !is_mounted(&staging) {
             self.csi_secret(c.node_stage_secret_ref.as_ref().map(|r| (r.namespace.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or("")))).await?
         } else {
@@ -815,7 +819,7 @@ impl Round<'_, '_> {
     /// the pod and the volume.
     async fn csi_inline(&mut self, volume: &str, c: &k8s_openapi::api::core::v1::CSIVolumeSource) -> Result<Mountable, String> {
         let read_only = c.read_only == Some(true);
-        let target = plugin_dir(self.ctx.node, &self.uid, "csi", volume).join("mount");
+        let target = plugin_dir(self.ctx.node, &self.uid, "csi", volume)?.join("mount");
         if self.ctx.dry_run {
             return Ok(Mountable { host_path: target, read_only });
         }
@@ -995,7 +999,7 @@ pub fn remove_volume_dirs(pod_dir: &Path) {
         let Ok(volumes) = std::fs::read_dir(plugin.path()) else { continue };
         for v in volumes.flatten() {
             let p = v.path();
-            let removed = if written && !is_mount_point(&p) { std::fs::remove_dir_all(&p) } else { std::fs::remove_dir(&p) };
+            let removed = if written { crate::mounts::remove_all_one_filesystem(&p).map_err(|e| e.to_string()) } else { std::fs::remove_dir(&p).map_err(|e| e.to_string()) };
             if let Err(e) = removed {
                 tracing::debug!(dir = %p.display(), error = %e, "volume directory left for the pod's deletion");
             }
@@ -1078,16 +1082,21 @@ pub async fn set_up(ctx: &VolumeContext<'_>, pod: &Pod, pod_ips: &[String], prev
 
 /// The CRI mounts of one container: its volumeMounts, then the pod's
 /// /etc/hosts unless the container mounts its own.
+///
+/// A subPath is bound (see [`subpath`]) onto
+/// `<pod_dir>/volume-subpaths/<volume>/<container>/<index>` and that path
+/// is what CRI gets; a dry run only names it.
 pub fn container_mounts(
     c: &Container,
     vols: &PodVolumes,
     env: &[(String, String)],
     etc_hosts: Option<&Path>,
     privileged: bool,
+    pod_dir: &Path,
     dry_run: bool,
 ) -> Result<Vec<cri::Mount>, String> {
     let mut out = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
+    for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
         let v = vols.volumes.get(&m.name).ok_or_else(|| format!("volume {:?} is not set up", m.name))?;
         let sub = match (&m.sub_path, &m.sub_path_expr) {
             (Some(s), _) if !s.is_empty() => Some(s.clone()),
@@ -1098,7 +1107,17 @@ pub fn container_mounts(
             _ => None,
         };
         let host_path = match sub {
-            Some(sub) => sub_path(&v.host_path, &sub, dry_run)?,
+            Some(sub) => {
+                let fail = |e: String| format!("failed to prepare subPath for volumeMount {:?} of container {:?}: {e}", m.name, c.name);
+                let by_volume = crate::files::child(&pod_dir.join("volume-subpaths"), &m.name, "volumeMounts.name").map_err(|e| fail(e.to_string()))?;
+                let target = crate::files::child(&by_volume, &c.name, "name").map_err(|e| fail(e.to_string()))?.join(index.to_string());
+                if dry_run {
+                    subpath::components(&sub).map_err(|e| fail(e.to_string()))?;
+                    target
+                } else {
+                    subpath::bind(&v.host_path, &sub, &target).map_err(|e| fail(e.to_string()))?
+                }
+            }
             None => v.host_path.clone(),
         };
         use cri::MountPropagation as P;
@@ -1130,27 +1149,6 @@ pub fn container_mounts(
     Ok(out)
 }
 
-/// A subPath inside a volume: created as a directory when missing, and
-/// refused if it (through symlinks) leads out of the volume.
-fn sub_path(root: &Path, sub: &str, dry_run: bool) -> Result<PathBuf, String> {
-    if sub.starts_with('/') || Path::new(sub).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("subPath {sub:?} must be a relative path without '..'"));
-    }
-    let path = root.join(sub);
-    if dry_run {
-        return Ok(path);
-    }
-    if std::fs::symlink_metadata(&path).is_err() {
-        make_dir(&path, 0o755).map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
-    }
-    let real = std::fs::canonicalize(&path).map_err(|e| format!("subPath {sub:?}: {e}"))?;
-    let real_root = std::fs::canonicalize(root).map_err(|e| format!("volume {}: {e}", root.display()))?;
-    if !real.starts_with(&real_root) {
-        return Err(format!("subpath {:?} not within volume path {:?}", real.display(), real_root.display()));
-    }
-    Ok(real)
-}
-
 /// Writes the pod's /etc/hosts if it changed; returns its path. None when
 /// kubelet would not manage it (no pod IP yet on a pod network).
 pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: bool) -> Result<Option<PathBuf>, String> {
@@ -1163,7 +1161,7 @@ pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: b
     } else {
         hosts::managed(pod, ips, &node.dns.domain)
     };
-    let path = node.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default()).join("etc-hosts");
+    let path = node.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?.join("etc-hosts");
     if dry_run {
         return Ok(Some(path));
     }
@@ -1173,58 +1171,25 @@ pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: b
     Ok(Some(path))
 }
 
-/// Mount points below `dir`, deepest first, from /proc/self/mountinfo.
 /// Whether `path` itself is a mount point, by the kernel's mount table
 /// (a bind mount of a directory on the same filesystem has the same device).
+/// A table that cannot be read says "mounted": callers then leave it alone.
 fn is_mounted(path: &Path) -> bool {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    mounts_under(&canonical).contains(&canonical)
+    crate::mounts::table().map_or(true, |t| crate::mounts::under(&canonical, &t).contains(&canonical))
 }
 
-/// The mount points at or under `dir`, deepest first. The kernel lists
-/// resolved paths, so `dir` is resolved first (a symlinked root directory
-/// would otherwise hide every mount under it).
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let dir = dir.as_path();
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    let mut found: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_octal)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
-/// Unmounts everything below a pod's directory (tmpfs volumes), so the
-/// directory can be removed without reaching into a mount.
+/// Unmounts everything below a pod's directory (tmpfs, bind and subPath
+/// mounts, NFS), deepest first, so the directory can then be removed without
+/// reaching into a mount. Fails closed: without a readable mount table
+/// nothing is unmounted and the caller removes nothing.
 pub fn tear_down(pod_dir: &Path) -> Result<(), String> {
-    for m in mounts_under(pod_dir) {
+    let table = crate::mounts::table().map_err(|e| e.to_string())?;
+    for m in crate::mounts::under(pod_dir, &table) {
         nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {}: {e}", m.display()))?;
     }
-    // The caller removes the directory recursively: never through a mount
-    // (a local PV's data would go with it).
-    let left = mounts_under(pod_dir);
+    let table = crate::mounts::table().map_err(|e| e.to_string())?;
+    let left = crate::mounts::under(pod_dir, &table);
     if !left.is_empty() {
         return Err(format!("still mounted: {}", left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
     }
@@ -1260,19 +1225,6 @@ mod tests {
     }
 
     #[test]
-    fn sub_paths_stay_inside() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("vol");
-        std::fs::create_dir(&root).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
-        assert!(sub_path(&root, "a/b", false).unwrap().ends_with("vol/a/b"));
-        assert!(root.join("a/b").is_dir());
-        assert!(sub_path(&root, "../x", false).is_err());
-        assert!(sub_path(&root, "/abs", false).is_err());
-        assert!(sub_path(&root, "escape", false).unwrap_err().contains("not within volume path"));
-    }
-
-    #[test]
     fn mounts_are_found_through_a_symlinked_root_and_tear_down_leaves_none() {
         // A symlinked root directory (/var/lib/kubelet -> /data/kubelet) must
         // not hide a bind mount: the pod directory is then removed
@@ -1291,10 +1243,10 @@ mod tests {
         }
         let via_link = tmp.path().join("link/pods/u");
         assert!(is_mounted(&tmp.path().join("link/pods/u/volumes/v")));
-        assert_eq!(mounts_under(&via_link).len(), 1);
+        assert_eq!(crate::mounts::under(&via_link, &crate::mounts::table().unwrap()).len(), 1);
         tear_down(&via_link).unwrap();
-        assert!(mounts_under(&via_link).is_empty());
-        std::fs::remove_dir_all(&via_link).unwrap();
+        assert!(crate::mounts::under(&via_link, &crate::mounts::table().unwrap()).is_empty());
+        crate::mounts::remove_all_one_filesystem(&via_link).unwrap();
         assert!(data.join("keep").exists(), "the volume's data survives the pod directory's removal");
     }
 
@@ -1326,11 +1278,5 @@ mod tests {
         check_host_path(&f, "FileOrCreate").unwrap();
         assert!(f.is_file());
         assert!(check_host_path(&tmp.path().join("none"), "Socket").unwrap_err().contains("does not exist"));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_octal("/a\\040b"), "/a b");
-        assert_eq!(unescape_octal("/plain"), "/plain");
     }
 }

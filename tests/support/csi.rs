@@ -27,6 +27,9 @@ struct Shared {
     /// the CO asks for them whenever it likes).
     stats_calls: Mutex<Vec<String>>,
     registered: Mutex<Option<reg::RegistrationStatus>>,
+    /// NodeUnpublishVolume answers Internal until then (a driver whose
+    /// unmount keeps failing: a busy device, a hung server).
+    refuse_unpublish_until: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Clone)]
@@ -173,6 +176,10 @@ impl csi::node_server::Node for Driver {
 
     async fn node_unpublish_volume(&self, r: Request<csi::NodeUnpublishVolumeRequest>) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let r = r.into_inner();
+        if self.shared.refuse_unpublish_until.lock().unwrap().is_some_and(|t| std::time::Instant::now() < t) {
+            record(self, "NodeUnpublishVolume refused", &r.volume_id);
+            return Err(Status::internal("unmount failed: target is busy"));
+        }
         record(self, "NodeUnpublishVolume", &r.volume_id);
         absolute("target_path", &r.target_path)?;
         if is_mounted(&r.target_path) {
@@ -296,6 +303,11 @@ impl CsiDriver {
     /// The calls so far, "Method volume_id" each.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().unwrap().clone()
+    }
+
+    /// Refuses NodeUnpublishVolume for the next `d`.
+    pub fn refuse_unpublish_for(&self, d: std::time::Duration) {
+        *self.shared.refuse_unpublish_until.lock().unwrap() = Some(std::time::Instant::now() + d);
     }
 
     /// What nodelet said about the registration.

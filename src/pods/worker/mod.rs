@@ -394,8 +394,11 @@ impl Worker {
                         self.release_retry = None;
                     }
                     Err(e) => {
-                        let delay = self.release_retry.map_or(Duration::from_millis(500), |(_, d)| d.saturating_mul(2).min(Duration::from_secs(122)));
+                        let delay = self.release_retry.map_or(stop::RECLAIM_FIRST_RETRY, |(_, d)| d.saturating_mul(2).min(stop::RECLAIM_MAX_RETRY));
                         tracing::warn!(error = %e, retry_in = ?delay, "the ended pod's volumes cannot be let go of yet");
+                        if self.release_retry.is_none() {
+                            self.event(EventType::Warning, "FailedUnMount", &format!("The ended pod's volumes are not released yet: {e}"));
+                        }
                         let at = now.saturating_add(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
                         self.release_retry = Some((at, delay));
                         soonest(at, &mut wake);
@@ -472,7 +475,7 @@ impl Worker {
         self.ctx.mounted.remove(&self.identity.uid);
         self.volumes = None;
         let node = &self.ctx.node;
-        let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
+        let pod_dir = sandbox::pod_dir(node, &self.identity.uid).map_err(|e| e.to_string())?;
         crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await?;
         crate::volumes::tear_down(&pod_dir)?;
         crate::volumes::remove_volume_dirs(&pod_dir);

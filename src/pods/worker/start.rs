@@ -33,7 +33,14 @@ impl Worker {
         if attempt > 0 {
             self.event(EventType::Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.");
         }
-        for dir in [std::path::PathBuf::from(&config.log_directory), sandbox::pod_dir(node, &self.identity.uid)] {
+        let pod_dir = match sandbox::pod_dir(node, &self.identity.uid) {
+            Ok(d) => d,
+            Err(e) => {
+                self.event(EventType::Warning, "FailedCreatePodSandBox", &e.to_string());
+                return Err(self.retry_later());
+            }
+        };
+        for dir in [std::path::PathBuf::from(&config.log_directory), pod_dir] {
             if let Err(e) = make_dir(&dir) {
                 self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create {}: {e}", dir.display()));
                 return Err(self.retry_later());
@@ -340,7 +347,8 @@ impl Worker {
         }
         use std::os::unix::fs::PermissionsExt;
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let dir = self.ctx.node.pod_dir(uid).join("containers").join(&c.name);
+        let invalid = |e: crate::files::NotAComponent| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let dir = crate::files::child(&self.ctx.node.pod_dir(uid).map_err(invalid)?.join("containers"), &c.name, "name").map_err(invalid)?;
         make_dir(&dir)?;
         let file = dir.join(format!("{:08x}", rand::random::<u32>()));
         std::fs::File::create(&file)?;

@@ -14,6 +14,10 @@ use crate::probes::handler::{self, Outcome, Target};
 use crate::runtime::labels;
 use crate::runtime::{ObservedContainer, RuntimePod};
 
+/// kubelet's volume operation back-off: first retry, and the longest wait.
+pub(super) const RECLAIM_FIRST_RETRY: Duration = Duration::from_millis(500);
+pub(super) const RECLAIM_MAX_RETRY: Duration = Duration::from_secs(122);
+
 /// The extension a preStop hook still running at the deadline gets.
 const PRE_STOP_EXTENSION: i64 = 2;
 
@@ -203,50 +207,14 @@ impl Worker {
         }
         // Not measured any more from here on (nor measured while unmounted).
         self.ctx.mounted.remove(&self.identity.uid);
-        let pod_dir = sandbox::pod_dir(node, &self.identity.uid);
-        let mut dirs = vec![sandbox::log_dir(node, &self.identity)];
-        if self.ctx.dry_run {
-            dirs.clear();
-        } else {
-            // CSI volumes are unpublished (and unstaged when no other pod
-            // uses them) through their drivers; volumes on tmpfs are
-            // unmounted; a pod directory that still holds a mount is left
-            // alone rather than reached into (housekeeping tries again).
-            // A driver that is being restarted comes back within seconds:
-            // tried for a while, then left to housekeeping, which keeps the
-            // directory (and the records unpublishing needs) until it works.
-            let mut tries: u32 = 0;
-            let csi_done = loop {
-                match crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await {
-                    Ok(()) => break true,
-                    Err(e) if tries >= 10 => {
-                        tracing::warn!(error = %e, "cannot unpublish the pod's CSI volumes yet; housekeeping keeps trying");
-                        break false;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "unpublishing the pod's CSI volumes failed; trying again"),
-                }
-                tries = tries.saturating_add(1);
-                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-            };
-            if csi_done {
-                match crate::volumes::tear_down(&pod_dir) {
-                    Ok(()) => dirs.push(pod_dir),
-                    Err(e) => tracing::warn!(error = %e, "cannot unmount the pod's volumes; its directory stays"),
-                }
-            }
-        }
-        for dir in dirs {
-            if let Err(e) = std::fs::remove_dir_all(&dir)
+        if !self.ctx.dry_run {
+            self.reclaim(pod.as_deref()).await;
+            let logs = sandbox::log_dir(node, &self.identity);
+            if let Err(e) = std::fs::remove_dir_all(&logs)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod's directory");
+                tracing::warn!(dir = %logs.display(), error = %e, "cannot remove the pod's log directory");
             }
-        }
-        if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
-            && !self.ctx.dry_run
-            && let Some(p) = &pod
-        {
-            cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node));
         }
         self.ctx.statuses.remove(&self.identity.uid);
         // Only apiserver pods take part in the deletion handshake; a static
@@ -256,6 +224,49 @@ impl Worker {
             let _ = tx.send(super::Terminated { pod, status });
         }
         tracing::info!("pod removed");
+    }
+
+    /// kubelet's podResourcesAreReclaimed, made to hold before the pod is
+    /// reported gone (and so before its API object is deleted): every CSI
+    /// volume unpublished, every mount below the pod directory undone, the
+    /// directory removed (never across a mount) and the pod cgroup removed.
+    /// Retried with kubelet's volume back-off (0.5 s, doubling to 2 min 2 s)
+    /// for as long as it takes; each new reason it is stuck is a
+    /// FailedUnMount event. Meanwhile the volume records stay, so the volume
+    /// stays in the Node's volumesInUse and is not detached.
+    pub(super) async fn reclaim(&self, pod: Option<&Pod>) {
+        let mut delay = RECLAIM_FIRST_RETRY;
+        let mut reported: Option<String> = None;
+        loop {
+            let stuck = match self.try_reclaim(pod).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if reported.as_deref() != Some(stuck.as_str()) {
+                self.event(EventType::Warning, "FailedUnMount", &format!("The pod's resources are not reclaimed yet, it stays until they are: {stuck}"));
+                reported = Some(stuck.clone());
+            }
+            tracing::warn!(error = %stuck, retry_in = ?delay, "the pod's resources are not reclaimed yet");
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(RECLAIM_MAX_RETRY);
+        }
+    }
+
+    async fn try_reclaim(&self, pod: Option<&Pod>) -> Result<(), String> {
+        let node = &self.ctx.node;
+        // A UID that names no directory never had one (workers are only
+        // given plain UIDs): nothing on disk to reclaim.
+        if let Ok(pod_dir) = sandbox::pod_dir(node, &self.identity.uid) {
+            crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await?;
+            crate::volumes::tear_down(&pod_dir)?;
+            crate::mounts::remove_all_one_filesystem(&pod_dir).map_err(|e| format!("removing the pod directory: {e}"))?;
+        }
+        if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
+            && let Some(p) = pod
+        {
+            cgroups::remove_pod_cgroup(&sandbox::cgroup_parent(p, node))?;
+        }
+        Ok(())
     }
 
     /// The status of a pod whose containers have all stopped: a terminal
