@@ -736,13 +736,21 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     pods.delete("writer", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "the writer gone", || async { pods.get_opt("writer").await.ok()?.is_none().then_some(()) }).await;
     eventually(20 * S, "the writer's mount gone", || async { (!mounted_under(&writer_uid)).then_some(()) }).await;
-    pods.create(&PostParams::default(), &with_claim("reader", "cat /data/hello", "Never")).await.unwrap();
+    // The reader mounts the claim read-only with an fsGroup of its own: a
+    // read-only local volume is never chowned (kubelet's local plugin), so
+    // it starts and the volume keeps the writer's group.
+    let mut reader = with_claim("reader", "cat /data/hello", "Never");
+    let spec = reader.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "d", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}})).unwrap()]);
+    spec.security_context = Some(serde_json::from_value(serde_json::json!({"fsGroup": 3456})).unwrap());
+    pods.create(&PostParams::default(), &reader).await.unwrap();
     eventually(60 * S, "the reader done", || async {
         (pods.get("reader").await.ok()?.status?.phase.as_deref() == Some("Succeeded")).then_some(())
     })
     .await;
     let log = pods.logs("reader", &Default::default()).await.unwrap();
     assert_eq!(log.trim(), "written-by-writer");
+    assert_eq!(std::fs::metadata(&disk.dir).unwrap().gid(), 2345, "a read-only mount is not given to the reader's fsGroup");
     // Ended, not deleted: it lets go of the volume all the same (kubelet
     // unmounts a terminated pod's volumes), and its logs stay.
     let reader_uid = pods.get("reader").await.unwrap().metadata.uid.unwrap();

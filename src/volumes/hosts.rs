@@ -3,7 +3,11 @@
 //! its hostname (and FQDN when it has a subdomain), then hostAliases. A
 //! host-network pod gets the node's own /etc/hosts plus its aliases.
 
+use std::path::PathBuf;
+
 use k8s_openapi::api::core::v1::Pod;
+
+use crate::node::NodeContext;
 
 const HEADER: &str = "# Kubernetes-managed hosts file.\n";
 const HEADER_HOST_NETWORK: &str = "# Kubernetes-managed hosts file (host network).\n";
@@ -60,6 +64,28 @@ pub fn host_network(pod: &Pod, node_hosts: &str) -> String {
     }
     out.push_str(&aliases(pod));
     out
+}
+
+/// Writes the pod's /etc/hosts if it changed; returns its path. None when
+/// kubelet would not manage it (no pod IP yet on a pod network).
+pub fn write_etc_hosts(pod: &Pod, node: &NodeContext, ips: &[String], dry_run: bool) -> Result<Option<PathBuf>, String> {
+    let on_host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if !on_host_network && ips.is_empty() {
+        return Ok(None);
+    }
+    let text = if on_host_network {
+        host_network(pod, &std::fs::read_to_string("/etc/hosts").unwrap_or_default())
+    } else {
+        managed(pod, ips, &node.dns.domain)
+    };
+    let path = node.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?.join("etc-hosts");
+    if dry_run {
+        return Ok(Some(path));
+    }
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        crate::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(Some(path))
 }
 
 #[cfg(test)]
