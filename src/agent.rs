@@ -372,7 +372,9 @@ pub async fn run(
     if let Some(dir) = &s.static_pod_path {
         expected.insert(SourceName::File);
         tracing::info!(path = %dir.display(), "watching static pod manifests");
-        tasks.spawn("file source", FileSource::new(dir.clone(), s.node_name.clone(), s.file_check_frequency).run(src_tx.clone()));
+        let source = FileSource::new(dir.clone(), s.node_name.clone(), s.file_check_frequency);
+        let source = if s.dry_run { source.missing_is_error() } else { source };
+        tasks.spawn("file source", source.run(src_tx.clone()));
     }
     if let Some(url) = &s.static_pod_url {
         expected.insert(SourceName::Http);

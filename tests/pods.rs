@@ -469,6 +469,78 @@ async fn dry_run_prints_the_calls_and_creates_nothing() {
     assert!(!agent.stdout().contains(&node.pod_name("bad")), "{}", agent.stdout());
 }
 
+/// A dry run is pure: it writes nothing outside its own output (no pod or
+/// log directories), plans the same as root and as an unprivileged user,
+/// and fails naming a manifest path that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing_and_plans_the_same_for_any_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        pod_yaml(
+            "web",
+            "  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    \
+             volumeMounts: [{name: s, mountPath: /s, subPath: x/y}, {name: m, mountPath: /m}]\n  \
+             volumes: [{name: s, emptyDir: {}}, {name: m, emptyDir: {medium: Memory}}]\n",
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    let logs = dir.path().join("pod-logs");
+    std::fs::write(&config, format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\npodLogsDir: {}\nclusterDNS: [10.96.0.10]\n", logs.display())).unwrap();
+    for p in [&manifests, &config, &manifests.join("web.yaml")] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let root = dir.path().join("root");
+    let run = |uid: Option<u32>, manifest_path: &std::path::Path| {
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.arg("60").arg(env!("CARGO_BIN_EXE_nodelet")).args([
+            "--dry-run",
+            "--config",
+            config.to_str().unwrap(),
+            "--pod-manifest-path",
+            manifest_path.to_str().unwrap(),
+            "--root-dir",
+            root.to_str().unwrap(),
+            "--container-logs-dir",
+            dir.path().join("containers").to_str().unwrap(),
+            "--container-runtime-endpoint",
+            "unix:///nonexistent/containerd.sock",
+            "--hostname-override",
+            "dry",
+            "--healthz-port",
+            "0",
+        ]);
+        if let Some(u) = uid {
+            cmd.uid(u).gid(u);
+        }
+        cmd.output().unwrap()
+    };
+    let as_root = tokio::task::block_in_place(|| run(None, &manifests));
+    assert_eq!(as_root.status.code(), Some(0), "{}", String::from_utf8_lossy(&as_root.stderr));
+    let plan = String::from_utf8_lossy(&as_root.stdout).into_owned();
+    assert!(plan.lines().any(|l| l.starts_with("CRI StartContainer") && l.contains("container=app")), "{plan}");
+    assert!(plan.contains(&format!("{}/pods/", root.display())) && plan.contains("volume-subpaths/s/app/0:/s"), "the subPath is named: {plan}");
+    let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!({ let mut m = made.clone(); m.sort(); m }, ["config.yaml", "manifests"], "a dry run wrote {made:?}");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&dir.path().display().to_string()), "a dry run mounted");
+
+    let as_nobody = tokio::task::block_in_place(|| run(Some(65534), &manifests));
+    assert_eq!(as_nobody.status.code(), Some(0), "{}", String::from_utf8_lossy(&as_nobody.stderr));
+    assert_eq!(String::from_utf8_lossy(&as_nobody.stdout), plan, "the same plan for an unprivileged user");
+
+    let missing = tokio::task::block_in_place(|| run(None, &dir.path().join("no-such-dir")));
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains(&format!("{}: the static pod path does not exist", dir.path().join("no-such-dir").display())), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
     let node = Node::start().await;

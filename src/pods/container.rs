@@ -188,6 +188,8 @@ pub enum ConfigError {
 pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfig, Vec<String>), ConfigError> {
     let pod = r.pod;
     let c = r.container;
+    // The name names the container's log and subPath directories.
+    crate::files::component(&c.name, "name").map_err(|e| ConfigError::Mount(e.to_string()))?;
     let spec = pod.spec.clone().unwrap_or_default();
     let id = super::identity(pod);
     let facts = PodFacts { pod, pod_ips: r.pod_ips, node: r.node };

@@ -40,6 +40,8 @@ pub struct FileSource {
     last_sent: Option<Vec<Pod>>,
     last_errors: Option<Vec<String>>,
     missing_logged: bool,
+    /// A dry run: a path that does not exist is an error, not "no pods".
+    missing_is_error: bool,
 }
 
 impl FileSource {
@@ -54,7 +56,16 @@ impl FileSource {
             last_sent: None,
             last_errors: None,
             missing_logged: false,
+            missing_is_error: false,
         }
+    }
+
+    /// A path that does not exist is reported as a problem naming it (a dry
+    /// run checks the operator's inputs; the agent itself waits for the
+    /// directory to appear, as kubelet does).
+    pub fn missing_is_error(mut self) -> Self {
+        self.missing_is_error = true;
+        self
     }
 
     /// Reads the directory; `None` when it cannot be listed (the last set
@@ -65,6 +76,11 @@ impl FileSource {
                 self.missing_logged = false;
                 self.problems.set("dir", None, false);
                 e
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.missing_is_error => {
+                self.problems.set("dir", Some(format!("{}: the static pod path does not exist", self.dir.display())), false);
+                self.files.clear();
+                return Some(Vec::new());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !self.missing_logged {

@@ -40,7 +40,9 @@ impl Worker {
                 return Err(self.retry_later());
             }
         };
-        for dir in [std::path::PathBuf::from(&config.log_directory), pod_dir] {
+        // A dry run writes nothing outside its own output.
+        let dirs = if self.ctx.dry_run { vec![] } else { vec![std::path::PathBuf::from(&config.log_directory), pod_dir] };
+        for dir in dirs {
             if let Err(e) = make_dir(&dir) {
                 self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create {}: {e}", dir.display()));
                 return Err(self.retry_later());
@@ -245,7 +247,9 @@ impl Worker {
             Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", e.to_string())),
         };
         let log_dir = std::path::Path::new(&sb.config.log_directory).join(&c.name);
-        if let Err(e) = make_dir(&log_dir) {
+        if !self.ctx.dry_run
+            && let Err(e) = make_dir(&log_dir)
+        {
             return Err(self.fail_container(&c.name, "CreateContainerError", format!("{}: {e}", log_dir.display())));
         }
         let metric_type = match kind {
