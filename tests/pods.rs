@@ -382,7 +382,7 @@ async fn a_static_pod_whose_uid_names_no_directory_is_refused_and_the_root_dir_s
     let root = node.dir.path().join("kubelet");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("canary"), "still here").unwrap();
-    let good = pod_yaml("good", "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n");
+    let good = pod_yaml("good", "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n");
     node.write_manifest("good.yaml", &good);
     for (file, uid) in [("dotdot.yaml", ".."), ("slash.yaml", "../../etc"), ("dot.yaml", ".")] {
         let body = pod_yaml(file.trim_end_matches(".yaml"), "  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n")
