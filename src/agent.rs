@@ -478,11 +478,20 @@ pub async fn run(
         });
     }
 
+    let (sources_ready_tx, sources_ready_rx) = watch::channel(false);
     if !s.dry_run {
         tasks.spawn("container log rotation", crate::pods::log_rotation::run(runtime.clone(), s.log_rotation));
         tasks.spawn(
             "housekeeping",
-            crate::pods::housekeeping::run(node.clone(), runtime.clone(), statuses_for_status.clone(), s.container_gc, Some(reclaim_containers_rx), csi.clone()),
+            crate::pods::housekeeping::run(
+                node.clone(),
+                runtime.clone(),
+                statuses_for_status.clone(),
+                s.container_gc,
+                Some(reclaim_containers_rx),
+                csi.clone(),
+                sources_ready_rx,
+            ),
         );
     }
 
@@ -491,7 +500,11 @@ pub async fn run(
     let sync_beat = Beat::default();
     let sync_allowance = watchdog::interval().map_or(Duration::from_secs(30), |i| (2 * i).max(Duration::from_secs(10)));
     watched.push(Watched { name: "pod sync loop", beat: sync_beat.clone(), allowance: sync_allowance });
-    let mut manager = PodManager::new(ctx, expected, s.dry_run).with_heartbeat(sync_beat).with_eviction(evictions_rx, pressure_rx).with_shutdown(shutting_down_rx);
+    let mut manager = PodManager::new(ctx, expected, s.dry_run)
+        .with_heartbeat(sync_beat)
+        .with_eviction(evictions_rx, pressure_rx)
+        .with_shutdown(shutting_down_rx)
+        .with_sources_ready(sources_ready_tx);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }

@@ -117,7 +117,7 @@ pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Sw
             continue;
         }
         match crate::volumes::tear_down(&dir) {
-            Ok(()) => match std::fs::remove_dir_all(&dir) {
+            Ok(()) => match crate::mounts::remove_all_one_filesystem(&dir) {
                 Ok(()) => out.pod_dirs.push(dir),
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphaned pod directory"),
             },
@@ -131,7 +131,7 @@ pub fn sweep(node: &NodeContext, known: &HashSet<String>, now: SystemTime) -> Sw
         if known.contains(uid) || !dir.is_dir() || !quiet_since(&dir, now) {
             continue;
         }
-        match std::fs::remove_dir_all(&dir) {
+        match crate::mounts::remove_all_one_filesystem(&dir) {
             Ok(()) => out.log_dirs.push(dir),
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphaned pod log directory"),
         }
@@ -158,6 +158,7 @@ pub async fn run(
     gc: ContainerGcPolicy,
     mut reclaim: Option<tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>>,
     csi: crate::csi::Drivers,
+    sources_ready: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let request = async {
@@ -170,15 +171,18 @@ pub async fn run(
             _ = tokio::time::sleep(PERIOD) => None,
             Some(reply) = request => Some(reply),
         };
-        let removed = round(&node, runtime.as_ref(), &statuses, &gc, &csi).await;
+        let ready = *sources_ready.borrow();
+        let removed = round(&node, runtime.as_ref(), &statuses, &gc, &csi, ready).await;
         if let Some(reply) = reply {
             let _ = reply.send(removed);
         }
     }
 }
 
-/// One housekeeping round; the number of dead containers removed.
-async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &StatusStore, gc: &ContainerGcPolicy, csi: &crate::csi::Drivers) -> u64 {
+/// One housekeeping round; the number of dead containers removed. Until
+/// every pod source has been seen once (`sources_ready`), nothing on disk is
+/// called an orphan: a pod the apiserver has not listed yet is not gone.
+async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &StatusStore, gc: &ContainerGcPolicy, csi: &crate::csi::Drivers, sources_ready: bool) -> u64 {
     let mut known: HashSet<String> = statuses.snapshot().keys().cloned().collect();
     let listed = async {
         let sandboxes = runtime.list_pod_sandbox(None).await?;
@@ -217,6 +221,10 @@ async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &Status
             tracing::debug!(error = %e, "housekeeping skipped: the runtime did not answer");
             return removed;
         }
+    }
+    if !sources_ready {
+        tracing::debug!("housekeeping: not every pod source has been seen yet; no orphan is swept");
+        return removed;
     }
     // CSI volumes of gone pods (a pod removed while nodelet was down) are
     // unpublished through their drivers before the sweep unmounts the rest.
@@ -299,5 +307,32 @@ mod tests {
         assert_eq!(later.log_dirs, vec![dir.path().join("pods-logs/default_a_gone")]);
         assert!(dir.path().join("kubelet/pods/alive").exists() && dir.path().join("pods-logs/default_b_alive").exists());
         assert!(dir.path().join("containers/b_default_c-2.log").exists());
+    }
+
+    /// kubelet's sourcesReady: before every pod source has reported, a pod
+    /// directory no status names may belong to a pod the apiserver has not
+    /// listed yet; it is not swept (nor its CSI volumes unpublished).
+    #[tokio::test]
+    async fn nothing_is_an_orphan_until_every_source_has_been_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = NodeContext::for_tests("n");
+        node.root_dir = dir.path().join("kubelet");
+        node.pod_logs_dir = dir.path().join("pods-logs");
+        node.container_logs_dir = dir.path().join("containers");
+        let pod = node.root_dir.join("pods/not-listed-yet");
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~empty-dir/data")).unwrap();
+        std::fs::write(pod.join("volumes/kubernetes.io~empty-dir/data/f"), "keep").unwrap();
+        let old = nix::sys::time::TimeSpec::new(1_000_000, 0);
+        for p in [pod.join("volumes/kubernetes.io~empty-dir/data"), pod.join("volumes/kubernetes.io~empty-dir"), pod.join("volumes"), pod.clone()] {
+            nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &p, &old, &old, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        }
+        let node = Arc::new(node);
+        let runtime = crate::runtime::dry_run::DryRunRuntime::new(None, Box::new(std::io::sink())).await;
+        let statuses = StatusStore::default();
+        let csi = crate::csi::Drivers::default();
+        round(&node, &runtime, &statuses, &ContainerGcPolicy::default(), &csi, false).await;
+        assert_eq!(std::fs::read_to_string(pod.join("volumes/kubernetes.io~empty-dir/data/f")).unwrap(), "keep");
+        round(&node, &runtime, &statuses, &ContainerGcPolicy::default(), &csi, true).await;
+        assert!(!pod.exists(), "swept once every source has been seen");
     }
 }

@@ -70,6 +70,9 @@ pub struct PodManager {
     /// known about what already runs, so no deletion is reported, no
     /// finished pod is judged and nothing is admitted.
     relisted: bool,
+    /// Set once every source has reported and the runtime has been listed
+    /// (kubelet's sourcesReady): housekeeping calls nothing an orphan before.
+    sources_ready_tx: Option<watch::Sender<bool>>,
 }
 
 async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>>) -> Option<super::eviction::Eviction> {
@@ -106,7 +109,15 @@ impl PodManager {
             rejected: HashMap::new(),
             finished: HashSet::new(),
             relisted: false,
+            sources_ready_tx: None,
         }
+    }
+
+    /// Tells `tx` once every source has reported and the runtime has been
+    /// listed.
+    pub fn with_sources_ready(mut self, tx: watch::Sender<bool>) -> Self {
+        self.sources_ready_tx = Some(tx);
+        self
     }
 
     /// Admits apiserver pods against `node`, with `labels` following the
@@ -377,6 +388,12 @@ impl PodManager {
                 }
                 _ => {}
             }
+        }
+        if self.sources_ready()
+            && self.relisted
+            && let Some(tx) = &self.sources_ready_tx
+        {
+            tx.send_if_modified(|ready| !std::mem::replace(ready, true));
         }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self
