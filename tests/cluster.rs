@@ -982,7 +982,7 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, VolumeAttachment};
     const DRIVER: &str = "csi.nodelet.test";
     let c = Cluster::start().await;
-    let _agent = c.join().await;
+    let agent = c.join().await;
     let node = c.node.node_name();
     let ns = "default";
     let disk = RawDisk::new(c.dir().join("csi-disk.img"), 32 << 20);
@@ -1038,6 +1038,9 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     // The driver registers through <root-dir>/plugins_registry.
     let root = c.dir().join("kubelet");
     let driver = support::csi::CsiDriver::start(DRIVER, &root.join("plugins_registry"), &c.dir().join("csi-driver")).await;
+    // Its first NodePublishVolume answers OK without mounting anything: the
+    // node must not hand the container its own empty directory.
+    driver.publish_without_mount_once();
     eventually(20 * S, "the registration answered", || async { driver.registration() }).await;
     assert_eq!(driver.registration(), Some((true, String::new())));
     let csinodes: Api<CSINode> = Api::all(c.client.clone());
@@ -1072,7 +1075,11 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     let staging = std::fs::read_dir(root.join("plugins/kubernetes.io/csi").join(DRIVER)).unwrap().flatten().next().unwrap().path().join("globalmount");
     let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok() }).await;
     assert_eq!(written.trim(), "written-through-csi");
-    assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume vol-1"]);
+    assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume unmounted vol-1", "NodePublishVolume vol-1"]);
+    // (The API event is the pod's first FailedMount's series: kube-runtime's
+    // recorder keys a series by reason, not by message.)
+    let log = agent.log();
+    assert!(log.contains("MountVolume.SetUp failed for volume \"d\" : the driver published volume \"csi-pv-1\" but ") && log.contains("is not a mount point"), "{log}");
 
     // The volume's figures in /stats/summary come from the driver's
     // NodeGetVolumeStats, under the pod's volume name with its claim, and
@@ -1090,8 +1097,8 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
 
     // The pod goes: unpublished, then (no other pod uses it) unstaged.
     pods.delete("csi-writer", &DeleteParams::default().grace_period(0)).await.unwrap();
-    eventually(60 * S, "unpublished and unstaged", || async { (driver.calls().len() == 4).then_some(()) }).await;
-    assert_eq!(driver.calls()[2..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]);
+    eventually(60 * S, "unpublished and unstaged", || async { (driver.calls().len() == 5).then_some(()) }).await;
+    assert_eq!(driver.calls()[3..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]);
     assert!(!mounted_under(&device) && !mounted_under("kubernetes.io~csi"), "nothing of the volume stays mounted");
     eventually(30 * S, "the volume out of volumesInUse", || async {
         let st = nodes.get(&node).await.ok()?.status?;
@@ -1147,12 +1154,17 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     let spec = raw_pod.spec.as_mut().unwrap();
     spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "b", "persistentVolumeClaim": {"claimName": "csi-blk"}})).unwrap()]);
     spec.containers[0].volume_devices = Some(vec![serde_json::from_value(serde_json::json!({"name": "b", "devicePath": "/dev/xvdb"})).unwrap()]);
+    // Its first NodeStageVolume times out: staged or not, the node does not
+    // know, so it keeps the record and stages again.
+    driver.time_out_next_block_stage();
     pods.create(&PostParams::default(), &raw_pod).await.unwrap();
     eventually(60 * S, "the raw-device pod running (it read the device)", || async {
         (pods.get("csi-raw").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
     assert!(driver.calls().contains(&"NodeStageVolume vol-blk".to_string()) && driver.calls().contains(&"NodePublishVolume vol-blk".to_string()), "{:?}", driver.calls());
+    let blk_calls: Vec<String> = driver.calls().into_iter().filter(|c| c.ends_with(" vol-blk")).collect();
+    assert_eq!(blk_calls[..2], ["NodeStageVolume timed-out vol-blk", "NodeStageVolume vol-blk"], "a timed-out stage is tried again: {blk_calls:?}");
     let vol = c.volume_stats("csi-raw", "b").await;
     assert_eq!(vol["capacityBytes"].as_u64(), Some(8 << 20), "the block volume's size from the driver: {vol}");
     assert_eq!(vol["pvcRef"]["name"], "csi-blk");

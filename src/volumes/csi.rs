@@ -52,7 +52,12 @@ async fn volume_lock(driver: &str, handle: &str) -> tokio::sync::OwnedMutexGuard
 
 /// Removes a volume directory's record and the directory itself, never
 /// recursively (a mount the check missed keeps its data).
+/// Written in a block volume's staged record once NodeStageVolume has
+/// succeeded: a record without it (a stage that timed out) is staged again.
+const STAGED_MARKER: &str = "staged";
+
 fn remove_volume_dir(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(STAGED_MARKER));
     let _ = std::fs::remove_file(dir.join("vol_data.json"));
     let _ = std::fs::remove_dir(dir.join("mount"));
     let _ = std::fs::remove_dir(dir.join("globalmount"));
@@ -175,7 +180,9 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
     };
     let staging = block_staging(node, &p.spec_name)?;
     let staged_record = block_dir(node).join(&p.spec_name).join("data");
-    if p.driver.stage_unstage && !staged_record.join("vol_data.json").exists() {
+    // Staged until the driver has said so: a stage that timed out keeps its
+    // record (it may have staged, so an unstage is owed) and is tried again.
+    if p.driver.stage_unstage && !staged_record.join(STAGED_MARKER).exists() {
         super::make_dir(&staging, 0o750)?;
         super::make_dir(&staged_record, 0o750)?;
         write_vol_data(&staged_record, &data("Persistent"))?;
@@ -186,6 +193,7 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
             }
             return Err(format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)));
         }
+        crate::files::write_atomic(&staged_record.join(STAGED_MARKER), b"", 0o600).map_err(|e| format!("{}: {e}", staged_record.display()))?;
         tracing::info!(driver = %p.driver.name, volume = %p.handle, staging = %staging.display(), "CSI block volume staged");
     }
     if record.join("vol_data.json").exists() && super::is_mounted(&target) {
@@ -198,6 +206,11 @@ pub async fn publish_block(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Re
         .node_publish_volume(request(publish_request(p, p.driver.stage_unstage.then_some(staging.as_path()), &target)))
         .await
         .map_err(|s| format!("MapVolume.MapPodDevice failed for volume {:?} : {}", p.spec_name, status_text(&s)))?;
+    // The container gets what is at the target: it must be the device the
+    // driver bound there, never the empty file the node made.
+    if !super::is_mounted(&target) {
+        return Err(format!("MapVolume.MapPodDevice failed for volume {:?} : the driver published it but {} is not a mount point", p.spec_name, target.display()));
+    }
     tracing::info!(driver = %p.driver.name, volume = %p.handle, target = %target.display(), "CSI block volume published");
     Ok(target)
 }
@@ -297,6 +310,12 @@ pub async fn publish(node: &NodeContext, uid: &str, p: &Publish<'_>) -> Result<P
         .node_publish_volume(request(publish_request(p, staging.as_deref(), &target)))
         .await
         .map_err(|s| format!("rpc error publishing {:?}: {}", p.spec_name, status_text(&s)))?;
+    // A success that mounted nothing would give the container the node's
+    // own empty directory: its writes would land on the node's disk, not
+    // on the volume.
+    if !super::is_mounted(&target) {
+        return Err(format!("the driver published volume {:?} but {} is not a mount point", p.spec_name, target.display()));
+    }
     tracing::info!(driver = %p.driver.name, volume = %p.handle, target = %target.display(), "CSI volume published");
     Ok(target)
 }

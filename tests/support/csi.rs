@@ -30,6 +30,12 @@ struct Shared {
     /// NodeUnpublishVolume answers Internal until then (a driver whose
     /// unmount keeps failing: a busy device, a hung server).
     refuse_unpublish_until: Mutex<Option<std::time::Instant>>,
+    /// The next NodePublishVolume answers OK without mounting (a buggy
+    /// driver): recorded as "NodePublishVolume unmounted".
+    publish_without_mount: Mutex<bool>,
+    /// The next block NodeStageVolume times out without staging: recorded
+    /// as "NodeStageVolume timed-out".
+    time_out_block_stage: Mutex<bool>,
 }
 
 #[derive(Clone)]
@@ -95,11 +101,19 @@ impl csi::node_server::Node for Driver {
         }
         let device = r.volume_context.get("device").ok_or_else(|| Status::invalid_argument("volume_context has no device"))?;
         if is_block(r.volume_capability.as_ref()) {
-            // A raw device: nothing to format or mount; the staging path
-            // is the driver's to use (it keeps nothing there).
+            // A raw device: nothing to format or mount; the driver notes it
+            // staged the volume (publish refuses an unstaged one).
             if !Path::new(device).exists() {
                 return Err(Status::not_found(format!("device {device} is not there")));
             }
+            if std::mem::take(&mut *self.shared.time_out_block_stage.lock().unwrap()) {
+                self.shared.calls.lock().unwrap().pop();
+                record(self, "NodeStageVolume timed-out", &r.volume_id);
+                return Err(Status::deadline_exceeded("stage timed out"));
+            }
+            let marks = self.work.join("block-staged");
+            std::fs::create_dir_all(&marks).map_err(|e| Status::internal(e.to_string()))?;
+            std::fs::write(marks.join(&r.volume_id), "").map_err(|e| Status::internal(e.to_string()))?;
             return Ok(Response::new(csi::NodeStageVolumeResponse {}));
         }
         // A volume that names a stage secret needs it (as a driver that
@@ -127,6 +141,7 @@ impl csi::node_server::Node for Driver {
         if is_mounted(&r.staging_target_path) {
             run("umount", &[&r.staging_target_path])?;
         }
+        let _ = std::fs::remove_file(self.work.join("block-staged").join(&r.volume_id));
         Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
     }
 
@@ -144,7 +159,15 @@ impl csi::node_server::Node for Driver {
         if is_mounted(&r.target_path) {
             return Ok(Response::new(csi::NodePublishVolumeResponse {}));
         }
+        if std::mem::take(&mut *self.shared.publish_without_mount.lock().unwrap()) {
+            self.shared.calls.lock().unwrap().pop();
+            record(self, "NodePublishVolume unmounted", &r.volume_id);
+            return Ok(Response::new(csi::NodePublishVolumeResponse {}));
+        }
         if is_block(r.volume_capability.as_ref()) {
+            if !r.staging_target_path.is_empty() && !self.work.join("block-staged").join(&r.volume_id).exists() {
+                return Err(Status::failed_precondition("the block volume is not staged"));
+            }
             // The CO made the parent; the target is a file the driver
             // creates and binds the device onto.
             let device = r.volume_context.get("device").ok_or_else(|| Status::invalid_argument("volume_context has no device"))?;
@@ -303,6 +326,16 @@ impl CsiDriver {
     /// The calls so far, "Method volume_id" each.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().unwrap().clone()
+    }
+
+    /// The next NodePublishVolume succeeds without mounting anything.
+    pub fn publish_without_mount_once(&self) {
+        *self.shared.publish_without_mount.lock().unwrap() = true;
+    }
+
+    /// The next block NodeStageVolume times out without staging.
+    pub fn time_out_next_block_stage(&self) {
+        *self.shared.time_out_block_stage.lock().unwrap() = true;
     }
 
     /// Refuses NodeUnpublishVolume for the next `d`.
