@@ -310,6 +310,11 @@ pub async fn run(
         });
     }
 
+    // kubelet's root directory is a shared mount, so that what CSI drivers
+    // with Bidirectional propagation mount below it is seen by the node.
+    if !s.dry_run {
+        crate::mounts::make_rshared(&s.root_dir).map_err(|e| AgentError::Fault(format!("configuring the root directory {}: {e}", s.root_dir.display())))?;
+    }
     let statuses = StatusStore::default();
     let statuses_for_status = statuses.clone();
     let writes = joined.is_some() && !s.dry_run;

@@ -108,6 +108,28 @@ fn unescape_octal(s: &str) -> Vec<u8> {
     out
 }
 
+/// Makes `dir` a shared mount with its submounts (kubelet's MakeRShared of
+/// its root directory), so that mounts a CSI driver with Bidirectional
+/// propagation makes below it reach the node and the node's reach it: `dir`
+/// is bind-mounted onto itself first when it is not a mount point. Nothing
+/// is done when it is already a shared mount point.
+pub fn make_rshared(dir: &Path) -> Result<(), MountError> {
+    use nix::mount::MsFlags;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| io(dir, e))?;
+    const PATH: &str = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(PATH).map_err(|source| MountError::Unreadable { path: PATH.into(), source })?;
+    parse(&text)?;
+    // The last entry for a mount point is the one on top.
+    let entry = text.lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(OsStr::from_bytes(&unescape_octal(m))) == dir)).last();
+    match entry {
+        Some(line) if line.split(" - ").next().is_some_and(|head| head.split(' ').skip(6).any(|f| f.starts_with("shared:"))) => return Ok(()),
+        Some(_) => {}
+        None => nix::mount::mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| io(&dir, e))?,
+    }
+    nix::mount::mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>).map_err(|e| io(&dir, e))
+}
+
 /// Which mount a file is on: the kernel's mount ID where statx gives it
 /// (Linux 5.8+), else the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,5 +303,29 @@ mod tests {
         }
         remove_all_one_filesystem(&pod).unwrap();
         assert!(!pod.exists());
+    }
+
+    #[test]
+    fn the_root_dir_becomes_a_shared_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("kubelet");
+        make_rshared(&root).unwrap();
+        let real = std::fs::canonicalize(&root).unwrap();
+        let shared = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .filter(|l| l.split(' ').nth(4) == Some(real.to_str().unwrap()))
+                .map(|l| l.split(" - ").next().unwrap().contains("shared:"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shared(), [true]);
+        make_rshared(&root).unwrap();
+        assert_eq!(shared(), [true], "a second start mounts nothing more");
+        nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
 }
