@@ -346,6 +346,9 @@ pub async fn run(
     let pulls = Arc::new(puller);
     // CSI node plugins register through <root-dir>/plugins_registry.
     let csi = crate::csi::Drivers::default();
+    // With a node status to post (cluster mode), attachable volumes wait
+    // until it lists them in volumesInUse.
+    let in_use = if writes { crate::csi::InUse::enforced() } else { crate::csi::InUse::default() };
     if !s.dry_run {
         let publisher = joined.as_ref().filter(|_| writes).map(|j| crate::csi::registry::Publisher { client: j.client.clone(), node_name: s.node_name.clone() });
         tasks.spawn("csi plugin registration", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), publisher));
@@ -356,6 +359,7 @@ pub async fn run(
     let (node_labels_tx, node_labels_rx) = watch::channel(std::collections::BTreeMap::new());
     let ctx = Arc::new(WorkerContext {
         csi: csi.clone(),
+        in_use: in_use.clone(),
         mounted: Default::default(),
         node_labels: node_labels_rx.clone(),
         pulls: pulls.clone(),
@@ -444,6 +448,7 @@ pub async fn run(
             pressure: pressure_rx.clone(),
             shutting_down: shutting_down_rx.clone(),
             root_dir: s.root_dir.clone(),
+            in_use: in_use.clone(),
         };
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
             let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), &joined.client).await?;

@@ -1041,6 +1041,9 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     // Its first NodePublishVolume answers OK without mounting anything: the
     // node must not hand the container its own empty directory.
     driver.publish_without_mount_once();
+    // And it checks that the node listed each volume in volumesInUse before
+    // staging it (the attach-detach controller detaches what is not there).
+    driver.check_in_use(c.client.clone(), &node);
     eventually(20 * S, "the registration answered", || async { driver.registration() }).await;
     assert_eq!(driver.registration(), Some((true, String::new())));
     let csinodes: Api<CSINode> = Api::all(c.client.clone());
@@ -1165,6 +1168,7 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     assert!(driver.calls().contains(&"NodeStageVolume vol-blk".to_string()) && driver.calls().contains(&"NodePublishVolume vol-blk".to_string()), "{:?}", driver.calls());
     let blk_calls: Vec<String> = driver.calls().into_iter().filter(|c| c.ends_with(" vol-blk")).collect();
     assert_eq!(blk_calls[..2], ["NodeStageVolume timed-out vol-blk", "NodeStageVolume vol-blk"], "a timed-out stage is tried again: {blk_calls:?}");
+    assert_eq!(driver.staged_before_in_use(), Vec::<String>::new(), "staged before the Node's volumesInUse listed them");
     let vol = c.volume_stats("csi-raw", "b").await;
     assert_eq!(vol["capacityBytes"].as_u64(), Some(8 << 20), "the block volume's size from the driver: {vol}");
     assert_eq!(vol["pvcRef"]["name"], "csi-blk");

@@ -118,6 +118,8 @@ pub struct ClusterParts {
     pub shutting_down: watch::Receiver<bool>,
     /// kubelet's root directory (the volumes in use are read from it).
     pub root_dir: std::path::PathBuf,
+    /// The volumes pods want, and what the posted status reports.
+    pub in_use: crate::csi::InUse,
 }
 
 /// Starts the bound-pod watch, and unless `dry_run` everything that writes:
@@ -178,6 +180,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             update_every: settings.status_update,
             report_every: settings.status_report,
             root_dir: p.root_dir.clone(),
+            in_use: p.in_use.clone(),
         };
         let mirrors = mirror::run(client.clone(), node.clone(), uid, statuses.subscribe(), mirrors_rx);
         tokio::join!(lease.run(), status.run(), mirrors);

@@ -306,8 +306,9 @@ pub struct StatusLoop {
     pub update_every: Duration,
     pub report_every: Duration,
     /// kubelet's root directory: `volumesInUse` are the attachable volumes
-    /// mounted under it.
+    /// mounted under it, and those pods want (`in_use`).
     pub root_dir: std::path::PathBuf,
+    pub in_use: crate::csi::InUse,
 }
 
 impl StatusLoop {
@@ -329,6 +330,8 @@ impl StatusLoop {
                 Ok(()) = self.health.changed() => {}
                 Ok(()) = self.pressure.changed() => {}
                 Ok(()) = self.shutting_down.changed() => {}
+                // A pod waits to stage a volume until the status lists it.
+                _ = self.in_use.changed() => {}
             }
         }
     }
@@ -355,10 +358,15 @@ impl StatusLoop {
         // Always sent, empty too: the list is replaced, and the
         // attach-detach controller detaches only what is not in it.
         let root = self.root_dir.clone();
-        status.volumes_in_use = Some(tokio::task::spawn_blocking(move || crate::volumes::csi::in_use(&root)).await.unwrap_or_default());
+        let mut in_use: std::collections::BTreeSet<String> = tokio::task::spawn_blocking(move || crate::volumes::csi::in_use(&root)).await.unwrap_or_default().into_iter().collect();
+        in_use.extend(self.in_use.wanted());
+        let in_use: Vec<String> = in_use.into_iter().collect();
+        status.volumes_in_use = Some(in_use.clone());
         let differs = server_differs(server.status.as_ref(), &status);
         let due = reported.is_none_or(|at| at.elapsed() >= self.report_every);
         if !differs && !due {
+            // The server already has this list.
+            self.in_use.reported_as(&in_use);
             return Ok(None);
         }
         if differs && reported.is_some() {
@@ -374,6 +382,7 @@ impl StatusLoop {
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
             .await
             .map_err(|e| ClusterError::api(format!("posting the status of node {name}"), e))?;
+        self.in_use.reported_as(&in_use);
         Ok(Some(Instant::now()))
     }
 }

@@ -8,7 +8,10 @@
 //! The protocols are generated from proto/csi/v1/csi.proto (the CSI spec)
 //! and proto/pluginregistration/v1/api.proto.
 
+pub mod in_use;
 pub mod registry;
+
+pub use in_use::InUse;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

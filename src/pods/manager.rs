@@ -589,6 +589,7 @@ mod tests {
             terminated: None,
             objects: None,
             csi: Default::default(),
+            in_use: Default::default(),
             mounted: Default::default(),
             node_labels: tokio::sync::watch::channel(Default::default()).1,
             probe_counts: Default::default(),

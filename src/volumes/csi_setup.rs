@@ -108,6 +108,15 @@ impl Round<'_, '_> {
         if dspec.pod_info_on_mount == Some(true) {
             volume_context.extend(csi::pod_info(self.pod, false));
         }
+        // Staged or published only once the Node's status lists the volume
+        // in volumesInUse: the attach-detach controller never detaches it
+        // from under a mount (kubelet's ReportedInUse).
+        let unique = format!("kubernetes.io/csi/{}^{}", c.driver, c.volume_handle);
+        if let Some(in_use) = self.ctx.in_use
+            && !in_use.want_and_wait(&self.uid, &unique, std::time::Duration::from_secs(10)).await
+        {
+            return Err(format!("volume {unique:?} has not been added to the list of VolumesInUse in the node's volume status yet"));
+        }
         // The stage secret only when there is staging to do.
         let staging = csi::staging_path(self.ctx.node, &c.driver, &c.volume_handle)?;
         let stage_secrets = if driver.stage_unstage && !is_mounted(&staging) {

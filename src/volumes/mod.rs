@@ -181,6 +181,8 @@ pub struct VolumeContext<'a> {
     pub dry_run: bool,
     /// The registered CSI drivers (none: CSI volumes cannot be set up).
     pub csi: Option<&'a crate::csi::Drivers>,
+    /// The volumesInUse handshake (none: nothing to wait for).
+    pub in_use: Option<&'a crate::csi::InUse>,
     /// The Node's labels as the apiserver has them (a PV's node affinity is
     /// checked against them).
     pub node_labels: Option<&'a tokio::sync::watch::Receiver<BTreeMap<String, String>>>,

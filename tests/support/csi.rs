@@ -36,6 +36,10 @@ struct Shared {
     /// The next block NodeStageVolume times out without staging: recorded
     /// as "NodeStageVolume timed-out".
     time_out_block_stage: Mutex<bool>,
+    /// With a client and the node's name: each NodeStageVolume first reads
+    /// the Node and notes a volume not yet in its volumesInUse.
+    check_in_use: Mutex<Option<(kube::Client, String)>>,
+    staged_before_in_use: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -91,6 +95,15 @@ impl csi::identity_server::Identity for Driver {
 impl csi::node_server::Node for Driver {
     async fn node_stage_volume(&self, r: Request<csi::NodeStageVolumeRequest>) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let r = r.into_inner();
+        let check = self.shared.check_in_use.lock().unwrap().clone();
+        if let Some((client, node)) = check {
+            let unique = format!("kubernetes.io/csi/{}^{}", self.name, r.volume_id);
+            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+            let listed = nodes.get(&node).await.ok().and_then(|n| n.status?.volumes_in_use).unwrap_or_default();
+            if !listed.contains(&unique) {
+                self.shared.staged_before_in_use.lock().unwrap().push(r.volume_id.clone());
+            }
+        }
         record(self, "NodeStageVolume", &r.volume_id);
         if r.volume_id.is_empty() || r.volume_capability.is_none() {
             return Err(Status::invalid_argument("volume_id and volume_capability are required"));
@@ -326,6 +339,18 @@ impl CsiDriver {
     /// The calls so far, "Method volume_id" each.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().unwrap().clone()
+    }
+
+    /// From now on each NodeStageVolume checks that the Node's status
+    /// already lists the volume in volumesInUse.
+    pub fn check_in_use(&self, client: kube::Client, node: &str) {
+        *self.shared.check_in_use.lock().unwrap() = Some((client, node.to_string()));
+    }
+
+    /// Volumes NodeStageVolume was called for before the Node's status
+    /// listed them in volumesInUse.
+    pub fn staged_before_in_use(&self) -> Vec<String> {
+        self.shared.staged_before_in_use.lock().unwrap().clone()
     }
 
     /// The next NodePublishVolume succeeds without mounting anything.

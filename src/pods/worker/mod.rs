@@ -66,6 +66,8 @@ pub struct WorkerContext {
     pub pulls: Arc<crate::pulls::Puller>,
     /// The registered CSI drivers.
     pub csi: crate::csi::Drivers,
+    /// The volumesInUse handshake with the attach-detach controller.
+    pub in_use: crate::csi::InUse,
     /// The pods' volumes, for the stats collector.
     pub mounted: crate::volumes::Mounted,
     /// The Node's labels as the apiserver has them (cluster mode).
@@ -479,6 +481,7 @@ impl Worker {
         crate::volumes::csi::unpublish_pod(node, &self.ctx.csi, &pod_dir).await?;
         crate::volumes::tear_down(&pod_dir)?;
         crate::volumes::remove_volume_dirs(&pod_dir);
+        self.ctx.in_use.release(&self.identity.uid);
         Ok(())
     }
 
@@ -490,6 +493,7 @@ impl Worker {
             objects: self.ctx.objects.as_deref(),
             dry_run: self.ctx.dry_run,
             csi: Some(&self.ctx.csi),
+            in_use: Some(&self.ctx.in_use),
             node_labels: Some(&self.ctx.node_labels),
         };
         let (vols, errors) = volumes::set_up(&ctx, pod, ips, self.volumes.as_ref()).await;

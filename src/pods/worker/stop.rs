@@ -261,6 +261,7 @@ impl Worker {
             crate::volumes::tear_down(&pod_dir)?;
             crate::mounts::remove_all_one_filesystem(&pod_dir).map_err(|e| format!("removing the pod directory: {e}"))?;
         }
+        self.ctx.in_use.release(&self.identity.uid);
         if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
             && let Some(p) = pod
         {
