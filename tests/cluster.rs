@@ -1240,5 +1240,24 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     .await;
     let calls = driver.calls();
     assert_eq!(calls[calls.len() - 2..], ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"], "{calls:?}");
+
+    // A stage with no publish (the node stopped between the two): kubelet's
+    // layout on disk and the driver's mount, as a previous run left them.
+    // Housekeeping unstages it through the driver and removes the record.
+    let mut layout = nodelet::node::NodeContext::for_tests(&node);
+    layout.root_dir = root.clone();
+    let staging = nodelet::volumes::csi::staging_path(&layout, DRIVER, "vol-1").unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(
+        staging.parent().unwrap().join("vol_data.json"),
+        serde_json::json!({"driverName": DRIVER, "volumeHandle": "vol-1", "specVolID": "csi-pv-1", "volumeLifecycleMode": "Persistent", "nodeName": node, "attachmentID": ""}).to_string(),
+    )
+    .unwrap();
+    driver.stage_directly("vol-1", &staging, &device).await;
+    assert!(mounted_under("globalmount"));
+    eventually(90 * S, "the stage no pod publishes undone by housekeeping", || async {
+        (driver.calls().last().map(String::as_str) == Some("NodeUnstageVolume vol-1") && !mounted_under("globalmount") && !staging.parent().unwrap().exists()).then_some(())
+    })
+    .await;
     eventually(10 * S, "nothing mounted, the record gone", || async { (!mounted_under("globalmount") && !record.exists()).then_some(()) }).await;
 }

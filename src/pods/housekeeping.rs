@@ -158,7 +158,7 @@ pub async fn run(
     gc: ContainerGcPolicy,
     mut reclaim: Option<tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>>,
     csi: crate::csi::Drivers,
-    sources_ready: tokio::sync::watch::Receiver<bool>,
+    mut sources_ready: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let request = async {
@@ -167,9 +167,20 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        // A round at once when every source has been seen (what a stop
+        // left behind is cleaned up at start), then every PERIOD.
+        let became_ready = async {
+            if *sources_ready.borrow() {
+                return std::future::pending().await;
+            }
+            if sources_ready.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         let reply = tokio::select! {
             _ = tokio::time::sleep(PERIOD) => None,
             Some(reply) = request => Some(reply),
+            () = became_ready => None,
         };
         let ready = *sources_ready.borrow();
         let removed = round(&node, runtime.as_ref(), &statuses, &gc, &csi, ready).await;
@@ -238,6 +249,11 @@ async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &Status
         if let Err(err) = crate::volumes::csi::unpublish_pod(node, csi, &dir).await {
             tracing::warn!(dir = %dir.display(), error = %err, "cannot unpublish an orphaned pod's CSI volumes yet");
         }
+    }
+    // Staged volumes no pod publishes any more (an agent stop between stage
+    // and publish) are unstaged.
+    if let Err(err) = crate::volumes::csi::unstage_unpublished(node, csi).await {
+        tracing::warn!(error = %err, "cannot unstage CSI volumes no pod publishes yet");
     }
     let node = node.clone();
     let swept = tokio::task::spawn_blocking(move || sweep(&node, &known, SystemTime::now())).await.unwrap_or_default();

@@ -39,23 +39,24 @@ pub struct VolData {
 /// and unpublish and unstage, never interleave for one volume (the CSI
 /// spec leaves that to the CO), so a pod leaving never unstages a volume
 /// another pod is publishing.
-async fn volume_lock(driver: &str, handle: &str) -> tokio::sync::OwnedMutexGuard<()> {
+fn volume_mutex(driver: &str, handle: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     static LOCKS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
         std::sync::LazyLock::new(Default::default);
-    let lock = {
-        let mut map = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, l| std::sync::Arc::strong_count(l) > 1 || l.try_lock().is_err());
-        map.entry(format!("{driver}^{handle}")).or_default().clone()
-    };
-    lock.lock_owned().await
+    let mut map = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, l| std::sync::Arc::strong_count(l) > 1 || l.try_lock().is_err());
+    map.entry(format!("{driver}^{handle}")).or_default().clone()
 }
 
-/// Removes a volume directory's record and the directory itself, never
-/// recursively (a mount the check missed keeps its data).
+async fn volume_lock(driver: &str, handle: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    volume_mutex(driver, handle).lock_owned().await
+}
+
 /// Written in a block volume's staged record once NodeStageVolume has
 /// succeeded: a record without it (a stage that timed out) is staged again.
 const STAGED_MARKER: &str = "staged";
 
+/// Removes a volume directory's record and the directory itself, never
+/// recursively (a mount the check missed keeps its data).
 fn remove_volume_dir(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(STAGED_MARKER));
     let _ = std::fs::remove_file(dir.join("vol_data.json"));
@@ -377,6 +378,76 @@ fn published_elsewhere(node: &NodeContext, driver: &str, handle: &str, except: &
         }
     }
     false
+}
+
+/// A node-wide staged volume's record: (its record dir, staging path).
+fn staged(node: &NodeContext) -> Vec<(PathBuf, PathBuf, VolData)> {
+    let mut out = Vec::new();
+    let root = node.root_dir.join("plugins/kubernetes.io/csi");
+    for driver in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if driver.file_name() == "volumeDevices" {
+            continue;
+        }
+        for v in std::fs::read_dir(driver.path()).into_iter().flatten().flatten() {
+            if let Some(d) = read_vol_data(&v.path()) {
+                out.push((v.path(), v.path().join("globalmount"), d));
+            }
+        }
+    }
+    for v in std::fs::read_dir(block_dir(node)).into_iter().flatten().flatten() {
+        let record = v.path().join("data");
+        if let (Some(d), Ok(staging)) = (read_vol_data(&record), block_staging(node, &v.file_name().to_string_lossy())) {
+            out.push((record, staging, d));
+        }
+    }
+    out
+}
+
+/// Staged volumes that no pod publishes — the agent stopped between
+/// NodeStageVolume and NodePublishVolume, or the pod went meanwhile — are
+/// unstaged through their drivers and their records removed, as kubelet's
+/// reconstruction does at start. A volume whose lock is held (a pod is
+/// staging or publishing it) is left for the next round. Called by
+/// housekeeping once every pod source has been seen.
+pub async fn unstage_unpublished(node: &NodeContext, drivers: &Drivers) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (record, staging, data) in staged(node) {
+        let Ok(_lock) = volume_mutex(&data.driver_name, &data.volume_handle).try_lock_owned() else { continue };
+        if published_elsewhere(node, &data.driver_name, &data.volume_handle, Path::new("")) {
+            continue;
+        }
+        let Some(driver) = drivers.get(&data.driver_name) else {
+            errors.push(format!("volume {:?}: CSI driver {} is not registered; cannot unstage", data.spec_volume_id, data.driver_name));
+            continue;
+        };
+        let result = async {
+            let mut client = node_client(&driver).await?;
+            client
+                .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
+                    volume_id: data.volume_handle.clone(),
+                    staging_target_path: staging.display().to_string(),
+                }))
+                .await
+                .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
+            if super::is_mounted(&staging) {
+                return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, staging.display()));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %staging.display(), "unstaged a CSI volume no pod publishes");
+                remove_volume_dir(&record);
+                let _ = std::fs::remove_dir(&staging);
+                if let Some(parent) = record.parent().filter(|p| p.ends_with(&data.spec_volume_id)) {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
 /// Whether a pod directory still holds CSI volumes to unpublish (then it

@@ -301,6 +301,7 @@ impl reg::registration_server::Registration for Driver {
 pub struct CsiDriver {
     pub name: String,
     pub registration_socket: PathBuf,
+    driver: Driver,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -328,7 +329,7 @@ impl CsiDriver {
             .add_service(csi::node_server::NodeServer::new(d.clone()));
         let reg_router = tonic::transport::Server::builder().add_service(reg::registration_server::RegistrationServer::new(d.clone()));
         let tasks = vec![serve(&endpoint, csi_router), serve(&registration_socket, reg_router)];
-        CsiDriver { name: name.into(), registration_socket, shared, tasks }
+        CsiDriver { name: name.into(), registration_socket, driver: d, shared, tasks }
     }
 
     /// The volumes NodeGetVolumeStats was answered for.
@@ -339,6 +340,23 @@ impl CsiDriver {
     /// The calls so far, "Method volume_id" each.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().unwrap().clone()
+    }
+
+    /// Stages a volume on the driver directly (not through the node), as if
+    /// a node agent had staged it and stopped before publishing it.
+    pub async fn stage_directly(&self, volume_id: &str, staging: &Path, device: &str) {
+        use csi::node_server::Node as _;
+        let req = csi::NodeStageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_mode: Some(csi::volume_capability::AccessMode { mode: csi::volume_capability::access_mode::Mode::SingleNodeWriter as i32 }),
+                access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume { fs_type: "ext4".into(), ..Default::default() })),
+            }),
+            volume_context: [("device".to_string(), device.to_string())].into(),
+            ..Default::default()
+        };
+        self.driver.node_stage_volume(Request::new(req)).await.unwrap();
     }
 
     /// From now on each NodeStageVolume checks that the Node's status
