@@ -82,7 +82,7 @@ pub fn parse(text: &str) -> Result<Vec<PathBuf>, MountError> {
 pub fn under(dir: &Path, table: &[PathBuf]) -> Vec<PathBuf> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut found: Vec<PathBuf> = table.iter().filter(|p| p.starts_with(&dir)).cloned().collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.sort_by(|a, b| b.components().count().cmp(&a.components().count()).then_with(|| a.cmp(b)));
     found.dedup();
     found
 }
@@ -112,7 +112,9 @@ fn unescape_octal(s: &str) -> Vec<u8> {
 /// its root directory), so that mounts a CSI driver with Bidirectional
 /// propagation makes below it reach the node and the node's reach it: `dir`
 /// is bind-mounted onto itself first when it is not a mount point. Nothing
-/// is done when it is already a shared mount point.
+/// is done when the mount that holds it is already shared (as on a systemd
+/// host, where `/` is): a bind would only make every later mount below it
+/// appear twice, once hidden on the shared parent.
 pub fn make_rshared(dir: &Path) -> Result<(), MountError> {
     use nix::mount::MsFlags;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -120,14 +122,36 @@ pub fn make_rshared(dir: &Path) -> Result<(), MountError> {
     const PATH: &str = "/proc/self/mountinfo";
     let text = std::fs::read_to_string(PATH).map_err(|source| MountError::Unreadable { path: PATH.into(), source })?;
     parse(&text)?;
-    // The last entry for a mount point is the one on top.
-    let entry = text.lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(OsStr::from_bytes(&unescape_octal(m))) == dir)).last();
-    match entry {
-        Some(line) if line.split(" - ").next().is_some_and(|head| head.split(' ').skip(6).any(|f| f.starts_with("shared:"))) => return Ok(()),
-        Some(_) => {}
-        None => nix::mount::mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| io(&dir, e))?,
+    let holder = holder(&text, &dir);
+    if holder.is_some_and(is_shared) {
+        return Ok(());
+    }
+    if !holder.is_some_and(|l| mount_point(l).as_deref() == Some(dir.as_path())) {
+        nix::mount::mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| io(&dir, e))?;
     }
     nix::mount::mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>).map_err(|e| io(&dir, e))
+}
+
+fn mount_point(line: &str) -> Option<PathBuf> {
+    line.split(' ').nth(4).map(|m| PathBuf::from(OsStr::from_bytes(&unescape_octal(m))))
+}
+
+/// As kubelet's findMountInfo: the mountinfo line of the mount that holds
+/// `dir` (the deepest mount point above it; of several entries for one
+/// mount point, the last, which is on top).
+fn holder<'a>(text: &'a str, dir: &Path) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| mount_point(l).filter(|m| dir.starts_with(m)).map(|m| (m.components().count(), l)))
+        .fold(None::<(usize, &str)>, |best, (depth, l)| match best {
+            Some((d, _)) if d > depth => best,
+            _ => Some((depth, l)),
+        })
+        .map(|(_, l)| l)
+}
+
+/// Whether a mountinfo line's optional fields make it a shared mount.
+fn is_shared(line: &str) -> bool {
+    line.split(" - ").next().is_some_and(|head| head.split(' ').skip(6).any(|f| f.starts_with("shared:")))
 }
 
 /// Which mount a file is on: the kernel's mount ID where statx gives it
@@ -152,6 +176,18 @@ fn mount_key(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<(MountKey, u32
         MountKey::Dev(libc::makedev(stx.stx_dev_major, stx.stx_dev_minor))
     };
     Ok((key, u32::from(stx.stx_mode) & libc::S_IFMT))
+}
+
+/// The names in the directory open as `dir` (an O_PATH descriptor will
+/// do), without `.` and `..`; listed through a descriptor of its own.
+pub fn names_in(dir: &OwnedFd) -> nix::Result<Vec<CString>> {
+    let listed = nix::fcntl::openat(dir.as_fd(), c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut d = nix::dir::Dir::from_fd(listed)?;
+    Ok(d.iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect())
 }
 
 fn open_dir(parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
@@ -192,15 +228,7 @@ pub fn remove_all_with(path: &Path, table: &[PathBuf]) -> Result<(), MountError>
 /// Empties the directory open as `fd` (at `path`, for messages), staying on
 /// mount `root`.
 fn empty_dir(fd: OwnedFd, path: &Path, root: MountKey) -> Result<(), MountError> {
-    let dup = fd.try_clone().map_err(|e| io(path, e))?;
-    let mut dir = nix::dir::Dir::from_fd(dup).map_err(|e| io(path, e))?;
-    let names: Vec<CString> = dir
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-        .collect();
-    for name in names {
+    for name in names_in(&fd).map_err(|e| io(path, e))? {
         let child = path.join(OsStr::from_bytes(name.as_bytes()));
         let (key, kind) = match mount_key(fd.as_fd(), &name) {
             Ok(k) => k,
@@ -313,19 +341,27 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("kubelet");
+        let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let was_shared = holder(&before, &std::fs::canonicalize(tmp.path()).unwrap()).is_some_and(is_shared);
         make_rshared(&root).unwrap();
         let real = std::fs::canonicalize(&root).unwrap();
-        let shared = || {
-            std::fs::read_to_string("/proc/self/mountinfo")
-                .unwrap()
-                .lines()
-                .filter(|l| l.split(' ').nth(4) == Some(real.to_str().unwrap()))
-                .map(|l| l.split(" - ").next().unwrap().contains("shared:"))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(shared(), [true]);
+        let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(holder(&after, &real).is_some_and(is_shared), "the root dir is on a shared mount");
+        let own = after.lines().filter(|l| mount_point(l).as_deref() == Some(real.as_path())).count();
+        assert_eq!(own, usize::from(!was_shared), "bound onto itself only when its mount was not shared");
         make_rshared(&root).unwrap();
-        assert_eq!(shared(), [true], "a second start mounts nothing more");
-        nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count(), after.lines().count(), "a second start mounts nothing more");
+        if own > 0 {
+            nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_mount_holding_a_directory_is_the_deepest_one_above_it() {
+        let text = "1 0 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n2 1 0:5 / /var/lib rw - tmpfs t rw\n3 1 0:6 / /var/lib rw shared:7 - tmpfs t rw\n";
+        assert!(holder(text, Path::new("/var/lib/kubelet")).is_some_and(|l| l.starts_with("3 ")), "the last of two on one mount point");
+        assert!(holder(text, Path::new("/var/libx")).is_some_and(|l| l.starts_with("1 ")));
+        assert!(is_shared(holder(text, Path::new("/srv")).unwrap()));
+        assert!(!is_shared("2 1 0:5 / /var/lib rw - tmpfs t rw"));
     }
 }

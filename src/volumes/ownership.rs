@@ -6,7 +6,7 @@
 //! directory for a symlink mid-walk cannot make nodelet change a file
 //! outside the volume.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -61,16 +61,7 @@ fn apply(fd: OwnedFd, path: &Path, gid: u32, read_only: bool) -> Result<(), Stri
     if !is_dir {
         return Ok(());
     }
-    // Listed through a readable descriptor opened from this one.
-    let listed = nix::fcntl::openat(fd.as_fd(), c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| fail("opening", &e))?;
-    let mut dir = nix::dir::Dir::from_fd(listed).map_err(|e| fail("listing", &e))?;
-    let names: Vec<CString> = dir
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-        .collect();
-    for name in names {
+    for name in crate::mounts::names_in(&fd).map_err(|e| fail("listing", &e))? {
         let child_path = path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
         let child = match open_nofollow(&fd, &name) {
             Ok(c) => c,
