@@ -114,10 +114,16 @@ pub fn resource_value(sel: &ResourceFieldSelector, own: &Container, facts: &PodF
     if kind != "limits" && kind != "requests" {
         return Err(err(format!("unsupported resource {:?}", sel.resource)));
     }
+    // An omitted divisor is stored by the apiserver as "0" (the zero
+    // Quantity): kubelet reads zero as 1, and so must a node agent, or every
+    // pod that passes its limits to its process fails.
     let divisor = sel.divisor.clone().unwrap_or(Quantity("1".into()));
-    let div = quantity::parse(&divisor.0).map_err(|e| err(e.to_string()))?;
-    if div <= 0.0 {
-        return Err(err("divisor must be positive".into()));
+    let div = match quantity::parse(&divisor.0).map_err(|e| err(e.to_string()))? {
+        0.0 => 1.0,
+        d => d,
+    };
+    if div < 0.0 {
+        return Err(err("divisor must not be negative".into()));
     }
     let amount = match set.as_ref().and_then(|m| m.get(res)) {
         Some(q) => quantity::parse(&q.0).map_err(|e| err(e.to_string()))?,

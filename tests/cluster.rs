@@ -354,20 +354,25 @@ async fn config_maps_secrets_services_and_tokens_reach_the_pod() {
                 "volumes": [
                     {"name": "cfg", "configMap": {"name": "app-config", "items": [{"key": "a", "path": "first"}], "defaultMode": 256}},
                     {"name": "sec", "secret": {"secretName": "app-secret"}},
-                    {"name": "opt", "configMap": {"name": "absent", "optional": true}}
+                    {"name": "opt", "configMap": {"name": "absent", "optional": true}},
+                    {"name": "limits", "downwardAPI": {"items": [{"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory"}}]}}
                 ],
                 "containers": [{
                     "name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
                     "env": [
                         {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": env_key}}},
                         {"name": "P", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}},
-                        {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x", "optional": true}}}
+                        {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x", "optional": true}}},
+                        {"name": "MEM_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+                        {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}
                     ],
+                    "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}},
                     "envFrom": [{"configMapRef": {"name": "app-config"}, "prefix": "CFG_"}],
                     "volumeMounts": [
                         {"name": "cfg", "mountPath": "/cfg"},
                         {"name": "sec", "mountPath": "/sec"},
-                        {"name": "opt", "mountPath": "/opt-cfg"}
+                        {"name": "opt", "mountPath": "/opt-cfg"},
+                        {"name": "limits", "mountPath": "/limits"}
                     ]
                 }]
             }
@@ -401,6 +406,10 @@ async fn config_maps_secrets_services_and_tokens_reach_the_pod() {
     // Environment from the objects, and the service links.
     let env = sh("echo $A,$P,$CFG_a,$CFG_b,${MAYBE-unset},$WEB_SERVICE_HOST,$WEB_SERVICE_PORT,$WEB_PORT_8080_TCP_ADDR,$KUBERNETES_SERVICE_HOST,$KUBERNETES_SERVICE_PORT").await;
     assert_eq!(env, "one,s3cret,one,two,unset,10.96.5.5,8080,10.96.5.5,10.96.0.1,443\n");
+    // resourceFieldRef without a divisor (stored as "0" by the apiserver):
+    // read as 1, as kubelet does (GOMAXPROCS, JVM heap sizes).
+    assert_eq!(sh("echo $MEM_LIMIT,$CPU_LIMIT").await, "67108864,1\n");
+    assert_eq!(sh("cat /limits/mem").await, "67108864");
 
     // The projected service-account volume: a token the apiserver accepts,
     // the CA bundle and the namespace.

@@ -298,6 +298,19 @@ mod tests {
         };
         let c2 = Container { env: Some(vec![mem]), ..c.clone() };
         assert_eq!(container_env(&c2, &facts, &EnvSources::default()).unwrap().0[0].1, "64");
+        // An omitted divisor, as the apiserver stores it ("0"): read as 1.
+        let stored = |resource: &str| EnvVar {
+            name: "V".into(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector { resource: resource.into(), divisor: Some(Quantity("0".into())), container_name: None }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c3 = Container { env: Some(vec![stored("limits.memory")]), ..c.clone() };
+        assert_eq!(container_env(&c3, &facts, &EnvSources::default()).unwrap().0[0].1, (64u64 << 20).to_string());
+        let c4 = Container { env: Some(vec![stored("limits.cpu")]), ..c.clone() };
+        assert_eq!(container_env(&c4, &facts, &EnvSources::default()).unwrap().0[0].1, "4", "the node's 4 CPUs when no limit is set");
     }
 
     #[test]

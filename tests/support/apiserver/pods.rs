@@ -16,6 +16,25 @@ pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
         serde_json::from_value(obj.clone()).map_err(|e| status(400, "BadRequest", &format!("invalid Pod: {e}")))?;
     nodelet::pods::manifest::set_defaults(&mut pod);
     let spec = pod.spec.get_or_insert_with(Default::default);
+    // A real apiserver stores an omitted resourceFieldRef divisor as "0"
+    // (Go's zero Quantity is not omitted): env, downwardAPI and projected.
+    let zero = || Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("0".into()));
+    for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+        for e in c.env.iter_mut().flatten() {
+            if let Some(r) = e.value_from.as_mut().and_then(|v| v.resource_field_ref.as_mut()) {
+                r.divisor = r.divisor.take().or_else(zero);
+            }
+        }
+    }
+    for v in spec.volumes.iter_mut().flatten() {
+        let downward = v.downward_api.iter_mut().flat_map(|d| d.items.iter_mut().flatten());
+        let projected = v.projected.iter_mut().flat_map(|p| p.sources.iter_mut().flatten()).flat_map(|s| s.downward_api.iter_mut().flat_map(|d| d.items.iter_mut().flatten()));
+        for item in downward.chain(projected) {
+            if let Some(r) = item.resource_field_ref.as_mut() {
+                r.divisor = r.divisor.take().or_else(zero);
+            }
+        }
+    }
     // ServiceAccount admission.
     if spec.service_account_name.as_deref().is_none_or(str::is_empty) {
         spec.service_account_name = Some("default".into());
