@@ -514,7 +514,8 @@ pub async fn run(
         .with_heartbeat(sync_beat)
         .with_eviction(evictions_rx, pressure_rx)
         .with_shutdown(shutting_down_rx)
-        .with_sources_ready(sources_ready_tx);
+        .with_sources_ready(sources_ready_tx)
+        .with_sysctls(crate::sysctls::Allowlist::new(&s.allowed_unsafe_sysctls).map_err(|e| AgentError::Fault(format!("allowedUnsafeSysctls: {e}")))?);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
         manager = manager.with_admission(node, labels);
     }

@@ -32,6 +32,7 @@ pub mod pulls;
 pub mod resources;
 pub mod runtime;
 pub mod server;
+pub mod sysctls;
 pub mod tasks;
 pub mod view;
 pub mod volumes;

@@ -172,6 +172,9 @@ struct RunArgs {
     /// Pods this node may run [default: 110].
     #[arg(long)]
     max_pods: Option<u32>,
+    /// Unsafe sysctls (or `prefix*` patterns) pods may set, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    allowed_unsafe_sysctls: Vec<String>,
     /// nodelet's own oom_score_adj [default: -999].
     #[arg(long, allow_negative_numbers = true)]
     oom_score_adj: Option<i32>,
@@ -336,6 +339,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         healthz_port: a.healthz_port,
         healthz_bind_address: a.healthz_bind_address,
         max_pods: a.max_pods,
+        allowed_unsafe_sysctls: a.allowed_unsafe_sysctls,
         oom_score_adj: a.oom_score_adj,
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,

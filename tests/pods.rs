@@ -541,6 +541,48 @@ async fn a_dry_run_writes_nothing_and_plans_the_same_for_any_user() {
     assert!(err.contains(&format!("{}: the static pod path does not exist", dir.path().join("no-such-dir").display())), "{err}");
 }
 
+/// Upstream's Sysctls cases ([sig-node] Sysctls [LinuxOnly] [NodeConformance]
+/// "should support sysctls", "should reject invalid sysctls", "should not
+/// launch unsafe, but not explicitly enabled sysctls on the node"): a safe
+/// sysctl is set in the pod; an unsafe one is refused at admission (Failed,
+/// SysctlForbidden) and never reaches the runtime, until the operator's
+/// allowedUnsafeSysctls allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_sysctls_are_set_and_unsafe_ones_refused_unless_allowed() {
+    let node = Node::start().await;
+    let mut agent = node.nodelet(&[]);
+    let with_sysctl = |name: &str, sysctl: &str, value: &str| {
+        pod_yaml(
+            name,
+            &format!(
+                "  terminationGracePeriodSeconds: 2\n  securityContext:\n    sysctls: [{{name: {sysctl}, value: '{value}'}}]\n  \
+                 containers:\n  - {{name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}}\n"
+            ),
+        )
+    };
+    node.write_manifest("safe.yaml", &with_sysctl("safe", "net.ipv4.ip_unprivileged_port_start", "77"));
+    node.write_manifest("unsafe.yaml", &with_sysctl("unsafe", "kernel.msgmax", "4321"));
+    let safe = eventually(30 * S, "the safe-sysctl pod running", || async { node.instances("safe", "c").await.into_iter().find(is_running) }).await;
+    let got = node.exec(&safe.id, &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).await;
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "77");
+    let refused = eventually(15 * S, "the unsafe pod Failed", || async { node.status("unsafe").filter(|p| p["status"]["phase"] == "Failed") }).await;
+    assert_eq!(refused["status"]["reason"], "SysctlForbidden", "{refused}");
+    assert_eq!(refused["status"]["message"], "Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted", "{refused}");
+    assert!(node.sandboxes("unsafe").await.is_empty(), "a refused sysctl never reaches the runtime");
+
+    // The operator allows kernel.msg* (a namespaced prefix): the pod runs with it.
+    agent.kill9();
+    let _agent = node.nodelet(&["--allowed-unsafe-sysctls", "kernel.msg*"]);
+    let unsafe_pod = eventually(30 * S, "the allowed pod running", || async { node.instances("unsafe", "c").await.into_iter().find(is_running) }).await;
+    let got = node.exec(&unsafe_pod.id, &["cat", "/proc/sys/kernel/msgmax"]).await;
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "4321");
+    // A pattern outside every namespace stops the agent with the flag named.
+    let mut bad = node.nodelet(&["--allowed-unsafe-sysctls", "vm.swappiness"]);
+    let code = tokio::task::block_in_place(|| bad.wait_exit(10 * S));
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {}", bad.log());
+    assert!(bad.log().contains("--allowed-unsafe-sysctls") && bad.log().contains("not known to be namespaced"), "{}", bad.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
     let node = Node::start().await;

@@ -39,6 +39,7 @@ pub struct KubeletConfig {
     pub healthz_bind_address: Option<String>,
     pub pod_logs_dir: Option<PathBuf>,
     pub max_pods: Option<u32>,
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
     pub max_container_restart_period: Option<Duration>,
     pub node_status_update_frequency: Option<Duration>,
@@ -226,6 +227,11 @@ impl KubeletConfig {
                 "healthzBindAddress" => c.healthz_bind_address = Some(field(file, k, v)?),
                 "podLogsDir" => c.pod_logs_dir = Some(field(file, k, v)?),
                 "maxPods" => c.max_pods = Some(field(file, k, v)?),
+                "allowedUnsafeSysctls" => {
+                    let list: Vec<String> = field(file, k, v)?;
+                    crate::sysctls::Allowlist::new(&list).map_err(|e| bad(k, e))?;
+                    c.allowed_unsafe_sysctls = Some(list);
+                }
                 "oomScoreAdj" => {
                     let n: i32 = field(file, k, v)?;
                     if !(-1000..=1000).contains(&n) {
@@ -405,6 +411,10 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
     #[test]
     fn bad_values_name_the_file_and_field() {
         assert_eq!(err("maxPods: lots\n"), "k.yaml: maxPods: invalid type: string \"lots\", expected u32");
+        assert_eq!(
+            err("allowedUnsafeSysctls: [kernel.msg*, vm.swappiness]\n"),
+            "k.yaml: allowedUnsafeSysctls: Invalid value: \"vm.swappiness\": the sysctl is not known to be namespaced"
+        );
         assert!(err("clusterDNS: 10.0.0.2\n").starts_with("k.yaml: clusterDNS: invalid type"));
         assert!(err("cgroupDriver: docker\n").starts_with("k.yaml: cgroupDriver: Unsupported value"));
         assert!(err("fileCheckFrequency: soon\n").starts_with("k.yaml: fileCheckFrequency: invalid duration"));

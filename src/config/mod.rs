@@ -72,6 +72,8 @@ pub struct Settings {
     pub cgroups_per_qos: bool,
     pub healthz: Option<SocketAddr>,
     pub max_pods: u32,
+    /// kubelet's `allowedUnsafeSysctls`: patterns, already checked.
+    pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: i32,
     pub node_ips: Vec<String>,
     pub backoff: BackoffConfig,
@@ -333,6 +335,7 @@ pub struct Overrides {
     pub healthz_port: Option<u16>,
     pub healthz_bind_address: Option<String>,
     pub max_pods: Option<u32>,
+    pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: Option<i32>,
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
@@ -418,6 +421,9 @@ impl Settings {
         let initial = o.crash_loop_backoff_initial.unwrap_or(Duration::from_secs(10)).min(max);
         if initial.is_zero() {
             return Err(flag_err("--crash-loop-backoff-initial", "must be greater than zero"));
+        }
+        if let Err(e) = crate::sysctls::Allowlist::new(&o.allowed_unsafe_sysctls) {
+            return Err(flag_err("--allowed-unsafe-sysctls", &e));
         }
         let positive = |name: &str, d: Option<Duration>, default: u64| -> Result<Duration, ConfigError> {
             let d = d.unwrap_or(Duration::from_secs(default));
@@ -528,6 +534,7 @@ impl Settings {
             cgroups_per_qos: o.cgroups_per_qos.or(file.cgroups_per_qos).unwrap_or(true),
             healthz,
             max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
+            allowed_unsafe_sysctls: if o.allowed_unsafe_sysctls.is_empty() { file.allowed_unsafe_sysctls.clone().unwrap_or_default() } else { o.allowed_unsafe_sysctls.clone() },
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },

@@ -73,6 +73,8 @@ pub struct PodManager {
     /// Set once every source has reported and the runtime has been listed
     /// (kubelet's sourcesReady): housekeeping calls nothing an orphan before.
     sources_ready_tx: Option<watch::Sender<bool>>,
+    /// The sysctls pods may set (kubelet's sysctl admission, for every pod).
+    sysctls: crate::sysctls::Allowlist,
 }
 
 async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>>) -> Option<super::eviction::Eviction> {
@@ -110,7 +112,14 @@ impl PodManager {
             finished: HashSet::new(),
             relisted: false,
             sources_ready_tx: None,
+            sysctls: Default::default(),
         }
+    }
+
+    /// The sysctls pods may set: the safe ones and the operator's.
+    pub fn with_sysctls(mut self, allowlist: crate::sysctls::Allowlist) -> Self {
+        self.sysctls = allowlist;
+        self
     }
 
     /// Tells `tx` once every source has reported and the runtime has been
@@ -127,12 +136,17 @@ impl PodManager {
         self
     }
 
-    /// Admission for a new apiserver pod; static pods are always admitted
-    /// (their manifests were validated). A UID that cannot name the pod's
-    /// directory is refused whatever the source.
+    /// Admission for a new apiserver pod; static pods pass the resource
+    /// checks (their manifests were validated). A UID that cannot name the
+    /// pod's directory, or a sysctl the node does not allow, is refused
+    /// whatever the source.
     fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
         if let Err(e) = crate::files::component(pod.metadata.uid.as_deref().unwrap_or_default(), "metadata.uid") {
-            return Err(Rejection { reason: "InvalidUID".into(), message: e.to_string() });
+            return Err(Rejection { reason: "InvalidUID".into(), message: format!("Pod was rejected: {e}") });
+        }
+        // kubelet's sysctl admission runs for pods of every source.
+        if let Err(message) = self.sysctls.check(pod) {
+            return Err(Rejection { reason: crate::sysctls::FORBIDDEN_REASON.into(), message: format!("Pod was rejected: {message}") });
         }
         let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
