@@ -35,7 +35,10 @@ async fn running(node: &Node, pod: &str, container: &str) -> String {
 fn start_with_dns(node: &Node) -> support::Agent {
     let host_resolv = node.dir.path().join("host-resolv.conf");
     std::fs::write(&host_resolv, "nameserver 192.0.2.53\nsearch corp.example\noptions rotate\n").unwrap();
-    let args = node.base_args();
+    let mut args = node.base_args();
+    // The test network namespace has no default route to find the node's
+    // IP by: one from the documentation range.
+    args.extend(["--node-ip".to_string(), "192.0.2.7".to_string()]);
     node.write_config(&format!(
         "clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: {}\n",
         host_resolv.display()
@@ -229,7 +232,15 @@ async fn resolv_conf_for_each_dns_policy_and_bad_volumes_refused() {
             ),
         ),
     );
-    node.write_manifest("hn.yaml", &pod_yaml("hn", &format!("  hostNetwork: true\n{sleep}")));
+    node.write_manifest(
+        "hn.yaml",
+        &pod_yaml(
+            "hn",
+            "  hostNetwork: true\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    \
+             env:\n    - {name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    \
+             - {name: MY_IPS, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}\n",
+        ),
+    );
     node.write_manifest("hncf.yaml", &pod_yaml("hncf", &format!("  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n{sleep}")));
     // A hostPath of the wrong type fails the pod's mounts, and only its.
     let not_a_dir = node.dir.path().join("plain-file");
@@ -259,6 +270,15 @@ async fn resolv_conf_for_each_dns_policy_and_bad_volumes_refused() {
     let none = resolv("none").await;
     assert_eq!(none, "search a.example\nnameserver 192.0.2.1\noptions ndots:2 edns0\n");
     let hn = resolv("hn").await;
+    // (This node's IP is --node-ip's, see start_with_dns.)
+    // Upstream's "should provide host IP and pod IP as an env var if pod uses
+    // host network": a hostNetwork pod's IPs are the node's, in its status
+    // and in fieldRef: status.podIP(s).
+    let hn_status = eventually(10 * S, "hn's status with its pod IP", || async { node.status("hn").filter(|p| p["status"]["podIP"].is_string()) }).await;
+    let node_ip = hn_status["status"]["hostIP"].as_str().unwrap().to_string();
+    assert_eq!(hn_status["status"]["podIP"], node_ip.as_str(), "{hn_status}");
+    let hn_id = running(&node, "hn", "c").await;
+    assert_eq!(out(&node, &hn_id, "echo $MY_IP,$MY_IPS").await, format!("{node_ip},{node_ip}\n"));
     assert!(hn.contains("nameserver 192.0.2.53") && !hn.contains("10.96.0.10"), "ClusterFirst on the host network falls back: {hn}");
     let hncf = resolv("hncf").await;
     assert!(hncf.contains("nameserver 10.96.0.10") && hncf.contains("search default.svc.cluster.local"), "{hncf}");

@@ -122,6 +122,16 @@ fn grace_of(pod: Option<&Pod>, obs: &RuntimePod) -> i64 {
         .max(MIN_GRACE)
 }
 
+/// The pod's IPs: its sandbox's, or with hostNetwork the node's (as the
+/// status reports them, so `fieldRef: status.podIP`, hooks and probes agree).
+fn pod_ips(pod: Option<&Pod>, node: &NodeContext, sandbox_ips: &[String]) -> Vec<String> {
+    if pod.and_then(|p| p.spec.as_ref()).and_then(|s| s.host_network) == Some(true) {
+        node.host_ips.clone()
+    } else {
+        sandbox_ips.to_vec()
+    }
+}
+
 fn soonest(at: i64, wake: &mut Option<i64>) {
     *wake = Some(wake.map_or(at, |w| w.min(at)));
 }
@@ -424,7 +434,7 @@ impl Worker {
             actions.retain(|a| !starts(a));
         }
         if actions.iter().any(starts) || self.volumes.is_some() || obs.running().next().is_some() {
-            let ips = obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
+            let ips = pod_ips(Some(&pod), &self.ctx.node, &obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default());
             match self.set_up_volumes(&pod, &ips).await {
                 Ok(refresh) => {
                     if let Some(at) = refresh {
@@ -440,7 +450,7 @@ impl Worker {
         let mut sandbox = obs.latest_sandbox().filter(|s| s.ready).map(|s| SandboxInUse {
             id: s.id.clone(),
             config: sandbox::sandbox_config(&pod, s.attempt, &self.ctx.node).0,
-            ips: s.ips.clone(),
+            ips: pod_ips(Some(&pod), &self.ctx.node, &s.ips),
         });
         let mut acted = false;
         for action in actions {
@@ -656,7 +666,8 @@ impl Worker {
             }
             Action::KillContainer { id, name, reason } => {
                 let grace = PodProbes::grace_override(pod, &name, reason).map_or_else(|| grace_of(Some(pod), obs), |g| g.max(MIN_GRACE));
-                let pod_ip = obs.latest_sandbox().and_then(|s| s.ips.first()).map(String::as_str).unwrap_or("");
+                let ips = pod_ips(Some(pod), &self.ctx.node, &obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default());
+                let pod_ip = ips.first().map(String::as_str).unwrap_or("");
                 let Some(c) = obs.containers.iter().find(|c| c.id == id) else { return Ok(()) };
                 if self.stop_container(&stop::StopTarget::of(c, Some(pod), pod_ip), &reason.message(&name), grace).await {
                     Ok(())

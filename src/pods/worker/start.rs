@@ -66,7 +66,7 @@ impl Worker {
             }
         };
         let ips = self.ctx.runtime.pod_sandbox_status(&id).await.map(|s| observe::sandbox_ips(&s)).unwrap_or_default();
-        Ok(SandboxInUse { id, config, ips })
+        Ok(SandboxInUse { id, config, ips: super::pod_ips(Some(pod), node, &ips) })
     }
 
     pub(super) fn fail_container(&mut self, name: &str, reason: &str, message: String) -> Failed {

@@ -126,7 +126,8 @@ impl Worker {
         };
         let (mut sidecars, apps): (Vec<&ObservedContainer>, Vec<&ObservedContainer>) =
             obs.running().partition(|c| is_sidecar(c));
-        let pod_ip = obs.latest_sandbox().and_then(|s| s.ips.first()).map(String::as_str).unwrap_or("");
+        let ips = super::pod_ips(pod, &self.ctx.node, &obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default());
+        let pod_ip = ips.first().map(String::as_str).unwrap_or("");
         futures::future::join_all(apps.iter().map(|c| {
             let t = StopTarget::of(c, pod, pod_ip);
             async move { self.stop_container(&t, "", grace).await }
