@@ -107,14 +107,17 @@ fn container_status(
     name: &str,
     image: &str,
     kind: ContainerKind,
-    initializing: bool,
+    has_init_containers: bool,
 ) -> ContainerStatus {
     let runtime = input.node.runtime_name.as_str();
     let instances: Vec<&ObservedContainer> = input.observed.containers.iter().filter(|c| c.name == name).collect();
     let latest = instances.first().copied();
     let previous_exit = instances.iter().skip(1).find(|c| c.phase == ContainerPhase::Exited).copied();
     let held = input.waiting.get(name);
-    let default_wait = if kind == ContainerKind::App && initializing { "PodInitializing" } else { "ContainerCreating" };
+    // kubelet's default waiting state: PodInitializing for the app and init
+    // containers of a pod that has init containers (a later init container
+    // waiting behind a failing one too), else ContainerCreating.
+    let default_wait = if kind != ContainerKind::Ephemeral && has_init_containers { "PodInitializing" } else { "ContainerCreating" };
     let mut status = ContainerStatus {
         name: name.to_string(),
         image: image.to_string(),
@@ -250,7 +253,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let mut incomplete = Vec::new();
     for c in &init_specs {
         let kind = plan::init_kind(c);
-        let s = container_status(input, &c.name, c.image.as_deref().unwrap_or(""), kind, false);
+        let s = container_status(input, &c.name, c.image.as_deref().unwrap_or(""), kind, true);
         let done = match kind {
             ContainerKind::Sidecar => apps_started || s.started == Some(true),
             _ => s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
@@ -264,7 +267,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, initializing))
+        .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, !init_specs.is_empty()))
         .collect();
     let phase = phase(&spec, initializing, &statuses, finished);
     // Ephemeral containers take no part in the phase or readiness.

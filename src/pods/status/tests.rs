@@ -70,6 +70,22 @@ fn pods_waiting_on_init_are_pending() {
     assert_eq!(app(&s, "a").state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
 }
 
+/// Upstream's InitContainer case "should not start app containers if init
+/// containers fail on a RestartAlways pod": Pending, the first init
+/// container failed, the second and the app waiting with PodInitializing.
+#[test]
+fn a_failing_init_container_holds_the_later_ones_and_the_apps_at_pod_initializing() {
+    let w = World::new(pod("Always", &["init1", "init2"], &["run1"])).sandbox("s", 0, true).container("s", "init1", 0, Some(1));
+    let s = status(&w);
+    assert_eq!(s.phase.as_deref(), Some("Pending"));
+    let init = s.init_container_statuses.as_ref().unwrap();
+    assert_eq!(init[0].state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
+    assert_eq!(init[1].state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+    assert_eq!(app(&s, "run1").state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+    assert_eq!(cond(&s, "Initialized").reason.as_deref(), Some("ContainersNotInitialized"));
+    assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [init1 init2]"));
+}
+
 #[test]
 fn crash_looping_containers_show_back_off_and_last_state() {
     let w = World::new(pod("Always", &[], &["a"])).sandbox("s", 0, true).container("s", "a", 0, Some(1)).container("s", "a", 1, Some(2));
