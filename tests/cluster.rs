@@ -467,6 +467,65 @@ fn limit_pod_memory(cgroup_root: &str, mib: u64) {
     std::fs::write(dir.join(file), (mib << 20).to_string()).unwrap();
 }
 
+/// Upstream's RuntimeClass cases ([sig-node] RuntimeClass "should run a Pod
+/// requesting a RuntimeClass with a configured handler", "should fail to run
+/// a Pod requesting a RuntimeClass with an unconfigured handler", "should
+/// reject a Pod requesting a non-existent RuntimeClass", and the pod
+/// overhead case): CRI gets the class's handler, not its name; the class's
+/// fixed overhead (which the apiserver's admission copies into the pod) is
+/// added to the pod cgroup's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_class_gives_cri_its_handler_and_the_pod_cgroup_its_overhead() {
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let classes: Api<RuntimeClass> = Api::all(c.client.clone());
+    for rc in [
+        serde_json::json!({"metadata": {"name": "fast"}, "handler": "runc", "overhead": {"podFixed": {"cpu": "250m", "memory": "32Mi"}}}),
+        serde_json::json!({"metadata": {"name": "sandboxed"}, "handler": "kata-not-here"}),
+    ] {
+        classes.create(&PostParams::default(), &serde_json::from_value(rc).unwrap()).await.unwrap();
+    }
+    let pods = c.pods("default");
+    let with_class = |name: &str, class: &str| -> Pod {
+        let mut p = bound_pod(name, &node, "sleep 3600");
+        let spec = p.spec.as_mut().unwrap();
+        spec.runtime_class_name = Some(class.into());
+        spec.containers[0].resources = Some(serde_json::from_value(serde_json::json!({"limits": {"cpu": "500m", "memory": "64Mi"}})).unwrap());
+        p
+    };
+    let created = pods.create(&PostParams::default(), &with_class("with-class", "fast")).await.unwrap();
+    assert_eq!(created.spec.as_ref().unwrap().overhead.as_ref().map(|o| o["memory"].0.clone()), Some("32Mi".to_string()), "admission copied the overhead");
+    eventually(60 * S, "the pod running", || async { (pods.get("with-class").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(()) }).await;
+    let sandbox = c.node.sandboxes_named("with-class").await.into_iter().next().expect("its sandbox");
+    assert_eq!(sandbox.runtime_handler, "runc", "the class's handler reached CRI, not its name");
+    let uid = created.metadata.uid.unwrap();
+    let rel = c.node.cgroup_root.trim_start_matches('/');
+    let limit = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        std::fs::read_to_string(std::path::Path::new("/sys/fs/cgroup").join(rel).join(format!("kubepods/pod{uid}/memory.max")))
+    } else {
+        std::fs::read_to_string(std::path::Path::new("/sys/fs/cgroup/memory").join(rel).join(format!("kubepods/pod{uid}/memory.limit_in_bytes")))
+    };
+    assert_eq!(limit.unwrap().trim(), ((64u64 + 32) << 20).to_string(), "the containers' 64Mi plus the class's 32Mi overhead");
+
+    // A handler the runtime does not have: the sandbox fails, saying so.
+    pods.create(&PostParams::default(), &with_class("unconfigured", "sandboxed")).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let note = eventually(30 * S, "a FailedCreatePodSandBox event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("unconfigured"))
+            .find_map(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("kata-not-here"), "{note}");
+    // A class that does not exist: the apiserver refuses the pod.
+    let refused = pods.create(&PostParams::default(), &with_class("no-class", "absent")).await.unwrap_err();
+    assert!(refused.to_string().contains("RuntimeClass \"absent\" not found"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_evicted_while_a_guaranteed_pod_stays_and_memory_pressure_comes_and_goes() {
     let c = Cluster::start().await;

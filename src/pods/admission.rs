@@ -37,7 +37,19 @@ pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
     let sidecars: Vec<_> = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).collect();
     let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| container_request(c, r, milli)).sum::<Amount>();
     let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| container_request(c, r, milli)).max().unwrap_or(Amount::ZERO);
-    (sum(true, "cpu").max(init(true, "cpu")), sum(false, "memory").max(init(false, "memory")))
+    // The RuntimeClass's overhead counts too (the scheduler's and kubelet's
+    // fit both add spec.overhead).
+    let overhead = |milli: bool, r: &str| {
+        spec.overhead
+            .as_ref()
+            .and_then(|o| o.get(r))
+            .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
+            .map_or(Amount::ZERO, Amount::new)
+    };
+    (
+        sum(true, "cpu").max(init(true, "cpu")).saturating_add(overhead(true, "cpu")),
+        sum(false, "memory").max(init(false, "memory")).saturating_add(overhead(false, "memory")),
+    )
 }
 
 /// One container's request of resource `r` (in millis for `milli`).

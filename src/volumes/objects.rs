@@ -112,6 +112,10 @@ pub trait ApiObjects: Send + Sync {
     async fn csi_driver(&self, _name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
         Err(ObjectError::Unavailable("CSI drivers need an apiserver".into()))
     }
+    /// A node.k8s.io RuntimeClass (`None`: there is none of that name).
+    async fn runtime_class(&self, _name: &str) -> Result<Option<k8s_openapi::api::node::v1::RuntimeClass>, ObjectError> {
+        Err(ObjectError::Unavailable("RuntimeClasses need an apiserver".into()))
+    }
     /// The Node's `status.volumesAttached` names (the attach-detach
     /// controller's record).
     async fn node_volumes_attached(&self, _node: &str) -> Result<Vec<String>, ObjectError> {
@@ -352,6 +356,11 @@ impl ApiObjects for KubeObjects {
     async fn csi_driver(&self, name: &str) -> Result<Option<k8s_openapi::api::storage::v1::CSIDriver>, ObjectError> {
         let api: Api<k8s_openapi::api::storage::v1::CSIDriver> = Api::all(self.client.clone());
         api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("csidriver {name}"), message: e.to_string() })
+    }
+
+    async fn runtime_class(&self, name: &str) -> Result<Option<k8s_openapi::api::node::v1::RuntimeClass>, ObjectError> {
+        let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.client.clone());
+        api.get_opt(name).await.map_err(|e| ObjectError::Api { what: format!("runtimeclass {name}"), message: e.to_string() })
     }
 
     async fn node_volumes_attached(&self, node: &str) -> Result<Vec<String>, ObjectError> {

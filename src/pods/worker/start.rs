@@ -55,7 +55,28 @@ impl Worker {
                 return Err(self.retry_later());
             }
         }
-        let handler = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()).unwrap_or_default();
+        // runtimeClassName names a RuntimeClass; its handler is what CRI
+        // gets (kubelet's LookupRuntimeHandler), never the class's name.
+        let handler = match pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()).filter(|n| !n.is_empty()) {
+            None => String::new(),
+            Some(class) => {
+                let found = match self.ctx.objects.as_ref() {
+                    Some(objects) => objects.runtime_class(&class).await.map_err(|e| e.to_string()),
+                    None => Err("RuntimeClasses need an apiserver (static pods cannot use one)".to_string()),
+                };
+                match found {
+                    Ok(Some(rc)) => rc.handler,
+                    Ok(None) => {
+                        self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: runtimeclass.node.k8s.io {class:?} not found"));
+                        return Err(self.retry_later());
+                    }
+                    Err(e) => {
+                        self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: looking up RuntimeClass {class:?}: {e}"));
+                        return Err(self.retry_later());
+                    }
+                }
+            }
+        };
         self.ctx.metrics.started_pods.inc();
         let id = match self.ctx.runtime.run_pod_sandbox(&config, &handler).await {
             Ok(id) => id,

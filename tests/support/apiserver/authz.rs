@@ -120,6 +120,7 @@ const NODE_RULES: &[Rule] = &[
     // The system:node ClusterRole's storage rules (the Node authorizer
     // decides volumeattachments).
     r(READ, &["storage.k8s.io"], &["csidrivers"]),
+    r(READ, &["node.k8s.io"], &["runtimeclasses"]),
     r(&["get", "create", "update", "patch", "delete"], &["storage.k8s.io"], &["csinodes"]),
 ];
 

@@ -98,6 +98,7 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "storage.k8s.io", plural: "csinodes", kind: "CSINode", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "csidrivers", kind: "CSIDriver", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "volumeattachments", kind: "VolumeAttachment", namespaced: false },
+    Resource { group: "node.k8s.io", plural: "runtimeclasses", kind: "RuntimeClass", namespaced: false },
     Resource { group: "certificates.k8s.io", plural: "certificatesigningrequests", kind: "CertificateSigningRequest", namespaced: false },
     Resource { group: "events.k8s.io", plural: "events", kind: "Event", namespaced: true },
     Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
@@ -666,6 +667,21 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     }
     match t.res.plural {
         "pods" => {
+            // The RuntimeClass admission plugin: the class must exist, and
+            // its fixed overhead becomes the pod's.
+            if let Some(class) = obj["spec"]["runtimeClassName"].as_str().filter(|c| !c.is_empty()) {
+                let found = state.store.lock().unwrap().get("runtimeclasses.node.k8s.io", "", class).cloned();
+                let Some(rc) = found else {
+                    return status(403, "Forbidden", &format!("pod rejected: RuntimeClass \"{class}\" not found"));
+                };
+                let fixed = rc["overhead"]["podFixed"].clone();
+                if !fixed.is_null() {
+                    if !obj["spec"]["overhead"].is_null() && obj["spec"]["overhead"] != fixed {
+                        return status(403, "Forbidden", "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead");
+                    }
+                    obj["spec"]["overhead"] = fixed;
+                }
+            }
             if let Err(r) = pods::admit(&mut obj) {
                 return r;
             }
