@@ -583,6 +583,34 @@ async fn safe_sysctls_are_set_and_unsafe_ones_refused_unless_allowed() {
     assert!(bad.log().contains("--allowed-unsafe-sysctls") && bad.log().contains("not known to be namespaced"), "{}", bad.log());
 }
 
+/// kubelet's AppArmor admission: a pod that asks for a confining profile
+/// (the field or the legacy annotation) is refused on a host without
+/// AppArmor (reason AppArmor), never run unconfined behind its back; an
+/// unconfined one runs. (This machine's kernel has no AppArmor; where it has,
+/// the confined pod runs and CRI gets the profile, see src/pods/apparmor.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apparmor_profile_is_enforced_or_the_pod_refused() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&[]);
+    let confined = "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    \
+                    securityContext: {appArmorProfile: {type: RuntimeDefault}}\n";
+    node.write_manifest("confined.yaml", &pod_yaml("confined", confined));
+    node.write_manifest(
+        "legacy.yaml",
+        &pod_yaml("legacy", "  terminationGracePeriodSeconds: 2\n  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sleep, '3600']}\n")
+            .replace("metadata:\n", "metadata:\n  annotations: {container.apparmor.security.beta.kubernetes.io/c: unconfined}\n"),
+    );
+    eventually(30 * S, "the unconfined pod running", || async { node.instances("legacy", "c").await.into_iter().find(is_running) }).await;
+    if nodelet::pods::apparmor::host_enabled() {
+        eventually(30 * S, "the confined pod running", || async { node.instances("confined", "c").await.into_iter().find(is_running) }).await;
+        return;
+    }
+    let refused = eventually(15 * S, "the confined pod Failed", || async { node.status("confined").filter(|p| p["status"]["phase"] == "Failed") }).await;
+    assert_eq!(refused["status"]["reason"], "AppArmor", "{refused}");
+    assert_eq!(refused["status"]["message"], "Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host");
+    assert!(node.sandboxes("confined").await.is_empty(), "never run unconfined");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
     let node = Node::start().await;

@@ -115,7 +115,7 @@ pub fn linux_resources(pod: &Pod, c: &Container, node: &NodeContext) -> cri::Lin
     }
 }
 
-fn security_context(spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::LinuxContainerSecurityContext {
+fn security_context(pod: &Pod, spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::LinuxContainerSecurityContext {
     let psc = spec.security_context.clone().unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
     let privileged = sc.privileged == Some(true);
@@ -129,6 +129,7 @@ fn security_context(spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::L
     let paths = |list: &[&str]| {
         if privileged || unmasked { Vec::new() } else { list.iter().map(|s| s.to_string()).collect() }
     };
+    let apparmor = super::apparmor::cri_profile(pod, c);
     cri::LinuxContainerSecurityContext {
         capabilities: sc.capabilities.as_ref().map(|caps| cri::Capability {
             add_capabilities: caps.add.clone().unwrap_or_default(),
@@ -145,6 +146,8 @@ fn security_context(spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::L
         masked_paths: paths(DEFAULT_MASKED_PATHS),
         readonly_paths: paths(DEFAULT_READONLY_PATHS),
         seccomp: Some(sandbox::seccomp(sc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref()), node)),
+        apparmor: apparmor.0,
+        apparmor_profile: apparmor.1,
     }
 }
 
@@ -245,7 +248,7 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfi
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(linux_resources(pod, c, r.node)),
             security_context: Some({
-                let mut sc = security_context(&spec, c, r.node);
+                let mut sc = security_context(pod, &spec, c, r.node);
                 if let (Some(target), Some(ns)) = (r.target_id, sc.namespace_options.as_mut()) {
                     ns.pid = cri::NamespaceMode::Target as i32;
                     ns.target_id = target.to_string();

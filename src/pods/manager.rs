@@ -75,6 +75,8 @@ pub struct PodManager {
     sources_ready_tx: Option<watch::Sender<bool>>,
     /// The sysctls pods may set (kubelet's sysctl admission, for every pod).
     sysctls: crate::sysctls::Allowlist,
+    /// Whether the kernel enforces AppArmor (kubelet's AppArmor admission).
+    apparmor_enabled: bool,
 }
 
 async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>>) -> Option<super::eviction::Eviction> {
@@ -113,6 +115,7 @@ impl PodManager {
             relisted: false,
             sources_ready_tx: None,
             sysctls: Default::default(),
+            apparmor_enabled: super::apparmor::host_enabled(),
         }
     }
 
@@ -147,6 +150,14 @@ impl PodManager {
         // kubelet's sysctl admission runs for pods of every source.
         if let Err(message) = self.sysctls.check(pod) {
             return Err(Rejection { reason: crate::sysctls::FORBIDDEN_REASON.into(), message: format!("Pod was rejected: {message}") });
+        }
+        // kubelet's AppArmor admission, for pods not yet running (a running
+        // pod is not checked again).
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        if !self.runtime_pods.contains_key(uid)
+            && let Err(message) = super::apparmor::check(pod, self.apparmor_enabled)
+        {
+            return Err(Rejection { reason: "AppArmor".into(), message: format!("Pod was rejected: {message}") });
         }
         let Some((node, labels)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
