@@ -416,9 +416,34 @@ pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
         .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
         .map(|v| v.name.as_str())
         .collect();
+    // Features a pod must get or be refused for, never run without
+    // (upstream's: user namespaces, pod-level resources, the Strict
+    // supplemental groups policy, recursive read-only mounts).
+    if spec.host_users == Some(false) {
+        refused.push(FieldError::new("spec.hostUsers", "Unsupported value: false: user namespaces are not implemented by this nodelet"));
+    }
+    if spec.resources.as_ref().is_some_and(|r| r.limits.as_ref().is_some_and(|m| !m.is_empty()) || r.requests.as_ref().is_some_and(|m| !m.is_empty())) {
+        refused.push(FieldError::new("spec.resources", "Unsupported value: pod-level resources are not implemented by this nodelet"));
+    }
+    if spec.security_context.as_ref().and_then(|s| s.supplemental_groups_policy.as_deref()) == Some("Strict") {
+        refused.push(FieldError::new(
+            "spec.securityContext.supplementalGroupsPolicy",
+            "Unsupported value: \"Strict\": not implemented by this nodelet",
+        ));
+    }
     let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
+            for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+                // IfPossible falls back to a plain read-only mount, as
+                // kubelet does on a runtime without it; Enabled cannot.
+                if m.recursive_read_only.as_deref() == Some("Enabled") {
+                    refused.push(FieldError::new(
+                        &format!("spec.{list}[{i}].volumeMounts[{j}].recursiveReadOnly"),
+                        "Unsupported value: \"Enabled\": recursive read-only mounts are not implemented by this nodelet",
+                    ));
+                }
+            }
             for (j, d) in c.volume_devices.iter().flatten().enumerate() {
                 if !claims.contains(&d.name.as_str()) {
                     refused.push(FieldError::new(
@@ -539,6 +564,22 @@ spec:
         let yaml = WEB.replace("    command:", "    imagePullPolcy: Always\n    command:");
         let (_, unknown) = load_static(yaml.as_bytes(), NODE, &file()).unwrap();
         assert_eq!(unknown, vec!["spec.containers[0].imagePullPolcy: unknown field".to_string()]);
+    }
+
+    #[test]
+    fn features_a_pod_must_get_are_refused_rather_than_ignored() {
+        let pod = WEB
+            .replace("  containers:", "  hostUsers: false\n  resources: {limits: {memory: 64Mi}}\n  securityContext: {supplementalGroupsPolicy: Strict}\n  volumes: [{name: data, emptyDir: {}}]\n  containers:")
+            .replace("    command:", "    volumeMounts: [{name: data, mountPath: /d, readOnly: true, recursiveReadOnly: Enabled}]\n    command:");
+        let e = err(&pod);
+        assert!(e.contains("spec.hostUsers: Unsupported value: false: user namespaces are not implemented"), "{e}");
+        assert!(e.contains("spec.resources: Unsupported value: pod-level resources"), "{e}");
+        assert!(e.contains("spec.securityContext.supplementalGroupsPolicy: Unsupported value: \"Strict\""), "{e}");
+        assert!(e.contains("spec.containers[0].volumeMounts[0].recursiveReadOnly: Unsupported value: \"Enabled\""), "{e}");
+        let fallback = WEB
+            .replace("  containers:", "  hostUsers: true\n  volumes: [{name: data, emptyDir: {}}]\n  containers:")
+            .replace("    command:", "    volumeMounts: [{name: data, mountPath: /d, readOnly: true, recursiveReadOnly: IfPossible}]\n    command:");
+        load_static(fallback.as_bytes(), NODE, &file()).unwrap();
     }
 
     #[test]
