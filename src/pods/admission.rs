@@ -39,17 +39,20 @@ pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
     let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| container_request(c, r, milli)).max().unwrap_or(Amount::ZERO);
     // The RuntimeClass's overhead counts too (the scheduler's and kubelet's
     // fit both add spec.overhead).
-    let overhead = |milli: bool, r: &str| {
-        spec.overhead
-            .as_ref()
-            .and_then(|o| o.get(r))
-            .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
-            .map_or(Amount::ZERO, Amount::new)
-    };
     (
-        sum(true, "cpu").max(init(true, "cpu")).saturating_add(overhead(true, "cpu")),
-        sum(false, "memory").max(init(false, "memory")).saturating_add(overhead(false, "memory")),
+        sum(true, "cpu").max(init(true, "cpu")).saturating_add(overhead(spec, "cpu", true)),
+        sum(false, "memory").max(init(false, "memory")).saturating_add(overhead(spec, "memory", false)),
     )
+}
+
+/// The pod's `spec.overhead` of resource `r` (in millis for `milli`): what
+/// its RuntimeClass costs beyond the containers, set by the apiserver.
+pub fn overhead(spec: &PodSpec, r: &str, milli: bool) -> Amount {
+    spec.overhead
+        .as_ref()
+        .and_then(|o| o.get(r))
+        .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
+        .map_or(Amount::ZERO, Amount::new)
 }
 
 /// One container's request of resource `r` (in millis for `milli`).

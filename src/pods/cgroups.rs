@@ -94,13 +94,7 @@ pub fn pod_limits(pod: &k8s_openapi::api::core::v1::Pod) -> PodLimits {
     // The RuntimeClass's overhead (spec.overhead, set by the apiserver's
     // admission) counts on top of the containers', as kubelet's
     // ResourceConfigForPod adds it.
-    let overhead = |res: &str, milli: bool| {
-        spec.overhead
-            .as_ref()
-            .and_then(|o| o.get(res))
-            .and_then(|q| if milli { quantity::milli(q).ok() } else { quantity::value(q).ok() })
-            .map_or(Amount::ZERO, Amount::new)
-    };
+    let overhead = |res: &str, milli: bool| super::admission::overhead(&spec, res, milli);
     let cpu_request = total("requests", "cpu", true, false).unwrap_or(Amount::ZERO).saturating_add(overhead("cpu", true));
     let shares = if class == super::qos::QosClass::BestEffort { 2 } else { quantity::cpu_shares(cpu_request) };
     let quota = total("limits", "cpu", true, true).map(|v| v.saturating_add(overhead("cpu", true))).and_then(quantity::cpu_quota);

@@ -155,7 +155,7 @@ fn block_staging(node: &NodeContext, pv: &str) -> Result<PathBuf, String> {
     checked(&block_dir(node).join("staging"), pv, "persistentVolume name")
 }
 
-fn block_publish(node: &NodeContext, pv: &str, uid: &str) -> Result<PathBuf, String> {
+pub(super) fn block_publish(node: &NodeContext, pv: &str, uid: &str) -> Result<PathBuf, String> {
     checked(&checked(&block_dir(node).join("publish"), pv, "persistentVolume name")?, uid, "metadata.uid")
 }
 
@@ -422,32 +422,41 @@ pub async fn unstage_unpublished(node: &NodeContext, drivers: &Drivers) -> Resul
         };
         let result = async {
             let mut client = node_client(&driver).await?;
-            client
-                .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
-                    volume_id: data.volume_handle.clone(),
-                    staging_target_path: staging.display().to_string(),
-                }))
-                .await
-                .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
-            if super::is_mounted(&staging) {
-                return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, staging.display()));
-            }
-            Ok(())
+            unstage(&mut client, &data, &staging, &record).await
         }
         .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %staging.display(), "unstaged a CSI volume no pod publishes");
-                remove_volume_dir(&record);
-                let _ = std::fs::remove_dir(&staging);
-                if let Some(parent) = record.parent().filter(|p| p.ends_with(&data.spec_volume_id)) {
-                    let _ = std::fs::remove_dir(parent);
-                }
-            }
-            Err(e) => errors.push(e),
+        if let Err(e) = result {
+            errors.push(e);
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// NodeUnstageVolume, then the staging path checked unmounted, then the
+/// node-wide record removed (and the directories above it, when empty).
+async fn unstage(
+    client: &mut csi::node_client::NodeClient<tonic::transport::Channel>,
+    data: &VolData,
+    staging: &Path,
+    staged_record: &Path,
+) -> Result<(), String> {
+    client
+        .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
+            volume_id: data.volume_handle.clone(),
+            staging_target_path: staging.display().to_string(),
+        }))
+        .await
+        .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
+    if super::is_mounted(staging) {
+        return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, staging.display()));
+    }
+    tracing::info!(driver = %data.driver_name, volume = %data.volume_handle, staging = %staging.display(), "CSI volume unstaged");
+    remove_volume_dir(staged_record);
+    let _ = std::fs::remove_dir(staging);
+    if let Some(parent) = staged_record.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
 }
 
 /// Whether a pod directory still holds CSI volumes to unpublish (then it
@@ -495,22 +504,7 @@ pub async fn unpublish_pod(node: &NodeContext, drivers: &Drivers, pod_dir: &Path
             // Staged when the node-wide record is there (kubelet's layout):
             // unstaged when no other pod publishes the volume.
             if p.staged_record.join("vol_data.json").exists() && !published_elsewhere(node, &data.driver_name, &data.volume_handle, &p.record) {
-                client
-                    .node_unstage_volume(request(csi::NodeUnstageVolumeRequest {
-                        volume_id: data.volume_handle.clone(),
-                        staging_target_path: p.staging.display().to_string(),
-                    }))
-                    .await
-                    .map_err(|s| format!("UnmountDevice failed for volume {:?}: {}", data.spec_volume_id, status_text(&s)))?;
-                if super::is_mounted(&p.staging) {
-                    return Err(format!("volume {:?}: the driver unstaged it but {} is still mounted", data.spec_volume_id, p.staging.display()));
-                }
-                tracing::info!(driver = %driver.name, volume = %data.volume_handle, staging = %p.staging.display(), "CSI volume unstaged");
-                remove_volume_dir(&p.staged_record);
-                let _ = std::fs::remove_dir(&p.staging);
-                if let Some(parent) = p.staged_record.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
+                unstage(&mut client, &data, &p.staging, &p.staged_record).await?;
             }
             // A block volume's publish file: the driver unmounted it.
             if p.target.is_file() {

@@ -64,7 +64,7 @@ impl Round<'_, '_> {
         block: bool,
     ) -> Result<PathBuf, String> {
         let target = if block {
-            self.ctx.node.root_dir.join("plugins/kubernetes.io/csi/volumeDevices/publish").join(pv_name).join(&self.uid)
+            csi::block_publish(self.ctx.node, pv_name, &self.uid)?
         } else {
             plugin_dir(self.ctx.node, &self.uid, "csi", pv_name)?.join("mount")
         };
