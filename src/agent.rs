@@ -240,6 +240,12 @@ pub async fn run(
     proxy: Option<crate::proxy::run::ProxySettings>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // kubelet's first check: no swap unless the operator allows it.
+    if s.fail_swap_on
+        && let Err(e) = crate::pods::swap::check_fail_swap_on(&std::fs::read_to_string("/proc/swaps").unwrap_or_default())
+    {
+        return Err(AgentError::Fault(e));
+    }
     let metrics = Arc::new(Metrics::new());
     let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
@@ -282,6 +288,8 @@ pub async fn run(
         oom_score_adj_floor: oom_floor,
         host_ips: s.node_ips.clone(),
         backoff: s.backoff,
+        seccomp_default: s.seccomp_default,
+        swap: crate::pods::swap::SwapFacts::detect(s.swap_behavior, std::path::Path::new("/sys/fs/cgroup")),
         runtime_name,
     });
 
@@ -357,6 +365,7 @@ pub async fn run(
     // registered ones, then the Node watch's): for admission and PVs' node
     // affinity.
     let (node_labels_tx, node_labels_rx) = watch::channel(std::collections::BTreeMap::new());
+    let (node_taints_tx, node_taints_rx) = watch::channel(Vec::new());
     let ctx = Arc::new(WorkerContext {
         csi: csi.clone(),
         in_use: in_use.clone(),
@@ -429,6 +438,7 @@ pub async fn run(
         manager_admission = Some(NodeResources {
             name: s.node_name.clone(),
             labels: facts.labels.clone(),
+            taints: Vec::new(),
             cpu_millis: node.cpu_capacity_millis,
             memory_bytes: node.memory_capacity_bytes,
             max_pods: s.max_pods,
@@ -443,6 +453,7 @@ pub async fn run(
             sources: src_tx.clone(),
             terminated: writes.then_some(terminated_rx),
             node_labels: node_labels_tx,
+            node_taints: node_taints_tx,
             metrics: metrics.clone(),
             images: images_rx,
             pressure: pressure_rx.clone(),
@@ -517,7 +528,7 @@ pub async fn run(
         .with_sources_ready(sources_ready_tx)
         .with_sysctls(crate::sysctls::Allowlist::new(&s.allowed_unsafe_sysctls).map_err(|e| AgentError::Fault(format!("allowedUnsafeSysctls: {e}")))?);
     if let (Some(node), Some(labels)) = (manager_admission, node_labels) {
-        manager = manager.with_admission(node, labels);
+        manager = manager.with_admission(node, labels, node_taints_rx);
     }
     let one_shot = s.dry_run && !s.dry_run_watch;
     let mut planned = None;

@@ -32,6 +32,7 @@ pub fn static_pod(data: &[u8]) {
     let resources = admission::NodeResources {
         name: "fuzz-node".into(),
         labels: BTreeMap::new(),
+        taints: vec![k8s_openapi::api::core::v1::Taint { key: "k".into(), effect: "NoExecute".into(), value: Some("v".into()), ..Default::default() }],
         cpu_millis: 4000,
         memory_bytes: 8 << 30,
         max_pods: 110,

@@ -178,6 +178,12 @@ struct RunArgs {
     /// nodelet's own oom_score_adj [default: -999].
     #[arg(long, allow_negative_numbers = true)]
     oom_score_adj: Option<i32>,
+    /// RuntimeDefault seccomp for containers that name no profile [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    seccomp_default: Option<bool>,
+    /// Refuse to start while the node has swap on [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    fail_swap_on: Option<bool>,
     /// Comma-separated node IPs (status.hostIP); default: the default route's.
     #[arg(long)]
     node_ip: Option<String>,
@@ -341,6 +347,8 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         max_pods: a.max_pods,
         allowed_unsafe_sysctls: a.allowed_unsafe_sysctls,
         oom_score_adj: a.oom_score_adj,
+        seccomp_default: a.seccomp_default,
+        fail_swap_on: a.fail_swap_on,
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,
         image_gc_high_threshold: a.image_gc_high_threshold,

@@ -66,6 +66,10 @@ pub struct NodeContext {
     /// The node's own addresses (status.hostIP).
     pub host_ips: Vec<String>,
     pub backoff: BackoffConfig,
+    /// `seccompDefault`: RuntimeDefault for containers that name no profile.
+    pub seccomp_default: bool,
+    /// What containers may swap (`memorySwap`), and what the node has.
+    pub swap: crate::pods::swap::SwapFacts,
     /// Prefix of containerIDs in status (`containerd://...`).
     pub runtime_name: String,
 }
@@ -93,6 +97,8 @@ impl NodeContext {
             oom_score_adj_floor: -1000,
             host_ips: vec![],
             backoff: BackoffConfig::default(),
+            seccomp_default: false,
+            swap: Default::default(),
             runtime_name: "containerd".into(),
         }
     }

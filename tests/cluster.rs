@@ -290,6 +290,32 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
     assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: image volumes"));
 
+    // kubelet re-checks NoExecute taints (the taint-eviction controller is
+    // off here, as some clusters run it, so nothing but the node refuses):
+    // a pod bound straight to a node it does not tolerate never runs.
+    c.api.set_taint_eviction(false);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    let taint = serde_json::json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoExecute"}, {"key": "gpu", "effect": "NoSchedule"}]}});
+    nodes.patch(&c.node.node_name(), &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pods.create(&PostParams::default(), &bound_pod("untolerated", &c.node.node_name(), "sleep 3600")).await.unwrap();
+    let mut tolerated = bound_pod("tolerated", &c.node.node_name(), "sleep 3600");
+    tolerated.spec.as_mut().unwrap().tolerations =
+        Some(vec![serde_json::from_value(serde_json::json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoExecute"})).unwrap()]);
+    pods.create(&PostParams::default(), &tolerated).await.unwrap();
+    let st = eventually(30 * S, "untolerated rejected", || async {
+        let st = pods.get("untolerated").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(st.reason.as_deref(), Some("TaintToleration"));
+    assert_eq!(st.message.as_deref(), Some("Pod was rejected: Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate"));
+    assert!(c.node.containers_named("untolerated").await.is_empty(), "an untolerated pod does not run");
+    eventually(30 * S, "tolerated Running (NoSchedule is the scheduler's business)", || async {
+        (pods.get("tolerated").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let reasons = eventually(30 * S, "Started and rejection events", || async {
         let list = events.list(&ListParams::default()).await.ok()?;

@@ -611,6 +611,40 @@ async fn an_apparmor_profile_is_enforced_or_the_pod_refused() {
     assert!(node.sandboxes("confined").await.is_empty(), "never run unconfined");
 }
 
+/// kubelet's `seccompDefault`: a container that names no seccomp profile
+/// runs under the runtime's default filter (the kernel reports `Seccomp: 2`),
+/// one that asks for Unconfined runs without (0); and NoSwap: a container
+/// with a memory limit may not swap beyond it (cgroup v1: memory+swap =
+/// memory; on v2 memory.swap.max is 0, see src/pods/swap.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_default_confines_containers_that_name_no_profile() {
+    let node = Node::start().await;
+    let _agent = node.nodelet(&["--seccomp-default"]);
+    let spec = |sc: &str| {
+        format!(
+            "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    \
+             resources: {{limits: {{memory: 64Mi}}}}\n{sc}"
+        )
+    };
+    node.write_manifest("plain.yaml", &pod_yaml("plain", &spec("")));
+    node.write_manifest("open.yaml", &pod_yaml("open", &spec("    securityContext: {seccompProfile: {type: Unconfined}}\n")));
+    let seccomp_mode = |id: String| {
+        let node = &node;
+        async move {
+            let out = node.exec(&id, &["grep", "^Seccomp:", "/proc/self/status"]).await;
+            String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_string()
+        }
+    };
+    let plain = eventually(30 * S, "the plain pod running", || async { node.instances("plain", "c").await.into_iter().find(is_running) }).await;
+    let open = eventually(30 * S, "the unconfined pod running", || async { node.instances("open", "c").await.into_iter().find(is_running) }).await;
+    assert_eq!(seccomp_mode(plain.id.clone()).await, "2", "RuntimeDefault filter under seccompDefault");
+    assert_eq!(seccomp_mode(open.id.clone()).await, "0", "an explicit Unconfined stays unconfined");
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        let out = node.exec(&plain.id, &["cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"]).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (64u64 << 20).to_string(), "memory+swap capped at the memory limit");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_a_manifest_url_run_and_follow_its_changes() {
     let node = Node::start().await;

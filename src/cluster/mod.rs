@@ -110,6 +110,8 @@ pub struct ClusterParts {
     pub terminated: Option<mpsc::UnboundedReceiver<Terminated>>,
     /// The Node's labels as the apiserver has them, for admission.
     pub node_labels: watch::Sender<std::collections::BTreeMap<String, String>>,
+    /// The Node's taints as the apiserver has them, for admission.
+    pub node_taints: watch::Sender<Vec<k8s_openapi::api::core::v1::Taint>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The node's images for its status (from image GC's listing).
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
@@ -132,7 +134,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let (mirrors_tx, mirrors_rx) = watch::channel(podsource::Mirrors::new());
     let (bound_pods, bound_pods_writer) = kube::runtime::reflector::store();
     tasks.spawn("pod watch", podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx, bound_pods_writer));
-    tasks.spawn("node watch", node::watch_labels(client.clone(), node.clone(), p.node_labels));
+    tasks.spawn("node watch", node::watch_node(client.clone(), node.clone(), p.node_labels, p.node_taints));
     if dry_run {
         return;
     }

@@ -214,7 +214,12 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
 
 /// Follows the Node object's labels (an operator's `kubectl label node`
 /// among them) for admission, as kubelet's node lister does.
-pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sender<BTreeMap<String, String>>) {
+pub async fn watch_node(
+    client: kube::Client,
+    node: String,
+    labels: watch::Sender<BTreeMap<String, String>>,
+    taints: watch::Sender<Vec<k8s_openapi::api::core::v1::Taint>>,
+) {
     use futures::StreamExt;
     use kube::runtime::watcher;
     let nodes: Api<Node> = Api::all(client);
@@ -229,6 +234,15 @@ pub async fn watch_labels(client: kube::Client, node: String, labels: watch::Sen
                 continue;
             }
         };
+        let new_taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        taints.send_if_modified(|old| {
+            if *old == new_taints {
+                return false;
+            }
+            tracing::info!(taints = ?new_taints.iter().map(|t| format!("{}:{}", t.key, t.effect)).collect::<Vec<_>>(), "node taints changed");
+            *old = new_taints;
+            true
+        });
         let new = n.metadata.labels.unwrap_or_default();
         labels.send_if_modified(|old| {
             if *old == new {

@@ -41,6 +41,9 @@ pub struct KubeletConfig {
     pub max_pods: Option<u32>,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
+    pub seccomp_default: Option<bool>,
+    pub fail_swap_on: Option<bool>,
+    pub swap_behavior: Option<super::SwapBehavior>,
     pub max_container_restart_period: Option<Duration>,
     pub node_status_update_frequency: Option<Duration>,
     pub node_status_report_frequency: Option<Duration>,
@@ -123,6 +126,13 @@ pub struct WebhookAuthorization {
     pub cache_authorized_ttl: Option<Duration>,
     #[serde(rename = "cacheUnauthorizedTTL", default, deserialize_with = "opt_duration")]
     pub cache_unauthorized_ttl: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MemorySwap {
+    #[serde(default)]
+    swap_behavior: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +248,15 @@ impl KubeletConfig {
                         return Err(bad(k, format!("Invalid value: {n}: must be between -1000 and 1000")));
                     }
                     c.oom_score_adj = Some(n);
+                }
+                "seccompDefault" => c.seccomp_default = Some(field(file, k, v)?),
+                "failSwapOn" => c.fail_swap_on = Some(field(file, k, v)?),
+                "memorySwap" => {
+                    let m: MemorySwap = field(file, k, v)?;
+                    let b = m.swap_behavior.unwrap_or_default();
+                    c.swap_behavior = Some(super::SwapBehavior::parse(&b).ok_or_else(|| {
+                        bad("memorySwap.swapBehavior", format!("Unsupported value: {b:?}: supported values: \"NoSwap\", \"LimitedSwap\""))
+                    })?);
                 }
                 "nodeStatusUpdateFrequency" => c.node_status_update_frequency = Some(duration(file, k, v)?),
                 "nodeStatusReportFrequency" => c.node_status_report_frequency = Some(duration(file, k, v)?),
@@ -388,6 +407,8 @@ maxPods: 110
 staticPodPath: /etc/kubernetes/manifests
 fileCheckFrequency: 20s
 crashLoopBackOff: {maxContainerRestartPeriod: 1m}
+seccompDefault: true
+memorySwap: {swapBehavior: LimitedSwap}
 "#;
         let c = KubeletConfig::parse(yaml.as_bytes(), "kubelet-config.yml").unwrap();
         assert_eq!(c.cluster_dns, Some(vec!["10.0.0.2".to_string()]));
@@ -401,6 +422,7 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert_eq!(c.authentication.webhook.cache_ttl, Some(Duration::from_secs(120)));
         assert_eq!(c.authentication.x509.client_ca_file, Some(PathBuf::from("/opt/kubernetes/ssl/ca.pem")));
         assert_eq!(c.authorization.mode.as_deref(), Some("Webhook"));
+        assert_eq!((c.fail_swap_on, c.seccomp_default, c.swap_behavior), (Some(false), Some(true), Some(super::super::SwapBehavior::LimitedSwap)));
     }
 
     fn err(body: &str) -> String {
@@ -422,6 +444,11 @@ crashLoopBackOff: {maxContainerRestartPeriod: 1m}
         assert!(err("authorization: {mode: ABAC}\n").starts_with("k.yaml: authorization.mode: Unsupported value"));
         assert!(err("authentication: {webhook: {cacheTTL: soon}}\n").starts_with("k.yaml: authentication.webhook.cacheTTL: "), "{}", err("authentication: {webhook: {cacheTTL: soon}}\n"));
         assert!(err("port: https\n").starts_with("k.yaml: port: invalid type"));
+        assert_eq!(
+            err("memorySwap: {swapBehavior: UnlimitedSwap}\n"),
+            "k.yaml: memorySwap.swapBehavior: Unsupported value: \"UnlimitedSwap\": supported values: \"NoSwap\", \"LimitedSwap\""
+        );
+        assert!(err("failSwapOn: maybe\n").starts_with("k.yaml: failSwapOn: invalid type"));
         assert!(err("containerLogMaxFiles: 1\n").starts_with("k.yaml: containerLogMaxFiles: Invalid value: 1"));
         assert!(err("containerLogMaxSize: lots\n").starts_with("k.yaml: containerLogMaxSize: quantities must match"));
         assert!(err("containerLogMonitorInterval: 1s\n").starts_with("k.yaml: containerLogMonitorInterval: Invalid value"));

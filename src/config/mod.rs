@@ -30,6 +30,34 @@ pub enum CgroupDriver {
     Systemd,
 }
 
+/// kubelet's `memorySwap.swapBehavior`: whether containers may use the
+/// node's swap. `LimitedSwap` gives Burstable containers a share in
+/// proportion to their memory request (cgroup v2 only); everything else runs
+/// without swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SwapBehavior {
+    #[default]
+    NoSwap,
+    LimitedSwap,
+}
+
+impl SwapBehavior {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "NoSwap" => Some(Self::NoSwap),
+            "LimitedSwap" => Some(Self::LimitedSwap),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSwap => "NoSwap",
+            Self::LimitedSwap => "LimitedSwap",
+        }
+    }
+}
+
 /// Crash-loop back-off settings (see `pods::backoff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -75,6 +103,12 @@ pub struct Settings {
     /// kubelet's `allowedUnsafeSysctls`: patterns, already checked.
     pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: i32,
+    /// `seccompDefault`: RuntimeDefault for containers that name no profile.
+    pub seccomp_default: bool,
+    /// `failSwapOn`: refuse to start while the node has swap on.
+    pub fail_swap_on: bool,
+    /// `memorySwap.swapBehavior`.
+    pub swap_behavior: SwapBehavior,
     pub node_ips: Vec<String>,
     pub backoff: BackoffConfig,
     /// Cluster mode; `None` runs standalone on static pods.
@@ -156,6 +190,9 @@ impl Settings {
             "rotateCertificates": self.cluster.as_ref().map(|c| c.rotate_certificates),
         });
         if let Some(m) = v.as_object_mut() {
+            m.insert("seccompDefault".into(), self.seccomp_default.into());
+            m.insert("failSwapOn".into(), self.fail_swap_on.into());
+            m.insert("memorySwap".into(), serde_json::json!({"swapBehavior": self.swap_behavior.as_str()}));
             m.insert("serializeImagePulls".into(), self.pulls.serialize.into());
             m.insert("maxParallelImagePulls".into(), serde_json::json!(self.pulls.max_parallel));
             m.insert("registryPullQPS".into(), serde_json::json!(self.pulls.qps));
@@ -337,6 +374,8 @@ pub struct Overrides {
     pub max_pods: Option<u32>,
     pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: Option<i32>,
+    pub seccomp_default: Option<bool>,
+    pub fail_swap_on: Option<bool>,
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
     pub image_gc_high_threshold: Option<u8>,
@@ -536,6 +575,9 @@ impl Settings {
             max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
             allowed_unsafe_sysctls: if o.allowed_unsafe_sysctls.is_empty() { file.allowed_unsafe_sysctls.clone().unwrap_or_default() } else { o.allowed_unsafe_sysctls.clone() },
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
+            seccomp_default: o.seccomp_default.or(file.seccomp_default).unwrap_or(false),
+            fail_swap_on: o.fail_swap_on.or(file.fail_swap_on).unwrap_or(true),
+            swap_behavior: file.swap_behavior.unwrap_or_default(),
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },
             cluster,

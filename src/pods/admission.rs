@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Taint, Toleration};
 
 use crate::resources::{self as quantity, Amount};
 
@@ -15,6 +15,8 @@ use crate::resources::{self as quantity, Amount};
 pub struct NodeResources {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The Node's taints as the apiserver has them (only NoExecute matter here).
+    pub taints: Vec<Taint>,
     pub cpu_millis: i64,
     pub memory_bytes: i64,
     pub max_pods: u32,
@@ -86,9 +88,38 @@ fn node_affinity_ok(spec: &PodSpec, labels: &BTreeMap<String, String>, node_name
     required.is_none_or(|sel| crate::node_selector::matches(&sel.node_selector_terms, labels, node_name))
 }
 
+/// Whether `t` tolerates `taint` (the API's rule: an empty key with Exists
+/// matches every key; an empty effect every effect; Equal, the default,
+/// compares values).
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+        return false;
+    }
+    let key = t.key.as_deref().unwrap_or("");
+    if !key.is_empty() && key != taint.key {
+        return false;
+    }
+    match t.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        "Equal" | "" => !key.is_empty() && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        _ => false,
+    }
+}
+
 /// Admits `pod` next to the pods already admitted, or says why not.
 pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), Rejection> {
     let spec = pod.spec.clone().unwrap_or_default();
+    if spec.security_context.as_ref().and_then(|s| s.supplemental_groups_policy.as_deref()) == Some("Strict") {
+        // kubelet's own reason: the runtime reports no support (containerd
+        // 2.0's features.supplemental_groups_policy), so Strict cannot be kept.
+        return reject("SupplementalGroupsPolicyNotSupported", "SupplementalGroupsPolicy=Strict is not supported in this node".into());
+    }
+    if spec.os.as_ref().is_some_and(|os| os.name != "linux") {
+        return reject("PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS".into());
+    }
+    if pod.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/os")).is_some_and(|os| os != "linux") {
+        return reject("PodOSSelectorNodeLabelDoesNotMatch", "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label".into());
+    }
     let unsupported = super::manifest::not_yet_supported(pod);
     if !unsupported.is_empty() {
         let list = unsupported.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
@@ -119,6 +150,14 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
             format!("Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
         );
     }
+    // Static pods are exempt: kubelet checks only NoExecute taints, and
+    // only for pods from the apiserver.
+    if super::from_api(pod) {
+        let tolerations = spec.tolerations.as_deref().unwrap_or(&[]);
+        if node.taints.iter().any(|taint| taint.effect == "NoExecute" && !tolerations.iter().any(|t| tolerates(t, taint))) {
+            return reject("TaintToleration", "Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate".into());
+        }
+    }
     let taken: Vec<(i32, String, String)> = admitted.iter().filter_map(|p| p.spec.as_ref()).flat_map(host_ports).collect();
     for (port, proto, ip) in host_ports(&spec) {
         let clash = taken.iter().any(|(p, pr, i)| *p == port && *pr == proto && (i.is_empty() || ip.is_empty() || *i == ip));
@@ -145,6 +184,7 @@ mod tests {
         NodeResources {
             name: "n1".into(),
             labels: BTreeMap::from([("disk".into(), "ssd".into())]),
+            taints: Vec::new(),
             cpu_millis: 1000,
             memory_bytes: 4 << 30,
             max_pods: 2,
@@ -175,6 +215,43 @@ mod tests {
         assert!(r.message.contains("spec.volumes[0]: Unsupported value"), "{}", r.message);
         with_volume.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].empty_dir = Some(Default::default());
         assert_eq!(admit(&with_volume, &[], &node()), Ok(()));
+    }
+
+    #[test]
+    fn untolerated_no_execute_taints_refuse_apiserver_pods_only() {
+        let taint = |key: &str, value: Option<&str>, effect: &str| Taint { key: key.into(), value: value.map(Into::into), effect: effect.into(), ..Default::default() };
+        let tainted = NodeResources {
+            taints: vec![taint("dedicated", Some("db"), "NoExecute"), taint("gpu", None, "NoSchedule")],
+            ..node()
+        };
+        let mut api = pod("");
+        api.metadata.annotations.as_mut().unwrap().insert(manifest::ANNOTATION_CONFIG_SOURCE.into(), "api".into());
+        // (load_static gave it the static pod's tolerate-all NoExecute.)
+        api.spec.as_mut().unwrap().tolerations = None;
+        let r = admit(&api, &[], &tainted).unwrap_err();
+        assert_eq!(r.reason, "TaintToleration");
+        assert_eq!(r.message, "Pod was rejected: Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate");
+        // NoSchedule is the scheduler's business; a static pod is exempt.
+        assert_eq!(admit(&pod(""), &[], &tainted), Ok(()), "static pods are not checked");
+        let with = |t: &str| {
+            let mut p = api.clone();
+            p.spec.as_mut().unwrap().tolerations = Some(serde_json::from_str(t).unwrap());
+            admit(&p, &[], &tainted)
+        };
+        assert_eq!(with(r#"[{"key": "dedicated", "value": "db", "effect": "NoExecute"}]"#), Ok(()));
+        assert_eq!(with(r#"[{"key": "dedicated", "operator": "Exists"}]"#), Ok(()));
+        assert_eq!(with(r#"[{"operator": "Exists"}]"#), Ok(()), "empty key with Exists tolerates everything");
+        assert_eq!(with(r#"[{"key": "dedicated", "value": "web", "effect": "NoExecute"}]"#).unwrap_err().reason, "TaintToleration");
+        assert_eq!(with(r#"[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]"#).unwrap_err().reason, "TaintToleration");
+    }
+
+    #[test]
+    fn kubelets_reasons_for_what_the_node_cannot_offer() {
+        let mut strict = pod("");
+        strict.spec.as_mut().unwrap().security_context = Some(serde_json::from_str(r#"{"supplementalGroupsPolicy": "Strict"}"#).unwrap());
+        assert_eq!(admit(&strict, &[], &node()).unwrap_err().reason, "SupplementalGroupsPolicyNotSupported");
+        assert_eq!(admit(&pod("  os: {name: windows}\n"), &[], &node()).unwrap_err().reason, "PodOSNotSupported");
+        assert_eq!(admit(&pod("  os: {name: linux}\n"), &[], &node()), Ok(()));
     }
 
     fn requesting(cpu: &str, memory: &str) -> Pod {

@@ -101,18 +101,20 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, node: &NodeContext) -> i64 {
     score.max(node.oom_score_adj_floor)
 }
 
-/// CPU shares, CFS quota and the memory limit for a container.
+/// CPU shares, CFS quota, the memory limit and swap for a container.
 pub fn linux_resources(pod: &Pod, c: &Container, node: &NodeContext) -> cri::LinuxContainerResources {
     let shares = quantity::cpu_shares(Amount::new(milli(c, "requests", "cpu")));
     let quota = quantity::cpu_quota(Amount::new(milli(c, "limits", "cpu"))).unwrap_or(0);
-    cri::LinuxContainerResources {
+    let mut lcr = cri::LinuxContainerResources {
         cpu_period: if quota > 0 { CPU_PERIOD_US } else { 0 },
         cpu_quota: quota,
         cpu_shares: shares,
         memory_limit_in_bytes: bytes(c, "limits", "memory"),
         oom_score_adj: oom_score_adj(pod, c, node),
         ..Default::default()
-    }
+    };
+    super::swap::apply(&mut lcr, pod, c, &node.swap, node.memory_capacity_bytes);
+    lcr
 }
 
 fn security_context(pod: &Pod, spec: &PodSpec, c: &Container, node: &NodeContext) -> cri::LinuxContainerSecurityContext {

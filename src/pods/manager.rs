@@ -60,7 +60,7 @@ pub struct PodManager {
     restart_after: HashMap<String, Instant>,
     /// What this node offers, for admitting apiserver pods (cluster mode),
     /// and the Node's labels as the apiserver has them.
-    admission: Option<(NodeResources, watch::Receiver<BTreeMap<String, String>>)>,
+    admission: Option<(NodeResources, watch::Receiver<BTreeMap<String, String>>, watch::Receiver<Vec<k8s_openapi::api::core::v1::Taint>>)>,
     /// Apiserver pods admission turned away, with the reason.
     rejected: HashMap<String, Rejection>,
     /// Apiserver pods being deleted that have been stopped and reported;
@@ -132,10 +132,15 @@ impl PodManager {
         self
     }
 
-    /// Admits apiserver pods against `node`, with `labels` following the
-    /// Node object, before running them.
-    pub fn with_admission(mut self, node: NodeResources, labels: watch::Receiver<BTreeMap<String, String>>) -> Self {
-        self.admission = Some((node, labels));
+    /// Admits apiserver pods against `node`, with `labels` and `taints`
+    /// following the Node object, before running them.
+    pub fn with_admission(
+        mut self,
+        node: NodeResources,
+        labels: watch::Receiver<BTreeMap<String, String>>,
+        taints: watch::Receiver<Vec<k8s_openapi::api::core::v1::Taint>>,
+    ) -> Self {
+        self.admission = Some((node, labels, taints));
         self
     }
 
@@ -159,7 +164,7 @@ impl PodManager {
         {
             return Err(Rejection { reason: "AppArmor".into(), message: format!("Pod was rejected: {message}") });
         }
-        let Some((node, labels)) = &self.admission else { return Ok(()) };
+        let Some((node, labels, taints)) = &self.admission else { return Ok(()) };
         if !from_api(pod) {
             return Ok(());
         }
@@ -185,7 +190,7 @@ impl PodManager {
                 return Err(Rejection { reason: "Evicted".into(), message: format!("The node had condition: [{}]. ", conditions.join(", ")) });
             }
         }
-        let node = NodeResources { labels: labels.borrow().clone(), ..node.clone() };
+        let node = NodeResources { labels: labels.borrow().clone(), taints: taints.borrow().clone(), ..node.clone() };
         let node = &node;
         let statuses = self.ctx.statuses.snapshot();
         let done = |uid: &str| statuses.get(uid).is_some_and(|r| is_terminal(&r.status));

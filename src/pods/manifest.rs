@@ -397,7 +397,7 @@ pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -
 }
 
 /// What this version of nodelet cannot honour: volume kinds it has no
-/// plugin for and block devices. A pod started without its mounts (etcd
+/// plugin for, block devices, and paths that would leave their directory. A pod started without its mounts (etcd
 /// without its data directory) would be worse than no pod, so such pods are
 /// refused rather than run half-way.
 pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
@@ -431,9 +431,27 @@ pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
             "Unsupported value: \"Strict\": not implemented by this nodelet",
         ));
     }
+    // A Localhost seccomp profile is a file below <root-dir>/seccomp; a path
+    // out of it is refused (the apiserver's rule, kept for static pods too).
+    let seccomp_path = |p: Option<&k8s_openapi::api::core::v1::SeccompProfile>, field: &str, refused: &mut Vec<FieldError>| {
+        if let Some(p) = p.filter(|p| p.type_ == "Localhost") {
+            let path = p.localhost_profile.as_deref().unwrap_or("");
+            if super::sandbox::localhost_profile_path(std::path::Path::new("/"), path).is_none() {
+                refused.push(FieldError::new(
+                    &format!("{field}.seccompProfile.localhostProfile"),
+                    format!("Invalid value: {path:?}: must be a relative path below the seccomp profile root, without '..'"),
+                ));
+            }
+        }
+    };
+    seccomp_path(spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()), "spec.securityContext", &mut refused);
+    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        seccomp_path(c.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()), &format!("spec.ephemeralContainers[{i}].securityContext"), &mut refused);
+    }
     let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or(&[])), ("containers", &spec.containers[..])];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
+            seccomp_path(c.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()), &format!("spec.{list}[{i}].securityContext"), &mut refused);
             for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
                 // IfPossible falls back to a plain read-only mount, as
                 // kubelet does on a runtime without it; Enabled cannot.

@@ -26,6 +26,7 @@ pub mod shutdown;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod swap;
 #[cfg(test)]
 mod testing;
 pub mod validation;

@@ -86,18 +86,33 @@ fn hostname(pod: &Pod) -> String {
     trimmed
 }
 
-/// Seccomp from a pod or container securityContext; unset is Unconfined, as
-/// kubelet does without `seccompDefault`.
+/// Seccomp from a pod or container securityContext; unset is RuntimeDefault
+/// under `seccompDefault`, else Unconfined, as in kubelet. A Localhost
+/// profile is a file below `<root-dir>/seccomp`: a path that would leave it
+/// (absolute, `..`) is refused at admission; should one get here it gets
+/// RuntimeDefault, never a file elsewhere.
 pub fn seccomp(profile: Option<&k8s_openapi::api::core::v1::SeccompProfile>, node: &NodeContext) -> cri::SecurityProfile {
     use cri::security_profile::ProfileType;
-    match profile.map(|p| (p.type_.as_str(), p.localhost_profile.clone())) {
-        Some(("RuntimeDefault", _)) => cri::SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() },
-        Some(("Localhost", Some(path))) => cri::SecurityProfile {
-            profile_type: ProfileType::Localhost as i32,
-            localhost_ref: node.root_dir.join("seccomp").join(path).display().to_string(),
+    let runtime_default = || cri::SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() };
+    match profile.map(|p| (p.type_.as_str(), p.localhost_profile.as_deref())) {
+        Some(("RuntimeDefault", _)) => runtime_default(),
+        Some(("Localhost", path)) => match path.and_then(|p| localhost_profile_path(&node.root_dir.join("seccomp"), p)) {
+            Some(file) => cri::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: file.display().to_string() },
+            None => runtime_default(),
         },
+        Some(("Unconfined", _)) => cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() },
+        None if node.seccomp_default => runtime_default(),
         _ => cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() },
     }
+}
+
+/// `dir/path` when `path` is relative and descends only (the apiserver's
+/// rule for `localhostProfile`), else `None`.
+pub fn localhost_profile_path(dir: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
+    use std::path::Component;
+    let p = std::path::Path::new(path);
+    let descends = !path.is_empty() && !path.contains('\0') && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    descends.then(|| dir.join(p))
 }
 
 /// The sandbox config for attempt `attempt` of a pod, plus warnings (DNS
@@ -170,6 +185,34 @@ mod tests {
     }
 
     const BASE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: team, labels: {app: web}}\nspec:\n  containers:\n  - name: app\n    image: busybox:1\n    ports: [{containerPort: 80, hostPort: 8080}, {containerPort: 53, protocol: UDP}]\n";
+
+    #[test]
+    fn seccomp_default_and_localhost_profiles_stay_below_their_root() {
+        use cri::security_profile::ProfileType;
+        use k8s_openapi::api::core::v1::SeccompProfile;
+        let mut node = NodeContext::for_tests("n");
+        let kind = |p: &cri::SecurityProfile| ProfileType::try_from(p.profile_type).unwrap();
+        assert_eq!(kind(&seccomp(None, &node)), ProfileType::Unconfined, "kubelet's default without seccompDefault");
+        node.seccomp_default = true;
+        assert_eq!(kind(&seccomp(None, &node)), ProfileType::RuntimeDefault);
+        let unconfined = SeccompProfile { type_: "Unconfined".into(), localhost_profile: None };
+        assert_eq!(kind(&seccomp(Some(&unconfined), &node)), ProfileType::Unconfined, "asked for explicitly");
+        let local = |p: &str| SeccompProfile { type_: "Localhost".into(), localhost_profile: Some(p.into()) };
+        let ok = seccomp(Some(&local("profiles/audit.json")), &node);
+        assert_eq!((kind(&ok), ok.localhost_ref.as_str()), (ProfileType::Localhost, "/var/lib/kubelet/seccomp/profiles/audit.json"));
+        for bad in ["/etc/shadow", "../../etc/shadow", "a/../../b", ""] {
+            let p = seccomp(Some(&local(bad)), &node);
+            assert_eq!(kind(&p), ProfileType::RuntimeDefault, "{bad:?} never names a file elsewhere");
+            assert!(p.localhost_ref.is_empty());
+        }
+        let missing = SeccompProfile { type_: "Localhost".into(), localhost_profile: None };
+        assert_eq!(kind(&seccomp(Some(&missing), &node)), ProfileType::RuntimeDefault);
+        // And admission names the field.
+        let mut p = pod(BASE);
+        p.spec.as_mut().unwrap().containers[0].security_context = Some(serde_json::from_str(r#"{"seccompProfile": {"type": "Localhost", "localhostProfile": "../x"}}"#).unwrap());
+        let refused = manifest::not_yet_supported(&p);
+        assert!(refused.iter().any(|e| e.to_string().contains("spec.containers[0].securityContext.seccompProfile.localhostProfile")), "{refused:?}");
+    }
 
     #[test]
     fn sandbox_config_follows_kubelet() {

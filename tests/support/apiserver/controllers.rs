@@ -154,6 +154,9 @@ struct NodeHealth {
 /// Settings and memory of the node lifecycle controller and taint manager.
 pub struct Lifecycle {
     pub enabled: bool,
+    /// The taint-eviction controller (kube-controller-manager can run
+    /// without it: `--controllers=*,-taint-eviction-controller`).
+    pub taint_eviction: bool,
     /// `--node-monitor-grace-period`.
     pub grace: Duration,
     /// `--node-startup-grace-period`: for a node that never posted Ready.
@@ -169,6 +172,7 @@ impl Default for Lifecycle {
     fn default() -> Self {
         Self {
             enabled: true,
+            taint_eviction: true,
             grace: Duration::from_secs(40),
             startup_grace: Duration::from_secs(60),
             nodes: HashMap::new(),
@@ -195,7 +199,9 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
             }
             let mut store = state.store.lock().unwrap();
             monitor_nodes(&mut store, &mut lifecycle);
-            evict_by_taints(&mut store, &mut lifecycle);
+            if lifecycle.taint_eviction {
+                evict_by_taints(&mut store, &mut lifecycle);
+            }
         }
     })
 }

@@ -213,6 +213,12 @@ impl ApiServer {
         self.restart().await;
     }
 
+    /// Runs kube-controller-manager with or without its taint-eviction
+    /// controller (`--controllers=*,-taint-eviction-controller`).
+    pub fn set_taint_eviction(&self, on: bool) {
+        self.state.lifecycle.lock().unwrap().taint_eviction = on;
+    }
+
     /// kube-controller-manager's `--node-monitor-grace-period`.
     pub fn set_node_monitor_grace_period(&self, d: Duration) {
         self.state.lifecycle.lock().unwrap().grace = d;
