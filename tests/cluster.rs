@@ -584,6 +584,10 @@ async fn a_memory_hog_is_evicted_while_a_guaranteed_pod_stays_and_memory_pressur
     let msg = evicted.message.unwrap_or_default();
     assert!(msg.starts_with("The node was low on resource: memory. Threshold quantity: 100Mi, available: "), "{msg}");
     assert!(msg.contains("Container c was using"), "{msg}");
+    // kubelet's DisruptionTarget, which a Job's podFailurePolicy matches on.
+    let disruption = evicted.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("a DisruptionTarget condition");
+    assert_eq!((disruption.status.as_str(), disruption.reason.as_deref()), ("True", Some("TerminationByKubelet")));
+    assert_eq!(disruption.message.as_deref(), Some(msg.as_str()));
     // Under memory pressure a BestEffort pod is turned away, as kubelet's
     // eviction admission does.
     pods.create(&PostParams::default(), &bound_pod("late", &node, "sleep 3600")).await.unwrap();
@@ -654,6 +658,8 @@ async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go(
         .await;
         assert_eq!(st.reason.as_deref(), Some("Terminated"), "{name}: {st:?}");
         assert_eq!(st.message.as_deref(), Some("Pod was terminated in response to imminent node shutdown."));
+        let disruption = st.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("a DisruptionTarget condition");
+        assert_eq!((disruption.status.as_str(), disruption.reason.as_deref()), ("True", Some("TerminationByKubelet")), "{name}");
         let t = st.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
         finished.push(t.finished_at.unwrap().0);
     }

@@ -379,7 +379,7 @@ impl Manager {
         let msg = message(b.threshold.signal, b.value, b.reading.available, &victim);
         tracing::warn!(pod = %victim.name, signal = b.threshold.signal.as_str(), grace, "evicting: {msg}");
         evicted.insert(victim.uid.clone());
-        let _ = self.evictions.send(Eviction { uid: victim.uid, failure: PodFailure { reason: "Evicted".into(), message: msg }, grace }).await;
+        let _ = self.evictions.send(Eviction { uid: victim.uid, failure: PodFailure::disruption("Evicted", msg), grace }).await;
     }
 
     /// Per pod, per container usage for a signal: memory working set or

@@ -107,7 +107,7 @@ impl Manager {
             for uid in &group {
                 let own = pods.get(uid).and_then(|r| r.pod.spec.as_ref()?.termination_grace_period_seconds).unwrap_or(30);
                 let grace = own.min(i64::try_from(period.as_secs()).unwrap_or(i64::MAX));
-                let failure = PodFailure { reason: "Terminated".into(), message: MESSAGE.into() };
+                let failure = PodFailure::disruption("Terminated", MESSAGE.into());
                 let _ = self.pods.send(Eviction { uid: uid.clone(), failure, grace }).await;
             }
             tracing::info!(critical, pods = group.len(), period = ?period, "stopping pods for the shutdown");

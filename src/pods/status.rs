@@ -58,12 +58,21 @@ fn truncate_at_char(s: &mut String, max: usize) {
 pub struct PodFailure {
     pub reason: String,
     pub message: String,
+    /// The node disrupted the pod (eviction, node shutdown): the status gets
+    /// kubelet's `DisruptionTarget` condition (reason `TerminationByKubelet`),
+    /// which Jobs' podFailurePolicy and PDB-aware tools read.
+    pub disruption: bool,
 }
 
 impl PodFailure {
     /// activeDeadlineSeconds passed (kubelet's active deadline handler).
     pub fn deadline_exceeded() -> Self {
-        Self { reason: "DeadlineExceeded".into(), message: "Pod was active on the node longer than the specified deadline".into() }
+        Self { reason: "DeadlineExceeded".into(), message: "Pod was active on the node longer than the specified deadline".into(), disruption: false }
+    }
+
+    /// The node ends the pod to keep itself (eviction, shutdown).
+    pub fn disruption(reason: &str, message: String) -> Self {
+        Self { reason: reason.into(), message, disruption: true }
     }
 }
 
@@ -309,6 +318,9 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     conditions.push(condition("Ready", ready, reason, message.clone(), input));
     conditions.push(condition("ContainersReady", ready, reason, message, input));
     conditions.push(condition("PodScheduled", true, None, None, input));
+    if let Some(f) = input.failed.filter(|f| f.disruption) {
+        conditions.push(condition("DisruptionTarget", true, Some("TerminationByKubelet"), Some(f.message.clone()), input));
+    }
 
     // kubelet's status manager: termination messages share 12 KiB evenly.
     let count = spec.containers.len().saturating_add(init_specs.len()).max(1);
