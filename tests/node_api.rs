@@ -383,7 +383,8 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
         .await
         .unwrap();
     pods.create(&PostParams::default(), &pod("probed", &node, serde_json::json!({"name": "c", "image": "nodelet.local/busybox:1",
-        "command": ["sleep", "3600"], "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}})))
+        "command": ["sleep", "3600"], "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        "resources": {"limits": {"memory": "64Mi", "cpu": "200m"}}})))
         .await
         .unwrap();
     // 5 MiB in an emptyDir, and a few packets out of the pod.
@@ -433,6 +434,34 @@ async fn stats_and_resource_metrics_match_the_cgroups_and_grow_with_work() {
     let second = c.node_proxy("/metrics/resource").await;
     let cpu1 = sample(&second, &series("container_cpu_usage_seconds_total", "busy")).unwrap();
     assert!(cpu1 - cpu0 > 0.5, "a busy loop uses CPU: {cpu0} -> {cpu1}");
+
+    // cAdvisor's families, labels and figures, read from the cgroups.
+    let cadvisor = c.node_proxy("/metrics/cadvisor").await;
+    let find = |name: &str, pod: &str, container: &str| -> Option<(String, f64)> {
+        cadvisor.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let ok = labels.contains(&format!("container=\"{container}\"")) && labels.contains(&format!("pod=\"{pod}\""));
+            if !ok {
+                return None;
+            }
+            Some((labels.to_string(), value.split_whitespace().next()?.parse().ok()?))
+        })
+    };
+    let (labels, ws) = find("container_memory_working_set_bytes", "hog", "c").unwrap_or_else(|| panic!("no hog row:\n{cadvisor}"));
+    assert!((ws - actual as f64).abs() / (actual as f64) < 0.10, "cadvisor says {ws}, the cgroup {actual}");
+    assert!(labels.contains(&format!("name=\"{hog}\"")) && labels.contains("image=\"nodelet.local/busybox:1\"") && labels.contains("namespace=\"default\""), "{labels}");
+    assert!(labels.contains("id=\"/") && labels.contains(&hog), "the cgroup path is the id: {labels}");
+    assert!(find("container_cpu_usage_seconds_total", "busy", "c").is_some_and(|(l, v)| l.contains("cpu=\"total\"") && v > 0.5), "{cadvisor}");
+    assert_eq!(find("container_spec_memory_limit_bytes", "probed", "c").map(|x| x.1), Some(64.0 * 1024.0 * 1024.0));
+    assert_eq!(find("container_spec_cpu_quota", "probed", "c").map(|x| x.1), Some(20_000.0));
+    assert_eq!(find("container_spec_memory_limit_bytes", "busy", "c").map(|x| x.1), Some(0.0), "no limit reads 0");
+    assert!(find("container_processes", "hog", "c").is_some_and(|(_, n)| n >= 1.0));
+    // The pod's row (container empty): its cgroup and its network.
+    assert!(find("container_memory_working_set_bytes", "hog", "").is_some_and(|(_, v)| v >= ws * 0.9), "{cadvisor}");
+    let (net_labels, rx) = find("container_network_receive_bytes_total", "disk", "").unwrap_or_else(|| panic!("no network row:\n{cadvisor}"));
+    assert!(net_labels.contains("interface=\"eth0\"") && rx > 0.0, "{net_labels} {rx}");
+    assert!(sample(&cadvisor, "machine_cpu_cores{").is_none() && cadvisor.contains("\nmachine_cpu_cores{"), "machine figures");
 
     // Probe runs by result, and kubelet's own families.
     let probes = c.node_proxy("/metrics/probes").await;

@@ -4,6 +4,7 @@
 //! may carry values a local user should not read.
 
 pub mod auth;
+pub mod cadvisor;
 pub mod exec_reaper;
 pub mod logs;
 pub mod node_api;

@@ -141,7 +141,7 @@ impl NodeApi {
     /// only what reads: health, pods, spec, stats and resource metrics.
     pub async fn handle_read_only(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics", "/metrics/resource", "/metrics/probes"];
+        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics", "/metrics/resource", "/metrics/probes", "/metrics/cadvisor"];
         if req.method() != Method::GET || !readable.contains(&path.as_str()) {
             return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
         }
@@ -164,6 +164,7 @@ impl NodeApi {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot get the container stats: {e}")),
             },
             (Method::GET, ["metrics", "probes"]) => prometheus(self.probe_metrics().await),
+            (Method::GET, ["metrics", "cadvisor"]) => prometheus(self.stats.cadvisor_metrics().await),
             (Method::GET, ["metrics"]) => prometheus(self.kubelet_metrics().await),
             (Method::GET, ["metrics", "resource"]) => {
                 let mut r = Response::new(Body::from(self.stats.resource_metrics().await));

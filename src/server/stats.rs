@@ -432,6 +432,86 @@ impl Collector {
         }))
     }
 
+    /// `/metrics/cadvisor`: every running container's cgroup and its pod's,
+    /// in cAdvisor's families (see cadvisor.rs).
+    pub async fn cadvisor_metrics(&self) -> String {
+        use super::cadvisor::{self, CgroupPaths, Interface, Row};
+        let running = crate::runtime::running_containers();
+        let containers = match self.runtime.list_containers(Some(running)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing containers for /metrics/cadvisor failed");
+                Vec::new()
+            }
+        };
+        let mut networks: HashMap<String, Vec<Interface>> = HashMap::new();
+        if let Ok(stats) = self.runtime.list_pod_sandbox_stats(None).await {
+            let v = |x: &Option<cri::UInt64Value>| x.as_ref().map_or(0, |x| x.value);
+            for s in stats {
+                let (Some(a), Some(linux)) = (s.attributes, s.linux) else { continue };
+                let Some(uid) = a.labels.get(POD_UID) else { continue };
+                let Some(n) = linux.network else { continue };
+                let all = n.default_interface.iter().chain(n.interfaces.iter().filter(|i| Some(&i.name) != n.default_interface.as_ref().map(|d| &d.name)));
+                networks.insert(
+                    uid.clone(),
+                    all.map(|i| Interface { name: i.name.clone(), rx_bytes: v(&i.rx_bytes), rx_errors: v(&i.rx_errors), tx_bytes: v(&i.tx_bytes), tx_errors: v(&i.tx_errors) })
+                        .collect(),
+                );
+            }
+        }
+        let mount = std::path::Path::new("/sys/fs/cgroup");
+        // The image as the pod's status names it (what the container was
+        // created from), as cAdvisor labels it; the runtime's ID otherwise.
+        let statuses = self.statuses.snapshot();
+        let image_of = |uid: &str, container: &str| -> Option<String> {
+            let st = &statuses.get(uid)?.status;
+            let all = st.container_statuses.iter().flatten().chain(st.init_container_statuses.iter().flatten()).chain(st.ephemeral_container_statuses.iter().flatten());
+            all.into_iter().find(|c| c.name == container).map(|c| c.image.clone()).filter(|i| !i.is_empty())
+        };
+        let mut rows = Vec::new();
+        let mut pods: BTreeMap<String, Row> = BTreeMap::new();
+        for c in containers {
+            let Ok(Some(pid)) = self.runtime.container_pid(&c.id).await else { continue };
+            let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/cgroup")).await else { continue };
+            let paths = CgroupPaths::parse(&text);
+            let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+            let (namespace, pod, uid) = (label(POD_NAMESPACE), label(POD_NAME), label(POD_UID));
+            let parent = paths.parent();
+            let (p2, ns2, pod2, uid2) = (parent.clone(), namespace.clone(), pod.clone(), uid.clone());
+            let figures = tokio::task::spawn_blocking(move || (cadvisor::read_figures(mount, &paths), paths.id())).await;
+            let Ok((figures, id)) = figures else { continue };
+            rows.push(Row {
+                container: label(CONTAINER_NAME),
+                id,
+                image: image_of(&uid, &label(CONTAINER_NAME))
+                    .or_else(|| c.image.as_ref().map(|i| i.image.clone()).filter(|i| !i.is_empty()))
+                    .unwrap_or(c.image_ref.clone()),
+                name: c.id.clone(),
+                namespace,
+                pod,
+                figures,
+                start_seconds: c.created_at as f64 / 1e9,
+                network: Vec::new(),
+            });
+            if !pods.contains_key(&uid2) {
+                let Ok((figures, id)) = tokio::task::spawn_blocking(move || (cadvisor::read_figures(mount, &p2), p2.id())).await else { continue };
+                let network = networks.remove(&uid2).unwrap_or_default();
+                pods.insert(uid2, Row { id, namespace: ns2, pod: pod2, figures, network, ..Default::default() });
+            }
+        }
+        rows.extend(pods.into_values());
+        rows.sort_by(|a, b| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)));
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+        let machine = cadvisor::Machine {
+            cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory_bytes: std::fs::read_to_string("/proc/meminfo").map(|s| MemInfo::parse(&s).total).unwrap_or(0),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            machine_id: read("/etc/machine-id"),
+            system_uuid: read("/sys/class/dmi/id/product_uuid"),
+        };
+        cadvisor::render(&rows, &machine, unix_nanos() / 1_000_000)
+    }
+
     /// `/metrics/resource`, in kubelet's families and labels.
     pub async fn resource_metrics(&self) -> String {
         let mut out = String::new();
