@@ -371,6 +371,8 @@ pub async fn run(
         in_use: in_use.clone(),
         mounted: Default::default(),
         node_labels: node_labels_rx.clone(),
+        allocated: crate::pods::allocation::Checkpoint::open((!s.dry_run).then_some(s.root_dir.as_path()), "allocated_pods_state"),
+        actuated: crate::pods::allocation::Checkpoint::open((!s.dry_run).then_some(s.root_dir.as_path()), "actuated_pods_state"),
         pulls: pulls.clone(),
         runtime: runtime.clone(),
         node: node.clone(),

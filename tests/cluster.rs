@@ -1361,3 +1361,126 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     .await;
     eventually(10 * S, "nothing mounted, the record gone", || async { (!mounted_under("globalmount") && !record.exists()).then_some(()) }).await;
 }
+
+/// In-place pod resize (upstream's "[sig-node] Pod InPlace Resize Container"
+/// cases, GA in 1.35), through the `pods/resize` subresource: a cpu and
+/// memory change with the default NotRequired policy reaches the running
+/// container's cgroup without a restart; a memory change under
+/// `RestartContainer` restarts that container with its new limit; the status
+/// reports allocatedResources and resources; a resize beyond the node is
+/// Infeasible, one that needs what another pod holds is Deferred until it
+/// leaves; and an agent restart keeps the allocation and restarts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_is_resized_in_place_or_told_why_not() {
+    let c = Cluster::start().await;
+    let mut agent = c.join().await;
+    let pods = c.pods("default");
+    let node = c.node.node_name();
+    let mut pod = bound_pod("resizable", &node, "sleep 3600");
+    let spec = pod.spec.as_mut().unwrap();
+    spec.containers[0].resources = Some(serde_json::from_value(serde_json::json!({"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}})).unwrap());
+    let mut b = spec.containers[0].clone();
+    b.name = "b".into();
+    b.resize_policy = Some(vec![serde_json::from_value(serde_json::json!({"resourceName": "memory", "restartPolicy": "RestartContainer"})).unwrap()]);
+    spec.containers.push(b);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    eventually(30 * S, "resizable Running", || async {
+        (pods.get("resizable").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let container = |name: &'static str| {
+        let c = &c;
+        async move { c.node.containers_named("resizable").await.into_iter().find(|x| x.metadata.as_ref().unwrap().name == name && is_running(x)).unwrap() }
+    };
+    let cgroup = |id: String, file: &'static str| {
+        let c = &c;
+        async move {
+            let out = c.node.exec(&id, &["cat", file]).await;
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let a0 = container("c").await;
+    let b0 = container("b").await;
+    assert_eq!(cgroup(a0.id.clone(), "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").await, "20000");
+    assert_eq!(cgroup(a0.id.clone(), "/sys/fs/cgroup/memory/memory.limit_in_bytes").await, (64u64 << 20).to_string());
+
+    let resize = |body: serde_json::Value| {
+        let pods = &pods;
+        async move { pods.patch_subresource("resize", "resizable", &PatchParams::default(), &Patch::Strategic(body)).await }
+    };
+    resize(serde_json::json!({"spec": {"containers": [
+        {"name": "c", "resources": {"requests": {"cpu": "200m", "memory": "32Mi"}, "limits": {"cpu": "400m", "memory": "96Mi"}}},
+        {"name": "b", "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}}
+    ]}}))
+    .await
+    .unwrap();
+    let status_of = |p: &Pod, name: &str| p.status.as_ref().unwrap().container_statuses.iter().flatten().find(|s| s.name == name).cloned().unwrap();
+    let cond = |p: &Pod, t: &str| p.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t).cloned());
+    let done = eventually(30 * S, "the resize applied", || async {
+        let p = pods.get("resizable").await.ok()?;
+        let a = status_of(&p, "c");
+        let b = status_of(&p, "b");
+        let applied = a.resources.as_ref()?.limits.as_ref()?.get("cpu")?.0 == "400m" && b.restart_count == 1 && b.state.as_ref()?.running.is_some();
+        (applied && cond(&p, "PodResizeInProgress").is_none()).then_some(p)
+    })
+    .await;
+    let a = status_of(&done, "c");
+    assert_eq!(a.restart_count, 0, "NotRequired: resized in place");
+    assert_eq!(a.allocated_resources.as_ref().unwrap()["cpu"].0, "200m");
+    assert_eq!(a.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "96Mi");
+    assert!(cond(&done, "PodResizePending").is_none());
+    let ready = cond(&done, "Ready").unwrap();
+    assert!(ready.status == "True" && ready.reason.is_none() && ready.message.is_none(), "no stale reason stays on the server: {ready:?}");
+    let a1 = container("c").await;
+    assert_eq!(a1.id, a0.id, "the same container");
+    assert_eq!(cgroup(a1.id.clone(), "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").await, "40000", "the new CPU limit in its cgroup");
+    assert_eq!(cgroup(a1.id.clone(), "/sys/fs/cgroup/memory/memory.limit_in_bytes").await, (96u64 << 20).to_string());
+    let b1 = container("b").await;
+    assert_ne!(b1.id, b0.id, "RestartContainer: a new container");
+    assert_eq!(cgroup(b1.id.clone(), "/sys/fs/cgroup/memory/memory.limit_in_bytes").await, (128u64 << 20).to_string());
+
+    // Beyond what the node has: Infeasible, and nothing changes.
+    resize(serde_json::json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1000", "memory": "32Mi"}, "limits": {"cpu": "1000", "memory": "96Mi"}}}]}}))
+        .await
+        .unwrap();
+    let infeasible = eventually(30 * S, "PodResizePending Infeasible", || async { cond(&pods.get("resizable").await.ok()?, "PodResizePending") }).await;
+    assert_eq!((infeasible.status.as_str(), infeasible.reason.as_deref()), ("True", Some("Infeasible")));
+    assert!(infeasible.message.as_deref().unwrap().starts_with("Node didn't have enough capacity: cpu, requested: 1000100, capacity: "), "{infeasible:?}");
+    assert_eq!(cgroup(a1.id.clone(), "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").await, "40000");
+
+    // What another pod holds: Deferred, then done once it leaves.
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let capacity = nodelet::resources::milli(&nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap()["cpu"]).unwrap();
+    let mut filler = bound_pod("filler", &node, "sleep 3600");
+    filler.spec.as_mut().unwrap().containers[0].resources =
+        Some(serde_json::from_value(serde_json::json!({"requests": {"cpu": format!("{}m", capacity / 2)}})).unwrap());
+    pods.create(&PostParams::default(), &filler).await.unwrap();
+    eventually(30 * S, "filler Running", || async { (pods.get("filler").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(()) }).await;
+    let half = format!("{}m", capacity / 2);
+    resize(serde_json::json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": half, "memory": "32Mi"}, "limits": {"cpu": "1000", "memory": "96Mi"}}}]}}))
+        .await
+        .unwrap();
+    let deferred = eventually(30 * S, "PodResizePending Deferred", || async {
+        cond(&pods.get("resizable").await.ok()?, "PodResizePending").filter(|c| c.reason.as_deref() == Some("Deferred"))
+    })
+    .await;
+    assert!(deferred.message.as_deref().unwrap().starts_with("Node didn't have enough resource: cpu, requested: "), "{deferred:?}");
+    pods.delete("filler", &DeleteParams::default()).await.unwrap();
+    let p = eventually(60 * S, "the deferred resize applied", || async {
+        let p = pods.get("resizable").await.ok()?;
+        let cpu = status_of(&p, "c").allocated_resources?.get("cpu")?.0.clone();
+        (cpu == half && cond(&p, "PodResizePending").is_none() && cond(&p, "PodResizeInProgress").is_none()).then_some(p)
+    })
+    .await;
+    assert_eq!(status_of(&p, "c").restart_count, 0);
+    assert_eq!(cgroup(a1.id.clone(), "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").await, "100000000", "1000 cores of quota");
+
+    // An agent restart keeps the allocation and restarts nothing.
+    agent.kill9();
+    let _agent = c.nodelet(&[]);
+    tokio::time::sleep(5 * S).await;
+    let p = pods.get("resizable").await.unwrap();
+    assert_eq!(status_of(&p, "c").allocated_resources.unwrap()["cpu"].0, half);
+    assert_eq!((status_of(&p, "c").restart_count, status_of(&p, "b").restart_count), (0, 1), "nothing restarted");
+    assert_eq!(container("c").await.id, a1.id);
+}

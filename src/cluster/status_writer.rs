@@ -68,12 +68,32 @@ const OWNED: &[&str] = &[
     "initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses",
 ];
 
-/// A status as a patch body with explicit nulls for what it leaves unset.
+/// Conditions the node sets only while something lasts (a resize): when
+/// gone from its status they are deleted on the server, since a strategic
+/// merge keeps list elements a patch does not name.
+const TRANSIENT_CONDITIONS: &[&str] = &["PodResizePending", "PodResizeInProgress"];
+
+/// A status as a patch body with explicit nulls for what it leaves unset:
+/// top-level fields, a condition's reason and message (conditions merge by
+/// type, so a reason from an earlier write would otherwise stay), and
+/// `$patch: delete` for the transient conditions no longer reported.
 pub fn explicit(status: &PodStatus) -> serde_json::Value {
     let mut v = serde_json::to_value(status).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
         for k in OWNED {
             m.entry(*k).or_insert(serde_json::Value::Null);
+        }
+        if let Some(serde_json::Value::Array(conditions)) = m.get_mut("conditions") {
+            for c in conditions.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                for k in ["reason", "message"] {
+                    c.entry(k).or_insert(serde_json::Value::Null);
+                }
+            }
+            for t in TRANSIENT_CONDITIONS {
+                if !conditions.iter().any(|c| c["type"] == *t) {
+                    conditions.push(serde_json::json!({"type": t, "$patch": "delete"}));
+                }
+            }
         }
     }
     v
@@ -169,5 +189,24 @@ mod tests {
         let mut more = ours.clone();
         more.conditions.as_mut().unwrap().push(PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() });
         assert!(!server_differs(&more, &ours));
+    }
+
+    #[test]
+    fn the_patch_clears_stale_reasons_and_ended_resize_conditions() {
+        // Conditions merge by type on the server: a field the patch leaves out
+        // would stay, an element it does not name would stay.
+        let patch = explicit(&with_ready("Running", "True"));
+        let conditions = patch["conditions"].as_array().unwrap();
+        let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert!(ready["reason"].is_null() && ready.as_object().unwrap().contains_key("reason"), "an explicit null clears it: {ready}");
+        assert!(ready.as_object().unwrap().contains_key("message"));
+        for t in ["PodResizePending", "PodResizeInProgress"] {
+            assert!(conditions.iter().any(|c| c["type"] == t && c["$patch"] == "delete"), "{t}: {conditions:?}");
+        }
+        assert!(!conditions.iter().any(|c| c["type"] == "DisruptionTarget"), "another party's condition is left alone");
+        let mut resizing = with_ready("Running", "True");
+        resizing.conditions.as_mut().unwrap().push(PodCondition { type_: "PodResizeInProgress".into(), status: "True".into(), ..Default::default() });
+        let patch = explicit(&resizing);
+        assert!(!patch["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "PodResizeInProgress" && c["$patch"] == "delete"));
     }
 }

@@ -142,7 +142,7 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
         .map(requests)
         .fold((Amount::ZERO, Amount::ZERO), |(a, b), (c, d)| (a.saturating_add(c), b.saturating_add(d)));
     if !cpu.is_zero() && used_cpu.saturating_add(cpu) > Amount::new(node.cpu_millis) {
-        return reject("OutOfcpu", format!("Node didn't have enough resource: cpu, requested: {cpu}m, used: {used_cpu}m, capacity: {}m", node.cpu_millis));
+        return reject("OutOfcpu", format!("Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}", node.cpu_millis));
     }
     if !mem.is_zero() && used_mem.saturating_add(mem) > Amount::new(node.memory_bytes) {
         return reject(

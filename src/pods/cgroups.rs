@@ -57,6 +57,15 @@ pub struct PodLimits {
     pub memory: Option<i64>,
 }
 
+impl PodLimits {
+    /// The larger of two (no limit is the largest): what a pod cgroup holds
+    /// while a resize moves its containers from one to the other.
+    pub fn max(&self, other: &PodLimits) -> PodLimits {
+        let both = |a: Option<i64>, b: Option<i64>| a.zip(b).map(|(a, b)| a.max(b));
+        PodLimits { cpu_shares: self.cpu_shares.max(other.cpu_shares), cpu_quota: both(self.cpu_quota, other.cpu_quota), memory: both(self.memory, other.memory) }
+    }
+}
+
 /// What a pod asks for as a whole: the larger of its app containers' sum
 /// and its largest init container, as kubelet's ResourceConfigForPod does.
 pub fn pod_limits(pod: &k8s_openapi::api::core::v1::Pod) -> PodLimits {

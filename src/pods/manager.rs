@@ -15,7 +15,8 @@ use super::source::{SourceName, SourceUpdate};
 use super::admission::{self, NodeResources, Rejection};
 use super::events::EventType;
 use super::store::PodRecord;
-use super::worker::{Terminated, Worker, WorkerContext, WorkerMsg};
+use super::allocation;
+use super::worker::{ResizePending, Terminated, Worker, WorkerContext, WorkerMsg};
 use super::{DesiredPod, from_api, identity, is_critical, is_terminal};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use crate::runtime::labels::PodIdentity;
@@ -77,6 +78,8 @@ pub struct PodManager {
     sysctls: crate::sysctls::Allowlist,
     /// Whether the kernel enforces AppArmor (kubelet's AppArmor admission).
     apparmor_enabled: bool,
+    /// Resizes that wait, by pod UID (retried on every turn).
+    resize_pending: HashMap<String, ResizePending>,
 }
 
 async fn next_eviction(rx: &mut Option<mpsc::Receiver<super::eviction::Eviction>>) -> Option<super::eviction::Eviction> {
@@ -116,6 +119,7 @@ impl PodManager {
             sources_ready_tx: None,
             sysctls: Default::default(),
             apparmor_enabled: super::apparmor::host_enabled(),
+            resize_pending: HashMap::new(),
         }
     }
 
@@ -192,15 +196,107 @@ impl PodManager {
         }
         let node = NodeResources { labels: labels.borrow().clone(), taints: taints.borrow().clone(), ..node.clone() };
         let node = &node;
+        let own = pod.metadata.uid.as_deref().unwrap_or_default();
+        let others = self.admitted_pods(own);
+        admission::admit(pod, &others.iter().collect::<Vec<_>>(), node)
+    }
+
+    /// The pods admitted here, but `except`, at their allocated resources.
+    fn admitted_pods(&self, except: &str) -> Vec<Pod> {
         let statuses = self.ctx.statuses.snapshot();
         let done = |uid: &str| statuses.get(uid).is_some_and(|r| is_terminal(&r.status));
-        let admitted: Vec<&Pod> = self
-            .workers
+        self.workers
             .iter()
-            .filter(|(uid, h)| !h.terminating && !done(uid))
-            .filter_map(|(_, h)| h.pod.as_deref())
-            .collect();
-        admission::admit(pod, &admitted, node)
+            .filter(|(uid, h)| uid.as_str() != except && !h.terminating && !done(uid))
+            .filter_map(|(uid, h)| Some(self.effective(uid, h.pod.as_deref()?)))
+            .collect()
+    }
+
+    /// The pod as it runs here: its spec at the resources it was allocated.
+    fn effective(&self, uid: &str, pod: &Pod) -> Pod {
+        match self.ctx.allocated.get(uid) {
+            Some(a) => allocation::with_allocation(pod, &a),
+            None => pod.clone(),
+        }
+    }
+
+    /// kubelet's handlePodResourcesResize: the desired pod's resources
+    /// against what it was allocated. A resize that fits is allocated (and
+    /// checkpointed); one that cannot be made says why (Infeasible: never on
+    /// this node; Deferred: not while the other pods hold what they hold).
+    fn resize(&self, uid: &str, desired: &Pod) -> Option<ResizePending> {
+        let Some(allocated) = self.ctx.allocated.get(uid) else {
+            self.ctx.allocated.set(uid, allocation::of_pod(desired));
+            return None;
+        };
+        if !allocation::resize_requested(desired, &allocated) {
+            return None;
+        }
+        let pending = |reason: &str, message: String| Some(ResizePending { reason: reason.into(), message });
+        if !from_api(desired) {
+            return pending("Infeasible", "In-place resize of static-pods is not supported".into());
+        }
+        let running = allocation::with_allocation(desired, &allocated);
+        let swap = &self.ctx.node.swap;
+        let swapping = allocation::resizable_containers(desired).zip(allocation::resizable_containers(&running)).any(|(want, have)| {
+            let memory_changed = allocation::differs_in(&want.resources.clone().unwrap_or_default(), &have.resources.clone().unwrap_or_default(), "memory");
+            let restarts = have.resize_policy.iter().flatten().any(|p| p.resource_name == "memory" && p.restart_policy == "RestartContainer");
+            memory_changed
+                && !restarts
+                && (super::swap::behavior_for(desired, want, swap) != crate::config::SwapBehavior::NoSwap
+                    || super::swap::behavior_for(&running, have, swap) != crate::config::SwapBehavior::NoSwap)
+        });
+        if swapping {
+            return pending("Infeasible", "In-place resize of containers with swap is not supported.".into());
+        }
+        let (cpu_cap, mem_cap) = match &self.admission {
+            Some((n, _, _)) => (n.cpu_millis, n.memory_bytes),
+            None => (self.ctx.node.cpu_capacity_millis, self.ctx.node.memory_capacity_bytes),
+        };
+        let (cpu, mem) = admission::requests(desired.spec.as_ref().unwrap_or(&Default::default()));
+        if mem > crate::resources::Amount::new(mem_cap) {
+            return pending("Infeasible", format!("Node didn't have enough capacity: memory, requested: {mem}, capacity: {mem_cap}"));
+        }
+        if cpu > crate::resources::Amount::new(cpu_cap) {
+            return pending("Infeasible", format!("Node didn't have enough capacity: cpu, requested: {}, capacity: {cpu_cap}", cpu));
+        }
+        if let Some((node, labels, taints)) = &self.admission {
+            let node = NodeResources { labels: labels.borrow().clone(), taints: taints.borrow().clone(), ..node.clone() };
+            let others = self.admitted_pods(uid);
+            if let Err(r) = admission::admit(desired, &others.iter().collect::<Vec<_>>(), &node) {
+                let message = r.message.strip_prefix("Pod was rejected: ").unwrap_or(&r.message).to_string();
+                return pending("Deferred", message);
+            }
+        }
+        tracing::info!(pod = %identity(desired), "resize allocated");
+        self.ctx.allocated.set(uid, allocation::of_pod(desired));
+        None
+    }
+
+    /// Evaluates a running pod's resize and tells its worker what changed.
+    async fn resize_and_update(&mut self, uid: &str, desired: &DesiredPod, changed: bool) {
+        let before = self.ctx.allocated.get(uid);
+        let pending = self.resize(uid, desired);
+        let reallocated = self.ctx.allocated.get(uid) != before;
+        let effective = Arc::new(self.effective(uid, desired));
+        let was = self.resize_pending.get(uid).cloned();
+        match &pending {
+            Some(p) => {
+                if was.as_ref() != Some(p) {
+                    tracing::info!(pod = %identity(desired), reason = %p.reason, "resize pending: {}", p.message);
+                }
+                self.resize_pending.insert(uid.to_string(), p.clone());
+            }
+            None => {
+                self.resize_pending.remove(uid);
+            }
+        }
+        if was != pending {
+            self.send(uid, WorkerMsg::ResizePending(pending)).await;
+        }
+        if changed || reallocated {
+            self.send(uid, WorkerMsg::Update(effective)).await;
+        }
     }
 
     /// Publishes a Failed status for a rejected pod.
@@ -400,7 +496,10 @@ impl PodManager {
                     if previous {
                         continue;
                     }
-                    if let Err(r) = self.admit(pod) {
+                    // kubelet admits a pod at its allocation (after a restart,
+                    // the resize it was given, not yet the one it asks for).
+                    let at_allocation = Arc::new(self.effective(&id.uid, pod));
+                    if let Err(r) = self.admit(&at_allocation) {
                         tracing::warn!(pod = %id, reason = %r.reason, "{}", r.message);
                         self.ctx.events.record(&id, EventType::Warning, &r.reason, &r.message);
                         self.publish_rejection(pod, &r);
@@ -408,13 +507,27 @@ impl PodManager {
                         continue;
                     }
                     tracing::info!(pod = %id, uid = %id.uid, "pod added");
-                    self.spawn(id, Some(pod.clone())).await;
+                    if self.ctx.allocated.get(&id.uid).is_none() {
+                        self.ctx.allocated.set(&id.uid, allocation::of_pod(pod));
+                    }
+                    let uid = id.uid.clone();
+                    self.spawn(id, Some(at_allocation)).await;
+                    if let Some(h) = self.workers.get_mut(&uid) {
+                        h.pod = Some(pod.clone());
+                    }
+                    self.resize_and_update(&uid, pod, false).await;
                 }
                 Some(h) if !h.terminating && h.pod.as_ref().is_none_or(|old| **old != **pod) => {
                     if let Some(h) = self.workers.get_mut(&id.uid) {
                         h.pod = Some(pod.clone());
                     }
-                    self.send(&id.uid, WorkerMsg::Update(pod.clone())).await;
+                    self.resize_and_update(&id.uid, pod, true).await;
+                }
+                // A resize that waits is tried again on every turn (kubelet:
+                // when pods leave, and every 3 minutes).
+                Some(h) if !h.terminating && self.resize_pending.get(&id.uid).is_some_and(|p| p.reason == "Deferred") => {
+                    let pod = pod.clone();
+                    self.resize_and_update(&id.uid, &pod, false).await;
                 }
                 _ => {}
             }
@@ -552,6 +665,9 @@ impl PodManager {
                         }
                         self.workers.remove(&uid);
                         self.runtime_pods.remove(&uid);
+                        self.resize_pending.remove(&uid);
+                        self.ctx.allocated.remove(&uid);
+                        self.ctx.actuated.remove(&uid);
                     }
                     self.reconcile().await;
                 }
@@ -622,6 +738,8 @@ mod tests {
             in_use: Default::default(),
             mounted: Default::default(),
             node_labels: tokio::sync::watch::channel(Default::default()).1,
+            allocated: crate::pods::allocation::Checkpoint::open(None, "allocated_pods_state"),
+            actuated: crate::pods::allocation::Checkpoint::open(None, "actuated_pods_state"),
             probe_counts: Default::default(),
             metrics: Default::default(),
             pulls: Arc::new(

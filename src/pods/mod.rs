@@ -4,6 +4,7 @@
 //! [`Runtime`]: crate::runtime::Runtime
 
 pub mod admission;
+pub mod allocation;
 pub mod apparmor;
 pub mod backoff;
 pub mod cgroups;

@@ -40,6 +40,8 @@ pub enum KillReason {
     LivenessFailed,
     /// Its startup probe failed.
     StartupFailed,
+    /// Its resize needs a restart (resizePolicy RestartContainer).
+    Resize,
 }
 
 impl KillReason {
@@ -51,6 +53,7 @@ impl KillReason {
             KillReason::StaleSandbox => format!("Container {name} belongs to an old pod sandbox"),
             KillReason::LivenessFailed => format!("Container {name} failed liveness probe, will be restarted"),
             KillReason::StartupFailed => format!("Container {name} failed startup probe, will be restarted"),
+            KillReason::Resize => format!("Container {name} resize requires restart"),
         }
     }
 }
@@ -103,6 +106,9 @@ pub struct PlanInput<'a> {
     pub network_ready: bool,
     /// Running containers their liveness or startup probe condemned, by ID.
     pub unhealthy: &'a BTreeMap<String, KillReason>,
+    /// Running containers (by ID) whose resize needs a restart
+    /// (`resizePolicy: RestartContainer`): replaced at once.
+    pub resize_restart: &'a std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,8 +429,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     if let Some(reason) = input.unhealthy.get(&x.id) {
                         p.kill(x, *reason);
                         false
-                    } else if !same {
-                        p.kill(x, KillReason::SpecChanged);
+                    } else if !same || input.resize_restart.contains(&x.id) {
+                        p.kill(x, if same { KillReason::Resize } else { KillReason::SpecChanged });
                         p.start(ic, kind);
                         false
                     } else {
@@ -476,8 +482,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     if let Some(reason) = input.unhealthy.get(&x.id) {
                         // The restart policy decides what follows the kill.
                         p.kill(x, *reason);
-                    } else if x.hash() != Some(container_hash(c).as_str()) {
-                        p.kill(x, KillReason::SpecChanged);
+                    } else if x.hash() != Some(container_hash(c).as_str()) || input.resize_restart.contains(&x.id) {
+                        let reason = if input.resize_restart.contains(&x.id) { KillReason::Resize } else { KillReason::SpecChanged };
+                        p.kill(x, reason);
                         p.plan.actions.push(Action::StartContainer {
                             name: c.name.clone(),
                             kind: ContainerKind::App,

@@ -36,6 +36,23 @@ pub struct StatusInput<'a> {
     pub start_time: Option<Timestamp>,
     pub node: &'a NodeContext,
     pub now: Timestamp,
+    /// In-place resize: what waits, what is under way.
+    pub resize: ResizeView<'a>,
+}
+
+/// A pod's resize as the status reports it (kubelet's PodResizePending and
+/// PodResizeInProgress conditions; each container's allocatedResources and
+/// resources).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResizeView<'a> {
+    /// Reason (Infeasible, Deferred) and message of a resize that waits.
+    pub pending: Option<(&'a str, &'a str)>,
+    /// A running container's resources differ from its allocation.
+    pub in_progress: bool,
+    /// The last failure to apply a resize.
+    pub error: Option<&'a str>,
+    /// What each running container was last given, by name.
+    pub actuated: Option<&'a super::allocation::PodResources>,
 }
 
 /// kubelet's MaxPodTerminationMessageLogLength: all of a pod's termination
@@ -278,6 +295,25 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         .iter()
         .map(|c| container_status(input, &c.name, c.image.as_deref().unwrap_or(""), ContainerKind::App, !init_specs.is_empty()))
         .collect();
+    // The resources the node allocated (the spec the worker runs is the
+    // allocation) and, for a running container, what it was given.
+    let mut statuses = statuses;
+    let resizable = spec.containers.iter().chain(init_specs.iter().copied().filter(|c| plan::init_kind(c) == ContainerKind::Sidecar));
+    for c in resizable {
+        let Some(s) = statuses.iter_mut().chain(init_statuses.iter_mut()).find(|s| s.name == c.name) else { continue };
+        let allocated = c.resources.as_ref().and_then(|r| r.requests.clone()).filter(|r| !r.is_empty());
+        s.allocated_resources = allocated;
+        if s.state.as_ref().is_some_and(|st| st.running.is_some()) {
+            let given = input.resize.actuated.and_then(|a| a.get(&c.name)).cloned().or_else(|| c.resources.clone());
+            s.resources = given.map(|r| {
+                let keep = |m: Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+                    m.map(|m| m.into_iter().filter(|(k, _)| super::allocation::RESIZABLE.contains(&k.as_str())).collect::<BTreeMap<_, _>>())
+                        .filter(|m| !m.is_empty())
+                };
+                k8s_openapi::api::core::v1::ResourceRequirements { limits: keep(r.limits), requests: keep(r.requests), claims: None }
+            });
+        }
+    }
     let phase = phase(&spec, initializing, &statuses, finished);
     // Ephemeral containers take no part in the phase or readiness.
     let ephemeral: Vec<ContainerStatus> = plan::ephemeral(&spec)
@@ -318,6 +354,16 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     conditions.push(condition("Ready", ready, reason, message.clone(), input));
     conditions.push(condition("ContainersReady", ready, reason, message, input));
     conditions.push(condition("PodScheduled", true, None, None, input));
+    if let Some((reason, message)) = input.resize.pending {
+        conditions.push(condition("PodResizePending", true, Some(reason), Some(message.to_string()), input));
+    }
+    if input.resize.in_progress || input.resize.error.is_some() {
+        let (reason, message) = match input.resize.error {
+            Some(e) => (Some("Error"), Some(e.to_string())),
+            None => (None, None),
+        };
+        conditions.push(condition("PodResizeInProgress", true, reason, message, input));
+    }
     if let Some(f) = input.failed.filter(|f| f.disruption) {
         conditions.push(condition("DisruptionTarget", true, Some("TerminationByKubelet"), Some(f.message.clone()), input));
     }

@@ -47,13 +47,14 @@ pub struct World {
     pub pod: Pod,
     pub obs: RuntimePod,
     pub unhealthy: std::collections::BTreeMap<String, crate::pods::plan::KillReason>,
+    pub resize_restart: std::collections::BTreeSet<String>,
     clock: i64,
 }
 
 impl World {
     pub fn new(pod: Pod) -> Self {
         let id = PodIdentity { namespace: "default".into(), name: "p-n".into(), uid: "u".into() };
-        Self { pod, obs: RuntimePod::empty(id), unhealthy: Default::default(), clock: S }
+        Self { pod, obs: RuntimePod::empty(id), unhealthy: Default::default(), resize_restart: Default::default(), clock: S }
     }
 
     pub fn sandbox(mut self, id: &str, attempt: u32, ready: bool) -> Self {
@@ -90,7 +91,7 @@ impl World {
     }
 
     pub fn plan_with(&self, backoff: &Backoff) -> Plan {
-        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: NOW, network_ready: true, unhealthy: &self.unhealthy })
+        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: NOW, network_ready: true, unhealthy: &self.unhealthy, resize_restart: &self.resize_restart })
     }
 
     pub fn plan(&self) -> Plan {

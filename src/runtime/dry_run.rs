@@ -453,6 +453,21 @@ impl Runtime for DryRunRuntime {
         Ok(())
     }
 
+    async fn update_container_resources(&self, id: &str, linux: &cri::LinuxContainerResources) -> Result<()> {
+        self.print(
+            "UpdateContainerResources",
+            &format!(
+                "{} cpu_shares={} cpu_quota={} cpu_period={} memory_limit={}",
+                self.container_line(id),
+                linux.cpu_shares,
+                linux.cpu_quota,
+                linux.cpu_period,
+                linux.memory_limit_in_bytes
+            ),
+        );
+        Ok(())
+    }
+
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         match &self.real {
             Some(rt) => rt.list_container_stats(filter).await,

@@ -87,6 +87,9 @@ impl Runtime for Instrumented {
     async fn reopen_container_log(&self, id: &str) -> Result<()> {
         self.record("reopen_container_log", self.inner.reopen_container_log(id)).await
     }
+    async fn update_container_resources(&self, id: &str, linux: &cri::LinuxContainerResources) -> Result<()> {
+        self.record("update_container", self.inner.update_container_resources(id, linux)).await
+    }
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         self.record("list_container_stats", self.inner.list_container_stats(filter)).await
     }

@@ -120,6 +120,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Makes the runtime write the container's log to a new file at its log
     /// path (after the old one was renamed away).
     async fn reopen_container_log(&self, id: &str) -> Result<()>;
+    /// In-place resize: the running container's cgroup limits.
+    async fn update_container_resources(&self, id: &str, linux: &cri::LinuxContainerResources) -> Result<()>;
     /// CPU, memory and writable-layer figures of the containers.
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>>;
     /// The pods' own figures (network, processes) with their containers'.

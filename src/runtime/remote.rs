@@ -249,6 +249,13 @@ impl Runtime for RemoteRuntime {
         Ok(())
     }
 
+    async fn update_container_resources(&self, id: &str, linux: &cri::LinuxContainerResources) -> Result<()> {
+        let req = cri::UpdateContainerResourcesRequest { container_id: id.into(), linux: Some(linux.clone()), annotations: Default::default() };
+        let resp = self.runtime.clone().update_container_resources(self.req(req)).await;
+        resp.map_err(|s| RuntimeError::from_status("UpdateContainerResources", id, s))?;
+        Ok(())
+    }
+
     async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Result<Vec<cri::ContainerStats>> {
         let resp = self.runtime.clone().list_container_stats(self.req(cri::ListContainerStatsRequest { filter })).await;
         Ok(resp.map_err(|s| RuntimeError::from_status("ListContainerStats", "", s))?.into_inner().stats)

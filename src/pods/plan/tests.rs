@@ -201,6 +201,7 @@ fn no_network_no_sandbox() {
         now: NOW,
         network_ready: false,
         unhealthy: &Default::default(),
+        resize_restart: &Default::default(),
     });
     assert!(plan.actions.is_empty());
     assert_eq!(plan.waiting["a"].reason, "ContainerCreating");
@@ -273,4 +274,13 @@ fn an_ephemeral_container_does_not_keep_a_finished_pod_alive() {
     let w = World::new(p).sandbox("s", 0, true).container("s", "app", 0, Some(0)).container("s", "debug", 0, None);
     assert_eq!(finished_phase(w.pod.spec.as_ref().unwrap(), &w.obs), Some("Succeeded"));
     assert_eq!(w.plan().actions, vec![Action::KillPod]);
+}
+
+#[test]
+fn a_resize_that_needs_a_restart_replaces_the_container_at_once() {
+    let mut w = World::new(pod("Never", &[], &["a"])).sandbox("s0", 0, true).container("s0", "a", 0, None);
+    w.resize_restart.insert("a-0".into());
+    let actions = w.plan().actions;
+    assert_eq!(actions[0], Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::Resize });
+    assert!(matches!(&actions[1], Action::StartContainer { name, restart_after: None, .. } if name == "a"), "{actions:?}");
 }

@@ -20,6 +20,7 @@ fn status_with(w: &World, waiting: &BTreeMap<String, Waiting>) -> PodStatus {
         start_time: None,
         node: &node,
         now: Timestamp::from_second(1_000).unwrap(),
+        resize: Default::default(),
     })
 }
 
@@ -131,6 +132,7 @@ fn transition_times_hold_while_a_condition_holds() {
         start_time: None,
         node: &node,
         now: Timestamp::from_second(now).unwrap(),
+        resize: Default::default(),
     };
     let first = pod_status(&input(None, 100));
     let second = pod_status(&input(Some(&first), 200));
@@ -188,6 +190,7 @@ fn a_pod_the_node_ended_is_failed_with_the_reason() {
         start_time: None,
         node: &node,
         now: Timestamp::from_second(1_000).unwrap(),
+        resize: Default::default(),
     });
     assert_eq!(st.phase.as_deref(), Some("Failed"), "restartPolicy Always or not");
     assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));

@@ -72,12 +72,19 @@ pub struct WorkerContext {
     pub mounted: crate::volumes::Mounted,
     /// The Node's labels as the apiserver has them (cluster mode).
     pub node_labels: watch::Receiver<BTreeMap<String, String>>,
+    /// In-place resize: what each pod was admitted with (the manager's) and
+    /// what its running containers were last given (the workers').
+    pub allocated: super::allocation::Checkpoint,
+    pub actuated: super::allocation::Checkpoint,
 }
 
 #[derive(Debug)]
 pub enum WorkerMsg {
-    /// A new version of the desired pod.
+    /// A new version of the desired pod, with its allocated resources.
     Update(DesiredPod),
+    /// A resize the node cannot make now (kubelet's PodResizePending:
+    /// reason Infeasible or Deferred, and why), or none.
+    ResizePending(Option<ResizePending>),
     /// The runtime state of the pod changed.
     Changed,
     /// Stop and remove the pod; `grace` overrides the pod's grace period
@@ -86,6 +93,13 @@ pub enum WorkerMsg {
     /// The node ends the pod (an eviction): it is stopped within `grace`
     /// and stays Failed with `failure`'s reason and message.
     End { failure: PodFailure, grace: i64 },
+}
+
+/// Why a pod's resize waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResizePending {
+    pub reason: String,
+    pub message: String,
 }
 
 /// A pod from the apiserver that has been stopped and removed, with its
@@ -189,6 +203,11 @@ pub struct Worker {
     pending_uses: BTreeSet<ObjectKey>,
     /// API objects that changed (to refresh volumes that use them).
     changes: Option<tokio::sync::broadcast::Receiver<ObjectKey>>,
+    /// A resize the manager could not allocate (PodResizePending).
+    resize_pending: Option<ResizePending>,
+    /// The last failure to resize a running container (PodResizeInProgress
+    /// with reason Error), cleared by a success.
+    resize_error: Option<String>,
 }
 
 impl Worker {
@@ -219,6 +238,8 @@ impl Worker {
             mount_errors: BTreeSet::new(),
             pending_uses: BTreeSet::new(),
             changes: None,
+            resize_pending: None,
+            resize_error: None,
         }
     }
 
@@ -327,6 +348,7 @@ impl Worker {
     fn handle(&mut self, msg: WorkerMsg, terminating: &mut bool) {
         match msg {
             WorkerMsg::Update(pod) => self.pod = Some(pod),
+            WorkerMsg::ResizePending(p) => self.resize_pending = p,
             WorkerMsg::Changed => {}
             WorkerMsg::Terminate { grace } => {
                 *terminating = true;
@@ -366,6 +388,7 @@ impl Worker {
             }
         }
         let view = self.probes.view(&pod, &obs);
+        let resize_restart = if self.failure.is_none() { self.resize_in_place(&pod, &obs).await } else { BTreeSet::new() };
         let network_ready = self.ctx.health.borrow().network_ready;
         let deadline = self.check_deadline(&pod, now);
         let mut p = match &self.failure {
@@ -377,6 +400,7 @@ impl Worker {
                 now,
                 network_ready,
                 unhealthy: &view.unhealthy,
+                resize_restart: &resize_restart,
             }),
         };
         if let Some(at) = deadline {
@@ -581,6 +605,101 @@ impl Worker {
         self.backoff_reported = looping;
     }
 
+    /// In-place resize of the running containers (kubelet's
+    /// doPodResizeAction): those whose resources differ from the pod's
+    /// allocation get UpdateContainerResources, between two writes of the pod
+    /// cgroup (first the larger of old and new, then the new); those whose
+    /// changed resource's resizePolicy is RestartContainer are returned, for
+    /// the plan to restart.
+    async fn resize_in_place(&mut self, pod: &Pod, obs: &RuntimePod) -> BTreeSet<String> {
+        use super::allocation::{self, Step};
+        let uid = self.identity.uid.clone();
+        let mut restart = BTreeSet::new();
+        let mut updates = Vec::new();
+        for c in allocation::resizable_containers(pod) {
+            let Some(x) = obs.latest(&c.name).filter(|x| x.phase == crate::runtime::observe::ContainerPhase::Running) else { continue };
+            let Some(actuated) = self.ctx.actuated.container(&uid, &c.name) else {
+                // Started before its resources were recorded: as created.
+                self.ctx.actuated.set_container(&uid, &c.name, c.resources.clone().unwrap_or_default());
+                continue;
+            };
+            match allocation::step(c, &actuated) {
+                Step::None => {}
+                Step::Restart => {
+                    restart.insert(x.id.clone());
+                }
+                Step::Update => updates.push((x.id.clone(), c.clone(), actuated)),
+            }
+        }
+        if updates.is_empty() {
+            if restart.is_empty() {
+                self.resize_error = None;
+            }
+            return restart;
+        }
+        let node = self.ctx.node.clone();
+        let pod_cgroup = (node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs && node.cgroups_per_qos && !self.ctx.dry_run)
+            .then(|| sandbox::cgroup_parent(pod, &node));
+        let mut before = pod.clone();
+        if let Some(spec) = before.spec.as_mut() {
+            for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                if let Some((_, _, old)) = updates.iter().find(|(_, u, _)| u.name == c.name) {
+                    c.resources = Some(old.clone());
+                }
+            }
+        }
+        let new_limits = crate::pods::cgroups::pod_limits(pod);
+        let wider = crate::pods::cgroups::pod_limits(&before).max(&new_limits);
+        if let Some(parent) = &pod_cgroup
+            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &wider)
+        {
+            self.resize_failed(format!("setting the pod cgroup {parent}: {e}"));
+            return restart;
+        }
+        let mut failed = None;
+        for (id, c, _) in &updates {
+            let linux = super::container::linux_resources(pod, c, &node);
+            match self.ctx.runtime.update_container_resources(id, &linux).await {
+                Ok(()) => {
+                    tracing::info!(container = %c.name, "resized in place");
+                    self.ctx.actuated.set_container(&uid, &c.name, c.resources.clone().unwrap_or_default());
+                }
+                Err(e) => failed = Some(format!("container {}: {e}", c.name)),
+            }
+        }
+        // The pod cgroup at its new size once the containers fit in it (a
+        // container that failed keeps the wider one until it is resized).
+        if failed.is_none()
+            && let Some(parent) = &pod_cgroup
+            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &new_limits)
+        {
+            failed = Some(format!("setting the pod cgroup {parent}: {e}"));
+        }
+        match failed {
+            Some(e) => self.resize_failed(e),
+            None if restart.is_empty() => self.resize_error = None,
+            None => {}
+        }
+        restart
+    }
+
+    fn resize_failed(&mut self, message: String) {
+        tracing::warn!(error = %message, "in-place resize failed; retrying");
+        if self.resize_error.as_deref() != Some(message.as_str()) {
+            self.event(EventType::Warning, "ResizeError", &message);
+        }
+        self.resize_error = Some(message);
+    }
+
+    /// Whether a running container's resources still differ from the pod's
+    /// allocation.
+    fn resize_in_progress(&self, pod: &Pod, obs: &RuntimePod) -> bool {
+        super::allocation::resizable_containers(pod).any(|c| {
+            obs.latest(&c.name).is_some_and(|x| x.phase == crate::runtime::observe::ContainerPhase::Running)
+                && self.ctx.actuated.container(&self.identity.uid, &c.name).is_some_and(|a| super::allocation::step(c, &a) != super::allocation::Step::None)
+        })
+    }
+
     fn publish(&mut self, pod: &DesiredPod, obs: &RuntimePod, waiting: &BTreeMap<String, Waiting>, probes: &ProbeView) {
         // An adopted pod started when its first sandbox did.
         if let Some(first) = obs.sandboxes.iter().map(|s| s.created_at).filter(|t| *t > 0).min()
@@ -589,6 +708,7 @@ impl Worker {
         {
             self.start_time = t;
         }
+        let actuated = self.ctx.actuated.get(&self.identity.uid);
         let status = pod_status(&StatusInput {
             pod,
             observed: obs,
@@ -601,6 +721,12 @@ impl Worker {
             start_time: Some(self.start_time),
             node: &self.ctx.node,
             now: Timestamp::now(),
+            resize: super::status::ResizeView {
+                pending: self.resize_pending.as_ref().map(|p| (p.reason.as_str(), p.message.as_str())),
+                in_progress: self.resize_in_progress(pod, obs),
+                error: self.resize_error.as_deref(),
+                actuated: actuated.as_ref(),
+            },
         });
         let was_pending = self.last_status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Pending"));
         if was_pending && status.phase.as_deref() == Some("Running") {

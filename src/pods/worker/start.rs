@@ -279,7 +279,13 @@ impl Worker {
             ContainerKind::Ephemeral => "ephemeral_container",
         };
         let id = match self.ctx.runtime.create_container(&sb.id, &config, &sb.config).await {
-            Ok(id) => id,
+            Ok(id) => {
+                // The container runs at the pod's allocation (in-place resize).
+                if matches!(kind, ContainerKind::App | ContainerKind::Sidecar) {
+                    self.ctx.actuated.set_container(&self.identity.uid, &c.name, c.resources.clone().unwrap_or_default());
+                }
+                id
+            }
             Err(e) => {
                 self.ctx.metrics.container_started(metric_type, Some(&e.code()));
                 return Err(self.fail_container(&c.name, "CreateContainerError", e.to_string()));

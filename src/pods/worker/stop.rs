@@ -288,6 +288,7 @@ impl Worker {
             start_time: Some(self.start_time),
             node: &self.ctx.node,
             now: k8s_openapi::jiff::Timestamp::now(),
+            resize: Default::default(),
         })
     }
 }

@@ -759,6 +759,10 @@ fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<Str
             Ok(v) => v,
             Err(r) => return r,
         },
+        ("pods", Some("resize")) => match pods::resize_update(&current, &new) {
+            Ok(v) => v,
+            Err(r) => return r,
+        },
         _ => apply_update(t, &current, new),
     };
     if t.res.plural == "pods"

@@ -124,6 +124,61 @@ pub fn validate_update(current: &Value, new: &Value) -> Result<(), Response<Body
     Ok(())
 }
 
+/// The `pods/resize` subresource (in-place resize, GA in 1.35): the pod as
+/// stored with only the cpu and memory resources of its app containers and
+/// sidecars taken from `new`, as ValidatePodResize allows: no other field,
+/// no other resource, no non-restartable init container, and the QoS class
+/// unchanged. A change bumps `metadata.generation`.
+pub fn resize_update(current: &Value, new: &Value) -> Result<Value, Response<Body>> {
+    if current["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+        return Err(invalid(current, "spec: Forbidden: static pods cannot be resized"));
+    }
+    let mut merged = current.clone();
+    for list in ["containers", "initContainers"] {
+        let Some(items) = merged["spec"][list].as_array_mut() else { continue };
+        for (i, c) in items.iter_mut().enumerate() {
+            let Some(want) = new["spec"][list].as_array().and_then(|l| l.iter().find(|n| n["name"] == c["name"])) else { continue };
+            if want["resources"] == c["resources"] {
+                continue;
+            }
+            if list == "initContainers" && c["restartPolicy"] != "Always" {
+                return Err(invalid(current, &format!("spec.initContainers[{i}].resources: Forbidden: resize is not supported for non-restartable init containers")));
+            }
+            for part in ["requests", "limits"] {
+                let names = |v: &Value| v[part].as_object().map(|m| m.iter().filter(|(k, _)| *k != "cpu" && *k != "memory").map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()).unwrap_or_default();
+                if names(&c["resources"]) != names(&want["resources"]) {
+                    return Err(invalid(current, &format!("spec.{list}[{i}].resources.{part}: Forbidden: only cpu and memory resources are mutable")));
+                }
+            }
+            c["resources"] = want["resources"].clone();
+        }
+    }
+    // Anything else in the spec is not the resize's to change.
+    let strip = |spec: &Value| {
+        let mut spec = spec.clone();
+        for list in ["containers", "initContainers"] {
+            for c in spec[list].as_array_mut().into_iter().flatten() {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("resources");
+                }
+            }
+        }
+        spec
+    };
+    if !new["spec"].is_null() && strip(&new["spec"]) != strip(&current["spec"]) {
+        return Err(invalid(current, "spec: Forbidden: pod resize may not change fields other than cpu and memory"));
+    }
+    let qos = |v: &Value| serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(v["spec"].clone()).map(|s| nodelet::pods::qos::qos_class(&s));
+    if qos(current).ok() != qos(&merged).ok() {
+        return Err(invalid(current, "spec: Forbidden: Pod QOS Class may not change as a result of resizing"));
+    }
+    if merged != *current {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        merged["metadata"]["generation"] = json!(generation + 1);
+    }
+    Ok(merged)
+}
+
 /// The `pods/ephemeralcontainers` subresource: the pod as stored with only
 /// its ephemeral containers taken from `new`. Existing ones may not change
 /// or go; new ones are validated as the apiserver does, defaulted, and get
