@@ -61,26 +61,32 @@ pub fn message_from_file(host_file: Option<&Path>, fallback: bool) -> (String, b
 }
 
 /// The end of a container's CRI log as text: its last 80 lines, at most
-/// 2 KiB (the last bytes of them), partial lines joined.
+/// 2 KiB (the last bytes of them), partial lines joined. A line the
+/// container never ended (the runtime writes it as partial when the stream
+/// closes) gets no newline, as kubelet reads it: `echo -n DONE` is "DONE".
 pub fn message_from_log(log: &Path) -> String {
     // 80 lines of up to 16 KiB each are more than enough to look at.
     let Ok(raw) = read_tail(log, 256 * 1024) else { return String::new() };
-    let mut lines: Vec<Vec<u8>> = Vec::new();
+    // Each line's text, and whether it was ended.
+    let mut lines: Vec<(Vec<u8>, bool)> = Vec::new();
     let mut open = false;
     for l in raw.split(|b| *b == b'\n') {
         let Some(line) = parse_line(l) else { continue };
         if open && let Some(last) = lines.last_mut() {
-            last.extend_from_slice(line.text);
+            last.0.extend_from_slice(line.text);
+            last.1 = !line.partial;
         } else {
-            lines.push(line.text.to_vec());
+            lines.push((line.text.to_vec(), !line.partial));
         }
         open = line.partial;
     }
     let start = lines.len().saturating_sub(MESSAGE_LOG_LINES);
     let mut text: Vec<u8> = Vec::new();
-    for l in &lines[start..] {
+    for (l, ended) in &lines[start..] {
         text.extend_from_slice(l);
-        text.push(b'\n');
+        if *ended {
+            text.push(b'\n');
+        }
     }
     let cut = text.len().saturating_sub(MAX_MESSAGE_FROM_LOG);
     String::from_utf8_lossy(&text[cut..]).into_owned()
@@ -117,5 +123,10 @@ mod tests {
         let m = message_from_log(&log);
         assert!(m.ends_with("line 99\nfatal: disk full\n"), "{m}");
         assert!(m.starts_with("line 21\n"), "80 lines: {m}");
+        // `echo -n DONE; false`: containerd writes the unended line as partial
+        // when the stream closes; kubelet's message is "DONE" (upstream's
+        // "should report termination message from log output" case).
+        std::fs::write(&log, "2026-01-01T00:00:00Z stdout P DONE\n").unwrap();
+        assert_eq!(message_from_log(&log), "DONE");
     }
 }

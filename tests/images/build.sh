@@ -3,6 +3,8 @@
 # busybox-static, without a registry or a container engine:
 #   OUT/busybox.tar  nodelet.local/busybox:1   (busybox with every applet)
 #   OUT/pause.tar    nodelet.local/pause:1     (the sandbox image: sleeps, exits 0 on TERM)
+#   OUT/entrypoint.tar nodelet.local/entrypoint:1 (busybox whose Entrypoint and Cmd echo
+#                    themselves, for upstream's "Containers" cases on image defaults)
 # The archives are reproducible: same busybox, same bytes.
 set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR}
@@ -57,4 +59,6 @@ env_path='"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 make_image nodelet.local/busybox 1 busybox.tar "$env_path,\"Cmd\":[\"sh\"],\"WorkingDir\":\"/\""
 make_image nodelet.local/pause 1 pause.tar \
   "$env_path,\"Entrypoint\":[\"/bin/sh\",\"-c\",\"trap 'exit 0' TERM INT; while true; do sleep 86400 & wait \$!; done\"],\"WorkingDir\":\"/\""
-echo "built $out/busybox.tar (nodelet.local/busybox:1) and $out/pause.tar (nodelet.local/pause:1)"
+make_image nodelet.local/entrypoint 1 entrypoint.tar \
+  "$env_path,\"Entrypoint\":[\"/bin/echo\",\"[/ep]\"],\"Cmd\":[\"default\",\"arguments\"],\"WorkingDir\":\"/\""
+echo "built $out/busybox.tar (nodelet.local/busybox:1), $out/pause.tar (nodelet.local/pause:1) and $out/entrypoint.tar (nodelet.local/entrypoint:1)"

@@ -49,12 +49,12 @@ pub fn images() -> &'static Path {
         let dir = std::env::var_os("NODELET_TEST_IMAGES")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo().join("target/test-images"));
-        if !dir.join("busybox.tar").exists() || !dir.join("pause.tar").exists() {
+        if ["busybox.tar", "pause.tar", "entrypoint.tar"].iter().any(|f| !dir.join(f).exists()) {
             let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
             let st = Command::new(repo().join("tests/images/build.sh")).arg(&tmp).status().expect("run build.sh");
             assert!(st.success(), "tests/images/build.sh failed");
             std::fs::create_dir_all(&dir).unwrap();
-            for f in ["busybox.tar", "pause.tar"] {
+            for f in ["busybox.tar", "pause.tar", "entrypoint.tar"] {
                 std::fs::rename(tmp.join(f), dir.join(f)).unwrap();
             }
             let _ = std::fs::remove_dir_all(&tmp);
@@ -169,6 +169,7 @@ impl Node {
             .args(["images", "import", "--address", &node.endpoint])
             .arg(imgs.join("busybox.tar"))
             .arg(imgs.join("pause.tar"))
+            .arg(imgs.join("entrypoint.tar"))
             .output()
             .unwrap();
         assert!(out.status.success(), "nodelet images import: {}", String::from_utf8_lossy(&out.stderr));

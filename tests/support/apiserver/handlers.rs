@@ -686,6 +686,7 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
                 return r;
             }
         }
+        "services" => allocate_service(state, &mut obj),
         "certificatesigningrequests" => {
             obj["spec"]["username"] = Value::String(who.user.clone());
             obj["spec"]["groups"] = json!(who.groups);
@@ -703,6 +704,63 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
         controllers::approve(state, &name);
     }
     json_response(StatusCode::CREATED, &with_type(t, stored))
+}
+
+/// The apiserver's Service allocators and defaults: a ClusterIP from the
+/// service CIDR (10.96.0.0/12, as kubeadm's default) unless one is given
+/// or the Service is headless or ExternalName, node ports from 30000-32767
+/// for NodePort and LoadBalancer ports without one, single-stack IPv4.
+fn allocate_service(state: &Arc<State>, obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if spec["type"].as_str().is_none_or(str::is_empty) {
+        spec["type"] = json!("ClusterIP");
+    }
+    if spec["sessionAffinity"].is_null() {
+        spec["sessionAffinity"] = json!("None");
+    }
+    let kind = spec["type"].as_str().unwrap_or("").to_string();
+    if kind == "ExternalName" {
+        return;
+    }
+    let store = state.store.lock().unwrap();
+    let services = store.list("services", None);
+    if spec["clusterIP"].as_str().is_none_or(str::is_empty) {
+        let used: std::collections::HashSet<String> = services.iter().filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_string)).collect();
+        let free = (2u32..(1 << 20)).map(|n| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + n).to_string()).find(|ip| !used.contains(ip));
+        if let Some(ip) = free {
+            spec["clusterIP"] = json!(ip);
+        }
+    }
+    if spec["clusterIPs"].is_null() {
+        spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+    }
+    if spec["clusterIP"] != "None" {
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+    }
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        let used: std::collections::HashSet<i64> = services
+            .iter()
+            .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        let mut next = (30000..=32767).filter(|p| !used.contains(p));
+        for p in spec["ports"].as_array_mut().into_iter().flatten() {
+            if p["nodePort"].as_i64().is_none_or(|n| n == 0)
+                && let Some(n) = next.next()
+            {
+                p["nodePort"] = json!(n);
+            }
+        }
+    }
+    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+        if p["protocol"].is_null() {
+            p["protocol"] = json!("TCP");
+        }
+        if p["targetPort"].is_null() {
+            p["targetPort"] = p["port"].clone();
+        }
+    }
 }
 
 /// Applies a new version of an object through the main resource or a
