@@ -13,7 +13,10 @@
 //! (no registry is reachable): busybox instead of agnhost and mounttest, the
 //! same commands spelled in busybox, and an image (`nodelet.local/entrypoint:1`)
 //! whose Entrypoint and Cmd echo themselves in place of agnhost's
-//! entrypoint-tester.
+//! entrypoint-tester. The environment is printed by `env` run directly
+//! (Debian's busybox sh drops variables whose names have a `-`, which
+//! upstream's `sh -c env` shows). The hooks' handler is busybox httpd with
+//! a CGI that logs each request, in place of agnhost netexec.
 
 mod support;
 
@@ -146,17 +149,17 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
         entry("override-args", serde_json::json!({"args": ["override", "arguments"]})),
         entry("override-command", serde_json::json!({"command": ["/bin/echo", "[/ep-2]"]})),
         entry("override-both", serde_json::json!({"command": ["/bin/echo", "[/ep-2]"], "args": ["override", "arguments"]})),
-        pod("dapi-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "env"],
+        pod("dapi-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [fref("POD_NAME", "metadata.name"), fref("POD_NAMESPACE", "metadata.namespace"), fref("POD_IP", "status.podIP"),
                     fref("HOST_IP", "status.hostIP"), fref("POD_UID", "metadata.uid")]}]})),
-        pod("dapi-resources", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "env"],
+        pod("dapi-resources", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "resources": {"limits": {"cpu": "1250m", "memory": "64Mi"}, "requests": {"cpu": "1250m", "memory": "32Mi"}},
             "env": [rref("CPU_LIMIT", "limits.cpu"), rref("MEMORY_LIMIT", "limits.memory"), rref("CPU_REQUEST", "requests.cpu"), rref("MEMORY_REQUEST", "requests.memory")]}]})),
-        pod("dapi-defaults", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "env"],
+        pod("dapi-defaults", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [rref("CPU_LIMIT", "limits.cpu"), rref("MEMORY_LIMIT", "limits.memory")]}]})),
-        pod("dapi-hostnet", &node, serde_json::json!({"hostNetwork": true, "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "env"],
+        pod("dapi-hostnet", &node, serde_json::json!({"hostNetwork": true, "containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [fref("HOST_IP", "status.hostIP"), fref("POD_IP", "status.podIP")]}]})),
-        pod("expansion-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "env"],
+        pod("expansion-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [{"name": "FOO", "value": "foo-value"}, {"name": "BAR", "value": "bar-value"}, {"name": "FOOBAR", "value": "$(FOO);;$(BAR)"}]}]})),
         pod("expansion-command", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "TEST_VAR=wrong echo \"$(TEST_VAR)\""],
             "env": [{"name": "TEST_VAR", "value": "test-value"}]}]})),
@@ -185,7 +188,7 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
             "terminationMessagePath": "/dev/termination-custom-log", "securityContext": {"runAsUser": 1000}}]})),
         pod("msg-path", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "echo -n DONE > /dev/termination-custom-log"],
             "terminationMessagePath": "/dev/termination-custom-log"}]})),
-        pod("service-env", &node, serde_json::json!({"containers": [sh("env")]})),
+        pod("service-env", &node, serde_json::json!({"containers": [serde_json::json!({"name": "c", "image": BUSYBOX, "command": ["env"]})]})),
         pod("etc-hosts", &node, serde_json::json!({
             "volumes": [{"name": "host-etc-hosts", "hostPath": {"path": "/etc/hosts"}}],
             "containers": [
@@ -297,4 +300,139 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
     let hostnet = r.output("etc-hosts-hostnet").await;
     assert!(!hostnet.starts_with("# Kubernetes-managed hosts file."), "{case}: {hostnet}");
     assert_eq!(hostnet, format!("# Kubernetes-managed hosts file (host network).\n{host}"), "{case}: a hostNetwork pod sees the host's");
+}
+
+/// InitContainer, Pods (lifecycle), Container Lifecycle Hook, ConfigMap and
+/// Secrets (env).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let r = Run::new(&c);
+    let node = r.node();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "configmap-test"}, "data": {"data-1": "value-1", "data-2": "value-2"}})).unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "secret-test"}, "stringData": {"data-1": "value-1", "data-2": "value-2"}})).unwrap())
+        .await
+        .unwrap();
+    // The hooks' target (upstream's agnhost netexec /echo): answers 200 and
+    // logs every request's path and query ("GET /echo?msg=...").
+    let handler = "mkdir -p /tmp/www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho ok\\necho \"GET /echo?$QUERY_STRING\" >&2\\n' > /tmp/www/cgi-bin/echo \
+                   && chmod +x /tmp/www/cgi-bin/echo && exec httpd -f -p 8080 -h /tmp/www";
+    r.create(pod("pod-handle-http-request", &node, serde_json::json!({"restartPolicy": "Always", "containers": [
+        {"name": "c", "image": BUSYBOX, "command": ["sh", "-c", handler], "ports": [{"containerPort": 8080}]}
+    ]})))
+    .await;
+    let handler = r.phase_is("pod-handle-http-request", "Running").await;
+    let handler_ip = handler.status.unwrap().pod_ip.unwrap();
+    let get = |msg: &str| format!("timeout 5 wget -q -O- 'http://{handler_ip}:8080/cgi-bin/echo?msg={msg}'");
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let init = |name: &str, script: &str| serde_json::json!({"name": name, "image": BUSYBOX, "command": ["sh", "-c", script]});
+    let app = |script: &str| serde_json::json!({"name": "run1", "image": BUSYBOX, "command": ["sh", "-c", script]});
+    let all = vec![
+        pod("init-never", &node, serde_json::json!({"initContainers": [init("init1", "true"), init("init2", "true")], "containers": [app("true")]})),
+        pod("init-always", &node, serde_json::json!({"restartPolicy": "Always", "initContainers": [init("init1", "true"), init("init2", "true")], "containers": [app(forever)]})),
+        pod("init-fails-always", &node, serde_json::json!({"restartPolicy": "Always", "initContainers": [init("init1", "false"), init("init2", "true")], "containers": [app(forever)]})),
+        pod("init-fails-never", &node, serde_json::json!({"initContainers": [init("init1", "true"), init("init2", "false")], "containers": [app("true")]})),
+        pod("deadline", &node, serde_json::json!({"restartPolicy": "Always", "containers": [sh(forever)]})),
+        pod("submitted", &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "containers": [sh(forever)]})),
+        pod("poststart-exec", &node, serde_json::json!({"restartPolicy": "Always", "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever],
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", get("poststart")]}}}}]})),
+        pod("prestop-exec", &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": 15, "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever],
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", get("prestop")]}}}}]})),
+        pod("poststart-http", &node, serde_json::json!({"restartPolicy": "Always", "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever],
+            "lifecycle": {"postStart": {"httpGet": {"path": "/cgi-bin/echo?msg=poststart-http", "host": handler_ip, "port": 8080}}}}]})),
+        pod("prestop-http", &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": 15, "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever],
+            "lifecycle": {"preStop": {"httpGet": {"path": "/cgi-bin/echo?msg=prestop-http", "host": handler_ip, "port": 8080}}}}]})),
+        pod("cm-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "env": [{"name": "CONFIG_DATA_1", "valueFrom": {"configMapKeyRef": {"name": "configmap-test", "key": "data-1"}}}]}]})),
+        pod("cm-envfrom", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "envFrom": [{"configMapRef": {"name": "configmap-test"}}, {"prefix": "p-", "configMapRef": {"name": "configmap-test"}}]}]})),
+        pod("secret-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "env": [{"name": "SECRET_DATA", "valueFrom": {"secretKeyRef": {"name": "secret-test", "key": "data-1"}}}]}]})),
+        pod("secret-envfrom", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "envFrom": [{"secretRef": {"name": "secret-test"}}, {"prefix": "p-", "secretRef": {"name": "secret-test"}}]}]})),
+    ];
+    for p in all {
+        r.create(p).await;
+    }
+
+    // InitContainer [NodeConformance].
+    let p = r.finished("init-never").await;
+    let case = "InitContainer [NodeConformance] / should invoke init containers on a RestartNever pod [Conformance]";
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Succeeded"), "{case}");
+    for i in ["init1", "init2"] {
+        let t = terminated(&p, i);
+        assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")), "{case}: {i}");
+    }
+    assert_eq!(condition(&p, "Initialized").status, "True", "{case}");
+    let p = r.phase_is("init-always", "Running").await;
+    let case = "InitContainer [NodeConformance] / should invoke init containers on a RestartAlways pod [Conformance]";
+    assert_eq!(condition(&p, "Initialized").status, "True", "{case}");
+    for i in ["init1", "init2"] {
+        assert_eq!(terminated(&p, i).exit_code, 0, "{case}: {i}");
+    }
+    let case = "InitContainer [NodeConformance] / should not start app containers if init containers fail on a RestartAlways pod [Conformance]";
+    let pods = &r.pods;
+    let p = eventually(90 * S, "init1 restarted 3 times", || async {
+        let p = pods.get("init-fails-always").await.ok()?;
+        (container_status(&p, "init1").restart_count >= 3).then_some(p)
+    })
+    .await;
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"), "{case}");
+    let init_cond = condition(&p, "Initialized");
+    assert_eq!((init_cond.status.as_str(), init_cond.reason.as_deref()), ("False", Some("ContainersNotInitialized")), "{case}");
+    assert_eq!(init_cond.message.as_deref(), Some("containers with incomplete status: [init1 init2]"), "{case}");
+    for n in ["init2", "run1"] {
+        let w = container_status(&p, n).state.as_ref().and_then(|s| s.waiting.as_ref()).unwrap_or_else(|| panic!("{case}: {n} waits"));
+        assert_eq!(w.reason.as_deref(), Some("PodInitializing"), "{case}: {n}");
+    }
+    assert!(c.node.containers_named("init-fails-always").await.iter().all(|x| x.metadata.as_ref().unwrap().name != "run1"), "{case}: run1 never created");
+    let p = r.finished("init-fails-never").await;
+    let case = "InitContainer [NodeConformance] / should not start app containers and fail the pod if init containers fail on a RestartNever pod [Conformance]";
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"), "{case}");
+    assert_eq!(terminated(&p, "init2").exit_code, 1, "{case}");
+    assert!(container_status(&p, "run1").state.as_ref().and_then(|s| s.waiting.as_ref()).is_some(), "{case}: run1 never ran: {:?}", p.status);
+    assert_eq!(condition(&p, "Initialized").status, "False", "{case}");
+
+    // Pods [sig-node].
+    r.phase_is("deadline", "Running").await;
+    r.pods.patch("deadline", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"activeDeadlineSeconds": 5}}))).await.unwrap();
+    let p = r.phase_is("deadline", "Failed").await;
+    assert_eq!(p.status.as_ref().unwrap().reason.as_deref(), Some("DeadlineExceeded"), "Pods / should allow activeDeadlineSeconds to be updated [NodeConformance] [Conformance]");
+    r.phase_is("submitted", "Running").await;
+    r.pods.patch("submitted", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"time": "updated"}}}))).await.unwrap();
+    tokio::time::sleep(S).await;
+    assert_eq!(r.pods.get("submitted").await.unwrap().status.unwrap().phase.as_deref(), Some("Running"), "Pods / should be updated [NodeConformance] [Conformance]");
+    r.pods.delete("submitted", &Default::default()).await.unwrap();
+    eventually(30 * S, "submitted removed", || async { pods.get("submitted").await.is_err().then_some(()) }).await;
+    assert!(c.node.containers_named("submitted").await.iter().all(|x| !support::is_running(x)), "Pods / should be submitted and removed [NodeConformance] [Conformance]");
+
+    // Container Lifecycle Hook [sig-node] / when create a pod with lifecycle hook.
+    let handled = || async { r.logs("pod-handle-http-request", "c").await };
+    for (name, msg) in [("poststart-exec", "poststart"), ("poststart-http", "poststart-http")] {
+        r.phase_is(name, "Running").await;
+        eventually(30 * S, &format!("{name}'s postStart reached the handler"), || async { handled().await.lines().any(|l| l == format!("GET /echo?msg={msg}")).then_some(()) }).await;
+        assert_eq!(container_status(&r.pods.get(name).await.unwrap(), "c").restart_count, 0, "{name}: the hook succeeded");
+    }
+    for (name, msg) in [("prestop-exec", "prestop"), ("prestop-http", "prestop-http")] {
+        r.phase_is(name, "Running").await;
+        r.pods.delete(name, &Default::default()).await.unwrap();
+        eventually(30 * S, &format!("{name}'s preStop reached the handler"), || async { handled().await.lines().any(|l| l == format!("GET /echo?msg={msg}")).then_some(()) }).await;
+    }
+    // (Each wait above names its case: should execute poststart exec hook
+    // properly, poststart http hook, prestop exec hook, prestop http hook
+    // [NodeConformance] [Conformance].)
+
+    // ConfigMap and Secrets [sig-node] (env).
+    assert_eq!(env_of(&r.output("cm-env").await)["CONFIG_DATA_1"], "value-1", "ConfigMap / should be consumable via environment variable [NodeConformance] [Conformance]");
+    let env = env_of(&r.output("cm-envfrom").await);
+    assert_eq!((env["data-1"].as_str(), env["p-data-1"].as_str()), ("value-1", "value-1"), "ConfigMap / should be consumable via the environment [NodeConformance] [Conformance]");
+    assert_eq!(env_of(&r.output("secret-env").await)["SECRET_DATA"], "value-1", "Secrets / should be consumable from pods in env vars [NodeConformance] [Conformance]");
+    let env = env_of(&r.output("secret-envfrom").await);
+    assert_eq!((env["data-1"].as_str(), env["p-data-1"].as_str()), ("value-1", "value-1"), "Secrets / should be consumable via the environment [NodeConformance] [Conformance]");
 }
