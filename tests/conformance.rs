@@ -436,3 +436,238 @@ async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
     let env = env_of(&r.output("secret-envfrom").await);
     assert_eq!((env["data-1"].as_str(), env["p-data-1"].as_str()), ("value-1", "value-1"), "Secrets / should be consumable via the environment [NodeConformance] [Conformance]");
 }
+
+/// A file's mode (through the symlinks of the atomic writer, as upstream's
+/// mounttest reads it), its content and the filesystem type of its mount.
+fn describe(path: &str, mount: &str) -> String {
+    format!("stat -L -c %A {path} && echo \"$(cat {path})\" && grep ' {mount} ' /proc/mounts | cut -d' ' -f3")
+}
+
+/// EmptyDir, ConfigMap, Secrets, Downward API and Projected volumes
+/// ([sig-storage]), with updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_empty_dir_config_map_secret_downward_api_and_projected() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let r = Run::new(&c);
+    let node = r.node();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    let make_cm = |name: &str, data: serde_json::Value| serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": name}, "data": data})).unwrap();
+    cms.create(&PostParams::default(), &make_cm("configmap-test-volume", serde_json::json!({"data-1": "value-1", "data-2": "value-2", "data-3": "value-3"}))).await.unwrap();
+    cms.create(&PostParams::default(), &make_cm("configmap-test-upd", serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "configmap-test-binary"}, "data": {"data-1": "value-1"}, "binaryData": {"dump.bin": "3q2+7w=="}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "secret-test"}, "stringData": {"data-1": "value-1", "data-2": "value-2", "data-3": "value-3"}})).unwrap())
+        .await
+        .unwrap();
+
+    // EmptyDir volumes: 12 (user, mode, medium) cases, each in its own container and volume.
+    let mut ed_containers = Vec::new();
+    let mut ed_volumes = Vec::new();
+    let mut ed_cases = Vec::new();
+    for medium in ["tmpfs", "default"] {
+        for (user, uid) in [("root", 0), ("non-root", 1001)] {
+            for mode in ["0644", "0666", "0777"] {
+                let name = format!("{}-{mode}-{medium}", if uid == 0 { "root" } else { "nonroot" });
+                let vol = format!("v-{name}");
+                let mount = format!("/test-volume-{name}");
+                let file = format!("{mount}/test-file");
+                ed_volumes.push(serde_json::json!({"name": vol, "emptyDir": if medium == "tmpfs" { serde_json::json!({"medium": "Memory"}) } else { serde_json::json!({}) }}));
+                ed_containers.push(serde_json::json!({"name": name, "image": BUSYBOX, "securityContext": {"runAsUser": uid},
+                    "command": ["sh", "-c", format!("echo 'mount-tester new file' > {file} && chmod {mode} {file} && {}", describe(&file, &mount))],
+                    "volumeMounts": [{"name": vol, "mountPath": mount}]}));
+                ed_cases.push((name, user, mode, medium));
+            }
+        }
+    }
+    let mut all = vec![
+        pod("emptydir-modes", &node, serde_json::json!({"volumes": ed_volumes, "containers": ed_containers})),
+        pod("emptydir-dirs", &node, serde_json::json!({
+            "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory"}}, {"name": "disk", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "stat -c %A /t && grep ' /t ' /proc/mounts | cut -d' ' -f3 && stat -c %A /d"],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/t"}, {"name": "disk", "mountPath": "/d"}]}]})),
+        pod("emptydir-shared", &node, serde_json::json!({"restartPolicy": "Always",
+            "volumes": [{"name": "shared-data", "emptyDir": {}}],
+            "containers": [
+                {"name": "busybox-main-container", "image": BUSYBOX, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"], "volumeMounts": [{"name": "shared-data", "mountPath": "/usr/share/volumeshare"}]},
+                {"name": "busybox-sub-container", "image": BUSYBOX, "command": ["sh", "-c", "echo Hello from the busy-box sub-container > /pod-data/shareddata.txt; trap 'exit 0' TERM; while true; do sleep 0.2; done"], "volumeMounts": [{"name": "shared-data", "mountPath": "/pod-data"}]}
+            ]})),
+    ];
+    let cm_vol = |extra: serde_json::Value| {
+        let mut v = serde_json::json!({"name": "configmap-volume", "configMap": {"name": "configmap-test-volume"}});
+        for (k, val) in extra.as_object().unwrap() {
+            v["configMap"][k] = val.clone();
+        }
+        v
+    };
+    let reader = |name: &str, vol: serde_json::Value, script: &str, sc: serde_json::Value| {
+        pod(name, &node, serde_json::json!({"securityContext": sc, "volumes": [vol], "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "configmap-volume", "mountPath": "/etc/configmap-volume"}]}]}))
+    };
+    let items = serde_json::json!([{"key": "data-2", "path": "path/to/data-2"}]);
+    let items_mode = serde_json::json!([{"key": "data-2", "path": "path/to/data-2", "mode": 0o400}]);
+    all.extend([
+        reader("cm-volume", cm_vol(serde_json::json!({})), &describe("/etc/configmap-volume/data-1", "/etc/configmap-volume"), serde_json::json!({})),
+        reader("cm-volume-mode", cm_vol(serde_json::json!({"defaultMode": 0o400})), "stat -L -c %A /etc/configmap-volume/data-1", serde_json::json!({})),
+        reader("cm-volume-nonroot", cm_vol(serde_json::json!({})), "cat /etc/configmap-volume/data-1", serde_json::json!({"runAsUser": 1000})),
+        reader("cm-volume-map", cm_vol(serde_json::json!({"items": items})), "cat /etc/configmap-volume/path/to/data-2", serde_json::json!({})),
+        reader("cm-volume-map-mode", cm_vol(serde_json::json!({"items": items_mode})), "stat -L -c %A /etc/configmap-volume/path/to/data-2 && cat /etc/configmap-volume/path/to/data-2", serde_json::json!({})),
+        reader("cm-volume-map-nonroot", cm_vol(serde_json::json!({"items": items})), "cat /etc/configmap-volume/path/to/data-2", serde_json::json!({"runAsUser": 1000})),
+        pod("cm-volume-multi", &node, serde_json::json!({
+            "volumes": [{"name": "one", "configMap": {"name": "configmap-test-volume"}}, {"name": "two", "configMap": {"name": "configmap-test-volume"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /etc/one/data-1 /etc/two/data-1"],
+                "volumeMounts": [{"name": "one", "mountPath": "/etc/one"}, {"name": "two", "mountPath": "/etc/two"}]}]})),
+        pod("cm-volume-binary", &node, serde_json::json!({
+            "volumes": [{"name": "v", "configMap": {"name": "configmap-test-binary"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /etc/v/data-1; echo; od -An -tx1 /etc/v/dump.bin"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        pod("cm-volume-upd", &node, serde_json::json!({"restartPolicy": "Always",
+            "volumes": [{"name": "v", "configMap": {"name": "configmap-test-upd"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "while true; do cat /etc/v/data-1; echo; sleep 1; done"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        pod("secret-volume", &node, serde_json::json!({"volumes": [{"name": "secret-volume", "secret": {"secretName": "secret-test"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", describe("/etc/secret-volume/data-1", "/etc/secret-volume")],
+                "volumeMounts": [{"name": "secret-volume", "mountPath": "/etc/secret-volume"}]}]})),
+        pod("secret-volume-mode", &node, serde_json::json!({"volumes": [{"name": "secret-volume", "secret": {"secretName": "secret-test", "defaultMode": 0o400}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "stat -L -c %A /etc/secret-volume/data-1"],
+                "volumeMounts": [{"name": "secret-volume", "mountPath": "/etc/secret-volume"}]}]})),
+        pod("secret-volume-nonroot", &node, serde_json::json!({"securityContext": {"runAsUser": 1000, "fsGroup": 1001},
+            "volumes": [{"name": "secret-volume", "secret": {"secretName": "secret-test", "defaultMode": 0o440}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "stat -L -c '%A %g' /etc/secret-volume/data-1 && cat /etc/secret-volume/data-1"],
+                "volumeMounts": [{"name": "secret-volume", "mountPath": "/etc/secret-volume"}]}]})),
+        pod("secret-volume-map-mode", &node, serde_json::json!({"volumes": [{"name": "secret-volume", "secret": {"secretName": "secret-test", "items": [{"key": "data-1", "path": "new-path-data-1", "mode": 0o400}]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "stat -L -c %A /etc/secret-volume/new-path-data-1 && cat /etc/secret-volume/new-path-data-1"],
+                "volumeMounts": [{"name": "secret-volume", "mountPath": "/etc/secret-volume"}]}]})),
+        pod("dapi-volume", &node, serde_json::json!({
+            "volumes": [{"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "podname", "fieldRef": {"fieldPath": "metadata.name"}},
+                {"path": "podname-mode", "fieldRef": {"fieldPath": "metadata.name"}, "mode": 0o400},
+                {"path": "cpu_limit", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu", "divisor": "1m"}},
+                {"path": "memory_limit", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}},
+                {"path": "cpu_request", "resourceFieldRef": {"containerName": "c", "resource": "requests.cpu", "divisor": "1m"}},
+                {"path": "memory_request", "resourceFieldRef": {"containerName": "c", "resource": "requests.memory", "divisor": "1Mi"}}
+            ]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}, "requests": {"cpu": "250m", "memory": "32Mi"}},
+                "command": ["sh", "-c", "for f in podname cpu_limit memory_limit cpu_request memory_request; do echo $f=$(cat /etc/podinfo/$f); done; stat -L -c 'mode=%A' /etc/podinfo/podname-mode"],
+                "volumeMounts": [{"name": "podinfo", "mountPath": "/etc/podinfo"}]}]})),
+        pod("dapi-volume-defaults", &node, serde_json::json!({
+            "volumes": [{"name": "podinfo", "downwardAPI": {"defaultMode": 0o400, "items": [
+                {"path": "cpu_limit", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu", "divisor": "1m"}},
+                {"path": "memory_limit", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory"}}
+            ]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "echo cpu_limit=$(cat /etc/podinfo/cpu_limit); echo memory_limit=$(cat /etc/podinfo/memory_limit); stat -L -c 'mode=%A' /etc/podinfo/cpu_limit"],
+                "volumeMounts": [{"name": "podinfo", "mountPath": "/etc/podinfo"}]}]})),
+        pod("dapi-volume-upd", &node, serde_json::json!({"restartPolicy": "Always",
+            "volumes": [{"name": "podinfo", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}, {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "while true; do cat /etc/podinfo/labels /etc/podinfo/annotations; echo; sleep 1; done"],
+                "volumeMounts": [{"name": "podinfo", "mountPath": "/etc/podinfo"}]}]})),
+        pod("projected-all", &node, serde_json::json!({
+            "volumes": [{"name": "podinfo", "projected": {"sources": [
+                {"secret": {"name": "secret-test", "items": [{"key": "data-1", "path": "secret-data"}]}},
+                {"configMap": {"name": "configmap-test-volume", "items": [{"key": "data-1", "path": "configmap-data"}]}},
+                {"downwardAPI": {"items": [{"path": "podname", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+            ]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /all/podname; echo; cat /all/secret-data; echo; cat /all/configmap-data"],
+                "volumeMounts": [{"name": "podinfo", "mountPath": "/all"}]}]})),
+    ]);
+    for p in all {
+        r.create(p).await;
+    }
+
+    // EmptyDir volumes [sig-storage].
+    let p = r.finished("emptydir-modes").await;
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Succeeded"), "{:?}", p.status);
+    for (name, user, mode, medium) in &ed_cases {
+        let case = format!("EmptyDir volumes / should support ({user},{mode},{medium}) [LinuxOnly] [NodeConformance] [Conformance]");
+        let out = r.logs("emptydir-modes", name).await;
+        let lines: Vec<&str> = out.lines().collect();
+        let perms = match *mode { "0644" => "-rw-r--r--", "0666" => "-rw-rw-rw-", _ => "-rwxrwxrwx" };
+        assert_eq!(lines.first().copied(), Some(perms), "{case}: {out}");
+        assert_eq!(lines.get(1).copied(), Some("mount-tester new file"), "{case}");
+        if *medium == "tmpfs" {
+            assert_eq!(lines.get(2).copied(), Some("tmpfs"), "{case}: the volume is memory-backed");
+        } else {
+            assert_ne!(lines.get(2).copied(), Some("tmpfs"), "{case}");
+        }
+    }
+    let out = r.output("emptydir-dirs").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["drwxrwxrwx", "tmpfs"], "EmptyDir volumes / volume on tmpfs should have the correct mode [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(lines[2], "drwxrwxrwx", "EmptyDir volumes / volume on default medium should have the correct mode [LinuxOnly] [NodeConformance] [Conformance]");
+    r.phase_is("emptydir-shared", "Running").await;
+    let main = c.node.containers_named("emptydir-shared").await.into_iter().find(|x| x.metadata.as_ref().unwrap().name == "busybox-main-container" && support::is_running(x)).unwrap();
+    let got = eventually(20 * S, "the shared file", || async {
+        let out = c.node.exec(&main.id, &["cat", "/usr/share/volumeshare/shareddata.txt"]).await;
+        (out.exit_code == 0).then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    })
+    .await;
+    assert_eq!(got.trim(), "Hello from the busy-box sub-container", "EmptyDir volumes / pod should support shared volumes between containers [Conformance]");
+
+    // ConfigMap [sig-storage].
+    let out = r.output("cm-volume").await;
+    assert_eq!(out.lines().collect::<Vec<_>>()[..2], ["-rw-r--r--", "value-1"], "ConfigMap / should be consumable from pods in volume [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-mode").await.trim(), "-r--------", "ConfigMap / should be consumable from pods in volume with defaultMode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-nonroot").await.trim(), "value-1", "ConfigMap / should be consumable from pods in volume as non-root [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-map").await.trim(), "value-2", "ConfigMap / should be consumable from pods in volume with mappings [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-map-mode").await.lines().collect::<Vec<_>>(), ["-r--------", "value-2"], "ConfigMap / should be consumable from pods in volume with mappings and Item mode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-map-nonroot").await.trim(), "value-2", "ConfigMap / should be consumable from pods in volume with mappings as non-root [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-multi").await, "value-1value-1", "ConfigMap / should be consumable in multiple volumes in the same pod [NodeConformance] [Conformance]");
+    assert_eq!(r.output("cm-volume-binary").await.lines().map(str::trim).collect::<Vec<_>>(), ["value-1", "de ad be ef"], "ConfigMap / binary data should be reflected in volume [NodeConformance] [Conformance]");
+    r.phase_is("cm-volume-upd", "Running").await;
+    eventually(30 * S, "value-1 seen", || async { r.logs("cm-volume-upd", "c").await.lines().any(|l| l == "value-1").then_some(()) }).await;
+    cms.patch("configmap-test-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"data-1": "value-2"}}))).await.unwrap();
+    eventually(90 * S, "ConfigMap / updates should be reflected in volume [NodeConformance] [Conformance]", || async {
+        r.logs("cm-volume-upd", "c").await.lines().any(|l| l == "value-2").then_some(())
+    })
+    .await;
+
+    // Secrets [sig-storage].
+    let out = r.output("secret-volume").await;
+    assert_eq!(out.lines().collect::<Vec<_>>()[..2], ["-rw-r--r--", "value-1"], "Secrets / should be consumable from pods in volume [NodeConformance] [Conformance]");
+    assert_eq!(r.output("secret-volume-mode").await.trim(), "-r--------", "Secrets / should be consumable from pods in volume with defaultMode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(
+        r.output("secret-volume-nonroot").await.lines().collect::<Vec<_>>(),
+        ["-r--r----- 1001", "value-1"],
+        "Secrets / should be consumable from pods in volume as non-root with defaultMode and fsGroup set [LinuxOnly] [NodeConformance] [Conformance]"
+    );
+    assert_eq!(r.output("secret-volume-map-mode").await.lines().collect::<Vec<_>>(), ["-r--------", "value-1"], "Secrets / should be consumable from pods in volume with mappings and Item Mode set [LinuxOnly] [NodeConformance] [Conformance]");
+
+    // Downward API volume [sig-storage].
+    let env = env_of(&r.output("dapi-volume").await);
+    assert_eq!(env["podname"], "dapi-volume", "Downward API volume / should provide podname only [NodeConformance] [Conformance]");
+    assert_eq!(env["mode"], "-r--------", "Downward API volume / should set mode on item file [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(env["cpu_limit"], "500", "Downward API volume / should provide container's cpu limit [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], "64", "Downward API volume / should provide container's memory limit [NodeConformance] [Conformance]");
+    assert_eq!(env["cpu_request"], "250", "Downward API volume / should provide container's cpu request [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_request"], "32", "Downward API volume / should provide container's memory request [NodeConformance] [Conformance]");
+    let env = env_of(&r.output("dapi-volume-defaults").await);
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let alloc = nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap();
+    assert_eq!(env["cpu_limit"], nodelet::resources::milli(&alloc["cpu"]).unwrap().to_string(), "Downward API volume / should provide node allocatable (cpu) as default cpu limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], nodelet::resources::value(&alloc["memory"]).unwrap().to_string(), "Downward API volume / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["mode"], "-r--------", "Downward API volume / should set DefaultMode on files [LinuxOnly] [NodeConformance] [Conformance]");
+    r.phase_is("dapi-volume-upd", "Running").await;
+    r.pods
+        .patch("dapi-volume-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"key3": "value3"}, "annotations": {"builder": "foo"}}})))
+        .await
+        .unwrap();
+    eventually(90 * S, "Downward API volume / should update labels on modification [NodeConformance] [Conformance]", || async {
+        r.logs("dapi-volume-upd", "c").await.contains("key3=\"value3\"").then_some(())
+    })
+    .await;
+    eventually(30 * S, "Downward API volume / should update annotations on modification [NodeConformance] [Conformance]", || async {
+        r.logs("dapi-volume-upd", "c").await.contains("builder=\"foo\"").then_some(())
+    })
+    .await;
+
+    // Projected combined [sig-storage].
+    assert_eq!(
+        r.output("projected-all").await.lines().collect::<Vec<_>>(),
+        ["projected-all", "value-1", "value-1"],
+        "Projected combined / should project all components that make up the projection API [Projection] [NodeConformance] [Conformance]"
+    );
+}
