@@ -671,3 +671,115 @@ async fn volumes_empty_dir_config_map_secret_downward_api_and_projected() {
         "Projected combined / should project all components that make up the projection API [Projection] [NodeConformance] [Conformance]"
     );
 }
+
+/// Probing container ([sig-node], the cases for app containers), with the
+/// upstream pods' probes and shorter observation windows (upstream watches
+/// for up to four minutes that nothing restarts; here ten seconds of
+/// one-second probes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_container() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let r = Run::new(&c);
+    let node = r.node();
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let probed = |name: &str, script: &str, probes: serde_json::Value| {
+        let mut ctr = serde_json::json!({"name": "c", "image": BUSYBOX, "command": ["sh", "-c", script]});
+        for (k, v) in probes.as_object().unwrap() {
+            ctr[k] = v.clone();
+        }
+        pod(name, &node, serde_json::json!({"restartPolicy": "Always", "containers": [ctr]}))
+    };
+    let exec = |cmd: &str, extra: serde_json::Value| {
+        let mut p = serde_json::json!({"exec": {"command": ["sh", "-c", cmd]}, "periodSeconds": 1, "failureThreshold": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let httpd = |prep: &str| format!("mkdir -p /www && echo ok > /www/healthz && {prep} httpd -f -p 8080 -h /www");
+    let all = vec![
+        probed("readiness-delay", forever, serde_json::json!({"readinessProbe": exec("true", serde_json::json!({"initialDelaySeconds": 6}))})),
+        probed("readiness-fails", forever, serde_json::json!({"readinessProbe": exec("false", serde_json::json!({}))})),
+        probed("liveness-exec", "echo ok > /tmp/health; sleep 4; rm -f /tmp/health; sleep 600", serde_json::json!({"livenessProbe": exec("cat /tmp/health", serde_json::json!({"initialDelaySeconds": 1}))})),
+        probed("liveness-exec-ok", "echo ok > /tmp/health; sleep 600", serde_json::json!({"livenessProbe": exec("cat /tmp/health", serde_json::json!({}))})),
+        probed("liveness-http", &httpd("(sleep 4; rm /www/healthz) &"), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "initialDelaySeconds": 1}})),
+        probed("liveness-http-ok", &httpd(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}})),
+        probed("liveness-tcp-ok", &httpd(""), serde_json::json!({"livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 1}})),
+        probed("liveness-monotonic", forever, serde_json::json!({"livenessProbe": exec("false", serde_json::json!({}))})),
+        probed("liveness-timeout", forever, serde_json::json!({"livenessProbe": exec("sleep 10", serde_json::json!({"timeoutSeconds": 1}))})),
+        probed("readiness-timeout", forever, serde_json::json!({"readinessProbe": exec("sleep 10", serde_json::json!({"timeoutSeconds": 1}))})),
+        probed("startup-then-ready", "sleep 4; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({
+            "startupProbe": exec("cat /tmp/startup", serde_json::json!({"failureThreshold": 60})),
+            "readinessProbe": exec("true", serde_json::json!({"periodSeconds": 60}))})),
+        {
+            // Ignores TERM: only the probe's own 5 s grace (not the pod's 500) ends it quickly.
+            let mut p = probed("liveness-grace", "trap '' TERM; while true; do sleep 0.2; done", serde_json::json!({
+                "livenessProbe": exec("false", serde_json::json!({"terminationGracePeriodSeconds": 5, "initialDelaySeconds": 2}))}));
+            p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(500);
+            p
+        },
+    ];
+    let created = std::time::Instant::now();
+    for p in all {
+        r.create(p).await;
+    }
+    let pods = &r.pods;
+    let restarts = |name: &'static str| async move {
+        let p = pods.get(name).await.ok()?;
+        p.status?.container_statuses?.into_iter().find(|s| s.name == "c").map(|s| s.restart_count)
+    };
+    let restarts = |name: &'static str| async move { restarts(name).await.unwrap_or(0) };
+    let ready = |name: &'static str| async move { pods.get(name).await.ok().is_some_and(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))) };
+
+    // Restarts that must happen.
+    for (name, case) in [
+        ("liveness-exec", "Probing container / should be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
+        ("liveness-http", "Probing container / should be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
+        ("liveness-timeout", "Probing container / should be restarted with an exec liveness probe with timeout [MinimumKubeletVersion:1.20] [NodeConformance]"),
+    ] {
+        eventually(60 * S, case, || async { (restarts(name).await >= 1).then_some(()) }).await;
+    }
+    let case = "Probing container / should override timeoutGracePeriodSeconds when LivenessProbe field is set [NodeConformance]";
+    eventually(40 * S, case, || async { (restarts("liveness-grace").await >= 1).then_some(()) }).await;
+    assert!(created.elapsed() < Duration::from_secs(120), "{case}: the probe's 5 s grace, not the pod's 500");
+    let case = "Probing container / should have monotonically increasing restart count [NodeConformance] [Conformance]";
+    let mut seen: Vec<i32> = Vec::new();
+    let deadline = std::time::Instant::now() + 90 * S;
+    while seen.last().is_none_or(|n| *n < 3) {
+        assert!(std::time::Instant::now() < deadline, "{case}: {seen:?}");
+        let n = restarts("liveness-monotonic").await;
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{case}: {seen:?}");
+
+    // Readiness.
+    let case = "Probing container / with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]";
+    let p = r.phase_is("readiness-delay", "Running").await;
+    let started = container_status(&p, "c").state.as_ref().unwrap().running.as_ref().unwrap().started_at.clone().unwrap().0;
+    eventually(30 * S, case, || async { ready("readiness-delay").await.then_some(()) }).await;
+    let p = r.pods.get("readiness-delay").await.unwrap();
+    let became = condition(&p, "Ready").last_transition_time.clone().unwrap().0;
+    assert!(became.duration_since(started).as_secs() >= 5, "{case}: ready {became} after start {started}");
+    let case = "Probing container / should be ready immediately after startupProbe succeeds [NodeConformance]";
+    eventually(20 * S, case, || async { ready("startup-then-ready").await.then_some(()) }).await;
+
+    // What must not happen, over ten seconds.
+    tokio::time::sleep(10 * S).await;
+    for (name, case) in [
+        ("readiness-delay", "Probing container / with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]"),
+        ("readiness-fails", "Probing container / with readiness probe that fails should never be ready and never restart [NodeConformance] [Conformance]"),
+        ("liveness-exec-ok", "Probing container / should *not* be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
+        ("liveness-http-ok", "Probing container / should *not* be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
+        ("liveness-tcp-ok", "Probing container / should *not* be restarted with a tcp:8080 liveness probe [NodeConformance] [Conformance]"),
+        ("readiness-timeout", "Probing container / should not be ready with an exec readiness probe timeout [MinimumKubeletVersion:1.20] [NodeConformance] [Conformance]"),
+    ] {
+        assert_eq!(restarts(name).await, 0, "{case}");
+    }
+    for name in ["readiness-fails", "readiness-timeout"] {
+        assert!(!ready(name).await, "{name} never ready");
+    }
+}
