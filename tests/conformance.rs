@@ -783,3 +783,154 @@ async fn probing_container() {
         assert!(!ready(name).await, "{name} never ready");
     }
 }
+
+/// Deletes a running pod (with `grace`, or its own) and says how long it
+/// took to go.
+async fn deleted_within(r: &Run<'_>, name: &str, grace: Option<i64>) -> Duration {
+    r.phase_is(name, "Running").await;
+    let t = std::time::Instant::now();
+    let dp = kube::api::DeleteParams { grace_period_seconds: grace.map(|g| g as u32), ..Default::default() };
+    r.pods.delete(name, &dp).await.unwrap();
+    eventually(120 * S, &format!("{name} gone"), || async { r.pods.get(name).await.is_err().then_some(()) }).await;
+    t.elapsed()
+}
+
+/// Pods (readiness gates), Lifecycle Sleep Hook, PodOSRejection, Kubelet
+/// (deleting a failing pod, hostAliases with hostNetwork), the rest of
+/// Security Context, Container Runtime's expected status, Secrets' env
+/// prefixes and Sysctls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_sleep_hooks_os_rejection_and_the_rest() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let r = Run::new(&c);
+    let node = r.node();
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "secret-prefixes"}, "stringData": {"data-1": "value-1", "data_2": "value-2"}})).unwrap())
+        .await
+        .unwrap();
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let sleeper = |name: &str, grace: i64, seconds: i64| {
+        pod(name, &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": grace,
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever], "lifecycle": {"preStop": {"sleep": {"seconds": seconds}}}}]}))
+    };
+    let sc = |name: &str, script: &str, sc: serde_json::Value| pod(name, &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", script], "securityContext": sc}]}));
+    let mut all = vec![
+        pod("gated", &node, serde_json::json!({"restartPolicy": "Always", "readinessGates": [{"conditionType": "k8s.io/test-condition1"}, {"conditionType": "k8s.io/test-condition2"}], "containers": [sh(forever)]})),
+        sleeper("sleep-valid", 30, 5),
+        sleeper("sleep-reduce", 100, 50),
+        sleeper("sleep-zero", 30, 0),
+        pod("sleep-terminated", &node, serde_json::json!({"terminationGracePeriodSeconds": 30,
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "exit 0"], "lifecycle": {"preStop": {"sleep": {"seconds": 20}}}}]})),
+        pod("windows", &node, serde_json::json!({"os": {"name": "windows"}, "containers": [sh("true")]})),
+        pod("fails-delete", &node, serde_json::json!({"containers": [sh("/bin/false")]})),
+        pod("aliases-hostnet", &node, serde_json::json!({"hostNetwork": true, "hostAliases": [{"ip": "123.45.67.89", "hostnames": ["foo", "bar"]}], "containers": [sh("cat /etc/hosts")]})),
+        sc("uid-0", "id -u", serde_json::json!({"runAsUser": 0})),
+        sc("escalation-unset", "grep NoNewPrivs /proc/self/status", serde_json::json!({"runAsUser": 1000})),
+        sc("escalation-true", "grep NoNewPrivs /proc/self/status", serde_json::json!({"runAsUser": 1000, "allowPrivilegeEscalation": true})),
+        pod("secret-prefixes", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "envFrom": [{"secretRef": {"name": "secret-prefixes"}}, {"prefix": "-", "secretRef": {"name": "secret-prefixes"}}, {"prefix": "1", "secretRef": {"name": "secret-prefixes"}}, {"prefix": ".", "secretRef": {"name": "secret-prefixes"}}]}]})),
+        pod("sysctls", &node, serde_json::json!({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}, {"name": "net/ipv4/ip_local_port_range", "value": "1024 65000"}]},
+            "containers": [sh("cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_local_port_range")]})),
+        pod("sysctl-unsafe", &node, serde_json::json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "10000000000"}]}, "containers": [sh("true")]})),
+    ];
+    // Container Runtime / when starting a container that exits: each restart
+    // policy against an exit 0 and an exit 1 container.
+    for (policy, code) in [("Always", 0), ("Always", 1), ("OnFailure", 0), ("OnFailure", 1), ("Never", 0), ("Never", 1)] {
+        let name = format!("exits-{}-{code}", policy.to_lowercase());
+        all.push(pod(&name, &node, serde_json::json!({"restartPolicy": policy, "containers": [sh(&format!("sleep 1; exit {code}"))]})));
+    }
+    for p in all {
+        r.create(p).await;
+    }
+    let pods = &r.pods;
+
+    // Pods / should support pod readiness gates [NodeConformance].
+    let case = "Pods / should support pod readiness gates [NodeConformance]";
+    r.phase_is("gated", "Running").await;
+    let ready_of = |p: &Pod| condition(p, "Ready").clone();
+    let p = eventually(30 * S, case, || async {
+        let p = pods.get("gated").await.ok()?;
+        (condition(&p, "ContainersReady").status == "True").then_some(p)
+    })
+    .await;
+    let ready = ready_of(&p);
+    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ReadinessGatesNotReady")), "{case}: {ready:?}");
+    assert_eq!(
+        ready.message.as_deref(),
+        Some("corresponding condition of pod readiness gate \"k8s.io/test-condition1\" does not exist., corresponding condition of pod readiness gate \"k8s.io/test-condition2\" does not exist."),
+        "{case}"
+    );
+    let gate = |t: &str, status: &str| serde_json::json!({"status": {"conditions": [{"type": t, "status": status}]}});
+    pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(gate("k8s.io/test-condition1", "True"))).await.unwrap();
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(ready_of(&pods.get("gated").await.unwrap()).status, "False", "{case}: one gate is not enough");
+    pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(gate("k8s.io/test-condition2", "True"))).await.unwrap();
+    eventually(30 * S, case, || async { (ready_of(&pods.get("gated").await.ok()?).status == "True").then_some(()) }).await;
+    pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(gate("k8s.io/test-condition1", "False"))).await.unwrap();
+    eventually(30 * S, case, || async { (ready_of(&pods.get("gated").await.ok()?).status == "False").then_some(()) }).await;
+
+    // Lifecycle Sleep Hook [NodeConformance].
+    let took = deleted_within(&r, "sleep-valid", None).await;
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(30), "Lifecycle Sleep Hook / ... / valid prestop hook using sleep action [NodeConformance]: {took:?}");
+    let took = deleted_within(&r, "sleep-reduce", Some(2)).await;
+    assert!(took < Duration::from_secs(15), "Lifecycle Sleep Hook / ... / reduce GracePeriodSeconds during runtime [NodeConformance]: {took:?}");
+    let took = deleted_within(&r, "sleep-zero", None).await;
+    assert!(took < Duration::from_secs(10), "Lifecycle sleep action zero value / ... / prestop hook using sleep action with zero duration [NodeConformance]: {took:?}");
+    r.finished("sleep-terminated").await;
+    let t = std::time::Instant::now();
+    r.pods.delete("sleep-terminated", &Default::default()).await.unwrap();
+    eventually(60 * S, "sleep-terminated gone", || async { pods.get("sleep-terminated").await.is_err().then_some(()) }).await;
+    assert!(t.elapsed() < Duration::from_secs(15), "Lifecycle Sleep Hook / ... / ignore terminated container [NodeConformance]: {:?}", t.elapsed());
+
+    // PodOSRejection [NodeConformance] / Kubelet.
+    let p = r.phase_is("windows", "Failed").await;
+    assert_eq!(p.status.as_ref().unwrap().reason.as_deref(), Some("PodOSNotSupported"), "PodOSRejection / Kubelet / [LinuxOnly] should reject pod when the node OS doesn't match pod's OS [NodeConformance]");
+
+    // Kubelet [sig-node].
+    r.finished("fails-delete").await;
+    r.pods.delete("fails-delete", &Default::default()).await.unwrap();
+    eventually(30 * S, "Kubelet / when scheduling a busybox command that always fails in a pod / should be possible to delete [NodeConformance] [Conformance]", || async {
+        pods.get("fails-delete").await.is_err().then_some(())
+    })
+    .await;
+    let out = r.output("aliases-hostnet").await;
+    assert!(
+        out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["123.45.67.89", "foo", "bar"]),
+        "Kubelet with pods in a privileged namespace / when scheduling an agnhost Pod with hostAliases and hostNetwork / should write entries to /etc/hosts when hostNetwork is enabled [NodeConformance]: {out}"
+    );
+
+    // Security Context [sig-node].
+    assert_eq!(r.output("uid-0").await.trim(), "0", "Security Context / When creating a container with runAsUser / should run the container with uid 0 [LinuxOnly] [NodeConformance]");
+    assert_eq!(r.output("escalation-unset").await.split_whitespace().nth(1), Some("0"), "Security Context / when creating containers with AllowPrivilegeEscalation / should allow privilege escalation when not explicitly set and uid != 0 [LinuxOnly] [NodeConformance]");
+    assert_eq!(r.output("escalation-true").await.split_whitespace().nth(1), Some("0"), "Security Context / when creating containers with AllowPrivilegeEscalation / should allow privilege escalation when true [LinuxOnly] [NodeConformance]");
+
+    // Secrets [sig-node]: every prefix kubelet accepts reaches the container.
+    let env = env_of(&r.output("secret-prefixes").await);
+    for k in ["data-1", "data_2", "-data-1", "1data-1", ".data-1", ".data_2"] {
+        assert!(env.contains_key(k), "Secrets / should be consumable as environment variable names variable names with various prefixes [Conformance]: {k} in {env:?}");
+    }
+
+    // Sysctls [LinuxOnly] [NodeConformance].
+    assert_eq!(r.output("sysctls").await.split_whitespace().collect::<Vec<_>>(), ["1", "1024", "65000"], "Sysctls / should support sysctls [Conformance] and should support sysctls with slashes as separator [NodeConformance]");
+    let p = r.phase_is("sysctl-unsafe", "Failed").await;
+    assert_eq!(p.status.as_ref().unwrap().reason.as_deref(), Some("SysctlForbidden"), "Sysctls / should not launch unsafe, but not explicitly enabled sysctls on the node [MinimumKubeletVersion:1.21] [NodeConformance]");
+
+    // Container Runtime / blackbox test / when starting a container that exits / should run with the expected status [NodeConformance] [Conformance].
+    let case = "Container Runtime / ... / should run with the expected status [NodeConformance] [Conformance]";
+    for (policy, code, phase, restarts) in [("always", 0, "Running", true), ("always", 1, "Running", true), ("onfailure", 0, "Succeeded", false), ("onfailure", 1, "Running", true), ("never", 0, "Succeeded", false), ("never", 1, "Failed", false)] {
+        let name = format!("exits-{policy}-{code}");
+        let p = eventually(60 * S, &name, || async {
+            let p = pods.get(&name).await.ok()?;
+            let n = p.status.as_ref()?.container_statuses.as_ref()?.first()?.restart_count;
+            let phase_ok = p.status.as_ref()?.phase.as_deref() == Some(phase);
+            (phase_ok && (n >= 1) == restarts).then_some(p)
+        })
+        .await;
+        if !restarts {
+            let t = terminated(&p, "c");
+            assert_eq!(t.exit_code, code, "{case}: {name}");
+        }
+    }
+}

@@ -351,7 +351,28 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     } else {
         (false, Some("ContainersNotReady"), Some(format!("containers with unready status: [{}]", unready.join(" "))))
     };
-    conditions.push(condition("Ready", ready, reason, message.clone(), input));
+    // Readiness gates: the pod is Ready only when each gate's condition,
+    // which another party sets on the pod, is True (kubelet's
+    // generatePodReadyCondition and its messages).
+    let gates: Vec<String> = if ready {
+        let theirs = input.pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        spec.readiness_gates
+            .iter()
+            .flatten()
+            .filter_map(|g| match theirs.and_then(|cs| cs.iter().find(|c| c.type_ == g.condition_type)) {
+                None => Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", g.condition_type)),
+                Some(c) if c.status != "True" => Some(format!("the status of pod readiness gate {:?} is not \"True\", but {}", g.condition_type, c.status)),
+                Some(_) => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if gates.is_empty() {
+        conditions.push(condition("Ready", ready, reason, message.clone(), input));
+    } else {
+        conditions.push(condition("Ready", false, Some("ReadinessGatesNotReady"), Some(gates.join(", ")), input));
+    }
     conditions.push(condition("ContainersReady", ready, reason, message, input));
     conditions.push(condition("PodScheduled", true, None, None, input));
     if let Some((reason, message)) = input.resize.pending {
