@@ -934,3 +934,268 @@ async fn readiness_gates_sleep_hooks_os_rejection_and_the_rest() {
         }
     }
 }
+
+/// Projected configMap, secret and downwardAPI volumes, the rest of Secret
+/// volumes, optional updates, HostPath, and Variable Expansion's failing
+/// subpaths ([sig-storage] and [sig-node]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projected_volumes_optional_updates_host_path_and_failing_subpaths() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let r = Run::new(&c);
+    let node = r.node();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    let data = serde_json::json!({"data-1": "value-1", "data-2": "value-2", "data-3": "value-3"});
+    let cm = |name: &str, d: serde_json::Value| serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": name}, "data": d})).unwrap();
+    let secret = |name: &str, ns: &str, d: serde_json::Value| serde_json::from_value::<Secret>(serde_json::json!({"metadata": {"name": name, "namespace": ns}, "stringData": d})).unwrap();
+    cms.create(&PostParams::default(), &cm("projected-cm", data.clone())).await.unwrap();
+    cms.create(&PostParams::default(), &cm("projected-cm-upd", serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    secrets.create(&PostParams::default(), &secret("projected-secret", "default", data.clone())).await.unwrap();
+    // A Secret of the same name elsewhere must not leak in.
+    let other: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
+    other.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "elsewhere"}})).unwrap()).await.unwrap();
+    Api::<Secret>::namespaced(c.client.clone(), "elsewhere")
+        .create(&PostParams::default(), &secret("projected-secret", "elsewhere", serde_json::json!({"data-1": "not-this-one"})))
+        .await
+        .unwrap();
+    // For the optional-updates cases: one of each that will be deleted, one updated; the third is created later.
+    for kind in ["cm", "pcm"] {
+        cms.create(&PostParams::default(), &cm(&format!("{kind}-test-opt-del"), serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+        cms.create(&PostParams::default(), &cm(&format!("{kind}-test-opt-upd"), serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    }
+    for kind in ["s", "ps"] {
+        secrets.create(&PostParams::default(), &secret(&format!("{kind}-test-opt-del"), "default", serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+        secrets.create(&PostParams::default(), &secret(&format!("{kind}-test-opt-upd"), "default", serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    }
+
+    let one = |name: &str, sc: serde_json::Value, vol: serde_json::Value, script: &str| {
+        pod(name, &node, serde_json::json!({"securityContext": sc, "volumes": [vol], "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]}))
+    };
+    let projected = |source: serde_json::Value, default_mode: Option<i32>| {
+        let mut v = serde_json::json!({"name": "v", "projected": {"sources": [source]}});
+        if let Some(m) = default_mode {
+            v["projected"]["defaultMode"] = serde_json::json!(m);
+        }
+        v
+    };
+    let pcm = |items: Option<serde_json::Value>| {
+        let mut s = serde_json::json!({"configMap": {"name": "projected-cm"}});
+        if let Some(i) = items {
+            s["configMap"]["items"] = i;
+        }
+        s
+    };
+    let psec = |items: Option<serde_json::Value>| {
+        let mut s = serde_json::json!({"secret": {"name": "projected-secret"}});
+        if let Some(i) = items {
+            s["secret"]["items"] = i;
+        }
+        s
+    };
+    let map2 = serde_json::json!([{"key": "data-2", "path": "path/to/data-2"}]);
+    let map2_mode = serde_json::json!([{"key": "data-2", "path": "path/to/data-2", "mode": 0o400}]);
+    let map1 = serde_json::json!([{"key": "data-1", "path": "new-path-data-1"}]);
+    let map1_mode = serde_json::json!([{"key": "data-1", "path": "new-path-data-1", "mode": 0o400}]);
+    let none = serde_json::json!({});
+    let nonroot = serde_json::json!({"runAsUser": 1000});
+    let dapi_item = |path: &str, field: serde_json::Value| {
+        let mut i = serde_json::json!({"path": path});
+        for (k, v) in field.as_object().unwrap() {
+            i[k] = v.clone();
+        }
+        i
+    };
+    let resources = |c: &str, r: &str| serde_json::json!({"resourceFieldRef": {"containerName": c, "resource": r}});
+    let mut all = vec![
+        one("pcm", none.clone(), projected(pcm(None), None), &describe("/etc/v/data-1", "/etc/v")),
+        one("pcm-mode", none.clone(), projected(pcm(None), Some(0o400)), "stat -L -c %A /etc/v/data-1"),
+        one("pcm-nonroot", nonroot.clone(), projected(pcm(None), None), "cat /etc/v/data-1"),
+        one("pcm-map", none.clone(), projected(pcm(Some(map2.clone())), None), "stat -L -c %A /etc/v/path/to/data-2 && cat /etc/v/path/to/data-2"),
+        one("pcm-map-mode", none.clone(), projected(pcm(Some(map2_mode)), None), "stat -L -c %A /etc/v/path/to/data-2 && cat /etc/v/path/to/data-2"),
+        one("pcm-map-nonroot", nonroot.clone(), projected(pcm(Some(map2)), None), "cat /etc/v/path/to/data-2"),
+        pod("pcm-multi", &node, serde_json::json!({"volumes": [projected(pcm(None), None), {"name": "w", "projected": {"sources": [pcm(None)]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /etc/v/data-1 /etc/w/data-1"],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}, {"name": "w", "mountPath": "/etc/w"}]}]})),
+        pod("pcm-upd", &node, serde_json::json!({"restartPolicy": "Always", "volumes": [projected(serde_json::json!({"configMap": {"name": "projected-cm-upd"}}), None)],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "while true; do cat /etc/v/data-1; echo; sleep 1; done"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        one("psec", none.clone(), projected(psec(None), None), &describe("/etc/v/data-1", "/etc/v")),
+        one("psec-mode", none.clone(), projected(psec(None), Some(0o400)), "stat -L -c %A /etc/v/data-1"),
+        one("psec-nonroot", serde_json::json!({"runAsUser": 1000, "fsGroup": 1001}), projected(psec(None), Some(0o440)), "stat -L -c '%A %g' /etc/v/data-1 && cat /etc/v/data-1"),
+        one("psec-map", none.clone(), projected(psec(Some(map1.clone())), None), "stat -L -c %A /etc/v/new-path-data-1 && cat /etc/v/new-path-data-1"),
+        one("psec-map-mode", none.clone(), projected(psec(Some(map1_mode)), None), "stat -L -c %A /etc/v/new-path-data-1 && cat /etc/v/new-path-data-1"),
+        pod("psec-multi", &node, serde_json::json!({"volumes": [projected(psec(None), None), {"name": "w", "projected": {"sources": [psec(None)]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /etc/v/data-1 /etc/w/data-1"],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}, {"name": "w", "mountPath": "/etc/w"}]}]})),
+        one("secret-map", none.clone(), serde_json::json!({"name": "v", "secret": {"secretName": "projected-secret", "items": map1}}), "stat -L -c %A /etc/v/new-path-data-1 && cat /etc/v/new-path-data-1"),
+        pod("secret-multi", &node, serde_json::json!({"volumes": [{"name": "v", "secret": {"secretName": "projected-secret"}}, {"name": "w", "secret": {"secretName": "projected-secret"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /etc/v/data-1 /etc/w/data-1"],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}, {"name": "w", "mountPath": "/etc/w"}]}]})),
+        pod("pdapi", &node, serde_json::json!({"volumes": [{"name": "v", "projected": {"sources": [{"downwardAPI": {"items": [
+                dapi_item("podname", serde_json::json!({"fieldRef": {"fieldPath": "metadata.name"}})),
+                dapi_item("podname-mode", serde_json::json!({"fieldRef": {"fieldPath": "metadata.name"}, "mode": 0o400})),
+                dapi_item("cpu_limit", resources("c", "limits.cpu")), dapi_item("memory_limit", resources("c", "limits.memory")),
+                dapi_item("cpu_request", resources("c", "requests.cpu")), dapi_item("memory_request", resources("c", "requests.memory"))]}}]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "resources": {"limits": {"cpu": "1250m", "memory": "128Mi"}, "requests": {"cpu": "250m", "memory": "32Mi"}},
+                "command": ["sh", "-c", "for f in podname cpu_limit memory_limit cpu_request memory_request; do echo $f=$(cat /etc/v/$f); done; stat -L -c 'mode=%A' /etc/v/podname-mode"],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        pod("pdapi-defaults", &node, serde_json::json!({"volumes": [{"name": "v", "projected": {"defaultMode": 0o400, "sources": [{"downwardAPI": {"items": [
+                dapi_item("podname", serde_json::json!({"fieldRef": {"fieldPath": "metadata.name"}})),
+                dapi_item("cpu_limit", resources("c", "limits.cpu")), dapi_item("memory_limit", resources("c", "limits.memory"))]}}]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "for f in cpu_limit memory_limit; do echo $f=$(cat /etc/v/$f); done; stat -L -c 'mode=%A' /etc/v/podname"],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        pod("pdapi-upd", &node, serde_json::json!({"restartPolicy": "Always", "volumes": [{"name": "v", "projected": {"sources": [{"downwardAPI": {"items": [
+                dapi_item("labels", serde_json::json!({"fieldRef": {"fieldPath": "metadata.labels"}})), dapi_item("annotations", serde_json::json!({"fieldRef": {"fieldPath": "metadata.annotations"}}))]}}]}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "while true; do cat /etc/v/labels /etc/v/annotations; echo; sleep 1; done"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}]})),
+        pod("hostpath-mode", &node, serde_json::json!({"volumes": [{"name": "v", "hostPath": {"path": "/tmp"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["stat", "-c", "%A", "/test-volume"], "volumeMounts": [{"name": "v", "mountPath": "/test-volume"}]}]})),
+        pod("hostpath-rw", &node, serde_json::json!({"volumes": [{"name": "v", "hostPath": {"path": format!("/tmp/nodelet-conformance-{node}"), "type": "DirectoryOrCreate"}}],
+            "initContainers": [{"name": "writer", "image": BUSYBOX, "command": ["sh", "-c", "echo 'mount-tester new file' > /test-volume/test-file && chmod 0644 /test-volume/test-file && mkdir -p /test-volume/sub-path"],
+                "volumeMounts": [{"name": "v", "mountPath": "/test-volume"}]},
+                {"name": "sub-writer", "image": BUSYBOX, "command": ["sh", "-c", "echo 'mount-tester new file' > /sub/test-file"],
+                "volumeMounts": [{"name": "v", "mountPath": "/sub", "subPath": "sub-path"}]}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", "cat /test-volume/test-file /test-volume/sub-path/test-file"], "volumeMounts": [{"name": "v", "mountPath": "/test-volume"}]}]})),
+    ];
+    for (name, value) in [("expansion-backticks", ".."), ("expansion-absolute", "/tmp")] {
+        all.push(pod(name, &node, serde_json::json!({"volumes": [{"name": "workdir1", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["true"], "env": [{"name": "POD_NAME", "value": value}],
+                "volumeMounts": [{"name": "workdir1", "mountPath": "/logscontainer", "subPathExpr": "$(POD_NAME)"}]}]})));
+    }
+    // Optional updates: configMap, projected configMap, secret, projected secret.
+    let optional = |kind: &str| -> serde_json::Value {
+        let vol = |name: String| match kind {
+            "cm" => serde_json::json!({"configMap": {"name": name, "optional": true}}),
+            "pcm" => serde_json::json!({"projected": {"sources": [{"configMap": {"name": name, "optional": true}}]}}),
+            "s" => serde_json::json!({"secret": {"secretName": name, "optional": true}}),
+            _ => serde_json::json!({"projected": {"sources": [{"secret": {"name": name, "optional": true}}]}}),
+        };
+        let mut vols = Vec::new();
+        let mut mounts = Vec::new();
+        for which in ["del", "upd", "create"] {
+            let mut v = vol(format!("{kind}-test-opt-{which}"));
+            v["name"] = serde_json::json!(which);
+            vols.push(v);
+            mounts.push(serde_json::json!({"name": which, "mountPath": format!("/etc/{which}")}));
+        }
+        serde_json::json!({"restartPolicy": "Always", "volumes": vols, "containers": [{"name": "c", "image": BUSYBOX, "volumeMounts": mounts,
+            "command": ["sh", "-c", "while true; do for d in del upd create; do for f in data-1 data-3; do [ -f /etc/$d/$f ] && echo \"$d/$f=$(cat /etc/$d/$f)\" || echo \"$d/$f missing\"; done; done; sleep 1; done"]}]})
+    };
+    for kind in ["cm", "pcm", "s", "ps"] {
+        all.push(pod(&format!("optional-{kind}"), &node, optional(kind)));
+    }
+    for p in all {
+        r.create(p).await;
+    }
+
+    // Projected configMap [sig-storage].
+    assert_eq!(r.output("pcm").await.lines().collect::<Vec<_>>()[..2], ["-rw-r--r--", "value-1"], "Projected configMap / should be consumable from pods in volume [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-mode").await.trim(), "-r--------", "Projected configMap / should be consumable from pods in volume with defaultMode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-nonroot").await, "value-1", "Projected configMap / should be consumable from pods in volume as non-root [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-map").await.lines().collect::<Vec<_>>(), ["-rw-r--r--", "value-2"], "Projected configMap / should be consumable from pods in volume with mappings [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-map-mode").await.lines().collect::<Vec<_>>(), ["-r--------", "value-2"], "Projected configMap / should be consumable from pods in volume with mappings and Item mode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-map-nonroot").await, "value-2", "Projected configMap / should be consumable from pods in volume with mappings as non-root [NodeConformance] [Conformance]");
+    assert_eq!(r.output("pcm-multi").await, "value-1value-1", "Projected configMap / should be consumable in multiple volumes in the same pod [NodeConformance] [Conformance]");
+    r.phase_is("pcm-upd", "Running").await;
+    eventually(30 * S, "value-1", || async { r.logs("pcm-upd", "c").await.lines().any(|l| l == "value-1").then_some(()) }).await;
+    cms.patch("projected-cm-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"data-1": "value-2"}}))).await.unwrap();
+    eventually(90 * S, "Projected configMap / updates should be reflected in volume [NodeConformance] [Conformance]", || async {
+        r.logs("pcm-upd", "c").await.lines().any(|l| l == "value-2").then_some(())
+    })
+    .await;
+
+    // Projected secret and Secrets [sig-storage].
+    assert_eq!(r.output("psec").await.lines().collect::<Vec<_>>()[..2], ["-rw-r--r--", "value-1"], "Projected secret / should be consumable from pods in volume [NodeConformance] [Conformance]");
+    assert_eq!(r.output("psec-mode").await.trim(), "-r--------", "Projected secret / should be consumable from pods in volume with defaultMode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("psec-nonroot").await.lines().collect::<Vec<_>>(), ["-r--r----- 1001", "value-1"], "Projected secret / should be consumable from pods in volume as non-root with defaultMode and fsGroup set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("psec-map").await.lines().collect::<Vec<_>>(), ["-rw-r--r--", "value-1"], "Projected secret / should be consumable from pods in volume with mappings [NodeConformance] [Conformance]");
+    assert_eq!(r.output("psec-map-mode").await.lines().collect::<Vec<_>>(), ["-r--------", "value-1"], "Projected secret / should be consumable from pods in volume with mappings and Item Mode set [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(r.output("psec-multi").await, "value-1value-1", "Projected secret / should be consumable in multiple volumes in a pod [NodeConformance] [Conformance]; and regardless of a different secret existing with same name in different namespace [NodeConformance]");
+    assert_eq!(r.output("secret-map").await.lines().collect::<Vec<_>>(), ["-rw-r--r--", "value-1"], "Secrets / should be consumable from pods in volume with mappings [NodeConformance] [Conformance]");
+    assert_eq!(r.output("secret-multi").await, "value-1value-1", "Secrets / should be consumable in multiple volumes in a pod [NodeConformance] [Conformance]; and regardless of a different secret existing with same name in different namespace [NodeConformance] [Conformance]");
+
+    // Projected downwardAPI [sig-storage].
+    let env = env_of(&r.output("pdapi").await);
+    assert_eq!(env["podname"], "pdapi", "Projected downwardAPI / should provide podname only [NodeConformance] [Conformance]");
+    assert_eq!(env["mode"], "-r--------", "Projected downwardAPI / should set mode on item file [LinuxOnly] [NodeConformance] [Conformance]");
+    assert_eq!(env["cpu_limit"], "2", "Projected downwardAPI / should provide container's cpu limit [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], "134217728", "Projected downwardAPI / should provide container's memory limit [NodeConformance] [Conformance]");
+    assert_eq!(env["cpu_request"], "1", "Projected downwardAPI / should provide container's cpu request [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_request"], "33554432", "Projected downwardAPI / should provide container's memory request [NodeConformance] [Conformance]");
+    let env = env_of(&r.output("pdapi-defaults").await);
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let alloc = nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap();
+    let cores = (nodelet::resources::milli(&alloc["cpu"]).unwrap() + 999) / 1000;
+    assert_eq!(env["cpu_limit"], cores.to_string(), "Projected downwardAPI / should provide node allocatable (cpu) as default cpu limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], nodelet::resources::value(&alloc["memory"]).unwrap().to_string(), "Projected downwardAPI / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["mode"], "-r--------", "Projected downwardAPI / should set DefaultMode on files [LinuxOnly] [NodeConformance] [Conformance]");
+    r.phase_is("pdapi-upd", "Running").await;
+    r.pods
+        .patch("pdapi-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"key3": "value3"}, "annotations": {"builder": "foo"}}})))
+        .await
+        .unwrap();
+    eventually(90 * S, "Projected downwardAPI / should update labels on modification [NodeConformance] [Conformance]", || async {
+        r.logs("pdapi-upd", "c").await.contains("key3=\"value3\"").then_some(())
+    })
+    .await;
+    eventually(30 * S, "Projected downwardAPI / should update annotations on modification [NodeConformance] [Conformance]", || async {
+        r.logs("pdapi-upd", "c").await.contains("builder=\"foo\"").then_some(())
+    })
+    .await;
+
+    // HostPath [NodeConformance].
+    let mode = r.output("hostpath-mode").await;
+    assert!(mode.trim().starts_with('d') && mode.trim().ends_with("rwxrwxrwt"), "HostPath / should give a volume the correct mode [LinuxOnly] [NodeConformance]: {mode}");
+    let out = r.output("hostpath-rw").await;
+    assert_eq!(out, "mount-tester new file\nmount-tester new file\n", "HostPath / should support r/w [NodeConformance] and should support subPath [NodeConformance]");
+    let _ = std::fs::remove_dir_all(format!("/tmp/nodelet-conformance-{node}"));
+
+    // Variable Expansion [sig-node]: a subPathExpr that leaves its volume never starts the container.
+    for (name, case) in [
+        ("expansion-backticks", "Variable Expansion / should fail substituting values in a volume subpath with backticks [Slow] [Conformance]"),
+        ("expansion-absolute", "Variable Expansion / should fail substituting values in a volume subpath with absolute path [Slow] [Conformance]"),
+    ] {
+        let pods = &r.pods;
+        eventually(30 * S, case, || async {
+            let p = pods.get(name).await.ok()?;
+            let w = container_status(&p, "c").state.as_ref()?.waiting.clone()?;
+            (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(())
+        })
+        .await;
+        assert!(c.node.containers_named(name).await.is_empty(), "{case}: never created");
+    }
+
+    // Optional updates [NodeConformance] [Conformance]: the del volume's
+    // object is deleted (its files go), the upd one gains data-3, the
+    // create one appears.
+    for kind in ["cm", "pcm", "s", "ps"] {
+        r.phase_is(&format!("optional-{kind}"), "Running").await;
+    }
+    cms.delete("cm-test-opt-del", &Default::default()).await.unwrap();
+    cms.delete("pcm-test-opt-del", &Default::default()).await.unwrap();
+    secrets.delete("s-test-opt-del", &Default::default()).await.unwrap();
+    secrets.delete("ps-test-opt-del", &Default::default()).await.unwrap();
+    for kind in ["cm", "pcm"] {
+        cms.patch(&format!("{kind}-test-opt-upd"), &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"data-3": "value-3"}}))).await.unwrap();
+        cms.create(&PostParams::default(), &cm(&format!("{kind}-test-opt-create"), serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    }
+    for kind in ["s", "ps"] {
+        secrets.patch(&format!("{kind}-test-opt-upd"), &PatchParams::default(), &Patch::Merge(serde_json::json!({"stringData": {"data-3": "value-3"}}))).await.unwrap();
+        secrets.create(&PostParams::default(), &secret(&format!("{kind}-test-opt-create"), "default", serde_json::json!({"data-1": "value-1"}))).await.unwrap();
+    }
+    for (kind, case) in [
+        ("cm", "ConfigMap / optional updates should be reflected in volume [NodeConformance] [Conformance]"),
+        ("pcm", "Projected configMap / optional updates should be reflected in volume [NodeConformance] [Conformance]"),
+        ("s", "Secrets / optional updates should be reflected in volume [NodeConformance] [Conformance]"),
+        ("ps", "Projected secret / optional updates should be reflected in volume [NodeConformance] [Conformance]"),
+    ] {
+        let name = format!("optional-{kind}");
+        eventually(120 * S, case, || async {
+            let log = r.logs(&name, "c").await;
+            let last: Vec<&str> = log.lines().rev().take(6).collect();
+            let want = ["del/data-1 missing", "upd/data-3=value-3", "create/data-1=value-1"];
+            want.iter().all(|w| last.contains(w)).then_some(())
+        })
+        .await;
+    }
+}
