@@ -151,7 +151,7 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
         entry("override-both", serde_json::json!({"command": ["/bin/echo", "[/ep-2]"], "args": ["override", "arguments"]})),
         pod("dapi-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [fref("POD_NAME", "metadata.name"), fref("POD_NAMESPACE", "metadata.namespace"), fref("POD_IP", "status.podIP"),
-                    fref("HOST_IP", "status.hostIP"), fref("POD_UID", "metadata.uid")]}]})),
+                    fref("HOST_IP", "status.hostIP"), fref("HOST_IPS", "status.hostIPs"), fref("POD_UID", "metadata.uid")]}]})),
         pod("dapi-resources", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "resources": {"limits": {"cpu": "1250m", "memory": "64Mi"}, "requests": {"cpu": "1250m", "memory": "32Mi"}},
             "env": [rref("CPU_LIMIT", "limits.cpu"), rref("MEMORY_LIMIT", "limits.memory"), rref("CPU_REQUEST", "requests.cpu"), rref("MEMORY_REQUEST", "requests.memory")]}]})),
@@ -216,6 +216,8 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
     assert_eq!(Some(&env["POD_IP"]), st.pod_ip.as_ref());
     assert_eq!(Some(&env["HOST_IP"]), st.host_ip.as_ref(), "Downward API / should provide host IP as an env var [Conformance]");
     assert_eq!(Some(&env["POD_UID"]), p.metadata.uid.as_ref(), "Downward API / should provide pod UID as env vars [Conformance]");
+    let host_ips: Vec<String> = st.host_ips.iter().flatten().map(|h| h.ip.clone()).collect();
+    assert_eq!(env["HOST_IPS"], host_ips.join(","), "Downward API / should provide hostIPs as an env var [NodeConformance] [Conformance]");
     let env = env_of(&r.output("dapi-resources").await);
     let case = "Downward API / should provide container's limits.cpu/memory and requests.cpu/memory as env vars [Conformance]";
     assert_eq!((env["CPU_LIMIT"].as_str(), env["MEMORY_LIMIT"].as_str()), ("2", "67108864"), "{case}");
@@ -244,10 +246,10 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
     assert_eq!(r.output("run-as-65534").await.trim(), "65534", "Security Context / When creating a container with runAsUser / should run the container with uid 65534 [LinuxOnly] [NodeConformance]");
     let p = r.finished("readonly-true").await;
     assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"), "Security Context / When creating a pod with readOnlyRootFilesystem / should run the container with readonly rootfs when readOnlyRootFilesystem=true [LinuxOnly] [NodeConformance]");
-    r.output("readonly-false").await;
+    r.output("readonly-false").await; // Security Context / When creating a pod with readOnlyRootFilesystem / should run the container with writable rootfs when readOnlyRootFilesystem=false [NodeConformance] [Conformance]
     let out = r.output("unprivileged").await;
     assert!(out.contains("Operation not permitted"), "Security Context / When creating a pod with privileged / should run the container as unprivileged when false [LinuxOnly] [NodeConformance]: {out}");
-    r.output("privileged").await;
+    r.output("privileged").await; // PrivilegedPod [NodeConformance] / should enable privileged commands [LinuxOnly] (a veth pair: this kernel has no dummy links)
     assert_eq!(r.output("no-new-privs").await.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "1"], "Security Context / when creating containers with AllowPrivilegeEscalation / should not allow privilege escalation when false [LinuxOnly] [NodeConformance]");
 
     // Kubelet [sig-node].
@@ -332,6 +334,12 @@ async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
     let get = |msg: &str| format!("timeout 5 wget -q -O- 'http://{handler_ip}:8080/cgi-bin/echo?msg={msg}'");
     let forever = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
     let init = |name: &str, script: &str| serde_json::json!({"name": name, "image": BUSYBOX, "command": ["sh", "-c", script]});
+    // Restartable Init Container Lifecycle Hook: the hooks on a sidecar.
+    let sidecar_hooked = |name: &str, lifecycle: serde_json::Value| {
+        pod(name, &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": 15,
+            "initContainers": [{"name": "sidecar", "image": BUSYBOX, "restartPolicy": "Always", "command": ["sh", "-c", forever], "lifecycle": lifecycle}],
+            "containers": [{"name": "c", "image": BUSYBOX, "command": ["sh", "-c", forever]}]}))
+    };
     let app = |script: &str| serde_json::json!({"name": "run1", "image": BUSYBOX, "command": ["sh", "-c", script]});
     let all = vec![
         pod("init-never", &node, serde_json::json!({"initContainers": [init("init1", "true"), init("init2", "true")], "containers": [app("true")]})),
@@ -350,6 +358,10 @@ async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
             "lifecycle": {"preStop": {"httpGet": {"path": "/cgi-bin/echo?msg=prestop-http", "host": handler_ip, "port": 8080}}}}]})),
         pod("cm-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "env": [{"name": "CONFIG_DATA_1", "valueFrom": {"configMapKeyRef": {"name": "configmap-test", "key": "data-1"}}}]}]})),
+        sidecar_hooked("sidecar-poststart-exec", serde_json::json!({"postStart": {"exec": {"command": ["sh", "-c", get("sidecar-poststart")]}}})),
+        sidecar_hooked("sidecar-prestop-exec", serde_json::json!({"preStop": {"exec": {"command": ["sh", "-c", get("sidecar-prestop")]}}})),
+        sidecar_hooked("sidecar-poststart-http", serde_json::json!({"postStart": {"httpGet": {"path": "/cgi-bin/echo?msg=sidecar-poststart-http", "host": handler_ip, "port": 8080}}})),
+        sidecar_hooked("sidecar-prestop-http", serde_json::json!({"preStop": {"httpGet": {"path": "/cgi-bin/echo?msg=sidecar-prestop-http", "host": handler_ip, "port": 8080}}})),
         pod("cm-envfrom", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
             "envFrom": [{"configMapRef": {"name": "configmap-test"}}, {"prefix": "p-", "configMapRef": {"name": "configmap-test"}}]}]})),
         pod("secret-env", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
@@ -423,6 +435,17 @@ async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
         r.phase_is(name, "Running").await;
         r.pods.delete(name, &Default::default()).await.unwrap();
         eventually(30 * S, &format!("{name}'s preStop reached the handler"), || async { handled().await.lines().any(|l| l == format!("GET /echo?msg={msg}")).then_some(()) }).await;
+    }
+    for (name, msg) in [("sidecar-poststart-exec", "sidecar-poststart"), ("sidecar-poststart-http", "sidecar-poststart-http")] {
+        r.phase_is(name, "Running").await;
+        let case = format!("Restartable Init Container Lifecycle Hook / when create a pod with lifecycle hook / {name}: should execute poststart hook properly [NodeConformance]");
+        eventually(30 * S, &case, || async { handled().await.lines().any(|l| l == format!("GET /echo?msg={msg}")).then_some(()) }).await;
+    }
+    for (name, msg) in [("sidecar-prestop-exec", "sidecar-prestop"), ("sidecar-prestop-http", "sidecar-prestop-http")] {
+        r.phase_is(name, "Running").await;
+        r.pods.delete(name, &Default::default()).await.unwrap();
+        let case = format!("Restartable Init Container Lifecycle Hook / when create a pod with lifecycle hook / {name}: should execute prestop hook properly [NodeConformance]");
+        eventually(30 * S, &case, || async { handled().await.lines().any(|l| l == format!("GET /echo?msg={msg}")).then_some(()) }).await;
     }
     // (Each wait above names its case: should execute poststart exec hook
     // properly, poststart http hook, prestop exec hook, prestop http hook
@@ -720,67 +743,90 @@ async fn probing_container() {
             p
         },
     ];
+    // The same pods with the probed container as a sidecar (a restartable
+    // init container) beside a plain app: "Probing restartable init container".
+    let sidecars: Vec<Pod> = all
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p.metadata.name = Some(format!("sc-{}", p.metadata.name.clone().unwrap()));
+            let spec = p.spec.as_mut().unwrap();
+            let mut sidecar = spec.containers.remove(0);
+            sidecar.restart_policy = Some("Always".into());
+            spec.init_containers = Some(vec![sidecar]);
+            spec.containers = vec![serde_json::from_value(serde_json::json!({"name": "main", "image": BUSYBOX, "command": ["sh", "-c", forever]})).unwrap()];
+            p
+        })
+        .collect();
     let created = std::time::Instant::now();
-    for p in all {
+    for p in all.into_iter().chain(sidecars) {
         r.create(p).await;
     }
     let pods = &r.pods;
-    let restarts = |name: &'static str| async move {
-        let p = pods.get(name).await.ok()?;
-        p.status?.container_statuses?.into_iter().find(|s| s.name == "c").map(|s| s.restart_count)
+    let restarts = |name: String| async move {
+        let p = pods.get(&name).await.ok()?;
+        let st = p.status?;
+        st.container_statuses.into_iter().flatten().chain(st.init_container_statuses.into_iter().flatten()).find(|s| s.name == "c").map(|s| s.restart_count)
     };
-    let restarts = |name: &'static str| async move { restarts(name).await.unwrap_or(0) };
-    let ready = |name: &'static str| async move { pods.get(name).await.ok().is_some_and(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))) };
+    let restarts = |name: String| async move { restarts(name).await.unwrap_or(0) };
+    let ready = |name: String| async move { pods.get(&name).await.ok().is_some_and(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))) };
 
-    // Restarts that must happen.
-    for (name, case) in [
-        ("liveness-exec", "Probing container / should be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
-        ("liveness-http", "Probing container / should be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
-        ("liveness-timeout", "Probing container / should be restarted with an exec liveness probe with timeout [MinimumKubeletVersion:1.20] [NodeConformance]"),
-    ] {
-        eventually(60 * S, case, || async { (restarts(name).await >= 1).then_some(()) }).await;
-    }
-    let case = "Probing container / should override timeoutGracePeriodSeconds when LivenessProbe field is set [NodeConformance]";
-    eventually(40 * S, case, || async { (restarts("liveness-grace").await >= 1).then_some(()) }).await;
-    assert!(created.elapsed() < Duration::from_secs(120), "{case}: the probe's 5 s grace, not the pod's 500");
-    let case = "Probing container / should have monotonically increasing restart count [NodeConformance] [Conformance]";
-    let mut seen: Vec<i32> = Vec::new();
-    let deadline = std::time::Instant::now() + 90 * S;
-    while seen.last().is_none_or(|n| *n < 3) {
-        assert!(std::time::Instant::now() < deadline, "{case}: {seen:?}");
-        let n = restarts("liveness-monotonic").await;
-        if seen.last() != Some(&n) {
-            seen.push(n);
+    for (prefix, describe) in [("", "Probing container"), ("sc-", "Probing restartable init container")] {
+        let n = |name: &str| format!("{prefix}{name}");
+        // Restarts that must happen.
+        for (name, it) in [
+            ("liveness-exec", "should be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
+            ("liveness-http", "should be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
+            ("liveness-timeout", "should be restarted with an exec liveness probe with timeout [MinimumKubeletVersion:1.20] [NodeConformance]"),
+        ] {
+            let case = format!("{describe} / {it}");
+            eventually(60 * S, &case, || async { (restarts(n(name)).await >= 1).then_some(()) }).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{case}: {seen:?}");
+        let case = format!("{describe} / should override timeoutGracePeriodSeconds when LivenessProbe field is set [NodeConformance]");
+        eventually(40 * S, &case, || async { (restarts(n("liveness-grace")).await >= 1).then_some(()) }).await;
+        assert!(created.elapsed() < Duration::from_secs(150), "{case}: the probe's 5 s grace, not the pod's 500");
+        let case = format!("{describe} / should have monotonically increasing restart count [NodeConformance] [Conformance]");
+        let mut seen: Vec<i32> = Vec::new();
+        let deadline = std::time::Instant::now() + 90 * S;
+        while seen.last().is_none_or(|n| *n < 3) {
+            assert!(std::time::Instant::now() < deadline, "{case}: {seen:?}");
+            let count = restarts(n("liveness-monotonic")).await;
+            if seen.last() != Some(&count) {
+                seen.push(count);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{case}: {seen:?}");
 
-    // Readiness.
-    let case = "Probing container / with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]";
-    let p = r.phase_is("readiness-delay", "Running").await;
-    let started = container_status(&p, "c").state.as_ref().unwrap().running.as_ref().unwrap().started_at.clone().unwrap().0;
-    eventually(30 * S, case, || async { ready("readiness-delay").await.then_some(()) }).await;
-    let p = r.pods.get("readiness-delay").await.unwrap();
-    let became = condition(&p, "Ready").last_transition_time.clone().unwrap().0;
-    assert!(became.duration_since(started).as_secs() >= 5, "{case}: ready {became} after start {started}");
-    let case = "Probing container / should be ready immediately after startupProbe succeeds [NodeConformance]";
-    eventually(20 * S, case, || async { ready("startup-then-ready").await.then_some(()) }).await;
+        // Readiness.
+        let case = format!("{describe} / with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]");
+        let p = r.phase_is(&n("readiness-delay"), "Running").await;
+        let st = p.status.as_ref().unwrap();
+        let started = st.container_statuses.iter().flatten().chain(st.init_container_statuses.iter().flatten()).find(|s| s.name == "c").and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone()).unwrap().0;
+        eventually(30 * S, &case, || async { ready(n("readiness-delay")).await.then_some(()) }).await;
+        let p = r.pods.get(&n("readiness-delay")).await.unwrap();
+        let became = condition(&p, "Ready").last_transition_time.clone().unwrap().0;
+        assert!(became.duration_since(started).as_secs() >= 5, "{case}: ready {became} after start {started}");
+        let case = format!("{describe} / should be ready immediately after startupProbe succeeds [NodeConformance]");
+        eventually(20 * S, &case, || async { ready(n("startup-then-ready")).await.then_some(()) }).await;
+    }
 
     // What must not happen, over ten seconds.
     tokio::time::sleep(10 * S).await;
-    for (name, case) in [
-        ("readiness-delay", "Probing container / with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]"),
-        ("readiness-fails", "Probing container / with readiness probe that fails should never be ready and never restart [NodeConformance] [Conformance]"),
-        ("liveness-exec-ok", "Probing container / should *not* be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
-        ("liveness-http-ok", "Probing container / should *not* be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
-        ("liveness-tcp-ok", "Probing container / should *not* be restarted with a tcp:8080 liveness probe [NodeConformance] [Conformance]"),
-        ("readiness-timeout", "Probing container / should not be ready with an exec readiness probe timeout [MinimumKubeletVersion:1.20] [NodeConformance] [Conformance]"),
-    ] {
-        assert_eq!(restarts(name).await, 0, "{case}");
-    }
-    for name in ["readiness-fails", "readiness-timeout"] {
-        assert!(!ready(name).await, "{name} never ready");
+    for (prefix, describe) in [("", "Probing container"), ("sc-", "Probing restartable init container")] {
+        for (name, it) in [
+            ("readiness-delay", "with readiness probe should not be ready before initial delay and never restart [NodeConformance] [Conformance]"),
+            ("readiness-fails", "with readiness probe that fails should never be ready and never restart [NodeConformance] [Conformance]"),
+            ("liveness-exec-ok", "should *not* be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
+            ("liveness-http-ok", "should *not* be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
+            ("liveness-tcp-ok", "should *not* be restarted with a tcp:8080 liveness probe [NodeConformance] [Conformance]"),
+            ("readiness-timeout", "should not be ready with an exec readiness probe timeout [MinimumKubeletVersion:1.20] [NodeConformance] [Conformance]"),
+        ] {
+            assert_eq!(restarts(format!("{prefix}{name}")).await, 0, "{describe} / {it}");
+        }
+        for name in ["readiness-fails", "readiness-timeout"] {
+            assert!(!ready(format!("{prefix}{name}")).await, "{describe}: {name} never ready");
+        }
     }
 }
 
