@@ -735,6 +735,17 @@ async fn probing_container() {
         probed("startup-then-ready", "sleep 4; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({
             "startupProbe": exec("cat /tmp/startup", serde_json::json!({"failureThreshold": 60})),
             "readinessProbe": exec("true", serde_json::json!({"periodSeconds": 60}))})),
+        probed("startup-fails", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 3})), "livenessProbe": exec("true", serde_json::json!({}))})),
+        probed("startup-delays", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 300})), "livenessProbe": exec("false", serde_json::json!({}))})),
+        probed("startup-enables", "sleep 5; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({
+            "startupProbe": exec("cat /tmp/startup", serde_json::json!({"failureThreshold": 60})), "livenessProbe": exec("false", serde_json::json!({}))})),
+        probed("liveness-exec-longer", forever, serde_json::json!({"livenessProbe": exec("sleep 10 & exit 1", serde_json::json!({"timeoutSeconds": 1}))})),
+        {
+            let mut p = probed("startup-grace", "trap '' TERM; while true; do sleep 0.2; done", serde_json::json!({
+                "startupProbe": exec("false", serde_json::json!({"terminationGracePeriodSeconds": 5, "failureThreshold": 2}))}));
+            p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(500);
+            p
+        },
         {
             // Ignores TERM: only the probe's own 5 s grace (not the pod's 500) ends it quickly.
             let mut p = probed("liveness-grace", "trap '' TERM; while true; do sleep 0.2; done", serde_json::json!({
@@ -778,12 +789,17 @@ async fn probing_container() {
             ("liveness-exec", "should be restarted with a exec \"cat /tmp/health\" liveness probe [NodeConformance] [Conformance]"),
             ("liveness-http", "should be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
             ("liveness-timeout", "should be restarted with an exec liveness probe with timeout [MinimumKubeletVersion:1.20] [NodeConformance]"),
+            ("liveness-exec-longer", "should be restarted with a failing exec liveness probe that took longer than the timeout [NodeConformance]"),
+            ("startup-fails", "should be restarted startup probe fails [NodeConformance]"),
+            ("startup-enables", "should be restarted by liveness probe after startup probe enables it [NodeConformance]"),
         ] {
             let case = format!("{describe} / {it}");
             eventually(60 * S, &case, || async { (restarts(n(name)).await >= 1).then_some(()) }).await;
         }
         let case = format!("{describe} / should override timeoutGracePeriodSeconds when LivenessProbe field is set [NodeConformance]");
         eventually(40 * S, &case, || async { (restarts(n("liveness-grace")).await >= 1).then_some(()) }).await;
+        let case = format!("{describe} / should override timeoutGracePeriodSeconds when StartupProbe field is set [NodeConformance]");
+        eventually(40 * S, &case, || async { (restarts(n("startup-grace")).await >= 1).then_some(()) }).await;
         assert!(created.elapsed() < Duration::from_secs(150), "{case}: the probe's 5 s grace, not the pod's 500");
         let case = format!("{describe} / should have monotonically increasing restart count [NodeConformance] [Conformance]");
         let mut seen: Vec<i32> = Vec::new();
@@ -821,6 +837,7 @@ async fn probing_container() {
             ("liveness-http-ok", "should *not* be restarted with a /healthz http liveness probe [NodeConformance] [Conformance]"),
             ("liveness-tcp-ok", "should *not* be restarted with a tcp:8080 liveness probe [NodeConformance] [Conformance]"),
             ("readiness-timeout", "should not be ready with an exec readiness probe timeout [MinimumKubeletVersion:1.20] [NodeConformance] [Conformance]"),
+            ("startup-delays", "should *not* be restarted by liveness probe because startup probe delays it [NodeConformance]"),
         ] {
             assert_eq!(restarts(format!("{prefix}{name}")).await, 0, "{describe} / {it}");
         }
