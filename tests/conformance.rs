@@ -873,6 +873,12 @@ async fn readiness_gates_sleep_hooks_os_rejection_and_the_rest() {
         .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "secret-prefixes"}, "stringData": {"data-1": "value-1", "data_2": "value-2"}})).unwrap())
         .await
         .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "cm-prefixes"}, "data": {"data-1": "value-1", "data_2": "value-2"}})).unwrap())
+        .await
+        .unwrap();
+    let classes: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(c.client.clone());
+    classes.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "plain"}, "handler": "runc"})).unwrap()).await.unwrap();
     let forever = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
     let sleeper = |name: &str, grace: i64, seconds: i64| {
         pod(name, &node, serde_json::json!({"restartPolicy": "Always", "terminationGracePeriodSeconds": grace,
@@ -896,6 +902,10 @@ async fn readiness_gates_sleep_hooks_os_rejection_and_the_rest() {
             "envFrom": [{"secretRef": {"name": "secret-prefixes"}}, {"prefix": "-", "secretRef": {"name": "secret-prefixes"}}, {"prefix": "1", "secretRef": {"name": "secret-prefixes"}}, {"prefix": ".", "secretRef": {"name": "secret-prefixes"}}]}]})),
         pod("sysctls", &node, serde_json::json!({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}, {"name": "net/ipv4/ip_local_port_range", "value": "1024 65000"}]},
             "containers": [sh("cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_local_port_range")]})),
+        pod("cm-prefixes", &node, serde_json::json!({"containers": [{"name": "c", "image": BUSYBOX, "command": ["env"],
+            "envFrom": [{"configMapRef": {"name": "cm-prefixes"}}, {"prefix": "-", "configMapRef": {"name": "cm-prefixes"}}, {"prefix": "1", "configMapRef": {"name": "cm-prefixes"}}, {"prefix": ".", "configMapRef": {"name": "cm-prefixes"}}]}]})),
+        pod("runtimeclass-plain", &node, serde_json::json!({"runtimeClassName": "plain", "containers": [sh("true")]})),
+        pod("ephemeral-target", &node, serde_json::json!({"restartPolicy": "Always", "containers": [sh(forever)]})),
         pod("sysctl-unsafe", &node, serde_json::json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "10000000000"}]}, "containers": [sh("true")]})),
     ];
     // Container Runtime / when starting a container that exits: each restart
@@ -974,6 +984,32 @@ async fn readiness_gates_sleep_hooks_os_rejection_and_the_rest() {
     for k in ["data-1", "data_2", "-data-1", "1data-1", ".data-1", ".data_2"] {
         assert!(env.contains_key(k), "Secrets / should be consumable as environment variable names variable names with various prefixes [Conformance]: {k} in {env:?}");
     }
+
+    let env = env_of(&r.output("cm-prefixes").await);
+    for k in ["data-1", "data_2", "-data-1", "1data-1", ".data-1", ".data_2"] {
+        assert!(env.contains_key(k), "ConfigMap / should be consumable as environment variable names with various prefixes [Conformance]: {k} in {env:?}");
+    }
+    r.output("runtimeclass-plain").await; // RuntimeClass / should schedule a Pod requesting a RuntimeClass without PodOverhead [NodeConformance] [Conformance]
+    assert!(r.pods.get("runtimeclass-plain").await.unwrap().spec.unwrap().overhead.is_none());
+
+    // Ephemeral Containers [NodeConformance] / should update the ephemeral containers in an existing pod [Conformance].
+    let case = "Ephemeral Containers / should update the ephemeral containers in an existing pod [Conformance]";
+    r.phase_is("ephemeral-target", "Running").await;
+    let ec = |name: &str| serde_json::json!({"name": name, "image": BUSYBOX, "command": ["sh", "-c", "echo polo; sleep 3600"], "stdin": true, "tty": true});
+    pods.patch_subresource("ephemeralcontainers", "ephemeral-target", &PatchParams::default(), &Patch::Strategic(serde_json::json!({"spec": {"ephemeralContainers": [ec("debugger")]}})))
+        .await
+        .unwrap();
+    pods.patch_subresource("ephemeralcontainers", "ephemeral-target", &PatchParams::default(), &Patch::Strategic(serde_json::json!({"spec": {"ephemeralContainers": [ec("debugger"), ec("debugger2")]}})))
+        .await
+        .unwrap();
+    let p = eventually(60 * S, case, || async {
+        let p = pods.get("ephemeral-target").await.ok()?;
+        let st = p.status.as_ref()?.ephemeral_container_statuses.clone()?;
+        (st.len() == 2 && st.iter().all(|s| s.state.as_ref().is_some_and(|x| x.running.is_some()))).then_some(p)
+    })
+    .await;
+    assert_eq!(p.spec.unwrap().ephemeral_containers.unwrap().len(), 2, "{case}");
+    assert!(r.logs("ephemeral-target", "debugger2").await.contains("polo"), "{case}");
 
     // Sysctls [LinuxOnly] [NodeConformance].
     assert_eq!(r.output("sysctls").await.split_whitespace().collect::<Vec<_>>(), ["1", "1024", "65000"], "Sysctls / should support sysctls [Conformance] and should support sysctls with slashes as separator [NodeConformance]");
