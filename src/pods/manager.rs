@@ -538,6 +538,13 @@ impl PodManager {
         {
             tx.send_if_modified(|ready| !std::mem::replace(ready, true));
         }
+        if self.sources_ready() && self.relisted {
+            // Resource checkpoints of pods that are gone (deleted while the
+            // agent was down) go too, as kubelet's RemoveOrphanedPods.
+            let keep = |uid: &str| desired.contains_key(uid) || self.runtime_pods.contains_key(uid) || self.workers.contains_key(uid);
+            self.ctx.allocated.retain(&keep);
+            self.ctx.actuated.retain(&keep);
+        }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self
                 .runtime_pods
