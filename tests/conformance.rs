@@ -721,6 +721,14 @@ async fn probing_container() {
         p
     };
     let httpd = |prep: &str| format!("mkdir -p /www && echo ok > /www/healthz && {prep} httpd -f -p 8080 -h /www");
+    // agnhost's /redirect?loc=…: a CGI answering 302 to the given location.
+    let redirector = |prep: &str| {
+        format!(
+            "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho \"Status: 302 Found\"\\necho \"Location: ${{QUERY_STRING#loc=}}\"\\necho\\n' > /www/cgi-bin/redirect \
+             && chmod +x /www/cgi-bin/redirect && {}",
+            httpd(prep)
+        )
+    };
     let all = vec![
         probed("readiness-delay", forever, serde_json::json!({"readinessProbe": exec("true", serde_json::json!({"initialDelaySeconds": 6}))})),
         probed("readiness-fails", forever, serde_json::json!({"readinessProbe": exec("false", serde_json::json!({}))})),
@@ -735,6 +743,8 @@ async fn probing_container() {
         probed("startup-then-ready", "sleep 4; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({
             "startupProbe": exec("cat /tmp/startup", serde_json::json!({"failureThreshold": 60})),
             "readinessProbe": exec("true", serde_json::json!({"periodSeconds": 60}))})),
+        probed("liveness-redirect-local", &redirector("(sleep 4; rm /www/healthz) &"), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/cgi-bin/redirect?loc=/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "initialDelaySeconds": 1}})),
+        probed("liveness-redirect-remote", &redirector(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/cgi-bin/redirect?loc=http://0.0.0.0/", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}})),
         probed("startup-fails", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 3})), "livenessProbe": exec("true", serde_json::json!({}))})),
         probed("startup-delays", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 300})), "livenessProbe": exec("false", serde_json::json!({}))})),
         probed("startup-enables", "sleep 5; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({
@@ -791,6 +801,7 @@ async fn probing_container() {
             ("liveness-timeout", "should be restarted with an exec liveness probe with timeout [MinimumKubeletVersion:1.20] [NodeConformance]"),
             ("liveness-exec-longer", "should be restarted with a failing exec liveness probe that took longer than the timeout [NodeConformance]"),
             ("startup-fails", "should be restarted startup probe fails [NodeConformance]"),
+            ("liveness-redirect-local", "should be restarted with a local redirect http liveness probe [NodeConformance]"),
             ("startup-enables", "should be restarted by liveness probe after startup probe enables it [NodeConformance]"),
         ] {
             let case = format!("{describe} / {it}");
@@ -838,12 +849,23 @@ async fn probing_container() {
             ("liveness-tcp-ok", "should *not* be restarted with a tcp:8080 liveness probe [NodeConformance] [Conformance]"),
             ("readiness-timeout", "should not be ready with an exec readiness probe timeout [MinimumKubeletVersion:1.20] [NodeConformance] [Conformance]"),
             ("startup-delays", "should *not* be restarted by liveness probe because startup probe delays it [NodeConformance]"),
+            ("liveness-redirect-remote", "should *not* be restarted with a non-local redirect http liveness probe [NodeConformance]"),
         ] {
             assert_eq!(restarts(format!("{prefix}{name}")).await, 0, "{describe} / {it}");
         }
         for name in ["readiness-fails", "readiness-timeout"] {
             assert!(!ready(format!("{prefix}{name}")).await, "{describe}: {name} never ready");
         }
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), "default");
+        let pod_name = format!("{prefix}liveness-redirect-remote");
+        let warned = events.list(&Default::default()).await.unwrap().items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some(pod_name.as_str()) && e.reason.as_deref() == Some("ProbeWarning") && e.message.as_deref().is_some_and(|m| m.contains("Probe terminated redirects"))
+        });
+        let events_v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
+        let warned = warned || events_v1.list(&Default::default()).await.unwrap().items.iter().any(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod_name.as_str()) && e.reason.as_deref() == Some("ProbeWarning") && e.note.as_deref().is_some_and(|m| m.contains("Probe terminated redirects"))
+        });
+        assert!(warned, "{describe} / should *not* be restarted with a non-local redirect http liveness probe: a ProbeWarning event");
     }
 }
 
