@@ -575,3 +575,57 @@ async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotatio
         assert_eq!(gz, 1, "the older rotated file is compressed: {files:?}");
     }
 }
+
+/// The node API bounds what one client can make it hold, and honours
+/// `enableDebuggingHandlers: false` as kubelet does: a client that never
+/// finishes its request head is closed after the header-read timeout (10 s);
+/// a 4 MiB header is refused (431) while another client is served; the
+/// debugging paths answer 405 "Debug endpoints are disabled.".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_api_bounds_slow_and_huge_clients_and_turns_debugging_off() {
+    use std::io::{Read, Write};
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("readOnlyPort: 10255\nenableDebuggingHandlers: false\n");
+    let _agent = c.join().await;
+    let ns = c.node.netns.clone();
+    eventually(20 * S, "the node API listening", || async { call_node(&ns, 10250, "/healthz", None, None).await.ok() }).await;
+
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    for path in ["/exec/default/p/c?command=sh&output=1", "/containerLogs/default/p/c", "/runningpods/", "/run/default/p/c", "/attach/default/p/c", "/portForward/default/p", "/logs/", "/debug/pprof/"] {
+        let (code, body) = call_node(&ns, 10250, path, Some(&apiserver), None).await.unwrap();
+        assert_eq!((code, body.trim()), (405, "Debug endpoints are disabled."), "{path}");
+    }
+    let (code, _) = call_node(&ns, 10250, "/pods", Some(&apiserver), None).await.unwrap();
+    assert_eq!(code, 200, "the rest is served");
+
+    // A slow client: half a request head, then nothing.
+    let slow = support::in_netns(&ns, || std::net::TcpStream::connect(("127.0.0.1", 10255)).unwrap());
+    let mut slow_w = slow.try_clone().unwrap();
+    slow_w.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut slow = slow;
+        slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        let _ = slow.read_to_end(&mut buf);
+        buf
+    });
+    // Meanwhile a 4 MiB header is refused and a plain client is served.
+    let big = support::in_netns(&ns, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 10255)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let header = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(4 << 20));
+        let _ = s.write_all(header.as_bytes());
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        String::from_utf8_lossy(&resp).lines().next().unwrap_or("").to_string()
+    });
+    assert!(big.is_empty() || big.contains(" 431 "), "a 4 MiB head is refused: {big:?}");
+    let (status, body) = c.node.get_port(10255, "/healthz").unwrap();
+    assert!(status.contains(" 200 ") && body == "ok", "another client is served meanwhile: {status}");
+    let got = closed.await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(8) && took < Duration::from_secs(25), "closed after the header-read timeout: {took:?}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(" 200 "), "the half request was never answered: {text}");
+}

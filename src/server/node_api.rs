@@ -154,6 +154,11 @@ impl NodeApi {
         let parts: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
         let p: Vec<&str> = parts.iter().map(String::as_str).collect();
         match (req.method().clone(), p.as_slice()) {
+            // kubelet's InstallDebuggingDisabledHandlers: with
+            // enableDebuggingHandlers false these answer 405, not 404.
+            (_, [first, ..]) if !self.debugging && DEBUGGING_PATHS.contains(first) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "Debug endpoints are disabled.")
+            }
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
             (Method::GET, ["pods"]) => self.pods(),
             (Method::GET, ["runningpods"]) => self.running_pods().await,
@@ -174,9 +179,6 @@ impl NodeApi {
             (Method::GET, ["logs", ..]) if self.system_logs.is_some() => {
                 let root = self.system_logs.as_deref().expect("checked by the guard");
                 super::node_logs::serve(root, path.trim_start_matches('/').strip_prefix("logs").unwrap_or("")).await
-            }
-            (_, ["containerLogs" | "exec" | "attach" | "portForward" | "run", ..]) if !self.debugging => {
-                text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))
             }
             (Method::GET, ["containerLogs", ns, pod, container]) => self.logs(ns, pod, container, req.uri().query().unwrap_or("")).await,
             (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
@@ -484,6 +486,101 @@ impl NodeApi {
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// The first path segments kubelet turns off with enableDebuggingHandlers.
+const DEBUGGING_PATHS: &[&str] = &["run", "exec", "attach", "portForward", "containerLogs", "runningpods", "debug", "logs"];
+
+/// A request head must arrive whole within this (a slow client holds
+/// nothing longer).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection with no request in flight is closed after this
+/// (kubelet's server: 90 s, Go's http.Server IdleTimeout there).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The largest request head taken (bigger ones get 431 and the connection
+/// closes).
+pub const MAX_HEAD_BYTES: usize = 1 << 20;
+/// Connections served at once per listener; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Serves one HTTP/1 connection with the node API's bounds: a header-read
+/// timeout, a cap on the head's size, and an idle timeout between requests
+/// (an upgraded stream leaves this loop and keeps its own idle timeout).
+async fn serve_bounded<I, S>(io: I, svc: S, upgrades: bool)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Requests in flight and the time of the last one's end.
+    let active = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+    let (a, l) = (active.clone(), last.clone());
+    let svc = Tracked { inner: svc, active: a, last: l };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(io, svc);
+    let conn = if upgrades { futures::future::Either::Left(conn.with_upgrades()) } else { futures::future::Either::Right(conn) };
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let idle_for = last.lock().map(|t| t.elapsed()).unwrap_or_default();
+        let wait = IDLE_TIMEOUT.saturating_sub(idle_for).max(Duration::from_millis(100));
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "node API connection ended");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(wait), if !closing => {
+                let idle = active.load(Ordering::SeqCst) == 0 && last.lock().map(|t| t.elapsed() >= IDLE_TIMEOUT).unwrap_or(false);
+                if idle {
+                    closing = true;
+                    match conn.as_mut().as_pin_mut() {
+                        futures::future::Either::Left(c) => c.graceful_shutdown(),
+                        futures::future::Either::Right(c) => c.graceful_shutdown(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A service that counts its requests in flight and notes when the last
+/// one ended (for the idle timeout).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    last: Arc<std::sync::Mutex<tokio::time::Instant>>,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        use std::sync::atomic::Ordering;
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let fut = self.inner.call(req);
+        let (active, last) = (self.active.clone(), self.last.clone());
+        Box::pin(async move {
+            let r = fut.await;
+            if let Ok(mut t) = last.lock() {
+                *t = tokio::time::Instant::now();
+            }
+            active.fetch_sub(1, Ordering::SeqCst);
+            r
+        })
+    }
+}
+
 /// Serves the read-only port (plain HTTP) on `listener`.
 pub async fn serve_read_only(listener: tokio::net::TcpListener, api: Arc<NodeApi>) {
     let mut conns = tokio::task::JoinSet::new();
@@ -492,15 +589,20 @@ pub async fn serve_read_only(listener: tokio::net::TcpListener, api: Arc<NodeApi
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!(limit = MAX_CONNECTIONS, "read-only port: too many connections; closing a new one");
+            drop(tcp);
+            continue;
+        }
         let api = api.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.handle_read_only(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            serve_bounded(TokioIo::new(tcp), svc, false).await;
         });
-        while conns.try_join_next().is_some() {}
     }
 }
 
@@ -517,6 +619,12 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 continue;
             }
         };
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "node API: too many connections; closing a new one");
+            drop(tcp);
+            continue;
+        }
         let acceptor = acceptor.clone();
         let api = api.clone();
         conns.spawn(async move {
@@ -534,10 +642,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 let user = user.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await {
-                tracing::debug!(%peer, error = %e, "node API connection ended");
-            }
+            serve_bounded(TokioIo::new(tls), svc, true).await;
         });
-        while conns.try_join_next().is_some() {}
     }
 }
