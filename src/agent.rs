@@ -194,13 +194,14 @@ async fn node_api_main(
     let names = names.to_vec();
     let addr = std::net::SocketAddr::new(na.address, na.port);
     let tls_err = |e: server::tls::TlsError| AgentError::Fault(format!("the node API's TLS: {e}"));
+    let tls_policy = server::tls::TlsPolicy { min_version: na.tls_min_version, cipher_suites: na.tls_cipher_suites.clone() };
     let static_cert = match (&na.tls_cert_file, &na.tls_private_key_file) {
         (Some(c), Some(k)) => Some(server::tls::from_files(c, k).map_err(tls_err)?),
         _ if na.server_tls_bootstrap => None,
         _ => Some(server::tls::self_signed(&cs.cert_dir, &names).map_err(tls_err)?),
     };
     if let Some(cert) = static_cert {
-        let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref()).map_err(tls_err)?;
+        let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref(), &tls_policy).map_err(tls_err)?;
         let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
         tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
         return Ok(Box::pin(server::node_api::serve(listener, Arc::new(tls), api)));
@@ -213,7 +214,7 @@ async fn node_api_main(
             Ok(ck) => Arc::new(server::tls::ServingCert::new(ck)),
             Err(e) => return tracing::error!(error = %e, "the issued serving certificate cannot be used"),
         };
-        let tls = match server::tls::server_config(serving.clone(), na.client_ca_file.as_ref()) {
+        let tls = match server::tls::server_config(serving.clone(), na.client_ca_file.as_ref(), &tls_policy) {
             Ok(t) => Arc::new(t),
             Err(e) => return tracing::error!(error = %e, "the node API's TLS"),
         };

@@ -259,6 +259,12 @@ struct RunArgs {
     /// The key of --tls-cert-file.
     #[arg(long)]
     tls_private_key_file: Option<PathBuf>,
+    /// The node API's lowest TLS version: VersionTLS12 or VersionTLS13 [default: VersionTLS12].
+    #[arg(long)]
+    tls_min_version: Option<String>,
+    /// The node API's TLS 1.2 cipher suites, Go's names, comma-separated [default: all nodelet offers].
+    #[arg(long, value_delimiter = ',')]
+    tls_cipher_suites: Vec<String>,
     /// Client certificates signed by these CAs may call the node API.
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
@@ -374,6 +380,8 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             read_only_port: a.read_only_port,
             tls_cert_file: a.tls_cert_file,
             tls_private_key_file: a.tls_private_key_file,
+            tls_min_version: a.tls_min_version,
+            tls_cipher_suites: a.tls_cipher_suites,
             client_ca_file: a.client_ca_file,
             anonymous_auth: a.anonymous_auth,
             authentication_token_webhook: a.authentication_token_webhook,

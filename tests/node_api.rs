@@ -629,3 +629,32 @@ async fn the_node_api_bounds_slow_and_huge_clients_and_turns_debugging_off() {
     let text = String::from_utf8_lossy(&got);
     assert!(!text.contains(" 200 "), "the half request was never answered: {text}");
 }
+
+/// `tlsMinVersion` and `tlsCipherSuites` are enforced on the node API: with
+/// VersionTLS13 a TLS 1.2 client is refused and a TLS 1.3 one served; with
+/// a TLS 1.2 suite list, a client offering only an unlisted suite is
+/// refused and one offering a listed suite gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_min_version_and_cipher_suites_are_enforced() {
+    use support::apiserver::kubelet_proxy::node_handshake;
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("tlsMinVersion: VersionTLS13\n");
+    let mut agent = c.join().await;
+    let ns = c.node.netns.clone();
+    eventually(20 * S, "the node API listening", || async { call_node(&ns, 10250, "/healthz", None, None).await.ok() }).await;
+    let tls12 = node_handshake(&ns, 10250, &[&rustls::version::TLS12], None).await;
+    assert!(tls12.is_err(), "a TLS 1.2 client is refused under VersionTLS13: {tls12:?}");
+    let (version, _) = node_handshake(&ns, 10250, &[&rustls::version::TLS13], None).await.unwrap();
+    assert_eq!(version, "Some(TLSv1_3)");
+
+    // A suite list (with a CBC suite nodelet leaves out, as CIS lists carry them).
+    agent.kill9();
+    *c.node.config_extra.lock().unwrap() = "tlsCipherSuites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_RSA_WITH_AES_128_CBC_SHA]\n".into();
+    let _agent = c.nodelet(&[]);
+    eventually(20 * S, "the node API listening again", || async { call_node(&ns, 10250, "/healthz", None, None).await.ok() }).await;
+    let refused = node_handshake(&ns, 10250, &[&rustls::version::TLS12], Some(&["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"])).await;
+    assert!(refused.is_err(), "an unlisted TLS 1.2 suite is refused: {refused:?}");
+    let (version, suite) = node_handshake(&ns, 10250, &[&rustls::version::TLS12], None).await.unwrap();
+    assert_eq!(version, "Some(TLSv1_2)");
+    assert!(suite.contains("AES_256_GCM_SHA384"), "a listed suite: {suite}");
+}

@@ -55,6 +55,8 @@ pub struct KubeletConfig {
     pub read_only_port: Option<u16>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Option<Vec<String>>,
     pub server_tls_bootstrap: Option<bool>,
     pub enable_debugging_handlers: Option<bool>,
     pub enable_system_log_handler: Option<bool>,
@@ -274,6 +276,16 @@ impl KubeletConfig {
                 "readOnlyPort" => c.read_only_port = Some(field(file, k, v)?),
                 "tlsCertFile" => c.tls_cert_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
                 "tlsPrivateKeyFile" => c.tls_private_key_file = Some(field(file, k, v)?).filter(|p: &PathBuf| !p.as_os_str().is_empty()),
+                "tlsMinVersion" => {
+                    let v: String = field(file, k, v)?;
+                    super::node_api::parse_tls_min_version(&v).map_err(|e| bad(k, e))?;
+                    c.tls_min_version = Some(v);
+                }
+                "tlsCipherSuites" => {
+                    let list: Vec<String> = field(file, k, v)?;
+                    super::node_api::parse_tls_cipher_suites(&list).map_err(|e| bad(k, e))?;
+                    c.tls_cipher_suites = Some(list);
+                }
                 "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
                 "enableDebuggingHandlers" => c.enable_debugging_handlers = Some(field(file, k, v)?),
                 "enableSystemLogHandler" => c.enable_system_log_handler = Some(field(file, k, v)?),

@@ -191,6 +191,12 @@ impl Settings {
         });
         if let Some(m) = v.as_object_mut() {
             m.insert("seccompDefault".into(), self.seccomp_default.into());
+            let min = match self.node_api.tls_min_version {
+                node_api::TlsMinVersion::Tls12 => "VersionTLS12",
+                node_api::TlsMinVersion::Tls13 => "VersionTLS13",
+            };
+            m.insert("tlsMinVersion".into(), min.into());
+            m.insert("tlsCipherSuites".into(), serde_json::json!(self.node_api.tls_cipher_suites));
             m.insert("failSwapOn".into(), self.fail_swap_on.into());
             m.insert("memorySwap".into(), serde_json::json!({"swapBehavior": self.swap_behavior.as_str()}));
             m.insert("serializeImagePulls".into(), self.pulls.serialize.into());

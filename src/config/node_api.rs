@@ -47,6 +47,85 @@ pub struct NodeApiSettings {
     pub debugging_handlers: bool,
     /// `enableSystemLogHandler` (true): `/logs/`, the node's /var/log.
     pub system_log_handler: bool,
+    /// `tlsMinVersion`.
+    pub tls_min_version: TlsMinVersion,
+    /// `tlsCipherSuites` as offered (empty: every suite nodelet offers).
+    pub tls_cipher_suites: Vec<String>,
+}
+
+/// The lowest TLS version the node API speaks (`tlsMinVersion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 (also what VersionTLS10 and VersionTLS11 get: nodelet's TLS
+    /// library speaks nothing older, which is stricter and costs nothing).
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// Go's names for the cipher suites, the ones kubelet's `tlsCipherSuites`
+/// accepts: those nodelet offers (ECDHE with an AEAD, and TLS 1.3's,
+/// which Go and nodelet always enable), and those it knows but does not
+/// offer (CBC, RC4, 3DES, plain RSA key exchange).
+pub const OFFERED_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+pub const KNOWN_NOT_OFFERED: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
+
+/// `tlsMinVersion` by kubelet's names.
+pub fn parse_tls_min_version(v: &str) -> Result<TlsMinVersion, String> {
+    match v {
+        "" | "VersionTLS10" | "VersionTLS11" | "VersionTLS12" => Ok(TlsMinVersion::Tls12),
+        "VersionTLS13" => Ok(TlsMinVersion::Tls13),
+        other => Err(format!("Unsupported value: {other:?}: supported values: \"VersionTLS10\", \"VersionTLS11\", \"VersionTLS12\", \"VersionTLS13\"")),
+    }
+}
+
+/// `tlsCipherSuites`: every name must be one Go knows (kubelet refuses
+/// others); the ones nodelet does not offer are dropped with a warning, and
+/// at least one TLS 1.2 suite must stay (TLS 1.3's are always on).
+pub fn parse_tls_cipher_suites(names: &[String]) -> Result<Vec<String>, String> {
+    let mut kept = Vec::new();
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if OFFERED_CIPHER_SUITES.contains(&n) {
+            kept.push(n.to_string());
+        } else if KNOWN_NOT_OFFERED.contains(&n) {
+            tracing::warn!(suite = n, "tlsCipherSuites: not offered by nodelet (no CBC, RC4, 3DES or plain RSA key exchange); left out");
+        } else {
+            return Err(format!("Unsupported value: {n:?}: not a cipher suite name kubelet knows"));
+        }
+    }
+    if !names.is_empty() && !kept.iter().any(|n| n.starts_with("TLS_ECDHE_")) {
+        return Err("none of the listed cipher suites can be offered for TLS 1.2 (nodelet offers ECDHE with AES-GCM or ChaCha20-Poly1305)".into());
+    }
+    Ok(kept)
 }
 
 /// Flag values for the node API; `None` when not given.
@@ -62,6 +141,8 @@ pub struct NodeApiFlags {
     pub authentication_token_webhook: Option<bool>,
     pub authorization_mode: Option<String>,
     pub rotate_server_certificates: Option<bool>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Vec<String>,
 }
 
 impl NodeApiSettings {
@@ -86,6 +167,10 @@ impl NodeApiSettings {
         }
         let auth = &file.authentication;
         let webhook = &file.authorization.webhook;
+        let min_text = f.tls_min_version.clone().or(file.tls_min_version.clone()).unwrap_or_default();
+        let tls_min_version = parse_tls_min_version(&min_text).map_err(|e| flag("tlsMinVersion", e))?;
+        let suites = if f.tls_cipher_suites.is_empty() { file.tls_cipher_suites.clone().unwrap_or_default() } else { f.tls_cipher_suites.clone() };
+        let tls_cipher_suites = parse_tls_cipher_suites(&suites).map_err(|e| flag("tlsCipherSuites", e))?;
         Ok(Self {
             address,
             port: f.port.or(file.port).unwrap_or(10250),
@@ -102,6 +187,8 @@ impl NodeApiSettings {
             unauthorized_ttl: webhook.cache_unauthorized_ttl.unwrap_or(Duration::from_secs(30)),
             debugging_handlers: file.enable_debugging_handlers.unwrap_or(true),
             system_log_handler: file.enable_system_log_handler.unwrap_or(true),
+            tls_min_version,
+            tls_cipher_suites,
         })
     }
 }
@@ -129,5 +216,22 @@ mod tests {
         assert!(NodeApiSettings::resolve(&bad, &file).unwrap_err().to_string().contains("Unsupported value: \"RBAC\""));
         let half = KubeletConfig { tls_cert_file: Some("/c.pem".into()), ..Default::default() };
         assert!(NodeApiSettings::resolve(&NodeApiFlags::default(), &half).is_err());
+    }
+
+    #[test]
+    fn tls_settings_by_kubelets_names() {
+        assert_eq!(parse_tls_min_version("VersionTLS13"), Ok(TlsMinVersion::Tls13));
+        assert_eq!(parse_tls_min_version("VersionTLS10"), Ok(TlsMinVersion::Tls12), "nothing older than 1.2 is spoken");
+        assert!(parse_tls_min_version("TLS13").unwrap_err().contains("supported values"));
+        let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A CIS-style list: the CBC and plain-RSA suites are left out, the rest kept.
+        let kept = parse_tls_cipher_suites(&names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_RSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"])).unwrap();
+        assert_eq!(kept, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
+        assert!(parse_tls_cipher_suites(&names(&["TLS_FANCY_NEW"])).unwrap_err().contains("TLS_FANCY_NEW"), "an unknown name is refused, as kubelet does");
+        assert!(parse_tls_cipher_suites(&names(&["TLS_RSA_WITH_AES_128_CBC_SHA"])).is_err(), "nothing left to offer for TLS 1.2");
+        assert_eq!(parse_tls_cipher_suites(&[]), Ok(vec![]));
+        let f = NodeApiFlags { tls_min_version: Some("VersionTLS14".into()), ..Default::default() };
+        let e = NodeApiSettings::resolve(&f, &KubeletConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("tlsMinVersion"), "{e}");
     }
 }

@@ -101,13 +101,44 @@ pub fn self_signed(cert_dir: &Path, names: &[String]) -> Result<CertifiedKey, Tl
     certified_key(cert.pem().as_bytes(), kp.serialize_pem().as_bytes(), &crt)
 }
 
+/// What the operator allows of TLS (`tlsMinVersion`, `tlsCipherSuites`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsPolicy {
+    pub min_version: crate::config::node_api::TlsMinVersion,
+    /// Go's names of the TLS 1.2 suites to offer; empty: all.
+    pub cipher_suites: Vec<String>,
+}
+
+/// The crypto provider with the suites `policy` allows: the listed TLS 1.2
+/// ones (Go's names; `…_CHACHA20_POLY1305` is the `_SHA256` suite) and all
+/// of TLS 1.3's, which Go and kubelet never restrict either.
+fn provider_for(policy: &TlsPolicy) -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !policy.cipher_suites.is_empty() {
+        let wanted: Vec<String> = policy
+            .cipher_suites
+            .iter()
+            .map(|n| if n.ends_with("POLY1305") { format!("{n}_SHA256") } else { n.clone() })
+            .collect();
+        provider.cipher_suites.retain(|s| {
+            let name = format!("{:?}", s.suite());
+            name.starts_with("TLS13_") || wanted.contains(&name)
+        });
+    }
+    provider
+}
+
 /// The rustls server configuration: the serving certificate, and client
 /// certificates verified against `client_ca` when given (optional: a client
-/// may authenticate otherwise).
-pub fn server_config(cert: Arc<ServingCert>, client_ca: Option<&PathBuf>) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// may authenticate otherwise), under the operator's TLS policy.
+pub fn server_config(cert: Arc<ServingCert>, client_ca: Option<&PathBuf>, policy: &TlsPolicy) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(provider_for(policy));
+    let versions: &[&rustls::SupportedProtocolVersion] = match policy.min_version {
+        crate::config::node_api::TlsMinVersion::Tls13 => &[&rustls::version::TLS13],
+        crate::config::node_api::TlsMinVersion::Tls12 => rustls::DEFAULT_VERSIONS,
+    };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::File { file: "TLS".into(), message: e.to_string() })?;
     let builder = match client_ca {
         Some(path) => {

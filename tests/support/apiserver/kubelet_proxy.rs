@@ -239,6 +239,29 @@ pub async fn node_tls(netns: &str, port: u16, cert: Option<&super::pki::Pair>) -
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))
 }
 
+/// A handshake with the node API offering only `versions` and, if given,
+/// only the TLS 1.2 suites named (rustls' names): the negotiated version and
+/// suite, or the error.
+pub async fn node_handshake(netns: &str, port: u16, versions: &[&'static rustls::SupportedProtocolVersion], suites: Option<&[&str]>) -> Result<(String, String), String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = suites {
+        provider.cipher_suites.retain(|s| names.contains(&format!("{:?}", s.suite()).as_str()));
+    }
+    let provider = Arc::new(provider);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = connect_in_netns(netns, "127.0.0.1", port).await.map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from("localhost").expect("static name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let conn = tls.get_ref().1;
+    Ok((format!("{:?}", conn.protocol_version()), format!("{:?}", conn.negotiated_cipher_suite().map(|s| s.suite()))))
+}
+
 /// Calls the node API directly (as a metrics collector would), from inside
 /// the node's network namespace: with a client certificate, a bearer token,
 /// or neither. Returns the status and body, or the TLS or connection error.
