@@ -11,11 +11,8 @@
 //! is hung up as a terminal would be, then killed; a process that ended on
 //! its own is left alone, and so are the background processes it started.
 //!
-//! Sessions on one container start one at a time: a session begins only
-//! once the one before it has found its process (or given up looking, after
-//! 2 s), so the process that appears is the session's own, and a process
-//! claimed by one session is never claimed by another. A session only ever
-//! signals what it claimed (and that process's session or descendants).
+//! Two sessions on one container that begin within the same moment cannot
+//! be told apart; each then also claims the other's process.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -97,55 +94,21 @@ fn group_of(root: Proc) -> Vec<u32> {
     out
 }
 
-/// Containers with a session starting (its process not yet found), and
-/// the processes sessions own.
-static STARTING: std::sync::Mutex<BTreeSet<u32>> = std::sync::Mutex::new(BTreeSet::new());
-static CLAIMED: std::sync::Mutex<BTreeSet<Proc>> = std::sync::Mutex::new(BTreeSet::new());
-static RELEASED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// The turn of one session to start on a container; released on drop.
-struct Turn(u32);
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        STARTING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
-        RELEASED.notify_waiters();
-    }
-}
-
-/// How long a session waits for the one before it on the same container.
-const TURN_WAIT: Duration = Duration::from_secs(5);
-
 /// An exec session being watched.
 pub struct Session {
     init: u32,
     before: BTreeSet<Proc>,
-    turn: Option<Turn>,
 }
 
 impl Session {
-    /// Waits for this container's previous session to have found its
-    /// process, then notes the container's exec processes before this one
-    /// starts.
-    pub async fn begin(init: u32) -> Self {
-        let deadline = tokio::time::Instant::now() + TURN_WAIT;
-        let turn = loop {
-            let released = RELEASED.notified();
-            if STARTING.lock().unwrap_or_else(|e| e.into_inner()).insert(init) {
-                break Some(Turn(init));
-            }
-            // (A session that never ends its turn holds nobody longer than this.)
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
-                break None;
-            }
-        };
-        let before = tokio::task::spawn_blocking(move || exec_processes(init)).await.unwrap_or_default();
-        Self { init, before, turn }
+    /// Notes the container's exec processes before the session starts.
+    pub fn begin(init: u32) -> Self {
+        Self { init, before: exec_processes(init) }
     }
 
     /// Runs until `closed` resolves (the client's connection ended), then
     /// ends the session's process if it still runs.
-    pub async fn watch(mut self, closed: impl Future<Output = ()>) {
+    pub async fn watch(self, closed: impl Future<Output = ()>) {
         tokio::pin!(closed);
         // The runtime starts the process once the client has connected.
         let mut mine = BTreeSet::new();
@@ -160,29 +123,17 @@ impl Session {
             }
             let init = self.init;
             mine = tokio::task::spawn_blocking(move || exec_processes(init)).await.unwrap_or_default();
-            let claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            mine.retain(|p| !self.before.contains(p) && !claimed.contains(p));
+            mine.retain(|p| !self.before.contains(p));
             if !mine.is_empty() {
                 break;
             }
         }
-        // A session that waited past its turn shares the container's start
-        // with another: what appeared cannot be told apart, so it claims
-        // nothing rather than risk another session's process.
-        if self.turn.is_none() {
-            mine.clear();
-        }
-        CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).extend(mine.iter().copied());
-        // The next session on this container may start now.
-        drop(self.turn.take());
         tracing::debug!(init = self.init, session = ?mine, "exec session's processes");
-        let release = Claimed(mine.clone());
         if !ended {
             closed.await;
         }
         let left: Vec<Proc> = mine.into_iter().filter(|p| alive(*p)).collect();
         if left.is_empty() {
-            drop(release);
             return;
         }
         tracing::info!(pids = ?left.iter().map(|p| p.pid).collect::<Vec<_>>(), "the exec client has gone; ending its processes");
@@ -196,18 +147,6 @@ impl Session {
                 return;
             }
             tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// A session's claimed processes, let go of when it ends.
-struct Claimed(BTreeSet<Proc>);
-
-impl Drop for Claimed {
-    fn drop(&mut self) {
-        let mut c = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
-        for p in &self.0 {
-            c.remove(p);
         }
     }
 }

@@ -391,7 +391,7 @@ impl NodeApi {
         // What the session starts is ended when its client goes (see
         // exec_reaper.rs); without the container's PID it is left as is.
         let session = match self.runtime.container_pid(&exec.container_id).await {
-            Ok(Some(init)) => Some(super::exec_reaper::Session::begin(init).await),
+            Ok(Some(init)) => tokio::task::spawn_blocking(move || super::exec_reaper::Session::begin(init)).await.ok(),
             _ => None,
         };
         let url = match self.runtime.exec(exec).await {
