@@ -584,7 +584,7 @@ async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_api_bounds_slow_and_huge_clients_and_turns_debugging_off() {
     use std::io::{Read, Write};
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
     c.node.config_extra.lock().unwrap().push_str("readOnlyPort: 10255\nenableDebuggingHandlers: false\n");
     let _agent = c.join().await;
     let ns = c.node.netns.clone();
@@ -628,6 +628,16 @@ async fn the_node_api_bounds_slow_and_huge_clients_and_turns_debugging_off() {
     assert!(took >= Duration::from_secs(8) && took < Duration::from_secs(25), "closed after the header-read timeout: {took:?}");
     let text = String::from_utf8_lossy(&got);
     assert!(!text.contains(" 200 "), "the half request was never answered: {text}");
+
+    // The apiserver away: its errors are logged, never handed to a caller
+    // (kubelet's answers: 401 for a token that cannot be reviewed, 500 with
+    // the request's attributes when authorization cannot be checked).
+    let someone = c.api.client_cert("someone", &[]);
+    c.api.stop();
+    let (code, body) = call_node(&ns, 10250, "/pods", None, Some("a-token-nobody-can-review")).await.unwrap();
+    assert_eq!((code, body.trim()), (401, "Unauthorized"));
+    let (code, body) = call_node(&ns, 10250, "/pods", Some(&someone), None).await.unwrap();
+    assert_eq!((code, body.trim()), (500, "Authorization error (user=someone, verb=get, resource=nodes, subresource=proxy)"));
 }
 
 /// `tlsMinVersion` and `tlsCipherSuites` are enforced on the node API: with

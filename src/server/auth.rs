@@ -61,9 +61,14 @@ pub enum Refusal {
     /// Authenticated, not allowed: 403.
     #[error("Forbidden (user={user}, verb={verb}, resource=nodes, subresource={subresource})")]
     Forbidden { user: String, verb: String, subresource: String },
-    /// The apiserver could not be asked: 503 (not a denial: the caller may retry).
-    #[error("cannot check the caller's access: {0}")]
-    Unavailable(String),
+    /// The TokenReview failed: 401, as kubelet answers; the apiserver's
+    /// words are logged, never returned to a caller not yet known.
+    #[error("Unauthorized")]
+    AuthenticationError(String),
+    /// The SubjectAccessReview failed: 500 with kubelet's text; the
+    /// apiserver's words are logged only.
+    #[error("Authorization error (user={user}, verb={verb}, resource=nodes, subresource={subresource})")]
+    AuthorizationError { user: String, verb: String, subresource: String, detail: String },
 }
 
 /// The verb and `nodes/<subresource>` kubelet asks about for a request.
@@ -163,7 +168,7 @@ impl Gate {
         let answer = Api::<TokenReview>::all(client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Refusal::Unavailable(format!("TokenReview: {e}")))?;
+            .map_err(|e| Refusal::AuthenticationError(format!("TokenReview: {e}")))?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.filter(|_| status.authenticated == Some(true)).map(|u| User {
             name: u.username.unwrap_or_default(),
@@ -213,7 +218,12 @@ impl Gate {
         let answer = Api::<SubjectAccessReview>::all(client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Refusal::Unavailable(format!("SubjectAccessReview: {e}")))?;
+            .map_err(|e| Refusal::AuthorizationError {
+                user: user.name.clone(),
+                verb: verb.into(),
+                subresource: subresource.into(),
+                detail: format!("SubjectAccessReview: {e}"),
+            })?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
         let mut cache = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
         let longest = self.allowed_ttl.max(self.denied_ttl);

@@ -102,7 +102,14 @@ fn refused(r: &Refusal) -> Response<Body> {
     let code = match r {
         Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
         Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
-        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::AuthenticationError(detail) => {
+            tracing::warn!(error = %detail, "node API: unable to authenticate the request due to an error");
+            StatusCode::UNAUTHORIZED
+        }
+        Refusal::AuthorizationError { detail, .. } => {
+            tracing::warn!(error = %detail, "node API: unable to authorize the request due to an error");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     text(code, r.to_string())
 }

@@ -46,9 +46,12 @@ pub async fn proxy(mut req: Request<Incoming>, url: &str, closed: Option<tokio::
         None => (rest, "/"),
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let tcp = match tokio::net::TcpStream::connect(authority).await {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot reach the runtime's streaming server at {authority}: {e}")),
+    // The runtime's streaming server is local: a connection that does not
+    // come within 10 s is not coming.
+    let tcp = match tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(authority)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, format!("cannot reach the runtime's streaming server at {authority}: {e}")),
+        Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, format!("the runtime's streaming server at {authority} did not answer within 10 s")),
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp)).await {
         Ok(x) => x,
