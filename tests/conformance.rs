@@ -223,13 +223,11 @@ async fn containers_env_expansion_security_context_and_termination_messages() {
     assert_eq!((env["CPU_LIMIT"].as_str(), env["MEMORY_LIMIT"].as_str()), ("2", "67108864"), "{case}");
     assert_eq!((env["CPU_REQUEST"].as_str(), env["MEMORY_REQUEST"].as_str()), ("2", "33554432"), "{case}");
     let env = env_of(&r.output("dapi-defaults").await);
-    let nodes: Api<KubeNode> = Api::all(c.client.clone());
-    let alloc = nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap();
-    let cores = nodelet::resources::milli(&alloc["cpu"]).unwrap();
-    let cores = (cores + 999) / 1000;
+    let (cpu_millis, memory_bytes) = node_allocatable(&c).await;
+    let cores = (cpu_millis + 999) / 1000;
     let case = "Downward API / should provide default limits.cpu/memory from node allocatable [Conformance]";
     assert_eq!(env["CPU_LIMIT"], cores.to_string(), "{case}");
-    assert_eq!(env["MEMORY_LIMIT"], nodelet::resources::value(&alloc["memory"]).unwrap().to_string(), "{case}");
+    assert_eq!(env["MEMORY_LIMIT"], memory_bytes.to_string(), "{case}");
     let p = r.finished("dapi-hostnet").await;
     let env = env_of(&r.output("dapi-hostnet").await);
     let case = "Downward API / should provide host IP and pod IP as an env var if pod uses host network [LinuxOnly] [Conformance]";
@@ -460,6 +458,31 @@ async fn init_containers_pod_lifecycle_hooks_and_env_from_objects() {
     assert_eq!((env["data-1"].as_str(), env["p-data-1"].as_str()), ("value-1", "value-1"), "Secrets / should be consumable via the environment [NodeConformance] [Conformance]");
 }
 
+/// The node's allocatable as the apiserver has it: cpu in millicores, memory in bytes.
+async fn node_allocatable(c: &Cluster) -> (i64, i64) {
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let alloc = nodes.get(&c.node.node_name()).await.unwrap().status.unwrap().allocatable.unwrap();
+    (nodelet::resources::milli(&alloc["cpu"]).unwrap(), nodelet::resources::value(&alloc["memory"]).unwrap())
+}
+
+/// The downward API's "should update labels/annotations on modification"
+/// cases: pod `name` prints its labels and annotations files in a loop.
+async fn labels_and_annotations_follow(r: &Run<'_>, name: &str, describe: &str) {
+    r.phase_is(name, "Running").await;
+    r.pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"key3": "value3"}, "annotations": {"builder": "foo"}}})))
+        .await
+        .unwrap();
+    eventually(90 * S, &format!("{describe} / should update labels on modification [NodeConformance] [Conformance]"), || async {
+        r.logs(name, "c").await.contains("key3=\"value3\"").then_some(())
+    })
+    .await;
+    eventually(30 * S, &format!("{describe} / should update annotations on modification [NodeConformance] [Conformance]"), || async {
+        r.logs(name, "c").await.contains("builder=\"foo\"").then_some(())
+    })
+    .await;
+}
+
 /// A file's mode (through the symlinks of the atomic writer, as upstream's
 /// mounttest reads it), its content and the filesystem type of its mount.
 fn describe(path: &str, mount: &str) -> String {
@@ -668,24 +691,11 @@ async fn volumes_empty_dir_config_map_secret_downward_api_and_projected() {
     assert_eq!(env["cpu_request"], "250", "Downward API volume / should provide container's cpu request [NodeConformance] [Conformance]");
     assert_eq!(env["memory_request"], "32", "Downward API volume / should provide container's memory request [NodeConformance] [Conformance]");
     let env = env_of(&r.output("dapi-volume-defaults").await);
-    let nodes: Api<KubeNode> = Api::all(c.client.clone());
-    let alloc = nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap();
-    assert_eq!(env["cpu_limit"], nodelet::resources::milli(&alloc["cpu"]).unwrap().to_string(), "Downward API volume / should provide node allocatable (cpu) as default cpu limit if the limit is not set [NodeConformance] [Conformance]");
-    assert_eq!(env["memory_limit"], nodelet::resources::value(&alloc["memory"]).unwrap().to_string(), "Downward API volume / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
+    let (cpu_millis, memory_bytes) = node_allocatable(&c).await;
+    assert_eq!(env["cpu_limit"], cpu_millis.to_string(), "Downward API volume / should provide node allocatable (cpu) as default cpu limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], memory_bytes.to_string(), "Downward API volume / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
     assert_eq!(env["mode"], "-r--------", "Downward API volume / should set DefaultMode on files [LinuxOnly] [NodeConformance] [Conformance]");
-    r.phase_is("dapi-volume-upd", "Running").await;
-    r.pods
-        .patch("dapi-volume-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"key3": "value3"}, "annotations": {"builder": "foo"}}})))
-        .await
-        .unwrap();
-    eventually(90 * S, "Downward API volume / should update labels on modification [NodeConformance] [Conformance]", || async {
-        r.logs("dapi-volume-upd", "c").await.contains("key3=\"value3\"").then_some(())
-    })
-    .await;
-    eventually(30 * S, "Downward API volume / should update annotations on modification [NodeConformance] [Conformance]", || async {
-        r.logs("dapi-volume-upd", "c").await.contains("builder=\"foo\"").then_some(())
-    })
-    .await;
+    labels_and_annotations_follow(&r, "dapi-volume-upd", "Downward API volume").await;
 
     // Projected combined [sig-storage].
     assert_eq!(
@@ -1244,25 +1254,12 @@ async fn projected_volumes_optional_updates_host_path_and_failing_subpaths() {
     assert_eq!(env["cpu_request"], "1", "Projected downwardAPI / should provide container's cpu request [NodeConformance] [Conformance]");
     assert_eq!(env["memory_request"], "33554432", "Projected downwardAPI / should provide container's memory request [NodeConformance] [Conformance]");
     let env = env_of(&r.output("pdapi-defaults").await);
-    let nodes: Api<KubeNode> = Api::all(c.client.clone());
-    let alloc = nodes.get(&node).await.unwrap().status.unwrap().allocatable.unwrap();
-    let cores = (nodelet::resources::milli(&alloc["cpu"]).unwrap() + 999) / 1000;
+    let (cpu_millis, memory_bytes) = node_allocatable(&c).await;
+    let cores = (cpu_millis + 999) / 1000;
     assert_eq!(env["cpu_limit"], cores.to_string(), "Projected downwardAPI / should provide node allocatable (cpu) as default cpu limit if the limit is not set [NodeConformance] [Conformance]");
-    assert_eq!(env["memory_limit"], nodelet::resources::value(&alloc["memory"]).unwrap().to_string(), "Projected downwardAPI / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
+    assert_eq!(env["memory_limit"], memory_bytes.to_string(), "Projected downwardAPI / should provide node allocatable (memory) as default memory limit if the limit is not set [NodeConformance] [Conformance]");
     assert_eq!(env["mode"], "-r--------", "Projected downwardAPI / should set DefaultMode on files [LinuxOnly] [NodeConformance] [Conformance]");
-    r.phase_is("pdapi-upd", "Running").await;
-    r.pods
-        .patch("pdapi-upd", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"key3": "value3"}, "annotations": {"builder": "foo"}}})))
-        .await
-        .unwrap();
-    eventually(90 * S, "Projected downwardAPI / should update labels on modification [NodeConformance] [Conformance]", || async {
-        r.logs("pdapi-upd", "c").await.contains("key3=\"value3\"").then_some(())
-    })
-    .await;
-    eventually(30 * S, "Projected downwardAPI / should update annotations on modification [NodeConformance] [Conformance]", || async {
-        r.logs("pdapi-upd", "c").await.contains("builder=\"foo\"").then_some(())
-    })
-    .await;
+    labels_and_annotations_follow(&r, "pdapi-upd", "Projected downwardAPI").await;
 
     // HostPath [NodeConformance].
     let mode = r.output("hostpath-mode").await;

@@ -190,15 +190,7 @@ pub fn read_figures(mount: &Path, paths: &CgroupPaths) -> Figures {
     f
 }
 
-/// One network interface's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_errors: u64,
-    pub tx_bytes: u64,
-    pub tx_errors: u64,
-}
+pub use super::stats::Interface;
 
 /// One row: a container's cgroup, or a pod's (`container` empty).
 #[derive(Debug, Clone, Default)]

@@ -68,8 +68,9 @@ impl MemInfo {
     }
 }
 
-/// One interface of /proc/net/dev.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One network interface's counters (/proc/net/dev, or a pod's from the
+/// runtime's sandbox stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
     pub rx_bytes: u64,

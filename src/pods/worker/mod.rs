@@ -692,11 +692,11 @@ impl Worker {
     }
 
     /// Whether a running container's resources still differ from the pod's
-    /// allocation.
-    fn resize_in_progress(&self, pod: &Pod, obs: &RuntimePod) -> bool {
+    /// allocation (`actuated`: what the pod's containers were last given).
+    fn resize_in_progress(pod: &Pod, obs: &RuntimePod, actuated: Option<&super::allocation::PodResources>) -> bool {
         super::allocation::resizable_containers(pod).any(|c| {
             obs.latest(&c.name).is_some_and(|x| x.phase == crate::runtime::observe::ContainerPhase::Running)
-                && self.ctx.actuated.container(&self.identity.uid, &c.name).is_some_and(|a| super::allocation::step(c, &a) != super::allocation::Step::None)
+                && actuated.and_then(|a| a.get(&c.name)).is_some_and(|a| super::allocation::step(c, a) != super::allocation::Step::None)
         })
     }
 
@@ -723,7 +723,7 @@ impl Worker {
             now: Timestamp::now(),
             resize: super::status::ResizeView {
                 pending: self.resize_pending.as_ref().map(|p| (p.reason.as_str(), p.message.as_str())),
-                in_progress: self.resize_in_progress(pod, obs),
+                in_progress: Self::resize_in_progress(pod, obs, actuated.as_ref()),
                 error: self.resize_error.as_deref(),
                 actuated: actuated.as_ref(),
             },
