@@ -208,11 +208,16 @@ async fn pull_secrets_pull_private_images_and_the_image_stays_private_to_them() 
     assert!(!agent.log().contains(PASSWORD), "the password reached nodelet's log");
 }
 
-/// `nodelet explain pod NS/NAME`, run as an operator would on the node.
-fn explain(c: &Cluster, target: &str) -> String {
+/// `nodelet explain pod NS/NAME`, run as an operator would on the node;
+/// `None` while the node does not know the pod yet (it was just created).
+fn explain(c: &Cluster, target: &str) -> Option<String> {
     let out = cli(&c.node.netns, &["explain", "pod", target]);
-    assert!(out.status.success(), "nodelet explain {target}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no pod") && err.contains("on this node"), "nodelet explain {target}: {err}");
+        return None;
+    }
+    Some(String::from_utf8(out.stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +261,7 @@ async fn explain_names_the_cause_of_four_broken_pods_in_its_first_line() {
         let c = &c;
         async move {
             eventually(60 * S, &format!("explain {target}: {want:?}"), || async {
-                let text = explain(c, target);
+                let text = explain(c, target)?;
                 let line = text.lines().next().unwrap_or("").to_string();
                 want.iter().all(|w| line.contains(w)).then_some(text)
             })
