@@ -31,7 +31,6 @@ CFG
 ip netns del "$ns" 2>/dev/null || true
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-innet() { nsenter --net="/run/netns/$ns" "$@"; }
 endpoint=unix://$demo/containerd.sock
 
 cleanup() {
@@ -86,7 +85,7 @@ while kill -0 "$agent" 2>/dev/null; do
   total=$(wc -l <"$demo/nodelet.log")
   tail -n +"$((seen + 1))" "$demo/nodelet.log" | head -n "$((total - seen))" | grep -E ' (WARN|ERROR) ' | sed 's/^/  nodelet: /' || true
   seen=$total
-  innet "$nodelet" pods || true
+  "$nodelet" pods --socket "$demo/kubelet/nodelet/status.sock" || true
 done
 echo "demo: nodelet exited:"
 tail -n 5 "$demo/nodelet.log"

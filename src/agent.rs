@@ -545,13 +545,21 @@ pub async fn run(
     if let Some(addr) = s.healthz {
         match server::bind(addr).await {
             Ok(listener) => {
-                tracing::info!(%addr, "serving /healthz and /pods");
-                let api = server::LocalApi { statuses, relisted: relisted_rx, trails, pulls, pod_logs_dir: s.pod_logs_dir.clone() };
-                tasks.spawn("local endpoint", server::serve(listener, api));
+                tracing::info!(%addr, "serving /healthz");
+                tasks.spawn("health endpoint", server::serve(listener, relisted_rx.clone()));
             }
-            Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the local endpoint is not served"),
+            Err(e) if s.dry_run => tracing::warn!(%addr, error = %e, "dry run: the health endpoint is not served"),
             Err(reason) => return Err(AgentError::Bind { addr, reason }),
         }
+    }
+    // The status socket is a file under the root directory: a dry run,
+    // which touches nothing, does not make it.
+    if !s.dry_run {
+        let socket = server::status_socket(&s.root_dir);
+        let listener = server::bind_local(&socket).map_err(|e| AgentError::Fault(format!("the status socket: {e}")))?;
+        tracing::info!(socket = %socket.display(), "serving /pods, /pulls and /explain to root");
+        let api = server::LocalApi { statuses, relisted: relisted_rx, trails, pulls, pod_logs_dir: s.pod_logs_dir.clone() };
+        tasks.spawn("status socket", server::serve_local(listener, api));
     }
 
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {

@@ -55,9 +55,9 @@ enum ImagesCommand {
 
 #[derive(Args)]
 struct PodsArgs {
-    /// The local endpoint (healthzBindAddress:healthzPort).
-    #[arg(long, default_value = "127.0.0.1:10248")]
-    address: String,
+    /// nodelet's status socket (`<root-dir>/nodelet/status.sock`; root only).
+    #[arg(long, default_value = "/var/lib/kubelet/nodelet/status.sock")]
+    socket: std::path::PathBuf,
     /// Print the raw JSON instead of a table.
     #[arg(short = 'o', long = "output", value_parser = ["table", "json"], default_value = "table")]
     output: String,
@@ -70,9 +70,9 @@ struct ExplainArgs {
     kind: String,
     /// NAMESPACE/NAME, or NAME of a static pod (its node suffix optional).
     target: String,
-    /// The local endpoint (healthzBindAddress:healthzPort).
-    #[arg(long, default_value = "127.0.0.1:10248")]
-    address: String,
+    /// nodelet's status socket (`<root-dir>/nodelet/status.sock`; root only).
+    #[arg(long, default_value = "/var/lib/kubelet/nodelet/status.sock")]
+    socket: std::path::PathBuf,
     /// Lines of each container's newest log to show.
     #[arg(long, default_value_t = 5)]
     tail: usize,
@@ -407,21 +407,29 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A GET on nodelet's status socket: the status and the body.
+async fn local_get(socket: &std::path::Path, path: &str) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
+        format!("cannot reach nodelet at {} (is it running, and are you root?)", socket.display())
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path).header(http::header::HOST, "localhost").body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await.with_context(|| format!("{}: GET {path}", socket.display()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
 async fn pods(a: PodsArgs) -> anyhow::Result<()> {
-    let url = format!("http://{}/pods", a.address);
-    let body = reqwest::get(&url)
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot reach nodelet at {url} (is it running, and is healthzPort set?)"))?
-        .bytes()
-        .await?;
+    let (status, body) = local_get(&a.socket, "/pods").await?;
+    anyhow::ensure!(status.is_success(), "{}: GET /pods: {status}", a.socket.display());
     if a.output == "json" {
         println!("{}", String::from_utf8_lossy(&body));
     } else {
         print!("{}", nodelet::view::pods_table(&body, k8s_openapi::jiff::Timestamp::now())?);
-        let pulls = reqwest::get(format!("http://{}/pulls", a.address)).await.ok();
-        if let Some(r) = pulls
-            && let Ok(bytes) = r.bytes().await
+        if let Ok((_, bytes)) = local_get(&a.socket, "/pulls").await
             && let Ok(list) = serde_json::from_slice::<Vec<nodelet::pulls::Progress>>(&bytes)
         {
             print!("{}", nodelet::view::pulls_table(&list));
@@ -432,12 +440,11 @@ async fn pods(a: PodsArgs) -> anyhow::Result<()> {
 
 async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let (ns, name) = a.target.split_once('/').unwrap_or(("-", &a.target));
-    let url = format!("http://{}/explain/{}/{}", a.address, enc(ns), enc(name));
-    let resp = reqwest::get(&url).await.with_context(|| format!("cannot reach nodelet at {url} (is it running, and is healthzPort set?)"))?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        anyhow::bail!("{}", resp.text().await.unwrap_or_default().trim());
+    let (status, body) = local_get(&a.socket, &format!("/explain/{}/{}", enc(ns), enc(name))).await?;
+    if status == http::StatusCode::NOT_FOUND {
+        anyhow::bail!("{}", String::from_utf8_lossy(&body).trim());
     }
-    let body = resp.error_for_status()?.bytes().await?;
+    anyhow::ensure!(status.is_success(), "{}: GET /explain: {status}", a.socket.display());
     if a.output == "json" {
         println!("{}", String::from_utf8_lossy(&body));
         return Ok(());

@@ -330,8 +330,28 @@ async fn the_node_api_lets_in_only_who_it_should() {
     assert!(body.contains("\"kind\":\"PodList\""));
     let (status, _) = c.node.get_port(10255, "/configz").unwrap();
     assert!(status.contains(" 404 "), "no configuration on the read-only port: {status}");
-    let (status, _) = c.node.get_port(10255, "/exec/default/x/c?command=sh").unwrap();
-    assert!(status.contains(" 404 "), "{status}");
+    // kubelet's read-only server installs no debugging handler.
+    for path in ["/exec/default/x/c?command=sh", "/runningpods", "/logs/", "/debug/pprof/", "/containerLogs/default/x/c"] {
+        let (status, _) = c.node.get_port(10255, path).unwrap();
+        assert!(status.contains(" 404 "), "{path} on the read-only port: {status}");
+    }
+    for path in ["/healthz/ping", "/healthz/syncloop", "/metrics/probes", "/spec"] {
+        let (status, _) = c.node.get_port(10255, path).unwrap();
+        assert!(status.contains(" 200 "), "{path} on the read-only port: {status}");
+    }
+
+    // The health port serves health only: anyone on the node may call it,
+    // and pods' metadata (annotations may hold last-applied configuration)
+    // is for root, over the status socket.
+    let (status, body) = c.node.get_port(10248, "/healthz").unwrap();
+    assert!(status.contains(" 200 ") && body == "ok", "{status} {body}");
+    for path in ["/pods", "/pulls", "/explain/-/x"] {
+        let (status, _) = c.node.get_port(10248, path).unwrap();
+        assert!(status.contains(" 404 "), "{path} on the health port: {status}");
+    }
+    assert!(c.node.get("/pods").unwrap().contains("\"kind\":\"PodList\""), "the status socket serves /pods");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.node.status_socket().parent().unwrap()).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o700, "the status socket's directory is root's alone");
 
     // The node's own logs (`kubectl get --raw /api/v1/nodes/<node>/proxy/logs/…`):
     // /var/log listed and served, as nodes/log, and nothing outside it.

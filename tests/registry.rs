@@ -211,7 +211,7 @@ async fn pull_secrets_pull_private_images_and_the_image_stays_private_to_them() 
 /// `nodelet explain pod NS/NAME`, run as an operator would on the node;
 /// `None` while the node does not know the pod yet (it was just created).
 fn explain(c: &Cluster, target: &str) -> Option<String> {
-    let out = cli(&c.node.netns, &["explain", "pod", target]);
+    let out = cli(&c.node, &["explain", "pod", target]);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no pod") && err.contains("on this node"), "nodelet explain {target}: {err}");
@@ -277,10 +277,10 @@ async fn explain_names_the_cause_of_four_broken_pods_in_its_first_line() {
     assert!(text.contains("Ready=False"), "{text}");
 
     // JSON for tools, and a clear answer for a pod that is not there.
-    let out = cli(&c.node.netns, &["explain", "pod", "default/crasher", "-o", "json"]);
+    let out = cli(&c.node, &["explain", "pod", "default/crasher", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["summary"].as_str().unwrap().contains("keeps crashing"), "{v}");
-    let out = cli(&c.node.netns, &["explain", "pod", "default/nobody"]);
+    let out = cli(&c.node, &["explain", "pod", "default/nobody"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pod default/nobody on this node"));
 }
@@ -315,7 +315,7 @@ async fn a_large_pull_shows_its_progress_in_nodelet_pods() {
                 seen.push((p["doneBytes"].as_u64().unwrap(), p["totalBytes"].as_u64().unwrap()));
                 assert_eq!(p["pods"][0], format!("default/{}", node.pod_name("big")));
                 if shown.is_none() && p["doneBytes"].as_u64() > Some(0) {
-                    let out = String::from_utf8_lossy(&cli(&node.netns, &["pods"]).stdout).into_owned();
+                    let out = String::from_utf8_lossy(&cli(&node, &["pods"]).stdout).into_owned();
                     shown = out.contains("PULLING").then_some(out);
                 }
             }
@@ -327,21 +327,15 @@ async fn a_large_pull_shows_its_progress_in_nodelet_pods() {
     assert!(shown.contains("PULLING") && shown.contains(&image) && shown.contains("MiB of"), "{shown}");
     assert!(node.get("/pulls").unwrap().trim() == "[]", "nothing in flight once pulled");
     // A static pod is explained by its bare name, standalone.
-    let out = cli(&node.netns, &["explain", "pod", "big"]);
+    let out = cli(&node, &["explain", "pod", "big"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or("");
     assert!(first.starts_with(&format!("default/{}: ", node.pod_name("big"))) && first.ends_with("running and Ready"), "{text}");
     assert!(text.contains("Successfully pulled image"), "the trail has the pull: {text}");
 }
 
-/// A nodelet subcommand run inside the node's network namespace.
-fn cli(netns: &str, args: &[&str]) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
-    let ns = netns.to_string();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
-    cmd.args(args);
-    unsafe {
-        cmd.pre_exec(move || support::enter_netns(&ns));
-    }
-    cmd.output().unwrap()
+/// Runs `nodelet <args> --socket <the node's status socket>`. No network
+/// namespace is entered: the socket is a file.
+fn cli(node: &support::Node, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(args).arg("--socket").arg(node.status_socket()).output().unwrap()
 }

@@ -37,6 +37,21 @@ use crate::pods::store::StatusStore;
 use crate::runtime::labels::{CONTAINER_NAME, POD_UID};
 use crate::runtime::{Runtime, cri};
 
+/// The read-only port's paths: kubelet's InstallDefaultHandlers.
+pub const READ_ONLY_PATHS: [&str; 11] = [
+    "/healthz",
+    "/healthz/ping",
+    "/healthz/log",
+    "/healthz/syncloop",
+    "/pods",
+    "/spec",
+    "/stats/summary",
+    "/metrics",
+    "/metrics/cadvisor",
+    "/metrics/resource",
+    "/metrics/probes",
+];
+
 /// What the node API serves from.
 pub struct NodeApi {
     pub runtime: Arc<dyn Runtime>,
@@ -145,11 +160,12 @@ impl NodeApi {
     }
 
     /// The read-only port (`readOnlyPort`): plain HTTP, no authentication,
-    /// only what reads: health, pods, spec, stats and resource metrics.
+    /// exactly kubelet's default handlers (its read-only server installs
+    /// no debugging handler): health, pods, spec, stats and metrics;
+    /// `/runningpods` is a debugging path and is not served.
     pub async fn handle_read_only(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let readable = ["/healthz", "/pods", "/runningpods", "/spec", "/stats/summary", "/metrics", "/metrics/resource", "/metrics/probes", "/metrics/cadvisor"];
-        if req.method() != Method::GET || !readable.contains(&path.as_str()) {
+        if req.method() != Method::GET || !READ_ONLY_PATHS.contains(&path.as_str()) {
             return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
         }
         self.route(req).await
@@ -166,7 +182,7 @@ impl NodeApi {
             (_, [first, ..]) if !self.debugging && DEBUGGING_PATHS.contains(first) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "Debug endpoints are disabled.")
             }
-            (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+            (Method::GET, ["healthz"] | ["healthz", "ping" | "log" | "syncloop"]) => text(StatusCode::OK, "ok"),
             (Method::GET, ["pods"]) => self.pods(),
             (Method::GET, ["runningpods"]) => self.running_pods().await,
             (Method::GET, ["spec"]) => json(&self.info.spec()),

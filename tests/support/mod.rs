@@ -370,9 +370,20 @@ impl Node {
         PathBuf::from(net["path"].as_str().unwrap())
     }
 
-    /// GET from nodelet's local endpoint (inside the namespace).
+    /// nodelet's status socket (`<root-dir>/nodelet/status.sock`).
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.path().join("kubelet/nodelet/status.sock")
+    }
+
+    /// GET from nodelet's status socket: the body.
     pub fn get(&self, path: &str) -> Option<String> {
-        self.get_port(10248, path).map(|(_, body)| body)
+        let mut s = std::os::unix::net::UnixStream::connect(self.status_socket()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let (_, body) = resp.split_once("\r\n\r\n")?;
+        Some(body.to_string())
     }
 
     /// A plain HTTP GET to 127.0.0.1:`port` in the node's namespace: the
