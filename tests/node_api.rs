@@ -299,7 +299,7 @@ async fn the_node_api_lets_in_only_who_it_should() {
     let nobody = c.api.client_cert("nobody", &[]);
     let (code, body) = call_node(ns, 10250, "/pods", Some(&nobody), None).await.unwrap();
     assert_eq!(code, 403, "{body}");
-    assert_eq!(body, "Forbidden (user=nobody, verb=get, resource=nodes, subresource=proxy)");
+    assert_eq!(body, "Forbidden (user=nobody, verb=get, resource=nodes, subresource(s)=[pods proxy])");
     c.api.add_token("t0ken-of-a-reader", "metrics-reader", &[]);
     let (code, _) = call_node(ns, 10250, "/stats/summary", None, Some("t0ken-of-a-reader")).await.unwrap();
     assert_eq!(code, 403);
@@ -364,7 +364,7 @@ async fn the_node_api_lets_in_only_who_it_should() {
     let (code, _) = call_node(ns, 10250, "/logs/../etc/passwd", Some(&apiserver), None).await.unwrap();
     assert_eq!(code, 400, "no way out of /var/log");
     let (code, body) = call_node(ns, 10250, &format!("/logs/{name}"), Some(&nobody), None).await.unwrap();
-    assert_eq!((code, body.as_str()), (403, "Forbidden (user=nobody, verb=get, resource=nodes, subresource=log)"));
+    assert_eq!((code, body.as_str()), (403, "Forbidden (user=nobody, verb=get, resource=nodes, subresource(s)=[log])"));
 
     // The right subresource was asked for each path.
     let reviews = c.api.access_reviews();

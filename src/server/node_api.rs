@@ -151,9 +151,9 @@ impl NodeApi {
             Err(r) => return refused(&r),
         };
         let path = req.uri().path().to_string();
-        let (verb, sub) = attributes(req.method(), &path);
-        if let Err(r) = self.gate.authorize(&user, verb, sub).await {
-            tracing::debug!(user = %user.name, verb, subresource = sub, %path, "node API request refused");
+        let (verb, subs) = attributes(req.method(), &path);
+        if let Err(r) = self.gate.authorize(&user, verb, &subs).await {
+            tracing::debug!(user = %user.name, verb, subresources = ?subs, %path, "node API request refused");
             return refused(&r);
         }
         self.route(req).await

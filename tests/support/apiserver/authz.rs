@@ -61,7 +61,7 @@ fn cluster_role(name: &str) -> &'static [Rule] {
     const KUBELET_API_ADMIN: &[Rule] = &[
         r(READ, &[""], &["nodes"]),
         r(&["proxy"], &[""], &["nodes"]),
-        r(&["*"], &[""], &["nodes/proxy", "nodes/log", "nodes/stats", "nodes/metrics", "nodes/spec"]),
+        r(&["*"], &[""], &["nodes/proxy", "nodes/log", "nodes/stats", "nodes/metrics", "nodes/spec", "nodes/checkpoint", "nodes/configz", "nodes/healthz", "nodes/pods"]),
     ];
     const VIEW: &[Rule] = &[r(READ, &["", "discovery.k8s.io", "coordination.k8s.io"], &["pods", "configmaps", "services", "endpointslices", "serviceaccounts", "leases", "events"])];
     match name {
