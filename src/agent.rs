@@ -162,6 +162,7 @@ async fn node_api(
         metrics,
         debugging: na.debugging_handlers,
         system_logs: na.system_log_handler.then(|| std::path::PathBuf::from(NODE_LOG_DIR)),
+        pod_logs_dir: s.pod_logs_dir.clone(),
     });
     let read_only = if na.read_only_port != 0 {
         let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);

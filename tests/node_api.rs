@@ -105,6 +105,16 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
         .unwrap();
     running(&c, "web").await;
 
+    // A path that names a UID reaches that pod only.
+    let uid = pods.get("web").await.unwrap().metadata.uid.unwrap();
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    for path in ["/portForward/default/web/not-its-uid", "/exec/default/web/not-its-uid/c?command=true", "/attach/default/web/not-its-uid/c"] {
+        let (code, body) = call_node(&c.node.netns, 10250, path, Some(&apiserver), None).await.unwrap();
+        assert_eq!((code, body.as_str()), (404, "pod not found"), "{path}");
+    }
+    let (code, body) = call_node(&c.node.netns, 10250, &format!("/portForward/default/web/{uid}"), Some(&apiserver), None).await.unwrap();
+    assert_eq!((code, body.as_str()), (400, "Upgrade request required"), "its own UID passes the check");
+
     // exec: output, stderr and the exit code come back.
     let mut p = pods
         .exec("web", vec!["sh", "-c", "echo out; echo err >&2; exit 3"], &AttachParams::default().stderr(true))
@@ -161,6 +171,26 @@ async fn exec_attach_and_port_forward_through_the_apiserver() {
     p.abort();
     drop(p);
     eventually(20 * S, "the session's process gone", || async { (lingering().await == "0").then_some(()) }).await;
+
+    // Two sessions begun together on one container: the first one's client
+    // goes, and only its process goes; the second's stays.
+    let count = |what: &'static str| {
+        let (c, web) = (&c, web.clone());
+        async move { String::from_utf8_lossy(&c.node.exec(&web, &["sh", "-c", &format!("ps -o args | grep -c '^sleep {what}'")]).await.stdout).trim().to_string() }
+    };
+    let tty = AttachParams::interactive_tty();
+    let tty2 = AttachParams::interactive_tty();
+    let (a, b) = tokio::join!(pods.exec("web", vec!["sleep", "5001"], &tty), pods.exec("web", vec!["sleep", "5002"], &tty2));
+    let (mut a, b) = (a.unwrap(), b.unwrap());
+    eventually(10 * S, "both sessions' processes running", || async { (count("5001").await == "1" && count("5002").await == "1").then_some(()) }).await;
+    drop(a.stdin());
+    a.abort();
+    drop(a);
+    eventually(20 * S, "the first session's process gone", || async { (count("5001").await == "0").then_some(()) }).await;
+    tokio::time::sleep(3 * S).await;
+    assert_eq!(count("5002").await, "1", "the second session's process survives the first one's reaper");
+    drop(b);
+    eventually(20 * S, "the second session's process gone with its client", || async { (count("5002").await == "0").then_some(()) }).await;
 
     // attach to the running container's stdin and stdout.
     let mut p = pods.attach("web", &AttachParams::default().stdin(true).stderr(false)).await.unwrap();
@@ -594,6 +624,16 @@ async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotatio
         let gz = rotated.iter().filter(|(n, _)| n.ends_with(".gz")).count();
         assert_eq!(gz, 1, "the older rotated file is compressed: {files:?}");
     }
+
+    // A container that can write its log directory (a hostPath) puts a
+    // link where its log is: `kubectl logs` does not read through it.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "the node's secret\n").unwrap();
+    std::fs::rename(&log, dir.join("aside")).unwrap();
+    std::os::unix::fs::symlink(secret.path(), &log).unwrap();
+    let read = pods.logs("chatty", &LogParams::default()).await;
+    assert!(read.as_ref().is_err_and(|e| e.to_string().contains("symbolic link")), "{read:?}");
+    assert!(!format!("{read:?}").contains("the node's secret"));
 }
 
 /// The node API bounds what one client can make it hold, and honours
@@ -657,7 +697,7 @@ async fn the_node_api_bounds_slow_and_huge_clients_and_turns_debugging_off() {
     let (code, body) = call_node(&ns, 10250, "/pods", None, Some("a-token-nobody-can-review")).await.unwrap();
     assert_eq!((code, body.trim()), (401, "Unauthorized"));
     let (code, body) = call_node(&ns, 10250, "/pods", Some(&someone), None).await.unwrap();
-    assert_eq!((code, body.trim()), (500, "Authorization error (user=someone, verb=get, resource=nodes, subresource=proxy)"));
+    assert_eq!((code, body.trim()), (500, "Authorization error (user=someone, verb=get, resource=nodes, subresource=pods)"));
 }
 
 /// `tlsMinVersion` and `tlsCipherSuites` are enforced on the node API: with

@@ -54,11 +54,19 @@ fn rotated_siblings(log: &Path) -> Vec<PathBuf> {
 }
 
 /// Compresses `file` to `file.gz` (through a `.tmp`), then removes it.
+/// The log directory may be writable from a container (a hostPath): the
+/// file is read only if it is a regular file and not a link (never another
+/// file's content into the log directory), and the `.tmp` is created anew,
+/// never opened through a link someone left in its place.
 fn compress(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let gz = PathBuf::from(format!("{}.gz", file.display()));
     let tmp = PathBuf::from(format!("{}.tmp", gz.display()));
-    let mut input = std::fs::File::open(file)?;
-    let out = std::fs::File::create(&tmp)?;
+    let mut input = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(file)?;
+    if !input.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).custom_flags(nix::libc::O_NOFOLLOW).open(&tmp)?;
     let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     std::io::copy(&mut input, &mut enc)?;
     enc.finish()?.sync_all()?;
@@ -109,7 +117,8 @@ pub async fn run(runtime: Arc<dyn Runtime>, settings: LogRotation) {
         for c in containers {
             let Ok(status) = runtime.container_status(&c.id).await else { continue };
             let log = PathBuf::from(&status.log_path);
-            if status.log_path.is_empty() || std::fs::metadata(&log).map_or(true, |m| m.len() <= settings.max_size) {
+            // The file itself, not what a link there points at.
+            if status.log_path.is_empty() || std::fs::symlink_metadata(&log).map_or(true, |m| !m.file_type().is_file() || m.len() <= settings.max_size) {
                 continue;
             }
             if let Err(e) = rotate(runtime.as_ref(), &c.id, &log, settings.max_files).await {
@@ -155,5 +164,27 @@ mod tests {
         let mut out = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap()), &mut out).unwrap();
         assert_eq!(out.len(), 10_000);
+    }
+
+    #[test]
+    fn compression_never_reads_or_writes_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "not for the log directory").unwrap();
+        let dir = t.path().join("c");
+        std::fs::create_dir(&dir).unwrap();
+        // A rotated "file" that is a link to another file: not read.
+        let linked = dir.join("0.log.20260101-000000");
+        std::os::unix::fs::symlink(&secret, &linked).unwrap();
+        assert!(compress(&linked).is_err());
+        assert!(!dir.join("0.log.20260101-000000.gz").exists());
+        // A link where the .tmp goes: not written through.
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "intact").unwrap();
+        let real = dir.join("0.log.20260101-000001");
+        std::fs::write(&real, "log line\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("0.log.20260101-000001.gz.tmp")).unwrap();
+        assert!(compress(&real).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "intact");
     }
 }

@@ -6,9 +6,16 @@
 //! joined lines, both streams together in file order; `follow` keeps reading
 //! as the file grows, goes on in the new file when the log is rotated, and
 //! ends once the container has stopped and the file is read to its end.
+//!
+//! A log file is opened only inside the pod's own log directory: never
+//! through a symbolic link (a container that can write its log directory,
+//! through a hostPath, cannot make `kubectl logs` read another file), and
+//! only a regular file. A line longer than [`MAX_LINE`] without its newline
+//! (no runtime writes one; the file was written by something else) is
+//! dropped to its end rather than held.
 
 use std::io::SeekFrom;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,6 +85,8 @@ pub use crate::runtime::cri_log::{CriLine, parse_line};
 #[derive(Debug, Default)]
 pub struct Joiner {
     pending: Vec<u8>,
+    /// Dropping an overlong file line up to its newline.
+    overlong: bool,
     /// Inside a line whose first fragment was already seen.
     in_line: bool,
     /// That line is before `since`: its fragments are dropped.
@@ -99,7 +108,16 @@ impl Joiner {
     }
 
     /// Takes file bytes; returns the output for every complete file line in them.
-    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+    pub fn feed(&mut self, mut data: &[u8]) -> Vec<u8> {
+        if self.overlong {
+            match data.iter().position(|b| *b == b'\n') {
+                Some(nl) => {
+                    self.overlong = false;
+                    data = &data[nl + 1..];
+                }
+                None => return Vec::new(),
+            }
+        }
         self.pending.extend_from_slice(data);
         let mut out = Vec::new();
         let mut start = 0;
@@ -112,6 +130,11 @@ impl Joiner {
             }
         }
         self.pending.drain(..start);
+        if self.pending.len() > MAX_LINE {
+            tracing::debug!(bytes = self.pending.len(), "a log file line longer than any runtime writes: dropped");
+            self.pending = Vec::new();
+            self.overlong = true;
+        }
         out
     }
 
@@ -140,6 +163,40 @@ impl Joiner {
         }
         out.extend_from_slice(&piece);
     }
+}
+
+/// The longest file line kept while waiting for its newline: the runtime
+/// splits lines at 16 KiB of text, plus its time, stream and tag.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Opens the log file `path` for reading only if it is a regular file that
+/// really lies in the pod's log directory, `<logs_root>/<pod_dir>`: the last
+/// component is opened with O_NOFOLLOW, and the opened file's own path (from
+/// /proc/self/fd, as the kernel resolved it) must be under the real
+/// `logs_root` joined with `pod_dir`, so a link anywhere on the way (the
+/// pod's directory, the container's, or the file) is refused.
+pub async fn open_confined(path: &Path, logs_root: &Path, pod_dir: &str) -> std::io::Result<tokio::fs::File> {
+    let (path, logs_root, pod_dir) = (path.to_path_buf(), logs_root.to_path_buf(), pod_dir.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| if e.raw_os_error() == Some(nix::libc::ELOOP) { refused(format!("{} is a symbolic link", path.display())) } else { e })?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(refused(format!("{} is not a regular file", path.display())));
+        }
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)))?;
+        let dir = std::fs::canonicalize(&logs_root)?.join(&pod_dir);
+        if pod_dir.is_empty() || pod_dir.contains('/') || !real.starts_with(&dir) {
+            return Err(refused(format!("{} leads out of the pod's log directory {}", path.display(), dir.display())));
+        }
+        Ok(tokio::fs::File::from_std(file))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Where to start reading for the last `n` log lines: the offset after the
@@ -180,8 +237,14 @@ pub async fn tail_offset(file: &mut tokio::fs::File, n: i64) -> std::io::Result<
 
 /// Streams a log file with the options into `tx`. `running` says whether the
 /// container still runs (for `follow`). Ends when the client goes away.
-pub async fn stream(path: PathBuf, o: LogOptions, tx: mpsc::Sender<Bytes>, running: impl Fn() -> futures::future::BoxFuture<'static, bool>) -> std::io::Result<()> {
-    let mut file = tokio::fs::File::open(&path).await?;
+pub async fn stream(
+    path: PathBuf,
+    (logs_root, pod_dir): (&Path, &str),
+    o: LogOptions,
+    tx: mpsc::Sender<Bytes>,
+    running: impl Fn() -> futures::future::BoxFuture<'static, bool>,
+) -> std::io::Result<()> {
+    let mut file = open_confined(&path, logs_root, pod_dir).await?;
     let start = match o.tail_lines {
         Some(n) => tail_offset(&mut file, n).await?,
         None => 0,
@@ -229,7 +292,7 @@ pub async fn stream(path: PathBuf, o: LogOptions, tx: mpsc::Sender<Bytes>, runni
                         return Ok(());
                     }
                 }
-                file = tokio::fs::File::open(&path).await?;
+                file = open_confined(&path, logs_root, pod_dir).await?;
                 idle_checks = 0;
                 continue;
             }
@@ -318,5 +381,55 @@ mod tests {
         assert_eq!(&LOG[at as usize..], "2026-01-01T00:00:03.1Z stdout F ee\n2026-01-01T00:00:04Z stdout F \n");
         assert_eq!(tail_offset(&mut f, 100).await.unwrap(), 0);
         assert_eq!(tail_offset(&mut f, 0).await.unwrap(), LOG.len() as u64);
+    }
+
+    #[test]
+    fn an_overlong_file_line_is_dropped_to_its_end_not_held() {
+        let mut j = Joiner::new(&LogOptions::default());
+        let junk = vec![b'x'; 40 * 1024];
+        assert!(j.feed(&junk).is_empty());
+        assert!(j.feed(&junk).is_empty());
+        assert!(j.pending.len() <= MAX_LINE, "{} bytes held", j.pending.len());
+        for _ in 0..100 {
+            assert!(j.feed(&junk).is_empty());
+        }
+        assert!(j.pending.capacity() <= 2 * MAX_LINE, "{} bytes held", j.pending.capacity());
+        assert_eq!(j.feed(b"still junk\n2026-01-01T00:00:04Z stdout F after\n"), b"after\n", "the next line comes through");
+    }
+
+    #[tokio::test]
+    async fn a_log_is_read_only_from_inside_its_pods_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("pods");
+        let pod = "default_web_u1";
+        std::fs::create_dir_all(root.join(pod).join("c")).unwrap();
+        std::fs::write(root.join(pod).join("c/0.log"), LOG).unwrap();
+        std::fs::write(t.path().join("secret"), "not yours").unwrap();
+        let open = |p: PathBuf, pod: &'static str| {
+            let root = root.clone();
+            async move { open_confined(&p, &root, pod).await }
+        };
+        assert!(open(root.join(pod).join("c/0.log"), pod).await.is_ok());
+        // The file a link.
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join(pod).join("c/1.log")).unwrap();
+        let e = open(root.join(pod).join("c/1.log"), pod).await.unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // The container's directory a link.
+        std::os::unix::fs::symlink(t.path(), root.join(pod).join("d")).unwrap();
+        let e = open(root.join(pod).join("d/secret"), pod).await.unwrap_err();
+        assert!(e.to_string().contains("leads out"), "{e}");
+        // The pod's directory a link to another pod's.
+        std::fs::create_dir_all(root.join("default_other_u2/c")).unwrap();
+        std::fs::write(root.join("default_other_u2/c/0.log"), LOG).unwrap();
+        std::os::unix::fs::symlink(root.join("default_other_u2"), root.join("default_evil_u3")).unwrap();
+        let e = open(root.join("default_evil_u3/c/0.log"), "default_evil_u3").await.unwrap_err();
+        assert!(e.to_string().contains("leads out"), "{e}");
+        // Another pod's file by a path with `..`.
+        let e = open(root.join(pod).join("../default_other_u2/c/0.log"), pod).await.unwrap_err();
+        assert!(e.to_string().contains("leads out"), "{e}");
+        // A FIFO neither blocks nor is read.
+        nix::unistd::mkfifo(&root.join(pod).join("c/2.log"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), open(root.join(pod).join("c/2.log"), pod)).await.expect("no blocking").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

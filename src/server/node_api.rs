@@ -68,6 +68,8 @@ pub struct NodeApi {
     pub debugging: bool,
     /// `enableSystemLogHandler`: the directory `/logs/` serves (/var/log).
     pub system_logs: Option<std::path::PathBuf>,
+    /// `podLogsDir`: container logs are read only from below it.
+    pub pod_logs_dir: std::path::PathBuf,
 }
 
 /// What `/spec` and `/configz` report.
@@ -202,6 +204,11 @@ impl NodeApi {
             (Method::GET, ["logs", ..]) if self.system_logs.is_some() => {
                 let root = self.system_logs.as_deref().expect("checked by the guard");
                 super::node_logs::serve(root, path.trim_start_matches('/').strip_prefix("logs").unwrap_or("")).await
+            }
+            // A path that names the pod's UID reaches that pod only: one
+            // deleted and created again under its name is another pod.
+            (_, ["exec" | "attach" | "run", ns, pod, uid, _] | ["portForward", ns, pod, uid]) if self.pod_uid(ns, pod).as_deref() != Some(*uid) => {
+                text(StatusCode::NOT_FOUND, "pod not found")
             }
             (Method::GET, ["containerLogs", ns, pod, container]) => self.logs(ns, pod, container, req.uri().query().unwrap_or("")).await,
             (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
@@ -383,8 +390,15 @@ impl NodeApi {
             .boxed()
         };
         let shown = path.display().to_string();
+        let (root, pod_dir) = (self.pod_logs_dir.clone(), format!("{ns}_{pod}_{uid}"));
+        // Opened here, so that a refusal is the caller's answer.
+        if let Err(e) = super::logs::open_confined(&path, &root, &pod_dir).await {
+            tracing::warn!(file = %shown, error = %e, "a container log was not read");
+            let code = if e.kind() == std::io::ErrorKind::NotFound { StatusCode::NOT_FOUND } else { StatusCode::FORBIDDEN };
+            return text(code, format!("cannot read the log of container {container:?} in pod {pod:?}: {e}"));
+        }
         tokio::spawn(async move {
-            if let Err(e) = super::logs::stream(path, o, tx, running).await {
+            if let Err(e) = super::logs::stream(path, (&root, &pod_dir), o, tx, running).await {
                 tracing::debug!(file = %shown, error = %e, "reading a container log failed");
             }
         });
@@ -414,7 +428,7 @@ impl NodeApi {
         // What the session starts is ended when its client goes (see
         // exec_reaper.rs); without the container's PID it is left as is.
         let session = match self.runtime.container_pid(&exec.container_id).await {
-            Ok(Some(init)) => tokio::task::spawn_blocking(move || super::exec_reaper::Session::begin(init)).await.ok(),
+            Ok(Some(init)) => Some(super::exec_reaper::Session::begin(init, exec.cmd.clone()).await),
             _ => None,
         };
         let url = match self.runtime.exec(exec).await {
