@@ -583,7 +583,7 @@ async fn a_serving_certificate_from_the_cluster_serves_once_approved_and_is_rene
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotations() {
     let c = Cluster::start().await;
-    c.node.config_extra.lock().unwrap().push_str("containerLogMaxSize: 16Ki\ncontainerLogMaxFiles: 3\ncontainerLogMonitorInterval: 3s\n");
+    c.node.config_extra.lock().unwrap().push_str("containerLogMaxSize: 16Ki\ncontainerLogMaxFiles: 3\ncontainerLogMonitorInterval: 3s\nstreamingConnectionIdleTimeout: 3s\n");
     let _agent = c.join().await;
     let pods = c.pods("default");
     // About 5 KiB a second of numbered lines.
@@ -634,6 +634,18 @@ async fn logs_rotate_and_a_followed_log_loses_and_doubles_nothing_across_rotatio
     let read = pods.logs("chatty", &LogParams::default()).await;
     assert!(read.as_ref().is_err_and(|e| e.to_string().contains("symbolic link")), "{read:?}");
     assert!(!format!("{read:?}").contains("the node's secret"));
+
+    // streamingConnectionIdleTimeout (3 s here): an exec stream with no
+    // byte either way is closed, and its process ended with it.
+    let started = std::time::Instant::now();
+    let mut p = pods.exec("chatty", vec!["sleep", "3600"], &AttachParams::interactive_tty()).await.unwrap();
+    let _stdin = p.stdin();
+    let ended = tokio::time::timeout(30 * S, p.join()).await;
+    assert!(ended.is_ok(), "the idle stream was not closed");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3), "closed before the idle timeout: {took:?}");
+    let ps = || async { String::from_utf8_lossy(&c.node.exec(&id, &["sh", "-c", "ps -o args | grep -c '^sleep 3600'"]).await.stdout).trim().to_string() };
+    eventually(20 * S, "the idle session's process ended", || async { (ps().await == "0").then_some(()) }).await;
 }
 
 /// The node API bounds what one client can make it hold, and honours

@@ -57,6 +57,7 @@ pub struct KubeletConfig {
     pub tls_private_key_file: Option<PathBuf>,
     pub tls_min_version: Option<String>,
     pub tls_cipher_suites: Option<Vec<String>>,
+    pub streaming_connection_idle_timeout: Option<Duration>,
     pub server_tls_bootstrap: Option<bool>,
     pub enable_debugging_handlers: Option<bool>,
     pub enable_system_log_handler: Option<bool>,
@@ -286,6 +287,7 @@ impl KubeletConfig {
                     super::node_api::parse_tls_cipher_suites(&list).map_err(|e| bad(k, e))?;
                     c.tls_cipher_suites = Some(list);
                 }
+                "streamingConnectionIdleTimeout" => c.streaming_connection_idle_timeout = Some(duration(file, k, v)?),
                 "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
                 "enableDebuggingHandlers" => c.enable_debugging_handlers = Some(field(file, k, v)?),
                 "enableSystemLogHandler" => c.enable_system_log_handler = Some(field(file, k, v)?),

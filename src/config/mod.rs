@@ -168,6 +168,7 @@ impl Settings {
             "serverTLSBootstrap": na.server_tls_bootstrap,
             "enableDebuggingHandlers": na.debugging_handlers,
             "enableSystemLogHandler": na.system_log_handler,
+            "streamingConnectionIdleTimeout": go_duration(na.streaming_idle_timeout),
             "tlsCertFile": na.tls_cert_file,
             "tlsPrivateKeyFile": na.tls_private_key_file,
             "authentication": {

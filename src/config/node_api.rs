@@ -51,6 +51,10 @@ pub struct NodeApiSettings {
     pub tls_min_version: TlsMinVersion,
     /// `tlsCipherSuites` as offered (empty: every suite nodelet offers).
     pub tls_cipher_suites: Vec<String>,
+    /// `streamingConnectionIdleTimeout` (4h): an exec, attach or
+    /// port-forward stream with no byte either way for this long is closed;
+    /// zero keeps idle streams open.
+    pub streaming_idle_timeout: Duration,
 }
 
 /// The lowest TLS version the node API speaks (`tlsMinVersion`).
@@ -189,6 +193,7 @@ impl NodeApiSettings {
             system_log_handler: file.enable_system_log_handler.unwrap_or(true),
             tls_min_version,
             tls_cipher_suites,
+            streaming_idle_timeout: file.streaming_connection_idle_timeout.unwrap_or(Duration::from_secs(4 * 3600)),
         })
     }
 }

@@ -70,6 +70,8 @@ pub struct NodeApi {
     pub system_logs: Option<std::path::PathBuf>,
     /// `podLogsDir`: container logs are read only from below it.
     pub pod_logs_dir: std::path::PathBuf,
+    /// `streamingConnectionIdleTimeout`; zero is none.
+    pub streaming_idle: Duration,
 }
 
 /// What `/spec` and `/configz` report.
@@ -436,7 +438,7 @@ impl NodeApi {
             Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-        let resp = stream::proxy(req, &url, Some(closed_tx)).await;
+        let resp = stream::proxy(req, &url, self.streaming_idle, Some(closed_tx)).await;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(s) = session
         {
@@ -460,7 +462,7 @@ impl NodeApi {
             stderr: flag(q, &["error", "stderr"]),
         };
         match self.runtime.attach(attach).await {
-            Ok(url) => stream::proxy(req, &url, None).await,
+            Ok(url) => stream::proxy(req, &url, self.streaming_idle, None).await,
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -490,7 +492,7 @@ impl NodeApi {
             }
         }
         match self.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: sb.id, port: ports }).await {
-            Ok(url) => stream::proxy(req, &url, None).await,
+            Ok(url) => stream::proxy(req, &url, self.streaming_idle, None).await,
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
