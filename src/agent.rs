@@ -203,10 +203,16 @@ async fn node_api_main(
         _ => Some(server::tls::self_signed(&cs.cert_dir, &names).map_err(tls_err)?),
     };
     if let Some(cert) = static_cert {
-        let tls = server::tls::server_config(Arc::new(server::tls::ServingCert::new(cert)), na.client_ca_file.as_ref(), &tls_policy).map_err(tls_err)?;
+        let sources = server::tls::Sources {
+            client_ca: na.client_ca_file.clone(),
+            cert_files: na.tls_cert_file.clone().zip(na.tls_private_key_file.clone()),
+        };
+        let (tls, follow) = server::tls::reloading(Arc::new(server::tls::ServingCert::new(cert)), sources, tls_policy).map_err(tls_err)?;
         let listener = server::bind(addr).await.map_err(|reason| AgentError::Bind { addr, reason })?;
         tracing::info!(%addr, authorization = ?na.authorization, anonymous = na.anonymous, "serving the node API");
-        return Ok(Box::pin(server::node_api::serve(listener, Arc::new(tls), api)));
+        return Ok(Box::pin(async move {
+            tokio::join!(server::node_api::serve(listener, tls, api), follow);
+        }));
     }
     let (client, node, cert_dir) = (client.clone(), s.node_name.clone(), cs.cert_dir.clone());
     Ok(Box::pin(async move {
@@ -216,8 +222,9 @@ async fn node_api_main(
             Ok(ck) => Arc::new(server::tls::ServingCert::new(ck)),
             Err(e) => return tracing::error!(error = %e, "the issued serving certificate cannot be used"),
         };
-        let tls = match server::tls::server_config(serving.clone(), na.client_ca_file.as_ref(), &tls_policy) {
-            Ok(t) => Arc::new(t),
+        let sources = server::tls::Sources { client_ca: na.client_ca_file.clone(), cert_files: None };
+        let (tls, follow) = match server::tls::reloading(serving.clone(), sources, tls_policy) {
+            Ok(t) => t,
             Err(e) => return tracing::error!(error = %e, "the node API's TLS"),
         };
         let listener = match server::bind(addr).await {
@@ -229,6 +236,7 @@ async fn node_api_main(
         let metrics = api.metrics.clone();
         tokio::join!(
             server::node_api::serve(listener, tls, api),
+            follow,
             crate::cluster::serving::rotate(client.clone(), node.clone(), names.clone(), cert_dir.clone(), validity, &metrics, apply)
         );
     }))

@@ -739,4 +739,21 @@ async fn tls_min_version_and_cipher_suites_are_enforced() {
     let (version, suite) = node_handshake(&ns, 10250, &[&rustls::version::TLS12], None).await.unwrap();
     assert_eq!(version, "Some(TLSv1_2)");
     assert!(suite.contains("AES_256_GCM_SHA384"), "a listed suite: {suite}");
+
+    // The client CA file changes on disk: a second CA added is trusted for
+    // new connections without a restart, and trusted no more once removed.
+    let other = support::apiserver::pki::Ca::new();
+    let admin = other.client("other-admin", &["system:masters"]);
+    let accepted = || async { matches!(call_node(&ns, 10250, "/pods", Some(&admin), None).await, Ok((200, _))) };
+    assert!(!accepted().await, "a certificate from an unknown CA is not a user");
+    let ca_file = c.dir().join("ca.pem");
+    std::fs::write(&ca_file, format!("{}{}", c.api.ca_pem(), other.cert_pem)).unwrap();
+    eventually(20 * S, "the added CA trusted", || async { accepted().await.then_some(()) }).await;
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    assert_eq!(call_node(&ns, 10250, "/pods", Some(&apiserver), None).await.unwrap().0, 200, "the cluster CA still trusted");
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    tokio::time::sleep(7 * S).await;
+    assert!(accepted().await, "a broken CA file leaves the last good one in place");
+    std::fs::write(&ca_file, c.api.ca_pem()).unwrap();
+    eventually(20 * S, "the removed CA no longer trusted", || async { (!accepted().await).then_some(()) }).await;
 }

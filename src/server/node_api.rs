@@ -646,8 +646,8 @@ pub async fn serve_read_only(listener: tokio::net::TcpListener, api: Arc<NodeApi
 }
 
 /// Serves the node API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<NodeApi>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+/// Each connection gets the configuration `tls` holds when it arrives.
+pub async fn serve(listener: tokio::net::TcpListener, tls: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>, api: Arc<NodeApi>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -664,7 +664,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
             drop(tcp);
             continue;
         }
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let api = api.clone();
         conns.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {

@@ -8,6 +8,12 @@
 //! `authentication.x509.clientCAFile`, client certificates signed by those
 //! CAs are verified in the handshake; a client may also come without one (a
 //! bearer token, or anonymous) and is then judged by the node API.
+//!
+//! The client CA file and the configured serving certificate and key are
+//! read again when their contents change (looked at every 5 s, as kubelet's
+//! dynamic certificate files are): new connections get the new ones, open
+//! ones keep theirs. A changed file that cannot be used is logged, naming
+//! it, and the last good one stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -59,7 +65,13 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8], what: &Path) -> Result<Cer
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| file_err(what, format!("the private key: {e}")))?;
     let signing = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).map_err(|e| file_err(what, e))?;
-    Ok(CertifiedKey::new(chain, signing))
+    let ck = CertifiedKey::new(chain, signing);
+    // A certificate and a key from different pairs (one file replaced, the
+    // other not yet) would fail every handshake: refused here instead.
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(ck),
+        Err(e) => Err(file_err(what, format!("the certificate and the private key do not belong together: {e}"))),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -162,6 +174,75 @@ pub fn server_config(cert: Arc<ServingCert>, client_ca: Option<&PathBuf>, policy
     Ok(config)
 }
 
+/// The files the node API's TLS is read from, followed while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub client_ca: Option<PathBuf>,
+    /// `tlsCertFile` and `tlsPrivateKeyFile`, when the certificate is the
+    /// operator's (not self-signed, not from the cluster's signer).
+    pub cert_files: Option<(PathBuf, PathBuf)>,
+}
+
+/// How often the files are looked at.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn digest(paths: &[&PathBuf]) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in paths {
+        h.update(std::fs::read(p).ok()?);
+        h.update([0u8]);
+    }
+    Some(h.finalize().into())
+}
+
+/// The server configuration, kept current with its files: the receiver
+/// always holds the configuration new connections should get; the future
+/// follows the files (run it beside the server).
+pub fn reloading(
+    serving: Arc<ServingCert>,
+    sources: Sources,
+    policy: TlsPolicy,
+) -> Result<(tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>, impl std::future::Future<Output = ()> + Send), TlsError> {
+    let first = Arc::new(server_config(serving.clone(), sources.client_ca.as_ref(), &policy)?);
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    let follow = async move {
+        let ca_paths: Vec<&PathBuf> = sources.client_ca.iter().collect();
+        let cert_paths: Vec<&PathBuf> = sources.cert_files.iter().flat_map(|(c, k)| [c, k]).collect();
+        let (mut ca_seen, mut cert_seen) = (digest(&ca_paths), digest(&cert_paths));
+        loop {
+            tokio::time::sleep(RELOAD_EVERY).await;
+            if let Some((cert, key)) = &sources.cert_files {
+                let now = digest(&cert_paths);
+                if now.is_some() && now != cert_seen {
+                    cert_seen = now;
+                    match from_files(cert, key) {
+                        Ok(ck) => {
+                            serving.set(ck);
+                            tracing::info!(cert = %cert.display(), "the node API's serving certificate changed on disk: new connections get it");
+                        }
+                        Err(e) => tracing::error!(error = %e, "the changed serving certificate cannot be used; keeping the last good one"),
+                    }
+                }
+            }
+            if let Some(ca) = &sources.client_ca {
+                let now = digest(&ca_paths);
+                if now.is_some() && now != ca_seen {
+                    ca_seen = now;
+                    match server_config(serving.clone(), Some(ca), &policy) {
+                        Ok(c) => {
+                            let _ = tx.send(Arc::new(c));
+                            tracing::info!(file = %ca.display(), "the node API's client CA changed on disk: new connections are verified against it");
+                        }
+                        Err(e) => tracing::error!(error = %e, "the changed client CA file cannot be used; keeping the last good one"),
+                    }
+                }
+            }
+        }
+    };
+    Ok((rx, follow))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +264,37 @@ mod tests {
         assert_eq!(sans, 3, "name, address and localhost");
         let e = from_files(&dir.path().join("missing.crt"), &dir.path().join("kubelet.key")).unwrap_err();
         assert!(e.to_string().contains("missing.crt"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_serving_certificate_is_served_and_a_broken_one_is_not() {
+        crate::cluster::client::install_crypto();
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        self_signed(&a, &["node-a".to_string()]).unwrap();
+        self_signed(&b, &["node-b".to_string()]).unwrap();
+        let (crt, key) = (t.path().join("tls.crt"), t.path().join("tls.key"));
+        std::fs::copy(a.join("kubelet.crt"), &crt).unwrap();
+        std::fs::copy(a.join("kubelet.key"), &key).unwrap();
+        let serving = Arc::new(ServingCert::new(from_files(&crt, &key).unwrap()));
+        let sources = Sources { client_ca: None, cert_files: Some((crt.clone(), key.clone())) };
+        let (_rx, follow) = reloading(serving.clone(), sources, TlsPolicy::default()).unwrap();
+        tokio::spawn(follow);
+        let served = || serving.current.read().unwrap().cert[0].to_vec();
+        let der = |dir: &Path| {
+            let pem = std::fs::read(dir.join("kubelet.crt")).unwrap();
+            CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+        };
+        assert_eq!(served(), der(&a));
+        std::fs::write(&crt, "garbage").unwrap();
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        assert_eq!(served(), der(&a), "a broken file leaves the last good certificate");
+        std::fs::copy(b.join("kubelet.crt"), &crt).unwrap();
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        assert_eq!(served(), der(&a), "b's certificate with a's key is not a pair");
+        assert!(from_files(&crt, &key).unwrap_err().to_string().contains("do not belong together"));
+        std::fs::copy(b.join("kubelet.key"), &key).unwrap();
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        assert_eq!(served(), der(&b), "the new certificate is served");
     }
 }
