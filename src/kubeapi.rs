@@ -42,21 +42,39 @@ pub fn watch_backoff() -> watcher::ExponentialBackoff {
 /// restart only says the watch must start over from a list, as client-go's
 /// reflector does at once; waiting out a back-off there would keep the watch
 /// away for twice the delay. A second 410 in a row backs off as any error.
+///
+/// Only an event that shows the apiserver answering resets the back-off:
+/// the watcher's `Init`, which it emits before every list attempt (also
+/// before one that then fails), does not, so a watch refused again and
+/// again (a 403, the apiserver away) backs off to the cap instead of
+/// retrying every 0.3 s.
 pub fn backed_off<K, S>(stream: S) -> StreamBackoff<impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>, GoneAware>
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let gone = Arc::new(AtomicBool::new(false));
-    let flag = gone.clone();
+    let progress = Arc::new(AtomicBool::new(false));
+    let (flag, seen) = (gone.clone(), progress.clone());
     stream
-        .inspect(move |r| flag.store(matches!(r, Err(watcher::Error::WatchError(s)) if s.code == 410), Ordering::Relaxed))
-        .backoff(GoneAware { inner: watch_backoff(), gone, free_used: false })
+        .inspect(move |r| {
+            flag.store(matches!(r, Err(watcher::Error::WatchError(s)) if s.code == 410), Ordering::Relaxed);
+            seen.store(answered(r), Ordering::Relaxed);
+        })
+        .backoff(GoneAware { inner: watch_backoff(), gone, answered: progress, free_used: false })
+}
+
+/// Whether a watch event shows the apiserver answering (anything but the
+/// watcher's own `Init`, which comes before the list is even asked for).
+pub fn answered<K>(r: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+    matches!(r, Ok(e) if !matches!(e, watcher::Event::Init))
 }
 
 /// `watch_backoff`, with one free retry after a 410 Gone (see `backed_off`).
 pub struct GoneAware {
     inner: watcher::ExponentialBackoff,
     gone: Arc<AtomicBool>,
+    /// The last item was an answer from the apiserver (not `Init`).
+    answered: Arc<AtomicBool>,
     free_used: bool,
 }
 
@@ -74,8 +92,56 @@ impl Iterator for GoneAware {
 
 impl Backoff for GoneAware {
     fn reset(&mut self) {
-        self.inner.reset();
-        self.free_used = false;
+        if self.answered.load(Ordering::Relaxed) {
+            self.inner.reset();
+            self.free_used = false;
+        }
+    }
+}
+
+/// How a connection that fails again and again is reported: one warning
+/// when it first fails, a summary each minute while it stays failed (the
+/// attempts in between at debug level), and one line when it works again.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<std::time::Instant>,
+    attempts: u64,
+    summarized: Option<std::time::Instant>,
+}
+
+/// How often a lasting failure is summarized.
+pub const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+impl Outage {
+    /// One failed attempt at `what`.
+    pub fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        self.attempts += 1;
+        let now = std::time::Instant::now();
+        match self.since {
+            None => {
+                self.since = Some(now);
+                self.summarized = Some(now);
+                tracing::warn!(%error, "{what} failed; retrying with back-off");
+            }
+            Some(since) if self.summarized.is_none_or(|t| now.duration_since(t) >= OUTAGE_SUMMARY_EVERY) => {
+                self.summarized = Some(now);
+                tracing::warn!(%error, failing_for_s = now.duration_since(since).as_secs(), attempts = self.attempts, "{what} still fails");
+            }
+            Some(_) => tracing::debug!(%error, attempts = self.attempts, "{what} failed again"),
+        }
+    }
+
+    /// `what` got an answer: says so once if it had been failing.
+    pub fn works(&mut self, what: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(after_s = since.elapsed().as_secs(), failed_attempts = self.attempts, "{what} works again");
+        }
+        self.attempts = 0;
+        self.summarized = None;
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.since.is_some()
     }
 }
 
@@ -127,6 +193,24 @@ mod tests {
         assert!(took >= WATCH_BACKOFF_MIN, "other errors back off: {took:?}");
         let (_, took) = timed(vec![gone(), Ok(watcher::Event::InitDone), gone(), Ok(watcher::Event::InitDone)]).await;
         assert!(took < WATCH_BACKOFF_MIN / 10, "an event in between makes the next 410 free again: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn the_watchers_own_init_before_each_failed_list_does_not_reset_the_back_off() {
+        use kube::core::Status;
+        let refused = || Err::<watcher::Event<()>, _>(watcher::Error::WatchError(Status::failure("no", "Forbidden").with_code(403).boxed()));
+        tokio::time::pause();
+        // What a watch refused twelve times yields: Init, then the error.
+        let items: Vec<_> = (0..12).flat_map(|_| [Ok(watcher::Event::Init), refused()]).collect();
+        let started = tokio::time::Instant::now();
+        backed_off(futures::stream::iter(items)).count().await;
+        let took = started.elapsed();
+        assert!(took >= 8 * WATCH_BACKOFF_MAX, "twelve refusals back off to the cap (it was ~0.3 s each): {took:?}");
+        // An answer in between does reset it.
+        let items: Vec<_> = (0..12).flat_map(|_| [Ok(watcher::Event::InitDone), refused()]).collect();
+        let started = tokio::time::Instant::now();
+        backed_off(futures::stream::iter(items)).count().await;
+        assert!(started.elapsed() < 12 * 2 * WATCH_BACKOFF_MIN + WATCH_BACKOFF_MIN, "{:?}", started.elapsed());
     }
 
     #[test]

@@ -44,23 +44,20 @@ pub async fn run(
     let reader = writer.as_reader();
     let mut stream = crate::kubeapi::backed_off(watcher(pods, config)).reflect(writer).boxed();
     let mut ready = false;
-    let mut failing = false;
+    let mut outage = crate::kubeapi::Outage::default();
+    const WHAT: &str = "the pod watch (running pods are not touched)";
     loop {
         let Some(event) = stream.next().await else { return };
-        match event {
+        match &event {
             Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "the pod watch failed; retrying (running pods are not touched)");
-                    failing = true;
-                }
+                outage.failed(WHAT, e);
                 continue;
             }
             Ok(watcher::Event::InitDone) => ready = true,
             Ok(_) => {}
         }
-        if failing {
-            tracing::info!("the pod watch works again");
-            failing = false;
+        if crate::kubeapi::answered(&event) {
+            outage.works(WHAT);
         }
         if !ready {
             continue;

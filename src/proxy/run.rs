@@ -232,11 +232,16 @@ async fn follow<T>(
             }
         }
     };
+    let mut outage = crate::kubeapi::Outage::default();
+    let what = format!("the {kind} watch");
     while let Some(ev) = stream.next().await {
+        if crate::kubeapi::answered(&ev) {
+            outage.works(&what);
+        }
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(kind, error = %e, "watch failed; retrying");
+                outage.failed(&what, &e);
                 continue;
             }
         };
