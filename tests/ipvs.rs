@@ -602,6 +602,33 @@ fn in_vm() {
     let e = TcpStream::connect_timeout(&SocketAddr::from((NODE_IP, 30080)), Duration::from_secs(2)).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 
+    step("one endpoint the kernel refuses stalls no other Service");
+    // IPVS refuses a multicast real server (EINVAL). The Service planned
+    // first in the sync and one planned after it in the same sync.
+    o.service("amulticast", json!({"clusterIP": "10.96.0.60", "ports": [{"port": 80, "targetPort": 8080}]}));
+    let bad = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "amulticast-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "amulticast"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["239.1.1.1"], "conditions": {"ready": true}}, {"addresses": [pod_ip(1).to_string()], "conditions": {"ready": true}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]});
+    o.slices.insert("amulticast".into(), serde_json::from_value(bad).unwrap());
+    o.service("zafter", json!({"clusterIP": "10.96.0.61", "ports": [{"port": 80, "targetPort": 8080}]}));
+    o.slice("zafter", &[(2, true)], 8080, "TCP");
+    b.sync(&o.state(), &ctx, false).expect("a refused server does not fail the sync");
+    assert_eq!(name(None, sa([10, 96, 0, 61], 80)), "pod-2", "the Service after the refused one is programmed");
+    let reports = b.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].services, [("default".to_string(), "amulticast".to_string())]);
+    assert!(reports[0].message.contains("239.1.1.1"), "{reports:?}");
+    assert_eq!(b.refused_now(), 1);
+    b.sync(&o.state(), &ctx, false).unwrap();
+    assert!(b.take_reports().is_empty(), "one report per object, not one per sync");
+    // The bad endpoint goes: once its back-off is over, the Service is whole.
+    o.slice("amulticast", &[(1, true)], 8080, "TCP");
+    std::thread::sleep(b.retry_in().unwrap_or_default() + Duration::from_millis(50));
+    b.sync(&o.state(), &ctx, false).unwrap();
+    assert_eq!(b.refused_now(), 0, "retried and accepted");
+    assert_eq!(name(None, sa([10, 96, 0, 60], 80)), "pod-1");
+
     step("cleanup leaves nothing");
     drop(b);
     nodelet::proxy::ipvs::cleanup().unwrap();

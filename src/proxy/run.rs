@@ -81,6 +81,30 @@ impl Backend {
         }
     }
 
+    /// Refusals by the kernel to report as events, since the last call.
+    fn take_reports(&mut self) -> Vec<ipvs::Report> {
+        match self {
+            Backend::Ipvs(b) => b.take_reports(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// How soon an object the kernel refused is due to be tried again.
+    fn retry_in(&self) -> Option<Duration> {
+        match self {
+            Backend::Ipvs(b) => b.retry_in(),
+            _ => None,
+        }
+    }
+
+    /// Objects the kernel refuses now, and refusals since the start.
+    fn refusals(&self) -> (u64, u64) {
+        match self {
+            Backend::Ipvs(b) => (b.refused_now() as u64, b.refusals_total),
+            _ => (0, 0),
+        }
+    }
+
     /// That look: no replanning.
     fn drain(&mut self) -> Result<usize, ProxyError> {
         match self {
@@ -123,6 +147,8 @@ pub struct Metrics {
     endpoint_changes: AtomicU64,
     restore_failures: AtomicU64,
     invalid_objects: AtomicU64,
+    refused_objects: AtomicU64,
+    refusals_total: AtomicU64,
 }
 
 const BUCKETS: [f64; 12] = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048];
@@ -169,6 +195,8 @@ impl Metrics {
         };
         gauge(&mut out, failures, "Cumulative proxy rules restore failures", "counter", g(&self.restore_failures).to_string());
         gauge(&mut out, "nodelet_proxy_invalid_objects", "Services and EndpointSlices skipped as invalid at the last sync", "gauge", g(&self.invalid_objects).to_string());
+        gauge(&mut out, "nodelet_proxy_refused_objects", "Virtual services the kernel refuses now (skipped, retried with back-off)", "gauge", g(&self.refused_objects).to_string());
+        gauge(&mut out, "nodelet_proxy_kernel_refusals_total", "Operations the kernel refused", "counter", g(&self.refusals_total).to_string());
         out
     }
 }
@@ -468,6 +496,10 @@ pub async fn run(
         |o| (&mut o.services, &mut o.services_listed),
         |m| &m.service_changes,
     ));
+    let events = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter { controller: "kube-proxy".into(), instance: Some(s.node_name.clone()) },
+    );
     tokio::spawn(follow::<EndpointSlice>(
         client,
         "EndpointSlice",
@@ -496,6 +528,10 @@ pub async fn run(
         let periodic = s.sync_period.saturating_sub(last_periodic.elapsed());
         let retry = if failed { Duration::from_secs(1) } else { periodic };
         let retry = backend.recheck().map_or(retry, |r| r.min(retry));
+        // An object the kernel refused is tried again when its back-off is
+        // over: a sync of its own.
+        let refused_due = backend.retry_in();
+        let retry = refused_due.map_or(retry, |r| r.max(Duration::from_millis(100)).min(retry));
         if !dirty {
             tokio::select! {
                 _ = changed.notified() => {
@@ -504,7 +540,11 @@ pub async fn run(
                     p.get_or_insert_with(Instant::now);
                     metrics.last_queued_unix_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
                 }
-                _ = tokio::time::sleep(retry) => {}
+                _ = tokio::time::sleep(retry) => {
+                    if backend.retry_in().is_some_and(|r| r.is_zero()) {
+                        dirty = true;
+                    }
+                }
             }
         }
         // Woken only to look at draining servers: that, and nothing else.
@@ -577,6 +617,41 @@ pub async fn run(
         .expect("the proxy sync does not panic");
         backend = b;
         last_sync = Some(Instant::now());
+        let (refused_now, refusals) = backend.refusals();
+        metrics.refused_objects.store(refused_now, Ordering::Relaxed);
+        metrics.refusals_total.store(refusals, Ordering::Relaxed);
+        for report in backend.take_reports() {
+            let uids: Vec<(String, String, Option<String>)> = {
+                let o = objects.lock().unwrap_or_else(|e| e.into_inner());
+                report.services.iter().map(|(ns, n)| (ns.clone(), n.clone(), o.services.get(&(ns.clone(), n.clone())).and_then(|svc| svc.metadata.uid.clone()))).collect()
+            };
+            for (ns, name, uid) in uids {
+                let reference = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Service".into()),
+                    namespace: Some(ns),
+                    name: Some(name),
+                    uid,
+                    ..Default::default()
+                };
+                let ev = kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Warning,
+                    reason: "FailedToProgram".into(),
+                    note: Some(format!("the kernel refused {}; other Services are programmed, this one is retried with back-off", report.message)),
+                    action: "SyncProxyRules".into(),
+                    secondary: None,
+                };
+                // Posted beside the loop: an apiserver away never holds a sync.
+                if !s.dry_run {
+                    let events = events.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = events.publish(&ev, &reference).await {
+                            tracing::debug!(error = %e, "posting an event failed");
+                        }
+                    });
+                }
+            }
+        }
         match result {
             Ok(changed_chains) => {
                 metrics.observe(started.elapsed());

@@ -202,6 +202,34 @@ pub struct Ipvs {
     prepared: bool,
     /// The lines of the last sync's changes (what a dry run prints).
     pub last_changes: Vec<String>,
+    /// Virtual services the kernel refused an operation on, each retried
+    /// with back-off while the others are programmed.
+    refused: BTreeMap<ServiceKey, Refused>,
+    /// Refusals not yet reported as events: the Services and the message.
+    reports: Vec<Report>,
+    /// Operations the kernel refused, since the start.
+    pub refusals_total: u64,
+}
+
+/// A virtual service the kernel refuses: how often, when to try again.
+#[derive(Debug, Clone)]
+struct Refused {
+    attempts: u32,
+    next: Instant,
+    message: String,
+}
+
+/// A refusal to report on the Services it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// namespace/name of each Service whose port plans the virtual service.
+    pub services: Vec<(String, String)>,
+    pub message: String,
+}
+
+/// The back-off of a refused virtual service: 1 s doubling to 5 min.
+fn refusal_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
 /// One sync's changes, in the order they are made.
@@ -269,6 +297,9 @@ impl Ipvs {
             draining: BTreeMap::new(),
             prepared: false,
             last_changes: Vec::new(),
+            refused: BTreeMap::new(),
+            reports: Vec::new(),
+            refusals_total: 0,
         })
     }
 
@@ -568,27 +599,89 @@ impl Ipvs {
         }
     }
 
+    /// Applies `ops`: what the kernel refuses is left out (not recorded, so
+    /// the next sync asks again once its back-off is over), reported once per
+    /// virtual service, and never stops the rest. Operations on a virtual
+    /// service still in back-off are held. Only a failure of the socket
+    /// itself fails the sync.
     fn apply_ops(&mut self, ops: &[Op]) -> Result<(), ProxyError> {
         if ops.is_empty() {
             return Ok(());
         }
-        if let Some(sock) = self.sock.as_mut() {
-            let refused = sock.apply(ops).map_err(|e| io("ipvs", e))?;
-            if let Some((i, e)) = refused.first() {
-                let more = if refused.len() > 1 { format!(" (and {} more)", refused.len() - 1) } else { String::new() };
-                let hint = match &ops[*i] {
-                    Op::AddService(_, spec) | Op::UpdateService(_, spec) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        format!(" (is the scheduler {:?} available? it needs the kernel module ip_vs_{})", spec.scheduler, spec.scheduler)
-                    }
-                    _ => String::new(),
-                };
-                // What went through is not known op by op; the next sync
-                // reads the kernel again.
-                return Err(io("ipvs", format!("{}: {e}{hint}{more}", ops[*i])));
+        let now = Instant::now();
+        let send: Vec<Op> = ops.iter().filter(|op| op.service().and_then(|k| self.refused.get(k)).is_none_or(|r| r.next <= now)).cloned().collect();
+        let Some(sock) = self.sock.as_mut() else {
+            self.record(&send);
+            return Ok(());
+        };
+        let refused = sock.apply(&send).map_err(|e| io("ipvs", e))?;
+        let mut bad: BTreeMap<usize, String> = BTreeMap::new();
+        for (i, e) in &refused {
+            let hint = match &send[*i] {
+                Op::AddService(_, spec) | Op::UpdateService(_, spec) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    format!(" (is the scheduler {:?} available? it needs the kernel module ip_vs_{})", spec.scheduler, spec.scheduler)
+                }
+                _ => String::new(),
+            };
+            bad.insert(*i, format!("{}: {e}{hint}", send[*i]));
+        }
+        self.refusals_total += refused.len() as u64;
+        // Per virtual service: the first refusal's words; or, for one that
+        // was refused before and went through now, its recovery.
+        let mut failed_now: BTreeMap<ServiceKey, String> = BTreeMap::new();
+        for (i, message) in &bad {
+            match send[*i].service() {
+                Some(k) => {
+                    failed_now.entry(*k).or_insert_with(|| message.clone());
+                }
+                None => tracing::error!("the kernel refused {message}"),
             }
         }
-        self.record(ops);
+        for op in &send {
+            if let Some(k) = op.service()
+                && !failed_now.contains_key(k)
+                && self.refused.remove(k).is_some()
+            {
+                tracing::info!(service = %k, "the kernel accepts the virtual service again");
+            }
+        }
+        for (k, message) in failed_now {
+            let services: Vec<(String, String)> =
+                self.claims.get(&k).map(|c| c.keys().map(|p| (p.namespace.clone(), p.name.clone())).collect::<BTreeSet<_>>().into_iter().collect()).unwrap_or_default();
+            let entry = self.refused.entry(k).or_insert_with(|| Refused { attempts: 0, next: now, message: String::new() });
+            entry.attempts += 1;
+            entry.next = now + refusal_backoff(entry.attempts);
+            if entry.message != message {
+                let names: Vec<String> = services.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+                tracing::error!(
+                    service = %k,
+                    services = ?names,
+                    retry_in = ?refusal_backoff(entry.attempts),
+                    "the kernel refused {message}; every other Service is programmed, this one is retried with back-off"
+                );
+                entry.message = message.clone();
+                self.reports.push(Report { services, message });
+            }
+        }
+        let ok: Vec<Op> = send.into_iter().enumerate().filter(|(i, _)| !bad.contains_key(i)).map(|(_, op)| op).collect();
+        self.record(&ok);
         Ok(())
+    }
+
+    /// Refusals to report as events since the last call.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// Virtual services the kernel refuses now.
+    pub fn refused_now(&self) -> usize {
+        self.refused.len()
+    }
+
+    /// How soon a refused virtual service is due to be tried again.
+    pub fn retry_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.refused.values().map(|r| r.next.saturating_duration_since(now)).min()
     }
 
     /// Prepares the kernel once: sysctls and connection timeouts.
@@ -653,7 +746,19 @@ impl Ipvs {
             addresses.extend(self.addresses.iter().copied());
             addresses.extend(self.addr_refs.keys().copied());
         }
+        // Virtual services the kernel refused are looked at every sync:
+        // what is still wanted of them is asked again (once their back-off
+        // is over), and one with nothing left to ask is whole again.
+        services.extend(self.refused.keys().copied());
         let mut c = self.diff(&services, &addresses, &elements, ctx);
+        let pending: BTreeSet<ServiceKey> = c.first.iter().chain(c.last.iter()).filter_map(|op| op.service().copied()).collect();
+        self.refused.retain(|k, _| {
+            let still = pending.contains(k);
+            if !still {
+                tracing::info!(service = %k, "the virtual service the kernel refused is as planned now");
+            }
+            still
+        });
         let drained = self.drained()?;
         c.last.extend(drained);
         let plan = started.elapsed();
@@ -676,16 +781,22 @@ impl Ipvs {
         }
         self.apply_ops(&c.first)?;
         if !c.add_addresses.is_empty() || !c.del_addresses.is_empty() {
+            // An address the kernel refuses is left out (asked again at the
+            // next sync) and logged; the others go on.
+            let mut refused_addrs: BTreeSet<Ipv4Addr> = BTreeSet::new();
             if let (Some(link), Some(index)) = (&self.link, self.link_index) {
-                let failed = link.apply(index, &c.add_addresses, &c.del_addresses);
-                if let Some((op, e)) = failed.first() {
-                    return Err(io(link::NAME, format!("{op}: {e}")));
+                for (op, e) in link.apply(index, &c.add_addresses, &c.del_addresses) {
+                    if let link::LinkOp::AddAddress(a) | link::LinkOp::DelAddress(a) = op {
+                        refused_addrs.insert(a);
+                    }
+                    self.refusals_total += 1;
+                    tracing::error!("{}: {op}: {e}; the other addresses are programmed", link::NAME);
                 }
             }
-            for a in &c.add_addresses {
+            for a in c.add_addresses.iter().filter(|a| !refused_addrs.contains(a)) {
                 self.addresses.insert(*a);
             }
-            for a in &c.del_addresses {
+            for a in c.del_addresses.iter().filter(|a| !refused_addrs.contains(a)) {
                 self.addresses.remove(a);
             }
         }

@@ -283,6 +283,16 @@ pub enum Op {
     SetTimeouts { tcp: u32, tcp_fin: u32, udp: u32 },
 }
 
+impl Op {
+    /// The virtual service an operation is about (none for the timeouts).
+    pub fn service(&self) -> Option<&ServiceKey> {
+        match self {
+            Op::AddService(k, _) | Op::UpdateService(k, _) | Op::DelService(k) | Op::AddDest(k, ..) | Op::UpdateDest(k, ..) | Op::DelDest(k, _) => Some(k),
+            Op::SetTimeouts { .. } => None,
+        }
+    }
+}
+
 impl fmt::Display for Op {
     /// One line per operation, as `--dry-run` prints them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
