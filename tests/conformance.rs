@@ -740,17 +740,18 @@ async fn probing_container() {
         )
     };
     // The pods that must never restart probe every second with upstream's
-    // failureThreshold 1 (upstream probes every 10 s): their timeout is 5 s,
-    // so that a loaded machine's slow exec or accept is not taken for a
-    // failing probe.
+    // failureThreshold 1 (upstream probes every 10 s after 15 s): they wait
+    // 5 s for their server or file to be there (a probe before it is a true
+    // failure, and a loaded machine starts them late), and their timeout is
+    // 5 s, so that a slow exec or accept is not taken for a failing probe.
     let all = vec![
         probed("readiness-delay", forever, serde_json::json!({"readinessProbe": exec("true", serde_json::json!({"initialDelaySeconds": 6}))})),
         probed("readiness-fails", forever, serde_json::json!({"readinessProbe": exec("false", serde_json::json!({}))})),
         probed("liveness-exec", "echo ok > /tmp/health; sleep 4; rm -f /tmp/health; sleep 600", serde_json::json!({"livenessProbe": exec("cat /tmp/health", serde_json::json!({"initialDelaySeconds": 1}))})),
-        probed("liveness-exec-ok", "echo ok > /tmp/health; sleep 600", serde_json::json!({"livenessProbe": exec("cat /tmp/health", serde_json::json!({"timeoutSeconds": 5}))})),
+        probed("liveness-exec-ok", "echo ok > /tmp/health; sleep 600", serde_json::json!({"livenessProbe": exec("cat /tmp/health", serde_json::json!({"timeoutSeconds": 5, "initialDelaySeconds": 5}))})),
         probed("liveness-http", &httpd("(sleep 4; rm /www/healthz) &"), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "initialDelaySeconds": 1}})),
-        probed("liveness-http-ok", &httpd(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5}})),
-        probed("liveness-tcp-ok", &httpd(""), serde_json::json!({"livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5}})),
+        probed("liveness-http-ok", &httpd(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5, "initialDelaySeconds": 5}})),
+        probed("liveness-tcp-ok", &httpd(""), serde_json::json!({"livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5, "initialDelaySeconds": 5}})),
         probed("liveness-monotonic", forever, serde_json::json!({"livenessProbe": exec("false", serde_json::json!({}))})),
         probed("liveness-timeout", forever, serde_json::json!({"livenessProbe": exec("sleep 10", serde_json::json!({"timeoutSeconds": 1}))})),
         probed("readiness-timeout", forever, serde_json::json!({"readinessProbe": exec("sleep 10", serde_json::json!({"timeoutSeconds": 1}))})),
@@ -758,7 +759,7 @@ async fn probing_container() {
             "startupProbe": exec("cat /tmp/startup", serde_json::json!({"failureThreshold": 60})),
             "readinessProbe": exec("true", serde_json::json!({"periodSeconds": 60}))})),
         probed("liveness-redirect-local", &redirector("(sleep 4; rm /www/healthz) &"), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/cgi-bin/redirect?loc=/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "initialDelaySeconds": 1}})),
-        probed("liveness-redirect-remote", &redirector(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/cgi-bin/redirect?loc=http://0.0.0.0/", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5}})),
+        probed("liveness-redirect-remote", &redirector(""), serde_json::json!({"livenessProbe": {"httpGet": {"path": "/cgi-bin/redirect?loc=http://0.0.0.0/", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 5, "initialDelaySeconds": 5}})),
         probed("startup-fails", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 3})), "livenessProbe": exec("true", serde_json::json!({}))})),
         probed("startup-delays", forever, serde_json::json!({"startupProbe": exec("false", serde_json::json!({"failureThreshold": 300})), "livenessProbe": exec("false", serde_json::json!({}))})),
         probed("startup-enables", "sleep 5; echo ok > /tmp/startup; trap 'exit 0' TERM; while true; do sleep 0.2; done", serde_json::json!({

@@ -119,6 +119,26 @@ fn tcp_get(ns: &str, to: SocketAddr) -> Result<String, String> {
     })
 }
 
+/// One TCP request from namespace `ns` with source address `from`: the
+/// server's answer. A connection nobody answers times out after 2 s.
+fn tcp_get_from(ns: &str, from: Ipv4Addr, to: SocketAddr) -> Result<String, String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to4) = to else { return Err("IPv4 only".into()) };
+    in_netns(ns, move || {
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e.to_string())?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).map_err(|e| format!("bind {from}: {e}"))?;
+        // Linux bounds a blocking connect by the send timeout.
+        setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(2, 0)).map_err(|e| e.to_string())?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to4)).map_err(|e| if e == nix::errno::Errno::EINPROGRESS || e == nix::errno::Errno::EAGAIN { format!("connect {to} from {from}: timed out") } else { format!("connect {to} from {from}: {e}") })?;
+        let mut s = TcpStream::from(fd);
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
+        Ok(out.trim().to_string())
+    })
+}
+
 /// An HTTP GET from namespace `ns`: (status, body).
 fn http_get(ns: &str, to: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let path = path.to_string();
@@ -275,6 +295,28 @@ async fn traffic(mode: &str) {
     let hc: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(hc["localEndpoints"], 2, "{body}");
     assert_eq!(hc["service"]["name"], "local");
+
+    // loadBalancerSourceRanges: the load-balancer IP lets in a client inside
+    // the ranges and drops one outside them (the same client namespace with
+    // a second address); the Service's other ways in are not restricted.
+    ip(&["-n", &lab.client, "addr", "add", "192.168.50.3/24", "dev", "eth0"]);
+    create::<Service>(client, service("guarded", json!({"type": "LoadBalancer", "clusterIP": "10.96.0.42",
+        "loadBalancerSourceRanges": ["192.168.50.2/32", "10.99.0.0/16"], "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30090}]}))).await;
+    create::<EndpointSlice>(client, slice("guarded-1", "guarded", &node, &[(2, true, true)], plain.clone())).await;
+    dynamic::<Service>(client)
+        .patch_status("guarded", &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}})))
+        .await
+        .unwrap();
+    let lb = sa([203, 0, 113, 10], 80);
+    let (inside, outside) = ("192.168.50.2".parse().unwrap(), "192.168.50.3".parse().unwrap());
+    eventually(20 * S, "the load-balancer IP answering a client inside the ranges", || async {
+        (tcp_get_from(&lab.client, inside, lb).ok().as_deref() == Some("pod-2")).then_some(())
+    })
+    .await;
+    let refused = tcp_get_from(&lab.client, outside, lb);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("timed out") || e.contains("temporarily unavailable")), "a client outside the ranges is dropped: {refused:?}");
+    assert_eq!(tcp_get_from(&lab.client, outside, SocketAddr::from((NODE_IP, 30090))).unwrap(), "pod-2", "the node port is not behind the ranges");
+    assert_eq!(tcp_get_from(&lab.client, inside, lb).unwrap(), "pod-2");
 
     // Health and metrics.
     let (code, body) = http_get(&lab.client, SocketAddr::from((NODE_IP, 10256)), "/healthz").unwrap();

@@ -133,6 +133,7 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
         let svc_name = svc_chain("KUBE-SVC-", key);
         let ext_name = svc_chain("KUBE-EXT-", key);
         let svl_name = svc_chain("KUBE-SVL-", key);
+        let fw_name = svc_chain("KUBE-FW-", key);
 
         // KUBE-SVC holds every usable endpoint, KUBE-SVL this node's; each
         // traffic policy picks one of them.
@@ -161,11 +162,30 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
         // dropped while pods and the node still reach the Service.
         if svc.has_external() {
             let reachable = !sel.external.is_empty();
+            // loadBalancerSourceRanges, as kube-proxy: the load-balancer IPs
+            // go through KUBE-FW, which sends the allowed sources on; what
+            // it does not send on is not DNATed and meets a DROP in
+            // KUBE-EXTERNAL-SERVICES (filter INPUT/FORWARD, new connections).
+            let firewall = svc.source_ranges.as_ref().filter(|_| !svc.load_balancer_ips.is_empty());
+            if let (Some(ranges), true) = (firewall, sel.any) {
+                let c = comment(&format!("{key} loadbalancer IP"));
+                for cidr in ranges {
+                    r.rule(NAT, &fw_name, format!("{c} -s {cidr} -j {ext_name}"));
+                }
+                r.chain(NAT, &fw_name);
+            }
+            if firewall.is_some() {
+                for ip in &svc.load_balancer_ips {
+                    let c = comment(&format!("{key} traffic not accepted by {fw_name}"));
+                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j DROP"));
+                }
+            }
             for (ips, what) in [(&svc.external_ips, "external IP"), (&svc.load_balancer_ips, "loadbalancer IP")] {
                 for ip in ips {
                     if sel.any {
                         let c = comment(&format!("{key} {what}"));
-                        r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {ext_name}"));
+                        let to = if what == "loadbalancer IP" && firewall.is_some() { &fw_name } else { &ext_name };
+                        r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {to}"));
                     }
                     if !reachable {
                         let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };

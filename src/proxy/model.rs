@@ -65,6 +65,12 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     pub external_ips: Vec<Ipv4Addr>,
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges` (IPv4) when they restrict who reaches the
+    /// load-balancer IPs: None lets everyone in (no ranges, or one that
+    /// holds every address). Some(empty) lets nobody in: the Service named
+    /// only IPv6 ranges, and its IPv4 load-balancer IPs stay closed rather
+    /// than open to all.
+    pub source_ranges: Option<Vec<ipnetwork::Ipv4Network>>,
     /// ClientIP affinity timeout in seconds.
     pub affinity: Option<u32>,
     /// externalTrafficPolicy: Local.
@@ -85,6 +91,7 @@ impl ServicePort {
             node_port: None,
             external_ips: vec![],
             load_balancer_ips: vec![],
+            source_ranges: None,
             affinity: None,
             external_local: false,
             internal_local: false,
@@ -248,6 +255,27 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     } else {
         Vec::new()
     };
+    // The field, else kube-proxy's annotation (a comma-separated list).
+    let annotated: Vec<String> = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("service.beta.kubernetes.io/load-balancer-source-ranges"))
+        .map(|v| v.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect())
+        .unwrap_or_default();
+    let (ranges_text, ranges_field) = match spec.load_balancer_source_ranges.as_deref() {
+        Some(r) if !r.is_empty() => (r.to_vec(), "spec.loadBalancerSourceRanges"),
+        _ => (annotated, "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]"),
+    };
+    let mut ranges = Vec::new();
+    for (i, r) in ranges_text.iter().enumerate() {
+        match r.parse::<ipnetwork::IpNetwork>() {
+            Ok(ipnetwork::IpNetwork::V4(n)) => ranges.push(ipnetwork::Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)),
+            Ok(ipnetwork::IpNetwork::V6(_)) => {}
+            Err(_) => return Err(bad(&format!("{ranges_field}[{i}]"), format!("Invalid value: {r:?}: must be a valid CIDR (e.g. 10.0.0.0/8)"))),
+        }
+    }
+    let source_ranges = (kind == "LoadBalancer" && !ranges_text.is_empty() && !ranges.iter().any(|n| n.prefix() == 0)).then_some(ranges);
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -284,6 +312,7 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
             node_port,
             external_ips: external_ips.clone(),
             load_balancer_ips: load_balancer_ips.clone(),
+            source_ranges: source_ranges.clone(),
             affinity,
             external_local,
             internal_local,

@@ -42,6 +42,7 @@ const MAPS: &[(&str, &str)] = &[
     ("service-nodeports", "type inet_proto . inet_service : verdict ;"),
     ("no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict ;"),
     ("no-endpoint-nodeports", "type inet_proto . inet_service : verdict ;"),
+    ("firewall-ips", "type ipv4_addr . inet_proto . inet_service : verdict ;"),
 ];
 
 /// A ruleset: chains with their rules, map elements, affinity sets.
@@ -129,6 +130,10 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     r.rule("filter-input", "ct state new jump nodeport-endpoints-check".into());
     r.rule("filter-input", "ct state new jump service-endpoints-check".into());
     r.rule("filter-forward", "ct state new jump service-endpoints-check".into());
+    // loadBalancerSourceRanges: a new connection to a load-balancer IP that
+    // was not DNATed came from outside the ranges (see render_service).
+    r.rule("filter-input", "ct state new ip daddr . meta l4proto . th dport vmap @firewall-ips".into());
+    r.rule("filter-forward", "ct state new ip daddr . meta l4proto . th dport vmap @firewall-ips".into());
     r.rule("filter-output", "ct state new jump service-endpoints-check".into());
     r.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into());
     r.rule("nat-prerouting", "jump services".into());
@@ -182,10 +187,29 @@ fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[End
     }
 
     if svc.has_external() {
+        // loadBalancerSourceRanges: the load-balancer IPs go through
+        // firewall-, which sends the allowed sources on to external-; the
+        // others are not DNATed and meet firewall-ips in the filter chains.
+        let firewall = svc.source_ranges.as_ref().filter(|_| !svc.load_balancer_ips.is_empty());
+        let fw_chain = format!("firewall-{b}");
+        if let (Some(ranges), true) = (firewall, sel.any) {
+            r.chains.entry(fw_chain.clone()).or_default();
+            if !ranges.is_empty() {
+                let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                r.rule(&fw_chain, format!("ip saddr {{ {} }} goto {ext_chain}", list.join(", ")));
+            }
+        }
+        for ip in &svc.load_balancer_ips {
+            if firewall.is_some() {
+                r.element("firewall-ips", format!("{ip} . {proto} . {port}"), "drop".into());
+            }
+        }
         for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
             let k = format!("{ip} . {proto} . {port}");
+            let lb = svc.load_balancer_ips.contains(ip) && !svc.external_ips.contains(ip);
             if sel.any {
-                r.element("service-ips", k, format!("goto {ext_chain}"));
+                let to = if lb && firewall.is_some() { &fw_chain } else { &ext_chain };
+                r.element("service-ips", k, format!("goto {to}"));
             } else {
                 r.element("no-endpoint-services", k, refusal.into());
             }

@@ -209,6 +209,39 @@ pub struct Ipvs {
     reports: Vec<Report>,
     /// Operations the kernel refused, since the start.
     pub refusals_total: u64,
+    /// The rules of the `firewall` chain as last written (None: unknown,
+    /// write them).
+    firewall: Option<Vec<String>>,
+}
+
+/// The `firewall` chain's rules for `state`: for each load-balancer IP
+/// and port of a Service with loadBalancerSourceRanges, new connections
+/// from outside the ranges are dropped before IPVS schedules them.
+pub fn firewall_rules(state: &ProxyState) -> Vec<String> {
+    let mut out = Vec::new();
+    for svc in state.services.values() {
+        let Some(ranges) = &svc.source_ranges else { continue };
+        let proto = svc.key.protocol.as_str();
+        for ip in &svc.load_balancer_ips {
+            let from = if ranges.is_empty() {
+                String::new()
+            } else {
+                format!(" ip saddr != {{ {} }}", ranges.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            };
+            out.push(format!("ip daddr {ip} meta l4proto {proto} th dport {}{from} drop comment \"{} loadBalancerSourceRanges\"", svc.port, svc.key));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `nft -f` input that makes the `firewall` chain hold `rules`.
+fn firewall_text(rules: &[String]) -> String {
+    let mut s = format!("flush chain {T} firewall\n");
+    for r in rules {
+        let _ = writeln!(s, "add rule {T} firewall {r}");
+    }
+    s
 }
 
 /// A virtual service the kernel refuses: how often, when to try again.
@@ -300,6 +333,7 @@ impl Ipvs {
             refused: BTreeMap::new(),
             reports: Vec::new(),
             refusals_total: 0,
+            firewall: None,
         })
     }
 
@@ -765,9 +799,22 @@ impl Ipvs {
         let lines = c.lines();
         let count = c.count();
         let applied = Instant::now();
+        let rewrote_table = c.nft.is_some();
         let result = self.apply_changes(c);
         self.last_changes = lines;
         result?;
+        // The firewall chain: written when its rules change (and after the
+        // table was written anew, which empties it).
+        let rules = firewall_rules(state);
+        if rewrote_table || self.firewall.as_ref() != Some(&rules) {
+            if !self.dry_run {
+                run_with_input("nft", &["-f", "-"], &firewall_text(&rules))?;
+            }
+            if self.firewall.as_ref() != Some(&rules) {
+                self.last_changes.extend(rules.iter().map(|r| format!("nft firewall: {r}")));
+            }
+            self.firewall = Some(rules);
+        }
         Ok(SyncStats { changed_chains: count, input_bytes: 0, full, plan, apply: applied.elapsed() })
     }
 
@@ -857,7 +904,7 @@ pub fn render_ruleset<'a>(ctx: &Context, elements: impl Iterator<Item = &'a Elem
     for (name, hook) in BASE_CHAINS {
         let _ = writeln!(s, "add chain {T} {name} {{ {hook} }}");
     }
-    for name in ["endpoints-check", "services", "mark-for-masquerade"] {
+    for name in ["endpoints-check", "services", "mark-for-masquerade", "firewall"] {
         let _ = writeln!(s, "add chain {T} {name}");
     }
     for (name, ty) in SETS {
@@ -867,6 +914,9 @@ pub fn render_ruleset<'a>(ctx: &Context, elements: impl Iterator<Item = &'a Elem
     let rules: Vec<(&str, String)> = {
         let mut r = vec![
             ("filter-input", "ct state new jump endpoints-check".to_string()),
+            // loadBalancerSourceRanges (kube-proxy's KUBE-LOAD-BALANCER-FW
+            // and KUBE-FIREWALL): before IPVS sees the packet (LOCAL_IN).
+            ("filter-input", "ct state new jump firewall".to_string()),
             // A VIP answers only on its Services' ports (kube-proxy's
             // KUBE-IPVS-FILTER, on input): nothing else on the node is
             // reachable through it from outside.
