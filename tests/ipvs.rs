@@ -235,6 +235,32 @@ fn get(ns: Option<&str>, to: SocketAddr) -> Result<(String, String), String> {
     })
 }
 
+/// `get` from namespace `ns` with source address `from`; a connection
+/// nobody answers times out after 3 s.
+fn get_from(ns: &str, from: Ipv4Addr, to: SocketAddr) -> Result<(String, String), String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to4) = to else { return Err("IPv4 only".into()) };
+    inside(Some(ns), move || {
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e.to_string())?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).map_err(|e| format!("bind {from}: {e}"))?;
+        // Linux bounds a blocking connect by the send timeout.
+        setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0)).map_err(|e| e.to_string())?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to4)).map_err(|e| {
+            if e == nix::errno::Errno::EINPROGRESS || e == nix::errno::Errno::EAGAIN { format!("connect {to} from {from}: timed out") } else { format!("connect {to} from {from}: {e}") }
+        })?;
+        let mut s = TcpStream::from(fd);
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
+        let mut w = out.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some(n), Some(p)) => Ok((n.to_string(), p.to_string())),
+            _ => Err(format!("{to} answered {out:?}")),
+        }
+    })
+}
+
 fn name(ns: Option<&str>, to: SocketAddr) -> String {
     get(ns, to).unwrap_or_else(|e| panic!("{e}")).0
 }
@@ -628,6 +654,22 @@ fn in_vm() {
     b.sync(&o.state(), &ctx, false).unwrap();
     assert_eq!(b.refused_now(), 0, "retried and accepted");
     assert_eq!(name(None, sa([10, 96, 0, 60], 80)), "pod-1");
+
+    step("loadBalancerSourceRanges: a client inside passes, one outside is dropped");
+    ip(&["-n", CLIENT, "addr", "add", "192.168.50.3/24", "dev", "eth0"]);
+    let guarded = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "guarded", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.70", "loadBalancerSourceRanges": ["192.168.50.2/32"],
+                 "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30090}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}});
+    o.services.insert("guarded".into(), serde_json::from_value(guarded).unwrap());
+    o.slice("guarded", &[(2, true)], 8080, "TCP");
+    b.sync(&o.state(), &ctx, false).unwrap();
+    let lb = sa([203, 0, 113, 10], 80);
+    let (inside_ip, outside_ip) = (Ipv4Addr::new(192, 168, 50, 2), Ipv4Addr::new(192, 168, 50, 3));
+    assert_eq!(get_from(CLIENT, inside_ip, lb).map(|a| a.0), Ok("pod-2".to_string()), "inside the ranges");
+    let dropped = get_from(CLIENT, outside_ip, lb);
+    assert!(dropped.as_ref().is_err_and(|e| e.contains("timed out")), "outside the ranges: {dropped:?}");
+    assert_eq!(get_from(CLIENT, outside_ip, SocketAddr::from((NODE_IP, 30090))).map(|a| a.0), Ok("pod-2".to_string()), "the node port is open");
 
     step("cleanup leaves nothing");
     drop(b);
