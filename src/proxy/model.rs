@@ -426,6 +426,20 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_source_ranges_from_the_field_or_the_annotation() {
+        let lb = |extra: &str| svc(&format!("metadata: {{name: lb, namespace: default{extra}}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.0.9, ports: [{{port: 80}}]}}"));
+        let ranges = |s: &Service| service_ports(s).unwrap()[0].source_ranges.clone().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.1.2.3/8, 192.168.0.7/32], ports: [{port: 80}]}")), Some(vec!["10.0.0.0/8".to_string(), "192.168.0.7/32".to_string()]), "normalized to the network");
+        assert_eq!(ranges(&lb(", annotations: {service.beta.kubernetes.io/load-balancer-source-ranges: \"10.0.0.0/8, 172.16.0.0/12\"}")), Some(vec!["10.0.0.0/8".to_string(), "172.16.0.0/12".to_string()]));
+        assert_eq!(ranges(&lb("")), None, "no ranges: open");
+        assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [0.0.0.0/0], ports: [{port: 80}]}")), None, "everyone: open");
+        assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [\"2001:db8::/32\"], ports: [{port: 80}]}")), Some(vec![]), "IPv6 only: IPv4 closed");
+        assert_eq!(ranges(&svc("metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.0.0.0/8], ports: [{port: 80}]}")), None, "only LoadBalancer Services");
+        let bad = svc("metadata: {name: lb, namespace: default}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.0.0.0/8, ten], ports: [{port: 80}]}");
+        assert_eq!(service_ports(&bad).unwrap_err().to_string(), "Service default/lb: spec.loadBalancerSourceRanges[1]: Invalid value: \"ten\": must be a valid CIDR (e.g. 10.0.0.0/8)");
+    }
+
+    #[test]
     fn the_seed_services_are_refused_with_the_field() {
         // 003's Service with `protocol: tcp` and `sessionAffinity: CientIP`.
         let bad = svc("metadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: tcp}]}");
