@@ -1484,3 +1484,141 @@ async fn a_pod_is_resized_in_place_or_told_why_not() {
     assert_eq!((status_of(&p, "c").restart_count, status_of(&p, "b").restart_count), (0, 1), "nothing restarted");
     assert_eq!(container("c").await.id, a1.id);
 }
+
+/// One HTTP GET from the node's network namespace (as a host process would
+/// reach a ClusterIP): the body.
+fn node_http_get(netns: &str, to: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read, Write};
+    support::in_netns(netns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
+        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default())
+    })
+}
+
+/// The apiserver away for five minutes (NODELET_OUTAGE_SECS shortens it
+/// when run by hand) with 30 pods and a Service through the proxy: no
+/// container restarts, the Service answers all along, the node is Ready
+/// again within 40 s of the apiserver's return, a new pod starts, and the
+/// agent logs a handful of lines for the whole outage, not one per retry.
+/// The control plane is down with the apiserver: its taint-eviction
+/// controller does nothing meanwhile (the lifecycle controller still marks
+/// the node Unknown, as kube-controller-manager does on its return).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_minutes_without_the_apiserver_disturb_nothing() {
+    let outage = Duration::from_secs(std::env::var("NODELET_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300));
+    let mut c = Cluster::start().await;
+    c.api.set_taint_eviction(false);
+    let node = c.node.node_name();
+    let kubeconfig = c.dir().join("kube-proxy.kubeconfig");
+    std::fs::write(&kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
+    let proxy = c.dir().join("kube-proxy.yaml");
+    std::fs::write(
+        &proxy,
+        format!(
+            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: nftables\nhostnameOverride: {node}\n\
+             clientConnection:\n  kubeconfig: {}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let agent = c.join_with(&["--proxy-config", proxy.to_str().unwrap()]).await;
+    let pods = c.pods("default");
+    const N: usize = 30;
+    for i in 0..N {
+        let serve = format!("mkdir -p /www; echo p{i} > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait");
+        pods.create(&PostParams::default(), &bound_pod(&format!("p{i}"), &node, &serve)).await.unwrap();
+    }
+    let pods = &pods;
+    let running = |name: String| async move { pods.get(&name).await.ok().and_then(|p| p.status).is_some_and(|s| s.phase.as_deref() == Some("Running")) };
+    eventually(240 * S, "every pod Running", || async {
+        for i in 0..N {
+            if !running(format!("p{i}")).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let ip0 = pods.get("p0").await.unwrap().status.unwrap().pod_ip.unwrap();
+    // A node routes cluster IPs somewhere (its default route) before the
+    // OUTPUT chain rewrites them; this namespace has no default route.
+    let routed = std::process::Command::new("ip").args(["-n", &c.node.netns, "route", "add", "10.96.0.0/12", "dev", "nlt0"]).status().unwrap();
+    assert!(routed.success());
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c.client.clone(), "default");
+    services
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.0.50", "ports": [{"port": 80, "targetPort": 8080}]}})).unwrap())
+        .await
+        .unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(c.client.clone(), "default");
+    slices
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [ip0], "conditions": {"ready": true}, "nodeName": node}], "ports": [{"port": 8080, "protocol": "TCP"}]})).unwrap())
+        .await
+        .unwrap();
+    let vip: std::net::SocketAddr = "10.96.0.50:80".parse().unwrap();
+    let netns = c.node.netns.clone();
+    eventually(60 * S, "the Service answering", || async { (node_http_get(&netns, vip).ok().as_deref() == Some("p0")).then_some(()) }).await;
+    let mut before = std::collections::BTreeMap::new();
+    for i in 0..N {
+        let name = format!("p{i}");
+        let id = c.node.instances_named(&name, "c").await.into_iter().find(is_running).unwrap().id;
+        before.insert(name, id);
+    }
+
+    let lines_before = agent.log().lines().count();
+    c.api.stop();
+    let down = std::time::Instant::now();
+    let mut checks = 0;
+    while down.elapsed() < outage {
+        tokio::time::sleep((outage.saturating_sub(down.elapsed())).min(20 * S)).await;
+        let got = node_http_get(&netns, vip);
+        assert_eq!(got.as_deref(), Ok("p0"), "the Service answers {:?} into the outage", down.elapsed());
+        checks += 1;
+    }
+    let log = agent.log();
+    let during: Vec<&str> = log.lines().skip(lines_before).collect();
+    let loud_lines: Vec<&str> = during.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    let loud = loud_lines.len();
+    for l in &loud_lines {
+        println!("drill: during the outage: {}", l.chars().take(300).collect::<String>());
+    }
+
+    c.api.restart().await;
+    let back = std::time::Instant::now();
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let since = k8s_openapi::jiff::Timestamp::now();
+    eventually(60 * S, "the node Ready with a fresh heartbeat", || async {
+        let n = nodes.get(&node).await.ok()?;
+        let ready = n.status?.conditions?.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "True" && ready.last_heartbeat_time.is_some_and(|t| t.0 >= since)).then_some(())
+    })
+    .await;
+    let ready_after = back.elapsed();
+    eventually(60 * S, "p0 Ready again in the API", || async {
+        let p = pods.get("p0").await.ok()?;
+        p.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await;
+    pods.create(&PostParams::default(), &bound_pod("after", &node, "sleep 3600")).await.unwrap();
+    eventually(60 * S, "a pod created after the outage Running", || async { running("after".into()).await.then_some(()) }).await;
+    let new_pod = back.elapsed();
+    for (name, id) in &before {
+        let now = c.node.instances_named(name, "c").await;
+        assert_eq!(now.len(), 1, "{name}: no new container");
+        assert!(now[0].id == *id && is_running(&now[0]), "{name}'s container was never restarted");
+    }
+    println!(
+        "drill: apiserver away {:?}; Service checked {checks} times, always answered; {} log lines during the outage, {loud} of them warnings or errors; \
+         node Ready {:?} after the apiserver returned; a new pod Running {:?} after it",
+        outage,
+        during.len(),
+        ready_after,
+        new_pod
+    );
+    assert!(ready_after < Duration::from_secs(40), "the node Ready again within 40 s: {ready_after:?}");
+    assert!(loud <= 60, "a handful of warnings for the whole outage, not one per retry: {loud}:\n{}", during.join("\n"));
+}

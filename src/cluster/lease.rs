@@ -80,11 +80,13 @@ impl LeaseLoop {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), NAMESPACE);
         let mut backoff = Duration::from_millis(200);
         let mut last = None;
+        let mut outage = crate::kubeapi::Outage::default();
         loop {
             // A renewal may not hang on a dead connection past the next one.
             let attempt = tokio::time::timeout(self.renew_every, self.renew(&leases, &mut last)).await;
             match attempt {
                 Ok(Ok(())) => {
+                    outage.works("renewing the node lease");
                     backoff = Duration::from_millis(200);
                     tokio::time::sleep(self.renew_every).await;
                 }
@@ -94,7 +96,7 @@ impl LeaseLoop {
                         _ => format!("no answer within {}s", self.renew_every.as_secs()),
                     };
                     last = None;
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "renewing the node lease failed");
+                    outage.failed("renewing the node lease", &error);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(7));
                 }

@@ -330,14 +330,19 @@ impl StatusLoop {
     pub async fn run(mut self) {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut reported: Option<Instant> = None;
+        let mut outage = crate::kubeapi::Outage::default();
+        const WHAT: &str = "updating the node status";
         loop {
             // Neither a read nor a write may hang past the next period.
             let limit = self.update_every.max(Duration::from_secs(1));
             match tokio::time::timeout(limit, self.update(&nodes, reported)).await {
-                Ok(Ok(Some(at))) => reported = Some(at),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "updating the node status failed"),
-                Err(_) => tracing::warn!("updating the node status failed: no answer in time"),
+                Ok(Ok(Some(at))) => {
+                    reported = Some(at);
+                    outage.works(WHAT);
+                }
+                Ok(Ok(None)) => outage.works(WHAT),
+                Ok(Err(e)) => outage.failed(WHAT, &e),
+                Err(_) => outage.failed(WHAT, &"no answer in time"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.update_every) => {}
