@@ -64,6 +64,10 @@ pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(Remot
             endpoint: endpoint.into(),
             detail: "it does not serve runtime.v1.RuntimeService".into(),
         },
+        // containerd's CRI plugin while it starts: a runtime, not yet ready.
+        e @ RuntimeError::Call { .. } if matches!(&e, RuntimeError::Call { message, .. } if message.contains("not initialized")) => {
+            AgentError::Runtime { endpoint: endpoint.into(), reason: e }
+        }
         RuntimeError::Call { code, message, .. } if code == tonic::Code::Unknown || code == tonic::Code::Internal => {
             AgentError::NotCri { endpoint: endpoint.into(), detail: format!("Version answered {code:?}: {message}") }
         }
@@ -89,6 +93,52 @@ pub async fn connect_runtime(endpoint: &str, timeout: Duration) -> Result<(Remot
         tracing::warn!(conditions = %health.message, "the container runtime is not fully ready yet");
     }
     Ok((rt, version))
+}
+
+/// How long a starting agent waits for a runtime that is itself starting
+/// (containerd restarted beside it, or started by the same boot).
+pub const RUNTIME_START_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether a runtime error says the runtime is starting (or restarting):
+/// its socket is there but refuses connections, or it answers "not
+/// initialized". A missing socket, or a server that answers but not as
+/// CRI, is a configuration error and fails at once.
+fn starting(e: &AgentError) -> bool {
+    match e {
+        AgentError::Runtime { reason: RuntimeError::Connect { reason, .. }, .. } => reason.to_lowercase().contains("connection refused"),
+        AgentError::Runtime { reason: RuntimeError::Call { message, code, .. }, .. } => {
+            message.contains("not initialized") || *code == tonic::Code::Unavailable && message.to_lowercase().contains("connection refused")
+        }
+        _ => false,
+    }
+}
+
+/// `connect_runtime`, waiting out a runtime that says it is still starting
+/// (see `starting`): one warning, then retries with back-off for up to
+/// [`RUNTIME_START_WAIT`]. Any other failure fails at once.
+pub async fn wait_for_runtime(endpoint: &str, timeout: Duration) -> Result<(RemoteRuntime, cri::VersionResponse), AgentError> {
+    let deadline = tokio::time::Instant::now() + RUNTIME_START_WAIT;
+    let mut delay = Duration::from_millis(200);
+    let mut waited = false;
+    loop {
+        match connect_runtime(endpoint, timeout).await {
+            Ok(x) => {
+                if waited {
+                    tracing::info!(endpoint, "the container runtime answers now");
+                }
+                return Ok(x);
+            }
+            Err(e) if starting(&e) && tokio::time::Instant::now() + delay < deadline => {
+                if !waited {
+                    tracing::warn!(error = %e, wait_s = RUNTIME_START_WAIT.as_secs(), "the container runtime is not up yet; waiting for it");
+                    waited = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Asks the kernel for `wanted` as this process's oom_score_adj. Without
@@ -267,7 +317,7 @@ pub async fn run(
         let v = sim.version().await.unwrap_or_default();
         (Arc::new(sim), cri::VersionResponse { runtime_name: "containerd".into(), ..v })
     } else {
-        let (rt, v) = connect_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
+        let (rt, v) = wait_for_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
         (Arc::new(Instrumented::new(Arc::new(rt), metrics.clone())), v)
     };
     let runtime_name = version.runtime_name.clone();

@@ -1500,13 +1500,15 @@ fn node_http_get(netns: &str, to: std::net::SocketAddr) -> Result<String, String
 }
 
 /// The apiserver away for five minutes (NODELET_OUTAGE_SECS shortens it
-/// when run by hand) with 30 pods and a Service through the proxy: no
-/// container restarts, the Service answers all along, the node is Ready
-/// again within 40 s of the apiserver's return, a new pod starts, and the
-/// agent logs a handful of lines for the whole outage, not one per retry.
-/// The control plane is down with the apiserver: its taint-eviction
-/// controller does nothing meanwhile (the lifecycle controller still marks
-/// the node Unknown, as kube-controller-manager does on its return).
+/// when run by hand) with 30 pods and a Service through the proxy; a third
+/// of the way in the agent is killed (-9) and containerd restarted, and a
+/// new agent starts while the apiserver is still away. No container
+/// restarts, the Service answers all along, the node is Ready again within
+/// 40 s of the apiserver's return, a new pod starts, and the agents log a
+/// handful of warnings for the whole outage, not one per retry. The control
+/// plane is down with the apiserver: its taint-eviction controller does
+/// nothing meanwhile (the lifecycle controller still marks the node
+/// Unknown, as kube-controller-manager does on its return).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_minutes_without_the_apiserver_disturb_nothing() {
     let outage = Duration::from_secs(std::env::var("NODELET_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300));
@@ -1525,7 +1527,7 @@ async fn five_minutes_without_the_apiserver_disturb_nothing() {
         ),
     )
     .unwrap();
-    let agent = c.join_with(&["--proxy-config", proxy.to_str().unwrap()]).await;
+    let mut agent = c.join_with(&["--proxy-config", proxy.to_str().unwrap()]).await;
     let pods = c.pods("default");
     const N: usize = 30;
     for i in 0..N {
@@ -1573,14 +1575,25 @@ async fn five_minutes_without_the_apiserver_disturb_nothing() {
     c.api.stop();
     let down = std::time::Instant::now();
     let mut checks = 0;
+    let mut first: Option<support::Agent> = None;
     while down.elapsed() < outage {
         tokio::time::sleep((outage.saturating_sub(down.elapsed())).min(20 * S)).await;
         let got = node_http_get(&netns, vip);
         assert_eq!(got.as_deref(), Ok("p0"), "the Service answers {:?} into the outage", down.elapsed());
         checks += 1;
+        if first.is_none() && down.elapsed() >= outage / 3 {
+            // The agent killed, the runtime restarted, a new agent started:
+            // all while the apiserver is away.
+            agent.kill9();
+            c.node.restart_containerd().await;
+            first = Some(std::mem::replace(&mut agent, c.nodelet(&["--proxy-config", proxy.to_str().unwrap()])));
+            let got = node_http_get(&netns, vip);
+            assert_eq!(got.as_deref(), Ok("p0"), "the Service answers with the agent killed and containerd restarted");
+        }
     }
+    let first_log = first.as_ref().map(|a| a.log()).unwrap_or_default();
     let log = agent.log();
-    let during: Vec<&str> = log.lines().skip(lines_before).collect();
+    let during: Vec<&str> = first_log.lines().skip(lines_before).chain(log.lines()).collect();
     let loud_lines: Vec<&str> = during.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     let loud = loud_lines.len();
     for l in &loud_lines {
@@ -1612,7 +1625,7 @@ async fn five_minutes_without_the_apiserver_disturb_nothing() {
         assert!(now[0].id == *id && is_running(&now[0]), "{name}'s container was never restarted");
     }
     println!(
-        "drill: apiserver away {:?}; Service checked {checks} times, always answered; {} log lines during the outage, {loud} of them warnings or errors; \
+        "drill: apiserver away {:?} (agent killed -9 and containerd restarted a third of the way in); Service checked {checks} times, always answered; {} log lines during the outage, {loud} of them warnings or errors; \
          node Ready {:?} after the apiserver returned; a new pod Running {:?} after it",
         outage,
         during.len(),

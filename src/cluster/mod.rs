@@ -160,11 +160,15 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
         let check = access::check(&client, "node", access::NODE, access::NODE_GRANT);
         let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
         let mut delay = Duration::from_millis(500);
+        let mut outage = crate::kubeapi::Outage::default();
         let uid = loop {
             match node::register(&client, &facts).await {
-                Ok(uid) => break uid,
+                Ok(uid) => {
+                    outage.works("registering the node");
+                    break uid;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "node registration failed");
+                    outage.failed("registering the node", &e);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(7));
                 }

@@ -190,11 +190,15 @@ pub async fn watch(dir: PathBuf, drivers: Drivers, publisher: Option<Publisher>)
     // the socket is replaced, or every minute).
     let mut seen: HashMap<PathBuf, (Option<String>, std::time::SystemTime, std::time::Instant)> = HashMap::new();
     let mut csinode_done = false;
+    let mut csinode_outage = crate::kubeapi::Outage::default();
     loop {
         if !csinode_done && let Some(p) = &publisher {
             match ensure_csinode(p).await {
-                Ok(()) => csinode_done = true,
-                Err(e) => tracing::warn!(error = %e, "cannot create the node's CSINode object yet"),
+                Ok(()) => {
+                    csinode_done = true;
+                    csinode_outage.works("creating the node's CSINode object");
+                }
+                Err(e) => csinode_outage.failed("creating the node's CSINode object", &e),
             }
         }
         let mut present = Vec::new();

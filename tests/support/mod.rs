@@ -137,14 +137,7 @@ impl Node {
         }
         run(Command::new("ip").args(["netns", "add", &netns]));
         run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
-        let log = File::create(root.join("containerd.log")).unwrap();
-        let ns = netns.clone();
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config").arg(root.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log);
-        unsafe {
-            cmd.pre_exec(move || enter_netns(&ns));
-        }
-        let child = cmd.spawn().expect("start containerd (apt-get install containerd)");
+        let child = spawn_containerd(root, &netns);
         let sock = root.join("containerd.sock");
         let endpoint = format!("unix://{}", sock.display());
         let mut node = Node {
@@ -187,6 +180,21 @@ impl Node {
             }
             assert!(Instant::now() < deadline, "CNI never became ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops containerd (SIGTERM, as systemd does; the shims and so the
+    /// containers keep running) and starts it again on the same root.
+    pub async fn restart_containerd(&mut self) {
+        if let Some(mut old) = self.containerd.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = old.wait();
+        }
+        self.containerd = Some(spawn_containerd(self.dir.path(), &self.netns));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while RemoteRuntime::connect(&self.endpoint, Duration::from_secs(5)).await.is_err() {
+            assert!(Instant::now() < deadline, "containerd did not come back: {}", self.containerd_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -409,6 +417,19 @@ impl Node {
         list["items"].as_array()?.iter().find(|p| p["metadata"]["name"] == want.as_str()).cloned()
     }
 
+}
+
+/// containerd on the node's root, inside its network namespace, logging
+/// (appending) to `<root>/containerd.log`.
+fn spawn_containerd(root: &Path, netns: &str) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("containerd.log")).unwrap();
+    let ns = netns.to_string();
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(root.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log);
+    unsafe {
+        cmd.pre_exec(move || enter_netns(&ns));
+    }
+    cmd.spawn().expect("start containerd (apt-get install containerd)")
 }
 
 /// Removes every pod through CRI (what a kubelet would leave behind).
