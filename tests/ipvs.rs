@@ -223,42 +223,27 @@ fn serve_udp(ns: &str, name: &str, port: u16) {
 /// One request: (server name, the source address the server saw).
 fn get(ns: Option<&str>, to: SocketAddr) -> Result<(String, String), String> {
     inside(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| format!("connect {to}: {e}"))?;
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| format!("connect {to}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
-        let mut w = out.split_whitespace();
-        match (w.next(), w.next()) {
-            (Some(n), Some(p)) => Ok((n.to_string(), p.to_string())),
-            _ => Err(format!("{to} answered {out:?}")),
-        }
+        answer(s, to)
     })
 }
 
 /// `get` from namespace `ns` with source address `from`; a connection
 /// nobody answers times out after 3 s.
 fn get_from(ns: &str, from: Ipv4Addr, to: SocketAddr) -> Result<(String, String), String> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
-    use std::os::fd::AsRawFd;
-    let SocketAddr::V4(to4) = to else { return Err("IPv4 only".into()) };
-    inside(Some(ns), move || {
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e.to_string())?;
-        bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).map_err(|e| format!("bind {from}: {e}"))?;
-        // Linux bounds a blocking connect by the send timeout.
-        setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0)).map_err(|e| e.to_string())?;
-        connect(fd.as_raw_fd(), &SockaddrIn::from(to4)).map_err(|e| {
-            if e == nix::errno::Errno::EINPROGRESS || e == nix::errno::Errno::EAGAIN { format!("connect {to} from {from}: timed out") } else { format!("connect {to} from {from}: {e}") }
-        })?;
-        let mut s = TcpStream::from(fd);
-        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
-        let mut w = out.split_whitespace();
-        match (w.next(), w.next()) {
-            (Some(n), Some(p)) => Ok((n.to_string(), p.to_string())),
-            _ => Err(format!("{to} answered {out:?}")),
-        }
-    })
+    inside(Some(ns), move || answer(support::connect_from(from, to, Duration::from_secs(3))?, to))
+}
+
+/// What a server of `serve_tcp` answered on `s`: its name and the peer.
+fn answer(mut s: TcpStream, to: SocketAddr) -> Result<(String, String), String> {
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
+    let mut w = out.split_whitespace();
+    match (w.next(), w.next()) {
+        (Some(n), Some(p)) => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("{to} answered {out:?}")),
+    }
 }
 
 fn name(ns: Option<&str>, to: SocketAddr) -> String {

@@ -122,17 +122,8 @@ fn tcp_get(ns: &str, to: SocketAddr) -> Result<String, String> {
 /// One TCP request from namespace `ns` with source address `from`: the
 /// server's answer. A connection nobody answers times out after 2 s.
 fn tcp_get_from(ns: &str, from: Ipv4Addr, to: SocketAddr) -> Result<String, String> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
-    use std::os::fd::AsRawFd;
-    let SocketAddr::V4(to4) = to else { return Err("IPv4 only".into()) };
     in_netns(ns, move || {
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e.to_string())?;
-        bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).map_err(|e| format!("bind {from}: {e}"))?;
-        // Linux bounds a blocking connect by the send timeout.
-        setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(2, 0)).map_err(|e| e.to_string())?;
-        connect(fd.as_raw_fd(), &SockaddrIn::from(to4)).map_err(|e| if e == nix::errno::Errno::EINPROGRESS || e == nix::errno::Errno::EAGAIN { format!("connect {to} from {from}: timed out") } else { format!("connect {to} from {from}: {e}") })?;
-        let mut s = TcpStream::from(fd);
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let mut s = support::connect_from(from, to, Duration::from_secs(2))?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| format!("read {to}: {e}"))?;
         Ok(out.trim().to_string())

@@ -419,6 +419,27 @@ impl Node {
 
 }
 
+/// A TCP connection to `to` from the local address `from` (call it inside
+/// the namespace that holds `from`); one nobody answers fails after
+/// `timeout` with "timed out" in the error.
+pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr, timeout: Duration) -> Result<std::net::TcpStream, String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    use std::os::fd::AsRawFd;
+    let std::net::SocketAddr::V4(to4) = to else { return Err("IPv4 only".into()) };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e.to_string())?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).map_err(|e| format!("bind {from}: {e}"))?;
+    // Linux bounds a blocking connect by the send timeout.
+    let t = nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+    setsockopt(&fd, sockopt::SendTimeout, &t).map_err(|e| e.to_string())?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to4)).map_err(|e| match e {
+        nix::errno::Errno::EINPROGRESS | nix::errno::Errno::EAGAIN => format!("connect {to} from {from}: timed out"),
+        e => format!("connect {to} from {from}: {e}"),
+    })?;
+    let s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
 /// containerd on the node's root, inside its network namespace, logging
 /// (appending) to `<root>/containerd.log`.
 fn spawn_containerd(root: &Path, netns: &str) -> Child {
