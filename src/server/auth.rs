@@ -179,12 +179,30 @@ impl<K: Eq + Hash + Clone, V: Clone> Inflight<K, V> {
         Fut: std::future::Future<Output = V>,
     {
         let cell = self.cells.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        let v = cell.get_or_init(ask).await.clone();
+        // Whether the caller finishes or goes away mid-review, the entry
+        // goes once nobody else waits on it: cancelled reviews of made-up
+        // tokens leave nothing behind.
+        let leave = Leave { cells: &self.cells, key, cell };
+        leave.cell.get_or_init(ask).await.clone()
+    }
+}
+
+/// Takes a caller's entry out of the in-flight map when it is the last to
+/// hold it (besides the map).
+struct Leave<'a, K: Eq + Hash, V> {
+    cells: &'a Mutex<HashMap<K, Arc<OnceCell<V>>>>,
+    key: &'a K,
+    cell: Arc<OnceCell<V>>,
+}
+
+impl<K: Eq + Hash, V> Drop for Leave<'_, K, V> {
+    fn drop(&mut self) {
         let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        if cells.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            cells.remove(key);
+        // The map's reference and this guard's: no other caller waits.
+        let alone = Arc::strong_count(&self.cell) <= 2;
+        if (alone || self.cell.initialized()) && cells.get(self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            cells.remove(self.key);
         }
-        v
     }
 }
 
@@ -472,6 +490,18 @@ mod tests {
         // Denials are cached too.
         let _ = gate.authorize(&alice, "get", &configz).await;
         assert_eq!(asked.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_review_whose_caller_goes_away_leaves_nothing_in_flight() {
+        let inflight: Inflight<u32, u32> = Inflight::new();
+        for k in 0..100 {
+            let never = inflight.run(&k, || std::future::pending::<u32>());
+            assert!(tokio::time::timeout(Duration::from_millis(1), never).await.is_err());
+        }
+        assert!(inflight.cells.lock().unwrap().is_empty(), "cancelled reviews leave no entry");
+        assert_eq!(inflight.run(&7, || async { 7 }).await, 7);
+        assert!(inflight.cells.lock().unwrap().is_empty());
     }
 
     #[test]
