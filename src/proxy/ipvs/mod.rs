@@ -746,8 +746,11 @@ impl Ipvs {
             let op = Op::SetTimeouts { tcp: s.tcp_timeout, tcp_fin: s.tcp_fin_timeout, udp: s.udp_timeout };
             // A value the kernel refuses is reported, as kube-proxy does; the
             // Services are programmed all the same.
+            let refused_before = self.refusals_total;
             match self.apply_ops(std::slice::from_ref(&op)) {
-                Ok(()) => tracing::info!("{op}"),
+                // A refusal was logged by apply_ops, naming the operation.
+                Ok(()) if self.refusals_total == refused_before => tracing::info!("{op}"),
+                Ok(()) => {}
                 Err(e) => tracing::error!(error = %e, "the kernel refused the ipvs.*Timeout settings"),
             }
         }
