@@ -1515,18 +1515,7 @@ async fn five_minutes_without_the_apiserver_disturb_nothing() {
     let mut c = Cluster::start().await;
     c.api.set_taint_eviction(false);
     let node = c.node.node_name();
-    let kubeconfig = c.dir().join("kube-proxy.kubeconfig");
-    std::fs::write(&kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
-    let proxy = c.dir().join("kube-proxy.yaml");
-    std::fs::write(
-        &proxy,
-        format!(
-            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: nftables\nhostnameOverride: {node}\n\
-             clientConnection:\n  kubeconfig: {}\n",
-            kubeconfig.display()
-        ),
-    )
-    .unwrap();
+    let proxy = c.proxy_config("nftables", &node, "");
     let mut agent = c.join_with(&["--proxy-config", proxy.to_str().unwrap()]).await;
     let pods = c.pods("default");
     const N: usize = 30;

@@ -191,24 +191,10 @@ fn slice(name: &str, svc: &str, node: &str, eps: &[(usize, bool, bool)], ports: 
            "addressType": "IPv4", "endpoints": endpoints, "ports": ports})
 }
 
-/// A KubeProxyConfiguration in `mode` with `extra` lines, watching with
-/// kube-proxy's own identity as the seed deploys it: a client certificate
-/// for system:kube-proxy, which a stock cluster binds to system:node-proxier
-/// (the node identity may not read EndpointSlices).
+/// The proxy's configuration for these tests: `mode`, the pods' CIDR, and
+/// `extra` lines (see `Cluster::proxy_config`).
 fn proxy_config(c: &Cluster, mode: &str, node: &str, extra: &str) -> std::path::PathBuf {
-    let kubeconfig = c.dir().join("kube-proxy.kubeconfig");
-    std::fs::write(&kubeconfig, c.api.cert_kubeconfig(&c.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
-    let config = c.dir().join("kube-proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\nclusterCIDR: 10.244.0.0/16\n\
-             hostnameOverride: {node}\n{extra}clientConnection:\n  kubeconfig: {}\n",
-            kubeconfig.display()
-        ),
-    )
-    .unwrap();
-    config
+    c.proxy_config(mode, node, &format!("clusterCIDR: 10.244.0.0/16\n{extra}"))
 }
 
 fn sa(ip: [u8; 4], port: u16) -> SocketAddr {

@@ -34,6 +34,27 @@ impl Cluster {
         Self { node, api, client }
     }
 
+    /// A KubeProxyConfiguration in `mode` for `node`, with `extra` lines
+    /// (each ending in a newline), watching with kube-proxy's own identity as
+    /// the seed deploys it: a client certificate for system:kube-proxy, which
+    /// a stock cluster binds to system:node-proxier (the node identity may
+    /// not read EndpointSlices).
+    pub fn proxy_config(&self, mode: &str, node: &str, extra: &str) -> PathBuf {
+        let kubeconfig = self.dir().join("kube-proxy.kubeconfig");
+        std::fs::write(&kubeconfig, self.api.cert_kubeconfig(&self.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
+        let config = self.dir().join("kube-proxy.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: {mode}\n{extra}hostnameOverride: {node}\n\
+                 clientConnection:\n  kubeconfig: {}\n",
+                kubeconfig.display()
+            ),
+        )
+        .unwrap();
+        config
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.node.dir.path().to_path_buf()
     }
