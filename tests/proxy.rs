@@ -370,6 +370,45 @@ async fn traffic(mode: &str) {
     .await;
     assert!(refused.contains("refused"), "{refused}");
 
+    // Two Services claiming one external address and port: the older keeps
+    // it (though the newer sorts first), the newer gets an event, removing
+    // the newer leaves the older's address alone, and when the older goes
+    // the newer takes over. Every other Service is programmed throughout.
+    // (Last: the client's hairpinned connections earn it ICMP redirects,
+    // and the kernel then rate-limits the rejections the checks above
+    // wait for.)
+    let shared = sa([198, 51, 100, 7], 80);
+    create::<Service>(client, service("z-old", json!({"clusterIP": "10.96.0.44", "externalIPs": ["198.51.100.7"], "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice("z-old-1", "z-old", &node, &[(0, true, true)], plain.clone())).await;
+    eventually(20 * S, "the external IP answering for z-old", || async { (tcp_get(&lab.client, shared).ok().as_deref() == Some("pod-0")).then_some(()) }).await;
+    let newer = || async {
+        // creationTimestamp has whole seconds: the newer one is a second later.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        create::<Service>(client, service("a-new", json!({"clusterIP": "10.96.0.43", "externalIPs": ["198.51.100.7"], "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+        create::<EndpointSlice>(client, slice("a-new-1", "a-new", &node, &[(1, true, true)], plain.clone())).await;
+        eventually(20 * S, "a-new's clusterIP answering", || async { (tcp_get(&lab.client, sa([10, 96, 0, 43], 80)).ok().as_deref() == Some("pod-1")).then_some(()) }).await;
+    };
+    newer().await;
+    assert_eq!(responders(&lab.client, shared, 10), set(&["pod-0"]), "the older Service keeps the address");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let note = eventually(20 * S, "an AddressInUse event on a-new", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("AddressInUse") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("a-new"))?.note
+    })
+    .await;
+    assert!(note.contains("externalIP 198.51.100.7 port 80/TCP is already served by Service default/z-old"), "{note}");
+    let services = dynamic::<Service>(client);
+    services.delete("a-new", &Default::default()).await.unwrap();
+    eventually(20 * S, "a-new's clusterIP gone", || async { tcp_get(&lab.client, sa([10, 96, 0, 43], 80)).is_err().then_some(()) }).await;
+    assert_eq!(responders(&lab.client, shared, 10), set(&["pod-0"]), "removing the newer claim leaves the older one's address");
+    dynamic::<EndpointSlice>(client).delete("a-new-1", &Default::default()).await.unwrap();
+    newer().await;
+    services.delete("z-old", &Default::default()).await.unwrap();
+    eventually(20 * S, "a-new taking the address over", || async { (tcp_get(&lab.client, shared).ok().as_deref() == Some("pod-1")).then_some(()) }).await;
+    let log = agent.log();
+    let starts = log.lines().filter(|l| l.contains("WARN") && l.contains("Service default/a-new: externalIP 198.51.100.7 port 80/TCP is already served")).count();
+    assert_eq!(starts, 2, "one line each time the conflict starts:\n{log}");
+
     // nodelet gone: its rules stay (traffic keeps flowing), and the cleanup
     // removes every one of them.
     agent.kill9();

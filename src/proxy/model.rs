@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// kube-proxy's default ClientIP affinity timeout (3 h).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
@@ -36,6 +37,15 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// As the API spells it.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
         }
     }
 }
@@ -376,15 +386,32 @@ pub fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<BTreeMa
 }
 
 /// Builds the model from valid Services and slices. `errors` gets one line
-/// per object skipped.
+/// per object skipped; address conflicts are settled (see [`arbitrate`]).
 pub fn build<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_name: &str,
     errors: &mut Vec<Invalid>,
 ) -> ProxyState {
+    build_reporting(services, slices, node_name, errors, &mut Vec::new())
+}
+
+/// [`build`], with the address claims that lost their conflict in
+/// `conflicts`.
+pub fn build_reporting<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+    errors: &mut Vec<Invalid>,
+    conflicts: &mut Vec<Conflict>,
+) -> ProxyState {
     let mut state = ProxyState::default();
+    let mut created: BTreeMap<(String, String), Time> = BTreeMap::new();
     for svc in services {
+        if let Some(t) = &svc.metadata.creation_timestamp {
+            let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            created.insert((ns, svc.metadata.name.clone().unwrap_or_default()), t.clone());
+        }
         match service_ports(svc) {
             Ok(ports) => {
                 for p in ports {
@@ -414,7 +441,98 @@ pub fn build<'a>(
         eps.sort_by_key(|e| (e.ip, e.port, !e.ready, e.terminating));
         eps.dedup_by(|later, first| later.ip == first.ip && later.port == first.port);
     }
+    conflicts.extend(arbitrate(&mut state, &created));
+    conflicts.sort();
     state
+}
+
+/// What a Service port claims an address as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Claim {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancerIp,
+}
+
+impl Claim {
+    fn as_str(self) -> &'static str {
+        match self {
+            Claim::ClusterIp => "clusterIP",
+            Claim::ExternalIp => "externalIP",
+            Claim::LoadBalancerIp => "load-balancer IP",
+        }
+    }
+}
+
+/// An external or load-balancer address that two Service ports claim with
+/// the same port and protocol: only one can be programmed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conflict {
+    /// The Service port whose claim is not programmed.
+    pub loser: PortKey,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub claim: Claim,
+    /// The Service port that keeps the address, and how it holds it.
+    pub holder: PortKey,
+    pub held_as: Claim,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = if self.held_as == Claim::ClusterIp { "its clusterIP" } else { "an older claim" };
+        write!(
+            f,
+            "Service {}/{}: {} {} port {}/{} is already served by Service {}/{} ({why}); this Service is not programmed on that address while the other holds it",
+            self.loser.namespace,
+            self.loser.name,
+            self.claim.as_str(),
+            self.ip,
+            self.port,
+            self.loser.protocol.api_name(),
+            self.holder.namespace,
+            self.holder.name,
+        )
+    }
+}
+
+/// Settles address claims: an address, port and protocol can lead to one
+/// Service port only (nftables refuses a second map element for it, IPVS
+/// has one virtual service for it, and in iptables the first rule would
+/// silently win). A clusterIP always keeps its address (the apiserver
+/// allocated it); among external and load-balancer claims the oldest
+/// Service keeps it (then the first by name), so a new Service can never
+/// take over an address that another one serves. The losing claims are
+/// taken out of the model and returned; when the holder goes, the next
+/// claimant gets the address at the next sync.
+pub fn arbitrate(state: &mut ProxyState, created: &BTreeMap<(String, String), Time>) -> Vec<Conflict> {
+    let mut holders: std::collections::HashMap<(Ipv4Addr, Protocol, u16), (PortKey, Claim)> = std::collections::HashMap::new();
+    for svc in state.services.values() {
+        holders.entry((svc.cluster_ip, svc.key.protocol, svc.port)).or_insert_with(|| (svc.key.clone(), Claim::ClusterIp));
+    }
+    let mut order: Vec<&ServicePort> = state.services.values().filter(|s| !s.external_ips.is_empty() || !s.load_balancer_ips.is_empty()).collect();
+    order.sort_by_cached_key(|s| {
+        let t = created.get(&(s.key.namespace.clone(), s.key.name.clone()));
+        (t.is_none(), t.cloned(), s.key.clone())
+    });
+    let mut conflicts = Vec::new();
+    for svc in order {
+        let claims = svc.external_ips.iter().map(|ip| (*ip, Claim::ExternalIp)).chain(svc.load_balancer_ips.iter().map(|ip| (*ip, Claim::LoadBalancerIp)));
+        for (ip, claim) in claims {
+            let (holder, held_as) = holders.entry((ip, svc.key.protocol, svc.port)).or_insert_with(|| (svc.key.clone(), claim));
+            if *holder != svc.key {
+                conflicts.push(Conflict { loser: svc.key.clone(), ip, port: svc.port, claim, holder: holder.clone(), held_as: *held_as });
+            }
+        }
+    }
+    for c in &conflicts {
+        if let Some(svc) = state.services.get_mut(&c.loser) {
+            svc.external_ips.retain(|ip| *ip != c.ip);
+            svc.load_balancer_ips.retain(|ip| *ip != c.ip);
+        }
+    }
+    conflicts.dedup();
+    conflicts
 }
 
 #[cfg(test)]
@@ -512,5 +630,39 @@ mod tests {
         let eps = state.endpoints.values().next().unwrap();
         assert_eq!(eps.len(), 1);
         assert!(eps[0].ready && !eps[0].terminating, "{eps:?}");
+    }
+
+    #[test]
+    fn an_address_claimed_twice_goes_to_the_older_service_and_never_from_a_cluster_ip() {
+        let svc = |name: &str, created: &str, spec: &str| -> Service {
+            serde_yaml::from_str(&format!("metadata: {{name: {name}, namespace: d, creationTimestamp: \"{created}\"}}\nspec: {spec}")).unwrap()
+        };
+        // "a-new" sorts first but came later: "z-old" keeps the address.
+        let old = svc("z-old", "2026-01-01T00:00:00Z", "{clusterIP: 10.96.0.9, externalIPs: [198.51.100.7], ports: [{port: 80}]}");
+        let new = svc("a-new", "2026-06-01T00:00:00Z", "{clusterIP: 10.96.0.8, externalIPs: [198.51.100.7, 198.51.100.8], ports: [{port: 80, name: a}, {port: 81, name: b}]}");
+        let other_port = svc("other", "2026-07-01T00:00:00Z", "{clusterIP: 10.96.0.7, externalIPs: [198.51.100.7], ports: [{port: 443}]}");
+        // An externalIP that is another Service's clusterIP and port, by an older Service.
+        let thief = svc("thief", "2020-01-01T00:00:00Z", "{type: LoadBalancer, clusterIP: 10.96.0.6, externalIPs: [10.96.0.9], ports: [{port: 80}]}");
+        let (mut errors, mut conflicts) = (Vec::new(), Vec::new());
+        let state = build_reporting([&new, &old, &other_port, &thief], [], "n", &mut errors, &mut conflicts);
+        assert!(errors.is_empty(), "{errors:?}");
+        let ips = |name: &str, port: &str| state.services.values().find(|s| s.key.name == name && s.key.port == port).unwrap().external_ips.clone();
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(ips("z-old", ""), vec![a("198.51.100.7")]);
+        assert_eq!(ips("a-new", "a"), vec![a("198.51.100.8")], "port 80 on .7 is z-old's");
+        assert_eq!(ips("a-new", "b"), vec![a("198.51.100.7"), a("198.51.100.8")], "port 81 is free");
+        assert_eq!(ips("other", ""), vec![a("198.51.100.7")], "another port of the address is another claim");
+        assert_eq!(ips("thief", ""), Vec::<Ipv4Addr>::new(), "a clusterIP keeps its address");
+        let lines: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "Service d/a-new: externalIP 198.51.100.7 port 80/TCP is already served by Service d/z-old (an older claim); this Service is not programmed on that address while the other holds it",
+                "Service d/thief: externalIP 10.96.0.9 port 80/TCP is already served by Service d/z-old (its clusterIP); this Service is not programmed on that address while the other holds it",
+            ]
+        );
+        // The holder gone, the next claimant has it.
+        let state = build([&new, &other_port], [], "n", &mut Vec::new());
+        assert_eq!(state.services.values().find(|s| s.key.name == "a-new" && s.key.port == "a").unwrap().external_ips, vec![a("198.51.100.7"), a("198.51.100.8")]);
     }
 }

@@ -147,6 +147,7 @@ pub struct Metrics {
     endpoint_changes: AtomicU64,
     restore_failures: AtomicU64,
     invalid_objects: AtomicU64,
+    address_conflicts: AtomicU64,
     refused_objects: AtomicU64,
     refusals_total: AtomicU64,
 }
@@ -195,6 +196,7 @@ impl Metrics {
         };
         gauge(&mut out, failures, "Cumulative proxy rules restore failures", "counter", g(&self.restore_failures).to_string());
         gauge(&mut out, "nodelet_proxy_invalid_objects", "Services and EndpointSlices skipped as invalid at the last sync", "gauge", g(&self.invalid_objects).to_string());
+        gauge(&mut out, "nodelet_proxy_address_conflicts", "Service address claims not programmed because another Service holds the address, port and protocol", "gauge", g(&self.address_conflicts).to_string());
         gauge(&mut out, "nodelet_proxy_refused_objects", "Virtual services the kernel refuses now (skipped, retried with back-off)", "gauge", g(&self.refused_objects).to_string());
         gauge(&mut out, "nodelet_proxy_kernel_refusals_total", "Operations the kernel refused", "counter", g(&self.refusals_total).to_string());
         out
@@ -519,6 +521,7 @@ pub async fn run(
     let mut last_periodic = Instant::now();
     let mut failed = false;
     let mut logged: BTreeSet<String> = BTreeSet::new();
+    let mut conflicting: BTreeSet<String> = BTreeSet::new();
     let mut hc_ports: BTreeMap<u16, HealthCheckPort> = BTreeMap::new();
     let mut printed: Option<String> = None;
     let mut dirty = true;
@@ -577,12 +580,12 @@ pub async fn run(
             // Never program a partial view: until both lists are in, the
             // rules of a previous run stay as they are.
             (o.services_listed && o.slices_listed).then(|| {
-                let mut errors = Vec::new();
-                let state = model::build(o.services.values(), o.slices.values(), &s.node_name, &mut errors);
-                (state, errors)
+                let (mut errors, mut conflicts) = (Vec::new(), Vec::new());
+                let state = model::build_reporting(o.services.values(), o.slices.values(), &s.node_name, &mut errors, &mut conflicts);
+                (state, errors, conflicts)
             })
         };
-        let Some((state, errors)) = built else {
+        let Some((state, errors, conflicts)) = built else {
             // Still waiting for the lists; the loop turns now and then all
             // the same, so the watchdog sees it is not wedged.
             tokio::select! {
@@ -598,6 +601,20 @@ pub async fn run(
         }
         metrics.invalid_objects.store(messages.len() as u64, Ordering::Relaxed);
         logged = messages;
+        // Address conflicts: one line and one event on the Service that
+        // lost, when it starts; one line when it ends.
+        let now_conflicting: BTreeMap<String, &model::Conflict> = conflicts.iter().map(|c| (c.to_string(), c)).collect();
+        for (text, c) in &now_conflicting {
+            if !conflicting.contains(text) {
+                tracing::warn!("{text}");
+                post_event(&events, &objects, &s, &c.loser.namespace, &c.loser.name, "AddressInUse", text.clone());
+            }
+        }
+        for text in conflicting.iter().filter(|t| !now_conflicting.contains_key(*t)) {
+            tracing::info!("no longer in conflict: {text}");
+        }
+        conflicting = now_conflicting.into_keys().collect();
+        metrics.address_conflicts.store(conflicting.len() as u64, Ordering::Relaxed);
 
         // Every syncPeriod the rules are synced (the difference, nothing when
         // nothing changed). iptables rules live in shared tables that other
@@ -621,35 +638,9 @@ pub async fn run(
         metrics.refused_objects.store(refused_now, Ordering::Relaxed);
         metrics.refusals_total.store(refusals, Ordering::Relaxed);
         for report in backend.take_reports() {
-            let uids: Vec<(String, String, Option<String>)> = {
-                let o = objects.lock().unwrap_or_else(|e| e.into_inner());
-                report.services.iter().map(|(ns, n)| (ns.clone(), n.clone(), o.services.get(&(ns.clone(), n.clone())).and_then(|svc| svc.metadata.uid.clone()))).collect()
-            };
-            for (ns, name, uid) in uids {
-                let reference = k8s_openapi::api::core::v1::ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Service".into()),
-                    namespace: Some(ns),
-                    name: Some(name),
-                    uid,
-                    ..Default::default()
-                };
-                let ev = kube::runtime::events::Event {
-                    type_: kube::runtime::events::EventType::Warning,
-                    reason: "FailedToProgram".into(),
-                    note: Some(format!("the kernel refused {}; other Services are programmed, this one is retried with back-off", report.message)),
-                    action: "SyncProxyRules".into(),
-                    secondary: None,
-                };
-                // Posted beside the loop: an apiserver away never holds a sync.
-                if !s.dry_run {
-                    let events = events.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = events.publish(&ev, &reference).await {
-                            tracing::debug!(error = %e, "posting an event failed");
-                        }
-                    });
-                }
+            for (ns, name) in &report.services {
+                let note = format!("the kernel refused {}; other Services are programmed, this one is retried with back-off", report.message);
+                post_event(&events, &objects, &s, ns, name, "FailedToProgram", note);
             }
         }
         match result {
@@ -694,4 +685,37 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Posts a Warning event on a Service, beside the loop (an apiserver away
+/// never holds a sync); nothing in a dry run.
+fn post_event(events: &kube::runtime::events::Recorder, objects: &Mutex<Objects>, s: &ProxySettings, ns: &str, name: &str, reason: &str, note: String) {
+    if s.dry_run {
+        return;
+    }
+    let uid = {
+        let o = objects.lock().unwrap_or_else(|e| e.into_inner());
+        o.services.get(&(ns.to_string(), name.to_string())).and_then(|svc| svc.metadata.uid.clone())
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(ns.to_string()),
+        name: Some(name.to_string()),
+        uid,
+        ..Default::default()
+    };
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "SyncProxyRules".into(),
+        secondary: None,
+    };
+    let events = events.clone();
+    tokio::spawn(async move {
+        if let Err(e) = events.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "posting an event failed");
+        }
+    });
 }
