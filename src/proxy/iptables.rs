@@ -346,6 +346,15 @@ impl Iptables {
     }
 }
 
+/// Whether the kernel would take the whole ruleset for `state`: the same
+/// restore, run in a network namespace of its own (`unshare --net`) that
+/// goes away with it, so the node's rules are never touched.
+/// (`iptables-restore --test` only parses: the kernel never sees it.)
+pub fn check(state: &ProxyState, ctx: &Context) -> Result<(), ProxyError> {
+    let (input, _) = restore_input(None, &render(state, ctx), &BTreeMap::new());
+    run_with_input("unshare", &["--net", "iptables-restore", "-w", "5", "--noflush"], &input).map(|_| ())
+}
+
 fn split_rule(rule: &str) -> Vec<String> {
     // The rules hold only simple double-quoted comments.
     let mut args = Vec::new();

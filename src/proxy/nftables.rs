@@ -512,6 +512,14 @@ impl Nftables {
     }
 }
 
+/// Whether the kernel would take the whole ruleset for `state`, asked
+/// without committing anything (`nft --check`: the transaction goes to the
+/// kernel and is aborted there).
+pub fn check(state: &ProxyState, ctx: &Context) -> Result<(), ProxyError> {
+    let (script, _) = transaction(None, &render(state, ctx), &BTreeSet::new(), &BTreeSet::new());
+    run_with_input("nft", &["--check", "-f", "-"], &script).map(|_| ())
+}
+
 /// The whole ruleset as one `nft -f` script, for `--dry-run`.
 pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
     transaction(None, &render(state, ctx), &BTreeSet::new(), &BTreeSet::new()).0

@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::model::{self, ProxyState};
+use super::refusals::Refusals;
 use super::{Context, ProxyError, conntrack, iptables, ipvs, nftables};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,17 @@ impl Backend {
         match self {
             Backend::Ipvs(b) => (b.refused_now() as u64, b.refusals_total),
             _ => (0, 0),
+        }
+    }
+
+    /// Whether the kernel would take the whole ruleset for `state`, asked
+    /// without committing (iptables, nftables; IPVS holds its refusals
+    /// per operation).
+    fn check(&self, state: &ProxyState, ctx: &Context) -> Option<Result<(), String>> {
+        match self {
+            Backend::Iptables(_) => Some(iptables::check(state, ctx).map_err(|e| e.to_string())),
+            Backend::Nftables(_) => Some(nftables::check(state, ctx).map_err(|e| e.to_string())),
+            Backend::Ipvs(_) => None,
         }
     }
 
@@ -197,7 +209,7 @@ impl Metrics {
         gauge(&mut out, failures, "Cumulative proxy rules restore failures", "counter", g(&self.restore_failures).to_string());
         gauge(&mut out, "nodelet_proxy_invalid_objects", "Services and EndpointSlices skipped as invalid at the last sync", "gauge", g(&self.invalid_objects).to_string());
         gauge(&mut out, "nodelet_proxy_address_conflicts", "Service address claims not programmed because another Service holds the address, port and protocol", "gauge", g(&self.address_conflicts).to_string());
-        gauge(&mut out, "nodelet_proxy_refused_objects", "Virtual services the kernel refuses now (skipped, retried with back-off)", "gauge", g(&self.refused_objects).to_string());
+        gauge(&mut out, "nodelet_proxy_refused_objects", "Service ports (IPVS: virtual services) the kernel refuses now (held, retried with back-off)", "gauge", g(&self.refused_objects).to_string());
         gauge(&mut out, "nodelet_proxy_kernel_refusals_total", "Operations the kernel refused", "counter", g(&self.refusals_total).to_string());
         out
     }
@@ -522,6 +534,7 @@ pub async fn run(
     let mut failed = false;
     let mut logged: BTreeSet<String> = BTreeSet::new();
     let mut conflicting: BTreeSet<String> = BTreeSet::new();
+    let mut refusals = Refusals::default();
     let mut hc_ports: BTreeMap<u16, HealthCheckPort> = BTreeMap::new();
     let mut printed: Option<String> = None;
     let mut dirty = true;
@@ -533,7 +546,7 @@ pub async fn run(
         let retry = backend.recheck().map_or(retry, |r| r.min(retry));
         // An object the kernel refused is tried again when its back-off is
         // over: a sync of its own.
-        let refused_due = backend.retry_in();
+        let refused_due = [backend.retry_in(), refusals.retry_in()].into_iter().flatten().min();
         let retry = refused_due.map_or(retry, |r| r.max(Duration::from_millis(100)).min(retry));
         if !dirty {
             tokio::select! {
@@ -544,7 +557,7 @@ pub async fn run(
                     metrics.last_queued_unix_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
                 }
                 _ = tokio::time::sleep(retry) => {
-                    if backend.retry_in().is_some_and(|r| r.is_zero()) {
+                    if backend.retry_in().is_some_and(|r| r.is_zero()) || refusals.retry_in().is_some_and(|r| r.is_zero()) {
                         dirty = true;
                     }
                 }
@@ -585,7 +598,7 @@ pub async fn run(
                 (state, errors, conflicts)
             })
         };
-        let Some((state, errors, conflicts)) = built else {
+        let Some((wanted, errors, conflicts)) = built else {
             // Still waiting for the lists; the loop turns now and then all
             // the same, so the watchdog sees it is not wedged.
             tokio::select! {
@@ -626,22 +639,66 @@ pub async fn run(
         let full = failed || last_full.is_none() || periodic_full;
         let started = Instant::now();
         let ctx = s.ctx.clone();
-        let (b, result, state) = tokio::task::spawn_blocking(move || {
+        // Service ports the kernel refused stay as last applied until their
+        // back-off is over.
+        let (state, tried, wanted) = if refusals.is_empty() {
+            (wanted, BTreeSet::new(), None)
+        } else {
+            let mut state = wanted.clone();
+            let tried = refusals.hold(&mut state, &applied);
+            (state, tried, Some(wanted))
+        };
+        let (b, mut result, state) = tokio::task::spawn_blocking(move || {
             let r = backend.sync(&state, &ctx, full);
             (backend, r, state)
         })
         .await
         .expect("the proxy sync does not panic");
         backend = b;
+        // A failed sync in iptables or nftables mode: the ports at fault are
+        // held and the rest programmed at once (refusals.rs).
+        let mut state = state;
+        if result.is_err() && !s.dry_run && matches!(s.mode, Mode::Iptables | Mode::Nftables) {
+            let ctx = s.ctx.clone();
+            let last = applied.clone();
+            let (b, r, st, rf) = tokio::task::spawn_blocking(move || {
+                let mut rf = refusals;
+                let reduced = rf.isolate(&state, &last, &mut |x: &ProxyState| backend.check(x, &ctx).unwrap_or(Ok(())));
+                match reduced {
+                    Some(reduced) => {
+                        let r = backend.sync(&reduced, &ctx, true);
+                        (backend, Some(r), reduced, rf)
+                    }
+                    None => (backend, None, state, rf),
+                }
+            })
+            .await
+            .expect("the proxy isolation does not panic");
+            backend = b;
+            refusals = rf;
+            state = st;
+            if let Some(r) = r {
+                result = r;
+            }
+        }
+        if result.is_ok()
+            && let Some(wanted) = &wanted
+        {
+            refusals.applied(&tried, wanted);
+        }
         last_sync = Some(Instant::now());
-        let (refused_now, refusals) = backend.refusals();
-        metrics.refused_objects.store(refused_now, Ordering::Relaxed);
-        metrics.refusals_total.store(refusals, Ordering::Relaxed);
+        let (refused_now, refusals_total) = backend.refusals();
+        metrics.refused_objects.store(refused_now + refusals.len() as u64, Ordering::Relaxed);
+        metrics.refusals_total.store(refusals_total + refusals.total, Ordering::Relaxed);
         for report in backend.take_reports() {
             for (ns, name) in &report.services {
                 let note = format!("the kernel refused {}; other Services are programmed, this one is retried with back-off", report.message);
                 post_event(&events, &objects, &s, ns, name, "FailedToProgram", note);
             }
+        }
+        for refusal in refusals.take_reports() {
+            let note = format!("the kernel refused {}; other Services are programmed, this one is retried with back-off", refusal.message);
+            post_event(&events, &objects, &s, &refusal.key.namespace, &refusal.key.name, "FailedToProgram", note);
         }
         match result {
             Ok(changed_chains) => {
