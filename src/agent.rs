@@ -162,6 +162,41 @@ pub fn set_own_oom_score_adj(wanted: i32) -> i64 {
     }
 }
 
+/// Node Allocatable enforcement at start, as kubelet's container manager
+/// does: the pods' top-level cgroup gets its limits (capacity less the
+/// reservations with `enforceNodeAllocatable: [pods]`), and the named
+/// kube/system reserved cgroups theirs; a named cgroup that does not exist
+/// fails the start. A dry run says what it would write; the systemd driver's
+/// kubepods.slice is left to systemd (logged).
+fn enforce_node_allocatable(s: &Settings, capacity: &crate::allocatable::Capacity) -> Result<(), AgentError> {
+    use crate::allocatable::{apply, pods_limits, reserved_limits};
+    use crate::config::allocatable::Enforce;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut plan: Vec<(String, crate::allocatable::Limits, bool)> = Vec::new();
+    if s.cgroups_per_qos {
+        match s.cgroup_driver {
+            crate::pods::CgroupDriver::Cgroupfs => plan.push((format!("{}/kubepods", s.cgroup_root.trim_end_matches('/')), pods_limits(capacity, &s.allocatable), true)),
+            crate::pods::CgroupDriver::Systemd => tracing::warn!("with the systemd cgroup driver nodelet does not set kubepods.slice's limits; Node Allocatable is reported and admitted against"),
+        }
+    }
+    let a = &s.allocatable;
+    if a.enforce.contains(&Enforce::KubeReserved) {
+        plan.push((a.kube_reserved_cgroup.clone().unwrap_or_default(), reserved_limits(&a.kube_reserved), false));
+    }
+    if a.enforce.contains(&Enforce::SystemReserved) {
+        plan.push((a.system_reserved_cgroup.clone().unwrap_or_default(), reserved_limits(&a.system_reserved), false));
+    }
+    for (cgroup, limits, create) in plan {
+        if s.dry_run {
+            tracing::info!(cgroup, ?limits, "dry run: would set the cgroup's limits (Node Allocatable)");
+            continue;
+        }
+        apply(root, &cgroup, &limits, create).map_err(|e| AgentError::Fault(format!("enforcing Node Allocatable on the cgroup {cgroup}: {e}")))?;
+        tracing::info!(cgroup, cpu_shares = limits.cpu_shares, memory = ?limits.memory_bytes, pids = ?limits.pids, "Node Allocatable enforced");
+    }
+    Ok(())
+}
+
 fn node_memory_bytes() -> i64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -335,6 +370,17 @@ pub async fn run(
         tracing::warn!(file = %s.resolv_conf.display(), error = %e, "cannot read resolvConf; pods with dnsPolicy Default get no nameservers");
         String::new()
     });
+    let memory_capacity_bytes = node_memory_bytes();
+    let cpu_capacity_millis = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000;
+    let capacity = crate::allocatable::capacity(cpu_capacity_millis, memory_capacity_bytes, &s.root_dir);
+    let allocatable = crate::allocatable::allocatable(&capacity, &s.allocatable, &s.eviction.thresholds);
+    tracing::info!(
+        cpu = %crate::allocatable::cpu_quantity(allocatable.cpu_millis),
+        memory = %crate::allocatable::bytes_quantity(allocatable.memory_bytes),
+        ephemeral_storage = %crate::allocatable::bytes_quantity(allocatable.ephemeral_storage_bytes),
+        "node allocatable (capacity less kubeReserved, systemReserved and the hard eviction thresholds)"
+    );
+    enforce_node_allocatable(&s, &capacity)?;
     let node = Arc::new(NodeContext {
         node_name: s.node_name.clone(),
         root_dir: s.root_dir.clone(),
@@ -344,8 +390,10 @@ pub async fn run(
         cgroup_root: s.cgroup_root.clone(),
         cgroups_per_qos: s.cgroups_per_qos,
         dns: dns::ClusterDns { servers: s.cluster_dns.clone(), domain: s.cluster_domain.clone(), host: dns::ResolvConf::parse(&host) },
-        memory_capacity_bytes: node_memory_bytes(),
-        cpu_capacity_millis: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000,
+        memory_capacity_bytes,
+        cpu_capacity_millis,
+        allocatable: allocatable.clone(),
+        pod_pids_limit: s.allocatable.pod_pids_limit,
         oom_score_adj_floor: oom_floor,
         host_ips: s.node_ips.clone(),
         backoff: s.backoff,
@@ -502,8 +550,8 @@ pub async fn run(
             name: s.node_name.clone(),
             labels: facts.labels.clone(),
             taints: Vec::new(),
-            cpu_millis: node.cpu_capacity_millis,
-            memory_bytes: node.memory_capacity_bytes,
+            cpu_millis: node.allocatable.cpu_millis,
+            memory_bytes: node.allocatable.memory_bytes,
             max_pods: s.max_pods,
         });
         node_labels_tx.send_replace(facts.labels.clone());

@@ -129,8 +129,9 @@ pub fn resource_value(sel: &ResourceFieldSelector, own: &Container, facts: &PodF
         Some(q) => quantity::parse(&q.0).map_err(|e| err(e.to_string()))?,
         // An unset limit is the node's allocatable amount, as kubelet does.
         None if kind == "limits" => match res {
-            "cpu" => facts.node.cpu_capacity_millis as f64 / 1000.0,
-            "memory" => facts.node.memory_capacity_bytes as f64,
+            "cpu" => facts.node.allocatable.cpu_millis as f64 / 1000.0,
+            "memory" => facts.node.allocatable.memory_bytes as f64,
+            "ephemeral-storage" => facts.node.allocatable.ephemeral_storage_bytes as f64,
             _ => 0.0,
         },
         None => 0.0,

@@ -6,6 +6,7 @@
 //! CRI shell; `config` resolves flags and files; `server` serves the local
 //! endpoints; `agent` wires them together.
 
+pub mod allocatable;
 pub mod agent;
 pub mod clock;
 pub mod cluster;

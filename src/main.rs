@@ -1,5 +1,6 @@
 //! The nodelet command line. Parses flags and hands over to the library.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -244,6 +245,30 @@ struct RunArgs {
     /// Where the credential provider plugins' binaries are.
     #[arg(long)]
     image_credential_provider_bin_dir: Option<PathBuf>,
+    /// Set aside for Kubernetes daemons: `cpu=100m,memory=256Mi,ephemeral-storage=1Gi,pid=1000`
+    /// (KubeletConfiguration kubeReserved).
+    #[arg(long, value_parser = pairs)]
+    kube_reserved: Option<BTreeMap<String, String>>,
+    /// Set aside for system daemons, as --kube-reserved (systemReserved).
+    #[arg(long, value_parser = pairs)]
+    system_reserved: Option<BTreeMap<String, String>>,
+    /// CPUs set aside for the system, e.g. `0-1` (reservedSystemCPUs); their
+    /// count replaces the cpu of both reservations.
+    #[arg(long)]
+    reserved_cpus: Option<String>,
+    /// What Node Allocatable is enforced on: `pods`, `kube-reserved`,
+    /// `system-reserved`, or `none` (enforceNodeAllocatable) [default: pods].
+    #[arg(long, value_delimiter = ',')]
+    enforce_node_allocatable: Option<Vec<String>>,
+    /// The cgroup that gets kubeReserved's limits (kubeReservedCgroup).
+    #[arg(long)]
+    kube_reserved_cgroup: Option<String>,
+    /// The cgroup that gets systemReserved's limits (systemReservedCgroup).
+    #[arg(long)]
+    system_reserved_cgroup: Option<String>,
+    /// Most processes in any pod; -1 for no limit (podPidsLimit) [default: -1].
+    #[arg(long, allow_negative_numbers = true)]
+    pod_max_pids: Option<i64>,
     /// The node API's address [default: 0.0.0.0].
     #[arg(long)]
     address: Option<String>,
@@ -374,6 +399,15 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         rotate_certificates: a.rotate_certificates,
         image_credential_provider_config: a.image_credential_provider_config,
         image_credential_provider_bin_dir: a.image_credential_provider_bin_dir,
+        allocatable: nodelet::config::allocatable::AllocatableFields {
+            kube_reserved: a.kube_reserved,
+            system_reserved: a.system_reserved,
+            reserved_system_cpus: a.reserved_cpus,
+            enforce_node_allocatable: a.enforce_node_allocatable,
+            kube_reserved_cgroup: a.kube_reserved_cgroup,
+            system_reserved_cgroup: a.system_reserved_cgroup,
+            pod_pids_limit: a.pod_max_pids,
+        },
         node_api: nodelet::config::node_api::NodeApiFlags {
             address: a.address,
             port: a.port,
@@ -507,4 +541,9 @@ fn main() {
 
 fn chain(e: &anyhow::Error) -> String {
     e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
+/// A `name=quantity,…` flag value.
+fn pairs(s: &str) -> Result<BTreeMap<String, String>, String> {
+    nodelet::config::allocatable::parse_pairs(s)
 }

@@ -60,6 +60,11 @@ pub struct NodeContext {
     /// defaults.
     pub memory_capacity_bytes: i64,
     pub cpu_capacity_millis: i64,
+    /// Node Allocatable: what pods are admitted against, and the downward
+    /// API's default limits.
+    pub allocatable: crate::allocatable::Allocatable,
+    /// `podPidsLimit`: pids.max of each pod cgroup (None: no limit).
+    pub pod_pids_limit: Option<i64>,
     /// The lowest oom_score_adj this node lets processes have (-1000 unless
     /// the kernel refused nodelet a lower score).
     pub oom_score_adj_floor: i64,
@@ -94,6 +99,8 @@ impl NodeContext {
             dns: ClusterDns::default(),
             memory_capacity_bytes: 8 << 30,
             cpu_capacity_millis: 4000,
+            allocatable: crate::allocatable::Allocatable { cpu_millis: 4000, memory_bytes: 8 << 30, ..Default::default() },
+            pod_pids_limit: None,
             oom_score_adj_floor: -1000,
             host_ips: vec![],
             backoff: BackoffConfig::default(),

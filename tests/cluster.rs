@@ -482,6 +482,108 @@ async fn config_maps_secrets_services_and_tokens_reach_the_pod() {
 
 /// The memory cgroup the node's pods live under, with a limit of `mib`: the
 /// memory.available signal is judged against it (cgroup v2 or v1).
+/// A quantity as the node writes it (`123Ki`, `2`, `1500m`, plain bytes):
+/// bytes, or millicores for cpu.
+fn amount(q: &str, cpu: bool) -> i64 {
+    let (n, unit) = q.find(|c: char| !c.is_ascii_digit()).map_or((q, ""), |i| q.split_at(i));
+    let n: i64 = n.parse().unwrap();
+    match (unit, cpu) {
+        ("", true) => n * 1000,
+        ("m", true) => n,
+        ("", false) => n,
+        ("Ki", false) => n << 10,
+        ("Mi", false) => n << 20,
+        ("Gi", false) => n << 30,
+        other => panic!("unexpected quantity {q}: {other:?}"),
+    }
+}
+
+/// Node Allocatable: the Node reports capacity less kubeReserved,
+/// systemReserved and the hard eviction threshold (and the huge pages);
+/// a pod that fits capacity but not allocatable is refused OutOfmemory;
+/// the pods' top-level cgroup is limited to capacity less the reservations
+/// and each pod cgroup to podPidsLimit processes, which a pod that forks
+/// more meets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocatable_is_capacity_less_what_is_reserved_and_the_cgroups_hold_it() {
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("kubeReserved: {cpu: 500m, memory: 1Gi, pid: '1000'}\nsystemReserved: {memory: 512Mi}\npodPidsLimit: 40\n");
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let status = eventually(30 * S, "the node's status", || async { nodes.get(&node).await.ok()?.status.filter(|s| s.allocatable.is_some()) }).await;
+    let (cap, alloc) = (status.capacity.unwrap(), status.allocatable.unwrap());
+    let huge: i64 = cap.iter().filter(|(k, _)| k.starts_with("hugepages-")).map(|(_, q)| amount(&q.0, false)).sum();
+    let cap_mem = amount(&cap["memory"].0, false);
+    assert_eq!(amount(&alloc["memory"].0, false), cap_mem - (1 << 30) - (512 << 20) - (100 << 20) - huge, "memory: {cap:?} {alloc:?}");
+    assert_eq!(amount(&alloc["cpu"].0, true), amount(&cap["cpu"].0, true) - 500, "cpu");
+    assert_eq!(alloc["pods"], cap["pods"]);
+    assert_eq!(alloc["ephemeral-storage"].0, cap["ephemeral-storage"].0, "no nodefs threshold in the tests' config");
+
+    // Fits capacity, not allocatable: refused.
+    let pods = c.pods("default");
+    let mut big = bound_pod("big", &node, "sleep 3600");
+    let want = amount(&alloc["memory"].0, false) + (256 << 20);
+    big.spec.as_mut().unwrap().containers[0].resources =
+        Some(serde_json::from_value(serde_json::json!({"requests": {"memory": want.to_string()}})).unwrap());
+    assert!(want < cap_mem, "the request fits the capacity");
+    pods.create(&PostParams::default(), &big).await.unwrap();
+    let refused = eventually(30 * S, "big refused", || async {
+        let st = pods.get("big").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(refused.reason.as_deref(), Some("OutOfmemory"), "{refused:?}");
+
+    // The pods' cgroup, and a pod that tries to run 60 processes.
+    let rel = format!("{}/kubepods", c.node.cgroup_root.trim_start_matches('/'));
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let file = |ctrl: &str, path: &str, name: &str| {
+        let p = if v2 { format!("/sys/fs/cgroup/{path}/{name}") } else { format!("/sys/fs/cgroup/{ctrl}/{path}/{name}") };
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")).trim().to_string()
+    };
+    let (mem_file, cpu_file) = if v2 { ("memory.max", "cpu.weight") } else { ("memory.limit_in_bytes", "cpu.shares") };
+    assert_eq!(file("memory", &rel, mem_file), (cap_mem - (1 << 30) - (512 << 20)).to_string(), "kubepods: capacity less the reservations");
+    let cpu_millis = amount(&cap["cpu"].0, true) - 500;
+    if !v2 {
+        assert_eq!(file("cpu", &rel, cpu_file), (cpu_millis * 1024 / 1000).to_string());
+    }
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    assert_eq!(file("pids", &rel, "pids.max"), (pid_max - 1000).to_string());
+    // (exec: once the limit is met the shell cannot fork another sleep.)
+    // A pod that forks 60 sleeps in a subshell (which dies when a fork is
+    // refused) and then stays: the pod holds at the limit, and a fork was
+    // refused below it (cgroup v1 counts the refusal where the forking task
+    // is: the container's cgroup).
+    let sixty: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    let forks = format!("( for i in {}; do sleep 600 & done ) 2>/dev/null; exec sleep 3600", sixty.join(" "));
+    let created = pods.create(&PostParams::default(), &bound_pod("forks", &node, &forks)).await.unwrap();
+    let pod_cgroup = format!("{rel}/besteffort/pod{}", created.metadata.uid.unwrap());
+    let pod_dir = if v2 { format!("/sys/fs/cgroup/{pod_cgroup}") } else { format!("/sys/fs/cgroup/pids/{pod_cgroup}") };
+    let refused_forks = eventually(60 * S, "the pod at its process limit with a fork refused", || async {
+        let current: i64 = std::fs::read_to_string(format!("{pod_dir}/pids.current")).ok()?.trim().parse().ok()?;
+        let mut refused = 0i64;
+        let mut stack = vec![std::path::PathBuf::from(&pod_dir)];
+        while let Some(d) = stack.pop() {
+            if let Ok(events) = std::fs::read_to_string(d.join("pids.events")) {
+                refused += events.split_whitespace().nth(1).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+            }
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        // At the refusal the subshell made 40; it is gone since.
+        ((38..=40).contains(&current) && refused > 0).then_some(refused)
+    })
+    .await;
+    assert_eq!(file("pids", &pod_cgroup, "pids.max"), "40", "podPidsLimit");
+    let current: i64 = file("pids", &pod_cgroup, "pids.current").parse().unwrap();
+    assert!(current <= 40, "at most podPidsLimit processes: {current}");
+    assert!(refused_forks > 0, "forks beyond the limit were refused");
+}
+
 fn limit_pod_memory(cgroup_root: &str, mib: u64) {
     let rel = cgroup_root.trim_start_matches('/');
     let (dir, file) = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {

@@ -85,12 +85,25 @@ impl NodeFacts {
             .or_else(|_| nix::sys::statvfs::statvfs("/"))
             .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
             .unwrap_or(0);
-        let capacity = BTreeMap::from([
+        let mut capacity = BTreeMap::from([
             ("cpu".to_string(), Quantity(format!("{}", (cpu_millis / 1000).max(1)))),
             ("memory".to_string(), Quantity(format!("{}Ki", memory_bytes / 1024))),
             ("pods".to_string(), Quantity(max_pods.to_string())),
             ("ephemeral-storage".to_string(), Quantity(format!("{}Ki", storage / 1024))),
         ]);
+        // Allocatable: capacity less kubeReserved, systemReserved and the
+        // hard eviction thresholds (crate::allocatable).
+        let a = &node.allocatable;
+        let mut allocatable = BTreeMap::from([
+            ("cpu".to_string(), Quantity(crate::allocatable::cpu_quantity(a.cpu_millis))),
+            ("memory".to_string(), Quantity(crate::allocatable::bytes_quantity(a.memory_bytes))),
+            ("pods".to_string(), Quantity(max_pods.to_string())),
+            ("ephemeral-storage".to_string(), Quantity(crate::allocatable::bytes_quantity(a.ephemeral_storage_bytes))),
+        ]);
+        for (name, bytes) in &a.hugepages {
+            capacity.insert(name.clone(), Quantity(crate::allocatable::bytes_quantity(*bytes)));
+            allocatable.insert(name.clone(), Quantity(crate::allocatable::bytes_quantity(*bytes)));
+        }
         let mut addresses: Vec<NodeAddress> =
             node_ips.iter().map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.clone() }).collect();
         addresses.push(NodeAddress { type_: "Hostname".into(), address: name.to_string() });
@@ -108,7 +121,7 @@ impl NodeFacts {
             system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
             ..Default::default()
         };
-        Self { name: name.into(), labels, taints, allocatable: capacity.clone(), capacity, addresses, info, port: KUBELET_PORT }
+        Self { name: name.into(), labels, taints, allocatable, capacity, addresses, info, port: KUBELET_PORT }
     }
 
     /// The Node to create.

@@ -78,6 +78,9 @@ pub struct KubeletConfig {
     pub image_pull_credentials_verify_policy: Option<super::VerifyPolicy>,
     pub preloaded_images_verification_allowlist: Option<Vec<String>>,
     pub eviction: super::eviction::EvictionConfig,
+    /// kubeReserved, systemReserved, reservedSystemCPUs,
+    /// enforceNodeAllocatable and its cgroups, podPidsLimit (checked).
+    pub allocatable: super::allocatable::AllocatableFields,
     pub shutdown_grace_period: Option<Duration>,
     pub shutdown_grace_period_critical_pods: Option<Duration>,
 }
@@ -342,6 +345,13 @@ impl KubeletConfig {
                 "preloadedImagesVerificationAllowlist" => c.preloaded_images_verification_allowlist = Some(field(file, k, v)?),
                 "shutdownGracePeriod" => c.shutdown_grace_period = Some(duration(file, k, v)?),
                 "shutdownGracePeriodCriticalPods" => c.shutdown_grace_period_critical_pods = Some(duration(file, k, v)?),
+                "kubeReserved" => c.allocatable.kube_reserved = Some(field(file, k, v)?),
+                "systemReserved" => c.allocatable.system_reserved = Some(field(file, k, v)?),
+                "reservedSystemCPUs" => c.allocatable.reserved_system_cpus = Some(field(file, k, v)?),
+                "enforceNodeAllocatable" => c.allocatable.enforce_node_allocatable = Some(field(file, k, v)?),
+                "kubeReservedCgroup" => c.allocatable.kube_reserved_cgroup = Some(field(file, k, v)?),
+                "systemReservedCgroup" => c.allocatable.system_reserved_cgroup = Some(field(file, k, v)?),
+                "podPidsLimit" => c.allocatable.pod_pids_limit = Some(field(file, k, v)?),
                 "evictionHard" => eviction.hard = Some(field(file, k, v)?),
                 "evictionSoft" => eviction.soft = Some(field(file, k, v)?),
                 "evictionSoftGracePeriod" => eviction.soft_grace = Some(field(file, k, v)?),
@@ -366,6 +376,7 @@ impl KubeletConfig {
             }
         }
         c.eviction = super::eviction::EvictionConfig::resolve(&eviction, file)?;
+        super::allocatable::AllocatableConfig::resolve(&c.allocatable, file)?;
         if let (Some(total), Some(critical)) = (c.shutdown_grace_period, c.shutdown_grace_period_critical_pods)
             && critical > total
         {

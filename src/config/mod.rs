@@ -1,6 +1,7 @@
 //! Configuration: kubelet-style flags over a KubeletConfiguration file over
 //! kubelet's defaults, resolved once at start into [`Settings`].
 
+pub mod allocatable;
 pub mod duration;
 pub mod eviction;
 pub mod kubelet;
@@ -122,6 +123,8 @@ pub struct Settings {
     pub credential_providers: Option<(PathBuf, PathBuf)>,
     pub container_gc: ContainerGcPolicy,
     pub eviction: eviction::EvictionConfig,
+    /// Node Allocatable: reservations, their enforcement, podPidsLimit.
+    pub allocatable: allocatable::AllocatableConfig,
     /// Graceful node shutdown: the whole period and the part kept for
     /// critical pods (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`);
     /// `None` when off (a zero period).
@@ -205,6 +208,36 @@ impl Settings {
             m.insert("registryPullQPS".into(), serde_json::json!(self.pulls.qps));
             m.insert("registryBurst".into(), self.pulls.burst.into());
             m.insert("imagePullCredentialsVerificationPolicy".into(), format!("{:?}", self.pulls.verify).into());
+            let a = &self.allocatable;
+            let reserved = |r: &allocatable::Reservation| {
+                let mut out = serde_json::Map::new();
+                for (k, v, text) in [
+                    ("cpu", r.cpu_millis, format!("{}m", r.cpu_millis)),
+                    ("memory", r.memory_bytes, r.memory_bytes.to_string()),
+                    ("ephemeral-storage", r.ephemeral_storage_bytes, r.ephemeral_storage_bytes.to_string()),
+                    ("pid", r.pids, r.pids.to_string()),
+                ] {
+                    if v > 0 {
+                        out.insert(k.into(), text.into());
+                    }
+                }
+                serde_json::Value::Object(out)
+            };
+            m.insert("kubeReserved".into(), reserved(&a.kube_reserved));
+            m.insert("systemReserved".into(), reserved(&a.system_reserved));
+            let enforce: Vec<&str> = a
+                .enforce
+                .iter()
+                .map(|e| match e {
+                    allocatable::Enforce::Pods => "pods",
+                    allocatable::Enforce::KubeReserved => "kube-reserved",
+                    allocatable::Enforce::SystemReserved => "system-reserved",
+                })
+                .collect();
+            m.insert("enforceNodeAllocatable".into(), serde_json::json!(enforce));
+            m.insert("kubeReservedCgroup".into(), serde_json::json!(a.kube_reserved_cgroup));
+            m.insert("systemReservedCgroup".into(), serde_json::json!(a.system_reserved_cgroup));
+            m.insert("podPidsLimit".into(), a.pod_pids_limit.unwrap_or(-1).into());
         }
         v
     }
@@ -403,6 +436,10 @@ pub struct Overrides {
     pub node_api: node_api::NodeApiFlags,
     pub image_credential_provider_config: Option<PathBuf>,
     pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// --kube-reserved, --system-reserved, --reserved-cpus,
+    /// --enforce-node-allocatable, --kube-reserved-cgroup,
+    /// --system-reserved-cgroup, --pod-max-pids.
+    pub allocatable: allocatable::AllocatableFields,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -554,6 +591,14 @@ impl Settings {
         for ip in &cluster_dns {
             ip.parse::<IpAddr>().map_err(|_| flag_err("clusterDNS", format!("{ip:?} is not an IP address")))?;
         }
+        let cgroups_per_qos = o.cgroups_per_qos.or(file.cgroups_per_qos).unwrap_or(true);
+        let allocatable = allocatable::AllocatableConfig::resolve(&file.allocatable.overlay(&o.allocatable), "the command line")?;
+        if !cgroups_per_qos && !allocatable.enforce.is_empty() {
+            return Err(flag_err(
+                "enforceNodeAllocatable",
+                "is not supported unless cgroupsPerQOS (--cgroups-per-qos) is on; set it to [] (or --enforce-node-allocatable=none)",
+            ));
+        }
         Ok(Settings {
             node_name,
             dry_run: o.dry_run,
@@ -577,7 +622,7 @@ impl Settings {
             resolv_conf: o.resolv_conf.or(file.resolv_conf).unwrap_or_else(|| "/etc/resolv.conf".into()),
             cgroup_driver,
             cgroup_root: o.cgroup_root.or(file.cgroup_root).unwrap_or_else(|| "/".into()),
-            cgroups_per_qos: o.cgroups_per_qos.or(file.cgroups_per_qos).unwrap_or(true),
+            cgroups_per_qos,
             healthz,
             max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
             allowed_unsafe_sysctls: if o.allowed_unsafe_sysctls.is_empty() { file.allowed_unsafe_sysctls.clone().unwrap_or_default() } else { o.allowed_unsafe_sysctls.clone() },
@@ -593,6 +638,7 @@ impl Settings {
             pulls,
             credential_providers,
             eviction: file.eviction.clone(),
+            allocatable,
             container_gc: ContainerGcPolicy {
                 min_age: o.minimum_container_ttl_duration.unwrap_or(Duration::ZERO),
                 max_per_pod_container: o.maximum_dead_containers_per_container.unwrap_or(1),

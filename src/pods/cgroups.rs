@@ -118,11 +118,13 @@ fn write(path: &Path, value: &str) -> std::io::Result<()> {
 /// Creates the pod's cgroup (cgroupfs driver) with its limits before the
 /// sandbox starts in it, and gives BestEffort pods' QoS level the minimum
 /// CPU weight, as kubelet's QoS container manager does.
-pub fn ensure_pod_cgroup(parent: &str, limits: &PodLimits) -> std::io::Result<()> {
-    ensure_in(Path::new(CGROUP_MOUNT), parent, limits)
+/// `pids` is `podPidsLimit` (None: no limit), as pids.max.
+pub fn ensure_pod_cgroup(parent: &str, limits: &PodLimits, pids: Option<i64>) -> std::io::Result<()> {
+    ensure_in(Path::new(CGROUP_MOUNT), parent, limits, pids)
 }
 
-fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<()> {
+fn ensure_in(root: &Path, parent: &str, limits: &PodLimits, pids: Option<i64>) -> std::io::Result<()> {
+    let pids_max = pids.map_or("max".to_string(), |n| n.to_string());
     let rel = parent.trim_start_matches('/');
     if rel.is_empty() {
         return Ok(());
@@ -131,7 +133,7 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
         // cgroup v2: enable cpu and memory down the path, then set.
         let mut dir = root.to_path_buf();
         for part in Path::new(rel).components() {
-            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory");
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory +pids");
             dir = dir.join(part);
             std::fs::create_dir_all(&dir)?;
         }
@@ -140,6 +142,7 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
         let max = limits.cpu_quota.map_or("max".to_string(), |q| q.to_string());
         write(&dir.join("cpu.max"), &format!("{max} {}", crate::resources::CPU_PERIOD_US))?;
         write(&dir.join("memory.max"), &limits.memory.map_or("max".to_string(), |m| m.to_string()))?;
+        write(&dir.join("pids.max"), &pids_max)?;
         return Ok(());
     }
     let cpu = root.join("cpu").join(rel);
@@ -154,6 +157,11 @@ fn ensure_in(root: &Path, parent: &str, limits: &PodLimits) -> std::io::Result<(
     std::fs::create_dir_all(&mem)?;
     if let Some(m) = limits.memory {
         write(&mem.join("memory.limit_in_bytes"), &m.to_string())?;
+    }
+    let pid_dir = root.join("pids").join(rel);
+    if pids.is_some() || root.join("pids").is_dir() {
+        std::fs::create_dir_all(&pid_dir)?;
+        write(&pid_dir.join("pids.max"), &pids_max)?;
     }
     Ok(())
 }
@@ -205,10 +213,11 @@ mod tests {
     fn v1_files_are_written() {
         let tmp = tempfile::tempdir().unwrap();
         let l = PodLimits { cpu_shares: 512, cpu_quota: Some(50_000), memory: Some(1 << 27) };
-        ensure_in(tmp.path(), "/root/kubepods/besteffort/podx", &l).unwrap();
+        ensure_in(tmp.path(), "/root/kubepods/besteffort/podx", &l, Some(1024)).unwrap();
         let read = |p: &str| std::fs::read_to_string(tmp.path().join(p)).unwrap();
         assert_eq!(read("cpu/root/kubepods/besteffort/podx/cpu.cfs_quota_us"), "50000");
         assert_eq!(read("cpu/root/kubepods/besteffort/cpu.shares"), "2");
         assert_eq!(read("memory/root/kubepods/besteffort/podx/memory.limit_in_bytes"), (1 << 27).to_string());
+        assert_eq!(read("pids/root/kubepods/besteffort/podx/pids.max"), "1024", "podPidsLimit");
     }
 }

@@ -651,7 +651,7 @@ impl Worker {
         let new_limits = crate::pods::cgroups::pod_limits(pod);
         let wider = crate::pods::cgroups::pod_limits(&before).max(&new_limits);
         if let Some(parent) = &pod_cgroup
-            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &wider)
+            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &wider, node.pod_pids_limit)
         {
             self.resize_failed(format!("setting the pod cgroup {parent}: {e}"));
             return restart;
@@ -671,7 +671,7 @@ impl Worker {
         // container that failed keeps the wider one until it is resized).
         if failed.is_none()
             && let Some(parent) = &pod_cgroup
-            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &new_limits)
+            && let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(parent, &new_limits, node.pod_pids_limit)
         {
             failed = Some(format!("setting the pod cgroup {parent}: {e}"));
         }

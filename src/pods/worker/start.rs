@@ -50,7 +50,7 @@ impl Worker {
         }
         if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs && !self.ctx.dry_run && node.cgroups_per_qos {
             let parent = config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
-            if let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(&parent, &crate::pods::cgroups::pod_limits(pod)) {
+            if let Err(e) = crate::pods::cgroups::ensure_pod_cgroup(&parent, &crate::pods::cgroups::pod_limits(pod), node.pod_pids_limit) {
                 self.event(EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to set up the pod cgroup {parent}: {e}"));
                 return Err(self.retry_later());
             }
