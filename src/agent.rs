@@ -436,7 +436,7 @@ pub async fn run(
     let statuses_for_status = statuses.clone();
     let writes = joined.is_some() && !s.dry_run;
     let events: Arc<dyn EventRecorder> = match &joined {
-        Some(j) if writes => Arc::new(ApiRecorder::start(j.client.clone(), &s.node_name)),
+        Some(j) if writes => Arc::new(ApiRecorder::start(j.client.clone(), &s.node_name, s.cluster.as_ref().and_then(|c| c.event_rate))),
         _ => Arc::new(LogRecorder),
     };
     let trails = Arc::new(crate::explain::Trails::default());

@@ -266,6 +266,18 @@ struct RunArgs {
     /// The cgroup that gets systemReserved's limits (systemReservedCgroup).
     #[arg(long)]
     system_reserved_cgroup: Option<String>,
+    /// Requests per second to the apiserver (kubeAPIQPS) [default: 50].
+    #[arg(long)]
+    kube_api_qps: Option<u32>,
+    /// Burst of requests to the apiserver (kubeAPIBurst) [default: 100].
+    #[arg(long)]
+    kube_api_burst: Option<u32>,
+    /// Events posted per second; 0 for no limit (eventRecordQPS) [default: 50].
+    #[arg(long)]
+    event_qps: Option<u32>,
+    /// Burst of events (eventBurst) [default: 100].
+    #[arg(long)]
+    event_burst: Option<u32>,
     /// Most processes in any pod; -1 for no limit (podPidsLimit) [default: -1].
     #[arg(long, allow_negative_numbers = true)]
     pod_max_pids: Option<i64>,
@@ -399,6 +411,10 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         rotate_certificates: a.rotate_certificates,
         image_credential_provider_config: a.image_credential_provider_config,
         image_credential_provider_bin_dir: a.image_credential_provider_bin_dir,
+        kube_api_qps: a.kube_api_qps,
+        kube_api_burst: a.kube_api_burst,
+        event_qps: a.event_qps,
+        event_burst: a.event_burst,
         allocatable: nodelet::config::allocatable::AllocatableFields {
             kube_reserved: a.kube_reserved,
             system_reserved: a.system_reserved,

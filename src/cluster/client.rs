@@ -1,5 +1,5 @@
 //! The apiserver client: kube-rs over rustls (ring), with kubelet's request
-//! rate (QPS 50, burst 100), and a client certificate that can be swapped
+//! rate (kubeAPIQPS 50, kubeAPIBurst 100 unless set), and a client certificate that can be swapped
 //! while the client is in use. When it is, the connection pool is replaced:
 //! new requests open connections that present the new certificate, and the
 //! old connections close once their last request (a watch, say) ends, as
@@ -27,6 +27,11 @@ use super::ClusterError;
 /// kubelet's client defaults.
 pub const QPS: u32 = 50;
 pub const BURST: u32 = 100;
+
+/// A token bucket for `rate` (zero counts as one).
+pub fn quota(rate: crate::config::Rate) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate.qps).unwrap_or(NonZeroU32::MIN)).allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN))
+}
 
 /// Installs ring as rustls' process-wide provider, once.
 pub fn install_crypto() {
@@ -165,18 +170,23 @@ const READ_TIMEOUT: Duration = Duration::from_secs(295);
 /// `cert`, the client certificate comes from it (and can be rotated);
 /// without, from the kubeconfig.
 pub async fn build(kubeconfig: kube::config::Kubeconfig, cert: Option<Arc<RotatingCert>>) -> Result<kube::Client, ClusterError> {
-    build_with(kubeconfig, cert, true).await
+    build_with(kubeconfig, cert, Some(crate::config::Rate { qps: QPS, burst: BURST })).await
+}
+
+/// [`build`] at `rate` (`kubeAPIQPS`, `kubeAPIBurst`).
+pub async fn build_at(kubeconfig: kube::config::Kubeconfig, cert: Option<Arc<RotatingCert>>, rate: crate::config::Rate) -> Result<kube::Client, ClusterError> {
+    build_with(kubeconfig, cert, Some(rate)).await
 }
 
 /// The heartbeat's client: the same credentials, no rate limit.
 pub async fn build_heartbeat(kubeconfig: kube::config::Kubeconfig, cert: Option<Arc<RotatingCert>>) -> Result<kube::Client, ClusterError> {
-    build_with(kubeconfig, cert, false).await
+    build_with(kubeconfig, cert, None).await
 }
 
 async fn build_with(
     kubeconfig: kube::config::Kubeconfig,
     cert: Option<Arc<RotatingCert>>,
-    limited: bool,
+    rate: Option<crate::config::Rate>,
 ) -> Result<kube::Client, ClusterError> {
     install_crypto();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -201,11 +211,7 @@ async fn build_with(
     timeouts.set_read_timeout(config.read_timeout.or(Some(READ_TIMEOUT)));
     timeouts.set_write_timeout(config.write_timeout);
     let pool = PerCertPool::new(timeouts, cert);
-    let limiter = limited.then(|| {
-        let quota = Quota::per_second(NonZeroU32::new(QPS).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(BURST).expect("non-zero"));
-        Arc::new(RateLimiter::direct(quota))
-    });
+    let limiter = rate.map(|r| Arc::new(RateLimiter::direct(quota(r))));
     let auth = config.auth_layer().map_err(|e| ClusterError::Bootstrap(format!("kubeconfig credentials: {e}")))?;
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())

@@ -17,11 +17,17 @@ pub struct ApiRecorder {
 
 impl ApiRecorder {
     /// Starts the sender task; it ends when the recorder is dropped.
-    pub fn start(client: kube::Client, node: &str) -> Self {
+    /// `rate`: eventRecordQPS and eventBurst (None: no limit); events wait
+    /// their turn in the queue.
+    pub fn start(client: kube::Client, node: &str, rate: Option<crate::config::Rate>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Queued>(1024);
+        let limiter = rate.map(|r| governor::RateLimiter::direct(super::client::quota(r)));
         let recorder = Recorder::new(client, Reporter { controller: "kubelet".into(), instance: Some(node.into()) });
         tokio::spawn(async move {
             while let Some((pod, kind, reason, message)) = rx.recv().await {
+                if let Some(l) = &limiter {
+                    l.until_ready().await;
+                }
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),

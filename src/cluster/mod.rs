@@ -95,7 +95,7 @@ pub async fn join(cs: &ClusterSettings, node: &str, dry_run: bool) -> Result<Joi
     };
     let creds = certs::load_or_bootstrap(&paths, node).await?;
     let cert = creds.cert.as_ref().map(|c| c.0.clone());
-    let client = client::build(creds.kubeconfig.clone(), cert.clone()).await?;
+    let client = client::build_at(creds.kubeconfig.clone(), cert.clone(), cs.api_rate).await?;
     let heartbeat = client::build_heartbeat(creds.kubeconfig, cert).await?;
     Ok(Joined { client, heartbeat, cert: creds.cert })
 }

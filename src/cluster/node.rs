@@ -439,6 +439,8 @@ mod tests {
             status_report: Duration::from_secs(300),
             lease_duration_seconds: 40,
             rotate_certificates: true,
+            api_rate: crate::config::Rate { qps: 50, burst: 100 },
+            event_rate: None,
         };
         NodeFacts::gather(&node, &cs, 110, "containerd://1.6.20")
     }

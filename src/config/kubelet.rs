@@ -81,6 +81,11 @@ pub struct KubeletConfig {
     /// kubeReserved, systemReserved, reservedSystemCPUs,
     /// enforceNodeAllocatable and its cgroups, podPidsLimit (checked).
     pub allocatable: super::allocatable::AllocatableFields,
+    /// kubeAPIQPS, kubeAPIBurst, eventRecordQPS, eventBurst.
+    pub kube_api_qps: Option<u32>,
+    pub kube_api_burst: Option<u32>,
+    pub event_record_qps: Option<u32>,
+    pub event_burst: Option<u32>,
     pub shutdown_grace_period: Option<Duration>,
     pub shutdown_grace_period_critical_pods: Option<Duration>,
 }
@@ -345,6 +350,10 @@ impl KubeletConfig {
                 "preloadedImagesVerificationAllowlist" => c.preloaded_images_verification_allowlist = Some(field(file, k, v)?),
                 "shutdownGracePeriod" => c.shutdown_grace_period = Some(duration(file, k, v)?),
                 "shutdownGracePeriodCriticalPods" => c.shutdown_grace_period_critical_pods = Some(duration(file, k, v)?),
+                "kubeAPIQPS" => c.kube_api_qps = Some(count(file, k, v, 0)?),
+                "kubeAPIBurst" => c.kube_api_burst = Some(count(file, k, v, 0)?),
+                "eventRecordQPS" => c.event_record_qps = Some(count(file, k, v, 0)?),
+                "eventBurst" => c.event_burst = Some(count(file, k, v, 0)?),
                 "kubeReserved" => c.allocatable.kube_reserved = Some(field(file, k, v)?),
                 "systemReserved" => c.allocatable.system_reserved = Some(field(file, k, v)?),
                 "reservedSystemCPUs" => c.allocatable.reserved_system_cpus = Some(field(file, k, v)?),

@@ -208,6 +208,12 @@ impl Settings {
             m.insert("registryPullQPS".into(), serde_json::json!(self.pulls.qps));
             m.insert("registryBurst".into(), self.pulls.burst.into());
             m.insert("imagePullCredentialsVerificationPolicy".into(), format!("{:?}", self.pulls.verify).into());
+            if let Some(c) = &self.cluster {
+                m.insert("kubeAPIQPS".into(), c.api_rate.qps.into());
+                m.insert("kubeAPIBurst".into(), c.api_rate.burst.into());
+                m.insert("eventRecordQPS".into(), c.event_rate.map_or(0, |r| r.qps).into());
+                m.insert("eventBurst".into(), c.event_rate.map_or(0, |r| r.burst).into());
+            }
             let a = &self.allocatable;
             let reserved = |r: &allocatable::Reservation| {
                 let mut out = serde_json::Map::new();
@@ -352,6 +358,17 @@ pub struct ClusterSettings {
     pub status_report: Duration,
     pub lease_duration_seconds: i32,
     pub rotate_certificates: bool,
+    /// The apiserver client's rate (`kubeAPIQPS`, `kubeAPIBurst`; 50, 100).
+    pub api_rate: Rate,
+    /// Events' rate (`eventRecordQPS`, `eventBurst`; 50, 100); None: no limit.
+    pub event_rate: Option<Rate>,
+}
+
+/// A request rate: per second, and the burst above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub qps: u32,
+    pub burst: u32,
 }
 
 /// `key=value:Effect` or `key:Effect`, as kubelet's --register-with-taints.
@@ -440,6 +457,10 @@ pub struct Overrides {
     /// --enforce-node-allocatable, --kube-reserved-cgroup,
     /// --system-reserved-cgroup, --pod-max-pids.
     pub allocatable: allocatable::AllocatableFields,
+    pub kube_api_qps: Option<u32>,
+    pub kube_api_burst: Option<u32>,
+    pub event_qps: Option<u32>,
+    pub event_burst: Option<u32>,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -539,6 +560,22 @@ impl Settings {
                     status_report: positive("nodeStatusReportFrequency", file.node_status_report_frequency, 300)?,
                     lease_duration_seconds: file.node_lease_duration_seconds.unwrap_or(40),
                     rotate_certificates: o.rotate_certificates.or(file.rotate_certificates).unwrap_or(true),
+                    // client-go's: a zero QPS or burst is its default (5, 10).
+                    api_rate: Rate {
+                        qps: match o.kube_api_qps.or(file.kube_api_qps).unwrap_or(50) {
+                            0 => 5,
+                            n => n,
+                        },
+                        burst: match o.kube_api_burst.or(file.kube_api_burst).unwrap_or(100) {
+                            0 => 10,
+                            n => n,
+                        },
+                    },
+                    // kubelet's: zero QPS is no limit.
+                    event_rate: match o.event_qps.or(file.event_record_qps).unwrap_or(50) {
+                        0 => None,
+                        qps => Some(Rate { qps, burst: o.event_burst.or(file.event_burst).unwrap_or(100).max(1) }),
+                    },
                 })
             }
         };
@@ -691,5 +728,28 @@ mod tests {
         assert!(parse("imagePullCredentialsVerificationPolicy: Sometimes\n").unwrap_err().to_string().contains("Unsupported value"));
         let bad = Overrides { image_credential_provider_config: Some("/c".into()), ..o() };
         assert!(Settings::resolve(bad, parse("").unwrap()).unwrap_err().to_string().contains("--image-credential-provider-bin-dir"));
+    }
+
+    #[test]
+    fn api_and_event_rates_and_node_allocatable_settings() {
+        let parse = |y: &str| kubelet::KubeletConfig::parse(format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{y}").as_bytes(), "k.yaml");
+        let o = || Overrides { hostname_override: Some("n".into()), kubeconfig: Some("/k".into()), ..Default::default() };
+        let cluster = |o: Overrides, y: &str| Settings::resolve(o, parse(y).unwrap()).unwrap().cluster.unwrap();
+        let c = cluster(o(), "");
+        assert_eq!((c.api_rate, c.event_rate), (Rate { qps: 50, burst: 100 }, Some(Rate { qps: 50, burst: 100 })), "kubelet's defaults");
+        let c = cluster(o(), "kubeAPIQPS: 20\nkubeAPIBurst: 40\neventRecordQPS: 0\n");
+        assert_eq!((c.api_rate, c.event_rate), (Rate { qps: 20, burst: 40 }, None), "eventRecordQPS 0: no limit");
+        let c = cluster(Overrides { kube_api_qps: Some(0), event_qps: Some(3), event_burst: Some(6), ..o() }, "kubeAPIQPS: 20\n");
+        assert_eq!((c.api_rate, c.event_rate), (Rate { qps: 5, burst: 100 }, Some(Rate { qps: 3, burst: 6 })), "the flag wins; a zero QPS is client-go's 5");
+        assert!(parse("kubeAPIQPS: -1\n").unwrap_err().to_string().contains("kubeAPIQPS"));
+        // Node Allocatable: the flags replace the file's settings, and an
+        // enforcement without cgroupsPerQOS is refused as kubelet refuses it.
+        let a = Overrides { allocatable: allocatable::AllocatableFields { kube_reserved: Some(allocatable::parse_pairs("memory=2Gi").unwrap()), ..Default::default() }, ..o() };
+        let s = Settings::resolve(a, parse("kubeReserved: {memory: 1Gi, cpu: 100m}\n").unwrap()).unwrap();
+        assert_eq!((s.allocatable.kube_reserved.memory_bytes, s.allocatable.kube_reserved.cpu_millis), (2 << 30, 0));
+        let e = Settings::resolve(o(), parse("cgroupsPerQOS: false\n").unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("enforceNodeAllocatable: is not supported unless cgroupsPerQOS"), "{e}");
+        assert!(Settings::resolve(o(), parse("cgroupsPerQOS: false\nenforceNodeAllocatable: []\n").unwrap()).is_ok());
+        assert!(parse("kubeReserved: {memory: lots}\n").unwrap_err().to_string().starts_with("k.yaml: kubeReserved.memory: Invalid value"));
     }
 }
