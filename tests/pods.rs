@@ -892,6 +892,7 @@ impl Notifications {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature (tests/run.sh builds with it)")]
 async fn the_watchdog_is_pinged_while_the_sync_loop_turns_and_not_once_it_wedges() {
     let node = Node::start().await;
     let sock_path = node.dir.path().join("notify.sock");

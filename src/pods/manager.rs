@@ -49,7 +49,7 @@ pub struct PodManager {
     /// A graceful node shutdown is under way: no pod is admitted.
     shutting_down: Option<watch::Receiver<bool>>,
     /// `NODELET_TEST_WEDGE_POD_SYNC`: when this file exists the loop stops
-    /// (tests of the watchdog only).
+    /// (the watchdog's test; only with the `test-hooks` feature).
     wedge_file: Option<std::path::PathBuf>,
     runtime_pods: BTreeMap<String, PodIdentity>,
     workers: HashMap<String, Handle>,
@@ -105,7 +105,7 @@ impl PodManager {
             evictions: None,
             pressure: None,
             shutting_down: None,
-            wedge_file: std::env::var_os("NODELET_TEST_WEDGE_POD_SYNC").map(Into::into),
+            wedge_file: wedge_file(),
             runtime_pods: BTreeMap::new(),
             workers: HashMap::new(),
             tasks: JoinSet::new(),
@@ -825,4 +825,15 @@ mod tests {
         until("the orphan removed", || out.count("CRI RemovePodSandbox") == 1).await;
         assert_eq!(out.count("CRI RemoveContainer"), 1);
     }
+}
+
+/// The test hook's file: read only in a build with `test-hooks`.
+#[cfg(feature = "test-hooks")]
+fn wedge_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("NODELET_TEST_WEDGE_POD_SYNC").map(Into::into)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn wedge_file() -> Option<std::path::PathBuf> {
+    None
 }
