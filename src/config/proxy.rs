@@ -47,6 +47,8 @@ pub struct IpvsConfig {
     pub tcp_fin_timeout: Option<Duration>,
     pub udp_timeout: Option<Duration>,
     pub exclude_cidrs: Vec<ipnetwork::Ipv4Network>,
+    /// The IPv6 ones, kept (the proxy programs IPv4 only, and says so).
+    pub exclude_cidrs_v6: Vec<ipnetwork::Ipv6Network>,
 }
 
 impl ProxyConfig {
@@ -69,7 +71,10 @@ impl ProxyConfig {
                 "kind" | "apiVersion" => {}
                 "mode" => {
                     let m: String = field(file, k, v)?;
-                    if !["", "iptables", "nftables", "ipvs", "kernelspace"].contains(&m.as_str()) {
+                    if m == "kernelspace" {
+                        return Err(bad(k, "Unsupported value: \"kernelspace\": that is kube-proxy's Windows mode; supported values: \"iptables\", \"ipvs\", \"nftables\"".into()));
+                    }
+                    if !["", "iptables", "nftables", "ipvs"].contains(&m.as_str()) {
                         return Err(bad(k, format!("Unsupported value: {m:?}: supported values: \"iptables\", \"ipvs\", \"nftables\"")));
                     }
                     c.mode = (!m.is_empty()).then_some(m);
@@ -151,7 +156,7 @@ impl ProxyConfig {
                             for (i, cidr) in list.iter().enumerate() {
                                 match cidr.parse::<ipnetwork::IpNetwork>() {
                                     Ok(ipnetwork::IpNetwork::V4(n)) => c.ipvs.exclude_cidrs.push(n),
-                                    Ok(ipnetwork::IpNetwork::V6(_)) => {}
+                                    Ok(ipnetwork::IpNetwork::V6(n)) => c.ipvs.exclude_cidrs_v6.push(n),
                                     Err(e) => return Err(bad(&format!("{name}[{i}]"), format!("Invalid value: {cidr:?}: {e}"))),
                                 }
                             }
@@ -215,6 +220,8 @@ mod tests {
         assert_eq!(c.masquerade_bit, Some(15));
         let e = ProxyConfig::parse(f.replace("nftables\n", "userspace\n").as_bytes(), "p.yaml").unwrap_err();
         assert_eq!(e.to_string(), "p.yaml: mode: Unsupported value: \"userspace\": supported values: \"iptables\", \"ipvs\", \"nftables\"");
+        let e = ProxyConfig::parse(f.replace("nftables\n", "kernelspace\n").as_bytes(), "p.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: mode: Unsupported value: \"kernelspace\": that is kube-proxy's Windows mode"), "{e}");
         let e = ProxyConfig::parse(f.replace("45s", "soon").as_bytes(), "p.yaml").unwrap_err();
         assert!(e.to_string().starts_with("p.yaml: nftables.syncPeriod: "), "{e}");
     }
@@ -233,6 +240,7 @@ mod tests {
         assert!(c.ipvs.strict_arp);
         assert_eq!((c.ipvs.tcp_timeout, c.ipvs.tcp_fin_timeout), (Some(Duration::from_secs(900)), Some(Duration::from_secs(120))));
         assert_eq!(c.ipvs.exclude_cidrs, vec!["10.0.9.0/24".parse().unwrap()]);
+        assert_eq!(c.ipvs.exclude_cidrs_v6, vec!["fd00::/8".parse().unwrap()], "the IPv6 one is kept");
         let e = ProxyConfig::parse(f.replace("wlc", "fastest").as_bytes(), "p.yaml").unwrap_err();
         assert!(e.to_string().starts_with("p.yaml: ipvs.scheduler: Invalid value: \"fastest\""), "{e}");
         let e = ProxyConfig::parse(f.replace("10.0.9.0/24", "10.0.9.0/99").as_bytes(), "p.yaml").unwrap_err();

@@ -150,10 +150,24 @@ pub fn resolve(
             tracing::warn!(field = %field, "KubeProxyConfiguration field not used by nodelet");
         }
     }
-    if let Some(h) = &f.hostname_override
-        && h != node_name
-    {
-        tracing::warn!(hostname_override = %h, node = %node_name, "the proxy's hostnameOverride differs from the node name; using the node name");
+    // hostnameOverride names the node whose endpoints are local, as
+    // kube-proxy's does (lowercased, trimmed).
+    let proxy_node = match f.hostname_override.as_deref().map(|h| h.trim().to_lowercase()).filter(|h| !h.is_empty()) {
+        Some(h) => {
+            if h != node_name {
+                tracing::info!(hostname_override = %h, node = %node_name, "the proxy takes the node name from its hostnameOverride");
+            }
+            h
+        }
+        None => node_name.to_string(),
+    };
+    // Both families are kept in the configuration; the rules are IPv4's.
+    let v6_cidrs: Vec<&str> = f.cluster_cidr.as_deref().unwrap_or("").split(',').filter(|p| p.parse::<ipnetwork::Ipv6Network>().is_ok()).collect();
+    if !v6_cidrs.is_empty() {
+        tracing::warn!(cluster_cidr = ?v6_cidrs, "the IPv6 clusterCIDR is read but not programmed: nodelet's proxy programs IPv4 Services only");
+    }
+    if !f.ipvs.exclude_cidrs_v6.is_empty() {
+        tracing::warn!(exclude_cidrs = ?f.ipvs.exclude_cidrs_v6.iter().map(ToString::to_string).collect::<Vec<_>>(), "the IPv6 ipvs.excludeCIDRs are read but not needed: nodelet's proxy programs IPv4 Services only");
     }
     let mode_text = mode_flag.map(str::to_string).or_else(|| f.mode.clone()).unwrap_or_else(|| "iptables".into());
     let mode = match mode_text.as_str() {
@@ -206,7 +220,7 @@ pub fn resolve(
             masquerade_bit: f.masquerade_bit.unwrap_or(14),
             node_port_ips,
         },
-        node_name: node_name.to_string(),
+        node_name: proxy_node,
         min_sync_period: f.min_sync_period.unwrap_or(std::time::Duration::from_secs(1)),
         sync_period: f.sync_period.unwrap_or(std::time::Duration::from_secs(30)),
         kubeconfig: f.kubeconfig.clone(),
@@ -314,4 +328,22 @@ pub(crate) mod fixture {
         (s, ctx)
     }
 
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    #[test]
+    fn hostname_override_names_the_proxys_node_and_both_cluster_cidr_families_are_read() {
+        let f = crate::config::proxy::ProxyConfig::parse(
+            b"kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nhostnameOverride: ' Worker-7 '\nclusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let s = super::resolve(None, Some(&f), "node-a", &[], true).unwrap();
+        assert_eq!(s.node_name, "worker-7", "kube-proxy's: trimmed, lowercased");
+        assert_eq!(s.ctx.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(f.cluster_cidr.as_deref(), Some("10.244.0.0/16,fd00:10:244::/56"), "both families kept");
+        let s = super::resolve(None, None, "node-a", &[], true).unwrap();
+        assert_eq!(s.node_name, "node-a");
+    }
 }
