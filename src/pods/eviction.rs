@@ -382,10 +382,21 @@ impl Manager {
         let _ = self.evictions.send(Eviction { uid: victim.uid, failure: PodFailure::disruption("Evicted", msg), grace }).await;
     }
 
-    /// Per pod, per container usage for a signal: memory working set or
-    /// writable-layer bytes, from CRI container stats.
+    /// Per pod, per container usage for a signal: memory working set,
+    /// writable-layer bytes or inodes, from CRI container stats; for PIDs,
+    /// the pod's process count from CRI pod sandbox stats (one entry, "").
     async fn usage(&self, signal: Signal) -> HashMap<String, Vec<(String, i64)>> {
         let mut out: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        if signal == Signal::PidAvailable {
+            let Ok(stats) = self.runtime.list_pod_sandbox_stats(None).await else { return out };
+            for s in stats {
+                let (Some(a), Some(linux)) = (s.attributes, s.linux) else { continue };
+                let Some(uid) = a.labels.get(labels::POD_UID).cloned() else { continue };
+                let n = linux.process.and_then(|p| p.process_count).map_or(0, |c| c.value);
+                out.entry(uid).or_default().push((String::new(), i64::try_from(n).unwrap_or(i64::MAX)));
+            }
+            return out;
+        }
         let Ok(stats) = self.runtime.list_container_stats(None).await else { return out };
         for s in stats {
             let Some(a) = s.attributes.as_ref() else { continue };
@@ -393,7 +404,7 @@ impl Manager {
             let name = a.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
             let v = match signal {
                 Signal::MemoryAvailable => s.memory.and_then(|m| m.working_set_bytes).map_or(0, |v| v.value),
-                Signal::PidAvailable => 0,
+                Signal::NodefsInodesFree | Signal::ImagefsInodesFree => s.writable_layer.and_then(|w| w.inodes_used).map_or(0, |v| v.value),
                 _ => s.writable_layer.and_then(|w| w.used_bytes).map_or(0, |v| v.value),
             };
             out.entry(uid).or_default().push((name, i64::try_from(v).unwrap_or(i64::MAX)));
