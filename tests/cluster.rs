@@ -734,7 +734,9 @@ async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go(
     let pods = c.pods("default");
     let node = c.node.node_name();
     let sleeper = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
-    pods.create(&PostParams::default(), &bound_pod("regular", &node, sleeper)).await.unwrap();
+    // The regular pod takes a second to stop: were both stopped at once, the
+    // critical one would finish first.
+    pods.create(&PostParams::default(), &bound_pod("regular", &node, "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.2; done")).await.unwrap();
     let mut critical = bound_pod("critical", &node, sleeper);
     critical.spec.as_mut().unwrap().priority = Some(2_000_001_000);
     pods.create(&PostParams::default(), &critical).await.unwrap();
@@ -762,10 +764,11 @@ async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go(
         assert_eq!(st.message.as_deref(), Some("Pod was terminated in response to imminent node shutdown."));
         let disruption = st.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("a DisruptionTarget condition");
         assert_eq!((disruption.status.as_str(), disruption.reason.as_deref()), ("True", Some("TerminationByKubelet")), "{name}");
-        let t = st.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
-        finished.push(t.finished_at.unwrap().0);
+        // The runtime's nanoseconds (the API's finishedAt has whole seconds).
+        let c = c.node.instances_named(name, "c").await.into_iter().next().expect("the container");
+        finished.push(c.finished_at);
     }
-    assert!(finished[0] <= finished[1], "regular pods stop before critical ones: {finished:?}");
+    assert!(finished[0] > 0 && finished[0] < finished[1], "regular pods stop before critical ones: {finished:?}");
     eventually(20 * S, "the inhibitor lock released", || async { logind.held().is_empty().then_some(()) }).await;
     // A pod bound while the node shuts down is turned away.
     pods.create(&PostParams::default(), &bound_pod("late", &node, sleeper)).await.unwrap();
