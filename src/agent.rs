@@ -249,6 +249,7 @@ async fn node_api(
         system_logs: na.system_log_handler.then(|| std::path::PathBuf::from(NODE_LOG_DIR)),
         pod_logs_dir: s.pod_logs_dir.clone(),
         streaming_idle: na.streaming_idle_timeout,
+        fine_grained_authz: na.fine_grained_authz,
     });
     let read_only = if na.read_only_port != 0 {
         let ro_addr = std::net::SocketAddr::new(na.address, na.read_only_port);

@@ -266,6 +266,9 @@ struct RunArgs {
     /// The cgroup that gets systemReserved's limits (systemReservedCgroup).
     #[arg(long)]
     system_reserved_cgroup: Option<String>,
+    /// Feature gates, `Name=true,Other=false` (featureGates; each over the file's).
+    #[arg(long, value_parser = gates)]
+    feature_gates: Option<BTreeMap<String, bool>>,
     /// Requests per second to the apiserver (kubeAPIQPS) [default: 50].
     #[arg(long)]
     kube_api_qps: Option<u32>,
@@ -411,6 +414,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         rotate_certificates: a.rotate_certificates,
         image_credential_provider_config: a.image_credential_provider_config,
         image_credential_provider_bin_dir: a.image_credential_provider_bin_dir,
+        feature_gates: a.feature_gates.unwrap_or_default(),
         kube_api_qps: a.kube_api_qps,
         kube_api_burst: a.kube_api_burst,
         event_qps: a.event_qps,
@@ -562,4 +566,9 @@ fn chain(e: &anyhow::Error) -> String {
 /// A `name=quantity,…` flag value.
 fn pairs(s: &str) -> Result<BTreeMap<String, String>, String> {
     nodelet::config::allocatable::parse_pairs(s)
+}
+
+/// A `--feature-gates` value.
+fn gates(s: &str) -> Result<BTreeMap<String, bool>, String> {
+    nodelet::config::features::parse_flag(s)
 }

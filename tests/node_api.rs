@@ -306,6 +306,28 @@ async fn kubectl_debug_adds_an_ephemeral_container_that_shares_the_targets_proce
     assert!(err.to_string().contains("may not change fields"), "{err}");
 }
 
+/// `featureGates: {KubeletFineGrainedAuthz: false}`: /pods is checked as
+/// nodes/proxy only, as before 1.32; a locked gate set away from its
+/// default stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fine_grained_authz_gate_off_checks_nodes_proxy_only() {
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("featureGates: {KubeletFineGrainedAuthz: false}\n");
+    let _agent = c.join().await;
+    let ns = &c.node.netns;
+    eventually(20 * S, "the node API listening", || async { call_node(ns, 10250, "/healthz", None, None).await.ok() }).await;
+    let nobody = c.api.client_cert("nobody", &[]);
+    let (code, body) = call_node(ns, 10250, "/pods", Some(&nobody), None).await.unwrap();
+    assert_eq!((code, body.as_str()), (403, "Forbidden (user=nobody, verb=get, resource=nodes, subresource(s)=[proxy])"));
+    let apiserver = c.api.client_cert(support::apiserver::authz::KUBELET_CLIENT, &[]);
+    let (code, body) = call_node(ns, 10250, "/pods", Some(&apiserver), None).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let config = c.node.write_config("featureGates: {SidecarContainers: false}\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["--dry-run", "--config", config.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("featureGates.SidecarContainers: cannot set feature gate SidecarContainers to false, feature is locked to true"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_api_lets_in_only_who_it_should() {
     let c = Cluster::start().await;

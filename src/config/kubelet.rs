@@ -81,6 +81,8 @@ pub struct KubeletConfig {
     /// kubeReserved, systemReserved, reservedSystemCPUs,
     /// enforceNodeAllocatable and its cgroups, podPidsLimit (checked).
     pub allocatable: super::allocatable::AllocatableFields,
+    /// `featureGates` (checked).
+    pub feature_gates: Option<BTreeMap<String, bool>>,
     /// kubeAPIQPS, kubeAPIBurst, eventRecordQPS, eventBurst.
     pub kube_api_qps: Option<u32>,
     pub kube_api_burst: Option<u32>,
@@ -350,6 +352,11 @@ impl KubeletConfig {
                 "preloadedImagesVerificationAllowlist" => c.preloaded_images_verification_allowlist = Some(field(file, k, v)?),
                 "shutdownGracePeriod" => c.shutdown_grace_period = Some(duration(file, k, v)?),
                 "shutdownGracePeriodCriticalPods" => c.shutdown_grace_period_critical_pods = Some(duration(file, k, v)?),
+                "featureGates" => {
+                    let gates: BTreeMap<String, bool> = field(file, k, v)?;
+                    super::features::FeatureGates::resolve(&gates, file, k)?;
+                    c.feature_gates = Some(gates);
+                }
                 "kubeAPIQPS" => c.kube_api_qps = Some(count(file, k, v, 0)?),
                 "kubeAPIBurst" => c.kube_api_burst = Some(count(file, k, v, 0)?),
                 "eventRecordQPS" => c.event_record_qps = Some(count(file, k, v, 0)?),

@@ -4,6 +4,7 @@
 pub mod allocatable;
 pub mod duration;
 pub mod eviction;
+pub mod features;
 pub mod kubelet;
 pub mod node_api;
 pub mod proxy;
@@ -125,6 +126,8 @@ pub struct Settings {
     pub eviction: eviction::EvictionConfig,
     /// Node Allocatable: reservations, their enforcement, podPidsLimit.
     pub allocatable: allocatable::AllocatableConfig,
+    /// `featureGates` with `--feature-gates` over it.
+    pub feature_gates: features::FeatureGates,
     /// Graceful node shutdown: the whole period and the part kept for
     /// critical pods (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`);
     /// `None` when off (a zero period).
@@ -244,6 +247,7 @@ impl Settings {
             m.insert("kubeReservedCgroup".into(), serde_json::json!(a.kube_reserved_cgroup));
             m.insert("systemReservedCgroup".into(), serde_json::json!(a.system_reserved_cgroup));
             m.insert("podPidsLimit".into(), a.pod_pids_limit.unwrap_or(-1).into());
+            m.insert("featureGates".into(), serde_json::json!(self.feature_gates.as_map()));
         }
         v
     }
@@ -461,6 +465,8 @@ pub struct Overrides {
     pub kube_api_burst: Option<u32>,
     pub event_qps: Option<u32>,
     pub event_burst: Option<u32>,
+    /// `--feature-gates`: each entry over the file's.
+    pub feature_gates: BTreeMap<String, bool>,
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
@@ -579,7 +585,11 @@ impl Settings {
                 })
             }
         };
-        let node_api = node_api::NodeApiSettings::resolve(&o.node_api, &file)?;
+        let mut gates = file.feature_gates.clone().unwrap_or_default();
+        gates.extend(o.feature_gates.clone());
+        let feature_gates = features::FeatureGates::resolve(&gates, "--feature-gates", "featureGates")?;
+        let mut node_api = node_api::NodeApiSettings::resolve(&o.node_api, &file)?;
+        node_api.fine_grained_authz = feature_gates.enabled("KubeletFineGrainedAuthz");
         let log_rotation = LogRotation {
             max_size: file.container_log_max_size.unwrap_or(10 << 20),
             max_files: file.container_log_max_files.unwrap_or(5),
@@ -676,6 +686,7 @@ impl Settings {
             credential_providers,
             eviction: file.eviction.clone(),
             allocatable,
+            feature_gates,
             container_gc: ContainerGcPolicy {
                 min_age: o.minimum_container_ttl_duration.unwrap_or(Duration::ZERO),
                 max_per_pod_container: o.maximum_dead_containers_per_container.unwrap_or(1),

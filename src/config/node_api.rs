@@ -24,6 +24,10 @@ pub enum AuthorizationMode {
 /// The node API's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeApiSettings {
+    /// The KubeletFineGrainedAuthz gate (on in 1.34): /pods, /healthz and
+    /// /configz are checked as nodes/pods, nodes/healthz, nodes/configz
+    /// before nodes/proxy; off, as nodes/proxy only.
+    pub fine_grained_authz: bool,
     pub address: IpAddr,
     /// 0 turns the node API off.
     pub port: u16,
@@ -176,6 +180,7 @@ impl NodeApiSettings {
         let suites = if f.tls_cipher_suites.is_empty() { file.tls_cipher_suites.clone().unwrap_or_default() } else { f.tls_cipher_suites.clone() };
         let tls_cipher_suites = parse_tls_cipher_suites(&suites).map_err(|e| flag("tlsCipherSuites", e))?;
         Ok(Self {
+            fine_grained_authz: true,
             address,
             port: f.port.or(file.port).unwrap_or(10250),
             read_only_port: f.read_only_port.or(file.read_only_port).unwrap_or(0),

@@ -40,8 +40,9 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// The back-off of a refused Service port: 1 s doubling to 5 min.
-fn backoff(attempts: u32) -> Duration {
+/// The back-off of a refused Service port (or IPVS virtual service): 1 s
+/// doubling to 5 min.
+pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 

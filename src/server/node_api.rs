@@ -72,6 +72,9 @@ pub struct NodeApi {
     pub pod_logs_dir: std::path::PathBuf,
     /// `streamingConnectionIdleTimeout`; zero is none.
     pub streaming_idle: Duration,
+    /// The KubeletFineGrainedAuthz gate: off, /pods, /healthz and /configz
+    /// need nodes/proxy, as before 1.32.
+    pub fine_grained_authz: bool,
 }
 
 /// What `/spec` and `/configz` report.
@@ -155,7 +158,10 @@ impl NodeApi {
             Err(r) => return refused(&r),
         };
         let path = req.uri().path().to_string();
-        let (verb, subs) = attributes(req.method(), &path);
+        let (verb, mut subs) = attributes(req.method(), &path);
+        if !self.fine_grained_authz {
+            subs.retain(|s| !matches!(*s, "pods" | "healthz" | "configz"));
+        }
         if let Err(r) = self.gate.authorize(&user, verb, &subs).await {
             tracing::debug!(user = %user.name, verb, subresources = ?subs, %path, "node API request refused");
             return refused(&r);

@@ -260,10 +260,9 @@ pub struct Report {
     pub message: String,
 }
 
-/// The back-off of a refused virtual service: 1 s doubling to 5 min.
-fn refusal_backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
+/// The back-off of a refused virtual service: the same as a refused
+/// Service port's in the other modes.
+use crate::proxy::refusals::backoff as refusal_backoff;
 
 /// One sync's changes, in the order they are made.
 #[derive(Debug, Default)]
