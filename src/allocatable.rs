@@ -183,9 +183,19 @@ pub fn apply(root: &Path, rel: &str, limits: &Limits, create: bool) -> Result<()
     }
     let max = |v: Option<i64>| v.map_or("max".to_string(), |n| n.to_string());
     if v2 {
-        write(&cpu.join("cpu.weight"), &crate::resources::cpu_weight(limits.cpu_shares).to_string())?;
-        write(&mem.join("memory.max"), &max(limits.memory_bytes))?;
-        write(&pids.join("pids.max"), &max(limits.pids))?;
+        // A controller the parent does not delegate has no file here: said
+        // once, not fatal (kubelet needs them enabled on cgroup v2 too).
+        for (file, value) in [
+            (cpu.join("cpu.weight"), crate::resources::cpu_weight(limits.cpu_shares).to_string()),
+            (mem.join("memory.max"), max(limits.memory_bytes)),
+            (pids.join("pids.max"), max(limits.pids)),
+        ] {
+            if file.exists() {
+                write(&file, &value)?;
+            } else {
+                tracing::warn!(file = %file.display(), "the cgroup controller is not enabled here; this limit is not set");
+            }
+        }
     } else {
         write(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string())?;
         write(&mem.join("memory.limit_in_bytes"), &limits.memory_bytes.unwrap_or(-1).to_string())?;

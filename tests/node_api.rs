@@ -308,7 +308,7 @@ async fn kubectl_debug_adds_an_ephemeral_container_that_shares_the_targets_proce
 
 /// `featureGates: {KubeletFineGrainedAuthz: false}`: /pods is checked as
 /// nodes/proxy only, as before 1.32; a locked gate set away from its
-/// default stops the start.
+/// default, or a gate kubelet does not know, stops the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fine_grained_authz_gate_off_checks_nodes_proxy_only() {
     let c = Cluster::start().await;
@@ -326,6 +326,10 @@ async fn the_fine_grained_authz_gate_off_checks_nodes_proxy_only() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["--dry-run", "--config", config.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("featureGates.SidecarContainers: cannot set feature gate SidecarContainers to false, feature is locked to true"), "{err}");
+    let config = c.node.write_config("featureGates: {NoSuchGate: true}\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["--dry-run", "--config", config.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("featureGates.NoSuchGate: unrecognized feature gate: NoSuchGate"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

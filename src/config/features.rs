@@ -1,11 +1,9 @@
-//! `featureGates` (and `--feature-gates`), as kubelet v1.34 takes them: a
-//! gate locked to its default cannot be set away from it, a value that is
-//! not a bool is an error naming the gate. nodelet acts on the gates in
-//! [`HONOURED`]; another known gate set away from its default is accepted
-//! with one warning saying nodelet behaves as with the default. kubelet
-//! refuses a gate it does not know; nodelet's table (feature_gates.txt) is
-//! not kubelet's whole list yet, so a gate missing from it is accepted with
-//! a warning rather than refused.
+//! `featureGates` (and `--feature-gates`), as kubelet v1.34 takes them:
+//! every gate that kubelet knows is accepted, an unknown one is an error
+//! ("unrecognized feature gate"), and so is setting a gate that is locked
+//! to its default. nodelet acts on the gates in [`HONOURED`]; another gate
+//! set away from its default is accepted with one warning saying nodelet
+//! behaves as with the default.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +12,10 @@ use super::ConfigError;
 /// kubelet v1.34's gates: `Name default locked`, one a line
 /// (feature_gates.txt; where it comes from is at its end).
 const TABLE: &str = include_str!("feature_gates.txt");
+
+/// Gates that older documents still name, removed from kubelet long ago:
+/// the refusal says so.
+const REMOVED: &[(&str, &str)] = &[("PodPriority", "pod priority is GA since 1.14 and needs no gate; remove it")];
 
 /// The gates nodelet changes its behaviour for.
 pub const HONOURED: &[&str] = &["KubeletFineGrainedAuthz"];
@@ -57,8 +59,8 @@ impl FeatureGates {
                 continue;
             }
             let Some(g) = known.get(name.as_str()) else {
-                tracing::warn!(gate = %name, value, "feature gate not in nodelet's table of kubelet's gates; accepted and ignored");
-                continue;
+                let hint = REMOVED.iter().find(|(n, _)| n == name).map_or(String::new(), |(_, h)| format!(" ({h})"));
+                return Err(bad(name, format!("unrecognized feature gate: {name}{hint}")));
             };
             if g.locked && *value != g.default {
                 return Err(bad(name, format!("cannot set feature gate {name} to {value}, feature is locked to {}", g.default)));
@@ -112,7 +114,13 @@ mod tests {
         let g = FeatureGates::resolve(&set(&[("KubeletFineGrainedAuthz", false)]), "k.yaml", "featureGates").unwrap();
         assert!(!g.enabled("KubeletFineGrainedAuthz"));
         assert!(FeatureGates::default().enabled("KubeletFineGrainedAuthz"), "on by default in 1.34");
-        assert!(FeatureGates::resolve(&set(&[("NotInTheTable", true)]), "k.yaml", "featureGates").is_ok(), "accepted with a warning");
+        assert!(k.len() > 200, "kubelet v1.34 knows about 200 gates: {}", k.len());
+        let e = FeatureGates::resolve(&set(&[("NoSuchGate", true)]), "k.yaml", "featureGates").unwrap_err();
+        assert_eq!(e.to_string(), "k.yaml: featureGates.NoSuchGate: unrecognized feature gate: NoSuchGate");
+        let e = FeatureGates::resolve(&set(&[("PodPriority", true)]), "--feature-gates", "featureGates").unwrap_err();
+        assert!(e.to_string().ends_with("unrecognized feature gate: PodPriority (pod priority is GA since 1.14 and needs no gate; remove it)"), "{e}");
+        // Gates of the generic apiserver, client-go and component-base, which kubelet registers too.
+        assert!(FeatureGates::resolve(&set(&[("APIServerTracing", true), ("ContextualLogging", true), ("WatchListClient", false)]), "k.yaml", "featureGates").is_ok());
         let e = FeatureGates::resolve(&set(&[("SidecarContainers", false)]), "k.yaml", "featureGates").unwrap_err();
         assert_eq!(e.to_string(), "k.yaml: featureGates.SidecarContainers: cannot set feature gate SidecarContainers to false, feature is locked to true");
         assert!(FeatureGates::resolve(&set(&[("AllAlpha", false)]), "k.yaml", "featureGates").is_ok());
