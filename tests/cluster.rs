@@ -903,7 +903,7 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
         (pods.get("writer").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
-    let written = eventually(10 * S, "the file on the disk", || async { std::fs::read_to_string(disk.dir.join("hello")).ok() }).await;
+    let written = eventually(10 * S, "the file on the disk", || async { std::fs::read_to_string(disk.dir.join("hello")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(written.trim(), "written-by-writer");
     // fsGroup: the volume is given to the group, setgid, so the pod's files are too.
     use std::os::unix::fs::MetadataExt;
@@ -1049,7 +1049,7 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
     claims.patch("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": "scratch-pv"}}))).await.unwrap();
     claims.patch_status("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
-    let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok() }).await;
+    let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(out.trim(), "from-the-ephemeral-claim");
     let vol = c.volume_stats("scratch", "work").await;
     assert_eq!(vol["pvcRef"], serde_json::json!({"name": "scratch-work", "namespace": "default"}), "the claim made for the pod: {vol}");
@@ -1090,7 +1090,8 @@ async fn a_pv_is_mounted_only_where_its_node_affinity_matches_the_node_labels() 
         spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(serde_json::json!({"name": "v", "mountPath": "/v"})).unwrap()]);
         pods.create(&PostParams::default(), &p).await.unwrap();
     }
-    let out = eventually(60 * S, "the pod on the matching PV writing", || async { std::fs::read_to_string(c.dir().join("here/out")).ok() }).await;
+    // (Not empty: the shell creates the file before it writes to it.)
+    let out = eventually(60 * S, "the pod on the matching PV writing", || async { std::fs::read_to_string(c.dir().join("here/out")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(out.trim(), "mounted");
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
     let note = eventually(30 * S, "FailedMount for the PV of other nodes", || async {
@@ -1281,7 +1282,7 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     })
     .await;
     let staging = std::fs::read_dir(root.join("plugins/kubernetes.io/csi").join(DRIVER)).unwrap().flatten().next().unwrap().path().join("globalmount");
-    let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok() }).await;
+    let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(written.trim(), "written-through-csi");
     assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume unmounted vol-1", "NodePublishVolume vol-1"]);
     // (The API event is the pod's first FailedMount's series: kube-runtime's
