@@ -738,7 +738,8 @@ async fn a_node_shutdown_stops_regular_pods_then_critical_ones_and_then_lets_go(
     // critical one would finish first.
     pods.create(&PostParams::default(), &bound_pod("regular", &node, "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.2; done")).await.unwrap();
     let mut critical = bound_pod("critical", &node, sleeper);
-    critical.spec.as_mut().unwrap().priority = Some(2_000_001_000);
+    // Priority admission gives it the class's 2000001000.
+    critical.spec.as_mut().unwrap().priority_class_name = Some("system-node-critical".into());
     pods.create(&PostParams::default(), &critical).await.unwrap();
     for name in ["regular", "critical"] {
         eventually(30 * S, "Running", || async { (pods.get(name).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(()) }).await;
@@ -1730,4 +1731,110 @@ async fn five_minutes_without_the_apiserver_disturb_nothing() {
     );
     assert!(ready_after < Duration::from_secs(40), "the node Ready again within 40 s: {ready_after:?}");
     assert!(loud <= 60, "a handful of warnings for the whole outage, not one per retry: {loud}:\n{}", during.join("\n"));
+}
+
+/// Readiness decides traffic, end to end as in a real cluster: nodelet posts
+/// the pod's Ready condition from its probe, the EndpointSlice controller
+/// (the harness's, as kube-controller-manager's) turns it into the slice's
+/// `ready`, and nodelet's proxy sends the Service's traffic (to a named
+/// target port) only while the pod is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_a_selector_sends_traffic_only_to_a_ready_pod() {
+    let c = Cluster::start().await;
+    let node = c.node.node_name();
+    let proxy = c.proxy_config("nftables", &node, "");
+    let _agent = c.join_with(&["--proxy-config", proxy.to_str().unwrap()]).await;
+    let gate = c.dir().join("ready-web");
+    std::fs::create_dir_all(&gate).unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c.client.clone(), "default");
+    let svc = serde_json::json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.80",
+        "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    services.create(&PostParams::default(), &serde_json::from_value(svc).unwrap()).await.unwrap();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 2,
+            "volumes": [{"name": "gate", "hostPath": {"path": gate.to_str().unwrap(), "type": "Directory"}}],
+            "containers": [{"name": "c", "image": "nodelet.local/busybox:1",
+                "command": ["sh", "-c", "mkdir -p /www; echo web > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
+                "readinessProbe": {"exec": {"command": ["cat", "/gate/ready"]}, "periodSeconds": 1, "failureThreshold": 1}}]}
+    }))
+    .unwrap();
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(c.client.clone(), "default");
+    let endpoint = || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+        let slice = list.items.into_iter().next()?;
+        let e = slice.endpoints.into_iter().next()?;
+        let port = slice.ports.into_iter().flatten().next()?.port?;
+        Some((e.addresses[0].clone(), port, e.conditions?.ready?))
+    };
+    let vip: std::net::SocketAddr = "10.96.0.80:80".parse().unwrap();
+    let netns = c.node.netns.clone();
+
+    // Running, not ready: in the slice as not ready (its named port
+    // resolved), and the Service refuses.
+    let (ip, port, ready) = eventually(60 * S, "the pod in the Service's slice", endpoint).await;
+    assert_eq!(port, 8080, "targetPort \"http\" is the container's port 8080");
+    assert!(!ready, "not ready before its probe passes");
+    assert_eq!(Some(ip), pods.get("web").await.unwrap().status.unwrap().pod_ip);
+    // A node routes cluster IPs somewhere (its default route) before the
+    // OUTPUT chain rewrites them; this namespace has no default route (the
+    // pods' bridge exists once a pod runs).
+    let routed = std::process::Command::new("ip").args(["-n", &c.node.netns, "route", "add", "10.96.0.0/12", "dev", "nlt0"]).status().unwrap();
+    assert!(routed.success());
+    tokio::time::sleep(3 * S).await;
+    assert!(node_http_get(&netns, vip).is_err(), "a Service without a ready endpoint must not answer");
+
+    // Ready: the probe passes, the node posts Ready, the slice follows, the
+    // proxy sends traffic.
+    std::fs::write(gate.join("ready"), "ok").unwrap();
+    eventually(30 * S, "the Service answering from the ready pod", || async { (node_http_get(&netns, vip).ok()? == "web").then_some(()) }).await;
+    assert!(endpoint().await.unwrap().2);
+
+    // Not ready again: out of the Service.
+    std::fs::remove_file(gate.join("ready")).unwrap();
+    eventually(30 * S, "the slice's endpoint not ready", || async { (!endpoint().await?.2).then_some(()) }).await;
+    eventually(20 * S, "the Service refusing again", || async { node_http_get(&netns, vip).is_err().then_some(()) }).await;
+
+    // Deleted: terminating, then gone from the slice with the pod.
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "the pod gone from the slice", || async { endpoint().await.is_none().then_some(()) }).await;
+}
+
+/// `kubectl drain`'s way of removing pods: the eviction subresource, held
+/// back by a PodDisruptionBudget (the harness's disruption controller and
+/// eviction check, as kube-apiserver and kube-controller-manager). The
+/// evicted pod is stopped and deleted by nodelet; the one the budget
+/// protects keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_respects_a_disruption_budget_and_the_evicted_pod_stops() {
+    let c = Cluster::start().await;
+    let _agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    for name in ["db-0", "db-1"] {
+        let mut p = bound_pod(name, &node, "trap 'exit 0' TERM; while true; do sleep 0.2; done");
+        p.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(c.client.clone(), "default");
+    budgets
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "db"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}})).unwrap())
+        .await
+        .unwrap();
+    eventually(60 * S, "one disruption allowed with both pods Ready", || async {
+        (budgets.get("db").await.ok()?.status?.disruptions_allowed == 1).then_some(())
+    })
+    .await;
+    pods.evict("db-0", &kube::api::EvictParams::default()).await.expect("the first eviction is allowed");
+    let refused = pods.evict("db-1", &kube::api::EvictParams::default()).await.expect_err("the second would break the budget");
+    assert!(refused.to_string().contains("Cannot evict pod as it would violate the pod's disruption budget"), "{refused}");
+    eventually(60 * S, "db-0 stopped by the node and gone", || async { pods.get("db-0").await.is_err().then_some(()) }).await;
+    assert!(c.node.containers_named("db-0").await.iter().all(|ctr| !is_running(ctr)), "db-0's container stopped");
+    let db1 = pods.get("db-1").await.unwrap();
+    assert!(db1.metadata.deletion_timestamp.is_none() && db1.status.unwrap().phase.as_deref() == Some("Running"), "db-1 kept");
+    assert!(pods.evict("db-1", &kube::api::EvictParams::default()).await.is_err(), "still the last healthy pod");
 }

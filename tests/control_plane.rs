@@ -53,9 +53,45 @@ async fn the_bootstrap_csr_is_auto_approved_and_signed_by_the_signers_rules() {
     assert!(condition(&csrs[0], "Failed").is_none());
     assert!(csrs[0].status.as_ref().unwrap().certificate.is_some());
 
-    // What the harness's controllers do with the CSR nodelet used to send
-    // (no key encipherment): the approver does not recognise it, and the
-    // signer fails it when approved by hand, as a v1.24 control plane does.
+    // What nodelet sent, field by field, as kubelet sends it: the client
+    // signer, kubelet's usages, CN system:node:<name> in O system:nodes, a
+    // P-256 key, no SANs; requested with the bootstrap token's identity.
+    let spec = &csrs[0].spec;
+    assert_eq!(spec.signer_name, "kubernetes.io/kube-apiserver-client-kubelet");
+    assert_eq!(spec.usages.clone().unwrap(), ["digital signature", "key encipherment", "client auth"]);
+    assert!(spec.username.as_deref().is_some_and(|u| u.starts_with("system:bootstrap:")), "{:?}", spec.username);
+    let pem = String::from_utf8(spec.request.0.clone()).unwrap();
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    assert_eq!(block.label, "CERTIFICATE REQUEST");
+    let (_, request) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&block.contents).unwrap();
+    let info = &request.certification_request_info;
+    let cn: Vec<&str> = info.subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect();
+    let o: Vec<&str> = info.subject.iter_organization().filter_map(|a| a.as_str().ok()).collect();
+    assert_eq!(cn, [format!("system:node:{}", c.node.node_name())]);
+    assert_eq!(o, ["system:nodes"]);
+    assert_eq!(info.subject_pki.algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1", "an EC key");
+    assert!(request.requested_extensions().into_iter().flatten().all(|e| !matches!(e, x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_))), "no SANs in a client CSR");
+    // And what it did with the answer: the signed certificate is the one it
+    // now uses (its kubeconfig's client certificate, signed by the cluster).
+    let kubeconfig = std::fs::read_to_string(c.dir().join("kubelet.kubeconfig")).unwrap();
+    assert!(kubeconfig.contains("client-certificate"), "{kubeconfig}");
+    let nodes: Api<KubeNode> = Api::all(as_node(&c).await);
+    nodes.get(&c.node.node_name()).await.expect("the node's own credentials read its Node");
+}
+
+/// The harness's own CSR approver and signers, on requests this test builds
+/// (not nodelet's): they must refuse what a real control plane refuses, or
+/// the tests of nodelet's joining could pass against a looser one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_the_csr_approver_and_signers_refuse_what_a_real_control_plane_refuses() {
+    let c = Cluster::start().await;
+    c.api.set_auto_approve(true);
+    let _agent = c.nodelet(&[]);
+    eventually(30 * S, "the node Ready with no one approving by hand", || async { c.node_ready().await.then_some(()) }).await;
+
+    // A CSR without key encipherment (what nodelet once sent): the approver
+    // does not recognise it, and the signer fails it when approved by hand,
+    // as a v1.24 control plane does.
     let boot = support::apiserver::client_in_netns(&c.api.bootstrap_kubeconfig(support::apiserver::BOOTSTRAP_TOKEN), &c.node.netns).await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::default();
@@ -281,4 +317,109 @@ async fn the_proxy_without_node_proxier_says_which_binding_it_needs_and_works_on
         (text.contains("10.96.7.7") && text.contains("10.244.0.9")).then_some(())
     })
     .await;
+}
+
+/// The test apiserver defaults pods with code of its own (written from
+/// kube-apiserver's defaulters), not nodelet's: nodelet's defaulting of
+/// static pods must give what the apiserver gives, on every pod of the
+/// table, and both must agree on the QoS class and the pull policy.
+#[test]
+fn the_harness_defaults_pods_as_the_apiserver_and_nodelet_agrees() {
+    use serde_json::json;
+    use support::apiserver::defaults;
+    // (image, the policy kube-apiserver v1.34 gives it)
+    let images = [
+        ("busybox", "Always"),
+        ("busybox:latest", "Always"),
+        ("busybox:1.36", "IfNotPresent"),
+        ("registry.example:5000/busybox", "Always"),
+        ("registry.example:5000/team/busybox:v1", "IfNotPresent"),
+        ("localhost/busybox", "Always"),
+        ("busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "IfNotPresent"),
+        ("busybox:latest@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "Always"),
+        ("busybox:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "IfNotPresent"),
+        ("Busybox", "IfNotPresent"),
+        ("REGISTRY.example/busybox", "Always"),
+    ];
+    for (image, want) in images {
+        assert_eq!(defaults::pull_policy(image), want, "the harness: {image}");
+        assert_eq!(nodelet::pods::manifest::default_pull_policy(image), want, "nodelet: {image}");
+    }
+    let c = |extra: serde_json::Value| {
+        let mut c = json!({"name": "c", "image": "busybox:1"});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let probe = json!({"httpGet": {"port": 8080}, "timeoutSeconds": 0});
+    let table = [
+        json!({"containers": [c(json!({}))]}),
+        json!({"restartPolicy": "", "dnsPolicy": "", "containers": [c(json!({"image": "busybox", "imagePullPolicy": "", "terminationMessagePath": ""}))]}),
+        json!({"containers": [c(json!({"ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+            "livenessProbe": probe, "readinessProbe": {"grpc": {"port": 9000}, "periodSeconds": 0},
+            "startupProbe": {"exec": {"command": ["true"]}, "failureThreshold": 30},
+            "lifecycle": {"preStop": {"httpGet": {"port": 80}}, "postStart": {"exec": {"command": ["true"]}}},
+            "env": [{"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}))]}),
+        json!({"hostNetwork": true, "initContainers": [c(json!({"name": "i", "ports": [{"containerPort": 81}]}))],
+            "containers": [c(json!({"ports": [{"containerPort": 80}, {"containerPort": 82, "hostPort": 8082}]}))]}),
+        // Requests from limits, and the resize policy of what is resizable.
+        json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}))]}),
+        json!({"containers": [c(json!({"resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "64Mi"}},
+            "resizePolicy": [{"resourceName": "memory", "restartPolicy": "RestartContainer"}]}))]}),
+        json!({"initContainers": [c(json!({"name": "i", "resources": {"limits": {"cpu": "1"}}})),
+                                  c(json!({"name": "s", "restartPolicy": "Always", "resources": {"requests": {"memory": "10Mi"}}}))],
+            "containers": [c(json!({"resources": {"limits": {"ephemeral-storage": "1Gi"}}}))]}),
+        json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}})), c(json!({"name": "d", "resources": {"requests": {"cpu": "1"}}}))]}),
+        json!({"containers": [c(json!({}))], "ephemeralContainers": [{"name": "e", "image": "busybox",
+            "env": [{"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}),
+        // Volumes: a source-less one, the file modes, a hostPath's type, a
+        // projected token's lifetime, the downward API's field version.
+        json!({"containers": [c(json!({}))], "volumes": [
+            {"name": "bare"},
+            {"name": "h", "hostPath": {"path": "/var/log"}},
+            {"name": "s", "secret": {"secretName": "x"}},
+            {"name": "m", "configMap": {"name": "x", "defaultMode": 256}},
+            {"name": "d", "downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"name": "p", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}},
+                {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}]}),
+        json!({"terminationGracePeriodSeconds": 0, "enableServiceLinks": false, "securityContext": {"runAsUser": 1000}, "containers": [c(json!({}))]}),
+    ];
+    for (i, spec) in table.iter().enumerate() {
+        let typed: Pod = serde_json::from_value(json!({"metadata": {"name": format!("p{i}"), "namespace": "default"}, "spec": spec})).unwrap();
+        // Both start from the same typed pod (k8s-openapi's view of the JSON).
+        let mut by_harness = serde_json::to_value(&typed).unwrap();
+        defaults::pod(&mut by_harness);
+        let mut by_nodelet = typed.clone();
+        nodelet::pods::manifest::set_defaults(&mut by_nodelet);
+        let by_nodelet = serde_json::to_value(&by_nodelet).unwrap();
+        assert_eq!(
+            by_nodelet["spec"],
+            by_harness["spec"],
+            "pod {i}: nodelet's defaults (left) differ from the apiserver's (right)\n{}",
+            serde_json::to_string_pretty(spec).unwrap()
+        );
+        let typed_spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(by_harness["spec"].clone()).unwrap();
+        assert_eq!(nodelet::pods::qos::qos_class(&typed_spec).as_str(), defaults::qos(&by_harness["spec"]), "pod {i}: QoS");
+    }
+    // Expected QoS classes, so that the two cannot agree on a wrong answer.
+    let qos = |spec: serde_json::Value| {
+        let mut p = json!({"metadata": {"name": "q"}, "spec": spec});
+        defaults::pod(&mut p);
+        defaults::qos(&p["spec"])
+    };
+    assert_eq!(qos(json!({"containers": [c(json!({}))]})), "BestEffort");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}))]})), "Guaranteed");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}}))]})), "Burstable");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1"}}}))]})), "Burstable");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"requests": {"ephemeral-storage": "1Gi"}}}))]})), "BestEffort", "only cpu and memory count");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}})), c(json!({"name": "d"}))]})), "Burstable");
+    assert_eq!(qos(json!({"containers": [c(json!({"resources": {"limits": {"cpu": "0", "memory": "0"}}}))]})), "BestEffort", "zero is none");
+    // Pod-level resources decide the class; nodelet refuses such pods
+    // rather than run them with container-level limits only.
+    let pod_level = json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}, "containers": [c(json!({}))]});
+    assert_eq!(qos(pod_level.clone()), "Guaranteed");
+    let mut p = json!({"metadata": {"name": "q"}, "spec": pod_level});
+    defaults::pod(&mut p);
+    assert_eq!(p["spec"]["resources"]["requests"], json!({"cpu": "1", "memory": "1Gi"}), "pod-level requests from pod-level limits");
+    let typed: Pod = serde_json::from_value(p).unwrap();
+    assert!(nodelet::pods::manifest::not_yet_supported(&typed).iter().any(|e| e.to_string().contains("spec.resources")));
 }

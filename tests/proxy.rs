@@ -484,7 +484,7 @@ async fn nftables_mode_carries_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it() {
     if std::path::Path::new("/proc/net/ip_vs").exists() {
-        eprintln!("this kernel has IPVS; tests/ipvs.rs covers it");
+        support::skip("ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it", "this kernel has IPVS (tests/ipvs.rs runs IPVS mode)");
         return;
     }
     let c = Cluster::start().await;

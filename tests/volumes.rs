@@ -362,8 +362,16 @@ async fn resources_oom_score_and_security_context_hold_inside_the_container() {
     assert_eq!(mem.trim(), "67108864");
     let quota = out(&node, &locked, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max").await;
     assert!(quota == "50000\n100000\n" || quota == "50000 100000\n", "{quota}");
-    let shares = out(&node, &locked, "cat /sys/fs/cgroup/cpu/cpu.shares 2>/dev/null || echo none").await;
-    assert!(shares == "512\n" || shares == "none\n", "{shares}");
+    // 500m is 512 shares (cgroup v1); on v2 runc converts them to a weight:
+    // 20 by its linear rule, 59 by the quadratic one of runc 1.3.2 and later.
+    let v2 = !Path::new("/sys/fs/cgroup/cpu").exists();
+    if v2 {
+        let weight = out(&node, &locked, "cat /sys/fs/cgroup/cpu.weight").await;
+        assert!(weight == "20\n" || weight == "59\n", "cpu.weight for 512 shares: {weight}");
+    } else {
+        let shares = out(&node, &locked, "cat /sys/fs/cgroup/cpu/cpu.shares").await;
+        assert_eq!(shares, "512\n");
+    }
 
     // ... and so does the pod's cgroup on the host, under kubepods.
     let uid = node.instances("locked", "c").await[0].labels["io.kubernetes.pod.uid"].clone();
@@ -390,7 +398,11 @@ async fn resources_oom_score_and_security_context_hold_inside_the_container() {
     assert_eq!(adj(free).await, 1000, "BestEffort");
     let burst_uid = node.instances("burst", "c").await[0].labels["io.kubernetes.pod.uid"].clone();
     let burst_cgroup = format!("{}/kubepods/burstable/pod{burst_uid}", node.cgroup_root);
-    if let Some(shares) = host_cgroup_file(&burst_cgroup, "cpu", "cpu.shares") {
+    if v2 {
+        let weight = std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(burst_cgroup.trim_start_matches('/')).join("cpu.weight")).unwrap();
+        assert_eq!(weight.trim(), "4", "100m of requests is 102 shares, weight 1 + (102 - 2) * 9999 / 262142 (kubelet's rule)");
+    } else {
+        let shares = host_cgroup_file(&burst_cgroup, "cpu", "cpu.shares").expect("the Burstable pod's cpu cgroup");
         assert_eq!(shares.trim(), "102", "100m of requests is 102 shares");
     }
 }

@@ -205,46 +205,97 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// The default image pull policy: Always for `:latest` or an untagged image
-/// without a digest, IfNotPresent otherwise.
+/// The default image pull policy, as the apiserver's `SetDefaults_Container`
+/// reads the reference: Always when its tag is `latest` (which a reference
+/// without tag or digest gets), IfNotPresent for any other tag, a digest
+/// alone, or a reference that does not parse (an upper-case repository).
 pub fn default_pull_policy(image: &str) -> &'static str {
-    if image.contains('@') {
+    let name = image.split('@').next().unwrap_or(image);
+    let has_digest = name.len() < image.len();
+    // The tag follows a colon in the last path component; a colon before a
+    // slash is a registry's port.
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match name[slash..].find(':') {
+        Some(i) => (&name[..slash + i], Some(&name[slash + i + 1..])),
+        None => (name, None),
+    };
+    let mut components = repository.split('/');
+    let first = components.next().unwrap_or("");
+    let is_host = repository.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    let path_upper = if is_host { components.any(|c| c.bytes().any(|b| b.is_ascii_uppercase())) } else { repository.bytes().any(|b| b.is_ascii_uppercase()) };
+    if repository.is_empty() || path_upper {
         return "IfNotPresent";
     }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.split_once(':') {
-        Some((_, "latest")) | None => "Always",
+    match tag {
+        Some("latest") => "Always",
         Some(_) => "IfNotPresent",
+        None if has_digest => "IfNotPresent",
+        None => "Always",
+    }
+}
+
+/// Sets a string field the apiserver defaults when it is unset or empty.
+fn default_str(field: &mut Option<String>, value: &str) {
+    if field.as_deref().is_none_or(str::is_empty) {
+        *field = Some(value.to_string());
+    }
+}
+
+/// Sets a number field the apiserver defaults when it is unset or zero.
+fn default_num(field: &mut Option<i32>, value: i32) {
+    if field.is_none_or(|n| n == 0) {
+        *field = Some(value);
+    }
+}
+
+fn default_http_get(h: Option<&mut k8s_openapi::api::core::v1::HTTPGetAction>) {
+    if let Some(h) = h {
+        default_str(&mut h.path, "/");
+        default_str(&mut h.scheme, "HTTP");
     }
 }
 
 fn default_probe(p: &mut Probe) {
-    p.timeout_seconds.get_or_insert(1);
-    p.period_seconds.get_or_insert(10);
-    p.success_threshold.get_or_insert(1);
-    p.failure_threshold.get_or_insert(3);
-    if let Some(h) = p.http_get.as_mut() {
-        h.scheme.get_or_insert_with(|| "HTTP".into());
-        h.path.get_or_insert_with(|| "/".into());
-    }
+    default_num(&mut p.timeout_seconds, 1);
+    default_num(&mut p.period_seconds, 10);
+    default_num(&mut p.success_threshold, 1);
+    default_num(&mut p.failure_threshold, 3);
+    default_http_get(p.http_get.as_mut());
     if let Some(g) = p.grpc.as_mut() {
         g.service.get_or_insert_with(String::new);
     }
 }
 
-fn default_container(c: &mut Container) {
-    if c.image_pull_policy.as_deref().is_none_or(str::is_empty) {
-        c.image_pull_policy = Some(default_pull_policy(c.image.as_deref().unwrap_or("")).into());
+fn default_env(env: Option<&mut Vec<k8s_openapi::api::core::v1::EnvVar>>) {
+    for e in env.into_iter().flatten() {
+        if let Some(f) = e.value_from.as_mut().and_then(|vf| vf.field_ref.as_mut()) {
+            default_str(&mut f.api_version, "v1");
+        }
     }
-    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy.get_or_insert_with(|| "File".into());
+}
+
+fn default_container(c: &mut Container) {
+    default_str(&mut c.image_pull_policy, default_pull_policy(c.image.as_deref().unwrap_or("")));
+    default_str(&mut c.termination_message_path, "/dev/termination-log");
+    default_str(&mut c.termination_message_policy, "File");
     for p in c.ports.iter_mut().flatten() {
-        p.protocol.get_or_insert_with(|| "TCP".into());
+        default_str(&mut p.protocol, "TCP");
     }
     for p in [&mut c.liveness_probe, &mut c.readiness_probe, &mut c.startup_probe].into_iter().flatten() {
         default_probe(p);
     }
-    // Requests default to limits for each resource given only a limit.
+    if let Some(l) = c.lifecycle.as_mut() {
+        for h in [&mut l.post_start, &mut l.pre_stop].into_iter().flatten() {
+            default_http_get(h.http_get.as_mut());
+        }
+    }
+    default_env(c.env.as_mut());
+}
+
+/// `SetDefaults_Pod` for a regular container or a sidecar: requests default
+/// to limits for each resource given only a limit; with in-place resize (on
+/// by default) cpu and memory, when set, get a NotRequired resize policy.
+fn default_resources(c: &mut Container, resizable: bool) {
     if let Some(r) = c.resources.as_mut()
         && let Some(limits) = r.limits.clone()
     {
@@ -253,30 +304,78 @@ fn default_container(c: &mut Container) {
             requests.entry(k).or_insert(q);
         }
     }
-    for e in c.env.iter_mut().flatten() {
-        if let Some(f) = e.value_from.as_mut().and_then(|vf| vf.field_ref.as_mut()) {
-            f.api_version.get_or_insert_with(|| "v1".into());
+    let Some(r) = c.resources.as_ref().filter(|r| resizable && r.requests.is_some()) else { return };
+    let set = |name: &str| r.requests.as_ref().is_some_and(|m| m.contains_key(name)) || r.limits.as_ref().is_some_and(|m| m.contains_key(name));
+    let wanted: Vec<&str> = ["cpu", "memory"].into_iter().filter(|n| set(n)).collect();
+    for name in wanted {
+        let policies = c.resize_policy.get_or_insert_with(Vec::new);
+        if !policies.iter().any(|p| p.resource_name == name) {
+            policies.push(k8s_openapi::api::core::v1::ContainerResizePolicy { resource_name: name.into(), restart_policy: "NotRequired".into() });
         }
     }
 }
 
-/// The defaults the apiserver applies to a new Pod. Pods from the apiserver
-/// arrive with them; static pods never pass through it, so kubelet (and
-/// nodelet) apply them.
+/// The volume defaults: a volume without a source is an emptyDir; Secret,
+/// ConfigMap, downward API and projected files get mode 0644; a hostPath
+/// an empty type; a projected token an hour.
+fn default_volume(v: &mut k8s_openapi::api::core::v1::Volume) {
+    let sourceless = serde_json::to_value(&*v).ok().and_then(|x| x.as_object().map(|o| o.keys().all(|k| k == "name"))).unwrap_or(false);
+    if sourceless {
+        v.empty_dir = Some(Default::default());
+    }
+    const MODE: i32 = 0o644;
+    if let Some(s) = v.secret.as_mut() {
+        s.default_mode.get_or_insert(MODE);
+    }
+    if let Some(c) = v.config_map.as_mut() {
+        c.default_mode.get_or_insert(MODE);
+    }
+    if let Some(h) = v.host_path.as_mut() {
+        h.type_.get_or_insert_with(String::new);
+    }
+    let field_refs = |items: Option<&mut Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>| {
+        for i in items.into_iter().flatten() {
+            if let Some(f) = i.field_ref.as_mut() {
+                default_str(&mut f.api_version, "v1");
+            }
+        }
+    };
+    if let Some(d) = v.downward_api.as_mut() {
+        d.default_mode.get_or_insert(MODE);
+        field_refs(d.items.as_mut());
+    }
+    if let Some(p) = v.projected.as_mut() {
+        p.default_mode.get_or_insert(MODE);
+        for s in p.sources.iter_mut().flatten() {
+            if let Some(t) = s.service_account_token.as_mut() {
+                t.expiration_seconds.get_or_insert(3600);
+            }
+            field_refs(s.downward_api.as_mut().and_then(|d| d.items.as_mut()));
+        }
+    }
+}
+
+/// The defaults the apiserver (v1.34) applies to a new Pod. Pods from the
+/// apiserver arrive with them; static pods never pass through it, so kubelet
+/// (and nodelet) apply them. tests/control_plane.rs compares this with the
+/// test apiserver's own defaulting, written separately.
 pub fn set_defaults(pod: &mut Pod) {
     if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
         pod.metadata.namespace = Some("default".into());
     }
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
-    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    default_str(&mut spec.restart_policy, "Always");
     spec.termination_grace_period_seconds.get_or_insert(30);
-    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    default_str(&mut spec.dns_policy, "ClusterFirst");
+    default_str(&mut spec.scheduler_name, "default-scheduler");
     spec.security_context.get_or_insert_with(Default::default);
     spec.enable_service_links.get_or_insert(true);
     let host_network = spec.host_network == Some(true);
-    for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+    let containers = spec.init_containers.iter_mut().flatten().map(|c| (c, false)).chain(spec.containers.iter_mut().map(|c| (c, true)));
+    for (c, regular) in containers {
         default_container(c);
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        default_resources(c, regular || sidecar);
         if host_network {
             // With the host's network the host port is the container port.
             for p in c.ports.iter_mut().flatten() {
@@ -287,11 +386,16 @@ pub fn set_defaults(pod: &mut Pod) {
         }
     }
     for e in spec.ephemeral_containers.iter_mut().flatten() {
-        if e.image_pull_policy.as_deref().is_none_or(str::is_empty) {
-            e.image_pull_policy = Some(default_pull_policy(e.image.as_deref().unwrap_or("")).into());
+        default_str(&mut e.image_pull_policy, default_pull_policy(e.image.as_deref().unwrap_or("")));
+        default_str(&mut e.termination_message_path, "/dev/termination-log");
+        default_str(&mut e.termination_message_policy, "File");
+        for p in e.ports.iter_mut().flatten() {
+            default_str(&mut p.protocol, "TCP");
         }
-        e.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-        e.termination_message_policy.get_or_insert_with(|| "File".into());
+        default_env(e.env.as_mut());
+    }
+    for v in spec.volumes.iter_mut().flatten() {
+        default_volume(v);
     }
 }
 

@@ -110,6 +110,7 @@ impl Node {
     /// A node whose containerd root (images and snapshots) is a tmpfs of
     /// `mib` MiB: a small image filesystem tests can fill.
     pub async fn start_with_image_fs(mib: Option<u64>) -> Node {
+        remember_failures();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
         let netns = format!("nlt-{id}");
@@ -470,7 +471,8 @@ impl Drop for Node {
         // Drop may run inside a tokio runtime: clean up from a thread of its own.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(remove_all_pods(&endpoint));
+            // A wedged runtime must not hang the test: containerd is stopped next anyway.
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), remove_all_pods(&endpoint)).await });
         })
         .join()
         .ok();
@@ -585,11 +587,56 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- nodelet log ({}) ---\n{}\n--- nodelet stdout ---\n{}", self.log.display(), self.log(), self.stdout());
+            // CI shows the end of a failing test's output: the failure again,
+            // after the agent's (long) log.
+            if let Some(failure) = LAST_FAILURE.with(|f| f.borrow().clone()) {
+                eprintln!("--- the test failed (repeated after the agent's log) ---\n{failure}");
+            }
         }
         if let Some(c) = self.child.take() {
             stop_child(c, Duration::from_secs(5));
         }
     }
+}
+
+/// A test that cannot check its claim on this host says so here instead of
+/// passing quietly: the line goes to stderr and to `$NODELET_SKIP_LOG`
+/// (tests/run.sh lists every skip at the end of the run). With
+/// `NODELET_NO_SKIP` set (CI) a skip is a failure.
+pub fn skip(test: &str, why: &str) {
+    assert!(std::env::var_os("NODELET_NO_SKIP").is_none(), "{test} cannot run on this host ({why}), and NODELET_NO_SKIP says every test must");
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("NODELET_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "  {test}: {why}");
+        }
+    }
+}
+
+thread_local! {
+    /// The message and place of the last panic on this thread.
+    static LAST_FAILURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps each panic's message, so that an agent dropped while its test fails
+/// can print it again after the agent's log.
+fn remember_failures() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("(a panic without a message)");
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            LAST_FAILURE.with(|f| *f.borrow_mut() = Some(format!("{message}{at}")));
+            default(info);
+        }));
+    });
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.

@@ -21,6 +21,13 @@
 //!   `tolerationSeconds` is deleted that long after the taint was added, unless
 //!   the taint goes first.
 //!
+//! - the **EndpointSlice controller**: slices for Services with a selector,
+//!   from the pods' IPs and Ready conditions as the node posts them;
+//! - the **disruption controller**: PodDisruptionBudget status (the
+//!   eviction subresource in handlers.rs checks it);
+//! - the **ServiceAccount controller** and **root CA publisher**: the
+//!   `default` ServiceAccount and `kube-root-ca.crt` in every namespace.
+//!
 //! They run on the store itself, so they keep going while the apiserver is
 //! "stopped" for the node (as the control plane does while a node is cut off).
 
@@ -191,6 +198,9 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(PERIOD).await;
+            namespace_defaults(&mut state.store.lock().unwrap(), &state.ca.cert_pem);
+            endpoint_slices(&mut state.store.lock().unwrap());
+            disruption_budgets(&mut state.store.lock().unwrap());
             ephemeral_claims(&mut state.store.lock().unwrap());
             attach_detach(&mut state.store.lock().unwrap());
             let mut lifecycle = state.lifecycle.lock().unwrap();
@@ -204,6 +214,243 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// kube-controller-manager's ServiceAccount controller and root CA
+/// publisher: every namespace (not being deleted) has the `default`
+/// ServiceAccount and the `kube-root-ca.crt` ConfigMap with the cluster's
+/// CA, made again when deleted.
+pub fn namespace_defaults(store: &mut Store, ca_pem: &str) {
+    for ns in store.list("namespaces", None) {
+        let Some(name) = ns["metadata"]["name"].as_str() else { continue };
+        if ns["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        if store.get("serviceaccounts", name, "default").is_none() {
+            let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "default", "namespace": name, "uid": super::handlers::uid(), "creationTimestamp": super::handlers::now()}});
+            store.put("serviceaccounts", name, "default", sa);
+        }
+        if store.get("configmaps", name, "kube-root-ca.crt").is_none() {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "kube-root-ca.crt", "namespace": name, "uid": super::handlers::uid(), "creationTimestamp": super::handlers::now(),
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                "data": {"ca.crt": ca_pem}});
+            store.put("configmaps", name, "kube-root-ca.crt", cm);
+        }
+    }
+}
+
+const SLICES: &str = "endpointslices.discovery.k8s.io";
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+fn selects(selector: &serde_json::Map<String, Value>, pod: &Value) -> bool {
+    selector.iter().all(|(k, v)| pod["metadata"]["labels"][k] == *v)
+}
+
+/// A LabelSelector (matchLabels and matchExpressions) against a pod's
+/// labels; an empty selector selects every pod, a null one none.
+pub fn selects_pod(selector: &Value, pod: &Value) -> bool {
+    if selector.is_null() {
+        return false;
+    }
+    let labels = &pod["metadata"]["labels"];
+    let by_labels = selector["matchLabels"].as_object().is_none_or(|m| selects(m, pod));
+    let by_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
+        let key = e["key"].as_str().unwrap_or("");
+        let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let have = labels[key].as_str();
+        match e["operator"].as_str().unwrap_or("") {
+            "In" => have.is_some_and(|h| values.contains(&h)),
+            "NotIn" => have.is_none_or(|h| !values.contains(&h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// kube-controller-manager's disruption controller, for budgets over bare
+/// pods: expected pods are those selected and not being deleted, healthy
+/// the Ready ones among them; `minAvailable` (a count or a percentage of
+/// the expected pods) or `maxUnavailable` gives the desired healthy count,
+/// and `disruptionsAllowed` is what is healthy beyond it. Evictions the
+/// apiserver granted (`disruptedPods`) count as gone until the pod is.
+fn disruption_budgets(store: &mut Store) {
+    const KEY: &str = "poddisruptionbudgets.policy";
+    for budget in store.list(KEY, None) {
+        let ns = budget["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = budget["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let pods: Vec<Value> = store.list("pods", Some(&ns)).into_iter().filter(|p| selects_pod(&budget["spec"]["selector"], p)).collect();
+        let live: Vec<&Value> = pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_string() && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))).collect();
+        let mut disrupted = budget["status"]["disruptedPods"].as_object().cloned().unwrap_or_default();
+        disrupted.retain(|pod, _| live.iter().any(|p| p["metadata"]["name"] == pod.as_str()));
+        let healthy = live
+            .iter()
+            .filter(|p| !disrupted.contains_key(p["metadata"]["name"].as_str().unwrap_or("")))
+            .filter(|p| p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .count() as i64;
+        let expected = live.len() as i64;
+        let count = |v: &Value| -> Option<i64> {
+            match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()).map(|p| (p * expected + 99) / 100),
+                _ => None,
+            }
+        };
+        let desired = match (count(&budget["spec"]["minAvailable"]), count(&budget["spec"]["maxUnavailable"])) {
+            (Some(min), _) => min,
+            (None, Some(max)) => (expected - max).max(0),
+            (None, None) => expected,
+        };
+        let allowed = (healthy - desired).max(0);
+        let generation = budget["metadata"]["generation"].as_i64().unwrap_or(1);
+        let condition = if allowed > 0 { "True" } else { "False" };
+        let old = &budget["status"]["conditions"][0];
+        let since = if old["status"] == condition { old["lastTransitionTime"].as_str().map_or_else(now, String::from) } else { now() };
+        let status = json!({"observedGeneration": generation, "currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected,
+            "disruptionsAllowed": allowed, "disruptedPods": disrupted,
+            "conditions": [{"type": "DisruptionAllowed", "status": condition,
+                "reason": if allowed > 0 { "SufficientPods" } else { "InsufficientPods" }, "message": "", "observedGeneration": generation,
+                "lastTransitionTime": since}]});
+        if budget["status"] != status {
+            let mut updated = budget.clone();
+            updated["status"] = status;
+            store.put(KEY, &ns, &name, updated);
+        }
+    }
+}
+
+/// The ports of a Service for one pod: a named targetPort resolved against
+/// the pod's container ports (a port the pod does not name is left out, as
+/// the controller leaves it out).
+fn endpoint_ports(svc: &Value, pod: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        let protocol = p["protocol"].as_str().unwrap_or("TCP");
+        let port = match &p["targetPort"] {
+            Value::Number(n) => n.as_i64(),
+            Value::String(name) => match name.parse::<i64>() {
+                Ok(n) => Some(n),
+                Err(_) => pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                    .find(|cp| cp["name"] == *name && cp["protocol"].as_str().unwrap_or("TCP") == protocol)
+                    .and_then(|cp| cp["containerPort"].as_i64()),
+            },
+            _ => p["port"].as_i64(),
+        };
+        let Some(port) = port else { continue };
+        let mut e = json!({"port": port, "protocol": protocol, "name": p["name"].as_str().unwrap_or("")});
+        if !p["appProtocol"].is_null() {
+            e["appProtocol"] = p["appProtocol"].clone();
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// kube-controller-manager's EndpointSlice controller for Services with a
+/// selector: the pods it selects that have an IP and are not terminal, one
+/// slice per set of resolved ports, each endpoint `ready` when the pod's
+/// Ready condition is True and it is not being deleted (`serving` by
+/// readiness alone, `terminating` when deleted; publishNotReadyAddresses
+/// makes every one ready), with the pod's node and a reference to it. A
+/// selector that matches nothing leaves one empty slice. Slices of a
+/// Service that is gone, or has no selector any more, are deleted. Slices
+/// without the controller's managed-by label (written by hand for
+/// selector-less Services) are never touched.
+fn endpoint_slices(store: &mut Store) {
+    let services = store.list("services", None);
+    let slices = store.list(SLICES, None);
+    for slice in &slices {
+        if slice["metadata"]["labels"][MANAGED_BY] != CONTROLLER {
+            continue;
+        }
+        let ns = slice["metadata"]["namespace"].as_str().unwrap_or("");
+        let svc = slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str().unwrap_or("");
+        let has_selector = services.iter().any(|s| {
+            s["metadata"]["namespace"] == ns && s["metadata"]["name"] == svc && s["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty())
+        });
+        if !has_selector {
+            let name = slice["metadata"]["name"].as_str().unwrap_or("").to_string();
+            store.remove(SLICES, ns, &name);
+        }
+    }
+    for svc in services {
+        let Some(selector) = svc["spec"]["selector"].as_object().filter(|m| !m.is_empty()) else { continue };
+        if svc["spec"]["type"] == "ExternalName" {
+            continue;
+        }
+        let ns = svc["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let publish = svc["spec"]["publishNotReadyAddresses"] == json!(true);
+        // Resolved ports → endpoints, in pod-name order.
+        let mut groups: std::collections::BTreeMap<String, (Value, Vec<Value>)> = std::collections::BTreeMap::new();
+        let mut pods = store.list("pods", Some(&ns));
+        pods.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+        for pod in pods.iter().filter(|p| selects(selector, p)) {
+            let phase = pod["status"]["phase"].as_str().unwrap_or("");
+            let Some(ip) = pod["status"]["podIP"].as_str().filter(|ip| !ip.is_empty()) else { continue };
+            if phase == "Succeeded" || phase == "Failed" {
+                continue;
+            }
+            let pod_ready = pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let terminating = pod["metadata"]["deletionTimestamp"].is_string();
+            let serving = publish || pod_ready;
+            let mut endpoint = json!({
+                "addresses": [ip],
+                "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            });
+            if let Some(node) = pod["spec"]["nodeName"].as_str() {
+                endpoint["nodeName"] = json!(node);
+                if let Some(zone) = store.get("nodes", "", node).and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str()) {
+                    endpoint["zone"] = json!(zone);
+                }
+            }
+            let ports = Value::Array(endpoint_ports(&svc, pod));
+            groups.entry(ports.to_string()).or_insert_with(|| (ports, Vec::new())).1.push(endpoint);
+        }
+        if groups.is_empty() {
+            groups.insert(String::new(), (json!([]), Vec::new()));
+        }
+        let mut existing: Vec<Value> = slices
+            .iter()
+            .filter(|s| s["metadata"]["namespace"] == ns.as_str() && s["metadata"]["labels"]["kubernetes.io/service-name"] == name.as_str() && s["metadata"]["labels"][MANAGED_BY] == CONTROLLER)
+            .cloned()
+            .collect();
+        for (_, (ports, endpoints)) in groups {
+            let address_type = if endpoints.iter().any(|e| e["addresses"][0].as_str().is_some_and(|a| a.contains(':'))) { "IPv6" } else { "IPv4" };
+            // Reuse the slice that has these ports, else any left over.
+            let at = existing.iter().position(|s| s["ports"] == ports).or(if existing.is_empty() { None } else { Some(0) });
+            let mut slice = match at {
+                Some(i) => existing.remove(i),
+                None => json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{name}-{}", super::handlers::random_suffix(5)), "namespace": ns, "uid": super::handlers::uid(),
+                        "creationTimestamp": now(), "generation": 1,
+                        "labels": {"kubernetes.io/service-name": name, MANAGED_BY: CONTROLLER},
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]}}),
+            };
+            let want_endpoints = Value::Array(endpoints);
+            if slice["endpoints"] == want_endpoints && slice["ports"] == ports && slice["addressType"] == address_type {
+                continue;
+            }
+            slice["endpoints"] = want_endpoints;
+            slice["ports"] = ports;
+            slice["addressType"] = json!(address_type);
+            let slice_name = slice["metadata"]["name"].as_str().unwrap_or("").to_string();
+            store.put(SLICES, &ns, &slice_name, slice);
+        }
+        for extra in existing {
+            let slice_name = extra["metadata"]["name"].as_str().unwrap_or("").to_string();
+            store.remove(SLICES, &ns, &slice_name);
+        }
+    }
 }
 
 /// kube-controller-manager's ephemeral volume controller: for each pod's

@@ -99,6 +99,8 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "storage.k8s.io", plural: "csidrivers", kind: "CSIDriver", namespaced: false },
     Resource { group: "storage.k8s.io", plural: "volumeattachments", kind: "VolumeAttachment", namespaced: false },
     Resource { group: "node.k8s.io", plural: "runtimeclasses", kind: "RuntimeClass", namespaced: false },
+    Resource { group: "scheduling.k8s.io", plural: "priorityclasses", kind: "PriorityClass", namespaced: false },
+    Resource { group: "policy", plural: "poddisruptionbudgets", kind: "PodDisruptionBudget", namespaced: true },
     Resource { group: "certificates.k8s.io", plural: "certificatesigningrequests", kind: "CertificateSigningRequest", namespaced: false },
     Resource { group: "events.k8s.io", plural: "events", kind: "Event", namespaced: true },
     Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
@@ -170,7 +172,7 @@ pub(super) fn random_suffix(n: usize) -> String {
     (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn uid() -> String {
+pub fn uid() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::rng().random();
     let h = hex::encode(b);
@@ -320,6 +322,7 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         (Method::POST, true) if t.res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") => {
             token_request(&state, &t, &body)
         }
+        (Method::POST, true) if t.res.plural == "pods" && t.sub.as_deref() == Some("eviction") => evict(&state, &t, &body),
         (Method::PUT, true) => update(&state, &t, &body),
         (Method::PATCH, true) => patch_object(&state, &t, &content_type, &body),
         (Method::DELETE, true) => delete(&state, &t, &q, &body),
@@ -513,7 +516,7 @@ fn token_request(state: &State, t: &Target, body: &Bytes) -> Response<Body> {
     };
     let ns = t.ns.clone().unwrap_or_default();
     let sa = t.name.clone().unwrap_or_default();
-    if sa != "default" && state.store.lock().unwrap().get("serviceaccounts", &ns, &sa).is_none() {
+    if state.store.lock().unwrap().get("serviceaccounts", &ns, &sa).is_none() {
         return status(404, "NotFound", &format!("serviceaccounts \"{sa}\" not found"));
     }
     let bound = &req["spec"]["boundObjectRef"];
@@ -650,6 +653,18 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     } else {
         String::new()
     };
+    // NamespaceLifecycle admission: nothing is created in a namespace that
+    // does not exist, or that is being deleted.
+    if t.res.namespaced {
+        let store = state.store.lock().unwrap();
+        match store.get("namespaces", "", &ns) {
+            None => return status(404, "NotFound", &format!("namespaces \"{ns}\" not found")),
+            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                return status(403, "Forbidden", &format!("unable to create new content in namespace {ns} because it is being terminated"));
+            }
+            Some(_) => {}
+        }
+    }
     let name = match obj["metadata"]["name"].as_str().filter(|n| !n.is_empty()) {
         Some(n) => n.to_string(),
         None => match obj["metadata"]["generateName"].as_str() {
@@ -682,11 +697,22 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
                     obj["spec"]["overhead"] = fixed;
                 }
             }
+            {
+                let store = state.store.lock().unwrap();
+                if let Err(r) = pods::admit_priority(&store, &mut obj).and_then(|()| pods::check_service_account(&store, &obj)) {
+                    return r;
+                }
+            }
             if let Err(r) = pods::admit(&mut obj) {
                 return r;
             }
         }
         "services" => allocate_service(state, &mut obj),
+        "namespaces" => {
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = Value::String(name.clone());
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            obj["status"] = json!({"phase": "Active"});
+        }
         "certificatesigningrequests" => {
             obj["spec"]["username"] = Value::String(who.user.clone());
             obj["spec"]["groups"] = json!(who.groups);
@@ -932,4 +958,71 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
         Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
         None => not_found(t),
     }
+}
+
+/// The `pods/eviction` subresource, as `kubectl drain` uses it: a pod that
+/// is terminal, pending or already being deleted goes without a check; else
+/// the one PodDisruptionBudget that selects it (two or more is an error)
+/// must allow a disruption (its status, kept by the disruption controller
+/// in controllers.rs), or the answer is 429 naming the budget. An evicted
+/// pod is deleted as a DELETE would delete it (the Eviction's
+/// deleteOptions), and the budget's allowance used up at once.
+fn evict(state: &Arc<State>, t: &Target, body: &Bytes) -> Response<Body> {
+    let eviction: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut store = state.store.lock().unwrap();
+    let Some(pod) = store.get("pods", &ns, &name).cloned() else { return not_found(t) };
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    let exempt = matches!(phase, "Succeeded" | "Failed" | "Pending") || pod["metadata"]["deletionTimestamp"].is_string();
+    if !exempt {
+        let budgets: Vec<Value> = store
+            .list("poddisruptionbudgets.policy", Some(&ns))
+            .into_iter()
+            .filter(|b| super::controllers::selects_pod(&b["spec"]["selector"], &pod))
+            .collect();
+        if budgets.len() > 1 {
+            return status(500, "InternalError", "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.");
+        }
+        if let Some(budget) = budgets.into_iter().next() {
+            let st = &budget["status"];
+            let ready = pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let current = st["currentHealthy"].as_i64().unwrap_or(0);
+            let desired = st["desiredHealthy"].as_i64().unwrap_or(0);
+            let allowed = st["disruptionsAllowed"].as_i64().unwrap_or(0);
+            let observed = st["observedGeneration"].as_i64().unwrap_or(0) >= budget["metadata"]["generation"].as_i64().unwrap_or(1);
+            let budget_name = budget["metadata"]["name"].as_str().unwrap_or("").to_string();
+            // An unhealthy pod may go while the budget is met
+            // (IfHealthyBudget), or always (AlwaysAllow).
+            let ok = if ready {
+                observed && allowed > 0
+            } else {
+                budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" || current >= desired
+            };
+            if !ok {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 429, "reason": "TooManyRequests",
+                    "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                    "details": {"causes": [{"reason": "DisruptionBudget",
+                        "message": format!("The disruption budget {budget_name} needs {desired} healthy pods and has {current} currently")}]}});
+                return json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+            }
+            if ready {
+                let mut used = budget.clone();
+                used["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                used["status"]["disruptedPods"][&name] = json!(now());
+                store.put("poddisruptionbudgets.policy", &ns, &budget_name, used);
+            }
+        }
+    }
+    let grace = eviction["deleteOptions"]["gracePeriodSeconds"].as_i64();
+    let bound = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let grace = grace.unwrap_or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
+    if bound && grace > 0 {
+        if !pod["metadata"]["deletionTimestamp"].is_string() {
+            mark_deleted(&mut store, &pod, grace);
+        }
+    } else {
+        store.remove("pods", &ns, &name);
+    }
+    json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
 }

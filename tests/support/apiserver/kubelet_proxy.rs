@@ -243,6 +243,18 @@ pub async fn node_tls(netns: &str, port: u16, cert: Option<&super::pki::Pair>) -
 /// only the TLS 1.2 suites named (rustls' names): the negotiated version and
 /// suite, or the error.
 pub async fn node_handshake(netns: &str, port: u16, versions: &[&'static rustls::SupportedProtocolVersion], suites: Option<&[&str]>) -> Result<(String, String), String> {
+    within(CALL_TIMEOUT, handshake(netns, port, versions, suites)).await
+}
+
+/// How long a test's own call to the node API may take: a server that
+/// never answers is a failure with a message, not a test that hangs.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn within<T>(limit: std::time::Duration, f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+}
+
+async fn handshake(netns: &str, port: u16, versions: &[&'static rustls::SupportedProtocolVersion], suites: Option<&[&str]>) -> Result<(String, String), String> {
     let mut provider = rustls::crypto::ring::default_provider();
     if let Some(names) = suites {
         provider.cipher_suites.retain(|s| names.contains(&format!("{:?}", s.suite()).as_str()));
@@ -266,6 +278,10 @@ pub async fn node_handshake(netns: &str, port: u16, versions: &[&'static rustls:
 /// the node's network namespace: with a client certificate, a bearer token,
 /// or neither. Returns the status and body, or the TLS or connection error.
 pub async fn call_node(netns: &str, port: u16, path: &str, cert: Option<&super::pki::Pair>, token: Option<&str>) -> Result<(u16, String), String> {
+    within(CALL_TIMEOUT, call(netns, port, path, cert, token)).await
+}
+
+async fn call(netns: &str, port: u16, path: &str, cert: Option<&super::pki::Pair>, token: Option<&str>) -> Result<(u16, String), String> {
     use http_body_util::BodyExt;
     let tls = node_tls(netns, port, cert).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tls)).await.map_err(|e| format!("TLS: {e}"))?;

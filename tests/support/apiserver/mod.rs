@@ -8,6 +8,7 @@
 
 pub mod authz;
 pub mod controllers;
+pub mod defaults;
 pub mod handlers;
 pub mod kubelet_proxy;
 mod patch;
@@ -118,14 +119,30 @@ impl ApiServer {
                 let name = b["metadata"]["name"].as_str().expect("binding name").to_string();
                 store.put("clusterrolebindings.rbac.authorization.k8s.io", "", &name, b);
             }
-            store.put(
-                "configmaps",
-                "default",
-                "kube-root-ca.crt",
-                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "kube-root-ca.crt", "namespace": "default", "uid": "00000000-0000-0000-0000-00000000c0a0"},
-                    "data": {"ca.crt": state.ca.cert_pem.clone()}}),
-            );
+            // A new cluster's namespaces, with what the ServiceAccount
+            // controller and the root CA publisher put in each, and the
+            // built-in PriorityClasses.
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                store.put(
+                    "namespaces",
+                    "",
+                    ns,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": ns, "uid": handlers::uid(), "labels": {"kubernetes.io/metadata.name": ns}},
+                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+                );
+            }
+            controllers::namespace_defaults(&mut store, &state.ca.cert_pem);
+            for (name, value) in [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)] {
+                store.put(
+                    "priorityclasses.scheduling.k8s.io",
+                    "",
+                    name,
+                    serde_json::json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                        "metadata": {"name": name, "uid": handlers::uid()}, "value": value, "globalDefault": false,
+                        "preemptionPolicy": "PreemptLowerPriority", "description": "Used for system critical pods that must not be moved from their current node."}),
+                );
+            }
             store.put(
                 "services",
                 "default",

@@ -12,9 +12,11 @@ use serde_json::{Value, json};
 use super::handlers::{random_suffix, status};
 
 pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
+    // The apiserver's defaulting (its own, not nodelet's), then its
+    // admission plugins on the typed pod.
+    super::defaults::pod(obj);
     let mut pod: k8s_openapi::api::core::v1::Pod =
         serde_json::from_value(obj.clone()).map_err(|e| status(400, "BadRequest", &format!("invalid Pod: {e}")))?;
-    nodelet::pods::manifest::set_defaults(&mut pod);
     let spec = pod.spec.get_or_insert_with(Default::default);
     // A real apiserver stores an omitted resourceFieldRef divisor as "0"
     // (Go's zero Quantity is not omitted): env, downwardAPI and projected.
@@ -35,11 +37,13 @@ pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
             }
         }
     }
-    // ServiceAccount admission.
-    if spec.service_account_name.as_deref().is_none_or(str::is_empty) {
+    // ServiceAccount admission (a mirror pod is left as the node sent it:
+    // check_service_account refused what it may not have).
+    let mirror = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(MIRROR));
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    if !mirror && spec.service_account_name.as_deref().is_none_or(str::is_empty) {
         spec.service_account_name = Some("default".into());
     }
-    spec.priority.get_or_insert(0);
     // DefaultTolerationSeconds admission.
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
     for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
@@ -53,7 +57,7 @@ pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
             });
         }
     }
-    let automount = spec.automount_service_account_token != Some(false);
+    let automount = !mirror && spec.automount_service_account_token != Some(false);
     if automount {
         let name = format!("kube-api-access-{}", random_suffix(5));
         let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(json!({
@@ -75,15 +79,89 @@ pub fn admit(obj: &mut Value) -> Result<(), Response<Body>> {
             });
         }
     }
-    let qos = nodelet::pods::qos::qos_class(spec).as_str().to_string();
     let mut v = serde_json::to_value(&pod).map_err(|e| status(500, "InternalError", &e.to_string()))?;
     if v["status"].is_null() {
+        let qos = super::defaults::qos(&v["spec"]);
         v["status"] = json!({"phase": "Pending", "qosClass": qos});
     }
     *obj = v;
     Ok(())
 }
 
+
+const MIRROR: &str = "kubernetes.io/config.mirror";
+
+fn forbidden(pod: &Value, why: &str) -> Response<Body> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    status(403, "Forbidden", &format!("pods \"{name}\" is forbidden: {why}"))
+}
+
+/// The Priority admission plugin: the pod's priority and preemption policy
+/// come from its PriorityClass (or the cluster's global default class, or
+/// 0); a class that does not exist, or a priority the pod sets itself that
+/// differs from its class's, is refused.
+pub fn admit_priority(store: &super::store::Store, obj: &mut Value) -> Result<(), Response<Body>> {
+    const KEY: &str = "priorityclasses.scheduling.k8s.io";
+    let name = obj["spec"]["priorityClassName"].as_str().unwrap_or("").to_string();
+    let class = if name.is_empty() {
+        store.list(KEY, None).into_iter().find(|c| c["globalDefault"] == json!(true))
+    } else {
+        match store.get(KEY, "", &name) {
+            Some(c) => Some(c.clone()),
+            None => return Err(forbidden(obj, &format!("no PriorityClass with name {name} was found"))),
+        }
+    };
+    let value = class.as_ref().and_then(|c| c["value"].as_i64()).unwrap_or(0);
+    let policy = class.as_ref().and_then(|c| c["preemptionPolicy"].as_str()).unwrap_or("PreemptLowerPriority").to_string();
+    if let Some(given) = obj["spec"]["priority"].as_i64()
+        && given != value
+    {
+        return Err(forbidden(obj, &format!("the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name")));
+    }
+    if let Some(given) = obj["spec"]["preemptionPolicy"].as_str()
+        && given != policy
+    {
+        return Err(forbidden(obj, &format!("the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name")));
+    }
+    if let Some(c) = &class {
+        obj["spec"]["priorityClassName"] = c["metadata"]["name"].clone();
+    }
+    obj["spec"]["priority"] = json!(value);
+    obj["spec"]["preemptionPolicy"] = json!(policy);
+    Ok(())
+}
+
+/// ServiceAccount admission's checks: a pod's ServiceAccount must exist; a
+/// mirror pod may name none and reference no Secret or token.
+pub fn check_service_account(store: &super::store::Store, obj: &Value) -> Result<(), Response<Body>> {
+    let spec = &obj["spec"];
+    if obj["metadata"]["annotations"][MIRROR].is_string() {
+        if spec["serviceAccountName"].as_str().is_some_and(|s| !s.is_empty()) {
+            return Err(forbidden(obj, "a mirror pod may not reference service accounts"));
+        }
+        let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+        let secret_env = ["initContainers", "containers", "ephemeralContainers"].iter().flat_map(|l| spec[*l].as_array().cloned().unwrap_or_default()).any(|c| {
+            c["env"].as_array().into_iter().flatten().any(|e| !e["valueFrom"]["secretKeyRef"].is_null())
+                || c["envFrom"].as_array().into_iter().flatten().any(|e| !e["secretRef"].is_null())
+        });
+        let secrets = secret_env
+            || !spec["imagePullSecrets"].as_array().is_none_or(Vec::is_empty)
+            || volumes.iter().any(|v| !v["secret"].is_null() || v["projected"]["sources"].as_array().into_iter().flatten().any(|s| !s["secret"].is_null()));
+        if secrets {
+            return Err(forbidden(obj, "a mirror pod may not reference secrets"));
+        }
+        if volumes.iter().any(|v| v["projected"]["sources"].as_array().into_iter().flatten().any(|s| !s["serviceAccountToken"].is_null())) {
+            return Err(forbidden(obj, "a mirror pod may not use ServiceAccountToken volume projections"));
+        }
+        return Ok(());
+    }
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("");
+    let sa = spec["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+    if store.get("serviceaccounts", ns, sa).is_none() {
+        return Err(forbidden(obj, &format!("error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found")));
+    }
+    Ok(())
+}
 
 fn invalid(pod: &Value, detail: &str) -> Response<Body> {
     let name = pod["metadata"]["name"].as_str().unwrap_or("");
@@ -168,8 +246,7 @@ pub fn resize_update(current: &Value, new: &Value) -> Result<Value, Response<Bod
     if !new["spec"].is_null() && strip(&new["spec"]) != strip(&current["spec"]) {
         return Err(invalid(current, "spec: Forbidden: pod resize may not change fields other than cpu and memory"));
     }
-    let qos = |v: &Value| serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(v["spec"].clone()).map(|s| nodelet::pods::qos::qos_class(&s));
-    if qos(current).ok() != qos(&merged).ok() {
+    if super::defaults::qos(&current["spec"]) != super::defaults::qos(&merged["spec"]) {
         return Err(invalid(current, "spec: Forbidden: Pod QOS Class may not change as a result of resizing"));
     }
     if merged != *current {
@@ -247,7 +324,7 @@ pub fn ephemeral_update(current: &Value, new: &Value) -> Result<Value, Response<
 /// admission) the pod's token mount.
 fn default_ephemeral(e: &mut Value, token_mount: Option<&Value>) {
     if e["imagePullPolicy"].as_str().is_none_or(str::is_empty) {
-        e["imagePullPolicy"] = json!(nodelet::pods::manifest::default_pull_policy(e["image"].as_str().unwrap_or("")));
+        e["imagePullPolicy"] = json!(super::defaults::pull_policy(e["image"].as_str().unwrap_or("")));
     }
     if e["terminationMessagePath"].is_null() {
         e["terminationMessagePath"] = json!("/dev/termination-log");
