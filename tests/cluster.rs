@@ -838,6 +838,14 @@ fn mounted_under(needle: &str) -> bool {
 
 /// The StorageClass local PVs are made for, as operators define it: no
 /// provisioner, bound once a pod is scheduled.
+/// Waits for the PV controller (the harness's) to bind a claim.
+async fn claim_bound(claims: &Api<k8s_openapi::api::core::v1::PersistentVolumeClaim>, name: &str) {
+    eventually(30 * S, &format!("claim {name} Bound by the PV controller"), || async {
+        (claims.get(name).await.ok()?.status?.phase.as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+}
+
 async fn local_storage_class(c: &Cluster) {
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(c.client.clone());
     let class = serde_json::from_value(serde_json::json!({"metadata": {"name": "local"},
@@ -894,12 +902,12 @@ async fn a_claim_on_a_local_volume_keeps_its_data_across_pods_and_an_unbound_cla
     assert!(note.contains("has non-bound phase") && note.contains("error processing PVC default/data"), "{note}");
     assert!(c.node.containers_named("writer").await.is_empty(), "nothing starts without its volume");
 
-    // The binder's work, as the PV controller does it: both sides point at each other.
+    // Pre-bound by hand, as an operator pre-binds: both sides point at each
+    // other, and the PV controller completes the binding (status Bound).
     let uid = created.metadata.uid.clone().unwrap();
     pvs.patch("local-1", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"claimRef":
         {"kind": "PersistentVolumeClaim", "namespace": "default", "name": "data", "uid": uid}}}))).await.unwrap();
     claims.patch("data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": "local-1"}}))).await.unwrap();
-    claims.patch_status("data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
     eventually(60 * S, "the writer running once the claim is bound", || async {
         (pods.get("writer").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
@@ -988,7 +996,6 @@ async fn a_block_claim_is_a_device_inside_the_container() {
     }))
     .unwrap();
     let created = claims.create(&PostParams::default(), &claim).await.unwrap();
-    claims.patch_status("raw", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
     let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "block-1"},
         "spec": {"capacity": {"storage": "8Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "storageClassName": "",
@@ -1049,7 +1056,6 @@ async fn a_generic_ephemeral_volume_uses_the_claim_made_for_the_pod() {
     .unwrap();
     Api::<PersistentVolume>::all(c.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
     claims.patch("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": "scratch-pv"}}))).await.unwrap();
-    claims.patch_status("scratch-work", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
     let out = eventually(60 * S, "the pod's file on the PV", || async { std::fs::read_to_string(dir.join("out")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(out.trim(), "from-the-ephemeral-claim");
     let vol = c.volume_stats("scratch", "work").await;
@@ -1084,7 +1090,9 @@ async fn a_pv_is_mounted_only_where_its_node_affinity_matches_the_node_labels() 
                      "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": name, "uid": claim.metadata.uid}}})).unwrap())
             .await
             .unwrap();
-        claims.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
+        // The scheduler waits for a pod's claims to be bound (this test binds
+        // pods to the node itself): so does the test.
+        claim_bound(&claims, name).await;
         let mut p = bound_pod(name, &node, "echo mounted > /v/out && sleep 3600");
         let spec = p.spec.as_mut().unwrap();
         spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "v", "persistentVolumeClaim": {"claimName": name}})).unwrap()]);
@@ -1126,7 +1134,6 @@ async fn a_restart_adopts_mounted_claims_and_unmounts_those_of_pods_deleted_mean
         }))
         .unwrap();
         let created = claims.create(&PostParams::default(), &claim).await.unwrap();
-        claims.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
         let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
             "metadata": {"name": format!("pv-{name}")},
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "", "local": {"path": dir.display().to_string()},
@@ -1222,8 +1229,8 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
                          "nodeStageSecretRef": {"name": "csi-stage", "namespace": ns}}}})).unwrap())
         .await
         .unwrap();
-    claims.patch_status("csi-data", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
 
+    claim_bound(&claims, "csi-data").await;
     let pods = c.pods(ns);
     let with_claim = |name: &str, command: &str| -> Pod {
         let mut p = bound_pod(name, &node, command);
@@ -1359,7 +1366,6 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
                  "csi": {"driver": DRIVER, "volumeHandle": "vol-blk", "volumeAttributes": {"device": raw_device.clone()}}}})).unwrap())
         .await
         .unwrap();
-    claims.patch_status("csi-blk", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await.unwrap();
     let mut raw_pod = bound_pod("csi-raw", &node, "test -b /dev/xvdb && test \"$(head -c 11 /dev/xvdb)\" = MAGIC-BLOCK && sleep 3600");
     let spec = raw_pod.spec.as_mut().unwrap();
     spec.volumes = Some(vec![serde_json::from_value(serde_json::json!({"name": "b", "persistentVolumeClaim": {"claimName": "csi-blk"}})).unwrap()]);

@@ -23,6 +23,7 @@
 //!
 //! - the **EndpointSlice controller**: slices for Services with a selector,
 //!   from the pods' IPs and Ready conditions as the node posts them;
+//! - the **PersistentVolume controller**'s binding of claims to volumes;
 //! - the **disruption controller**: PodDisruptionBudget status (the
 //!   eviction subresource in handlers.rs checks it);
 //! - the **ServiceAccount controller** and **root CA publisher**: the
@@ -201,6 +202,7 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
             namespace_defaults(&mut state.store.lock().unwrap(), &state.ca.cert_pem);
             endpoint_slices(&mut state.store.lock().unwrap());
             disruption_budgets(&mut state.store.lock().unwrap());
+            bind_volumes(&mut state.store.lock().unwrap());
             ephemeral_claims(&mut state.store.lock().unwrap());
             attach_detach(&mut state.store.lock().unwrap());
             let mut lifecycle = state.lifecycle.lock().unwrap();
@@ -453,9 +455,113 @@ fn endpoint_slices(store: &mut Store) {
     }
 }
 
+fn claim_ref_matches(pv: &Value, claim: &Value) -> bool {
+    let r = &pv["spec"]["claimRef"];
+    r["name"] == claim["metadata"]["name"]
+        && r["namespace"] == claim["metadata"]["namespace"]
+        && (r["uid"].as_str().is_none_or(str::is_empty) || r["uid"] == claim["metadata"]["uid"])
+}
+
+/// Whether an unclaimed volume can serve a claim (`checkVolumeSatisfyClaim`
+/// and the matcher's filters): the same class, every access mode the claim
+/// asks for, the same volume mode, at least the requested size, and the
+/// claim's label selector.
+fn satisfies(pv: &Value, claim: &Value) -> bool {
+    let class = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let modes: Vec<&Value> = pv["spec"]["accessModes"].as_array().into_iter().flatten().collect();
+    let mode = |v: &Value| v.as_str().unwrap_or("Filesystem").to_string();
+    let size = |v: &Value| v.as_str().and_then(super::defaults::milli).unwrap_or(0);
+    class(&pv["spec"]["storageClassName"]) == class(&claim["spec"]["storageClassName"])
+        && claim["spec"]["accessModes"].as_array().into_iter().flatten().all(|m| modes.contains(&m))
+        && mode(&pv["spec"]["volumeMode"]) == mode(&claim["spec"]["volumeMode"])
+        && size(&pv["spec"]["capacity"]["storage"]) >= size(&claim["spec"]["resources"]["requests"]["storage"])
+        && (claim["spec"]["selector"].is_null() || selects_pod(&claim["spec"]["selector"], pv))
+}
+
+/// kube-controller-manager's PersistentVolume controller, binding only (no
+/// provisioning, no reclaiming): a pending claim binds to the volume it
+/// names when that volume is unclaimed and satisfies it, or is pre-bound to
+/// the claim; a claim naming no volume binds to a volume pre-bound to it,
+/// else to the smallest Available one that satisfies it (never for a class
+/// with `WaitForFirstConsumer`, which waits for a scheduler this harness
+/// does not have). Binding sets both sides (claimRef with the UID,
+/// volumeName, the annotations) and both phases Bound, the claim's capacity
+/// and access modes from the volume. A volume whose bound claim is gone is
+/// Released; one never claimed is Available.
+fn bind_volumes(store: &mut Store) {
+    const PVS: &str = "persistentvolumes";
+    const PVCS: &str = "persistentvolumeclaims";
+    let claims = store.list(PVCS, None);
+    for pv in store.list(PVS, None) {
+        let name = pv["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let r = &pv["spec"]["claimRef"];
+        let phase = if r.is_null() {
+            "Available"
+        } else if claims.iter().any(|c| claim_ref_matches(&pv, c)) {
+            if r["uid"].as_str().is_some_and(|u| !u.is_empty()) { "Bound" } else { "Available" }
+        } else if r["uid"].as_str().is_some_and(|u| !u.is_empty()) {
+            "Released"
+        } else {
+            "Available"
+        };
+        if pv["status"]["phase"] != phase && pv["status"]["phase"] != "Released" {
+            let mut updated = pv.clone();
+            updated["status"]["phase"] = json!(phase);
+            store.put(PVS, "", &name, updated);
+        }
+    }
+    for claim in claims {
+        if claim["status"]["phase"] == "Bound" && claim["spec"]["volumeName"].as_str().is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let ns = claim["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let claim_name = claim["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let pvs = store.list(PVS, None);
+        let chosen = match claim["spec"]["volumeName"].as_str().filter(|v| !v.is_empty()) {
+            Some(wanted) => pvs.into_iter().find(|pv| {
+                pv["metadata"]["name"] == wanted && (if pv["spec"]["claimRef"].is_null() { satisfies(pv, &claim) } else { claim_ref_matches(pv, &claim) })
+            }),
+            None => {
+                let class = claim["spec"]["storageClassName"].as_str().unwrap_or("");
+                let waits = !class.is_empty() && store.get("storageclasses.storage.k8s.io", "", class).is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
+                let size = |pv: &Value| pv["spec"]["capacity"]["storage"].as_str().and_then(super::defaults::milli).unwrap_or(0);
+                let pre_bound = pvs.iter().find(|pv| !pv["spec"]["claimRef"].is_null() && claim_ref_matches(pv, &claim)).cloned();
+                pre_bound.or_else(|| {
+                    if waits {
+                        return None;
+                    }
+                    pvs.into_iter()
+                        .filter(|pv| pv["spec"]["claimRef"].is_null() && pv["status"]["phase"] != "Released" && satisfies(pv, &claim))
+                        .min_by_key(size)
+                })
+            }
+        };
+        let Some(pv) = chosen else { continue };
+        let pv_name = pv["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let mut bound_pv = pv.clone();
+        if pv["spec"]["claimRef"].is_null() {
+            bound_pv["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"] = json!("yes");
+        }
+        bound_pv["spec"]["claimRef"] = json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": ns, "name": claim_name,
+            "uid": claim["metadata"]["uid"], "resourceVersion": claim["metadata"]["resourceVersion"]});
+        bound_pv["status"]["phase"] = json!("Bound");
+        store.put(PVS, "", &pv_name, bound_pv);
+        let mut bound = claim.clone();
+        if claim["spec"]["volumeName"].as_str().is_none_or(str::is_empty) {
+            bound["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"] = json!("yes");
+        }
+        bound["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+        bound["spec"]["volumeName"] = json!(pv_name);
+        bound["status"]["phase"] = json!("Bound");
+        bound["status"]["capacity"] = pv["spec"]["capacity"].clone();
+        bound["status"]["accessModes"] = pv["spec"]["accessModes"].clone();
+        store.put(PVCS, &ns, &claim_name, bound);
+    }
+}
+
 /// kube-controller-manager's ephemeral volume controller: for each pod's
 /// `ephemeral.volumeClaimTemplate`, the claim `<pod>-<volume>`, owned by
-/// the pod. (Binding it is the PV controller's job: tests bind it.)
+/// the pod. (bind_volumes binds it.)
 fn ephemeral_claims(store: &mut Store) {
     // The garbage collector: a claim whose owning pod is gone goes too.
     let pods = store.list("pods", None);
