@@ -553,6 +553,8 @@ pub async fn run(
             taints: Vec::new(),
             cpu_millis: node.allocatable.cpu_millis,
             memory_bytes: node.allocatable.memory_bytes,
+            ephemeral_storage_bytes: node.allocatable.ephemeral_storage_bytes,
+            hugepages: node.allocatable.hugepages.clone(),
             max_pods: s.max_pods,
         });
         node_labels_tx.send_replace(facts.labels.clone());

@@ -35,6 +35,8 @@ pub fn static_pod(data: &[u8]) {
         taints: vec![k8s_openapi::api::core::v1::Taint { key: "k".into(), effect: "NoExecute".into(), value: Some("v".into()), ..Default::default() }],
         cpu_millis: 4000,
         memory_bytes: 8 << 30,
+        ephemeral_storage_bytes: 100 << 30,
+        hugepages: BTreeMap::new(),
         max_pods: 110,
     };
     let _ = admission::admit(&pod, &[&pod], &resources);

@@ -290,11 +290,27 @@ async fn admission_rejects_what_the_node_cannot_run_and_events_reach_the_api() {
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
     assert!(st.message.unwrap().contains("spec.volumes[0]: Unsupported value: image volumes"));
 
+    // More ephemeral storage than the Node's allocatable says it has: refused
+    // as kubelet refuses it, never started.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    let allocatable = nodes.get(&c.node.node_name()).await.unwrap().status.unwrap().allocatable.unwrap();
+    let storage = nodelet::resources::value(&allocatable["ephemeral-storage"]).unwrap();
+    let mut hungry = bound_pod("hungry", &c.node.node_name(), "sleep 3600");
+    hungry.spec.as_mut().unwrap().containers[0].resources = Some(serde_json::from_value(serde_json::json!({"requests": {"ephemeral-storage": (storage + (1 << 20)).to_string()}})).unwrap());
+    pods.create(&PostParams::default(), &hungry).await.unwrap();
+    let st = eventually(30 * S, "hungry rejected", || async {
+        let st = pods.get("hungry").await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then_some(st)
+    })
+    .await;
+    assert_eq!(st.reason.as_deref(), Some("OutOfephemeral-storage"));
+    assert!(st.message.unwrap().contains("Node didn't have enough resource: ephemeral-storage"));
+    assert!(c.node.containers_named("hungry").await.is_empty());
+
     // kubelet re-checks NoExecute taints (the taint-eviction controller is
     // off here, as some clusters run it, so nothing but the node refuses):
     // a pod bound straight to a node it does not tolerate never runs.
     c.api.set_taint_eviction(false);
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     let taint = serde_json::json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoExecute"}, {"key": "gpu", "effect": "NoSchedule"}]}});
     nodes.patch(&c.node.node_name(), &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

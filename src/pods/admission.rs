@@ -19,6 +19,11 @@ pub struct NodeResources {
     pub taints: Vec<Taint>,
     pub cpu_millis: i64,
     pub memory_bytes: i64,
+    /// Allocatable ephemeral storage (the node filesystem's capacity less
+    /// what is reserved and the hard eviction threshold).
+    pub ephemeral_storage_bytes: i64,
+    /// Allocatable hugepages by resource name (`hugepages-2Mi`).
+    pub hugepages: BTreeMap<String, i64>,
     pub max_pods: u32,
 }
 
@@ -45,6 +50,15 @@ pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
         sum(true, "cpu").max(init(true, "cpu")).saturating_add(overhead(spec, "cpu", true)),
         sum(false, "memory").max(init(false, "memory")).saturating_add(overhead(spec, "memory", false)),
     )
+}
+
+/// A pod's effective request of one resource counted in whole units
+/// (ephemeral-storage, hugepages): as `requests` counts cpu and memory.
+pub fn request_of(spec: &PodSpec, r: &str) -> Amount {
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let sum = spec.containers.iter().chain(sidecars).map(|c| container_request(c, r, false)).sum::<Amount>();
+    let init = spec.init_containers.iter().flatten().map(|c| container_request(c, r, false)).max().unwrap_or(Amount::ZERO);
+    sum.max(init).saturating_add(overhead(spec, r, false))
 }
 
 /// The pod's `spec.overhead` of resource `r` (in millis for `milli`): what
@@ -150,6 +164,34 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
             format!("Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
         );
     }
+    // Ephemeral storage and hugepages, as kubelet's resource fit checks
+    // every resource the node has (requests of hugepages it has none of do
+    // not fit).
+    // (A node that could not measure its filesystem, capacity 0, does not
+    // check ephemeral storage rather than refuse every pod that asks.)
+    let mut counted: Vec<(String, i64)> = Vec::new();
+    if node.ephemeral_storage_bytes > 0 {
+        counted.push(("ephemeral-storage".into(), node.ephemeral_storage_bytes));
+    }
+    let asked = spec.init_containers.iter().flatten().chain(spec.containers.iter()).flat_map(|c| c.resources.iter().flat_map(|r| r.requests.iter().flatten()));
+    for (name, _) in asked {
+        if name.starts_with("hugepages-") && !counted.iter().any(|(n, _)| n == name) {
+            counted.push((name.clone(), node.hugepages.get(name).copied().unwrap_or(0)));
+        }
+    }
+    for (name, capacity) in counted {
+        let want = request_of(&spec, &name);
+        if want.is_zero() {
+            continue;
+        }
+        let used = admitted.iter().filter_map(|p| p.spec.as_ref()).map(|s| request_of(s, &name)).fold(Amount::ZERO, Amount::saturating_add);
+        if used.saturating_add(want) > Amount::new(capacity) {
+            return reject(
+                &format!("OutOf{name}"),
+                format!("Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {capacity}"),
+            );
+        }
+    }
     // Static pods are exempt: kubelet checks only NoExecute taints, and
     // only for pods from the apiserver.
     if super::from_api(pod) {
@@ -187,8 +229,35 @@ mod tests {
             taints: Vec::new(),
             cpu_millis: 1000,
             memory_bytes: 4 << 30,
+            ephemeral_storage_bytes: 10 << 30,
+            hugepages: BTreeMap::from([("hugepages-2Mi".into(), 8 << 20)]),
             max_pods: 2,
         }
+    }
+
+    #[test]
+    fn ephemeral_storage_and_hugepages_are_admitted_against_allocatable() {
+        let asking = |ephemeral: &str, huge: &str| {
+            let mut p = pod("");
+            let r = p.spec.as_mut().unwrap().containers[0].resources.as_mut().unwrap();
+            let requests = r.requests.as_mut().unwrap();
+            requests.insert("cpu".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1m".into()));
+            requests.insert("ephemeral-storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(ephemeral.into()));
+            if !huge.is_empty() {
+                requests.insert(huge.split('=').next().unwrap().into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(huge.split('=').nth(1).unwrap().into()));
+            }
+            p.spec.as_mut().unwrap().containers[0].ports = None;
+            p
+        };
+        let n = NodeResources { max_pods: 10, memory_bytes: 64 << 30, ..node() };
+        assert!(admit(&asking("6Gi", ""), &[], &n).is_ok());
+        let six = asking("6Gi", "");
+        let e = admit(&asking("6Gi", ""), &[&six], &n).unwrap_err();
+        assert_eq!(e.reason, "OutOfephemeral-storage");
+        assert!(e.message.contains("Node didn't have enough resource: ephemeral-storage"), "{}", e.message);
+        assert!(admit(&asking("1Gi", "hugepages-2Mi=8Mi"), &[], &n).is_ok());
+        assert_eq!(admit(&asking("1Gi", "hugepages-2Mi=10Mi"), &[], &n).unwrap_err().reason, "OutOfhugepages-2Mi");
+        assert_eq!(admit(&asking("1Gi", "hugepages-1Gi=1Gi"), &[], &n).unwrap_err().reason, "OutOfhugepages-1Gi", "none of that size");
     }
 
     #[test]
