@@ -186,6 +186,15 @@ fn enforce_node_allocatable(s: &Settings, capacity: &crate::allocatable::Capacit
     if a.enforce.contains(&Enforce::SystemReserved) {
         plan.push((a.system_reserved_cgroup.clone().unwrap_or_default(), reserved_limits(&a.system_reserved), false));
     }
+    // The -compressible forms: CPU only (throttling a daemon is safe; an
+    // OOM kill of the runtime is not).
+    let cpu_only = |l: crate::allocatable::Limits| crate::allocatable::Limits { memory_bytes: None, pids: None, ..l };
+    if a.enforce.contains(&Enforce::KubeReservedCompressible) {
+        plan.push((a.kube_reserved_cgroup.clone().unwrap_or_default(), cpu_only(reserved_limits(&a.kube_reserved)), false));
+    }
+    if a.enforce.contains(&Enforce::SystemReservedCompressible) {
+        plan.push((a.system_reserved_cgroup.clone().unwrap_or_default(), cpu_only(reserved_limits(&a.system_reserved)), false));
+    }
     for (cgroup, limits, create) in plan {
         if s.dry_run {
             tracing::info!(cgroup, ?limits, "dry run: would set the cgroup's limits (Node Allocatable)");

@@ -181,25 +181,30 @@ pub fn apply(root: &Path, rel: &str, limits: &Limits, create: bool) -> Result<()
             return Err(format!("the cgroup {} does not exist", d.display()));
         }
     }
-    let max = |v: Option<i64>| v.map_or("max".to_string(), |n| n.to_string());
-    if v2 {
-        // A controller the parent does not delegate has no file here: said
-        // once, not fatal (kubelet needs them enabled on cgroup v2 too).
-        for (file, value) in [
-            (cpu.join("cpu.weight"), crate::resources::cpu_weight(limits.cpu_shares).to_string()),
-            (mem.join("memory.max"), max(limits.memory_bytes)),
-            (pids.join("pids.max"), max(limits.pids)),
-        ] {
-            if file.exists() {
-                write(&file, &value)?;
-            } else {
-                tracing::warn!(file = %file.display(), "the cgroup controller is not enabled here; this limit is not set");
-            }
-        }
+    // A limit the reservation does not name is not written: the cgroup
+    // keeps what its owner set (kubelet updates only the fields it has).
+    let files: Vec<(PathBuf, Option<String>)> = if v2 {
+        vec![
+            (cpu.join("cpu.weight"), Some(crate::resources::cpu_weight(limits.cpu_shares).to_string())),
+            (mem.join("memory.max"), limits.memory_bytes.map(|n| n.to_string())),
+            (pids.join("pids.max"), limits.pids.map(|n| n.to_string())),
+        ]
     } else {
-        write(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string())?;
-        write(&mem.join("memory.limit_in_bytes"), &limits.memory_bytes.unwrap_or(-1).to_string())?;
-        write(&pids.join("pids.max"), &max(limits.pids))?;
+        vec![
+            (cpu.join("cpu.shares"), Some(limits.cpu_shares.to_string())),
+            (mem.join("memory.limit_in_bytes"), limits.memory_bytes.map(|n| n.to_string())),
+            (pids.join("pids.max"), limits.pids.map(|n| n.to_string())),
+        ]
+    };
+    for (file, value) in files {
+        let Some(value) = value else { continue };
+        if v2 && !file.exists() {
+            // A controller the parent does not delegate has no file here:
+            // said, not fatal (kubelet needs them enabled on cgroup v2 too).
+            tracing::warn!(file = %file.display(), "the cgroup controller is not enabled here; this limit is not set");
+            continue;
+        }
+        write(&file, &value)?;
     }
     Ok(())
 }
@@ -288,8 +293,17 @@ mod tests {
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(read("cpu/test/kubepods/cpu.shares"), "3072");
         assert_eq!(read("memory/test/kubepods/memory.limit_in_bytes"), (15i64 << 30).to_string());
-        assert_eq!(read("pids/test/kubepods/pids.max"), "max");
+        assert!(!root.path().join("pids/test/kubepods/pids.max").exists(), "a limit not named is not written");
         let err = apply(root.path(), "/system.slice", &l, false).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+        // A reserved cgroup the operator limited keeps what the reservation
+        // does not name (the -compressible forms name only CPU).
+        for c in ["cpu", "memory", "pids"] {
+            std::fs::create_dir_all(root.path().join(c).join("system.slice")).unwrap();
+        }
+        std::fs::write(root.path().join("memory/system.slice/memory.limit_in_bytes"), "4294967296").unwrap();
+        apply(root.path(), "/system.slice", &Limits { cpu_shares: 512, memory_bytes: None, pids: None }, false).unwrap();
+        assert_eq!(read("cpu/system.slice/cpu.shares"), "512");
+        assert_eq!(read("memory/system.slice/memory.limit_in_bytes"), "4294967296");
     }
 }

@@ -28,6 +28,11 @@ pub enum Enforce {
     Pods,
     KubeReserved,
     SystemReserved,
+    /// `kube-reserved-compressible`: only the kube reservation's CPU is
+    /// enforced on its cgroup.
+    KubeReservedCompressible,
+    /// `system-reserved-compressible`: only the system reservation's CPU.
+    SystemReservedCompressible,
 }
 
 /// The node allocatable settings, resolved.
@@ -169,12 +174,14 @@ impl AllocatableConfig {
                     "pods" => c.enforce.insert(Enforce::Pods),
                     "kube-reserved" => c.enforce.insert(Enforce::KubeReserved),
                     "system-reserved" => c.enforce.insert(Enforce::SystemReserved),
+                    "kube-reserved-compressible" => c.enforce.insert(Enforce::KubeReservedCompressible),
+                    "system-reserved-compressible" => c.enforce.insert(Enforce::SystemReservedCompressible),
                     "none" if list.len() == 1 => false,
                     "none" => return Err(bad(format!("enforceNodeAllocatable[{i}]"), "Invalid value: \"none\": none cannot be combined with other values".into())),
                     other => {
                         return Err(bad(
                             format!("enforceNodeAllocatable[{i}]"),
-                            format!("Unsupported value: {other:?}: supported values: \"pods\", \"kube-reserved\", \"system-reserved\", \"none\" (the -compressible forms are not supported by nodelet)"),
+                            format!("Unsupported value: {other:?}: supported values: \"pods\", \"kube-reserved\", \"system-reserved\", \"kube-reserved-compressible\", \"system-reserved-compressible\", \"none\""),
                         ));
                     }
                 };
@@ -183,11 +190,22 @@ impl AllocatableConfig {
         let cgroup = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         c.kube_reserved_cgroup = cgroup(&f.kube_reserved_cgroup);
         c.system_reserved_cgroup = cgroup(&f.system_reserved_cgroup);
-        if c.enforce.contains(&Enforce::KubeReserved) && c.kube_reserved_cgroup.is_none() {
-            return Err(bad("kubeReservedCgroup".into(), "Required value: enforceNodeAllocatable has \"kube-reserved\"".into()));
-        }
-        if c.enforce.contains(&Enforce::SystemReserved) && c.system_reserved_cgroup.is_none() {
-            return Err(bad("systemReservedCgroup".into(), "Required value: enforceNodeAllocatable has \"system-reserved\"".into()));
+        for (whole, compressible, name, field, cgroup) in [
+            (Enforce::KubeReserved, Enforce::KubeReservedCompressible, "kube-reserved", "kubeReservedCgroup", &c.kube_reserved_cgroup),
+            (Enforce::SystemReserved, Enforce::SystemReservedCompressible, "system-reserved", "systemReservedCgroup", &c.system_reserved_cgroup),
+        ] {
+            if c.enforce.contains(&whole) && c.enforce.contains(&compressible) {
+                return Err(bad(
+                    "enforceNodeAllocatable".into(),
+                    format!("Invalid value: \"{name}\" and \"{name}-compressible\" cannot both be enforced"),
+                ));
+            }
+            if c.enforce.contains(&whole) && cgroup.is_none() {
+                return Err(bad(field.into(), format!("Required value: enforceNodeAllocatable has \"{name}\"")));
+            }
+            if c.enforce.contains(&compressible) && cgroup.is_none() {
+                return Err(bad(field.into(), format!("Required value: enforceNodeAllocatable has \"{name}-compressible\"")));
+            }
         }
         c.pod_pids_limit = match f.pod_pids_limit {
             None | Some(-1) => None,
@@ -230,6 +248,8 @@ mod tests {
         assert_eq!(err("{kubeReserved: {gpu: '1'}}"), "k.yaml: kubeReserved.gpu: Unsupported value: supported resources: \"cpu\", \"memory\", \"ephemeral-storage\", \"pid\"");
         assert!(err("{systemReserved: {memory: '-1Gi'}}").contains("systemReserved.memory: Invalid value: \"-1Gi\": must not be negative"));
         assert!(err("{enforceNodeAllocatable: [pods, system-reserved]}").contains("systemReservedCgroup: Required value"));
+        assert!(err("{enforceNodeAllocatable: [kube-reserved-compressible]}").contains("kubeReservedCgroup: Required value"));
+        assert!(err("{enforceNodeAllocatable: [kube-reserved, kube-reserved-compressible], kubeReservedCgroup: /k}").contains("cannot both be enforced"));
         assert!(err("{enforceNodeAllocatable: [pods, none]}").contains("enforceNodeAllocatable[1]"));
         assert!(err("{podPidsLimit: 0}").contains("podPidsLimit: Invalid value: 0"));
         assert!(err("{reservedSystemCPUs: '3-1'}").contains("reservedSystemCPUs"));

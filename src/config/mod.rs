@@ -241,6 +241,8 @@ impl Settings {
                     allocatable::Enforce::Pods => "pods",
                     allocatable::Enforce::KubeReserved => "kube-reserved",
                     allocatable::Enforce::SystemReserved => "system-reserved",
+                    allocatable::Enforce::KubeReservedCompressible => "kube-reserved-compressible",
+                    allocatable::Enforce::SystemReservedCompressible => "system-reserved-compressible",
                 })
                 .collect();
             m.insert("enforceNodeAllocatable".into(), serde_json::json!(enforce));
