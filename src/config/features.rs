@@ -28,7 +28,12 @@ pub struct Gate {
 }
 
 /// The known gates, by name.
-pub fn known() -> BTreeMap<&'static str, Gate> {
+pub fn known() -> &'static BTreeMap<&'static str, Gate> {
+    static KNOWN: std::sync::OnceLock<BTreeMap<&'static str, Gate>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(parse)
+}
+
+fn parse() -> BTreeMap<&'static str, Gate> {
     TABLE
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

@@ -80,8 +80,10 @@ pub fn may_use(record: Option<&PulledRecord>, intent: bool, policy: VerifyPolicy
         return true;
     }
     let Some(access) = record.and_then(|r| r.credential_mapping.get(repository)) else { return false };
-    access.node_pods_accessible
-        || access.kubernetes_secrets.iter().any(|s| secrets.iter().any(|(ns, name, hash)| (&s.namespace == ns && &s.name == name && &s.credential_hash == hash) || &s.credential_hash == hash))
+    // A pod's secret qualifies when its credentials are those the image was
+    // pulled with, under whatever Secret holds them (kubelet's rule: the
+    // same namespace and name with other credentials do not).
+    access.node_pods_accessible || access.kubernetes_secrets.iter().any(|s| secrets.iter().any(|(_, _, hash)| &s.credential_hash == hash))
 }
 
 fn hash_name(s: &str) -> String {
