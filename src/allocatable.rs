@@ -149,7 +149,16 @@ pub fn cpu_quantity(m: i64) -> String {
 
 /// The directories of cgroup `rel` (cgroupfs naming) for the controllers
 /// that carry limits: (cpu, memory, pids) on v1, the one directory on v2.
+/// Whether `name` is a cgroup path that stays below the cgroup mount: only
+/// plain components (no `.`, `..` or NUL).
+pub fn is_cgroup_name(name: &str) -> bool {
+    !name.contains('\0') && name.split('/').all(|c| c != "." && c != "..")
+}
+
 fn dirs(root: &Path, rel: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    if !is_cgroup_name(rel) {
+        return None;
+    }
     let rel = rel.trim_start_matches('/');
     if root.join("cgroup.controllers").exists() {
         let d = root.join(rel);
@@ -296,6 +305,10 @@ mod tests {
         assert!(!root.path().join("pids/test/kubepods/pids.max").exists(), "a limit not named is not written");
         let err = apply(root.path(), "/system.slice", &l, false).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+        // A name that climbs out of the cgroup mount is refused, whatever exists.
+        std::fs::create_dir_all(root.path().join("cpu/x")).unwrap();
+        let err = apply(root.path(), "/x/../../cpu/x", &l, false).unwrap_err();
+        assert!(err.contains("no cgroup"), "{err}");
         // A reserved cgroup the operator limited keeps what the reservation
         // does not name (the -compressible forms name only CPU).
         for c in ["cpu", "memory", "pids"] {

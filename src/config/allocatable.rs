@@ -187,9 +187,17 @@ impl AllocatableConfig {
                 };
             }
         }
-        let cgroup = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        c.kube_reserved_cgroup = cgroup(&f.kube_reserved_cgroup);
-        c.system_reserved_cgroup = cgroup(&f.system_reserved_cgroup);
+        // A cgroup name is a path below the cgroup mount: no `..` or `.`
+        // component may take the limits' writes out of it.
+        let cgroup = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
+            let Some(name) = v.clone().filter(|s| !s.is_empty()) else { return Ok(None) };
+            if !crate::allocatable::is_cgroup_name(&name) {
+                return Err(bad(field.into(), format!("Invalid value: {name:?}: a cgroup path below the cgroup mount, without \".\" or \"..\"")));
+            }
+            Ok(Some(name))
+        };
+        c.kube_reserved_cgroup = cgroup(&f.kube_reserved_cgroup, "kubeReservedCgroup")?;
+        c.system_reserved_cgroup = cgroup(&f.system_reserved_cgroup, "systemReservedCgroup")?;
         for (whole, compressible, name, field, cgroup) in [
             (Enforce::KubeReserved, Enforce::KubeReservedCompressible, "kube-reserved", "kubeReservedCgroup", &c.kube_reserved_cgroup),
             (Enforce::SystemReserved, Enforce::SystemReservedCompressible, "system-reserved", "systemReservedCgroup", &c.system_reserved_cgroup),
@@ -249,6 +257,8 @@ mod tests {
         assert!(err("{systemReserved: {memory: '-1Gi'}}").contains("systemReserved.memory: Invalid value: \"-1Gi\": must not be negative"));
         assert!(err("{enforceNodeAllocatable: [pods, system-reserved]}").contains("systemReservedCgroup: Required value"));
         assert!(err("{enforceNodeAllocatable: [kube-reserved-compressible]}").contains("kubeReservedCgroup: Required value"));
+        assert!(err("{enforceNodeAllocatable: [kube-reserved], kubeReservedCgroup: /../../etc}").contains("kubeReservedCgroup: Invalid value"));
+        assert!(err("{systemReservedCgroup: system.slice/./x}").contains("systemReservedCgroup: Invalid value"));
         assert!(err("{enforceNodeAllocatable: [kube-reserved, kube-reserved-compressible], kubeReservedCgroup: /k}").contains("cannot both be enforced"));
         assert!(err("{enforceNodeAllocatable: [pods, none]}").contains("enforceNodeAllocatable[1]"));
         assert!(err("{podPidsLimit: 0}").contains("podPidsLimit: Invalid value: 0"));
