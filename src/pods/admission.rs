@@ -41,24 +41,24 @@ fn reject(reason: &str, message: String) -> Result<(), Rejection> {
 /// the sum of its app containers (and sidecars), as the scheduler counts.
 /// Sums saturate: requests beyond what any node has stay beyond it.
 pub fn requests(spec: &PodSpec) -> (Amount, Amount) {
-    let sidecars: Vec<_> = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).collect();
-    let sum = |milli: bool, r: &str| spec.containers.iter().chain(sidecars.iter().copied()).map(|c| container_request(c, r, milli)).sum::<Amount>();
-    let init = |milli: bool, r: &str| spec.init_containers.iter().flatten().map(|c| container_request(c, r, milli)).max().unwrap_or(Amount::ZERO);
-    // The RuntimeClass's overhead counts too (the scheduler's and kubelet's
-    // fit both add spec.overhead).
-    (
-        sum(true, "cpu").max(init(true, "cpu")).saturating_add(overhead(spec, "cpu", true)),
-        sum(false, "memory").max(init(false, "memory")).saturating_add(overhead(spec, "memory", false)),
-    )
+    (request_in(spec, "cpu", true), request_in(spec, "memory", false))
 }
 
 /// A pod's effective request of one resource counted in whole units
 /// (ephemeral-storage, hugepages): as `requests` counts cpu and memory.
 pub fn request_of(spec: &PodSpec, r: &str) -> Amount {
+    request_in(spec, r, false)
+}
+
+/// The larger of the biggest init container's request and the sum over app
+/// containers and sidecars, plus the RuntimeClass's overhead (the
+/// scheduler's and kubelet's fit both add spec.overhead); in millis for
+/// `milli`.
+fn request_in(spec: &PodSpec, r: &str, milli: bool) -> Amount {
     let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    let sum = spec.containers.iter().chain(sidecars).map(|c| container_request(c, r, false)).sum::<Amount>();
-    let init = spec.init_containers.iter().flatten().map(|c| container_request(c, r, false)).max().unwrap_or(Amount::ZERO);
-    sum.max(init).saturating_add(overhead(spec, r, false))
+    let sum = spec.containers.iter().chain(sidecars).map(|c| container_request(c, r, milli)).sum::<Amount>();
+    let init = spec.init_containers.iter().flatten().map(|c| container_request(c, r, milli)).max().unwrap_or(Amount::ZERO);
+    sum.max(init).saturating_add(overhead(spec, r, milli))
 }
 
 /// The pod's `spec.overhead` of resource `r` (in millis for `milli`): what

@@ -927,6 +927,25 @@ pub fn mark_deleted(store: &mut Store, pod: &Value, grace: i64) -> Value {
     store.put("pods", &ns, &name, marked)
 }
 
+/// A pod's deletion with `grace` (else its own): graceful when it is bound
+/// and the grace is above 0 (marked; its kubelet stops it, then deletes it
+/// with grace 0), and a pod already marked with a grace no longer than this
+/// one stays as it is; otherwise removed at once. The pod as it is after.
+fn delete_pod(store: &mut Store, current: &Value, grace: Option<i64>) -> Value {
+    let bound = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let grace = grace.unwrap_or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
+    let already = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
+    if bound && grace > 0 {
+        if already.is_some_and(|a| a <= grace) {
+            return current.clone();
+        }
+        return mark_deleted(store, current, grace);
+    }
+    let ns = current["metadata"]["namespace"].as_str().unwrap_or("");
+    let name = current["metadata"]["name"].as_str().unwrap_or("");
+    store.remove("pods", ns, name).unwrap_or_else(|| current.clone())
+}
+
 fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &Bytes) -> Response<Body> {
     let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -941,18 +960,8 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
         return status(409, "Conflict", &format!("Precondition failed for {} \"{name}\"", t.res.key()));
     }
     if t.res.plural == "pods" {
-        let bound = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-        let grace = grace.unwrap_or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
-        let already = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
-        if bound && grace > 0 {
-            // Graceful deletion: the kubelet stops the pod, then deletes it
-            // with grace 0.
-            if already.is_some_and(|a| a <= grace) {
-                return json_response(StatusCode::OK, &with_type(t, current));
-            }
-            let stored = mark_deleted(&mut store, &current, grace);
-            return json_response(StatusCode::OK, &with_type(t, stored));
-        }
+        let after = delete_pod(&mut store, &current, grace);
+        return json_response(StatusCode::OK, &with_type(t, after));
     }
     match store.remove(&t.res.key(), &ns, &name) {
         Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
@@ -1014,15 +1023,6 @@ fn evict(state: &Arc<State>, t: &Target, body: &Bytes) -> Response<Body> {
             }
         }
     }
-    let grace = eviction["deleteOptions"]["gracePeriodSeconds"].as_i64();
-    let bound = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-    let grace = grace.unwrap_or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
-    if bound && grace > 0 {
-        if !pod["metadata"]["deletionTimestamp"].is_string() {
-            mark_deleted(&mut store, &pod, grace);
-        }
-    } else {
-        store.remove("pods", &ns, &name);
-    }
+    delete_pod(&mut store, &pod, eviction["deleteOptions"]["gracePeriodSeconds"].as_i64());
     json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
 }
