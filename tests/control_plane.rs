@@ -12,7 +12,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use support::cluster::Cluster;
-use support::{eventually, is_running};
+use support::{eventually, eventually_saw, is_running};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -229,8 +229,17 @@ async fn a_minute_long_outage_leaves_the_node_ready_and_its_pods_in_place() {
     let relisted = eventually(10 * S, "the node relisting its pods", || async { c.api.first_list_since(&user, "pods", answering) }).await;
     let watch_back = relisted.saturating_duration_since(answering);
     assert!(watch_back <= 5 * S, "the pod watch came back {watch_back:?} after the apiserver answered again");
-    // The pod's Ready condition, which the controller took away, is written back.
-    eventually(20 * S, "tolerant Ready again in the API", || async { pods.get("tolerant").await.ok().filter(ready).map(|_| ()) }).await;
+    // The pod's Ready condition, which the controller took away, is written
+    // back once the node sees the change (the relist), not a period later.
+    eventually_saw(20 * S, "tolerant Ready again in the API", || async {
+        let p = pods.get("tolerant").await.map_err(|e| format!("get: {e}"))?;
+        if ready(&p) {
+            return Ok(());
+        }
+        let conditions = p.status.and_then(|s| s.conditions).unwrap_or_default();
+        Err(format!("conditions {:?}", conditions.iter().map(|c| format!("{}={} ({:?})", c.type_, c.status, c.last_transition_time)).collect::<Vec<_>>()))
+    })
+    .await;
 
     // Past the toleration: nothing was evicted, nothing restarted.
     tokio::time::sleep((95 * S).saturating_sub(stopped.elapsed())).await;

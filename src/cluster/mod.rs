@@ -134,7 +134,8 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let (mirrors_tx, mirrors_rx) = watch::channel(podsource::Mirrors::new());
     let (bound_pods, bound_pods_writer) = kube::runtime::reflector::store();
     tasks.spawn("pod watch", podsource::run(client.clone(), node.clone(), p.sources, mirrors_tx, bound_pods_writer));
-    tasks.spawn("node watch", node::watch_node(client.clone(), node.clone(), p.node_labels, p.node_taints));
+    let marked_unknown = std::sync::Arc::new(tokio::sync::Notify::new());
+    tasks.spawn("node watch", node::watch_node(client.clone(), node.clone(), p.node_labels, p.node_taints, marked_unknown.clone()));
     if dry_run {
         return;
     }
@@ -187,6 +188,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             report_every: settings.status_report,
             root_dir: p.root_dir.clone(),
             in_use: p.in_use.clone(),
+            marked_unknown,
         };
         let mirrors = mirror::run(client.clone(), node.clone(), uid, statuses.subscribe(), mirrors_rx);
         tokio::join!(lease.run(), status.run(), mirrors);

@@ -226,12 +226,17 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<String
 }
 
 /// Follows the Node object's labels (an operator's `kubectl label node`
-/// among them) for admission, as kubelet's node lister does.
+/// among them) for admission, as kubelet's node lister does. When the
+/// Node shows Ready Unknown — only the node lifecycle controller writes
+/// that, when it thinks the node gone — `unknown` is notified, so the
+/// status loop posts the node's own status at once instead of up to a
+/// period later.
 pub async fn watch_node(
     client: kube::Client,
     node: String,
     labels: watch::Sender<BTreeMap<String, String>>,
     taints: watch::Sender<Vec<k8s_openapi::api::core::v1::Taint>>,
+    unknown: std::sync::Arc<tokio::sync::Notify>,
 ) {
     use futures::StreamExt;
     use kube::runtime::watcher;
@@ -247,6 +252,9 @@ pub async fn watch_node(
                 continue;
             }
         };
+        if marked_unknown(n.status.as_ref()) {
+            unknown.notify_one();
+        }
         let new_taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         taints.send_if_modified(|old| {
             if *old == new_taints {
@@ -266,6 +274,12 @@ pub async fn watch_node(
             true
         });
     }
+}
+
+/// Whether another party marked the node's Ready condition Unknown (a node
+/// agent never reports Unknown itself).
+pub fn marked_unknown(server: Option<&NodeStatus>) -> bool {
+    server.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "Unknown"))
 }
 
 /// Whether the status on the server differs from what nodelet would report
@@ -319,7 +333,8 @@ pub fn missing_required_labels(server: &BTreeMap<String, String>, facts: &NodeFa
 /// has passed since the last report. Comparing with the server, not with
 /// what was last posted, is what brings a node back to Ready within one
 /// period after an outage in which the node lifecycle controller set its
-/// conditions to Unknown.
+/// conditions to Unknown; the node watch seeing them Unknown brings it
+/// back at once.
 pub struct StatusLoop {
     pub client: kube::Client,
     pub facts: NodeFacts,
@@ -336,6 +351,8 @@ pub struct StatusLoop {
     /// mounted under it, and those pods want (`in_use`).
     pub root_dir: std::path::PathBuf,
     pub in_use: crate::csi::InUse,
+    /// The node watch saw the node marked Unknown: report now.
+    pub marked_unknown: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl StatusLoop {
@@ -364,6 +381,7 @@ impl StatusLoop {
                 Ok(()) = self.shutting_down.changed() => {}
                 // A pod waits to stage a volume until the status lists it.
                 _ = self.in_use.changed() => {}
+                _ = self.marked_unknown.notified() => {}
             }
         }
     }
@@ -443,6 +461,21 @@ mod tests {
             event_rate: None,
         };
         NodeFacts::gather(&node, &cs, 110, "containerd://1.6.20")
+    }
+
+    #[test]
+    fn only_ready_unknown_is_the_controllers_mark() {
+        use k8s_openapi::api::core::v1::NodeCondition;
+        let with = |t: &str, st: &str| NodeStatus {
+            conditions: Some(vec![NodeCondition { type_: t.into(), status: st.into(), ..Default::default() }]),
+            ..Default::default()
+        };
+        assert!(marked_unknown(Some(&with("Ready", "Unknown"))));
+        assert!(!marked_unknown(Some(&with("Ready", "True"))));
+        assert!(!marked_unknown(Some(&with("Ready", "False"))));
+        // Another agent's condition (a node problem detector's) is not ours to answer.
+        assert!(!marked_unknown(Some(&with("KernelDeadlock", "Unknown"))));
+        assert!(!marked_unknown(None));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! a precondition, as kubelet's does, so a new pod under the same name is
 //! never written with an old one's status.
 //!
-//! Every ten seconds it also compares what it wrote with the pod as the
-//! server has it (the bound-pod watch's cache), as kubelet's status manager
-//! reconciles: when another party changed what the node owns — the node
-//! lifecycle controller marks every pod of an unreachable node NotReady —
-//! the node's status is written again.
+//! It also compares what it wrote with the pod as the server has it (the
+//! bound-pod watch's cache) whenever that cache changes, and every ten
+//! seconds as kubelet's status manager reconciles: when another party
+//! changed what the node owns — the node lifecycle controller marks every
+//! pod of an unreachable node NotReady — the node's status is written again
+//! as soon as the node sees the change, not up to a period later.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,8 +30,9 @@ const COALESCE: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_secs(5);
 /// Patches in flight at once.
 const PARALLEL: usize = 16;
-/// How often written statuses are compared with the server's copies
-/// (kubelet's status manager syncs in batches this often).
+/// How often written statuses are compared with the server's copies even
+/// when the server's copies did not change (kubelet's status manager syncs
+/// in batches this often).
 const RECONCILE: Duration = Duration::from_secs(10);
 
 /// Whether the server's copy of a pod's status lost what the node wrote:
@@ -99,7 +101,10 @@ pub fn explicit(status: &PodStatus) -> serde_json::Value {
     v
 }
 
-/// Writes statuses forever. `server` is the bound-pod watch's cache.
+/// Writes statuses forever. `server` is the bound-pod watch's cache;
+/// `mirrors` is sent each time that cache settles after a change (the
+/// bound-pod source sends it with every set), so its change is also the
+/// sign to compare with the server again.
 pub async fn run(
     client: kube::Client,
     mut statuses: watch::Receiver<Statuses>,
@@ -113,7 +118,7 @@ pub async fn run(
         let mut reconcile = false;
         tokio::select! {
             r = statuses.changed() => if r.is_err() { return },
-            _ = mirrors.changed() => {}
+            _ = mirrors.changed() => reconcile = true,
             _ = tokio::time::sleep(RETRY) => {}
             _ = reconcile_tick.tick() => reconcile = true,
         }

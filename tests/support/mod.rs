@@ -655,6 +655,25 @@ where
     }
 }
 
+/// `eventually` for a check that can say what it saw instead: `f` returns
+/// `Err(what it saw)` until it holds, and a timeout names the last thing
+/// seen, so a failure on CI says more than "timed out".
+pub async fn eventually_saw<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match f().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last seen: {seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn is_running(c: &cri::ContainerStatus) -> bool {
     c.state == cri::ContainerState::ContainerRunning as i32
 }
