@@ -149,14 +149,8 @@ pub fn cpu_quantity(m: i64) -> String {
 
 /// The directories of cgroup `rel` (cgroupfs naming) for the controllers
 /// that carry limits: (cpu, memory, pids) on v1, the one directory on v2.
-/// Whether `name` is a cgroup path that stays below the cgroup mount: only
-/// plain components (no `.`, `..` or NUL).
-pub fn is_cgroup_name(name: &str) -> bool {
-    !name.contains('\0') && name.split('/').all(|c| c != "." && c != "..")
-}
-
 fn dirs(root: &Path, rel: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    if !is_cgroup_name(rel) {
+    if !crate::names::is_cgroup_name(rel) {
         return None;
     }
     let rel = rel.trim_start_matches('/');

@@ -1,6 +1,19 @@
 //! The apimachinery's validation of names and labels (RFC 1123 labels and
 //! subdomains, qualified names, label keys and values), with the
 //! apiserver's field paths and messages. Used for pods, flags and configs.
+//! Also the names the kernel takes from a config (IPVS schedulers, cgroup
+//! paths): they live here, below both `config`, which validates them, and
+//! the modules that use them, so config knows no mechanism.
+
+/// The IPVS schedulers kube-proxy accepts and the others the kernel ships
+/// (`ipvs.scheduler`).
+pub const IPVS_SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos"];
+
+/// Whether `name` is a cgroup path that stays below the cgroup mount: only
+/// plain components (no `.`, `..` or NUL).
+pub fn is_cgroup_name(name: &str) -> bool {
+    !name.contains('\0') && name.split('/').all(|c| c != "." && c != "..")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {

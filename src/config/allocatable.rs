@@ -191,7 +191,7 @@ impl AllocatableConfig {
         // component may take the limits' writes out of it.
         let cgroup = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
             let Some(name) = v.clone().filter(|s| !s.is_empty()) else { return Ok(None) };
-            if !crate::allocatable::is_cgroup_name(&name) {
+            if !crate::names::is_cgroup_name(&name) {
                 return Err(bad(field.into(), format!("Invalid value: {name:?}: a cgroup path below the cgroup mount, without \".\" or \"..\"")));
             }
             Ok(Some(name))

@@ -139,10 +139,10 @@ impl ProxyConfig {
                         "syncPeriod" | "minSyncPeriod" => {}
                         "scheduler" => {
                             let sched: String = field(file, &name, v)?;
-                            if !sched.is_empty() && !crate::proxy::ipvs::SCHEDULERS.contains(&sched.as_str()) {
+                            if !sched.is_empty() && !crate::names::IPVS_SCHEDULERS.contains(&sched.as_str()) {
                                 return Err(bad(
                                     &name,
-                                    format!("Invalid value: {sched:?}: supported values: {}", crate::proxy::ipvs::SCHEDULERS.join(", ")),
+                                    format!("Invalid value: {sched:?}: supported values: {}", crate::names::IPVS_SCHEDULERS.join(", ")),
                                 ));
                             }
                             c.ipvs.scheduler = (!sched.is_empty()).then_some(sched);
