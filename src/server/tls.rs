@@ -100,10 +100,11 @@ pub fn self_signed(cert_dir: &Path, names: &[String]) -> Result<CertifiedKey, Tl
     sans.dedup();
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| file_err(&key, e))?;
     let mut params = rcgen::CertificateParams::new(sans).map_err(|e| file_err(&crt, e))?;
-    let now = time::OffsetDateTime::now_utc();
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("{host}@{}", now.unix_timestamp()));
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(365);
+    // rcgen's validity takes any SystemTime; jiff is the agent's one time crate.
+    let now = std::time::SystemTime::now();
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("{host}@{}", jiff::Timestamp::now().as_second()));
+    params.not_before = (now - std::time::Duration::from_secs(5 * 60)).into();
+    params.not_after = (now + std::time::Duration::from_secs(365 * 24 * 3600)).into();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&kp).map_err(|e| file_err(&crt, e))?;
     std::fs::create_dir_all(cert_dir).map_err(|e| file_err(cert_dir, e))?;
