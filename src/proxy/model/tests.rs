@@ -1,0 +1,128 @@
+use super::*;
+
+fn svc(yaml: &str) -> Service {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn load_balancer_source_ranges_from_the_field_or_the_annotation() {
+    let lb = |extra: &str| svc(&format!("metadata: {{name: lb, namespace: default{extra}}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.0.9, ports: [{{port: 80}}]}}"));
+    let ranges = |s: &Service| service_ports(s).unwrap()[0].source_ranges.clone().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.1.2.3/8, 192.168.0.7/32], ports: [{port: 80}]}")), Some(vec!["10.0.0.0/8".to_string(), "192.168.0.7/32".to_string()]), "normalized to the network");
+    assert_eq!(ranges(&lb(", annotations: {service.beta.kubernetes.io/load-balancer-source-ranges: \"10.0.0.0/8, 172.16.0.0/12\"}")), Some(vec!["10.0.0.0/8".to_string(), "172.16.0.0/12".to_string()]));
+    assert_eq!(ranges(&lb("")), None, "no ranges: open");
+    assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [0.0.0.0/0], ports: [{port: 80}]}")), None, "everyone: open");
+    assert_eq!(ranges(&svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [\"2001:db8::/32\"], ports: [{port: 80}]}")), Some(vec![]), "IPv6 only: IPv4 closed");
+    assert_eq!(ranges(&svc("metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.0.0.0/8], ports: [{port: 80}]}")), None, "only LoadBalancer Services");
+    let bad = svc("metadata: {name: lb, namespace: default}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, loadBalancerSourceRanges: [10.0.0.0/8, ten], ports: [{port: 80}]}");
+    assert_eq!(service_ports(&bad).unwrap_err().to_string(), "Service default/lb: spec.loadBalancerSourceRanges[1]: Invalid value: \"ten\": must be a valid CIDR (e.g. 10.0.0.0/8)");
+}
+
+#[test]
+fn the_seed_services_are_refused_with_the_field() {
+    // 003's Service with `protocol: tcp` and `sessionAffinity: CientIP`.
+    let bad = svc("metadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: tcp}]}");
+    assert_eq!(service_ports(&bad).unwrap_err().to_string(), "Service default/web: spec.ports[0].protocol: Unsupported value: \"tcp\": supported values: \"SCTP\", \"TCP\", \"UDP\"");
+    let bad = svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.9, sessionAffinity: CientIP, ports: [{port: 80}]}");
+    assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.sessionAffinity: Unsupported value: \"CientIP\""));
+    // 000's `clusterIP: NodePort`, and a nodePort out of range.
+    let bad = svc("metadata: {name: web}\nspec: {clusterIP: NodePort, ports: [{port: 80}]}");
+    assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.clusterIP: Invalid value: \"NodePort\""));
+    let bad = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 70000}]}");
+    assert!(service_ports(&bad).unwrap_err().to_string().contains("spec.ports[0].nodePort: Invalid value: 70000"));
+    // The seed's nodePort 8081 is outside the default range, which the
+    // apiserver enforces; a cluster may have configured another range.
+    let custom = svc("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 8081}]}");
+    assert_eq!(service_ports(&custom).unwrap()[0].node_port, Some(8081));
+}
+
+#[test]
+fn headless_and_external_name_get_nothing() {
+    assert!(service_ports(&svc("metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}")).unwrap().is_empty());
+    assert!(service_ports(&svc("metadata: {name: e}\nspec: {type: ExternalName, externalName: example.com}")).unwrap().is_empty());
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let s = service_ports(&svc("metadata: {name: w}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}")).unwrap().remove(0);
+    let ep = |n: u8, ready: bool, serving: bool, terminating: bool, local: bool| Endpoint {
+        ip: Ipv4Addr::new(10, 0, 0, n),
+        port: 80,
+        ready,
+        serving,
+        terminating,
+        local,
+    };
+    let eps = vec![ep(1, true, true, false, false), ep(2, false, true, true, true), ep(3, false, false, false, true)];
+    let sel = select(&s, &eps);
+    assert_eq!(sel.cluster, vec![eps[0].clone()]);
+    let only_terminating = vec![eps[1].clone(), eps[2].clone()];
+    assert_eq!(select(&s, &only_terminating).cluster, vec![eps[1].clone()]);
+    let mut local = s.clone();
+    local.external_local = true;
+    let sel = select(&local, &eps);
+    assert_eq!(sel.external, vec![eps[1].clone()], "local: serving-terminating since no local one is ready");
+    assert_eq!(sel.local_count, 0, "a draining node reports no ready local endpoint to load balancers");
+    let mut ready_local = eps.clone();
+    ready_local[2].ready = true;
+    assert_eq!(select(&local, &ready_local).local_count, 1);
+
+    // internalTrafficPolicy Local: the cluster IP uses only local endpoints,
+    // external traffic (Cluster) still all of them.
+    let mut itp = s.clone();
+    itp.internal_local = true;
+    let sel = select(&itp, &eps);
+    assert_eq!(sel.cluster, vec![eps[1].clone()]);
+    assert_eq!(sel.external, vec![eps[0].clone()]);
+}
+
+#[test]
+fn duplicate_endpoints_keep_the_ready_one() {
+    let svc: Service = serde_yaml::from_str("metadata: {name: w, namespace: d}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}").unwrap();
+    let slice = |name: &str, ready: bool, terminating: bool| -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: d, labels: {{kubernetes.io/service-name: w}}}}\naddressType: IPv4\n\
+                 ports: [{{port: 80}}]\nendpoints: [{{addresses: [10.0.0.1], conditions: {{ready: {ready}, terminating: {terminating}}}}}]"
+        ))
+        .unwrap()
+    };
+    let (old, new) = (slice("a", false, true), slice("b", true, false));
+    let state = build([&svc], [&old, &new], "n", &mut Vec::new());
+    let eps = state.endpoints.values().next().unwrap();
+    assert_eq!(eps.len(), 1);
+    assert!(eps[0].ready && !eps[0].terminating, "{eps:?}");
+}
+
+#[test]
+fn an_address_claimed_twice_goes_to_the_older_service_and_never_from_a_cluster_ip() {
+    let svc = |name: &str, created: &str, spec: &str| -> Service {
+        serde_yaml::from_str(&format!("metadata: {{name: {name}, namespace: d, creationTimestamp: \"{created}\"}}\nspec: {spec}")).unwrap()
+    };
+    // "a-new" sorts first but came later: "z-old" keeps the address.
+    let old = svc("z-old", "2026-01-01T00:00:00Z", "{clusterIP: 10.96.0.9, externalIPs: [198.51.100.7], ports: [{port: 80}]}");
+    let new = svc("a-new", "2026-06-01T00:00:00Z", "{clusterIP: 10.96.0.8, externalIPs: [198.51.100.7, 198.51.100.8], ports: [{port: 80, name: a}, {port: 81, name: b}]}");
+    let other_port = svc("other", "2026-07-01T00:00:00Z", "{clusterIP: 10.96.0.7, externalIPs: [198.51.100.7], ports: [{port: 443}]}");
+    // An externalIP that is another Service's clusterIP and port, by an older Service.
+    let thief = svc("thief", "2020-01-01T00:00:00Z", "{type: LoadBalancer, clusterIP: 10.96.0.6, externalIPs: [10.96.0.9], ports: [{port: 80}]}");
+    let (mut errors, mut conflicts) = (Vec::new(), Vec::new());
+    let state = build_reporting([&new, &old, &other_port, &thief], [], "n", &mut errors, &mut conflicts);
+    assert!(errors.is_empty(), "{errors:?}");
+    let ips = |name: &str, port: &str| state.services.values().find(|s| s.key.name == name && s.key.port == port).unwrap().external_ips.clone();
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(ips("z-old", ""), vec![a("198.51.100.7")]);
+    assert_eq!(ips("a-new", "a"), vec![a("198.51.100.8")], "port 80 on .7 is z-old's");
+    assert_eq!(ips("a-new", "b"), vec![a("198.51.100.7"), a("198.51.100.8")], "port 81 is free");
+    assert_eq!(ips("other", ""), vec![a("198.51.100.7")], "another port of the address is another claim");
+    assert_eq!(ips("thief", ""), Vec::<Ipv4Addr>::new(), "a clusterIP keeps its address");
+    let lines: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "Service d/a-new: externalIP 198.51.100.7 port 80/TCP is already served by Service d/z-old (an older claim); this Service is not programmed on that address while the other holds it",
+            "Service d/thief: externalIP 10.96.0.9 port 80/TCP is already served by Service d/z-old (its clusterIP); this Service is not programmed on that address while the other holds it",
+        ]
+    );
+    // The holder gone, the next claimant has it.
+    let state = build([&new, &other_port], [], "n", &mut Vec::new());
+    assert_eq!(state.services.values().find(|s| s.key.name == "a-new" && s.key.port == "a").unwrap().external_ips, vec![a("198.51.100.7"), a("198.51.100.8")]);
+}
