@@ -41,9 +41,64 @@ pub fn grpc_timeout(timeout: Duration, extra: Duration) -> Duration {
     timeout.saturating_add(extra).min(MAX_GRPC_TIMEOUT)
 }
 
+/// A wall-clock time as the agent keeps its own: nanoseconds since the Unix
+/// epoch, the unit CRI uses for `created_at`, `started_at` and `finished_at`
+/// (a runtime's value converts with `UnixNanos(ns)`). The agent's wake-ups,
+/// retry times, back-off and deadlines are of this type rather than bare
+/// integers; its arithmetic saturates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixNanos(pub i64);
+
+impl UnixNanos {
+    /// The present, from the system clock (the epoch if the clock is before it).
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        UnixNanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Whole seconds since the epoch.
+    pub fn secs(self) -> i64 {
+        self.0.div_euclid(1_000_000_000)
+    }
+
+    /// Whole milliseconds since the epoch.
+    pub fn millis(self) -> i64 {
+        self.0.div_euclid(1_000_000)
+    }
+
+    /// `d` later (saturating).
+    pub fn after(self, d: Duration) -> Self {
+        UnixNanos(self.0.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+    }
+
+    /// How long from `earlier` to this time; zero when `earlier` is later.
+    pub fn since(self, earlier: UnixNanos) -> Duration {
+        Duration::from_nanos(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for UnixNanos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}ns", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_nanos_saturate_and_convert() {
+        let t = UnixNanos(1_700_000_000_123_456_789);
+        assert_eq!(t.secs(), 1_700_000_000);
+        assert_eq!(t.millis(), 1_700_000_000_123);
+        assert_eq!(t.after(Duration::from_secs(2)).0, 1_700_000_002_123_456_789);
+        assert_eq!(UnixNanos(i64::MAX - 1).after(Duration::MAX), UnixNanos(i64::MAX));
+        assert_eq!(t.after(Duration::from_millis(5)).since(t), Duration::from_millis(5));
+        assert_eq!(t.since(t.after(Duration::from_secs(1))), Duration::ZERO, "an earlier time is no time ago");
+        assert_eq!(UnixNanos(-5).secs(), -1, "before the epoch rounds down");
+        assert!(UnixNanos::now() > t);
+    }
 
     #[test]
     fn extreme_values_clamp() {

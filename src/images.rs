@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::ContainerImage;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ImageGcPolicy;
-use crate::runtime::{Runtime, cri, unix_nanos};
+use crate::clock::UnixNanos;
+use crate::runtime::{Runtime, cri};
 
 /// kubelet's MaxNamesPerImageInNodeStatus.
 const MAX_NAMES_PER_IMAGE: usize = 5;
@@ -31,8 +32,8 @@ pub struct ImageRecord {
     pub size: u64,
     pub in_use: bool,
     pub pinned: bool,
-    pub first_detected: i64,
-    pub last_used: i64,
+    pub first_detected: UnixNanos,
+    pub last_used: UnixNanos,
 }
 
 /// The image filesystem: its size and what is free, in bytes.
@@ -78,14 +79,13 @@ pub struct GcPlan {
 }
 
 /// Pure: which images to remove, given the images, the disk and the policy.
-pub fn plan(images: &[ImageRecord], fs: Option<FsStats>, policy: &ImageGcPolicy, now: i64) -> GcPlan {
-    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+pub fn plan(images: &[ImageRecord], fs: Option<FsStats>, policy: &ImageGcPolicy, now: UnixNanos) -> GcPlan {
     let mut out = GcPlan::default();
     let evictable: Vec<&ImageRecord> = images.iter().filter(|i| !i.in_use && !i.pinned).collect();
     let mut chosen: HashSet<&str> = HashSet::new();
     if let Some(max) = policy.max_age {
         for i in &evictable {
-            if now.saturating_sub(i.last_used) > nanos(max) {
+            if now.since(i.last_used) > max {
                 out.remove.push((i.id.clone(), Why::MaxAge));
                 out.freed = out.freed.saturating_add(i.size);
                 chosen.insert(&i.id);
@@ -104,7 +104,7 @@ pub fn plan(images: &[ImageRecord], fs: Option<FsStats>, policy: &ImageGcPolicy,
         if out.freed >= out.wanted {
             break;
         }
-        if now.saturating_sub(i.first_detected) < nanos(policy.min_age) {
+        if now.since(i.first_detected) < policy.min_age {
             continue;
         }
         out.remove.push((i.id.clone(), Why::DiskUsage));
@@ -134,8 +134,8 @@ fn statfs(path: &Path) -> Option<FsStats> {
 /// First seen and last used, per image ID.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    first: i64,
-    last_used: i64,
+    first: UnixNanos,
+    last_used: UnixNanos,
 }
 
 /// The collector: runs every `policy.period` (and once at start, for the
@@ -198,7 +198,7 @@ impl ImageGc {
     /// One round: detect, plan, remove, publish. `all_unused`: every unused
     /// image old enough goes, whatever the thresholds (a reclaim).
     pub async fn collect(&mut self, all_unused: bool) -> Result<GcPlan, crate::runtime::RuntimeError> {
-        let now = unix_nanos();
+        let now = UnixNanos::now();
         let images = self.runtime.list_images().await?;
         let mut in_use: HashSet<String> =
             self.runtime.list_containers(None).await?.into_iter().flat_map(|c| [c.image_ref, c.image_id]).filter(|i| !i.is_empty()).collect();
@@ -283,7 +283,7 @@ mod tests {
     use std::time::Duration;
 
     const S: i64 = 1_000_000_000;
-    const NOW: i64 = 10_000 * S;
+    const NOW: UnixNanos = UnixNanos(10_000 * S);
 
     fn policy() -> ImageGcPolicy {
         ImageGcPolicy {
@@ -297,7 +297,7 @@ mod tests {
     }
 
     fn img(id: &str, size: u64, in_use: bool, first: i64, last: i64) -> ImageRecord {
-        ImageRecord { id: id.into(), size, in_use, pinned: false, first_detected: NOW - first * S, last_used: NOW - last * S }
+        ImageRecord { id: id.into(), size, in_use, pinned: false, first_detected: UnixNanos(NOW.0 - first * S), last_used: UnixNanos(NOW.0 - last * S) }
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl Metrics {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    crate::clock::UnixNanos::now().secs()
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub struct Credentials {
 }
 
 fn now_secs() -> i64 {
-    crate::runtime::unix_nanos() / 1_000_000_000
+    crate::clock::UnixNanos::now().secs()
 }
 
 /// A kubeconfig file, within decode.rs' size and nesting bounds.

@@ -49,7 +49,7 @@ fn covers(pem: &[u8], names: &[String]) -> bool {
 fn current(cert_dir: &Path, names: &[String]) -> Option<Issued> {
     let pem = std::fs::read(cert_dir.join(CURRENT)).ok()?;
     let v = Validity::of_pem(&pem)?;
-    let now = crate::runtime::unix_nanos() / 1_000_000_000;
+    let now = crate::clock::UnixNanos::now().secs();
     if v.not_after <= now || !covers(&pem, names) {
         return None;
     }

@@ -8,19 +8,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::clock::UnixNanos;
 pub use crate::config::BackoffConfig;
 
-/// One failure: when the failed attempt started and when it failed (ns since
-/// the epoch).
+/// One failure: when the failed attempt started and when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
-    pub started: i64,
-    pub at: i64,
+    pub started: UnixNanos,
+    pub at: UnixNanos,
 }
 
 impl Failure {
     /// A failure with no run time (a failed image pull).
-    pub fn instant(at: i64) -> Self {
+    pub fn instant(at: UnixNanos) -> Self {
         Self { started: at, at }
     }
 }
@@ -28,8 +28,8 @@ impl Failure {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     delay: Duration,
-    /// The event time (an exit, in ns since the epoch) the delay counts from.
-    last: i64,
+    /// The event time (an exit) the delay counts from.
+    last: UnixNanos,
 }
 
 /// Back-off state per key (a container name plus its spec hash, or an image).
@@ -39,28 +39,23 @@ pub struct Backoff {
     entries: HashMap<String, Entry>,
 }
 
-fn nanos(d: Duration) -> i64 {
-    d.as_nanos().min(i64::MAX as u128) as i64
-}
-
 impl Backoff {
     pub fn new(config: BackoffConfig) -> Self {
         Self { config, entries: HashMap::new() }
     }
 
     fn expired(&self, e: &Entry, f: Failure) -> bool {
-        f.at.saturating_sub(e.last) > nanos(self.config.max).saturating_mul(2)
-            || f.at.saturating_sub(f.started) >= nanos(self.config.reset_after)
+        f.at.since(e.last) > self.config.max.saturating_mul(2) || f.at >= f.started && f.at.since(f.started) >= self.config.reset_after
     }
 
     /// When `key` may next be retried after failure `f`: `None` if it may
     /// be retried now.
-    pub fn blocked_until(&self, key: &str, f: Failure, now: i64) -> Option<i64> {
+    pub fn blocked_until(&self, key: &str, f: Failure, now: UnixNanos) -> Option<UnixNanos> {
         let e = self.entries.get(key)?;
         if self.expired(e, f) {
             return None;
         }
-        let until = f.at.saturating_add(nanos(e.delay));
+        let until = f.at.after(e.delay);
         (now < until).then_some(until)
     }
 
@@ -103,25 +98,29 @@ mod tests {
 
     /// A container that ran for one second and failed at `at`.
     fn crash(at: i64) -> Failure {
-        Failure { started: at - S, at }
+        Failure { started: UnixNanos(at - S), at: UnixNanos(at) }
+    }
+
+    fn t(ns: i64) -> UnixNanos {
+        UnixNanos(ns)
     }
 
     #[test]
     fn first_restart_is_immediate_then_doubles_to_the_cap() {
         let mut b = Backoff::new(cfg());
         // exit 1 at t=10: nothing recorded yet, restart now
-        assert_eq!(b.blocked_until("c", crash(10 * S), 10 * S), None);
+        assert_eq!(b.blocked_until("c", crash(10 * S), t(10 * S)), None);
         b.next("c", crash(10 * S));
         // exit 2 at t=12: blocked 10 s from that exit
-        assert_eq!(b.blocked_until("c", crash(12 * S), 12 * S), Some(22 * S));
-        assert_eq!(b.blocked_until("c", crash(12 * S), 22 * S), None);
+        assert_eq!(b.blocked_until("c", crash(12 * S), t(12 * S)), Some(t(22 * S)));
+        assert_eq!(b.blocked_until("c", crash(12 * S), t(22 * S)), None);
         b.next("c", crash(12 * S));
         assert_eq!(b.delay("c"), Some(Duration::from_secs(20)));
-        let mut t = 12 * S;
+        let mut at = 12 * S;
         let mut delays = vec![];
         for _ in 0..8 {
-            t += 2 * S;
-            b.next("c", crash(t));
+            at += 2 * S;
+            b.next("c", crash(at));
             delays.push(b.delay("c").unwrap().as_secs());
         }
         assert_eq!(delays, vec![40, 80, 160, 300, 300, 300, 300, 300]);
@@ -138,15 +137,15 @@ mod tests {
     #[test]
     fn ten_minutes_of_running_resets_it() {
         let mut b = Backoff::new(cfg());
-        for t in [10, 12, 14] {
-            b.next("c", crash(t * S));
+        for at in [10, 12, 14] {
+            b.next("c", crash(at * S));
         }
         assert_eq!(b.delay("c"), Some(Duration::from_secs(40)));
-        let long_run = Failure { started: 20 * S, at: 20 * S + 600 * S };
+        let long_run = Failure { started: t(20 * S), at: t(20 * S + 600 * S) };
         assert_eq!(b.blocked_until("c", long_run, long_run.at), None);
         b.next("c", long_run);
         assert_eq!(b.delay("c"), Some(Duration::from_secs(10)));
-        let short_run = Failure { started: 20 * S, at: 20 * S + 599 * S };
+        let short_run = Failure { started: t(20 * S), at: t(20 * S + 599 * S) };
         let mut b2 = Backoff::new(cfg());
         b2.next("c", crash(19 * S));
         b2.next("c", short_run);

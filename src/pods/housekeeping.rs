@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use super::NodeContext;
 use super::store::StatusStore;
+use crate::clock::UnixNanos;
 use crate::runtime::Runtime;
 use crate::runtime::labels;
 
@@ -38,10 +39,9 @@ pub struct DeadContainer {
 /// group keeps its newest `max_per_pod_container`; then, past
 /// `max_containers` on the node, each group is cut to an even share (at
 /// least one), and then the oldest go until the node is under the cap.
-pub fn containers_to_remove(dead: &[DeadContainer], policy: &ContainerGcPolicy, now: i64) -> Vec<String> {
-    let min_age = i64::try_from(policy.min_age.as_nanos()).unwrap_or(i64::MAX);
+pub fn containers_to_remove(dead: &[DeadContainer], policy: &ContainerGcPolicy, now: UnixNanos) -> Vec<String> {
     let mut units: std::collections::BTreeMap<(&str, &str), Vec<&DeadContainer>> = std::collections::BTreeMap::new();
-    for c in dead.iter().filter(|c| now.saturating_sub(c.created_at) >= min_age) {
+    for c in dead.iter().filter(|c| now.since(UnixNanos(c.created_at)) >= policy.min_age) {
         units.entry((c.pod_uid.as_str(), c.name.as_str())).or_default().push(c);
     }
     for list in units.values_mut() {
@@ -215,7 +215,7 @@ async fn round(node: &Arc<NodeContext>, runtime: &dyn Runtime, statuses: &Status
                     })
                 })
                 .collect();
-            for id in containers_to_remove(&dead, gc, crate::runtime::unix_nanos()) {
+            for id in containers_to_remove(&dead, gc, UnixNanos::now()) {
                 match runtime.remove_container(&id).await {
                     Ok(()) => {
                         tracing::info!(container = %id, "removed a dead container (container GC)");
@@ -275,7 +275,7 @@ mod tests {
         const S: i64 = 1_000_000_000;
         let d = |id: &str, pod: &str, name: &str, age: i64| DeadContainer { id: id.into(), pod_uid: pod.into(), name: name.into(), created_at: 1000 * S - age * S };
         let dead = [d("a3", "p", "a", 10), d("a2", "p", "a", 20), d("a1", "p", "a", 30), d("b1", "p", "b", 40), d("q1", "q", "a", 5)];
-        let now = 1000 * S;
+        let now = UnixNanos(1000 * S);
         let mut removed = containers_to_remove(&dead, &ContainerGcPolicy::default(), now);
         removed.sort();
         assert_eq!(removed, ["a1", "a2"], "one dead instance per container stays");

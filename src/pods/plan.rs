@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec};
 use super::ContainerKind;
 use super::backoff::{Backoff, Failure};
 use super::container::container_hash;
+use crate::clock::UnixNanos;
 use crate::runtime::{ContainerPhase, ObservedContainer, RuntimePod};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,17 +93,15 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Containers held back, by name.
     pub waiting: BTreeMap<String, Waiting>,
-    /// When to plan again even if nothing changes (a back-off expiring), in
-    /// ns since the epoch.
-    pub wake_at: Option<i64>,
+    /// When to plan again even if nothing changes (a back-off expiring).
+    pub wake_at: Option<UnixNanos>,
 }
 
 pub struct PlanInput<'a> {
     pub pod: &'a Pod,
     pub observed: &'a RuntimePod,
     pub backoff: &'a Backoff,
-    /// ns since the epoch.
-    pub now: i64,
+    pub now: UnixNanos,
     pub network_ready: bool,
     /// Running containers their liveness or startup probe condemned, by ID.
     pub unhealthy: &'a BTreeMap<String, KillReason>,
@@ -255,7 +254,7 @@ impl<'a> Planner<'a> {
         self.obs().containers.iter().filter(|c| c.name == name).map(|c| c.attempt + 1).max().unwrap_or(0)
     }
 
-    fn wake(&mut self, at: i64) {
+    fn wake(&mut self, at: UnixNanos) {
         self.plan.wake_at = Some(self.plan.wake_at.map_or(at, |w| w.min(at)));
     }
 
@@ -266,7 +265,7 @@ impl<'a> Planner<'a> {
             .obs()
             .latest(&c.name)
             .filter(|x| x.phase == ContainerPhase::Exited)
-            .map(|x| Failure { started: x.started_at, at: x.finished_at });
+            .map(|x| Failure { started: UnixNanos(x.started_at), at: UnixNanos(x.finished_at) });
         if let Some(exit) = last_exit {
             let key = backoff_key(c);
             if let Some(until) = self.input.backoff.blocked_until(&key, exit, self.input.now) {

@@ -91,7 +91,7 @@ impl World {
     }
 
     pub fn plan_with(&self, backoff: &Backoff) -> Plan {
-        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: NOW, network_ready: true, unhealthy: &self.unhealthy, resize_restart: &self.resize_restart })
+        plan(&PlanInput { pod: &self.pod, observed: &self.obs, backoff, now: crate::clock::UnixNanos(NOW), network_ready: true, unhealthy: &self.unhealthy, resize_restart: &self.resize_restart })
     }
 
     pub fn plan(&self) -> Plan {

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use super::ProbeKind;
 use super::handler::{self, HandlerError, Outcome, Target};
-use crate::runtime::{Runtime, unix_nanos};
+use crate::clock::UnixNanos;
+use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
@@ -119,7 +120,7 @@ pub async fn run(
     tx: mpsc::Sender<ProbeUpdate>,
     probe_counts: Arc<super::metrics::ProbeCounts>,
 ) {
-    let since_start = Duration::from_nanos((unix_nanos() - started_at).max(0) as u64);
+    let since_start = UnixNanos::now().since(UnixNanos(started_at));
     if let Some(wait) = cfg.initial_delay.checked_sub(since_start) {
         tokio::time::sleep(wait).await;
     }

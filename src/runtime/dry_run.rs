@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::cri;
 use super::labels;
-use super::{Result, Runtime, RuntimeError, unix_nanos as now_nanos};
+use super::{Result, Runtime, RuntimeError};
 
 #[derive(Clone)]
 struct SimSandbox {
@@ -174,7 +174,7 @@ pub fn render_container(config: &cri::ContainerConfig) -> String {
 impl DryRunRuntime {
     /// Starts from the real runtime's state when `real` answers, else empty.
     pub async fn new(real: Option<Box<dyn Runtime>>, out: Sink) -> Self {
-        let mut state = SimState { clock: now_nanos(), ..Default::default() };
+        let mut state = SimState { clock: crate::clock::UnixNanos::now().0, ..Default::default() };
         let mut reachable = None;
         if let Some(rt) = real {
             match seed(rt.as_ref(), &mut state).await {

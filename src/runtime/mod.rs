@@ -77,13 +77,6 @@ pub fn ready_sandboxes() -> cri::PodSandboxFilter {
     }
 }
 
-pub fn unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
-}
-
 /// The CRI calls nodelet makes. Implementations are thin: no retries, no
 /// policy, one call in, one call out.
 #[async_trait]

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::pods::store::StatusStore;
 use crate::runtime::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID};
-use crate::runtime::{Runtime, cri, unix_nanos};
+use crate::clock::UnixNanos;
+use crate::runtime::{Runtime, cri};
 
 /// Linux reports /proc/stat in USER_HZ ticks, 100 a second everywhere.
 const TICK_NANOS: u64 = 10_000_000;
@@ -238,7 +239,7 @@ impl Collector {
             let Some(start) = alive.get(&attrs.id) else { continue };
             let label = |k: &str| attrs.labels.get(k).cloned().unwrap_or_default();
             let (cpu, mem) = (s.cpu.unwrap_or_default(), s.memory.unwrap_or_default());
-            let time = if cpu.timestamp > 0 { cpu.timestamp } else { unix_nanos() };
+            let time = if cpu.timestamp > 0 { cpu.timestamp } else { UnixNanos::now().0 };
             let cpu_nanos = v(&cpu.usage_core_nano_seconds);
             let usage = Usage {
                 time,
@@ -257,7 +258,7 @@ impl Collector {
     }
 
     fn node_usage(&self) -> (Usage, MemInfo) {
-        let time = unix_nanos();
+        let time = UnixNanos::now().0;
         let cpu = std::fs::read_to_string("/proc/stat").ok().and_then(|s| node_cpu_nanos(&s)).unwrap_or(0);
         let mem = MemInfo::parse(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
         let usage = Usage {
@@ -510,7 +511,7 @@ impl Collector {
             machine_id: read("/etc/machine-id"),
             system_uuid: read("/sys/class/dmi/id/product_uuid"),
         };
-        cadvisor::render(&rows, &machine, unix_nanos() / 1_000_000)
+        cadvisor::render(&rows, &machine, UnixNanos::now().millis())
     }
 
     /// `/metrics/resource`, in kubelet's families and labels.

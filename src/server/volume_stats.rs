@@ -93,7 +93,7 @@ fn block_size(path: &Path) -> Result<u64, String> {
 
 /// Measures one volume that needs no driver (blocking I/O).
 fn measure_local(m: &Measured, root_dev: Option<u64>) -> Result<VolumeUsage, String> {
-    let mut u = VolumeUsage { time: crate::runtime::unix_nanos(), ..Default::default() };
+    let mut u = VolumeUsage { time: crate::clock::UnixNanos::now().0, ..Default::default() };
     match &m.measure {
         Measure::Du => {
             let (used_bytes, inodes_used) = du(&m.path);
@@ -123,7 +123,7 @@ async fn measure_csi(drivers: &crate::csi::Drivers, m: &Measured) -> Result<Volu
     });
     req.set_timeout(CSI_STATS_TIMEOUT);
     let answer = client.node_get_volume_stats(req).await.map_err(|s| format!("NodeGetVolumeStats: {}", crate::csi::status_text(&s)))?.into_inner();
-    let mut u = VolumeUsage { time: crate::runtime::unix_nanos(), ..Default::default() };
+    let mut u = VolumeUsage { time: crate::clock::UnixNanos::now().0, ..Default::default() };
     let n = |x: i64| u64::try_from(x).unwrap_or(0);
     for usage in &answer.usage {
         match proto::volume_usage::Unit::try_from(usage.unit) {

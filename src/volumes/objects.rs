@@ -279,7 +279,7 @@ impl ApiObjects for KubeObjects {
     }
 
     async fn token(&self, spec: &TokenSpec) -> Result<Token, ObjectError> {
-        let now = crate::runtime::unix_nanos() / 1_000_000_000;
+        let now = crate::clock::UnixNanos::now().secs();
         if let Some(t) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(spec)
             && now < t.refresh_at()
         {

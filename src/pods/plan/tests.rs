@@ -11,7 +11,7 @@ fn start(name: &str, kind: ContainerKind, attempt: u32, restart_after: Option<Fa
     Action::StartContainer { name: name.into(), kind, attempt, restart_after }
 }
 
-const EXITED_AT: Option<Failure> = Some(Failure { started: NOW - 6 * S, at: NOW - 5 * S });
+const EXITED_AT: Option<Failure> = Some(Failure { started: UnixNanos(NOW - 6 * S), at: UnixNanos(NOW - 5 * S) });
 
 #[test]
 fn a_new_pod_gets_a_sandbox_and_its_containers() {
@@ -83,12 +83,12 @@ fn crash_loop_back_off_holds_the_restart() {
     let w = World::new(pod("Always", &[], &["app"])).sandbox("s", 0, true).container("s", "app", 3, Some(1));
     let mut b = Backoff::new(BackoffConfig { initial: Duration::from_secs(10), ..BackoffConfig::default() });
     let key = backoff_key(&spec_container(&w.pod, "app"));
-    b.next(&key, Failure { started: NOW - 101 * S, at: NOW - 100 * S }); // an earlier crash put it on back-off
+    b.next(&key, Failure { started: UnixNanos(NOW - 101 * S), at: UnixNanos(NOW - 100 * S) }); // an earlier crash put it on back-off
     let plan = w.plan_with(&b);
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
     assert_eq!(plan.waiting["app"].reason, "CrashLoopBackOff");
     assert!(plan.waiting["app"].message.starts_with("back-off 10s restarting failed container=app"), "{}", plan.waiting["app"].message);
-    assert_eq!(plan.wake_at, Some(NOW - 5 * S + 10 * S));
+    assert_eq!(plan.wake_at, Some(UnixNanos(NOW - 5 * S + 10 * S)));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn no_network_no_sandbox() {
         pod: &w.pod,
         observed: &w.obs,
         backoff: &Backoff::default(),
-        now: NOW,
+        now: UnixNanos(NOW),
         network_ready: false,
         unhealthy: &Default::default(),
         resize_restart: &Default::default(),

@@ -31,7 +31,8 @@ mod stop;
 mod volume_setup;
 use crate::runtime::labels::PodIdentity;
 use crate::runtime::observe::PodInspector;
-use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri, unix_nanos as now_nanos};
+use crate::clock::UnixNanos;
+use crate::runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimePod, cri};
 
 use super::NodeContext;
 use super::probing::{PodProbes, ProbeView};
@@ -150,13 +151,13 @@ fn pod_ips(pod: Option<&Pod>, node: &NodeContext, sandbox_ips: &[String]) -> Vec
     }
 }
 
-fn soonest(at: i64, wake: &mut Option<i64>) {
+fn soonest(at: UnixNanos, wake: &mut Option<UnixNanos>) {
     *wake = Some(wake.map_or(at, |w| w.min(at)));
 }
 
 /// A failed step: the reason is already recorded; retry at `retry_at`.
 struct Failed {
-    retry_at: i64,
+    retry_at: UnixNanos,
 }
 
 /// The sandbox the current round works in.
@@ -174,17 +175,17 @@ pub struct Worker {
     crash_backoff: Backoff,
     pull_backoff: Backoff,
     /// Last pull failure per image: when, and the registry's words.
-    pull_failures: BTreeMap<String, (i64, String)>,
+    pull_failures: BTreeMap<String, (UnixNanos, String)>,
     /// Why containers could not be started, by container name.
     errors: BTreeMap<String, Waiting>,
     /// Containers already reported as in back-off (one BackOff event each).
     backoff_reported: BTreeSet<String>,
     warned_dns: bool,
     /// A pod-level hold after a failed sandbox or kill action.
-    retry_at: Option<i64>,
+    retry_at: Option<UnixNanos>,
     /// Containers whose last start failed, held until the time given; the
     /// rest of the pod carries on.
-    held: BTreeMap<String, i64>,
+    held: BTreeMap<String, UnixNanos>,
     start_time: Timestamp,
     /// When this worker first had the pod (kubelet_pod_start_duration_seconds).
     first_seen: std::time::Instant,
@@ -200,7 +201,7 @@ pub struct Worker {
     volumes_released: bool,
     /// When to try letting go of an ended pod's volumes again, and the
     /// back-off after the last failure.
-    release_retry: Option<(i64, Duration)>,
+    release_retry: Option<(UnixNanos, Duration)>,
     /// Volume failures already reported (one FailedMount event each).
     mount_errors: BTreeSet<String>,
     /// Objects a pod whose volumes never set up waits for.
@@ -252,7 +253,7 @@ impl Worker {
     }
 
     fn retry_later(&self) -> Failed {
-        Failed { retry_at: now_nanos() + self.ctx.node.backoff.initial.as_nanos() as i64 }
+        Failed { retry_at: UnixNanos::now().after(self.ctx.node.backoff.initial) }
     }
 
     /// Runs the worker until its pod has been terminated. `idle` counts the
@@ -289,12 +290,12 @@ impl Worker {
                 let mut deadline = [wake_at, self.retry_at].into_iter().flatten().min();
                 if progressed {
                     // Look again soon even if the relist reports nothing.
-                    let soon = now_nanos() + AFTER_ACTING.as_nanos() as i64;
+                    let soon = UnixNanos::now().after(AFTER_ACTING);
                     deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
                 }
                 idle.send_modify(|n| *n += 1);
                 let sleep_for = deadline
-                    .map(|d| Duration::from_nanos((d - now_nanos()).max(0) as u64))
+                    .map(|d| d.since(UnixNanos::now()))
                     .unwrap_or(self.ctx.resync)
                     .min(self.ctx.resync);
                 let sleep = tokio::time::sleep(sleep_for);
@@ -372,16 +373,16 @@ impl Worker {
 
     /// One round: observe, plan, act. Returns whether anything was done and
     /// when to look again.
-    async fn sync(&mut self) -> (bool, Option<i64>) {
+    async fn sync(&mut self) -> (bool, Option<UnixNanos>) {
         let Some(pod) = self.pod.clone() else { return (false, None) };
         let obs = match self.inspector.inspect(self.ctx.runtime.as_ref(), &self.identity).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the pod's runtime state");
-                return (false, Some(now_nanos() + 1_000_000_000));
+                return (false, Some(UnixNanos::now().after(Duration::from_secs(1))));
             }
         };
-        let now = now_nanos();
+        let now = UnixNanos::now();
         if self.retry_at.is_some_and(|r| r <= now) {
             self.retry_at = None;
         }
@@ -439,7 +440,7 @@ impl Worker {
                         if self.release_retry.is_none() {
                             self.event(EventType::Warning, "FailedUnMount", &format!("The ended pod's volumes are not released yet: {e}"));
                         }
-                        let at = now.saturating_add(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
+                        let at = now.after(delay);
                         self.release_retry = Some((at, delay));
                         soonest(at, &mut wake);
                     }

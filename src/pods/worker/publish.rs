@@ -6,14 +6,14 @@ use super::*;
 impl Worker {
     /// kubelet's active deadline: once `activeDeadlineSeconds` have passed
     /// since the pod started on this node, the pod is ended (phase Failed,
-    /// reason DeadlineExceeded). Otherwise, when to look again (ns).
-    pub(super) fn check_deadline(&mut self, pod: &Pod, now: i64) -> Option<i64> {
+    /// reason DeadlineExceeded). Otherwise, when to look again.
+    pub(super) fn check_deadline(&mut self, pod: &Pod, now: UnixNanos) -> Option<UnixNanos> {
         if self.failure.is_some() {
             return None;
         }
         let secs = pod.spec.as_ref()?.active_deadline_seconds?;
-        let start = i64::try_from(self.start_time.as_nanosecond()).unwrap_or(i64::MAX);
-        let at = start.saturating_add(secs.max(0).saturating_mul(1_000_000_000));
+        let start = UnixNanos(i64::try_from(self.start_time.as_nanosecond()).unwrap_or(i64::MAX));
+        let at = start.after(crate::clock::secs(secs));
         if now < at {
             return Some(at);
         }

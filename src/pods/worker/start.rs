@@ -6,7 +6,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
 use super::stop::StopTarget;
-use super::{Failed, SandboxInUse, Worker, grace_of, now_nanos};
+use super::{Failed, SandboxInUse, Worker, grace_of};
+use crate::clock::UnixNanos;
 use crate::pods::backoff::Failure;
 use crate::pods::events::EventType;
 use crate::pods::plan::Waiting;
@@ -174,7 +175,7 @@ impl Worker {
             self.errors.insert(c.name.clone(), Waiting::new("ErrImageNeverPull", msg));
             return Err(self.retry_later());
         }
-        let now = now_nanos();
+        let now = UnixNanos::now();
         if let Some((last, why)) = self.pull_failures.get(&image).cloned()
             && let Some(until) = self.pull_backoff.blocked_until(&image, Failure::instant(last), now)
         {
@@ -203,7 +204,7 @@ impl Worker {
                 Ok(p.image)
             }
             Err(e) => {
-                let failed_at = now_nanos();
+                let failed_at = UnixNanos::now();
                 self.pull_backoff.next(&image, Failure::instant(failed_at));
                 self.pull_failures.insert(image.clone(), (failed_at, e.clone()));
                 self.event(EventType::Warning, "Failed", &format!("Failed to pull image {image:?}: {e}"));

@@ -21,8 +21,8 @@ impl Worker {
     }
 
     /// Sets up or refreshes the pod's volumes. Ok: when a token must be
-    /// renewed (nanoseconds); Err: when to try again, the failures reported.
-    pub(super) async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<i64>, i64> {
+    /// renewed; Err: when to try again, the failures reported.
+    pub(super) async fn set_up_volumes(&mut self, pod: &Pod, ips: &[String]) -> Result<Option<UnixNanos>, UnixNanos> {
         let ctx = VolumeContext {
             node: &self.ctx.node,
             objects: self.ctx.objects.as_deref(),
@@ -32,7 +32,7 @@ impl Worker {
             node_labels: Some(&self.ctx.node_labels),
         };
         let (vols, errors) = volumes::set_up(&ctx, pod, ips, self.volumes.as_ref()).await;
-        let refresh = vols.refresh_at.map(|s| s * 1_000_000_000);
+        let refresh = vols.refresh_at.map(|s| UnixNanos(s.saturating_mul(1_000_000_000)));
         let first = self.volumes.is_none();
         if errors.is_empty() {
             if first && self.ctx.dry_run {

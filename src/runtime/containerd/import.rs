@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-use crate::runtime::unix_nanos as now_nanos;
+use crate::clock::UnixNanos;
 
 const INDEX_TYPES: [&str; 2] =
     ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
@@ -305,10 +305,10 @@ pub async fn import(file: &Path, opts: &ImportOptions) -> Result<Vec<ImportedIma
         call: "connect",
         message: format!("{}: {e}", opts.socket.display()),
     })?;
-    let lease_id = format!("nodelet-import-{}-{}", std::process::id(), now_nanos());
+    let lease_id = format!("nodelet-import-{}-{}", std::process::id(), UnixNanos::now().0);
     let mut session =
         Session { channel: channel.clone(), namespace: opts.namespace.clone(), lease: String::new(), file: archive.display.clone() };
-    let expire = jiff_like_rfc3339(now_nanos() / 1_000_000_000 + 3600);
+    let expire = jiff_like_rfc3339(UnixNanos::now().secs() + 3600);
     LeasesClient::new(channel.clone())
         .create(session.req(containerd_client::services::v1::CreateRequest {
             id: lease_id.clone(),
@@ -550,7 +550,7 @@ async fn unpack(
             continue;
         }
         let parent = if i == 0 { String::new() } else { chains[i - 1].clone() };
-        let key = format!("extract-{}-{chain}", now_nanos());
+        let key = format!("extract-{}-{chain}", UnixNanos::now().0);
         let prepared = snapshots
             .prepare(s.req(PrepareSnapshotRequest {
                 snapshotter: opts.snapshotter.clone(),
