@@ -30,6 +30,10 @@ const COALESCE: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_secs(5);
 /// Patches in flight at once.
 const PARALLEL: usize = 16;
+/// How long after a write the server's copy may still be the one from
+/// before it (the watch's echo of the write not yet in the cache): a copy
+/// that differs sooner is not taken as another party's change.
+const ECHO: Duration = Duration::from_secs(2);
 /// How often written statuses are compared with the server's copies even
 /// when the server's copies did not change (kubelet's status manager syncs
 /// in batches this often).
@@ -111,7 +115,8 @@ pub async fn run(
     mut mirrors: watch::Receiver<Mirrors>,
     server: Store<Pod>,
 ) {
-    let mut written: HashMap<String, PodStatus> = HashMap::new();
+    // What was written per UID, and when.
+    let mut written: HashMap<String, (PodStatus, tokio::time::Instant)> = HashMap::new();
     let mut reconcile_tick = tokio::time::interval(RECONCILE);
     reconcile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -128,7 +133,12 @@ pub async fn run(
         let mut todo = Vec::new();
         for rec in snapshot.values() {
             let Some((ns, name, uid)) = target(&rec.pod, &mirror_set) else { continue };
-            if written.get(&uid) == Some(&rec.status) {
+            if let Some((status, at)) = written.get(&uid)
+                && status == &rec.status
+            {
+                if at.elapsed() < ECHO {
+                    continue;
+                }
                 let on_server = server.get(&ObjectRef::new(&name).within(&ns)).filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
                 let lost = reconcile
                     && on_server.as_ref().and_then(|p| p.status.as_ref()).is_some_and(|s| server_differs(s, &rec.status));
@@ -158,7 +168,7 @@ pub async fn run(
             .await;
         for (uid, status, ok) in results {
             if ok {
-                written.insert(uid, status);
+                written.insert(uid, (status, tokio::time::Instant::now()));
             }
         }
         let live: Vec<String> = snapshot.values().filter_map(|r| target(&r.pod, &mirror_set).map(|t| t.2)).collect();
