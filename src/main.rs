@@ -112,6 +112,10 @@ struct RunArgs {
     /// With --dry-run: keep following the inputs instead of exiting.
     #[arg(long, requires = "dry_run")]
     watch: bool,
+    /// With --dry-run: fail on any configuration field nodelet does not use
+    /// (a misspelt one always fails), for checking configs in CI.
+    #[arg(long, requires = "dry_run")]
+    strict: bool,
     /// The node's name (default: the hostname, lowercased).
     #[arg(long)]
     hostname_override: Option<String>,
@@ -443,10 +447,12 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             rotate_server_certificates: a.rotate_server_certificates,
         },
     };
+    let mut unused: Vec<String> = file.ignored.iter().map(|f| format!("KubeletConfiguration {f}")).collect();
     let settings = Settings::resolve(overrides, file)?;
     let mut proxy = None;
     if settings.cluster.is_some() {
         let proxy_file = a.proxy_config.as_deref().map(ProxyConfig::load).transpose()?;
+        unused.extend(proxy_file.iter().flat_map(|p| p.ignored.iter().map(|f| format!("KubeProxyConfiguration {f}"))));
         proxy = Some(nodelet::proxy::resolve(
             a.proxy_mode.as_deref(),
             proxy_file.as_ref(),
@@ -456,6 +462,9 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         )?);
     } else if a.proxy_mode.as_deref().is_some_and(|m| m != "none") || a.proxy_config.is_some() {
         tracing::warn!("the Service proxy needs an apiserver (--kubeconfig); it does not run standalone");
+    }
+    if a.strict && !unused.is_empty() {
+        anyhow::bail!("--strict: configuration fields nodelet does not use: {}", unused.join(", "));
     }
     nodelet::agent::run(settings, proxy, shutdown_signal()).await?;
     Ok(())

@@ -108,11 +108,12 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
     assert!(std::fs::metadata(&installed).unwrap().len() < std::fs::metadata(&bin).unwrap().len());
 
     // The stripped binary runs, and the packaged KubeletConfiguration is
-    // accepted: a dry run plans an empty node and exits 0.
+    // accepted, every field of it used (--strict): a dry run plans an empty
+    // node and exits 0.
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     run(Command::new(&installed)
-        .args(["--dry-run", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock"])
+        .args(["--dry-run", "--strict", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock"])
         .arg("--config")
         .arg(root.join("etc/nodelet/kubelet-config.yaml"))
         .arg("--pod-manifest-path")

@@ -1012,3 +1012,33 @@ async fn a_full_image_filesystem_loses_its_unused_images_down_to_the_low_thresho
         assert!(!agent.log().contains("node pressure changed memory=false disk=false"), "DiskPressure cleared at {after} % used");
     }
 }
+
+/// A misspelt KubeletConfiguration field stops the start and says which
+/// field was meant; a kubelet field nodelet does not implement is a warning
+/// that names it, and `--dry-run --strict` fails on it.
+#[test]
+fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |body: &str, strict: bool| {
+        let config = tmp.path().join("kubelet-config.yaml");
+        std::fs::write(&config, format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{body}")).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
+        cmd.args(["--dry-run", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock", "--root-dir"])
+            .arg(tmp.path().join("kubelet"))
+            .arg("--config")
+            .arg(&config);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, out) = run("evictonHard: {memory.available: 100Mi}\n", false);
+    assert!(!ok && out.contains("evictonHard") && out.contains("did you mean \"evictionHard\""), "{out}");
+    let (ok, out) = run("cpuManagerReconcilePeriod: 10s\n", false);
+    assert!(ok && out.contains("cpuManagerReconcilePeriod") && out.contains("a KubeletConfiguration field nodelet does not implement"), "{out}");
+    let (ok, out) = run("cpuManagerReconcilePeriod: 10s\n", true);
+    assert!(!ok && out.contains("--strict: configuration fields nodelet does not use: KubeletConfiguration cpuManagerReconcilePeriod"), "{out}");
+    let (ok, out) = run("maxPods: 20\n", true);
+    assert!(ok, "every field used: --strict passes: {out}");
+}

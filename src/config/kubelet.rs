@@ -1,8 +1,11 @@
 //! The KubeletConfiguration file (`--config`), as operators already have it
 //! (kubelet.config.k8s.io/v1beta1). Fields nodelet uses are read and
 //! checked; a wrong type or value is an error naming the file and the field.
-//! Every other field is accepted with one warning, never a start failure, as
-//! kubelet's lenient decoding does.
+//! A name one slip from a field (`evictonHard`) is an error that says which
+//! field was meant; every other field is accepted with one warning that
+//! says whether it is a kubelet field nodelet does not implement or no
+//! KubeletConfiguration field at all, as kubelet's lenient decoding accepts
+//! it (`--dry-run --strict` fails on them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,9 @@ pub const KIND: &str = "KubeletConfiguration";
 /// The KubeletConfiguration fields nodelet uses; `None` means unset.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KubeletConfig {
+    /// Fields given that nodelet does not use (each warned about once;
+    /// `--dry-run --strict` fails on them).
+    pub ignored: Vec<String>,
     pub static_pod_path: Option<PathBuf>,
     pub static_pod_url: Option<String>,
     pub static_pod_url_header: BTreeMap<String, Vec<String>>,
@@ -388,7 +394,19 @@ impl KubeletConfig {
                     let b: CrashLoopBackOff = field(file, k, v)?;
                     c.max_container_restart_period = b.max_container_restart_period;
                 }
-                other => tracing::warn!(file, field = other, "KubeletConfiguration field is not used by nodelet; ignored"),
+                other => match super::fields::classify(other, super::fields::KUBELET) {
+                    super::fields::Unused::Typo(meant) => {
+                        return Err(bad(other, format!("unknown field: no KubeletConfiguration has it; did you mean {meant:?}?")));
+                    }
+                    super::fields::Unused::Known => {
+                        tracing::warn!(file, field = other, "a KubeletConfiguration field nodelet does not implement; ignored");
+                        c.ignored.push(other.to_string());
+                    }
+                    super::fields::Unused::Foreign => {
+                        tracing::warn!(file, field = other, "not a KubeletConfiguration field (kubelet.config.k8s.io/v1beta1); ignored");
+                        c.ignored.push(other.to_string());
+                    }
+                },
             }
         }
         c.eviction = super::eviction::EvictionConfig::resolve(&eviction, file)?;

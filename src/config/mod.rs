@@ -6,6 +6,7 @@ mod configz;
 pub mod duration;
 pub mod eviction;
 pub mod features;
+pub mod fields;
 pub mod kubelet;
 pub mod node_api;
 pub mod proxy;

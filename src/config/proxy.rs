@@ -117,7 +117,12 @@ impl ProxyConfig {
                     Value::Object(m) => per_mode.push((k.as_str(), m)),
                     _ => return Err(bad(k, "expected an object".into())),
                 },
-                other => c.ignored.push(other.to_string()),
+                other => match super::fields::classify(other, super::fields::KUBE_PROXY) {
+                    super::fields::Unused::Typo(meant) => {
+                        return Err(bad(other, format!("unknown field: no KubeProxyConfiguration has it; did you mean {meant:?}?")));
+                    }
+                    _ => c.ignored.push(other.to_string()),
+                },
             }
         }
         // iptables.* applies in iptables mode, nftables.* in nftables mode;

@@ -146,8 +146,10 @@ pub fn resolve(
     for field in &f.ignored {
         if field == "kubeconfig" {
             tracing::warn!(field = %field, "KubeProxyConfiguration field not used: a top-level kubeconfig is no field of kube-proxy's either; indent it under clientConnection for the proxy to use it");
+        } else if field.contains('.') || crate::config::fields::KUBE_PROXY.contains(&field.as_str()) {
+            tracing::warn!(field = %field, "a KubeProxyConfiguration field nodelet does not implement; ignored");
         } else {
-            tracing::warn!(field = %field, "KubeProxyConfiguration field not used by nodelet");
+            tracing::warn!(field = %field, "not a KubeProxyConfiguration field (kubeproxy.config.k8s.io/v1alpha1); ignored");
         }
     }
     // hostnameOverride names the node whose endpoints are local, as
