@@ -390,6 +390,23 @@ impl KubeletConfig {
                         return Err(bad("authorization.mode", format!("Unsupported value: {m:?}: supported values: \"AlwaysAllow\", \"Webhook\"")));
                     }
                 }
+                // The resource managers nodelet does not have yet: their
+                // default (off) is accepted, anything else refused rather
+                // than silently not done (a pod expecting exclusive cores or
+                // NUMA alignment would run without them).
+                "cpuManagerPolicy" | "memoryManagerPolicy" | "topologyManagerPolicy" => {
+                    let p: String = field(file, k, v)?;
+                    if !p.is_empty() && !p.eq_ignore_ascii_case("none") {
+                        let default = if k == "memoryManagerPolicy" { "None" } else { "none" };
+                        return Err(bad(
+                            k,
+                            format!(
+                                "Unsupported value: {p:?}: nodelet has no CPU, memory or topology manager yet (they are planned); \
+                                 remove the field or set it to {default:?}, or keep kubelet on nodes that need them"
+                            ),
+                        ));
+                    }
+                }
                 "crashLoopBackOff" => {
                     let b: CrashLoopBackOff = field(file, k, v)?;
                     c.max_container_restart_period = b.max_container_restart_period;
@@ -515,6 +532,15 @@ memorySwap: {swapBehavior: LimitedSwap}
         // does; it used to reach tonic and panic on every CRI call.
         let e = err("runtimeRequestTimeout: 100000000h\n");
         assert!(e.starts_with("k.yaml: runtimeRequestTimeout: invalid duration \"100000000h\""), "{e}");
+        for f in ["cpuManagerPolicy: static\n", "memoryManagerPolicy: Static\n", "topologyManagerPolicy: single-numa-node\n"] {
+            let e = err(f);
+            assert!(e.contains("Unsupported value") && e.contains("nodelet has no CPU, memory or topology manager yet"), "{e}");
+        }
+        for f in ["cpuManagerPolicy: none\n", "memoryManagerPolicy: None\n", "topologyManagerPolicy: none\n", "cpuManagerPolicy: \"\"\n"] {
+            let yaml = format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{f}");
+            let c = KubeletConfig::parse(yaml.as_bytes(), "k.yaml").unwrap();
+            assert!(c.ignored.is_empty(), "the default is taken as what nodelet does: {f} {:?}", c.ignored);
+        }
         let wrong = KubeletConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: x\n", "k.yaml").unwrap_err().to_string();
         assert!(wrong.starts_with("k.yaml: kind: must be"), "{wrong}");
     }
