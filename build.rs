@@ -1,7 +1,26 @@
 //! Compiles the protocols in proto/: the CRI v1 subset nodelet uses (client
 //! only), the CSI spec and the kubelet plugin registration API (clients for
-//! nodelet, servers for the test CSI driver in tests/support).
+//! nodelet, servers for the test CSI driver in tests/support). Also records
+//! the commit built (`NODELET_COMMIT`, "unknown" outside a git checkout) for
+//! `--version`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=NODELET_COMMIT={commit}");
+    // A new commit changes HEAD's ref; only paths that exist are watched
+    // (a missing one would rerun this script on every build).
+    for p in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(p).exists() {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
     for p in ["proto/cri/v1/api.proto", "proto/csi/v1/csi.proto", "proto/pluginregistration/v1/api.proto"] {
         println!("cargo:rerun-if-changed={p}");
     }

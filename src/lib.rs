@@ -6,6 +6,16 @@
 //! CRI shell; `config` resolves flags and files; `server` serves the local
 //! endpoints; `agent` wires them together.
 
+/// The Kubernetes release whose API and node behaviour nodelet follows (its
+/// k8s-openapi types are this release's); the kubelet version it reports is
+/// this with `-nodelet.<version>`. A macro so that `concat!` can use it.
+#[macro_export]
+macro_rules! kubernetes_version {
+    () => {
+        "v1.34.0"
+    };
+}
+
 pub mod allocatable;
 pub mod agent;
 pub mod clock;

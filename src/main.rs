@@ -11,8 +11,24 @@ use nodelet::config::{Overrides, Settings, duration::parse_go_duration, kubelet:
 use nodelet::runtime::containerd::import::{ImportOptions, import};
 use nodelet::runtime::remote::socket_path;
 
+/// `--version`: nodelet's version, the commit built, and the kubelet
+/// version it reports to the cluster (the Kubernetes release whose API and
+/// behaviour it follows).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NODELET_COMMIT"),
+    "; Kubernetes ",
+    nodelet::kubernetes_version!(),
+    ", reported as kubelet ",
+    nodelet::kubernetes_version!(),
+    "-nodelet.",
+    env!("CARGO_PKG_VERSION"),
+    "; CRI v1)"
+);
+
 #[derive(Parser)]
-#[command(name = "nodelet", version, about = "The kubelet and kube-proxy roles for one Kubernetes node, over CRI v1")]
+#[command(name = "nodelet", version = VERSION, about = "The kubelet and kube-proxy roles for one Kubernetes node, over CRI v1")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]

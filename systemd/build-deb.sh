@@ -53,6 +53,7 @@ install -D -m 0644 systemd/nodelet.env "$pkg/etc/default/nodelet"
 install -D -m 0644 manifests/kubelet-config.yaml "$pkg/etc/nodelet/kubelet-config.yaml"
 install -D -m 0644 manifests/kube-proxy-config.yaml "$pkg/etc/nodelet/kube-proxy-config.yaml"
 install -D -m 0644 README.md "$pkg/usr/share/doc/nodelet/README.md"
+install -D -m 0644 systemd/debian/copyright "$pkg/usr/share/doc/nodelet/copyright"
 # kubelet's directories: its root dir and certificate dir (keys: owner only),
 # static pods, pod logs.
 install -d -m 0755 "$pkg/etc/kubernetes/manifests" "$pkg/var/log/pods" "$pkg/var/log/containers"

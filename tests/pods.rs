@@ -1042,3 +1042,17 @@ fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
     let (ok, out) = run("maxPods: 20\n", true);
     assert!(ok, "every field used: --strict passes: {out}");
 }
+
+/// `--version` names nodelet's version, the commit built and the Kubernetes
+/// release it follows, as the kubelet version it reports.
+#[test]
+fn the_version_names_the_commit_and_the_kubernetes_release() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{v}");
+    let want = format!("nodelet {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(v.starts_with(&want), "{v}");
+    let commit = v[want.len()..].split(';').next().unwrap();
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{v}");
+    assert!(v.contains(&format!("Kubernetes {}, reported as kubelet {}", nodelet::kubernetes_version!(), nodelet::cluster::node::KUBELET_VERSION)), "{v}");
+}

@@ -24,7 +24,7 @@ use crate::pods::eviction::Pressure;
 use crate::runtime::RuntimeHealth;
 
 /// The version nodelet reports as its kubelet version.
-pub const KUBELET_VERSION: &str = concat!("v1.34.0-nodelet.", env!("CARGO_PKG_VERSION"));
+pub const KUBELET_VERSION: &str = concat!(crate::kubernetes_version!(), "-nodelet.", env!("CARGO_PKG_VERSION"));
 /// The node API's port in daemonEndpoints, unless configured otherwise.
 pub const KUBELET_PORT: i32 = 10250;
 
