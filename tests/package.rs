@@ -92,6 +92,8 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
     assert!(unit.contains("ExecStart=/usr/bin/nodelet --config ${NODELET_CONFIG} --proxy-config ${NODELET_PROXY_CONFIG} $NODELET_ARGS"), "{unit}");
     assert!(unit.contains("EnvironmentFile=-/etc/default/nodelet") && unit.contains("KillMode=process") && unit.contains("Type=notify"), "{unit}");
     assert!(unit.contains("ConditionPathExists=|/etc/kubernetes/bootstrap-kubelet.conf"), "{unit}");
+    // Its documentation is the installed README.
+    assert!(unit.contains("Documentation=file:///usr/share/doc/nodelet/README.md"), "{unit}");
     let env = std::fs::read_to_string(root.join("etc/default/nodelet")).unwrap();
     assert!(env.contains("NODELET_CONFIG=/etc/nodelet/kubelet-config.yaml") && env.contains("--bootstrap-kubeconfig /etc/kubernetes/bootstrap-kubelet.conf"), "{env}");
     for (wants, unit) in [("multi-user.target.wants", "nodelet.service"), ("paths.target.wants", "nodelet.path")] {
