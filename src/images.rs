@@ -148,6 +148,8 @@ pub struct ImageGc {
     /// The eviction manager's requests to reclaim disk now: every unused
     /// image old enough goes; the reply is the bytes freed.
     reclaim: Option<mpsc::Receiver<oneshot::Sender<u64>>>,
+    /// `--pod-infra-container-image`: kept as the runtime's sandbox image is.
+    pinned: Option<String>,
 }
 
 /// Asks the image collector to free what it can now; the bytes freed.
@@ -155,12 +157,18 @@ pub type ReclaimRequests = mpsc::Sender<oneshot::Sender<u64>>;
 
 impl ImageGc {
     pub fn new(runtime: Arc<dyn Runtime>, policy: ImageGcPolicy, images: watch::Sender<Vec<ContainerImage>>) -> Self {
-        Self { runtime, policy, seen: HashMap::new(), images, reclaim: None }
+        Self { runtime, policy, seen: HashMap::new(), images, reclaim: None, pinned: None }
     }
 
     /// Answers reclaim requests (node-level reclaim under disk pressure).
     pub fn with_reclaim(mut self, rx: mpsc::Receiver<oneshot::Sender<u64>>) -> Self {
         self.reclaim = Some(rx);
+        self
+    }
+
+    /// Never collect `image` (kubelet's `--pod-infra-container-image`).
+    pub fn with_pinned(mut self, image: Option<String>) -> Self {
+        self.pinned = image;
         self
     }
 
@@ -202,10 +210,11 @@ impl ImageGc {
         let images = self.runtime.list_images().await?;
         let mut in_use: HashSet<String> =
             self.runtime.list_containers(None).await?.into_iter().flat_map(|c| [c.image_ref, c.image_id]).filter(|i| !i.is_empty()).collect();
-        if let Ok(Some(sandbox)) = self.runtime.sandbox_image().await
-            && let Ok(Some(img)) = self.runtime.image_status(&sandbox).await
-        {
-            in_use.insert(img.id);
+        let sandbox = self.runtime.sandbox_image().await.ok().flatten();
+        for image in sandbox.iter().chain(self.pinned.iter()) {
+            if let Ok(Some(img)) = self.runtime.image_status(image).await {
+                in_use.insert(img.id);
+            }
         }
         self.seen.retain(|id, _| images.iter().any(|i| &i.id == id));
         let records: Vec<ImageRecord> = images

@@ -7,12 +7,24 @@
 //! endpoints; `agent` wires them together.
 
 /// The Kubernetes release whose API and node behaviour nodelet follows (its
-/// k8s-openapi types are this release's); the kubelet version it reports is
-/// this with `-nodelet.<version>`. A macro so that `concat!` can use it.
+/// k8s-openapi types are this release's). A macro so that `concat!` can
+/// use it.
 #[macro_export]
 macro_rules! kubernetes_version {
     () => {
         "v1.34.0"
+    };
+}
+
+/// The kubelet version nodelet reports (Node `kubeletVersion`, `kubelet
+/// --version`): the Kubernetes release with nodelet's own as semver build
+/// metadata (`v1.34.0+nodelet.0.1.0`, as k3s does), so version checks
+/// (kubeadm's skew rules, `kubectl`) rank it exactly as kubelet v1.34.0;
+/// a pre-release suffix (`-nodelet`) would rank below v1.34.0.
+#[macro_export]
+macro_rules! kubelet_version {
+    () => {
+        concat!($crate::kubernetes_version!(), "+nodelet.", env!("CARGO_PKG_VERSION"))
     };
 }
 

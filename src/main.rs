@@ -21,11 +21,23 @@ const VERSION: &str = concat!(
     "; Kubernetes ",
     nodelet::kubernetes_version!(),
     ", reported as kubelet ",
-    nodelet::kubernetes_version!(),
-    "-nodelet.",
-    env!("CARGO_PKG_VERSION"),
+    nodelet::kubelet_version!(),
     "; CRI v1)"
 );
+
+/// `kubelet --version`, when nodelet runs under kubelet's name (the
+/// package's `/usr/bin/kubelet`): kubelet's own line, which kubeadm's
+/// preflight parses (`^Kubernetes v<semver>$`).
+const KUBELET_VERSION_LINE: &str = concat!("Kubernetes ", nodelet::kubelet_version!());
+
+/// Run under kubelet's name (kubeadm's unit runs `/usr/bin/kubelet`):
+/// `--version` answers as kubelet does. Everything else is nodelet's.
+fn invoked_as_kubelet() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n == "kubelet"))
+        .unwrap_or(false)
+}
 
 #[derive(Parser)]
 #[command(name = "nodelet", version = VERSION, about = "The kubelet and kube-proxy roles for one Kubernetes node, over CRI v1")]
@@ -49,6 +61,10 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// Write the files a node joins with by TLS bootstrap, as `kubeadm
+    /// join` does: the bootstrap kubeconfig (owner-only: it holds the token)
+    /// and the cluster CA the packaged config names as clientCAFile.
+    BootstrapKubeconfig(BootstrapArgs),
     /// The Service proxy's maintenance.
     Proxy {
         #[command(subcommand)]
@@ -68,6 +84,29 @@ enum ImagesCommand {
     /// Import OCI image layout archives (.tar or .tar.gz) into containerd's
     /// CRI namespace and unpack them, for nodes that reach no registry.
     Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    /// The apiserver, https://HOST:6443 (kubeadm's controlPlaneEndpoint).
+    #[arg(long)]
+    server: String,
+    /// The cluster CA's certificate (PEM; /etc/kubernetes/pki/ca.crt on a
+    /// control plane node).
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// A bootstrap token, ID.SECRET (`kubeadm token create`).
+    #[arg(long)]
+    token: String,
+    /// Where the bootstrap kubeconfig goes.
+    #[arg(long, default_value = "/etc/kubernetes/bootstrap-kubelet.conf")]
+    kubeconfig: PathBuf,
+    /// Where the CA goes (the packaged KubeletConfiguration's clientCAFile).
+    #[arg(long, default_value = "/etc/kubernetes/pki/ca.crt")]
+    ca_out: PathBuf,
+    /// Replace files that exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +244,11 @@ struct RunArgs {
     /// Refuse to start while the node has swap on [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     fail_swap_on: Option<bool>,
+    /// Deprecated (kubelet's too, removed in v1.35): the sandbox image is the
+    /// runtime's setting. Accepted because kubeadm up to v1.34 passes it;
+    /// the image named is kept from image garbage collection, as kubelet does.
+    #[arg(long)]
+    pod_infra_container_image: Option<String>,
     /// Comma-separated node IPs (status.hostIP); default: the default route's.
     #[arg(long)]
     node_ip: Option<String>,
@@ -347,7 +391,9 @@ struct RunArgs {
     #[arg(long, value_parser = ["iptables", "nftables", "ipvs", "none"])]
     proxy_mode: Option<String>,
     /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1).
-    #[arg(long)]
+    /// Also from `NODELET_PROXY_CONFIG` (nodelet.service sets it, and keeps
+    /// it when kubeadm's drop-in replaces the command line).
+    #[arg(long, env = "NODELET_PROXY_CONFIG")]
     proxy_config: Option<PathBuf>,
     /// Log verbosity, kubelet style: 0-1 info, 2-3 debug, 4+ trace.
     #[arg(long = "v", default_value_t = 0)]
@@ -415,6 +461,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         oom_score_adj: a.oom_score_adj,
         seccomp_default: a.seccomp_default,
         fail_swap_on: a.fail_swap_on,
+        pod_infra_container_image: a.pod_infra_container_image,
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,
         image_gc_high_threshold: a.image_gc_high_threshold,
@@ -556,6 +603,10 @@ async fn images_import(a: ImportArgs) -> anyhow::Result<()> {
 
 fn main() {
     nodelet::cluster::client::install_crypto();
+    if invoked_as_kubelet() && std::env::args().skip(1).any(|a| a == "--version" || a == "--version=true") {
+        println!("{KUBELET_VERSION_LINE}");
+        return;
+    }
     let cli = Cli::parse();
     let (verbosity, format) = (cli.run.verbosity, cli.run.logging_format.clone());
     init_logging(verbosity, &format);
@@ -572,6 +623,21 @@ fn main() {
             Some(Command::Pods(a)) => pods(a).await,
             Some(Command::Explain(a)) => explain(a).await,
             Some(Command::Images { command: ImagesCommand::Import(a) }) => images_import(a).await,
+            Some(Command::BootstrapKubeconfig(a)) => {
+                let files = nodelet::cluster::bootstrap_file::BootstrapFiles {
+                    server: a.server,
+                    ca_file: a.ca_file,
+                    token: a.token,
+                    kubeconfig: a.kubeconfig,
+                    ca_out: a.ca_out,
+                    force: a.force,
+                };
+                let written = nodelet::cluster::bootstrap_file::write(&files).map_err(|e| anyhow::anyhow!(e))?;
+                for w in written {
+                    println!("wrote {}", w.display());
+                }
+                Ok(())
+            }
             Some(Command::Proxy { command: ProxyCommand::Cleanup }) => {
                 let errors = tokio::task::spawn_blocking(nodelet::proxy::cleanup).await?;
                 if errors.is_empty() { Ok(()) } else { Err(anyhow::anyhow!(errors.join("; "))) }

@@ -28,6 +28,9 @@ if [ -z "$bin" ]; then
   bin=target/dist/nodelet
 fi
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+# The Kubernetes release nodelet follows: the package provides kubelet at it.
+kube_version=$("$bin" --version | sed -n 's/.*; Kubernetes v\([0-9][0-9.]*\),.*/\1/p')
+[ -n "$kube_version" ] || { echo "build-deb: $bin --version names no Kubernetes release" >&2; exit 1; }
 arch=$(dpkg --print-architecture)
 build_id=$(readelf -n "$bin" | sed -n 's/^ *Build ID: \([0-9a-f]*\)$/\1/p')
 [ -n "$build_id" ] || { echo "build-deb: $bin has no GNU build ID" >&2; exit 1; }
@@ -48,6 +51,13 @@ objcopy --strip-unneeded --remove-section=.comment --add-gnu-debuglink="$debug_f
 chmod 0755 "$pkg/usr/bin/nodelet"
 
 install -D -m 0644 systemd/nodelet.service "$pkg/lib/systemd/system/nodelet.service"
+# kubelet's names, for kubeadm and the tools that know kubelet: the unit
+# `kubelet.service` is an alias of nodelet.service (so kubeadm's drop-in
+# kubelet.service.d/10-kubeadm.conf applies to it, and `systemctl restart
+# kubelet` restarts nodelet), and /usr/bin/kubelet, which that drop-in runs,
+# is nodelet under kubelet's name (`kubelet --version` answers as kubelet).
+ln -s nodelet.service "$pkg/lib/systemd/system/kubelet.service"
+ln -s nodelet "$pkg/usr/bin/kubelet"
 install -D -m 0644 systemd/nodelet.path "$pkg/lib/systemd/system/nodelet.path"
 install -D -m 0644 systemd/nodelet.env "$pkg/etc/default/nodelet"
 install -D -m 0644 manifests/kubelet-config.yaml "$pkg/etc/nodelet/kubelet-config.yaml"
@@ -80,6 +90,9 @@ Architecture: $arch
 Maintainer: nodelet developers <nodelet@localhost>
 Installed-Size: $(size "$pkg")
 Depends: $shlibs, containerd, runc, containernetworking-plugins, iptables, nftables, conntrack
+Provides: kubelet (= $kube_version)
+Conflicts: kubelet
+Replaces: kubelet
 Section: admin
 Priority: optional
 Description: Kubernetes node agent: the kubelet and kube-proxy roles in one daemon

@@ -432,3 +432,241 @@ fn the_harness_defaults_pods_as_the_apiserver_and_nodelet_agrees() {
     let typed: Pod = serde_json::from_value(p).unwrap();
     assert!(nodelet::pods::manifest::not_yet_supported(&typed).iter().any(|e| e.to_string().contains("spec.resources")));
 }
+
+/// The command line systemd runs for a service made of `units` (the unit
+/// and its drop-ins, in order): `Environment=` (a quoted or bare
+/// `KEY=value`), `EnvironmentFile=` (read by `read`; `-` for optional;
+/// these override `Environment=`), `ExecStart=` (an empty one resets), with
+/// `$VAR` split into words and `${VAR}` kept as one, as systemd.exec says.
+/// Also the environment the process gets.
+fn systemd_exec(units: &[&str], read: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, Vec<(String, String)>) {
+    let unquote = |v: &str| v.trim().trim_matches('"').to_string();
+    let (mut env, mut files, mut exec) = (Vec::<(String, String)>::new(), Vec::new(), None::<String>);
+    for unit in units {
+        for line in unit.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            if let Some(v) = line.strip_prefix("Environment=") {
+                let (k, v) = unquote(v).split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).expect("KEY=value");
+                env.retain(|(e, _)| *e != k);
+                env.push((k, v));
+            } else if let Some(v) = line.strip_prefix("EnvironmentFile=") {
+                files.push(v.to_string());
+            } else if let Some(v) = line.strip_prefix("ExecStart=") {
+                exec = (!v.is_empty()).then(|| v.to_string());
+            }
+        }
+    }
+    for f in files {
+        let (optional, path) = f.strip_prefix('-').map_or((false, f.as_str()), |p| (true, p));
+        let Some(text) = read(path) else {
+            assert!(optional, "{path} is missing");
+            continue;
+        };
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (k, v) = line.split_once('=').expect("KEY=value");
+            env.retain(|(e, _)| e != k);
+            env.push((k.to_string(), unquote(v)));
+        }
+    }
+    let value = |k: &str| env.iter().find(|(e, _)| e == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut words = Vec::new();
+    for word in exec.expect("an ExecStart").split_whitespace() {
+        match word.strip_prefix('$').filter(|v| !v.starts_with('{')) {
+            Some(var) => words.extend(value(var).split_whitespace().map(str::to_string)),
+            None => {
+                let mut w = word.to_string();
+                while let Some(start) = w.find("${") {
+                    let end = start + w[start..].find('}').expect("${VAR}");
+                    w = format!("{}{}{}", &w[..start], value(&w[start + 2..end]), &w[end + 1..]);
+                }
+                words.push(w);
+            }
+        }
+    }
+    (words, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeadm_join_runs_nodelet_in_kubelets_place_and_kube_proxy_keeps_it_standing_by() {
+    // `kubeadm join` (v1.34) on a node where the nodelet package is
+    // installed, step by step as kubeadm takes them, with kubeadm's own
+    // files: its kubelet-config ConfigMap, the drop-in of its package
+    // (10-kubeadm.conf), kubeadm-flags.env and instance-config.yaml. The
+    // node's absolute paths (/etc/kubernetes, /var/lib/kubelet, /etc/nodelet,
+    // /etc/default, /usr/bin) live under `host`; they are the only change.
+    let c = Cluster::start().await;
+    let repo = support::repo();
+    let kubelet_config = std::fs::read_to_string(repo.join("tests/kubeadm/kubelet-config.yaml")).unwrap();
+    c.api.kubeadm_init(&kubelet_config, "10.244.0.0/16");
+    c.api.set_auto_approve(true);
+    let host = c.dir().join("host");
+    let on_host = |p: &str| host.join(p.trim_start_matches('/'));
+    let rebase = |s: &str| {
+        ["/etc/kubernetes", "/var/lib/kubelet", "/etc/nodelet", "/etc/default", "/usr/bin"]
+            .iter()
+            .fold(s.to_string(), |s, p| s.replace(p, &on_host(p).display().to_string()))
+    };
+    // What the package installed (tests/package.rs checks the package has it).
+    for d in ["usr/bin", "etc/kubernetes/manifests", "etc/nodelet", "var/lib/kubelet/pki", "etc/default"] {
+        std::fs::create_dir_all(host.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_nodelet"), on_host("/usr/bin/kubelet")).unwrap();
+    std::fs::copy(repo.join("manifests/kube-proxy-config.yaml"), on_host("/etc/nodelet/kube-proxy-config.yaml")).unwrap();
+    // The cluster's side of the quick start: nodelet's proxy may read
+    // EndpointSlices (manifests/nodelet-rbac.yaml), applied as kubectl would.
+    let rbac: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(repo.join("manifests/nodelet-rbac.yaml")).unwrap()).unwrap();
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(rbac).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+
+    // Preflight: `kubelet --version`, parsed with kubeadm's pattern, at least
+    // kubeadm v1.34's MinimumKubeletVersion (v1.31.0); the kubelet service
+    // exists (the package's alias).
+    let out = std::process::Command::new(on_host("/usr/bin/kubelet")).arg("--version").output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let re = regex::Regex::new(r"^\s*Kubernetes v((0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)([-0-9a-zA-Z_\.+]*)?)\s*$").unwrap();
+    let caps = re.captures(line.trim()).unwrap_or_else(|| panic!("kubeadm cannot parse {line:?}"));
+    let (major, minor): (u32, u32) = (caps[2].parse().unwrap(), caps[3].parse().unwrap());
+    assert!((major, minor) >= (1, 31), "{line}");
+    assert!(caps.get(5).is_none_or(|pre| !pre.as_str().starts_with('-')), "a pre-release ranks below the release: {line}");
+
+    // Discovery: cluster-info, read anonymously; then, with the token, the
+    // cluster's kubeadm-config and kubelet-config, and no Node of this name.
+    let cm = |client: kube::Client, ns: &'static str, name: &'static str| async move {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, ns).get(name).await.unwrap().data.unwrap()
+    };
+    let anonymous = c.api.bootstrap_kubeconfig("").replace("    token: \n", "    {}\n").replace("  user:\n    {}\n", "  user: {}\n");
+    let info = cm(support::apiserver::client_in_netns(&anonymous, &c.node.netns).await, "kube-public", "cluster-info").await;
+    let discovered: serde_yaml::Value = serde_yaml::from_str(&info["kubeconfig"]).unwrap();
+    let cluster = &discovered["clusters"][0]["cluster"];
+    let (server, ca_data) = (cluster["server"].as_str().unwrap().to_string(), cluster["certificate-authority-data"].as_str().unwrap().to_string());
+    let token = support::apiserver::BOOTSTRAP_TOKEN;
+    let bootstrap_conf = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {ca_data}\n    server: {server}\n  name: kubernetes\ncontexts:\n\
+         - context:\n    cluster: kubernetes\n    user: tls-bootstrap-token-user\n  name: tls-bootstrap-token-user@kubernetes\n\
+         current-context: tls-bootstrap-token-user@kubernetes\nkind: Config\npreferences: {{}}\nusers:\n- name: tls-bootstrap-token-user\n  user:\n    token: {token}\n"
+    );
+    let as_token = support::apiserver::client_in_netns(&bootstrap_conf, &c.node.netns).await;
+    assert!(cm(as_token.clone(), "kube-system", "kubeadm-config").await["ClusterConfiguration"].contains("podSubnet: 10.244.0.0/16"));
+    let kubelet = cm(as_token.clone(), "kube-system", "kubelet-config").await.remove("kubelet").unwrap();
+    let node_name = c.node.node_name();
+    assert!(Api::<KubeNode>::all(as_token).get_opt(&node_name).await.unwrap().is_none());
+
+    // kubelet-start: the bootstrap kubeconfig and the CA, then (kubelet
+    // stopped) config.yaml: the cluster's KubeletConfiguration with
+    // instance-config.yaml's containerRuntimeEndpoint and the node's patch
+    // (kubeadm join --patches, target kubeletconfiguration); then
+    // kubeadm-flags.env.
+    use base64::Engine;
+    std::fs::write(on_host("/etc/kubernetes/bootstrap-kubelet.conf"), &bootstrap_conf).unwrap();
+    std::fs::create_dir_all(on_host("/etc/kubernetes/pki")).unwrap();
+    std::fs::write(on_host("/etc/kubernetes/pki/ca.crt"), base64::engine::general_purpose::STANDARD.decode(&ca_data).unwrap()).unwrap();
+    let instance = std::fs::read_to_string(repo.join("tests/kubeadm/instance-config.yaml")).unwrap().replace("unix:///var/run/containerd/containerd.sock", &c.node.endpoint);
+    std::fs::write(on_host("/var/lib/kubelet/instance-config.yaml"), &instance).unwrap();
+    let mut config: serde_yaml::Mapping = serde_yaml::from_str(&rebase(&kubelet)).unwrap();
+    let patch = format!(
+        "containerRuntimeEndpoint: {}\npodLogsDir: {}\ncgroupRoot: {}\nevictionHard: {{memory.available: 100Mi}}\n",
+        c.node.endpoint,
+        c.node.logs.display(),
+        c.node.cgroup_root
+    );
+    config.extend(serde_yaml::from_str::<serde_yaml::Mapping>(&patch).unwrap());
+    std::fs::write(on_host("/var/lib/kubelet/config.yaml"), serde_yaml::to_string(&config).unwrap()).unwrap();
+    let flags = format!("KUBELET_KUBEADM_ARGS=\"--hostname-override={node_name} --node-ip={} --pod-infra-container-image=registry.k8s.io/pause:3.10.1\"\n", support::cluster::NODE_IP);
+    std::fs::write(on_host("/var/lib/kubelet/kubeadm-flags.env"), flags).unwrap();
+    // The operator's own file: only where this node keeps what kubelet keeps
+    // under /var/lib/kubelet and /var/log.
+    let extra = format!("KUBELET_EXTRA_ARGS=\"--root-dir=/var/lib/kubelet --container-logs-dir={} --v=2\"\n", c.dir().join("containers").display());
+    std::fs::write(on_host("/etc/default/kubelet"), extra).unwrap();
+
+    // `systemctl restart kubelet`: the package's unit under its alias with
+    // kubeadm's drop-in, as systemd runs it.
+    let unit = std::fs::read_to_string(repo.join("systemd/nodelet.service")).unwrap();
+    let dropin = std::fs::read_to_string(repo.join("tests/kubeadm/10-kubeadm.conf")).unwrap();
+    let start = || {
+        let (words, env) = systemd_exec(&[&unit, &dropin], &|p| std::fs::read_to_string(on_host(p)).ok());
+        assert_eq!(words[0], "/usr/bin/kubelet", "kubeadm's drop-in runs kubelet: {words:?}");
+        let args: Vec<String> = words[1..].iter().map(|w| rebase(w)).collect();
+        let env: Vec<(String, std::ffi::OsString)> = env.into_iter().map(|(k, v)| (k, rebase(&v).into())).collect();
+        let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+        c.node.spawn_agent(&on_host("/usr/bin/kubelet"), args, &env)
+    };
+    let mut agent = start();
+    // kubeadm waits for kubelet's healthz, then for the TLS bootstrap's
+    // kubelet.conf, then removes the bootstrap kubeconfig.
+    eventually(60 * S, "kubelet's healthz on 127.0.0.1:10248", || async { c.node.get_port(10248, "/healthz").filter(|(s, b)| s.contains("200") && b == "ok") })
+        .await;
+    let kubelet_conf = eventually(60 * S, "kubelet.conf written by the TLS bootstrap", || async {
+        std::fs::read_to_string(on_host("/etc/kubernetes/kubelet.conf")).ok()
+    })
+    .await;
+    let as_node = support::apiserver::client_in_netns(&kubelet_conf, &c.node.netns).await;
+    Api::<KubeNode>::all(as_node).get(&node_name).await.expect("the node's own credentials work");
+    std::fs::remove_file(on_host("/etc/kubernetes/bootstrap-kubelet.conf")).unwrap();
+
+    // A joined node: Ready, reporting kubelet's version, with nodelet's
+    // proxy label; a pod runs; the proxy programs the Services.
+    eventually(60 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    let node = Api::<KubeNode>::all(c.client.clone()).get(&node_name).await.unwrap();
+    assert_eq!(node.status.unwrap().node_info.unwrap().kubelet_version, nodelet::cluster::node::KUBELET_VERSION);
+    assert_eq!(node.metadata.labels.unwrap().get("nodelet.io/service-proxy").map(String::as_str), Some("iptables"));
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod("web", &node_name, serde_json::json!({}))).await.unwrap();
+    eventually(60 * S, "pod web running", || async {
+        let p = pods.get("web").await.ok()?;
+        p.status?.container_statuses?.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).then_some(())
+    })
+    .await;
+    // The kubernetes Service's rule, in the node's network namespace.
+    let proxied = || {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &c.node.netns, "iptables-save"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("default/kubernetes:https")
+    };
+    eventually(30 * S, "the kubernetes Service in KUBE-SERVICES", || async { proxied().then_some(()) }).await;
+
+    // `systemctl restart kubelet` after the join: no bootstrap kubeconfig
+    // now; kubelet.conf is enough, and the pod is left running.
+    let container_id = |p: Pod| p.status.and_then(|s| s.container_statuses).and_then(|s| s.into_iter().next()).and_then(|s| s.container_id);
+    let before = container_id(pods.get("web").await.unwrap()).expect("web's container");
+    drop(agent);
+    agent = start();
+    eventually(60 * S, "kubelet's healthz after the restart", || async { c.node.get_port(10248, "/healthz").filter(|(s, _)| s.contains("200")) }).await;
+    eventually(30 * S, "the node Ready after the restart", || async { c.node_ready().await.then_some(()) }).await;
+    assert_eq!(container_id(pods.get("web").await.unwrap()), Some(before), "the restart left the pod's container running");
+
+    // One proxy per node: kubeadm's kube-proxy DaemonSet puts a pod here
+    // (labelled k8s-app=kube-proxy, host network). nodelet's proxy stands by
+    // before it runs, removing its rules and freeing kube-proxy's ports,
+    // and says why; when the pod goes, it takes the node back.
+    let kube_proxy: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-proxy-x7k2p", "namespace": "kube-system", "labels": {"k8s-app": "kube-proxy"}},
+        "spec": {"nodeName": node_name, "hostNetwork": true, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1,
+            "priorityClassName": "system-node-critical",
+            "containers": [{"name": "kube-proxy", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"]}]}
+    }))
+    .unwrap();
+    let system = c.pods("kube-system");
+    system.create(&PostParams::default(), &kube_proxy).await.unwrap();
+    eventually(30 * S, "nodelet's rules gone for kube-proxy", || async { (!proxied()).then_some(()) }).await;
+    assert!(agent.log().contains("kube-proxy pod kube-system/kube-proxy-x7k2p is bound to this node: nodelet's Service proxy stands by"), "{}", agent.log());
+    assert!(c.node.get_port(10256, "/healthz").is_none(), "10256 is free for kube-proxy");
+    system.delete("kube-proxy-x7k2p", &Default::default()).await.unwrap();
+    eventually(60 * S, "nodelet's proxy back once kube-proxy is gone", || async { proxied().then_some(()) }).await;
+    assert!(agent.log().contains("kube-proxy is gone from this node: nodelet's Service proxy takes the node over"));
+
+    // A kube-proxy process in the node's network namespace (a binary
+    // install's systemd service) is seen too.
+    let binary = c.dir().join("kube-proxy");
+    std::fs::copy("/bin/sleep", &binary).unwrap();
+    let ns = c.node.netns.clone();
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.arg("600");
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || support::enter_netns(&ns));
+    }
+    let mut process = cmd.spawn().unwrap();
+    eventually(30 * S, "nodelet's rules gone for a kube-proxy process", || async { (!proxied()).then_some(()) }).await;
+    assert!(agent.log().contains(&format!("kube-proxy runs on this node (pid {}", process.id())), "{}", agent.log());
+    process.kill().unwrap();
+    process.wait().unwrap();
+    eventually(30 * S, "nodelet's proxy back once the process is gone", || async { proxied().then_some(()) }).await;
+    drop(agent);
+}

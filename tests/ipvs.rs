@@ -705,7 +705,7 @@ fn the_sync_loop_end_to_end() {
         };
         let settings = nodelet::proxy::resolve(Some("ipvs"), Some(&config), NODE, &[], false).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(nodelet::proxy::run::run(client.clone(), settings, Some(tx), Default::default()));
+        let task = tokio::spawn(nodelet::proxy::run::run(client.clone(), settings, Some(tx), Default::default(), None));
         tokio::time::timeout(Duration::from_secs(60), rx).await.expect("the first sync within a minute").unwrap();
         let vip = sa([10, 96, 0, 40], 80);
         let answer = tokio::task::spawn_blocking(move || name(None, vip)).await.unwrap();

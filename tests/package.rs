@@ -51,6 +51,12 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
     for dep in ["libc6 (>= ", "containerd", "runc", "containernetworking-plugins", "iptables", "nftables", "conntrack"] {
         assert!(depends.contains(dep), "Depends lacks {dep}: {depends}");
     }
+    // It takes kubelet's place: provides it at the Kubernetes release it
+    // follows (kubeadm's package depends on kubelet), and replaces it.
+    let field = |f: &str| run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f)).trim().to_string();
+    let kube = nodelet::kubernetes_version!().trim_start_matches('v');
+    assert_eq!(field("Provides"), format!("kubelet (= {kube})"));
+    assert_eq!((field("Conflicts"), field("Replaces")), ("kubelet".to_string(), "kubelet".to_string()));
 
     // A throwaway root with an empty dpkg database.
     let root = tmp.path().join("root");
@@ -81,6 +87,16 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
         assert_eq!(mode(&root.join(path)), want, "{path}");
         assert_eq!(std::fs::symlink_metadata(root.join(path)).unwrap().uid(), 0, "{path} is root's");
     }
+    // kubelet's names: the unit alias kubeadm restarts (its drop-in
+    // directory kubelet.service.d applies to an alias too) and the binary
+    // its drop-in runs, which answers `--version` as kubelet does, in the
+    // form kubeadm's preflight parses.
+    assert_eq!(std::fs::read_link(root.join("lib/systemd/system/kubelet.service")).unwrap(), Path::new("nodelet.service"));
+    assert_eq!(std::fs::read_link(root.join("usr/bin/kubelet")).unwrap(), Path::new("nodelet"));
+    let line = run(&mut Command::new(root.join("usr/bin/kubelet")).arg("--version"));
+    assert_eq!(line, format!("Kubernetes {}\n", nodelet::cluster::node::KUBELET_VERSION));
+    let kubeadm = regex::Regex::new(r"^\s*Kubernetes v((0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)([-0-9a-zA-Z_\.+]*)?)\s*$").unwrap();
+    assert!(kubeadm.is_match(line.trim()), "kubeadm's preflight parses {line:?}");
     let conffiles = std::fs::read_to_string(root.join("var/lib/dpkg/info/nodelet.conffiles")).unwrap();
     for f in ["/etc/default/nodelet", "/etc/nodelet/kubelet-config.yaml", "/etc/nodelet/kube-proxy-config.yaml"] {
         assert!(conffiles.lines().any(|l| l == f), "{f} is not a conffile: {conffiles}");
@@ -131,7 +147,9 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
     dpkg(&root, &["--purge", "nodelet-dbgsym", "nodelet"]);
     for gone in [
         "usr/bin/nodelet",
+        "usr/bin/kubelet",
         "lib/systemd/system/nodelet.service",
+        "lib/systemd/system/kubelet.service",
         "etc/default/nodelet",
         "etc/nodelet",
         "etc/systemd/system/multi-user.target.wants/nodelet.service",

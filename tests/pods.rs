@@ -1035,10 +1035,13 @@ fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
     };
     let (ok, out) = run("evictonHard: {memory.available: 100Mi}\n", false);
     assert!(!ok && out.contains("evictonHard") && out.contains("did you mean \"evictionHard\""), "{out}");
-    let (ok, out) = run("cpuManagerReconcilePeriod: 10s\n", false);
-    assert!(ok && out.contains("cpuManagerReconcilePeriod") && out.contains("a KubeletConfiguration field nodelet does not implement"), "{out}");
-    let (ok, out) = run("cpuManagerReconcilePeriod: 10s\n", true);
-    assert!(!ok && out.contains("--strict: configuration fields nodelet does not use: KubeletConfiguration cpuManagerReconcilePeriod"), "{out}");
+    let (ok, out) = run("volumeStatsAggPeriod: 2m\n", false);
+    assert!(ok && out.contains("volumeStatsAggPeriod") && out.contains("a KubeletConfiguration field nodelet does not implement"), "{out}");
+    let (ok, out) = run("volumeStatsAggPeriod: 2m\n", true);
+    assert!(!ok && out.contains("--strict: configuration fields nodelet does not use: KubeletConfiguration volumeStatsAggPeriod"), "{out}");
+    // Its default (and the zero kubeadm writes) changes nothing: no warning.
+    let (ok, out) = run("volumeStatsAggPeriod: 0s\ncpuManagerReconcilePeriod: 0s\n", true);
+    assert!(ok, "kubelet's defaults pass --strict: {out}");
     let (ok, out) = run("maxPods: 20\n", true);
     assert!(ok, "every field used: --strict passes: {out}");
 }
@@ -1055,4 +1058,24 @@ fn the_version_names_the_commit_and_the_kubernetes_release() {
     let commit = v[want.len()..].split(';').next().unwrap();
     assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{v}");
     assert!(v.contains(&format!("Kubernetes {}, reported as kubelet {}", nodelet::kubernetes_version!(), nodelet::cluster::node::KUBELET_VERSION)), "{v}");
+}
+
+/// A KubeletConfiguration whose cgroupDriver differs from the runtime's
+/// (here containerd's runc has SystemdCgroup = false; the packaged config
+/// says systemd, kubeadm's default): nodelet follows the runtime, as kubelet
+/// takes the driver from the runtime, says what to change to make them
+/// agree, and its pods run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_driver_other_than_the_runtimes_is_the_runtimes_with_a_warning_that_says_what_to_change() {
+    let node = Node::start().await;
+    let agent = node.nodelet(&["--cgroup-driver", "systemd"]);
+    node.write_manifest("web.yaml", &pod_yaml("web", "  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n    command: [sleep, '3600']\n    resources: {limits: {memory: 32Mi}}\n"));
+    let app = eventually(30 * S, "the app container running", || async { node.instances("web", "app").await.into_iter().find(is_running) }).await;
+    let log = agent.log();
+    assert!(log.contains("the runtime's default handler uses the cgroupfs cgroup driver (containerd: SystemdCgroup = false)"), "{log}");
+    assert!(log.contains("set cgroupDriver: cgroupfs, or SystemdCgroup = true under"), "{log}");
+    // The pod's cgroup is a cgroupfs path under the node's cgroupRoot, not a systemd slice.
+    let pid = node.exec(&app.id, &["cat", "/proc/self/cgroup"]).await;
+    let cgroup = String::from_utf8_lossy(&pid.stdout).to_string();
+    assert!(cgroup.contains(&format!("{}/kubepods", node.cgroup_root)) && !cgroup.contains(".slice"), "{cgroup}");
 }

@@ -50,16 +50,26 @@ impl From<crate::cluster::ClusterError> for AgentError {
 /// Service proxy beside it. Pods keep running after it returns, as with
 /// kubelet.
 pub async fn run(
-    s: crate::config::Settings,
+    mut s: crate::config::Settings,
     proxy: Option<crate::proxy::run::ProxySettings>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     machine::preflight(&s)?;
+    // The Node says whose Service proxy it runs, for kube-proxy's DaemonSet
+    // to keep off (other.rs).
+    if let (Some(cs), Some(p)) = (s.cluster.as_mut(), proxy.as_ref().filter(|p| p.mode != crate::proxy::run::Mode::None)) {
+        cs.node_labels.entry(crate::proxy::other::LABEL.to_string()).or_insert_with(|| p.mode.as_str().to_string());
+    }
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let mut tasks = crate::tasks::Tasks::default();
     let mut watched = Vec::new();
     // The runtime first: no pod runs without it.
     let rt = runtime::build(&s, &metrics, &mut tasks).await?;
+    let (driver, note) = runtime::choose_cgroup_driver(s.cgroup_driver, rt.cgroup_driver);
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    s.cgroup_driver = driver;
     // Credentials next: TLS bootstrap blocks until a certificate is issued.
     let joined = match &s.cluster {
         Some(cs) => Some(crate::cluster::join(cs, &s.node_name, s.dry_run).await?),
@@ -73,7 +83,7 @@ pub async fn run(
     let mut admission = None;
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
-            proxy_synced = Some(proxy::start(p, &joined.client, &mut tasks, &mut watched).await?);
+            proxy_synced = Some(proxy::start(p, &joined.client, pods.statuses.subscribe(), &mut tasks, &mut watched).await?);
         }
         if s.node_api.port != 0 && !s.dry_run {
             tasks.spawn("node API", node_api::build(&s, cs, &joined.client, &pods.ctx).await?);

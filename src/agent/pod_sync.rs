@@ -162,7 +162,7 @@ impl PodSync {
                 let m = crate::pods::shutdown::Manager { periods, statuses: statuses.clone(), pods: evictions_tx, shutting_down: shutting_down_tx };
                 tasks.spawn("graceful node shutdown", m.run());
             }
-            tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).with_reclaim(reclaim_rx).run());
+            tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).with_reclaim(reclaim_rx).with_pinned(s.pod_infra_container_image.clone()).run());
         }
         Ok(PodSync {
             ctx,

@@ -14,7 +14,14 @@ use crate::watchdog::{Beat, Watched};
 
 /// Starts the proxy; the receiver fires once its first rules are written
 /// (printed, in a dry run).
-pub async fn start(p: ProxySettings, node_client: &kube::Client, tasks: &mut Tasks, watched: &mut Vec<Watched>) -> Result<oneshot::Receiver<()>, AgentError> {
+/// `pods`: the node's pods, in which the proxy looks for kube-proxy.
+pub async fn start(
+    p: ProxySettings,
+    node_client: &kube::Client,
+    pods: tokio::sync::watch::Receiver<crate::pods::store::Statuses>,
+    tasks: &mut Tasks,
+    watched: &mut Vec<Watched>,
+) -> Result<oneshot::Receiver<()>, AgentError> {
     let (client, grant) = cluster::proxy_client(p.kubeconfig.as_deref(), node_client).await?;
     let (synced_tx, synced_rx) = oneshot::channel();
     let beat = Beat::default();
@@ -23,7 +30,7 @@ pub async fn start(p: ProxySettings, node_client: &kube::Client, tasks: &mut Tas
     tasks.spawn("service proxy", async move {
         let check = cluster::access::check(&client, "proxy", cluster::access::PROXY, grant);
         let _ = tokio::time::timeout(Duration::from_secs(10), check).await;
-        crate::proxy::run::run(client, p, Some(synced_tx), beat).await
+        crate::proxy::run::run(client, p, Some(synced_tx), beat, Some(pods)).await
     });
     Ok(synced_rx)
 }

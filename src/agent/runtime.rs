@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::AgentError;
-use crate::config::Settings;
+use crate::config::{CgroupDriver, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::dry_run::DryRunRuntime;
 use crate::runtime::instrumented::Instrumented;
@@ -20,6 +20,9 @@ use crate::tasks::Tasks;
 pub struct RuntimeRole {
     pub runtime: Arc<dyn Runtime>,
     pub version: cri::VersionResponse,
+    /// The cgroup driver the runtime's pods get, when the runtime says
+    /// (containerd: its runc options' `SystemdCgroup`).
+    pub cgroup_driver: Option<CgroupDriver>,
     /// The runtime's readiness, as its Status last said.
     pub health: watch::Receiver<RuntimeHealth>,
 }
@@ -28,6 +31,7 @@ pub struct RuntimeRole {
 /// front of the real runtime when one answers) and starts following its
 /// health.
 pub async fn build(s: &Settings, metrics: &Arc<Metrics>, tasks: &mut Tasks) -> Result<RuntimeRole, AgentError> {
+    let (mut cgroup_driver, mut cni_dir) = (None, "/etc/cni/net.d".to_string());
     let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
         if real.is_none() {
@@ -38,13 +42,109 @@ pub async fn build(s: &Settings, metrics: &Arc<Metrics>, tasks: &mut Tasks) -> R
         (Arc::new(sim), cri::VersionResponse { runtime_name: "containerd".into(), ..v })
     } else {
         let (rt, v) = wait_for_runtime(&s.runtime_endpoint, s.runtime_request_timeout).await?;
+        match rt.status_info().await {
+            Ok(info) => {
+                cgroup_driver = runtime_cgroup_driver(&info);
+                if let Some(dir) = cni_conf_dir(&info) {
+                    cni_dir = dir;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "verbose runtime Status failed"),
+        }
+        if let Ok(st) = rt.status().await
+            && !RuntimeHealth::from_status(&st).network_ready
+        {
+            tracing::warn!(
+                cni_conf_dir = %cni_dir,
+                "the runtime has no pod network yet: put a CNI network configuration in its conf_dir (your CNI plugin's \
+                 installer does; containernetworking-plugins gives the plugins, not a network); until then only hostNetwork pods start"
+            );
+        }
         (Arc::new(Instrumented::new(Arc::new(rt), metrics.clone())), v)
     };
     let (health_tx, health) = watch::channel(RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() });
     if !s.dry_run {
         tasks.spawn("runtime status", follow_health(runtime.clone(), health_tx));
     }
-    Ok(RuntimeRole { runtime, version, health })
+    Ok(RuntimeRole { runtime, version, cgroup_driver, health })
+}
+
+/// The cgroup driver of the runtime's default handler, from containerd's
+/// verbose Status (`config`: its CRI plugin's settings, where runc's
+/// options hold `SystemdCgroup`). `None` when the runtime does not say.
+pub fn runtime_cgroup_driver(info: &std::collections::HashMap<String, String>) -> Option<CgroupDriver> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    let containerd = config.get("containerd")?;
+    let name = containerd.get("defaultRuntimeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).unwrap_or("runc");
+    let runtime = containerd.get("runtimes")?.get(name)?;
+    // Only runc (and crun, which takes the same option) say it this way.
+    let kind = runtime.get("runtimeType").and_then(|t| t.as_str()).unwrap_or("");
+    if !kind.is_empty() && kind != "io.containerd.runc.v2" && kind != "io.containerd.runc.v1" {
+        return None;
+    }
+    let systemd = runtime.get("options").and_then(|o| o.get("SystemdCgroup")).and_then(|v| v.as_bool()).unwrap_or(false);
+    Some(if systemd { CgroupDriver::Systemd } else { CgroupDriver::Cgroupfs })
+}
+
+/// Where containerd reads CNI network configurations (`cni.confDir`).
+pub fn cni_conf_dir(info: &std::collections::HashMap<String, String>) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    config.get("cni")?.get("confDir")?.as_str().map(str::to_string)
+}
+
+/// The driver to use: the runtime's when it says one, as kubelet takes it
+/// from the runtime (KubeletCgroupDriverFromCRI); a different configured
+/// one gets a warning that says what to change.
+pub fn choose_cgroup_driver(configured: CgroupDriver, runtime: Option<CgroupDriver>) -> (CgroupDriver, Option<String>) {
+    match runtime {
+        Some(r) if r != configured => {
+            let (name, systemd) = match r {
+                CgroupDriver::Systemd => ("systemd", "true"),
+                CgroupDriver::Cgroupfs => ("cgroupfs", "false"),
+            };
+            let want = if configured == CgroupDriver::Systemd { "true" } else { "false" };
+            let note = format!(
+                "the runtime's default handler uses the {name} cgroup driver (containerd: SystemdCgroup = {systemd}) and the \
+                 KubeletConfiguration says cgroupDriver: {}; nodelet follows the runtime, as kubelet does. To make them agree, set \
+                 cgroupDriver: {name}, or SystemdCgroup = {want} under [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options] \
+                 in /etc/containerd/config.toml and restart containerd (systemd hosts: systemd is kubeadm's default)",
+                match configured {
+                    CgroupDriver::Systemd => "systemd",
+                    CgroupDriver::Cgroupfs => "cgroupfs",
+                }
+            );
+            (r, Some(note))
+        }
+        _ => (configured, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup_driver_and_cni_directory_come_from_containerds_config() {
+        // containerd 1.6's verbose Status `config`, trimmed.
+        let info = |systemd: &str| {
+            std::collections::HashMap::from([(
+                "config".to_string(),
+                format!(
+                    r#"{{"containerd":{{"snapshotter":"overlayfs","defaultRuntimeName":"runc","runtimes":{{"runc":{{"runtimeType":"io.containerd.runc.v2","options":{{"BinaryName":""{systemd}}}}}}}}},"cni":{{"binDir":"/usr/lib/cni","confDir":"/etc/cni/net.d"}}}}"#
+                ),
+            )])
+        };
+        assert_eq!(runtime_cgroup_driver(&info(r#","SystemdCgroup":true"#)), Some(CgroupDriver::Systemd));
+        assert_eq!(runtime_cgroup_driver(&info(r#","SystemdCgroup":false"#)), Some(CgroupDriver::Cgroupfs));
+        assert_eq!(runtime_cgroup_driver(&info("")), Some(CgroupDriver::Cgroupfs), "containerd's default");
+        assert_eq!(runtime_cgroup_driver(&Default::default()), None, "another runtime says nothing");
+        assert_eq!(cni_conf_dir(&info("")).as_deref(), Some("/etc/cni/net.d"));
+        let (d, note) = choose_cgroup_driver(CgroupDriver::Systemd, Some(CgroupDriver::Cgroupfs));
+        assert_eq!(d, CgroupDriver::Cgroupfs);
+        assert!(note.unwrap().contains("set cgroupDriver: cgroupfs, or SystemdCgroup = true under [plugins."));
+        assert_eq!(choose_cgroup_driver(CgroupDriver::Systemd, None), (CgroupDriver::Systemd, None));
+        assert_eq!(choose_cgroup_driver(CgroupDriver::Cgroupfs, Some(CgroupDriver::Cgroupfs)), (CgroupDriver::Cgroupfs, None));
+    }
 }
 
 /// Reads the runtime's Status every [`HEALTH_PERIOD`], saying when it changes.

@@ -5,6 +5,7 @@
 //! deletion handshake.
 
 pub mod access;
+pub mod bootstrap_file;
 pub mod certs;
 pub mod client;
 pub mod events;

@@ -24,7 +24,7 @@ use crate::pods::eviction::Pressure;
 use crate::runtime::RuntimeHealth;
 
 /// The version nodelet reports as its kubelet version.
-pub const KUBELET_VERSION: &str = concat!(crate::kubernetes_version!(), "-nodelet.", env!("CARGO_PKG_VERSION"));
+pub const KUBELET_VERSION: &str = crate::kubelet_version!();
 /// The node API's port in daemonEndpoints, unless configured otherwise.
 pub const KUBELET_PORT: i32 = 10250;
 
@@ -315,9 +315,11 @@ pub fn server_differs(server: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
 }
 
 /// The labels kubelet keeps on its Node whoever removes them: hostname,
-/// OS and architecture. Returns the ones to put back, if any.
+/// OS and architecture; and nodelet's Service proxy label when it has one
+/// (a Node registered before nodelet ran gets it too). Returns the ones to
+/// put back, if any.
 pub fn missing_required_labels(server: &BTreeMap<String, String>, facts: &NodeFacts) -> BTreeMap<String, String> {
-    ["kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch"]
+    ["kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch", crate::proxy::other::LABEL]
         .into_iter()
         .filter_map(|k| {
             let want = facts.labels.get(k)?;

@@ -121,7 +121,7 @@ pub struct X509Authentication {
 #[serde(rename_all = "camelCase")]
 pub struct WebhookAuthentication {
     pub enabled: Option<bool>,
-    #[serde(rename = "cacheTTL", default, deserialize_with = "opt_duration")]
+    #[serde(rename = "cacheTTL", default, deserialize_with = "defaulted_duration")]
     pub cache_ttl: Option<Duration>,
 }
 
@@ -141,9 +141,9 @@ pub struct Authorization {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct WebhookAuthorization {
-    #[serde(rename = "cacheAuthorizedTTL", default, deserialize_with = "opt_duration")]
+    #[serde(rename = "cacheAuthorizedTTL", default, deserialize_with = "defaulted_duration")]
     pub cache_authorized_ttl: Option<Duration>,
-    #[serde(rename = "cacheUnauthorizedTTL", default, deserialize_with = "opt_duration")]
+    #[serde(rename = "cacheUnauthorizedTTL", default, deserialize_with = "defaulted_duration")]
     pub cache_unauthorized_ttl: Option<Duration>,
 }
 
@@ -185,6 +185,11 @@ pub(super) fn config_object(bytes: &[u8], file: &str, kind: &str, api_version: &
     Ok(map)
 }
 
+/// A period whose zero kubelet's defaulting replaces (see `defaulted`).
+fn defaulted_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(opt_duration(d)?.and_then(defaulted))
+}
+
 fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = Option::<String>::deserialize(d)?;
     s.map(|s| parse_go_duration(&s).map_err(serde::de::Error::custom)).transpose()
@@ -207,6 +212,34 @@ fn count(file: &str, name: &str, v: &Value, min: u32) -> Result<u32, ConfigError
         field: name.into(),
         message: format!("Invalid value: {n}: must be {want}"),
     })
+}
+
+/// A period kubelet's defaulting replaces when it is zero (`0s`, as kubeadm
+/// writes every period it leaves to the default): `None`, so the default
+/// applies. A zero given as a flag stays an error, as with kubelet.
+fn defaulted(d: Duration) -> Option<Duration> {
+    Some(d).filter(|d| !d.is_zero())
+}
+
+/// Fields of kubelet's that nodelet does not implement but whose value here
+/// changes nothing: kubelet's default (or the zero its defaulting turns into
+/// it), or settings of a manager that the policy in force leaves idle. Not
+/// worth a warning (kubeadm writes all of them).
+fn without_effect(name: &str, v: &Value) -> bool {
+    let s = v.as_str().unwrap_or_default();
+    match name {
+        // Only the static CPU manager reconciles; nodelet's policy is none.
+        "cpuManagerReconcilePeriod" => true,
+        "volumeStatsAggPeriod" => matches!(s, "0s" | "1m" | "1m0s" | "60s"),
+        // kubelet's log options; nodelet's verbosity and format are its
+        // flags (--v, --logging-format), so only defaults go unremarked.
+        "logging" => {
+            let verbosity = v.get("verbosity").and_then(Value::as_i64).unwrap_or(0);
+            let format = v.get("format").and_then(Value::as_str).unwrap_or("text");
+            verbosity == 0 && format == "text"
+        }
+        _ => false,
+    }
 }
 
 pub(super) fn duration(file: &str, name: &str, v: &Value) -> Result<Duration, ConfigError> {
@@ -235,9 +268,9 @@ impl KubeletConfig {
                 "staticPodPath" => c.static_pod_path = Some(field(file, k, v)?),
                 "staticPodURL" => c.static_pod_url = Some(field(file, k, v)?),
                 "staticPodURLHeader" => c.static_pod_url_header = field(file, k, v)?,
-                "fileCheckFrequency" => c.file_check_frequency = Some(duration(file, k, v)?),
-                "httpCheckFrequency" => c.http_check_frequency = Some(duration(file, k, v)?),
-                "syncFrequency" => c.sync_frequency = Some(duration(file, k, v)?),
+                "fileCheckFrequency" => c.file_check_frequency = defaulted(duration(file, k, v)?),
+                "httpCheckFrequency" => c.http_check_frequency = defaulted(duration(file, k, v)?),
+                "syncFrequency" => c.sync_frequency = defaulted(duration(file, k, v)?),
                 "clusterDNS" => c.cluster_dns = Some(field(file, k, v)?),
                 "clusterDomain" => c.cluster_domain = Some(field(file, k, v)?),
                 "resolvConf" => c.resolv_conf = Some(field(file, k, v)?),
@@ -250,8 +283,8 @@ impl KubeletConfig {
                 }
                 "cgroupRoot" => c.cgroup_root = Some(field(file, k, v)?),
                 "cgroupsPerQOS" => c.cgroups_per_qos = Some(field(file, k, v)?),
-                "containerRuntimeEndpoint" => c.container_runtime_endpoint = Some(field(file, k, v)?),
-                "runtimeRequestTimeout" => c.runtime_request_timeout = Some(duration(file, k, v)?),
+                "containerRuntimeEndpoint" => c.container_runtime_endpoint = Some(field::<String>(file, k, v)?).filter(|e| !e.is_empty()),
+                "runtimeRequestTimeout" => c.runtime_request_timeout = defaulted(duration(file, k, v)?),
                 "healthzPort" => c.healthz_port = Some(field(file, k, v)?),
                 "healthzBindAddress" => c.healthz_bind_address = Some(field(file, k, v)?),
                 "podLogsDir" => c.pod_logs_dir = Some(field(file, k, v)?),
@@ -277,8 +310,8 @@ impl KubeletConfig {
                         bad("memorySwap.swapBehavior", format!("Unsupported value: {b:?}: supported values: \"NoSwap\", \"LimitedSwap\""))
                     })?);
                 }
-                "nodeStatusUpdateFrequency" => c.node_status_update_frequency = Some(duration(file, k, v)?),
-                "nodeStatusReportFrequency" => c.node_status_report_frequency = Some(duration(file, k, v)?),
+                "nodeStatusUpdateFrequency" => c.node_status_update_frequency = defaulted(duration(file, k, v)?),
+                "nodeStatusReportFrequency" => c.node_status_report_frequency = defaulted(duration(file, k, v)?),
                 "nodeLeaseDurationSeconds" => {
                     let n: i32 = field(file, k, v)?;
                     if n <= 0 {
@@ -303,7 +336,7 @@ impl KubeletConfig {
                     super::node_api::parse_tls_cipher_suites(&list).map_err(|e| bad(k, e))?;
                     c.tls_cipher_suites = Some(list);
                 }
-                "streamingConnectionIdleTimeout" => c.streaming_connection_idle_timeout = Some(duration(file, k, v)?),
+                "streamingConnectionIdleTimeout" => c.streaming_connection_idle_timeout = defaulted(duration(file, k, v)?),
                 "serverTLSBootstrap" => c.server_tls_bootstrap = Some(field(file, k, v)?),
                 "enableDebuggingHandlers" => c.enable_debugging_handlers = Some(field(file, k, v)?),
                 "enableSystemLogHandler" => c.enable_system_log_handler = Some(field(file, k, v)?),
@@ -338,7 +371,7 @@ impl KubeletConfig {
                         c.image_gc_low_threshold_percent = Some(pct);
                     }
                 }
-                "imageMinimumGCAge" => c.image_minimum_gc_age = Some(duration(file, k, v)?),
+                "imageMinimumGCAge" => c.image_minimum_gc_age = defaulted(duration(file, k, v)?),
                 "imageMaximumGCAge" => c.image_maximum_gc_age = Some(duration(file, k, v)?),
                 "nodeStatusMaxImages" => {
                     let n: i64 = field(file, k, v)?;
@@ -379,7 +412,7 @@ impl KubeletConfig {
                 "evictionSoftGracePeriod" => eviction.soft_grace = Some(field(file, k, v)?),
                 "evictionMinimumReclaim" => eviction.minimum_reclaim = Some(field(file, k, v)?),
                 "evictionMaxPodGracePeriod" => eviction.max_pod_grace_period = Some(field(file, k, v)?),
-                "evictionPressureTransitionPeriod" => eviction.pressure_transition_period = Some(duration(file, k, v)?),
+                "evictionPressureTransitionPeriod" => eviction.pressure_transition_period = defaulted(duration(file, k, v)?),
                 "authentication" => c.authentication = field(file, k, v)?,
                 "authorization" => {
                     c.authorization = field(file, k, v)?;
@@ -415,6 +448,7 @@ impl KubeletConfig {
                     super::fields::Unused::Typo(meant) => {
                         return Err(bad(other, format!("unknown field: no KubeletConfiguration has it; did you mean {meant:?}?")));
                     }
+                    super::fields::Unused::Known if without_effect(other, v) => {}
                     super::fields::Unused::Known => {
                         tracing::warn!(file, field = other, "a KubeletConfiguration field nodelet does not implement; ignored");
                         c.ignored.push(other.to_string());

@@ -111,6 +111,9 @@ pub struct Settings {
     pub seccomp_default: bool,
     /// `failSwapOn`: refuse to start while the node has swap on.
     pub fail_swap_on: bool,
+    /// `--pod-infra-container-image` (deprecated in kubelet, which still
+    /// keeps the image from garbage collection; kubeadm up to v1.34 passes it).
+    pub pod_infra_container_image: Option<String>,
     /// `memorySwap.swapBehavior`.
     pub swap_behavior: SwapBehavior,
     pub node_ips: Vec<String>,
@@ -322,6 +325,7 @@ pub struct Overrides {
     pub oom_score_adj: Option<i32>,
     pub seccomp_default: Option<bool>,
     pub fail_swap_on: Option<bool>,
+    pub pod_infra_container_image: Option<String>,
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
     pub image_gc_high_threshold: Option<u8>,

@@ -193,6 +193,7 @@ impl Settings {
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             seccomp_default: o.seccomp_default.or(file.seccomp_default).unwrap_or(false),
             fail_swap_on: o.fail_swap_on.or(file.fail_swap_on).unwrap_or(true),
+            pod_infra_container_image: o.pod_infra_container_image.filter(|i| !i.is_empty()),
             swap_behavior: file.swap_behavior.unwrap_or_default(),
             node_ips,
             backoff: BackoffConfig { initial, max, ..BackoffConfig::default() },

@@ -58,3 +58,45 @@ fn api_and_event_rates_and_node_allocatable_settings() {
     assert!(Settings::resolve(o(), parse("cgroupsPerQOS: false\nenforceNodeAllocatable: []\n").unwrap()).is_ok());
     assert!(parse("kubeReserved: {memory: lots}\n").unwrap_err().to_string().starts_with("k.yaml: kubeReserved.memory: Invalid value"));
 }
+
+#[test]
+fn kubeadms_kubelet_config_means_what_it_means_to_kubelet() {
+    // The kubelet-config ConfigMap of a kubeadm cluster (v1.34), as
+    // `kubeadm join` writes it to /var/lib/kubelet/config.yaml: kubelet's
+    // defaulting turns its zero durations and empty endpoint into the
+    // defaults, so it must resolve exactly as the file without them.
+    let kubeadm = include_str!("../../tests/kubeadm/kubelet-config.yaml");
+    let o = || Overrides {
+        hostname_override: Some("n".into()),
+        kubeconfig: Some("/etc/kubernetes/kubelet.conf".into()),
+        bootstrap_kubeconfig: Some("/etc/kubernetes/bootstrap-kubelet.conf".into()),
+        ..Default::default()
+    };
+    let file = kubelet::KubeletConfig::parse(kubeadm.as_bytes(), "config.yaml").unwrap();
+    assert!(file.ignored.is_empty(), "kubeadm's own fields all understood: {:?}", file.ignored);
+    // The same file with every zero value (and what is empty without them) left out.
+    fn prune(v: &mut serde_yaml::Value) -> bool {
+        use serde_yaml::Value as Y;
+        match v {
+            Y::Mapping(m) => {
+                m.retain(|_, v| !prune(v));
+                m.is_empty()
+            }
+            Y::String(s) => s.is_empty() || s == "0s" || s == "0",
+            Y::Number(n) => n.as_i64() == Some(0),
+            _ => false,
+        }
+    }
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(kubeadm).unwrap();
+    prune(&mut doc);
+    let without_zeros = serde_yaml::to_string(&doc).unwrap();
+    assert!(!without_zeros.contains("syncFrequency") && without_zeros.contains("staticPodPath"), "{without_zeros}");
+    let plain = kubelet::KubeletConfig::parse(without_zeros.as_bytes(), "plain.yaml").unwrap();
+    let (a, b) = (Settings::resolve(o(), file).unwrap(), Settings::resolve(o(), plain).unwrap());
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(a.sync_frequency, Duration::from_secs(60));
+    assert_eq!(a.image_gc.min_age, Duration::from_secs(120));
+    assert_eq!(a.runtime_endpoint, "unix:///run/containerd/containerd.sock");
+    assert_eq!(a.healthz, Some("127.0.0.1:10248".parse().unwrap()));
+    assert!(a.shutdown.is_none());
+}

@@ -7,6 +7,7 @@ pub mod model;
 pub mod nftables;
 pub mod iptables;
 pub mod ipvs;
+pub mod other;
 pub mod refusals;
 
 use std::net::Ipv4Addr;

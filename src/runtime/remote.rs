@@ -100,6 +100,15 @@ impl RemoteRuntime {
     }
 }
 
+impl RemoteRuntime {
+    /// Status with `verbose`: the runtime's own configuration in `info`
+    /// (containerd: `config`, its CRI plugin's settings as JSON).
+    pub async fn status_info(&self) -> Result<std::collections::HashMap<String, String>> {
+        let req = self.req(cri::StatusRequest { verbose: true });
+        Ok(self.runtime.clone().status(req).await.map_err(|s| RuntimeError::from_status("Status", "", s))?.into_inner().info)
+    }
+}
+
 #[async_trait]
 impl Runtime for RemoteRuntime {
     async fn version(&self) -> Result<cri::VersionResponse> {

@@ -262,11 +262,17 @@ impl Node {
 
     /// nodelet with extra environment variables (NOTIFY_SOCKET, ...).
     pub fn nodelet_env(&self, args: Vec<String>, envs: &[(&str, &std::ffi::OsStr)]) -> Agent {
+        self.spawn_agent(Path::new(env!("CARGO_BIN_EXE_nodelet")), args, envs)
+    }
+
+    /// `program` (nodelet under another name, e.g. kubelet's) in this
+    /// node's network namespace, with the environment every nodelet here gets.
+    pub fn spawn_agent(&self, program: &Path, args: Vec<String>, envs: &[(&str, &std::ffi::OsStr)]) -> Agent {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.path().join(format!("nodelet-{n}.log"));
         let out = self.dir.path().join(format!("nodelet-{n}.out"));
         let ns = self.netns.clone();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodelet"));
+        let mut cmd = Command::new(program);
         cmd.args(&args)
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&log).unwrap())

@@ -24,6 +24,7 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::model::{self, ProxyState};
+use super::other::{self, KubeProxy};
 use super::refusals::Refusals;
 use super::{Context, ProxyError, conntrack, iptables, ipvs, nftables};
 
@@ -146,17 +147,21 @@ const FULL_RESYNC: Duration = Duration::from_secs(3600);
 /// Runs the proxy until the process ends.
 /// Runs the proxy; `first_sync` hears once the first complete set of rules
 /// has been applied (printed, in a dry run).
+/// `pods`: the pods this node runs (kube-proxy among them makes the proxy
+/// stand by, see other.rs).
 pub async fn run(
     client: kube::Client,
     s: ProxySettings,
     mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
     beat: crate::watchdog::Beat,
+    mut pods: Option<tokio::sync::watch::Receiver<crate::pods::store::Statuses>>,
 ) {
     let health = Arc::new(Health::default());
+    let mut health_server = None;
     if s.mode != Mode::None
         && let Some(addr) = s.healthz.filter(|_| !s.dry_run)
     {
-        tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone()));
+        health_server = Some(tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone())));
     }
     let mut backend = match s.mode {
         Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
@@ -215,9 +220,7 @@ pub async fn run(
         |o| (&mut o.slices, &mut o.slices_listed),
         |m| &m.endpoint_changes,
     ));
-    if let Some(addr) = s.metrics.filter(|_| !s.dry_run) {
-        tokio::spawn(serve_metrics(addr, metrics.clone(), s.mode));
-    }
+    let mut metrics_server = s.metrics.filter(|_| !s.dry_run).map(|addr| tokio::spawn(serve_metrics(addr, metrics.clone(), s.mode)));
 
     let mut applied = ProxyState::default();
     let mut last_sync: Option<Instant> = None;
@@ -230,8 +233,80 @@ pub async fn run(
     let mut hc_ports: BTreeMap<u16, HealthCheckPort> = BTreeMap::new();
     let mut printed: Option<String> = None;
     let mut dirty = true;
+    // One proxy per node: while kube-proxy is here, nodelet's stands by
+    // (other.rs). A dry run only reports it.
+    let mut standing_by: Option<KubeProxy> = None;
+    let mut leftovers_checked = false;
+    let mut process_scan: Option<(Instant, Option<KubeProxy>)> = None;
     loop {
         beat.beat();
+        let found = {
+            let snapshot = pods.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
+            other::find_pod(snapshot.values().map(|r| r.pod.as_ref()))
+        };
+        // The process table is read every 2 s while standing by, every 10 s
+        // otherwise (a pod is seen at once, before it runs).
+        let scan_every = if standing_by.is_some() { Duration::from_secs(2) } else { Duration::from_secs(10) };
+        if found.is_none() && process_scan.as_ref().is_none_or(|(at, _)| at.elapsed() >= scan_every) {
+            process_scan = Some((Instant::now(), other::running_process(std::path::Path::new("/proc"))));
+        }
+        let found = found.or_else(|| process_scan.as_ref().and_then(|(_, p)| p.clone()));
+        match (&standing_by, found) {
+            (None, Some(k)) => {
+                tracing::error!("{}", other::standby_message(&k));
+                if !s.dry_run {
+                    // Its ports are kube-proxy's too (10256, 10249).
+                    for server in [health_server.take(), metrics_server.take()].into_iter().flatten() {
+                        server.abort();
+                    }
+                    if last_sync.is_some() {
+                        let mode = s.mode;
+                        match tokio::task::spawn_blocking(move || other::stand_down(mode)).await.expect("standing down does not panic") {
+                            Ok(()) => tracing::info!(mode = s.mode.as_str(), "nodelet's Service proxy rules removed for kube-proxy"),
+                            Err(e) => tracing::error!(error = %e, "removing nodelet's Service proxy rules failed"),
+                        }
+                    }
+                    applied = ProxyState::default();
+                    update_health_check_ports(&mut hc_ports, &applied, false);
+                    last_full = None;
+                    leftovers_checked = false;
+                }
+                standing_by = Some(k);
+            }
+            (Some(_), None) => {
+                tracing::info!("kube-proxy is gone from this node: nodelet's Service proxy takes the node over");
+                standing_by = None;
+                dirty = true;
+                if !s.dry_run {
+                    if let Some(addr) = s.healthz {
+                        health_server = Some(tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone())));
+                    }
+                    metrics_server = s.metrics.map(|addr| tokio::spawn(serve_metrics(addr, metrics.clone(), s.mode)));
+                }
+            }
+            (Some(old), Some(k)) if *old != k => standing_by = Some(k),
+            _ => {}
+        }
+        if standing_by.is_some() && !s.dry_run {
+            // Looked at again when the node's pods change, and every 2 s
+            // for a process.
+            let pods_changed = pods_changed(&mut pods);
+            tokio::select! {
+                _ = pods_changed => {}
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            continue;
+        }
+        // Before the first rules (and on taking over from kube-proxy): the
+        // rules of the modes not run go, as kube-proxy removes them.
+        if !leftovers_checked && !s.dry_run {
+            leftovers_checked = true;
+            let mode = s.mode;
+            for e in tokio::task::spawn_blocking(move || other::remove_leftovers(mode)).await.expect("removing leftovers does not panic") {
+                tracing::warn!(error = %e, "removing another proxy mode's rules failed");
+            }
+        }
         // Wait for a change or the periodic sync, then respect minSyncPeriod.
         let periodic = s.sync_period.saturating_sub(last_periodic.elapsed());
         let retry = if failed { Duration::from_secs(1) } else { periodic };
@@ -241,7 +316,13 @@ pub async fn run(
         let refused_due = [backend.retry_in(), refusals.retry_in()].into_iter().flatten().min();
         let retry = refused_due.map_or(retry, |r| r.max(Duration::from_millis(100)).min(retry));
         if !dirty {
+            let pods_changed = pods_changed(&mut pods);
+            let scan_due = process_scan.as_ref().map_or(Duration::ZERO, |(at, _)| Duration::from_secs(10).saturating_sub(at.elapsed()));
             tokio::select! {
+                // A kube-proxy pod may have come: looked at before any sync;
+                // a kube-proxy process, every 10 s.
+                _ = pods_changed => continue,
+                _ = tokio::time::sleep(scan_due), if !s.dry_run => continue,
                 _ = changed.notified() => {
                     dirty = true;
                     let mut p = health.pending_since.lock().unwrap_or_else(|e| e.into_inner());
@@ -434,6 +515,17 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Resolves when the node's pods change; never when there is no such
+/// signal (or it has ended).
+async fn pods_changed(pods: &mut Option<tokio::sync::watch::Receiver<crate::pods::store::Statuses>>) {
+    if let Some(rx) = pods.as_mut()
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Posts a Warning event on a Service, beside the loop (an apiserver away

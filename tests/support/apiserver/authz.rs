@@ -153,11 +153,44 @@ fn subject_matches(s: &Value, who: &Identity) -> bool {
     }
 }
 
-fn rbac(store: &Store, who: &Identity, a: &Attrs) -> bool {
-    store.list("clusterrolebindings.rbac.authorization.k8s.io", None).iter().any(|b| {
-        b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, who))
-            && matches(cluster_role(b["roleRef"]["name"].as_str().unwrap_or("")), a)
+/// A stored role's rules (`rules: [{apiGroups, resources, verbs,
+/// resourceNames}]`), as RBAC evaluates them.
+fn stored_rules_match(role: &Value, a: &Attrs) -> bool {
+    let resource = match &a.sub {
+        Some(s) => format!("{}/{s}", a.resource),
+        None => a.resource.clone(),
+    };
+    let has = |list: &Value, want: &str| list.as_array().into_iter().flatten().any(|v| v == "*" || v == want);
+    role["rules"].as_array().into_iter().flatten().any(|rule| {
+        has(&rule["verbs"], &a.verb)
+            && has(&rule["apiGroups"], &a.group)
+            && has(&rule["resources"], &resource)
+            && match rule["resourceNames"].as_array().filter(|n| !n.is_empty()) {
+                None => true,
+                Some(names) => a.name.as_ref().is_some_and(|n| names.iter().any(|v| v == n.as_str())),
+            }
     })
+}
+
+/// What a binding's roleRef grants: a built-in ClusterRole, or a stored
+/// ClusterRole or (for a RoleBinding, in its namespace) Role.
+fn role_grants(store: &Store, role_ref: &Value, ns: &str, a: &Attrs) -> bool {
+    let name = role_ref["name"].as_str().unwrap_or("");
+    match role_ref["kind"].as_str() {
+        Some("Role") => store.get("roles.rbac.authorization.k8s.io", ns, name).is_some_and(|r| stored_rules_match(r, a)),
+        _ => {
+            matches(cluster_role(name), a)
+                || store.get("clusterroles.rbac.authorization.k8s.io", "", name).is_some_and(|r| stored_rules_match(r, a))
+        }
+    }
+}
+
+fn rbac(store: &Store, who: &Identity, a: &Attrs) -> bool {
+    let bound = |b: &Value| b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, who));
+    store.list("clusterrolebindings.rbac.authorization.k8s.io", None).iter().any(|b| bound(b) && role_grants(store, &b["roleRef"], "", a))
+        || a.ns.as_deref().is_some_and(|ns| {
+            store.list("rolebindings.rbac.authorization.k8s.io", Some(ns)).iter().any(|b| bound(b) && role_grants(store, &b["roleRef"], ns, a))
+        })
 }
 
 /// The node a user is, if it is one.

@@ -105,6 +105,9 @@ const RESOURCES: &[Resource] = &[
     Resource { group: "events.k8s.io", plural: "events", kind: "Event", namespaced: true },
     Resource { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
     Resource { group: "rbac.authorization.k8s.io", plural: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false },
+    Resource { group: "rbac.authorization.k8s.io", plural: "clusterroles", kind: "ClusterRole", namespaced: false },
+    Resource { group: "rbac.authorization.k8s.io", plural: "roles", kind: "Role", namespaced: true },
+    Resource { group: "rbac.authorization.k8s.io", plural: "rolebindings", kind: "RoleBinding", namespaced: true },
     Resource { group: "authorization.k8s.io", plural: "selfsubjectaccessreviews", kind: "SelfSubjectAccessReview", namespaced: false },
     Resource { group: "authorization.k8s.io", plural: "subjectaccessreviews", kind: "SubjectAccessReview", namespaced: false },
     Resource { group: "authentication.k8s.io", plural: "tokenreviews", kind: "TokenReview", namespaced: false },
@@ -277,9 +280,16 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         .as_ref()
         .and_then(|t| state.token_expiry.lock().unwrap().get(t).copied())
         .is_some_and(|exp| exp <= std::time::SystemTime::now());
+    // No credentials at all: system:anonymous, as an apiserver with
+    // anonymous auth on (its default, and kubeadm's: discovery reads
+    // kube-public/cluster-info so); RBAC decides what it may do. A token
+    // that is presented but unknown or expired is a 401.
+    let anonymous = who.is_none() && bearer.is_none();
     let who = who.or_else(|| bearer.filter(|_| !expired).and_then(|t| state.tokens.lock().unwrap().get(&t).cloned()));
-    let Some(who) = who else {
-        return status(401, "Unauthorized", "Unauthorized");
+    let who = match who {
+        Some(who) => who,
+        None if anonymous => Identity { user: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] },
+        None => return status(401, "Unauthorized", "Unauthorized"),
     };
     *state.requests.lock().unwrap().entry(who.user.clone()).or_default() += 1;
     if parts.uri.path() == "/version" {

@@ -88,7 +88,11 @@ impl ApiServer {
         let (id, _) = BOOTSTRAP_TOKEN.split_once('.').expect("token format");
         tokens.insert(
             BOOTSTRAP_TOKEN.to_string(),
-            Identity { user: format!("system:bootstrap:{id}"), groups: vec!["system:bootstrappers".into(), "system:authenticated".into()] },
+            // kubeadm's tokens carry its extra group (auth-extra-groups).
+            Identity {
+                user: format!("system:bootstrap:{id}"),
+                groups: vec!["system:bootstrappers".into(), "system:bootstrappers:kubeadm:default-node-token".into(), "system:authenticated".into()],
+            },
         );
         let kubelet_client = ca.client(authz::KUBELET_CLIENT, &[]);
         let state = Arc::new(State {
@@ -336,6 +340,63 @@ impl ApiServer {
         let mut g: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
         g.push("system:authenticated".into());
         self.state.tokens.lock().unwrap().insert(token.to_string(), Identity { user: user.to_string(), groups: g });
+    }
+
+    /// What `kubeadm init` leaves for nodes that join (its phases
+    /// bootstrap-token, upload-config and kubelet-start, v1.34): the
+    /// cluster-info ConfigMap anonymous discovery reads in kube-public, the
+    /// kubeadm-config and kubelet-config ConfigMaps (`kubelet` is the
+    /// KubeletConfiguration all nodes get) with the Roles that let the
+    /// joining token and the nodes read them, and the ClusterRole with
+    /// which the token checks for a Node of the same name.
+    pub fn kubeadm_init(&self, kubelet: &str, pod_subnet: &str) {
+        use serde_json::json;
+        let uid = handlers::uid;
+        let mut store = self.state.store.lock().unwrap();
+        let cm = |ns: &str, name: &str, data: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "uid": uid()}, "data": data})
+        };
+        let cluster_info = format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: \"\"\n\
+             contexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n",
+            self.ca_b64(),
+            self.url()
+        );
+        store.put("configmaps", "kube-public", "cluster-info", cm("kube-public", "cluster-info", json!({"kubeconfig": cluster_info})));
+        let cluster_config = format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.34.1\ncontrolPlaneEndpoint: {}\n\
+             certificatesDir: /etc/kubernetes/pki\nclusterName: kubernetes\nimageRepository: registry.k8s.io\n\
+             networking:\n  dnsDomain: cluster.local\n  podSubnet: {pod_subnet}\n  serviceSubnet: 10.96.0.0/12\n",
+            self.url().trim_start_matches("https://")
+        );
+        store.put("configmaps", "kube-system", "kubeadm-config", cm("kube-system", "kubeadm-config", json!({"ClusterConfiguration": cluster_config})));
+        store.put("configmaps", "kube-system", "kubelet-config", cm("kube-system", "kubelet-config", json!({"kubelet": kubelet})));
+        let rbac = "rbac.authorization.k8s.io";
+        let role = |ns: &str, name: &str, resource: &str, names: &[&str]| {
+            json!({"apiVersion": format!("{rbac}/v1"), "kind": "Role", "metadata": {"name": name, "namespace": ns, "uid": uid()},
+                "rules": [{"apiGroups": [""], "resources": [resource], "resourceNames": names, "verbs": ["get"]}]})
+        };
+        let binding = |kind: &str, ns: &str, name: &str, role_kind: &str, subjects: serde_json::Value| {
+            json!({"apiVersion": format!("{rbac}/v1"), "kind": kind, "metadata": {"name": name, "namespace": ns, "uid": uid()},
+                "roleRef": {"apiGroup": rbac, "kind": role_kind, "name": name}, "subjects": subjects})
+        };
+        let joiners = json!([
+            {"apiGroup": rbac, "kind": "Group", "name": "system:bootstrappers:kubeadm:default-node-token"},
+            {"apiGroup": rbac, "kind": "Group", "name": "system:nodes"}
+        ]);
+        for (ns, name, cm_name, subjects) in [
+            ("kube-public", "kubeadm:bootstrap-signer-clusterinfo", "cluster-info", json!([{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}])),
+            ("kube-system", "kubeadm:nodes-kubeadm-config", "kubeadm-config", joiners.clone()),
+            ("kube-system", "kubeadm:kubelet-config", "kubelet-config", joiners.clone()),
+        ] {
+            store.put(&format!("roles.{rbac}"), ns, name, role(ns, name, "configmaps", &[cm_name]));
+            store.put(&format!("rolebindings.{rbac}"), ns, name, binding("RoleBinding", ns, name, "Role", subjects));
+        }
+        let get_nodes = json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRole", "metadata": {"name": "kubeadm:get-nodes", "uid": uid()},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]});
+        store.put(&format!("clusterroles.{rbac}"), "", "kubeadm:get-nodes", get_nodes);
+        let b = binding("ClusterRoleBinding", "", "kubeadm:get-nodes", "ClusterRole", json!([{"apiGroup": rbac, "kind": "Group", "name": "system:bootstrappers:kubeadm:default-node-token"}]));
+        store.put(&format!("clusterrolebindings.{rbac}"), "", "kubeadm:get-nodes", b);
     }
 
     /// A kubeconfig for the bootstrap token, as kubeadm and the seed's
