@@ -63,6 +63,8 @@ install -D -m 0644 systemd/nodelet.env "$pkg/etc/default/nodelet"
 install -D -m 0644 manifests/kubelet-config.yaml "$pkg/etc/nodelet/kubelet-config.yaml"
 install -D -m 0644 manifests/kube-proxy-config.yaml "$pkg/etc/nodelet/kube-proxy-config.yaml"
 install -D -m 0644 README.md "$pkg/usr/share/doc/nodelet/README.md"
+install -d "$pkg/usr/share/doc/nodelet/docs"
+install -m 0644 docs/*.md "$pkg/usr/share/doc/nodelet/docs/"
 install -D -m 0644 systemd/debian/copyright "$pkg/usr/share/doc/nodelet/copyright"
 # kubelet's directories: its root dir and certificate dir (keys: owner only),
 # static pods, pod logs.

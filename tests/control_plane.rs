@@ -648,6 +648,14 @@ async fn kubeadm_join_runs_nodelet_in_kubelets_place_and_kube_proxy_keeps_it_sta
     eventually(30 * S, "nodelet's rules gone for kube-proxy", || async { (!proxied()).then_some(()) }).await;
     assert!(agent.log().contains("kube-proxy pod kube-system/kube-proxy-x7k2p is bound to this node: nodelet's Service proxy stands by"), "{}", agent.log());
     assert!(c.node.get_port(10256, "/healthz").is_none(), "10256 is free for kube-proxy");
+    // `nodelet explain` on the kube-proxy pod says so too.
+    let explain = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(["explain", "pod", "kube-system/kube-proxy-x7k2p", "--socket"])
+        .arg(on_host("/var/lib/kubelet/nodelet/status.sock"))
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&explain.stdout);
+    assert!(explained.contains("ServiceProxyStandby") && explained.contains("nodelet's Service proxy stands by"), "{explained}");
     system.delete("kube-proxy-x7k2p", &Default::default()).await.unwrap();
     eventually(60 * S, "nodelet's proxy back once kube-proxy is gone", || async { proxied().then_some(()) }).await;
     assert!(agent.log().contains("kube-proxy is gone from this node: nodelet's Service proxy takes the node over"));

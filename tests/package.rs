@@ -78,6 +78,7 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
         ("etc/nodelet/kube-proxy-config.yaml", 0o644),
         ("usr/share/doc/nodelet/README.md", 0o644),
         ("usr/share/doc/nodelet/copyright", 0o644),
+        ("usr/share/doc/nodelet/docs/operations.md", 0o644),
         ("etc/kubernetes/manifests", 0o755),
         ("var/lib/kubelet", 0o750),
         ("var/lib/kubelet/pki", 0o700),
@@ -156,5 +157,40 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
         "usr/lib/debug/.build-id",
     ] {
         assert!(!root.join(gone).exists(), "{gone} is left after purge");
+    }
+}
+
+/// README is one a newcomer reads in minutes; the rest is in docs/. Every
+/// relative link in them names a file of the repository (none outside it),
+/// and every anchor a heading of its file.
+#[test]
+fn the_readme_stays_short_and_its_links_and_the_docs_links_resolve() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    assert!(readme.lines().count() <= 300, "README.md has {} lines (at most 300; move the detail to docs/)", readme.lines().count());
+    let anchor = |heading: &str| -> String {
+        heading.trim().to_lowercase().chars().filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_').collect::<String>().replace(' ', "-")
+    };
+    let anchors = |text: &str| -> Vec<String> { text.lines().filter_map(|l| l.trim_start_matches('#').strip_prefix(' ').filter(|_| l.starts_with('#'))).map(anchor).collect() };
+    let link = regex::Regex::new(r"\]\(([^)#\s]*)(#[^)\s]*)?\)").unwrap();
+    let mut files = vec![repo.join("README.md")];
+    files.extend(std::fs::read_dir(repo.join("docs")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "md")));
+    assert!(files.len() >= 8, "docs/ has the documents: {files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(!text.contains("../shared") && !text.contains("(../../"), "{} refers outside the repository", file.display());
+        for cap in link.captures_iter(&text) {
+            let (target, frag) = (&cap[1], cap.get(2).map(|m| &m.as_str()[1..]));
+            if target.starts_with("http") {
+                continue;
+            }
+            let path = if target.is_empty() { file.clone() } else { file.parent().unwrap().join(target) };
+            let canon = path.canonicalize().unwrap_or_else(|_| panic!("{}: link to {target} names no file", file.display()));
+            assert!(canon.starts_with(repo.canonicalize().unwrap()), "{}: {target} is outside the repository", file.display());
+            if let Some(frag) = frag {
+                let there = std::fs::read_to_string(&canon).unwrap();
+                assert!(anchors(&there).iter().any(|a| a == frag), "{}: no heading #{frag} in {}", file.display(), canon.display());
+            }
+        }
     }
 }

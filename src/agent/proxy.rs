@@ -18,7 +18,7 @@ use crate::watchdog::{Beat, Watched};
 pub async fn start(
     p: ProxySettings,
     node_client: &kube::Client,
-    pods: tokio::sync::watch::Receiver<crate::pods::store::Statuses>,
+    pods: crate::proxy::run::NodePods,
     tasks: &mut Tasks,
     watched: &mut Vec<Watched>,
 ) -> Result<oneshot::Receiver<()>, AgentError> {

@@ -19,8 +19,8 @@ use super::run::Mode;
 /// The other proxy nodelet found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeProxy {
-    /// A kube-proxy pod bound to this node (namespace/name).
-    Pod(String),
+    /// A kube-proxy pod bound to this node: namespace/name, and its uid.
+    Pod(String, String),
     /// A kube-proxy process in this network namespace: pid and command line.
     Process(u32, String),
 }
@@ -28,7 +28,7 @@ pub enum KubeProxy {
 impl fmt::Display for KubeProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KubeProxy::Pod(p) => write!(f, "kube-proxy pod {p} is bound to this node"),
+            KubeProxy::Pod(p, _) => write!(f, "kube-proxy pod {p} is bound to this node"),
             KubeProxy::Process(pid, cmd) => write!(f, "kube-proxy runs on this node (pid {pid}: {cmd})"),
         }
     }
@@ -99,7 +99,10 @@ pub fn running_process(proc: &Path) -> Option<KubeProxy> {
 pub fn find_pod<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<KubeProxy> {
     pods.into_iter()
         .find(|p| is_kube_proxy(p))
-        .map(|p| KubeProxy::Pod(format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))))
+        .map(|p| {
+            let m = &p.metadata;
+            KubeProxy::Pod(format!("{}/{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")), m.uid.clone().unwrap_or_default())
+        })
 }
 
 /// Before nodelet's proxy programs a node (at its start, and when it takes
@@ -180,7 +183,7 @@ mod tests {
         let labelled = "metadata: {name: p, namespace: kube-system, labels: {k8s-app: kube-proxy}}\nspec: {hostNetwork: true, containers: [{name: c, image: 'mirror/kp:1'}]}\n";
         assert!(is_kube_proxy(&pod(labelled)));
         assert!(!is_kube_proxy(&pod(&labelled.replace("kube-system", "default"))));
-        let m = standby_message(&KubeProxy::Pod("kube-system/kube-proxy-x7k2p".into()));
+        let m = standby_message(&KubeProxy::Pod("kube-system/kube-proxy-x7k2p".into(), "u".into()));
         assert!(m.starts_with("kube-proxy pod kube-system/kube-proxy-x7k2p is bound to this node: nodelet's Service proxy stands by"), "{m}");
     }
 

@@ -147,15 +147,25 @@ const FULL_RESYNC: Duration = Duration::from_secs(3600);
 /// Runs the proxy until the process ends.
 /// Runs the proxy; `first_sync` hears once the first complete set of rules
 /// has been applied (printed, in a dry run).
-/// `pods`: the pods this node runs (kube-proxy among them makes the proxy
-/// stand by, see other.rs).
+/// The node's pods as the proxy sees them: kube-proxy among them makes the
+/// proxy stand by (other.rs), which it notes in that pod's trail for
+/// `nodelet explain`.
+pub struct NodePods {
+    pub statuses: tokio::sync::watch::Receiver<crate::pods::store::Statuses>,
+    pub trails: Arc<crate::explain::Trails>,
+}
+
 pub async fn run(
     client: kube::Client,
     s: ProxySettings,
     mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
     beat: crate::watchdog::Beat,
-    mut pods: Option<tokio::sync::watch::Receiver<crate::pods::store::Statuses>>,
+    node_pods: Option<NodePods>,
 ) {
+    let (mut pods, trails) = match node_pods {
+        Some(n) => (Some(n.statuses), Some(n.trails)),
+        None => (None, None),
+    };
     let health = Arc::new(Health::default());
     let mut health_server = None;
     if s.mode != Mode::None
@@ -254,6 +264,9 @@ pub async fn run(
         match (&standing_by, found) {
             (None, Some(k)) => {
                 tracing::error!("{}", other::standby_message(&k));
+                if let (KubeProxy::Pod(_, uid), Some(trails)) = (&k, &trails) {
+                    trails.push(uid, crate::pods::events::EventType::Normal, "ServiceProxyStandby", &other::standby_message(&k));
+                }
                 if !s.dry_run {
                     // Its ports are kube-proxy's too (10256, 10249).
                     for server in [health_server.take(), metrics_server.take()].into_iter().flatten() {
