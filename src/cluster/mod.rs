@@ -98,7 +98,57 @@ pub async fn join(cs: &ClusterSettings, node: &str, dry_run: bool) -> Result<Joi
     let cert = creds.cert.as_ref().map(|c| c.0.clone());
     let client = client::build_at(creds.kubeconfig.clone(), cert.clone(), cs.api_rate).await?;
     let heartbeat = client::build_heartbeat(creds.kubeconfig, cert).await?;
+    // Kubernetes' version-skew policy, said once (it stops nothing: nodelet
+    // keeps to what the apiserver serves).
+    let check = client.clone();
+    tokio::spawn(async move {
+        match check.apiserver_version().await {
+            Ok(v) => match skew_note(&v.major, &v.minor, &v.git_version) {
+                Some(note) => tracing::warn!("{note}"),
+                None => tracing::info!(apiserver = %v.git_version, kubelet = crate::kubelet_version!(), "within the version-skew policy"),
+            },
+            Err(e) => tracing::debug!(error = %e, "reading the apiserver's version failed"),
+        }
+    });
     Ok(Joined { client, heartbeat, cert: creds.cert })
+}
+
+/// What Kubernetes' version-skew policy says of a kubelet at nodelet's
+/// release beside an apiserver at `major.minor`: a kubelet must not be newer
+/// than kube-apiserver, and may be up to three minor versions older. `None`
+/// within it (or when the apiserver's version cannot be read).
+pub fn skew_note(major: &str, minor: &str, git_version: &str) -> Option<String> {
+    let own: u32 = crate::kubernetes_version!().trim_start_matches("v1.").split('.').next()?.parse().ok()?;
+    let minor: u32 = minor.trim_end_matches('+').parse().ok()?;
+    if major != "1" {
+        return None;
+    }
+    let kubelet = crate::kubelet_version!();
+    if minor < own {
+        Some(format!(
+            "the apiserver is {git_version}, older than the kubelet nodelet reports ({kubelet}): outside Kubernetes' version-skew \
+             policy (a kubelet must not be newer than kube-apiserver); nodelet keeps to the API the apiserver serves"
+        ))
+    } else if minor > own + 3 {
+        Some(format!(
+            "the apiserver is {git_version}, more than three minor versions newer than the kubelet nodelet reports ({kubelet}): \
+             outside Kubernetes' version-skew policy; upgrade nodelet"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod skew_tests {
+    #[test]
+    fn the_version_skew_policy_of_a_v1_34_kubelet() {
+        assert_eq!(super::skew_note("1", "34", "v1.34.1"), None);
+        assert_eq!(super::skew_note("1", "37+", "v1.37.0-eks"), None);
+        assert!(super::skew_note("1", "24", "v1.24.17").unwrap().contains("must not be newer than kube-apiserver"));
+        assert!(super::skew_note("1", "38", "v1.38.0").unwrap().contains("more than three minor versions newer"));
+        assert_eq!(super::skew_note("1", "x", "?"), None);
+    }
 }
 
 /// What cluster mode runs beside the pod manager.
