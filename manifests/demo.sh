@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 tests/setup.sh
-cargo build --locked --bin nodelet
-nodelet=$repo/target/debug/nodelet
+# The release build: the binary the package ships (the first build takes
+# several minutes on 2 cores).
+cargo build --locked --release --bin nodelet
+nodelet=$repo/target/release/nodelet
 tests/images/build.sh target/test-images >/dev/null
 
 demo=/tmp/nodelet-demo
@@ -76,6 +78,8 @@ setsid nsenter --net="/run/netns/$ns" "$nodelet" --config "$demo/kubelet.yaml" -
 agent=$!
 echo "demo: nodelet runs the pods in manifests/static (its log: $demo/nodelet.log; pod logs: $demo/logs)"
 echo "demo: edit or remove files in manifests/static to see pods change; Ctrl-C to stop"
+echo "demo: from any terminal on this host (as root): $nodelet pods --socket $demo/kubelet/nodelet/status.sock"
+echo "demo:   or: $nodelet explain pod web --socket $demo/kubelet/nodelet/status.sock"
 seen=0
 while kill -0 "$agent" 2>/dev/null; do
   sleep 5

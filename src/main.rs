@@ -537,7 +537,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
 async fn local_get(socket: &std::path::Path, path: &str) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
     use http_body_util::BodyExt;
     let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot reach nodelet at {} (is it running, and are you root?)", socket.display())
+        format!("cannot reach nodelet at {} (is it running, and are you root? a nodelet with another --root-dir: --socket <root-dir>/nodelet/status.sock)", socket.display())
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
