@@ -529,6 +529,14 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     if a.strict && !unused.is_empty() {
         anyhow::bail!("--strict: configuration fields nodelet does not use: {}", unused.join(", "));
     }
+    if a.strict
+        && let Some(dir) = &settings.static_pod_path
+    {
+        let problems = nodelet::pods::source::file::FileSource::check(dir.clone(), settings.node_name.clone());
+        if !problems.is_empty() {
+            anyhow::bail!("--strict: static pod manifests: {}", problems.join("; "));
+        }
+    }
     nodelet::agent::run(settings, proxy, shutdown_signal()).await?;
     Ok(())
 }

@@ -1044,6 +1044,39 @@ fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
     assert!(ok, "kubelet's defaults pass --strict: {out}");
     let (ok, out) = run("maxPods: 20\n", true);
     assert!(ok, "every field used: --strict passes: {out}");
+
+    // Static pod manifests the same way: a field one slip from a real one
+    // refuses that pod, naming file, field and the one meant; an unknown
+    // one is a warning; --strict fails on either.
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let pod = |extra: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n{extra}")
+    };
+    let run_manifests = |strict: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
+        cmd.args(["--dry-run", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock", "--root-dir"])
+            .arg(tmp.path().join("kubelet"))
+            .arg("--pod-manifest-path")
+            .arg(&manifests);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    std::fs::write(manifests.join("web.yaml"), pod("    imagePullPolcy: Never\n")).unwrap();
+    let (_, out) = run_manifests(false);
+    assert!(out.contains("web.yaml") && out.contains("spec.containers[0].imagePullPolcy: unknown field; did you mean \"imagePullPolicy\"?"), "{out}");
+    assert!(!out.contains("CreateContainer"), "the misspelt pod is not started: {out}");
+    std::fs::write(manifests.join("web.yaml"), pod("    colour: blue\n")).unwrap();
+    let (ok, out) = run_manifests(false);
+    assert!(ok && out.contains("spec.containers[0].colour: unknown field") && out.contains("CreateContainer"), "a warning, and the pod runs: {out}");
+    let (ok, out) = run_manifests(true);
+    assert!(!ok && out.contains("--strict: static pod manifests:") && out.contains("colour: unknown field"), "{out}");
+    std::fs::write(manifests.join("web.yaml"), pod("")).unwrap();
+    let (ok, out) = run_manifests(true);
+    assert!(ok, "a clean manifest passes --strict: {out}");
 }
 
 /// `--version` names nodelet's version, the commit built and the Kubernetes

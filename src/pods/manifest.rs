@@ -492,11 +492,18 @@ pub fn load_static(bytes: &[u8], node_name: &str, origin: &StaticOrigin) -> Resu
 pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -> Result<(Pod, Vec<String>), ManifestError> {
     let pod = make_static(decoded.pod, node_name, origin);
     let mut errors = validate(&pod, true);
+    // A field one slip from a real one is a mistake, not an extension: the
+    // pod would run without what it meant (a probe, a pull policy).
+    let (typos, unknown): (Vec<String>, Vec<String>) = decoded.unknown_fields.into_iter().partition(|f| fields::meant(f).is_some());
+    for f in &typos {
+        let meant = fields::meant(f).unwrap_or_default();
+        errors.push(FieldError::new(f, format!("unknown field; did you mean {meant:?}?")));
+    }
     errors.extend(not_yet_supported(&pod));
     if !errors.is_empty() {
         return Err(ManifestError::Invalid { origin: origin.location().to_string(), errors });
     }
-    let warnings = decoded.unknown_fields.into_iter().map(|f| format!("{f}: unknown field")).collect();
+    let warnings = unknown.into_iter().map(|f| format!("{f}: unknown field")).collect();
     Ok((pod, warnings))
 }
 
@@ -578,6 +585,8 @@ pub fn not_yet_supported(pod: &Pod) -> Vec<FieldError> {
     }
     refused
 }
+
+pub mod fields;
 
 #[cfg(test)]
 mod tests;

@@ -99,10 +99,16 @@ fn json_manifests_work_too() {
 }
 
 #[test]
-fn unknown_fields_are_reported() {
-    let yaml = WEB.replace("    command:", "    imagePullPolcy: Always\n    command:");
+fn unknown_fields_are_reported_and_a_misspelt_one_is_an_error_that_says_which_was_meant() {
+    // Nothing like any field of a container: a warning (kubelet's decoder
+    // drops it silently).
+    let yaml = WEB.replace("    command:", "    colour: blue\n    command:");
     let (_, unknown) = load_static(yaml.as_bytes(), NODE, &file()).unwrap();
-    assert_eq!(unknown, vec!["spec.containers[0].imagePullPolcy: unknown field".to_string()]);
+    assert_eq!(unknown, vec!["spec.containers[0].colour: unknown field".to_string()]);
+    // One slip from imagePullPolicy: the pod is refused, naming the field.
+    let yaml = WEB.replace("    command:", "    imagePullPolcy: Always\n    command:");
+    let e = load_static(yaml.as_bytes(), NODE, &file()).unwrap_err().to_string();
+    assert!(e.contains("spec.containers[0].imagePullPolcy: unknown field; did you mean \"imagePullPolicy\"?"), "{e}");
 }
 
 #[test]

@@ -68,6 +68,14 @@ impl FileSource {
         self
     }
 
+    /// `--dry-run --strict`: everything one reading of `dir` finds to
+    /// say (invalid manifests, misspelt and unknown fields, duplicates).
+    pub fn check(dir: PathBuf, node_name: String) -> Vec<String> {
+        let mut source = Self::new(dir, node_name, Duration::from_secs(20)).missing_is_error();
+        source.scan();
+        source.problems.all()
+    }
+
     /// Reads the directory; `None` when it cannot be listed (the last set
     /// stands).
     pub fn scan(&mut self) -> Option<Vec<Pod>> {

@@ -109,6 +109,13 @@ impl Problems {
     }
 
     /// The current errors (not the warnings), sorted.
+    /// Every problem, errors and warnings, sorted.
+    pub fn all(&self) -> Vec<String> {
+        let mut e: Vec<String> = self.0.values().map(|(m, _)| m.clone()).collect();
+        e.sort();
+        e
+    }
+
     pub fn errors(&self) -> Vec<String> {
         let mut e: Vec<String> = self.0.values().filter(|(_, warn)| !warn).map(|(m, _)| m.clone()).collect();
         e.sort();
