@@ -10,6 +10,8 @@ tests/setup.sh
 # keeps them so. Other lints report but do not fail the run.
 rustup component add clippy >/dev/null 2>&1 || true
 cargo clippy --locked --all-targets --features test-hooks -- -A clippy::all
+# The figures README and docs/ quote are docs/figures.txt's (docs/figures.sh).
+docs/figures.sh --check
 # --no-fail-fast: every test binary runs and reports, even after a failure.
 log=$(mktemp /tmp/nodelet-tests.XXXXXX.log)
 # Tests that cannot check their claim on this host say so (support::skip);
