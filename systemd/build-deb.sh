@@ -66,6 +66,7 @@ install -D -m 0644 README.md "$pkg/usr/share/doc/nodelet/README.md"
 install -d "$pkg/usr/share/doc/nodelet/docs"
 install -m 0644 docs/*.md "$pkg/usr/share/doc/nodelet/docs/"
 install -D -m 0644 systemd/debian/copyright "$pkg/usr/share/doc/nodelet/copyright"
+install -D -m 0644 manifests/nodelet-rbac.yaml "$pkg/usr/share/doc/nodelet/nodelet-rbac.yaml"
 # kubelet's directories: its root dir and certificate dir (keys: owner only),
 # static pods, pod logs.
 install -d -m 0755 "$pkg/etc/kubernetes/manifests" "$pkg/var/log/pods" "$pkg/var/log/containers"

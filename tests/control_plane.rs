@@ -598,8 +598,11 @@ async fn kubeadm_join_runs_nodelet_in_kubelets_place_and_kube_proxy_keeps_it_sta
         std::fs::read_to_string(on_host("/etc/kubernetes/kubelet.conf")).ok()
     })
     .await;
+    // (kubeadm v1.33 and older then annotated the Node with its CRI socket,
+    // retrying until the Node is registered; with the node's credentials.)
     let as_node = support::apiserver::client_in_netns(&kubelet_conf, &c.node.netns).await;
-    Api::<KubeNode>::all(as_node).get(&node_name).await.expect("the node's own credentials work");
+    let nodes = Api::<KubeNode>::all(as_node);
+    eventually(30 * S, "the Node, read with the node's own credentials", || async { nodes.get(&node_name).await.ok() }).await;
     std::fs::remove_file(on_host("/etc/kubernetes/bootstrap-kubelet.conf")).unwrap();
 
     // A joined node: Ready, reporting kubelet's version, with nodelet's
@@ -677,4 +680,91 @@ async fn kubeadm_join_runs_nodelet_in_kubelets_place_and_kube_proxy_keeps_it_sta
     process.wait().unwrap();
     eventually(30 * S, "nodelet's proxy back once the process is gone", || async { proxied().then_some(()) }).await;
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_start_node_from_the_packaged_files_joins_with_only_the_readmes_steps() {
+    // README's "On a node", step by step, with the files the package
+    // installs (systemd/, manifests/): the bootstrap files from `nodelet
+    // bootstrap-kubeconfig`, the RBAC manifest applied, then the unit as
+    // systemd runs it. The node's absolute paths live under `host`; the
+    // operator's /etc/default/nodelet adds only this node's address and
+    // where its cgroups and logs go (tests never touch the host's).
+    let c = Cluster::start().await;
+    c.api.set_auto_approve(true);
+    let repo = support::repo();
+    let host = c.dir().join("host");
+    let on_host = |p: &str| host.join(p.trim_start_matches('/'));
+    let rebase = |s: &str| {
+        ["/etc/kubernetes", "/var/lib/kubelet", "/etc/nodelet", "/etc/default", "/usr/bin", "/var/log", "/run/containerd"]
+            .iter()
+            .fold(s.to_string(), |s, p| s.replace(p, &on_host(p).display().to_string()))
+    };
+    // What the package installs.
+    for d in ["usr/bin", "etc/kubernetes/manifests", "etc/nodelet", "var/lib/kubelet/pki", "etc/default", "var/log/pods", "var/log/containers", "run/containerd"] {
+        std::fs::create_dir_all(host.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_nodelet"), on_host("/usr/bin/nodelet")).unwrap();
+    for f in ["kubelet-config.yaml", "kube-proxy-config.yaml"] {
+        let text = std::fs::read_to_string(repo.join("manifests").join(f)).unwrap();
+        std::fs::write(on_host(&format!("/etc/nodelet/{f}")), rebase(&text)).unwrap();
+    }
+    let env = std::fs::read_to_string(repo.join("systemd/nodelet.env")).unwrap();
+    let node_name = c.node.node_name();
+    let env = env.replace(
+        "--v=0\"",
+        &format!(
+            "--v=2 --node-ip {} --hostname-override {node_name} --cgroup-root {} --root-dir /var/lib/kubelet --container-logs-dir /var/log/containers\"",
+            support::cluster::NODE_IP,
+            c.node.cgroup_root
+        ),
+    );
+    std::fs::write(on_host("/etc/default/nodelet"), env).unwrap();
+    // containerd's socket where the packaged config looks for it.
+    std::os::unix::fs::symlink(c.node.endpoint.trim_start_matches("unix://"), on_host("/run/containerd/containerd.sock")).unwrap();
+
+    // 1. nodelet bootstrap-kubeconfig --server --ca-file --token.
+    let ca = c.dir().join("cluster-ca.crt");
+    std::fs::write(&ca, c.api.ca_pem()).unwrap();
+    let out = std::process::Command::new(on_host("/usr/bin/nodelet"))
+        .args(["bootstrap-kubeconfig", "--server", &c.api.url(), "--token", support::apiserver::BOOTSTRAP_TOKEN, "--ca-file"])
+        .arg(&ca)
+        .arg("--kubeconfig")
+        .arg(on_host("/etc/kubernetes/bootstrap-kubelet.conf"))
+        .arg("--ca-out")
+        .arg(on_host("/etc/kubernetes/pki/ca.crt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // 2. kubectl apply -f manifests/nodelet-rbac.yaml.
+    let rbac: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(repo.join("manifests/nodelet-rbac.yaml")).unwrap()).unwrap();
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(rbac).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+    // 3. systemctl start nodelet: the packaged unit as systemd runs it.
+    let unit = std::fs::read_to_string(repo.join("systemd/nodelet.service")).unwrap();
+    let (words, env) = systemd_exec(&[&unit], &|p| std::fs::read_to_string(on_host(p)).ok());
+    assert_eq!(words[0], "/usr/bin/nodelet");
+    let args: Vec<String> = words[1..].iter().map(|w| rebase(w)).collect();
+    let env: Vec<(String, std::ffi::OsString)> = env.into_iter().map(|(k, v)| (k, rebase(&v).into())).collect();
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+    let agent = c.node.spawn_agent(&on_host("/usr/bin/nodelet"), args, &env);
+
+    // Joined: Ready, the node API checking clients against the CA the
+    // bootstrap command wrote, a pod running, the Services programmed.
+    eventually(60 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    assert!(on_host("/etc/kubernetes/kubelet.conf").exists());
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &pod("web", &node_name, serde_json::json!({}))).await.unwrap();
+    eventually(60 * S, "pod web running", || async {
+        let p = pods.get("web").await.ok()?;
+        p.status?.container_statuses?.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).then_some(())
+    })
+    .await;
+    eventually(30 * S, "the kubernetes Service programmed", || async {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &c.node.netns, "iptables-save"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).contains("default/kubernetes:https").then_some(())
+    })
+    .await;
+    let log = agent.log();
+    assert!(log.contains("the proxy role has every permission it needs"), "the RBAC manifest is enough for the proxy: {log}");
 }

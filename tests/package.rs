@@ -79,6 +79,7 @@ fn the_deb_installs_its_binary_units_configs_and_directories_and_purges_clean() 
         ("usr/share/doc/nodelet/README.md", 0o644),
         ("usr/share/doc/nodelet/copyright", 0o644),
         ("usr/share/doc/nodelet/docs/operations.md", 0o644),
+        ("usr/share/doc/nodelet/nodelet-rbac.yaml", 0o644),
         ("etc/kubernetes/manifests", 0o755),
         ("var/lib/kubelet", 0o750),
         ("var/lib/kubelet/pki", 0o700),

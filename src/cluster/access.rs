@@ -74,7 +74,7 @@ pub const NODE_GRANT: &str = "the Node authorizer grants it to a user system:nod
     (kube-apiserver --authorization-mode=Node,RBAC); check the subject of the node's client certificate";
 /// Where the proxy role's rights come from when it runs as the node.
 pub const PROXY_AS_NODE_GRANT: &str = "bind ClusterRole system:node-proxier to Group system:nodes \
-    (kubectl create clusterrolebinding nodelet-node-proxier --clusterrole=system:node-proxier --group=system:nodes), \
+    (kubectl apply -f nodelet-rbac.yaml: manifests/ in nodelet's source, /usr/share/doc/nodelet/ on the node), \
     or set clientConnection.kubeconfig in the KubeProxyConfiguration to kube-proxy's kubeconfig";
 /// Where the proxy role's rights come from with its own kubeconfig.
 pub const PROXY_OWN_GRANT: &str = "bind ClusterRole system:node-proxier to the user of clientConnection.kubeconfig \
