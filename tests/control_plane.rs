@@ -433,6 +433,15 @@ fn the_harness_defaults_pods_as_the_apiserver_and_nodelet_agrees() {
     assert!(nodelet::pods::manifest::not_yet_supported(&typed).iter().any(|e| e.to_string().contains("spec.resources")));
 }
 
+/// Waits until pod `name`'s container runs, as the apiserver has it.
+async fn running(pods: &Api<Pod>, name: &str) {
+    eventually(60 * S, &format!("pod {name} running"), || async {
+        let p = pods.get(name).await.ok()?;
+        p.status?.container_statuses?.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).then_some(())
+    })
+    .await;
+}
+
 /// The command line systemd runs for a service made of `units` (the unit
 /// and its drop-ins, in order): `Environment=` (a quoted or bare
 /// `KEY=value`), `EnvironmentFile=` (read by `read`; `-` for optional;
@@ -613,11 +622,7 @@ async fn kubeadm_join_runs_nodelet_in_kubelets_place_and_kube_proxy_keeps_it_sta
     assert_eq!(node.metadata.labels.unwrap().get("nodelet.io/service-proxy").map(String::as_str), Some("iptables"));
     let pods = c.pods("default");
     pods.create(&PostParams::default(), &pod("web", &node_name, serde_json::json!({}))).await.unwrap();
-    eventually(60 * S, "pod web running", || async {
-        let p = pods.get("web").await.ok()?;
-        p.status?.container_statuses?.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).then_some(())
-    })
-    .await;
+    running(&pods, "web").await;
     // The kubernetes Service's rule, in the node's network namespace.
     let proxied = || {
         let out = std::process::Command::new("ip").args(["netns", "exec", &c.node.netns, "iptables-save"]).output().unwrap();
@@ -755,11 +760,7 @@ async fn a_quick_start_node_from_the_packaged_files_joins_with_only_the_readmes_
     assert!(on_host("/etc/kubernetes/kubelet.conf").exists());
     let pods = c.pods("default");
     pods.create(&PostParams::default(), &pod("web", &node_name, serde_json::json!({}))).await.unwrap();
-    eventually(60 * S, "pod web running", || async {
-        let p = pods.get("web").await.ok()?;
-        p.status?.container_statuses?.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).then_some(())
-    })
-    .await;
+    running(&pods, "web").await;
     eventually(30 * S, "the kubernetes Service programmed", || async {
         let out = std::process::Command::new("ip").args(["netns", "exec", &c.node.netns, "iptables-save"]).output().ok()?;
         String::from_utf8_lossy(&out.stdout).contains("default/kubernetes:https").then_some(())

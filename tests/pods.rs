@@ -1019,19 +1019,23 @@ async fn a_full_image_filesystem_loses_its_unused_images_down_to_the_low_thresho
 #[test]
 fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |body: &str, strict: bool| {
-        let config = tmp.path().join("kubelet-config.yaml");
-        std::fs::write(&config, format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{body}")).unwrap();
+    // A dry run with `flag PATH`: whether it succeeded, and what it said.
+    let dry_run = |flag: &str, path: &std::path::Path, strict: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
         cmd.args(["--dry-run", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock", "--root-dir"])
             .arg(tmp.path().join("kubelet"))
-            .arg("--config")
-            .arg(&config);
+            .arg(flag)
+            .arg(path);
         if strict {
             cmd.arg("--strict");
         }
         let out = cmd.output().unwrap();
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let run = |body: &str, strict: bool| {
+        let config = tmp.path().join("kubelet-config.yaml");
+        std::fs::write(&config, format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{body}")).unwrap();
+        dry_run("--config", &config, strict)
     };
     let (ok, out) = run("evictonHard: {memory.available: 100Mi}\n", false);
     assert!(!ok && out.contains("evictonHard") && out.contains("did you mean \"evictionHard\""), "{out}");
@@ -1053,18 +1057,7 @@ fn a_misspelt_config_field_is_an_error_and_strict_fails_on_unused_ones() {
     let pod = |extra: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: app\n    image: nodelet.local/busybox:1\n{extra}")
     };
-    let run_manifests = |strict: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"));
-        cmd.args(["--dry-run", "--healthz-port", "0", "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock", "--root-dir"])
-            .arg(tmp.path().join("kubelet"))
-            .arg("--pod-manifest-path")
-            .arg(&manifests);
-        if strict {
-            cmd.arg("--strict");
-        }
-        let out = cmd.output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-    };
+    let run_manifests = |strict: bool| dry_run("--pod-manifest-path", &manifests, strict);
     std::fs::write(manifests.join("web.yaml"), pod("    imagePullPolcy: Never\n")).unwrap();
     let (_, out) = run_manifests(false);
     assert!(out.contains("web.yaml") && out.contains("spec.containers[0].imagePullPolcy: unknown field; did you mean \"imagePullPolicy\"?"), "{out}");
