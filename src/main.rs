@@ -249,6 +249,11 @@ struct RunArgs {
     /// the image named is kept from image garbage collection, as kubelet does.
     #[arg(long)]
     pod_infra_container_image: Option<String>,
+    /// `external` (the cloud's controller manager initializes the Node:
+    /// nodelet registers it with the uninitialized taint and leaves its
+    /// addresses to it), or empty. kubelet has no in-tree providers now.
+    #[arg(long)]
+    cloud_provider: Option<String>,
     /// Comma-separated node IPs (status.hostIP); default: the default route's.
     #[arg(long)]
     node_ip: Option<String>,
@@ -462,6 +467,7 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         seccomp_default: a.seccomp_default,
         fail_swap_on: a.fail_swap_on,
         pod_infra_container_image: a.pod_infra_container_image,
+        cloud_provider: a.cloud_provider,
         node_ip: a.node_ip,
         crash_loop_backoff_initial: a.crash_loop_backoff_initial,
         image_gc_high_threshold: a.image_gc_high_threshold,

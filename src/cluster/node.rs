@@ -40,7 +40,18 @@ pub struct NodeFacts {
     pub info: NodeSystemInfo,
     /// The node API's port (daemonEndpoints.kubeletEndpoint).
     pub port: i32,
+    /// Annotations the Node is registered with.
+    pub annotations: BTreeMap<String, String>,
+    /// `--cloud-provider=external`: addresses the cloud's controller manager
+    /// set are kept (status).
+    pub external_cloud: bool,
 }
+
+/// The taint kubelet registers a Node with under `--cloud-provider=external`,
+/// which the cloud's controller manager removes once it has initialized it.
+pub const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+/// Where kubelet puts `--node-ip` for the cloud's controller manager.
+pub const PROVIDED_NODE_IP: &str = "alpha.kubernetes.io/provided-node-ip";
 
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
@@ -70,7 +81,16 @@ impl NodeFacts {
     /// Facts from this machine.
     pub fn gather(node: &NodeContext, cs: &ClusterSettings, max_pods: u32, runtime_version: &str) -> Self {
         let name = node.node_name.as_str();
-        let (extra_labels, taints) = (&cs.node_labels, cs.register_with_taints.clone());
+        let (extra_labels, mut taints) = (&cs.node_labels, cs.register_with_taints.clone());
+        let mut annotations = BTreeMap::from([("volumes.kubernetes.io/controller-managed-attach-detach".to_string(), "true".to_string())]);
+        if let Some(cloud) = &cs.external_cloud {
+            if !taints.iter().any(|t| t.key == UNINITIALIZED_TAINT) {
+                taints.push(Taint { key: UNINITIALIZED_TAINT.into(), value: Some("true".into()), effect: "NoSchedule".into(), time_added: None });
+            }
+            if let Some(ip) = &cloud.provided_node_ip {
+                annotations.insert(PROVIDED_NODE_IP.into(), ip.clone());
+            }
+        }
         let (node_ips, root_dir) = (&node.host_ips, node.root_dir.as_path());
         let (cpu_millis, memory_bytes) = (node.cpu_capacity_millis, node.memory_capacity_bytes);
         let mut labels = BTreeMap::from([
@@ -107,6 +127,11 @@ impl NodeFacts {
         let mut addresses: Vec<NodeAddress> =
             node_ips.iter().map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.clone() }).collect();
         addresses.push(NodeAddress { type_: "Hostname".into(), address: name.to_string() });
+        // With an external cloud provider and no --node-ip, the addresses
+        // are the cloud controller's alone (kubelet's NodeAddress setter).
+        if cs.external_cloud.as_ref().is_some_and(|c| c.provided_node_ip.is_none()) {
+            addresses.clear();
+        }
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default();
         let info = NodeSystemInfo {
             architecture: go_arch().into(),
@@ -121,7 +146,7 @@ impl NodeFacts {
             system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
             ..Default::default()
         };
-        Self { name: name.into(), labels, taints, allocatable, capacity, addresses, info, port: KUBELET_PORT }
+        Self { name: name.into(), labels, taints, allocatable, capacity, addresses, info, port: KUBELET_PORT, annotations, external_cloud: cs.external_cloud.is_some() }
     }
 
     /// The Node to create.
@@ -129,8 +154,7 @@ impl NodeFacts {
         let mut node = Node::default();
         node.metadata.name = Some(self.name.clone());
         node.metadata.labels = Some(self.labels.clone());
-        node.metadata.annotations =
-            Some(BTreeMap::from([("volumes.kubernetes.io/controller-managed-attach-detach".into(), "true".into())]));
+        node.metadata.annotations = Some(self.annotations.clone());
         node.spec = Some(NodeSpec { taints: (!self.taints.is_empty()).then(|| self.taints.clone()), ..Default::default() });
         node
     }
@@ -197,7 +221,12 @@ pub fn status(
         capacity: Some(facts.capacity.clone()),
         allocatable: Some(facts.allocatable.clone()),
         conditions: Some(conditions),
-        addresses: Some(facts.addresses.clone()),
+        // Under an external cloud provider, once its controller has set the
+        // addresses they are the Node's (kubelet's NodeAddress setter).
+        addresses: Some(match previous.and_then(|p| p.addresses.as_ref()).filter(|a| facts.external_cloud && !a.is_empty()) {
+            Some(set_by_cloud) => set_by_cloud.clone(),
+            None => facts.addresses.clone(),
+        }),
         daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: facts.port }) }),
         node_info: Some(facts.info.clone()),
         ..Default::default()
@@ -461,8 +490,52 @@ mod tests {
             rotate_certificates: true,
             api_rate: crate::config::Rate { qps: 50, burst: 100 },
             event_rate: None,
+            external_cloud: None,
         };
         NodeFacts::gather(&node, &cs, 110, "containerd://1.6.20")
+    }
+
+    #[test]
+    fn an_external_cloud_provider_initializes_the_node() {
+        let mut node = NodeContext::for_tests("n1");
+        node.host_ips = vec!["10.0.0.9".into()];
+        node.root_dir = "/".into();
+        let cs = |ip: Option<&str>| ClusterSettings {
+            kubeconfig: "/k".into(),
+            bootstrap_kubeconfig: None,
+            cert_dir: "/pki".into(),
+            node_labels: BTreeMap::new(),
+            register_with_taints: vec![],
+            status_update: Duration::from_secs(10),
+            status_report: Duration::from_secs(300),
+            lease_duration_seconds: 40,
+            rotate_certificates: true,
+            api_rate: crate::config::Rate { qps: 50, burst: 100 },
+            event_rate: None,
+            external_cloud: Some(crate::config::ExternalCloud { provided_node_ip: ip.map(str::to_string) }),
+        };
+        // With --node-ip: registered tainted, the IP offered to the cloud
+        // controller, and used until the controller sets the addresses.
+        let f = NodeFacts::gather(&node, &cs(Some("10.0.0.9")), 110, "containerd://1.6.20");
+        let n = f.object();
+        let taints = n.spec.unwrap().taints.unwrap();
+        assert_eq!((taints[0].key.as_str(), taints[0].value.as_deref(), taints[0].effect.as_str()), (UNINITIALIZED_TAINT, Some("true"), "NoSchedule"));
+        assert_eq!(n.metadata.annotations.unwrap()[PROVIDED_NODE_IP], "10.0.0.9");
+        let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
+        let now = Timestamp::now();
+        let mine = status(&f, &ready, &Pressure::default(), false, None, now);
+        assert_eq!(mine.addresses.as_ref().unwrap()[0].address, "10.0.0.9");
+        let cloud = NodeStatus {
+            addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: "172.31.5.7".into() }, NodeAddress { type_: "ExternalIP".into(), address: "3.4.5.6".into() }]),
+            ..Default::default()
+        };
+        let kept = status(&f, &ready, &Pressure::default(), false, Some(&cloud), now);
+        assert_eq!(kept.addresses, cloud.addresses, "the cloud controller's addresses stay");
+        // Without --node-ip: no addresses of nodelet's at all.
+        let f = NodeFacts::gather(&node, &cs(None), 110, "containerd://1.6.20");
+        assert!(f.addresses.is_empty() && !f.annotations.contains_key(PROVIDED_NODE_IP));
+        // Not external: as before.
+        assert!(facts().taints.is_empty() && !facts().external_cloud);
     }
 
     #[test]

@@ -254,6 +254,17 @@ pub struct ClusterSettings {
     pub api_rate: Rate,
     /// Events' rate (`eventRecordQPS`, `eventBurst`; 50, 100); None: no limit.
     pub event_rate: Option<Rate>,
+    /// `--cloud-provider=external`: the cloud's controller manager
+    /// initializes the Node (its addresses, the uninitialized taint taken
+    /// off); with it, `--node-ip` as given (the provided-node-ip annotation).
+    pub external_cloud: Option<ExternalCloud>,
+}
+
+/// What `--cloud-provider=external` changes in the Node nodelet registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalCloud {
+    /// `--node-ip` as the flag gave it, if it did.
+    pub provided_node_ip: Option<String>,
 }
 
 /// A request rate: per second, and the burst above it.
@@ -326,6 +337,7 @@ pub struct Overrides {
     pub seccomp_default: Option<bool>,
     pub fail_swap_on: Option<bool>,
     pub pod_infra_container_image: Option<String>,
+    pub cloud_provider: Option<String>,
     pub node_ip: Option<String>,
     pub crash_loop_backoff_initial: Option<Duration>,
     pub image_gc_high_threshold: Option<u8>,

@@ -73,7 +73,18 @@ impl Settings {
                 for t in &o.register_with_taints {
                     taints.push(parse_taint(t)?);
                 }
+                let external_cloud = match o.cloud_provider.as_deref() {
+                    None | Some("") => None,
+                    Some("external") => Some(super::ExternalCloud { provided_node_ip: o.node_ip.clone() }),
+                    Some(other) => {
+                        return Err(flag_err(
+                            "--cloud-provider",
+                            format!("Unsupported value: {other:?}: kubelet has no in-tree cloud providers since v1.31; use \"external\" with the cloud's controller manager"),
+                        ));
+                    }
+                };
                 Some(ClusterSettings {
+                    external_cloud,
                     kubeconfig: kc.clone(),
                     bootstrap_kubeconfig: boot.clone(),
                     cert_dir: o.cert_dir.clone().unwrap_or_else(|| root_dir.join("pki")),
