@@ -83,7 +83,7 @@ pub async fn run(
     let mut admission = None;
     if let (Some(joined), Some(cs)) = (joined, &s.cluster) {
         if let Some(p) = proxy.filter(|p| p.mode != crate::proxy::run::Mode::None) {
-            proxy_synced = Some(proxy::start(p, &joined.client, crate::proxy::run::NodePods { statuses: pods.statuses.subscribe(), trails: pods.trails.clone() }, &mut tasks, &mut watched).await?);
+            proxy_synced = Some(proxy::start(p, &joined.client, &pods.statuses, pods.trails.clone(), &mut tasks, &mut watched).await?);
         }
         if s.node_api.port != 0 && !s.dry_run {
             tasks.spawn("node API", node_api::build(&s, cs, &joined.client, &pods.ctx).await?);

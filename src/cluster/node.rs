@@ -472,17 +472,21 @@ impl StatusLoop {
 mod tests {
     use super::*;
 
-    fn facts() -> NodeFacts {
+    fn context() -> NodeContext {
         let mut node = NodeContext::for_tests("n1");
         node.host_ips = vec!["10.0.0.9".into()];
         node.root_dir = "/".into();
         node.cpu_capacity_millis = 2000;
         node.memory_capacity_bytes = 8 << 30;
-        let cs = ClusterSettings {
+        node
+    }
+
+    fn settings(node_labels: BTreeMap<String, String>, external_cloud: Option<crate::config::ExternalCloud>) -> ClusterSettings {
+        ClusterSettings {
             kubeconfig: "/k".into(),
             bootstrap_kubeconfig: None,
             cert_dir: "/pki".into(),
-            node_labels: BTreeMap::from([("role".into(), "edge".into())]),
+            node_labels,
             register_with_taints: vec![],
             status_update: Duration::from_secs(10),
             status_report: Duration::from_secs(300),
@@ -490,30 +494,18 @@ mod tests {
             rotate_certificates: true,
             api_rate: crate::config::Rate { qps: 50, burst: 100 },
             event_rate: None,
-            external_cloud: None,
-        };
-        NodeFacts::gather(&node, &cs, 110, "containerd://1.6.20")
+            external_cloud,
+        }
+    }
+
+    fn facts() -> NodeFacts {
+        NodeFacts::gather(&context(), &settings(BTreeMap::from([("role".into(), "edge".into())]), None), 110, "containerd://1.6.20")
     }
 
     #[test]
     fn an_external_cloud_provider_initializes_the_node() {
-        let mut node = NodeContext::for_tests("n1");
-        node.host_ips = vec!["10.0.0.9".into()];
-        node.root_dir = "/".into();
-        let cs = |ip: Option<&str>| ClusterSettings {
-            kubeconfig: "/k".into(),
-            bootstrap_kubeconfig: None,
-            cert_dir: "/pki".into(),
-            node_labels: BTreeMap::new(),
-            register_with_taints: vec![],
-            status_update: Duration::from_secs(10),
-            status_report: Duration::from_secs(300),
-            lease_duration_seconds: 40,
-            rotate_certificates: true,
-            api_rate: crate::config::Rate { qps: 50, burst: 100 },
-            event_rate: None,
-            external_cloud: Some(crate::config::ExternalCloud { provided_node_ip: ip.map(str::to_string) }),
-        };
+        let node = context();
+        let cs = |ip: Option<&str>| settings(BTreeMap::new(), Some(crate::config::ExternalCloud { provided_node_ip: ip.map(str::to_string) }));
         // With --node-ip: registered tainted, the IP offered to the cloud
         // controller, and used until the controller sets the addresses.
         let f = NodeFacts::gather(&node, &cs(Some("10.0.0.9")), 110, "containerd://1.6.20");

@@ -494,10 +494,12 @@ pub fn finish_static(decoded: Decoded, node_name: &str, origin: &StaticOrigin) -
     let mut errors = validate(&pod, true);
     // A field one slip from a real one is a mistake, not an extension: the
     // pod would run without what it meant (a probe, a pull policy).
-    let (typos, unknown): (Vec<String>, Vec<String>) = decoded.unknown_fields.into_iter().partition(|f| fields::meant(f).is_some());
-    for f in &typos {
-        let meant = fields::meant(f).unwrap_or_default();
-        errors.push(FieldError::new(f, format!("unknown field; did you mean {meant:?}?")));
+    let mut unknown = Vec::new();
+    for f in decoded.unknown_fields {
+        match fields::meant(&f) {
+            Some(meant) => errors.push(FieldError::new(&f, format!("unknown field; did you mean {meant:?}?"))),
+            None => unknown.push(f),
+        }
     }
     errors.extend(not_yet_supported(&pod));
     if !errors.is_empty() {

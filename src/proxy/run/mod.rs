@@ -147,12 +147,13 @@ const FULL_RESYNC: Duration = Duration::from_secs(3600);
 /// Runs the proxy until the process ends.
 /// Runs the proxy; `first_sync` hears once the first complete set of rules
 /// has been applied (printed, in a dry run).
-/// The node's pods as the proxy sees them: kube-proxy among them makes the
-/// proxy stand by (other.rs), which it notes in that pod's trail for
-/// `nodelet explain`.
-pub struct NodePods {
-    pub statuses: tokio::sync::watch::Receiver<crate::pods::store::Statuses>,
-    pub trails: Arc<crate::explain::Trails>,
+/// What the node role tells the proxy of kube-proxy pods on the node (the
+/// agent wires it from the pod store, so the proxy knows no pods): the one
+/// bound here, if any, and where to note that the proxy stands by for it
+/// (its uid and the message; the pod's trail, for `nodelet explain`).
+pub struct KubeProxyPods {
+    pub bound: tokio::sync::watch::Receiver<Option<KubeProxy>>,
+    pub note: Box<dyn Fn(&str, &str) + Send + Sync>,
 }
 
 pub async fn run(
@@ -160,10 +161,10 @@ pub async fn run(
     s: ProxySettings,
     mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
     beat: crate::watchdog::Beat,
-    node_pods: Option<NodePods>,
+    kube_proxy_pods: Option<KubeProxyPods>,
 ) {
-    let (mut pods, trails) = match node_pods {
-        Some(n) => (Some(n.statuses), Some(n.trails)),
+    let (mut pods, note) = match kube_proxy_pods {
+        Some(k) => (Some(k.bound), Some(k.note)),
         None => (None, None),
     };
     let health = Arc::new(Health::default());
@@ -251,8 +252,7 @@ pub async fn run(
     loop {
         beat.beat();
         let found = {
-            let snapshot = pods.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-            other::find_pod(snapshot.values().map(|r| r.pod.as_ref()))
+            pods.as_mut().and_then(|rx| rx.borrow_and_update().clone())
         };
         // The process table is read every 2 s while standing by, every 10 s
         // otherwise (a pod is seen at once, before it runs).
@@ -264,8 +264,8 @@ pub async fn run(
         match (&standing_by, found) {
             (None, Some(k)) => {
                 tracing::error!("{}", other::standby_message(&k));
-                if let (KubeProxy::Pod(_, uid), Some(trails)) = (&k, &trails) {
-                    trails.push(uid, crate::pods::events::EventType::Normal, "ServiceProxyStandby", &other::standby_message(&k));
+                if let (KubeProxy::Pod(_, uid), Some(note)) = (&k, &note) {
+                    note(uid, &other::standby_message(&k));
                 }
                 if !s.dry_run {
                     // Its ports are kube-proxy's too (10256, 10249).
@@ -530,9 +530,9 @@ pub async fn run(
     }
 }
 
-/// Resolves when the node's pods change; never when there is no such
-/// signal (or it has ended).
-async fn pods_changed(pods: &mut Option<tokio::sync::watch::Receiver<crate::pods::store::Statuses>>) {
+/// Resolves when the kube-proxy pod bound here changes; never when there is
+/// no such signal (or it has ended).
+async fn pods_changed(pods: &mut Option<tokio::sync::watch::Receiver<Option<KubeProxy>>>) {
     if let Some(rx) = pods.as_mut()
         && rx.changed().await.is_ok()
     {
