@@ -36,7 +36,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 fn in_vm() {
     let ctx = Context {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-        node_port_ips: Some(vec![Ipv4Addr::new(10, 0, 2, 15)]),
+        node_port_ips: Some(vec![Ipv4Addr::new(10, 0, 2, 15).into()]),
         ..Default::default()
     };
     let settings = IpvsSettings::default();
@@ -55,7 +55,7 @@ fn in_vm() {
     let mut splits = Vec::new();
     for round in 0..7u32 {
         let key = big.endpoints.keys().nth(1234 + round as usize * 97).unwrap().clone();
-        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 250, round as u8, 1);
+        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 250, round as u8, 1).into();
         let (t, st) = time(|| b.sync(&big, &ctx, false).expect("sync one change"));
         assert!(st.changed_chains <= 3, "a one-endpoint change made {} changes: {:?}", st.changed_chains, b.last_changes);
         changes.push(t);
@@ -86,12 +86,12 @@ fn in_vm() {
     println!("           restart adopting 10,000 (reads the table, changes nothing): {:.1} ms", ms(adopt));
 
     // nftables mode in the same VM.
-    let mut n = nftables::Nftables::new(false);
+    let mut n = nftables::Nftables::new(nodelet::proxy::model::Family::V4, false);
     let (n10k, _) = time(|| n.sync(&big, &ctx, true).expect("nftables sync"));
     let mut nchanges = Vec::new();
     for round in 0..7u32 {
         let key = big.endpoints.keys().nth(4321 + round as usize * 89).unwrap().clone();
-        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 251, round as u8, 1);
+        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 251, round as u8, 1).into();
         nchanges.push(time(|| n.sync(&big, &ctx, false).expect("nftables change")).0);
     }
     let none = median(nchanges);
@@ -109,7 +109,7 @@ fn in_vm() {
 fn native_planning() {
     let ctx = Context {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-        node_port_ips: Some(vec![Ipv4Addr::new(10, 0, 2, 15)]),
+        node_port_ips: Some(vec![Ipv4Addr::new(10, 0, 2, 15).into()]),
         ..Default::default()
     };
     let mut big = synth(10_000, 5);
@@ -118,7 +118,7 @@ fn native_planning() {
     let mut changes = Vec::new();
     for round in 0..7u32 {
         let key = big.endpoints.keys().nth(1234 + round as usize * 97).unwrap().clone();
-        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 250, round as u8, 1);
+        big.endpoints.get_mut(&key).unwrap()[2].ip = Ipv4Addr::new(10, 250, round as u8, 1).into();
         changes.push(time(|| b.sync(&big, &ctx, false).unwrap()).0);
     }
     println!(

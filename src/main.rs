@@ -518,6 +518,18 @@ async fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     };
     let mut unused: Vec<String> = file.ignored.iter().map(|f| format!("KubeletConfiguration {f}")).collect();
     let settings = Settings::resolve(overrides, file)?;
+    // As kubelet's node IP validation: a node IP no interface holds would
+    // be reported to the cluster and reached by nobody.
+    if settings.cluster.is_some() && !settings.dry_run {
+        let missing = nodelet::config::node_ips_not_local(&settings.node_ips);
+        if !missing.is_empty() {
+            return Err(nodelet::config::ConfigError::Flag {
+                flag: "--node-ip".into(),
+                message: format!("{}: not found in this host's network interfaces", missing.join(",")),
+            }
+            .into());
+        }
+    }
     let mut proxy = None;
     if settings.cluster.is_some() {
         let proxy_file = a.proxy_config.as_deref().map(ProxyConfig::load).transpose()?;

@@ -2,14 +2,16 @@
 //! namespaces it creates and removes: the node's namespace (where nodelet
 //! and its rules live, joined to the test apiserver), a client namespace
 //! on a veth, and pod namespaces on a bridge, each running a small TCP and
-//! UDP server that answers with its name. The host's rules are never
-//! touched. The same checks run in iptables and in nftables mode.
+//! UDP server that answers with its name. Every link has an IPv4 and an
+//! IPv6 address. The host's rules are never touched. The same checks run
+//! in iptables and in nftables mode, and a dual-stack cluster's Services
+//! in both families.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +26,7 @@ use support::{eventually, in_netns};
 
 const S: Duration = Duration::from_secs(1);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip");
@@ -42,6 +45,7 @@ impl Lab {
         let lab = Lab { client: client.clone(), pods: (0..pods).map(|i| format!("nlp-{id}-{i}")).collect() };
         ip(&["-n", node_ns, "link", "add", "kbr0", "type", "bridge"]);
         ip(&["-n", node_ns, "addr", "add", "10.244.0.1/24", "dev", "kbr0"]);
+        ip(&["-n", node_ns, "addr", "add", "fd00:10:244::1/64", "dev", "kbr0", "nodad"]);
         ip(&["-n", node_ns, "link", "set", "kbr0", "up"]);
         for (i, ns) in lab.pods.iter().enumerate() {
             let veth = format!("vp{i}");
@@ -56,6 +60,8 @@ impl Lab {
             ip(&["-n", ns, "addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
             ip(&["-n", ns, "route", "add", "default", "via", "10.244.0.1"]);
+            ip(&["-n", ns, "addr", "add", &format!("{}/64", pod_ip6(i)), "dev", "eth0", "nodad"]);
+            ip(&["-n", ns, "-6", "route", "add", "default", "via", "fd00:10:244::1"]);
         }
         ip(&["netns", "add", &client]);
         ip(&["-n", &client, "link", "set", "lo", "up"]);
@@ -65,10 +71,15 @@ impl Lab {
         ip(&["-n", &client, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
         ip(&["-n", &client, "link", "set", "eth0", "up"]);
         ip(&["-n", &client, "route", "add", "default", "via", "192.168.50.1"]);
+        ip(&["-n", node_ns, "addr", "add", "fd00:50::1/64", "dev", "vc0", "nodad"]);
+        ip(&["-n", &client, "addr", "add", "fd00:50::2/64", "dev", "eth0", "nodad"]);
+        ip(&["-n", &client, "-6", "route", "add", "default", "via", "fd00:50::1"]);
         // A node has a default route; cluster IPs are routed by it before
         // the OUTPUT chain rewrites them.
         ip(&["-n", node_ns, "route", "add", "default", "via", "192.168.50.2"]);
+        ip(&["-n", node_ns, "-6", "route", "add", "default", "via", "fd00:50::2"]);
         in_netns(node_ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("ip_forward in the node namespace");
+        in_netns(node_ns, || std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")).expect("IPv6 forwarding in the node namespace");
         lab
     }
 }
@@ -85,9 +96,14 @@ fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, 10 + i as u8)
 }
 
-/// A TCP server answering every connection with `name`.
+fn pod_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// A TCP server answering every connection with `name`, on both families
+/// (an IPv6 socket takes IPv4 too).
 fn serve_tcp(ns: &str, name: &str, port: u16) {
-    let listener = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port))).expect("bind a pod's TCP server");
+    let listener = in_netns(ns, move || TcpListener::bind(("::", port))).expect("bind a pod's TCP server");
     let name = name.to_string();
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
@@ -96,9 +112,9 @@ fn serve_tcp(ns: &str, name: &str, port: u16) {
     });
 }
 
-/// A UDP server answering every datagram with `name`.
+/// A UDP server answering every datagram with `name`, on both families.
 fn serve_udp(ns: &str, name: &str, port: u16) {
-    let sock = in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port))).expect("bind a pod's UDP server");
+    let sock = in_netns(ns, move || UdpSocket::bind(("::", port))).expect("bind a pod's UDP server");
     let name = name.to_string();
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -147,7 +163,8 @@ fn http_get(ns: &str, to: SocketAddr, path: &str) -> Result<(u16, String), Strin
 /// A UDP question from a fixed source port (so conntrack sees one flow).
 fn udp_ask(ns: &str, from_port: u16, to: SocketAddr) -> Result<String, String> {
     in_netns(ns, move || {
-        let sock = UdpSocket::bind(("0.0.0.0", from_port)).map_err(|e| e.to_string())?;
+        let any: IpAddr = if to.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+        let sock = UdpSocket::bind((any, from_port)).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_millis(700))).map_err(|e| e.to_string())?;
         sock.send_to(b"?", to).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 512];
@@ -179,16 +196,22 @@ fn service(name: &str, spec: Value) -> Value {
 
 /// An EndpointSlice for `svc`: (pod index, ready, on this node) per endpoint.
 fn slice(name: &str, svc: &str, node: &str, eps: &[(usize, bool, bool)], ports: Value) -> Value {
+    slice_of("IPv4", name, svc, node, eps, ports)
+}
+
+/// [`slice`] of a family (`IPv4`, `IPv6`): the pods' addresses of that family.
+fn slice_of(family: &str, name: &str, svc: &str, node: &str, eps: &[(usize, bool, bool)], ports: Value) -> Value {
+    let addr = |i: usize| if family == "IPv6" { pod_ip6(i).to_string() } else { pod_ip(i).to_string() };
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|(i, ready, local)| {
-            json!({"addresses": [pod_ip(*i).to_string()], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            json!({"addresses": [addr(*i)], "conditions": {"ready": ready, "serving": ready, "terminating": false},
                    "nodeName": if *local { node.to_string() } else { "elsewhere".to_string() }})
         })
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "endpoints": endpoints, "ports": ports})
+           "addressType": family, "endpoints": endpoints, "ports": ports})
 }
 
 /// The proxy's configuration for these tests: `mode`, the pods' CIDR, and
@@ -473,6 +496,117 @@ async fn iptables_mode_carries_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nftables_mode_carries_real_traffic() {
     traffic("nftables").await;
+}
+
+/// A dual-stack cluster (service CIDRs in both families, the apiserver's
+/// allocator and family rules): dual-stack and IPv6-only Services carry
+/// real TCP and UDP in each family, to the endpoints of that family's
+/// slices; node ports answer on the node's IPv6 address;
+/// externalTrafficPolicy Local keeps to this node's endpoints in IPv6;
+/// a stale IPv6 UDP flow is cleared; an IPv6 Service without endpoints is
+/// refused; the cleanup removes both families' rules.
+async fn dual_stack(mode: &str) {
+    let c = Cluster::start().await;
+    c.api.set_service_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
+    let id = c.node.id.clone();
+    let lab = Lab::build(&c.node.netns, &id, 4);
+    for (i, ns) in lab.pods.iter().enumerate() {
+        serve_tcp(ns, &format!("pod-{i}"), 8080);
+        serve_udp(ns, &format!("pod-{i}"), 5353);
+    }
+    let node = c.node.node_name();
+    let client = &c.client;
+    let plain = json!([{"port": 8080, "protocol": "TCP"}]);
+    let udp = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+    // Dual-stack, addresses given; the other two allocated by the apiserver.
+    create::<Service>(client, service("web", json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::10"],
+        "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice_of("IPv4", "web-4", "web", &node, &[(0, true, true), (1, true, true)], plain.clone())).await;
+    create::<EndpointSlice>(client, slice_of("IPv6", "web-6", "web", &node, &[(1, true, true), (2, true, false), (3, false, true)], plain.clone())).await;
+    create::<Service>(client, service("six", json!({"ipFamilies": ["IPv6"], "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}))).await;
+    create::<EndpointSlice>(client, slice_of("IPv6", "six-6", "six", &node, &[(0, true, true)], udp.clone())).await;
+    create::<Service>(client, service("local", json!({"type": "NodePort", "ipFamilyPolicy": "PreferDualStack", "externalTrafficPolicy": "Local",
+        "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30081}]}))).await;
+    create::<EndpointSlice>(client, slice_of("IPv6", "local-6", "local", &node, &[(0, true, true), (1, true, true), (2, true, false)], plain.clone())).await;
+    create::<Service>(client, service("empty", json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80, "targetPort": 8080}]}))).await;
+    let services = dynamic::<Service>(client);
+    let cluster_ips = |name: &'static str| {
+        let services = services.clone();
+        async move {
+            let s = services.get(name).await.unwrap();
+            let ips: Vec<IpAddr> = s.data["spec"]["clusterIPs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect();
+            (ips, s.data["spec"]["ipFamilies"].clone())
+        }
+    };
+    let (six_ips, six_families) = cluster_ips("six").await;
+    assert_eq!(six_families, json!(["IPv6"]));
+    assert!(six_ips[0].is_ipv6(), "{six_ips:?}");
+    let (local_ips, local_families) = cluster_ips("local").await;
+    assert_eq!(local_families, json!(["IPv4", "IPv6"]), "PreferDualStack on a dual-stack cluster: both");
+    let (empty_ips, _) = cluster_ips("empty").await;
+    // The apiserver's rules, as a real one answers them.
+    let refused = dynamic::<Service>(client)
+        .create(&PostParams::default(), &serde_json::from_value(service("two", json!({"clusterIPs": ["10.96.0.50", "fd00:10:96::50"], "ports": [{"port": 80}]}))).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("must be RequireDualStack or PreferDualStack"), "{refused}");
+
+    let config = c.proxy_config(mode, &node, "clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n");
+    let mut agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
+    let v6 = |ip: Ipv6Addr, port: u16| SocketAddr::from((ip, port));
+    let web6 = v6("fd00:10:96::10".parse().unwrap(), 80);
+    eventually(30 * S, "the web Service's IPv6 cluster IP answering", || async { tcp_get(&lab.client, web6).ok() }).await;
+    // Each family goes to the endpoints of its own slices only.
+    assert_eq!(responders(&lab.client, web6, 40), set(&["pod-1", "pod-2"]), "IPv6: the IPv6 slice's ready endpoints");
+    assert_eq!(responders(&lab.client, sa([10, 96, 0, 10], 80), 40), set(&["pod-0", "pod-1"]), "IPv4: the IPv4 slice's");
+    let from_node = tcp_get(&c.node.netns, web6).unwrap();
+    assert!(from_node.starts_with("pod-"), "from the node itself: {from_node}");
+    // IPv6-only UDP, and a stale flow cleared when the backend changes.
+    let dns6 = SocketAddr::new(six_ips[0], 53);
+    eventually(10 * S, "the IPv6-only UDP Service answering", || async { (udp_ask(&lab.client, 40053, dns6).ok().as_deref() == Some("pod-0")).then_some(()) }).await;
+    let slices = dynamic::<EndpointSlice>(client);
+    slices.patch("six-6", &PatchParams::default(), &Patch::Merge(slice_of("IPv6", "six-6", "six", &node, &[(3, true, true)], udp.clone()))).await.unwrap();
+    eventually(10 * S, "the IPv6 UDP flow reaching the new backend", || async {
+        (udp_ask(&lab.client, 40053, dns6).ok().as_deref() == Some("pod-3")).then_some(())
+    })
+    .await;
+    // A node port on the node's IPv6 address; externalTrafficPolicy Local
+    // keeps to this node's endpoints.
+    let np6 = v6(NODE_IP6, 30081);
+    eventually(10 * S, "the node port answering on IPv6", || async { tcp_get(&lab.client, np6).ok() }).await;
+    assert_eq!(responders(&lab.client, np6, 40), set(&["pod-0", "pod-1"]), "only this node's endpoints");
+    assert!(local_ips[1].is_ipv6());
+    // No IPv4 slice for it: IPv4 is refused, IPv6 is served.
+    let refused = tcp_get(&lab.client, SocketAddr::from((NODE_IP, 30081)));
+    assert!(refused.as_ref().is_err_and(|e| e.contains("refused")), "{refused:?}");
+    // No endpoints: refused at once, not left to time out.
+    let empty = SocketAddr::new(empty_ips[0], 80);
+    let refused = tcp_get(&lab.client, empty);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("refused")), "{refused:?}");
+    let log = agent.log();
+    assert!(log.contains("families=[\"IPv4\", \"IPv6\"]"), "the proxy says it serves both families:\n{log}");
+
+    agent.kill9();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["proxy", "cleanup"]).pre_exec_netns(&c.node.netns).output().unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tcp_get(&lab.client, web6).is_err(), "no IPv6 Service rule is left");
+    let leftovers = in_netns(&c.node.netns, || {
+        let ipt = Command::new("ip6tables-save").output().unwrap();
+        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
+    });
+    assert!(!leftovers.contains("KUBE-SVC-") && !leftovers.contains("KUBE-SERVICES") && !leftovers.contains("nodelet"), "{leftovers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_carries_both_families_of_a_dual_stack_cluster() {
+    dual_stack("iptables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_carries_both_families_of_a_dual_stack_cluster() {
+    dual_stack("nftables").await;
 }
 
 /// IPVS mode on this machine's kernel, which has no IP_VS: one clear error

@@ -380,12 +380,79 @@ pub fn default_node_name() -> String {
 }
 
 /// The address of the interface holding the default route (kubelet's
-/// default InternalIP); found without sending anything.
+/// default InternalIP): IPv4's, else IPv6's; found without sending anything.
 pub fn default_node_ip() -> Option<String> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    sock.connect("192.0.2.1:9").ok()?;
+    default_node_ip_of(false).or_else(|| default_node_ip_of(true))
+}
+
+/// The address of the interface holding the default route of one family.
+pub fn default_node_ip_of(v6: bool) -> Option<String> {
+    let (bind, probe) = if v6 { ("[::]:0", "[2001:db8::1]:9") } else { ("0.0.0.0:0", "192.0.2.1:9") };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(probe).ok()?;
     let ip = sock.local_addr().ok()?.ip();
     (!ip.is_unspecified() && !ip.is_loopback()).then(|| ip.to_string())
+}
+
+/// `--node-ip` as kubelet reads it: one address, or a dual-stack pair (one
+/// of each family, the first the primary); `0.0.0.0` or `::` alone means
+/// the default route's address of that family; none given, IPv4's default
+/// route, else IPv6's. Loopback, link-local, multicast and unspecified
+/// addresses are refused, as kubelet's node IP validation refuses them.
+pub fn node_ips(flag: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let bad = |m: String| flag_err("--node-ip", m);
+    let Some(list) = flag.map(str::trim).filter(|l| !l.is_empty()) else {
+        return Ok(default_node_ip().into_iter().collect());
+    };
+    let mut ips = Vec::new();
+    for text in list.split(',').map(str::trim) {
+        let ip: IpAddr = text.parse().map_err(|_| bad(format!("{text:?} is not an IP address")))?;
+        ips.push(ip);
+    }
+    if ips.len() > 2 || (ips.len() == 2 && ips[0].is_ipv6() == ips[1].is_ipv6()) {
+        return Err(bad(format!("{list:?}: must contain either a single IP or a dual-stack pair of IPs")));
+    }
+    if ips.len() == 2 && ips.iter().any(IpAddr::is_unspecified) {
+        return Err(bad(format!("{list:?}: a dual-stack node IP cannot include '0.0.0.0' or '::'")));
+    }
+    if let [ip] = ips[..]
+        && ip.is_unspecified()
+    {
+        // The family asked for, found as the default one is.
+        return default_node_ip_of(ip.is_ipv6())
+            .map(|ip| vec![ip])
+            .ok_or_else(|| bad(format!("{list:?}: no {} default route to take the node's address from", if ip.is_ipv6() { "IPv6" } else { "IPv4" })));
+    }
+    for ip in &ips {
+        let why = if ip.is_loopback() {
+            "can't be a loopback address"
+        } else if ip.is_multicast() {
+            "can't be a multicast address"
+        } else if match ip {
+            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V6(a) => a.is_unicast_link_local(),
+        } {
+            "can't be a link-local unicast address"
+        } else {
+            continue;
+        };
+        return Err(bad(format!("{ip}: the node IP {why}")));
+    }
+    Ok(ips.iter().map(ToString::to_string).collect())
+}
+
+/// Node IPs that no interface of this host holds (kubelet refuses to
+/// report such a node's status: "node IP not found in the host's network
+/// interfaces").
+pub fn node_ips_not_local(ips: &[String]) -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let local: Vec<IpAddr> = addrs
+        .filter_map(|a| {
+            let s = a.address?;
+            s.as_sockaddr_in().map(|v| IpAddr::V4(v.ip())).or_else(|| s.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())))
+        })
+        .collect();
+    ips.iter().filter(|ip| ip.parse::<IpAddr>().is_ok_and(|ip| !local.contains(&ip))).cloned().collect()
 }
 
 #[cfg(test)]

@@ -34,16 +34,7 @@ impl Settings {
             let (k, v) = h.split_once(':').ok_or_else(|| flag_err("--manifest-url-header", format!("{h:?} is not 'key:value'")))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let node_ips = match &o.node_ip {
-            Some(list) => {
-                let ips: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-                for ip in &ips {
-                    ip.parse::<IpAddr>().map_err(|_| flag_err("--node-ip", format!("{ip:?} is not an IP address")))?;
-                }
-                ips
-            }
-            None => default_node_ip().into_iter().collect(),
-        };
+        let node_ips = super::node_ips(o.node_ip.as_deref())?;
         let max = o.crash_loop_backoff_max.or(file.max_container_restart_period).unwrap_or(Duration::from_secs(300));
         let initial = o.crash_loop_backoff_initial.unwrap_or(Duration::from_secs(10)).min(max);
         if initial.is_zero() {

@@ -100,3 +100,25 @@ fn kubeadms_kubelet_config_means_what_it_means_to_kubelet() {
     assert_eq!(a.healthz, Some("127.0.0.1:10248".parse().unwrap()));
     assert!(a.shutdown.is_none());
 }
+
+#[test]
+fn node_ip_follows_kubelets_rules_one_address_or_a_dual_stack_pair() {
+    let ok = |f: &str| super::node_ips(Some(f)).unwrap();
+    let err = |f: &str| super::node_ips(Some(f)).unwrap_err().to_string();
+    assert_eq!(ok("10.0.0.5"), ["10.0.0.5"]);
+    assert_eq!(ok("fd00::5, 10.0.0.5"), ["fd00::5", "10.0.0.5"], "IPv6 primary: the order is kept");
+    assert!(err("10.0.0.5,10.0.0.6").contains("must contain either a single IP or a dual-stack pair of IPs"));
+    assert!(err("10.0.0.5,fd00::5,10.0.0.6").contains("must contain either a single IP or a dual-stack pair of IPs"));
+    assert!(err("0.0.0.0,fd00::5").contains("cannot include '0.0.0.0' or '::'"));
+    assert!(err("127.0.0.1").contains("loopback"));
+    assert!(err("fe80::1").contains("link-local"));
+    assert!(err("224.0.0.1").contains("multicast"));
+    assert!(err("10.0.0.five").contains("--node-ip") && err("10.0.0.five").contains("\"10.0.0.five\" is not an IP address"));
+    // `::` alone: the IPv6 default route's address, or a clear error.
+    match super::default_node_ip_of(true) {
+        Some(ip) => assert_eq!(ok("::"), [ip]),
+        None => assert!(err("::").contains("no IPv6 default route")),
+    }
+    assert!(super::node_ips_not_local(&["192.0.2.250".to_string()]).contains(&"192.0.2.250".to_string()));
+    assert!(super::node_ips_not_local(&["127.0.0.1".to_string()]).is_empty());
+}

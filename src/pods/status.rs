@@ -406,7 +406,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let ips: Vec<String> = if spec.host_network == Some(true) {
         input.node.host_ips.clone()
     } else {
-        obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()
+        crate::runtime::observe::order_pod_ips(&input.node.host_ips, &obs.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default())
     };
     PodStatus {
         phase: Some(phase.into()),

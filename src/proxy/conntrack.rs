@@ -5,30 +5,41 @@
 //! `conntrack` tool.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use super::model::{ProxyState, Protocol, select};
+use super::model::{Family, ProxyState, Protocol, select};
 
 /// One `conntrack -D` filter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stale {
     /// Flows to a service address and port (the Service had no endpoints).
-    ToService { ip: Ipv4Addr, port: u16 },
-    /// Flows to a node port (the Service had no endpoints).
-    ToNodePort { port: u16 },
+    ToService { ip: IpAddr, port: u16 },
+    /// Flows of a family to a node port (the Service had no endpoints).
+    ToNodePort { family: Family, port: u16 },
     /// Flows to a service address NATed to an endpoint that went away.
-    ServiceToEndpoint { ip: Ipv4Addr, port: u16, endpoint: Ipv4Addr },
+    ServiceToEndpoint { ip: IpAddr, port: u16, endpoint: IpAddr },
     /// Flows to a node port NATed to an endpoint that went away.
-    NodePortToEndpoint { port: u16, endpoint: Ipv4Addr },
+    NodePortToEndpoint { port: u16, endpoint: IpAddr },
 }
 
 impl Stale {
+    fn family(&self) -> Family {
+        match self {
+            Stale::ToService { ip, .. } | Stale::ServiceToEndpoint { ip, .. } => Family::of(ip),
+            Stale::ToNodePort { family, .. } => *family,
+            Stale::NodePortToEndpoint { endpoint, .. } => Family::of(endpoint),
+        }
+    }
+
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
+        if self.family() == Family::V6 {
+            a.extend(["-f".into(), "ipv6".into()]);
+        }
         let s = |x: &dyn ToString| x.to_string();
         match self {
             Stale::ToService { ip, port } => a.extend([s(&"--orig-dst"), s(ip), s(&"--dport"), s(port)]),
-            Stale::ToNodePort { port } => a.extend([s(&"--dport"), s(port)]),
+            Stale::ToNodePort { port, .. } => a.extend([s(&"--dport"), s(port)]),
             Stale::ServiceToEndpoint { ip, port, endpoint } => {
                 a.extend([s(&"--orig-dst"), s(ip), s(&"--dport"), s(port), s(&"--dst-nat"), s(endpoint)])
             }
@@ -62,7 +73,7 @@ pub fn stale(prev: &ProxyState, next: &ProxyState) -> BTreeSet<Stale> {
             && had_no_external
             && !now.external.is_empty()
         {
-            out.insert(Stale::ToNodePort { port: np });
+            out.insert(Stale::ToNodePort { family: key.family, port: np });
         }
     }
     for (key, svc) in &prev.services {
@@ -111,9 +122,9 @@ mod tests {
 
     #[test]
     fn replaced_udp_endpoints_and_first_endpoints_are_cleared() {
-        let key = PortKey { namespace: "d".into(), name: "dns".into(), port: String::new(), protocol: Protocol::Udp };
-        let svc = ServicePort::cluster_ip(key.clone(), Ipv4Addr::new(10, 96, 0, 53), 53);
-        let ep = |n| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port: 53, ready: true, serving: true, terminating: false, local: false };
+        let key = PortKey { namespace: "d".into(), name: "dns".into(), port: String::new(), protocol: Protocol::Udp, family: Family::V4 };
+        let svc = ServicePort::cluster_ip(key.clone(), std::net::Ipv4Addr::new(10, 96, 0, 53).into(), 53);
+        let ep = |n| Endpoint { ip: std::net::Ipv4Addr::new(10, 244, 0, n).into(), port: 53, ready: true, serving: true, terminating: false, local: false };
         let mut empty = ProxyState::default();
         empty.services.insert(key.clone(), svc.clone());
         let mut one = empty.clone();
@@ -127,5 +138,8 @@ mod tests {
         );
         assert!(stale(&one, &one).is_empty());
         assert_eq!(Stale::ToService { ip: svc.cluster_ip, port: 53 }.args().join(" "), "-D -p udp --orig-dst 10.96.0.53 --dport 53");
+        let v6 = Stale::ServiceToEndpoint { ip: "fd00:10:96::53".parse().unwrap(), port: 53, endpoint: "fd00:10:244::7".parse().unwrap() };
+        assert_eq!(v6.args().join(" "), "-D -p udp -f ipv6 --orig-dst fd00:10:96::53 --dport 53 --dst-nat fd00:10:244::7");
+        assert_eq!(Stale::ToNodePort { family: Family::V6, port: 30053 }.args().join(" "), "-D -p udp -f ipv6 --dport 30053");
     }
 }

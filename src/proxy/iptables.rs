@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::model::{Endpoint, PortKey, ProxyState, ServicePort, select};
+use super::model::{Endpoint, Family, PortKey, ProxyState, ServicePort, select};
 use super::{Context, ProxyError, SyncStats, chain_hash, run_with_input};
 
 pub const FILTER: &str = "filter";
@@ -24,6 +24,7 @@ const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-S
 
 /// The jumps from the built-in chains: (table, chain, rule).
 pub const JUMPS: &[(&str, &str, &str)] = &[
+    (FILTER, "INPUT", "-m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS"),
     (FILTER, "INPUT", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
     (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
     (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
@@ -73,13 +74,22 @@ fn proto_match(p: &ServicePort) -> String {
 
 /// Jumps from `chain` to the endpoint chains: affinity first, then a
 /// random split with equal probability.
+/// The `recent` match's mask of a whole address.
+fn full_mask(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "255.255.255.255",
+        Family::V6 => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    }
+}
+
 fn endpoint_jumps(r: &mut Rendered, chain: &str, svc: &ServicePort, eps: &[Endpoint]) {
     let n = eps.len();
+    let mask = full_mask(svc.key.family);
     if let Some(timeout) = svc.affinity {
         for ep in eps {
             let sep = sep_chain(&svc.key, ep);
             let c = comment(&format!("{} -> {ep}", svc.key));
-            r.rule(NAT, chain, format!("{c} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"));
+            r.rule(NAT, chain, format!("{c} -m recent --name {sep} --mask {mask} --rsource --rcheck --seconds {timeout} --reap -j {sep}"));
         }
     }
     for (i, ep) in eps.iter().enumerate() {
@@ -100,14 +110,17 @@ fn endpoint_chain(r: &mut Rendered, svc: &ServicePort, ep: &Endpoint) {
         return;
     }
     let c = comment(&svc.key.to_string());
-    r.rule(NAT, &sep, format!("{c} -s {}/32 -j KUBE-MARK-MASQ", ep.ip));
-    let recent = if svc.affinity.is_some() { format!(" -m recent --name {sep} --mask 255.255.255.255 --rsource --set") } else { String::new() };
+    let (bits, mask) = (svc.key.family.host_bits(), full_mask(svc.key.family));
+    r.rule(NAT, &sep, format!("{c} -s {}/{bits} -j KUBE-MARK-MASQ", ep.ip));
+    let recent = if svc.affinity.is_some() { format!(" -m recent --name {sep} --mask {mask} --rsource --set") } else { String::new() };
     r.rule(NAT, &sep, format!("{c}{recent} {} -j DNAT --to-destination {ep}", proto_match(svc)));
 }
 
-/// Renders the whole ruleset for `state`. Pure and deterministic.
+/// Renders the whole ruleset of `ctx.family` for `state` (its Service
+/// ports of that family). Pure and deterministic.
 pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     let mut r = Rendered::default();
+    let bits = ctx.family.host_bits();
     let mark = format!("{:#x}", ctx.masq_mark());
     for c in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS"] {
         r.chain(FILTER, c);
@@ -124,7 +137,7 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     r.rule(FILTER, "KUBE-FORWARD", format!("{} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", comment("kubernetes forwarding conntrack rule")));
 
     let empty = Vec::new();
-    for (key, svc) in &state.services {
+    for (key, svc) in state.services.iter().filter(|(k, _)| k.family == ctx.family) {
         let eps = state.endpoints.get(key).unwrap_or(&empty);
         let sel = select(svc, eps);
         let pm = proto_match(svc);
@@ -144,14 +157,14 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
         if sel.cluster.is_empty() {
             let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };
             let c = comment(&format!("{key} {why}"));
-            r.rule(FILTER, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {verdict}"));
+            r.rule(FILTER, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/{bits} --dport {port} -j {verdict}"));
         } else {
             let c = comment(&format!("{key} cluster IP"));
-            r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/32 --dport {port} -j {internal_chain}"));
+            r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {vip}/{bits} --dport {port} -j {internal_chain}"));
             if ctx.masquerade_all {
-                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/32 --dport {port} -j KUBE-MARK-MASQ"));
+                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/{bits} --dport {port} -j KUBE-MARK-MASQ"));
             } else if let Some(cidr) = ctx.cluster_cidr {
-                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/32 --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"));
+                r.rule(NAT, internal_chain, format!("{c} {pm} -d {vip}/{bits} --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"));
             }
             wanted.insert(internal_chain, &sel.cluster);
         }
@@ -177,7 +190,7 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
             if firewall.is_some() {
                 for ip in &svc.load_balancer_ips {
                     let c = comment(&format!("{key} traffic not accepted by {fw_name}"));
-                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j DROP"));
+                    r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/{bits} --dport {port} -j DROP"));
                 }
             }
             for (ips, what) in [(&svc.external_ips, "external IP"), (&svc.load_balancer_ips, "loadbalancer IP")] {
@@ -185,13 +198,22 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
                     if sel.any {
                         let c = comment(&format!("{key} {what}"));
                         let to = if what == "loadbalancer IP" && firewall.is_some() { &fw_name } else { &ext_name };
-                        r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {to}"));
+                        r.rule(NAT, "KUBE-SERVICES", format!("{c} {pm} -d {ip}/{bits} --dport {port} -j {to}"));
                     }
                     if !reachable {
                         let (verdict, why) = if sel.any { ("DROP", "has no local endpoints") } else { ("REJECT", "has no endpoints") };
                         let c = comment(&format!("{key} {why}"));
-                        r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/32 --dport {port} -j {verdict}"));
+                        r.rule(FILTER, "KUBE-EXTERNAL-SERVICES", format!("{c} {pm} -d {ip}/{bits} --dport {port} -j {verdict}"));
                     }
+                }
+            }
+            // The health-check node port is let in, whatever the host's
+            // INPUT policy (kube-proxy's filter KUBE-NODEPORTS).
+            if let Some(hc) = svc.health_check_node_port {
+                let rule = format!("{} -m tcp -p tcp --dport {hc} -j ACCEPT", comment(&format!("{key} health check node port")));
+                let chain = r.chain(FILTER, "KUBE-NODEPORTS");
+                if !chain.contains(&rule) {
+                    chain.push(rule);
                 }
             }
             if let Some(np) = svc.node_port {
@@ -242,10 +264,10 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     // The node ports, last in KUBE-SERVICES.
     let c = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
     match &ctx.node_port_ips {
-        None => r.rule(NAT, "KUBE-SERVICES", format!("{c} -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS")),
+        None => r.rule(NAT, "KUBE-SERVICES", format!("{c} -m addrtype --dst-type LOCAL ! -d {} -j KUBE-NODEPORTS", ctx.family.loopback())),
         Some(ips) => {
             for ip in ips {
-                r.rule(NAT, "KUBE-SERVICES", format!("{c} -d {ip}/32 -j KUBE-NODEPORTS"));
+                r.rule(NAT, "KUBE-SERVICES", format!("{c} -d {ip}/{bits} -j KUBE-NODEPORTS"));
             }
         }
     }
@@ -302,15 +324,17 @@ pub fn owned_chains(save: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The iptables backend with its committed state.
+/// The iptables backend of one family (iptables or ip6tables) with its
+/// committed state.
 pub struct Iptables {
     committed: Option<Rendered>,
     dry_run: bool,
+    family: Family,
 }
 
 impl Iptables {
-    pub fn new(dry_run: bool) -> Self {
-        Iptables { committed: None, dry_run }
+    pub fn new(family: Family, dry_run: bool) -> Self {
+        Iptables { committed: None, dry_run, family }
     }
 
     /// Brings the kernel to `state`. `full` forgets what was committed.
@@ -322,9 +346,10 @@ impl Iptables {
         }
         let mut stale = BTreeMap::new();
         let is_full = self.committed.is_none();
+        let (_, save_tool, restore_tool) = self.family.iptables();
         if is_full && !self.dry_run {
             for table in [FILTER, NAT] {
-                let save = run_with_input("iptables-save", &["-t", table], "")?;
+                let save = run_with_input(save_tool, &["-t", table], "")?;
                 stale.insert(table, owned_chains(&save));
             }
         }
@@ -334,12 +359,12 @@ impl Iptables {
             self.committed = Some(next);
             return Ok(SyncStats { changed_chains: changed, input_bytes: input.len(), full: is_full, plan, apply: Default::default() });
         }
-        if let Err(e) = run_with_input("iptables-restore", &["-w", "5", "--noflush"], &input) {
+        if let Err(e) = run_with_input(restore_tool, &["-w", "5", "--noflush"], &input) {
             self.committed = None;
             return Err(e);
         }
         if is_full {
-            ensure_jumps()?;
+            ensure_jumps(self.family)?;
         }
         self.committed = Some(next);
         Ok(SyncStats { changed_chains: changed, input_bytes: input.len(), full: is_full, plan, apply: started.elapsed() - plan })
@@ -352,7 +377,7 @@ impl Iptables {
 /// (`iptables-restore --test` only parses: the kernel never sees it.)
 pub fn check(state: &ProxyState, ctx: &Context) -> Result<(), ProxyError> {
     let (input, _) = restore_input(None, &render(state, ctx), &BTreeMap::new());
-    run_with_input("unshare", &["--net", "iptables-restore", "-w", "5", "--noflush"], &input).map(|_| ())
+    run_with_input("unshare", &["--net", ctx.family.iptables().2, "-w", "5", "--noflush"], &input).map(|_| ())
 }
 
 fn split_rule(rule: &str) -> Vec<String> {
@@ -378,22 +403,23 @@ fn split_rule(rule: &str) -> Vec<String> {
 }
 
 /// Adds the jumps from the built-in chains that are missing.
-pub fn ensure_jumps() -> Result<(), ProxyError> {
+pub fn ensure_jumps(family: Family) -> Result<(), ProxyError> {
+    let tool = family.iptables().0;
     for (table, chain, rule) in JUMPS {
         let args = split_rule(rule);
         let mut check = vec!["-w", "5", "-t", table, "-C", chain];
         check.extend(args.iter().map(String::as_str));
-        if run_with_input("iptables", &check, "").is_ok() {
+        if run_with_input(tool, &check, "").is_ok() {
             continue;
         }
         let mut insert = vec!["-w", "5", "-t", table, "-I", chain, "1"];
         insert.extend(args.iter().map(String::as_str));
-        run_with_input("iptables", &insert, "")?;
+        run_with_input(tool, &insert, "")?;
     }
     Ok(())
 }
 
-/// The whole ruleset as one restore input, for `--dry-run`.
+/// The whole ruleset of `ctx.family` as one restore input, for `--dry-run`.
 pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
     let mut text = restore_input(None, &render(state, ctx), &BTreeMap::new()).0;
     text.push_str("# and, in the built-in chains:\n");
@@ -403,16 +429,31 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
     text
 }
 
-/// Removes every rule and chain this mode makes.
+/// Removes every rule and chain this mode makes, in both families (a
+/// family whose tools or kernel support are missing has nothing to remove).
 pub fn cleanup() -> Result<(), ProxyError> {
+    let mut first = None;
+    for family in Family::BOTH {
+        if let Err(e) = cleanup_family(family) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn cleanup_family(family: Family) -> Result<(), ProxyError> {
+    let (tool, save_tool, restore_tool) = family.iptables();
+    if family == Family::V6 && !super::ipv6_available() {
+        return Ok(());
+    }
     for (table, chain, rule) in JUMPS {
         let args = split_rule(rule);
         let mut delete = vec!["-w", "5", "-t", table, "-D", chain];
         delete.extend(args.iter().map(String::as_str));
-        while run_with_input("iptables", &delete, "").is_ok() {}
+        while run_with_input(tool, &delete, "").is_ok() {}
     }
     for table in [FILTER, NAT] {
-        let save = match run_with_input("iptables-save", &["-t", table], "") {
+        let save = match run_with_input(save_tool, &["-t", table], "") {
             Ok(s) => s,
             Err(_) => continue,
         };
@@ -433,7 +474,7 @@ pub fn cleanup() -> Result<(), ProxyError> {
             let _ = writeln!(input, "-X {c}");
         }
         input.push_str("COMMIT\n");
-        run_with_input("iptables-restore", &["-w", "5", "--noflush"], &input)?;
+        run_with_input(restore_tool, &["-w", "5", "--noflush"], &input)?;
     }
     Ok(())
 }
@@ -448,6 +489,22 @@ mod tests {
         let text = render_full_text(&s, &ctx);
         crate::proxy::golden::check("tests/golden/iptables/basic.rules", &text);
         assert_eq!(text, render_full_text(&s, &ctx), "deterministic");
+    }
+
+    #[test]
+    fn golden_ipv6_ruleset_and_the_kernel_takes_both_families() {
+        let (s, ctx) = crate::proxy::fixture::basic_v6();
+        let text = render_full_text(&s, &ctx);
+        crate::proxy::golden::check("tests/golden/iptables/basic-v6.rules", &text);
+        assert!(text.contains("/128") && !text.contains("/32 ") && !text.contains("255.255.255.255"), "{text}");
+        let (dual, contexts) = crate::proxy::fixture::dual();
+        assert_eq!(render(&dual, &contexts[1]), render(&s, &ctx), "each family its own Service ports");
+        assert_eq!(render(&dual, &contexts[0]), render(&crate::proxy::fixture::basic().0, &contexts[0]));
+        // Each family's restore, in a network namespace of its own.
+        assert!(nix::unistd::Uid::effective().is_root(), "needs root, as the whole suite does");
+        for c in &contexts {
+            check(&dual, c).unwrap_or_else(|e| panic!("{}: {e}", c.family));
+        }
     }
 
     #[test]

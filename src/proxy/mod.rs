@@ -1,7 +1,10 @@
 //! The Service proxy (kube-proxy's role): Services and EndpointSlices are
 //! watched, reduced to a [`model::ProxyState`], and programmed into the
 //! kernel by one backend: iptables (iptables-restore), nftables (`nft -f`),
-//! IPVS (generic netlink, with kube-ipvs0 over rtnetlink).
+//! IPVS (generic netlink, with kube-ipvs0 over rtnetlink). One model holds
+//! both families; iptables and nftables mode program each family the
+//! kernel has in that family's tables (ip6tables, `ip6 nodelet`), IPVS mode
+//! IPv4 only.
 
 pub mod model;
 pub mod nftables;
@@ -10,26 +13,37 @@ pub mod ipvs;
 pub mod other;
 pub mod refusals;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-/// What every backend needs besides the Services.
+use model::Family;
+
+/// What a backend needs besides the Services, for one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
-    /// The pod CIDR (`clusterCIDR`): traffic to a cluster IP from outside
-    /// it is masqueraded. None: only `masquerade_all` masquerades.
-    pub cluster_cidr: Option<ipnetwork::Ipv4Network>,
+    /// The family these rules are for.
+    pub family: Family,
+    /// The pod CIDR of this family (`clusterCIDR`): traffic to a cluster IP
+    /// from outside it is masqueraded. None: only `masquerade_all` does.
+    pub cluster_cidr: Option<ipnetwork::IpNetwork>,
     /// `iptables.masqueradeAll`: masquerade all traffic to cluster IPs.
     pub masquerade_all: bool,
     /// `iptables.masqueradeBit` (default 14): the packet-mark bit for SNAT.
     pub masquerade_bit: u8,
-    /// `nodePortAddresses` resolved: None = every local address.
-    pub node_port_ips: Option<Vec<Ipv4Addr>>,
+    /// `nodePortAddresses` resolved for this family: None = every local
+    /// address.
+    pub node_port_ips: Option<Vec<IpAddr>>,
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context { cluster_cidr: None, masquerade_all: false, masquerade_bit: 14, node_port_ips: None }
+        Context { family: Family::V4, cluster_cidr: None, masquerade_all: false, masquerade_bit: 14, node_port_ips: None }
     }
+}
+
+/// Whether this kernel (in this network namespace) has IPv6.
+pub fn ipv6_available() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").map_or(true, |v| v.trim() == "0")
 }
 
 impl Context {
@@ -85,9 +99,10 @@ pub fn run_with_input(tool: &str, args: &[&str], input: &str) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Deletes the `ip` nftables table `name`; one that is not there is no error.
-pub fn delete_nft_table(name: &str) -> Result<(), ProxyError> {
-    match run_with_input("nft", &["delete", "table", "ip", name], "") {
+/// Deletes the nftables table `name` of `family`; one that is not there is
+/// no error.
+pub fn delete_nft_table(family: Family, name: &str) -> Result<(), ProxyError> {
+    match run_with_input("nft", &["delete", "table", family.nft(), name], "") {
         Ok(_) => Ok(()),
         Err(ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
         Err(e) => Err(e),
@@ -164,14 +179,6 @@ pub fn resolve(
         }
         None => node_name.to_string(),
     };
-    // Both families are kept in the configuration; the rules are IPv4's.
-    let v6_cidrs: Vec<&str> = f.cluster_cidr.as_deref().unwrap_or("").split(',').filter(|p| p.parse::<ipnetwork::Ipv6Network>().is_ok()).collect();
-    if !v6_cidrs.is_empty() {
-        tracing::warn!(cluster_cidr = ?v6_cidrs, "the IPv6 clusterCIDR is read but not programmed: nodelet's proxy programs IPv4 Services only");
-    }
-    if !f.ipvs.exclude_cidrs_v6.is_empty() {
-        tracing::warn!(exclude_cidrs = ?f.ipvs.exclude_cidrs_v6.iter().map(ToString::to_string).collect::<Vec<_>>(), "the IPv6 ipvs.excludeCIDRs are read but not needed: nodelet's proxy programs IPv4 Services only");
-    }
     let mode_text = mode_flag.map(str::to_string).or_else(|| f.mode.clone()).unwrap_or_else(|| "iptables".into());
     let mode = match mode_text.as_str() {
         "iptables" => run::Mode::Iptables,
@@ -186,27 +193,45 @@ pub fn resolve(
         }
     };
     let bad = |field: &str, message: String| ConfigError::Field { file: "--proxy-config".into(), field: field.into(), message };
-    let cluster_cidr = f
-        .cluster_cidr
-        .as_deref()
-        .and_then(|s| s.split(',').find_map(|p| p.parse::<ipnetwork::Ipv4Network>().ok()));
-    let node_port_ips = if f.node_port_addresses.is_empty() {
-        None
-    } else {
-        let mut ips = Vec::new();
-        let primary: Vec<Ipv4Addr> = node_ips.iter().filter_map(|s| s.parse().ok()).collect();
-        let local = local_ipv4s();
-        for a in &f.node_port_addresses {
-            if a == "primary" {
-                ips.extend(&primary);
-            } else if let Ok(net) = a.parse::<ipnetwork::Ipv4Network>() {
-                ips.extend(local.iter().filter(|ip| net.contains(**ip)));
-            }
+    // clusterCIDR: one CIDR per family, comma-separated (as kube-proxy).
+    let mut cluster_cidrs: Vec<ipnetwork::IpNetwork> = Vec::new();
+    for part in f.cluster_cidr.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let net: ipnetwork::IpNetwork = part.parse().map_err(|_| bad("clusterCIDR", format!("Invalid value: {part:?}: must be a valid CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/56)")))?;
+        if cluster_cidrs.iter().any(|n| Family::of_net(n) == Family::of_net(&net)) {
+            return Err(bad("clusterCIDR", format!("Invalid value: {:?}: at most one CIDR of each IP family", f.cluster_cidr.as_deref().unwrap_or(""))));
         }
-        ips.sort();
-        ips.dedup();
-        Some(ips)
+        cluster_cidrs.push(net);
+    }
+    // The families served: IPv4, and IPv6 where the kernel has it (as
+    // kube-proxy runs a proxier for each family it can). IPVS mode is
+    // IPv4 only here.
+    let mut families = vec![Family::V4];
+    if ipv6_available() && mode != run::Mode::Ipvs {
+        families.push(Family::V6);
+    }
+    if mode == run::Mode::Ipvs && cluster_cidrs.iter().any(|n| Family::of_net(n) == Family::V6) {
+        tracing::warn!("IPVS mode programs IPv4 Services only: the IPv6 clusterCIDR is read but not used (iptables and nftables modes serve both families)");
+    }
+    let node_ips: Vec<IpAddr> = node_ips.iter().filter_map(|s| s.parse().ok()).collect();
+    for (i, a) in f.node_port_addresses.iter().enumerate() {
+        if a != "primary" && a.parse::<ipnetwork::IpNetwork>().is_err() {
+            return Err(bad(&format!("nodePortAddresses[{i}]"), format!("Invalid value: {a:?}: must be a valid CIDR or \"primary\"")));
+        }
+    }
+    let local = if f.node_port_addresses.is_empty() { Vec::new() } else { local_ips() };
+    let node_port_ips = |family: Family| -> Result<Option<Vec<IpAddr>>, ConfigError> {
+        Ok(node_port_ips(&f.node_port_addresses, &node_ips, family, &local))
     };
+    let mut contexts = Vec::new();
+    for family in families {
+        contexts.push(Context {
+            family,
+            cluster_cidr: cluster_cidrs.iter().find(|n| Family::of_net(n) == family).copied(),
+            masquerade_all: f.masquerade_all.unwrap_or(false),
+            masquerade_bit: f.masquerade_bit.unwrap_or(14),
+            node_port_ips: node_port_ips(family)?,
+        });
+    }
     let addr = |field: &str, v: Option<&String>, default: &str| -> Result<Option<std::net::SocketAddr>, ConfigError> {
         let text = v.map(String::as_str).unwrap_or(default);
         if text.is_empty() {
@@ -217,12 +242,9 @@ pub fn resolve(
     };
     Ok(run::ProxySettings {
         mode,
-        ctx: Context {
-            cluster_cidr,
-            masquerade_all: f.masquerade_all.unwrap_or(false),
-            masquerade_bit: f.masquerade_bit.unwrap_or(14),
-            node_port_ips,
-        },
+        contexts,
+        node_port_addresses: f.node_port_addresses.clone(),
+        node_ips,
         node_name: proxy_node,
         min_sync_period: f.min_sync_period.unwrap_or(std::time::Duration::from_secs(1)),
         sync_period: f.sync_period.unwrap_or(std::time::Duration::from_secs(30)),
@@ -245,9 +267,37 @@ pub fn resolve(
     })
 }
 
-/// The node's IPv4 addresses.
-pub fn local_ipv4s() -> Vec<Ipv4Addr> {
-    local_ipv4s_except(None)
+/// `nodePortAddresses` resolved for one family against the node's
+/// addresses now (`local`): None when not set (every local address); the
+/// addresses in its CIDRs of this family, and with `primary` the node's
+/// IP of this family. The proxy resolves them again at every sync, so
+/// node ports follow addresses as they come and go.
+pub fn node_port_ips(addresses: &[String], node_ips: &[IpAddr], family: Family, local: &[IpAddr]) -> Option<Vec<IpAddr>> {
+    if addresses.is_empty() {
+        return None;
+    }
+    let mut ips = Vec::new();
+    for a in addresses {
+        if a == "primary" {
+            ips.extend(node_ips.iter().filter(|ip| Family::of(ip) == family));
+        } else if let Ok(net) = a.parse::<ipnetwork::IpNetwork>()
+            && Family::of_net(&net) == family
+        {
+            ips.extend(local.iter().filter(|ip| net.contains(**ip)));
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    Some(ips)
+}
+
+/// The node's addresses of both families.
+pub fn local_ips() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = local_ipv4s_except(None).into_iter().map(IpAddr::V4).collect();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        out.extend(addrs.filter_map(|a| a.address.as_ref().and_then(|s| s.as_sockaddr_in6()).map(|s| IpAddr::V6(s.ip()))));
+    }
+    out
 }
 
 /// The node's IPv4 addresses on every interface but `except` (kube-proxy's
@@ -286,13 +336,44 @@ pub fn cleanup() -> Vec<String> {
 #[cfg(test)]
 pub(crate) mod fixture {
     use super::Context;
-    use super::model::{Endpoint, PortKey, Protocol, ProxyState, ServicePort};
-    use std::net::Ipv4Addr;
+    use super::model::{Endpoint, Family, PortKey, Protocol, ProxyState, ServicePort};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     pub fn basic() -> (ProxyState, Context) {
-        let key = |name: &str, port: &str, protocol| PortKey { namespace: "default".into(), name: name.into(), port: port.into(), protocol };
-        let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort::cluster_ip(k.clone(), Ipv4Addr::from(ip), port);
-        let ep = |n: u8, port, ready, local| Endpoint { ip: Ipv4Addr::new(10, 244, 0, n), port, ready, serving: ready, terminating: false, local };
+        fixture(Family::V4)
+    }
+
+    /// The same Services in IPv6 (cluster IPs fd00:10:96::…, endpoints
+    /// fd00:10:244::…, the load balancer 2001:db8::80).
+    pub fn basic_v6() -> (ProxyState, Context) {
+        fixture(Family::V6)
+    }
+
+    /// Both, as one dual-stack model, with each family's context.
+    pub fn dual() -> (ProxyState, Vec<Context>) {
+        let (mut s, c4) = basic();
+        let (s6, c6) = basic_v6();
+        s.services.extend(s6.services);
+        s.endpoints.extend(s6.endpoints);
+        (s, vec![c4, c6])
+    }
+
+    fn hex(n: u8) -> u16 {
+        u16::from_str_radix(&n.to_string(), 16).unwrap_or(0)
+    }
+
+    fn fixture(family: Family) -> (ProxyState, Context) {
+        let addr = |v4: [u8; 4]| -> IpAddr {
+            match family {
+                Family::V4 => Ipv4Addr::from(v4).into(),
+                // The IPv4 numbers' decimal digits as hex digits: 10.96.0.10 is fd00:10:96::10.
+                Family::V6 if v4[0] == 192 => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, hex(v4[3])).into(),
+                Family::V6 => Ipv6Addr::new(0xfd00, 0x10, hex(v4[1]), 0, 0, 0, 0, hex(v4[3])).into(),
+            }
+        };
+        let key = |name: &str, port: &str, protocol| PortKey { namespace: "default".into(), name: name.into(), port: port.into(), protocol, family };
+        let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort::cluster_ip(k.clone(), addr(ip), port);
+        let ep = |n: u8, port, ready, local| Endpoint { ip: addr([10, 244, 0, n]), port, ready, serving: ready, terminating: false, local };
         let mut s = ProxyState::default();
         let web = key("web", "http", Protocol::Tcp);
         s.services.insert(web.clone(), svc(&web, [10, 96, 0, 10], 80));
@@ -306,7 +387,7 @@ pub(crate) mod fixture {
         let local = key("local", "", Protocol::Tcp);
         let mut lp = svc(&local, [10, 96, 0, 12], 80);
         lp.node_port = Some(30081);
-        lp.load_balancer_ips = vec![Ipv4Addr::new(192, 0, 2, 80)];
+        lp.load_balancer_ips = vec![addr([192, 0, 2, 80])];
         lp.external_local = true;
         lp.health_check_node_port = Some(32000);
         s.services.insert(local.clone(), lp);
@@ -327,7 +408,8 @@ pub(crate) mod fixture {
         s.endpoints.insert(edge.clone(), vec![ep(12, 80, true, false)]);
         let dns = key("dns", "dns", Protocol::Udp);
         s.services.insert(dns.clone(), svc(&dns, [10, 96, 0, 53], 53));
-        let ctx = Context { cluster_cidr: Some("10.244.0.0/16".parse().unwrap()), ..Default::default() };
+        let cidr = if family == Family::V4 { "10.244.0.0/16" } else { "fd00:10:244::/56" };
+        let ctx = Context { family, cluster_cidr: Some(cidr.parse().unwrap()), ..Default::default() };
         (s, ctx)
     }
 
@@ -344,7 +426,14 @@ mod resolve_tests {
         .unwrap();
         let s = super::resolve(None, Some(&f), "node-a", &[], true).unwrap();
         assert_eq!(s.node_name, "worker-7", "kube-proxy's: trimmed, lowercased");
-        assert_eq!(s.ctx.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(s.contexts[0].cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        if super::ipv6_available() {
+            assert_eq!(s.contexts[1].family, super::model::Family::V6);
+            assert_eq!(s.contexts[1].cluster_cidr, Some("fd00:10:244::/56".parse().unwrap()), "each family its own");
+        }
+        let twice = crate::config::proxy::ProxyConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nclusterCIDR: 10.244.0.0/16,10.245.0.0/16\n", "p.yaml").unwrap();
+        let e = super::resolve(None, Some(&twice), "node-a", &[], true).unwrap_err().to_string();
+        assert!(e.contains("clusterCIDR") && e.contains("at most one CIDR of each IP family"), "{e}");
         assert_eq!(f.cluster_cidr.as_deref(), Some("10.244.0.0/16,fd00:10:244::/56"), "both families kept");
         let s = super::resolve(None, None, "node-a", &[], true).unwrap();
         assert_eq!(s.node_name, "node-a");

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -50,17 +50,113 @@ impl Protocol {
     }
 }
 
-/// `namespace/name:port` with the protocol: one Service port.
+/// An IP family. A dual-stack Service is two Service ports in the model,
+/// one per family, each programmed in its family's tables (kube-proxy runs
+/// one proxier per family the same way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    pub fn of_net(net: &ipnetwork::IpNetwork) -> Family {
+        Family::of(&net.ip())
+    }
+
+    /// As the API spells it (`ipFamilies`, EndpointSlice `addressType`).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Family> {
+        match s {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    /// The prefix length of one address.
+    pub fn host_bits(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// nftables' table family and address keyword (`ip`, `ip6`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// nftables' address type.
+    pub fn nft_addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    /// The loopback network (no node port is served there but in
+    /// iptables mode on IPv4 with route_localnet).
+    pub fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// The iptables programs of this family: (iptables, -save, -restore).
+    pub fn iptables(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Family::V4 => ("iptables", "iptables-save", "iptables-restore"),
+            Family::V6 => ("ip6tables", "ip6tables-save", "ip6tables-restore"),
+        }
+    }
+
+    /// conntrack's `-f`.
+    pub fn conntrack(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.api_name())
+    }
+}
+
+/// `namespace/name:port` with the protocol and the family: one Service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortKey {
     pub namespace: String,
     pub name: String,
     pub port: String,
     pub protocol: Protocol,
+    pub family: Family,
 }
 
 impl fmt::Display for PortKey {
-    /// kube-proxy's ServicePortName: `ns/name:port` (`ns/name` for an unnamed port).
+    /// kube-proxy's ServicePortName: `ns/name:port` (`ns/name` for an
+    /// unnamed port); the family is not part of it (each family's rules
+    /// live in that family's tables, named as kube-proxy names them).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.port.is_empty() { write!(f, "{}/{}", self.namespace, self.name) } else { write!(f, "{}/{}:{}", self.namespace, self.name, self.port) }
     }
@@ -70,17 +166,18 @@ impl fmt::Display for PortKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub key: PortKey,
-    pub cluster_ip: Ipv4Addr,
+    /// Of the key's family, as every address below.
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_ips: Vec<Ipv4Addr>,
-    /// `loadBalancerSourceRanges` (IPv4) when they restrict who reaches the
-    /// load-balancer IPs: None lets everyone in (no ranges, or one that
-    /// holds every address). Some(empty) lets nobody in: the Service named
-    /// only IPv6 ranges, and its IPv4 load-balancer IPs stay closed rather
-    /// than open to all.
-    pub source_ranges: Option<Vec<ipnetwork::Ipv4Network>>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges` of this family when they restrict who
+    /// reaches the load-balancer IPs: None lets everyone in (no ranges, or
+    /// one that holds every address of the family). Some(empty) lets nobody
+    /// in: the Service named ranges of the other family only, and this
+    /// family's load-balancer IPs stay closed rather than open to all.
+    pub source_ranges: Option<Vec<ipnetwork::IpNetwork>>,
     /// ClientIP affinity timeout in seconds.
     pub affinity: Option<u32>,
     /// externalTrafficPolicy: Local.
@@ -93,7 +190,7 @@ pub struct ServicePort {
 impl ServicePort {
     /// A plain ClusterIP port: no node port, external addresses, affinity or
     /// Local policies.
-    pub fn cluster_ip(key: PortKey, cluster_ip: Ipv4Addr, port: u16) -> Self {
+    pub fn cluster_ip(key: PortKey, cluster_ip: IpAddr, port: u16) -> Self {
         ServicePort {
             key,
             cluster_ip,
@@ -119,7 +216,7 @@ impl ServicePort {
 /// One endpoint of one Service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -129,8 +226,9 @@ pub struct Endpoint {
 }
 
 impl fmt::Display for Endpoint {
+    /// `ip:port`, `[ip6]:port` (as kube-proxy, iptables' DNAT and nft spell it).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        write!(f, "{}", std::net::SocketAddr::new(self.ip, self.port))
     }
 }
 
@@ -140,6 +238,21 @@ pub struct ProxyState {
     pub services: BTreeMap<PortKey, ServicePort>,
     /// Every endpoint of each port, sorted, without duplicates.
     pub endpoints: BTreeMap<PortKey, Vec<Endpoint>>,
+}
+
+impl ProxyState {
+    /// The Service ports of one family and their endpoints.
+    pub fn family(&self, family: Family) -> ProxyState {
+        ProxyState {
+            services: self.services.iter().filter(|(k, _)| k.family == family).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            endpoints: self.endpoints.iter().filter(|(k, _)| k.family == family).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    /// The families the model has Service ports of.
+    pub fn families(&self) -> std::collections::BTreeSet<Family> {
+        self.services.keys().map(|k| k.family).collect()
+    }
 }
 
 /// The endpoints traffic may use, as kube-proxy's CategorizeEndpoints
@@ -174,7 +287,7 @@ fn usable(eps: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
 pub fn select(svc: &ServicePort, eps: &[Endpoint]) -> Selected {
     let all = usable(eps, false);
     let local = usable(eps, true);
-    let ready_local: std::collections::BTreeSet<Ipv4Addr> = eps.iter().filter(|e| e.local && e.ready).map(|e| e.ip).collect();
+    let ready_local: std::collections::BTreeSet<IpAddr> = eps.iter().filter(|e| e.local && e.ready).map(|e| e.ip).collect();
     Selected {
         cluster: if svc.internal_local { local.clone() } else { all.clone() },
         external: if svc.external_local { local.clone() } else { all.clone() },
@@ -200,8 +313,9 @@ fn invalid(kind: &'static str, ns: &str, name: &str, field: impl Into<String>, m
     Invalid { kind, namespace: ns.into(), name: name.into(), field: field.into(), message: message.into() }
 }
 
-/// The ports of one Service; `Ok(empty)` for Services kube-proxy ignores
-/// (headless, ExternalName, no cluster IP, IPv6 only).
+/// The ports of one Service, for each family it has a cluster IP of
+/// (`spec.clusterIPs`); `Ok(empty)` for Services kube-proxy ignores
+/// (headless, ExternalName, no cluster IP).
 pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
     let name = svc.metadata.name.as_deref().unwrap_or("");
@@ -218,10 +332,21 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     if ip_text.is_empty() || ip_text == "None" {
         return Ok(Vec::new());
     }
-    let Ok(ip) = ip_text.parse::<std::net::IpAddr>() else {
+    let Ok(primary) = ip_text.parse::<IpAddr>() else {
         return Err(bad("spec.clusterIP", format!("Invalid value: {ip_text:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")));
     };
-    let std::net::IpAddr::V4(cluster_ip) = ip else { return Ok(Vec::new()) };
+    // clusterIPs: the primary (= clusterIP) and, dual-stack, one of the
+    // other family; an older object may have clusterIP alone.
+    let mut cluster_ips = vec![primary];
+    for (i, text) in spec.cluster_ips.iter().flatten().enumerate().skip(1) {
+        let Ok(ip) = text.parse::<IpAddr>() else {
+            return Err(bad(&format!("spec.clusterIPs[{i}]"), format!("Invalid value: {text:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")));
+        };
+        if i > 1 || Family::of(&ip) == Family::of(&primary) {
+            return Err(bad(&format!("spec.clusterIPs[{i}]"), format!("Invalid value: {text:?}: may specify no more than one IP for each IP family")));
+        }
+        cluster_ips.push(ip);
+    }
     let affinity = match spec.session_affinity.as_deref().unwrap_or("None") {
         "None" => None,
         "ClientIP" => {
@@ -244,16 +369,15 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     let has_external_kind = kind == "NodePort" || kind == "LoadBalancer";
     let mut external_ips = Vec::new();
     for (i, e) in spec.external_ips.iter().flatten().enumerate() {
-        match e.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => external_ips.push(a),
-            Ok(_) => {}
+        match e.parse::<IpAddr>() {
+            Ok(a) => external_ips.push(a),
             Err(_) => return Err(bad(&format!("spec.externalIPs[{i}]"), format!("Invalid value: {e:?}: must be a valid IP address"))),
         }
     }
     let external_local = policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?
         && (has_external_kind || !external_ips.is_empty());
     let internal_local = policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?;
-    let load_balancer_ips: Vec<Ipv4Addr> = if kind == "LoadBalancer" {
+    let load_balancer_ips: Vec<IpAddr> = if kind == "LoadBalancer" {
         svc.status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
@@ -280,12 +404,16 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     let mut ranges = Vec::new();
     for (i, r) in ranges_text.iter().enumerate() {
         match r.parse::<ipnetwork::IpNetwork>() {
-            Ok(ipnetwork::IpNetwork::V4(n)) => ranges.push(ipnetwork::Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)),
-            Ok(ipnetwork::IpNetwork::V6(_)) => {}
+            Ok(n) => ranges.push(ipnetwork::IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)),
             Err(_) => return Err(bad(&format!("{ranges_field}[{i}]"), format!("Invalid value: {r:?}: must be a valid CIDR (e.g. 10.0.0.0/8)"))),
         }
     }
-    let source_ranges = (kind == "LoadBalancer" && !ranges_text.is_empty() && !ranges.iter().any(|n| n.prefix() == 0)).then_some(ranges);
+    // Per family, as kube-proxy filters them; one that holds every address
+    // of a family opens that family.
+    let source_ranges = |family: Family| -> Option<Vec<ipnetwork::IpNetwork>> {
+        let mine: Vec<ipnetwork::IpNetwork> = ranges.iter().filter(|n| Family::of_net(n) == family).copied().collect();
+        (kind == "LoadBalancer" && !ranges_text.is_empty() && !mine.iter().any(|n| n.prefix() == 0)).then_some(mine)
+    };
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -310,24 +438,27 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
             },
             _ => None,
         };
-        let key = PortKey { namespace: ns.into(), name: name.into(), port: p.name.clone().unwrap_or_default(), protocol };
         if !seen.insert((p.port, protocol)) {
             return Err(bad(&f, format!("Duplicate value: {{\"port\": {}, \"protocol\": {proto_text:?}}}", p.port)));
         }
         let hc = spec.health_check_node_port.filter(|_| external_local).and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0);
-        out.push(ServicePort {
-            key,
-            cluster_ip,
-            port: p.port as u16,
-            node_port,
-            external_ips: external_ips.clone(),
-            load_balancer_ips: load_balancer_ips.clone(),
-            source_ranges: source_ranges.clone(),
-            affinity,
-            external_local,
-            internal_local,
-            health_check_node_port: hc,
-        });
+        for cluster_ip in &cluster_ips {
+            let family = Family::of(cluster_ip);
+            let of_family = |ips: &[IpAddr]| ips.iter().filter(|ip| Family::of(ip) == family).copied().collect::<Vec<_>>();
+            out.push(ServicePort {
+                key: PortKey { namespace: ns.into(), name: name.into(), port: p.name.clone().unwrap_or_default(), protocol, family },
+                cluster_ip: *cluster_ip,
+                port: p.port as u16,
+                node_port,
+                external_ips: of_family(&external_ips),
+                load_balancer_ips: of_family(&load_balancer_ips),
+                source_ranges: source_ranges(family),
+                affinity,
+                external_local,
+                internal_local,
+                health_check_node_port: hc,
+            });
+        }
     }
     Ok(out)
 }
@@ -338,18 +469,25 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone()))
 }
 
-/// The endpoints one slice gives, by (port name, protocol).
+/// The family of a slice's addresses; None for FQDN (and unknown) slices.
+pub fn slice_family(slice: &EndpointSlice) -> Option<Family> {
+    Family::parse(&slice.address_type)
+}
+
+/// The endpoints one slice gives, by (port name, protocol); all of the
+/// slice's family (`addressType`, see [`slice_family`]).
 pub fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<BTreeMap<(String, Protocol), Vec<Endpoint>>, Invalid> {
     let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
     let name = slice.metadata.name.as_deref().unwrap_or("");
     let bad = |field: String, message: String| invalid("EndpointSlice", ns, name, field, message);
     let mut out: BTreeMap<(String, Protocol), Vec<Endpoint>> = BTreeMap::new();
-    if slice.address_type != "IPv4" {
-        if slice.address_type == "IPv6" || slice.address_type == "FQDN" {
-            return Ok(out);
+    let family = match Family::parse(&slice.address_type) {
+        Some(f) => f,
+        None if slice.address_type == "FQDN" => return Ok(out),
+        None => {
+            return Err(bad("addressType".into(), format!("Unsupported value: {:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"", slice.address_type)));
         }
-        return Err(bad("addressType".into(), format!("Unsupported value: {:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"", slice.address_type)));
-    }
+    };
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         let proto_text = p.protocol.as_deref().unwrap_or("TCP");
@@ -365,8 +503,8 @@ pub fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<BTreeMa
         let Some(addr) = e.addresses.first() else {
             return Err(bad(format!("endpoints[{j}].addresses"), "Required value".into()));
         };
-        let Ok(ip) = addr.parse::<Ipv4Addr>() else {
-            return Err(bad(format!("endpoints[{j}].addresses[0]"), format!("Invalid value: {addr:?}: must be a valid IPv4 address")));
+        let Some(ip) = addr.parse::<IpAddr>().ok().filter(|ip| Family::of(ip) == family) else {
+            return Err(bad(format!("endpoints[{j}].addresses[0]"), format!("Invalid value: {addr:?}: must be a valid {family} address")));
         };
         let c = e.conditions.clone().unwrap_or_default();
         let ready = c.ready.unwrap_or(true);
@@ -425,8 +563,9 @@ pub fn build_reporting<'a>(
         let Some((ns, svc)) = slice_service(slice) else { continue };
         match slice_endpoints(slice, node_name) {
             Ok(by_port) => {
+                let family = slice_family(slice).unwrap_or_default();
                 for ((port, protocol), eps) in by_port {
-                    let key = PortKey { namespace: ns.clone(), name: svc.clone(), port, protocol };
+                    let key = PortKey { namespace: ns.clone(), name: svc.clone(), port, protocol, family };
                     if state.services.contains_key(&key) {
                         state.endpoints.entry(key).or_default().extend(eps);
                     }
@@ -470,7 +609,7 @@ impl Claim {
 pub struct Conflict {
     /// The Service port whose claim is not programmed.
     pub loser: PortKey,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub claim: Claim,
     /// The Service port that keeps the address, and how it holds it.
@@ -506,7 +645,7 @@ impl fmt::Display for Conflict {
 /// taken out of the model and returned; when the holder goes, the next
 /// claimant gets the address at the next sync.
 pub fn arbitrate(state: &mut ProxyState, created: &BTreeMap<(String, String), Time>) -> Vec<Conflict> {
-    let mut holders: std::collections::HashMap<(Ipv4Addr, Protocol, u16), (PortKey, Claim)> = std::collections::HashMap::new();
+    let mut holders: std::collections::HashMap<(IpAddr, Protocol, u16), (PortKey, Claim)> = std::collections::HashMap::new();
     for svc in state.services.values() {
         holders.entry((svc.cluster_ip, svc.key.protocol, svc.port)).or_insert_with(|| (svc.key.clone(), Claim::ClusterIp));
     }

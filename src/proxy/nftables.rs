@@ -1,5 +1,5 @@
-//! nftables mode, modelled on kube-proxy's: one table of its own
-//! (`ip nodelet`), verdict maps from address · protocol · port to a chain per
+//! nftables mode, modelled on kube-proxy's: one table of its own per
+//! family (`ip nodelet`, `ip6 nodelet`, the same layout), verdict maps from address · protocol · port to a chain per
 //! Service port, a random pick of the endpoint in that chain, dynamic sets
 //! with timeouts for ClientIP affinity. Each sync is one `nft -f`
 //! transaction. The committed ruleset is kept in memory, so a sync adds and
@@ -20,11 +20,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::model::{Endpoint, PortKey, ProxyState, ServicePort, select};
+use super::model::{Endpoint, Family, PortKey, ProxyState, ServicePort, select};
 use super::{Context, ProxyError, SyncStats, chain_hash, run_with_input};
 
 pub const TABLE: &str = "nodelet";
-const T: &str = "ip nodelet";
+
+/// The table of `family`: `ip nodelet`, `ip6 nodelet`.
+fn table(family: Family) -> String {
+    format!("{} {TABLE}", family.nft())
+}
 
 /// Base chains and their hooks. Filter chains run before DNAT
 /// (dstnat - 10), so traffic to a port without endpoints is rejected.
@@ -37,6 +41,7 @@ const BASE_CHAINS: &[(&str, &str)] = &[
     ("nat-postrouting", "type nat hook postrouting priority 100 ;"),
 ];
 
+/// The maps, with `ipv4_addr` standing for the family's address type.
 const MAPS: &[(&str, &str)] = &[
     ("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict ;"),
     ("service-nodeports", "type inet_proto . inet_service : verdict ;"),
@@ -48,6 +53,7 @@ const MAPS: &[(&str, &str)] = &[
 /// A ruleset: chains with their rules, map elements, affinity sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rendered {
+    pub family: Family,
     pub chains: BTreeMap<String, Vec<String>>,
     /// map → element key → verdict.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
@@ -85,15 +91,20 @@ fn base(key: &PortKey) -> String {
 fn endpoint_base(key: &PortKey, ep: &Endpoint) -> String {
     let proto = key.protocol.as_str();
     let h = chain_hash(&[&key.to_string(), proto, &ep.to_string()]);
-    format!("{}-{}/{}/{proto}/{}__{}/{}", &h[..8], key.namespace, key.name, key.port, ep.ip, ep.port)
+    // No `:` in an nft name: an IPv6 address is written with dots.
+    let ip = ep.ip.to_string().replace(':', ".");
+    format!("{}-{}/{}/{proto}/{}__{ip}/{}", &h[..8], key.namespace, key.name, key.port, ep.port)
 }
 
 /// The node-port address match: every local address, or the configured ones.
 fn node_port_match(ctx: &Context) -> Option<String> {
+    let nf = ctx.family.nft();
     match &ctx.node_port_ips {
-        None => Some("fib daddr type local ip daddr != 127.0.0.0/8".into()),
-        Some(ips) if ips.is_empty() => None,
-        Some(ips) => Some(format!("ip daddr {{ {} }}", ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))),
+        None => Some(format!("fib daddr type local {nf} daddr != {}", ctx.family.loopback().trim_end_matches("/128"))),
+        Some(ips) => {
+            let ips: Vec<String> = ips.iter().filter(|ip| Family::of(ip) == ctx.family).map(ToString::to_string).collect();
+            (!ips.is_empty()).then(|| format!("{nf} daddr {{ {} }}", ips.join(", ")))
+        }
     }
 }
 
@@ -101,15 +112,16 @@ fn node_port_match(ctx: &Context) -> Option<String> {
 /// gives each endpoint the same chance. Each rule DNATs directly.
 fn to_endpoints(r: &mut Rendered, chain: &str, svc: &ServicePort, eps: &[Endpoint]) {
     let proto = svc.key.protocol.as_str();
+    let nf = svc.key.family.nft();
     let remember = |ep: &Endpoint| match svc.affinity {
-        Some(_) => format!("update @affinity-{} {{ ip saddr }} ", endpoint_base(&svc.key, ep)),
+        Some(_) => format!("update @affinity-{} {{ {nf} saddr }} ", endpoint_base(&svc.key, ep)),
         None => String::new(),
     };
     if let Some(timeout) = svc.affinity {
         for ep in eps {
             let b = endpoint_base(&svc.key, ep);
             r.sets.insert(format!("affinity-{b}"), timeout);
-            r.rule(chain, format!("ip saddr @affinity-{b} {}meta l4proto {proto} dnat to {ep}", remember(ep)));
+            r.rule(chain, format!("{nf} saddr @affinity-{b} {}meta l4proto {proto} dnat to {ep}", remember(ep)));
         }
     }
     let n = eps.len();
@@ -120,9 +132,11 @@ fn to_endpoints(r: &mut Rendered, chain: &str, svc: &ServicePort, eps: &[Endpoin
     }
 }
 
-/// Renders the whole ruleset for `state`. Pure and deterministic.
+/// Renders the whole ruleset of `ctx.family` for `state` (its Service
+/// ports of that family). Pure and deterministic.
 pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
-    let mut r = Rendered::default();
+    let mut r = Rendered { family: ctx.family, ..Default::default() };
+    let nf = ctx.family.nft();
     let mark = format!("{:#x}", ctx.masq_mark());
     for (map, _) in MAPS {
         r.maps.insert(map.to_string(), BTreeMap::new());
@@ -132,28 +146,28 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     r.rule("filter-forward", "ct state new jump service-endpoints-check".into());
     // loadBalancerSourceRanges: a new connection to a load-balancer IP that
     // was not DNATed came from outside the ranges (see render_service).
-    r.rule("filter-input", "ct state new ip daddr . meta l4proto . th dport vmap @firewall-ips".into());
-    r.rule("filter-forward", "ct state new ip daddr . meta l4proto . th dport vmap @firewall-ips".into());
+    r.rule("filter-input", format!("ct state new {nf} daddr . meta l4proto . th dport vmap @firewall-ips"));
+    r.rule("filter-forward", format!("ct state new {nf} daddr . meta l4proto . th dport vmap @firewall-ips"));
     r.rule("filter-output", "ct state new jump service-endpoints-check".into());
-    r.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into());
+    r.rule("service-endpoints-check", format!("{nf} daddr . meta l4proto . th dport vmap @no-endpoint-services"));
     r.rule("nat-prerouting", "jump services".into());
     r.rule("nat-output", "jump services".into());
     r.rule("nat-postrouting", "jump masquerading".into());
-    r.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips".into());
+    r.rule("services", format!("{nf} daddr . meta l4proto . th dport vmap @service-ips"));
     r.chains.entry("nodeport-endpoints-check".into()).or_default();
     if let Some(m) = node_port_match(ctx) {
         r.rule("services", format!("{m} meta l4proto . th dport vmap @service-nodeports"));
         r.rule("nodeport-endpoints-check", format!("{m} meta l4proto . th dport vmap @no-endpoint-nodeports"));
     }
     r.rule("mark-for-masquerade", format!("meta mark set meta mark | {mark}"));
-    r.rule("masquerading", "ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random".into());
+    r.rule("masquerading", format!("ct status dnat {nf} saddr . {nf} daddr @hairpin masquerade fully-random"));
     r.rule("masquerading", format!("meta mark & {mark} == 0 return"));
     r.rule("masquerading", format!("meta mark set meta mark ^ {mark}"));
     r.rule("masquerading", "masquerade fully-random".into());
     r.rule("reject-chain", "reject".into());
 
     let empty = Vec::new();
-    for (key, svc) in &state.services {
+    for (key, svc) in state.services.iter().filter(|(k, _)| k.family == ctx.family) {
         render_service(&mut r, key, svc, state.endpoints.get(key).unwrap_or(&empty), ctx);
     }
     r
@@ -165,6 +179,7 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
 fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[Endpoint], ctx: &Context) {
     let sel = select(svc, eps);
     let proto = key.protocol.as_str();
+    let nf = key.family.nft();
     let b = base(key);
     let svc_chain = format!("service-{b}");
     let local_chain = format!("local-{b}");
@@ -179,9 +194,9 @@ fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[End
     } else {
         r.element("service-ips", format!("{vip} . {proto} . {port}"), format!("goto {internal_chain}"));
         if ctx.masquerade_all {
-            r.rule(internal_chain, format!("ip daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
+            r.rule(internal_chain, format!("{nf} daddr {vip} {proto} dport {port} jump mark-for-masquerade"));
         } else if let Some(cidr) = ctx.cluster_cidr {
-            r.rule(internal_chain, format!("ip daddr {vip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"));
+            r.rule(internal_chain, format!("{nf} daddr {vip} {proto} dport {port} {nf} saddr != {cidr} jump mark-for-masquerade"));
         }
         wanted.insert(internal_chain, &sel.cluster);
     }
@@ -196,7 +211,7 @@ fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[End
             r.chains.entry(fw_chain.clone()).or_default();
             if !ranges.is_empty() {
                 let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
-                r.rule(&fw_chain, format!("ip saddr {{ {} }} goto {ext_chain}", list.join(", ")));
+                r.rule(&fw_chain, format!("{nf} saddr {{ {} }} goto {ext_chain}", list.join(", ")));
             }
         }
         for ip in &svc.load_balancer_ips {
@@ -227,7 +242,7 @@ fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[End
                 if !sel.cluster.is_empty() {
                     if let Some(cidr) = ctx.cluster_cidr {
                         // Pods reach the Service as cluster traffic does.
-                        r.rule(&ext_chain, format!("ip saddr {cidr} goto {internal_chain}"));
+                        r.rule(&ext_chain, format!("{nf} saddr {cidr} goto {internal_chain}"));
                     }
                     r.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade".into());
                     r.rule(&ext_chain, format!("fib saddr type local goto {internal_chain}"));
@@ -256,7 +271,7 @@ fn render_service(r: &mut Rendered, key: &PortKey, svc: &ServicePort, eps: &[End
 fn hairpin_counts(state: &ProxyState, ctx: &Context) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     let empty = Vec::new();
-    for (key, svc) in &state.services {
+    for (key, svc) in state.services.iter().filter(|(k, _)| k.family == ctx.family) {
         let mut one = Rendered::default();
         render_service(&mut one, key, svc, state.endpoints.get(key).unwrap_or(&empty), ctx);
         for pair in one.hairpin {
@@ -266,34 +281,37 @@ fn hairpin_counts(state: &ProxyState, ctx: &Context) -> BTreeMap<String, usize> 
     counts
 }
 
-fn elements(map: &str, items: &[String], verb: &str, out: &mut String) {
+fn elements(t: &str, map: &str, items: &[String], verb: &str, out: &mut String) {
     // Large element lists go in chunks to keep each command's line short.
     for chunk in items.chunks(1000) {
-        let _ = writeln!(out, "{verb} element {T} {map} {{ {} }}", chunk.join(", "));
+        let _ = writeln!(out, "{verb} element {t} {map} {{ {} }}", chunk.join(", "));
     }
 }
 
 /// The `nft -f` script taking the kernel from `prev` (None: unknown, write
 /// everything) to `next`. `stale_chains`/`stale_sets` are leftovers found in
-/// the kernel. Returns the script and how many chains it rewrites.
+/// the kernel. Returns the script and how many chains it rewrites. The
+/// table is `next`'s family's.
 pub fn transaction(prev: Option<&Rendered>, next: &Rendered, stale_chains: &BTreeSet<String>, stale_sets: &BTreeSet<String>) -> (String, usize) {
     let mut out = String::new();
-    let _ = writeln!(out, "add table {T} {{ comment \"rules for nodelet's Service proxy\" ; }}");
+    let t = &table(next.family);
+    let addr = next.family.nft_addr_type();
+    let _ = writeln!(out, "add table {t} {{ comment \"rules for nodelet's Service proxy\" ; }}");
     for (chain, spec) in BASE_CHAINS {
-        let _ = writeln!(out, "add chain {T} {chain} {{ {spec} }}");
+        let _ = writeln!(out, "add chain {t} {chain} {{ {spec} }}");
     }
     for (map, spec) in MAPS {
-        let _ = writeln!(out, "add map {T} {map} {{ {spec} }}");
+        let _ = writeln!(out, "add map {t} {map} {{ {} }}", spec.replace("ipv4_addr", addr));
     }
-    let _ = writeln!(out, "add set {T} hairpin {{ type ipv4_addr . ipv4_addr ; }}");
+    let _ = writeln!(out, "add set {t} hairpin {{ type {addr} . {addr} ; }}");
     // New sets and chains only: `add` is idempotent, but repeating it for
     // every object would make each sync as long as a full one.
     for (set, timeout) in next.sets.iter().filter(|(s, _)| prev.is_none_or(|p| !p.sets.contains_key(*s))) {
-        let _ = writeln!(out, "add set {T} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
+        let _ = writeln!(out, "add set {t} {set} {{ type {addr} ; flags dynamic,timeout ; timeout {timeout}s ; }}");
     }
     let is_base = |c: &str| BASE_CHAINS.iter().any(|(b, _)| *b == c);
     for chain in next.chains.keys().filter(|c| !is_base(c) && prev.is_none_or(|p| !p.chains.contains_key(*c))) {
-        let _ = writeln!(out, "add chain {T} {chain}");
+        let _ = writeln!(out, "add chain {t} {chain}");
     }
     // Chains and sets that go: everything of prev and the leftovers not in next.
     let mut gone_chains: BTreeSet<&String> = stale_chains.iter().filter(|c| !next.chains.contains_key(*c)).collect();
@@ -307,9 +325,9 @@ pub fn transaction(prev: Option<&Rendered>, next: &Rendered, stale_chains: &BTre
         let want = next.maps.get(*map).cloned().unwrap_or_default();
         match prev {
             None => {
-                let _ = writeln!(out, "flush map {T} {map}");
+                let _ = writeln!(out, "flush map {t} {map}");
                 let items: Vec<String> = want.iter().map(|(k, v)| format!("{k} : {v}")).collect();
-                elements(map, &items, "add", &mut out);
+                elements(t, map, &items, "add", &mut out);
             }
             Some(p) => {
                 let had = p.maps.get(*map).cloned().unwrap_or_default();
@@ -317,19 +335,19 @@ pub fn transaction(prev: Option<&Rendered>, next: &Rendered, stale_chains: &BTre
                     had.iter().filter(|(k, v)| want.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
                 let added: Vec<String> =
                     want.iter().filter(|(k, v)| had.get(*k) != Some(*v)).map(|(k, v)| format!("{k} : {v}")).collect();
-                elements(map, &removed, "delete", &mut out);
-                elements(map, &added, "add", &mut out);
+                elements(t, map, &removed, "delete", &mut out);
+                elements(t, map, &added, "add", &mut out);
             }
         }
     }
     match prev {
         None => {
-            let _ = writeln!(out, "flush set {T} hairpin");
-            elements("hairpin", &next.hairpin.iter().cloned().collect::<Vec<_>>(), "add", &mut out);
+            let _ = writeln!(out, "flush set {t} hairpin");
+            elements(t, "hairpin", &next.hairpin.iter().cloned().collect::<Vec<_>>(), "add", &mut out);
         }
         Some(p) => {
-            elements("hairpin", &p.hairpin.difference(&next.hairpin).cloned().collect::<Vec<_>>(), "delete", &mut out);
-            elements("hairpin", &next.hairpin.difference(&p.hairpin).cloned().collect::<Vec<_>>(), "add", &mut out);
+            elements(t, "hairpin", &p.hairpin.difference(&next.hairpin).cloned().collect::<Vec<_>>(), "delete", &mut out);
+            elements(t, "hairpin", &next.hairpin.difference(&p.hairpin).cloned().collect::<Vec<_>>(), "add", &mut out);
         }
     }
     let mut written = 0;
@@ -338,19 +356,19 @@ pub fn transaction(prev: Option<&Rendered>, next: &Rendered, stale_chains: &BTre
             continue;
         }
         written += 1;
-        let _ = writeln!(out, "flush chain {T} {chain}");
+        let _ = writeln!(out, "flush chain {t} {chain}");
         for rule in rules {
-            let _ = writeln!(out, "add rule {T} {chain} {rule}");
+            let _ = writeln!(out, "add rule {t} {chain} {rule}");
         }
     }
     for chain in &gone_chains {
-        let _ = writeln!(out, "flush chain {T} {chain}");
+        let _ = writeln!(out, "flush chain {t} {chain}");
     }
     for chain in &gone_chains {
-        let _ = writeln!(out, "delete chain {T} {chain}");
+        let _ = writeln!(out, "delete chain {t} {chain}");
     }
     for set in &gone_sets {
-        let _ = writeln!(out, "delete set {T} {set}");
+        let _ = writeln!(out, "delete set {t} {set}");
     }
     written += gone_chains.len();
     (out, written)
@@ -367,9 +385,10 @@ pub fn parse_listed(output: &str, kind: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The chains and sets of the table in the kernel (empty when it is absent).
-fn list() -> Result<(BTreeSet<String>, BTreeSet<String>), ProxyError> {
-    match run_with_input("nft", &["list", "table", "ip", TABLE], "") {
+/// The chains and sets of the family's table in the kernel (empty when it
+/// is absent).
+fn list(family: Family) -> Result<(BTreeSet<String>, BTreeSet<String>), ProxyError> {
+    match run_with_input("nft", &["list", "table", family.nft(), TABLE], "") {
         Ok(out) => Ok((parse_listed(&out, "chain"), parse_listed(&out, "set"))),
         Err(ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(Default::default()),
         Err(e) => Err(e),
@@ -385,8 +404,9 @@ struct Committed {
     hairpin: BTreeMap<String, usize>,
 }
 
-/// The nftables backend with its committed state.
+/// The nftables backend of one family with its committed state.
 pub struct Nftables {
+    family: Family,
     committed: Option<Committed>,
     dry_run: bool,
     listed: bool,
@@ -394,13 +414,14 @@ pub struct Nftables {
     last_script: String,
 }
 
-fn inputs_of(state: &ProxyState) -> BTreeMap<PortKey, (ServicePort, Vec<Endpoint>)> {
-    state.services.iter().map(|(k, svc)| (k.clone(), (svc.clone(), state.endpoints.get(k).cloned().unwrap_or_default()))).collect()
+fn inputs_of(state: &ProxyState, family: Family) -> BTreeMap<PortKey, (ServicePort, Vec<Endpoint>)> {
+    state.services.iter().filter(|(k, _)| k.family == family).map(|(k, svc)| (k.clone(), (svc.clone(), state.endpoints.get(k).cloned().unwrap_or_default()))).collect()
 }
 
 impl Nftables {
-    pub fn new(dry_run: bool) -> Self {
+    pub fn new(family: Family, dry_run: bool) -> Self {
         Nftables {
+            family,
             committed: None,
             dry_run,
             listed: false,
@@ -421,7 +442,7 @@ impl Nftables {
                 let next = render(state, ctx);
                 let (mut stale_chains, mut stale_sets) = (BTreeSet::new(), BTreeSet::new());
                 if !self.listed && !self.dry_run {
-                    (stale_chains, stale_sets) = list()?;
+                    (stale_chains, stale_sets) = list(self.family)?;
                 }
                 let (script, changed) = transaction(None, &next, &stale_chains, &stale_sets);
                 (script, changed, None)
@@ -431,14 +452,15 @@ impl Nftables {
                 // the new rendering of each, diffed.
                 let empty = Vec::new();
                 let mut keys: Vec<PortKey> = Vec::new();
-                for (k, svc) in &state.services {
+                for (k, svc) in state.services.iter().filter(|(k, _)| k.family == self.family) {
                     let eps = state.endpoints.get(k).unwrap_or(&empty);
                     if c.inputs.get(k).is_none_or(|(s, e)| s != svc || e != eps) {
                         keys.push(k.clone());
                     }
                 }
-                keys.extend(c.inputs.keys().filter(|k| !state.services.contains_key(*k)).cloned());
-                let (mut old, mut new) = (Rendered::default(), Rendered::default());
+                keys.extend(c.inputs.keys().filter(|k| !state.services.contains_key(*k) || k.family != self.family).cloned());
+                let family = self.family;
+                let (mut old, mut new) = (Rendered { family, ..Default::default() }, Rendered { family, ..Default::default() });
                 let mut delta: BTreeMap<String, i64> = BTreeMap::new();
                 for k in &keys {
                     if let Some((svc, eps)) = c.inputs.get(k) {
@@ -506,7 +528,7 @@ impl Nftables {
                     }
                 }
             }
-            _ => self.committed = Some(Committed { ctx: ctx.clone(), inputs: inputs_of(state), hairpin: hairpin_counts(state, ctx) }),
+            _ => self.committed = Some(Committed { ctx: ctx.clone(), inputs: inputs_of(state, self.family), hairpin: hairpin_counts(state, ctx) }),
         }
         Ok(SyncStats { changed_chains: changed, input_bytes: script.len(), full: is_full, plan, apply: started.elapsed() - plan })
     }
@@ -525,9 +547,10 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
     transaction(None, &render(state, ctx), &BTreeSet::new(), &BTreeSet::new()).0
 }
 
-/// Removes the table and everything in it.
+/// Removes the tables of both families and everything in them.
 pub fn cleanup() -> Result<(), ProxyError> {
-    super::delete_nft_table(TABLE)
+    super::delete_nft_table(Family::V4, TABLE)?;
+    super::delete_nft_table(Family::V6, TABLE)
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ pub fn remove_leftovers(mode: Mode) -> Vec<String> {
         Mode::None => {}
     }
     if mode == Mode::Iptables {
-        keep("ipvs rules table", super::delete_nft_table(super::ipvs::TABLE));
+        keep("ipvs rules table", super::delete_nft_table(super::model::Family::V4, super::ipvs::TABLE));
     }
     errors
 }

@@ -229,14 +229,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn key(name: &str) -> PortKey {
-        PortKey { namespace: "d".into(), name: name.into(), port: String::new(), protocol: Protocol::Tcp }
+        PortKey { namespace: "d".into(), name: name.into(), port: String::new(), protocol: Protocol::Tcp, family: crate::proxy::model::Family::V4 }
     }
 
     fn state(names: &[(&str, u8)]) -> ProxyState {
         let mut s = ProxyState::default();
         for (n, ip) in names {
-            s.services.insert(key(n), ServicePort::cluster_ip(key(n), Ipv4Addr::new(10, 96, 0, *ip), 80));
-            s.endpoints.insert(key(n), vec![Endpoint { ip: Ipv4Addr::new(10, 244, 0, *ip), port: 8080, ready: true, serving: true, terminating: false, local: true }]);
+            s.services.insert(key(n), ServicePort::cluster_ip(key(n), Ipv4Addr::new(10, 96, 0, *ip).into(), 80));
+            s.endpoints.insert(key(n), vec![Endpoint { ip: Ipv4Addr::new(10, 244, 0, *ip).into(), port: 8080, ready: true, serving: true, terminating: false, local: true }]);
         }
         s
     }
@@ -349,7 +349,7 @@ mod tests {
         let mut s = state(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
         for p in s.services.values_mut() {
             p.affinity = Some(10800);
-            p.node_port = Some(30000 + p.cluster_ip.octets()[3] as u16);
+            p.node_port = Some(30000 + p.cluster_ip.to_string().rsplit('.').next().unwrap().parse::<u16>().unwrap());
         }
         let ctx = crate::proxy::Context { cluster_cidr: Some("10.244.0.0/16".parse().unwrap()), ..Default::default() };
         // `iptables -S` for each table: the rules without counters.

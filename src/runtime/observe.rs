@@ -191,6 +191,15 @@ pub fn sandbox_ips(status: &cri::PodSandboxStatus) -> Vec<String> {
         .collect()
 }
 
+/// A pod's IPs as kubelet reports them (its sortPodIPs): the first of the
+/// node's primary family (the family of the first node IP; IPv4 without
+/// one), then the first of the other family; at most two.
+pub fn order_pod_ips(node_ips: &[String], ips: &[String]) -> Vec<String> {
+    let primary_v6 = node_ips.first().is_some_and(|ip| ip.contains(':'));
+    let first = |v6: bool| ips.iter().find(|ip| ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6() == v6)).cloned();
+    first(primary_v6).into_iter().chain(first(!primary_v6)).collect()
+}
+
 /// An exited container's message as kubelet reports it: the runtime's,
 /// then what the container left in its terminationMessagePath (or, under
 /// FallbackToLogsOnError after a failure, the end of its log).
@@ -277,4 +286,17 @@ pub async fn relist(rt: &dyn Runtime) -> Result<BTreeMap<String, Fingerprint>> {
         fp.entries.sort();
     }
     Ok(pods)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_ips_lead_with_the_nodes_primary_family_one_of_each() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let sandbox = s(&["fd00:10:244::5", "10.244.0.5", "10.244.9.9"]);
+        assert_eq!(super::order_pod_ips(&s(&["10.0.0.1", "fd00::1"]), &sandbox), s(&["10.244.0.5", "fd00:10:244::5"]));
+        assert_eq!(super::order_pod_ips(&s(&["fd00::1", "10.0.0.1"]), &sandbox), s(&["fd00:10:244::5", "10.244.0.5"]));
+        assert_eq!(super::order_pod_ips(&[], &s(&["fd00:10:244::5"])), s(&["fd00:10:244::5"]), "a single-stack IPv6 pod");
+        assert!(super::order_pod_ips(&[], &s(&["not-an-ip"])).is_empty());
+    }
 }

@@ -147,7 +147,7 @@ fn pod_ips(pod: Option<&Pod>, node: &NodeContext, sandbox_ips: &[String]) -> Vec
     if pod.and_then(|p| p.spec.as_ref()).and_then(|s| s.host_network) == Some(true) {
         node.host_ips.clone()
     } else {
-        sandbox_ips.to_vec()
+        crate::runtime::observe::order_pod_ips(&node.host_ips, sandbox_ips)
     }
 }
 

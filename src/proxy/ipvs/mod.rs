@@ -254,7 +254,7 @@ pub fn cleanup() -> Result<(), ProxyError> {
         Ok(()) => {}
         Err(e) => return Err(io(link::NAME, e)),
     }
-    super::delete_nft_table(TABLE)
+    super::delete_nft_table(super::model::Family::V4, TABLE)
 }
 
 #[cfg(test)]

@@ -36,11 +36,18 @@ fn protocol(p: model::Protocol) -> Protocol {
 /// node's own services stay reachable on it, as kube-proxy's `shouldBind`).
 pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_ips: &[Ipv4Addr], node_addrs: &BTreeSet<Ipv4Addr>) -> Planned {
     let mut p = Planned::default();
+    // IPVS mode programs IPv4 only (the run loop hands it the IPv4 part of
+    // the model); anything else plans nothing.
+    let v4 = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => Some(*a),
+        std::net::IpAddr::V6(_) => None,
+    };
+    let Some(cluster_ip) = v4(&svc.cluster_ip) else { return p };
     let proto = protocol(svc.key.protocol);
     let pname = proto.as_str();
     let sel = model::select(svc, eps);
     let spec = ServiceSpec::new(&settings.scheduler, svc.affinity);
-    let dests = |list: &[Endpoint]| list.iter().map(|e| DestKey { addr: e.ip, port: e.port }).collect::<BTreeSet<_>>();
+    let dests = |list: &[Endpoint]| list.iter().filter_map(|e| Some(DestKey { addr: v4(&e.ip)?, port: e.port })).collect::<BTreeSet<_>>();
     let cluster = dests(&sel.cluster);
     let external = dests(&sel.external);
     // externalTrafficPolicy Local without a local endpoint: the external
@@ -60,10 +67,10 @@ pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSett
         p.elements.insert(("vips", addr.to_string()));
         p.elements.insert(("vip-ports", format!("{addr} . {pname} . {}", svc.port)));
     };
-    vip(&mut p, svc.cluster_ip, &cluster);
-    p.elements.insert(("cluster-ips", format!("{} . {pname} . {}", svc.cluster_ip, svc.port)));
-    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-        vip(&mut p, *ip, &external_vip);
+    vip(&mut p, cluster_ip, &cluster);
+    p.elements.insert(("cluster-ips", format!("{} . {pname} . {}", cluster_ip, svc.port)));
+    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips).filter_map(v4) {
+        vip(&mut p, ip, &external_vip);
         if !svc.external_local {
             p.elements.insert(("external-ips", format!("{ip} . {pname} . {}", svc.port)));
         }

@@ -154,7 +154,10 @@ impl Ipvs {
     pub(super) fn node_addresses(ctx: &Context) -> (BTreeSet<Ipv4Addr>, Vec<Ipv4Addr>) {
         let all: BTreeSet<Ipv4Addr> = crate::proxy::local_ipv4s_except(Some(link::NAME)).into_iter().collect();
         let mut ips: Vec<Ipv4Addr> = match &ctx.node_port_ips {
-            Some(ips) => ips.clone(),
+            Some(ips) => ips.iter().filter_map(|ip| match ip {
+                std::net::IpAddr::V4(a) => Some(*a),
+                std::net::IpAddr::V6(_) => None,
+            }).collect(),
             None => all.iter().copied().filter(|ip| !ip.is_loopback()).collect(),
         };
         ips.sort();

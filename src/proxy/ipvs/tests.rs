@@ -7,7 +7,7 @@ fn settings() -> IpvsSettings {
 
 fn fixture() -> (ProxyState, Context) {
     let (s, mut ctx) = crate::proxy::fixture::basic();
-    ctx.node_port_ips = Some(vec![Ipv4Addr::new(192, 168, 1, 10)]);
+    ctx.node_port_ips = Some(vec![Ipv4Addr::new(192, 168, 1, 10).into()]);
     (s, ctx)
 }
 
@@ -24,8 +24,8 @@ fn the_ruleset_does_not_grow_with_services() {
     let rules = |s: &ProxyState| render_full_text(s, &ctx, &settings()).lines().filter(|l| l.starts_with("add rule")).count();
     let before = rules(&s);
     for i in 0..50u8 {
-        let key = PortKey { namespace: "bulk".into(), name: format!("s{i}"), port: String::new(), protocol: model::Protocol::Tcp };
-        let mut sp = ServicePort::cluster_ip(key.clone(), Ipv4Addr::new(10, 97, 0, i), 80);
+        let key = PortKey { namespace: "bulk".into(), name: format!("s{i}"), port: String::new(), protocol: model::Protocol::Tcp, family: model::Family::V4 };
+        let mut sp = ServicePort::cluster_ip(key.clone(), Ipv4Addr::new(10, 97, 0, i).into(), 80);
         sp.node_port = Some(31000 + u16::from(i));
         s.services.insert(key, sp);
     }
@@ -38,7 +38,7 @@ fn an_endpoint_change_is_a_few_operations() {
     let mut b = Ipvs::new(settings(), true).unwrap();
     b.sync(&s, &ctx, true).unwrap();
     let key = s.endpoints.keys().find(|k| k.name == "web").unwrap().clone();
-    s.endpoints.get_mut(&key).unwrap()[1].ip = Ipv4Addr::new(10, 244, 0, 99);
+    s.endpoints.get_mut(&key).unwrap()[1].ip = Ipv4Addr::new(10, 244, 0, 99).into();
     b.sync(&s, &ctx, false).unwrap();
     assert_eq!(
         b.last_changes,
@@ -87,8 +87,8 @@ fn a_shared_virtual_service_passes_to_the_other_service() {
     let web = s.services.keys().find(|k| k.name == "web").unwrap().clone();
     let sticky = s.services.keys().find(|k| k.name == "sticky").unwrap().clone();
     let shared = Ipv4Addr::new(192, 0, 2, 50);
-    s.services.get_mut(&web).unwrap().external_ips = vec![shared];
-    s.services.get_mut(&sticky).unwrap().external_ips = vec![shared];
+    s.services.get_mut(&web).unwrap().external_ips = vec![shared.into()];
+    s.services.get_mut(&sticky).unwrap().external_ips = vec![shared.into()];
     let mut b = Ipvs::new(settings(), true).unwrap();
     b.sync(&s, &ctx, true).unwrap();
     // default/sticky sorts before default/web: the first claimant wins.
@@ -121,7 +121,7 @@ fn a_deleted_service_takes_its_draining_servers_along() {
 fn an_external_ip_of_the_node_is_not_bound() {
     let (mut s, ctx) = fixture();
     let web = s.services.keys().find(|k| k.name == "web").unwrap().clone();
-    s.services.get_mut(&web).unwrap().external_ips = vec![Ipv4Addr::LOCALHOST];
+    s.services.get_mut(&web).unwrap().external_ips = vec![Ipv4Addr::LOCALHOST.into()];
     let mut b = Ipvs::new(settings(), true).unwrap();
     b.sync(&s, &ctx, true).unwrap();
     assert!(b.last_changes.iter().any(|l| l == "ipvs add service tcp 127.0.0.1:80 scheduler rr"), "{:?}", b.last_changes);
@@ -133,7 +133,7 @@ fn an_external_ip_of_the_node_is_not_bound() {
 fn a_udp_server_goes_at_once() {
     let (mut s, ctx) = fixture();
     let dns = s.services.keys().find(|k| k.name == "dns").unwrap().clone();
-    let ep = Endpoint { ip: Ipv4Addr::new(10, 244, 0, 20), port: 53, ready: true, serving: true, terminating: false, local: true };
+    let ep = Endpoint { ip: Ipv4Addr::new(10, 244, 0, 20).into(), port: 53, ready: true, serving: true, terminating: false, local: true };
     s.endpoints.insert(dns.clone(), vec![ep]);
     let mut b = Ipvs::new(settings(), true).unwrap();
     b.sync(&s, &ctx, true).unwrap();

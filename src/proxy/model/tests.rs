@@ -46,7 +46,7 @@ fn headless_and_external_name_get_nothing() {
 fn terminating_endpoints_serve_only_when_none_is_ready() {
     let s = service_ports(&svc("metadata: {name: w}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}")).unwrap().remove(0);
     let ep = |n: u8, ready: bool, serving: bool, terminating: bool, local: bool| Endpoint {
-        ip: Ipv4Addr::new(10, 0, 0, n),
+        ip: std::net::IpAddr::from([10, 0, 0, n]),
         port: 80,
         ready,
         serving,
@@ -108,12 +108,12 @@ fn an_address_claimed_twice_goes_to_the_older_service_and_never_from_a_cluster_i
     let state = build_reporting([&new, &old, &other_port, &thief], [], "n", &mut errors, &mut conflicts);
     assert!(errors.is_empty(), "{errors:?}");
     let ips = |name: &str, port: &str| state.services.values().find(|s| s.key.name == name && s.key.port == port).unwrap().external_ips.clone();
-    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let a = |s: &str| s.parse::<IpAddr>().unwrap();
     assert_eq!(ips("z-old", ""), vec![a("198.51.100.7")]);
     assert_eq!(ips("a-new", "a"), vec![a("198.51.100.8")], "port 80 on .7 is z-old's");
     assert_eq!(ips("a-new", "b"), vec![a("198.51.100.7"), a("198.51.100.8")], "port 81 is free");
     assert_eq!(ips("other", ""), vec![a("198.51.100.7")], "another port of the address is another claim");
-    assert_eq!(ips("thief", ""), Vec::<Ipv4Addr>::new(), "a clusterIP keeps its address");
+    assert_eq!(ips("thief", ""), Vec::<IpAddr>::new(), "a clusterIP keeps its address");
     let lines: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
@@ -125,4 +125,54 @@ fn an_address_claimed_twice_goes_to_the_older_service_and_never_from_a_cluster_i
     // The holder gone, the next claimant has it.
     let state = build([&new, &other_port], [], "n", &mut Vec::new());
     assert_eq!(state.services.values().find(|s| s.key.name == "a-new" && s.key.port == "a").unwrap().external_ips, vec![a("198.51.100.7"), a("198.51.100.8")]);
+}
+
+#[test]
+fn a_dual_stack_service_is_one_port_per_family_each_with_its_own_addresses_and_slices() {
+    let s = svc(
+        "metadata: {name: web, namespace: d}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00:10:96::9'], ipFamilies: [IPv4, IPv6], ipFamilyPolicy: PreferDualStack,\n  externalIPs: [198.51.100.7, '2001:db8::7'], loadBalancerSourceRanges: [192.0.2.0/24], ports: [{name: http, port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.9}, {ip: '2001:db8::9'}]}}",
+    );
+    let ports = service_ports(&s).unwrap();
+    assert_eq!(ports.len(), 2);
+    let (v4, v6) = (&ports[0], &ports[1]);
+    assert_eq!((v4.key.family, v6.key.family), (Family::V4, Family::V6));
+    assert_eq!(v4.key.to_string(), v6.key.to_string(), "one ServicePortName, as kube-proxy's");
+    assert_eq!(v6.cluster_ip.to_string(), "fd00:10:96::9");
+    assert_eq!(v6.external_ips, vec!["2001:db8::7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(v4.external_ips, vec!["198.51.100.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(v6.load_balancer_ips, vec!["2001:db8::9".parse::<IpAddr>().unwrap()]);
+    assert_eq!(v4.source_ranges.as_ref().map(Vec::len), Some(1));
+    assert_eq!(v6.source_ranges, Some(vec![]), "ranges of IPv4 only: IPv6's load-balancer IP stays closed");
+    assert_eq!((v4.node_port, v6.node_port), (Some(30080), Some(30080)), "one node port, both families");
+
+    let v6_only = svc("metadata: {name: six}\nspec: {clusterIP: 'fd00:10:96::6', clusterIPs: ['fd00:10:96::6'], ipFamilies: [IPv6], ports: [{port: 53, protocol: UDP}]}");
+    assert_eq!(service_ports(&v6_only).unwrap()[0].key.family, Family::V6, "an IPv6-only Service is programmed");
+
+    let twice = svc("metadata: {name: two, namespace: d}\nspec: {clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 10.96.0.10], ports: [{port: 80}]}");
+    assert_eq!(
+        service_ports(&twice).unwrap_err().to_string(),
+        "Service d/two: spec.clusterIPs[1]: Invalid value: \"10.96.0.10\": may specify no more than one IP for each IP family"
+    );
+
+    // Slices: one per family, each feeding its family's port.
+    let slice = |name: &str, family: &str, addr: &str| -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: d, labels: {{kubernetes.io/service-name: web}}}}\naddressType: {family}\nendpoints: [{{addresses: ['{addr}'], nodeName: n}}]\nports: [{{name: http, port: 8080}}]"
+        ))
+        .unwrap()
+    };
+    let (a, b) = (slice("web-v4", "IPv4", "10.244.0.5"), slice("web-v6", "IPv6", "fd00:10:244::5"));
+    let mut errors = Vec::new();
+    let state = build([&s], [&a, &b], "n", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(state.families(), [Family::V4, Family::V6].into());
+    let eps = |f: Family| state.endpoints.iter().find(|(k, _)| k.family == f).map(|(_, e)| e.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+    assert_eq!(eps(Family::V4), Some(vec!["10.244.0.5:8080".to_string()]));
+    assert_eq!(eps(Family::V6), Some(vec!["[fd00:10:244::5]:8080".to_string()]));
+    assert_eq!(state.family(Family::V6).services.len(), 1);
+
+    let mixed = slice("web-bad", "IPv4", "fd00:10:244::5");
+    let mut errors = Vec::new();
+    build([&s], [&mixed], "n", &mut errors);
+    assert_eq!(errors[0].to_string(), "EndpointSlice d/web-bad: endpoints[0].addresses[0]: Invalid value: \"fd00:10:244::5\": must be a valid IPv4 address");
 }

@@ -9,11 +9,33 @@ fn golden_full_ruleset() {
 }
 
 #[test]
+fn golden_ipv6_ruleset_in_its_own_table_and_the_kernel_takes_both() {
+    let (s, ctx) = crate::proxy::fixture::basic_v6();
+    let text = render_full_text(&s, &ctx);
+    crate::proxy::golden::check("tests/golden/nftables/basic-v6.nft", &text);
+    assert!(text.contains("add table ip6 nodelet") && !text.contains(" ip nodelet") && !text.contains("ip daddr"), "{text}");
+    // One dual-stack model: each family's rules have its Service ports only.
+    let (dual, contexts) = crate::proxy::fixture::dual();
+    assert_eq!(render(&dual, &contexts[0]), render(&s4(), &contexts[0]));
+    assert_eq!(render(&dual, &contexts[1]), render(&s, &ctx));
+    // The kernel checks the syntax and the types (`nft --check` aborts the
+    // transaction in the kernel; nothing is committed).
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root, as the whole suite does");
+    for c in &contexts {
+        check(&dual, c).unwrap_or_else(|e| panic!("{}: {e}", c.family));
+    }
+}
+
+fn s4() -> ProxyState {
+    crate::proxy::fixture::basic().0
+}
+
+#[test]
 fn an_endpoint_change_touches_only_its_elements_and_chains() {
     let (mut s, ctx) = crate::proxy::fixture::basic();
     let before = render(&s, &ctx);
     let key = s.endpoints.keys().find(|k| k.name == "web").unwrap().clone();
-    s.endpoints.get_mut(&key).unwrap()[1].ip = std::net::Ipv4Addr::new(10, 244, 0, 99);
+    s.endpoints.get_mut(&key).unwrap()[1].ip = std::net::Ipv4Addr::new(10, 244, 0, 99).into();
     let after = render(&s, &ctx);
     let (script, n) = transaction(Some(&before), &after, &BTreeSet::new(), &BTreeSet::new());
     assert_eq!(n, 1, "only the service chain: {script}");
@@ -58,7 +80,7 @@ fn partial_syncs_equal_the_diff_of_full_renders() {
     let web = a.endpoints.keys().find(|k| k.name == "web").unwrap().clone();
     let sticky = a.services.keys().find(|k| k.name == "sticky").unwrap().clone();
     let mut b = a.clone();
-    b.endpoints.get_mut(&web).unwrap()[0].ip = std::net::Ipv4Addr::new(10, 244, 0, 77);
+    b.endpoints.get_mut(&web).unwrap()[0].ip = std::net::Ipv4Addr::new(10, 244, 0, 77).into();
     steps.push(b.clone());
     let mut c = b.clone();
     c.services.remove(&sticky);
@@ -68,7 +90,7 @@ fn partial_syncs_equal_the_diff_of_full_renders() {
     d.endpoints.insert(web.clone(), vec![]);
     steps.push(d);
     steps.push(a.clone());
-    let mut nft = Nftables::new(true);
+    let mut nft = Nftables::new(crate::proxy::model::Family::V4, true);
     nft.sync(&steps[0], &ctx, true).unwrap();
     for w in steps.windows(2) {
         nft.sync(&w[1], &ctx, false).unwrap();

@@ -23,7 +23,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use super::model::{self, ProxyState};
+use super::model::{self, Family, ProxyState};
 use super::other::{self, KubeProxy};
 use super::refusals::Refusals;
 use super::{Context, ProxyError, conntrack, iptables, ipvs, nftables};
@@ -51,7 +51,13 @@ impl Mode {
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub mode: Mode,
-    pub ctx: Context,
+    /// One per family served, IPv4 first.
+    pub contexts: Vec<Context>,
+    /// `nodePortAddresses` as configured (resolved into `contexts` again
+    /// at each sync, as addresses come and go) and the node's IPs for its
+    /// `primary` keyword.
+    pub node_port_addresses: Vec<String>,
+    pub node_ips: Vec<std::net::IpAddr>,
     pub node_name: String,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
@@ -65,19 +71,53 @@ pub struct ProxySettings {
     pub dry_run: bool,
 }
 
+/// The backend of each family served (`contexts`, in the same order).
 enum Backend {
-    Iptables(iptables::Iptables),
-    Nftables(nftables::Nftables),
+    Iptables(Vec<iptables::Iptables>),
+    Nftables(Vec<nftables::Nftables>),
     Ipvs(Box<ipvs::Ipvs>),
 }
 
+/// The IPv4 part of `state` (IPVS mode): the whole state when it has
+/// nothing else, so no copy is made on an IPv4-only cluster.
+fn ipv4_only(state: &ProxyState) -> std::borrow::Cow<'_, ProxyState> {
+    if state.services.keys().all(|k| k.family == Family::V4) {
+        std::borrow::Cow::Borrowed(state)
+    } else {
+        std::borrow::Cow::Owned(state.family(Family::V4))
+    }
+}
+
 impl Backend {
-    fn sync(&mut self, state: &ProxyState, ctx: &Context, full: bool) -> Result<usize, ProxyError> {
-        match self {
-            Backend::Iptables(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
-            Backend::Nftables(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
-            Backend::Ipvs(b) => b.sync(state, ctx, full).map(|s| s.changed_chains),
+    fn new(mode: Mode, contexts: &[Context], dry_run: bool) -> Option<Backend> {
+        match mode {
+            Mode::Iptables => Some(Backend::Iptables(contexts.iter().map(|c| iptables::Iptables::new(c.family, dry_run)).collect())),
+            Mode::Nftables => Some(Backend::Nftables(contexts.iter().map(|c| nftables::Nftables::new(c.family, dry_run)).collect())),
+            _ => None,
         }
+    }
+
+    /// Each family's rules; the first failure ends the sync (the next one
+    /// is full in every family).
+    fn sync(&mut self, state: &ProxyState, contexts: &[Context], full: bool) -> Result<usize, ProxyError> {
+        let mut changed = 0;
+        match self {
+            Backend::Iptables(bs) => {
+                for (b, ctx) in bs.iter_mut().zip(contexts) {
+                    changed += b.sync(state, ctx, full)?.changed_chains;
+                }
+            }
+            Backend::Nftables(bs) => {
+                for (b, ctx) in bs.iter_mut().zip(contexts) {
+                    changed += b.sync(state, ctx, full)?.changed_chains;
+                }
+            }
+            Backend::Ipvs(b) => {
+                let ctx = contexts.iter().find(|c| c.family == Family::V4).cloned().unwrap_or_default();
+                changed += b.sync(&ipv4_only(state), &ctx, full)?.changed_chains;
+            }
+        }
+        Ok(changed)
     }
 
     /// How soon the backend wants to look at the kernel again regardless of
@@ -116,12 +156,13 @@ impl Backend {
     /// Whether the kernel would take the whole ruleset for `state`, asked
     /// without committing (iptables, nftables; IPVS holds its refusals
     /// per operation).
-    fn check(&self, state: &ProxyState, ctx: &Context) -> Option<Result<(), String>> {
-        match self {
-            Backend::Iptables(_) => Some(iptables::check(state, ctx).map_err(|e| e.to_string())),
-            Backend::Nftables(_) => Some(nftables::check(state, ctx).map_err(|e| e.to_string())),
-            Backend::Ipvs(_) => None,
-        }
+    fn check(&self, state: &ProxyState, contexts: &[Context]) -> Option<Result<(), String>> {
+        let check: fn(&ProxyState, &Context) -> Result<(), ProxyError> = match self {
+            Backend::Iptables(_) => iptables::check,
+            Backend::Nftables(_) => nftables::check,
+            Backend::Ipvs(_) => return None,
+        };
+        Some(contexts.iter().try_for_each(|ctx| check(state, ctx)).map_err(|e| e.to_string()))
     }
 
     /// That look: no replanning.
@@ -132,12 +173,26 @@ impl Backend {
         }
     }
 
-    fn render(&self, state: &ProxyState, ctx: &Context, s: &ProxySettings) -> String {
-        match self {
-            Backend::Iptables(_) => iptables::render_full_text(state, ctx),
-            Backend::Nftables(_) => nftables::render_full_text(state, ctx),
-            Backend::Ipvs(_) => ipvs::render_full_text(state, ctx, &s.ipvs),
+    /// The whole ruleset, each family's under a line that names it.
+    fn render(&self, state: &ProxyState, s: &ProxySettings) -> String {
+        let render: fn(&ProxyState, &Context) -> String = match self {
+            Backend::Iptables(_) => iptables::render_full_text,
+            Backend::Nftables(_) => nftables::render_full_text,
+            Backend::Ipvs(_) => {
+                let ctx = s.contexts.iter().find(|c| c.family == Family::V4).cloned().unwrap_or_default();
+                return ipvs::render_full_text(&ipv4_only(state), &ctx, &s.ipvs);
+            }
+        };
+        let mut text = String::new();
+        for ctx in &s.contexts {
+            let tool = match self {
+                Backend::Iptables(_) => ctx.family.iptables().2.to_string(),
+                _ => format!("nft -f, table {} {}", ctx.family.nft(), nftables::TABLE),
+            };
+            text.push_str(&format!("# {} ({tool}): {} service ports\n", ctx.family, state.services.keys().filter(|k| k.family == ctx.family).count()));
+            text.push_str(&render(state, ctx));
         }
+        text
     }
 }
 
@@ -158,7 +213,7 @@ pub struct KubeProxyPods {
 
 pub async fn run(
     client: kube::Client,
-    s: ProxySettings,
+    mut s: ProxySettings,
     mut first_sync: Option<tokio::sync::oneshot::Sender<()>>,
     beat: crate::watchdog::Beat,
     kube_proxy_pods: Option<KubeProxyPods>,
@@ -175,8 +230,7 @@ pub async fn run(
         health_server = Some(tokio::spawn(serve_health(addr, health.clone(), 2 * s.sync_period, s.node_name.clone())));
     }
     let mut backend = match s.mode {
-        Mode::Iptables => Backend::Iptables(iptables::Iptables::new(s.dry_run)),
-        Mode::Nftables => Backend::Nftables(nftables::Nftables::new(s.dry_run)),
+        Mode::Iptables | Mode::Nftables => Backend::new(s.mode, &s.contexts, s.dry_run).expect("iptables and nftables backends"),
         Mode::Ipvs => {
             // No silent fallback to another mode: until IPVS opens, the
             // proxy programs nothing, /healthz fails and the log says why;
@@ -205,7 +259,9 @@ pub async fn run(
         }
         Mode::None => return std::future::pending().await,
     };
-    tracing::info!(mode = s.mode.as_str(), cluster_cidr = ?s.ctx.cluster_cidr, dry_run = s.dry_run, "starting the Service proxy");
+    let families: Vec<&str> = s.contexts.iter().map(|c| c.family.api_name()).collect();
+    let cluster_cidrs: Vec<String> = s.contexts.iter().filter_map(|c| c.cluster_cidr.map(|n| n.to_string())).collect();
+    tracing::info!(mode = s.mode.as_str(), families = ?families, cluster_cidr = ?cluster_cidrs, dry_run = s.dry_run, "starting the Service proxy");
     let objects = Arc::new(Mutex::new(Objects::default()));
     let changed = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::default());
@@ -394,6 +450,18 @@ pub async fn run(
             continue;
         };
         dirty = false;
+        // nodePortAddresses: the node's addresses now.
+        if !s.node_port_addresses.is_empty() && !s.dry_run {
+            let local = super::local_ips();
+            for c in s.contexts.iter_mut() {
+                let now = super::node_port_ips(&s.node_port_addresses, &s.node_ips, c.family, &local);
+                if now != c.node_port_ips {
+                    let shown: Vec<String> = now.iter().flatten().map(ToString::to_string).collect();
+                    tracing::info!(family = c.family.api_name(), addresses = ?shown, "node ports now served on these nodePortAddresses");
+                    c.node_port_ips = now;
+                }
+            }
+        }
         let messages: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         for m in messages.difference(&logged) {
             tracing::error!("skipping {m}");
@@ -424,7 +492,7 @@ pub async fn run(
         let periodic_full = matches!(s.mode, Mode::Iptables | Mode::Ipvs) && last_full.is_some_and(|t| t.elapsed() >= FULL_RESYNC);
         let full = failed || last_full.is_none() || periodic_full;
         let started = Instant::now();
-        let ctx = s.ctx.clone();
+        let ctx = s.contexts.clone();
         // Service ports the kernel refused stay as last applied until their
         // back-off is over.
         let (state, tried, wanted) = if refusals.is_empty() {
@@ -445,7 +513,7 @@ pub async fn run(
         // held and the rest programmed at once (refusals.rs).
         let mut state = state;
         if result.is_err() && !s.dry_run && matches!(s.mode, Mode::Iptables | Mode::Nftables) {
-            let ctx = s.ctx.clone();
+            let ctx = s.contexts.clone();
             let last = applied.clone();
             let (b, r, st, rf) = tokio::task::spawn_blocking(move || {
                 let mut rf = refusals;
@@ -498,7 +566,7 @@ pub async fn run(
                 *health.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
                 *health.pending_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 if s.dry_run {
-                    let text = backend.render(&state, &s.ctx, &s);
+                    let text = backend.render(&state, &s);
                     if printed.as_ref() != Some(&text) {
                         use std::io::Write;
                         let mut out = std::io::stdout().lock();

@@ -358,7 +358,8 @@ fn endpoint_ports(svc: &Value, pod: &Value) -> Vec<Value> {
 
 /// kube-controller-manager's EndpointSlice controller for Services with a
 /// selector: the pods it selects that have an IP and are not terminal, one
-/// slice per set of resolved ports, each endpoint `ready` when the pod's
+/// slice per IP family of the Service (`ipFamilies`; the pod's address of
+/// that family from `podIPs`) and set of resolved ports, each endpoint `ready` when the pod's
 /// Ready condition is True and it is not being deleted (`serving` by
 /// readiness alone, `terminating` when deleted; publishNotReadyAddresses
 /// makes every one ready), with the pod's node and a reference to it. A
@@ -391,13 +392,22 @@ fn endpoint_slices(store: &mut Store) {
         let ns = svc["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
         let publish = svc["spec"]["publishNotReadyAddresses"] == json!(true);
-        // Resolved ports → endpoints, in pod-name order.
-        let mut groups: std::collections::BTreeMap<String, (Value, Vec<Value>)> = std::collections::BTreeMap::new();
+        // (family, resolved ports) → endpoints, in pod-name order.
+        let mut groups: std::collections::BTreeMap<(String, String), (Value, Vec<Value>)> = std::collections::BTreeMap::new();
         let mut pods = store.list("pods", Some(&ns));
         pods.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
-        for pod in pods.iter().filter(|p| selects(selector, p)) {
+        let families: Vec<String> = match svc["spec"]["ipFamilies"].as_array() {
+            Some(f) if !f.is_empty() => f.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => vec!["IPv4".to_string()],
+        };
+        let family_of = |ip: &str| if ip.contains(':') { "IPv6" } else { "IPv4" };
+        for (family, pod) in families.iter().flat_map(|f| pods.iter().filter(|p| selects(selector, p)).map(move |p| (f, p))) {
             let phase = pod["status"]["phase"].as_str().unwrap_or("");
-            let Some(ip) = pod["status"]["podIP"].as_str().filter(|ip| !ip.is_empty()) else { continue };
+            let ips: Vec<&str> = match pod["status"]["podIPs"].as_array() {
+                Some(list) => list.iter().filter_map(|p| p["ip"].as_str()).collect(),
+                None => pod["status"]["podIP"].as_str().into_iter().collect(),
+            };
+            let Some(ip) = ips.into_iter().find(|ip| !ip.is_empty() && family_of(ip) == family) else { continue };
             if phase == "Succeeded" || phase == "Failed" {
                 continue;
             }
@@ -416,20 +426,25 @@ fn endpoint_slices(store: &mut Store) {
                 }
             }
             let ports = Value::Array(endpoint_ports(&svc, pod));
-            groups.entry(ports.to_string()).or_insert_with(|| (ports, Vec::new())).1.push(endpoint);
+            groups.entry((family.clone(), ports.to_string())).or_insert_with(|| (ports, Vec::new())).1.push(endpoint);
         }
-        if groups.is_empty() {
-            groups.insert(String::new(), (json!([]), Vec::new()));
+        for family in &families {
+            if !groups.keys().any(|(f, _)| f == family) {
+                groups.insert((family.clone(), String::new()), (json!([]), Vec::new()));
+            }
         }
         let mut existing: Vec<Value> = slices
             .iter()
             .filter(|s| s["metadata"]["namespace"] == ns.as_str() && s["metadata"]["labels"]["kubernetes.io/service-name"] == name.as_str() && s["metadata"]["labels"][MANAGED_BY] == CONTROLLER)
             .cloned()
             .collect();
-        for (_, (ports, endpoints)) in groups {
-            let address_type = if endpoints.iter().any(|e| e["addresses"][0].as_str().is_some_and(|a| a.contains(':'))) { "IPv6" } else { "IPv4" };
-            // Reuse the slice that has these ports, else any left over.
-            let at = existing.iter().position(|s| s["ports"] == ports).or(if existing.is_empty() { None } else { Some(0) });
+        for ((address_type, _), (ports, endpoints)) in groups {
+            // Reuse the slice of this family that has these ports, else any
+            // of this family left over (addressType cannot change).
+            let at = existing
+                .iter()
+                .position(|s| s["ports"] == ports && s["addressType"] == address_type.as_str())
+                .or_else(|| existing.iter().position(|s| s["addressType"] == address_type.as_str()));
             let mut slice = match at {
                 Some(i) => existing.remove(i),
                 None => json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

@@ -73,6 +73,9 @@ pub struct State {
     pub kubelet_client: super::pki::Pair,
     /// The node lifecycle controller and taint manager (controllers.rs).
     pub lifecycle: Mutex<super::controllers::Lifecycle>,
+    /// `--service-cluster-ip-range`: one CIDR per family, the primary
+    /// first (10.96.0.0/12 alone unless a test makes the cluster dual-stack).
+    pub service_cidrs: Mutex<Vec<ipnetwork::IpNetwork>>,
 }
 
 struct Resource {
@@ -717,7 +720,11 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
                 return r;
             }
         }
-        "services" => allocate_service(state, &mut obj),
+        "services" => {
+            if let Err(message) = allocate_service(state, &mut obj) {
+                return status(422, "Invalid", &format!("Service \"{name}\" is invalid: {message}"));
+            }
+        }
         "namespaces" => {
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = Value::String(name.clone());
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
@@ -742,11 +749,17 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     json_response(StatusCode::CREATED, &with_type(t, stored))
 }
 
-/// The apiserver's Service allocators and defaults: a ClusterIP from the
-/// service CIDR (10.96.0.0/12, as kubeadm's default) unless one is given
-/// or the Service is headless or ExternalName, node ports from 30000-32767
-/// for NodePort and LoadBalancer ports without one, single-stack IPv4.
-fn allocate_service(state: &Arc<State>, obj: &mut Value) {
+/// The apiserver's Service allocators and defaults: the IP families
+/// (`ipFamilyPolicy` SingleStack unless asked; `ipFamilies` from the
+/// clusterIPs given, else the cluster's primary family, and the other one
+/// too for PreferDualStack on a dual-stack cluster and RequireDualStack,
+/// which a single-stack cluster refuses), a cluster IP of each family from
+/// that family's service CIDR (10.96.0.0/12 as kubeadm's default, the
+/// second family's when the test made the cluster dual-stack) unless
+/// given, clusterIP = clusterIPs[0]; none for headless and ExternalName;
+/// node ports from 30000-32767 for NodePort and LoadBalancer ports without
+/// one.
+fn allocate_service(state: &Arc<State>, obj: &mut Value) -> Result<(), String> {
     let spec = &mut obj["spec"];
     if spec["type"].as_str().is_none_or(str::is_empty) {
         spec["type"] = json!("ClusterIP");
@@ -756,24 +769,88 @@ fn allocate_service(state: &Arc<State>, obj: &mut Value) {
     }
     let kind = spec["type"].as_str().unwrap_or("").to_string();
     if kind == "ExternalName" {
-        return;
+        return Ok(());
     }
+    let cidrs = state.service_cidrs.lock().unwrap().clone();
+    let family_of = |ip: &str| if ip.contains(':') { "IPv6" } else { "IPv4" };
+    let cidr_family = |n: &ipnetwork::IpNetwork| if n.is_ipv6() { "IPv6" } else { "IPv4" };
     let store = state.store.lock().unwrap();
     let services = store.list("services", None);
-    if spec["clusterIP"].as_str().is_none_or(str::is_empty) {
-        let used: std::collections::HashSet<String> = services.iter().filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_string)).collect();
-        let free = (2u32..(1 << 20)).map(|n| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + n).to_string()).find(|ip| !used.contains(ip));
-        if let Some(ip) = free {
-            spec["clusterIP"] = json!(ip);
+    // clusterIPs as given (clusterIP alone counts as the first).
+    let mut given: Vec<String> = spec["clusterIPs"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    if given.is_empty()
+        && let Some(ip) = spec["clusterIP"].as_str().filter(|s| !s.is_empty())
+    {
+        given.push(ip.to_string());
+    }
+    if let (Some(first), Some(ip)) = (given.first(), spec["clusterIP"].as_str().filter(|s| !s.is_empty()))
+        && first != ip
+    {
+        return Err(format!("spec.clusterIPs[0]: Invalid value: {first:?}: must be same as clusterIP"));
+    }
+    let headless = given.first().is_some_and(|ip| ip == "None");
+    let asked: Vec<String> = spec["ipFamilies"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let policy = match spec["ipFamilyPolicy"].as_str() {
+        Some(p) => p.to_string(),
+        None if given.len() > 1 || asked.len() > 1 => {
+            return Err("spec.ipFamilyPolicy: Invalid value: \"SingleStack\": must be RequireDualStack or PreferDualStack when multiple IP families are specified".into());
+        }
+        None => "SingleStack".into(),
+    };
+    let dual_cluster = cidrs.len() > 1;
+    let primary = cidrs.first().map(cidr_family).unwrap_or("IPv4");
+    let mut families: Vec<String> = if !asked.is_empty() {
+        asked.clone()
+    } else if !headless && !given.is_empty() {
+        given.iter().map(|ip| family_of(ip).to_string()).collect()
+    } else {
+        vec![primary.to_string()]
+    };
+    match policy.as_str() {
+        "SingleStack" => families.truncate(1),
+        "PreferDualStack" | "RequireDualStack" => {
+            if policy == "RequireDualStack" && !dual_cluster {
+                return Err("spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services".into());
+            }
+            if dual_cluster && families.len() == 1 {
+                let other = if families[0] == "IPv4" { "IPv6" } else { "IPv4" };
+                families.push(other.to_string());
+            }
+        }
+        other => return Err(format!("spec.ipFamilyPolicy: Unsupported value: {other:?}: supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\"")),
+    }
+    for (i, f) in families.iter().enumerate() {
+        if !cidrs.iter().any(|n| cidr_family(n) == f) {
+            return Err(format!("spec.ipFamilies[{i}]: Invalid value: {f:?}: not configured on this cluster"));
         }
     }
-    if spec["clusterIPs"].is_null() {
-        spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+    if !headless {
+        for (i, ip) in given.iter().enumerate() {
+            if families.get(i).map(String::as_str) != Some(family_of(ip)) {
+                return Err(format!("spec.clusterIPs[{i}]: Invalid value: {ip:?}: expected an {} address", families.get(i).map(String::as_str).unwrap_or("IP")));
+            }
+        }
+        let used: std::collections::HashSet<String> =
+            services.iter().flat_map(|s| s["spec"]["clusterIPs"].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let mut ips = given.clone();
+        for f in families.iter().skip(ips.len()) {
+            let Some(net) = cidrs.iter().find(|n| cidr_family(n) == f) else { continue };
+            let free = (2u32..(1 << 16)).map(|n| match net {
+                ipnetwork::IpNetwork::V4(n4) => std::net::Ipv4Addr::from(u32::from(n4.network()) + n).to_string(),
+                ipnetwork::IpNetwork::V6(n6) => std::net::Ipv6Addr::from(u128::from(n6.network()) + n as u128).to_string(),
+            });
+            match free.into_iter().find(|ip| !used.contains(ip)) {
+                Some(ip) => ips.push(ip),
+                None => return Err(format!("spec.clusterIPs: Internal error: no {f} address left in {net}")),
+            }
+        }
+        spec["clusterIP"] = json!(ips[0]);
+        spec["clusterIPs"] = json!(ips);
+    } else {
+        spec["clusterIPs"] = json!(["None"]);
     }
-    if spec["clusterIP"] != "None" {
-        spec["ipFamilies"] = json!(["IPv4"]);
-        spec["ipFamilyPolicy"] = json!("SingleStack");
-    }
+    spec["ipFamilies"] = json!(families);
+    spec["ipFamilyPolicy"] = json!(policy);
     if kind == "NodePort" || kind == "LoadBalancer" {
         let used: std::collections::HashSet<i64> = services
             .iter()
@@ -797,6 +874,7 @@ fn allocate_service(state: &Arc<State>, obj: &mut Value) {
             p["targetPort"] = p["port"].clone();
         }
     }
+    Ok(())
 }
 
 /// Applies a new version of an object through the main resource or a

@@ -111,6 +111,7 @@ impl ApiServer {
             lists: Mutex::new(Vec::new()),
             access_reviews: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(controllers::Lifecycle::default()),
+            service_cidrs: Mutex::new(vec!["10.96.0.0/12".parse().unwrap()]),
             netns: netns.to_string(),
             kubelet_client,
         });
@@ -299,6 +300,12 @@ impl ApiServer {
     /// Requests served for a user so far.
     pub fn requests_by(&self, user: &str) -> u64 {
         self.state.requests.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    /// Makes the cluster dual-stack (or IPv6-primary): the service CIDRs,
+    /// primary first, as `--service-cluster-ip-range`.
+    pub fn set_service_cidrs(&self, cidrs: &[&str]) {
+        *self.state.service_cidrs.lock().unwrap() = cidrs.iter().map(|c| c.parse().expect("a CIDR")).collect();
     }
 
     pub fn set_auto_approve(&self, on: bool) {
