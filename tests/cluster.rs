@@ -1860,3 +1860,59 @@ async fn eviction_respects_a_disruption_budget_and_the_evicted_pod_stops() {
     assert!(db1.metadata.deletion_timestamp.is_none() && db1.status.unwrap().phase.as_deref() == Some("Running"), "db-1 kept");
     assert!(pods.evict("db-1", &kube::api::EvictParams::default()).await.is_err(), "still the last healthy pod");
 }
+
+/// A dual-stack node (`--node-ip 10.99.0.1,fd00:99::1`, pods given an
+/// address of each family by the CNI): both InternalIPs on the Node, the
+/// pod's `podIPs` from the sandbox (primary and additional IP, the node's
+/// primary family first) and `hostIPs`, the downward API with both, and
+/// a hostNetwork pod reporting the node's IPs. Its Service proxy serves
+/// the IPv6 family too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_node_reports_both_families_for_itself_and_its_pods() {
+    let c = Cluster::start_dual_stack().await;
+    let agent = c.join().await;
+    let node_name = c.node.node_name();
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let status = nodes.get(&node_name).await.unwrap().status.unwrap();
+    let internal: Vec<String> = status.addresses.unwrap().into_iter().filter(|a| a.type_ == "InternalIP").map(|a| a.address).collect();
+    assert_eq!(internal, ["10.99.0.1", "fd00:99::1"], "one InternalIP per family, the primary first");
+
+    let pods = c.pods("default");
+    let mut p = bound_pod("dual", &node_name, "echo \"ips=$POD_IPS ip=$POD_IP hosts=$HOST_IPS\"; sleep 3600");
+    let env = serde_json::json!([
+        {"name": "POD_IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIPs"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOST_IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIPs"}}},
+    ]);
+    p.spec.as_mut().unwrap().containers[0].env = Some(serde_json::from_value(env).unwrap());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let ips = eventually(60 * S, "the pod's two IPs", || async {
+        let s = pods.get("dual").await.ok()?.status?;
+        let ips: Vec<String> = s.pod_ips?.into_iter().map(|i| i.ip).collect();
+        (ips.len() == 2).then_some(ips)
+    })
+    .await;
+    assert!(ips[0].starts_with("10.99.0.") && ips[1].starts_with("fd00:99:0:1:"), "IPv4 (the node's primary family) first: {ips:?}");
+    let s = pods.get("dual").await.unwrap().status.unwrap();
+    assert_eq!(s.pod_ip.as_deref(), Some(ips[0].as_str()));
+    let host_ips: Vec<String> = s.host_ips.unwrap().into_iter().map(|h| h.ip).collect();
+    assert_eq!(host_ips, ["10.99.0.1", "fd00:99::1"]);
+    let line = eventually(30 * S, "the container's downward API line", || async {
+        let log = pods.logs("dual", &Default::default()).await.ok()?;
+        log.lines().find(|l| l.starts_with("ips=")).map(str::to_string)
+    })
+    .await;
+    assert_eq!(line, format!("ips={},{} ip={} hosts=10.99.0.1,fd00:99::1", ips[0], ips[1], ips[0]));
+
+    let mut h = bound_pod("host", &node_name, "sleep 3600");
+    h.spec.as_mut().unwrap().host_network = Some(true);
+    pods.create(&PostParams::default(), &h).await.unwrap();
+    let host_pod_ips = eventually(60 * S, "the hostNetwork pod's IPs", || async {
+        let s = pods.get("host").await.ok()?.status?;
+        let ips: Vec<String> = s.pod_ips?.into_iter().map(|i| i.ip).collect();
+        (!ips.is_empty()).then_some(ips)
+    })
+    .await;
+    assert_eq!(host_pod_ips, ["10.99.0.1", "fd00:99::1"], "a hostNetwork pod has the node's IPs");
+    drop(agent);
+}

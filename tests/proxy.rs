@@ -286,6 +286,16 @@ async fn traffic(mode: &str) {
     // NodePort with ClientIP affinity: one client, one backend.
     let sticky = responders(&lab.client, SocketAddr::from((NODE_IP, 30080)), 25);
     assert_eq!(sticky.len(), 1, "affinity keeps one backend: {sticky:?}");
+    // Node ports on localhost: iptables mode with kube-proxy's default
+    // localhostNodePorts (route_localnet), never in nftables mode.
+    let on_lo = tcp_get(&c.node.netns, sa([127, 0, 0, 1], 30080));
+    if mode == "iptables" {
+        assert!(on_lo.as_ref().is_ok_and(|r| r.starts_with("pod-")), "a node port on 127.0.0.1: {on_lo:?}");
+        let sysctl = in_netns(&c.node.netns, || std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").unwrap());
+        assert_eq!(sysctl.trim(), "1");
+    } else {
+        assert!(on_lo.is_err(), "nftables mode serves no node port on localhost, as kube-proxy's: {on_lo:?}");
+    }
 
     // externalTrafficPolicy Local: only local endpoints, and the health check counts them.
     let local = responders(&lab.client, SocketAddr::from((NODE_IP, 30081)), 40);

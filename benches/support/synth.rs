@@ -44,6 +44,7 @@ fn synth_family(services: usize, endpoints: usize, family: Family) -> ProxyState
         );
         let eps = (0..endpoints)
             .map(|e| Endpoint {
+                elsewhere: false,
                 ip: addr(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i * endpoints + e) as u32 % 65000 + 2)),
                 port: 8080,
                 ready: true,

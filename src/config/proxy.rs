@@ -26,6 +26,9 @@ pub struct ProxyConfig {
     pub metrics_bind_address: Option<String>,
     pub masquerade_all: Option<bool>,
     pub masquerade_bit: Option<u8>,
+    /// `iptables.localhostNodePorts` (iptables mode; kube-proxy's default
+    /// is true): node ports on 127.0.0.1 too, with route_localnet.
+    pub localhost_node_ports: Option<bool>,
     pub sync_period: Option<Duration>,
     pub min_sync_period: Option<Duration>,
     /// `clientConnection.kubeconfig`: the proxy's own credentials (kube-proxy's
@@ -181,7 +184,8 @@ impl ProxyConfig {
                         }
                         c.masquerade_bit = Some(b as u8);
                     }
-                    "masqueradeAll" | "masqueradeBit" | "syncPeriod" | "minSyncPeriod" => {}
+                    "localhostNodePorts" if section == "iptables" && mode == "iptables" => c.localhost_node_ports = Some(field(file, &name, v)?),
+                    "masqueradeAll" | "masqueradeBit" | "syncPeriod" | "minSyncPeriod" | "localhostNodePorts" => {}
                     _ => c.ignored.push(name),
                 }
             }

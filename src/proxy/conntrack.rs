@@ -124,7 +124,7 @@ mod tests {
     fn replaced_udp_endpoints_and_first_endpoints_are_cleared() {
         let key = PortKey { namespace: "d".into(), name: "dns".into(), port: String::new(), protocol: Protocol::Udp, family: Family::V4 };
         let svc = ServicePort::cluster_ip(key.clone(), std::net::Ipv4Addr::new(10, 96, 0, 53).into(), 53);
-        let ep = |n| Endpoint { ip: std::net::Ipv4Addr::new(10, 244, 0, n).into(), port: 53, ready: true, serving: true, terminating: false, local: false };
+        let ep = |n| Endpoint { elsewhere: false, ip: std::net::Ipv4Addr::new(10, 244, 0, n).into(), port: 53, ready: true, serving: true, terminating: false, local: false };
         let mut empty = ProxyState::default();
         empty.services.insert(key.clone(), svc.clone());
         let mut one = empty.clone();

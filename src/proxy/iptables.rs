@@ -17,7 +17,7 @@ pub const NAT: &str = "nat";
 
 /// Chains rewritten at every sync (they list every Service).
 const TOP_LEVEL: &[&str] =
-    &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
+    &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-FIREWALL"];
 
 /// Prefixes of the per-service chains nodelet owns.
 const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-"];
@@ -25,6 +25,8 @@ const OWNED_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-S
 /// The jumps from the built-in chains: (table, chain, rule).
 pub const JUMPS: &[(&str, &str, &str)] = &[
     (FILTER, "INPUT", "-m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS"),
+    (FILTER, "INPUT", "-j KUBE-FIREWALL"),
+    (FILTER, "OUTPUT", "-j KUBE-FIREWALL"),
     (FILTER, "INPUT", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
     (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
     (FILTER, "FORWARD", "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"),
@@ -122,8 +124,17 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     let mut r = Rendered::default();
     let bits = ctx.family.host_bits();
     let mark = format!("{:#x}", ctx.masq_mark());
-    for c in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS"] {
+    for c in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-FIREWALL"] {
         r.chain(FILTER, c);
+    }
+    // Node ports on 127.0.0.1 (route_localnet): what reaches 127.0.0.0/8
+    // from anywhere but the node itself is dropped, as kube-proxy does.
+    if localhost_node_ports(ctx) {
+        r.rule(
+            FILTER,
+            "KUBE-FIREWALL",
+            format!("{} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP", comment("block incoming localnet connections")),
+        );
     }
     for c in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
         r.chain(NAT, c);
@@ -264,14 +275,39 @@ pub fn render(state: &ProxyState, ctx: &Context) -> Rendered {
     // The node ports, last in KUBE-SERVICES.
     let c = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
     match &ctx.node_port_ips {
+        None if localhost_node_ports(ctx) => r.rule(NAT, "KUBE-SERVICES", format!("{c} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")),
         None => r.rule(NAT, "KUBE-SERVICES", format!("{c} -m addrtype --dst-type LOCAL ! -d {} -j KUBE-NODEPORTS", ctx.family.loopback())),
         Some(ips) => {
-            for ip in ips {
+            for ip in ips.iter().filter(|ip| !ip.is_loopback() || localhost_node_ports(ctx)) {
                 r.rule(NAT, "KUBE-SERVICES", format!("{c} -d {ip}/{bits} -j KUBE-NODEPORTS"));
             }
         }
     }
     r
+}
+
+/// Whether node ports answer on 127.0.0.1: `iptables.localhostNodePorts`
+/// (IPv4 only; IPv6 has no route_localnet), unless `nodePortAddresses`
+/// leaves loopback out.
+fn localhost_node_ports(ctx: &Context) -> bool {
+    ctx.localhost_node_ports
+        && ctx.family == Family::V4
+        && ctx.node_port_ips.as_ref().is_none_or(|ips| ips.iter().any(|ip| ip.is_loopback()))
+}
+
+/// route_localnet, so that 127.0.0.1 can be DNATed to a pod (kube-proxy
+/// sets it for localhost node ports and says so).
+fn ensure_route_localnet() {
+    let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    match std::fs::write(path, "1") {
+        Ok(()) => tracing::info!(
+            "set net.ipv4.conf.all.route_localnet=1 to allow node ports on localhost; to change this, set iptables.localhostNodePorts: false or leave 127.0.0.0/8 out of nodePortAddresses"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not set net.ipv4.conf.all.route_localnet=1: node ports will not answer on localhost"),
+    }
 }
 
 /// The `iptables-restore --noflush` input taking the kernel from `prev`
@@ -365,6 +401,9 @@ impl Iptables {
         }
         if is_full {
             ensure_jumps(self.family)?;
+            if localhost_node_ports(ctx) {
+                ensure_route_localnet();
+            }
         }
         self.committed = Some(next);
         Ok(SyncStats { changed_chains: changed, input_bytes: input.len(), full: is_full, plan, apply: started.elapsed() - plan })
@@ -425,6 +464,9 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
     text.push_str("# and, in the built-in chains:\n");
     for (table, chain, rule) in JUMPS {
         let _ = writeln!(text, "# -t {table} -A {chain} {rule}");
+    }
+    if localhost_node_ports(ctx) {
+        text.push_str("# and the sysctl net.ipv4.conf.all.route_localnet=1 (node ports on localhost)\n");
     }
     text
 }

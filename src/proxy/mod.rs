@@ -32,11 +32,15 @@ pub struct Context {
     /// `nodePortAddresses` resolved for this family: None = every local
     /// address.
     pub node_port_ips: Option<Vec<IpAddr>>,
+    /// `iptables.localhostNodePorts` (iptables mode, IPv4): node ports
+    /// answer on 127.0.0.1 too (route_localnet), and connections to
+    /// 127.0.0.0/8 from elsewhere are dropped (KUBE-FIREWALL).
+    pub localhost_node_ports: bool,
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context { family: Family::V4, cluster_cidr: None, masquerade_all: false, masquerade_bit: 14, node_port_ips: None }
+        Context { family: Family::V4, cluster_cidr: None, masquerade_all: false, masquerade_bit: 14, node_port_ips: None, localhost_node_ports: false }
     }
 }
 
@@ -230,6 +234,7 @@ pub fn resolve(
             masquerade_all: f.masquerade_all.unwrap_or(false),
             masquerade_bit: f.masquerade_bit.unwrap_or(14),
             node_port_ips: node_port_ips(family)?,
+            localhost_node_ports: mode == run::Mode::Iptables && family == Family::V4 && f.localhost_node_ports.unwrap_or(true),
         });
     }
     let addr = |field: &str, v: Option<&String>, default: &str| -> Result<Option<std::net::SocketAddr>, ConfigError> {
@@ -373,7 +378,7 @@ pub(crate) mod fixture {
         };
         let key = |name: &str, port: &str, protocol| PortKey { namespace: "default".into(), name: name.into(), port: port.into(), protocol, family };
         let svc = |k: &PortKey, ip: [u8; 4], port| ServicePort::cluster_ip(k.clone(), addr(ip), port);
-        let ep = |n: u8, port, ready, local| Endpoint { ip: addr([10, 244, 0, n]), port, ready, serving: ready, terminating: false, local };
+        let ep = |n: u8, port, ready, local| Endpoint { elsewhere: false, ip: addr([10, 244, 0, n]), port, ready, serving: ready, terminating: false, local };
         let mut s = ProxyState::default();
         let web = key("web", "http", Protocol::Tcp);
         s.services.insert(web.clone(), svc(&web, [10, 96, 0, 10], 80));
@@ -409,7 +414,8 @@ pub(crate) mod fixture {
         let dns = key("dns", "dns", Protocol::Udp);
         s.services.insert(dns.clone(), svc(&dns, [10, 96, 0, 53], 53));
         let cidr = if family == Family::V4 { "10.244.0.0/16" } else { "fd00:10:244::/56" };
-        let ctx = Context { family, cluster_cidr: Some(cidr.parse().unwrap()), ..Default::default() };
+        // kube-proxy's default localhostNodePorts (its IPv4 iptables rules).
+        let ctx = Context { family, cluster_cidr: Some(cidr.parse().unwrap()), localhost_node_ports: family == Family::V4, ..Default::default() };
         (s, ctx)
     }
 

@@ -223,6 +223,11 @@ pub struct Endpoint {
     pub terminating: bool,
     /// On this node.
     pub local: bool,
+    /// Kept out of cluster-wide traffic by topology: the Service's slices
+    /// hint every ready endpoint to nodes or zones, and this one is not
+    /// hinted to this node or its zone (kube-proxy's PreferSameNode /
+    /// PreferSameZone). Traffic policies Local ignore it.
+    pub elsewhere: bool,
 }
 
 impl fmt::Display for Endpoint {
@@ -276,7 +281,7 @@ pub struct Selected {
 }
 
 fn usable(eps: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
-    let pool: Vec<&Endpoint> = eps.iter().filter(|e| !local_only || e.local).collect();
+    let pool: Vec<&Endpoint> = eps.iter().filter(|e| if local_only { e.local } else { !e.elsewhere }).collect();
     let ready: Vec<Endpoint> = pool.iter().filter(|e| e.ready).map(|e| (*e).clone()).collect();
     if !ready.is_empty() {
         return ready;
@@ -384,6 +389,9 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
             .and_then(|l| l.ingress.as_ref())
             .into_iter()
             .flatten()
+            // ipMode Proxy: the load balancer proxies to the node, and its
+            // address is not the node's to capture (kube-proxy skips it).
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_deref()?.parse().ok())
             .collect()
     } else {
@@ -511,6 +519,7 @@ pub fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<BTreeMa
         let local = e.node_name.as_deref() == Some(node_name);
         for (pname, proto, port) in &ports {
             out.entry((pname.clone(), *proto)).or_default().push(Endpoint {
+                elsewhere: false,
                 ip,
                 port: *port,
                 ready,
@@ -531,18 +540,69 @@ pub fn build<'a>(
     node_name: &str,
     errors: &mut Vec<Invalid>,
 ) -> ProxyState {
-    build_reporting(services, slices, node_name, errors, &mut Vec::new())
+    build_reporting(services, slices, &Topology { node: node_name, zone: None }, errors, &mut Vec::new())
 }
 
-/// [`build`], with the address claims that lost their conflict in
-/// `conflicts`.
+/// Where the proxy's node is, for topology-aware routing: its name and its
+/// `topology.kubernetes.io/zone` label.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology<'a> {
+    pub node: &'a str,
+    pub zone: Option<&'a str>,
+}
+
+/// The hints of one endpoint address: (zones, nodes) it is for.
+type Hints = (Vec<String>, Vec<String>);
+
+fn slice_hints(slice: &EndpointSlice) -> Vec<(IpAddr, Hints)> {
+    slice
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let ip = e.addresses.first()?.parse().ok()?;
+            let h = e.hints.as_ref();
+            let zones = h.and_then(|h| h.for_zones.as_ref()).map(|z| z.iter().map(|z| z.name.clone()).collect()).unwrap_or_default();
+            let nodes = h.and_then(|h| h.for_nodes.as_ref()).map(|n| n.iter().map(|n| n.name.clone()).collect()).unwrap_or_default();
+            Some((ip, (zones, nodes)))
+        })
+        .collect()
+}
+
+/// kube-proxy's topology mode for one Service port: same node when every
+/// ready endpoint has node hints and one is for this node; else same zone
+/// when every ready endpoint has zone hints and one is for this node's
+/// zone; else none. Marks the endpoints the mode leaves out.
+fn apply_topology(eps: &mut [Endpoint], hints: &BTreeMap<(IpAddr, u16), Hints>, at: &Topology) {
+    let ready: Vec<&Hints> = eps.iter().filter(|e| e.ready).filter_map(|e| hints.get(&(e.ip, e.port))).collect();
+    let ready_count = eps.iter().filter(|e| e.ready).count();
+    if ready.is_empty() || ready.len() < ready_count {
+        return;
+    }
+    let for_node = |h: &Hints| h.1.iter().any(|n| n == at.node);
+    let for_zone = |h: &Hints| at.zone.is_some_and(|z| h.0.iter().any(|x| x == z));
+    let keep: &dyn Fn(&Hints) -> bool = if ready.iter().all(|h| !h.1.is_empty()) && ready.iter().any(|h| for_node(h)) {
+        &for_node
+    } else if ready.iter().all(|h| !h.0.is_empty()) && ready.iter().any(|h| for_zone(h)) {
+        &for_zone
+    } else {
+        return;
+    };
+    for e in eps.iter_mut() {
+        e.elsewhere = !hints.get(&(e.ip, e.port)).is_some_and(keep);
+    }
+}
+
+/// [`build`] for the proxy's node and zone (topology-aware routing), with
+/// the address claims that lost their conflict in `conflicts`.
 pub fn build_reporting<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node_name: &str,
+    at: &Topology,
     errors: &mut Vec<Invalid>,
     conflicts: &mut Vec<Conflict>,
 ) -> ProxyState {
+    let node_name = at.node;
+    let mut hints: BTreeMap<PortKey, BTreeMap<(IpAddr, u16), Hints>> = BTreeMap::new();
     let mut state = ProxyState::default();
     let mut created: BTreeMap<(String, String), Time> = BTreeMap::new();
     for svc in services {
@@ -564,9 +624,18 @@ pub fn build_reporting<'a>(
         match slice_endpoints(slice, node_name) {
             Ok(by_port) => {
                 let family = slice_family(slice).unwrap_or_default();
+                let hinted: Vec<(IpAddr, Hints)> = slice_hints(slice).into_iter().filter(|(_, h)| !h.0.is_empty() || !h.1.is_empty()).collect();
                 for ((port, protocol), eps) in by_port {
                     let key = PortKey { namespace: ns.clone(), name: svc.clone(), port, protocol, family };
                     if state.services.contains_key(&key) {
+                        if !hinted.is_empty() {
+                            let h = hints.entry(key.clone()).or_default();
+                            for e in &eps {
+                                if let Some((_, hint)) = hinted.iter().find(|(ip, _)| *ip == e.ip) {
+                                    h.insert((e.ip, e.port), hint.clone());
+                                }
+                            }
+                        }
                         state.endpoints.entry(key).or_default().extend(eps);
                     }
                 }
@@ -579,6 +648,11 @@ pub fn build_reporting<'a>(
         // reusing a terminating one's IP), the ready, non-terminating one wins.
         eps.sort_by_key(|e| (e.ip, e.port, !e.ready, e.terminating));
         eps.dedup_by(|later, first| later.ip == first.ip && later.port == first.port);
+    }
+    for (key, h) in &hints {
+        if let Some(eps) = state.endpoints.get_mut(key) {
+            apply_topology(eps, h, at);
+        }
     }
     conflicts.extend(arbitrate(&mut state, &created));
     conflicts.sort();

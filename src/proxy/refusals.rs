@@ -236,7 +236,7 @@ mod tests {
         let mut s = ProxyState::default();
         for (n, ip) in names {
             s.services.insert(key(n), ServicePort::cluster_ip(key(n), Ipv4Addr::new(10, 96, 0, *ip).into(), 80));
-            s.endpoints.insert(key(n), vec![Endpoint { ip: Ipv4Addr::new(10, 244, 0, *ip).into(), port: 8080, ready: true, serving: true, terminating: false, local: true }]);
+            s.endpoints.insert(key(n), vec![Endpoint { elsewhere: false, ip: Ipv4Addr::new(10, 244, 0, *ip).into(), port: 8080, ready: true, serving: true, terminating: false, local: true }]);
         }
         s
     }

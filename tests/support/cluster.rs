@@ -15,23 +15,46 @@ const S: Duration = Duration::from_secs(1);
 
 /// The node's InternalIP (also the pod bridge's gateway).
 pub const NODE_IP: &str = "10.99.0.1";
+/// The node's IPv6 address on a dual-stack cluster.
+pub const NODE_IP6: &str = "fd00:99::1";
 
 pub struct Cluster {
     pub node: Node,
     pub api: ApiServer,
     pub client: kube::Client,
+    /// What nodelet gets as `--node-ip`.
+    pub node_ip: String,
 }
 
 impl Cluster {
     pub async fn start() -> Self {
-        let node = Node::start().await;
+        Self::start_on(Node::start().await, false).await
+    }
+
+    /// A dual-stack cluster: service CIDRs of both families, the node
+    /// with an address of each (`--node-ip 10.99.0.1,fd00:99::1`), pods
+    /// with an IPv4 and an IPv6 address.
+    pub async fn start_dual_stack() -> Self {
+        Self::start_on(Node::start_dual_stack().await, true).await
+    }
+
+    async fn start_on(node: Node, dual_stack: bool) -> Self {
         // The node's own address (its InternalIP) is there from the start,
         // as on a real machine, not only once the pod bridge exists.
         let added = std::process::Command::new("ip").args(["-n", &node.netns, "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).status();
         assert!(added.is_ok_and(|s| s.success()), "giving the node its address");
+        let mut node_ip = NODE_IP.to_string();
+        if dual_stack {
+            let added = std::process::Command::new("ip").args(["-n", &node.netns, "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo", "nodad"]).status();
+            assert!(added.is_ok_and(|s| s.success()), "giving the node its IPv6 address");
+            node_ip = format!("{NODE_IP},{NODE_IP6}");
+        }
         let api = ApiServer::start(&node.netns).await;
+        if dual_stack {
+            api.set_service_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
+        }
         let client = api.client().await;
-        Self { node, api, client }
+        Self { node, api, client, node_ip }
     }
 
     /// A KubeProxyConfiguration in `mode` for `node`, with `extra` lines
@@ -74,7 +97,7 @@ impl Cluster {
             "--cert-dir".into(),
             self.dir().join("pki").display().to_string(),
             "--node-ip".into(),
-            NODE_IP.into(),
+            self.node_ip.clone(),
             "--node-labels".into(),
             "nodelet.io/test=yes".into(),
             "--client-ca-file".into(),

@@ -107,9 +107,19 @@ impl Node {
         Self::start_with_image_fs(None).await
     }
 
+    /// A node whose pods are dual-stack: the CNI's host-local IPAM gives
+    /// each pod an IPv4 and an IPv6 address (fd00:99:0:1::/64).
+    pub async fn start_dual_stack() -> Node {
+        Self::start_inner(None, true).await
+    }
+
     /// A node whose containerd root (images and snapshots) is a tmpfs of
     /// `mib` MiB: a small image filesystem tests can fill.
     pub async fn start_with_image_fs(mib: Option<u64>) -> Node {
+        Self::start_inner(mib, false).await
+    }
+
+    async fn start_inner(mib: Option<u64>, dual_stack: bool) -> Node {
         remember_failures();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -129,7 +139,10 @@ impl Node {
         std::fs::write(root.join("config.toml"), config).unwrap();
         std::fs::write(
             root.join("cni/10-pods.conflist"),
-            CNI_CONFIG.replace("@ROOT@", &r).replace("@BRIDGE@", "nlt0").replace("@SUBNET@", "10.99.0.0/24"),
+            CNI_CONFIG.replace("@ROOT@", &r).replace("@BRIDGE@", "nlt0").replace(
+                "[[{ \"subnet\": \"@SUBNET@\" }]]",
+                if dual_stack { "[[{ \"subnet\": \"10.99.0.0/24\" }], [{ \"subnet\": \"fd00:99:0:1::/64\" }]]" } else { "[[{ \"subnet\": \"10.99.0.0/24\" }]]" },
+            ),
         )
         .unwrap();
         if let Some(mib) = mib {

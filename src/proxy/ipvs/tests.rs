@@ -133,7 +133,7 @@ fn an_external_ip_of_the_node_is_not_bound() {
 fn a_udp_server_goes_at_once() {
     let (mut s, ctx) = fixture();
     let dns = s.services.keys().find(|k| k.name == "dns").unwrap().clone();
-    let ep = Endpoint { ip: Ipv4Addr::new(10, 244, 0, 20).into(), port: 53, ready: true, serving: true, terminating: false, local: true };
+    let ep = Endpoint { elsewhere: false, ip: Ipv4Addr::new(10, 244, 0, 20).into(), port: 53, ready: true, serving: true, terminating: false, local: true };
     s.endpoints.insert(dns.clone(), vec![ep]);
     let mut b = Ipvs::new(settings(), true).unwrap();
     b.sync(&s, &ctx, true).unwrap();

@@ -46,6 +46,7 @@ fn headless_and_external_name_get_nothing() {
 fn terminating_endpoints_serve_only_when_none_is_ready() {
     let s = service_ports(&svc("metadata: {name: w}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}")).unwrap().remove(0);
     let ep = |n: u8, ready: bool, serving: bool, terminating: bool, local: bool| Endpoint {
+        elsewhere: false,
         ip: std::net::IpAddr::from([10, 0, 0, n]),
         port: 80,
         ready,
@@ -105,7 +106,7 @@ fn an_address_claimed_twice_goes_to_the_older_service_and_never_from_a_cluster_i
     // An externalIP that is another Service's clusterIP and port, by an older Service.
     let thief = svc("thief", "2020-01-01T00:00:00Z", "{type: LoadBalancer, clusterIP: 10.96.0.6, externalIPs: [10.96.0.9], ports: [{port: 80}]}");
     let (mut errors, mut conflicts) = (Vec::new(), Vec::new());
-    let state = build_reporting([&new, &old, &other_port, &thief], [], "n", &mut errors, &mut conflicts);
+    let state = build_reporting([&new, &old, &other_port, &thief], [], &Topology { node: "n", zone: None }, &mut errors, &mut conflicts);
     assert!(errors.is_empty(), "{errors:?}");
     let ips = |name: &str, port: &str| state.services.values().find(|s| s.key.name == name && s.key.port == port).unwrap().external_ips.clone();
     let a = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -175,4 +176,50 @@ fn a_dual_stack_service_is_one_port_per_family_each_with_its_own_addresses_and_s
     let mut errors = Vec::new();
     build([&s], [&mixed], "n", &mut errors);
     assert_eq!(errors[0].to_string(), "EndpointSlice d/web-bad: endpoints[0].addresses[0]: Invalid value: \"fd00:10:244::5\": must be a valid IPv4 address");
+}
+
+#[test]
+fn a_load_balancer_ip_in_proxy_mode_is_not_captured() {
+    let s = svc("metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.9, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: Proxy}, {ip: 203.0.113.2, ipMode: VIP}, {ip: 203.0.113.3}]}}");
+    let ips: Vec<String> = service_ports(&s).unwrap()[0].load_balancer_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["203.0.113.2", "203.0.113.3"]);
+}
+
+#[test]
+fn topology_hints_keep_cluster_traffic_in_the_zone_or_on_the_node_when_every_ready_endpoint_has_them() {
+    let s = svc("metadata: {name: web, namespace: d}\nspec: {clusterIP: 10.96.0.9, trafficDistribution: PreferClose, ports: [{port: 80}]}");
+    let slice = |endpoints: &str| -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: web-1, namespace: d, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: {endpoints}\nports: [{{port: 8080}}]"
+        ))
+        .unwrap()
+    };
+    let zoned = slice(
+        "[{addresses: [10.0.0.1], nodeName: n, hints: {forZones: [{name: a}]}},\n  {addresses: [10.0.0.2], nodeName: m, hints: {forZones: [{name: a}]}},\n  {addresses: [10.0.0.3], nodeName: o, hints: {forZones: [{name: b}]}}]",
+    );
+    let cluster = |sl: &EndpointSlice, node: &str, zone: Option<&str>| -> Vec<String> {
+        let mut errors = Vec::new();
+        let state = build_reporting([&s], [sl], &Topology { node, zone }, &mut errors, &mut Vec::new());
+        assert!(errors.is_empty(), "{errors:?}");
+        let (key, svc) = state.services.iter().next().unwrap();
+        select(svc, &state.endpoints[key]).cluster.iter().map(|e| e.ip.to_string()).collect()
+    };
+    assert_eq!(cluster(&zoned, "n", Some("a")), ["10.0.0.1", "10.0.0.2"], "zone a's endpoints for a node in zone a");
+    assert_eq!(cluster(&zoned, "o", Some("b")), ["10.0.0.3"]);
+    assert_eq!(cluster(&zoned, "x", Some("c")), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "no endpoint for zone c: every endpoint");
+    assert_eq!(cluster(&zoned, "n", None), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "a node without a zone label: every endpoint");
+    let partly = slice("[{addresses: [10.0.0.1], nodeName: n, hints: {forZones: [{name: a}]}}, {addresses: [10.0.0.2], nodeName: m}]");
+    assert_eq!(cluster(&partly, "n", Some("a")), ["10.0.0.1", "10.0.0.2"], "hints on some endpoints only: ignored");
+    let not_ready_unhinted = slice("[{addresses: [10.0.0.1], nodeName: n, hints: {forZones: [{name: a}]}}, {addresses: [10.0.0.2], nodeName: m, conditions: {ready: false}}]");
+    assert_eq!(cluster(&not_ready_unhinted, "m", Some("a")), ["10.0.0.1"], "only ready endpoints need hints");
+    let same_node = slice(
+        "[{addresses: [10.0.0.1], nodeName: n, hints: {forZones: [{name: a}], forNodes: [{name: n}]}},\n  {addresses: [10.0.0.2], nodeName: m, hints: {forZones: [{name: a}], forNodes: [{name: m}]}}]",
+    );
+    assert_eq!(cluster(&same_node, "n", Some("a")), ["10.0.0.1"], "PreferSameNode: this node's endpoint");
+    assert_eq!(cluster(&same_node, "z", Some("a")), ["10.0.0.1", "10.0.0.2"], "no endpoint for this node: the zone's");
+    // Local traffic policies are not narrowed by hints.
+    let local = svc("metadata: {name: web, namespace: d}\nspec: {clusterIP: 10.96.0.9, internalTrafficPolicy: Local, ports: [{port: 80}]}");
+    let state = build_reporting([&local], [&zoned], &Topology { node: "o", zone: Some("a") }, &mut Vec::new(), &mut Vec::new());
+    let (key, svc) = state.services.iter().next().unwrap();
+    assert_eq!(select(svc, &state.endpoints[key]).cluster.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(), ["10.0.0.3"], "this node's endpoint, though hinted to zone b");
 }

@@ -279,7 +279,7 @@ pub async fn run(
         kube::runtime::events::Reporter { controller: "kube-proxy".into(), instance: Some(s.node_name.clone()) },
     );
     tokio::spawn(follow::<EndpointSlice>(
-        client,
+        client.clone(),
         "EndpointSlice",
         objects.clone(),
         changed.clone(),
@@ -287,6 +287,7 @@ pub async fn run(
         |o| (&mut o.slices, &mut o.slices_listed),
         |m| &m.endpoint_changes,
     ));
+    tokio::spawn(follow_zone(client, s.node_name.clone(), objects.clone(), changed.clone()));
     let mut metrics_server = s.metrics.filter(|_| !s.dry_run).map(|addr| tokio::spawn(serve_metrics(addr, metrics.clone(), s.mode)));
 
     let mut applied = ProxyState::default();
@@ -436,7 +437,8 @@ pub async fn run(
             // rules of a previous run stay as they are.
             (o.services_listed && o.slices_listed).then(|| {
                 let (mut errors, mut conflicts) = (Vec::new(), Vec::new());
-                let state = model::build_reporting(o.services.values(), o.slices.values(), &s.node_name, &mut errors, &mut conflicts);
+                let at = model::Topology { node: &s.node_name, zone: o.zone.as_deref() };
+                let state = model::build_reporting(o.services.values(), o.slices.values(), &at, &mut errors, &mut conflicts);
                 (state, errors, conflicts)
             })
         };

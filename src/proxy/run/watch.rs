@@ -12,6 +12,41 @@ pub(super) struct Objects {
     pub(super) slices: BTreeMap<(String, String), EndpointSlice>,
     pub(super) services_listed: bool,
     pub(super) slices_listed: bool,
+    /// The proxy's node's `topology.kubernetes.io/zone` (topology hints).
+    pub(super) zone: Option<String>,
+}
+
+/// Follows the proxy's own Node for its zone label, as kube-proxy watches
+/// its node: topology hints for zones are used once it is known. Reading
+/// the Node is never needed for the rules otherwise, so a watch that fails
+/// only logs (with back-off) and the Services are programmed meanwhile.
+pub(super) async fn follow_zone(client: kube::Client, node: String, objects: Arc<Mutex<Objects>>, changed: Arc<Notify>) {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = crate::kubeapi::backed_off(watcher::watcher(api, config)).boxed();
+    let mut outage = crate::kubeapi::Outage::default();
+    while let Some(ev) = stream.next().await {
+        if crate::kubeapi::answered(&ev) {
+            outage.works("the proxy's Node watch");
+        }
+        let zone = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                n.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).cloned()
+            }
+            Ok(watcher::Event::Delete(_)) => None,
+            Ok(_) => continue,
+            Err(e) => {
+                outage.failed("the proxy's Node watch", &e);
+                continue;
+            }
+        };
+        let mut o = objects.lock().unwrap_or_else(|e| e.into_inner());
+        if o.zone != zone {
+            tracing::info!(zone = ?zone, "the proxy's node zone, for topology hints");
+            o.zone = zone;
+            changed.notify_one();
+        }
+    }
 }
 
 pub(super) fn decode<T: serde::de::DeserializeOwned>(obj: &DynamicObject, kind: &str) -> Result<T, String> {
