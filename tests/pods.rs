@@ -44,7 +44,10 @@ async fn a_static_pod_runs_and_its_output_lands_in_its_log() {
     assert_eq!(dir.file_name().unwrap().to_str().unwrap(), format!("default_{}_{uid}", node.pod_name("web")));
     assert!(app.log_path.ends_with("/app/0.log"), "{}", app.log_path);
     let link = node.dir.path().join("containers").join(format!("{}_default_app-{}.log", node.pod_name("web"), app.id));
-    assert_eq!(std::fs::read_link(&link).unwrap().display().to_string(), app.log_path, "the /var/log/containers link");
+    // Made once StartContainer returns (as kubelet's), which may be after
+    // the container's first output.
+    let target = eventually(10 * S, "the /var/log/containers link", || async { std::fs::read_link(&link).ok() }).await;
+    assert_eq!(target.display().to_string(), app.log_path, "the /var/log/containers link");
 
     let status = eventually(10 * S, "Running in /pods", || async {
         node.status("web").filter(|p| p["status"]["phase"] == "Running")

@@ -446,18 +446,9 @@ async fn traffic(mode: &str) {
     // removes every one of them.
     agent.kill9();
     assert!(tcp_get(&lab.client, web).unwrap().starts_with("pod-"), "rules survive the agent");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet"))
-        .args(["proxy", "cleanup"])
-        .pre_exec_netns(&c.node.netns)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    proxy_cleanup(&c.node.netns);
     assert!(tcp_get(&lab.client, web).is_err(), "no Service rule is left");
-    let leftovers = in_netns(&c.node.netns, || {
-        let ipt = Command::new("iptables-save").output().unwrap();
-        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
-    });
+    let leftovers = rules_in(&c.node.netns, "iptables-save");
     assert!(!leftovers.contains("KUBE-SVC-") && !leftovers.contains("KUBE-SERVICES") && !leftovers.contains("table ip nodelet"), "{leftovers}");
 
     // A dry run prints the whole ruleset for the cluster's Services and applies nothing.
@@ -470,14 +461,26 @@ async fn traffic(mode: &str) {
     })
     .await;
     assert!(printed.contains("10.96.0.30") || printed.contains("10.96.0.10"), "{printed}");
-    let (status, out) = in_netns(&c.node.netns, || {
-        let ipt = Command::new("iptables-save").output().unwrap();
-        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
-        (ipt.status.success(), format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout)))
-    });
-    assert!(status);
+    let out = rules_in(&c.node.netns, "iptables-save");
     assert!(!out.contains("KUBE-SERVICES") && !out.contains("table ip nodelet"), "a dry run applies nothing: {out}");
     assert!(tcp_get(&lab.client, web).is_err());
+}
+
+/// `nodelet proxy cleanup` in the node's namespace, which must succeed.
+fn proxy_cleanup(netns: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["proxy", "cleanup"]).pre_exec_netns(netns).output().unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// What a namespace's netfilter holds: `save` (iptables-save or
+/// ip6tables-save, which must work) and the nftables tables.
+fn rules_in(netns: &str, save: &'static str) -> String {
+    in_netns(netns, move || {
+        let ipt = Command::new(save).output().unwrap();
+        assert!(ipt.status.success(), "{save}: {}", String::from_utf8_lossy(&ipt.stderr));
+        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
+    })
 }
 
 /// Runs a command inside a network namespace.
@@ -598,14 +601,9 @@ async fn dual_stack(mode: &str) {
     assert!(log.contains("families=[\"IPv4\", \"IPv6\"]"), "the proxy says it serves both families:\n{log}");
 
     agent.kill9();
-    let out = Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["proxy", "cleanup"]).pre_exec_netns(&c.node.netns).output().unwrap();
-    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    proxy_cleanup(&c.node.netns);
     assert!(tcp_get(&lab.client, web6).is_err(), "no IPv6 Service rule is left");
-    let leftovers = in_netns(&c.node.netns, || {
-        let ipt = Command::new("ip6tables-save").output().unwrap();
-        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
-    });
+    let leftovers = rules_in(&c.node.netns, "ip6tables-save");
     assert!(!leftovers.contains("KUBE-SVC-") && !leftovers.contains("KUBE-SERVICES") && !leftovers.contains("nodelet"), "{leftovers}");
 }
 
@@ -647,11 +645,7 @@ async fn ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it() 
     assert!(line.contains("kernel module ip_vs") && line.contains("modprobe ip_vs"), "{line}");
     let healthz = in_netns(&c.node.netns, || Command::new("busybox").args(["timeout", "3", "wget", "-qO-", "http://127.0.0.1:10256/healthz"]).output().unwrap());
     assert!(!healthz.status.success(), "the proxy's /healthz must fail: {}", String::from_utf8_lossy(&healthz.stdout));
-    let rules = in_netns(&c.node.netns, || {
-        let ipt = Command::new("iptables-save").output().unwrap();
-        let nft = Command::new("nft").args(["list", "tables"]).output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&ipt.stdout), String::from_utf8_lossy(&nft.stdout))
-    });
+    let rules = rules_in(&c.node.netns, "iptables-save");
     assert!(!rules.contains("KUBE-SERVICES") && !rules.contains("table ip nodelet"), "no silent fallback: {rules}");
 
     let kubeconfig = c.dir().join("kubelet.kubeconfig");
@@ -672,4 +666,234 @@ async fn ipvs_mode_without_the_module_is_a_clear_error_and_a_dry_run_plans_it() 
     }
     assert!(!printed.contains("10.244.0.11"), "the not-ready endpoint is no server:\n{printed}");
     assert!(printed.lines().any(|l| l.starts_with("ipvs add service tcp ") && l.contains(":30080 ")), "a NodePort service:\n{printed}");
+}
+
+/// Three nodes' network: each node's pods on its own bridge and pod CIDR
+/// (10.244.N.0/24 and fd00:10:244:N::/64, pods at .10 and .11), the nodes
+/// on one fabric (a bridge in a namespace of its own: 172.30.0.N+1 and
+/// fd00:30::N+1), routes between the pod CIDRs host-gw style, and a client
+/// outside (192.168.50.2, fd00:50::2) behind node 0. Everything is removed
+/// with it.
+struct Fabric {
+    ns: String,
+    client: String,
+    /// Per node, its pod namespaces.
+    pods: Vec<Vec<String>>,
+}
+
+fn node_addr(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 30, 0, n as u8 + 1)
+}
+
+fn node_addr6(n: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, n as u16 + 1)
+}
+
+fn fabric_pod(n: usize, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n as u8, 10 + i as u8)
+}
+
+fn fabric_pod6(n: usize, i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, n as u16, 0, 0, 0, 0x10 + i as u16)
+}
+
+impl Fabric {
+    fn build(id: &str, nodes: &[&str]) -> Fabric {
+        let ns = format!("nlf-{id}");
+        let client = format!("nlc-{id}");
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "add", "fab", "type", "bridge"]);
+        ip(&["-n", &ns, "link", "set", "fab", "up"]);
+        let mut pods = Vec::new();
+        for (n, node_ns) in nodes.iter().enumerate() {
+            let port = format!("f{n}");
+            ip(&["-n", node_ns, "link", "add", "fab0", "type", "veth", "peer", "name", &port, "netns", &ns]);
+            ip(&["-n", &ns, "link", "set", &port, "master", "fab", "up"]);
+            ip(&["-n", node_ns, "addr", "add", &format!("{}/24", node_addr(n)), "dev", "fab0"]);
+            ip(&["-n", node_ns, "addr", "add", &format!("{}/64", node_addr6(n)), "dev", "fab0", "nodad"]);
+            ip(&["-n", node_ns, "link", "set", "fab0", "up"]);
+            ip(&["-n", node_ns, "link", "add", "kbr0", "type", "bridge"]);
+            ip(&["-n", node_ns, "addr", "add", &format!("10.244.{n}.1/24"), "dev", "kbr0"]);
+            ip(&["-n", node_ns, "addr", "add", &format!("fd00:10:244:{n}::1/64"), "dev", "kbr0", "nodad"]);
+            ip(&["-n", node_ns, "link", "set", "kbr0", "up"]);
+            let mut mine = Vec::new();
+            for i in 0..2 {
+                let pod = format!("nlp-{id}-{n}-{i}");
+                let veth = format!("vp{i}");
+                ip(&["netns", "add", &pod]);
+                ip(&["-n", &pod, "link", "set", "lo", "up"]);
+                ip(&["-n", node_ns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod]);
+                ip(&["-n", node_ns, "link", "set", &veth, "master", "kbr0", "up"]);
+                ip(&["-n", &pod, "addr", "add", &format!("{}/24", fabric_pod(n, i)), "dev", "eth0"]);
+                ip(&["-n", &pod, "addr", "add", &format!("{}/64", fabric_pod6(n, i)), "dev", "eth0", "nodad"]);
+                ip(&["-n", &pod, "link", "set", "eth0", "up"]);
+                ip(&["-n", &pod, "route", "add", "default", "via", &format!("10.244.{n}.1")]);
+                ip(&["-n", &pod, "-6", "route", "add", "default", "via", &format!("fd00:10:244:{n}::1")]);
+                mine.push(pod);
+            }
+            pods.push(mine);
+            // host-gw: every other node's pod CIDRs through that node.
+            for m in (0..nodes.len()).filter(|m| *m != n) {
+                ip(&["-n", node_ns, "route", "add", &format!("10.244.{m}.0/24"), "via", &node_addr(m).to_string()]);
+                ip(&["-n", node_ns, "-6", "route", "add", &format!("fd00:10:244:{m}::/64"), "via", &node_addr6(m).to_string()]);
+            }
+            in_netns(node_ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("ip_forward");
+            in_netns(node_ns, || std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")).expect("IPv6 forwarding");
+        }
+        // The client, behind node 0; the other nodes reach it (and route
+        // what they do not know) through node 0.
+        ip(&["netns", "add", &client]);
+        ip(&["-n", &client, "link", "set", "lo", "up"]);
+        ip(&["-n", nodes[0], "link", "add", "vc0", "type", "veth", "peer", "name", "eth0", "netns", &client]);
+        ip(&["-n", nodes[0], "addr", "add", "192.168.50.1/24", "dev", "vc0"]);
+        ip(&["-n", nodes[0], "addr", "add", "fd00:50::1/64", "dev", "vc0", "nodad"]);
+        ip(&["-n", nodes[0], "link", "set", "vc0", "up"]);
+        ip(&["-n", &client, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+        ip(&["-n", &client, "addr", "add", "fd00:50::2/64", "dev", "eth0", "nodad"]);
+        ip(&["-n", &client, "link", "set", "eth0", "up"]);
+        ip(&["-n", &client, "route", "add", "default", "via", "192.168.50.1"]);
+        ip(&["-n", &client, "-6", "route", "add", "default", "via", "fd00:50::1"]);
+        ip(&["-n", nodes[0], "route", "add", "default", "via", "192.168.50.2"]);
+        ip(&["-n", nodes[0], "-6", "route", "add", "default", "via", "fd00:50::2"]);
+        for node_ns in &nodes[1..] {
+            ip(&["-n", node_ns, "route", "add", "default", "via", &node_addr(0).to_string()]);
+            ip(&["-n", node_ns, "-6", "route", "add", "default", "via", &node_addr6(0).to_string()]);
+        }
+        Fabric { ns, client, pods }
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().flatten().chain([&self.client, &self.ns]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Three nodelets, each in its own network namespace with its own
+/// containerd, one apiserver (dual-stack), host-gw routes between the pod
+/// CIDRs: real TCP and UDP through a ClusterIP from a pod on one node to
+/// pods on the others, a node port of one node reaching pods on every node
+/// (masqueraded, so the answers come back the same way), and
+/// externalTrafficPolicy Local answering only on nodes with an endpoint
+/// (keeping the client's address) and dropping elsewhere; in both families.
+async fn three_nodes(mode: &str) {
+    let c = Cluster::start().await;
+    c.api.set_service_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
+    c.api.set_auto_approve(true);
+    let (b, d) = (c.add_node().await, c.add_node().await);
+    let nodes = [&c.node, &b, &d];
+    let fabric = Fabric::build(&c.node.id, &[&c.node.netns, &b.netns, &d.netns]);
+    for (n, pods) in fabric.pods.iter().enumerate() {
+        for (i, ns) in pods.iter().enumerate() {
+            serve_tcp(ns, &format!("n{n}-p{i}"), 8080);
+            serve_udp(ns, &format!("n{n}-p{i}"), 5353);
+            // Who the pod saw: the source address of each connection.
+            let seen = in_netns(ns, || TcpListener::bind(("::", 9090))).expect("bind a pod's source echo");
+            std::thread::spawn(move || {
+                for mut s in seen.incoming().flatten() {
+                    let from = s.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
+                    let _ = s.write_all(format!("{from}\n").as_bytes());
+                }
+            });
+        }
+    }
+    let client = &c.client;
+    // Endpoints: (node, pod) with the node's name, for each family.
+    let names: Vec<String> = nodes.iter().map(|n| n.node_name()).collect();
+    let slice3 = |family: &str, name: &str, svc: &str, eps: &[(usize, usize)], ports: Value| {
+        let endpoints: Vec<Value> = eps
+            .iter()
+            .map(|(n, i)| {
+                let addr = if family == "IPv6" { fabric_pod6(*n, *i).to_string() } else { fabric_pod(*n, *i).to_string() };
+                json!({"addresses": [addr], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": names[*n]})
+            })
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+               "addressType": family, "endpoints": endpoints, "ports": ports})
+    };
+    let tcp = json!([{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "who", "port": 9090, "protocol": "TCP"}]);
+    let udp = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+    // On nodes 1 and 2 only: traffic from node 0 must cross the fabric.
+    let far = [(1, 0), (1, 1), (2, 0)];
+    create::<Service>(client, service("far", json!({"type": "NodePort", "clusterIPs": ["10.96.0.80", "fd00:10:96::80"], "clusterIP": "10.96.0.80",
+        "ipFamilyPolicy": "RequireDualStack",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30180}, {"name": "who", "port": 90, "targetPort": 9090, "nodePort": 30190}]}))).await;
+    create::<EndpointSlice>(client, slice3("IPv4", "far-4", "far", &far, tcp.clone())).await;
+    create::<EndpointSlice>(client, slice3("IPv6", "far-6", "far", &far, tcp.clone())).await;
+    create::<Service>(client, service("dns", json!({"clusterIPs": ["10.96.0.53", "fd00:10:96::53"], "clusterIP": "10.96.0.53", "ipFamilyPolicy": "RequireDualStack",
+        "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}))).await;
+    create::<EndpointSlice>(client, slice3("IPv4", "dns-4", "dns", &[(2, 1)], udp.clone())).await;
+    create::<EndpointSlice>(client, slice3("IPv6", "dns-6", "dns", &[(2, 1)], udp.clone())).await;
+    // externalTrafficPolicy Local with an endpoint on node 1 only.
+    create::<Service>(client, service("edge", json!({"type": "NodePort", "clusterIPs": ["10.96.0.81", "fd00:10:96::81"], "clusterIP": "10.96.0.81",
+        "ipFamilyPolicy": "RequireDualStack", "externalTrafficPolicy": "Local",
+        "ports": [{"name": "who", "port": 90, "targetPort": 9090, "nodePort": 30191}]}))).await;
+    let who = json!([{"name": "who", "port": 9090, "protocol": "TCP"}]);
+    create::<EndpointSlice>(client, slice3("IPv4", "edge-4", "edge", &[(1, 1)], who.clone())).await;
+    create::<EndpointSlice>(client, slice3("IPv6", "edge-6", "edge", &[(1, 1)], who.clone())).await;
+
+    let mut agents = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let config = c.proxy_config_in(node, mode, &node.node_name(), "clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n");
+        let node_ip = format!("{},{}", node_addr(n), node_addr6(n));
+        agents.push(c.nodelet_on(node, &node_ip, &["--proxy-config", config.to_str().unwrap()]));
+    }
+    let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(60 * S, "three Ready nodes", || async {
+        let list = nodes_api.list(&Default::default()).await.ok()?;
+        let ready = list.items.iter().filter(|n| {
+            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        (ready.count() == 3).then_some(())
+    })
+    .await;
+
+    let pod0 = &fabric.pods[0][0];
+    for (family, vip, dns, np_ip, np_ip_other) in [
+        ("IPv4", IpAddr::from([10, 96, 0, 80]), IpAddr::from([10, 96, 0, 53]), IpAddr::from(node_addr(2)), IpAddr::from(node_addr(0))),
+        (
+            "IPv6",
+            "fd00:10:96::80".parse().unwrap(),
+            "fd00:10:96::53".parse().unwrap(),
+            IpAddr::from(node_addr6(2)),
+            IpAddr::from(node_addr6(0)),
+        ),
+    ] {
+        // ClusterIP from a pod on node 0 to pods on nodes 1 and 2: no
+        // masquerade inside the cluster CIDR, the pod's own address arrives.
+        let web = SocketAddr::new(vip, 80);
+        eventually(30 * S, &format!("{family}: node 0's pod reaching the far Service"), || async { tcp_get(pod0, web).ok() }).await;
+        assert_eq!(responders(pod0, web, 40), set(&["n1-p0", "n1-p1", "n2-p0"]), "{family}: every endpoint, all on other nodes");
+        let pod0_ip = if family == "IPv4" { fabric_pod(0, 0).to_string() } else { fabric_pod6(0, 0).to_string() };
+        assert_eq!(tcp_get(pod0, SocketAddr::new(vip, 90)).unwrap(), pod0_ip, "{family}: the pod's own address arrives across nodes");
+        // UDP to an endpoint on node 2.
+        assert_eq!(udp_ask(pod0, 40053, SocketAddr::new(dns, 53)).unwrap(), "n2-p1", "{family}: UDP across nodes");
+        // The client's connection to node 2's node port reaches pods on
+        // node 1 too (masqueraded by node 2, so the answer returns through it).
+        let np = SocketAddr::new(np_ip, 30180);
+        assert_eq!(responders(&fabric.client, np, 40), set(&["n1-p0", "n1-p1", "n2-p0"]), "{family}: a node port reaches every node's endpoints");
+        // The node port of node 0, where the far Service has no endpoint.
+        assert!(tcp_get(&fabric.client, SocketAddr::new(np_ip_other, 30180)).unwrap().starts_with("n"), "{family}");
+        // externalTrafficPolicy Local: node 1 answers with the client's own
+        // address; node 0, without an endpoint of it, drops.
+        let client_ip = if family == "IPv4" { "192.168.50.2" } else { "fd00:50::2" };
+        let node1 = if family == "IPv4" { IpAddr::from(node_addr(1)) } else { IpAddr::from(node_addr6(1)) };
+        assert_eq!(tcp_get(&fabric.client, SocketAddr::new(node1, 30191)).unwrap(), client_ip, "{family}: ETP Local keeps the client's address");
+        let dropped = tcp_get(&fabric.client, SocketAddr::new(np_ip_other, 30191));
+        assert!(dropped.as_ref().is_err_and(|e| e.contains("timed out") || e.contains("temporarily unavailable")), "{family}: ETP Local elsewhere is dropped: {dropped:?}");
+    }
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_across_three_nodes_in_both_families() {
+    three_nodes("iptables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_across_three_nodes_in_both_families() {
+    three_nodes("nftables").await;
 }

@@ -44,6 +44,20 @@ impl Default for Context {
     }
 }
 
+/// Whether `mode`'s tools work for `family` here: `ip6tables -S` of the nat
+/// table, or an nftables transaction of that family checked by the kernel
+/// (`nft --check`, nothing committed).
+fn family_usable(mode: run::Mode, family: Family) -> Result<(), ProxyError> {
+    match mode {
+        run::Mode::Iptables => run_with_input(family.iptables().0, &["-w", "5", "-t", "nat", "-S", "POSTROUTING"], "").map(|_| ()),
+        run::Mode::Nftables => {
+            let script = format!("add table {} nodelet-check\nadd chain {} nodelet-check c {{ type nat hook postrouting priority 100 ; }}\n", family.nft(), family.nft());
+            run_with_input("nft", &["--check", "-f", "-"], &script).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether this kernel (in this network namespace) has IPv6.
 pub fn ipv6_available() -> bool {
     std::path::Path::new("/proc/net/if_inet6").exists()
@@ -211,7 +225,13 @@ pub fn resolve(
     // IPv4 only here.
     let mut families = vec![Family::V4];
     if ipv6_available() && mode != run::Mode::Ipvs {
-        families.push(Family::V6);
+        // As kube-proxy asks whether the other family's iptables is
+        // present: a family whose tools or kernel support fail is not
+        // served (its failures would hold the other family's syncs).
+        match family_usable(mode, Family::V6) {
+            Ok(()) => families.push(Family::V6),
+            Err(e) => tracing::warn!(error = %e, "IPv6 Services are not programmed: this node's {} for IPv6 does not work", mode.as_str()),
+        }
     }
     if mode == run::Mode::Ipvs && cluster_cidrs.iter().any(|n| Family::of_net(n) == Family::V6) {
         tracing::warn!("IPVS mode programs IPv4 Services only: the IPv6 clusterCIDR is read but not used (iptables and nftables modes serve both families)");
@@ -433,10 +453,11 @@ mod resolve_tests {
         let s = super::resolve(None, Some(&f), "node-a", &[], true).unwrap();
         assert_eq!(s.node_name, "worker-7", "kube-proxy's: trimmed, lowercased");
         assert_eq!(s.contexts[0].cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
-        if super::ipv6_available() {
-            assert_eq!(s.contexts[1].family, super::model::Family::V6);
-            assert_eq!(s.contexts[1].cluster_cidr, Some("fd00:10:244::/56".parse().unwrap()), "each family its own");
-        }
+        // This machine has IPv6 and ip6tables: both families are served.
+        assert!(super::ipv6_available(), "the test machine has IPv6");
+        assert_eq!(s.contexts.len(), 2, "{:?}", s.contexts);
+        assert_eq!(s.contexts[1].family, super::model::Family::V6);
+        assert_eq!(s.contexts[1].cluster_cidr, Some("fd00:10:244::/56".parse().unwrap()), "each family its own");
         let twice = crate::config::proxy::ProxyConfig::parse(b"kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nclusterCIDR: 10.244.0.0/16,10.245.0.0/16\n", "p.yaml").unwrap();
         let e = super::resolve(None, Some(&twice), "node-a", &[], true).unwrap_err().to_string();
         assert!(e.contains("clusterCIDR") && e.contains("at most one CIDR of each IP family"), "{e}");

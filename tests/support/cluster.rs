@@ -63,9 +63,15 @@ impl Cluster {
     /// a stock cluster binds to system:node-proxier (the node identity may
     /// not read EndpointSlices).
     pub fn proxy_config(&self, mode: &str, node: &str, extra: &str) -> PathBuf {
-        let kubeconfig = self.dir().join("kube-proxy.kubeconfig");
+        self.proxy_config_in(&self.node, mode, node, extra)
+    }
+
+    /// [`Cluster::proxy_config`], written in `on`'s directory.
+    pub fn proxy_config_in(&self, on: &Node, mode: &str, node: &str, extra: &str) -> PathBuf {
+        let dir = on.dir.path();
+        let kubeconfig = dir.join("kube-proxy.kubeconfig");
         std::fs::write(&kubeconfig, self.api.cert_kubeconfig(&self.api.client_cert("system:kube-proxy", &["k8s"]))).unwrap();
-        let config = self.dir().join("kube-proxy.yaml");
+        let config = dir.join("kube-proxy.yaml");
         std::fs::write(
             &config,
             format!(
@@ -84,20 +90,35 @@ impl Cluster {
 
     /// nodelet joining with the bootstrap token.
     pub fn nodelet(&self, extra: &[&str]) -> Agent {
-        let boot = self.dir().join("bootstrap.kubeconfig");
+        self.nodelet_on(&self.node, &self.node_ip, extra)
+    }
+
+    /// Another node of this cluster: its own containerd, directory and
+    /// network namespace, where the same apiserver is served too.
+    pub async fn add_node(&self) -> Node {
+        let node = Node::start().await;
+        self.api.serve_in(&node.netns);
+        node
+    }
+
+    /// nodelet on `node` (this cluster's or an added one) joining with the
+    /// bootstrap token, with `node_ip` as its `--node-ip`.
+    pub fn nodelet_on(&self, node: &Node, node_ip: &str, extra: &[&str]) -> Agent {
+        let dir = node.dir.path();
+        let boot = dir.join("bootstrap.kubeconfig");
         std::fs::write(&boot, self.api.bootstrap_kubeconfig(BOOTSTRAP_TOKEN)).unwrap();
         // The seed's kubelet config names the cluster CA as clientCAFile.
-        let ca = self.dir().join("ca.pem");
+        let ca = dir.join("ca.pem");
         std::fs::write(&ca, self.api.ca_pem()).unwrap();
         let mut args = vec![
             "--kubeconfig".to_string(),
-            self.dir().join("kubelet.kubeconfig").display().to_string(),
+            dir.join("kubelet.kubeconfig").display().to_string(),
             "--bootstrap-kubeconfig".into(),
             boot.display().to_string(),
             "--cert-dir".into(),
-            self.dir().join("pki").display().to_string(),
+            dir.join("pki").display().to_string(),
             "--node-ip".into(),
-            self.node_ip.clone(),
+            node_ip.to_string(),
             "--node-labels".into(),
             "nodelet.io/test=yes".into(),
             "--client-ca-file".into(),
@@ -105,7 +126,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.node.nodelet(&argv)
+        node.nodelet(&argv)
     }
 
     /// A GET on the node API through the apiserver's node proxy, as

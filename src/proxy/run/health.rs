@@ -169,8 +169,14 @@ pub(super) fn start_health_check_port(port: u16, state: Arc<Mutex<(String, Strin
         }
     });
     tokio::spawn(async move {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        match tokio::net::TcpListener::bind(addr).await {
+        // Both families where the host has IPv6 (a `::` socket takes IPv4
+        // too), load balancers of either family check it; else IPv4.
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        let bound = match tokio::net::TcpListener::bind(any6).await {
+            Ok(l) => Ok(l),
+            Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await,
+        };
+        match bound {
             Ok(l) => {
                 let _ = axum::serve(l, app).await;
             }

@@ -167,9 +167,22 @@ impl ApiServer {
     }
 
     fn serve(&mut self, listener: std::net::TcpListener) {
+        self.serving = Some(self.accept_on(listener));
+    }
+
+    /// Serves the same apiserver in another network namespace too, at
+    /// 127.0.0.1 on the same port, so every node of a multi-node cluster
+    /// reaches it at the one URL its kubeconfig names (as nodes reach a
+    /// control-plane endpoint). Not stopped by `stop`.
+    pub fn serve_in(&self, netns: &str) {
+        let listener = listen_in(netns, self.port).expect("the apiserver's port in another namespace");
+        drop(self.accept_on(listener));
+    }
+
+    fn accept_on(&self, listener: std::net::TcpListener) -> JoinHandle<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let state = self.state.clone();
-        self.serving = Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -195,7 +208,7 @@ impl ApiServer {
                 });
                 while conns.try_join_next().is_some() {}
             }
-        }));
+        })
     }
 
     pub fn url(&self) -> String {
