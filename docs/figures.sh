@@ -73,6 +73,8 @@ if [ "$mode" = measure ]; then
         for m in nftables iptables; do
           record "proxy.$m.full_10k_ms" "$(pick "$f" "^ *$m +full sync 1,000: +[0-9.]+ ms +10,000: +([0-9.]+) ms.*")" "cargo bench --bench proxy"
           record "proxy.$m.one_ms" "$(pick "$f" "^ *$m +full sync.*one endpoint with 10,000: +([0-9.]+) ms.*")" "cargo bench --bench proxy"
+          record "proxy.$m.dual_1k_ms" "$(pick "$f" "^ *$m +dual-stack full sync of 1,000 Services \(2,000 Service ports\): +([0-9.]+) ms.*")" "cargo bench --bench proxy"
+          record "proxy.$m.v4_1k_ms" "$(pick "$f" "^ *$m +dual-stack full sync.*IPv4 only: +([0-9.]+) ms.*")" "cargo bench --bench proxy"
         done ;;
       release|package) ;;
       *) echo "figures: no figures are read from $b" >&2 ;;

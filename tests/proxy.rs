@@ -778,6 +778,8 @@ impl Drop for Fabric {
 /// (masqueraded, so the answers come back the same way), and
 /// externalTrafficPolicy Local answering only on nodes with an endpoint
 /// (keeping the client's address) and dropping elsewhere; in both families.
+/// With the nodes in zones, topology hints keep cluster traffic in the
+/// zone; internalTrafficPolicy Local keeps it on the node.
 async fn three_nodes(mode: &str) {
     let c = Cluster::start().await;
     c.api.set_service_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
@@ -852,6 +854,39 @@ async fn three_nodes(mode: &str) {
     .await;
 
     let pod0 = &fabric.pods[0][0];
+    // Topology: nodes 0 and 1 in zone a, node 2 in zone b (as a cloud
+    // controller labels them); a PreferClose Service whose slices hint each
+    // endpoint to its node's zone keeps cluster traffic in the zone.
+    for (n, zone) in [(0, "a"), (1, "a"), (2, "b")] {
+        let patch = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}});
+        nodes_api.patch(&names[n], &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+    create::<Service>(client, service("zonal", json!({"clusterIP": "10.96.0.82", "trafficDistribution": "PreferClose",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}))).await;
+    let mut zonal = slice3("IPv4", "zonal-4", "zonal", &[(1, 0), (2, 0)], tcp.clone());
+    zonal["endpoints"][0]["hints"] = json!({"forZones": [{"name": "a"}]});
+    zonal["endpoints"][1]["hints"] = json!({"forZones": [{"name": "b"}]});
+    create::<EndpointSlice>(client, zonal).await;
+    let zonal = sa([10, 96, 0, 82], 80);
+    eventually(30 * S, "zone a's pod reaching only zone a's endpoint", || async {
+        let seen: Option<BTreeSet<String>> = (0..10).map(|_| tcp_get(pod0, zonal).ok()).collect();
+        (seen? == set(&["n1-p0"])).then_some(())
+    })
+    .await;
+    assert_eq!(responders(pod0, zonal, 30), set(&["n1-p0"]), "node 0 (zone a): the endpoint hinted to zone a");
+    assert_eq!(responders(&fabric.pods[2][1], zonal, 30), set(&["n2-p0"]), "node 2 (zone b): the endpoint hinted to zone b");
+    // internalTrafficPolicy Local: only this node's endpoints; a node
+    // without one drops.
+    create::<Service>(client, service("near", json!({"clusterIP": "10.96.0.83", "internalTrafficPolicy": "Local",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}))).await;
+    create::<EndpointSlice>(client, slice3("IPv4", "near-4", "near", &[(1, 0), (2, 0)], tcp.clone())).await;
+    let near = sa([10, 96, 0, 83], 80);
+    eventually(30 * S, "ITP Local answering on node 1", || async { tcp_get(&fabric.pods[1][1], near).ok() }).await;
+    assert_eq!(responders(&fabric.pods[1][1], near, 20), set(&["n1-p0"]), "node 1's own endpoint only");
+    assert_eq!(responders(&fabric.pods[2][1], near, 20), set(&["n2-p0"]), "node 2's own endpoint only");
+    let none_here = tcp_get(pod0, near);
+    assert!(none_here.as_ref().is_err_and(|e| e.contains("timed out") || e.contains("temporarily unavailable")), "node 0 has none: dropped: {none_here:?}");
+
     for (family, vip, dns, np_ip, np_ip_other) in [
         ("IPv4", IpAddr::from([10, 96, 0, 80]), IpAddr::from([10, 96, 0, 53]), IpAddr::from(node_addr(2)), IpAddr::from(node_addr(0))),
         (
