@@ -58,10 +58,19 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Every rule of every mode gone, so that each figure starts from an empty
+/// kernel (nft and iptables-nft share nf_tables: one mode's 10,000
+/// Services would weigh on the next one's transactions).
+fn clean_slate() {
+    let _ = nodelet::proxy::cleanup();
+}
+
 fn bench(mode: &str, make: fn() -> Box<dyn Backend>, ctx: &Context) -> (Duration, Duration, Duration) {
+    clean_slate();
     let mut b = make();
     let small = synth(1000, 5);
     let (t1k, _) = time(|| b.sync(&small, ctx, true));
+    clean_slate();
     let mut b = make();
     let mut big = synth(10_000, 5);
     let (t10k, full) = time(|| b.sync(&big, ctx, true));
@@ -122,7 +131,9 @@ fn main() {
         let make = |family| -> Box<dyn Backend> {
             if mode == "iptables" { Box::new(iptables::Iptables::new(family, false)) } else { Box::new(nftables::Nftables::new(family, false)) }
         };
+        clean_slate();
         let (one, _) = time(|| make(Family::V4).sync(&single, &ctx, true));
+        clean_slate();
         let (both, _) = time(|| {
             make(Family::V4).sync(&dual, &ctx, true);
             make(Family::V6).sync(&dual, &ctx6, true);

@@ -27,9 +27,11 @@ record() {
   local key=$1 value=$2 source=$3
   [ -n "$value" ] || { echo "figures: $source printed no figure for $key" >&2; exit 1; }
   local tmp; tmp=$(mktemp)
-  grep -v "^$key " "$figures" > "$tmp" || true
+  { grep -v "^$key " "$figures" | grep -v '^#' || true; } > "$tmp"
   printf '%s %s   # %s, %s\n' "$key" "$value" "$(date -u +%F)" "$source" >> "$tmp"
-  sort -o "$figures" "$tmp"; rm -f "$tmp"
+  # The header (comment lines) stays first and in its order; the figures sorted.
+  { grep '^#' "$figures" || true; sort "$tmp"; } > "$tmp.new"
+  mv "$tmp.new" "$figures"; rm -f "$tmp"
 }
 
 # pick FILE REGEX: the first capture group of the first line matching REGEX.
