@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use nodelet::proxy::ipvs::{Ipvs, IpvsSettings};
+use nodelet::proxy::model::Family;
 use nodelet::proxy::{Context, nftables};
 
 #[path = "support/synth.rs"]
@@ -42,13 +43,13 @@ fn in_vm() {
     let settings = IpvsSettings::default();
     println!("IPVS mode in a qemu VM (TCG) with Debian's kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
 
-    let mut b = Ipvs::new(settings.clone(), false).expect("open IPVS");
+    let mut b = Ipvs::new(Family::V4, settings.clone(), false).expect("open IPVS");
     let (t1k, _) = time(|| b.sync(&synth(1000, 5), &ctx, true).expect("sync 1,000"));
     drop(b);
     nodelet::proxy::ipvs::cleanup().unwrap();
 
     let mut big = synth(10_000, 5);
-    let mut b = Ipvs::new(settings.clone(), false).unwrap();
+    let mut b = Ipvs::new(Family::V4, settings.clone(), false).unwrap();
     let (t10k, full) = time(|| b.sync(&big, &ctx, true).expect("sync 10,000"));
     let ops = full.changed_chains;
     let mut changes = Vec::new();
@@ -64,7 +65,7 @@ fn in_vm() {
     splits.sort();
     let (one_plan, one_apply) = splits[splits.len() / 2];
     drop(b);
-    let mut b = Ipvs::new(settings, false).unwrap();
+    let mut b = Ipvs::new(Family::V4, settings, false).unwrap();
     let (adopt, st) = time(|| b.sync(&big, &ctx, true).expect("adopting sync"));
     assert!(st.changed_chains <= 7, "a restart changed {} things", st.changed_chains);
     drop(b);
@@ -113,7 +114,7 @@ fn native_planning() {
         ..Default::default()
     };
     let mut big = synth(10_000, 5);
-    let mut b = Ipvs::new(IpvsSettings::default(), true).unwrap();
+    let mut b = Ipvs::new(Family::V4, IpvsSettings::default(), true).unwrap();
     let (full, _) = time(|| b.sync(&big, &ctx, true).unwrap());
     let mut changes = Vec::new();
     for round in 0..7u32 {

@@ -9,6 +9,11 @@
 //! `--proxy-mode ipvs` runs. `ipvsadm` and `ip` are the independent
 //! witnesses of what the kernel holds.
 //!
+//! Then three nodes in both families: three namespaces of the VM, each
+//! running the proxy's own loop in IPVS mode against one test apiserver,
+//! pods behind each node and host-gw routes between them
+//! (tests/support/fabric.rs, as tests/proxy.rs's three nodelets).
+//!
 //! On the host it also checks that a kernel without IPVS gets one clear
 //! error naming the module.
 //!
@@ -18,7 +23,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +33,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet::proxy::Context;
 use nodelet::proxy::ipvs::{Ipvs, IpvsSettings};
+use nodelet::proxy::model::Family;
 use nodelet::proxy::model::{self, ProxyState};
 use serde_json::{Value, json};
 
@@ -37,6 +43,7 @@ fn main() {
     if support::vm::in_vm() {
         in_vm();
         the_sync_loop_end_to_end();
+        three_nodes_in_both_families();
         println!("{}", support::vm::PASSED);
         return;
     }
@@ -52,11 +59,11 @@ fn a_kernel_without_ipvs_is_one_clear_error() {
         support::skip("a_kernel_without_ipvs_is_one_clear_error", "this kernel has IPVS");
         return;
     }
-    let e = Ipvs::new(IpvsSettings::default(), false).err().expect("IPVS mode on a kernel without IPVS must fail");
+    let e = Ipvs::new(Family::V4, IpvsSettings::default(), false).err().expect("IPVS mode on a kernel without IPVS must fail");
     let text = e.to_string();
     assert!(text.contains("kernel module ip_vs") && text.contains("modprobe ip_vs"), "{text}");
     // A dry run plans without the kernel.
-    assert!(Ipvs::new(IpvsSettings::default(), true).is_ok());
+    assert!(Ipvs::new(Family::V4, IpvsSettings::default(), true).is_ok());
 }
 
 /// The IPVS table's set elements change through nf_tables netlink
@@ -78,6 +85,7 @@ fn set_element_transactions_on_this_kernel() {
             assert!(nft.wait().unwrap().success());
             let list = |set: &str| sh("nft", &["list", "set", "ip", TABLE, set]);
             nfsets::apply(
+                Family::V4,
                 TABLE,
                 &[
                     ("vips", true, "10.96.0.2"),
@@ -93,9 +101,27 @@ fn set_element_transactions_on_this_kernel() {
             assert!(!list("hairpin").contains("10.244.0.7"), "{}", list("hairpin"));
             // Deleting an element that is not there fails the transaction,
             // and the addition in it does not happen.
-            let e = nfsets::apply(TABLE, &[("vips", true, "10.96.0.3"), ("vips", false, "10.96.0.99")]).unwrap_err();
+            let e = nfsets::apply(Family::V4, TABLE, &[("vips", true, "10.96.0.3"), ("vips", false, "10.96.0.99")]).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
             assert!(!list("vips").contains("10.96.0.3"), "{}", list("vips"));
+            // The IPv6 table: its own family in the messages, 16-byte keys.
+            let ctx6 = Context { family: Family::V6, ..Default::default() };
+            let initial6 = [("vips", "fd00:10:96::1".to_string())];
+            let text = render_ruleset(&ctx6, initial6.iter());
+            let mut nft = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+            nft.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            assert!(nft.wait().unwrap().success());
+            nfsets::apply(
+                Family::V6,
+                TABLE,
+                &[("vips", true, "fd00:10:96::2"), ("vip-ports", true, "fd00:10:96::2 . udp . 53"), ("hairpin", true, "fd00:10:244::7 . fd00:10:244::7 . tcp . 8080"), ("vips", false, "fd00:10:96::1")],
+            )
+            .unwrap();
+            let list6 = |set: &str| sh("nft", &["list", "set", "ip6", TABLE, set]);
+            assert!(list6("vips").contains("fd00:10:96::2") && !list6("vips").contains("fd00:10:96::1"), "{}", list6("vips"));
+            assert!(list6("vip-ports").contains("fd00:10:96::2 . udp . 53"), "{}", list6("vip-ports"));
+            assert!(list6("hairpin").contains("fd00:10:244::7 . fd00:10:244::7 . tcp . 8080"), "{}", list6("hairpin"));
+            assert!(list("vips").contains("10.96.0.2"), "the IPv4 table is untouched: {}", list("vips"));
         })
     });
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
@@ -178,13 +204,14 @@ fn build_lab(pods: usize) {
     ip(&["-n", CLIENT, "route", "add", "default", "via", "192.168.50.1"]);
 }
 
-/// Answers every connection with `name` and the peer's address, then closes.
+/// Answers every connection with `name` and the peer's address, then
+/// closes; on both families.
 fn serve_tcp(ns: &str, name: &str, port: u16) {
-    let l = inside(Some(ns), move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let l = inside(Some(ns), move || TcpListener::bind(("::", port)).unwrap());
     let name = name.to_string();
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
-            let peer = s.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+            let peer = s.peer_addr().map(|p| p.ip().to_canonical().to_string()).unwrap_or_default();
             let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
         }
     });
@@ -210,7 +237,7 @@ fn serve_lines(ns: &str, name: &str, port: u16) {
 }
 
 fn serve_udp(ns: &str, name: &str, port: u16) {
-    let sock = inside(Some(ns), move || UdpSocket::bind(("0.0.0.0", port)).unwrap());
+    let sock = inside(Some(ns), move || UdpSocket::bind(("::", port)).unwrap());
     let name = name.to_string();
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -295,7 +322,8 @@ impl Kept {
 
 fn udp_ask(ns: Option<&str>, to: SocketAddr) -> Result<String, String> {
     inside(ns, move || {
-        let sock = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
+        let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+        let sock = UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
         sock.send_to(b"?", to).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 512];
@@ -438,7 +466,7 @@ fn in_vm() {
         "TCP",
     );
 
-    let mut b = Ipvs::new(settings(), false).expect("open IPVS");
+    let mut b = Ipvs::new(Family::V4, settings(), false).expect("open IPVS");
     let t = Instant::now();
     b.sync(&o.state(), &ctx, true).expect("first sync");
     println!("  first sync: {:?}, {} changes", t.elapsed(), b.last_changes.len());
@@ -594,7 +622,7 @@ fn in_vm() {
     };
     let before = without_draining(ipvsadm());
     drop(b);
-    let mut b = Ipvs::new(settings(), false).unwrap();
+    let mut b = Ipvs::new(Family::V4, settings(), false).unwrap();
     b.sync(&o.state(), &ctx, true).unwrap();
     assert!(
         b.last_changes.iter().all(|l| *l == format!("ipvs delete server tcp 10.96.0.10:80 -> {draining}")),
@@ -737,4 +765,201 @@ fn the_sync_loop_end_to_end() {
     rt.shutdown_timeout(Duration::from_secs(5));
     nodelet::proxy::ipvs::cleanup().unwrap();
     let _ = Command::new("ip").args(["netns", "del", "apins"]).status();
+}
+
+/// Three nodes in both families, IPVS mode as nodelet runs it: each node a
+/// namespace of the VM with its own IPVS table, kube-ipvs0 and nftables
+/// tables, running the proxy's own loop (Service and EndpointSlice watches
+/// of one test apiserver, one IPVS backend per family); pods behind each
+/// node, host-gw routes between the pod CIDRs, a client outside behind
+/// node 0. Real TCP and UDP through ClusterIPs from a pod on one node to
+/// pods on the others, a node port of one node reaching every node's pods,
+/// externalTrafficPolicy Local answering with the client's own address
+/// only where an endpoint is; in IPv4 and IPv6. Both families' backends
+/// share each node's kernel table and link: each owns its family only (the
+/// IPv6 backend's first full sync runs after the IPv4 one's, and IPv4
+/// traffic still flows).
+fn three_nodes_in_both_families() {
+    use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+    use support::fabric::{Fabric, fabric_pod, fabric_pod6, node_addr, node_addr6};
+    step("three nodes, both families: the proxy's loop in each node's namespace");
+    let nodes = ["vmn0", "vmn1", "vmn2"];
+    let names: Vec<String> = (0..3).map(|n| format!("vm-node-{n}")).collect();
+    for ns in nodes.iter().chain(&["apins3"]) {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let fabric = Fabric::build("vm", &nodes);
+    for (n, pods) in fabric.pods.iter().enumerate() {
+        for (i, ns) in pods.iter().enumerate() {
+            serve_tcp(ns, &format!("n{n}-p{i}"), 8080);
+            serve_udp(ns, &format!("n{n}-p{i}"), 5353);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let api = rt.block_on(support::apiserver::ApiServer::start("apins3"));
+    api.set_service_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
+    let kubeconfig = api.cert_kubeconfig(&api.admin);
+    rt.block_on(async {
+        let client = api.client().await;
+        let obj = |v: Value| -> DynamicObject { serde_json::from_value(v).unwrap() };
+        let services: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<Service>(&()));
+        let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<EndpointSlice>(&()));
+        let service = |name: &str, spec: Value| obj(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "spec": spec}));
+        let slice = |family: &str, svc: &str, eps: &[(usize, usize)], ports: Value| {
+            let endpoints: Vec<Value> = eps
+                .iter()
+                .map(|(n, i)| {
+                    let addr = if family == "IPv6" { fabric_pod6(*n, *i).to_string() } else { fabric_pod(*n, *i).to_string() };
+                    json!({"addresses": [addr], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": format!("vm-node-{n}")})
+                })
+                .collect();
+            let suffix = if family == "IPv6" { "6" } else { "4" };
+            obj(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{svc}-{suffix}"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": family, "endpoints": endpoints, "ports": ports}))
+        };
+        let pp = PostParams::default();
+        let tcp = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+        let far = [(1, 0), (1, 1), (2, 0)];
+        services.create(&pp, &service("far", json!({"type": "NodePort", "clusterIPs": ["10.96.0.80", "fd00:10:96::80"], "clusterIP": "10.96.0.80",
+            "ipFamilyPolicy": "RequireDualStack", "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30180}]}))).await.unwrap();
+        services.create(&pp, &service("dns", json!({"clusterIPs": ["10.96.0.53", "fd00:10:96::53"], "clusterIP": "10.96.0.53", "ipFamilyPolicy": "RequireDualStack",
+            "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}))).await.unwrap();
+        services.create(&pp, &service("edge", json!({"type": "NodePort", "clusterIPs": ["10.96.0.81", "fd00:10:96::81"], "clusterIP": "10.96.0.81",
+            "ipFamilyPolicy": "RequireDualStack", "externalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30191}]}))).await.unwrap();
+        for family in ["IPv4", "IPv6"] {
+            slices.create(&pp, &slice(family, "far", &far, tcp.clone())).await.unwrap();
+            slices.create(&pp, &slice(family, "dns", &[(2, 1)], json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]))).await.unwrap();
+            slices.create(&pp, &slice(family, "edge", &[(1, 1)], tcp.clone())).await.unwrap();
+        }
+    });
+    // Each node's proxy: a runtime on a thread in the node's namespace (its
+    // worker and blocking threads are made there too), until told to stop.
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
+    for n in 0..3 {
+        let (ns, name, kubeconfig, ready) = (nodes[n].to_string(), names[n].clone(), kubeconfig.clone(), ready_tx.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        threads.push(std::thread::spawn(move || {
+            enter(&ns);
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let client = support::apiserver::client_in_netns(&kubeconfig, "apins3").await;
+                let config = nodelet::config::proxy::ProxyConfig {
+                    cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/56".into()),
+                    healthz_bind_address: Some(String::new()),
+                    metrics_bind_address: Some(String::new()),
+                    ..Default::default()
+                };
+                let node_ips = [node_addr(n).to_string(), node_addr6(n).to_string()];
+                let settings = nodelet::proxy::resolve(Some("ipvs"), Some(&config), &name, &node_ips, false).unwrap();
+                let families: Vec<Family> = settings.contexts.iter().map(|c| c.family).collect();
+                assert_eq!(families, [Family::V4, Family::V6], "IPVS mode serves both families");
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(nodelet::proxy::run::run(client, settings, Some(tx), Default::default(), None));
+                tokio::time::timeout(Duration::from_secs(60), rx).await.expect("the first sync within a minute").unwrap();
+                ready.send(n).unwrap();
+                let _ = stop_rx.await;
+                task.abort();
+                let _ = task.await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }));
+    }
+    for _ in 0..3 {
+        ready_rx.recv_timeout(Duration::from_secs(90)).expect("every node's first sync");
+    }
+    // What each node's kernel holds: both families' virtual services and
+    // addresses, side by side.
+    for (n, ns) in nodes.iter().enumerate() {
+        let table = inside(Some(ns), ipvsadm);
+        let np4 = format!("TCP {}:30180", node_addr(n));
+        let np6 = format!("TCP [{}]:30180", node_addr6(n));
+        for vs in ["TCP 10.96.0.80:80", "TCP [fd00:10:96::80]:80", "UDP 10.96.0.53:53", "UDP [fd00:10:96::53]:53", &np4, &np6] {
+            assert!(table.contains_key(vs), "{ns}: {vs} missing: {table:?}");
+        }
+        let addrs = sh("ip", &["-n", ns, "-o", "addr", "show", "dev", "kube-ipvs0"]);
+        assert!(addrs.contains("10.96.0.80/32") && addrs.contains("fd00:10:96::80/128"), "{ns}: {addrs}");
+    }
+    let pod0 = fabric.pods[0][0].clone();
+    let client = fabric.client.clone();
+    let responders = |ns: &str, to: SocketAddr, n: usize| -> BTreeSet<String> {
+        (0..n).map(|_| get(Some(ns), to).unwrap_or_else(|e| panic!("{to} from {ns}: {e}")).0).collect()
+    };
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    for family in [Family::V4, Family::V6] {
+        let (vip, dns, pod0_ip, client_ip): (IpAddr, IpAddr, IpAddr, IpAddr) = match family {
+            Family::V4 => ([10, 96, 0, 80].into(), [10, 96, 0, 53].into(), fabric_pod(0, 0).into(), [192, 168, 50, 2].into()),
+            Family::V6 => (
+                "fd00:10:96::80".parse().unwrap(),
+                "fd00:10:96::53".parse().unwrap(),
+                fabric_pod6(0, 0).into(),
+                "fd00:50::2".parse().unwrap(),
+            ),
+        };
+        let node = |n: usize| -> IpAddr { if family == Family::V4 { node_addr(n).into() } else { node_addr6(n).into() } };
+        step(&format!("{family}: ClusterIP across nodes, the pod's own address arriving"));
+        let web = SocketAddr::new(vip, 80);
+        assert_eq!(responders(&pod0, web, 30), set(&["n1-p0", "n1-p1", "n2-p0"]), "{family}: every endpoint, all on other nodes");
+        assert_eq!(get(Some(&pod0), web).unwrap().1, pod0_ip.to_string(), "{family}: no masquerade inside the cluster CIDR");
+        step(&format!("{family}: UDP across nodes"));
+        assert_eq!(udp_ask(Some(&pod0), SocketAddr::new(dns, 53)).unwrap(), "n2-p1", "{family}");
+        step(&format!("{family}: a node port reaching every node's endpoints, masqueraded"));
+        let np = SocketAddr::new(node(2), 30180);
+        assert_eq!(responders(&client, np, 30), set(&["n1-p0", "n1-p1", "n2-p0"]), "{family}: node 2's node port");
+        let (who, seen) = get(Some(&client), SocketAddr::new(node(0), 30180)).unwrap();
+        assert!(who.starts_with("n1-") || who.starts_with("n2-"), "{family}: node 0's node port, no endpoint there: {who}");
+        assert_eq!(seen, node(0).to_string(), "{family}: masqueraded to node 0's own address, so the answer returns through it");
+        step(&format!("{family}: externalTrafficPolicy Local"));
+        let (who, seen) = get(Some(&client), SocketAddr::new(node(1), 30191)).unwrap();
+        assert_eq!((who.as_str(), seen), ("n1-p1", client_ip.to_string()), "{family}: node 1 answers with the client's own address kept");
+        let elsewhere = get(Some(&client), SocketAddr::new(node(0), 30191));
+        assert!(elsewhere.is_err(), "{family}: node 0 has no endpoint of it: {elsewhere:?}");
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    step("a restart adopts both families' virtual services and addresses without a change");
+    let (svcs, slcs) = rt.block_on(async {
+        let c = api.client().await;
+        let svcs = kube::Api::<Service>::namespaced(c.clone(), "default").list(&Default::default()).await.unwrap().items;
+        let slcs = kube::Api::<EndpointSlice>::namespaced(c, "default").list(&Default::default()).await.unwrap().items;
+        (svcs, slcs)
+    });
+    let mut errors = Vec::new();
+    let state = model::build(svcs.iter(), slcs.iter(), "vm-node-1", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    inside(Some(nodes[1]), move || {
+        let config = nodelet::config::proxy::ProxyConfig { cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/56".into()), ..Default::default() };
+        let node_ips = [node_addr(1).to_string(), node_addr6(1).to_string()];
+        let settings = nodelet::proxy::resolve(Some("ipvs"), Some(&config), "vm-node-1", &node_ips, false).unwrap();
+        for ctx in &settings.contexts {
+            let mut b = Ipvs::new(ctx.family, settings.ipvs.clone(), false).unwrap();
+            b.sync(&state, ctx, true).unwrap();
+            assert!(b.last_changes.is_empty(), "{}: a restart changed {:?}", ctx.family, b.last_changes);
+            assert_eq!(b.refused_now(), 0);
+        }
+    });
+    step("cleanup on every node leaves nothing of either family");
+    for ns in nodes {
+        inside(Some(ns), || nodelet::proxy::ipvs::cleanup().unwrap());
+        assert!(inside(Some(ns), ipvsadm).is_empty(), "{ns}");
+        for family in ["ip", "ip6"] {
+            let left = inside(Some(ns), move || Command::new("nft").args(["list", "table", family, "nodelet-ipvs"]).output().unwrap());
+            assert!(!left.status.success(), "{ns}: table {family} nodelet-ipvs is left");
+        }
+    }
+    drop(api);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(fabric);
+    for ns in nodes.iter().chain(&["apins3"]) {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
 }

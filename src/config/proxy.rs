@@ -49,9 +49,8 @@ pub struct IpvsConfig {
     pub tcp_timeout: Option<Duration>,
     pub tcp_fin_timeout: Option<Duration>,
     pub udp_timeout: Option<Duration>,
-    pub exclude_cidrs: Vec<ipnetwork::Ipv4Network>,
-    /// The IPv6 ones, kept (the proxy programs IPv4 only, and says so).
-    pub exclude_cidrs_v6: Vec<ipnetwork::Ipv6Network>,
+    /// Both families.
+    pub exclude_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 impl ProxyConfig {
@@ -163,8 +162,7 @@ impl ProxyConfig {
                             let list: Vec<String> = field(file, &name, v)?;
                             for (i, cidr) in list.iter().enumerate() {
                                 match cidr.parse::<ipnetwork::IpNetwork>() {
-                                    Ok(ipnetwork::IpNetwork::V4(n)) => c.ipvs.exclude_cidrs.push(n),
-                                    Ok(ipnetwork::IpNetwork::V6(n)) => c.ipvs.exclude_cidrs_v6.push(n),
+                                    Ok(n) => c.ipvs.exclude_cidrs.push(n),
                                     Err(e) => return Err(bad(&format!("{name}[{i}]"), format!("Invalid value: {cidr:?}: {e}"))),
                                 }
                             }
@@ -248,8 +246,7 @@ mod tests {
         assert_eq!(c.ipvs.scheduler.as_deref(), Some("wlc"));
         assert!(c.ipvs.strict_arp);
         assert_eq!((c.ipvs.tcp_timeout, c.ipvs.tcp_fin_timeout), (Some(Duration::from_secs(900)), Some(Duration::from_secs(120))));
-        assert_eq!(c.ipvs.exclude_cidrs, vec!["10.0.9.0/24".parse().unwrap()]);
-        assert_eq!(c.ipvs.exclude_cidrs_v6, vec!["fd00::/8".parse().unwrap()], "the IPv6 one is kept");
+        assert_eq!(c.ipvs.exclude_cidrs, vec!["10.0.9.0/24".parse().unwrap(), "fd00::/8".parse().unwrap()], "both families");
         let e = ProxyConfig::parse(f.replace("wlc", "fastest").as_bytes(), "p.yaml").unwrap_err();
         assert!(e.to_string().starts_with("p.yaml: ipvs.scheduler: Invalid value: \"fastest\""), "{e}");
         let e = ProxyConfig::parse(f.replace("10.0.9.0/24", "10.0.9.0/99").as_bytes(), "p.yaml").unwrap_err();

@@ -13,7 +13,7 @@ pub mod ipvs;
 pub mod other;
 pub mod refusals;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use model::Family;
 
@@ -50,7 +50,8 @@ impl Default for Context {
 fn family_usable(mode: run::Mode, family: Family) -> Result<(), ProxyError> {
     match mode {
         run::Mode::Iptables => run_with_input(family.iptables().0, &["-w", "5", "-t", "nat", "-S", "POSTROUTING"], "").map(|_| ()),
-        run::Mode::Nftables => {
+        // IPVS mode's rules beside IPVS are an nftables table too.
+        run::Mode::Nftables | run::Mode::Ipvs => {
             let script = format!("add table {} nodelet-check\nadd chain {} nodelet-check c {{ type nat hook postrouting priority 100 ; }}\n", family.nft(), family.nft());
             run_with_input("nft", &["--check", "-f", "-"], &script).map(|_| ())
         }
@@ -221,10 +222,9 @@ pub fn resolve(
         cluster_cidrs.push(net);
     }
     // The families served: IPv4, and IPv6 where the kernel has it (as
-    // kube-proxy runs a proxier for each family it can). IPVS mode is
-    // IPv4 only here.
+    // kube-proxy runs a proxier for each family it can).
     let mut families = vec![Family::V4];
-    if ipv6_available() && mode != run::Mode::Ipvs {
+    if ipv6_available() {
         // As kube-proxy asks whether the other family's iptables is
         // present: a family whose tools or kernel support fail is not
         // served (its failures would hold the other family's syncs).
@@ -232,9 +232,6 @@ pub fn resolve(
             Ok(()) => families.push(Family::V6),
             Err(e) => tracing::warn!(error = %e, "IPv6 Services are not programmed: this node's {} for IPv6 does not work", mode.as_str()),
         }
-    }
-    if mode == run::Mode::Ipvs && cluster_cidrs.iter().any(|n| Family::of_net(n) == Family::V6) {
-        tracing::warn!("IPVS mode programs IPv4 Services only: the IPv6 clusterCIDR is read but not used (iptables and nftables modes serve both families)");
     }
     let node_ips: Vec<IpAddr> = node_ips.iter().filter_map(|s| s.parse().ok()).collect();
     for (i, a) in f.node_port_addresses.iter().enumerate() {
@@ -318,24 +315,23 @@ pub fn node_port_ips(addresses: &[String], node_ips: &[IpAddr], family: Family, 
 
 /// The node's addresses of both families.
 pub fn local_ips() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = local_ipv4s_except(None).into_iter().map(IpAddr::V4).collect();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        out.extend(addrs.filter_map(|a| a.address.as_ref().and_then(|s| s.as_sockaddr_in6()).map(|s| IpAddr::V6(s.ip()))));
-    }
-    out
+    local_ips_except(None)
 }
 
-/// The node's IPv4 addresses on every interface but `except` (kube-proxy's
-/// GetAllLocalAddressesExcept).
-pub fn local_ipv4s_except(except: Option<&str>) -> Vec<Ipv4Addr> {
+/// The node's addresses, both families, on every interface but `except`
+/// (kube-proxy's GetAllLocalAddressesExcept).
+pub fn local_ips_except(except: Option<&str>) -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
             if Some(a.interface_name.as_str()) == except {
                 continue;
             }
-            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-                out.push(sin.ip());
+            let Some(s) = a.address.as_ref() else { continue };
+            if let Some(sin) = s.as_sockaddr_in() {
+                out.push(IpAddr::V4(sin.ip()));
+            } else if let Some(sin6) = s.as_sockaddr_in6() {
+                out.push(IpAddr::V6(sin6.ip()));
             }
         }
     }

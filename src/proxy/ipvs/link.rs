@@ -3,13 +3,17 @@
 //! VIP as local (and adds the /32 route to the `local` table), so they reach
 //! IPVS's LOCAL_IN and LOCAL_OUT hooks; removing the address removes the
 //! route. Like kube-proxy, the link stays down: a down dummy answers nothing
-//! on the wire, and local delivery does not need it up.
+//! on the wire, and local delivery does not need it up (an IPv6 address on
+//! the down link gets its local route too, without duplicate address
+//! detection, which only runs on a link that is up).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+
+use crate::proxy::model::Family;
 
 pub const NAME: &str = "kube-ipvs0";
 
@@ -17,16 +21,16 @@ pub const NAME: &str = "kube-ipvs0";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkOp {
     Create,
-    AddAddress(Ipv4Addr),
-    DelAddress(Ipv4Addr),
+    AddAddress(IpAddr),
+    DelAddress(IpAddr),
 }
 
 impl std::fmt::Display for LinkOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkOp::Create => write!(f, "link add {NAME} type dummy"),
-            LinkOp::AddAddress(ip) => write!(f, "address add {ip}/32 dev {NAME}"),
-            LinkOp::DelAddress(ip) => write!(f, "address delete {ip}/32 dev {NAME}"),
+            LinkOp::AddAddress(ip) => write!(f, "address add {ip}/{} dev {NAME}", Family::of(ip).host_bits()),
+            LinkOp::DelAddress(ip) => write!(f, "address delete {ip}/{} dev {NAME}", Family::of(ip).host_bits()),
         }
     }
 }
@@ -117,8 +121,9 @@ impl Link {
         })
     }
 
-    /// The IPv4 addresses on the link.
-    pub fn addresses(&self, index: u32) -> std::io::Result<BTreeSet<Ipv4Addr>> {
+    /// The link's addresses of `family` (the other family's are the other
+    /// backend's).
+    pub fn addresses(&self, index: u32, family: Family) -> std::io::Result<BTreeSet<IpAddr>> {
         self.block_on(async {
             let mut out = BTreeSet::new();
             let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
@@ -127,7 +132,12 @@ impl Link {
                     continue;
                 }
                 for attr in &a.attributes {
-                    if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    if let AddressAttribute::Local(ip) | AddressAttribute::Address(ip) = attr
+                        && Family::of(ip) == family
+                        // The kernel's own link-local address, should the
+                        // link ever have been up, is none of nodelet's.
+                        && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+                    {
                         out.insert(*ip);
                     }
                 }
@@ -139,13 +149,13 @@ impl Link {
     /// Adds and deletes addresses, in that order; the ones that failed with
     /// their errors (an address already there, or already gone, is no error).
     /// Requests are pipelined on the one connection, 128 in flight.
-    pub fn apply(&self, index: u32, add: &[Ipv4Addr], del: &[Ipv4Addr]) -> Vec<(LinkOp, std::io::Error)> {
+    pub fn apply(&self, index: u32, add: &[IpAddr], del: &[IpAddr]) -> Vec<(LinkOp, std::io::Error)> {
         use futures::StreamExt;
         const IN_FLIGHT: usize = 128;
         self.block_on(async {
             let adds = futures::stream::iter(add.iter().copied())
                 .map(|ip| async move {
-                    match self.handle.address().add(index, IpAddr::V4(ip), 32).execute().await {
+                    match self.handle.address().add(index, ip, Family::of(&ip).host_bits()).execute().await {
                         Ok(()) => None,
                         Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| c.get()) == Some(-libc::EEXIST) => None,
                         Err(e) => Some((LinkOp::AddAddress(ip), err(e))),
@@ -157,7 +167,7 @@ impl Link {
                 .await;
             let dels = futures::stream::iter(del.iter().copied())
                 .map(|ip| async move {
-                    let msg = self.handle.address().add(index, IpAddr::V4(ip), 32).message_mut().clone();
+                    let msg = self.handle.address().add(index, ip, Family::of(&ip).host_bits()).message_mut().clone();
                     match self.handle.address().del(msg).execute().await {
                         Ok(()) => None,
                         Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| c.get()) == Some(-libc::EADDRNOTAVAIL) => None,

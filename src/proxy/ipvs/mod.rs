@@ -13,8 +13,12 @@
 //! endpoints changed, so an endpoint change with ten thousand Services
 //! present costs a few netlink messages. The kernel's table is read in full
 //! at the first sync (adopting what matches, removing what nodelet owns and
-//! no longer wants: every IPv4 virtual service outside `excludeCIDRs`, as
-//! kube-proxy) and after any failure.
+//! no longer wants: every virtual service of its family outside
+//! `excludeCIDRs`, as kube-proxy) and after any failure.
+//!
+//! Dual-stack as kube-proxy: one backend per family, each owning its
+//! family's virtual services, its addresses on the shared kube-ipvs0 and a
+//! table of its own (`ip nodelet-ipvs`, `ip6 nodelet-ipvs`).
 //!
 //! A removed TCP endpoint is not deleted at once: its weight drops to 0, so
 //! it takes no new connections, and it is deleted when its connections have
@@ -36,13 +40,13 @@ mod sync;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use self::netlink::{DestKey, Op, ServiceKey, ServiceSpec};
 use self::plan::{Element, Planned};
 pub use self::ruleset::{firewall_rules, render_ruleset};
-use super::model::{Endpoint, PortKey, ProxyState, ServicePort};
+use super::model::{Endpoint, Family, PortKey, ProxyState, ServicePort};
 use super::{Context, ProxyError};
 
 pub const TABLE: &str = "nodelet-ipvs";
@@ -56,8 +60,8 @@ pub struct IpvsSettings {
     pub tcp_timeout: u32,
     pub tcp_fin_timeout: u32,
     pub udp_timeout: u32,
-    /// Virtual services nodelet never touches.
-    pub exclude_cidrs: Vec<ipnetwork::Ipv4Network>,
+    /// Virtual services nodelet never touches (either family).
+    pub exclude_cidrs: Vec<ipnetwork::IpNetwork>,
     /// How long a removed TCP real server may drain.
     pub drain_timeout: Duration,
 }
@@ -83,8 +87,9 @@ struct Known {
     dests: BTreeMap<DestKey, u32>,
 }
 
-/// The IPVS backend.
+/// The IPVS backend of one address family.
 pub struct Ipvs {
+    family: Family,
     settings: IpvsSettings,
     dry_run: bool,
     sock: Option<netlink::Socket>,
@@ -92,22 +97,22 @@ pub struct Ipvs {
     link_index: Option<u32>,
     /// Each Service port's inputs and plan.
     ports: BTreeMap<PortKey, (ServicePort, Vec<Endpoint>, Planned)>,
-    node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<IpAddr>,
     /// When the node's addresses were last read (they are read at full
     /// syncs and at most every 10 s: with thousands of Service addresses on
     /// kube-ipvs0 the listing is not free).
     node_ips_read: Option<Instant>,
-    /// Every address of the node outside kube-ipvs0.
-    node_addrs: BTreeSet<Ipv4Addr>,
+    /// Every address of the node (of the family) outside kube-ipvs0.
+    node_addrs: BTreeSet<IpAddr>,
     /// The planned virtual services by the Service ports that plan them
     /// (the first one wins; another takes over when it goes), and the
     /// references to each address and set element.
     claims: HashMap<ServiceKey, BTreeMap<PortKey, (ServiceSpec, BTreeSet<DestKey>)>>,
-    addr_refs: HashMap<Ipv4Addr, u32>,
+    addr_refs: HashMap<IpAddr, u32>,
     element_refs: HashMap<Element, u32>,
     /// The kernel as nodelet last left it.
     table: BTreeMap<ServiceKey, Known>,
-    addresses: BTreeSet<Ipv4Addr>,
+    addresses: BTreeSet<IpAddr>,
     elements: Option<BTreeSet<Element>>,
     /// Real servers at weight 0, each with its deadline.
     draining: BTreeMap<(ServiceKey, DestKey), Instant>,
@@ -147,15 +152,17 @@ fn io(tool: &str, e: impl std::fmt::Display) -> ProxyError {
 }
 
 impl Ipvs {
-    /// Opens IPVS and the route netlink socket; a kernel without IPVS is an
-    /// error that names the module. A dry run touches nothing.
-    pub fn new(settings: IpvsSettings, dry_run: bool) -> Result<Ipvs, netlink::IpvsError> {
+    /// Opens IPVS and the route netlink socket for `family`'s Services; a
+    /// kernel without IPVS is an error that names the module. A dry run
+    /// touches nothing.
+    pub fn new(family: Family, settings: IpvsSettings, dry_run: bool) -> Result<Ipvs, netlink::IpvsError> {
         let (sock, link) = if dry_run {
             (None, None)
         } else {
             (Some(netlink::Socket::open(&settings.scheduler)?), Some(link::Link::open()?))
         };
         Ok(Ipvs {
+            family,
             settings,
             dry_run,
             sock,
@@ -198,6 +205,11 @@ impl Ipvs {
         Ok(n)
     }
 
+    /// The family this backend serves.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
     /// Refusals to report as events since the last call.
     pub fn take_reports(&mut self) -> Vec<Report> {
         std::mem::take(&mut self.reports)
@@ -216,10 +228,10 @@ impl Ipvs {
 
 }
 
-/// What a dry run prints: every change from an empty node, then the
-/// auxiliary ruleset.
+/// What a dry run prints for `ctx`'s family: every change from an empty
+/// node, then the auxiliary ruleset.
 pub fn render_full_text(state: &ProxyState, ctx: &Context, settings: &IpvsSettings) -> String {
-    let mut b = match Ipvs::new(settings.clone(), true) {
+    let mut b = match Ipvs::new(ctx.family, settings.clone(), true) {
         Ok(b) => b,
         Err(e) => return format!("# {e}\n"),
     };
@@ -234,9 +246,9 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context, settings: &IpvsSettin
     out
 }
 
-/// `nodelet proxy cleanup` for IPVS: every IPv4 virtual service (kube-proxy's
-/// cleanup flushes the table too), kube-ipvs0, and the table of rules. A
-/// kernel without IPVS has nothing to clean.
+/// `nodelet proxy cleanup` for IPVS: every IPv4 and IPv6 virtual service
+/// (kube-proxy's cleanup flushes the table too), kube-ipvs0, and both
+/// families' tables of rules. A kernel without IPVS has nothing to clean.
 pub fn cleanup() -> Result<(), ProxyError> {
     match netlink::Socket::open("rr") {
         Ok(mut sock) => {
@@ -254,7 +266,11 @@ pub fn cleanup() -> Result<(), ProxyError> {
         Ok(()) => {}
         Err(e) => return Err(io(link::NAME, e)),
     }
-    super::delete_nft_table(super::model::Family::V4, TABLE)
+    super::delete_nft_table(Family::V4, TABLE)?;
+    if super::ipv6_available() {
+        super::delete_nft_table(Family::V6, TABLE)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! system calls rather than one round trip per change.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use netlink_packet_core::{
     DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Nla, NlaBuffer, NlasIterator, NetlinkHeader, NetlinkMessage,
@@ -77,6 +77,11 @@ mod dest {
 }
 
 const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+fn af(ip: &IpAddr) -> u16 {
+    if ip.is_ipv4() { AF_INET } else { AF_INET6 }
+}
 /// `IP_VS_SVC_F_PERSISTENT`.
 const F_PERSISTENT: u32 = 0x0001;
 /// `IP_VS_SVC_F_SCHED2` (mh-port).
@@ -111,9 +116,15 @@ impl Attr {
         Attr::bytes(kind, v.to_be_bytes())
     }
     /// `union nf_inet_addr`: 16 bytes, an IPv4 address in the first four.
-    fn addr(kind: u16, ip: Ipv4Addr) -> Attr {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&ip.octets());
+    fn addr(kind: u16, ip: IpAddr) -> Attr {
+        let b = match ip {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                b
+            }
+            IpAddr::V6(a) => a.octets(),
+        };
         Attr::bytes(kind, b.to_vec())
     }
     pub(crate) fn nested(kind: u16, attrs: Vec<Attr>) -> Attr {
@@ -224,13 +235,13 @@ impl Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     pub protocol: Protocol,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.protocol.as_str(), self.addr, self.port)
+        write!(f, "{} {}", self.protocol.as_str(), SocketAddr::new(self.addr, self.port))
     }
 }
 
@@ -254,13 +265,13 @@ impl ServiceSpec {
 /// A real server: address and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DestKey {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for DestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.addr, self.port)
+        write!(f, "{}", SocketAddr::new(self.addr, self.port))
     }
 }
 
@@ -324,7 +335,7 @@ impl fmt::Display for Op {
 
 fn service_key_attrs(k: &ServiceKey) -> Vec<Attr> {
     vec![
-        Attr::u16(svc::AF, AF_INET),
+        Attr::u16(svc::AF, af(&k.addr)),
         Attr::u16(svc::PROTOCOL, k.protocol.number()),
         Attr::addr(svc::ADDR, k.addr),
         Attr::be16(svc::PORT, k.port),
@@ -342,7 +353,10 @@ fn service_attrs(k: &ServiceKey, s: &ServiceSpec) -> Vec<Attr> {
     fl.extend(u32::MAX.to_ne_bytes());
     a.push(Attr::bytes(svc::FLAGS, fl));
     a.push(Attr::u32(svc::TIMEOUT, s.persistence.unwrap_or(0)));
-    a.push(Attr::bytes(svc::NETMASK, u32::MAX.to_be_bytes()));
+    // The persistence netmask: the whole address (kube-proxy: 0xffffffff
+    // for IPv4, a prefix length of 128 for IPv6).
+    let netmask = if k.addr.is_ipv4() { u32::MAX } else { 128 };
+    a.push(Attr::u32(svc::NETMASK, netmask));
     a
 }
 
@@ -353,7 +367,7 @@ fn dest_attrs(d: &DestKey, weight: Option<u32>) -> Vec<Attr> {
         a.push(Attr::u32(dest::WEIGHT, w));
         a.push(Attr::u32(dest::U_THRESH, 0));
         a.push(Attr::u32(dest::L_THRESH, 0));
-        a.push(Attr::u16(dest::ADDR_FAMILY, AF_INET));
+        a.push(Attr::u16(dest::ADDR_FAMILY, af(&d.addr)));
     }
     a
 }
@@ -398,18 +412,26 @@ fn field<const N: usize>(attrs: &[Attr], kind: u16) -> Option<[u8; N]> {
     })
 }
 
-/// A dumped virtual service; None for one nodelet never makes (IPv6,
-/// firewall-mark or an unknown protocol), which it leaves alone.
+/// An address of family `af` from its `union nf_inet_addr`.
+fn inet_addr(attrs: &[Attr], kind: u16, af: u16) -> Option<IpAddr> {
+    if af == AF_INET6 { field::<16>(attrs, kind).map(|b| IpAddr::V6(Ipv6Addr::from(b))) } else { field::<4>(attrs, kind).map(|b| IpAddr::V4(Ipv4Addr::from(b))) }
+}
+
+/// A dumped virtual service; None for one nodelet never makes (another
+/// address family, firewall-mark or an unknown protocol), which it leaves
+/// alone.
 pub fn parse_service(m: &IpvsMessage) -> Result<Option<(ServiceKey, ServiceSpec)>, DecodeError> {
     let a = raw_attrs(nested(m, top::SERVICE).ok_or("IPVS service message without a service")?)?;
-    let af = field::<2>(&a, svc::AF).map(u16::from_ne_bytes);
-    if af != Some(AF_INET) || a.iter().any(|x| x.kind == svc::FWMARK && x.value != Value::Bytes(vec![0; 4])) {
+    let Some(af) = field::<2>(&a, svc::AF).map(u16::from_ne_bytes).filter(|af| *af == AF_INET || *af == AF_INET6) else {
+        return Ok(None);
+    };
+    if a.iter().any(|x| x.kind == svc::FWMARK && x.value != Value::Bytes(vec![0; 4])) {
         return Ok(None);
     }
     let Some(protocol) = field::<2>(&a, svc::PROTOCOL).map(u16::from_ne_bytes).and_then(Protocol::from_number) else {
         return Ok(None);
     };
-    let addr = field::<4>(&a, svc::ADDR).map(Ipv4Addr::from).ok_or("IPVS service without an address")?;
+    let addr = inet_addr(&a, svc::ADDR, af).ok_or("IPVS service without an address")?;
     let port = field::<2>(&a, svc::PORT).map(u16::from_be_bytes).ok_or("IPVS service without a port")?;
     let scheduler = a
         .iter()
@@ -426,13 +448,15 @@ pub fn parse_service(m: &IpvsMessage) -> Result<Option<(ServiceKey, ServiceSpec)
     Ok(Some((ServiceKey { protocol, addr, port }, ServiceSpec { scheduler, persistence, hash_port })))
 }
 
-/// A dumped real server.
-pub fn parse_dest(m: &IpvsMessage) -> Result<Option<Dest>, DecodeError> {
+/// A dumped real server; `service_af` is its virtual service's family (a
+/// kernel that does not say the server's own is older than mixed families).
+pub fn parse_dest(m: &IpvsMessage, service_af: u16) -> Result<Option<Dest>, DecodeError> {
     let a = raw_attrs(nested(m, top::DEST).ok_or("IPVS destination message without a destination")?)?;
-    if field::<2>(&a, dest::ADDR_FAMILY).map(u16::from_ne_bytes).is_some_and(|af| af != AF_INET) {
+    let af = field::<2>(&a, dest::ADDR_FAMILY).map(u16::from_ne_bytes).unwrap_or(service_af);
+    if af != AF_INET && af != AF_INET6 {
         return Ok(None);
     }
-    let addr = field::<4>(&a, dest::ADDR).map(Ipv4Addr::from).ok_or("IPVS destination without an address")?;
+    let addr = inet_addr(&a, dest::ADDR, af).ok_or("IPVS destination without an address")?;
     let port = field::<2>(&a, dest::PORT).map(u16::from_be_bytes).ok_or("IPVS destination without a port")?;
     let u = |k| field::<4>(&a, k).map(u32::from_ne_bytes).unwrap_or(0);
     Ok(Some(Dest { key: DestKey { addr, port }, weight: u(dest::WEIGHT), active: u(dest::ACTIVE_CONNS), inactive: u(dest::INACT_CONNS) }))

@@ -5,11 +5,12 @@
 //! (tens of thousands of elements with ten thousand Services) before each
 //! change; the whole table is still written with `nft -f` at a full sync.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 
 use super::netlink::Attr;
+use crate::proxy::model::Family;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -17,6 +18,7 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -34,6 +36,8 @@ pub fn key(element: &str) -> Option<Vec<u8>> {
     for field in element.split(" . ") {
         let field = field.trim();
         if let Ok(ip) = field.parse::<Ipv4Addr>() {
+            out.extend(ip.octets());
+        } else if let Ok(ip) = field.parse::<Ipv6Addr>() {
             out.extend(ip.octets());
         } else if let Some(p) = match field {
             "tcp" => Some(6u8),
@@ -70,9 +74,14 @@ fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_i
 }
 
 /// The transaction's bytes: batch begin, one message per set, verb and
-/// up to `PER_MESSAGE` elements, batch end. Returns the bytes and the
-/// sequence number of the last message that asks for an acknowledgement.
-pub fn batch(table: &str, changes: &[Change], first_seq: u32) -> Result<(Vec<u8>, u32), String> {
+/// up to `PER_MESSAGE` elements, batch end, for `family`'s table named
+/// `table`. Returns the bytes and the sequence number of the last message
+/// that asks for an acknowledgement.
+pub fn batch(family: Family, table: &str, changes: &[Change], first_seq: u32) -> Result<(Vec<u8>, u32), String> {
+    let nfproto = match family {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    };
     let mut out = Vec::new();
     let mut seq = first_seq;
     message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
@@ -107,16 +116,17 @@ pub fn batch(table: &str, changes: &[Change], first_seq: u32) -> Result<(Vec<u8>
         };
         seq = seq.wrapping_add(1);
         last = seq;
-        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, NFPROTO_IPV4, 0, &attrs);
+        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, nfproto, 0, &attrs);
     }
     seq = seq.wrapping_add(1);
     message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
     Ok((out, last))
 }
 
-/// Sends the changes as one transaction; an error names the first message
-/// the kernel refused (and nothing took effect).
-pub fn apply(table: &str, changes: &[Change]) -> std::io::Result<()> {
+/// Sends the changes to `family`'s table `table` as one transaction; an
+/// error names the first message the kernel refused (and nothing took
+/// effect).
+pub fn apply(family: Family, table: &str, changes: &[Change]) -> std::io::Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -135,7 +145,7 @@ pub fn apply(table: &str, changes: &[Change]) -> std::io::Result<()> {
         }
     }
     let first = 1;
-    let (bytes, last) = batch(table, changes, first).map_err(std::io::Error::other)?;
+    let (bytes, last) = batch(family, table, changes, first).map_err(std::io::Error::other)?;
     // The whole transaction goes in one message buffer: make room for it, as
     // nft does (SO_SNDBUFFORCE, we are root).
     {
@@ -188,6 +198,9 @@ mod tests {
         assert_eq!(key("10.244.0.7 . 10.244.0.7").unwrap(), vec![10, 244, 0, 7, 10, 244, 0, 7]);
         assert_eq!(key("10.96.0.1").unwrap(), vec![10, 96, 0, 1]);
         assert_eq!(key("bogus . 1"), None);
+        let mut v6 = vec![0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+        v6.extend([17, 0, 0, 0, 0, 53, 0, 0]);
+        assert_eq!(key("fd00:10:96::a . udp . 53").unwrap(), v6);
     }
 
     /// The transaction's bytes, pinned: what `nft add element` sends for the
@@ -196,7 +209,7 @@ mod tests {
     #[test]
     fn golden_batch() {
         let changes = [("hairpin", true, "10.244.0.7 . 10.244.0.7 . tcp . 8080"), ("vips", false, "10.96.0.9")];
-        let (bytes, last) = batch("nodelet-ipvs", &changes, 1).unwrap();
+        let (bytes, last) = batch(Family::V4, "nodelet-ipvs", &changes, 1).unwrap();
         assert_eq!(last, 3);
         let mut text = String::new();
         for chunk in bytes.chunks(16) {

@@ -5,7 +5,7 @@
 //! are planned again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::netlink::{DestKey, Protocol, ServiceKey, ServiceSpec};
 use super::{Ipvs, IpvsSettings};
@@ -17,7 +17,7 @@ pub(super) type Element = (&'static str, String);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Planned {
     services: BTreeMap<ServiceKey, (ServiceSpec, BTreeSet<DestKey>)>,
-    addresses: BTreeSet<Ipv4Addr>,
+    addresses: BTreeSet<IpAddr>,
     elements: BTreeSet<Element>,
 }
 
@@ -34,20 +34,19 @@ fn protocol(p: model::Protocol) -> Protocol {
 /// external or load-balancer IP that is one of them gets its virtual
 /// service but is neither bound to kube-ipvs0 nor filtered as a VIP (the
 /// node's own services stay reachable on it, as kube-proxy's `shouldBind`).
-pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_ips: &[Ipv4Addr], node_addrs: &BTreeSet<Ipv4Addr>) -> Planned {
+/// Every address is of the Service port's family (the model keeps each
+/// family's ports, endpoints, external and load-balancer IPs apart); the
+/// node's are of the backend's.
+pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSettings, node_ips: &[IpAddr], node_addrs: &BTreeSet<IpAddr>) -> Planned {
     let mut p = Planned::default();
-    // IPVS mode programs IPv4 only (the run loop hands it the IPv4 part of
-    // the model); anything else plans nothing.
-    let v4 = |ip: &std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(a) => Some(*a),
-        std::net::IpAddr::V6(_) => None,
-    };
-    let Some(cluster_ip) = v4(&svc.cluster_ip) else { return p };
+    let family = svc.key.family;
+    let of_family = |ip: &IpAddr| (model::Family::of(ip) == family).then_some(*ip);
+    let cluster_ip = svc.cluster_ip;
     let proto = protocol(svc.key.protocol);
     let pname = proto.as_str();
     let sel = model::select(svc, eps);
     let spec = ServiceSpec::new(&settings.scheduler, svc.affinity);
-    let dests = |list: &[Endpoint]| list.iter().filter_map(|e| Some(DestKey { addr: v4(&e.ip)?, port: e.port })).collect::<BTreeSet<_>>();
+    let dests = |list: &[Endpoint]| list.iter().filter_map(|e| Some(DestKey { addr: of_family(&e.ip)?, port: e.port })).collect::<BTreeSet<_>>();
     let cluster = dests(&sel.cluster);
     let external = dests(&sel.external);
     // externalTrafficPolicy Local without a local endpoint: the external
@@ -55,7 +54,7 @@ pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSett
     // node's pods and processes (kube-proxy's IPVS mode does the same; a
     // load balancer's health check keeps outside traffic away).
     let external_vip = if svc.external_local && external.is_empty() { dests(&sel.all) } else { external.clone() };
-    let vip = |p: &mut Planned, addr: Ipv4Addr, ds: &BTreeSet<DestKey>| {
+    let vip = |p: &mut Planned, addr: IpAddr, ds: &BTreeSet<DestKey>| {
         p.services.insert(ServiceKey { protocol: proto, addr, port: svc.port }, (spec.clone(), ds.clone()));
         if !sel.any {
             p.elements.insert(("no-endpoint-services", format!("{addr} . {pname} . {}", svc.port)));
@@ -69,14 +68,14 @@ pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSett
     };
     vip(&mut p, cluster_ip, &cluster);
     p.elements.insert(("cluster-ips", format!("{} . {pname} . {}", cluster_ip, svc.port)));
-    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips).filter_map(v4) {
+    for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips).filter_map(of_family) {
         vip(&mut p, ip, &external_vip);
         if !svc.external_local {
             p.elements.insert(("external-ips", format!("{ip} . {pname} . {}", svc.port)));
         }
     }
     if let Some(np) = svc.node_port {
-        for ip in node_ips {
+        for ip in node_ips.iter().filter(|ip| model::Family::of(ip) == family) {
             p.services.insert(ServiceKey { protocol: proto, addr: *ip, port: np }, (spec.clone(), external.clone()));
         }
         if !svc.external_local {
@@ -95,9 +94,9 @@ pub(super) fn plan_port(svc: &ServicePort, eps: &[Endpoint], settings: &IpvsSett
 }
 
 impl Ipvs {
-    /// Replans the Service ports whose inputs changed; the virtual
-    /// services, addresses and elements they touched.
-    pub(super) fn replan(&mut self, state: &ProxyState, node_ips_changed: bool) -> (BTreeSet<ServiceKey>, BTreeSet<Ipv4Addr>, BTreeSet<Element>) {
+    /// Replans the Service ports of this backend's family whose inputs
+    /// changed; the virtual services, addresses and elements they touched.
+    pub(super) fn replan(&mut self, state: &ProxyState, node_ips_changed: bool) -> (BTreeSet<ServiceKey>, BTreeSet<IpAddr>, BTreeSet<Element>) {
         let mut touched = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         let empty = Vec::new();
         // The ports whose inputs changed: one merge walk over the sorted
@@ -105,7 +104,7 @@ impl Ipvs {
         let mut keys: Vec<PortKey> = Vec::new();
         let mut old = self.ports.iter().peekable();
         let mut eps_at = state.endpoints.iter().peekable();
-        for (key, svc) in &state.services {
+        for (key, svc) in state.services.iter().filter(|(k, _)| k.family == self.family) {
             while eps_at.peek().is_some_and(|(k, _)| *k < key) {
                 eps_at.next();
             }

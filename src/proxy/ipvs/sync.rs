@@ -5,14 +5,14 @@
 //! back-off, draining servers, and the sysctls IPVS mode needs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::netlink::{DestKey, Op, Protocol, ServiceKey};
 use super::plan::Element;
 use super::ruleset::{firewall_rules, firewall_text, render_ruleset};
 use super::{Ipvs, Known, Refused, Report, TABLE, io, link, nfsets};
-use crate::proxy::model::ProxyState;
+use crate::proxy::model::{Family, ProxyState};
 use crate::proxy::refusals::backoff as refusal_backoff;
 use crate::proxy::{Context, ProxyError, SyncStats, run_with_input};
 
@@ -22,8 +22,8 @@ pub(super) struct Changes {
     create_link: bool,
     /// Services and servers added or updated (before the addresses).
     first: Vec<Op>,
-    add_addresses: Vec<Ipv4Addr>,
-    del_addresses: Vec<Ipv4Addr>,
+    add_addresses: Vec<IpAddr>,
+    del_addresses: Vec<IpAddr>,
     /// Servers and services deleted (after the addresses).
     last: Vec<Op>,
     /// The whole table, written with `nft -f` (at a full sync).
@@ -59,7 +59,7 @@ impl Ipvs {
         }
         let stale = self.node_ips_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         let node_ips_changed = if full || stale {
-            let (addrs, node_ips) = Self::node_addresses(ctx);
+            let (addrs, node_ips) = Self::node_addresses(self.family, ctx);
             self.node_ips_read = Some(Instant::now());
             let changed = node_ips != self.node_ips || addrs != self.node_addrs;
             self.node_ips = node_ips;
@@ -100,10 +100,10 @@ impl Ipvs {
         result?;
         // The firewall chain: written when its rules change (and after the
         // table was written anew, which empties it).
-        let rules = firewall_rules(state);
+        let rules = firewall_rules(state, self.family);
         if rewrote_table || self.firewall.as_ref() != Some(&rules) {
             if !self.dry_run {
-                run_with_input("nft", &["-f", "-"], &firewall_text(&rules))?;
+                run_with_input("nft", &["-f", "-"], &firewall_text(self.family, &rules))?;
             }
             if self.firewall.as_ref() != Some(&rules) {
                 self.last_changes.extend(rules.iter().map(|r| format!("nft firewall: {r}")));
@@ -113,18 +113,19 @@ impl Ipvs {
         Ok(SyncStats { changed_chains: count, input_bytes: 0, full, plan, apply: applied.elapsed() })
     }
 
-    /// Reads the kernel: owned virtual services with their servers, the
-    /// link and its addresses.
+    /// Reads the kernel: owned virtual services (of the family) with their
+    /// servers, the link and its addresses (of the family).
     pub(super) fn read_kernel(&mut self) -> Result<(), ProxyError> {
         self.table.clear();
         self.addresses.clear();
         self.elements = None;
         self.link_index = None;
-        let excluded: Vec<ipnetwork::Ipv4Network> = self.settings.exclude_cidrs.clone();
+        let excluded: Vec<ipnetwork::IpNetwork> = self.settings.exclude_cidrs.clone();
+        let family = self.family;
         if let Some(sock) = self.sock.as_mut() {
             let services = sock.services().map_err(|e| io("ipvs", e))?;
             for (key, spec) in services {
-                if excluded.iter().any(|n| n.contains(key.addr)) {
+                if Family::of(&key.addr) != family || excluded.iter().any(|n| n.contains(key.addr)) {
                     continue;
                 }
                 let dests = sock.dests(&key).map_err(|e| io("ipvs", e))?;
@@ -134,7 +135,7 @@ impl Ipvs {
         if let Some(link) = &self.link {
             self.link_index = link.index().map_err(|e| io(link::NAME, e))?;
             if let Some(i) = self.link_index {
-                self.addresses = link.addresses(i).map_err(|e| io(link::NAME, e))?;
+                self.addresses = link.addresses(i, family).map_err(|e| io(link::NAME, e))?;
             }
         }
         // Servers found at weight 0 are draining from before a restart.
@@ -149,16 +150,15 @@ impl Ipvs {
         Ok(())
     }
 
-    /// The node's addresses outside kube-ipvs0 (by interface, as kube-proxy's
-    /// GetAllLocalAddressesExcept), and those node ports listen on.
-    pub(super) fn node_addresses(ctx: &Context) -> (BTreeSet<Ipv4Addr>, Vec<Ipv4Addr>) {
-        let all: BTreeSet<Ipv4Addr> = crate::proxy::local_ipv4s_except(Some(link::NAME)).into_iter().collect();
-        let mut ips: Vec<Ipv4Addr> = match &ctx.node_port_ips {
-            Some(ips) => ips.iter().filter_map(|ip| match ip {
-                std::net::IpAddr::V4(a) => Some(*a),
-                std::net::IpAddr::V6(_) => None,
-            }).collect(),
-            None => all.iter().copied().filter(|ip| !ip.is_loopback()).collect(),
+    /// The node's addresses of `family` outside kube-ipvs0 (by interface,
+    /// as kube-proxy's GetAllLocalAddressesExcept), and those node ports
+    /// listen on: `nodePortAddresses`', else every one but loopback and
+    /// IPv6 link-local (as kube-proxy's IPVS mode).
+    pub(super) fn node_addresses(family: Family, ctx: &Context) -> (BTreeSet<IpAddr>, Vec<IpAddr>) {
+        let all: BTreeSet<IpAddr> = crate::proxy::local_ips_except(Some(link::NAME)).into_iter().filter(|ip| Family::of(ip) == family).collect();
+        let mut ips: Vec<IpAddr> = match &ctx.node_port_ips {
+            Some(ips) => ips.iter().filter(|ip| Family::of(ip) == family).copied().collect(),
+            None => all.iter().copied().filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())).collect(),
         };
         ips.sort();
         ips.dedup();
@@ -166,7 +166,7 @@ impl Ipvs {
     }
 
     /// The changes that bring the kernel to the plan for the touched keys.
-    pub(super) fn diff(&mut self, services: &BTreeSet<ServiceKey>, addresses: &BTreeSet<Ipv4Addr>, elements: &BTreeSet<Element>, ctx: &Context) -> Changes {
+    pub(super) fn diff(&mut self, services: &BTreeSet<ServiceKey>, addresses: &BTreeSet<IpAddr>, elements: &BTreeSet<Element>, ctx: &Context) -> Changes {
         let mut c = Changes::default();
         let now = Instant::now();
         for sk in services {
@@ -389,7 +389,9 @@ impl Ipvs {
             set_sysctl(name, value);
         }
         let s = &self.settings;
-        if s.tcp_timeout > 0 || s.tcp_fin_timeout > 0 || s.udp_timeout > 0 {
+        // The timeouts are the kernel's, for both families: set once, by
+        // the IPv4 backend (every node runs one).
+        if self.family == Family::V4 && (s.tcp_timeout > 0 || s.tcp_fin_timeout > 0 || s.udp_timeout > 0) {
             let op = Op::SetTimeouts { tcp: s.tcp_timeout, tcp_fin: s.tcp_fin_timeout, udp: s.udp_timeout };
             // A value the kernel refuses is reported, as kube-proxy does; the
             // Services are programmed all the same.
@@ -417,7 +419,7 @@ impl Ipvs {
         if !c.add_addresses.is_empty() || !c.del_addresses.is_empty() {
             // An address the kernel refuses is left out (asked again at the
             // next sync) and logged; the others go on.
-            let mut refused_addrs: BTreeSet<Ipv4Addr> = BTreeSet::new();
+            let mut refused_addrs: BTreeSet<IpAddr> = BTreeSet::new();
             if let (Some(link), Some(index)) = (&self.link, self.link_index) {
                 for (op, e) in link.apply(index, &c.add_addresses, &c.del_addresses) {
                     if let link::LinkOp::AddAddress(a) | link::LinkOp::DelAddress(a) = op {
@@ -443,7 +445,7 @@ impl Ipvs {
         } else if !c.elements.is_empty() {
             if !self.dry_run {
                 let changes: Vec<nfsets::Change> = c.elements.iter().map(|((set, e), add)| (*set, *add, e.as_str())).collect();
-                nfsets::apply(TABLE, &changes).map_err(|e| io("nf_tables set elements", e))?;
+                nfsets::apply(self.family, TABLE, &changes).map_err(|e| io("nf_tables set elements", e))?;
             }
             let applied = self.elements.get_or_insert_with(BTreeSet::new);
             for (e, add) in c.elements {

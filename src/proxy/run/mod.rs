@@ -75,17 +75,7 @@ pub struct ProxySettings {
 enum Backend {
     Iptables(Vec<iptables::Iptables>),
     Nftables(Vec<nftables::Nftables>),
-    Ipvs(Box<ipvs::Ipvs>),
-}
-
-/// The IPv4 part of `state` (IPVS mode): the whole state when it has
-/// nothing else, so no copy is made on an IPv4-only cluster.
-fn ipv4_only(state: &ProxyState) -> std::borrow::Cow<'_, ProxyState> {
-    if state.services.keys().all(|k| k.family == Family::V4) {
-        std::borrow::Cow::Borrowed(state)
-    } else {
-        std::borrow::Cow::Owned(state.family(Family::V4))
-    }
+    Ipvs(Vec<ipvs::Ipvs>),
 }
 
 impl Backend {
@@ -112,9 +102,10 @@ impl Backend {
                     changed += b.sync(state, ctx, full)?.changed_chains;
                 }
             }
-            Backend::Ipvs(b) => {
-                let ctx = contexts.iter().find(|c| c.family == Family::V4).cloned().unwrap_or_default();
-                changed += b.sync(&ipv4_only(state), &ctx, full)?.changed_chains;
+            Backend::Ipvs(bs) => {
+                for (b, ctx) in bs.iter_mut().zip(contexts) {
+                    changed += b.sync(state, ctx, full)?.changed_chains;
+                }
             }
         }
         Ok(changed)
@@ -124,7 +115,7 @@ impl Backend {
     /// changes (IPVS: servers draining).
     fn recheck(&self) -> Option<Duration> {
         match self {
-            Backend::Ipvs(b) => b.recheck(),
+            Backend::Ipvs(bs) => bs.iter().filter_map(|b| b.recheck()).min(),
             _ => None,
         }
     }
@@ -132,7 +123,7 @@ impl Backend {
     /// Refusals by the kernel to report as events, since the last call.
     fn take_reports(&mut self) -> Vec<ipvs::Report> {
         match self {
-            Backend::Ipvs(b) => b.take_reports(),
+            Backend::Ipvs(bs) => bs.iter_mut().flat_map(|b| b.take_reports()).collect(),
             _ => Vec::new(),
         }
     }
@@ -140,7 +131,7 @@ impl Backend {
     /// How soon an object the kernel refused is due to be tried again.
     fn retry_in(&self) -> Option<Duration> {
         match self {
-            Backend::Ipvs(b) => b.retry_in(),
+            Backend::Ipvs(bs) => bs.iter().filter_map(|b| b.retry_in()).min(),
             _ => None,
         }
     }
@@ -148,7 +139,7 @@ impl Backend {
     /// Objects the kernel refuses now, and refusals since the start.
     fn refusals(&self) -> (u64, u64) {
         match self {
-            Backend::Ipvs(b) => (b.refused_now() as u64, b.refusals_total),
+            Backend::Ipvs(bs) => bs.iter().fold((0, 0), |(now, total), b| (now + b.refused_now() as u64, total + b.refusals_total)),
             _ => (0, 0),
         }
     }
@@ -168,26 +159,31 @@ impl Backend {
     /// That look: no replanning.
     fn drain(&mut self) -> Result<usize, ProxyError> {
         match self {
-            Backend::Ipvs(b) => b.drain(),
+            Backend::Ipvs(bs) => {
+                let mut n = 0;
+                for b in bs {
+                    n += b.drain()?;
+                }
+                Ok(n)
+            }
             _ => Ok(0),
         }
     }
 
     /// The whole ruleset, each family's under a line that names it.
     fn render(&self, state: &ProxyState, s: &ProxySettings) -> String {
-        let render: fn(&ProxyState, &Context) -> String = match self {
-            Backend::Iptables(_) => iptables::render_full_text,
-            Backend::Nftables(_) => nftables::render_full_text,
-            Backend::Ipvs(_) => {
-                let ctx = s.contexts.iter().find(|c| c.family == Family::V4).cloned().unwrap_or_default();
-                return ipvs::render_full_text(&ipv4_only(state), &ctx, &s.ipvs);
-            }
+        let ipvs_text = |state: &ProxyState, ctx: &Context| ipvs::render_full_text(state, ctx, &s.ipvs);
+        let render: &dyn Fn(&ProxyState, &Context) -> String = match self {
+            Backend::Iptables(_) => &iptables::render_full_text,
+            Backend::Nftables(_) => &nftables::render_full_text,
+            Backend::Ipvs(_) => &ipvs_text,
         };
         let mut text = String::new();
         for ctx in &s.contexts {
             let tool = match self {
                 Backend::Iptables(_) => ctx.family.iptables().2.to_string(),
-                _ => format!("nft -f, table {} {}", ctx.family.nft(), nftables::TABLE),
+                Backend::Nftables(_) => format!("nft -f, table {} {}", ctx.family.nft(), nftables::TABLE),
+                Backend::Ipvs(_) => format!("IPVS over netlink, {}, table {} {}", ipvs::link::NAME, ctx.family.nft(), ipvs::TABLE),
             };
             text.push_str(&format!("# {} ({tool}): {} service ports\n", ctx.family, state.services.keys().filter(|k| k.family == ctx.family).count()));
             text.push_str(&render(state, ctx));
@@ -242,12 +238,13 @@ pub async fn run(
                 beat.beat();
                 let opened = tokio::task::spawn_blocking({
                     let (settings, dry_run) = (s.ipvs.clone(), s.dry_run);
-                    move || ipvs::Ipvs::new(settings, dry_run)
+                    let families: Vec<Family> = s.contexts.iter().map(|c| c.family).collect();
+                    move || families.into_iter().map(|f| ipvs::Ipvs::new(f, settings.clone(), dry_run)).collect::<Result<Vec<_>, _>>()
                 })
                 .await
                 .expect("opening IPVS does not panic");
                 match opened {
-                    Ok(b) => break Backend::Ipvs(Box::new(b)),
+                    Ok(bs) => break Backend::Ipvs(bs),
                     Err(e) if !logged => {
                         tracing::error!(error = %e, retry_in = ?s.sync_period, "the Service proxy cannot run in IPVS mode");
                         logged = true;

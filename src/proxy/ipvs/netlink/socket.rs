@@ -119,7 +119,7 @@ impl Socket {
         msg
     }
 
-    /// Every virtual service nodelet could own (IPv4, by address).
+    /// Every virtual service nodelet could own (IPv4 and IPv6, by address).
     pub fn services(&mut self) -> Result<Vec<(ServiceKey, ServiceSpec)>, IpvsError> {
         let msg = self.ipvs(IpvsMessage { cmd: cmd::GET_SERVICE, attrs: vec![] }, NLM_F_REQUEST | NLM_F_DUMP);
         let mut out = Vec::new();
@@ -137,7 +137,7 @@ impl Socket {
         let msg = self.ipvs(req, NLM_F_REQUEST | NLM_F_DUMP);
         let mut out = Vec::new();
         for m in self.exchange(msg)? {
-            if let Some(d) = parse_dest(&m.payload)? {
+            if let Some(d) = parse_dest(&m.payload, af(&key.addr))? {
                 out.push(d);
             }
         }

@@ -1,7 +1,7 @@
 use super::*;
 
 fn key() -> ServiceKey {
-    ServiceKey { protocol: Protocol::Tcp, addr: Ipv4Addr::new(10, 96, 0, 10), port: 80 }
+    ServiceKey { protocol: Protocol::Tcp, addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), port: 80 }
 }
 
 #[test]
@@ -16,12 +16,12 @@ fn a_service_round_trips_through_its_attributes() {
 
 #[test]
 fn a_dest_round_trips_through_its_attributes() {
-    let d = DestKey { addr: Ipv4Addr::new(10, 244, 0, 7), port: 8080 };
+    let d = DestKey { addr: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 7)), port: 8080 };
     let m = message(&Op::UpdateDest(key(), d, 0));
     let mut buf = vec![0u8; m.buffer_len()];
     m.emit(&mut buf);
     let back = IpvsMessage::parse_with_param(&buf, GenlHeader { cmd: m.cmd, version: 1 }).unwrap();
-    assert_eq!(parse_dest(&back).unwrap(), Some(Dest { key: d, weight: 0, active: 0, inactive: 0 }));
+    assert_eq!(parse_dest(&back, AF_INET).unwrap(), Some(Dest { key: d, weight: 0, active: 0, inactive: 0 }));
 }
 
 /// The bytes ipvsadm's libipvs sends for the same requests (nested
@@ -29,7 +29,7 @@ fn a_dest_round_trips_through_its_attributes() {
 /// mask, netmask all ones).
 #[test]
 fn golden_wire_messages() {
-    let d = DestKey { addr: Ipv4Addr::new(10, 244, 0, 7), port: 8080 };
+    let d = DestKey { addr: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 7)), port: 8080 };
     let ops = [
         Op::AddService(key(), ServiceSpec::new("rr", None)),
         Op::AddService(key(), ServiceSpec::new("sh", Some(10800))),
@@ -49,4 +49,32 @@ fn golden_wire_messages() {
         }
     }
     crate::proxy::golden::check("tests/golden/ipvs/messages.hex", &text);
+}
+
+fn key6() -> ServiceKey {
+    ServiceKey { protocol: Protocol::Udp, addr: "fd00:10:96::a".parse().unwrap(), port: 53 }
+}
+
+/// IPv6: the family in the service and the server, all 16 bytes of the
+/// address, and a persistence netmask that is a prefix length (128), as
+/// the kernel checks for AF_INET6.
+#[test]
+fn ipv6_services_and_servers_round_trip() {
+    let spec = ServiceSpec::new("rr", Some(10800));
+    let m = message(&Op::AddService(key6(), spec.clone()));
+    let mut buf = vec![0u8; m.buffer_len()];
+    m.emit(&mut buf);
+    let back = IpvsMessage::parse_with_param(&buf, GenlHeader { cmd: m.cmd, version: 1 }).unwrap();
+    assert_eq!(parse_service(&back).unwrap(), Some((key6(), spec)));
+    let svc = raw_attrs(nested(&back, top::SERVICE).unwrap()).unwrap();
+    assert_eq!(field::<2>(&svc, svc::AF).map(u16::from_ne_bytes), Some(AF_INET6));
+    assert_eq!(field::<4>(&svc, svc::NETMASK).map(u32::from_ne_bytes), Some(128));
+    let d = DestKey { addr: "fd00:10:244:1::10".parse().unwrap(), port: 5353 };
+    let m = message(&Op::AddDest(key6(), d, 1));
+    let mut buf = vec![0u8; m.buffer_len()];
+    m.emit(&mut buf);
+    let back = IpvsMessage::parse_with_param(&buf, GenlHeader { cmd: m.cmd, version: 1 }).unwrap();
+    assert_eq!(parse_dest(&back, AF_INET6).unwrap(), Some(Dest { key: d, weight: 1, active: 0, inactive: 0 }));
+    assert_eq!(key6().to_string(), "udp [fd00:10:96::a]:53");
+    assert_eq!(d.to_string(), "[fd00:10:244:1::10]:5353");
 }
