@@ -566,7 +566,10 @@ async fn dual_stack(mode: &str) {
         .to_string();
     assert!(refused.contains("must be RequireDualStack or PreferDualStack"), "{refused}");
 
-    let config = c.proxy_config(mode, &node, "clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n");
+    // Node ports on the client link's networks only (nodePortAddresses, one
+    // CIDR per family), resolved again at every sync (every 2 s here).
+    let extra = format!("clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\nnodePortAddresses: [\"192.168.50.0/24\", \"fd00:50::/64\"]\n{mode}:\n  syncPeriod: 2s\n");
+    let config = c.proxy_config(mode, &node, &extra);
     let mut agent = c.join_with(&["--proxy-config", config.to_str().unwrap()]).await;
     let v6 = |ip: Ipv6Addr, port: u16| SocketAddr::from((ip, port));
     let web6 = v6("fd00:10:96::10".parse().unwrap(), 80);
@@ -591,6 +594,15 @@ async fn dual_stack(mode: &str) {
     eventually(10 * S, "the node port answering on IPv6", || async { tcp_get(&lab.client, np6).ok() }).await;
     assert_eq!(responders(&lab.client, np6, 40), set(&["pod-0", "pod-1"]), "only this node's endpoints");
     assert!(local_ips[1].is_ipv6());
+    // nodePortAddresses: the node's address on the pod bridge is outside
+    // them, so no node port there (the node's own stack refuses); an address
+    // added inside them serves node ports from the next sync on.
+    let outside = tcp_get(&lab.client, v6("fd00:10:244::1".parse().unwrap(), 30081));
+    assert!(outside.as_ref().is_err_and(|e| e.contains("refused")), "no node port outside nodePortAddresses: {outside:?}");
+    ip(&["-n", &c.node.netns, "addr", "add", "fd00:50::9/64", "dev", "vc0", "nodad"]);
+    let added = v6("fd00:50::9".parse().unwrap(), 30081);
+    let who = eventually(15 * S, "the node port on an address added inside nodePortAddresses", || async { tcp_get(&lab.client, added).ok() }).await;
+    assert!(who.starts_with("pod-"), "{who}");
     // No IPv4 slice for it: IPv4 is refused, IPv6 is served.
     let refused = tcp_get(&lab.client, SocketAddr::from((NODE_IP, 30081)));
     assert!(refused.as_ref().is_err_and(|e| e.contains("refused")), "{refused:?}");
