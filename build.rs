@@ -1,6 +1,7 @@
 //! Compiles the protocols in proto/: the CRI v1 subset nodelet uses (client
 //! only), the CSI spec and the kubelet plugin registration API (clients for
-//! nodelet, servers for the test CSI driver in tests/support). Also records
+//! nodelet, servers for the test CSI driver in tests/support), the device
+//! plugin and pod-resources APIs. Also records
 //! the commit built (`NODELET_COMMIT`, "unknown" outside a git checkout) for
 //! `--version`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +22,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("cargo:rerun-if-changed={p}");
         }
     }
-    for p in ["proto/cri/v1/api.proto", "proto/csi/v1/csi.proto", "proto/pluginregistration/v1/api.proto"] {
+    for p in [
+        "proto/cri/v1/api.proto",
+        "proto/csi/v1/csi.proto",
+        "proto/pluginregistration/v1/api.proto",
+        "proto/deviceplugin/v1beta1/api.proto",
+        "proto/podresources/v1/api.proto",
+    ] {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
@@ -32,5 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["proto/csi/v1/csi.proto", "proto/pluginregistration/v1/api.proto"], &["proto"])?;
+    // Device plugins (nodelet serves Registration and calls DevicePlugin; the
+    // test plugin the other way round) and the pod-resources API (nodelet
+    // serves it; tests and monitoring agents call it).
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&["proto/deviceplugin/v1beta1/api.proto", "proto/podresources/v1/api.proto"], &["proto"])?;
     Ok(())
 }

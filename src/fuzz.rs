@@ -37,6 +37,7 @@ pub fn static_pod(data: &[u8]) {
         memory_bytes: 8 << 30,
         ephemeral_storage_bytes: 100 << 30,
         hugepages: BTreeMap::new(),
+        extended: BTreeMap::from([("example.com/dev".to_string(), 2)]),
         max_pods: 110,
     };
     let _ = admission::admit(&pod, &[&pod], &resources);

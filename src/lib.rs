@@ -34,6 +34,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod csi;
+pub mod devices;
 pub mod credentials;
 pub mod decode;
 pub mod downward;

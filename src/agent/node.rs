@@ -39,6 +39,7 @@ pub fn start(s: &Settings, cs: &ClusterSettings, joined: Joined, rt: &RuntimeRol
         node_taints,
         metrics: metrics.clone(),
         images: pods.images.clone(),
+        extended: pods.extended.clone(),
         pressure: pods.pressure.clone(),
         shutting_down: pods.shutting_down.clone(),
         root_dir: s.root_dir.clone(),

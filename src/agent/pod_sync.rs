@@ -50,6 +50,8 @@ pub struct PodSync {
     pub shutting_down: watch::Receiver<bool>,
     /// The node's images, as image GC last listed them.
     pub images: watch::Receiver<Vec<ContainerImage>>,
+    /// The device plugins' extended resources, for the Node status.
+    pub extended: watch::Receiver<crate::devices::Extended>,
     /// Pods that ended, for the deletion handshake (cluster mode, writing).
     pub terminated: Option<mpsc::UnboundedReceiver<Terminated>>,
     /// The Node's labels and taints as the apiserver has them: the node
@@ -102,9 +104,18 @@ impl PodSync {
             let publisher = api.filter(|_| writes).map(|c| crate::csi::registry::Publisher { client: c.clone(), node_name: s.node_name.clone() });
             tasks.spawn("csi plugin registration", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), publisher));
         }
+        // Device plugins register through <root-dir>/device-plugins; the
+        // pod-resources API reads what they were given.
+        let devices = crate::devices::Devices::new((!s.dry_run).then(|| s.root_dir.join("device-plugins")));
+        if !s.dry_run {
+            tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));
+            tasks.spawn("pod-resources API", crate::devices::podresources::serve(devices.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)));
+        }
         let (node_labels, node_labels_rx) = watch::channel(BTreeMap::new());
         let (node_taints, node_taints_rx) = watch::channel(Vec::new());
+        let extended = devices.subscribe();
         let ctx = Arc::new(WorkerContext {
+            devices,
             csi,
             in_use: in_use.clone(),
             mounted: Default::default(),
@@ -178,6 +189,7 @@ impl PodSync {
             reclaim_containers,
             shutting_down,
             images,
+            extended,
             terminated: writes.then_some(terminated_rx),
             node_labels: Some(node_labels),
             node_taints: Some(node_taints),
@@ -270,6 +282,8 @@ pub fn admission(name: &str, facts: &cluster::node::NodeFacts, node: &NodeContex
         memory_bytes: node.allocatable.memory_bytes,
         ephemeral_storage_bytes: node.allocatable.ephemeral_storage_bytes,
         hugepages: node.allocatable.hugepages.clone(),
+        // Read live at each admission (the device plugins' healthy devices).
+        extended: BTreeMap::new(),
         max_pods,
     }
 }

@@ -166,6 +166,8 @@ pub struct ClusterParts {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The node's images for its status (from image GC's listing).
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
+    /// The device plugins' extended resources.
+    pub extended: watch::Receiver<crate::devices::Extended>,
     /// The eviction manager's pressure, for the node conditions.
     pub pressure: watch::Receiver<crate::pods::eviction::Pressure>,
     pub shutting_down: watch::Receiver<bool>,
@@ -206,6 +208,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
     let health = p.health;
     let statuses = p.statuses;
     let images = p.images;
+    let extended = p.extended;
     let pressure = p.pressure;
     let shutting_down = p.shutting_down;
     tasks.spawn("node heartbeat", async move {
@@ -233,6 +236,7 @@ pub fn start(tasks: &mut Tasks, joined: Joined, p: ClusterParts, dry_run: bool) 
             facts,
             health,
             images,
+            extended,
             pressure,
             shutting_down,
             update_every: settings.status_update,

@@ -372,6 +372,10 @@ pub struct StatusLoop {
     pub health: watch::Receiver<RuntimeHealth>,
     /// `status.images`, as image GC last listed them.
     pub images: watch::Receiver<Vec<k8s_openapi::api::core::v1::ContainerImage>>,
+    /// The device plugins' extended resources (capacity: every device;
+    /// allocatable: the healthy ones; 0 for a plugin gone for good, so the
+    /// merge patch replaces the old value rather than leaving it).
+    pub extended: watch::Receiver<crate::devices::Extended>,
     /// The eviction manager's pressure conditions.
     pub pressure: watch::Receiver<Pressure>,
     /// Graceful node shutdown under way: NotReady.
@@ -409,6 +413,7 @@ impl StatusLoop {
                 _ = tokio::time::sleep(self.update_every) => {}
                 Ok(()) = self.health.changed() => {}
                 Ok(()) = self.pressure.changed() => {}
+                Ok(()) = self.extended.changed() => {}
                 Ok(()) = self.shutting_down.changed() => {}
                 // A pod waits to stage a volume until the status lists it.
                 _ = self.in_use.changed() => {}
@@ -436,6 +441,13 @@ impl StatusLoop {
         let mut status = status(&self.facts, &health, &pressure, shutting_down, server.status.as_ref(), Timestamp::now());
         let images = self.images.borrow().clone();
         status.images = (!images.is_empty()).then_some(images);
+        let extended = self.extended.borrow().clone();
+        for (map, values) in [(&mut status.capacity, &extended.capacity), (&mut status.allocatable, &extended.allocatable)] {
+            let map = map.get_or_insert_with(Default::default);
+            for (name, n) in values {
+                map.insert(name.clone(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(n.to_string()));
+            }
+        }
         // Always sent, empty too: the list is replaced, and the
         // attach-detach controller detaches only what is not in it.
         let root = self.root_dir.clone();

@@ -24,6 +24,9 @@ pub struct NodeResources {
     pub ephemeral_storage_bytes: i64,
     /// Allocatable hugepages by resource name (`hugepages-2Mi`).
     pub hugepages: BTreeMap<String, i64>,
+    /// Allocatable extended resources of the device plugins (healthy
+    /// devices), by resource name.
+    pub extended: BTreeMap<String, i64>,
     pub max_pods: u32,
 }
 
@@ -178,6 +181,11 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
         if name.starts_with("hugepages-") && !counted.iter().any(|(n, _)| n == name) {
             counted.push((name.clone(), node.hugepages.get(name).copied().unwrap_or(0)));
         }
+        // Extended resources the node has (kubelet leaves out the ones it
+        // has none of: a scheduler extender may serve them).
+        if let Some(n) = node.extended.get(name).filter(|_| !counted.iter().any(|(n, _)| n == name)) {
+            counted.push((name.clone(), *n));
+        }
     }
     for (name, capacity) in counted {
         let want = request_of(&spec, &name);
@@ -231,6 +239,7 @@ mod tests {
             memory_bytes: 4 << 30,
             ephemeral_storage_bytes: 10 << 30,
             hugepages: BTreeMap::from([("hugepages-2Mi".into(), 8 << 20)]),
+            extended: BTreeMap::new(),
             max_pods: 2,
         }
     }
@@ -350,5 +359,26 @@ mod tests {
         assert_eq!(admit(&requesting("1m", "1"), &[&near], &big).unwrap_err().reason, "OutOfmemory", "the node is full");
         let (cpu, mem) = requests(two.spec.as_ref().unwrap());
         assert_eq!((cpu, mem.get()), (Amount::MAX, 2));
+    }
+
+    #[test]
+    fn extended_resources_fit_what_the_node_has_and_unknown_ones_pass() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let with = |name: &str, n: &str| {
+            let mut p = requesting("100m", "10Mi");
+            let r = p.spec.as_mut().unwrap().containers[0].resources.as_mut().unwrap();
+            r.requests.as_mut().unwrap().insert(name.into(), Quantity(n.into()));
+            r.limits.get_or_insert_with(Default::default).insert(name.into(), Quantity(n.into()));
+            p
+        };
+        let node = NodeResources { extended: BTreeMap::from([("example.com/dev".to_string(), 2)]), max_pods: 10, ..node() };
+        let one = with("example.com/dev", "1");
+        admit(&one, &[], &node).unwrap();
+        let e = admit(&with("example.com/dev", "2"), &[&one], &node).unwrap_err();
+        assert_eq!(e.reason, "OutOfexample.com/dev");
+        assert_eq!(e.message, "Pod was rejected: Node didn't have enough resource: example.com/dev, requested: 2, used: 1, capacity: 2");
+        // A resource the node does not have at all is left to whatever
+        // serves it (kubelet's removeMissingExtendedResources).
+        admit(&with("example.com/other", "5"), &[&one], &node).unwrap();
     }
 }

@@ -188,6 +188,35 @@ pub enum ConfigError {
     Mount(String),
 }
 
+/// Adds what a container's device plugins answered to its CRI config, as
+/// kubelet: their envs before the container's own (which win), their mounts
+/// and device nodes, their annotations, and CDI devices as the CRI field
+/// (containerd 1.7+); the CDI devices also as `cdi.k8s.io/` annotations, for
+/// runtimes that read CDI devices only from annotations (containerd 1.6
+/// reads neither, so a CDI-only device plugin needs containerd 1.7).
+pub fn add_devices(config: &mut cri::ContainerConfig, opts: crate::devices::RunOptions) {
+    if opts.is_empty() {
+        return;
+    }
+    let mut envs: Vec<cri::KeyValue> = opts.envs.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect();
+    envs.append(&mut config.envs);
+    config.envs = envs;
+    config.mounts.extend(opts.mounts.into_iter().map(|m| cri::Mount {
+        container_path: m.container_path,
+        host_path: m.host_path,
+        readonly: m.read_only,
+        ..Default::default()
+    }));
+    config.devices.extend(opts.devices.into_iter().map(|d| cri::Device { container_path: d.container_path, host_path: d.host_path, permissions: d.permissions }));
+    for (k, v) in opts.annotations {
+        config.annotations.entry(k).or_insert(v);
+    }
+    for (i, name) in opts.cdi_devices.iter().enumerate() {
+        config.annotations.insert(format!("cdi.k8s.io/devicemanager_{i}"), name.clone());
+    }
+    config.cdi_devices.extend(opts.cdi_devices.into_iter().map(|name| cri::CdiDevice { name }));
+}
+
 /// The CRI config for one container instance, and the envFrom keys that
 /// were skipped as invalid names.
 pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfig, Vec<String>), ConfigError> {
@@ -244,6 +273,7 @@ pub fn container_config(r: &ContainerRequest<'_>) -> Result<(cri::ContainerConfi
         labels: container_labels,
         annotations,
         log_path: log_path(&c.name, r.attempt),
+        cdi_devices: Vec::new(),
         stdin: c.stdin == Some(true),
         stdin_once: c.stdin_once == Some(true),
         tty: c.tty == Some(true),

@@ -26,6 +26,7 @@ use nodelet::runtime::Runtime;
 pub mod apiserver;
 pub mod cluster;
 pub mod csi;
+pub mod deviceplugin;
 pub mod fabric;
 pub mod logind;
 pub mod registry;

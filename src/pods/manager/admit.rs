@@ -11,6 +11,13 @@ impl PodManager {
     /// pod's directory, or a sysctl the node does not allow, is refused
     /// whatever the source.
     pub(super) fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
+        self.admit_checks(pod)?;
+        // Then the device manager chooses each container's devices, or
+        // refuses the pod with none chosen (kubelet's admit handler order).
+        self.ctx.devices.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })
+    }
+
+    fn admit_checks(&self, pod: &DesiredPod) -> Result<(), Rejection> {
         if let Err(e) = crate::files::component(pod.metadata.uid.as_deref().unwrap_or_default(), "metadata.uid") {
             return Err(Rejection { reason: "InvalidUID".into(), message: format!("Pod was rejected: {e}") });
         }
@@ -52,9 +59,14 @@ impl PodManager {
                 return Err(Rejection { reason: "Evicted".into(), message: format!("The node had condition: [{}]. ", conditions.join(", ")) });
             }
         }
-        let node = NodeResources { labels: labels.borrow().clone(), taints: taints.borrow().clone(), ..node.clone() };
-        let node = &node;
         let own = pod.metadata.uid.as_deref().unwrap_or_default();
+        // A pod that already holds its devices (the checkpoint, after a
+        // restart) is not counted against devices that are unhealthy only
+        // until their plugin registers again.
+        let holds_devices = spec_containers(pod).any(|c| !self.ctx.devices.assigned(own, c).is_empty());
+        let extended = if holds_devices { Default::default() } else { self.ctx.devices.allocatable() };
+        let node = NodeResources { labels: labels.borrow().clone(), taints: taints.borrow().clone(), extended, ..node.clone() };
+        let node = &node;
         let others = self.admitted_pods(own);
         admission::admit(pod, &others.iter().collect::<Vec<_>>(), node)
     }
@@ -167,4 +179,9 @@ impl PodManager {
         };
         self.ctx.statuses.set(&identity(pod).uid, PodRecord { pod: pod.clone(), status });
     }
+}
+
+/// The names of every container of `pod` (init and app).
+fn spec_containers(pod: &DesiredPod) -> impl Iterator<Item = &str> {
+    pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).map(|c| c.name.as_str())
 }

@@ -384,6 +384,7 @@ impl PodManager {
             let keep = |uid: &str| desired.contains_key(uid) || self.runtime_pods.contains_key(uid) || self.workers.contains_key(uid);
             self.ctx.allocated.retain(&keep);
             self.ctx.actuated.retain(&keep);
+            self.ctx.devices.retain(&keep);
         }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self
@@ -515,6 +516,7 @@ impl PodManager {
                         self.resize_pending.remove(&uid);
                         self.ctx.allocated.remove(&uid);
                         self.ctx.actuated.remove(&uid);
+                        self.ctx.devices.release(&uid);
                     }
                     self.reconcile().await;
                 }

@@ -45,6 +45,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
     let ready = RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() };
     let (_health_tx, health) = watch::channel(ready);
     let ctx = Arc::new(WorkerContext {
+        devices: Default::default(),
         runtime: rt.clone(),
         node: Arc::new(NodeContext::for_tests("n")),
         events: Arc::new(LogRecorder),

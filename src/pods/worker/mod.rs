@@ -49,6 +49,8 @@ const AFTER_ACTING: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct WorkerContext {
+    /// Device plugins: each container's devices and their plugins' answers.
+    pub devices: crate::devices::Devices,
     pub runtime: Arc<dyn Runtime>,
     pub node: Arc<NodeContext>,
     pub events: Arc<dyn EventRecorder>,

@@ -255,7 +255,7 @@ impl Worker {
             target_id,
             dry_run: self.ctx.dry_run,
         };
-        let config = match container::container_config(&req) {
+        let mut config = match container::container_config(&req) {
             Ok((cfg, skipped)) => {
                 if !skipped.is_empty() {
                     self.event(
@@ -268,6 +268,13 @@ impl Worker {
             }
             Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", e.to_string())),
         };
+        // The container's devices: what their plugins' Allocate answered.
+        if !self.ctx.dry_run {
+            match self.ctx.devices.run_options(&self.identity.uid, &c.name).await {
+                Ok(opts) => container::add_devices(&mut config, opts),
+                Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("devices: {e}"))),
+            }
+        }
         let log_dir = std::path::Path::new(&sb.config.log_directory).join(&c.name);
         if !self.ctx.dry_run
             && let Err(e) = make_dir(&log_dir)

@@ -1,0 +1,106 @@
+use super::*;
+
+impl Devices {
+    /// A plugin's devices as if it had registered and listed them.
+    fn fake(&self, resource: &str, devices: &[(&str, bool)]) {
+        let mut s = self.lock();
+        s.generation += 1;
+        let generation = s.generation;
+        let devices = devices.iter().map(|(id, healthy)| (id.to_string(), Device { healthy: *healthy, numa: vec![0] })).collect();
+        s.plugins.insert(resource.into(), Plugin { endpoint: PathBuf::new(), options: Default::default(), channel: None, devices, generation, removed: false });
+        drop(s);
+        self.publish();
+    }
+}
+
+fn pod(uid: &str, yaml_containers: &str) -> Pod {
+    let text = format!("metadata: {{name: {uid}, namespace: ns, uid: {uid}}}\nspec:\n{yaml_containers}");
+    serde_yaml::from_str(&text).unwrap()
+}
+
+const R: &str = "example.com/dev";
+
+#[test]
+fn extended_resource_names() {
+    assert!(is_extended("example.com/dev"));
+    assert!(is_extended("nvidia.com/gpu"));
+    for bad in ["cpu", "kubernetes.io/x", "node.kubernetes.io/x", "requests.example.com/x", "example.com/", "/x", "Example_.com/x", "a/b/c"] {
+        assert!(!is_extended(bad), "{bad}");
+    }
+}
+
+#[test]
+fn devices_are_chosen_at_admission_released_with_the_pod_and_never_shared() {
+    let d = Devices::default();
+    d.fake(R, &[("d0", true), ("d1", true), ("d2", true), ("d3", false)]);
+    assert_eq!(d.subscribe().borrow().capacity[R], 4);
+    assert_eq!(d.allocatable()[R], 3, "the unhealthy one is not allocatable");
+    let a = pod("a", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
+    d.admit(&a).unwrap();
+    assert_eq!(d.assigned("a", "c")[R], vec!["d0", "d1"]);
+    // Admitted again (a resync, a restart): the same devices.
+    d.admit(&a).unwrap();
+    assert_eq!(d.assigned("a", "c")[R], vec!["d0", "d1"]);
+    let b = pod("b", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
+    let e = d.admit(&b).unwrap_err();
+    assert_eq!(e.reason, "UnexpectedAdmissionError");
+    assert_eq!(e.message, "Allocate failed due to requested number of devices unavailable for example.com/dev. Requested: 2, Available: 1, which is unexpected");
+    assert!(d.assigned("b", "c").is_empty(), "nothing chosen for a refused pod");
+    d.release("a");
+    d.admit(&b).unwrap();
+    assert_eq!(d.assigned("b", "c")[R], vec!["d0", "d1"]);
+}
+
+#[test]
+fn init_containers_hand_their_devices_on_and_sidecars_keep_theirs() {
+    let d = Devices::default();
+    d.fake(R, &[("d0", true), ("d1", true), ("d2", true)]);
+    let p = pod(
+        "p",
+        "  initContainers:\n  - {name: init, image: i, resources: {limits: {example.com/dev: '2'}}}\n  - {name: side, image: i, restartPolicy: Always, resources: {limits: {example.com/dev: '1'}}}\n  containers: [{name: app, image: i, resources: {limits: {example.com/dev: '2'}}}]\n",
+    );
+    d.admit(&p).unwrap();
+    assert_eq!(d.assigned("p", "init")[R], vec!["d0", "d1"]);
+    // As kubelet: a sidecar takes from the finished init container's devices
+    // too, and keeps what it took; the app container reuses the rest.
+    assert_eq!(d.assigned("p", "side")[R], vec!["d0"]);
+    assert_eq!(d.assigned("p", "app")[R], vec!["d1", "d2"], "the init container's d1 reused, d2 new; never the sidecar's d0");
+}
+
+#[test]
+fn a_resource_no_plugin_serves_is_not_the_device_managers() {
+    let d = Devices::default();
+    let p = pod("p", "  containers: [{name: c, image: i, resources: {limits: {example.com/other: '1'}}}]\n");
+    d.admit(&p).unwrap();
+    assert!(d.assigned("p", "c").is_empty());
+    assert!(d.pods().iter().any(|e| e.name == "p" && e.containers == ["c"]));
+}
+
+#[tokio::test]
+async fn a_gone_plugin_leaves_its_devices_unhealthy_and_the_checkpoint_keeps_assignments() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Devices::new(Some(t.path().to_path_buf()));
+    d.fake(R, &[("d0", true), ("d1", true)]);
+    d.admit(&pod("a", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '1'}}}]\n")).unwrap();
+    let generation = d.lock().plugins[R].generation;
+    d.disconnected(R, generation);
+    assert_eq!(d.allocatable()[R], 0);
+    assert_eq!(d.subscribe().borrow().capacity[R], 2, "capacity stays through the grace period");
+    // A restart: the assignment is back, the resource known (unhealthy until
+    // the plugin registers again).
+    let again = Devices::new(Some(t.path().to_path_buf()));
+    assert_eq!(again.assigned("a", "c")[R], vec!["d0"]);
+    assert_eq!(again.subscribe().borrow().capacity[R], 2);
+    assert_eq!(again.allocatable()[R], 0);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(t.path().join(checkpoint::FILE)).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn an_endpoint_stays_in_the_directory() {
+    let dir = Path::new("/var/lib/kubelet/device-plugins");
+    assert_eq!(endpoint_in(dir, "gpu.sock").unwrap(), dir.join("gpu.sock"));
+    for bad in ["../kubelet.sock", "/run/x.sock", "a/b.sock", "", ".."] {
+        assert!(endpoint_in(dir, bad).is_err(), "{bad}");
+    }
+}

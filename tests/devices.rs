@@ -1,0 +1,152 @@
+//! Devices: a device plugin speaking kubelet's v1beta1 API
+//! (tests/support/deviceplugin.rs) on a node joined to the test apiserver,
+//! real containers on a private containerd.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use nodelet::devices::proto::podresources as pr;
+use support::cluster::Cluster;
+use support::deviceplugin::TestPlugin;
+use support::{eventually, is_running};
+
+const S: Duration = Duration::from_secs(1);
+const R: &str = "example.com/dev";
+
+fn device_pod(name: &str, node: &str, n: u32) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
+                            "resources": {"limits": {R: n.to_string()}, "requests": {R: n.to_string()}}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The Node's (capacity, allocatable) of the test resource.
+async fn node_devices(c: &Cluster) -> Option<(String, String)> {
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    let st = nodes.get(&c.node.node_name()).await.ok()?.status?;
+    Some((st.capacity?.get(R)?.0.clone(), st.allocatable?.get(R)?.0.clone()))
+}
+
+async fn pod_resources(c: &Cluster) -> pr::pod_resources_lister_client::PodResourcesListerClient<tonic::transport::Channel> {
+    let socket = c.node.dir.path().join("kubelet/pod-resources/kubelet.sock");
+    let ch = eventually(20 * S, "the pod-resources socket", || async { nodelet::csi::channel(&socket).await.ok() }).await;
+    pr::pod_resources_lister_client::PodResourcesListerClient::new(ch)
+}
+
+/// What the pod-resources API says `pod`'s container `c` holds.
+async fn held(c: &Cluster, pod: &str) -> Vec<String> {
+    let list = pod_resources(c).await.list(pr::ListPodResourcesRequest {}).await.unwrap().into_inner();
+    let p = list.pod_resources.iter().find(|p| p.name == pod && p.namespace == "default").unwrap_or_else(|| panic!("{pod} not listed: {list:?}"));
+    p.containers.iter().find(|x| x.name == "c").unwrap().devices.iter().filter(|d| d.resource_name == R).flat_map(|d| d.device_ids.clone()).collect()
+}
+
+async fn container(c: &Cluster, pod: &str) -> String {
+    eventually(60 * S, &format!("{pod} running"), || async { c.node.instances_named(pod, "c").await.into_iter().find(is_running).map(|x| x.id) }).await
+}
+
+async fn sh(c: &Cluster, id: &str, script: &str) -> String {
+    let r = c.node.exec(id, &["sh", "-c", script]).await;
+    assert_eq!(r.exit_code, 0, "`{script}`: {}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+async fn rejected(pods: &Api<Pod>, name: &str) -> (String, String) {
+    eventually(30 * S, &format!("{name} rejected"), || async {
+        let st = pods.get(name).await.ok()?.status?;
+        (st.phase.as_deref() == Some("Failed")).then(|| (st.reason.unwrap_or_default(), st.message.unwrap_or_default()))
+    })
+    .await
+}
+
+/// A device plugin registers, the Node advertises its devices (healthy
+/// ones allocatable), a pod gets two: the plugin's env, its read-only file
+/// mount and its device nodes are in the container, PreStartContainer was
+/// called; a pod asking for more than is left is refused, never started;
+/// the pod-resources API lists who holds what; a device turning unhealthy
+/// leaves allocatable; an agent restart keeps the running container and its
+/// devices (the checkpoint) and the plugin registers again on the new
+/// socket, so a new pod gets the free device, not one already held; a
+/// deleted pod's devices go to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
+    let c = Cluster::start().await;
+    let mut agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    let dir = c.node.dir.path().join("kubelet/device-plugins");
+    eventually(20 * S, "kubelet.sock", || async { dir.join("kubelet.sock").exists().then_some(()) }).await;
+    let plugin = TestPlugin::start(&dir, R, &["d0", "d1", "d2"], &c.node.dir.path().join("plugin-work")).await;
+    eventually(30 * S, "the Node advertising 3 devices", || async { (node_devices(&c).await? == ("3".into(), "3".into())).then_some(()) }).await;
+
+    pods.create(&PostParams::default(), &device_pod("gpu", &node, 2)).await.unwrap();
+    let id = container(&c, "gpu").await;
+    assert_eq!(sh(&c, &id, "echo $TEST_DEVICES").await.trim(), "d0,d1");
+    assert_eq!(sh(&c, &id, "cat /run/devices/d0.info /run/devices/d1.info").await, "device d0\ndevice d1\n");
+    assert_eq!(sh(&c, &id, "test -c /dev/test-d0 && test -c /dev/test-d1 && echo chardevs; test -e /dev/test-d2 || echo no-d2").await, "chardevs\nno-d2\n");
+    let ro = c.node.exec(&id, &["sh", "-c", "echo x > /run/devices/d0.info"]).await;
+    assert_ne!(ro.exit_code, 0, "the plugin's mount is read-only");
+    {
+        let calls = plugin.calls.lock().unwrap();
+        assert_eq!(calls.allocate, vec![vec!["d0".to_string(), "d1".to_string()]]);
+        assert_eq!(calls.pre_start, vec![vec!["d0".to_string(), "d1".to_string()]], "PreStartContainer, as the plugin asked");
+    }
+
+    // Two more than the one left: refused by admission, never started.
+    pods.create(&PostParams::default(), &device_pod("greedy", &node, 2)).await.unwrap();
+    let (reason, message) = rejected(&pods, "greedy").await;
+    assert_eq!(reason, format!("OutOf{R}"));
+    assert!(message.contains("Node didn't have enough resource: example.com/dev, requested: 2, used: 2, capacity: 3"), "{message}");
+    assert!(c.node.containers_named("greedy").await.is_empty());
+
+    // The pod-resources API.
+    assert_eq!(held(&c, "gpu").await, ["d0", "d1"]);
+    let mut api = pod_resources(&c).await;
+    let alloc = api.get_allocatable_resources(pr::AllocatableResourcesRequest {}).await.unwrap().into_inner();
+    let mut ids: Vec<String> = alloc.devices.iter().filter(|d| d.resource_name == R).flat_map(|d| d.device_ids.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["d0", "d1", "d2"]);
+    assert!(alloc.devices.iter().all(|d| d.topology.as_ref().is_some_and(|t| t.nodes.iter().any(|n| n.id == 0))), "{alloc:?}");
+    let got = api.get(pr::GetPodResourcesRequest { pod_name: "gpu".into(), pod_namespace: "default".into() }).await.unwrap().into_inner();
+    assert_eq!(got.pod_resources.unwrap().containers[0].devices[0].device_ids, ["d0", "d1"]);
+    let missing = api.get(pr::GetPodResourcesRequest { pod_name: "nope".into(), pod_namespace: "default".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.node.dir.path().join("kubelet/pod-resources/kubelet.sock")).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the pod-resources socket is root's alone");
+
+    // A device turns unhealthy: allocatable drops, capacity stays.
+    plugin.set_healthy("d2", false);
+    eventually(30 * S, "allocatable 2 of 3", || async { (node_devices(&c).await? == ("3".into(), "2".into())).then_some(()) }).await;
+
+    // Restart: the container keeps running with its devices, the plugin
+    // registers again on the new socket.
+    agent.kill9();
+    assert_eq!(plugin.registrations(), 1);
+    let _agent = c.nodelet(&[]);
+    eventually(30 * S, "the plugin registering again", || async { (plugin.registrations() >= 2).then_some(()) }).await;
+    plugin.set_healthy("d2", true);
+    eventually(30 * S, "allocatable 3 again", || async { (node_devices(&c).await? == ("3".into(), "3".into())).then_some(()) }).await;
+    assert_eq!(container(&c, "gpu").await, id, "the container was not restarted");
+    assert_eq!(held(&c, "gpu").await, ["d0", "d1"], "its devices kept through the restart");
+    pods.create(&PostParams::default(), &device_pod("one", &node, 1)).await.unwrap();
+    let one = container(&c, "one").await;
+    assert_eq!(sh(&c, &one, "echo $TEST_DEVICES").await.trim(), "d2", "the free device, not one the running pod holds");
+
+    // The pod deleted: its devices go to the next pod.
+    pods.delete("gpu", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "gpu gone", || async { pods.get_opt("gpu").await.ok()?.is_none().then_some(()) }).await;
+    pods.create(&PostParams::default(), &device_pod("next", &node, 2)).await.unwrap();
+    let next = container(&c, "next").await;
+    assert_eq!(sh(&c, &next, "echo $TEST_DEVICES").await.trim(), "d0,d1");
+    let checkpoint = std::fs::read_to_string(dir.join("kubelet_internal_checkpoint")).unwrap();
+    assert!(checkpoint.contains("\"PodDeviceEntries\"") && checkpoint.contains("\"ResourceName\":\"example.com/dev\""), "{checkpoint}");
+}
