@@ -33,6 +33,7 @@ pub mod agent;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod cpus;
 pub mod csi;
 pub mod devices;
 pub mod credentials;

@@ -150,3 +150,80 @@ async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     let checkpoint = std::fs::read_to_string(dir.join("kubelet_internal_checkpoint")).unwrap();
     assert!(checkpoint.contains("\"PodDeviceEntries\"") && checkpoint.contains("\"ResourceName\":\"example.com/dev\""), "{checkpoint}");
 }
+
+fn cpu_pod(name: &str, node: &str, cpu: &str, guaranteed: bool) -> Pod {
+    let resources = if guaranteed {
+        serde_json::json!({"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": {"cpu": cpu, "memory": "64Mi"}})
+    } else {
+        // BestEffort: on a 2-CPU node with one reserved, a Guaranteed 1-CPU
+        // pod takes all of the allocatable cpu, as kubelet counts it.
+        serde_json::json!({})
+    };
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"], "resources": resources}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The CPU manager's static policy, CPU 0 reserved (on this 2-core machine):
+/// a Guaranteed 1-CPU pod gets another CPU for itself (read inside the container:
+/// the CPUs its process may run on), a BestEffort one runs on the shared pool, CPU 0
+/// only, while it is held; the state file says so in kubelet's layout; a
+/// restart keeps the assignment; the pod-resources API lists the CPU; when
+/// the Guaranteed pod goes, the shared pool grows back to both CPUs in the
+/// running BestEffort container (UpdateContainerResources).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_cpu_manager_gives_a_guaranteed_pod_a_cpu_of_its_own() {
+    // Any machine of two CPUs or more: CPU 0 reserved, the pod gets another.
+    let online = nodelet::cpus::parse(std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap().trim()).unwrap();
+    assert!(online.len() >= 2, "the suite needs two CPUs: {online:?}");
+    let all = nodelet::cpus::format(&online);
+    let c = Cluster::start().await;
+    c.node.config_extra.lock().unwrap().push_str("cpuManagerPolicy: static\nreservedSystemCPUs: \"0\"\ncpuManagerReconcilePeriod: 1s\n");
+    let mut agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    pods.create(&PostParams::default(), &cpu_pod("shared", &node, "100m", false)).await.unwrap();
+    let shared = container(&c, "shared").await;
+    let effective = |id: String| {
+        let c = &c;
+        // The CPUs the kernel lets the container's process run on (its
+        // cpuset, whichever cgroup version the node has).
+        async move { sh(c, &id, "grep Cpus_allowed_list /proc/1/status").await.split_whitespace().nth(1).unwrap_or_default().to_string() }
+    };
+    assert_eq!(effective(shared.clone()).await, all, "alone, the shared pool is every CPU");
+    pods.create(&PostParams::default(), &cpu_pod("dedicated", &node, "1", true)).await.unwrap();
+    let dedicated = container(&c, "dedicated").await;
+    let own = effective(dedicated.clone()).await;
+    let cpu: u32 = own.parse().unwrap_or_else(|_| panic!("one CPU of its own, not {own:?}"));
+    assert_ne!(cpu, 0, "never the reserved CPU");
+    let mut rest = online.clone();
+    rest.remove(&cpu);
+    let rest = nodelet::cpus::format(&rest);
+    eventually(20 * S, "the shared pool without the pod's CPU", || async { (effective(shared.clone()).await == rest).then_some(()) }).await;
+    let state = std::fs::read_to_string(c.node.dir.path().join("kubelet/cpu_manager_state")).unwrap();
+    assert!(state.contains("\"policyName\":\"static\"") && state.contains(&format!("\"defaultCpuSet\":\"{rest}\"")) && state.contains(&format!("{{\"c\":\"{cpu}\"}}")), "{state}");
+    let list = pod_resources(&c).await.list(pr::ListPodResourcesRequest {}).await.unwrap().into_inner();
+    let p = list.pod_resources.iter().find(|p| p.name == "dedicated").unwrap();
+    assert_eq!(p.containers[0].cpu_ids, [i64::from(cpu)]);
+    let alloc = pod_resources(&c).await.get_allocatable_resources(pr::AllocatableResourcesRequest {}).await.unwrap().into_inner();
+    assert!(!alloc.cpu_ids.contains(&0) && alloc.cpu_ids.len() == online.len() - 1, "the reserved CPU is not allocatable: {:?}", alloc.cpu_ids);
+
+    // A restart keeps the assignment and restarts nothing.
+    agent.kill9();
+    let _agent = c.nodelet(&[]);
+    eventually(30 * S, "the node Ready again", || async { c.node_ready().await.then_some(()) }).await;
+    assert_eq!(container(&c, "dedicated").await, dedicated);
+    assert_eq!(effective(dedicated.clone()).await, own);
+
+    // The Guaranteed pod goes: the shared pool grows back.
+    pods.delete("dedicated", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "dedicated gone", || async { pods.get_opt("dedicated").await.ok()?.is_none().then_some(()) }).await;
+    eventually(20 * S, "the shared pool back to every CPU", || async { (effective(shared.clone()).await == all).then_some(()) }).await;
+}

@@ -107,15 +107,31 @@ impl PodSync {
         // Device plugins register through <root-dir>/device-plugins; the
         // pod-resources API reads what they were given.
         let devices = crate::devices::Devices::new((!s.dry_run).then(|| s.root_dir.join("device-plugins")));
+        // The CPU manager (static policy): a state it cannot trust stops the
+        // agent, as kubelet refuses to start on it.
+        let cpus = match &s.cpu_manager {
+            Some(cfg) => {
+                let topo = crate::cpus::Topology::read(std::path::Path::new("/sys")).map_err(AgentError::Fault)?;
+                crate::cpus::CpuManager::start(cfg.clone(), topo, (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?
+            }
+            None => crate::cpus::CpuManager::default(),
+        };
         if !s.dry_run {
             tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));
-            tasks.spawn("pod-resources API", crate::devices::podresources::serve(devices.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)));
+            tasks.spawn(
+                "pod-resources API",
+                crate::devices::podresources::serve(devices.clone(), cpus.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)),
+            );
+            if cpus.is_static() {
+                tasks.spawn("CPU manager reconcile", cpus.clone().reconcile(runtime.clone()));
+            }
         }
         let (node_labels, node_labels_rx) = watch::channel(BTreeMap::new());
         let (node_taints, node_taints_rx) = watch::channel(Vec::new());
         let extended = devices.subscribe();
         let ctx = Arc::new(WorkerContext {
             devices,
+            cpus,
             csi,
             in_use: in_use.clone(),
             mounted: Default::default(),

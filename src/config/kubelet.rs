@@ -45,6 +45,11 @@ pub struct KubeletConfig {
     pub healthz_bind_address: Option<String>,
     pub pod_logs_dir: Option<PathBuf>,
     pub max_pods: Option<u32>,
+    /// `cpuManagerPolicy: static` (None: `none`).
+    pub cpu_manager_static: bool,
+    /// `cpuManagerPolicyOptions: {full-pcpus-only: "true"}`.
+    pub cpu_full_pcpus_only: bool,
+    pub cpu_manager_reconcile_period: Option<Duration>,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
     pub seccomp_default: Option<bool>,
@@ -228,8 +233,6 @@ fn defaulted(d: Duration) -> Option<Duration> {
 fn without_effect(name: &str, v: &Value) -> bool {
     let s = v.as_str().unwrap_or_default();
     match name {
-        // Only the static CPU manager reconciles; nodelet's policy is none.
-        "cpuManagerReconcilePeriod" => true,
         "volumeStatsAggPeriod" => matches!(s, "0s" | "1m" | "1m0s" | "60s"),
         // kubelet's log options; nodelet's verbosity and format are its
         // flags (--v, --logging-format), so only defaults go unremarked.
@@ -427,14 +430,39 @@ impl KubeletConfig {
                 // default (off) is accepted, anything else refused rather
                 // than silently not done (a pod expecting exclusive cores or
                 // NUMA alignment would run without them).
-                "cpuManagerPolicy" | "memoryManagerPolicy" | "topologyManagerPolicy" => {
+                "cpuManagerPolicy" => {
+                    let p: String = field(file, k, v)?;
+                    match p.as_str() {
+                        "" | "none" => c.cpu_manager_static = false,
+                        "static" => c.cpu_manager_static = true,
+                        other => return Err(bad(k, format!("Unsupported value: {other:?}: supported values: \"none\", \"static\""))),
+                    }
+                }
+                "cpuManagerPolicyOptions" => {
+                    let opts: BTreeMap<String, String> = field(file, k, v)?;
+                    for (name, value) in opts {
+                        match name.as_str() {
+                            "full-pcpus-only" => {
+                                c.cpu_full_pcpus_only = value.parse::<bool>().map_err(|_| bad(&format!("{k}.{name}"), format!("Invalid value: {value:?}: must be \"true\" or \"false\"")))?;
+                            }
+                            other => {
+                                return Err(bad(
+                                    &format!("{k}.{other}"),
+                                    format!("Unsupported value: {other:?}: supported options: \"full-pcpus-only\" (nodelet refuses an option rather than run pods without it)"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                "cpuManagerReconcilePeriod" => c.cpu_manager_reconcile_period = defaulted(duration(file, k, v)?),
+                "memoryManagerPolicy" | "topologyManagerPolicy" => {
                     let p: String = field(file, k, v)?;
                     if !p.is_empty() && !p.eq_ignore_ascii_case("none") {
                         let default = if k == "memoryManagerPolicy" { "None" } else { "none" };
                         return Err(bad(
                             k,
                             format!(
-                                "Unsupported value: {p:?}: nodelet has no CPU, memory or topology manager yet (they are planned); \
+                                "Unsupported value: {p:?}: nodelet has no memory or topology manager yet (they are planned); \
                                  remove the field or set it to {default:?}, or keep kubelet on nodes that need them"
                             ),
                         ));
@@ -566,10 +594,16 @@ memorySwap: {swapBehavior: LimitedSwap}
         // does; it used to reach tonic and panic on every CRI call.
         let e = err("runtimeRequestTimeout: 100000000h\n");
         assert!(e.starts_with("k.yaml: runtimeRequestTimeout: invalid duration \"100000000h\""), "{e}");
-        for f in ["cpuManagerPolicy: static\n", "memoryManagerPolicy: Static\n", "topologyManagerPolicy: single-numa-node\n"] {
+        for f in ["memoryManagerPolicy: Static\n", "topologyManagerPolicy: single-numa-node\n"] {
             let e = err(f);
-            assert!(e.contains("Unsupported value") && e.contains("nodelet has no CPU, memory or topology manager yet"), "{e}");
+            assert!(e.contains("Unsupported value") && e.contains("nodelet has no memory or topology manager yet"), "{e}");
         }
+        assert_eq!(err("cpuManagerPolicy: dynamic\n"), "k.yaml: cpuManagerPolicy: Unsupported value: \"dynamic\": supported values: \"none\", \"static\"");
+        let e = err("cpuManagerPolicy: static\ncpuManagerPolicyOptions: {distribute-cpus-across-numa: \"true\"}\n");
+        assert!(e.starts_with("k.yaml: cpuManagerPolicyOptions.distribute-cpus-across-numa: Unsupported value"), "{e}");
+        let yaml = "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\ncpuManagerPolicy: static\ncpuManagerPolicyOptions: {full-pcpus-only: \"true\"}\ncpuManagerReconcilePeriod: 2s\n";
+        let c = KubeletConfig::parse(yaml.as_bytes(), "k.yaml").unwrap();
+        assert_eq!((c.cpu_manager_static, c.cpu_full_pcpus_only, c.cpu_manager_reconcile_period), (true, true, Some(Duration::from_secs(2))));
         for f in ["cpuManagerPolicy: none\n", "memoryManagerPolicy: None\n", "topologyManagerPolicy: none\n", "cpuManagerPolicy: \"\"\n"] {
             let yaml = format!("kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n{f}");
             let c = KubeletConfig::parse(yaml.as_bytes(), "k.yaml").unwrap();

@@ -104,6 +104,8 @@ pub struct Settings {
     pub cgroups_per_qos: bool,
     pub healthz: Option<SocketAddr>,
     pub max_pods: u32,
+    /// The CPU manager's static policy (None: `none`).
+    pub cpu_manager: Option<crate::cpus::StaticConfig>,
     /// kubelet's `allowedUnsafeSysctls`: patterns, already checked.
     pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: i32,

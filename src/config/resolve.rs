@@ -191,6 +191,13 @@ impl Settings {
             cgroups_per_qos,
             healthz,
             max_pods: o.max_pods.or(file.max_pods).unwrap_or(110),
+            cpu_manager: file.cpu_manager_static.then(|| crate::cpus::StaticConfig {
+                reserved: allocatable.reserved_cpus.iter().copied().collect(),
+                // kubelet: the cpu reservations rounded up to whole CPUs.
+                reserved_count: u32::try_from((allocatable.kube_reserved.cpu_millis.saturating_add(allocatable.system_reserved.cpu_millis)).max(0).unsigned_abs().div_ceil(1000)).unwrap_or(u32::MAX),
+                full_pcpus_only: file.cpu_full_pcpus_only,
+                reconcile_period: file.cpu_manager_reconcile_period.unwrap_or(std::time::Duration::from_secs(10)),
+            }),
             allowed_unsafe_sysctls: if o.allowed_unsafe_sysctls.is_empty() { file.allowed_unsafe_sysctls.clone().unwrap_or_default() } else { o.allowed_unsafe_sysctls.clone() },
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             seccomp_default: o.seccomp_default.or(file.seccomp_default).unwrap_or(false),

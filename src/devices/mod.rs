@@ -351,9 +351,9 @@ impl Devices {
         }
     }
 
-    /// The pods the manager knows, for the pod-resources API.
-    pub fn pods(&self) -> Vec<PodEntry> {
-        self.lock().pods.values().cloned().collect()
+    /// The pods the manager knows by uid, for the pod-resources API.
+    pub fn pods(&self) -> Vec<(String, PodEntry)> {
+        self.lock().pods.iter().map(|(u, e)| (u.clone(), e.clone())).collect()
     }
 
     /// Every device by resource, for the pod-resources API's allocatable

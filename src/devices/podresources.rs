@@ -16,6 +16,7 @@ pub const SOCKET: &str = "kubelet.sock";
 
 struct Service {
     devices: Devices,
+    cpus: crate::cpus::CpuManager,
 }
 
 fn topology(numa: &[i64]) -> Option<pr::TopologyInfo> {
@@ -23,8 +24,9 @@ fn topology(numa: &[i64]) -> Option<pr::TopologyInfo> {
 }
 
 impl Service {
-    fn pod(&self, e: &super::PodEntry) -> pr::PodResources {
+    fn pod(&self, uid: &str, e: &super::PodEntry) -> pr::PodResources {
         let all = self.devices.devices();
+        let exclusive = self.cpus.exclusive(uid);
         let containers = e
             .containers
             .iter()
@@ -40,7 +42,8 @@ impl Service {
                         pr::ContainerDevices { resource_name: resource.clone(), device_ids: a.ids.clone(), topology: topology(&numa) }
                     })
                     .collect();
-                pr::ContainerResources { name: c.clone(), devices, ..Default::default() }
+                let cpu_ids = exclusive.get(c).map(|s| s.iter().map(|c| i64::from(*c)).collect()).unwrap_or_default();
+                pr::ContainerResources { name: c.clone(), devices, cpu_ids, ..Default::default() }
             })
             .collect();
         pr::PodResources { name: e.name.clone(), namespace: e.namespace.clone(), containers }
@@ -50,18 +53,18 @@ impl Service {
 #[tonic::async_trait]
 impl pod_resources_lister_server::PodResourcesLister for Service {
     async fn list(&self, _: tonic::Request<pr::ListPodResourcesRequest>) -> Result<tonic::Response<pr::ListPodResourcesResponse>, tonic::Status> {
-        let pod_resources = self.devices.pods().iter().filter(|e| !e.name.is_empty()).map(|e| self.pod(e)).collect();
+        let pod_resources = self.devices.pods().iter().filter(|(_, e)| !e.name.is_empty()).map(|(uid, e)| self.pod(uid, e)).collect();
         Ok(tonic::Response::new(pr::ListPodResourcesResponse { pod_resources }))
     }
 
     async fn get(&self, req: tonic::Request<pr::GetPodResourcesRequest>) -> Result<tonic::Response<pr::GetPodResourcesResponse>, tonic::Status> {
         let r = req.into_inner();
         let pods = self.devices.pods();
-        let e = pods
+        let (uid, e) = pods
             .iter()
-            .find(|e| e.name == r.pod_name && e.namespace == r.pod_namespace)
+            .find(|(_, e)| e.name == r.pod_name && e.namespace == r.pod_namespace)
             .ok_or_else(|| tonic::Status::not_found(format!("pod {} in namespace {} not found", r.pod_name, r.pod_namespace)))?;
-        Ok(tonic::Response::new(pr::GetPodResourcesResponse { pod_resources: Some(self.pod(e)) }))
+        Ok(tonic::Response::new(pr::GetPodResourcesResponse { pod_resources: Some(self.pod(uid, e)) }))
     }
 
     async fn get_allocatable_resources(
@@ -75,12 +78,13 @@ impl pod_resources_lister_server::PodResourcesLister for Service {
                 devices.push(pr::ContainerDevices { resource_name: resource.clone(), device_ids: vec![id.clone()], topology: topology(&d.numa) });
             }
         }
-        Ok(tonic::Response::new(pr::AllocatableResourcesResponse { devices, ..Default::default() }))
+        let cpu_ids = self.cpus.allocatable().into_iter().map(i64::from).collect();
+        Ok(tonic::Response::new(pr::AllocatableResourcesResponse { devices, cpu_ids, ..Default::default() }))
     }
 }
 
 /// Serves the API on `socket` until the process ends.
-pub async fn serve(devices: Devices, socket: std::path::PathBuf) {
+pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, socket: std::path::PathBuf) {
     let listener = loop {
         match crate::server::bind_local(&socket) {
             Ok(l) => break l,
@@ -92,7 +96,7 @@ pub async fn serve(devices: Devices, socket: std::path::PathBuf) {
     };
     tracing::info!(socket = %socket.display(), "pod-resources API served");
     let result = tonic::transport::Server::builder()
-        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices }))
+        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices, cpus }))
         .serve_with_incoming(UnixListenerStream::new(listener))
         .await;
     if let Err(e) = result {

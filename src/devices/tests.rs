@@ -73,7 +73,7 @@ fn a_resource_no_plugin_serves_is_not_the_device_managers() {
     let p = pod("p", "  containers: [{name: c, image: i, resources: {limits: {example.com/other: '1'}}}]\n");
     d.admit(&p).unwrap();
     assert!(d.assigned("p", "c").is_empty());
-    assert!(d.pods().iter().any(|e| e.name == "p" && e.containers == ["c"]));
+    assert!(d.pods().iter().any(|(u, e)| u == "p" && e.name == "p" && e.containers == ["c"]));
 }
 
 #[tokio::test]

@@ -292,10 +292,16 @@ pub fn resolve(
 /// `nodePortAddresses` resolved for one family against the node's
 /// addresses now (`local`): None when not set (every local address); the
 /// addresses in its CIDRs of this family, and with `primary` the node's
-/// IP of this family. The proxy resolves them again at every sync, so
-/// node ports follow addresses as they come and go.
+/// IP of this family. A family the list says nothing of (no CIDR of it, no
+/// node IP of it for `primary`) serves node ports on every address, as
+/// kube-proxy adds `0.0.0.0/0` or `::/0` for it. The proxy resolves them
+/// again at every sync, so node ports follow addresses as they come and go.
 pub fn node_port_ips(addresses: &[String], node_ips: &[IpAddr], family: Family, local: &[IpAddr]) -> Option<Vec<IpAddr>> {
-    if addresses.is_empty() {
+    let names_family = addresses.iter().any(|a| match a.as_str() {
+        "primary" => node_ips.iter().any(|ip| Family::of(ip) == family),
+        other => other.parse::<ipnetwork::IpNetwork>().is_ok_and(|n| Family::of_net(&n) == family),
+    });
+    if !names_family {
         return None;
     }
     let mut ips = Vec::new();
@@ -460,5 +466,29 @@ mod resolve_tests {
         assert_eq!(f.cluster_cidr.as_deref(), Some("10.244.0.0/16,fd00:10:244::/56"), "both families kept");
         let s = super::resolve(None, None, "node-a", &[], true).unwrap();
         assert_eq!(s.node_name, "node-a");
+    }
+}
+
+#[cfg(test)]
+mod node_port_tests {
+    use super::*;
+
+    #[test]
+    fn node_port_addresses_per_family_and_a_family_not_named_serves_everywhere() {
+        let local: Vec<IpAddr> = ["10.0.0.5", "192.168.1.20", "fd00:1::20", "fe80::1"].iter().map(|s| s.parse().unwrap()).collect();
+        let node_ips: Vec<IpAddr> = vec!["192.168.1.20".parse().unwrap()];
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(node_port_ips(&[], &node_ips, Family::V4, &local), None, "not set: every address");
+        let v4_only = list(&["10.0.0.0/8"]);
+        assert_eq!(node_port_ips(&v4_only, &node_ips, Family::V4, &local), Some(vec!["10.0.0.5".parse().unwrap()]));
+        // kube-proxy adds ::/0 for a family the list does not name.
+        assert_eq!(node_port_ips(&v4_only, &node_ips, Family::V6, &local), None);
+        let primary = list(&["primary"]);
+        assert_eq!(node_port_ips(&primary, &node_ips, Family::V4, &local), Some(node_ips.clone()));
+        assert_eq!(node_port_ips(&primary, &node_ips, Family::V6, &local), None, "no IPv6 node IP: every IPv6 address");
+        let both = list(&["192.168.0.0/16", "fd00:1::/64"]);
+        assert_eq!(node_port_ips(&both, &node_ips, Family::V6, &local), Some(vec!["fd00:1::20".parse().unwrap()]));
+        // A CIDR of the family that holds no address now: none (until one comes).
+        assert_eq!(node_port_ips(&list(&["172.16.0.0/12"]), &node_ips, Family::V4, &local), Some(vec![]));
     }
 }

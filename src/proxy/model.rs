@@ -411,7 +411,8 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, Invalid> {
     };
     let mut ranges = Vec::new();
     for (i, r) in ranges_text.iter().enumerate() {
-        match r.parse::<ipnetwork::IpNetwork>() {
+        // The apiserver keeps surrounding spaces; kube-proxy trims them.
+        match r.trim().parse::<ipnetwork::IpNetwork>() {
             Ok(n) => ranges.push(ipnetwork::IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)),
             Err(_) => return Err(bad(&format!("{ranges_field}[{i}]"), format!("Invalid value: {r:?}: must be a valid CIDR (e.g. 10.0.0.0/8)"))),
         }

@@ -549,8 +549,10 @@ pub fn render_full_text(state: &ProxyState, ctx: &Context) -> String {
 
 /// Removes the tables of both families and everything in them.
 pub fn cleanup() -> Result<(), ProxyError> {
-    super::delete_nft_table(Family::V4, TABLE)?;
-    super::delete_nft_table(Family::V6, TABLE)
+    // Both families, even when one fails.
+    let v4 = super::delete_nft_table(Family::V4, TABLE);
+    let v6 = if super::ipv6_available() { super::delete_nft_table(Family::V6, TABLE) } else { Ok(()) };
+    v4.and(v6)
 }
 
 #[cfg(test)]

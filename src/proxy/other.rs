@@ -131,7 +131,9 @@ pub fn remove_leftovers(mode: Mode) -> Vec<String> {
         Mode::None => {}
     }
     if mode == Mode::Iptables {
-        keep("ipvs rules table", super::delete_nft_table(super::model::Family::V4, super::ipvs::TABLE));
+        for family in super::model::Family::BOTH {
+            keep("ipvs rules table", super::delete_nft_table(family, super::ipvs::TABLE));
+        }
     }
     errors
 }

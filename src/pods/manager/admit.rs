@@ -12,9 +12,18 @@ impl PodManager {
     /// whatever the source.
     pub(super) fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
         self.admit_checks(pod)?;
-        // Then the device manager chooses each container's devices, or
-        // refuses the pod with none chosen (kubelet's admit handler order).
-        self.ctx.devices.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })
+        // Then the resource managers choose each container's CPUs and
+        // devices, or refuse the pod with none chosen (kubelet's order:
+        // CPU manager, then device manager).
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let held = !self.ctx.cpus.exclusive(uid).is_empty();
+        self.ctx.cpus.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })?;
+        self.ctx.devices.admit(pod).map_err(|r| {
+            if !held {
+                self.ctx.cpus.release(uid);
+            }
+            Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) }
+        })
     }
 
     fn admit_checks(&self, pod: &DesiredPod) -> Result<(), Rejection> {
@@ -107,6 +116,15 @@ impl PodManager {
             return pending("Infeasible", "In-place resize of static-pods is not supported".into());
         }
         let running = allocation::with_allocation(desired, &allocated);
+        // kubelet (without InPlacePodVerticalScalingExclusiveCPUs): a
+        // Guaranteed pod's CPUs do not change under the static CPU manager.
+        let cpu_changed = allocation::resizable_containers(desired)
+            .zip(allocation::resizable_containers(&running))
+            .any(|(want, have)| allocation::differs_in(&want.resources.clone().unwrap_or_default(), &have.resources.clone().unwrap_or_default(), "cpu"));
+        let guaranteed = running.spec.as_ref().is_some_and(|s| crate::pods::qos::qos_class(s) == crate::pods::qos::QosClass::Guaranteed);
+        if self.ctx.cpus.is_static() && guaranteed && cpu_changed {
+            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside CPU Manager static policy".into());
+        }
         let swap = &self.ctx.node.swap;
         let swapping = allocation::resizable_containers(desired).zip(allocation::resizable_containers(&running)).any(|(want, have)| {
             let memory_changed = allocation::differs_in(&want.resources.clone().unwrap_or_default(), &have.resources.clone().unwrap_or_default(), "memory");

@@ -385,6 +385,7 @@ impl PodManager {
             self.ctx.allocated.retain(&keep);
             self.ctx.actuated.retain(&keep);
             self.ctx.devices.retain(&keep);
+            self.ctx.cpus.retain(&keep);
         }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self
@@ -517,6 +518,7 @@ impl PodManager {
                         self.ctx.allocated.remove(&uid);
                         self.ctx.actuated.remove(&uid);
                         self.ctx.devices.release(&uid);
+                        self.ctx.cpus.release(&uid);
                     }
                     self.reconcile().await;
                 }

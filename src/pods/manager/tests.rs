@@ -46,6 +46,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
     let (_health_tx, health) = watch::channel(ready);
     let ctx = Arc::new(WorkerContext {
         devices: Default::default(),
+        cpus: Default::default(),
         runtime: rt.clone(),
         node: Arc::new(NodeContext::for_tests("n")),
         events: Arc::new(LogRecorder),

@@ -51,6 +51,8 @@ const AFTER_ACTING: Duration = Duration::from_secs(1);
 pub struct WorkerContext {
     /// Device plugins: each container's devices and their plugins' answers.
     pub devices: crate::devices::Devices,
+    /// The CPU manager: each container's cpuset (static policy).
+    pub cpus: crate::cpus::CpuManager,
     pub runtime: Arc<dyn Runtime>,
     pub node: Arc<NodeContext>,
     pub events: Arc<dyn EventRecorder>,

@@ -268,6 +268,10 @@ impl Worker {
             }
             Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", e.to_string())),
         };
+        // The CPU manager's cpuset: its exclusive CPUs, or the shared pool.
+        if let (Some(cpus), Some(res)) = (self.ctx.cpus.cpuset_for(&self.identity.uid, &c.name), config.linux.as_mut().and_then(|l| l.resources.as_mut())) {
+            res.cpuset_cpus = cpus;
+        }
         // The container's devices: what their plugins' Allocate answered.
         if !self.ctx.dry_run {
             match self.ctx.devices.run_options(&self.identity.uid, &c.name).await {

@@ -266,11 +266,9 @@ pub fn cleanup() -> Result<(), ProxyError> {
         Ok(()) => {}
         Err(e) => return Err(io(link::NAME, e)),
     }
-    super::delete_nft_table(Family::V4, TABLE)?;
-    if super::ipv6_available() {
-        super::delete_nft_table(Family::V6, TABLE)?;
-    }
-    Ok(())
+    let v4 = super::delete_nft_table(Family::V4, TABLE);
+    let v6 = if super::ipv6_available() { super::delete_nft_table(Family::V6, TABLE) } else { Ok(()) };
+    v4.and(v6)
 }
 
 #[cfg(test)]

@@ -171,8 +171,7 @@ pub(super) fn start_health_check_port(port: u16, state: Arc<Mutex<(String, Strin
     tokio::spawn(async move {
         // Both families where the host has IPv6 (a `::` socket takes IPv4
         // too), load balancers of either family check it; else IPv4.
-        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-        let bound = match tokio::net::TcpListener::bind(any6).await {
+        let bound = match dual_stack_listener(port) {
             Ok(l) => Ok(l),
             Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await,
         };
@@ -212,4 +211,20 @@ pub(super) fn update_health_check_ports(ports: &mut BTreeMap<u16, HealthCheckPor
             }
         }
     }
+}
+
+/// A listener on `[::]:port` that takes IPv4 too whatever
+/// `net.ipv6.bindv6only` says (IPV6_V6ONLY off, set before the bind).
+fn dual_stack_listener(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let s = tokio::net::TcpSocket::new_v6()?;
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket and an int of the size given.
+    let rc = unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&off as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    s.set_reuseaddr(true)?;
+    s.bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
+    s.listen(1024)
 }

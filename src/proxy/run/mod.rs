@@ -87,28 +87,44 @@ impl Backend {
         }
     }
 
-    /// Each family's rules; the first failure ends the sync (the next one
-    /// is full in every family).
+    /// Each family's rules: every family is synced even when another fails
+    /// (one family's trouble never holds the other's changes back, as
+    /// kube-proxy runs a proxier per family); the first failure is returned
+    /// and the next sync is full in every family.
     fn sync(&mut self, state: &ProxyState, contexts: &[Context], full: bool) -> Result<usize, ProxyError> {
         let mut changed = 0;
+        let mut first: Option<ProxyError> = None;
+        let mut note = |r: Result<super::SyncStats, ProxyError>, family: Family| match r {
+            Ok(st) => changed += st.changed_chains,
+            Err(e) => {
+                if first.is_some() {
+                    tracing::error!(family = family.api_name(), error = %e, "the Service rules of this family failed too");
+                } else {
+                    first = Some(e);
+                }
+            }
+        };
         match self {
             Backend::Iptables(bs) => {
                 for (b, ctx) in bs.iter_mut().zip(contexts) {
-                    changed += b.sync(state, ctx, full)?.changed_chains;
+                    note(b.sync(state, ctx, full), ctx.family);
                 }
             }
             Backend::Nftables(bs) => {
                 for (b, ctx) in bs.iter_mut().zip(contexts) {
-                    changed += b.sync(state, ctx, full)?.changed_chains;
+                    note(b.sync(state, ctx, full), ctx.family);
                 }
             }
             Backend::Ipvs(bs) => {
                 for (b, ctx) in bs.iter_mut().zip(contexts) {
-                    changed += b.sync(state, ctx, full)?.changed_chains;
+                    note(b.sync(state, ctx, full), ctx.family);
                 }
             }
         }
-        Ok(changed)
+        match first {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
     /// How soon the backend wants to look at the kernel again regardless of
