@@ -1,7 +1,7 @@
 //! Compiles the protocols in proto/: the CRI v1 subset nodelet uses (client
 //! only), the CSI spec and the kubelet plugin registration API (clients for
 //! nodelet, servers for the test CSI driver in tests/support), the device
-//! plugin and pod-resources APIs. Also records
+//! plugin, pod-resources and DRA plugin APIs. Also records
 //! the commit built (`NODELET_COMMIT`, "unknown" outside a git checkout) for
 //! `--version`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/pluginregistration/v1/api.proto",
         "proto/deviceplugin/v1beta1/api.proto",
         "proto/podresources/v1/api.proto",
+        "proto/dra/v1/api.proto",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -46,5 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["proto/deviceplugin/v1beta1/api.proto", "proto/podresources/v1/api.proto"], &["proto"])?;
+    // DRA kubelet plugins (nodelet calls them; the test DRA driver serves).
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_protos(&["proto/dra/v1/api.proto"], &["proto"])?;
     Ok(())
 }

@@ -36,6 +36,7 @@ pub mod config;
 pub mod cpus;
 pub mod csi;
 pub mod devices;
+pub mod dra;
 pub mod credentials;
 pub mod decode;
 pub mod downward;

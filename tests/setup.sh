@@ -32,6 +32,25 @@ for bin in containerd containerd-shim-runc-v2 runc protoc busybox ip nsenter cc 
   command -v "$bin" >/dev/null || { echo "setup.sh: $bin is still missing" >&2; exit 1; }
 done
 [ -x /usr/lib/cni/bridge ] || { echo "setup.sh: CNI plugins missing in /usr/lib/cni" >&2; exit 1; }
+# containerd 1.7 for the DRA tests: Debian 12's 1.6 cannot inject CDI devices.
+# Debian 13's package (it needs only libc >= 2.34) is fetched with apt-get
+# from a source list of its own and unpacked under /var/cache/nodelet-test;
+# the system's apt sources and its containerd are left as they are.
+c17=/var/cache/nodelet-test/containerd-1.7
+if [ ! -x "$c17/usr/bin/containerd" ]; then
+  work=$(mktemp -d)
+  mkdir -p "$work/lists/partial" "$work/archives/partial"
+  echo "deb http://deb.debian.org/debian trixie main" > "$work/sources.list"
+  apt_opts=(-o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$work/lists"
+            -o Dir::Cache="$work" -o Dir::Cache::archives="$work/archives" -o APT::Sandbox::User=root -qq)
+  apt-get "${apt_opts[@]}" update
+  (cd "$work" && apt-get "${apt_opts[@]}" download containerd)
+  rm -rf "$c17.new" && mkdir -p "$c17.new"
+  dpkg-deb -x "$work"/containerd_*.deb "$c17.new"
+  rm -rf "$c17" && mv "$c17.new" "$c17"
+  rm -rf "$work"
+fi
+"$c17/usr/bin/containerd" --version | grep -q ' 1\.7\.' || { echo "setup.sh: $c17 is not containerd 1.7" >&2; exit 1; }
 # Rust comes from rustup, not Debian (bookworm's rustc is too old). Under
 # sudo, secure_path leaves out ~/.cargo/bin: look there too.
 if ! command -v cargo >/dev/null; then

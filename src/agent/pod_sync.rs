@@ -100,9 +100,12 @@ impl PodSync {
         // With a node status to post (cluster mode), attachable volumes wait
         // until it lists them in volumesInUse.
         let in_use = if writes { crate::csi::InUse::enforced() } else { crate::csi::InUse::default() };
+        // DRA drivers register there too; the claims prepared are kept in
+        // <root-dir>/dra_manager_state (one the agent cannot trust stops it).
+        let dra = crate::dra::Dra::new(Some(s.root_dir.as_path()), api.cloned(), s.dry_run).map_err(AgentError::Fault)?;
         if !s.dry_run {
             let publisher = api.filter(|_| writes).map(|c| crate::csi::registry::Publisher { client: c.clone(), node_name: s.node_name.clone() });
-            tasks.spawn("csi plugin registration", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), publisher));
+            tasks.spawn("plugin registration (CSI, DRA)", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), Some(dra.clone()), publisher));
         }
         // Device plugins register through <root-dir>/device-plugins; the
         // pod-resources API reads what they were given.
@@ -120,7 +123,7 @@ impl PodSync {
             tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));
             tasks.spawn(
                 "pod-resources API",
-                crate::devices::podresources::serve(devices.clone(), cpus.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)),
+                crate::devices::podresources::serve(devices.clone(), cpus.clone(), dra.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)),
             );
             if cpus.is_static() {
                 tasks.spawn("CPU manager reconcile", cpus.clone().reconcile(runtime.clone()));
@@ -132,6 +135,7 @@ impl PodSync {
         let ctx = Arc::new(WorkerContext {
             devices,
             cpus,
+            dra,
             csi,
             in_use: in_use.clone(),
             mounted: Default::default(),

@@ -1,6 +1,8 @@
 //! The plugin watcher: every socket in `<root-dir>/plugins_registry` is a
 //! plugin asking to register (node-driver-registrar puts one there for each
-//! CSI driver). Each is asked `GetInfo`; a CSI plugin that speaks a 1.x
+//! CSI driver; a DRA driver's kubelet plugin puts its own). Each is asked
+//! `GetInfo`; a DRA plugin (type `DRAPlugin`) goes to the DRA manager
+//! (dra/), which checks its name, endpoint and versions. A CSI plugin that speaks a 1.x
 //! version is asked `NodeGetInfo` and `NodeGetCapabilities` on its endpoint,
 //! recorded in [`Drivers`], published in the `CSINode` object and the Node's
 //! annotation, and told the outcome (`NotifyRegistrationStatus`). A socket
@@ -34,14 +36,34 @@ fn is_socket(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// Asks one plugin and registers it; the driver, or why not.
-async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher>) -> Result<Driver, String> {
+/// What a registration socket registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Registered {
+    Csi(String),
+    Dra(String),
+}
+
+/// Asks one plugin and registers it; what it registered, or why not.
+async fn register(socket: &Path, drivers: &Drivers, dra: Option<&crate::dra::Dra>, publisher: Option<&Publisher>) -> Result<Registered, String> {
     let ch = channel(socket).await?;
     let mut reg = RegistrationClient::new(ch);
     let info = reg.get_info(request(InfoRequest {})).await.map_err(|s| format!("GetInfo: {}", status_text(&s)))?.into_inner();
+    if info.r#type == crate::dra::PLUGIN_TYPE
+        && let Some(dra) = dra
+    {
+        let outcome = dra.register(&info.name, &info.endpoint, &info.supported_versions);
+        let status = match &outcome {
+            Ok(_) => RegistrationStatus { plugin_registered: true, error: String::new() },
+            Err(e) => RegistrationStatus { plugin_registered: false, error: e.clone() },
+        };
+        if let Err(s) = reg.notify_registration_status(request(status)).await {
+            tracing::warn!(plugin = %info.name, error = %status_text(&s), "NotifyRegistrationStatus failed");
+        }
+        return outcome.map(|p| Registered::Dra(p.driver));
+    }
     let outcome = async {
         if info.r#type != "CSIPlugin" {
-            return Err(format!("plugin type {:?} is not handled by this node (only CSIPlugin)", info.r#type));
+            return Err(format!("plugin type {:?} is not handled by this node (only CSIPlugin and DRAPlugin)", info.r#type));
         }
         if info.name.is_empty() {
             return Err("the plugin gave no name".to_string());
@@ -96,7 +118,8 @@ async fn register(socket: &Path, drivers: &Drivers, publisher: Option<&Publisher
     }
     let driver = outcome?;
     drivers.insert(driver.clone());
-    Ok(driver)
+    tracing::info!(driver = %driver.name, endpoint = %driver.endpoint.display(), node_id = %driver.node_id, socket = %socket.display(), "CSI driver registered");
+    Ok(Registered::Csi(driver.name))
 }
 
 /// Puts `driver` into (or, with None, takes `name` out of) the node's
@@ -182,13 +205,13 @@ pub async fn ensure_csinode(p: &Publisher) -> Result<(), String> {
 }
 
 /// Watches `dir` for plugin sockets until the process ends.
-pub async fn watch(dir: PathBuf, drivers: Drivers, publisher: Option<Publisher>) {
+pub async fn watch(dir: PathBuf, drivers: Drivers, dra: Option<crate::dra::Dra>, publisher: Option<Publisher>) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::error!(dir = %dir.display(), error = %e, "cannot make the plugin registration directory; CSI drivers cannot register");
     }
     // socket → the driver it registered (None: it failed; tried again when
     // the socket is replaced, or every minute).
-    let mut seen: HashMap<PathBuf, (Option<String>, std::time::SystemTime, std::time::Instant)> = HashMap::new();
+    let mut seen: HashMap<PathBuf, (Option<Registered>, std::time::SystemTime, std::time::Instant)> = HashMap::new();
     let mut csinode_done = false;
     let mut csinode_outage = crate::kubeapi::Outage::default();
     loop {
@@ -219,10 +242,12 @@ pub async fn watch(dir: PathBuf, drivers: Drivers, publisher: Option<Publisher>)
             if !retry {
                 continue;
             }
-            match register(path, &drivers, publisher.as_ref()).await {
-                Ok(d) => {
-                    tracing::info!(driver = %d.name, endpoint = %d.endpoint.display(), node_id = %d.node_id, socket = %path.display(), "CSI driver registered");
-                    seen.insert(path.clone(), (Some(d.name), *mtime, std::time::Instant::now()));
+            match register(path, &drivers, dra.as_ref(), publisher.as_ref()).await {
+                Ok(r) => {
+                    if let Registered::Dra(name) = &r {
+                        tracing::info!(driver = %name, socket = %path.display(), "DRA driver registered");
+                    }
+                    seen.insert(path.clone(), (Some(r), *mtime, std::time::Instant::now()));
                 }
                 Err(e) => {
                     tracing::warn!(socket = %path.display(), error = %e, "plugin registration failed");
@@ -232,7 +257,15 @@ pub async fn watch(dir: PathBuf, drivers: Drivers, publisher: Option<Publisher>)
         }
         let gone: Vec<PathBuf> = seen.keys().filter(|p| !present.iter().any(|(q, _)| q == *p)).cloned().collect();
         for path in gone {
-            if let Some((Some(name), _, _)) = seen.remove(&path) {
+            if let Some((Some(Registered::Dra(name)), _, _)) = seen.get(&path).cloned() {
+                seen.remove(&path);
+                if let Some(dra) = &dra {
+                    dra.unregister(&name);
+                }
+                tracing::info!(driver = %name, socket = %path.display(), "DRA driver unregistered (its registration socket is gone)");
+                continue;
+            }
+            if let Some((Some(Registered::Csi(name)), _, _)) = seen.remove(&path) {
                 drivers.remove(&name);
                 tracing::info!(driver = %name, socket = %path.display(), "CSI driver unregistered (its registration socket is gone)");
                 if let Some(p) = &publisher

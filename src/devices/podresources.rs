@@ -1,9 +1,10 @@
 //! The pod-resources API (v1) on `<root-dir>/pod-resources/kubelet.sock`,
 //! root's alone as kubelet's: which devices each container of each pod
 //! holds, and every device the node can hand out. There is no CPU or memory
-//! manager here, so `cpu_ids` and `memory` are empty (as kubelet's with the
-//! `none` policies); DRA claims are not prepared here, so
-//! `dynamic_resources` is empty.
+//! manager here, so `memory` is empty (as kubelet's with the `none`
+//! policy); `cpu_ids` are the CPU manager's exclusive CPUs and
+//! `dynamic_resources` the DRA claims prepared for the container, with the
+//! drivers' devices and CDI IDs.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub const SOCKET: &str = "kubelet.sock";
 struct Service {
     devices: Devices,
     cpus: crate::cpus::CpuManager,
+    dra: crate::dra::Dra,
 }
 
 fn topology(numa: &[i64]) -> Option<pr::TopologyInfo> {
@@ -43,7 +45,28 @@ impl Service {
                     })
                     .collect();
                 let cpu_ids = exclusive.get(c).map(|s| s.iter().map(|c| i64::from(*c)).collect()).unwrap_or_default();
-                pr::ContainerResources { name: c.clone(), devices, cpu_ids, ..Default::default() }
+                let dynamic_resources = self
+                    .dra
+                    .container_claims(uid, c)
+                    .into_iter()
+                    .map(|claim| pr::DynamicResource {
+                        claim_name: claim.name,
+                        claim_namespace: claim.namespace,
+                        claim_resources: claim
+                            .drivers
+                            .into_iter()
+                            .flat_map(|(driver, devices)| {
+                                devices.into_iter().map(move |d| pr::ClaimResource {
+                                    cdi_devices: d.cdi_ids.into_iter().map(|name| pr::CdiDevice { name }).collect(),
+                                    driver_name: driver.clone(),
+                                    pool_name: d.pool,
+                                    device_name: d.device,
+                                })
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                pr::ContainerResources { name: c.clone(), devices, cpu_ids, dynamic_resources, ..Default::default() }
             })
             .collect();
         pr::PodResources { name: e.name.clone(), namespace: e.namespace.clone(), containers }
@@ -84,7 +107,7 @@ impl pod_resources_lister_server::PodResourcesLister for Service {
 }
 
 /// Serves the API on `socket` until the process ends.
-pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, socket: std::path::PathBuf) {
+pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, dra: crate::dra::Dra, socket: std::path::PathBuf) {
     let listener = loop {
         match crate::server::bind_local(&socket) {
             Ok(l) => break l,
@@ -96,7 +119,7 @@ pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, socket: std:
     };
     tracing::info!(socket = %socket.display(), "pod-resources API served");
     let result = tonic::transport::Server::builder()
-        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices, cpus }))
+        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices, cpus, dra }))
         .serve_with_incoming(UnixListenerStream::new(listener))
         .await;
     if let Err(e) = result {

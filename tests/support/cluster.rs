@@ -38,6 +38,11 @@ impl Cluster {
         Self::start_on(Node::start_dual_stack().await, true).await
     }
 
+    /// A cluster whose node's containerd (1.7) injects CDI devices, for DRA.
+    pub async fn start_cdi() -> Self {
+        Self::start_on(Node::start_cdi().await, false).await
+    }
+
     async fn start_on(node: Node, dual_stack: bool) -> Self {
         // The node's own address (its InternalIP) is there from the start,
         // as on a real machine, not only once the pod bridge exists.

@@ -27,6 +27,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod csi;
 pub mod deviceplugin;
+pub mod dra;
 pub mod fabric;
 pub mod logind;
 pub mod registry;
@@ -102,6 +103,16 @@ pub struct Node {
     /// Environment for every nodelet this node runs (a D-Bus address, ...).
     pub env: std::sync::Mutex<Vec<(String, std::ffi::OsString)>>,
     containerd: Option<Child>,
+    /// The containerd binary (Debian's, or 1.7 for CDI).
+    containerd_bin: PathBuf,
+}
+
+/// containerd 1.7 (Debian 13's, unpacked by tests/setup.sh beside the
+/// system's 1.6, which cannot inject CDI devices), or `$NODELET_TEST_CONTAINERD17`.
+pub fn containerd17() -> PathBuf {
+    std::env::var_os("NODELET_TEST_CONTAINERD17")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nodelet-test/containerd-1.7/usr/bin/containerd"))
 }
 
 impl Node {
@@ -112,23 +123,29 @@ impl Node {
     /// A node whose pods are dual-stack: the CNI's host-local IPAM gives
     /// each pod an IPv4 and an IPv6 address (fd00:99:0:1::/64).
     pub async fn start_dual_stack() -> Node {
-        Self::start_inner(None, true).await
+        Self::start_inner(None, true, false).await
+    }
+
+    /// A node whose containerd (1.7) injects CDI devices, read from
+    /// `<dir>/cdi` (where a test DRA driver writes its specs).
+    pub async fn start_cdi() -> Node {
+        Self::start_inner(None, false, true).await
     }
 
     /// A node whose containerd root (images and snapshots) is a tmpfs of
     /// `mib` MiB: a small image filesystem tests can fill.
     pub async fn start_with_image_fs(mib: Option<u64>) -> Node {
-        Self::start_inner(mib, false).await
+        Self::start_inner(mib, false, false).await
     }
 
-    async fn start_inner(mib: Option<u64>, dual_stack: bool) -> Node {
+    async fn start_inner(mib: Option<u64>, dual_stack: bool, cdi: bool) -> Node {
         remember_failures();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
         let netns = format!("nlt-{id}");
         let dir = tempfile::Builder::new().prefix("nodelet-test-").tempdir().unwrap();
         let root = dir.path();
-        for d in ["cni", "manifests", "logs", "kubelet"] {
+        for d in ["cni", "manifests", "logs", "kubelet", "cdi"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let r = root.display().to_string();
@@ -138,6 +155,14 @@ impl Node {
             // runc moves and chroots into the container's root instead.
             config = config.replace("SystemdCgroup = false", "SystemdCgroup = false\n        NoPivotRoot = true");
         }
+        let containerd_bin = if cdi {
+            config = config.replace("  enable_selinux = false\n", &format!("  enable_selinux = false\n  enable_cdi = true\n  cdi_spec_dirs = [\"{r}/cdi\"]\n"));
+            let bin = containerd17();
+            assert!(bin.exists(), "{} is missing: run tests/setup.sh (containerd 1.7 from Debian 13 for CDI)", bin.display());
+            bin
+        } else {
+            PathBuf::from("containerd")
+        };
         std::fs::write(root.join("config.toml"), config).unwrap();
         std::fs::write(
             root.join("cni/10-pods.conflist"),
@@ -153,7 +178,7 @@ impl Node {
         }
         run(Command::new("ip").args(["netns", "add", &netns]));
         run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
-        let child = spawn_containerd(root, &netns);
+        let child = spawn_containerd(&containerd_bin, root, &netns);
         let sock = root.join("containerd.sock");
         let endpoint = format!("unix://{}", sock.display());
         let mut node = Node {
@@ -166,6 +191,7 @@ impl Node {
             config_extra: std::sync::Mutex::new(String::new()),
             env: std::sync::Mutex::new(Vec::new()),
             containerd: Some(child),
+            containerd_bin,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -206,7 +232,7 @@ impl Node {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.id() as i32), nix::sys::signal::Signal::SIGTERM);
             let _ = old.wait();
         }
-        self.containerd = Some(spawn_containerd(self.dir.path(), &self.netns));
+        self.containerd = Some(spawn_containerd(&self.containerd_bin, self.dir.path(), &self.netns));
         let deadline = Instant::now() + Duration::from_secs(30);
         while RemoteRuntime::connect(&self.endpoint, Duration::from_secs(5)).await.is_err() {
             assert!(Instant::now() < deadline, "containerd did not come back: {}", self.containerd_log());
@@ -464,10 +490,17 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr, timeout:
 
 /// containerd on the node's root, inside its network namespace, logging
 /// (appending) to `<root>/containerd.log`.
-fn spawn_containerd(root: &Path, netns: &str) -> Child {
+fn spawn_containerd(bin: &Path, root: &Path, netns: &str) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("containerd.log")).unwrap();
     let ns = netns.to_string();
-    let mut cmd = Command::new("containerd");
+    let mut cmd = Command::new(bin);
+    // Its own shim first (containerd finds shims on PATH).
+    if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs).unwrap());
+    }
     cmd.arg("--config").arg(root.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log);
     unsafe {
         cmd.pre_exec(move || enter_netns(&ns));

@@ -386,6 +386,9 @@ impl PodManager {
             self.ctx.actuated.retain(&keep);
             self.ctx.devices.retain(&keep);
             self.ctx.cpus.retain(&keep);
+            // DRA claims of pods that are gone are unprepared (in the
+            // background: it calls the drivers).
+            self.ctx.dra.reconcile(&keep);
         }
         if self.sources_ready() {
             let orphans: Vec<PodIdentity> = self

@@ -47,6 +47,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
     let ctx = Arc::new(WorkerContext {
         devices: Default::default(),
         cpus: Default::default(),
+        dra: Default::default(),
         runtime: rt.clone(),
         node: Arc::new(NodeContext::for_tests("n")),
         events: Arc::new(LogRecorder),

@@ -53,6 +53,8 @@ pub struct WorkerContext {
     pub devices: crate::devices::Devices,
     /// The CPU manager: each container's cpuset (static policy).
     pub cpus: crate::cpus::CpuManager,
+    /// DRA: the pods' ResourceClaims prepared by their drivers.
+    pub dra: crate::dra::Dra,
     pub runtime: Arc<dyn Runtime>,
     pub node: Arc<NodeContext>,
     pub events: Arc<dyn EventRecorder>,
@@ -217,6 +219,12 @@ pub struct Worker {
     /// The last failure to resize a running container (PodResizeInProgress
     /// with reason Error), cleared by a success.
     resize_error: Option<String>,
+    /// The pod's ResourceClaims were prepared in this run of the agent.
+    claims_prepared: bool,
+    /// The last failure to prepare them (one event per new reason), and the
+    /// back-off before the next try.
+    claims_error: Option<String>,
+    claims_retry: Option<(UnixNanos, Duration)>,
 }
 
 impl Worker {
@@ -249,6 +257,9 @@ impl Worker {
             changes: None,
             resize_pending: None,
             resize_error: None,
+            claims_prepared: false,
+            claims_error: None,
+            claims_retry: None,
         }
     }
 
@@ -335,6 +346,39 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Prepares the pod's ResourceClaims; Err: when to try again (the
+    /// failure reported once per new reason, as FailedPrepareDynamicResources).
+    async fn prepare_claims(&mut self, pod: &Pod, now: UnixNanos) -> Result<(), UnixNanos> {
+        if let Some((at, _)) = self.claims_retry
+            && at > now
+        {
+            return Err(at);
+        }
+        match self.ctx.dra.prepare(pod).await {
+            Ok(()) => {
+                if self.claims_error.take().is_some() {
+                    tracing::info!("the pod's resource claims are prepared");
+                }
+                self.claims_prepared = true;
+                self.claims_retry = None;
+                Ok(())
+            }
+            Err(e) => {
+                if self.claims_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "cannot prepare the pod's resource claims");
+                    self.event(EventType::Warning, "FailedPrepareDynamicResources", &format!("Failed to prepare dynamic resources: {e}"));
+                }
+                self.claims_error = Some(e);
+                // The pod back-off: from its initial delay, doubling to its maximum.
+                let b = self.ctx.node.backoff;
+                let delay = self.claims_retry.map_or(b.initial, |(_, d)| d.saturating_mul(2).min(b.max));
+                let at = now.after(delay);
+                self.claims_retry = Some((at, delay));
+                Err(at)
+            }
+        }
     }
 
     /// A probe spoke: events for failed attempts; a changed result is
@@ -478,6 +522,15 @@ impl Worker {
                     actions.retain(|a| !starts(a));
                     soonest(retry_at, &mut wake);
                 }
+            }
+        }
+        // DRA: the pod's claims are prepared by their drivers before
+        // anything of it starts (kubelet's PrepareDynamicResources), and
+        // once in each run of the agent for a pod found running.
+        if crate::dra::uses_claims(&pod) && (actions.iter().any(starts) || !self.claims_prepared) {
+            if let Err(retry_at) = self.prepare_claims(&pod, now).await {
+                actions.retain(|a| !starts(a));
+                soonest(retry_at, &mut wake);
             }
         }
         let mut sandbox = obs.latest_sandbox().filter(|s| s.ready).map(|s| SandboxInUse {

@@ -278,6 +278,18 @@ impl Worker {
                 Ok(opts) => container::add_devices(&mut config, opts),
                 Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("devices: {e}"))),
             }
+            // DRA: the CDI devices of the claims the container names (the
+            // runtime injects them; no annotations, as kubelet since 1.31).
+            match self.ctx.dra.cdi_devices(pod, c) {
+                Ok(ids) => {
+                    for name in ids {
+                        if !config.cdi_devices.iter().any(|d| d.name == name) {
+                            config.cdi_devices.push(crate::runtime::cri::CdiDevice { name });
+                        }
+                    }
+                }
+                Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("resource claims: {e}"))),
+            }
         }
         let log_dir = std::path::Path::new(&sb.config.log_directory).join(&c.name);
         if !self.ctx.dry_run

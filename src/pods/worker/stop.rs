@@ -230,7 +230,8 @@ impl Worker {
     /// kubelet's podResourcesAreReclaimed, made to hold before the pod is
     /// reported gone (and so before its API object is deleted): every CSI
     /// volume unpublished, every mount below the pod directory undone, the
-    /// directory removed (never across a mount) and the pod cgroup removed.
+    /// directory removed (never across a mount), its DRA claims unprepared
+    /// and the pod cgroup removed.
     /// Retried with kubelet's volume back-off (0.5 s, doubling to 2 min 2 s)
     /// for as long as it takes; each new reason it is stuck is a
     /// FailedUnMount event. Meanwhile the volume records stay, so the volume
@@ -263,6 +264,9 @@ impl Worker {
             crate::mounts::remove_all_one_filesystem(&pod_dir).map_err(|e| format!("removing the pod directory: {e}"))?;
         }
         self.ctx.in_use.release(&self.identity.uid);
+        // DRA: the drivers unprepare the claims only this pod used (a
+        // driver that cannot be reached keeps the pod until it can).
+        self.ctx.dra.unprepare(&self.identity.uid).await.map_err(|e| format!("unprepare dynamic resources: {e}"))?;
         if node.cgroup_driver == crate::pods::CgroupDriver::Cgroupfs
             && let Some(p) = pod
         {

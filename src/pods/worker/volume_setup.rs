@@ -7,7 +7,8 @@ use super::*;
 impl Worker {
     /// Unpublishes the pod's CSI volumes, undoes its mounts and removes its
     /// volume directories (an emptyDir's data goes, as kubelet's TearDown
-    /// does); the pod's directory stays until the pod is deleted.
+    /// does), and unprepares its DRA claims; the pod's directory stays until
+    /// the pod is deleted.
     pub(super) async fn release_volumes(&mut self) -> Result<(), String> {
         self.ctx.mounted.remove(&self.identity.uid);
         self.volumes = None;
@@ -17,6 +18,9 @@ impl Worker {
         crate::volumes::tear_down(&pod_dir)?;
         crate::volumes::remove_volume_dirs(&pod_dir);
         self.ctx.in_use.release(&self.identity.uid);
+        // An ended pod's claims are let go of too (kubelet unprepares them
+        // when the pod terminates, not when it is deleted).
+        self.ctx.dra.unprepare(&self.identity.uid).await.map_err(|e| format!("unprepare dynamic resources: {e}"))?;
         Ok(())
     }
 

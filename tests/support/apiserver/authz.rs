@@ -236,6 +236,14 @@ pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
             }
         }
     }
+    // DRA: the claims a pod names, by name or through its status (the
+    // graph's pod → ResourceClaim edges).
+    for pc in spec["resourceClaims"].as_array().into_iter().flatten() {
+        out.extend(names(&pc["resourceClaimName"]).into_iter().map(|n| ("resourceclaims", n)));
+    }
+    for st in pod["status"]["resourceClaimStatuses"].as_array().into_iter().flatten() {
+        out.extend(names(&st["resourceClaimName"]).into_iter().map(|n| ("resourceclaims", n)));
+    }
     for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
         out.extend(names(&s["name"]).into_iter().map(|n| ("secrets", n)));
     }
@@ -304,6 +312,18 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
                 return Some(forbidden(who, a, &format!("can only {} individual resources of this type", a.verb)));
             };
             if related(store, node, &a.resource, ns, name) || (a.resource == "secrets" && pv_secret(store, node, ns, name)) {
+                Some(Decision::Allow)
+            } else {
+                Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
+            }
+        }
+        // The graph's ResourceClaim → pod → node edges: get only.
+        ("resource.k8s.io", "resourceclaims", None) => {
+            if a.verb != "get" {
+                return Some(forbidden(who, a, &format!("can only get individual resources of this type")));
+            }
+            let name = a.name.clone().unwrap_or_default();
+            if related(store, node, "resourceclaims", ns, &name) {
                 Some(Decision::Allow)
             } else {
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))

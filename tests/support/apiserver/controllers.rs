@@ -27,7 +27,18 @@
 //! - the **disruption controller**: PodDisruptionBudget status (the
 //!   eviction subresource in handlers.rs checks it);
 //! - the **ServiceAccount controller** and **root CA publisher**: the
-//!   `default` ServiceAccount and `kube-root-ca.crt` in every namespace.
+//!   `default` ServiceAccount and `kube-root-ca.crt` in every namespace;
+//! - for DRA (resource.k8s.io/v1), the **resourceclaim controller** (a
+//!   claim `<pod>-<claim>-<5 random>` owned by the pod for each template
+//!   claim, named in the pod's `status.resourceClaimStatuses`; a pod that is
+//!   done or gone taken out of `reservedFor`; a generated claim deleted with
+//!   its pod, a named claim no pod reserves deallocated) and the
+//!   **scheduler's allocation** for pods bound to a node: each request's
+//!   `exactly` count (or `All`) of devices from the node's ResourceSlices of
+//!   the driver its DeviceClass selects (`device.driver == "..."`, the one
+//!   CEL form modelled), devices other claims hold left alone; the claim
+//!   then reserved for the pod. Requests' own selectors, constraints,
+//!   `firstAvailable` and admin access are not modelled.
 //!
 //! They run on the store itself, so they keep going while the apiserver is
 //! "stopped" for the node (as the control plane does while a node is cut off).
@@ -204,6 +215,7 @@ pub fn spawn(state: Arc<State>) -> tokio::task::JoinHandle<()> {
             disruption_budgets(&mut state.store.lock().unwrap());
             bind_volumes(&mut state.store.lock().unwrap());
             ephemeral_claims(&mut state.store.lock().unwrap());
+            dynamic_resources(&mut state.store.lock().unwrap());
             attach_detach(&mut state.store.lock().unwrap());
             let mut lifecycle = state.lifecycle.lock().unwrap();
             if !lifecycle.enabled {
@@ -891,6 +903,182 @@ fn evict_by_taints(store: &mut Store, lc: &mut Lifecycle) {
                 mark_deleted(store, &pod, grace);
                 lc.evicted.push(format!("{ns}/{pod_name}"));
             }
+        }
+    }
+}
+
+const RESOURCE_CLAIMS: &str = "resourceclaims.resource.k8s.io";
+const CLAIM_TEMPLATES: &str = "resourceclaimtemplates.resource.k8s.io";
+const RESOURCE_SLICES: &str = "resourceslices.resource.k8s.io";
+const DEVICE_CLASSES: &str = "deviceclasses.resource.k8s.io";
+
+fn pod_done(pod: &Value) -> bool {
+    matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) || (!pod["metadata"]["deletionTimestamp"].is_null() && pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty())
+}
+
+/// The claims a pod names: (pod claim name, claim name) for those that exist.
+fn pod_claim_names(pod: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for pc in pod["spec"]["resourceClaims"].as_array().into_iter().flatten() {
+        if let Some(n) = pc["resourceClaimName"].as_str() {
+            out.push(n.to_string());
+        } else if let Some(st) = pod["status"]["resourceClaimStatuses"].as_array().and_then(|a| a.iter().find(|s| s["name"] == pc["name"]))
+            && let Some(n) = st["resourceClaimName"].as_str()
+        {
+            out.push(n.to_string());
+        }
+    }
+    out
+}
+
+/// The driver a DeviceClass selects, from its `device.driver == "x"` CEL selector.
+fn class_driver(class: &Value) -> Option<String> {
+    class["spec"]["selectors"].as_array()?.iter().find_map(|s| {
+        let e = s["cel"]["expression"].as_str()?;
+        let rest = e.trim().strip_prefix("device.driver")?.trim_start().strip_prefix("==")?.trim();
+        Some(rest.trim_matches('"').trim_matches('\'').to_string())
+    })
+}
+
+/// The scheduler's allocation of a claim's devices on `node`, or None when
+/// the node has not enough free devices.
+fn allocate_claim(store: &Store, claim: &Value, node: &str) -> Option<Value> {
+    let mut taken: Vec<(String, String, String)> = Vec::new();
+    for c in store.list(RESOURCE_CLAIMS, None) {
+        for r in c["status"]["allocation"]["devices"]["results"].as_array().into_iter().flatten() {
+            taken.push((r["driver"].as_str()?.to_string(), r["pool"].as_str()?.to_string(), r["device"].as_str()?.to_string()));
+        }
+    }
+    let slices = store.list(RESOURCE_SLICES, None);
+    let mut results = Vec::new();
+    for req in claim["spec"]["devices"]["requests"].as_array().into_iter().flatten() {
+        let ex = &req["exactly"];
+        let class = store.get(DEVICE_CLASSES, "", ex["deviceClassName"].as_str()?)?;
+        let driver = class_driver(class)?;
+        let mut free: Vec<(String, String)> = Vec::new();
+        for s in slices.iter().filter(|s| s["spec"]["driver"].as_str() == Some(driver.as_str()) && s["spec"]["nodeName"].as_str() == Some(node)) {
+            let pool = s["spec"]["pool"]["name"].as_str().unwrap_or("").to_string();
+            for d in s["spec"]["devices"].as_array().into_iter().flatten() {
+                let name = d["name"].as_str().unwrap_or("").to_string();
+                if !taken.contains(&(driver.clone(), pool.clone(), name.clone())) {
+                    free.push((pool.clone(), name));
+                }
+            }
+        }
+        let want = match ex["allocationMode"].as_str() {
+            Some("All") => free.len().max(1),
+            _ => usize::try_from(ex["count"].as_u64().unwrap_or(1)).unwrap_or(usize::MAX),
+        };
+        if free.len() < want {
+            return None;
+        }
+        for (pool, device) in free.into_iter().take(want) {
+            taken.push((driver.clone(), pool.clone(), device.clone()));
+            results.push(serde_json::json!({"request": req["name"], "driver": driver, "pool": pool, "device": device}));
+        }
+    }
+    Some(serde_json::json!({
+        "devices": {"results": results},
+        "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]},
+        "allocationTimestamp": now(),
+    }))
+}
+
+/// The resourceclaim controller and the scheduler's allocation (see the
+/// module's documentation).
+fn dynamic_resources(store: &mut Store) {
+    // Claims from templates, named in the pod's status.
+    for mut pod in store.list("pods", None) {
+        if pod["spec"]["resourceClaims"].as_array().is_none_or(|a| a.is_empty()) || !pod["metadata"]["deletionTimestamp"].is_null() || pod_done(&pod) {
+            continue;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let mut statuses: Vec<Value> = pod["status"]["resourceClaimStatuses"].as_array().cloned().unwrap_or_default();
+        let mut changed = false;
+        for pc in pod["spec"]["resourceClaims"].as_array().cloned().unwrap_or_default() {
+            let Some(template) = pc["resourceClaimTemplateName"].as_str() else { continue };
+            if statuses.iter().any(|s| s["name"] == pc["name"]) {
+                continue;
+            }
+            let Some(t) = store.get(CLAIM_TEMPLATES, &ns, template).cloned() else { continue };
+            let name = format!("{pod_name}-{}-{}", pc["name"].as_str().unwrap_or(""), super::handlers::random_suffix(5));
+            let claim = serde_json::json!({
+                "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                "metadata": {"name": name, "namespace": ns, "uid": super::handlers::uid(), "creationTimestamp": now(),
+                    "annotations": {"resource.kubernetes.io/pod-claim-name": pc["name"]},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod["metadata"]["uid"],
+                        "controller": true, "blockOwnerDeletion": true}]},
+                "spec": t["spec"]["spec"].clone(),
+                "status": {}
+            });
+            store.put(RESOURCE_CLAIMS, &ns, &name, claim);
+            statuses.push(serde_json::json!({"name": pc["name"], "resourceClaimName": name}));
+            changed = true;
+        }
+        if changed {
+            pod["status"]["resourceClaimStatuses"] = Value::Array(statuses);
+            store.put("pods", &ns, &pod_name, pod);
+        }
+    }
+    // Allocation and reservation for pods bound to a node.
+    let pods = store.list("pods", None);
+    for pod in &pods {
+        let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else { continue };
+        if pod_done(pod) || !pod["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        for name in pod_claim_names(pod) {
+            let Some(mut claim) = store.get(RESOURCE_CLAIMS, ns, &name).cloned() else { continue };
+            let mut changed = false;
+            if claim["status"]["allocation"].is_null() {
+                let Some(a) = allocate_claim(store, &claim, node) else { continue };
+                claim["status"]["allocation"] = a;
+                changed = true;
+            }
+            let reserved = claim["status"]["reservedFor"].as_array().is_some_and(|r| r.iter().any(|c| c["uid"] == pod["metadata"]["uid"]));
+            if !reserved {
+                let entry = serde_json::json!({"resource": "pods", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]});
+                match claim["status"]["reservedFor"].as_array_mut() {
+                    Some(r) => r.push(entry),
+                    None => claim["status"]["reservedFor"] = serde_json::json!([entry]),
+                }
+                changed = true;
+            }
+            if changed {
+                store.put(RESOURCE_CLAIMS, ns, &name, claim);
+            }
+        }
+    }
+    // Reservations of pods done or gone; a claim nobody reserves is
+    // deallocated, and deleted when it was made for a pod that is done or gone.
+    for mut claim in store.list(RESOURCE_CLAIMS, None) {
+        let ns = claim["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = claim["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let live = |uid: &Value| pods.iter().any(|p| &p["metadata"]["uid"] == uid && !pod_done(p));
+        let reserved = claim["status"]["reservedFor"].as_array().cloned().unwrap_or_default();
+        let keep: Vec<Value> = reserved.iter().filter(|c| live(&c["uid"])).cloned().collect();
+        if !keep.is_empty() {
+            if keep.len() != reserved.len() {
+                claim["status"]["reservedFor"] = Value::Array(keep);
+                store.put(RESOURCE_CLAIMS, &ns, &name, claim);
+            }
+            continue;
+        }
+        let owner = claim["metadata"]["ownerReferences"].as_array().and_then(|o| o.iter().find(|r| r["kind"] == "Pod")).map(|r| r["uid"].clone());
+        if let Some(uid) = owner
+            && !live(&uid)
+        {
+            store.remove(RESOURCE_CLAIMS, &ns, &name);
+            continue;
+        }
+        if !reserved.is_empty() || !claim["status"]["allocation"].is_null() {
+            if let Some(st) = claim["status"].as_object_mut() {
+                st.remove("reservedFor");
+                st.remove("allocation");
+            }
+            store.put(RESOURCE_CLAIMS, &ns, &name, claim);
         }
     }
 }

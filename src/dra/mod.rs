@@ -1,0 +1,513 @@
+//! Dynamic Resource Allocation, node side, as kubelet's DRA manager
+//! (resource.k8s.io/v1, the kubelet plugin API `v1.DRAPlugin`, and
+//! `v1beta1.DRAPlugin` for older drivers):
+//!
+//! - DRA drivers register through the plugin-registration directory
+//!   (`<root-dir>/plugins_registry`, type `DRAPlugin`; csi/registry.rs
+//!   watches it for both kinds) with the socket of their kubelet plugin;
+//! - before a pod's sandbox is made, each of its claims (`spec.resourceClaims`:
+//!   a claim by name, or the one the resourceclaim controller made from a
+//!   template, named in `status.resourceClaimStatuses`) is read from the
+//!   apiserver and must be allocated and reserved for the pod (a template's
+//!   claim also owned by it); then NodePrepareResources is called on the
+//!   driver(s) of its devices, once per claim however many pods share it.
+//!   Until that works the pod starts nothing: the error is a
+//!   `FailedPrepareDynamicResources` event and the pod is tried again;
+//! - at container creation the CDI device IDs the drivers answered, for the
+//!   claims (and requests) the container names in `resources.claims`, go to
+//!   CRI's `CDI_devices` (the runtime injects them: containerd 1.7+ with
+//!   `enable_cdi`);
+//! - the claims, the pods using them and the drivers' answers are
+//!   checkpointed in `<root-dir>/dra_manager_state` (kubelet's layout,
+//!   CRC-32 of the data), written before and after each call, so an agent
+//!   restart neither forgets a prepared claim nor prepares it twice in a
+//!   way the driver cannot take (NodePrepareResources is idempotent for
+//!   drivers and is asked again after a restart);
+//! - NodeUnprepareResources is called when the last pod using a claim is
+//!   gone, before the pod is reported gone (a driver that cannot be reached
+//!   keeps the pod in its deletion, as kubelet does), and for pods deleted
+//!   while the agent was down.
+
+pub mod checkpoint;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+pub mod proto {
+    pub mod v1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+    }
+}
+
+use proto::v1 as pb;
+
+/// The plugin type DRA drivers register with.
+pub const PLUGIN_TYPE: &str = "DRAPlugin";
+/// The services a driver may list among its supported versions, newest first.
+const SERVICES: [(&str, &str); 2] = [("v1.DRAPlugin", "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"), ("v1beta1.DRAPlugin", "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin")];
+
+/// A registered driver's kubelet plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    pub driver: String,
+    pub endpoint: PathBuf,
+    /// The gRPC service called: `<package>.DRAPlugin`.
+    service: &'static str,
+}
+
+/// One device a driver prepared for a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PreparedDevice {
+    pub pool: String,
+    pub device: String,
+    /// The claim's requests it serves; empty: all of them.
+    pub requests: Vec<String>,
+    pub cdi_ids: Vec<String>,
+}
+
+/// What the node knows of one claim (kubelet's ClaimInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub pods: BTreeSet<String>,
+    /// By driver: every driver of the allocation, with the devices it
+    /// answered (none until prepared).
+    pub drivers: BTreeMap<String, Vec<PreparedDevice>>,
+    /// NodePrepareResources answered in this run of the agent.
+    pub prepared: bool,
+}
+
+impl ClaimInfo {
+    /// The CDI devices for one of the claim's requests ("" for all).
+    fn cdi_devices(&self, request: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for devices in self.drivers.values() {
+            for d in devices {
+                let serves = request.is_empty()
+                    || d.requests.is_empty()
+                    || d.requests.iter().any(|r| r == request || r.split('/').next() == Some(request));
+                if serves {
+                    out.extend(d.cdi_ids.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    plugins: Mutex<BTreeMap<String, Plugin>>,
+    claims: Mutex<BTreeMap<Key, ClaimInfo>>,
+    /// The checkpoint; None: nothing written (a dry run, unit tests).
+    state: Option<PathBuf>,
+    client: Option<kube::Client>,
+    /// By pod UID: (namespace, container → the claims it names), for the
+    /// pod-resources API.
+    uses: Mutex<BTreeMap<String, (String, BTreeMap<String, Vec<String>>)>>,
+    dry_run: bool,
+    /// One prepare or unprepare at a time (they read, call and write the
+    /// same claims; a node runs few and they are short).
+    op: tokio::sync::Mutex<()>,
+    reconciling: AtomicBool,
+}
+
+/// The DRA manager: cheap to clone, one per agent.
+#[derive(Clone, Default)]
+pub struct Dra {
+    inner: Arc<Inner>,
+}
+
+/// How a pod names a claim: the claim's name, or None when the template
+/// needed none (a claim the controller decided not to make).
+pub fn claim_name(pod: &Pod, claim: &k8s_openapi::api::core::v1::PodResourceClaim) -> Result<(Option<String>, bool), String> {
+    if let Some(n) = claim.resource_claim_name.as_deref().filter(|n| !n.is_empty()) {
+        return Ok((Some(n.to_string()), false));
+    }
+    if claim.resource_claim_template_name.as_deref().is_some_and(|n| !n.is_empty()) {
+        let statuses = pod.status.as_ref().and_then(|s| s.resource_claim_statuses.as_ref());
+        return match statuses.and_then(|s| s.iter().find(|s| s.name == claim.name)) {
+            Some(s) => Ok((s.resource_claim_name.clone().filter(|n| !n.is_empty()), true)),
+            None => Err(format!("spec.resourceClaims[{}]: the ResourceClaim is not created yet (no entry in status.resourceClaimStatuses)", claim.name)),
+        };
+    }
+    Err(format!("spec.resourceClaims[{}]: neither resourceClaimName nor resourceClaimTemplateName is set", claim.name))
+}
+
+fn pod_claims(pod: &Pod) -> &[k8s_openapi::api::core::v1::PodResourceClaim] {
+    pod.spec.as_ref().and_then(|s| s.resource_claims.as_deref()).unwrap_or_default()
+}
+
+/// Whether the pod uses DRA at all.
+pub fn uses_claims(pod: &Pod) -> bool {
+    !pod_claims(pod).is_empty()
+}
+
+/// The claim's allocation as kubelet reads it: the drivers of its devices,
+/// or why it cannot be used by `pod` (not reserved for it, not owned by it
+/// when made from a template, not allocated).
+pub fn check_claim(pod: &Pod, claim: &ResourceClaim, must_own: bool) -> Result<BTreeSet<String>, String> {
+    let pod_uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
+    if must_own {
+        let owned = claim.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == pod_uid);
+        if !owned {
+            return Err(format!("ResourceClaim {name} was not created for pod {} (pod is not owner)", pod.metadata.name.as_deref().unwrap_or_default()));
+        }
+    }
+    let status = claim.status.as_ref();
+    let reserved = status.and_then(|s| s.reserved_for.as_ref()).is_some_and(|r| r.iter().any(|c| c.resource == "pods" && c.uid == pod_uid));
+    if !reserved {
+        return Err(format!(
+            "pod {} ({pod_uid}) is not allowed to use ResourceClaim {name} ({}): it is not reserved for the pod",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            claim.metadata.uid.as_deref().unwrap_or_default()
+        ));
+    }
+    let Some(allocation) = status.and_then(|s| s.allocation.as_ref()) else {
+        return Err(format!("ResourceClaim {name} is not allocated"));
+    };
+    Ok(allocation.devices.as_ref().and_then(|d| d.results.as_ref()).into_iter().flatten().map(|r| r.driver.clone()).collect())
+}
+
+fn grpc_text(s: &tonic::Status) -> String {
+    crate::csi::status_text(s)
+}
+
+impl Dra {
+    /// A manager that checkpoints in `root_dir` (None: writes nothing) and
+    /// reads claims with `client` (None: pods with claims cannot start).
+    pub fn new(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, dry_run: bool) -> Result<Dra, String> {
+        let state = root_dir.filter(|_| !dry_run).map(|d| d.join(checkpoint::FILE));
+        let mut claims = BTreeMap::new();
+        let read_from = root_dir.map(|d| d.join(checkpoint::FILE));
+        if let Some(path) = &read_from {
+            for c in checkpoint::read(path)? {
+                claims.insert((c.namespace.clone(), c.name.clone()), c);
+            }
+        }
+        Ok(Dra {
+            inner: Arc::new(Inner {
+                claims: Mutex::new(claims),
+                state,
+                client,
+                dry_run,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// Registers a driver's kubelet plugin (from its registration's
+    /// GetInfo): the service it speaks, or why it cannot be used.
+    pub fn register(&self, driver: &str, endpoint: &str, versions: &[String]) -> Result<Plugin, String> {
+        let mut errs = Vec::new();
+        crate::names::dns_subdomain(driver, "name", &mut errs);
+        if let Some(e) = errs.first() {
+            return Err(format!("the driver name {driver:?}: {e}"));
+        }
+        let endpoint = PathBuf::from(endpoint.trim_start_matches("unix://"));
+        if !endpoint.is_absolute() {
+            return Err(format!("the plugin's endpoint {:?} is not an absolute socket path", endpoint.display()));
+        }
+        let Some((_, service)) = SERVICES.iter().find(|(v, _)| versions.iter().any(|x| x == v)) else {
+            return Err(format!(
+                "none of the plugin's versions {versions:?} is supported (one of {:?})",
+                SERVICES.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+            ));
+        };
+        let plugin = Plugin { driver: driver.to_string(), endpoint, service };
+        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).insert(driver.to_string(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// The driver's plugin is gone (its registration socket went away).
+    pub fn unregister(&self, driver: &str) {
+        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).remove(driver);
+    }
+
+    pub fn plugins(&self) -> Vec<Plugin> {
+        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn plugin(&self, driver: &str) -> Result<Plugin, String> {
+        self.inner
+            .plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(driver)
+            .cloned()
+            .ok_or_else(|| format!("DRA driver {driver} is not registered on this node"))
+    }
+
+    /// The claims as known now.
+    pub fn claims(&self) -> Vec<ClaimInfo> {
+        self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let Some(path) = &self.inner.state else { return Ok(()) };
+        let claims = self.claims();
+        checkpoint::write(path, &claims)
+    }
+
+    async fn call<Req: prost::Message + 'static, Resp: prost::Message + Default + 'static>(plugin: &Plugin, method: &str, req: Req) -> Result<Resp, String> {
+        let ch = crate::csi::channel(&plugin.endpoint).await.map_err(|e| format!("DRA driver {}: {e}", plugin.driver))?;
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await.map_err(|e| format!("DRA driver {}: {e}", plugin.driver))?;
+        let path = http::uri::PathAndQuery::try_from(format!("/{}/{method}", plugin.service)).map_err(|e| e.to_string())?;
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        grpc.unary(crate::csi::request(req), path, codec).await.map(|r| r.into_inner()).map_err(|s| format!("{method}: {}", grpc_text(&s)))
+    }
+
+    /// Prepares the pod's claims (kubelet's PrepareResources). Ok when every
+    /// claim is prepared (or the pod has none); the error is for the pod's
+    /// events and names the claim, the driver and what they said.
+    pub async fn prepare(&self, pod: &Pod) -> Result<(), String> {
+        if !uses_claims(pod) {
+            return Ok(());
+        }
+        let _op = self.inner.op.lock().await;
+        let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let Some(client) = &self.inner.client else {
+            return Err("the pod has resourceClaims but this node reads no apiserver".into());
+        };
+        let api: kube::Api<ResourceClaim> = kube::Api::namespaced(client.clone(), &ns);
+        // Check everything before changing anything: a pod that cannot be
+        // prepared is never recorded (so it can go without a driver call).
+        let mut wanted: Vec<(ResourceClaim, BTreeSet<String>)> = Vec::new();
+        for pc in pod_claims(pod) {
+            let (name, must_own) = claim_name(pod, pc)?;
+            let Some(name) = name else { continue };
+            let claim = api.get(&name).await.map_err(|e| format!("fetch ResourceClaim {name}: {e}"))?;
+            let drivers = check_claim(pod, &claim, must_own)?;
+            if !self.inner.dry_run {
+                for d in &drivers {
+                    self.plugin(d)?;
+                }
+            }
+            wanted.push((claim, drivers));
+        }
+        if self.inner.dry_run {
+            for (claim, drivers) in &wanted {
+                tracing::info!(claim = claim.metadata.name.as_deref().unwrap_or_default(), drivers = ?drivers, "dry run: NodePrepareResources would be called");
+            }
+            return Ok(());
+        }
+        // Record the pod on each claim before calling (a pod deleted in
+        // between is found by the reconcile and unprepared).
+        let mut batches: BTreeMap<String, Vec<pb::Claim>> = BTreeMap::new();
+        {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            for (claim, drivers) in &wanted {
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                let uid = claim.metadata.uid.clone().unwrap_or_default();
+                let info = claims.entry((ns.clone(), name.clone())).or_insert_with(|| ClaimInfo {
+                    uid: uid.clone(),
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    drivers: drivers.iter().map(|d| (d.clone(), Vec::new())).collect(),
+                    ..Default::default()
+                });
+                if info.uid != uid {
+                    return Err(format!("an old ResourceClaim {name} with UID {} is still prepared here (its pod force-deleted?)", info.uid));
+                }
+                info.pods.insert(pod_uid.clone());
+                if info.prepared {
+                    continue;
+                }
+                for d in info.drivers.keys() {
+                    batches.entry(d.clone()).or_default().push(pb::Claim { namespace: ns.clone(), uid: uid.clone(), name: name.clone() });
+                }
+            }
+        }
+        self.save().map_err(|e| format!("checkpoint ResourceClaim state: {e}"))?;
+        let mut answered: BTreeMap<String, BTreeMap<String, Vec<PreparedDevice>>> = BTreeMap::new();
+        for (driver, batch) in &batches {
+            let plugin = self.plugin(driver)?;
+            let resp: pb::NodePrepareResourcesResponse = Self::call(&plugin, "NodePrepareResources", pb::NodePrepareResourcesRequest { claims: batch.clone() }).await?;
+            for (uid, result) in &resp.claims {
+                let Some(claim) = batch.iter().find(|c| &c.uid == uid) else {
+                    return Err(format!("NodePrepareResources of DRA driver {driver} answered for an unknown claim UID {uid}"));
+                };
+                if !result.error.is_empty() {
+                    return Err(format!("NodePrepareResources failed for ResourceClaim {}: {}", claim.name, result.error));
+                }
+                let devices = result
+                    .devices
+                    .iter()
+                    .map(|d| PreparedDevice { pool: d.pool_name.clone(), device: d.device_name.clone(), requests: d.request_names.clone(), cdi_ids: d.cdi_device_ids.clone() })
+                    .collect();
+                answered.entry(uid.clone()).or_default().insert(driver.clone(), devices);
+            }
+            let missing = batch.iter().filter(|c| !resp.claims.contains_key(&c.uid)).count();
+            if missing > 0 {
+                return Err(format!("NodePrepareResources of DRA driver {driver} skipped {missing} ResourceClaims"));
+            }
+        }
+        {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            for info in claims.values_mut().filter(|c| c.pods.contains(&pod_uid)) {
+                if let Some(by_driver) = answered.remove(&info.uid) {
+                    info.drivers.extend(by_driver);
+                }
+                info.prepared = true;
+            }
+        }
+        self.save().map_err(|e| format!("checkpoint ResourceClaim state: {e}"))?;
+        let mut by_container = BTreeMap::new();
+        if let Some(spec) = &pod.spec {
+            for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+                let mut names = Vec::new();
+                for rc in c.resources.as_ref().and_then(|r| r.claims.as_ref()).into_iter().flatten() {
+                    if let Some(pc) = pod_claims(pod).iter().find(|pc| pc.name == rc.name)
+                        && let Ok((Some(n), _)) = claim_name(pod, pc)
+                        && !names.contains(&n)
+                    {
+                        names.push(n);
+                    }
+                }
+                by_container.insert(c.name.clone(), names);
+            }
+        }
+        self.inner.uses.lock().unwrap_or_else(|p| p.into_inner()).insert(pod_uid, (ns, by_container));
+        Ok(())
+    }
+
+    /// The claims one container of a pod uses, as prepared, for the
+    /// pod-resources API.
+    pub fn container_claims(&self, pod_uid: &str, container: &str) -> Vec<ClaimInfo> {
+        let uses = self.inner.uses.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((ns, by_container)) = uses.get(pod_uid) else { return Vec::new() };
+        let claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+        by_container
+            .get(container)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| claims.get(&(ns.clone(), n.clone())))
+            .filter(|c| c.pods.contains(pod_uid))
+            .cloned()
+            .collect()
+    }
+
+    /// The CDI devices for one of the pod's containers: those of the claims
+    /// (and requests) its `resources.claims` name (kubelet's GetResources).
+    pub fn cdi_devices(&self, pod: &Pod, container: &Container) -> Result<Vec<String>, String> {
+        let wanted: Vec<(String, String)> =
+            container.resources.as_ref().and_then(|r| r.claims.as_ref()).into_iter().flatten().map(|c| (c.name.clone(), c.request.clone().unwrap_or_default())).collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<String> = Vec::new();
+        for pc in pod_claims(pod) {
+            let requests: Vec<&str> = wanted.iter().filter(|(n, _)| *n == pc.name).map(|(_, r)| r.as_str()).collect();
+            if requests.is_empty() {
+                continue;
+            }
+            let Some(name) = claim_name(pod, pc)?.0 else { continue };
+            let Some(info) = claims.get(&(ns.clone(), name.clone())) else {
+                return Err(format!("ResourceClaim {name} is not prepared on this node"));
+            };
+            for r in requests {
+                for id in info.cdi_devices(r) {
+                    if !out.contains(&id) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the pod still holds a claim here (its deletion must wait).
+    pub fn holds(&self, pod_uid: &str) -> bool {
+        self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).values().any(|c| c.pods.contains(pod_uid))
+    }
+
+    /// Lets go of the pod's claims (kubelet's UnprepareResources): the last
+    /// pod of a claim has its drivers unprepare it. Idempotent.
+    pub async fn unprepare(&self, pod_uid: &str) -> Result<(), String> {
+        if self.inner.dry_run || !self.holds(pod_uid) {
+            return Ok(());
+        }
+        let _op = self.inner.op.lock().await;
+        let mut batches: BTreeMap<String, Vec<pb::Claim>> = BTreeMap::new();
+        let mut last: Vec<Key> = Vec::new();
+        {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, info) in claims.iter_mut().filter(|(_, c)| c.pods.contains(pod_uid)) {
+                if info.pods.len() > 1 {
+                    info.pods.remove(pod_uid);
+                    continue;
+                }
+                last.push(key.clone());
+                for d in info.drivers.keys() {
+                    batches.entry(d.clone()).or_default().push(pb::Claim { namespace: info.namespace.clone(), uid: info.uid.clone(), name: info.name.clone() });
+                }
+            }
+        }
+        for (driver, batch) in &batches {
+            let plugin = self.plugin(driver)?;
+            let resp: pb::NodeUnprepareResourcesResponse = Self::call(&plugin, "NodeUnprepareResources", pb::NodeUnprepareResourcesRequest { claims: batch.clone() }).await?;
+            for (uid, result) in &resp.claims {
+                let Some(claim) = batch.iter().find(|c| &c.uid == uid) else {
+                    return Err(format!("NodeUnprepareResources of DRA driver {driver} answered for an unknown claim UID {uid}"));
+                };
+                if !result.error.is_empty() {
+                    return Err(format!("NodeUnprepareResources failed for ResourceClaim {}: {}", claim.name, result.error));
+                }
+            }
+            let missing = batch.iter().filter(|c| !resp.claims.contains_key(&c.uid)).count();
+            if missing > 0 {
+                return Err(format!("NodeUnprepareResources of DRA driver {driver} skipped {missing} ResourceClaims"));
+            }
+        }
+        {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &last {
+                claims.remove(key);
+            }
+        }
+        self.inner.uses.lock().unwrap_or_else(|p| p.into_inner()).remove(pod_uid);
+        self.save().map_err(|e| format!("checkpoint ResourceClaim state: {e}"))
+    }
+
+    /// Pods that hold claims but are no longer wanted (`keep` says no):
+    /// deleted while the agent was down, or whose worker ended without
+    /// letting go. Their claims are unprepared in the background, once at a
+    /// time, and tried again at the next call on failure.
+    pub fn reconcile(&self, keep: &dyn Fn(&str) -> bool) {
+        if self.inner.dry_run {
+            return;
+        }
+        let stale: BTreeSet<String> =
+            self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).values().flat_map(|c| c.pods.iter()).filter(|uid| !keep(uid)).cloned().collect();
+        if stale.is_empty() || self.inner.reconciling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            for uid in stale {
+                if let Err(e) = me.unprepare(&uid).await {
+                    tracing::warn!(pod_uid = %uid, error = %e, "unpreparing the claims of a pod that is gone failed; will retry");
+                } else {
+                    tracing::info!(pod_uid = %uid, "claims of a pod that is gone unprepared");
+                }
+            }
+            me.inner.reconciling.store(false, Ordering::SeqCst);
+        });
+    }
+}
