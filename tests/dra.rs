@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use nodelet::devices::proto::podresources as pr;
 use support::cluster::Cluster;
@@ -159,13 +159,27 @@ async fn claims_are_prepared_injected_shared_and_released() {
 /// it works the pod starts. A driver that is gone when the pod is deleted
 /// keeps the pod in its deletion (its claim cannot be unprepared); when it
 /// comes back, the claim is unprepared and the pod goes.
+///
+/// The node's ResourceSlices: one a driver left before the agent started is
+/// deleted at start (no driver serves it yet); a driver gone for the wiping
+/// delay has its slice deleted, and publishes it again when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_missing_driver_holds_the_pod() {
     let c = Cluster::start_cdi().await;
-    let _agent = c.join().await;
     let node = c.node.node_name();
+    let slices: Api<ResourceSlice> = Api::all(c.client.clone());
+    let stale: ResourceSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stale"},
+        "spec": {"driver": "gone.example.com", "nodeName": node, "pool": {"name": node, "generation": 1, "resourceSliceCount": 1}, "devices": [{"name": "x"}]}
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &stale).await.unwrap();
+    c.node.env.lock().unwrap().push(("NODELET_TEST_DRA_WIPING_DELAY_MS".into(), "3000".into()));
+    let _agent = c.join().await;
+    eventually(30 * S, "the stale ResourceSlice deleted at start", || async { slices.get_opt("stale").await.ok()?.is_none().then_some(()) }).await;
     let pods = c.pods("default");
     let mut driver = setup(&c).await;
+    eventually(30 * S, "the driver's slice published", || async { driver.slice_published().await.then_some(()) }).await;
 
     driver.fail_prepare(Some("the device is on fire"));
     pods.create(&PostParams::default(), &claim_pod("held", &node, serde_json::json!({"name": "gpu", "resourceClaimTemplateName": "one-gpu"}))).await.unwrap();
@@ -191,13 +205,16 @@ async fn a_failing_or_missing_driver_holds_the_pod() {
     let id = container(&c, "held").await;
     assert_eq!(sh(&c, &id, "test -c /dev/dra-gpu-0 && echo ok").await.trim(), "ok");
 
-    // The driver goes away; the deleted pod waits for it.
+    // The driver goes away; the deleted pod waits for it; its slice goes
+    // after the wiping delay.
     driver.stop();
     pods.delete("held", &DeleteParams::default()).await.unwrap();
-    tokio::time::sleep(8 * S).await;
+    eventually(30 * S, "the gone driver's slice deleted", || async { (!driver.slice_published().await).then_some(()) }).await;
+    tokio::time::sleep(3 * S).await;
     assert!(pods.get_opt("held").await.unwrap().is_some(), "the pod stays while its claim cannot be unprepared");
     assert!(c.node.instances_named("held", "c").await.iter().all(|x| !is_running(x)), "its containers are stopped all the same");
     driver.restart();
     eventually(90 * S, "held gone", || async { pods.get_opt("held").await.ok()?.is_none().then_some(()) }).await;
+    eventually(30 * S, "the slice published again", || async { driver.slice_published().await.then_some(()) }).await;
     assert_eq!(driver.calls().iter().filter(|c| c.starts_with("NodeUnprepareResources held-gpu-")).count(), 1, "{:?}", driver.calls());
 }

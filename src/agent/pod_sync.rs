@@ -102,7 +102,14 @@ impl PodSync {
         let in_use = if writes { crate::csi::InUse::enforced() } else { crate::csi::InUse::default() };
         // DRA drivers register there too; the claims prepared are kept in
         // <root-dir>/dra_manager_state (one the agent cannot trust stops it).
-        let dra = crate::dra::Dra::new(Some(s.root_dir.as_path()), api.cloned(), s.dry_run).map_err(AgentError::Fault)?;
+        let dra = crate::dra::Dra::for_node(Some(s.root_dir.as_path()), api.cloned(), writes.then(|| s.node_name.clone()), s.dry_run).map_err(AgentError::Fault)?;
+        if writes {
+            // No driver has registered yet: the node offers no DRA devices
+            // until they do (they publish their slices again).
+            // (A one-off: not a supervised task, which must never end.)
+            let d = dra.clone();
+            tokio::spawn(async move { d.wipe(None).await });
+        }
         if !s.dry_run {
             let publisher = api.filter(|_| writes).map(|c| crate::csi::registry::Publisher { client: c.clone(), node_name: s.node_name.clone() });
             tasks.spawn("plugin registration (CSI, DRA)", crate::csi::registry::watch(s.root_dir.join("plugins_registry"), csi.clone(), Some(dra.clone()), publisher));

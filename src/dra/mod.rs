@@ -26,7 +26,12 @@
 //! - NodeUnprepareResources is called when the last pod using a claim is
 //!   gone, before the pod is reported gone (a driver that cannot be reached
 //!   keeps the pod in its deletion, as kubelet does), and for pods deleted
-//!   while the agent was down.
+//!   while the agent was down;
+//! - the node's ResourceSlices are deleted at start (no driver has
+//!   registered yet: pods must not be scheduled here for devices nobody
+//!   serves; drivers publish theirs again when they register), and a
+//!   driver's when it has been gone for 30 s (kubelet's wiping delay), unless
+//!   it registers again meanwhile.
 
 pub mod checkpoint;
 #[cfg(test)]
@@ -121,6 +126,13 @@ struct Inner {
     /// same claims; a node runs few and they are short).
     op: tokio::sync::Mutex<()>,
     reconciling: AtomicBool,
+    /// The node's name (its ResourceSlices), when there is an apiserver to
+    /// write to.
+    node_name: Option<String>,
+    /// By driver: registrations so far (a pending wipe checks it has not
+    /// registered again since).
+    registrations: Mutex<BTreeMap<String, u64>>,
+    wiping_delay: std::time::Duration,
 }
 
 /// The DRA manager: cheap to clone, one per agent.
@@ -181,6 +193,16 @@ pub fn check_claim(pod: &Pod, claim: &ResourceClaim, must_own: bool) -> Result<B
     Ok(allocation.devices.as_ref().and_then(|d| d.results.as_ref()).into_iter().flatten().map(|r| r.driver.clone()).collect())
 }
 
+/// kubelet's wiping delay: how long a driver may be gone before its
+/// ResourceSlices are deleted (a test build may shorten it).
+fn wiping_delay() -> std::time::Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("NODELET_TEST_DRA_WIPING_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        return std::time::Duration::from_millis(ms);
+    }
+    std::time::Duration::from_secs(30)
+}
+
 fn grpc_text(s: &tonic::Status) -> String {
     crate::csi::status_text(s)
 }
@@ -189,6 +211,12 @@ impl Dra {
     /// A manager that checkpoints in `root_dir` (None: writes nothing) and
     /// reads claims with `client` (None: pods with claims cannot start).
     pub fn new(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, dry_run: bool) -> Result<Dra, String> {
+        Self::for_node(root_dir, client, None, dry_run)
+    }
+
+    /// [`Dra::new`] for the node `node_name`, whose ResourceSlices it
+    /// deletes when their drivers are gone (None: it touches none).
+    pub fn for_node(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, node_name: Option<String>, dry_run: bool) -> Result<Dra, String> {
         let state = root_dir.filter(|_| !dry_run).map(|d| d.join(checkpoint::FILE));
         let mut claims = BTreeMap::new();
         let read_from = root_dir.map(|d| d.join(checkpoint::FILE));
@@ -203,6 +231,8 @@ impl Dra {
                 state,
                 client,
                 dry_run,
+                node_name: node_name.filter(|_| !dry_run),
+                wiping_delay: wiping_delay(),
                 ..Default::default()
             }),
         })
@@ -228,12 +258,51 @@ impl Dra {
         };
         let plugin = Plugin { driver: driver.to_string(), endpoint, service };
         self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).insert(driver.to_string(), plugin.clone());
+        *self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).entry(driver.to_string()).or_default() += 1;
         Ok(plugin)
     }
 
-    /// The driver's plugin is gone (its registration socket went away).
+    /// The driver's plugin is gone (its registration socket went away):
+    /// its ResourceSlices go too unless it is back within the wiping delay.
     pub fn unregister(&self, driver: &str) {
         self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).remove(driver);
+        if self.inner.node_name.is_none() || self.inner.client.is_none() {
+            return;
+        }
+        let seen = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(driver).copied();
+        let (me, driver) = (self.clone(), driver.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(me.inner.wiping_delay).await;
+            let now = me.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(&driver).copied();
+            let back = me.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&driver);
+            if now == seen && !back {
+                me.wipe(Some(&driver)).await;
+            }
+        });
+    }
+
+    /// Deletes the node's ResourceSlices (of one driver, or all), retrying
+    /// with back-off (1 s doubling to 5 min) until it works.
+    pub async fn wipe(&self, driver: Option<&str>) {
+        let (Some(node), Some(client)) = (&self.inner.node_name, &self.inner.client) else { return };
+        let mut fields = format!("spec.nodeName={node}");
+        if let Some(d) = driver {
+            fields.push_str(&format!(",spec.driver={d}"));
+        }
+        let api: kube::Api<k8s_openapi::api::resource::v1::ResourceSlice> = kube::Api::all(client.clone());
+        let mut delay = std::time::Duration::from_secs(1);
+        for _ in 0..100 {
+            match api.delete_collection(&kube::api::DeleteParams::default(), &kube::api::ListParams::default().fields(&fields)).await {
+                Ok(_) => {
+                    tracing::info!(selector = %fields, "the node's ResourceSlices deleted (no registered driver serves them)");
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => tracing::debug!(selector = %fields, error = %e, "deleting ResourceSlices failed; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(std::time::Duration::from_secs(300));
+        }
     }
 
     pub fn plugins(&self) -> Vec<Plugin> {

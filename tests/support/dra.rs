@@ -8,7 +8,9 @@
 //! CDI directory: a device node it made (`mknod`, char 1:3) at
 //! `/dev/dra-<device>` and an env `DRA_<DEVICE>=<claim>`; it answers with the
 //! CDI device IDs. NodeUnprepareResources removes the spec. Every call is
-//! recorded; preparing can be made to fail on command.
+//! recorded; preparing can be made to fail on command. While it serves, it
+//! publishes its ResourceSlice again whenever it is gone (as the kubelet
+//! plugin helper's slice controller does: the node deletes them at start).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,7 @@ struct Shared {
 #[derive(Clone)]
 struct Server {
     name: String,
+    slice: ResourceSlice,
     endpoint: PathBuf,
     work: PathBuf,
     cdi: PathBuf,
@@ -159,7 +162,7 @@ impl DraDriver {
         let registration_socket = registry.join(format!("{name}-reg.sock"));
         let _ = std::fs::remove_file(&endpoint);
         let _ = std::fs::remove_file(&registration_socket);
-        let server = Server { name: name.into(), endpoint: endpoint.clone(), work: work.to_path_buf(), cdi: cdi.to_path_buf(), client, shared: Arc::default() };
+        let server = Server { name: name.into(), slice, endpoint: endpoint.clone(), work: work.to_path_buf(), cdi: cdi.to_path_buf(), client, shared: Arc::default() };
         let mut d = DraDriver { name: name.into(), registration_socket, server, tasks: Vec::new() };
         d.serve();
         d
@@ -178,6 +181,24 @@ impl DraDriver {
         let registration = tonic::transport::Server::builder().add_service(reg::registration_server::RegistrationServer::new(s.clone()));
         self.tasks.push(bind(&s.endpoint, plugin));
         self.tasks.push(bind(&self.registration_socket, registration));
+        self.tasks.push(tokio::spawn(async move {
+            let slices: Api<ResourceSlice> = Api::all(s.client.clone());
+            let name = s.slice.metadata.name.clone().unwrap_or_default();
+            loop {
+                if let Ok(None) = slices.get_opt(&name).await {
+                    let mut fresh = s.slice.clone();
+                    fresh.metadata.resource_version = None;
+                    let _ = slices.create(&PostParams::default(), &fresh).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }));
+    }
+
+    /// Whether its ResourceSlice is on the apiserver.
+    pub async fn slice_published(&self) -> bool {
+        let slices: Api<ResourceSlice> = Api::all(self.server.client.clone());
+        slices.get_opt(self.server.slice.metadata.name.as_deref().unwrap_or_default()).await.unwrap().is_some()
     }
 
     /// Stops serving and removes its sockets (the driver's pod is gone).

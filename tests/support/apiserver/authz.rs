@@ -29,6 +29,8 @@ pub struct Attrs {
     pub ns: Option<String>,
     /// For list and watch: from a `metadata.name=` field selector.
     pub name: Option<String>,
+    /// The request's field selector, for the rules that depend on it.
+    pub fields: Option<String>,
 }
 
 /// A rule of a ClusterRole: verbs on group/resource[/subresource]; `*` for any.
@@ -316,6 +318,17 @@ fn node_authorizer(store: &Store, who: &Identity, a: &Attrs) -> Option<Decision>
             } else {
                 Some(forbidden(who, a, &format!("no relationship found between node '{node}' and this object")))
             }
+        }
+        // authorizeResourceSlice: a node lists, watches and deletes (as a
+        // collection) only its own ResourceSlices, by field selector.
+        ("resource.k8s.io", "resourceslices", None) => {
+            if matches!(a.verb.as_str(), "list" | "watch" | "deletecollection") {
+                let own = a.fields.as_deref().is_some_and(|f| f.split(',').any(|t| t == format!("spec.nodeName={node}") || t == format!("spec.nodeName=={node}")));
+                if !own {
+                    return Some(forbidden(who, a, &format!("can only {} resourceslices with the field selector spec.nodeName={node}", a.verb)));
+                }
+            }
+            Some(Decision::Allow)
         }
         // The graph's ResourceClaim → pod → node edges: get only.
         ("resource.k8s.io", "resourceclaims", None) => {

@@ -112,6 +112,7 @@ pub fn approve(state: &Arc<State>, name: &str) {
             sub: Some(sub.into()),
             ns: None,
             name: None,
+            fields: None,
         };
         if authz::authorize(&store, &requester, &a) == authz::Decision::Allow {
             csr["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "AutoApproved",

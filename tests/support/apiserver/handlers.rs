@@ -237,6 +237,7 @@ fn attrs(method: &Method, t: &Target, q: &HashMap<String, String>) -> authz::Att
         sub: t.sub.clone(),
         ns: t.ns.clone(),
         name: t.name.clone().or(by_field),
+        fields: q.get("fieldSelector").cloned(),
     }
 }
 
@@ -343,6 +344,7 @@ pub async fn handle(state: Arc<State>, who: Option<Identity>, req: Request<hyper
         (Method::PUT, true) => update(&state, &t, &body),
         (Method::PATCH, true) => patch_object(&state, &t, &content_type, &body),
         (Method::DELETE, true) => delete(&state, &t, &q, &body),
+        (Method::DELETE, false) if t.res.plural != "pods" => delete_collection(&state, &t, &q),
         _ => status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
     }
 }
@@ -609,6 +611,7 @@ fn access_review(state: &State, who: Option<&Identity>, body: &Bytes) -> Respons
         sub: text(&ra["subresource"]),
         ns: text(&ra["namespace"]),
         name: text(&ra["name"]),
+        fields: text(&ra["fieldSelector"]["rawSelector"]),
     };
     if kind == "SubjectAccessReview" {
         let asked = format!("{} {} {}/{}", who.user, a.verb, a.resource, a.sub.clone().unwrap_or_default());
@@ -1059,6 +1062,27 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
         Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
         None => not_found(t),
     }
+}
+
+/// DELETE on a collection: every object its label and field selectors
+/// match goes; the answer lists them.
+fn delete_collection(state: &Arc<State>, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
+    let (labels, fields) = match selectors(q) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut store = state.store.lock().unwrap();
+    let matching: Vec<Value> = store.list(&t.res.key(), t.ns.as_deref()).into_iter().filter(|o| labels.matches_labels(o) && fields.matches_fields(o)).collect();
+    let mut items = Vec::new();
+    for o in matching {
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if let Some(gone) = store.remove(&t.res.key(), &ns, &name) {
+            items.push(with_type(t, gone));
+        }
+    }
+    let list = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(&t.version), "metadata": {"resourceVersion": store.rv().to_string()}, "items": items});
+    json_response(StatusCode::OK, &list)
 }
 
 /// The `pods/eviction` subresource, as `kubectl drain` uses it: a pod that
