@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use nodelet::devices::proto::podresources as pr;
 use support::cluster::Cluster;
 use support::deviceplugin::TestPlugin;
-use support::{eventually, is_running};
+use support::eventually;
 
 const S: Duration = Duration::from_secs(1);
 const R: &str = "example.com/dev";
@@ -50,16 +50,6 @@ async fn held(c: &Cluster, pod: &str) -> Vec<String> {
     p.containers.iter().find(|x| x.name == "c").unwrap().devices.iter().filter(|d| d.resource_name == R).flat_map(|d| d.device_ids.clone()).collect()
 }
 
-async fn container(c: &Cluster, pod: &str) -> String {
-    eventually(60 * S, &format!("{pod} running"), || async { c.node.instances_named(pod, "c").await.into_iter().find(is_running).map(|x| x.id) }).await
-}
-
-async fn sh(c: &Cluster, id: &str, script: &str) -> String {
-    let r = c.node.exec(id, &["sh", "-c", script]).await;
-    assert_eq!(r.exit_code, 0, "`{script}`: {}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
-    String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
 async fn rejected(pods: &Api<Pod>, name: &str) -> (String, String) {
     eventually(30 * S, &format!("{name} rejected"), || async {
         let st = pods.get(name).await.ok()?.status?;
@@ -89,10 +79,10 @@ async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     eventually(30 * S, "the Node advertising 3 devices", || async { (node_devices(&c).await? == ("3".into(), "3".into())).then_some(()) }).await;
 
     pods.create(&PostParams::default(), &device_pod("gpu", &node, 2)).await.unwrap();
-    let id = container(&c, "gpu").await;
-    assert_eq!(sh(&c, &id, "echo $TEST_DEVICES").await.trim(), "d0,d1");
-    assert_eq!(sh(&c, &id, "cat /run/devices/d0.info /run/devices/d1.info").await, "device d0\ndevice d1\n");
-    assert_eq!(sh(&c, &id, "test -c /dev/test-d0 && test -c /dev/test-d1 && echo chardevs; test -e /dev/test-d2 || echo no-d2").await, "chardevs\nno-d2\n");
+    let id = c.running("gpu").await;
+    assert_eq!(c.sh(&id, "echo $TEST_DEVICES").await.trim(), "d0,d1");
+    assert_eq!(c.sh(&id, "cat /run/devices/d0.info /run/devices/d1.info").await, "device d0\ndevice d1\n");
+    assert_eq!(c.sh(&id, "test -c /dev/test-d0 && test -c /dev/test-d1 && echo chardevs; test -e /dev/test-d2 || echo no-d2").await, "chardevs\nno-d2\n");
     let ro = c.node.exec(&id, &["sh", "-c", "echo x > /run/devices/d0.info"]).await;
     assert_ne!(ro.exit_code, 0, "the plugin's mount is read-only");
     {
@@ -135,18 +125,18 @@ async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     eventually(30 * S, "the plugin registering again", || async { (plugin.registrations() >= 2).then_some(()) }).await;
     plugin.set_healthy("d2", true);
     eventually(30 * S, "allocatable 3 again", || async { (node_devices(&c).await? == ("3".into(), "3".into())).then_some(()) }).await;
-    assert_eq!(container(&c, "gpu").await, id, "the container was not restarted");
+    assert_eq!(c.running("gpu").await, id, "the container was not restarted");
     assert_eq!(held(&c, "gpu").await, ["d0", "d1"], "its devices kept through the restart");
     pods.create(&PostParams::default(), &device_pod("one", &node, 1)).await.unwrap();
-    let one = container(&c, "one").await;
-    assert_eq!(sh(&c, &one, "echo $TEST_DEVICES").await.trim(), "d2", "the free device, not one the running pod holds");
+    let one = c.running("one").await;
+    assert_eq!(c.sh(&one, "echo $TEST_DEVICES").await.trim(), "d2", "the free device, not one the running pod holds");
 
     // The pod deleted: its devices go to the next pod.
     pods.delete("gpu", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "gpu gone", || async { pods.get_opt("gpu").await.ok()?.is_none().then_some(()) }).await;
     pods.create(&PostParams::default(), &device_pod("next", &node, 2)).await.unwrap();
-    let next = container(&c, "next").await;
-    assert_eq!(sh(&c, &next, "echo $TEST_DEVICES").await.trim(), "d0,d1");
+    let next = c.running("next").await;
+    assert_eq!(c.sh(&next, "echo $TEST_DEVICES").await.trim(), "d0,d1");
     let checkpoint = std::fs::read_to_string(dir.join("kubelet_internal_checkpoint")).unwrap();
     assert!(checkpoint.contains("\"PodDeviceEntries\"") && checkpoint.contains("\"ResourceName\":\"example.com/dev\""), "{checkpoint}");
 }
@@ -190,16 +180,16 @@ async fn the_static_cpu_manager_gives_a_guaranteed_pod_a_cpu_of_its_own() {
     let node = c.node.node_name();
     let pods = c.pods("default");
     pods.create(&PostParams::default(), &cpu_pod("shared", &node, "100m", false)).await.unwrap();
-    let shared = container(&c, "shared").await;
+    let shared = c.running("shared").await;
     let effective = |id: String| {
         let c = &c;
         // The CPUs the kernel lets the container's process run on (its
         // cpuset, whichever cgroup version the node has).
-        async move { sh(c, &id, "grep Cpus_allowed_list /proc/1/status").await.split_whitespace().nth(1).unwrap_or_default().to_string() }
+        async move { c.sh(&id, "grep Cpus_allowed_list /proc/1/status").await.split_whitespace().nth(1).unwrap_or_default().to_string() }
     };
     assert_eq!(effective(shared.clone()).await, all, "alone, the shared pool is every CPU");
     pods.create(&PostParams::default(), &cpu_pod("dedicated", &node, "1", true)).await.unwrap();
-    let dedicated = container(&c, "dedicated").await;
+    let dedicated = c.running("dedicated").await;
     let own = effective(dedicated.clone()).await;
     let cpu: u32 = own.parse().unwrap_or_else(|_| panic!("one CPU of its own, not {own:?}"));
     assert_ne!(cpu, 0, "never the reserved CPU");
@@ -219,7 +209,7 @@ async fn the_static_cpu_manager_gives_a_guaranteed_pod_a_cpu_of_its_own() {
     agent.kill9();
     let _agent = c.nodelet(&[]);
     eventually(30 * S, "the node Ready again", || async { c.node_ready().await.then_some(()) }).await;
-    assert_eq!(container(&c, "dedicated").await, dedicated);
+    assert_eq!(c.running("dedicated").await, dedicated);
     assert_eq!(effective(dedicated.clone()).await, own);
 
     // The Guaranteed pod goes: the shared pool grows back.

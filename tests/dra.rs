@@ -34,16 +34,6 @@ fn claim_pod(name: &str, node: &str, claim: serde_json::Value) -> Pod {
     .unwrap()
 }
 
-async fn container(c: &Cluster, pod: &str) -> String {
-    eventually(60 * S, &format!("{pod} running"), || async { c.node.instances_named(pod, "c").await.into_iter().find(is_running).map(|x| x.id) }).await
-}
-
-async fn sh(c: &Cluster, id: &str, script: &str) -> String {
-    let r = c.node.exec(id, &["sh", "-c", script]).await;
-    assert_eq!(r.exit_code, 0, "`{script}`: {}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
-    String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
 /// The claim a pod's template claim became.
 async fn claim_of(pods: &Api<Pod>, pod: &str) -> String {
     eventually(30 * S, &format!("{pod}'s claim"), || async {
@@ -93,9 +83,9 @@ async fn claims_are_prepared_injected_shared_and_released() {
     let driver = setup(&c).await;
 
     pods.create(&PostParams::default(), &claim_pod("a", &node, serde_json::json!({"name": "gpu", "resourceClaimTemplateName": "one-gpu"}))).await.unwrap();
-    let a = container(&c, "a").await;
+    let a = c.running("a").await;
     let claim_a = claim_of(&pods, "a").await;
-    assert_eq!(sh(&c, &a, "test -c /dev/dra-gpu-0 && echo chardev; echo $DRA_GPU_0").await, format!("chardev\n{claim_a}\n"), "the CDI device injected");
+    assert_eq!(c.sh(&a, "test -c /dev/dra-gpu-0 && echo chardev; echo $DRA_GPU_0").await, format!("chardev\n{claim_a}\n"), "the CDI device injected");
     assert_eq!(calls_of(&driver, &format!("NodePrepareResources {claim_a}")), 1, "{:?}", driver.calls());
     assert_eq!(driver.specs().len(), 1);
 
@@ -125,16 +115,16 @@ async fn claims_are_prepared_injected_shared_and_released() {
     for p in ["b1", "b2"] {
         pods.create(&PostParams::default(), &claim_pod(p, &node, serde_json::json!({"name": "gpu", "resourceClaimName": "shared"}))).await.unwrap();
     }
-    let b1 = container(&c, "b1").await;
-    let b2 = container(&c, "b2").await;
+    let b1 = c.running("b1").await;
+    let b2 = c.running("b2").await;
     for id in [&b1, &b2] {
-        assert_eq!(sh(&c, id, "test -c /dev/dra-gpu-1 && echo $DRA_GPU_1").await.trim(), "shared", "both pods have the shared device");
+        assert_eq!(c.sh(id, "test -c /dev/dra-gpu-1 && echo $DRA_GPU_1").await.trim(), "shared", "both pods have the shared device");
     }
     assert_eq!(calls_of(&driver, "NodePrepareResources shared"), 1, "{:?}", driver.calls());
     pods.delete("b1", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "b1 gone", || async { pods.get_opt("b1").await.ok()?.is_none().then_some(()) }).await;
     assert_eq!(calls_of(&driver, "NodeUnprepareResources shared"), 0, "b2 still uses it");
-    assert_eq!(sh(&c, &b2, "test -c /dev/dra-gpu-1 && echo ok").await.trim(), "ok");
+    assert_eq!(c.sh(&b2, "test -c /dev/dra-gpu-1 && echo ok").await.trim(), "ok");
     pods.delete("b2", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "b2 gone", || async { pods.get_opt("b2").await.ok()?.is_none().then_some(()) }).await;
     assert_eq!(calls_of(&driver, "NodeUnprepareResources shared"), 1, "unprepared with the last pod, before it left: {:?}", driver.calls());
@@ -143,7 +133,7 @@ async fn claims_are_prepared_injected_shared_and_released() {
     agent.kill9();
     let _agent = c.nodelet(&[]);
     eventually(30 * S, "the driver registering again", || async { (calls_of(&driver, &format!("NodePrepareResources {claim_a}")) >= 2).then_some(()) }).await;
-    assert_eq!(container(&c, "a").await, a, "the container was not restarted");
+    assert_eq!(c.running("a").await, a, "the container was not restarted");
     pods.delete("a", &DeleteParams::default()).await.unwrap();
     eventually(60 * S, "a gone", || async { pods.get_opt("a").await.ok()?.is_none().then_some(()) }).await;
     assert_eq!(calls_of(&driver, &format!("NodeUnprepareResources {claim_a}")), 1, "unprepared before the pod left: {:?}", driver.calls());
@@ -202,8 +192,8 @@ async fn a_failing_or_missing_driver_holds_the_pod() {
     assert!(explained.contains("FailedPrepareDynamicResources") && explained.contains("NodePrepareResources failed for ResourceClaim held-gpu-"), "{explained}");
     assert!(c.node.sandboxes_named("held").await.is_empty(), "nothing of the pod started");
     driver.fail_prepare(None);
-    let id = container(&c, "held").await;
-    assert_eq!(sh(&c, &id, "test -c /dev/dra-gpu-0 && echo ok").await.trim(), "ok");
+    let id = c.running("held").await;
+    assert_eq!(c.sh(&id, "test -c /dev/dra-gpu-0 && echo ok").await.trim(), "ok");
 
     // The driver goes away; the deleted pod waits for it; its slice goes
     // after the wiping delay.

@@ -193,6 +193,26 @@ pub fn check_claim(pod: &Pod, claim: &ResourceClaim, must_own: bool) -> Result<B
     Ok(allocation.devices.as_ref().and_then(|d| d.results.as_ref()).into_iter().flatten().map(|r| r.driver.clone()).collect())
 }
 
+/// A driver's answers (claim UID, error) to a batch, as kubelet checks
+/// them: none for a claim not asked about, no error, none missing.
+fn check_answers<'a>(method: &str, driver: &str, batch: &[pb::Claim], answers: impl Iterator<Item = (&'a String, &'a str)>) -> Result<(), String> {
+    let mut answered = 0;
+    for (uid, error) in answers {
+        let Some(claim) = batch.iter().find(|c| &c.uid == uid) else {
+            return Err(format!("{method} of DRA driver {driver} answered for an unknown claim UID {uid}"));
+        };
+        if !error.is_empty() {
+            return Err(format!("{method} failed for ResourceClaim {}: {error}", claim.name));
+        }
+        answered += 1;
+    }
+    let missing = batch.len().saturating_sub(answered);
+    if missing > 0 {
+        return Err(format!("{method} of DRA driver {driver} skipped {missing} ResourceClaims"));
+    }
+    Ok(())
+}
+
 /// kubelet's wiping delay: how long a driver may be gone before its
 /// ResourceSlices are deleted (a test build may shorten it).
 fn wiping_delay() -> std::time::Duration {
@@ -406,23 +426,14 @@ impl Dra {
         for (driver, batch) in &batches {
             let plugin = self.plugin(driver)?;
             let resp: pb::NodePrepareResourcesResponse = Self::call(&plugin, "NodePrepareResources", pb::NodePrepareResourcesRequest { claims: batch.clone() }).await?;
+            check_answers("NodePrepareResources", driver, batch, resp.claims.iter().map(|(uid, r)| (uid, r.error.as_str())))?;
             for (uid, result) in &resp.claims {
-                let Some(claim) = batch.iter().find(|c| &c.uid == uid) else {
-                    return Err(format!("NodePrepareResources of DRA driver {driver} answered for an unknown claim UID {uid}"));
-                };
-                if !result.error.is_empty() {
-                    return Err(format!("NodePrepareResources failed for ResourceClaim {}: {}", claim.name, result.error));
-                }
                 let devices = result
                     .devices
                     .iter()
                     .map(|d| PreparedDevice { pool: d.pool_name.clone(), device: d.device_name.clone(), requests: d.request_names.clone(), cdi_ids: d.cdi_device_ids.clone() })
                     .collect();
                 answered.entry(uid.clone()).or_default().insert(driver.clone(), devices);
-            }
-            let missing = batch.iter().filter(|c| !resp.claims.contains_key(&c.uid)).count();
-            if missing > 0 {
-                return Err(format!("NodePrepareResources of DRA driver {driver} skipped {missing} ResourceClaims"));
             }
         }
         {
@@ -531,18 +542,7 @@ impl Dra {
         for (driver, batch) in &batches {
             let plugin = self.plugin(driver)?;
             let resp: pb::NodeUnprepareResourcesResponse = Self::call(&plugin, "NodeUnprepareResources", pb::NodeUnprepareResourcesRequest { claims: batch.clone() }).await?;
-            for (uid, result) in &resp.claims {
-                let Some(claim) = batch.iter().find(|c| &c.uid == uid) else {
-                    return Err(format!("NodeUnprepareResources of DRA driver {driver} answered for an unknown claim UID {uid}"));
-                };
-                if !result.error.is_empty() {
-                    return Err(format!("NodeUnprepareResources failed for ResourceClaim {}: {}", claim.name, result.error));
-                }
-            }
-            let missing = batch.iter().filter(|c| !resp.claims.contains_key(&c.uid)).count();
-            if missing > 0 {
-                return Err(format!("NodeUnprepareResources of DRA driver {driver} skipped {missing} ResourceClaims"));
-            }
+            check_answers("NodeUnprepareResources", driver, batch, resp.claims.iter().map(|(uid, r)| (uid, r.error.as_str())))?;
         }
         {
             let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());

@@ -151,6 +151,21 @@ impl Cluster {
         .await
     }
 
+    /// The running instance of container `c` of an apiserver pod (waits a minute).
+    pub async fn running(&self, pod: &str) -> String {
+        super::eventually(Duration::from_secs(60), &format!("{pod} running"), || async {
+            self.node.instances_named(pod, "c").await.into_iter().find(super::is_running).map(|x| x.id)
+        })
+        .await
+    }
+
+    /// Runs `sh -c script` in a container; its output (it must succeed).
+    pub async fn sh(&self, id: &str, script: &str) -> String {
+        let r = self.node.exec(id, &["sh", "-c", script]).await;
+        assert_eq!(r.exit_code, 0, "`{script}`: {}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    }
+
     pub fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }
