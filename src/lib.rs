@@ -34,6 +34,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod cpus;
+pub mod topology;
 pub mod csi;
 pub mod devices;
 pub mod dra;

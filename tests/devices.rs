@@ -217,3 +217,76 @@ async fn the_static_cpu_manager_gives_a_guaranteed_pod_a_cpu_of_its_own() {
     eventually(60 * S, "dedicated gone", || async { pods.get_opt("dedicated").await.ok()?.is_none().then_some(()) }).await;
     eventually(20 * S, "the shared pool back to every CPU", || async { (effective(shared.clone()).await == all).then_some(()) }).await;
 }
+
+fn device_and_cpu_pod(name: &str, node: &str, resource: &str, cpu: Option<&str>) -> Pod {
+    let mut limits = serde_json::json!({resource: "1"});
+    if let Some(cpu) = cpu {
+        limits["cpu"] = cpu.into();
+        limits["memory"] = "64Mi".into();
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
+                            "resources": {"limits": limits, "requests": limits}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The topology manager on this machine's one NUMA node, with the static
+/// CPU manager and two device plugins, one of whose devices says it is on
+/// NUMA node 1 (which this machine does not have): with `single-numa-node`,
+/// a Guaranteed pod with a CPU and a node-0 device is admitted and runs on
+/// them; a pod wanting the node-1 device is refused TopologyAffinityError
+/// and never started. Restarted with `best-effort`, the agent keeps the
+/// running pod, and a pod wanting the node-1 device is admitted and gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_manager_refuses_what_cannot_be_aligned() {
+    let c = Cluster::start().await;
+    let base = "cpuManagerPolicy: static\nreservedSystemCPUs: \"0\"\ncpuManagerReconcilePeriod: 1s\n";
+    c.node.config_extra.lock().unwrap().push_str(&format!("{base}topologyManagerPolicy: single-numa-node\n"));
+    let mut agent = c.join().await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    let dir = c.node.dir.path().join("kubelet/device-plugins");
+    eventually(20 * S, "kubelet.sock", || async { dir.join("kubelet.sock").exists().then_some(()) }).await;
+    let work = c.node.dir.path().join("plugin-work");
+    let near = TestPlugin::start(&dir, "example.com/near", &["n0"], &work).await;
+    let far = TestPlugin::start_on_numa(&dir, "example.com/far", &["f0"], &work, 1).await;
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    eventually(30 * S, "both resources allocatable", || async {
+        let a = nodes.get(&node).await.ok()?.status?.allocatable?;
+        (a.contains_key("example.com/near") && a.contains_key("example.com/far")).then_some(())
+    })
+    .await;
+
+    pods.create(&PostParams::default(), &device_and_cpu_pod("aligned", &node, "example.com/near", Some("1"))).await.unwrap();
+    let id = c.running("aligned").await;
+    assert_eq!(c.sh(&id, "test -c /dev/test-n0 && echo ok").await.trim(), "ok");
+    let cpus = c.sh(&id, "grep Cpus_allowed_list /proc/1/status").await;
+    assert!(!cpus.split_whitespace().nth(1).unwrap_or_default().split(',').any(|r| r == "0" || r.starts_with("0-")), "an exclusive CPU, not the reserved one: {cpus}");
+
+    pods.create(&PostParams::default(), &device_and_cpu_pod("unaligned", &node, "example.com/far", None)).await.unwrap();
+    let (reason, message) = rejected(&pods, "unaligned").await;
+    assert_eq!((reason.as_str(), message.as_str()), ("TopologyAffinityError", "Pod was rejected: Resources cannot be allocated with Topology locality"));
+    assert!(c.node.sandboxes_named("unaligned").await.is_empty(), "never started");
+    assert!(far.calls.lock().unwrap().allocate.is_empty(), "its device never allocated");
+
+    // best-effort: the same pod is admitted, on the device it asked for.
+    agent.kill9();
+    {
+        let mut extra = c.node.config_extra.lock().unwrap();
+        extra.clear();
+        extra.push_str(&format!("{base}topologyManagerPolicy: best-effort\n"));
+    }
+    let _agent = c.nodelet(&[]);
+    assert_eq!(c.running("aligned").await, id, "the running pod kept through the restart");
+    eventually(30 * S, "the plugins registering again", || async { (near.registrations() >= 2 && far.registrations() >= 2).then_some(()) }).await;
+    pods.create(&PostParams::default(), &device_and_cpu_pod("anywhere", &node, "example.com/far", None)).await.unwrap();
+    let any = c.running("anywhere").await;
+    assert_eq!(c.sh(&any, "test -c /dev/test-f0 && echo ok").await.trim(), "ok");
+}

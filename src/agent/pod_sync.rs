@@ -126,6 +126,15 @@ impl PodSync {
             }
             None => crate::cpus::CpuManager::default(),
         };
+        // The topology manager: the machine's NUMA nodes from sysfs.
+        let topology = if s.topology_manager.policy == crate::topology::Policy::None {
+            crate::topology::Manager::default()
+        } else {
+            let topo = crate::cpus::Topology::read(std::path::Path::new("/sys")).map_err(AgentError::Fault)?;
+            let machine = crate::topology::mask_of(topo.cpus.values().map(|i| i.numa));
+            tracing::info!(policy = s.topology_manager.policy.name(), scope = ?s.topology_manager.scope, numa_nodes = ?crate::topology::nodes_of(machine), "topology manager");
+            crate::topology::Manager { config: s.topology_manager, machine }
+        };
         if !s.dry_run {
             tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));
             tasks.spawn(
@@ -143,6 +152,7 @@ impl PodSync {
             devices,
             cpus,
             dra,
+            topology,
             csi,
             in_use: in_use.clone(),
             mounted: Default::default(),

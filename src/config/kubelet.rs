@@ -50,6 +50,8 @@ pub struct KubeletConfig {
     /// `cpuManagerPolicyOptions: {full-pcpus-only: "true"}`.
     pub cpu_full_pcpus_only: bool,
     pub cpu_manager_reconcile_period: Option<Duration>,
+    /// `topologyManagerPolicy` and `topologyManagerScope`.
+    pub topology_manager: crate::topology::Config,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
     pub seccomp_default: Option<bool>,
@@ -455,15 +457,37 @@ impl KubeletConfig {
                     }
                 }
                 "cpuManagerReconcilePeriod" => c.cpu_manager_reconcile_period = defaulted(duration(file, k, v)?),
-                "memoryManagerPolicy" | "topologyManagerPolicy" => {
+                "topologyManagerPolicy" => {
+                    let p: String = field(file, k, v)?;
+                    c.topology_manager.policy = crate::topology::Policy::parse(&p).ok_or_else(|| {
+                        bad(k, format!("Unsupported value: {p:?}: supported values: \"best-effort\", \"none\", \"restricted\", \"single-numa-node\""))
+                    })?;
+                }
+                "topologyManagerScope" => {
+                    let p: String = field(file, k, v)?;
+                    c.topology_manager.scope = match p.as_str() {
+                        "" | "container" => crate::topology::Scope::Container,
+                        "pod" => crate::topology::Scope::Pod,
+                        other => return Err(bad(k, format!("Unsupported value: {other:?}: supported values: \"container\", \"pod\""))),
+                    };
+                }
+                "topologyManagerPolicyOptions" => {
+                    let opts: BTreeMap<String, String> = field(file, k, v)?;
+                    if let Some(name) = opts.keys().next() {
+                        return Err(bad(
+                            &format!("{k}.{name}"),
+                            format!("Unsupported value: {name:?}: nodelet's topology manager has no policy options (it refuses one rather than run pods without it)"),
+                        ));
+                    }
+                }
+                "memoryManagerPolicy" => {
                     let p: String = field(file, k, v)?;
                     if !p.is_empty() && !p.eq_ignore_ascii_case("none") {
-                        let default = if k == "memoryManagerPolicy" { "None" } else { "none" };
                         return Err(bad(
                             k,
                             format!(
-                                "Unsupported value: {p:?}: nodelet has no memory or topology manager yet (they are planned); \
-                                 remove the field or set it to {default:?}, or keep kubelet on nodes that need them"
+                                "Unsupported value: {p:?}: nodelet has no memory manager yet (it is planned); \
+                                 remove the field or set it to \"None\", or keep kubelet on nodes that need it"
                             ),
                         ));
                     }
@@ -594,10 +618,13 @@ memorySwap: {swapBehavior: LimitedSwap}
         // does; it used to reach tonic and panic on every CRI call.
         let e = err("runtimeRequestTimeout: 100000000h\n");
         assert!(e.starts_with("k.yaml: runtimeRequestTimeout: invalid duration \"100000000h\""), "{e}");
-        for f in ["memoryManagerPolicy: Static\n", "topologyManagerPolicy: single-numa-node\n"] {
-            let e = err(f);
-            assert!(e.contains("Unsupported value") && e.contains("nodelet has no memory or topology manager yet"), "{e}");
-        }
+        let e = err("memoryManagerPolicy: Static\n");
+        assert!(e.contains("Unsupported value") && e.contains("nodelet has no memory manager yet"), "{e}");
+        assert_eq!(err("topologyManagerPolicy: closest\n"), "k.yaml: topologyManagerPolicy: Unsupported value: \"closest\": supported values: \"best-effort\", \"none\", \"restricted\", \"single-numa-node\"");
+        assert!(err("topologyManagerScope: node\n").starts_with("k.yaml: topologyManagerScope: Unsupported value: \"node\""));
+        assert!(err("topologyManagerPolicyOptions: {prefer-closest-numa-nodes: \"true\"}\n").starts_with("k.yaml: topologyManagerPolicyOptions.prefer-closest-numa-nodes: Unsupported value"));
+        let c = KubeletConfig::parse(b"kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\ntopologyManagerPolicy: single-numa-node\ntopologyManagerScope: pod\n", "k.yaml").unwrap();
+        assert_eq!(c.topology_manager, crate::topology::Config { policy: crate::topology::Policy::SingleNumaNode, scope: crate::topology::Scope::Pod });
         assert_eq!(err("cpuManagerPolicy: dynamic\n"), "k.yaml: cpuManagerPolicy: Unsupported value: \"dynamic\": supported values: \"none\", \"static\"");
         let e = err("cpuManagerPolicy: static\ncpuManagerPolicyOptions: {distribute-cpus-across-numa: \"true\"}\n");
         assert!(e.starts_with("k.yaml: cpuManagerPolicyOptions.distribute-cpus-across-numa: Unsupported value"), "{e}");

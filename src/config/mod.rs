@@ -106,6 +106,8 @@ pub struct Settings {
     pub max_pods: u32,
     /// The CPU manager's static policy (None: `none`).
     pub cpu_manager: Option<crate::cpus::StaticConfig>,
+    /// The topology manager's policy and scope (policy `none`: off).
+    pub topology_manager: crate::topology::Config,
     /// kubelet's `allowedUnsafeSysctls`: patterns, already checked.
     pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: i32,

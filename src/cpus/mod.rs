@@ -114,6 +114,21 @@ pub fn exclusive_cpus(pod: &Pod, c: &k8s_openapi::api::core::v1::Container) -> u
 /// taken. Init containers that run to completion hand theirs on to the
 /// containers after them, as kubelet's.
 pub fn allocate(a: &mut Assignments, topo: &Topology, cfg: &StaticConfig, pod: &Pod) -> Result<bool, Refusal> {
+    allocate_aligned(a, topo, cfg, pod, None, &|_| None)
+}
+
+/// The CPUs of a container's exclusive request, by topology manager hint
+/// too: `numa` (the container's NUMA nodes, when the topology manager chose
+/// some) is where its CPUs are taken from first; `upto` stops after that
+/// container (the topology manager's container scope decides one at a time).
+pub fn allocate_aligned(
+    a: &mut Assignments,
+    topo: &Topology,
+    cfg: &StaticConfig,
+    pod: &Pod,
+    upto: Option<&str>,
+    numa: &dyn Fn(&str) -> Option<crate::topology::Mask>,
+) -> Result<bool, Refusal> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let Some(spec) = pod.spec.as_ref() else { return Ok(false) };
     let mut mine = a.entries.get(&uid).cloned().unwrap_or_default();
@@ -123,12 +138,19 @@ pub fn allocate(a: &mut Assignments, topo: &Topology, cfg: &StaticConfig, pod: &
     let inits = spec.init_containers.iter().flatten().map(|c| (c, c.restart_policy.as_deref() != Some("Always")));
     for (c, runs_to_completion) in inits.chain(spec.containers.iter().map(|c| (c, false))) {
         let n = exclusive_cpus(pod, c);
+        let last = upto == Some(c.name.as_str());
         if n == 0 {
+            if last {
+                break;
+            }
             continue;
         }
         if let Some(have) = mine.get(&c.name).filter(|s| s.len() == n as usize) {
             if runs_to_completion {
                 reusable.extend(have.iter().copied());
+            }
+            if last {
+                break;
             }
             continue;
         }
@@ -144,6 +166,16 @@ pub fn allocate(a: &mut Assignments, topo: &Topology, cfg: &StaticConfig, pod: &
             a.all.iter().copied().filter(|cpu| !a.reserved.contains(cpu) && !others.contains(cpu) && (!held_here.contains(cpu) || reusable.contains(cpu))).collect();
         // Reused CPUs first, then by topology from the rest.
         let mut take: CpuSet = reusable.iter().copied().take(n as usize).collect();
+        // The topology manager's NUMA nodes first, as many as they have.
+        if take.len() < n as usize
+            && let Some(mask) = numa(&c.name)
+        {
+            let aligned: CpuSet = free.difference(&take).copied().filter(|cpu| topo.cpus.get(cpu).is_some_and(|i| i.numa < 64 && mask & (1u64 << i.numa) != 0)).collect();
+            let k = aligned.len().min(n as usize - take.len());
+            if let Some(more) = topo.take(&aligned, k, cfg.full_pcpus_only).or_else(|| topo.take(&aligned, k, false)) {
+                take.extend(more);
+            }
+        }
         if take.len() < n as usize {
             let rest: CpuSet = free.difference(&take).copied().collect();
             match topo.take(&rest, n as usize - take.len(), cfg.full_pcpus_only) {
@@ -162,11 +194,68 @@ pub fn allocate(a: &mut Assignments, topo: &Topology, cfg: &StaticConfig, pod: &
         }
         mine.insert(c.name.clone(), take);
         changed = true;
+        if last {
+            break;
+        }
     }
     if changed {
         a.entries.insert(uid, mine);
     }
     Ok(changed)
+}
+
+/// The pod's exclusive CPUs as one request (the topology manager's pod
+/// scope): its app and sidecar containers' together, or its largest init
+/// container's if more, as kubelet counts them.
+pub fn pod_exclusive_cpus(pod: &Pod) -> u32 {
+    let Some(spec) = pod.spec.as_ref() else { return 0 };
+    let inits = spec.init_containers.iter().flatten();
+    let sidecars: u32 = inits.clone().filter(|c| c.restart_policy.as_deref() == Some("Always")).map(|c| exclusive_cpus(pod, c)).sum();
+    let apps: u32 = spec.containers.iter().map(|c| exclusive_cpus(pod, c)).sum::<u32>().saturating_add(sidecars);
+    let max_init = inits.filter(|c| c.restart_policy.as_deref() != Some("Always")).map(|c| exclusive_cpus(pod, c)).max().unwrap_or(0);
+    apps.max(max_init)
+}
+
+/// The static policy's topology hints (kubelet's GetTopologyHints) for one
+/// container (`Some(name)`) or the whole pod: None when it gets no
+/// exclusive CPUs; the NUMA nodes of the CPUs it already holds; else every
+/// set of NUMA nodes with enough free CPUs, the narrowest preferred.
+pub fn hints(a: &Assignments, topo: &Topology, pod: &Pod, container: Option<&str>) -> crate::topology::Hints {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref()?;
+    let all_containers = || spec.init_containers.iter().flatten().chain(&spec.containers);
+    let n = match container {
+        Some(name) => all_containers().find(|c| c.name == name).map_or(0, |c| exclusive_cpus(pod, c)),
+        None => pod_exclusive_cpus(pod),
+    };
+    if n == 0 {
+        return None;
+    }
+    let numa_of = |cpu: &u32| topo.cpus.get(cpu).map_or(0, |i| crate::topology::mask_of([i.numa]));
+    let machine = crate::topology::mask_of(topo.cpus.values().map(|i| i.numa));
+    let mine = a.entries.get(&uid).cloned().unwrap_or_default();
+    let held: Option<CpuSet> = match container {
+        Some(name) => mine.get(name).cloned(),
+        None => (!mine.is_empty()).then(|| mine.values().flatten().copied().collect()),
+    };
+    if let Some(h) = held.filter(|h| h.len() >= n as usize) {
+        let mask = h.iter().fold(0, |m, cpu| m | numa_of(cpu));
+        return Some(vec![crate::topology::Hint { mask: Some(mask), preferred: true }]);
+    }
+    // Free: not reserved, not another pod's, not held by this pod's
+    // containers that keep theirs (init containers that run to completion
+    // hand theirs on).
+    let keeps: CpuSet = all_containers()
+        .filter(|c| !(spec.init_containers.iter().flatten().any(|i| i.name == c.name) && c.restart_policy.as_deref() != Some("Always")))
+        .filter_map(|c| mine.get(&c.name))
+        .flatten()
+        .copied()
+        .collect();
+    let others: CpuSet = a.entries.iter().filter(|(u, _)| **u != uid).flat_map(|(_, c)| c.values().flatten().copied()).collect();
+    let available: Vec<crate::topology::Mask> =
+        a.all.iter().filter(|cpu| !a.reserved.contains(cpu) && !others.contains(cpu) && !keeps.contains(cpu)).map(numa_of).collect();
+    let every: Vec<crate::topology::Mask> = a.all.iter().map(numa_of).collect();
+    Some(crate::topology::generate(machine, n as usize, &available, &every))
 }
 
 struct Inner {
@@ -234,10 +323,22 @@ impl CpuManager {
 
     /// Admission: the pod's exclusive CPUs, or why not.
     pub fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
+        self.admit_aligned(pod, None, &|_| None)
+    }
+
+    /// The topology manager's hints for a container (or the pod).
+    pub fn hints(&self, pod: &Pod, container: Option<&str>) -> crate::topology::Hints {
+        let i = self.inner()?;
+        hints(&i.a, &i.topo, pod, container)
+    }
+
+    /// Admission with the topology manager's NUMA nodes per container, up
+    /// to one container (None: all).
+    pub fn admit_aligned(&self, pod: &Pod, upto: Option<&str>, numa: &dyn Fn(&str) -> Option<crate::topology::Mask>) -> Result<(), Refusal> {
         let changed = {
             let Some(mut guard) = self.inner() else { return Ok(()) };
             let i = &mut *guard;
-            let changed = allocate(&mut i.a, &i.topo, &i.cfg, pod)?;
+            let changed = allocate_aligned(&mut i.a, &i.topo, &i.cfg, pod, upto, numa)?;
             if changed {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default()),

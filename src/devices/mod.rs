@@ -250,6 +250,66 @@ impl Devices {
     /// free again for the containers after them; a restartable (sidecar)
     /// init container keeps its own.
     pub fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
+        self.admit_aligned(pod, None, &|_| None)
+    }
+
+    /// The topology manager's hints for a container (`Some(name)`) or the
+    /// whole pod, one per device resource it asks for (kubelet's
+    /// GetTopologyHints): None for a resource whose devices have no NUMA
+    /// node; the NUMA nodes of the devices it already holds; none when not
+    /// enough are free; else every set of NUMA nodes with enough free
+    /// healthy devices, the narrowest preferred.
+    pub fn hints(&self, pod: &Pod, container: Option<&str>, machine: crate::topology::Mask) -> Vec<crate::topology::Hints> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+        let s = self.lock();
+        let inits = spec.init_containers.as_deref().unwrap_or(&[]);
+        let in_scope: Vec<&k8s_openapi::api::core::v1::Container> = inits.iter().chain(&spec.containers).filter(|c| container.is_none_or(|n| c.name == n)).collect();
+        let entry = s.pods.get(&uid);
+        let mut out = Vec::new();
+        for (resource, plugin) in &s.plugins {
+            let per: Vec<(bool, usize)> = in_scope.iter().map(|c| (inits.iter().any(|i| i.name == c.name && i.restart_policy.as_deref() != Some("Always")), wanted(c, resource))).collect();
+            // The pod's request: its app and sidecar containers' together,
+            // or its largest init container's.
+            let n = match container {
+                Some(_) => per.iter().map(|(_, n)| *n).sum(),
+                None => per.iter().filter(|(init, _)| !*init).map(|(_, n)| *n).sum::<usize>().max(per.iter().filter(|(init, _)| *init).map(|(_, n)| *n).max().unwrap_or(0)),
+            };
+            if n == 0 {
+                continue;
+            }
+            let numa = |d: &Device| crate::topology::mask_of(d.numa.iter().filter_map(|n| u32::try_from(*n).ok()));
+            if !plugin.devices.values().any(|d| !d.numa.is_empty()) {
+                out.push(None);
+                continue;
+            }
+            let held: Vec<String> = entry
+                .into_iter()
+                .flat_map(|e| e.devices.iter())
+                .filter(|((c, r), _)| r == resource && container.is_none_or(|n| c == n))
+                .flat_map(|(_, a)| a.ids.iter().cloned())
+                .collect();
+            if !held.is_empty() {
+                let masks: Vec<crate::topology::Mask> = held.iter().filter_map(|id| plugin.devices.get(id)).map(numa).collect();
+                out.push(Some(crate::topology::generate(machine, n, &masks, &masks)));
+                continue;
+            }
+            let taken: BTreeSet<&String> =
+                s.pods.iter().filter(|(u, _)| **u != uid).flat_map(|(_, e)| e.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter())).collect();
+            let available: Vec<crate::topology::Mask> = plugin.devices.iter().filter(|(id, d)| d.healthy && !taken.contains(id)).map(|(_, d)| numa(d)).collect();
+            if available.len() < n {
+                out.push(Some(Vec::new()));
+                continue;
+            }
+            let every: Vec<crate::topology::Mask> = plugin.devices.values().map(numa).collect();
+            out.push(Some(crate::topology::generate(machine, n, &available, &every)));
+        }
+        out
+    }
+
+    /// [`Devices::admit`] with the topology manager's NUMA nodes per
+    /// container (devices there first), up to one container (None: all).
+    pub fn admit_aligned(&self, pod: &Pod, upto: Option<&str>, numa: &dyn Fn(&str) -> Option<crate::topology::Mask>) -> Result<(), Refusal> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
         let mut s = self.lock();
@@ -273,11 +333,19 @@ impl Devices {
                 .filter(|(u, _)| **u != uid)
                 .flat_map(|(_, e)| e.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter().cloned()))
                 .collect();
-            let healthy: Vec<String> = s.plugins[resource].devices.iter().filter(|(_, d)| d.healthy).map(|(id, _)| id.clone()).collect();
+            let healthy: Vec<(String, crate::topology::Mask)> = s.plugins[resource]
+                .devices
+                .iter()
+                .filter(|(_, d)| d.healthy)
+                .map(|(id, d)| (id.clone(), crate::topology::mask_of(d.numa.iter().filter_map(|n| u32::try_from(*n).ok()))))
+                .collect();
             let mut reusable: Vec<String> = Vec::new();
             let mut held: BTreeSet<String> = entry.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter().cloned()).collect();
             let containers = inits.iter().map(|c| (c, c.restart_policy.as_deref() != Some("Always"))).chain(spec.containers.iter().map(|c| (c, false)));
             for (c, runs_to_completion) in containers {
+                if upto.is_some_and(|u| inits.iter().chain(&spec.containers).position(|x| x.name == u) < inits.iter().chain(&spec.containers).position(|x| x.name == c.name)) {
+                    break;
+                }
                 let n = wanted(c, resource);
                 let key = (c.name.clone(), resource.clone());
                 if n == 0 {
@@ -291,7 +359,11 @@ impl Devices {
                 }
                 let mut ids: Vec<String> = reusable.iter().take(n).cloned().collect();
                 reusable.retain(|id| !ids.contains(id));
-                for id in &healthy {
+                // The topology manager's NUMA nodes first.
+                let mask = numa(&c.name);
+                let mut order: Vec<&(String, crate::topology::Mask)> = healthy.iter().collect();
+                order.sort_by_key(|(_, m)| mask.is_some_and(|want| m & want == 0));
+                for (id, _) in order {
                     if ids.len() == n {
                         break;
                     }
@@ -300,7 +372,7 @@ impl Devices {
                     }
                 }
                 if ids.len() < n {
-                    let available = healthy.iter().filter(|id| !taken.contains(*id) && !held.contains(*id)).count() + reusable.len();
+                    let available = healthy.iter().filter(|(id, _)| !taken.contains(id) && !held.contains(id)).count() + reusable.len();
                     return Err(Refusal {
                         reason: "UnexpectedAdmissionError".into(),
                         message: format!(

@@ -13,6 +13,44 @@ impl Devices {
     }
 }
 
+impl Devices {
+    /// Like `fake`, each device on a NUMA node.
+    fn fake_numa(&self, resource: &str, devices: &[(&str, i64)]) {
+        self.fake(resource, &devices.iter().map(|(id, _)| (*id, true)).collect::<Vec<_>>());
+        let mut s = self.lock();
+        for (id, n) in devices {
+            if let Some(d) = s.plugins.get_mut(resource).and_then(|p| p.devices.get_mut(*id)) {
+                d.numa = vec![*n];
+            }
+        }
+    }
+}
+
+#[test]
+fn topology_hints_and_aligned_devices() {
+    use crate::topology::{Hint, mask_of};
+    let h = |nodes: &[u32], preferred: bool| Hint { mask: Some(mask_of(nodes.iter().copied())), preferred };
+    let d = Devices::default();
+    d.fake_numa(R, &[("a0", 0), ("b0", 1), ("b1", 1)]);
+    let one = pod("p", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '1'}}}]\n");
+    assert_eq!(d.hints(&one, Some("c"), 0b11), vec![Some(vec![h(&[0], true), h(&[1], true), h(&[0, 1], false)])]);
+    let two = pod("q", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
+    assert_eq!(d.hints(&two, Some("c"), 0b11), vec![Some(vec![h(&[1], true), h(&[0, 1], false)])]);
+    // Node 1 chosen: b0, though a0 comes first by name.
+    d.admit_aligned(&one, Some("c"), &|_| Some(0b10)).unwrap();
+    assert_eq!(d.assigned("p", "c")[R], vec!["b0"]);
+    // Now two are not on one node any more (not preferred: node 1 could
+    // have had them); three are not free at all.
+    assert_eq!(d.hints(&two, Some("c"), 0b11), vec![Some(vec![h(&[0, 1], false)])]);
+    let three = pod("r", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '3'}}}]\n");
+    assert_eq!(d.hints(&three, Some("c"), 0b11), vec![Some(vec![])]);
+    // Devices without a NUMA node: no preference.
+    let plain = Devices::default();
+    plain.fake(R, &[("x", true)]);
+    plain.lock().plugins.get_mut(R).unwrap().devices.get_mut("x").unwrap().numa.clear();
+    assert_eq!(plain.hints(&one, Some("c"), 0b11), vec![None]);
+}
+
 fn pod(uid: &str, yaml_containers: &str) -> Pod {
     let text = format!("metadata: {{name: {uid}, namespace: ns, uid: {uid}}}\nspec:\n{yaml_containers}");
     serde_yaml::from_str(&text).unwrap()

@@ -39,18 +39,19 @@ impl Drop for TestPlugin {
 
 struct Plugin {
     work: PathBuf,
+    numa: i64,
     health: watch::Receiver<BTreeMap<String, bool>>,
     calls: Arc<Mutex<Calls>>,
 }
 
-fn list(h: &BTreeMap<String, bool>) -> v1beta1::ListAndWatchResponse {
+fn list(h: &BTreeMap<String, bool>, numa: i64) -> v1beta1::ListAndWatchResponse {
     v1beta1::ListAndWatchResponse {
         devices: h
             .iter()
             .map(|(id, ok)| v1beta1::Device {
                 id: id.clone(),
                 health: if *ok { "Healthy" } else { "Unhealthy" }.into(),
-                topology: Some(v1beta1::TopologyInfo { nodes: vec![v1beta1::NumaNode { id: 0 }] }),
+                topology: Some(v1beta1::TopologyInfo { nodes: vec![v1beta1::NumaNode { id: numa }] }),
             })
             .collect(),
     }
@@ -68,7 +69,8 @@ impl device_plugin_server::DevicePlugin for Plugin {
 
     async fn list_and_watch(&self, _: tonic::Request<v1beta1::Empty>) -> Result<tonic::Response<Stream>, tonic::Status> {
         use tokio_stream::StreamExt;
-        let s = tokio_stream::wrappers::WatchStream::new(self.health.clone()).map(|h| Ok(list(&h)));
+        let numa = self.numa;
+        let s = tokio_stream::wrappers::WatchStream::new(self.health.clone()).map(move |h| Ok(list(&h, numa)));
         Ok(tonic::Response::new(Box::pin(s)))
     }
 
@@ -141,6 +143,11 @@ impl TestPlugin {
     /// Serves `resource` with `ids` from `dir` (the node's device-plugins
     /// directory), its files and device nodes in `work`.
     pub async fn start(dir: &Path, resource: &str, ids: &[&str], work: &Path) -> TestPlugin {
+        Self::start_on_numa(dir, resource, ids, work, 0).await
+    }
+
+    /// [`TestPlugin::start`] with its devices on NUMA node `numa`.
+    pub async fn start_on_numa(dir: &Path, resource: &str, ids: &[&str], work: &Path, numa: i64) -> TestPlugin {
         std::fs::create_dir_all(work).unwrap();
         for id in ids {
             std::fs::write(work.join(format!("{id}.info")), format!("device {id}\n")).unwrap();
@@ -154,7 +161,7 @@ impl TestPlugin {
         let socket = dir.join(&endpoint);
         let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let plugin = Plugin { work: work.to_path_buf(), health: rx, calls: calls.clone() };
+        let plugin = Plugin { work: work.to_path_buf(), numa, health: rx, calls: calls.clone() };
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(device_plugin_server::DevicePluginServer::new(plugin))

@@ -17,13 +17,49 @@ impl PodManager {
         // CPU manager, then device manager).
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let held = !self.ctx.cpus.exclusive(uid).is_empty();
-        self.ctx.cpus.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })?;
-        self.ctx.devices.admit(pod).map_err(|r| {
+        let held_devices = spec_containers(pod).any(|c| !self.ctx.devices.assigned(uid, c).is_empty());
+        let undo = |reason: String, message: String| {
             if !held {
                 self.ctx.cpus.release(uid);
             }
-            Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) }
-        })
+            if !held_devices {
+                self.ctx.devices.release(uid);
+            }
+            Rejection { reason, message: format!("Pod was rejected: {message}") }
+        };
+        let tm = self.ctx.topology;
+        if !tm.is_on() {
+            self.ctx.cpus.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })?;
+            return self.ctx.devices.admit(pod).map_err(|r| undo(r.reason, r.message));
+        }
+        // The topology manager: the providers' hints merged for each
+        // container (or once for the pod), admitted by the policy, and the
+        // chosen NUMA nodes handed to the CPU and device managers.
+        let steps: Vec<Option<String>> = match tm.config.scope {
+            crate::topology::Scope::Pod => vec![None],
+            crate::topology::Scope::Container => pod
+                .spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+                .map(|c| Some(c.name.clone()))
+                .collect(),
+        };
+        for step in steps {
+            let container = step.as_deref();
+            let mut hints = vec![self.ctx.cpus.hints(pod, container)];
+            hints.extend(self.ctx.devices.hints(pod, container, tm.machine));
+            let (best, admit) = crate::topology::merge(tm.machine, tm.config.policy, &hints);
+            if !admit {
+                tracing::info!(pod = %pod_ref(pod), container = container.unwrap_or("(pod scope)"), policy = tm.config.policy.name(), hints = ?hints, "topology manager: no aligned placement");
+                return Err(undo(crate::topology::REASON.into(), crate::topology::MESSAGE.into()));
+            }
+            let mask = best.mask;
+            tracing::debug!(pod = %pod_ref(pod), container = container.unwrap_or("(pod scope)"), numa = ?mask.map(crate::topology::nodes_of), preferred = best.preferred, "topology manager hint");
+            let numa = |c: &str| if container.is_none_or(|x| x == c) { mask } else { None };
+            self.ctx.cpus.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
+            self.ctx.devices.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
+        }
+        Ok(())
     }
 
     fn admit_checks(&self, pod: &DesiredPod) -> Result<(), Rejection> {
@@ -202,4 +238,8 @@ impl PodManager {
 /// The names of every container of `pod` (init and app).
 fn spec_containers(pod: &DesiredPod) -> impl Iterator<Item = &str> {
     pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).map(|c| c.name.as_str())
+}
+
+fn pod_ref(pod: &DesiredPod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default())
 }

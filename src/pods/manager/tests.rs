@@ -48,6 +48,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
         devices: Default::default(),
         cpus: Default::default(),
         dra: Default::default(),
+        topology: Default::default(),
         runtime: rt.clone(),
         node: Arc::new(NodeContext::for_tests("n")),
         events: Arc::new(LogRecorder),

@@ -55,6 +55,8 @@ pub struct WorkerContext {
     pub cpus: crate::cpus::CpuManager,
     /// DRA: the pods' ResourceClaims prepared by their drivers.
     pub dra: crate::dra::Dra,
+    /// The topology manager (policy `none`: off).
+    pub topology: crate::topology::Manager,
     pub runtime: Arc<dyn Runtime>,
     pub node: Arc<NodeContext>,
     pub events: Arc<dyn EventRecorder>,
