@@ -111,6 +111,10 @@ pub struct Explanation {
     pub trail: Vec<Entry>,
     /// `<podLogsDir>/<ns>_<name>_<uid>`: the CLI reads previous logs there.
     pub log_directory: String,
+    /// What the resource managers gave the pod's containers: exclusive
+    /// CPUs, devices, DRA claims (one line each).
+    #[serde(default)]
+    pub resources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -322,7 +326,34 @@ pub fn explain(record: &PodRecord, trail: Vec<Entry>, pulls: Vec<Progress>, log_
         pulls,
         trail,
         log_directory,
+        resources: Vec::new(),
     }
+}
+
+/// What the CPU, device and DRA managers gave each container of a pod, for
+/// `nodelet explain`: one line per container and kind.
+pub fn resources(pod: &k8s_openapi::api::core::v1::Pod, cpus: &crate::cpus::CpuManager, devices: &crate::devices::Devices, dra: &crate::dra::Dra) -> Vec<String> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    let exclusive = cpus.exclusive(&uid);
+    let mut out = Vec::new();
+    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        if let Some(set) = exclusive.get(&c.name) {
+            out.push(format!("{}: exclusive CPUs {}", c.name, crate::cpus::format(set)));
+        }
+        for (resource, ids) in devices.assigned(&uid, &c.name) {
+            out.push(format!("{}: {resource} {}", c.name, ids.join(", ")));
+        }
+        for claim in dra.container_claims(&uid, &c.name) {
+            let devs: Vec<String> = claim
+                .drivers
+                .iter()
+                .flat_map(|(driver, ds)| ds.iter().map(move |d| format!("{driver}/{}/{} (CDI {})", d.pool, d.device, d.cdi_ids.join(", "))))
+                .collect();
+            out.push(format!("{}: ResourceClaim {}: {}", c.name, claim.name, if devs.is_empty() { "no devices".to_string() } else { devs.join("; ") }));
+        }
+    }
+    out
 }
 
 /// The last `n` lines of the newest log file of `container` under the pod's
@@ -370,6 +401,12 @@ pub fn render(e: &Explanation, logs: &[(String, Vec<String>)]) -> String {
     }
     if !e.conditions.is_empty() {
         let _ = writeln!(s, "Conditions: {}", e.conditions.join(", "));
+    }
+    if !e.resources.is_empty() {
+        let _ = writeln!(s, "Resources:");
+        for r in &e.resources {
+            let _ = writeln!(s, "  {r}");
+        }
     }
     for p in &e.pulls {
         let _ = writeln!(s, "Pulling {}: {} of {} so far, {:.0}s", p.image, crate::pulls::mib(p.done_bytes), crate::pulls::mib(p.total_bytes), p.seconds);

@@ -270,6 +270,9 @@ async fn the_topology_manager_refuses_what_cannot_be_aligned() {
     let cpus = c.sh(&id, "grep Cpus_allowed_list /proc/1/status").await;
     assert!(!cpus.split_whitespace().nth(1).unwrap_or_default().split(',').any(|r| r == "0" || r.starts_with("0-")), "an exclusive CPU, not the reserved one: {cpus}");
 
+    let explained = c.explain("default/aligned");
+    assert!(explained.contains("Resources:\n  c: exclusive CPUs ") && explained.contains("  c: example.com/near n0\n"), "{explained}");
+
     pods.create(&PostParams::default(), &device_and_cpu_pod("unaligned", &node, "example.com/far", None)).await.unwrap();
     let (reason, message) = rejected(&pods, "unaligned").await;
     assert_eq!((reason.as_str(), message.as_str()), ("TopologyAffinityError", "Pod was rejected: Resources cannot be allocated with Topology locality"));

@@ -100,6 +100,9 @@ async fn claims_are_prepared_injected_shared_and_released() {
     let r = &dynamic[0].claim_resources[0];
     assert_eq!((r.driver_name.as_str(), r.pool_name.as_str(), r.device_name.as_str()), (DRIVER, node.as_str(), "gpu-0"));
     assert!(r.cdi_devices[0].name.starts_with("dra.example.com/gpu="), "{r:?}");
+    // `nodelet explain` says what the container got.
+    let explained = c.explain("default/a");
+    assert!(explained.contains(&format!("c: ResourceClaim {claim_a}: {DRIVER}/{node}/gpu-0 (CDI dra.example.com/gpu=")), "{explained}");
     // The checkpoint, in kubelet's layout.
     let state = c.node.dir.path().join("kubelet/dra_manager_state");
     let text = std::fs::read_to_string(&state).unwrap();
@@ -182,10 +185,8 @@ async fn a_failing_or_missing_driver_holds_the_pod() {
         list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedPrepareDynamicResources")).map(|_| ())
     })
     .await;
-    let socket = c.node.dir.path().join("kubelet/nodelet/status.sock");
     let explained = eventually(60 * S, "`nodelet explain` naming the driver's error", || async {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["explain", "pod", "default/held", "--socket"]).arg(&socket).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = c.explain("default/held");
         text.contains("the device is on fire").then_some(text)
     })
     .await;

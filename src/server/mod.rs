@@ -48,6 +48,8 @@ pub struct LocalApi {
     pub pulls: std::sync::Arc<crate::pulls::Puller>,
     /// Where pods' logs are (`podLogsDir`).
     pub pod_logs_dir: std::path::PathBuf,
+    /// The resource managers, for `/explain`: what each pod was given.
+    pub managers: Option<(crate::cpus::CpuManager, crate::devices::Devices, crate::dra::Dra)>,
 }
 
 async fn healthz(State(relisted): State<watch::Receiver<Option<Instant>>>) -> impl IntoResponse {
@@ -111,7 +113,11 @@ async fn explain(State(api): State<LocalApi>, axum::extract::Path((namespace, na
     let m = &record.pod.metadata;
     let (ns, n, uid) = (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default(), m.uid.clone().unwrap_or_default());
     let log_directory = api.pod_logs_dir.join(format!("{ns}_{n}_{uid}")).display().to_string();
-    Json(crate::explain::explain(record, api.trails.get(&uid), api.pulls.in_flight(), log_directory)).into_response()
+    let mut e = crate::explain::explain(record, api.trails.get(&uid), api.pulls.in_flight(), log_directory);
+    if let Some((cpus, devices, dra)) = &api.managers {
+        e.resources = crate::explain::resources(&record.pod, cpus, devices, dra);
+    }
+    Json(e).into_response()
 }
 
 /// The health port: health and nothing else.

@@ -151,6 +151,13 @@ impl Cluster {
         .await
     }
 
+    /// `nodelet explain pod NS/NAME` on this node's agent.
+    pub fn explain(&self, pod: &str) -> String {
+        let socket = self.node.dir.path().join("kubelet/nodelet/status.sock");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodelet")).args(["explain", "pod", pod, "--socket"]).arg(&socket).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The running instance of container `c` of an apiserver pod (waits a minute).
     pub async fn running(&self, pod: &str) -> String {
         super::eventually(Duration::from_secs(60), &format!("{pod} running"), || async {
