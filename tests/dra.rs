@@ -72,8 +72,9 @@ fn calls_of(driver: &DraDriver, what: &str) -> usize {
 /// device: the device node and env are in the container. The pod-resources
 /// API and the checkpoint say so. A claim shared by two pods is prepared
 /// once and unprepared only when the last of them is gone. An agent restart
-/// keeps the container; the claim of a pod deleted meanwhile is unprepared
-/// before the pod leaves the apiserver, and its CDI spec is gone.
+/// keeps the container; a pod force-deleted while the agent is down has its
+/// claim unprepared when it is back (and its container removed), its CDI
+/// spec and checkpoint entry gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_are_prepared_injected_shared_and_released() {
     let c = Cluster::start_cdi().await;
@@ -137,9 +138,16 @@ async fn claims_are_prepared_injected_shared_and_released() {
     let _agent = c.nodelet(&[]);
     eventually(30 * S, "the driver registering again", || async { (calls_of(&driver, &format!("NodePrepareResources {claim_a}")) >= 2).then_some(()) }).await;
     assert_eq!(c.running("a").await, a, "the container was not restarted");
-    pods.delete("a", &DeleteParams::default()).await.unwrap();
-    eventually(60 * S, "a gone", || async { pods.get_opt("a").await.ok()?.is_none().then_some(()) }).await;
-    assert_eq!(calls_of(&driver, &format!("NodeUnprepareResources {claim_a}")), 1, "unprepared before the pod left: {:?}", driver.calls());
+    // Force-deleted while the agent is down: gone from the apiserver at once.
+    let mut agent = _agent;
+    eventually(30 * S, "a prepared again after the restart", || async { c.explain("default/a").contains("ResourceClaim").then_some(()) }).await;
+    agent.kill9();
+    pods.delete("a", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    eventually(30 * S, "a gone from the apiserver", || async { pods.get_opt("a").await.ok()?.is_none().then_some(()) }).await;
+    assert_eq!(calls_of(&driver, &format!("NodeUnprepareResources {claim_a}")), 0);
+    let _agent = c.nodelet(&[]);
+    eventually(60 * S, "a's claim unprepared", || async { (calls_of(&driver, &format!("NodeUnprepareResources {claim_a}")) == 1).then_some(()) }).await;
+    eventually(60 * S, "a's container removed", || async { c.node.instances_named("a", "c").await.is_empty().then_some(()) }).await;
     assert!(driver.specs().is_empty(), "the driver's CDI specs removed: {:?}", driver.specs());
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(!text.contains(&claim_a), "the checkpoint forgot the claim: {text}");

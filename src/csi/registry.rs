@@ -40,7 +40,8 @@ fn is_socket(p: &Path) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Registered {
     Csi(String),
-    Dra(String),
+    /// A DRA driver's plugin instance: the driver and its endpoint.
+    Dra(String, PathBuf),
 }
 
 /// Asks one plugin and registers it; what it registered, or why not.
@@ -59,7 +60,7 @@ async fn register(socket: &Path, drivers: &Drivers, dra: Option<&crate::dra::Dra
         if let Err(s) = reg.notify_registration_status(request(status)).await {
             tracing::warn!(plugin = %info.name, error = %status_text(&s), "NotifyRegistrationStatus failed");
         }
-        return outcome.map(|p| Registered::Dra(p.driver));
+        return outcome.map(|p| Registered::Dra(p.driver, p.endpoint));
     }
     let outcome = async {
         if info.r#type != "CSIPlugin" {
@@ -244,7 +245,7 @@ pub async fn watch(dir: PathBuf, drivers: Drivers, dra: Option<crate::dra::Dra>,
             }
             match register(path, &drivers, dra.as_ref(), publisher.as_ref()).await {
                 Ok(r) => {
-                    if let Registered::Dra(name) = &r {
+                    if let Registered::Dra(name, _) = &r {
                         tracing::info!(driver = %name, socket = %path.display(), "DRA driver registered");
                     }
                     seen.insert(path.clone(), (Some(r), *mtime, std::time::Instant::now()));
@@ -257,10 +258,10 @@ pub async fn watch(dir: PathBuf, drivers: Drivers, dra: Option<crate::dra::Dra>,
         }
         let gone: Vec<PathBuf> = seen.keys().filter(|p| !present.iter().any(|(q, _)| q == *p)).cloned().collect();
         for path in gone {
-            if let Some((Some(Registered::Dra(name)), _, _)) = seen.get(&path).cloned() {
+            if let Some((Some(Registered::Dra(name, endpoint)), _, _)) = seen.get(&path).cloned() {
                 seen.remove(&path);
                 if let Some(dra) = &dra {
-                    dra.unregister(&name);
+                    dra.unregister(&name, &endpoint);
                 }
                 tracing::info!(driver = %name, socket = %path.display(), "DRA driver unregistered (its registration socket is gone)");
                 continue;

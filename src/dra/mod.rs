@@ -53,6 +53,9 @@ pub mod proto {
 
 use proto::v1 as pb;
 
+/// kubelet's timeout for a call to a DRA plugin (and for reading a claim).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// The plugin type DRA drivers register with.
 pub const PLUGIN_TYPE: &str = "DRAPlugin";
 /// The services a driver may list among its supported versions, newest first.
@@ -113,7 +116,9 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct Inner {
-    plugins: Mutex<BTreeMap<String, Plugin>>,
+    /// By driver: its registered plugin instances, oldest first (a rolling
+    /// update runs two for a while); calls go to the newest.
+    plugins: Mutex<BTreeMap<String, Vec<Plugin>>>,
     claims: Mutex<BTreeMap<Key, ClaimInfo>>,
     /// The checkpoint; None: nothing written (a dry run, unit tests).
     state: Option<PathBuf>,
@@ -277,16 +282,31 @@ impl Dra {
             ));
         };
         let plugin = Plugin { driver: driver.to_string(), endpoint, service };
-        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).insert(driver.to_string(), plugin.clone());
+        {
+            let mut plugins = self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner());
+            let list = plugins.entry(driver.to_string()).or_default();
+            list.retain(|p| p.endpoint != plugin.endpoint);
+            list.push(plugin.clone());
+        }
         *self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).entry(driver.to_string()).or_default() += 1;
         Ok(plugin)
     }
 
-    /// The driver's plugin is gone (its registration socket went away):
-    /// its ResourceSlices go too unless it is back within the wiping delay.
-    pub fn unregister(&self, driver: &str) {
-        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).remove(driver);
-        if self.inner.node_name.is_none() || self.inner.client.is_none() {
+    /// One plugin instance of the driver is gone (its registration socket
+    /// went away); when it was the last, the driver's ResourceSlices go too
+    /// unless it is back within the wiping delay.
+    pub fn unregister(&self, driver: &str, endpoint: &std::path::Path) {
+        let last = {
+            let mut plugins = self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner());
+            let list = plugins.entry(driver.to_string()).or_default();
+            list.retain(|p| p.endpoint != endpoint);
+            let empty = list.is_empty();
+            if empty {
+                plugins.remove(driver);
+            }
+            empty
+        };
+        if !last || self.inner.node_name.is_none() || self.inner.client.is_none() {
             return;
         }
         let seen = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(driver).copied();
@@ -312,6 +332,12 @@ impl Dra {
         let api: kube::Api<k8s_openapi::api::resource::v1::ResourceSlice> = kube::Api::all(client.clone());
         let mut delay = std::time::Duration::from_secs(1);
         for _ in 0..100 {
+            // The start's wipe is moot once a driver has registered (it
+            // publishes its slices again): never delete those.
+            if driver.is_none() && !self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                tracing::info!("a DRA driver registered before the node's stale ResourceSlices could be deleted; leaving them to the drivers");
+                return;
+            }
             match api.delete_collection(&kube::api::DeleteParams::default(), &kube::api::ListParams::default().fields(&fields)).await {
                 Ok(_) => {
                     tracing::info!(selector = %fields, "the node's ResourceSlices deleted (no registered driver serves them)");
@@ -326,7 +352,7 @@ impl Dra {
     }
 
     pub fn plugins(&self) -> Vec<Plugin> {
-        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.inner.plugins.lock().unwrap_or_else(|p| p.into_inner()).values().flatten().cloned().collect()
     }
 
     fn plugin(&self, driver: &str) -> Result<Plugin, String> {
@@ -335,6 +361,7 @@ impl Dra {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(driver)
+            .and_then(|l| l.last())
             .cloned()
             .ok_or_else(|| format!("DRA driver {driver} is not registered on this node"))
     }
@@ -350,13 +377,24 @@ impl Dra {
         checkpoint::write(path, &claims)
     }
 
+    /// One call to a driver's plugin, given up after kubelet's 45 s.
     async fn call<Req: prost::Message + 'static, Resp: prost::Message + Default + 'static>(plugin: &Plugin, method: &str, req: Req) -> Result<Resp, String> {
-        let ch = crate::csi::channel(&plugin.endpoint).await.map_err(|e| format!("DRA driver {}: {e}", plugin.driver))?;
-        let mut grpc = tonic::client::Grpc::new(ch);
-        grpc.ready().await.map_err(|e| format!("DRA driver {}: {e}", plugin.driver))?;
-        let path = http::uri::PathAndQuery::try_from(format!("/{}/{method}", plugin.service)).map_err(|e| e.to_string())?;
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        grpc.unary(crate::csi::request(req), path, codec).await.map(|r| r.into_inner()).map_err(|s| format!("{method}: {}", grpc_text(&s)))
+        let driver = &plugin.driver;
+        let work = async {
+            let ch = crate::csi::channel(&plugin.endpoint).await?;
+            let mut grpc = tonic::client::Grpc::new(ch);
+            grpc.ready().await.map_err(|e| e.to_string())?;
+            let path = http::uri::PathAndQuery::try_from(format!("/{}/{method}", plugin.service)).map_err(|e| e.to_string())?;
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(CALL_TIMEOUT);
+            grpc.unary(r, path, codec).await.map(|r| r.into_inner()).map_err(|s| grpc_text(&s))
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("{method} of DRA driver {driver} at {}: {e}", plugin.endpoint.display())),
+            Err(_) => Err(format!("{method} of DRA driver {driver} at {}: no answer in {}s", plugin.endpoint.display(), CALL_TIMEOUT.as_secs())),
+        }
     }
 
     /// Prepares the pod's claims (kubelet's PrepareResources). Ok when every
@@ -366,28 +404,39 @@ impl Dra {
         if !uses_claims(pod) {
             return Ok(());
         }
-        let _op = self.inner.op.lock().await;
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let Some(client) = &self.inner.client else {
             return Err("the pod has resourceClaims but this node reads no apiserver".into());
         };
         let api: kube::Api<ResourceClaim> = kube::Api::namespaced(client.clone(), &ns);
-        // Check everything before changing anything: a pod that cannot be
-        // prepared is never recorded (so it can go without a driver call).
+        // Check everything before changing anything (and before waiting
+        // for other pods' driver calls): a pod that cannot be prepared is
+        // never recorded, so it can go without a driver call.
         let mut wanted: Vec<(ResourceClaim, BTreeSet<String>)> = Vec::new();
         for pc in pod_claims(pod) {
             let (name, must_own) = claim_name(pod, pc)?;
             let Some(name) = name else { continue };
-            let claim = api.get(&name).await.map_err(|e| format!("fetch ResourceClaim {name}: {e}"))?;
+            let claim = match tokio::time::timeout(CALL_TIMEOUT, api.get(&name)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(format!("fetch ResourceClaim {ns}/{name}: {e}")),
+                Err(_) => return Err(format!("fetch ResourceClaim {ns}/{name}: no answer in {}s", CALL_TIMEOUT.as_secs())),
+            };
             let drivers = check_claim(pod, &claim, must_own)?;
             if !self.inner.dry_run {
                 for d in &drivers {
-                    self.plugin(d)?;
+                    self.plugin(d).map_err(|e| format!("ResourceClaim {name}: {e}"))?;
                 }
+            }
+            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            if let Some(old) = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).get(&(ns.clone(), name.clone()))
+                && old.uid != uid
+            {
+                return Err(format!("an old ResourceClaim {name} with UID {} is still prepared here (its pod force-deleted?)", old.uid));
             }
             wanted.push((claim, drivers));
         }
+        let _op = self.inner.op.lock().await;
         if self.inner.dry_run {
             for (claim, drivers) in &wanted {
                 tracing::info!(claim = claim.metadata.name.as_deref().unwrap_or_default(), drivers = ?drivers, "dry run: NodePrepareResources would be called");
@@ -512,6 +561,20 @@ impl Dra {
         Ok(out)
     }
 
+    /// Whether every claim the pod names is prepared for it in this run of
+    /// the agent (then nothing needs the apiserver or a driver to start its
+    /// containers again).
+    pub fn prepared_for(&self, pod: &Pod) -> bool {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());
+        pod_claims(pod).iter().all(|pc| match claim_name(pod, pc) {
+            Ok((None, _)) => true,
+            Ok((Some(name), _)) => claims.get(&(ns.clone(), name)).is_some_and(|c| c.prepared && c.pods.contains(uid)),
+            Err(_) => false,
+        }) && self.inner.uses.lock().unwrap_or_else(|p| p.into_inner()).contains_key(uid)
+    }
+
     /// Whether the pod still holds a claim here (its deletion must wait).
     pub fn holds(&self, pod_uid: &str) -> bool {
         self.inner.claims.lock().unwrap_or_else(|p| p.into_inner()).values().any(|c| c.pods.contains(pod_uid))
@@ -540,9 +603,17 @@ impl Dra {
             }
         }
         for (driver, batch) in &batches {
-            let plugin = self.plugin(driver)?;
-            let resp: pb::NodeUnprepareResourcesResponse = Self::call(&plugin, "NodeUnprepareResources", pb::NodeUnprepareResourcesRequest { claims: batch.clone() }).await?;
-            check_answers("NodeUnprepareResources", driver, batch, resp.claims.iter().map(|(uid, r)| (uid, r.error.as_str())))?;
+            let called = async {
+                let plugin = self.plugin(driver)?;
+                let resp: pb::NodeUnprepareResourcesResponse = Self::call(&plugin, "NodeUnprepareResources", pb::NodeUnprepareResourcesRequest { claims: batch.clone() }).await?;
+                check_answers("NodeUnprepareResources", driver, batch, resp.claims.iter().map(|(uid, r)| (uid, r.error.as_str())))
+            };
+            if let Err(e) = called.await {
+                // What changed already (the pod let go of shared claims) is kept.
+                let _ = self.save();
+                let names: Vec<&str> = batch.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!("ResourceClaims {}: {e}", names.join(", ")));
+            }
         }
         {
             let mut claims = self.inner.claims.lock().unwrap_or_else(|p| p.into_inner());

@@ -165,6 +165,14 @@ fn registration_checks_name_endpoint_and_version() {
     assert!(dra.register("x.example.com", "relative.sock", &["v1.DRAPlugin".into()]).unwrap_err().contains("not an absolute socket path"));
     assert!(dra.register("Bad_Name", "/s", &["v1.DRAPlugin".into()]).unwrap_err().contains("driver name"));
     assert_eq!(dra.plugins().len(), 2);
-    dra.unregister("old.example.com");
+    dra.unregister("old.example.com", std::path::Path::new("/run/old.sock"));
     assert!(dra.plugin("old.example.com").unwrap_err().contains("not registered"));
+    // A rolling update: two instances of one driver; the old one going
+    // leaves the new one registered.
+    dra.register("gpu.example.com", "/var/lib/kubelet/plugins/gpu/dra-2.sock", &["v1.DRAPlugin".into()]).unwrap();
+    assert_eq!(dra.plugin("gpu.example.com").unwrap().endpoint, std::path::PathBuf::from("/var/lib/kubelet/plugins/gpu/dra-2.sock"), "the newest is called");
+    dra.unregister("gpu.example.com", std::path::Path::new("/var/lib/kubelet/plugins/gpu/dra.sock"));
+    assert_eq!(dra.plugin("gpu.example.com").unwrap().endpoint, std::path::PathBuf::from("/var/lib/kubelet/plugins/gpu/dra-2.sock"));
+    dra.unregister("gpu.example.com", std::path::Path::new("/var/lib/kubelet/plugins/gpu/dra-2.sock"));
+    assert!(dra.plugin("gpu.example.com").is_err());
 }

@@ -529,7 +529,11 @@ impl Worker {
         // DRA: the pod's claims are prepared by their drivers before
         // anything of it starts (kubelet's PrepareDynamicResources), and
         // once in each run of the agent for a pod found running.
-        if crate::dra::uses_claims(&pod) && (actions.iter().any(starts) || !self.claims_prepared) {
+        // Not for a pod that has ended (its claims are let go of), nor when
+        // everything is prepared already in this run (a container restart
+        // then needs neither the apiserver nor the driver).
+        let done = ended || self.volumes_released;
+        if crate::dra::uses_claims(&pod) && !done && (actions.iter().any(starts) || !self.claims_prepared) && !self.ctx.dra.prepared_for(&pod) {
             if let Err(retry_at) = self.prepare_claims(&pod, now).await {
                 actions.retain(|a| !starts(a));
                 soonest(retry_at, &mut wake);

@@ -967,7 +967,18 @@ fn allocate_claim(store: &Store, claim: &Value, node: &str) -> Option<Value> {
             }
         }
         let want = match ex["allocationMode"].as_str() {
-            Some("All") => free.len().max(1),
+            // All: every matching device on the node, none of them taken.
+            Some("All") => {
+                let matching = slices
+                    .iter()
+                    .filter(|s| s["spec"]["driver"].as_str() == Some(driver.as_str()) && s["spec"]["nodeName"].as_str() == Some(node))
+                    .map(|s| s["spec"]["devices"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>();
+                if matching == 0 || free.len() < matching {
+                    return None;
+                }
+                matching
+            }
             _ => usize::try_from(ex["count"].as_u64().unwrap_or(1)).unwrap_or(usize::MAX),
         };
         if free.len() < want {
