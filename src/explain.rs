@@ -332,14 +332,24 @@ pub fn explain(record: &PodRecord, trail: Vec<Entry>, pulls: Vec<Progress>, log_
 
 /// What the CPU, device and DRA managers gave each container of a pod, for
 /// `nodelet explain`: one line per container and kind.
-pub fn resources(pod: &k8s_openapi::api::core::v1::Pod, cpus: &crate::cpus::CpuManager, devices: &crate::devices::Devices, dra: &crate::dra::Dra) -> Vec<String> {
+pub fn resources(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    cpus: &crate::cpus::CpuManager,
+    memory: &crate::memory::MemoryManager,
+    devices: &crate::devices::Devices,
+    dra: &crate::dra::Dra,
+) -> Vec<String> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let Some(spec) = &pod.spec else { return Vec::new() };
     let exclusive = cpus.exclusive(&uid);
+    let pinned = memory.pinned(&uid);
     let mut out = Vec::new();
     for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
         if let Some(set) = exclusive.get(&c.name) {
             out.push(format!("{}: exclusive CPUs {}", c.name, crate::cpus::format(set)));
+        }
+        if let Some((size, numa)) = pinned.get(&c.name) {
+            out.push(format!("{}: memory {size} bytes on NUMA nodes {}", c.name, crate::cpus::format(numa)));
         }
         for (resource, ids) in devices.assigned(&uid, &c.name) {
             out.push(format!("{}: {resource} {}", c.name, ids.join(", ")));

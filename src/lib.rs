@@ -45,6 +45,7 @@ pub mod explain;
 pub mod files;
 pub mod fuzz;
 pub mod images;
+pub mod memory;
 pub mod kubeapi;
 pub mod metrics;
 pub mod mounts;

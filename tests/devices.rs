@@ -293,3 +293,70 @@ async fn the_topology_manager_refuses_what_cannot_be_aligned() {
     let any = c.running("anywhere").await;
     assert_eq!(c.sh(&any, "test -c /dev/test-f0 && echo ok").await.trim(), "ok");
 }
+
+/// The container's OCI spec as containerd wrote it (what runc runs).
+fn oci_spec(c: &Cluster, id: &str) -> serde_json::Value {
+    let path = c.node.dir.path().join(format!("state/io.containerd.runtime.v2.task/k8s.io/{id}/config.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The memory manager's static policy on this machine's NUMA node 0: a
+/// Guaranteed pod's container is created with `cpuset.mems` 0 (read from
+/// the OCI spec containerd handed runc), a BestEffort one's without; the
+/// state file and the pod-resources API say so, and a restart keeps it. A
+/// `reservedMemory` that does not add up to the reservations stops the agent
+/// with a message naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_memory_manager_pins_guaranteed_pods_to_numa_nodes() {
+    let c = Cluster::start().await;
+    let bad = "memoryManagerPolicy: Static\nsystemReserved: {memory: 100Mi}\nevictionHard: {memory.available: 100Mi}\nreservedMemory: [{numaNode: 0, limits: {memory: 150Mi}}]\n";
+    c.node.config_extra.lock().unwrap().push_str(bad);
+    let mut wrong = c.nodelet(&[]);
+    let csr = eventually(20 * S, "the CSR", || async { c.csrs().await.into_iter().next() }).await;
+    c.decide_csr(&csr.metadata.name.unwrap(), true).await;
+    assert!(wrong.wait_exit(Duration::from_secs(30)).is_some_and(|code| code != 0), "the agent refuses the configuration: {}", wrong.log());
+    let log = wrong.log();
+    assert!(log.contains("reservedMemory: the memory reserved on the NUMA nodes adds up to 157286400 bytes") && log.contains("209715200"), "{log}");
+    {
+        let mut extra = c.node.config_extra.lock().unwrap();
+        extra.clear();
+        extra.push_str(&bad.replace("150Mi", "200Mi"));
+    }
+    // Joined already (its certificate is on disk).
+    let mut agent = c.nodelet(&[]);
+    eventually(30 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
+    let node = c.node.node_name();
+    let pods = c.pods("default");
+    let guaranteed: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pinned"},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
+                                 "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}, "requests": {"cpu": "100m", "memory": "64Mi"}}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &guaranteed).await.unwrap();
+    pods.create(&PostParams::default(), &cpu_pod("loose", &node, "100m", false)).await.unwrap();
+    let pinned = c.running("pinned").await;
+    let loose = c.running("loose").await;
+    assert_eq!(oci_spec(&c, &pinned)["linux"]["resources"]["cpu"]["mems"], "0", "the Guaranteed container's memory on NUMA node 0");
+    assert!(oci_spec(&c, &loose)["linux"]["resources"]["cpu"]["mems"].as_str().unwrap_or_default().is_empty(), "the BestEffort one not pinned");
+    let uid = pods.get("pinned").await.unwrap().metadata.uid.unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(c.node.dir.path().join("kubelet/memory_manager_state")).unwrap()).unwrap();
+    assert_eq!(state["entries"][&uid]["c"][0], serde_json::json!({"numaAffinity": [0], "type": "memory", "size": 64 << 20}), "{state}");
+    assert_eq!(state["machineState"]["0"]["memoryMap"]["memory"]["reserved"], 64 << 20);
+    let mut api = pod_resources(&c).await;
+    let got = api.get(pr::GetPodResourcesRequest { pod_name: "pinned".into(), pod_namespace: "default".into() }).await.unwrap().into_inner();
+    let mem = &got.pod_resources.unwrap().containers[0].memory;
+    assert_eq!((mem[0].memory_type.as_str(), mem[0].size), ("memory", 64 << 20), "{mem:?}");
+    assert!(c.explain("default/pinned").contains(&format!("c: memory {} bytes on NUMA nodes 0", 64 << 20)));
+    // A restart keeps the pinning; the pod's deletion gives the memory back.
+    agent.kill9();
+    let _agent = c.nodelet(&[]);
+    assert_eq!(c.running("pinned").await, pinned);
+    pods.delete("pinned", &DeleteParams::default()).await.unwrap();
+    eventually(60 * S, "the memory given back", || async {
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(c.node.dir.path().join("kubelet/memory_manager_state")).ok()?).ok()?;
+        (state["machineState"]["0"]["memoryMap"]["memory"]["reserved"] == 0).then_some(())
+    })
+    .await;
+}

@@ -92,7 +92,7 @@ pub async fn run(
     }
 
     let (statuses, trails, pulls) = (pods.statuses.clone(), pods.trails.clone(), pods.pulls.clone());
-    let managers = Some((pods.ctx.cpus.clone(), pods.ctx.devices.clone(), pods.ctx.dra.clone()));
+    let managers = Some((pods.ctx.cpus.clone(), pods.ctx.memory.clone(), pods.ctx.devices.clone(), pods.ctx.dra.clone()));
     let started = pods.start(&s, &metrics, admission, &mut tasks, &mut watched)?;
     let local = crate::server::LocalApi { statuses: statuses.clone(), relisted: started.relisted.clone(), trails, pulls, pod_logs_dir: s.pod_logs_dir.clone(), managers };
     node_api::serve_local(&s, started.relisted.clone(), local, &mut tasks).await?;

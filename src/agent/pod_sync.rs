@@ -126,6 +126,24 @@ impl PodSync {
             }
             None => crate::cpus::CpuManager::default(),
         };
+        // The memory manager (static policy): the NUMA nodes' memory from
+        // sysfs; reservedMemory must add up to the memory reservations.
+        let memory = match &s.memory_manager {
+            Some(cfg) => {
+                let totals = crate::memory::read_totals(std::path::Path::new("/sys")).map_err(AgentError::Fault)?;
+                let capacity = crate::allocatable::Capacity { memory_bytes: super::machine::node_memory_bytes(), ..Default::default() };
+                let hard = crate::allocatable::hard_eviction(&s.eviction.thresholds, &capacity).memory_bytes;
+                let expected = s.allocatable.kube_reserved.memory_bytes.saturating_add(s.allocatable.system_reserved.memory_bytes).saturating_add(hard).max(0).unsigned_abs();
+                let sum: u64 = cfg.reserved.values().sum();
+                if sum != expected {
+                    return Err(AgentError::Fault(format!(
+                        "reservedMemory: the memory reserved on the NUMA nodes adds up to {sum} bytes, kubeReserved + systemReserved + the hard eviction threshold memory.available come to {expected}: they must be equal (memoryManagerPolicy: Static)"
+                    )));
+                }
+                crate::memory::MemoryManager::start(cfg, &totals, (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?
+            }
+            None => crate::memory::MemoryManager::default(),
+        };
         // The topology manager: the machine's NUMA nodes from sysfs.
         let topology = if s.topology_manager.policy == crate::topology::Policy::None {
             crate::topology::Manager::default()
@@ -139,7 +157,7 @@ impl PodSync {
             tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));
             tasks.spawn(
                 "pod-resources API",
-                crate::devices::podresources::serve(devices.clone(), cpus.clone(), dra.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)),
+                crate::devices::podresources::serve(devices.clone(), cpus.clone(), memory.clone(), dra.clone(), s.root_dir.join("pod-resources").join(crate::devices::podresources::SOCKET)),
             );
             if cpus.is_static() {
                 tasks.spawn("CPU manager reconcile", cpus.clone().reconcile(runtime.clone()));
@@ -151,6 +169,7 @@ impl PodSync {
         let ctx = Arc::new(WorkerContext {
             devices,
             cpus,
+            memory: memory.clone(),
             dra,
             topology,
             csi,

@@ -52,6 +52,10 @@ pub struct KubeletConfig {
     pub cpu_manager_reconcile_period: Option<Duration>,
     /// `topologyManagerPolicy` and `topologyManagerScope`.
     pub topology_manager: crate::topology::Config,
+    /// `memoryManagerPolicy: Static`.
+    pub memory_manager_static: bool,
+    /// `reservedMemory`: bytes of memory per NUMA node.
+    pub reserved_memory: BTreeMap<u32, u64>,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
     pub seccomp_default: Option<bool>,
@@ -482,14 +486,43 @@ impl KubeletConfig {
                 }
                 "memoryManagerPolicy" => {
                     let p: String = field(file, k, v)?;
-                    if !p.is_empty() && !p.eq_ignore_ascii_case("none") {
-                        return Err(bad(
-                            k,
-                            format!(
-                                "Unsupported value: {p:?}: nodelet has no memory manager yet (it is planned); \
-                                 remove the field or set it to \"None\", or keep kubelet on nodes that need it"
-                            ),
-                        ));
+                    c.memory_manager_static = match p.as_str() {
+                        "" | "None" => false,
+                        "Static" => true,
+                        other => return Err(bad(k, format!("Unsupported value: {other:?}: supported values: \"None\", \"Static\""))),
+                    };
+                }
+                "reservedMemory" => {
+                    #[derive(Deserialize)]
+                    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+                    struct Reserved {
+                        numa_node: i64,
+                        #[serde(default)]
+                        limits: BTreeMap<String, Value>,
+                    }
+                    let list: Vec<Reserved> = field(file, k, v)?;
+                    for (i, r) in list.iter().enumerate() {
+                        let node = u32::try_from(r.numa_node).map_err(|_| bad(&format!("{k}[{i}].numaNode"), format!("Invalid value: {}: must be a NUMA node id", r.numa_node)))?;
+                        for (name, q) in &r.limits {
+                            let at = format!("{k}[{i}].limits.{name}");
+                            // A quantity is a string or a bare number.
+                            let q = match q {
+                                Value::String(s) => s.clone(),
+                                Value::Number(n) => n.to_string(),
+                                other => return Err(bad(&at, format!("Invalid value: {other}: must be a quantity"))),
+                            };
+                            let q = &q;
+                            let bytes = crate::resources::parse(q).ok().filter(|b| *b >= 0.0 && *b < u64::MAX as f64).ok_or_else(|| bad(&at, format!("Invalid value: {q:?}: must be a quantity")))?;
+                            match name.as_str() {
+                                "memory" => {
+                                    if c.reserved_memory.insert(node, bytes.ceil() as u64).is_some() {
+                                        return Err(bad(&format!("{k}[{i}].numaNode"), format!("Duplicate value: {node}")));
+                                    }
+                                }
+                                n if n.starts_with("hugepages-") => {}
+                                other => return Err(bad(&at, format!("Unsupported value: {other:?}: memory or hugepages-<size>"))),
+                            }
+                        }
                     }
                 }
                 "crashLoopBackOff" => {
@@ -618,8 +651,16 @@ memorySwap: {swapBehavior: LimitedSwap}
         // does; it used to reach tonic and panic on every CRI call.
         let e = err("runtimeRequestTimeout: 100000000h\n");
         assert!(e.starts_with("k.yaml: runtimeRequestTimeout: invalid duration \"100000000h\""), "{e}");
-        let e = err("memoryManagerPolicy: Static\n");
-        assert!(e.contains("Unsupported value") && e.contains("nodelet has no memory manager yet"), "{e}");
+        assert_eq!(err("memoryManagerPolicy: Dynamic\n"), "k.yaml: memoryManagerPolicy: Unsupported value: \"Dynamic\": supported values: \"None\", \"Static\"");
+        assert!(err("reservedMemory: [{numaNode: -1, limits: {memory: 1Gi}}]\n").starts_with("k.yaml: reservedMemory[0].numaNode: Invalid value: -1"));
+        assert!(err("reservedMemory: [{numaNode: 0, limits: {memory: lots}}]\n").starts_with("k.yaml: reservedMemory[0].limits.memory: Invalid value"));
+        let c = KubeletConfig::parse(
+            b"kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\nmemoryManagerPolicy: Static\nreservedMemory: [{numaNode: 0, limits: {memory: 1Gi}}, {numaNode: 1, limits: {memory: 512Mi, hugepages-2Mi: 0}}]\n",
+            "k.yaml",
+        )
+        .unwrap();
+        assert!(c.memory_manager_static);
+        assert_eq!(c.reserved_memory, [(0, 1 << 30), (1, 512 << 20)].into());
         assert_eq!(err("topologyManagerPolicy: closest\n"), "k.yaml: topologyManagerPolicy: Unsupported value: \"closest\": supported values: \"best-effort\", \"none\", \"restricted\", \"single-numa-node\"");
         assert!(err("topologyManagerScope: node\n").starts_with("k.yaml: topologyManagerScope: Unsupported value: \"node\""));
         assert!(err("topologyManagerPolicyOptions: {prefer-closest-numa-nodes: \"true\"}\n").starts_with("k.yaml: topologyManagerPolicyOptions.prefer-closest-numa-nodes: Unsupported value"));

@@ -108,6 +108,8 @@ pub struct Settings {
     pub cpu_manager: Option<crate::cpus::StaticConfig>,
     /// The topology manager's policy and scope (policy `none`: off).
     pub topology_manager: crate::topology::Config,
+    /// The memory manager's static policy (None: `None`).
+    pub memory_manager: Option<crate::memory::StaticConfig>,
     /// kubelet's `allowedUnsafeSysctls`: patterns, already checked.
     pub allowed_unsafe_sysctls: Vec<String>,
     pub oom_score_adj: i32,

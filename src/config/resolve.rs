@@ -199,6 +199,7 @@ impl Settings {
                 reconcile_period: file.cpu_manager_reconcile_period.unwrap_or(std::time::Duration::from_secs(10)),
             }),
             topology_manager: file.topology_manager,
+            memory_manager: file.memory_manager_static.then(|| crate::memory::StaticConfig { reserved: file.reserved_memory.clone() }),
             allowed_unsafe_sysctls: if o.allowed_unsafe_sysctls.is_empty() { file.allowed_unsafe_sysctls.clone().unwrap_or_default() } else { o.allowed_unsafe_sysctls.clone() },
             oom_score_adj: o.oom_score_adj.or(file.oom_score_adj).unwrap_or(-999),
             seccomp_default: o.seccomp_default.or(file.seccomp_default).unwrap_or(false),

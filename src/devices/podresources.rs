@@ -1,8 +1,8 @@
 //! The pod-resources API (v1) on `<root-dir>/pod-resources/kubelet.sock`,
 //! root's alone as kubelet's: which devices each container of each pod
 //! holds, and every device the node can hand out. There is no CPU or memory
-//! manager here, so `memory` is empty (as kubelet's with the `none`
-//! policy); `cpu_ids` are the CPU manager's exclusive CPUs and
+//! `memory` is the memory manager's pinned memory with its NUMA nodes
+//! (empty with the `None` policy); `cpu_ids` are the CPU manager's exclusive CPUs and
 //! `dynamic_resources` the DRA claims prepared for the container, with the
 //! drivers' devices and CDI IDs.
 
@@ -18,6 +18,7 @@ pub const SOCKET: &str = "kubelet.sock";
 struct Service {
     devices: Devices,
     cpus: crate::cpus::CpuManager,
+    memory: crate::memory::MemoryManager,
     dra: crate::dra::Dra,
 }
 
@@ -29,6 +30,7 @@ impl Service {
     fn pod(&self, uid: &str, e: &super::PodEntry) -> pr::PodResources {
         let all = self.devices.devices();
         let exclusive = self.cpus.exclusive(uid);
+        let pinned = self.memory.pinned(uid);
         let containers = e
             .containers
             .iter()
@@ -66,7 +68,13 @@ impl Service {
                             .collect(),
                     })
                     .collect();
-                pr::ContainerResources { name: c.clone(), devices, cpu_ids, dynamic_resources, ..Default::default() }
+                let memory = pinned
+                    .get(c)
+                    .map(|(size, numa)| {
+                        vec![pr::ContainerMemory { memory_type: "memory".into(), size: *size, topology: topology(&numa.iter().map(|n| i64::from(*n)).collect::<Vec<_>>()) }]
+                    })
+                    .unwrap_or_default();
+                pr::ContainerResources { name: c.clone(), devices, cpu_ids, memory, dynamic_resources }
             })
             .collect();
         pr::PodResources { name: e.name.clone(), namespace: e.namespace.clone(), containers }
@@ -102,12 +110,18 @@ impl pod_resources_lister_server::PodResourcesLister for Service {
             }
         }
         let cpu_ids = self.cpus.allocatable().into_iter().map(i64::from).collect();
-        Ok(tonic::Response::new(pr::AllocatableResourcesResponse { devices, cpu_ids, ..Default::default() }))
+        let memory = self
+            .memory
+            .allocatable()
+            .into_iter()
+            .map(|(n, size)| pr::ContainerMemory { memory_type: "memory".into(), size, topology: topology(&[i64::from(n)]) })
+            .collect();
+        Ok(tonic::Response::new(pr::AllocatableResourcesResponse { devices, cpu_ids, memory }))
     }
 }
 
 /// Serves the API on `socket` until the process ends.
-pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, dra: crate::dra::Dra, socket: std::path::PathBuf) {
+pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, memory: crate::memory::MemoryManager, dra: crate::dra::Dra, socket: std::path::PathBuf) {
     let listener = loop {
         match crate::server::bind_local(&socket) {
             Ok(l) => break l,
@@ -119,7 +133,7 @@ pub async fn serve(devices: Devices, cpus: crate::cpus::CpuManager, dra: crate::
     };
     tracing::info!(socket = %socket.display(), "pod-resources API served");
     let result = tonic::transport::Server::builder()
-        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices, cpus, dra }))
+        .add_service(pod_resources_lister_server::PodResourcesListerServer::new(Service { devices, cpus, memory, dra }))
         .serve_with_incoming(UnixListenerStream::new(listener))
         .await;
     if let Err(e) = result {

@@ -49,7 +49,7 @@ pub struct LocalApi {
     /// Where pods' logs are (`podLogsDir`).
     pub pod_logs_dir: std::path::PathBuf,
     /// The resource managers, for `/explain`: what each pod was given.
-    pub managers: Option<(crate::cpus::CpuManager, crate::devices::Devices, crate::dra::Dra)>,
+    pub managers: Option<(crate::cpus::CpuManager, crate::memory::MemoryManager, crate::devices::Devices, crate::dra::Dra)>,
 }
 
 async fn healthz(State(relisted): State<watch::Receiver<Option<Instant>>>) -> impl IntoResponse {
@@ -114,8 +114,8 @@ async fn explain(State(api): State<LocalApi>, axum::extract::Path((namespace, na
     let (ns, n, uid) = (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default(), m.uid.clone().unwrap_or_default());
     let log_directory = api.pod_logs_dir.join(format!("{ns}_{n}_{uid}")).display().to_string();
     let mut e = crate::explain::explain(record, api.trails.get(&uid), api.pulls.in_flight(), log_directory);
-    if let Some((cpus, devices, dra)) = &api.managers {
-        e.resources = crate::explain::resources(&record.pod, cpus, devices, dra);
+    if let Some((cpus, memory, devices, dra)) = &api.managers {
+        e.resources = crate::explain::resources(&record.pod, cpus, memory, devices, dra);
     }
     Json(e).into_response()
 }

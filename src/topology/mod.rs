@@ -98,7 +98,7 @@ pub const MESSAGE: &str = "Resources cannot be allocated with Topology locality"
 
 /// Every mask of `nodes`' NUMA nodes, as kubelet iterates them (by size,
 /// then by value).
-fn masks(nodes: Mask) -> Vec<Mask> {
+pub fn masks(nodes: Mask) -> Vec<Mask> {
     let ids: Vec<u32> = nodes_of(nodes).into_iter().collect();
     let mut out: Vec<Mask> = (1u64..(1u64 << ids.len())).map(|sel| mask_of(ids.iter().enumerate().filter(|(i, _)| sel & (1 << i) != 0).map(|(_, n)| *n))).collect();
     out.sort_by_key(|m| (m.count_ones(), *m));

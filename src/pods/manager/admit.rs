@@ -18,9 +18,13 @@ impl PodManager {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let held = !self.ctx.cpus.exclusive(uid).is_empty();
         let held_devices = spec_containers(pod).any(|c| !self.ctx.devices.assigned(uid, c).is_empty());
+        let held_memory = !self.ctx.memory.pinned(uid).is_empty();
         let undo = |reason: String, message: String| {
             if !held {
                 self.ctx.cpus.release(uid);
+            }
+            if !held_memory {
+                self.ctx.memory.release(uid);
             }
             if !held_devices {
                 self.ctx.devices.release(uid);
@@ -30,6 +34,7 @@ impl PodManager {
         let tm = self.ctx.topology;
         if !tm.is_on() {
             self.ctx.cpus.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })?;
+            self.ctx.memory.admit_aligned(pod, None, &|_| None).map_err(|r| undo(r.reason, r.message))?;
             return self.ctx.devices.admit(pod).map_err(|r| undo(r.reason, r.message));
         }
         // The topology manager: the providers' hints merged for each
@@ -46,7 +51,7 @@ impl PodManager {
         };
         for step in steps {
             let container = step.as_deref();
-            let mut hints = vec![self.ctx.cpus.hints(pod, container)];
+            let mut hints = vec![self.ctx.cpus.hints(pod, container), self.ctx.memory.hints(pod, container)];
             hints.extend(self.ctx.devices.hints(pod, container, tm.machine));
             let (best, admit) = crate::topology::merge(tm.machine, tm.config.policy, &hints);
             if !admit {
@@ -57,6 +62,7 @@ impl PodManager {
             tracing::debug!(pod = %pod_ref(pod), container = container.unwrap_or("(pod scope)"), numa = ?mask.map(crate::topology::nodes_of), preferred = best.preferred, "topology manager hint");
             let numa = |c: &str| if container.is_none_or(|x| x == c) { mask } else { None };
             self.ctx.cpus.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
+            self.ctx.memory.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
             self.ctx.devices.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
         }
         Ok(())

@@ -386,6 +386,7 @@ impl PodManager {
             self.ctx.actuated.retain(&keep);
             self.ctx.devices.retain(&keep);
             self.ctx.cpus.retain(&keep);
+            self.ctx.memory.retain(&keep);
             // DRA claims of pods that are gone are unprepared (in the
             // background: it calls the drivers).
             self.ctx.dra.reconcile(&keep);
@@ -522,6 +523,7 @@ impl PodManager {
                         self.ctx.actuated.remove(&uid);
                         self.ctx.devices.release(&uid);
                         self.ctx.cpus.release(&uid);
+                        self.ctx.memory.release(&uid);
                     }
                     self.reconcile().await;
                 }

@@ -47,6 +47,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
     let ctx = Arc::new(WorkerContext {
         devices: Default::default(),
         cpus: Default::default(),
+        memory: Default::default(),
         dra: Default::default(),
         topology: Default::default(),
         runtime: rt.clone(),

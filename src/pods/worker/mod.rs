@@ -53,6 +53,8 @@ pub struct WorkerContext {
     pub devices: crate::devices::Devices,
     /// The CPU manager: each container's cpuset (static policy).
     pub cpus: crate::cpus::CpuManager,
+    /// The memory manager: each Guaranteed container's NUMA nodes (static policy).
+    pub memory: crate::memory::MemoryManager,
     /// DRA: the pods' ResourceClaims prepared by their drivers.
     pub dra: crate::dra::Dra,
     /// The topology manager (policy `none`: off).

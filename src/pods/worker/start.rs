@@ -272,6 +272,10 @@ impl Worker {
         if let (Some(cpus), Some(res)) = (self.ctx.cpus.cpuset_for(&self.identity.uid, &c.name), config.linux.as_mut().and_then(|l| l.resources.as_mut())) {
             res.cpuset_cpus = cpus;
         }
+        // The memory manager's NUMA nodes (static policy, Guaranteed pods).
+        if let (Some(mems), Some(res)) = (self.ctx.memory.cpuset_mems(&self.identity.uid, &c.name), config.linux.as_mut().and_then(|l| l.resources.as_mut())) {
+            res.cpuset_mems = mems;
+        }
         // The container's devices: what their plugins' Allocate answered.
         if !self.ctx.dry_run {
             match self.ctx.devices.run_options(&self.identity.uid, &c.name).await {
