@@ -35,6 +35,18 @@ pub fn child(base: &Path, value: &str, field: &str) -> Result<std::path::PathBuf
 /// same file never share one.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// FNV-32a, the checksum nodelet puts in the checkpoints whose kubelet
+/// checksum (a hash of a Go object dump) no other program can reproduce:
+/// `cpu_manager_state`, `memory_manager_state`, `kubelet_internal_checkpoint`.
+pub fn fnv32a(bytes: &[u8]) -> u64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    u64::from(h)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;

@@ -17,17 +17,7 @@ const S: Duration = Duration::from_secs(1);
 const R: &str = "example.com/dev";
 
 fn device_pod(name: &str, node: &str, n: u32) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
-                            "resources": {"limits": {R: n.to_string()}, "requests": {R: n.to_string()}}}]
-        }
-    }))
-    .unwrap()
+    Cluster::sleeper(name, node, serde_json::json!({"limits": {R: n.to_string()}, "requests": {R: n.to_string()}}), serde_json::json!({}))
 }
 
 /// The Node's (capacity, allocatable) of the test resource.
@@ -149,16 +139,7 @@ fn cpu_pod(name: &str, node: &str, cpu: &str, guaranteed: bool) -> Pod {
         // pod takes all of the allocatable cpu, as kubelet counts it.
         serde_json::json!({})
     };
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"], "resources": resources}]
-        }
-    }))
-    .unwrap()
+    Cluster::sleeper(name, node, resources, serde_json::json!({}))
 }
 
 /// The CPU manager's static policy, CPU 0 reserved (on this 2-core machine):
@@ -224,17 +205,7 @@ fn device_and_cpu_pod(name: &str, node: &str, resource: &str, cpu: Option<&str>)
         limits["cpu"] = cpu.into();
         limits["memory"] = "64Mi".into();
     }
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
-                            "resources": {"limits": limits, "requests": limits}}]
-        }
-    }))
-    .unwrap()
+    Cluster::sleeper(name, node, serde_json::json!({"limits": limits, "requests": limits}), serde_json::json!({}))
 }
 
 /// The topology manager on this machine's one NUMA node, with the static
@@ -327,13 +298,8 @@ async fn the_static_memory_manager_pins_guaranteed_pods_to_numa_nodes() {
     eventually(30 * S, "the node Ready", || async { c.node_ready().await.then_some(()) }).await;
     let node = c.node.node_name();
     let pods = c.pods("default");
-    let guaranteed: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "pinned"},
-        "spec": {"nodeName": node, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
-                                 "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}, "requests": {"cpu": "100m", "memory": "64Mi"}}}]}
-    }))
-    .unwrap();
+    let limits = serde_json::json!({"cpu": "100m", "memory": "64Mi"});
+    let guaranteed = Cluster::sleeper("pinned", &node, serde_json::json!({"limits": limits, "requests": limits}), serde_json::json!({}));
     pods.create(&PostParams::default(), &guaranteed).await.unwrap();
     pods.create(&PostParams::default(), &cpu_pod("loose", &node, "100m", false)).await.unwrap();
     let pinned = c.running("pinned").await;

@@ -20,18 +20,7 @@ const S: Duration = Duration::from_secs(1);
 const DRIVER: &str = "gpu.example.com";
 
 fn claim_pod(name: &str, node: &str, claim: serde_json::Value) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "resourceClaims": [claim],
-            "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"],
-                            "resources": {"claims": [{"name": "gpu"}]}}]
-        }
-    }))
-    .unwrap()
+    Cluster::sleeper(name, node, serde_json::json!({"claims": [{"name": "gpu"}]}), serde_json::json!({"resourceClaims": [claim]}))
 }
 
 /// The claim a pod's template claim became.

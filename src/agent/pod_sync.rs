@@ -102,7 +102,7 @@ impl PodSync {
         let in_use = if writes { crate::csi::InUse::enforced() } else { crate::csi::InUse::default() };
         // DRA drivers register there too; the claims prepared are kept in
         // <root-dir>/dra_manager_state (one the agent cannot trust stops it).
-        let dra = crate::dra::Dra::for_node(Some(s.root_dir.as_path()), api.cloned(), writes.then(|| s.node_name.clone()), s.dry_run).map_err(AgentError::Fault)?;
+        let dra = crate::dra::Dra::new(Some(s.root_dir.as_path()), api.cloned(), writes.then(|| s.node_name.clone()), s.dry_run).map_err(AgentError::Fault)?;
         if writes {
             // No driver has registered yet: the node offers no DRA devices
             // until they do (they publish their slices again).
@@ -119,12 +119,15 @@ impl PodSync {
         let devices = crate::devices::Devices::new((!s.dry_run).then(|| s.root_dir.join("device-plugins")));
         // The CPU manager (static policy): a state it cannot trust stops the
         // agent, as kubelet refuses to start on it.
-        let cpus = match &s.cpu_manager {
-            Some(cfg) => {
-                let topo = crate::cpus::Topology::read(std::path::Path::new("/sys")).map_err(AgentError::Fault)?;
-                crate::cpus::CpuManager::start(cfg.clone(), topo, (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?
-            }
-            None => crate::cpus::CpuManager::default(),
+        // The CPU topology from sysfs, read once, when a manager needs it.
+        let topo = if s.cpu_manager.is_some() || s.topology_manager.policy != crate::topology::Policy::None {
+            Some(crate::cpus::Topology::read(std::path::Path::new("/sys")).map_err(AgentError::Fault)?)
+        } else {
+            None
+        };
+        let cpus = match (&s.cpu_manager, &topo) {
+            (Some(cfg), Some(topo)) => crate::cpus::CpuManager::start(cfg.clone(), topo.clone(), (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?,
+            _ => crate::cpus::CpuManager::default(),
         };
         // The memory manager (static policy): the NUMA nodes' memory from
         // sysfs; reservedMemory must add up to the memory reservations.
@@ -145,13 +148,13 @@ impl PodSync {
             None => crate::memory::MemoryManager::default(),
         };
         // The topology manager: the machine's NUMA nodes from sysfs.
-        let topology = if s.topology_manager.policy == crate::topology::Policy::None {
-            crate::topology::Manager::default()
-        } else {
-            let topo = crate::cpus::Topology::read(std::path::Path::new("/sys")).map_err(AgentError::Fault)?;
-            let machine = crate::topology::mask_of(topo.cpus.values().map(|i| i.numa));
-            tracing::info!(policy = s.topology_manager.policy.name(), scope = ?s.topology_manager.scope, numa_nodes = ?crate::topology::nodes_of(machine), "topology manager");
-            crate::topology::Manager { config: s.topology_manager, machine }
+        let topology = match topo.as_ref().filter(|_| s.topology_manager.policy != crate::topology::Policy::None) {
+            None => crate::topology::Manager::default(),
+            Some(topo) => {
+                let machine = crate::topology::mask_of(topo.cpus.values().map(|i| i.numa));
+                tracing::info!(policy = s.topology_manager.policy.name(), scope = ?s.topology_manager.scope, numa_nodes = ?crate::topology::nodes_of(machine), "topology manager");
+                crate::topology::Manager { config: s.topology_manager, machine }
+            }
         };
         if !s.dry_run {
             tasks.spawn("device plugin registration", devices.clone().serve(s.root_dir.join("device-plugins")));

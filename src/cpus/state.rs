@@ -29,19 +29,10 @@ struct File {
     checksum: u64,
 }
 
-fn fnv32a(bytes: &[u8]) -> u64 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    u64::from(h)
-}
-
 pub fn encode(a: &Assignments) -> Vec<u8> {
     let entries = a.entries.iter().map(|(uid, c)| (uid.clone(), c.iter().map(|(n, s)| (n.clone(), format(s))).collect())).collect();
     let body = Body { policy_name: "static".into(), default_cpu_set: format(&a.default_set()), entries };
-    let checksum = fnv32a(&serde_json::to_vec(&body).unwrap_or_default());
+    let checksum = crate::files::fnv32a(&serde_json::to_vec(&body).unwrap_or_default());
     serde_json::to_vec(&File { body, checksum }).unwrap_or_default()
 }
 
@@ -60,7 +51,7 @@ pub fn read(path: &Path, online: &CpuSet) -> Result<BTreeMap<String, BTreeMap<St
             file.body.policy_name
         )));
     }
-    let sum = fnv32a(&serde_json::to_vec(&file.body).unwrap_or_default());
+    let sum = crate::files::fnv32a(&serde_json::to_vec(&file.body).unwrap_or_default());
     if sum != file.checksum {
         return Err(named(format!("checksum {} does not match its data ({sum}): drain the node and remove the file", file.checksum)));
     }

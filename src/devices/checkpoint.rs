@@ -61,15 +61,6 @@ mod b64 {
     }
 }
 
-fn fnv32a(bytes: &[u8]) -> u64 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    u64::from(h)
-}
-
 /// The file's bytes for `pods` and the devices each resource has.
 pub fn encode(pods: &BTreeMap<String, PodEntry>, registered: &BTreeMap<String, Vec<String>>) -> Vec<u8> {
     let mut entries = Vec::new();
@@ -85,7 +76,7 @@ pub fn encode(pods: &BTreeMap<String, PodEntry>, registered: &BTreeMap<String, V
         }
     }
     let data = Data { entries, registered: registered.clone() };
-    let checksum = fnv32a(&serde_json::to_vec(&data).unwrap_or_default());
+    let checksum = crate::files::fnv32a(&serde_json::to_vec(&data).unwrap_or_default());
     serde_json::to_vec(&File { data, checksum }).unwrap_or_default()
 }
 
@@ -99,7 +90,7 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, PodEntry>, BTreeMap<String,
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let file: File = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let sum = fnv32a(&serde_json::to_vec(&file.data).unwrap_or_default());
+    let sum = crate::files::fnv32a(&serde_json::to_vec(&file.data).unwrap_or_default());
     if sum != file.checksum {
         return Err(format!("{}: checksum {} does not match its data ({sum}); a checkpoint of another program or a damaged one", path.display(), file.checksum));
     }

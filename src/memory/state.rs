@@ -60,15 +60,6 @@ struct File {
     checksum: u64,
 }
 
-fn fnv32a(bytes: &[u8]) -> u64 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    u64::from(h)
-}
-
 pub fn encode(a: &Assignments) -> Vec<u8> {
     let machine_state = a
         .machine
@@ -90,7 +81,7 @@ pub fn encode(a: &Assignments) -> Vec<u8> {
         })
         .collect();
     let body = Body { policy_name: "Static".into(), machine_state, entries };
-    let checksum = fnv32a(&serde_json::to_vec(&body).unwrap_or_default());
+    let checksum = crate::files::fnv32a(&serde_json::to_vec(&body).unwrap_or_default());
     serde_json::to_vec(&File { body, checksum }).unwrap_or_default()
 }
 
@@ -110,7 +101,7 @@ pub fn decode(bytes: &[u8], fresh: &BTreeMap<u32, NodeState>) -> Result<Assignme
     if file.body.policy_name != "Static" {
         return Err(format!("the state is of policy {:?}, this node is configured with \"Static\"", file.body.policy_name));
     }
-    let sum = fnv32a(&serde_json::to_vec(&file.body).unwrap_or_default());
+    let sum = crate::files::fnv32a(&serde_json::to_vec(&file.body).unwrap_or_default());
     if sum != file.checksum {
         return Err(format!("checksum {} does not match its data ({sum})", file.checksum));
     }

@@ -151,6 +151,24 @@ impl Cluster {
         .await
     }
 
+    /// A pod bound to `node` with one container `c` sleeping an hour, with
+    /// `resources`, and `spec_extra` merged into its spec.
+    pub fn sleeper(name: &str, node: &str, resources: serde_json::Value, spec_extra: serde_json::Value) -> Pod {
+        let mut pod = serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "automountServiceAccountToken": false,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": "nodelet.local/busybox:1", "command": ["sleep", "3600"], "resources": resources}]
+            }
+        });
+        if let (Some(spec), Some(extra)) = (pod["spec"].as_object_mut(), spec_extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(pod).unwrap()
+    }
+
     /// `nodelet explain pod NS/NAME` on this node's agent.
     pub fn explain(&self, pod: &str) -> String {
         let socket = self.node.dir.path().join("kubelet/nodelet/status.sock");
