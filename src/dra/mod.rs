@@ -233,15 +233,11 @@ fn grpc_text(s: &tonic::Status) -> String {
 }
 
 impl Dra {
-    /// A manager that checkpoints in `root_dir` (None: writes nothing) and
-    /// reads claims with `client` (None: pods with claims cannot start).
-    pub fn new(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, dry_run: bool) -> Result<Dra, String> {
-        Self::for_node(root_dir, client, None, dry_run)
-    }
-
-    /// [`Dra::new`] for the node `node_name`, whose ResourceSlices it
-    /// deletes when their drivers are gone (None: it touches none).
-    pub fn for_node(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, node_name: Option<String>, dry_run: bool) -> Result<Dra, String> {
+    /// A manager that checkpoints in `root_dir` (None: writes nothing),
+    /// reads claims with `client` (None: pods with claims cannot start), and
+    /// deletes the ResourceSlices of `node_name` when their drivers are gone
+    /// (None: it touches none).
+    pub fn new(root_dir: Option<&std::path::Path>, client: Option<kube::Client>, node_name: Option<String>, dry_run: bool) -> Result<Dra, String> {
         let state = root_dir.filter(|_| !dry_run).map(|d| d.join(checkpoint::FILE));
         let mut claims = BTreeMap::new();
         let read_from = root_dir.map(|d| d.join(checkpoint::FILE));
@@ -344,6 +340,12 @@ impl Dra {
                     return;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
+                // A cluster before 1.34 (no resource.k8s.io/v1, nothing
+                // authorizes it) has no slices of ours: not worth hours of retries.
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::info!(selector = %fields, reason = %e.message, "the apiserver does not let this node delete ResourceSlices (no DRA on this cluster?); left alone");
+                    return;
+                }
                 Err(e) => tracing::debug!(selector = %fields, error = %e, "deleting ResourceSlices failed; retrying"),
             }
             tokio::time::sleep(delay).await;

@@ -149,7 +149,7 @@ fn a_tampered_checkpoint_is_refused_naming_the_file() {
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap().replace("pod-2", "pod-3");
     std::fs::write(&path, text).unwrap();
-    let e = Dra::new(Some(dir.path()), None, false).err().unwrap();
+    let e = Dra::new(Some(dir.path()), None, None, false).err().unwrap();
     assert!(e.contains("dra_manager_state") && e.contains("checksum mismatch"), "{e}");
 }
 
