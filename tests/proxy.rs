@@ -23,7 +23,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::fabric::{Fabric, fabric_pod, fabric_pod6, node_addr, node_addr6};
-use support::{eventually, in_netns};
+use support::{eventually, eventually_saw, in_netns};
 
 const S: Duration = Duration::from_secs(1);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
@@ -784,6 +784,7 @@ async fn three_nodes(mode: &str) {
     })
     .await;
     assert_eq!(responders(pod0, zonal, 30), set(&["n1-p0"]), "node 0 (zone a): the endpoint hinted to zone a");
+    eventually(30 * S, "zone b's pod reaching the zonal Service", || async { tcp_get(&fabric.pods[2][1], zonal).ok() }).await;
     assert_eq!(responders(&fabric.pods[2][1], zonal, 30), set(&["n2-p0"]), "node 2 (zone b): the endpoint hinted to zone b");
     // internalTrafficPolicy Local: only this node's endpoints; a node
     // without one drops.
@@ -793,9 +794,19 @@ async fn three_nodes(mode: &str) {
     let near = sa([10, 96, 0, 83], 80);
     eventually(30 * S, "ITP Local answering on node 1", || async { tcp_get(&fabric.pods[1][1], near).ok() }).await;
     assert_eq!(responders(&fabric.pods[1][1], near, 20), set(&["n1-p0"]), "node 1's own endpoint only");
+    eventually(30 * S, "ITP Local answering on node 2", || async { tcp_get(&fabric.pods[2][1], near).ok() }).await;
     assert_eq!(responders(&fabric.pods[2][1], near, 20), set(&["n2-p0"]), "node 2's own endpoint only");
+    // Node 0 rejects while it knows the Service but not yet its slice (no
+    // endpoints at all: kube-proxy's REJECT); once it has the slice, with
+    // none of them local, it drops.
+    let dropped = |r: &Result<String, String>| r.as_ref().is_err_and(|e| e.contains("timed out") || e.contains("temporarily unavailable"));
+    eventually_saw(30 * S, "node 0, without a local endpoint, dropping", || async {
+        let r = tcp_get(pod0, near);
+        if dropped(&r) { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .await;
     let none_here = tcp_get(pod0, near);
-    assert!(none_here.as_ref().is_err_and(|e| e.contains("timed out") || e.contains("temporarily unavailable")), "node 0 has none: dropped: {none_here:?}");
+    assert!(dropped(&none_here), "node 0 has none: dropped: {none_here:?}");
 
     for (family, vip, dns, np_ip, np_ip_other) in [
         ("IPv4", IpAddr::from([10, 96, 0, 80]), IpAddr::from([10, 96, 0, 53]), IpAddr::from(node_addr(2)), IpAddr::from(node_addr(0))),
