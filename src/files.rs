@@ -47,6 +47,19 @@ pub fn fnv32a(bytes: &[u8]) -> u64 {
     u64::from(h)
 }
 
+/// Whether a dry run can read a manager's state file: missing or readable.
+/// One it may not read (a dry run by a user other than root) is planned
+/// without, with a warning; the real run reads it.
+pub fn dry_run_can_read(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(path = %path.display(), "dry run: cannot read the state file; planning as if it were empty");
+            false
+        }
+        _ => true,
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;

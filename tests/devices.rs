@@ -56,7 +56,8 @@ async fn rejected(pods: &Api<Pod>, name: &str) -> (String, String) {
 /// leaves allocatable; an agent restart keeps the running container and its
 /// devices (the checkpoint) and the plugin registers again on the new
 /// socket, so a new pod gets the free device, not one already held; a
-/// deleted pod's devices go to the next.
+/// deleted pod's devices go to the next; a plugin's GetPreferredAllocation
+/// chooses among the free devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     let c = Cluster::start().await;
@@ -129,6 +130,23 @@ async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     assert_eq!(c.sh(&next, "echo $TEST_DEVICES").await.trim(), "d0,d1");
     let checkpoint = std::fs::read_to_string(dir.join("kubelet_internal_checkpoint")).unwrap();
     assert!(checkpoint.contains("\"PodDeviceEntries\"") && checkpoint.contains("\"ResourceName\":\"example.com/dev\""), "{checkpoint}");
+
+    // A plugin with a preference of its own (GetPreferredAllocation): asked
+    // with every free device, its choice is the container's.
+    let picky = TestPlugin::start_preferring(&dir, "example.com/picky", &["p0", "p1", "p2", "p3"], &c.node.dir.path().join("picky-work"), &["p3", "p1"]).await;
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    eventually(30 * S, "the Node advertising the picky devices", || async {
+        let st = nodes.get(&node).await.ok()?.status?;
+        (st.allocatable?.get("example.com/picky")?.0 == "4").then_some(())
+    })
+    .await;
+    let limits = serde_json::json!({"limits": {"example.com/picky": "2"}, "requests": {"example.com/picky": "2"}});
+    pods.create(&PostParams::default(), &Cluster::sleeper("picky", &node, limits, serde_json::json!({}))).await.unwrap();
+    let picked = c.running("picky").await;
+    assert_eq!(c.sh(&picked, "echo $TEST_DEVICES").await.trim(), "p3,p1", "the plugin's preferred devices");
+    let asked = picky.calls.lock().unwrap().preferred.clone();
+    let all: Vec<String> = ["p0", "p1", "p2", "p3"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(asked, vec![(all, vec![], 2)], "asked once, with every free device and nothing it must include");
 }
 
 fn cpu_pod(name: &str, node: &str, cpu: &str, guaranteed: bool) -> Pod {
@@ -274,7 +292,8 @@ fn oci_spec(c: &Cluster, id: &str) -> serde_json::Value {
 /// The memory manager's static policy on this machine's NUMA node 0: a
 /// Guaranteed pod's container is created with `cpuset.mems` 0 (read from
 /// the OCI spec containerd handed runc), a BestEffort one's without; the
-/// state file and the pod-resources API say so, and a restart keeps it. A
+/// state file and the pod-resources API say so, an in-place resize is
+/// refused as infeasible (kubelet's rule), and a restart keeps it. A
 /// `reservedMemory` that does not add up to the reservations stops the agent
 /// with a message naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +334,19 @@ async fn the_static_memory_manager_pins_guaranteed_pods_to_numa_nodes() {
     let mem = &got.pod_resources.unwrap().containers[0].memory;
     assert_eq!((mem[0].memory_type.as_str(), mem[0].size), ("memory", 64 << 20), "{mem:?}");
     assert!(c.explain("default/pinned").contains(&format!("c: memory {} bytes on NUMA nodes 0", 64 << 20)));
+    // In-place resize of a pinned (Guaranteed) pod: infeasible, as kubelet
+    // says, and the container keeps its memory.
+    let more = serde_json::json!({"cpu": "100m", "memory": "96Mi"});
+    let body = serde_json::json!({"spec": {"containers": [{"name": "c", "resources": {"requests": more, "limits": more}}]}});
+    pods.patch_subresource("resize", "pinned", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(body)).await.unwrap();
+    let pending = eventually(30 * S, "PodResizePending", || async {
+        pods.get("pinned").await.ok()?.status?.conditions?.into_iter().find(|c| c.type_ == "PodResizePending")
+    })
+    .await;
+    assert_eq!(pending.reason.as_deref(), Some("Infeasible"));
+    assert_eq!(pending.message.as_deref(), Some("Resize is infeasible for Guaranteed Pods alongside Memory Manager static policy"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(c.node.dir.path().join("kubelet/memory_manager_state")).unwrap()).unwrap();
+    assert_eq!(state["entries"][&uid]["c"][0]["size"], 64 << 20, "{state}");
     // A restart keeps the pinning; the pod's deletion gives the memory back.
     agent.kill9();
     let _agent = c.nodelet(&[]);
@@ -325,4 +357,42 @@ async fn the_static_memory_manager_pins_guaranteed_pods_to_numa_nodes() {
         (state["machineState"]["0"]["memoryMap"]["memory"]["reserved"] == 0).then_some(())
     })
     .await;
+}
+
+/// A dry run with the static CPU manager plans against it without writing
+/// its state: the first Guaranteed 1-CPU static pod's container is planned
+/// with a CPU of its own (CPU 0 reserved), the second, with no CPU left on
+/// a 2-CPU machine, is printed as refused with kubelet's reason; nothing is
+/// written under the root directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_the_cpus_a_pod_would_get_and_why_not() {
+    let online = nodelet::cpus::parse(std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap().trim()).unwrap();
+    let node = support::Node::start().await;
+    node.config_extra.lock().unwrap().push_str("cpuManagerPolicy: static\nreservedSystemCPUs: \"0\"\n");
+    // Every CPU but the reserved one asked for, by two pods: the second gets none.
+    let cpus = online.len() - 1;
+    for name in ["a-first", "b-second"] {
+        let limits = format!("{{cpu: '{cpus}', memory: 64Mi}}");
+        let spec = format!("  containers:\n  - {{name: c, image: nodelet.local/busybox:1, command: [sleep, '3600'], resources: {{limits: {limits}, requests: {limits}}}}}\n");
+        node.write_manifest(&format!("{name}.yaml"), &support::pod_yaml(name, &spec));
+    }
+    let mut args = node.base_args();
+    args.extend(["--dry-run".to_string(), "--healthz-port".into(), "0".into()]);
+    let mut agent = node.nodelet_with(args);
+    let code = tokio::task::block_in_place(|| agent.wait_exit(60 * S));
+    assert_eq!(code, Some(0), "{}", agent.log());
+    let out = agent.stdout();
+    let mut rest = online.clone();
+    rest.remove(&0);
+    let want = format!(" cpuset_cpus={}", nodelet::cpus::format(&rest));
+    let created: Vec<&str> = out.lines().filter(|l| l.starts_with("CRI CreateContainer")).collect();
+    assert_eq!(created.len(), 1, "{out}");
+    assert!(created[0].contains(&node.pod_name("a-first")) && created[0].contains(&want), "{out}");
+    let refused: Vec<&str> = out.lines().filter(|l| l.starts_with("ADMIT rejected")).collect();
+    assert_eq!(refused.len(), 1, "{out}");
+    assert!(
+        refused[0].contains(&node.pod_name("b-second")) && refused[0].contains("reason=UnexpectedAdmissionError") && refused[0].contains("not enough cpus available to satisfy request"),
+        "{out}"
+    );
+    assert!(!node.dir.path().join("kubelet/cpu_manager_state").exists(), "a dry run wrote the CPU manager's state");
 }

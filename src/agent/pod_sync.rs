@@ -116,7 +116,8 @@ impl PodSync {
         }
         // Device plugins register through <root-dir>/device-plugins; the
         // pod-resources API reads what they were given.
-        let devices = crate::devices::Devices::new((!s.dry_run).then(|| s.root_dir.join("device-plugins")));
+        // A dry run plans against the managers' real state files, read only.
+        let devices = if s.dry_run { crate::devices::Devices::read_only(s.root_dir.join("device-plugins")) } else { crate::devices::Devices::new(Some(s.root_dir.join("device-plugins"))) };
         // The CPU manager (static policy): a state it cannot trust stops the
         // agent, as kubelet refuses to start on it.
         // The CPU topology from sysfs, read once, when a manager needs it.
@@ -126,7 +127,7 @@ impl PodSync {
             None
         };
         let cpus = match (&s.cpu_manager, &topo) {
-            (Some(cfg), Some(topo)) => crate::cpus::CpuManager::start(cfg.clone(), topo.clone(), (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?,
+            (Some(cfg), Some(topo)) => crate::cpus::CpuManager::start(cfg.clone(), topo.clone(), Some(s.root_dir.as_path()), s.dry_run).map_err(AgentError::Fault)?,
             _ => crate::cpus::CpuManager::default(),
         };
         // The memory manager (static policy): the NUMA nodes' memory from
@@ -143,7 +144,7 @@ impl PodSync {
                         "reservedMemory: the memory reserved on the NUMA nodes adds up to {sum} bytes, kubeReserved + systemReserved + the hard eviction threshold memory.available come to {expected}: they must be equal (memoryManagerPolicy: Static)"
                     )));
                 }
-                crate::memory::MemoryManager::start(cfg, &totals, (!s.dry_run).then_some(s.root_dir.as_path())).map_err(AgentError::Fault)?
+                crate::memory::MemoryManager::start(cfg, &totals, Some(s.root_dir.as_path()), s.dry_run).map_err(AgentError::Fault)?
             }
             None => crate::memory::MemoryManager::default(),
         };

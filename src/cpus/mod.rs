@@ -279,7 +279,9 @@ impl CpuManager {
     /// restored from `<root-dir>/cpu_manager_state` (a state of another
     /// policy, or one that holds CPUs this node does not have, is an error
     /// naming the file, as kubelet refuses to start on it).
-    pub fn start(cfg: StaticConfig, topo: Topology, root: Option<&std::path::Path>) -> Result<CpuManager, String> {
+    /// The static policy with its state in `root` (None: none); a dry run
+    /// reads the state and never writes it.
+    pub fn start(cfg: StaticConfig, topo: Topology, root: Option<&std::path::Path>, dry_run: bool) -> Result<CpuManager, String> {
         let all: CpuSet = topo.cpus();
         let reserved = if cfg.reserved.is_empty() {
             if cfg.reserved_count == 0 {
@@ -293,9 +295,12 @@ impl CpuManager {
             cfg.reserved.clone()
         };
         let mut a = Assignments { reserved: reserved.clone(), all: all.clone(), entries: BTreeMap::new() };
-        let file = root.map(|r| r.join(state::FILE));
-        if let Some(f) = &file {
+        let mut file = root.map(|r| r.join(state::FILE));
+        if let Some(f) = file.as_ref().filter(|f| !dry_run || crate::files::dry_run_can_read(f)) {
             a.entries = state::read(f, &all)?;
+        }
+        if dry_run {
+            file = None;
         }
         tracing::info!(reserved = %format(&reserved), cpus = %format(&all), "CPU manager: static policy");
         let m = CpuManager { inner: Some(Arc::new(Mutex::new(Inner { cfg, topo, a, file }))), kick: Default::default() };

@@ -118,20 +118,25 @@ fn sysfs_is_read_and_a_state_of_another_policy_or_cpu_is_refused() {
     let topo = Topology::read(t.path()).unwrap();
     assert_eq!(topo.threads_per_core(), 2);
     let root = t.path().join("root");
-    let m = CpuManager::start(StaticConfig { reserved: set(&[0]), ..cfg(false) }, topo.clone(), Some(&root)).unwrap();
+    let m = CpuManager::start(StaticConfig { reserved: set(&[0]), ..cfg(false) }, topo.clone(), Some(&root), false).unwrap();
     m.admit(&pod("a", &format!("  containers: [{}]\n", guaranteed("c", "2")))).unwrap();
     assert_eq!(m.cpuset_for("a", "c").as_deref(), Some("1,3"), "a whole core: CPUs 1 and 3 share core 1");
     assert_eq!(m.cpuset_for("b", "c").as_deref(), Some("0,2"));
     let text = std::fs::read_to_string(root.join(state::FILE)).unwrap();
     assert!(text.contains("\"policyName\":\"static\"") && text.contains("\"defaultCpuSet\":\"0,2\"") && text.contains("\"a\":{\"c\":\"1,3\"}"), "{text}");
+    // A dry run plans against the state and never writes it.
+    let dry = CpuManager::start(StaticConfig { reserved: set(&[0]), ..cfg(false) }, topo.clone(), Some(&root), true).unwrap();
+    assert_eq!(dry.cpuset_for("a", "c").as_deref(), Some("1,3"));
+    dry.release("a");
+    assert_eq!(std::fs::read_to_string(root.join(state::FILE)).unwrap(), text, "a dry run wrote the state");
     // A restart keeps the assignment.
-    let again = CpuManager::start(StaticConfig { reserved: set(&[0]), ..cfg(false) }, topo.clone(), Some(&root)).unwrap();
+    let again = CpuManager::start(StaticConfig { reserved: set(&[0]), ..cfg(false) }, topo.clone(), Some(&root), false).unwrap();
     assert_eq!(again.cpuset_for("a", "c").as_deref(), Some("1,3"));
     again.release("a");
     assert_eq!(again.cpuset_for("a", "c").as_deref(), Some("0-3"));
     std::fs::write(root.join(state::FILE), text.replace("\"static\"", "\"none\"")).unwrap();
-    assert!(CpuManager::start(cfg(false), topo.clone(), Some(&root)).err().unwrap().contains("policy \"none\""));
+    assert!(CpuManager::start(cfg(false), topo.clone(), Some(&root), false).err().unwrap().contains("policy \"none\""));
     // No reservation at all: refused as kubelet refuses it.
     let none = StaticConfig { reserved_count: 0, ..cfg(false) };
-    assert!(CpuManager::start(none, topo, None).err().unwrap().contains("greater than zero"));
+    assert!(CpuManager::start(none, topo, None, false).err().unwrap().contains("greater than zero"));
 }

@@ -173,8 +173,17 @@ fn wanted(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> usize {
 impl Devices {
     /// A manager writing its checkpoint in `dir` (restored from it now).
     pub fn new(dir: Option<PathBuf>) -> Devices {
+        Self::open(dir, false)
+    }
+
+    /// A dry run's manager: the checkpoint in `dir` read, never written.
+    pub fn read_only(dir: PathBuf) -> Devices {
+        Self::open(Some(dir), true)
+    }
+
+    fn open(dir: Option<PathBuf>, dry_run: bool) -> Devices {
         let mut state = State::default();
-        if let Some(d) = &dir {
+        if let Some(d) = dir.as_ref().filter(|d| !dry_run || crate::files::dry_run_can_read(&d.join(checkpoint::FILE))) {
             match checkpoint::read(&d.join(checkpoint::FILE)) {
                 Ok((pods, registered)) => {
                     state.pods = pods;
@@ -190,7 +199,7 @@ impl Devices {
             }
         }
         let (tx, _) = watch::channel(Extended::default());
-        let d = Devices { state: Arc::new(Mutex::new(state)), published: Arc::new(tx), dir };
+        let d = Devices { state: Arc::new(Mutex::new(state)), published: Arc::new(tx), dir: dir.filter(|_| !dry_run) };
         d.publish();
         d
     }
@@ -249,8 +258,8 @@ impl Devices {
     /// nothing chosen. Devices of init containers that run to completion are
     /// free again for the containers after them; a restartable (sidecar)
     /// init container keeps its own.
-    pub fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
-        self.admit_aligned(pod, None, &|_| None)
+    pub async fn admit(&self, pod: &Pod) -> Result<(), Refusal> {
+        self.admit_aligned(pod, None, &|_| None).await
     }
 
     /// The topology manager's hints for a container (`Some(name)`) or the
@@ -309,41 +318,36 @@ impl Devices {
 
     /// [`Devices::admit`] with the topology manager's NUMA nodes per
     /// container (devices there first), up to one container (None: all).
-    pub fn admit_aligned(&self, pod: &Pod, upto: Option<&str>, numa: &dyn Fn(&str) -> Option<crate::topology::Mask>) -> Result<(), Refusal> {
+    /// A plugin that offers GetPreferredAllocation is asked which devices it
+    /// prefers (kubelet's devicesToAllocate); admissions are made one at a
+    /// time (the pod manager's loop), so nothing else chooses devices while
+    /// the plugin answers.
+    pub async fn admit_aligned(&self, pod: &Pod, upto: Option<&str>, numa: &(dyn Fn(&str) -> Option<crate::topology::Mask> + Sync)) -> Result<(), Refusal> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
-        let mut s = self.lock();
-        let mut entry = s.pods.get(&uid).cloned().unwrap_or_default();
-        entry.namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        entry.name = pod.metadata.name.clone().unwrap_or_default();
         let inits = spec.init_containers.as_deref().unwrap_or(&[]);
-        entry.containers = inits.iter().chain(&spec.containers).map(|c| c.name.clone()).collect();
-        let resources: BTreeSet<String> = inits
-            .iter()
-            .chain(&spec.containers)
-            .flat_map(|c| c.resources.iter().flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten())).map(|(k, _)| k.clone()))
-            .filter(|r| s.plugins.contains_key(r))
-            .collect();
+        let (mut entry, resources, new_pod) = {
+            let s = self.lock();
+            let mut entry = s.pods.get(&uid).cloned().unwrap_or_default();
+            entry.namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            entry.name = pod.metadata.name.clone().unwrap_or_default();
+            entry.containers = inits.iter().chain(&spec.containers).map(|c| c.name.clone()).collect();
+            let resources: BTreeSet<String> = inits
+                .iter()
+                .chain(&spec.containers)
+                .flat_map(|c| c.resources.iter().flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten())).map(|(k, _)| k.clone()))
+                .filter(|r| s.plugins.contains_key(r))
+                .collect();
+            (entry, resources, !s.pods.contains_key(&uid))
+        };
+        let refuse = |why: String| Refusal { reason: "UnexpectedAdmissionError".into(), message: format!("Allocate failed due to {why}, which is unexpected") };
+        let position = |name: &str| inits.iter().chain(&spec.containers).position(|x| x.name == name);
         let mut changed = false;
         for resource in &resources {
-            // Devices other pods hold.
-            let taken: BTreeSet<String> = s
-                .pods
-                .iter()
-                .filter(|(u, _)| **u != uid)
-                .flat_map(|(_, e)| e.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter().cloned()))
-                .collect();
-            let healthy: Vec<(String, crate::topology::Mask)> = s.plugins[resource]
-                .devices
-                .iter()
-                .filter(|(_, d)| d.healthy)
-                .map(|(id, d)| (id.clone(), crate::topology::mask_of(d.numa.iter().filter_map(|n| u32::try_from(*n).ok()))))
-                .collect();
             let mut reusable: Vec<String> = Vec::new();
-            let mut held: BTreeSet<String> = entry.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter().cloned()).collect();
             let containers = inits.iter().map(|c| (c, c.restart_policy.as_deref() != Some("Always"))).chain(spec.containers.iter().map(|c| (c, false)));
             for (c, runs_to_completion) in containers {
-                if upto.is_some_and(|u| inits.iter().chain(&spec.containers).position(|x| x.name == u) < inits.iter().chain(&spec.containers).position(|x| x.name == c.name)) {
+                if upto.is_some_and(|u| position(u) < position(&c.name)) {
                     break;
                 }
                 let n = wanted(c, resource);
@@ -357,30 +361,28 @@ impl Devices {
                     }
                     continue;
                 }
-                let mut ids: Vec<String> = reusable.iter().take(n).cloned().collect();
+                let (plan, ask) = {
+                    let s = self.lock();
+                    // Devices other pods hold, and this pod's other containers.
+                    let unavailable: BTreeSet<String> = s
+                        .pods
+                        .iter()
+                        .filter(|(u, _)| **u != uid)
+                        .map(|(_, e)| e)
+                        .chain(std::iter::once(&entry))
+                        .flat_map(|e| e.devices.iter().filter(|((_, r), _)| r == resource).flat_map(|(_, a)| a.ids.iter().cloned()))
+                        .collect();
+                    let plugin = &s.plugins[resource];
+                    let plan = Plan::new(resource, n, &reusable, &plugin.devices, &unavailable, numa(&c.name)).map_err(refuse)?;
+                    let ask = plan.asks().filter(|_| plugin.options.get_preferred_allocation_available).and_then(|offer| Some((plugin.channel.clone()?, offer)));
+                    (plan, ask)
+                };
+                let preferred = match ask {
+                    Some((channel, (available, must_include))) => Some(preferred_allocation(channel, available, must_include, n).await.map_err(refuse)?),
+                    None => None,
+                };
+                let ids = plan.finish(preferred).map_err(refuse)?;
                 reusable.retain(|id| !ids.contains(id));
-                // The topology manager's NUMA nodes first.
-                let mask = numa(&c.name);
-                let mut order: Vec<&(String, crate::topology::Mask)> = healthy.iter().collect();
-                order.sort_by_key(|(_, m)| mask.is_some_and(|want| m & want == 0));
-                for (id, _) in order {
-                    if ids.len() == n {
-                        break;
-                    }
-                    if !taken.contains(id) && !held.contains(id) && !ids.contains(id) {
-                        ids.push(id.clone());
-                    }
-                }
-                if ids.len() < n {
-                    let available = healthy.iter().filter(|(id, _)| !taken.contains(id) && !held.contains(id)).count() + reusable.len();
-                    return Err(Refusal {
-                        reason: "UnexpectedAdmissionError".into(),
-                        message: format!(
-                            "Allocate failed due to requested number of devices unavailable for {resource}. Requested: {n}, Available: {available}, which is unexpected"
-                        ),
-                    });
-                }
-                held.extend(ids.iter().cloned());
                 if runs_to_completion {
                     reusable.extend(ids.iter().cloned());
                 }
@@ -389,9 +391,7 @@ impl Devices {
                 changed = true;
             }
         }
-        let new_pod = !s.pods.contains_key(&uid);
-        s.pods.insert(uid, entry);
-        drop(s);
+        self.lock().pods.insert(uid, entry);
         if changed || new_pod {
             self.save();
         }
@@ -576,6 +576,101 @@ impl Devices {
             }
         });
     }
+}
+
+/// Where a container's new devices come from, in kubelet's order
+/// (devicesToAllocate): the devices of finished init containers first; then,
+/// when the topology manager's NUMA nodes have more free devices than are
+/// needed, the plugin's preference among them, else all of them and the
+/// plugin's preference among the rest; then the other NUMA nodes' devices,
+/// then those without a NUMA node.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    wanted: usize,
+    chosen: Vec<String>,
+    /// What the plugin's preference may add (empty: nothing to ask).
+    within: Vec<String>,
+    /// What is taken, in order, after the plugin's preference.
+    then: Vec<String>,
+}
+
+impl Plan {
+    fn new(resource: &str, n: usize, reusable: &[String], devices: &BTreeMap<String, Device>, unavailable: &BTreeSet<String>, hint: Option<crate::topology::Mask>) -> Result<Plan, String> {
+        let mut chosen: Vec<String> = reusable.iter().take(n).cloned().collect();
+        let needed = n - chosen.len();
+        if needed == 0 {
+            return Ok(Plan { wanted: n, chosen, within: Vec::new(), then: Vec::new() });
+        }
+        let available: Vec<(&String, &Device)> = devices.iter().filter(|(id, d)| d.healthy && !unavailable.contains(*id) && !chosen.contains(id)).collect();
+        if available.len() < needed {
+            return Err(format!("requested number of devices unavailable for {resource}. Requested: {needed}, Available: {}", available.len()));
+        }
+        // kubelet's filterByAffinity: without a hint, or for a resource
+        // whose devices have no NUMA node, nothing is aligned.
+        let (mut aligned, mut unaligned, mut no_affinity) = (Vec::new(), Vec::new(), Vec::new());
+        let hint = hint.filter(|_| devices.values().any(|d| !d.numa.is_empty()));
+        for (id, d) in &available {
+            let mask = crate::topology::mask_of(d.numa.iter().filter_map(|n| u32::try_from(*n).ok()));
+            match hint {
+                Some(want) if mask & want != 0 => aligned.push((*id).clone()),
+                Some(_) if mask != 0 => unaligned.push((*id).clone()),
+                _ => no_affinity.push((*id).clone()),
+            }
+        }
+        if needed < aligned.len() {
+            return Ok(Plan { wanted: n, chosen, within: aligned.clone(), then: aligned });
+        }
+        chosen.extend(aligned);
+        let within = if chosen.len() == n { Vec::new() } else { available.iter().map(|(id, _)| (*id).clone()).collect() };
+        unaligned.extend(no_affinity);
+        Ok(Plan { wanted: n, chosen, within, then: unaligned })
+    }
+
+    /// What the plugin is asked (available, must include), if anything.
+    fn asks(&self) -> Option<(Vec<String>, Vec<String>)> {
+        if self.within.is_empty() {
+            return None;
+        }
+        let mut available = self.chosen.clone();
+        available.extend(self.within.iter().filter(|id| !self.chosen.contains(id)).cloned());
+        Some((available, self.chosen.clone()))
+    }
+
+    /// The devices: the plugin's preferred ones it may add, then the rest
+    /// in order.
+    fn finish(mut self, preferred: Option<Vec<String>>) -> Result<Vec<String>, String> {
+        let preferred: Vec<String> = preferred.unwrap_or_default().into_iter().filter(|id| self.within.contains(id)).collect();
+        for id in preferred.into_iter().chain(std::mem::take(&mut self.then)) {
+            if self.chosen.len() == self.wanted {
+                break;
+            }
+            if !self.chosen.contains(&id) {
+                self.chosen.push(id);
+            }
+        }
+        if self.chosen.len() < self.wanted {
+            return Err(format!("unexpectedly allocated less resources than required. Requested: {}, Got: {}", self.wanted, self.chosen.len()));
+        }
+        Ok(self.chosen)
+    }
+}
+
+/// GetPreferredAllocation: the devices the plugin would rather give.
+async fn preferred_allocation(channel: tonic::transport::Channel, available: Vec<String>, must_include: Vec<String>, size: usize) -> Result<Vec<String>, String> {
+    let mut client = v1beta1::device_plugin_client::DevicePluginClient::new(channel);
+    let req = v1beta1::PreferredAllocationRequest {
+        container_requests: vec![v1beta1::ContainerPreferredAllocationRequest {
+            available_device_i_ds: available,
+            must_include_device_i_ds: must_include,
+            allocation_size: i32::try_from(size).unwrap_or(i32::MAX),
+        }],
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.get_preferred_allocation(req))
+        .await
+        .map_err(|_| "device plugin GetPreferredAllocation rpc failed with err: no answer in 30 s".to_string())?
+        .map_err(|e| format!("device plugin GetPreferredAllocation rpc failed with err: {}", e.message()))?
+        .into_inner();
+    Ok(answer.container_responses.into_iter().next().map(|r| r.device_i_ds).unwrap_or_default())
 }
 
 /// A plugin's endpoint below the device-plugins directory: a plain file

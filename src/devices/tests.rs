@@ -26,8 +26,8 @@ impl Devices {
     }
 }
 
-#[test]
-fn topology_hints_and_aligned_devices() {
+#[tokio::test]
+async fn topology_hints_and_aligned_devices() {
     use crate::topology::{Hint, mask_of};
     let h = |nodes: &[u32], preferred: bool| Hint { mask: Some(mask_of(nodes.iter().copied())), preferred };
     let d = Devices::default();
@@ -37,7 +37,7 @@ fn topology_hints_and_aligned_devices() {
     let two = pod("q", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
     assert_eq!(d.hints(&two, Some("c"), 0b11), vec![Some(vec![h(&[1], true), h(&[0, 1], false)])]);
     // Node 1 chosen: b0, though a0 comes first by name.
-    d.admit_aligned(&one, Some("c"), &|_| Some(0b10)).unwrap();
+    d.admit_aligned(&one, Some("c"), &|_| Some(0b10)).await.unwrap();
     assert_eq!(d.assigned("p", "c")[R], vec!["b0"]);
     // Now two are not on one node any more (not preferred: node 1 could
     // have had them); three are not free at all.
@@ -67,37 +67,37 @@ fn extended_resource_names() {
     }
 }
 
-#[test]
-fn devices_are_chosen_at_admission_released_with_the_pod_and_never_shared() {
+#[tokio::test]
+async fn devices_are_chosen_at_admission_released_with_the_pod_and_never_shared() {
     let d = Devices::default();
     d.fake(R, &[("d0", true), ("d1", true), ("d2", true), ("d3", false)]);
     assert_eq!(d.subscribe().borrow().capacity[R], 4);
     assert_eq!(d.allocatable()[R], 3, "the unhealthy one is not allocatable");
     let a = pod("a", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
-    d.admit(&a).unwrap();
+    d.admit(&a).await.unwrap();
     assert_eq!(d.assigned("a", "c")[R], vec!["d0", "d1"]);
     // Admitted again (a resync, a restart): the same devices.
-    d.admit(&a).unwrap();
+    d.admit(&a).await.unwrap();
     assert_eq!(d.assigned("a", "c")[R], vec!["d0", "d1"]);
     let b = pod("b", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '2'}}}]\n");
-    let e = d.admit(&b).unwrap_err();
+    let e = d.admit(&b).await.unwrap_err();
     assert_eq!(e.reason, "UnexpectedAdmissionError");
     assert_eq!(e.message, "Allocate failed due to requested number of devices unavailable for example.com/dev. Requested: 2, Available: 1, which is unexpected");
     assert!(d.assigned("b", "c").is_empty(), "nothing chosen for a refused pod");
     d.release("a");
-    d.admit(&b).unwrap();
+    d.admit(&b).await.unwrap();
     assert_eq!(d.assigned("b", "c")[R], vec!["d0", "d1"]);
 }
 
-#[test]
-fn init_containers_hand_their_devices_on_and_sidecars_keep_theirs() {
+#[tokio::test]
+async fn init_containers_hand_their_devices_on_and_sidecars_keep_theirs() {
     let d = Devices::default();
     d.fake(R, &[("d0", true), ("d1", true), ("d2", true)]);
     let p = pod(
         "p",
         "  initContainers:\n  - {name: init, image: i, resources: {limits: {example.com/dev: '2'}}}\n  - {name: side, image: i, restartPolicy: Always, resources: {limits: {example.com/dev: '1'}}}\n  containers: [{name: app, image: i, resources: {limits: {example.com/dev: '2'}}}]\n",
     );
-    d.admit(&p).unwrap();
+    d.admit(&p).await.unwrap();
     assert_eq!(d.assigned("p", "init")[R], vec!["d0", "d1"]);
     // As kubelet: a sidecar takes from the finished init container's devices
     // too, and keeps what it took; the app container reuses the rest.
@@ -105,11 +105,11 @@ fn init_containers_hand_their_devices_on_and_sidecars_keep_theirs() {
     assert_eq!(d.assigned("p", "app")[R], vec!["d1", "d2"], "the init container's d1 reused, d2 new; never the sidecar's d0");
 }
 
-#[test]
-fn a_resource_no_plugin_serves_is_not_the_device_managers() {
+#[tokio::test]
+async fn a_resource_no_plugin_serves_is_not_the_device_managers() {
     let d = Devices::default();
     let p = pod("p", "  containers: [{name: c, image: i, resources: {limits: {example.com/other: '1'}}}]\n");
-    d.admit(&p).unwrap();
+    d.admit(&p).await.unwrap();
     assert!(d.assigned("p", "c").is_empty());
     assert!(d.pods().iter().any(|(u, e)| u == "p" && e.name == "p" && e.containers == ["c"]));
 }
@@ -119,7 +119,7 @@ async fn a_gone_plugin_leaves_its_devices_unhealthy_and_the_checkpoint_keeps_ass
     let t = tempfile::tempdir().unwrap();
     let d = Devices::new(Some(t.path().to_path_buf()));
     d.fake(R, &[("d0", true), ("d1", true)]);
-    d.admit(&pod("a", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '1'}}}]\n")).unwrap();
+    d.admit(&pod("a", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '1'}}}]\n")).await.unwrap();
     let generation = d.lock().plugins[R].generation;
     d.disconnected(R, generation);
     assert_eq!(d.allocatable()[R], 0);
@@ -141,4 +141,49 @@ fn an_endpoint_stays_in_the_directory() {
     for bad in ["../kubelet.sock", "/run/x.sock", "a/b.sock", "", ".."] {
         assert!(endpoint_in(dir, bad).is_err(), "{bad}");
     }
+}
+
+fn devices_on(list: &[(&str, Option<i64>)]) -> BTreeMap<String, Device> {
+    list.iter().map(|(id, n)| (id.to_string(), Device { healthy: true, numa: n.iter().copied().collect() })).collect()
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn the_plugins_preference_is_asked_where_kubelet_asks_it() {
+    let none = BTreeSet::new();
+    // More aligned devices than needed: the plugin chooses among them only.
+    let devs = devices_on(&[("a0", Some(0)), ("a1", Some(0)), ("a2", Some(0)), ("b0", Some(1))]);
+    let plan = Plan::new(R, 2, &[], &devs, &none, Some(0b01)).unwrap();
+    assert_eq!(plan.asks(), Some((ids(&["a0", "a1", "a2"]), vec![])));
+    assert_eq!(plan.clone().finish(Some(ids(&["b0", "a2", "a1"]))).unwrap(), ids(&["a2", "a1"]), "b0 is off the NUMA node: never taken from the preference");
+    assert_eq!(plan.clone().finish(None).unwrap(), ids(&["a0", "a1"]));
+    assert_eq!(plan.finish(Some(ids(&["a2"]))).unwrap(), ids(&["a2", "a0"]), "a short preference is filled from the aligned ones");
+
+    // Too few aligned ones: all of them, then the plugin's choice among the
+    // rest (must include what is already chosen), then the other NUMA
+    // nodes', then those without one.
+    let devs = devices_on(&[("a0", Some(0)), ("b0", Some(1)), ("b1", Some(1)), ("x0", None)]);
+    let plan = Plan::new(R, 3, &[], &devs, &none, Some(0b01)).unwrap();
+    assert_eq!(plan.asks(), Some((ids(&["a0", "b0", "b1", "x0"]), ids(&["a0"]))));
+    assert_eq!(plan.clone().finish(Some(ids(&["a0", "x0", "zz"]))).unwrap(), ids(&["a0", "x0", "b0"]), "an unknown id in the answer is ignored");
+    assert_eq!(plan.finish(None).unwrap(), ids(&["a0", "b0", "b1"]));
+
+    // Exactly enough aligned: nothing to ask.
+    let plan = Plan::new(R, 1, &[], &devs, &none, Some(0b01)).unwrap();
+    assert_eq!(plan.asks(), None);
+    assert_eq!(plan.finish(None).unwrap(), ids(&["a0"]));
+
+    // No hint: no alignment, the plugin chooses among every free device;
+    // a finished init container's devices come first and are a must.
+    let taken: BTreeSet<String> = ["b0".to_string()].into();
+    let plan = Plan::new(R, 2, &ids(&["r0"]), &devs, &taken, None).unwrap();
+    assert_eq!(plan.asks(), Some((ids(&["r0", "a0", "b1", "x0"]), ids(&["r0"]))));
+    assert_eq!(plan.finish(Some(ids(&["b0", "x0"]))).unwrap(), ids(&["r0", "x0"]), "b0 is another pod's");
+
+    // Not enough free: kubelet's words.
+    let e = Plan::new(R, 4, &[], &devs, &taken, None).unwrap_err();
+    assert_eq!(e, "requested number of devices unavailable for example.com/dev. Requested: 4, Available: 3");
 }

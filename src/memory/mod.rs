@@ -359,16 +359,21 @@ pub struct MemoryManager {
 impl MemoryManager {
     /// The static policy on a machine of `totals` (bytes per NUMA node), the
     /// state restored from `<root-dir>/memory_manager_state`.
-    pub fn start(cfg: &StaticConfig, totals: &BTreeMap<u32, u64>, root: Option<&Path>) -> Result<MemoryManager, String> {
+    /// The Static policy with its state in `root` (None: none); a dry run
+    /// reads the state and never writes it.
+    pub fn start(cfg: &StaticConfig, totals: &BTreeMap<u32, u64>, root: Option<&Path>, dry_run: bool) -> Result<MemoryManager, String> {
         if let Some(n) = cfg.reserved.keys().find(|n| !totals.contains_key(n)) {
             return Err(format!("reservedMemory: NUMA node {n} does not exist on this machine (it has {:?})", totals.keys().collect::<Vec<_>>()));
         }
         let fresh = machine_state(totals, &cfg.reserved);
-        let file = root.map(|r| r.join(state::FILE));
-        let a = match &file {
+        let mut file = root.map(|r| r.join(state::FILE));
+        let a = match file.as_ref().filter(|f| !dry_run || crate::files::dry_run_can_read(f)) {
             Some(f) => state::read(f, &fresh)?,
             None => Assignments { machine: fresh, entries: BTreeMap::new() },
         };
+        if dry_run {
+            file = None;
+        }
         for (id, s) in &a.machine {
             tracing::info!(numa = id, total = s.total, reserved_for_system = s.system_reserved, allocatable = s.allocatable, free = s.free, "memory manager: static policy");
         }

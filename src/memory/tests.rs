@@ -99,7 +99,7 @@ fn the_state_round_trips_and_refuses_what_it_cannot_trust() {
     assert!(state::decode(&bytes, &other).unwrap_err().contains("machineState[0]"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(state::FILE), tampered).unwrap();
-    let e = MemoryManager::start(&StaticConfig { reserved: [(0, GIB), (1, GIB)].into() }, &[(0, 5 * GIB), (1, 5 * GIB)].into(), Some(dir.path())).err().unwrap();
+    let e = MemoryManager::start(&StaticConfig { reserved: [(0, GIB), (1, GIB)].into() }, &[(0, 5 * GIB), (1, 5 * GIB)].into(), Some(dir.path()), false).err().unwrap();
     assert!(e.contains("memory_manager_state") && e.contains("drain the node"), "{e}");
 }
 
@@ -108,14 +108,20 @@ fn the_manager_pins_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StaticConfig { reserved: [(0, GIB), (1, GIB)].into() };
     let totals: BTreeMap<u32, u64> = [(0, 5 * GIB), (1, 5 * GIB)].into();
-    let m = MemoryManager::start(&cfg, &totals, Some(dir.path())).unwrap();
+    let m = MemoryManager::start(&cfg, &totals, Some(dir.path()), false).unwrap();
     m.admit_aligned(&pod("p", None, "1Gi"), None, &|_| None).unwrap();
     assert_eq!(m.cpuset_mems("p", "app").as_deref(), Some("0"));
     assert_eq!(m.cpuset_mems("p", "other"), None);
+    // A dry run plans against the state and never writes it.
+    let written = std::fs::read(dir.path().join(state::FILE)).unwrap();
+    let dry = MemoryManager::start(&cfg, &totals, Some(dir.path()), true).unwrap();
+    assert_eq!(dry.pinned("p")["app"], (GIB, [0].into()));
+    dry.release("p");
+    assert_eq!(std::fs::read(dir.path().join(state::FILE)).unwrap(), written, "a dry run wrote the state");
     // A restart keeps it.
-    let again = MemoryManager::start(&cfg, &totals, Some(dir.path())).unwrap();
+    let again = MemoryManager::start(&cfg, &totals, Some(dir.path()), false).unwrap();
     assert_eq!(again.pinned("p")["app"], (GIB, [0].into()));
     again.release("p");
     assert!(again.pinned("p").is_empty());
-    assert!(MemoryManager::start(&StaticConfig { reserved: [(3, GIB)].into() }, &totals, None).err().unwrap().contains("NUMA node 3 does not exist"));
+    assert!(MemoryManager::start(&StaticConfig { reserved: [(3, GIB)].into() }, &totals, None, false).err().unwrap().contains("NUMA node 3 does not exist"));
 }

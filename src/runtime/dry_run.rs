@@ -97,6 +97,14 @@ fn pod_of(labels: &HashMap<String, String>) -> String {
     )
 }
 
+/// A plan line that is not a CRI call (an admission refused), on stdout
+/// with the CRI lines.
+pub fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// The one-line rendering of RunPodSandbox.
 pub fn render_sandbox(config: &cri::PodSandboxConfig, handler: &str) -> String {
     let md = config.metadata.clone().unwrap_or_default();
@@ -148,7 +156,7 @@ pub fn render_container(config: &cri::ContainerConfig) -> String {
         .iter()
         .map(|m| format!("{}:{}{}", m.host_path, m.container_path, if m.readonly { ":ro" } else { "" }))
         .collect();
-    format!(
+    let mut line = format!(
         "pod={} container={} attempt={} image={} command={} args={} working_dir={:?} env={} mounts={} log_path={} \
          cpu_shares={} cpu_quota={} cpu_period={} memory_limit={} oom_score_adj={} privileged={} run_as_user={}",
         pod_of(&config.labels),
@@ -168,7 +176,24 @@ pub fn render_container(config: &cri::ContainerConfig) -> String {
         res.oom_score_adj,
         sc.privileged,
         sc.run_as_user.map_or_else(|| "-".to_string(), |u| u.value.to_string()),
-    )
+    );
+    // What the resource managers gave the container, when they gave it
+    // anything: exclusive CPUs, NUMA memory, device nodes, CDI devices.
+    if !res.cpuset_cpus.is_empty() {
+        line.push_str(&format!(" cpuset_cpus={}", res.cpuset_cpus));
+    }
+    if !res.cpuset_mems.is_empty() {
+        line.push_str(&format!(" cpuset_mems={}", res.cpuset_mems));
+    }
+    if !config.devices.is_empty() {
+        let devices: Vec<String> = config.devices.iter().map(|d| format!("{}:{}:{}", d.host_path, d.container_path, d.permissions)).collect();
+        line.push_str(&format!(" devices={}", json(&devices)));
+    }
+    if !config.cdi_devices.is_empty() {
+        let cdi: Vec<&str> = config.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        line.push_str(&format!(" cdi_devices={}", json(&cdi)));
+    }
+    line
 }
 
 impl DryRunRuntime {

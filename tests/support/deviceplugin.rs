@@ -5,7 +5,8 @@
 //! ListAndWatch (a device turns unhealthy on command), and answers Allocate
 //! with an env naming the devices, a read-only mount of a file it made per
 //! device, and a device node it made (`mknod`, char 1:3, the null device)
-//! per device; it asks for PreStartContainer and records every call.
+//! per device; it asks for PreStartContainer, can offer
+//! GetPreferredAllocation with an order of its own, and records every call.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 pub struct Calls {
     pub allocate: Vec<Vec<String>>,
     pub pre_start: Vec<Vec<String>>,
+    /// GetPreferredAllocation: (available, must include, size).
+    pub preferred: Vec<(Vec<String>, Vec<String>, i32)>,
     pub registrations: usize,
 }
 
@@ -40,6 +43,8 @@ impl Drop for TestPlugin {
 struct Plugin {
     work: PathBuf,
     numa: i64,
+    /// Offers GetPreferredAllocation, preferring devices in this order.
+    prefer: Option<Vec<String>>,
     health: watch::Receiver<BTreeMap<String, bool>>,
     calls: Arc<Mutex<Calls>>,
 }
@@ -64,7 +69,7 @@ impl device_plugin_server::DevicePlugin for Plugin {
     type ListAndWatchStream = Stream;
 
     async fn get_device_plugin_options(&self, _: tonic::Request<v1beta1::Empty>) -> Result<tonic::Response<v1beta1::DevicePluginOptions>, tonic::Status> {
-        Ok(tonic::Response::new(options()))
+        Ok(tonic::Response::new(options(self.prefer.is_some())))
     }
 
     async fn list_and_watch(&self, _: tonic::Request<v1beta1::Empty>) -> Result<tonic::Response<Stream>, tonic::Status> {
@@ -76,9 +81,23 @@ impl device_plugin_server::DevicePlugin for Plugin {
 
     async fn get_preferred_allocation(
         &self,
-        _: tonic::Request<v1beta1::PreferredAllocationRequest>,
+        req: tonic::Request<v1beta1::PreferredAllocationRequest>,
     ) -> Result<tonic::Response<v1beta1::PreferredAllocationResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("no preferred allocation"))
+        let Some(prefer) = &self.prefer else { return Err(tonic::Status::unimplemented("no preferred allocation")) };
+        let mut out = Vec::new();
+        for c in req.into_inner().container_requests {
+            self.calls.lock().unwrap().preferred.push((c.available_device_i_ds.clone(), c.must_include_device_i_ds.clone(), c.allocation_size));
+            // What must be included, then this plugin's order among the
+            // available ones.
+            let mut ids = c.must_include_device_i_ds.clone();
+            for id in prefer.iter().filter(|id| c.available_device_i_ds.contains(id)) {
+                if ids.len() < c.allocation_size as usize && !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+            out.push(v1beta1::ContainerPreferredAllocationResponse { device_i_ds: ids });
+        }
+        Ok(tonic::Response::new(v1beta1::PreferredAllocationResponse { container_responses: out }))
     }
 
     async fn allocate(&self, req: tonic::Request<v1beta1::AllocateRequest>) -> Result<tonic::Response<v1beta1::AllocateResponse>, tonic::Status> {
@@ -117,14 +136,14 @@ impl device_plugin_server::DevicePlugin for Plugin {
     }
 }
 
-fn options() -> v1beta1::DevicePluginOptions {
-    v1beta1::DevicePluginOptions { pre_start_required: true, get_preferred_allocation_available: false }
+fn options(preferred: bool) -> v1beta1::DevicePluginOptions {
+    v1beta1::DevicePluginOptions { pre_start_required: true, get_preferred_allocation_available: preferred }
 }
 
-async fn register(dir: &Path, endpoint: &str, resource: &str) -> Result<(), String> {
+async fn register(dir: &Path, endpoint: &str, resource: &str, preferred: bool) -> Result<(), String> {
     let ch = nodelet::csi::channel(&dir.join("kubelet.sock")).await?;
     RegistrationClient::new(ch)
-        .register(v1beta1::RegisterRequest { version: "v1beta1".into(), endpoint: endpoint.into(), resource_name: resource.into(), options: Some(options()) })
+        .register(v1beta1::RegisterRequest { version: "v1beta1".into(), endpoint: endpoint.into(), resource_name: resource.into(), options: Some(options(preferred)) })
         .await
         .map_err(|e| e.message().to_string())?;
     Ok(())
@@ -148,6 +167,16 @@ impl TestPlugin {
 
     /// [`TestPlugin::start`] with its devices on NUMA node `numa`.
     pub async fn start_on_numa(dir: &Path, resource: &str, ids: &[&str], work: &Path, numa: i64) -> TestPlugin {
+        Self::launch(dir, resource, ids, work, numa, None).await
+    }
+
+    /// [`TestPlugin::start`] offering GetPreferredAllocation, preferring
+    /// its devices in the order of `prefer`.
+    pub async fn start_preferring(dir: &Path, resource: &str, ids: &[&str], work: &Path, prefer: &[&str]) -> TestPlugin {
+        Self::launch(dir, resource, ids, work, 0, Some(prefer.iter().map(|s| s.to_string()).collect())).await
+    }
+
+    async fn launch(dir: &Path, resource: &str, ids: &[&str], work: &Path, numa: i64, prefer: Option<Vec<String>>) -> TestPlugin {
         std::fs::create_dir_all(work).unwrap();
         for id in ids {
             std::fs::write(work.join(format!("{id}.info")), format!("device {id}\n")).unwrap();
@@ -161,7 +190,8 @@ impl TestPlugin {
         let socket = dir.join(&endpoint);
         let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let plugin = Plugin { work: work.to_path_buf(), numa, health: rx, calls: calls.clone() };
+        let preferred = prefer.is_some();
+        let plugin = Plugin { work: work.to_path_buf(), numa, prefer, health: rx, calls: calls.clone() };
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(device_plugin_server::DevicePluginServer::new(plugin))
@@ -174,7 +204,7 @@ impl TestPlugin {
             let mut registered_at: Option<(u64, i64, i64)> = None;
             loop {
                 let now = identity(&d.join("kubelet.sock"));
-                if now.is_some() && now != registered_at && register(&d, &endpoint, &r).await.is_ok() {
+                if now.is_some() && now != registered_at && register(&d, &endpoint, &r, preferred).await.is_ok() {
                     registered_at = now;
                     c.lock().unwrap().registrations += 1;
                 }

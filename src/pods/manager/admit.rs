@@ -10,7 +10,7 @@ impl PodManager {
     /// checks (their manifests were validated). A UID that cannot name the
     /// pod's directory, or a sysctl the node does not allow, is refused
     /// whatever the source.
-    pub(super) fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
+    pub(super) async fn admit(&self, pod: &DesiredPod) -> Result<(), Rejection> {
         self.admit_checks(pod)?;
         // Then the resource managers choose each container's CPUs and
         // devices, or refuse the pod with none chosen (kubelet's order:
@@ -35,7 +35,7 @@ impl PodManager {
         if !tm.is_on() {
             self.ctx.cpus.admit(pod).map_err(|r| Rejection { reason: r.reason, message: format!("Pod was rejected: {}", r.message) })?;
             self.ctx.memory.admit_aligned(pod, None, &|_| None).map_err(|r| undo(r.reason, r.message))?;
-            return self.ctx.devices.admit(pod).map_err(|r| undo(r.reason, r.message));
+            return self.ctx.devices.admit(pod).await.map_err(|r| undo(r.reason, r.message));
         }
         // The topology manager: the providers' hints merged for each
         // container (or once for the pod), admitted by the policy, and the
@@ -63,7 +63,7 @@ impl PodManager {
             let numa = |c: &str| if container.is_none_or(|x| x == c) { mask } else { None };
             self.ctx.cpus.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
             self.ctx.memory.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
-            self.ctx.devices.admit_aligned(pod, container, &numa).map_err(|r| undo(r.reason, r.message))?;
+            self.ctx.devices.admit_aligned(pod, container, &numa).await.map_err(|r| undo(r.reason, r.message))?;
         }
         Ok(())
     }
@@ -158,14 +158,16 @@ impl PodManager {
             return pending("Infeasible", "In-place resize of static-pods is not supported".into());
         }
         let running = allocation::with_allocation(desired, &allocated);
-        // kubelet (without InPlacePodVerticalScalingExclusiveCPUs): a
-        // Guaranteed pod's CPUs do not change under the static CPU manager.
-        let cpu_changed = allocation::resizable_containers(desired)
-            .zip(allocation::resizable_containers(&running))
-            .any(|(want, have)| allocation::differs_in(&want.resources.clone().unwrap_or_default(), &have.resources.clone().unwrap_or_default(), "cpu"));
+        // kubelet (without the alpha InPlacePodVerticalScalingExclusiveCPUs
+        // gate): no resize at all of a Guaranteed pod under the static CPU
+        // manager or the Static memory manager (its CPUs or NUMA memory
+        // would not follow).
         let guaranteed = running.spec.as_ref().is_some_and(|s| crate::pods::qos::qos_class(s) == crate::pods::qos::QosClass::Guaranteed);
-        if self.ctx.cpus.is_static() && guaranteed && cpu_changed {
+        if guaranteed && self.ctx.cpus.is_static() {
             return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside CPU Manager static policy".into());
+        }
+        if guaranteed && self.ctx.memory.is_static() {
+            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside Memory Manager static policy".into());
         }
         let swap = &self.ctx.node.swap;
         let swapping = allocation::resizable_containers(desired).zip(allocation::resizable_containers(&running)).any(|(want, have)| {

@@ -339,8 +339,12 @@ impl PodManager {
                     // kubelet admits a pod at its allocation (after a restart,
                     // the resize it was given, not yet the one it asks for).
                     let at_allocation = Arc::new(self.effective(&id.uid, pod));
-                    if let Err(r) = self.admit(&at_allocation) {
+                    if let Err(r) = self.admit(&at_allocation).await {
                         tracing::warn!(pod = %id, reason = %r.reason, "{}", r.message);
+                        if self.ctx.dry_run {
+                            // The plan says why a pod would not run here.
+                            crate::runtime::dry_run::print_line(&format!("ADMIT rejected pod={id} reason={} message={:?}", r.reason, r.message));
+                        }
                         self.ctx.events.record(&id, EventType::Warning, &r.reason, &r.message);
                         self.publish_rejection(pod, &r);
                         self.rejected.insert(id.uid.clone(), r);
