@@ -1309,10 +1309,15 @@ async fn a_csi_driver_registers_stages_and_publishes_and_data_outlives_the_pod()
     let written = eventually(10 * S, "the file on the staged volume", || async { std::fs::read_to_string(staging.join("hello")).ok().filter(|s| !s.is_empty()) }).await;
     assert_eq!(written.trim(), "written-through-csi");
     assert_eq!(driver.calls(), vec!["NodeStageVolume vol-1", "NodePublishVolume unmounted vol-1", "NodePublishVolume vol-1"]);
-    // (The API event is the pod's first FailedMount's series: kube-runtime's
-    // recorder keys a series by reason, not by message.)
     let log = agent.log();
     assert!(log.contains("MountVolume.SetUp failed for volume \"d\" : the driver published volume \"csi-pv-1\" but ") && log.contains("is not a mount point"), "{log}");
+    // Each FailedMount message is its own event on the apiserver, as
+    // kubelet's recorder keeps them.
+    eventually(30 * S, "the FailedMount event naming the unmounted target", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        list.into_iter().find(|e| e.reason.as_deref() == Some("FailedMount") && e.note.as_deref().is_some_and(|n| n.contains("is not a mount point"))).map(|_| ())
+    })
+    .await;
 
     // The volume's figures in /stats/summary come from the driver's
     // NodeGetVolumeStats, under the pod's volume name with its claim, and

@@ -158,6 +158,44 @@ async fn harness_the_csr_approver_and_signers_refuse_what_a_real_control_plane_r
     assert_eq!(failed.message.as_deref(), Some("DNS or IP subjectAltName is required"));
 }
 
+/// The harness serves Events as the apiserver does: one storage behind the
+/// core API and events.k8s.io/v1 (the note is the message, regarding the
+/// involved object), and events.k8s.io/v1's validation (the deprecated
+/// fields unset, a note of at most 1024 bytes, only the series changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_events_are_one_storage_for_both_apis_and_validated_as_the_apiserver_does() {
+    use k8s_openapi::api::events::v1::Event;
+    let c = Cluster::start().await;
+    let v1: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let event = |name: &str, note: &str| -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "eventTime": "2026-12-05T10:00:00.000000Z", "type": "Normal", "reason": "Created", "action": "Created", "note": note,
+            "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "p", "namespace": "default", "uid": "u"},
+            "reportingController": "kubelet", "reportingInstance": "node-1",
+        }))
+        .unwrap()
+    };
+    v1.create(&PostParams::default(), &event("ok", "Created container: app")).await.unwrap();
+    let seen = core.get("ok").await.unwrap();
+    assert_eq!(seen.message.as_deref(), Some("Created container: app"));
+    assert_eq!(seen.involved_object.name.as_deref(), Some("p"));
+    assert_eq!(seen.reporting_component.as_deref(), Some("kubelet"));
+    let mut old_style = event("old", "x");
+    old_style.deprecated_count = Some(3);
+    let e = v1.create(&PostParams::default(), &old_style).await.unwrap_err();
+    assert!(e.to_string().contains("deprecatedCount") && e.to_string().contains("needs to be unset"), "{e}");
+    let e = v1.create(&PostParams::default(), &event("long", &"x".repeat(1025))).await.unwrap_err();
+    assert!(e.to_string().contains("note"), "{e}");
+    let series = serde_json::json!({"series": {"count": 2, "lastObservedTime": "2026-12-05T10:01:00.000000Z"}});
+    v1.patch("ok", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&series)).await.unwrap();
+    assert_eq!(core.get("ok").await.unwrap().series.unwrap().count, Some(2));
+    let e = v1.patch("ok", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"note": "changed"}))).await.unwrap_err();
+    assert!(e.to_string().contains("note") && e.to_string().contains("immutable"), "{e}");
+    assert_eq!(v1.get("ok").await.unwrap().note.as_deref(), Some("Created container: app"));
+}
+
 fn base64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())

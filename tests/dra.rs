@@ -173,15 +173,22 @@ async fn a_failing_or_missing_driver_holds_the_pod() {
 
     driver.fail_prepare(Some("the device is on fire"));
     pods.create(&PostParams::default(), &claim_pod("held", &node, serde_json::json!({"name": "gpu", "resourceClaimTemplateName": "one-gpu"}))).await.unwrap();
-    // The event's series on the apiserver keeps its first note (the claim
-    // may not have been made yet: the pod is bound at creation here, before
-    // the resourceclaim controller ran); `nodelet explain` has every one.
+    // Each message is its own event (the first may say the claim was not
+    // made yet: the pod is bound at creation here, before the resourceclaim
+    // controller ran), as kubelet's recorder keeps them; read through the
+    // core API too, which serves the same Events.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "default");
-    eventually(60 * S, "a FailedPrepareDynamicResources event", || async {
+    eventually(60 * S, "a FailedPrepareDynamicResources event with the driver's words", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedPrepareDynamicResources")).map(|_| ())
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedPrepareDynamicResources") && e.note.as_deref().is_some_and(|n| n.contains("the device is on fire"))).map(|_| ())
     })
     .await;
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), "default");
+    let listed = core.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        listed.iter().any(|e| e.reason.as_deref() == Some("FailedPrepareDynamicResources") && e.involved_object.name.as_deref().is_some_and(|n| n == "held") && e.message.as_deref().is_some_and(|m| m.contains("the device is on fire"))),
+        "{listed:?}"
+    );
     let explained = eventually(60 * S, "`nodelet explain` naming the driver's error", || async {
         let text = c.explain("default/held");
         text.contains("the device is on fire").then_some(text)

@@ -125,6 +125,12 @@ impl Resource {
         if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 
+    /// Where its objects are kept: events.k8s.io's Events are core Events,
+    /// one storage served by both APIs, as the apiserver does.
+    fn store_key(&self) -> String {
+        if self.group == "events.k8s.io" { "events".into() } else { self.key() }
+    }
+
     fn api_version(&self, version: &str) -> String {
         if self.group.is_empty() { version.to_string() } else { format!("{}/{version}", self.group) }
     }
@@ -356,6 +362,9 @@ fn selectors(q: &HashMap<String, String>) -> Result<(Selector, Selector), Respon
 }
 
 fn with_type(t: &Target, mut v: Value) -> Value {
+    if t.res.group == "events.k8s.io" {
+        v = super::events::to_v1(v);
+    }
     v["kind"] = Value::String(t.res.kind.to_string());
     v["apiVersion"] = Value::String(t.res.api_version(&t.version));
     v
@@ -368,7 +377,7 @@ fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body
     };
     let store = state.store.lock().unwrap();
     let items: Vec<Value> = store
-        .list(&t.res.key(), t.ns.as_deref())
+        .list(&t.res.store_key(), t.ns.as_deref())
         .into_iter()
         .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
         .map(|o| with_type(t, o))
@@ -380,7 +389,7 @@ fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body
 
 fn get(state: &State, t: &Target) -> Response<Body> {
     let store = state.store.lock().unwrap();
-    match store.get(&t.res.key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
+    match store.get(&t.res.store_key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
         Some(o) => json_response(StatusCode::OK, &with_type(t, o.clone())),
         None => not_found(t),
     }
@@ -406,14 +415,18 @@ fn watch(state: Arc<State>, t: &Target, q: &HashMap<String, String>) -> Response
         Err(r) => return r,
     };
     let matches = move |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
-    let key = t.res.key();
+    let key = t.res.store_key();
     let ns = t.ns.clone();
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
     let timeout = q.get("timeoutSeconds").and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
     let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
     let kind = t.res.kind;
     let api_version = t.res.api_version(&t.version);
+    let events_v1 = t.res.group == "events.k8s.io";
     let typed = move |mut v: Value| {
+        if events_v1 {
+            v = super::events::to_v1(v);
+        }
         v["kind"] = Value::String(kind.to_string());
         v["apiVersion"] = Value::String(api_version.clone());
         v
@@ -661,6 +674,12 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
     if obj["metadata"].is_null() {
         obj["metadata"] = json!({});
     }
+    if t.res.group == "events.k8s.io" {
+        if let Err(e) = super::events::validate_create(&obj) {
+            return status(422, "Invalid", &format!("Event.events.k8s.io {:?} is invalid: {e}", obj["metadata"]["name"].as_str().unwrap_or_default()));
+        }
+        obj = super::events::to_core(obj);
+    }
     let ns = if t.res.namespaced {
         let url_ns = t.ns.clone().unwrap_or_default();
         match obj["metadata"]["namespace"].as_str() {
@@ -745,10 +764,10 @@ fn create(state: &Arc<State>, t: &Target, who: &Identity, body: &Bytes) -> Respo
         _ => {}
     }
     let mut store = state.store.lock().unwrap();
-    if store.get(&t.res.key(), &ns, &name).is_some() {
+    if store.get(&t.res.store_key(), &ns, &name).is_some() {
         return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.key()));
     }
-    let stored = store.put(&t.res.key(), &ns, &name, obj);
+    let stored = store.put(&t.res.store_key(), &ns, &name, obj);
     drop(store);
     if t.res.plural == "certificatesigningrequests" {
         controllers::approve(state, &name);
@@ -923,7 +942,7 @@ fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<Str
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     let mut store = state.store.lock().unwrap();
-    let Some(current) = store.get(&t.res.key(), &ns, &name).cloned() else { return not_found(t) };
+    let Some(current) = store.get(&t.res.store_key(), &ns, &name).cloned() else { return not_found(t) };
     if let Some(rv) = check_rv.filter(|rv| !rv.is_empty())
         && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
     {
@@ -950,10 +969,15 @@ fn store_update(state: &Arc<State>, t: &Target, new: Value, check_rv: Option<Str
     {
         return r;
     }
+    if t.res.group == "events.k8s.io"
+        && let Err(e) = super::events::validate_update(&super::events::to_v1(current.clone()), &super::events::to_v1(merged.clone()))
+    {
+        return status(422, "Invalid", &format!("Event.events.k8s.io {name:?} is invalid: {e}"));
+    }
     if merged == current {
         return json_response(StatusCode::OK, &with_type(t, current));
     }
-    let stored = store.put(&t.res.key(), &ns, &name, merged);
+    let stored = store.put(&t.res.store_key(), &ns, &name, merged);
     drop(store);
     if t.sub.as_deref() == Some("approval") {
         controllers::spawn_signer(state.clone(), name);
@@ -967,6 +991,7 @@ fn update(state: &Arc<State>, t: &Target, body: &Bytes) -> Response<Body> {
         Err(r) => return r,
     };
     let rv = new["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let new = if t.res.group == "events.k8s.io" { super::events::to_core(new) } else { new };
     store_update(state, t, new, rv)
 }
 
@@ -977,12 +1002,13 @@ fn patch_object(state: &Arc<State>, t: &Target, content_type: &str, body: &Bytes
     };
     let current = {
         let store = state.store.lock().unwrap();
-        match store.get(&t.res.key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
+        match store.get(&t.res.store_key(), t.ns.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or("")) {
             Some(c) => c.clone(),
             None => return not_found(t),
         }
     };
-    let mut new = current.clone();
+    let events_v1 = t.res.group == "events.k8s.io";
+    let mut new = if events_v1 { super::events::to_v1(current.clone()) } else { current.clone() };
     let ct = content_type.split(';').next().unwrap_or("").trim();
     match ct {
         "application/merge-patch+json" => patch::merge(&mut new, &p),
@@ -1006,6 +1032,7 @@ fn patch_object(state: &Arc<State>, t: &Target, content_type: &str, body: &Bytes
         );
     }
     let rv = p["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let new = if events_v1 { super::events::to_core(new) } else { new };
     store_update(state, t, new, rv)
 }
 
@@ -1047,7 +1074,7 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     let mut store = state.store.lock().unwrap();
-    let Some(current) = store.get(&t.res.key(), &ns, &name).cloned() else { return not_found(t) };
+    let Some(current) = store.get(&t.res.store_key(), &ns, &name).cloned() else { return not_found(t) };
     let pre = &opts["preconditions"];
     let conflict = (pre["uid"].is_string() && pre["uid"] != current["metadata"]["uid"])
         || (pre["resourceVersion"].is_string() && pre["resourceVersion"] != current["metadata"]["resourceVersion"]);
@@ -1058,7 +1085,7 @@ fn delete(state: &Arc<State>, t: &Target, q: &HashMap<String, String>, body: &By
         let after = delete_pod(&mut store, &current, grace);
         return json_response(StatusCode::OK, &with_type(t, after));
     }
-    match store.remove(&t.res.key(), &ns, &name) {
+    match store.remove(&t.res.store_key(), &ns, &name) {
         Some(gone) => json_response(StatusCode::OK, &with_type(t, gone)),
         None => not_found(t),
     }
@@ -1072,12 +1099,12 @@ fn delete_collection(state: &Arc<State>, t: &Target, q: &HashMap<String, String>
         Err(r) => return r,
     };
     let mut store = state.store.lock().unwrap();
-    let matching: Vec<Value> = store.list(&t.res.key(), t.ns.as_deref()).into_iter().filter(|o| labels.matches_labels(o) && fields.matches_fields(o)).collect();
+    let matching: Vec<Value> = store.list(&t.res.store_key(), t.ns.as_deref()).into_iter().filter(|o| labels.matches_labels(o) && fields.matches_fields(o)).collect();
     let mut items = Vec::new();
     for o in matching {
         let ns = o["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if let Some(gone) = store.remove(&t.res.key(), &ns, &name) {
+        if let Some(gone) = store.remove(&t.res.store_key(), &ns, &name) {
             items.push(with_type(t, gone));
         }
     }

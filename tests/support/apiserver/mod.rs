@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod controllers;
 pub mod defaults;
+mod events;
 pub mod handlers;
 pub mod kubelet_proxy;
 mod patch;
