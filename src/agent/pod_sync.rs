@@ -144,7 +144,7 @@ impl PodSync {
                         "reservedMemory: the memory reserved on the NUMA nodes adds up to {sum} bytes, kubeReserved + systemReserved + the hard eviction threshold memory.available come to {expected}: they must be equal (memoryManagerPolicy: Static)"
                     )));
                 }
-                crate::memory::MemoryManager::start(cfg, &totals, Some(s.root_dir.as_path()), s.dry_run).map_err(AgentError::Fault)?
+                crate::memory::MemoryManager::start(cfg, &totals, &crate::memory::read_hugepages(std::path::Path::new("/sys")), Some(s.root_dir.as_path()), s.dry_run).map_err(AgentError::Fault)?
             }
             None => crate::memory::MemoryManager::default(),
         };

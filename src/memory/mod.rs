@@ -73,12 +73,14 @@ pub struct Assignments {
 }
 
 /// The machine's NUMA nodes and their memory, less `reserved` per node.
-pub fn machine_state(totals: &BTreeMap<u32, u64>, reserved: &BTreeMap<u32, u64>) -> BTreeMap<u32, NodeState> {
+pub fn machine_state(totals: &BTreeMap<u32, u64>, reserved: &BTreeMap<u32, u64>, hugepages: &BTreeMap<u32, u64>) -> BTreeMap<u32, NodeState> {
     totals
         .iter()
         .map(|(id, total)| {
             let system_reserved = reserved.get(id).copied().unwrap_or(0).min(*total);
-            let allocatable = total - system_reserved;
+            // As kubelet: the node's pre-allocated hugepages are not
+            // regular memory a container can be given.
+            let allocatable = (total - system_reserved).saturating_sub(hugepages.get(id).copied().unwrap_or(0));
             (*id, NodeState { total: *total, system_reserved, allocatable, reserved: 0, free: allocatable, assignments: 0, cells: [*id].into() })
         })
         .collect()
@@ -110,6 +112,25 @@ pub fn read_totals(sys: &Path) -> Result<BTreeMap<u32, u64>, String> {
         out.insert(0, kb.saturating_mul(1024));
     }
     Ok(out)
+}
+
+/// Each NUMA node's pre-allocated hugepages (bytes, every page size), from
+/// `<sys>/devices/system/node/node*/hugepages/hugepages-<size>kB/nr_hugepages`.
+pub fn read_hugepages(sys: &Path) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(nodes) = std::fs::read_dir(sys.join("devices/system/node")) else { return out };
+    for n in nodes.flatten() {
+        let name = n.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("node").and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(sizes) = std::fs::read_dir(n.path().join("hugepages")) else { continue };
+        for size in sizes.flatten() {
+            let dir = size.file_name().to_string_lossy().into_owned();
+            let Some(kb) = dir.strip_prefix("hugepages-").and_then(|s| s.strip_suffix("kB")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+            let pages = std::fs::read_to_string(size.path().join("nr_hugepages")).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+            *out.entry(id).or_insert(0) += pages.saturating_mul(kb).saturating_mul(1024);
+        }
+    }
+    out
 }
 
 /// The memory a container of `pod` has pinned: its memory request when the
@@ -361,11 +382,16 @@ impl MemoryManager {
     /// state restored from `<root-dir>/memory_manager_state`.
     /// The Static policy with its state in `root` (None: none); a dry run
     /// reads the state and never writes it.
-    pub fn start(cfg: &StaticConfig, totals: &BTreeMap<u32, u64>, root: Option<&Path>, dry_run: bool) -> Result<MemoryManager, String> {
+    pub fn start(cfg: &StaticConfig, totals: &BTreeMap<u32, u64>, hugepages: &BTreeMap<u32, u64>, root: Option<&Path>, dry_run: bool) -> Result<MemoryManager, String> {
         if let Some(n) = cfg.reserved.keys().find(|n| !totals.contains_key(n)) {
             return Err(format!("reservedMemory: NUMA node {n} does not exist on this machine (it has {:?})", totals.keys().collect::<Vec<_>>()));
         }
-        let fresh = machine_state(totals, &cfg.reserved);
+        // kubelet's static policy will not run without memory set aside
+        // for the system.
+        if cfg.reserved.values().sum::<u64>() == 0 {
+            return Err("reservedMemory: memoryManagerPolicy Static needs memory reserved for the system (kubeReserved, systemReserved or the hard memory.available threshold, and reservedMemory to match), as kubelet does; none is".into());
+        }
+        let fresh = machine_state(totals, &cfg.reserved, hugepages);
         let mut file = root.map(|r| r.join(state::FILE));
         let a = match file.as_ref().filter(|f| !dry_run || crate::files::dry_run_can_read(f)) {
             Some(f) => state::read(f, &fresh)?,

@@ -5,7 +5,7 @@ const GIB: u64 = 1 << 30;
 fn two_nodes() -> Assignments {
     let totals: BTreeMap<u32, u64> = [(0, 5 * GIB), (1, 5 * GIB)].into();
     let reserved: BTreeMap<u32, u64> = [(0, GIB), (1, GIB)].into();
-    Assignments { machine: machine_state(&totals, &reserved), entries: BTreeMap::new() }
+    Assignments { machine: machine_state(&totals, &reserved, &BTreeMap::new()), entries: BTreeMap::new() }
 }
 
 fn pod(uid: &str, init: Option<&str>, app: &str) -> Pod {
@@ -95,11 +95,11 @@ fn the_state_round_trips_and_refuses_what_it_cannot_trust() {
     let tampered = String::from_utf8(bytes.clone()).unwrap().replace("\"numberOfAssignments\":1", "\"numberOfAssignments\":2");
     assert!(state::decode(tampered.as_bytes(), &fresh).unwrap_err().contains("checksum"));
     // The machine (or reservedMemory) changed.
-    let other = machine_state(&[(0, 5 * GIB), (1, 5 * GIB)].into(), &[(0, 2 * GIB), (1, GIB)].into());
+    let other = machine_state(&[(0, 5 * GIB), (1, 5 * GIB)].into(), &[(0, 2 * GIB), (1, GIB)].into(), &BTreeMap::new());
     assert!(state::decode(&bytes, &other).unwrap_err().contains("machineState[0]"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(state::FILE), tampered).unwrap();
-    let e = MemoryManager::start(&StaticConfig { reserved: [(0, GIB), (1, GIB)].into() }, &[(0, 5 * GIB), (1, 5 * GIB)].into(), Some(dir.path()), false).err().unwrap();
+    let e = MemoryManager::start(&StaticConfig { reserved: [(0, GIB), (1, GIB)].into() }, &[(0, 5 * GIB), (1, 5 * GIB)].into(), &BTreeMap::new(), Some(dir.path()), false).err().unwrap();
     assert!(e.contains("memory_manager_state") && e.contains("drain the node"), "{e}");
 }
 
@@ -108,20 +108,38 @@ fn the_manager_pins_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StaticConfig { reserved: [(0, GIB), (1, GIB)].into() };
     let totals: BTreeMap<u32, u64> = [(0, 5 * GIB), (1, 5 * GIB)].into();
-    let m = MemoryManager::start(&cfg, &totals, Some(dir.path()), false).unwrap();
+    let m = MemoryManager::start(&cfg, &totals, &BTreeMap::new(), Some(dir.path()), false).unwrap();
     m.admit_aligned(&pod("p", None, "1Gi"), None, &|_| None).unwrap();
     assert_eq!(m.cpuset_mems("p", "app").as_deref(), Some("0"));
     assert_eq!(m.cpuset_mems("p", "other"), None);
     // A dry run plans against the state and never writes it.
     let written = std::fs::read(dir.path().join(state::FILE)).unwrap();
-    let dry = MemoryManager::start(&cfg, &totals, Some(dir.path()), true).unwrap();
+    let dry = MemoryManager::start(&cfg, &totals, &BTreeMap::new(), Some(dir.path()), true).unwrap();
     assert_eq!(dry.pinned("p")["app"], (GIB, [0].into()));
     dry.release("p");
     assert_eq!(std::fs::read(dir.path().join(state::FILE)).unwrap(), written, "a dry run wrote the state");
     // A restart keeps it.
-    let again = MemoryManager::start(&cfg, &totals, Some(dir.path()), false).unwrap();
+    let again = MemoryManager::start(&cfg, &totals, &BTreeMap::new(), Some(dir.path()), false).unwrap();
     assert_eq!(again.pinned("p")["app"], (GIB, [0].into()));
     again.release("p");
     assert!(again.pinned("p").is_empty());
-    assert!(MemoryManager::start(&StaticConfig { reserved: [(3, GIB)].into() }, &totals, None, false).err().unwrap().contains("NUMA node 3 does not exist"));
+    assert!(MemoryManager::start(&StaticConfig { reserved: [(3, GIB)].into() }, &totals, &BTreeMap::new(), None, false).err().unwrap().contains("NUMA node 3 does not exist"));
+    assert!(MemoryManager::start(&StaticConfig { reserved: [(0, 0)].into() }, &totals, &BTreeMap::new(), None, false).err().unwrap().contains("needs memory reserved for the system"));
+    assert!(MemoryManager::start(&StaticConfig { reserved: Default::default() }, &totals, &BTreeMap::new(), None, false).is_err());
+}
+
+#[test]
+fn hugepages_are_not_regular_memory() {
+    let t = tempfile::tempdir().unwrap();
+    for (node, size, pages) in [(0, "hugepages-2048kB", "512"), (0, "hugepages-1048576kB", "1"), (1, "hugepages-2048kB", "0")] {
+        let d = t.path().join(format!("devices/system/node/node{node}/hugepages/{size}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("nr_hugepages"), format!("{pages}\n")).unwrap();
+    }
+    let huge = read_hugepages(t.path());
+    assert_eq!(huge, [(0, 2 * GIB), (1, 0)].into(), "512 × 2 MiB and one 1 GiB page on node 0");
+    let m = machine_state(&[(0, 5 * GIB), (1, 5 * GIB)].into(), &[(0, GIB), (1, GIB)].into(), &huge);
+    assert_eq!((m[&0].total, m[&0].allocatable, m[&0].free), (5 * GIB, 2 * GIB, 2 * GIB), "total stays the node's, as kubelet's TotalMemSize");
+    assert_eq!(m[&1].allocatable, 4 * GIB);
+    assert!(read_hugepages(&t.path().join("nowhere")).is_empty());
 }
