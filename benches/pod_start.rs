@@ -127,6 +127,8 @@ async fn floor_round(node: &Node, round: usize) -> Vec<f64> {
 }
 
 struct NodeletRound {
+    /// CRI calls per minute while idle, by operation.
+    idle_calls: std::collections::BTreeMap<String, f64>,
     times: Vec<f64>,
     cpu: f64,
     rss: f64,
@@ -134,7 +136,22 @@ struct NodeletRound {
     idle: f64,
 }
 
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// The idle window: a minute, so the CRI calls per minute are counted, not
+/// guessed (the relist's safety net runs once a minute).
+const IDLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The CRI calls nodelet has made (kubelet_runtime_operations_total, read on
+/// its status socket), by operation.
+fn cri_calls(node: &Node) -> std::collections::BTreeMap<String, f64> {
+    let text = node.get("/metrics").unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("kubelet_runtime_operations_total{")) {
+        let op = line.split("operation_type=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?").to_string();
+        let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry(op).or_insert(0.0) += n;
+    }
+    out
+}
 
 async fn nodelet_round(node: &Node, round: usize) -> NodeletRound {
     let rt = node.cri().await;
@@ -173,8 +190,13 @@ async fn nodelet_round(node: &Node, round: usize) -> NodeletRound {
     // Steady state: relisting every second, nothing to do.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle0 = support::proc_cpu_seconds(agent.pid());
+    let calls0 = cri_calls(node);
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle = (support::proc_cpu_seconds(agent.pid()) - idle0) / IDLE_WINDOW.as_secs_f64();
+    let calls1 = cri_calls(node);
+    let per_minute = 60.0 / IDLE_WINDOW.as_secs_f64();
+    let idle_calls: std::collections::BTreeMap<String, f64> =
+        calls1.iter().map(|(op, n)| (op.clone(), (n - calls0.get(op).copied().unwrap_or(0.0)) * per_minute)).filter(|(_, n)| *n > 0.0).collect();
     let rss = support::proc_peak_rss_mib(agent.pid());
     // Let nodelet take its pods down again.
     for i in 0..PODS {
@@ -185,7 +207,7 @@ async fn nodelet_round(node: &Node, round: usize) -> NodeletRound {
     })
     .await;
     drop(agent);
-    NodeletRound { times: starts.iter().map(|s| (s - t0) as f64 / 1e9).collect(), cpu, rss, idle }
+    NodeletRound { times: starts.iter().map(|s| (s - t0) as f64 / 1e9).collect(), cpu, rss, idle, idle_calls }
 }
 
 fn main() {
@@ -203,6 +225,7 @@ fn main() {
         let mut ratios99 = Vec::new();
         let mut cpus = Vec::new();
         let mut idles = Vec::new();
+        let mut calls = Vec::new();
         let mut rss = 0f64;
         for round in 0..ROUNDS {
             let f = summarize(floor_round(&node, round).await);
@@ -219,6 +242,9 @@ fn main() {
                 n.idle * 100.0,
                 n.rss
             );
+            let total: f64 = n.idle_calls.values().sum();
+            println!("{round:<8} {:>7} idle CRI calls per minute: {total:.0} {:?}", "nodelet", n.idle_calls);
+            calls.push(total);
             idles.push(n.idle);
             ratios50.push(s.p50 / f.p50);
             ratios99.push(s.p99 / f.p99);
@@ -231,11 +257,12 @@ fn main() {
         };
         println!(
             "median over rounds: nodelet/floor p50 {:.2}x, p99 {:.2}x; nodelet CPU {:.2} s to start {PODS} pods, \
-             {:.2}% of a core idle with them; peak RSS {:.1} MiB",
+             {:.2}% of a core idle with them, {:.0} CRI calls a minute; peak RSS {:.1} MiB",
             med(ratios50),
             med(ratios99),
             med(cpus),
             med(idles) * 100.0,
+            med(calls),
             rss
         );
     });

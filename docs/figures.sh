@@ -59,7 +59,8 @@ if [ "$mode" = measure ]; then
         record pod_start.p50 "$(pick "$f" '.*nodelet\/floor p50 ([0-9.]+)x.*')" "cargo bench --bench pod_start"
         record pod_start.p99 "$(pick "$f" '.*nodelet\/floor p50 [0-9.]+x, p99 ([0-9.]+)x.*')" "cargo bench --bench pod_start"
         record pod_start.idle_pct "$(pick "$f" '.* ([0-9.]+)% of a core idle.*')" "cargo bench --bench pod_start"
-        record pod_start.rss_mib "$(pick "$f" '^median over rounds.*peak RSS ([0-9.]+) MiB.*')" "cargo bench --bench pod_start" ;;
+        record pod_start.rss_mib "$(pick "$f" '^median over rounds.*peak RSS ([0-9.]+) MiB.*')" "cargo bench --bench pod_start"
+        record pod_start.idle_cri_per_min "$(pick "$f" '^median over rounds.* ([0-9]+) CRI calls a minute.*')" "cargo bench --bench pod_start" ;;
       api_pods)
         record api_pods.p50_s "$(pick "$f" '^created -> Running status posted: p50 ([0-9.]+) s.*')" "cargo bench --bench api_pods"
         record api_pods.p99_s "$(pick "$f" '^created -> Running status posted: p50 [0-9.]+ s, p99 ([0-9.]+) s.*')" "cargo bench --bench api_pods"

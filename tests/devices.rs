@@ -344,7 +344,7 @@ async fn the_static_memory_manager_pins_guaranteed_pods_to_numa_nodes() {
     })
     .await;
     assert_eq!(pending.reason.as_deref(), Some("Infeasible"));
-    assert_eq!(pending.message.as_deref(), Some("Resize is infeasible for Guaranteed Pods alongside Memory Manager static policy"));
+    assert_eq!(pending.message.as_deref(), Some("Resize is infeasible for Guaranteed Pods alongside Memory Manager policy \"Static\""));
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(c.node.dir.path().join("kubelet/memory_manager_state")).unwrap()).unwrap();
     assert_eq!(state["entries"][&uid]["c"][0]["size"], 64 << 20, "{state}");
     // A restart keeps the pinning; the pod's deletion gives the memory back.

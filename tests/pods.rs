@@ -1108,3 +1108,43 @@ async fn a_cgroup_driver_other_than_the_runtimes_is_the_runtimes_with_a_warning_
     let cgroup = String::from_utf8_lossy(&pid.stdout).to_string();
     assert!(cgroup.contains(&format!("{}/kubepods", node.cgroup_root)) && !cgroup.contains(".slice"), "{cgroup}");
 }
+
+/// The relist follows containerd's event stream: once the stream is live,
+/// the periodic relist slows to a safety net and a container's exit is
+/// still acted on at once (the event); when the stream breaks, losing the
+/// exit event with it (a test hook), the agent says so, relists every
+/// second again, and the exit is seen and the container restarted anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_are_seen_by_events_and_by_the_relist_when_the_stream_breaks() {
+    let node = Node::start().await;
+    let mut agent = node.nodelet(&[]);
+    let stopper = |name: &str| {
+        pod_yaml(name, "  containers:\n  - {name: c, image: nodelet.local/busybox:1, command: [sh, -c, 'while [ ! -f /tmp/stop ]; do sleep 0.1; done; exit 3']}\n")
+    };
+    node.write_manifest("evented.yaml", &stopper("evented"));
+    eventually(30 * S, "the event stream live", || async { agent.log().contains("containerd event stream live").then_some(()) }).await;
+    let first = eventually(30 * S, "evented running", || async { node.instances("evented", "c").await.into_iter().find(is_running) }).await;
+    // With the stream live the periodic relist runs once a minute; the
+    // exit is seen through its event.
+    let t = std::time::Instant::now();
+    node.exec(&first.id, &["touch", "/tmp/stop"]).await;
+    eventually(10 * S, "evented restarted", || async {
+        node.instances("evented", "c").await.into_iter().find(|c| c.metadata.as_ref().is_some_and(|m| m.attempt == 1) && is_running(c))
+    })
+    .await;
+    assert!(t.elapsed() < 5 * S, "the exit acted on through its event: {:?}", t.elapsed());
+    drop(agent);
+
+    // The stream breaks at its next event and stays broken.
+    node.env.lock().unwrap().push(("NODELET_TEST_DROP_EVENT_STREAM".into(), "1".into()));
+    agent = node.nodelet(&[]);
+    eventually(30 * S, "the event stream live", || async { agent.log().contains("containerd event stream live").then_some(()) }).await;
+    let running = eventually(30 * S, "evented running", || async { node.instances("evented", "c").await.into_iter().find(is_running) }).await;
+    let attempt = running.metadata.as_ref().unwrap().attempt;
+    node.exec(&running.id, &["touch", "/tmp/stop"]).await;
+    eventually(30 * S, "the stream lost", || async { agent.log().contains("containerd event stream lost").then_some(()) }).await;
+    eventually(30 * S, "evented restarted by the relist's finding", || async {
+        node.instances("evented", "c").await.into_iter().find(|c| c.metadata.as_ref().is_some_and(|m| m.attempt == attempt + 1) && is_running(c))
+    })
+    .await;
+}

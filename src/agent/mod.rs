@@ -94,7 +94,7 @@ pub async fn run(
     let (statuses, trails, pulls) = (pods.statuses.clone(), pods.trails.clone(), pods.pulls.clone());
     let managers = Some((pods.ctx.cpus.clone(), pods.ctx.memory.clone(), pods.ctx.devices.clone(), pods.ctx.dra.clone()));
     let started = pods.start(&s, &metrics, admission, &mut tasks, &mut watched)?;
-    let local = crate::server::LocalApi { statuses: statuses.clone(), relisted: started.relisted.clone(), trails, pulls, pod_logs_dir: s.pod_logs_dir.clone(), managers };
+    let local = crate::server::LocalApi { statuses: statuses.clone(), relisted: started.relisted.clone(), trails, pulls, pod_logs_dir: s.pod_logs_dir.clone(), managers, metrics: metrics.clone() };
     node_api::serve_local(&s, started.relisted.clone(), local, &mut tasks).await?;
     supervise::notify_and_watch(&s, &started.relisted, &statuses, watched, &mut tasks);
     tracing::info!(node = %s.node_name, dry_run = s.dry_run, "nodelet is running");

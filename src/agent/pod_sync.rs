@@ -60,6 +60,8 @@ pub struct PodSync {
     pub node_taints: Option<watch::Sender<Vec<Taint>>>,
     node_labels_rx: watch::Receiver<BTreeMap<String, String>>,
     node_taints_rx: watch::Receiver<Vec<Taint>>,
+    /// Told when the agent's own CRI calls changed the runtime's pods.
+    runtime_changes: Arc<tokio::sync::Notify>,
 }
 
 impl PodSync {
@@ -236,6 +238,7 @@ impl PodSync {
             tasks.spawn("image GC", crate::images::ImageGc::new(runtime.clone(), s.image_gc, images_tx).with_reclaim(reclaim_rx).with_pinned(s.pod_infra_container_image.clone()).run());
         }
         Ok(PodSync {
+            runtime_changes: rt.changes.clone(),
             ctx,
             statuses,
             trails,
@@ -269,22 +272,29 @@ impl PodSync {
     /// times (for /healthz and the watchdog) and, for a one-shot dry run,
     /// the plan report to wait for.
     pub fn start(self, s: &Settings, metrics: &Arc<Metrics>, admission: Option<NodeResources>, tasks: &mut Tasks, watched: &mut Vec<Watched>) -> Result<Started, AgentError> {
-        let PodSync { ctx, statuses, sources, updates, expected, pressure, evictions, reclaim_containers, shutting_down, node_labels_rx, node_taints_rx, .. } = self;
+        let PodSync { ctx, statuses, sources, updates, expected, pressure, evictions, reclaim_containers, shutting_down, node_labels_rx, node_taints_rx, runtime_changes, .. } = self;
         // The manager's sources close when every source has gone.
         drop(sources);
         let runtime = ctx.runtime.clone();
         let (relist_tx, relist_rx) = mpsc::channel(16);
         let (relisted_tx, relisted) = watch::channel::<Option<Instant>>(None);
         let (exit_ids_tx, exit_ids_rx) = mpsc::channel(64);
-        tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, relist_tx, relisted_tx, metrics.clone()));
+        let (live_tx, live) = watch::channel(false);
+        let changed = runtime_changes.clone();
+        tasks.spawn("relist", pleg::run(runtime.clone(), pleg::RELIST_PERIOD, exit_ids_rx, changed.clone(), live, relist_tx, relisted_tx, metrics.clone()));
         if !s.dry_run && let Ok(socket) = socket_path(&s.runtime_endpoint) {
-            let (exit_tx, mut exit_rx) = mpsc::channel(64);
-            tasks.spawn("containerd events", containerd::watch_task_exits(socket, exit_tx));
-            tasks.spawn("exit events", async move {
-                while let Some(ev) = exit_rx.recv().await {
-                    tracing::debug!(container = %ev.container_id, status = ev.exit_status, "container exited");
-                    if exit_ids_tx.send(ev.container_id).await.is_err() {
-                        return;
+            let (event_tx, mut event_rx) = mpsc::channel(64);
+            tasks.spawn("containerd events", containerd::watch_events(socket, event_tx, live_tx));
+            tasks.spawn("runtime events", async move {
+                while let Some(ev) = event_rx.recv().await {
+                    match ev {
+                        containerd::RuntimeEvent::Exit(exit) => {
+                            tracing::debug!(container = %exit.container_id, status = exit.exit_status, "container exited");
+                            if exit_ids_tx.send(exit.container_id).await.is_err() {
+                                return;
+                            }
+                        }
+                        containerd::RuntimeEvent::Changed => changed.notify_one(),
                     }
                 }
             });

@@ -25,6 +25,8 @@ pub struct RuntimeRole {
     pub cgroup_driver: Option<CgroupDriver>,
     /// The runtime's readiness, as its Status last said.
     pub health: watch::Receiver<RuntimeHealth>,
+    /// Notified after each CRI call that changed the runtime's pods.
+    pub changes: Arc<tokio::sync::Notify>,
 }
 
 /// Connects to the runtime (a dry run plans against the simulator, in
@@ -32,6 +34,7 @@ pub struct RuntimeRole {
 /// health.
 pub async fn build(s: &Settings, metrics: &Arc<Metrics>, tasks: &mut Tasks) -> Result<RuntimeRole, AgentError> {
     let (mut cgroup_driver, mut cni_dir) = (None, "/etc/cni/net.d".to_string());
+    let changes = Arc::new(tokio::sync::Notify::new());
     let (runtime, version): (Arc<dyn Runtime>, cri::VersionResponse) = if s.dry_run {
         let real = RemoteRuntime::connect(&s.runtime_endpoint, s.runtime_request_timeout).await.ok();
         if real.is_none() {
@@ -60,13 +63,13 @@ pub async fn build(s: &Settings, metrics: &Arc<Metrics>, tasks: &mut Tasks) -> R
                  installer does; containernetworking-plugins gives the plugins, not a network); until then only hostNetwork pods start"
             );
         }
-        (Arc::new(Instrumented::new(Arc::new(rt), metrics.clone())), v)
+        (Arc::new(Instrumented::new(Arc::new(rt), metrics.clone(), changes.clone())), v)
     };
     let (health_tx, health) = watch::channel(RuntimeHealth { runtime_ready: true, network_ready: true, message: String::new() });
     if !s.dry_run {
         tasks.spawn("runtime status", follow_health(runtime.clone(), health_tx));
     }
-    Ok(RuntimeRole { runtime, version, cgroup_driver, health })
+    Ok(RuntimeRole { runtime, version, cgroup_driver, health, changes })
 }
 
 /// The cgroup driver of the runtime's default handler, from containerd's

@@ -127,6 +127,17 @@ impl RunOptions {
     pub fn is_empty(&self) -> bool {
         *self == RunOptions::default()
     }
+
+    /// A plugin's Allocate answer added (its envs in name order).
+    fn add(&mut self, response: v1beta1::ContainerAllocateResponse) {
+        let mut envs: Vec<(String, String)> = response.envs.into_iter().collect();
+        envs.sort();
+        self.envs.extend(envs);
+        self.mounts.extend(response.mounts);
+        self.devices.extend(response.devices);
+        self.annotations.extend(response.annotations);
+        self.cdi_devices.extend(response.cdi_devices.into_iter().map(|d| d.name));
+    }
 }
 
 /// The device manager: cheap to clone, one per agent.
@@ -189,9 +200,10 @@ impl Devices {
                     state.pods = pods;
                     // Resources known before the restart are advertised with
                     // their devices unhealthy until the plugin registers
-                    // again, as kubelet does.
+                    // again, as kubelet does. A dry run reaches no plugin: it
+                    // plans as if each had registered again, all healthy.
                     for (resource, ids) in registered {
-                        let devices = ids.into_iter().map(|id| (id, Device { healthy: false, numa: Vec::new() })).collect();
+                        let devices = ids.into_iter().map(|id| (id, Device { healthy: dry_run, numa: Vec::new() })).collect();
                         state.plugins.insert(resource, Plugin { endpoint: PathBuf::new(), options: Default::default(), channel: None, devices, generation: 0, removed: false });
                     }
                 }
@@ -492,15 +504,25 @@ impl Devices {
                     .map_err(|_| format!("PreStartContainer of {resource}: no answer in 30 s"))?
                     .map_err(|e| format!("PreStartContainer of {resource} {:?}: {}", assigned.ids, e.message()))?;
             }
-            let mut envs: Vec<(String, String)> = response.envs.into_iter().collect();
-            envs.sort();
-            out.envs.extend(envs);
-            out.mounts.extend(response.mounts);
-            out.devices.extend(response.devices);
-            out.annotations.extend(response.annotations);
-            out.cdi_devices.extend(response.cdi_devices.into_iter().map(|d| d.name));
+            out.add(response);
         }
         Ok(out)
+    }
+
+    /// A dry run's [`Devices::run_options`]: the Allocate answers the
+    /// checkpoint holds, no plugin called; and the devices without one, by
+    /// resource (their plugin would be asked).
+    pub fn planned_options(&self, uid: &str, container: &str) -> (RunOptions, Vec<(String, Vec<String>)>) {
+        let s = self.lock();
+        let mut out = RunOptions::default();
+        let mut unasked = Vec::new();
+        for ((_, resource), a) in s.pods.get(uid).into_iter().flat_map(|e| e.devices.iter()).filter(|((c, _), _)| c == container) {
+            match &a.response {
+                Some(r) => out.add(r.clone()),
+                None => unasked.push((resource.clone(), a.ids.clone())),
+            }
+        }
+        (out, unasked)
     }
 
     /// Serves Registration on `<dir>/kubelet.sock` until the process ends.

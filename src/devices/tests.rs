@@ -132,6 +132,17 @@ async fn a_gone_plugin_leaves_its_devices_unhealthy_and_the_checkpoint_keeps_ass
     assert_eq!(again.allocatable()[R], 0);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(t.path().join(checkpoint::FILE)).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    // A dry run plans as if the plugin were back, all healthy, and writes
+    // nothing; the device without an Allocate answer is reported unasked.
+    let written = std::fs::read(t.path().join(checkpoint::FILE)).unwrap();
+    let dry = Devices::read_only(t.path().to_path_buf());
+    assert_eq!(dry.allocatable()[R], 2);
+    dry.admit(&pod("b", "  containers: [{name: c, image: i, resources: {limits: {example.com/dev: '1'}}}]\n")).await.unwrap();
+    assert_eq!(dry.assigned("b", "c")[R], vec!["d1"], "not a's d0");
+    let (opts, unasked) = dry.planned_options("a", "c");
+    assert!(opts.is_empty());
+    assert_eq!(unasked, vec![(R.to_string(), vec!["d0".to_string()])]);
+    assert_eq!(std::fs::read(t.path().join(checkpoint::FILE)).unwrap(), written, "a dry run wrote the checkpoint");
 }
 
 #[test]

@@ -1,6 +1,12 @@
-//! The relist loop (kubelet's PLEG): every second, and at once when told of
-//! a container exit by containerd's event stream, list the runtime's
-//! sandboxes and containers and report which pods changed.
+//! The relist loop (kubelet's PLEG): list the runtime's sandboxes and
+//! containers and report which pods changed.
+//!
+//! It relists at once when the agent's own CRI calls changed something (the
+//! instrumented runtime says so) and when containerd's event stream reports
+//! an exit, an OOM kill or a removed container; while that stream is known
+//! to work, the periodic relist is only a slow safety net (every minute, as
+//! kubelet's Evented PLEG keeps one), so an idle node costs no CRI calls per
+//! second; without it, every second as kubelet's generic PLEG.
 //!
 //! containerd publishes a task exit before its CRI plugin has recorded it,
 //! so after an exit the loop relists every few milliseconds until the CRI
@@ -18,6 +24,11 @@ use crate::runtime::observe::{self, Fingerprint};
 
 /// kubelet's relist period.
 pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
+/// The relist period while containerd's event stream works (well inside
+/// the 3 minutes after which /healthz calls the relist stale).
+pub const EVENTED_PERIOD: Duration = Duration::from_secs(60);
+/// Changes in a burst (30 pods starting) are relisted at most this often.
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// How soon to look again while an exited container still shows running.
 const EXIT_RECHECK: Duration = Duration::from_millis(20);
 /// How long to keep looking before leaving it to the regular relist.
@@ -34,14 +45,20 @@ pub struct RelistEvent {
 
 /// Runs until `tx` closes. `healthy` gets the time of each successful
 /// relist (for /healthz).
+/// `changed`: something changed, relist; `live`: whether the event stream
+/// works (the period is then [`EVENTED_PERIOD`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     rt: Arc<dyn Runtime>,
     period: Duration,
     mut exits: mpsc::Receiver<String>,
+    changed: Arc<tokio::sync::Notify>,
+    mut live: watch::Receiver<bool>,
     tx: mpsc::Sender<RelistEvent>,
     healthy: watch::Sender<Option<Instant>>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let mut live_open = true;
     let mut previous: Option<BTreeMap<String, Fingerprint>> = None;
     let mut failing = false;
     // Exited containers the CRI view has not caught up with, and since when.
@@ -87,7 +104,13 @@ pub async fn run(
                 }
             }
         }
-        let wait = if pending.is_empty() { period } else { EXIT_RECHECK };
+        let wait = if !pending.is_empty() {
+            EXIT_RECHECK
+        } else if *live.borrow() {
+            EVENTED_PERIOD
+        } else {
+            period
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             exit = exits.recv(), if exits_open => match exit {
@@ -96,6 +119,18 @@ pub async fn run(
                 }
                 None => exits_open = false,
             },
+            _ = changed.notified() => {
+                // A burst of changes is relisted in steps, not per call.
+                let since = started.elapsed();
+                if since < MIN_GAP {
+                    tokio::time::sleep(MIN_GAP - since).await;
+                }
+            }
+            r = live.changed(), if live_open => {
+                if r.is_err() {
+                    live_open = false;
+                }
+            }
             _ = tx.closed() => return,
         }
     }

@@ -1,6 +1,8 @@
 //! A [`Runtime`] that records every call it passes on (count, duration,
 //! errors) under kubelet's `kubelet_runtime_operations*` names and
-//! operation types, as kubelet's instrumented runtime service does.
+//! operation types, as kubelet's instrumented runtime service does, and
+//! tells the relist loop when a call changed the runtime's pods (so the
+//! agent's own changes are seen at once, not at the next periodic relist).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,17 +15,26 @@ use crate::metrics::Metrics;
 pub struct Instrumented {
     inner: Arc<dyn Runtime>,
     metrics: Arc<Metrics>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
+/// The operations that change the runtime's sandboxes or containers.
+const CHANGES: &[&str] = &["run_podsandbox", "stop_podsandbox", "remove_podsandbox", "create_container", "start_container", "stop_container", "remove_container"];
+
 impl Instrumented {
-    pub fn new(inner: Arc<dyn Runtime>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+    /// `changed` is notified after every call that changes the runtime's
+    /// sandboxes or containers (whatever its outcome).
+    pub fn new(inner: Arc<dyn Runtime>, metrics: Arc<Metrics>, changed: Arc<tokio::sync::Notify>) -> Self {
+        Self { inner, metrics, changed }
     }
 
     async fn record<T>(&self, operation: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
         let started = Instant::now();
         let r = call.await;
         self.metrics.runtime_call(operation, started.elapsed().as_secs_f64(), r.is_err());
+        if CHANGES.contains(&operation) {
+            self.changed.notify_one();
+        }
         r
     }
 }

@@ -50,6 +50,9 @@ pub struct LocalApi {
     pub pod_logs_dir: std::path::PathBuf,
     /// The resource managers, for `/explain`: what each pod was given.
     pub managers: Option<(crate::cpus::CpuManager, crate::memory::MemoryManager, crate::devices::Devices, crate::dra::Dra)>,
+    /// kubelet's metrics, for `/metrics` (as the node API serves them, to
+    /// root on the node without a token).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 async fn healthz(State(relisted): State<watch::Receiver<Option<Instant>>>) -> impl IntoResponse {
@@ -129,10 +132,15 @@ pub fn health_router(relisted: watch::Receiver<Option<Instant>>) -> Router {
         .with_state(relisted)
 }
 
-/// The status socket: health, pods, pulls and explanations.
+async fn metrics(State(api): State<LocalApi>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render())
+}
+
+/// The status socket: health, pods, pulls, explanations and metrics.
 pub fn local_router(api: LocalApi) -> Router {
     Router::new()
         .route("/pods", get(pods))
+        .route("/metrics", get(metrics))
         .route("/pulls", get(pulls))
         .route("/explain/{namespace}/{name}", get(explain))
         .with_state(api.clone())

@@ -158,16 +158,22 @@ impl PodManager {
             return pending("Infeasible", "In-place resize of static-pods is not supported".into());
         }
         let running = allocation::with_allocation(desired, &allocated);
-        // kubelet (without the alpha InPlacePodVerticalScalingExclusiveCPUs
-        // gate): no resize at all of a Guaranteed pod under the static CPU
-        // manager or the Static memory manager (its CPUs or NUMA memory
-        // would not follow).
+        // kubelet 1.34 (the InPlacePodVerticalScalingExclusiveCPUs and
+        // ...ExclusiveMemory gates off): a Guaranteed pod's cpu does not
+        // change under the static CPU manager, nor its memory under the
+        // Static memory manager (its exclusive CPUs or NUMA memory would not
+        // follow); other resizes of it go ahead.
+        let changed = |resource: &str| {
+            allocation::resizable_containers(desired)
+                .zip(allocation::resizable_containers(&running))
+                .any(|(want, have)| allocation::differs_in(&want.resources.clone().unwrap_or_default(), &have.resources.clone().unwrap_or_default(), resource))
+        };
         let guaranteed = running.spec.as_ref().is_some_and(|s| crate::pods::qos::qos_class(s) == crate::pods::qos::QosClass::Guaranteed);
-        if guaranteed && self.ctx.cpus.is_static() {
-            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside CPU Manager static policy".into());
+        if guaranteed && self.ctx.cpus.is_static() && changed("cpu") {
+            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside CPU Manager policy \"static\"".into());
         }
-        if guaranteed && self.ctx.memory.is_static() {
-            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside Memory Manager static policy".into());
+        if guaranteed && self.ctx.memory.is_static() && changed("memory") {
+            return pending("Infeasible", "Resize is infeasible for Guaranteed Pods alongside Memory Manager policy \"Static\"".into());
         }
         let swap = &self.ctx.node.swap;
         let swapping = allocation::resizable_containers(desired).zip(allocation::resizable_containers(&running)).any(|(want, have)| {

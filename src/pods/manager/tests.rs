@@ -80,7 +80,7 @@ fn start(rt: Arc<DryRunRuntime>) -> Harness {
     let runtime: Arc<dyn Runtime> = rt;
     tasks.spawn(async move {
         let _keep = _exits_tx;
-        pleg::run(runtime, Duration::from_millis(20), exits_rx, relist_tx, healthy, Default::default()).await
+        pleg::run(runtime, Duration::from_millis(20), exits_rx, Default::default(), tokio::sync::watch::channel(false).1, relist_tx, healthy, Default::default()).await
     });
     tasks.spawn(async move {
         let _keep = _health_tx;

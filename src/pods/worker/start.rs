@@ -276,8 +276,15 @@ impl Worker {
         if let (Some(mems), Some(res)) = (self.ctx.memory.cpuset_mems(&self.identity.uid, &c.name), config.linux.as_mut().and_then(|l| l.resources.as_mut())) {
             res.cpuset_mems = mems;
         }
-        // The container's devices: what their plugins' Allocate answered.
-        if !self.ctx.dry_run {
+        // The container's devices: what their plugins' Allocate answered (a
+        // dry run: what the checkpoint holds of it).
+        if self.ctx.dry_run {
+            let (opts, unasked) = self.ctx.devices.planned_options(&self.identity.uid, &c.name);
+            container::add_devices(&mut config, opts);
+            for (resource, ids) in unasked {
+                tracing::info!(pod = %self.identity, container = %c.name, resource = %resource, devices = ?ids, "dry run: the device plugin's Allocate would be called");
+            }
+        } else {
             match self.ctx.devices.run_options(&self.identity.uid, &c.name).await {
                 Ok(opts) => container::add_devices(&mut config, opts),
                 Err(e) => return Err(self.fail_container(&c.name, "CreateContainerConfigError", format!("devices: {e}"))),

@@ -67,8 +67,16 @@ pub fn validate_create(v: &Value) -> Result<(), String> {
         Some("Normal" | "Warning") => {}
         other => errs.push(format!("type: Invalid value: {other:?}: has invalid value")),
     }
-    for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"] {
-        if set(v, field) && v[field] != serde_json::json!({}) {
+    // As the apiserver: a zero count and an empty source are unset.
+    let source = &v["deprecatedSource"];
+    let unset = [
+        ("deprecatedFirstTimestamp", !set(v, "deprecatedFirstTimestamp")),
+        ("deprecatedLastTimestamp", !set(v, "deprecatedLastTimestamp")),
+        ("deprecatedCount", v["deprecatedCount"].as_i64().unwrap_or(0) == 0),
+        ("deprecatedSource", !set(source, "component") && !set(source, "host")),
+    ];
+    for (field, ok) in unset {
+        if !ok {
             errs.push(format!("{field}: Invalid value: \"\": needs to be unset"));
         }
     }
@@ -99,11 +107,27 @@ fn series(v: &Value) -> Vec<String> {
 /// series may change.
 pub fn validate_update(old: &Value, new: &Value) -> Result<(), String> {
     let mut errs = Vec::new();
-    for field in ["action", "reason", "regarding", "related", "reportingController", "reportingInstance", "type", "eventTime", "note"] {
+    for field in [
+        "action",
+        "reason",
+        "regarding",
+        "related",
+        "reportingController",
+        "reportingInstance",
+        "type",
+        "eventTime",
+        "note",
+        "deprecatedSource",
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "deprecatedCount",
+    ] {
         if old[field] != new[field] {
             errs.push(format!("{field}: Invalid value: field is immutable"));
         }
     }
-    errs.extend(series(new));
+    if old["series"] != new["series"] {
+        errs.extend(series(new));
+    }
     if errs.is_empty() { Ok(()) } else { Err(errs.join(", ")) }
 }
