@@ -147,6 +147,23 @@ async fn a_device_plugins_devices_reach_containers_and_survive_a_restart() {
     let asked = picky.calls.lock().unwrap().preferred.clone();
     let all: Vec<String> = ["p0", "p1", "p2", "p3"].iter().map(|s| s.to_string()).collect();
     assert_eq!(asked, vec![(all, vec![], 2)], "asked once, with every free device and nothing it must include");
+
+    // A plugin whose GetPreferredAllocation keeps failing: the pod is
+    // refused with the plugin's words, never started, nothing held.
+    let _broken = TestPlugin::start_preferring(&dir, "example.com/broken", &["b0", "b1"], &c.node.dir.path().join("broken-work"), &[]).await;
+    eventually(30 * S, "the Node advertising the broken plugin's devices", || async {
+        let st = nodes.get(&node).await.ok()?.status?;
+        (st.allocatable?.get("example.com/broken")?.0 == "2").then_some(())
+    })
+    .await;
+    let limits = serde_json::json!({"limits": {"example.com/broken": "1"}, "requests": {"example.com/broken": "1"}});
+    pods.create(&PostParams::default(), &Cluster::sleeper("unlucky", &node, limits, serde_json::json!({}))).await.unwrap();
+    let (reason, message) = rejected(&pods, "unlucky").await;
+    assert_eq!(reason, "UnexpectedAdmissionError");
+    assert!(message.contains("device plugin GetPreferredAllocation rpc failed with err: the preference service is down"), "{message}");
+    assert!(c.node.containers_named("unlucky").await.is_empty());
+    let checkpoint = std::fs::read_to_string(dir.join("kubelet_internal_checkpoint")).unwrap();
+    assert!(!checkpoint.contains("example.com/broken\",\"DeviceIDs"), "nothing held for the refused pod: {checkpoint}");
 }
 
 fn cpu_pod(name: &str, node: &str, cpu: &str, guaranteed: bool) -> Pod {

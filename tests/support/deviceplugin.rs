@@ -84,6 +84,10 @@ impl device_plugin_server::DevicePlugin for Plugin {
         req: tonic::Request<v1beta1::PreferredAllocationRequest>,
     ) -> Result<tonic::Response<v1beta1::PreferredAllocationResponse>, tonic::Status> {
         let Some(prefer) = &self.prefer else { return Err(tonic::Status::unimplemented("no preferred allocation")) };
+        // Offered but broken: an empty preference always fails.
+        if prefer.is_empty() {
+            return Err(tonic::Status::unavailable("the preference service is down"));
+        }
         let mut out = Vec::new();
         for c in req.into_inner().container_requests {
             self.calls.lock().unwrap().preferred.push((c.available_device_i_ds.clone(), c.must_include_device_i_ds.clone(), c.allocation_size));
@@ -171,7 +175,7 @@ impl TestPlugin {
     }
 
     /// [`TestPlugin::start`] offering GetPreferredAllocation, preferring
-    /// its devices in the order of `prefer`.
+    /// its devices in the order of `prefer` (empty: every call fails).
     pub async fn start_preferring(dir: &Path, resource: &str, ids: &[&str], work: &Path, prefer: &[&str]) -> TestPlugin {
         Self::launch(dir, resource, ids, work, 0, Some(prefer.iter().map(|s| s.to_string()).collect())).await
     }
