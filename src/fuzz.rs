@@ -102,6 +102,7 @@ pub fn proxy_rules(data: &[u8]) {
     let _ = crate::proxy::iptables::restore_input(None, &ipt, &BTreeMap::new());
     let nft = crate::proxy::nftables::render(&state, &ctx);
     let _ = crate::proxy::nftables::transaction(None, &nft, &Default::default(), &Default::default());
+    let _ = crate::proxy::nftables::full_batch_size(&state, &ctx);
 }
 
 /// Quantities and Go durations, and the time and resource arithmetic on

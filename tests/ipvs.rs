@@ -102,7 +102,8 @@ fn set_element_transactions_on_this_kernel() {
             // Deleting an element that is not there fails the transaction,
             // and the addition in it does not happen.
             let e = nfsets::apply(Family::V4, TABLE, &[("vips", true, "10.96.0.3"), ("vips", false, "10.96.0.99")]).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+            assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+            assert!(e.to_string().contains("deleting 10.96.0.99 in set vips"), "the refusal names the element: {e}");
             assert!(!list("vips").contains("10.96.0.3"), "{}", list("vips"));
             // The IPv6 table: its own family in the messages, 16-byte keys.
             let ctx6 = Context { family: Family::V6, ..Default::default() };

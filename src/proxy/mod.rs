@@ -8,6 +8,7 @@
 
 pub mod model;
 pub mod nftables;
+pub mod nfnl;
 pub mod iptables;
 pub mod ipvs;
 pub mod other;
@@ -46,12 +47,15 @@ impl Default for Context {
 
 /// Whether `mode`'s tools work for `family` here: `ip6tables -S` of the nat
 /// table, or an nftables transaction of that family checked by the kernel
-/// (`nft --check`, nothing committed).
+/// (over netlink in nftables mode, `nft --check` in IPVS mode; nothing
+/// committed).
 fn family_usable(mode: run::Mode, family: Family) -> Result<(), ProxyError> {
     match mode {
         run::Mode::Iptables => run_with_input(family.iptables().0, &["-w", "5", "-t", "nat", "-S", "POSTROUTING"], "").map(|_| ()),
-        // IPVS mode's rules beside IPVS are an nftables table too.
-        run::Mode::Nftables | run::Mode::Ipvs => {
+        run::Mode::Nftables => nftables::family_usable(family),
+        // IPVS mode's rules beside IPVS are an nftables table too, written
+        // with `nft -f` at a full sync.
+        run::Mode::Ipvs => {
             let script = format!("add table {} nodelet-check\nadd chain {} nodelet-check c {{ type nat hook postrouting priority 100 ; }}\n", family.nft(), family.nft());
             run_with_input("nft", &["--check", "-f", "-"], &script).map(|_| ())
         }
@@ -90,6 +94,8 @@ pub enum ProxyError {
     Spawn { tool: String, reason: std::io::Error },
     #[error("{tool} failed ({status}): {stderr}")]
     Failed { tool: String, status: String, stderr: String },
+    #[error("nf_tables over netlink: {0}")]
+    Netlink(#[from] nfnl::NfError),
 }
 
 /// Runs `tool args` with `input` on stdin; Ok(stdout) when it exits 0.
@@ -121,11 +127,7 @@ pub fn run_with_input(tool: &str, args: &[&str], input: &str) -> Result<String, 
 /// Deletes the nftables table `name` of `family`; one that is not there is
 /// no error.
 pub fn delete_nft_table(family: Family, name: &str) -> Result<(), ProxyError> {
-    match run_with_input("nft", &["delete", "table", family.nft(), name], "") {
-        Ok(_) => Ok(()),
-        Err(ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok(nftables::delete_table(family, name)?)
 }
 
 /// kube-proxy's chain-name hash: base32 of the SHA-256 of the parts,

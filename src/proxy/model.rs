@@ -40,6 +40,15 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
     /// As the API spells it.
     pub fn api_name(self) -> &'static str {
         match self {
@@ -92,6 +101,14 @@ impl Family {
         match self {
             Family::V4 => 32,
             Family::V6 => 128,
+        }
+    }
+
+    /// nf_tables' family number (NFPROTO_IPV4, NFPROTO_IPV6).
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::V4 => 2,
+            Family::V6 => 10,
         }
     }
 

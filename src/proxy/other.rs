@@ -119,8 +119,8 @@ pub fn remove_leftovers(mode: Mode) -> Vec<String> {
             errors.push(format!("{what}: {e}"));
         }
     };
-    for family in ["ip", "ip6"] {
-        keep(&format!("nft table {family} kube-proxy"), delete_table(family, "kube-proxy"));
+    for family in super::model::Family::BOTH {
+        keep(&format!("nft table {} kube-proxy", family.nft()), super::delete_nft_table(family, "kube-proxy"));
     }
     match mode {
         Mode::Nftables => {
@@ -150,13 +150,6 @@ pub fn stand_down(mode: Mode) -> Result<(), super::ProxyError> {
     }
 }
 
-fn delete_table(family: &str, name: &str) -> Result<(), super::ProxyError> {
-    match super::run_with_input("nft", &["delete", "table", family, name], "") {
-        Ok(_) => Ok(()),
-        Err(super::ProxyError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
-        Err(e) => Err(e),
-    }
-}
 
 #[cfg(test)]
 mod tests {

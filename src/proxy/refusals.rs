@@ -323,7 +323,7 @@ mod tests {
             // Chains of port d get a jump to a chain that does not exist.
             for (name, rules) in r.chains.iter_mut() {
                 if name.contains("/d/") {
-                    rules.push("jump no-such-chain".into());
+                    rules.push(crate::proxy::nftables::rule::Rule::new(r.family, vec![crate::proxy::nftables::rule::Stmt::Jump("no-such-chain".into())]));
                 }
             }
             let (script, _) = crate::proxy::nftables::transaction(None, &r, &BTreeSet::new(), &BTreeSet::new());
