@@ -38,7 +38,7 @@ record() {
 pick() { sed -En "s/$2/\\1/p" "$1" | head -n 1; }
 
 if [ "$mode" = measure ]; then
-  [ ${#benches[@]} -gt 0 ] || benches=(pod_start api_pods probes node_api pull proxy release package)
+  [ ${#benches[@]} -gt 0 ] || benches=(pod_start api_pods probes node_api pull proxy proxy_events release package)
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
   for b in "${benches[@]}"; do
@@ -78,7 +78,11 @@ if [ "$mode" = measure ]; then
           record "proxy.$m.one_ms" "$(pick "$f" "^ *$m +full sync.*one endpoint with 10,000: +([0-9.]+) ms.*")" "cargo bench --bench proxy"
           record "proxy.$m.dual_1k_ms" "$(pick "$f" "^ *$m +dual-stack full sync of 1,000 Services \(2,000 Service ports\): +([0-9.]+) ms.*")" "cargo bench --bench proxy"
           record "proxy.$m.v4_1k_ms" "$(pick "$f" "^ *$m +dual-stack full sync.*IPv4 only: +([0-9.]+) ms.*")" "cargo bench --bench proxy"
-        done ;;
+        done
+        record proxy.nftables.mem_10k_mib "$(pick "$f" "^memory:.*with nftables mode's committed state ([0-9.]+) MiB.*")" "cargo bench --bench proxy" ;;
+      proxy_events)
+        record proxy_events.p50_ms "$(pick "$f" '^event to kernel: p50 ([0-9.]+) ms.*')" "cargo bench --bench proxy_events"
+        record proxy_events.p99_ms "$(pick "$f" '^event to kernel: p50 [0-9.]+ ms +p99 ([0-9.]+) ms.*')" "cargo bench --bench proxy_events" ;;
       release|package) ;;
       *) echo "figures: no figures are read from $b" >&2 ;;
     esac

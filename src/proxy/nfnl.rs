@@ -29,6 +29,7 @@ pub const NFT_MSG_NEWSET: u16 = 9;
 pub const NFT_MSG_GETSET: u16 = 10;
 pub const NFT_MSG_DELSET: u16 = 11;
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
+pub const NFT_MSG_GETSETELEM: u16 = 13;
 pub const NFT_MSG_DELSETELEM: u16 = 14;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -296,6 +297,39 @@ impl Socket {
                         None => Ok(()),
                     };
                 }
+            }
+        }
+    }
+
+    /// One request (not a dump) of family `nfproto`: Ok(true) when the
+    /// kernel answers with the object, Ok(false) when it says there is none
+    /// (ENOENT).
+    pub fn get(&mut self, kind: u16, nfproto: u8, attrs: impl FnOnce(&mut Writer)) -> Result<bool, NfError> {
+        let mut out = Vec::new();
+        let seq = 0x6e7;
+        let at = header(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK, seq, nfproto, 0);
+        attrs(&mut Writer { buf: &mut out });
+        close(&mut out, at);
+        self.sock.send(&out, 0)?;
+        let mut found = false;
+        let mut buf = Vec::with_capacity(1 << 12);
+        loop {
+            buf.clear();
+            self.sock.recv(&mut buf, 0)?;
+            for (k, flags, s, payload) in messages(&buf)? {
+                if s != seq {
+                    continue;
+                }
+                if k != NLMSG_ERROR {
+                    found = true;
+                    continue;
+                }
+                let code = i32::from_ne_bytes(payload.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+                return match code {
+                    0 => Ok(found),
+                    c if c == -libc::ENOENT => Ok(false),
+                    c => Err(NfError::Refused { about: "a lookup".into(), error: std::io::Error::from_raw_os_error(-c), detail: ext_ack_message(flags, payload) }),
+                };
             }
         }
     }

@@ -472,6 +472,13 @@ pub fn transaction(prev: Option<&Rendered>, next: &Rendered, stale_chains: &BTre
 }
 
 
+/// Whether `set` (`hairpin`, a map) of `family`'s table holds the element
+/// written `key`, asked of the kernel over netlink (benchmarks and tests
+/// watch a change arrive with it).
+pub fn has_element(sock: &mut super::nfnl::Socket, family: Family, set: &str, key: &str) -> Result<bool, super::nfnl::NfError> {
+    netlink::has_element(sock, family, set, key)
+}
+
 /// Removes `family`'s table `name` over netlink; Ok when it is absent.
 pub fn delete_table(family: Family, name: &str) -> Result<(), super::nfnl::NfError> {
     netlink::delete_table(family, name)

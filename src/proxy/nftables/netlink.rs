@@ -300,6 +300,17 @@ pub fn list(sock: &mut nfnl::Socket, family: Family) -> Result<(BTreeSet<String>
     Ok((chains, sets))
 }
 
+/// Whether `set` of `family`'s table holds the element written `key` (as
+/// in the script: `10.244.0.7 . 10.244.0.7`), asked of the kernel.
+pub fn has_element(sock: &mut nfnl::Socket, family: Family, set: &str, key: &str) -> Result<bool, nfnl::NfError> {
+    let k = nfsets::key(key).ok_or_else(|| nfnl::NfError::Protocol(format!("{key:?} is not an element key")))?;
+    sock.get(nfnl::NFT_MSG_GETSETELEM, family.nfproto(), |w| {
+        w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        w.str(NFTA_SET_ELEM_LIST_SET, set);
+        w.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |w| w.nest(NFTA_LIST_ELEM, |w| w.nest(NFTA_SET_ELEM_KEY, |w| w.bytes(NFTA_DATA_VALUE, &k))));
+    })
+}
+
 /// A table `nodelet-check` with a NAT chain, for [`super::family_usable`].
 pub fn probe(b: &mut Batch) {
     b.message(nfnl::NFT_MSG_NEWTABLE, NLM_F_CREATE, 0, |w| w.str(NFTA_TABLE_NAME, "nodelet-check"));
