@@ -15,7 +15,11 @@ use super::{Context, ProxyError, SyncStats, chain_hash, run_with_input};
 pub const FILTER: &str = "filter";
 pub const NAT: &str = "nat";
 
-/// Chains rewritten at every sync (they list every Service).
+/// The chains that list every Service: written at a full sync (they are
+/// in tables other programs share, so the hourly full sync rewrites them),
+/// otherwise only when their rules change, as every other chain — an
+/// endpoint change then restores a few chains instead of tens of thousands
+/// of rules (kube-proxy rewrites them at every sync).
 const TOP_LEVEL: &[&str] =
     &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-FIREWALL"];
 
@@ -323,9 +327,7 @@ pub fn restore_input(prev: Option<&Rendered>, next: &Rendered, stale: &BTreeMap<
         let had = prev.and_then(|p| p.tables.get(table));
         let changed: Vec<(&String, &Vec<String>)> = want
             .iter()
-            .filter(|(name, rules)| {
-                TOP_LEVEL.contains(&name.as_str()) || had.is_none_or(|h| h.get(*name) != Some(*rules))
-            })
+            .filter(|(name, rules)| had.is_none_or(|h| h.get(*name) != Some(*rules)))
             .collect();
         let mut gone: BTreeSet<&String> = had.map(|h| h.keys().filter(|c| !want.contains_key(*c)).collect()).unwrap_or_default();
         gone.extend(stale.get(table).into_iter().flatten().filter(|c| !want.contains_key(*c)));
@@ -561,10 +563,21 @@ mod tests {
         let sep = sep_chain(&key, &removed);
         assert!(text.contains(&format!(":{svc} - [0:0]")), "{text}");
         assert!(text.contains(&format!("-X {sep}")), "{text}");
-        let top = after.tables.values().flat_map(|t| t.keys()).filter(|c| TOP_LEVEL.contains(&c.as_str())).count();
-        assert_eq!(n, top + 2, "top-level chains, the service chain, the removed endpoint chain: {text}");
+        assert_eq!(n, 2, "the service chain and the removed endpoint chain only: {text}");
+        assert!(!text.contains(":KUBE-SERVICES"), "the top-level chains did not change and are not rewritten: {text}");
         let sticky = s.services.keys().find(|k| k.name == "sticky").unwrap();
         assert!(!text.contains(&format!(":{} - [0:0]", svc_chain("KUBE-SVC-", sticky))), "untouched services are not rewritten: {text}");
+        // A Service's last endpoint gone: KUBE-SERVICES changes (its jump
+        // goes, a reject comes) and is written whole, in the same restore
+        // as the chains it no longer names are deleted.
+        s.endpoints.remove(&key);
+        let (text, _) = restore_input(Some(&after), &render(&s, &ctx), &BTreeMap::new());
+        assert!(text.contains(":KUBE-SERVICES - [0:0]") && text.contains(&format!("-X {svc}")), "{text}");
+        // A full sync writes every chain, the top-level ones included.
+        let (text, _) = restore_input(None, &after, &BTreeMap::new());
+        for top in TOP_LEVEL.iter().filter(|t| after.tables.values().any(|c| c.contains_key(**t))) {
+            assert!(text.contains(&format!(":{top} - [0:0]")), "{top}: {text}");
+        }
     }
 
     #[test]

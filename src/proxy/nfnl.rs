@@ -216,6 +216,9 @@ impl NfError {
 /// receive timeout.
 pub struct Socket {
     sock: netlink_sys::Socket,
+    /// The sequence number of the last request (answers to an earlier one
+    /// that are still queued are told apart by theirs).
+    seq: u32,
 }
 
 const SOL_NETLINK: libc::c_int = 270;
@@ -245,7 +248,8 @@ impl Socket {
         // Dumps of a large table come in many parts; a big receive buffer
         // keeps the kernel from dropping them.
         let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20);
-        Ok(Socket { sock })
+        // Above any batch's sequence numbers (a batch counts from 1).
+        Ok(Socket { sock, seq: 0x8000_0000 })
     }
 
     /// Sends `batch` as one transaction. Err names the first refused
@@ -305,42 +309,23 @@ impl Socket {
     /// kernel answers with the object, Ok(false) when it says there is none
     /// (ENOENT).
     pub fn get(&mut self, kind: u16, nfproto: u8, attrs: impl FnOnce(&mut Writer)) -> Result<bool, NfError> {
-        let mut out = Vec::new();
-        let seq = 0x6e7;
-        let at = header(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK, seq, nfproto, 0);
-        attrs(&mut Writer { buf: &mut out });
-        close(&mut out, at);
-        self.sock.send(&out, 0)?;
-        let mut found = false;
-        let mut buf = Vec::with_capacity(1 << 12);
-        loop {
-            buf.clear();
-            self.sock.recv(&mut buf, 0)?;
-            for (k, flags, s, payload) in messages(&buf)? {
-                if s != seq {
-                    continue;
-                }
-                if k != NLMSG_ERROR {
-                    found = true;
-                    continue;
-                }
-                let code = i32::from_ne_bytes(payload.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                return match code {
-                    0 => Ok(found),
-                    c if c == -libc::ENOENT => Ok(false),
-                    c => Err(NfError::Refused { about: "a lookup".into(), error: std::io::Error::from_raw_os_error(-c), detail: ext_ack_message(flags, payload) }),
-                };
-            }
-        }
+        Ok(self.exchange(kind, NLM_F_ACK, nfproto, attrs, "a lookup")?.is_some_and(|answers| !answers.is_empty()))
     }
 
     /// A dump request (GETTABLE, GETCHAIN, GETSET) of family `nfproto`;
     /// `attrs` may narrow it. Returns each answer's attributes; Ok(None)
     /// when the kernel says the object does not exist (ENOENT).
     pub fn dump(&mut self, kind: u16, nfproto: u8, attrs: impl FnOnce(&mut Writer)) -> Result<Option<Vec<Vec<u8>>>, NfError> {
+        self.exchange(kind, NLM_F_DUMP | NLM_F_ACK, nfproto, attrs, "a listing")
+    }
+
+    /// Sends one request and collects the answers' attributes until the
+    /// dump's end or the acknowledgement; None on ENOENT.
+    fn exchange(&mut self, kind: u16, flags: u16, nfproto: u8, attrs: impl FnOnce(&mut Writer), about: &str) -> Result<Option<Vec<Vec<u8>>>, NfError> {
         let mut out = Vec::new();
-        let seq = 0x5eed;
-        let at = header(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK, seq, nfproto, 0);
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let at = header(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, seq, nfproto, 0);
         attrs(&mut Writer { buf: &mut out });
         close(&mut out, at);
         self.sock.send(&out, 0)?;
@@ -357,13 +342,11 @@ impl Socket {
                     NLMSG_DONE => return Ok(Some(answers)),
                     NLMSG_ERROR => {
                         let code = i32::from_ne_bytes(payload.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                        if code == -libc::ENOENT {
-                            return Ok(None);
-                        }
-                        if code != 0 {
-                            return Err(NfError::Refused { about: "a listing".into(), error: std::io::Error::from_raw_os_error(-code), detail: ext_ack_message(flags, payload) });
-                        }
-                        return Ok(Some(answers));
+                        return match code {
+                            0 => Ok(Some(answers)),
+                            c if c == -libc::ENOENT => Ok(None),
+                            c => Err(NfError::Refused { about: about.into(), error: std::io::Error::from_raw_os_error(-c), detail: ext_ack_message(flags, payload) }),
+                        };
                     }
                     _ => answers.push(payload.get(4..).unwrap_or_default().to_vec()),
                 }

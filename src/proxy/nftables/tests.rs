@@ -127,6 +127,10 @@ fn leftovers_are_read_over_netlink_and_removed_at_the_first_sync() {
         )
         .unwrap();
         let mut sock = crate::proxy::nfnl::Socket::open().unwrap();
+        // Single elements asked of the kernel (as the event benchmark does).
+        assert!(has_element(&mut sock, ctx.family, "hairpin", "10.244.0.10 . 10.244.0.10").unwrap());
+        assert!(!has_element(&mut sock, ctx.family, "hairpin", "10.244.0.99 . 10.244.0.99").unwrap());
+        assert!(has_element(&mut sock, ctx.family, "service-ips", "10.96.0.10 . tcp . 80").unwrap());
         let listed = netlink::list(&mut sock, ctx.family).unwrap();
         let mut next = Nftables::new(ctx.family, false);
         next.sync(&s, &ctx, true).unwrap();
