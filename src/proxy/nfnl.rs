@@ -40,13 +40,18 @@ pub const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
-/// A netlink attribute writer over one buffer.
+/// A netlink attribute writer over one buffer. An attribute longer than
+/// its 16-bit length can say is never sent: `overflow` marks the message,
+/// and the batch refuses to go (a wrong length would make the kernel read
+/// what follows as other attributes).
 pub struct Writer<'a> {
     pub buf: &'a mut Vec<u8>,
+    pub overflow: bool,
 }
 
 impl Writer<'_> {
     fn header(&mut self, kind: u16, len: usize) {
+        self.overflow |= len > usize::from(u16::MAX);
         self.buf.extend((len as u16).to_ne_bytes());
         self.buf.extend(kind.to_ne_bytes());
     }
@@ -83,9 +88,12 @@ impl Writer<'_> {
     pub fn nest(&mut self, kind: u16, inner: impl FnOnce(&mut Writer)) {
         let at = self.buf.len();
         self.header(kind | NLA_F_NESTED, 0);
-        inner(&mut Writer { buf: self.buf });
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        let mut w = Writer { buf: self.buf, overflow: false };
+        inner(&mut w);
+        let inner_overflow = w.overflow;
+        let len = self.buf.len() - at;
+        self.overflow |= inner_overflow || len > usize::from(u16::MAX);
+        self.buf[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
     }
 }
 
@@ -99,6 +107,8 @@ pub struct Batch {
     /// about), for error reports.
     about: Vec<(u32, usize)>,
     messages: usize,
+    /// The tag of the first message with an attribute too long to encode.
+    too_long: Option<usize>,
 }
 
 fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfproto: u8, res_id: u16) -> usize {
@@ -126,7 +136,7 @@ impl Batch {
         let first = 1;
         let at = header(&mut buf, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, 0, NFNL_SUBSYS_NFTABLES);
         close(&mut buf, at);
-        Batch { buf, nfproto, first, seq: first, about: Vec::new(), messages: 0 }
+        Batch { buf, nfproto, first, seq: first, about: Vec::new(), messages: 0, too_long: None }
     }
 
     /// Appends one nf_tables message `kind` whose attributes `attrs` writes;
@@ -134,7 +144,12 @@ impl Batch {
     pub fn message(&mut self, kind: u16, flags: u16, tag: usize, attrs: impl FnOnce(&mut Writer)) {
         self.seq = self.seq.wrapping_add(1);
         let at = header(&mut self.buf, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, self.seq, self.nfproto, 0);
-        attrs(&mut Writer { buf: &mut self.buf });
+        let mut w = Writer { buf: &mut self.buf, overflow: false };
+        attrs(&mut w);
+        let overflow = w.overflow;
+        if overflow && self.too_long.is_none() {
+            self.too_long = Some(tag);
+        }
         close(&mut self.buf, at);
         self.about.push((self.seq, tag));
         self.messages += 1;
@@ -269,6 +284,9 @@ impl Socket {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(tag) = batch.too_long {
+            return Err(NfError::Protocol(format!("{}: an attribute longer than netlink's 64 KiB; nothing was sent", describe(tag))));
+        }
         let (bytes, first, last, about) = batch.finish(end);
         // The whole transaction goes in one send: make room for it, as nft
         // does (SO_SNDBUFFORCE; the proxy runs as root).
@@ -326,7 +344,11 @@ impl Socket {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let at = header(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, seq, nfproto, 0);
-        attrs(&mut Writer { buf: &mut out });
+        let mut w = Writer { buf: &mut out, overflow: false };
+        attrs(&mut w);
+        if w.overflow {
+            return Err(NfError::Protocol(format!("{about}: an attribute longer than netlink's 64 KiB")));
+        }
         close(&mut out, at);
         self.sock.send(&out, 0)?;
         let mut answers = Vec::new();
@@ -412,7 +434,7 @@ mod tests {
     #[test]
     fn nested_attributes_get_their_length_and_padding() {
         let mut buf = Vec::new();
-        let mut w = Writer { buf: &mut buf };
+        let mut w = Writer { buf: &mut buf, overflow: false };
         w.nest(3, |w| {
             w.str(1, "ab");
             w.be32(2, 7);
@@ -425,6 +447,25 @@ mod tests {
         let fields = attributes(inner[0].1);
         assert_eq!(fields[0], (1, &b"ab\0"[..]));
         assert_eq!(fields[1], (2, &[0, 0, 0, 7][..]));
+    }
+
+    /// An attribute too long for its 16-bit length never reaches the
+    /// kernel: the batch is refused with the message's description.
+    #[test]
+    fn an_attribute_too_long_for_netlink_is_refused_before_sending() {
+        let mut b = Batch::new(2);
+        b.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, 0, |w| w.str(1, "t"));
+        b.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE, 1, |w| {
+            w.nest(3, |w| {
+                for _ in 0..5000 {
+                    w.nest(1, |w| w.bytes(1, &[0; 16]));
+                }
+            })
+        });
+        assert_eq!(b.too_long, Some(1));
+        let mut sock = Socket::open().unwrap();
+        let e = sock.commit(b, |tag| format!("message {tag}")).unwrap_err().to_string();
+        assert!(e.contains("message 1: an attribute longer than netlink's 64 KiB; nothing was sent"), "{e}");
     }
 
     #[test]
