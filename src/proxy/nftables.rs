@@ -531,12 +531,19 @@ impl Nftables {
         if self.socket.is_none() && !self.dry_run {
             self.socket = Some(super::nfnl::Socket::open().map_err(super::nfnl::NfError::from)?);
         }
-        let (script, changed, update) = match &self.committed {
+        let (sent, changed, update) = match &self.committed {
             None => {
                 let next = render(state, ctx);
                 let (mut stale_chains, mut stale_sets) = (BTreeSet::new(), BTreeSet::new());
                 if !self.listed && let Some(sock) = self.socket.as_mut() {
-                    (stale_chains, stale_sets) = netlink::list(sock, self.family)?;
+                    match netlink::list(sock, self.family) {
+                        Ok(listed) => (stale_chains, stale_sets) = listed,
+                        Err(e) => {
+                            // A socket that failed is not used again.
+                            self.socket = None;
+                            return Err(e.into());
+                        }
+                    }
                 }
                 let (ops, changed) = plan(None, &next, &stale_chains, &stale_sets);
                 (self.send(&ops, started), changed, None)
@@ -589,7 +596,7 @@ impl Nftables {
                 (self.send(&ops, started), changed, Some((keys, delta)))
             }
         };
-        let (planned, size) = match script {
+        let (planned, size) = match sent {
             Ok(x) => x,
             Err(e) => {
                 self.committed = None;
